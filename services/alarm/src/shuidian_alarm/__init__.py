@@ -1,0 +1,1 @@
+"""Shuidian alarm: rules, the alarm lifecycle and notifications."""

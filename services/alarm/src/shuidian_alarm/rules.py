@@ -1,0 +1,88 @@
+"""Pure rules: what an incoming event means for the alarms of its source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shuidian_shared.messages import (
+    AlarmSeverity,
+    BalanceEvent,
+    BalanceEventKind,
+    BalanceLevel,
+    CommandResult,
+    CommandStatus,
+)
+
+
+@dataclass(frozen=True)
+class Raise:
+    source_id: str
+    alarm_type: str
+    severity: AlarmSeverity
+    message_zh: str
+    message_en: str
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Clear:
+    source_id: str
+    alarm_type: str
+
+
+Decision = Raise | Clear
+
+BALANCE_LOW = "balance_low"
+BALANCE_EXHAUSTED = "balance_exhausted"
+COMMAND_FAILED = "command_failed"
+
+
+def on_balance(event: BalanceEvent) -> list[Decision]:
+    account, balance = event.account_id, f"{event.balance}"
+    details = {"balance": balance, "level": event.level.value}
+    if event.kind in (BalanceEventKind.LOW_1, BalanceEventKind.LOW_2):
+        severity = AlarmSeverity.WARNING if event.kind is BalanceEventKind.LOW_1 else AlarmSeverity.MAJOR
+        return [
+            Raise(
+                account,
+                BALANCE_LOW,
+                severity,
+                f"余额不足：当前余额 {balance} 元，请及时充值",
+                f"Low balance: {balance} CNY left, please top up",
+                details,
+            )
+        ]
+    if event.kind is BalanceEventKind.EXHAUSTED:
+        return [
+            Raise(
+                account,
+                BALANCE_EXHAUSTED,
+                AlarmSeverity.MAJOR,
+                f"余额已用尽（{balance} 元），将停止供电",
+                f"Balance exhausted ({balance} CNY); supply will be cut off",
+                details,
+            )
+        ]
+    decisions: list[Decision] = []
+    if event.kind is BalanceEventKind.RESTORED:
+        decisions.append(Clear(account, BALANCE_EXHAUSTED))
+    if event.level is BalanceLevel.OK:
+        decisions.append(Clear(account, BALANCE_LOW))
+    return decisions
+
+
+def on_command_result(result: CommandResult) -> list[Decision]:
+    if result.status in (CommandStatus.FAILED, CommandStatus.EXPIRED):
+        return [
+            Raise(
+                result.meter_id,
+                COMMAND_FAILED,
+                AlarmSeverity.MAJOR,
+                f"表计命令 {result.kind.value} 未成功：{result.detail}",
+                f"Meter command {result.kind.value} {result.status.value}: {result.detail}",
+                {"command_id": str(result.command_id)},
+            )
+        ]
+    if result.status is CommandStatus.CONFIRMED:
+        return [Clear(result.meter_id, COMMAND_FAILED)]
+    return []

@@ -1,0 +1,1 @@
+"""shuidian_billing."""

@@ -1,0 +1,1 @@
+"""Shuidian collector: reads meters through field gateways and executes device commands."""

@@ -1,0 +1,1 @@
+"""Shuidian control: remote trip/close, keep-power, valves; policies; the command lifecycle."""

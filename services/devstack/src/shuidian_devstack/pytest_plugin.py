@@ -1,0 +1,55 @@
+"""Pytest fixtures for real infrastructure: PostgreSQL and an MQTT broker.
+
+Uses `DATABASE_URL` / `MQTT_URL` when set (CI points them at its PostgreSQL and Mosquitto);
+otherwise starts the embedded PostgreSQL wheel and an embedded broker for the session.
+Each test session gets its own fresh database, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from shuidian_devstack import infra
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="shuidian-pg-"))
+    try:
+        yield infra.embedded_postgres(data_dir)
+    finally:
+        infra.stop_embedded_postgres(data_dir)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_url(pg_server_url: str) -> AsyncIterator[str]:
+    name = f"shuidian_test_{uuid.uuid4().hex[:12]}"
+    url = await infra.create_database(pg_server_url, name, exist_ok=False)
+    try:
+        yield url
+    finally:
+        await infra.drop_database(pg_server_url, name)
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> Iterator[str]:
+    url = os.environ.get("MQTT_URL")
+    if url:
+        yield url
+        return
+    broker = infra.Broker(Path(tempfile.mkdtemp(prefix="shuidian-mqtt-")))
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()

@@ -1,0 +1,35 @@
+"""The test infrastructure itself: a real database and a real broker answer."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiomqtt
+import asyncpg
+import pytest
+
+from shuidian_kit.mqtt import BrokerAddress
+from shuidian_shared import topics
+
+pytestmark = pytest.mark.integration
+
+
+async def test_database_is_fresh_and_writable(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
+        assert tables == 0
+        assert await conn.fetchval("SELECT 40 + 2") == 42
+    finally:
+        await conn.close()
+
+
+async def test_broker_round_trips_a_qos1_message(mqtt_url: str) -> None:
+    address = BrokerAddress.parse(mqtt_url)
+    topic = topics.service_status("devstack-test", uuid.uuid4().hex)
+    async with aiomqtt.Client(address.host, address.port) as client:
+        await client.subscribe(topic, qos=1)
+        await client.publish(topic, b"ping", qos=1)
+        async for message in client.messages:
+            assert message.payload == b"ping"
+            break

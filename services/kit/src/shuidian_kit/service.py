@@ -1,0 +1,140 @@
+"""What every service's lifespan builds: engine, migrations, MQTT link, outbox, supervisor; and the
+health, readiness, metrics and error-mapping surface every service exposes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shuidian_kit.db import create_engine, ping
+from shuidian_kit.errors import ServiceError
+from shuidian_kit.migrations import upgrade
+from shuidian_kit.mqtt import MqttLink
+from shuidian_kit.outbox import Outbox
+from shuidian_kit.supervisor import Supervisor
+from shuidian_shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Shared resources of one service instance, created in its lifespan and handed to requests."""
+
+    service: str
+    settings: ServiceSettings
+    engine: AsyncEngine
+    mqtt: MqttLink
+    outbox: Outbox
+    supervisor: Supervisor
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, settings: ServiceSettings, *, service: str, schema: str, migrations: str, clean_session: bool = False
+    ) -> AsyncIterator[Runtime]:
+        engine = create_engine(
+            settings.database_url.get_secret_value(),
+            pool_size=settings.database_pool_size,
+            application_name=f"shuidian-{service}",
+        )
+        try:
+            await upgrade(engine, schema, migrations)
+            mqtt = MqttLink(
+                settings.mqtt_url, service=service, instance=settings.instance_id, clean_session=clean_session
+            )
+            outbox = Outbox(engine, mqtt, schema)
+            supervisor = Supervisor(f"{service}-supervisor")
+            supervisor.add("mqtt", mqtt.run)
+            supervisor.add("outbox", outbox.run)
+            yield cls(service, settings, engine, mqtt, outbox, supervisor)
+        finally:
+            await engine.dispose()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Start the background loops (after the service registered its subscriptions and loops)."""
+        async with self.supervisor:
+            log.info("%s instance %s started", self.service, self.settings.instance_id)
+            yield
+        log.info("%s instance %s stopped", self.service, self.settings.instance_id)
+
+    async def readiness(self) -> dict[str, bool]:
+        return {
+            "database": await ping(self.engine),
+            "mqtt": self.mqtt.connected,
+            "supervisor": self.supervisor.alive,
+        }
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def ops_router() -> APIRouter:
+    """`/healthz` (process is alive), `/readyz` (database, broker and loops are up), `/metrics`."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Readiness: database reachable, broker connected, background loops alive")
+    async def readyz(request: Request) -> JSONResponse:
+        checks = await runtime_of(request).readiness()
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem-details response, the one error format of every service."""
+    body = {"type": f"https://shuidian.dev/problems/{code}", "title": title, "status": status, "detail": detail}
+    body.update(code=code, **extra)
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map errors to problem-details responses in one place."""
+
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return problem(422, "invalid request", "the request did not validate", "validation_error", errors=errors)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "internal error", "an unexpected error occurred", "internal_error")
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def serve(app: FastAPI, settings: ServiceSettings, service: str) -> None:
+    """Run one service process (its `python -m` entry point)."""
+    import uvicorn
+
+    from shuidian_kit.logs import configure_logging
+
+    configure_logging(service, settings.log_level)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, loop="uvloop", http="httptools")

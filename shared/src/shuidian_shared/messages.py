@@ -1,0 +1,249 @@
+"""Frozen message models for every MQTT payload; JSON, decimal strings for money and quantities.
+
+Every message carries `schema_version`, `message_id`, `occurred_at` (aware UTC) and `source`.
+Decode with `Model.model_validate_json(payload)`; invalid payloads raise pydantic's
+ValidationError, which listeners log, count and drop.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from shuidian_shared.money import Money, Quantity
+
+SCHEMA_VERSION = 1
+READING_NAMESPACE = uuid.UUID("5f1f4a8e-93a4-4c4b-9a53-2e6d1b7c0a11")
+
+
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("datetime must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Envelope fields shared by every message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    message_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    source: str = Field(min_length=1, max_length=128, description="service/instance that produced it")
+
+
+class Utility(StrEnum):
+    ELECTRICITY = "electricity"
+    WATER = "water"
+
+
+class RelayState(StrEnum):
+    CLOSED = "closed"  # supply on
+    OPEN = "open"  # supply cut off
+    UNKNOWN = "unknown"
+
+
+class ValveState(StrEnum):
+    OPEN = "open"  # water flows
+    CLOSED = "closed"
+    MOVING = "moving"
+    ABNORMAL = "abnormal"
+    UNKNOWN = "unknown"
+
+
+class ReadingFlag(StrEnum):
+    BATTERY_LOW = "battery_low"
+    TAMPER = "tamper"
+    CLOCK_DRIFT = "clock_drift"
+    PARTIAL = "partial"  # some registers of the meter's read set did not answer
+    POWER_REVERSED = "power_reversed"
+
+
+def reading_id(meter_id: str, sampled_at: datetime) -> uuid.UUID:
+    """Deterministic id of a reading: the same meter sampled at the same instant is the same reading."""
+    instant = _aware_utc(sampled_at).isoformat(timespec="microseconds")
+    return uuid.uuid5(READING_NAMESPACE, f"{meter_id}|{instant}")
+
+
+class Reading(BaseModel):
+    """One meter sampled once: cumulative registers and instantaneous values as the meter reported them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reading_id: uuid.UUID
+    meter_id: Identifier
+    utility: Utility
+    sampled_at: AwareDatetime = Field(description="when the meter answered")
+    registers: dict[str, Quantity] = Field(
+        description="canonical register name → value, e.g. energy_active_import_total (kWh), water_volume_total (m³)"
+    )
+    relay: RelayState | None = None
+    valve: ValveState | None = None
+    keep_power: bool | None = None
+    flags: frozenset[ReadingFlag] = frozenset()
+
+    @classmethod
+    def create(cls, meter_id: str, utility: Utility, sampled_at: datetime, **fields: object) -> Reading:
+        return cls.model_validate(
+            {
+                "reading_id": reading_id(meter_id, sampled_at),
+                "meter_id": meter_id,
+                "utility": utility,
+                "sampled_at": sampled_at,
+                **fields,
+            }
+        )
+
+
+class ReadingBatch(Message):
+    """Readings taken from one gateway in one poll cycle."""
+
+    gateway_id: Identifier
+    readings: tuple[Reading, ...]
+
+
+class DeviceState(Message):
+    """Last known state of a meter (retained on the meter's state topic)."""
+
+    meter_id: Identifier
+    gateway_id: Identifier
+    online: bool
+    relay: RelayState | None = None
+    valve: ValveState | None = None
+    keep_power: bool | None = None
+    last_reading_at: AwareDatetime | None = None
+    reason: str | None = None
+
+
+class CommandKind(StrEnum):
+    TRIP = "trip"
+    CLOSE_ALLOWED = "close_allowed"  # tenant or meter may re-close
+    DIRECT_CLOSE = "direct_close"
+    KEEP_POWER_ON = "keep_power_on"
+    KEEP_POWER_OFF = "keep_power_off"
+    VALVE_OPEN = "valve_open"
+    VALVE_CLOSE = "valve_close"
+    TIME_SYNC = "time_sync"
+    PARAMETER_WRITE = "parameter_write"
+
+
+class CommandOrigin(StrEnum):
+    BILLING = "billing"
+    OPERATOR = "operator"
+    SCHEDULE = "schedule"
+    INTEGRATOR = "integrator"
+    RECONCILE = "reconcile"
+
+
+class CommandRequested(Message):
+    """Control asks the collector that owns the meter to execute a device command."""
+
+    command_id: uuid.UUID
+    meter_id: Identifier
+    kind: CommandKind
+    expires_at: AwareDatetime
+    origin: CommandOrigin
+    reason: str = Field(max_length=500)
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class CommandStatus(StrEnum):
+    ACKNOWLEDGED = "acknowledged"  # the meter accepted the frame
+    CONFIRMED = "confirmed"  # state read back matches
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class CommandResult(Message):
+    """The collector's outcome for a command, keyed by its id."""
+
+    command_id: uuid.UUID
+    meter_id: Identifier
+    kind: CommandKind
+    status: CommandStatus
+    detail: str = ""
+    relay: RelayState | None = None
+    valve: ValveState | None = None
+    request_frame: str | None = Field(default=None, description="hex of the frame sent, for the audit trail")
+
+
+class BalanceLevel(StrEnum):
+    OK = "ok"
+    LOW_1 = "low_1"
+    LOW_2 = "low_2"
+    EXHAUSTED = "exhausted"
+
+
+class BalanceEventKind(StrEnum):
+    LOW_1 = "low_1"
+    LOW_2 = "low_2"
+    EXHAUSTED = "exhausted"
+    RESTORED = "restored"
+    CHANGED = "changed"  # balance moved within the same level (for live displays)
+
+
+class MeterRef(BaseModel):
+    """A meter and the utility it measures."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    meter_id: Identifier
+    utility: Utility
+
+
+class BalanceEvent(Message):
+    """A household account's balance crossed a level (or changed, for live displays)."""
+
+    account_id: Identifier
+    kind: BalanceEventKind
+    level: BalanceLevel
+    balance: Money
+    sequence: int = Field(ge=0, description="monotonic per account; consumers ignore older sequences")
+    meters: tuple[MeterRef, ...] = Field(description="meters supplied from this balance")
+
+
+class AlarmSeverity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    MAJOR = "major"
+    CRITICAL = "critical"
+
+
+class AlarmState(StrEnum):
+    ACTIVE = "active"
+    ACKNOWLEDGED = "acknowledged"
+    CLEARED = "cleared"
+
+
+class AlarmEvent(Message):
+    """An alarm was raised, updated, acknowledged or cleared."""
+
+    alarm_id: uuid.UUID
+    alarm_type: Identifier
+    source_id: Identifier = Field(description="meter, gateway or account the alarm is about")
+    severity: AlarmSeverity
+    state: AlarmState
+    message_zh: str
+    message_en: str
+    details: dict[str, str] = Field(default_factory=dict)
+
+
+class ServiceStatus(Message):
+    """Online/offline status of a service instance (retained; the offline form is the last will)."""
+
+    service: str
+    instance: str
+    online: bool

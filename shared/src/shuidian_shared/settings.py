@@ -1,0 +1,52 @@
+"""Settings bases: every service reads its configuration from the environment, validated on start.
+
+`DATABASE_URL` and `MQTT_URL` are shared by all services (one database server, one broker;
+each service owns its own schema); everything else carries the service's prefix, e.g.
+`BILLING_HTTP_PORT`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev-secret", "password", "test"})
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    environment: Literal["dev", "test", "prod"] = "dev"
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/shuidian"),
+        validation_alias="DATABASE_URL",
+    )
+    database_pool_size: int = 10
+    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", validation_alias="MQTT_URL")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    timezone: str = "Asia/Shanghai"
+
+    def secret_fields(self) -> dict[str, SecretStr]:
+        """Secrets that must not keep a placeholder value outside dev (subclasses list theirs)."""
+        return {}
+
+    @model_validator(mode="after")
+    def _reject_placeholder_secrets(self) -> Self:
+        if self.environment != "dev":
+            weak = [
+                name
+                for name, value in self.secret_fields().items()
+                if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS or len(value.get_secret_value()) < 16
+            ]
+            if weak:
+                raise ValueError(f"placeholder or weak secret(s) outside dev: {', '.join(sorted(weak))}")
+        return self

@@ -1,0 +1,71 @@
+"""Every MQTT topic the platform uses, defined once and versioned (no topic literal anywhere else).
+
+| topic | publisher | QoS / retain | payload |
+|---|---|---|---|
+| shuidian/v1/readings/{gateway_id} | collector | 1 | ReadingBatch |
+| shuidian/v1/meters/{meter_id}/state | collector | 1, retained | DeviceState |
+| shuidian/v1/meters/{meter_id}/command | control | 1 | CommandRequested |
+| shuidian/v1/meters/{meter_id}/command-result | collector | 1 | CommandResult |
+| shuidian/v1/accounts/{account_id}/balance | billing | 1 | BalanceEvent |
+| shuidian/v1/alarms/{alarm_type} | alarm | 1 | AlarmEvent |
+| shuidian/v1/status/{service}/{instance} | every service | 1, retained, last will | ServiceStatus |
+"""
+
+from __future__ import annotations
+
+ROOT = "shuidian/v1"
+
+
+def _segment(value: str) -> str:
+    # A topic level must not smuggle in extra levels or wildcards.
+    if not value or any(ch in value for ch in "/+#\x00"):
+        raise ValueError(f"invalid topic segment: {value!r}")
+    return value
+
+
+def readings(gateway_id: str) -> str:
+    return f"{ROOT}/readings/{_segment(gateway_id)}"
+
+
+def meter_state(meter_id: str) -> str:
+    return f"{ROOT}/meters/{_segment(meter_id)}/state"
+
+
+def meter_command(meter_id: str) -> str:
+    return f"{ROOT}/meters/{_segment(meter_id)}/command"
+
+
+def command_result(meter_id: str) -> str:
+    return f"{ROOT}/meters/{_segment(meter_id)}/command-result"
+
+
+def balance(account_id: str) -> str:
+    return f"{ROOT}/accounts/{_segment(account_id)}/balance"
+
+
+def alarm(alarm_type: str) -> str:
+    return f"{ROOT}/alarms/{_segment(alarm_type)}"
+
+
+def service_status(service: str, instance: str) -> str:
+    return f"{ROOT}/status/{_segment(service)}/{_segment(instance)}"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """A shared subscription spreading messages across the members of `group`."""
+    return f"$share/{_segment(group)}/{topic_filter}"
+
+
+# Subscription filters.
+ALL_READINGS = f"{ROOT}/readings/+"
+ALL_METER_STATES = f"{ROOT}/meters/+/state"
+ALL_METER_COMMANDS = f"{ROOT}/meters/+/command"
+ALL_COMMAND_RESULTS = f"{ROOT}/meters/+/command-result"
+ALL_BALANCES = f"{ROOT}/accounts/+/balance"
+ALL_ALARMS = f"{ROOT}/alarms/+"
+ALL_SERVICE_STATUS = f"{ROOT}/status/+/+"
+
+
+def segment(topic: str, index: int) -> str:
+    """The `index`-th level after the version root, e.g. the meter id of a meter topic (index 1)."""
+    return topic.removeprefix(ROOT + "/").split("/")[index]

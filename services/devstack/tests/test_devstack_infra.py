@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 async def test_database_is_fresh_and_writable(database_url: str) -> None:
     conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
-        tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
+        tables = await conn.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        )
         assert tables == 0
         assert await conn.fetchval("SELECT 40 + 2") == 42
     finally:

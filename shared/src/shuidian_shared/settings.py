@@ -20,7 +20,7 @@ PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev-sec
 class ServiceSettings(BaseSettings):
     """Settings every service has."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     environment: Literal["dev", "test", "prod"] = "dev"
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")

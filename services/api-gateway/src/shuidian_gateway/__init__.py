@@ -1,1 +1,1 @@
-"""shuidian_gateway."""
+"""Shuidian API gateway: the public edge for tenants, staff and integrators."""

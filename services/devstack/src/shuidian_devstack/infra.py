@@ -108,7 +108,9 @@ class Broker:
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = (self.data_dir / "broker.log").open("ab")
-        mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        mosquitto = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
         if mosquitto:
             conf = self.data_dir / "mosquitto.conf"
             conf.write_text(

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_devstack import infra
+from shuidian_kit.db import create_engine
+from shuidian_kit.migrations import upgrade
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +56,12 @@ def mqtt_url() -> Iterator[str]:
         yield broker.start()
     finally:
         broker.stop()
+
+
+async def migrated_engine(database_url: str, package: str, schema: str) -> AsyncEngine:
+    """An engine on the session database with `package`'s schema migrated to head."""
+    from importlib.resources import files
+
+    engine = create_engine(database_url, pool_size=5)
+    await upgrade(engine, schema, str(files(package) / "migrations"))
+    return engine

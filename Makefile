@@ -1,0 +1,56 @@
+# Shuidian — the Makefile is the interface. `make run` and `make test` need only Python ≥ 3.11 and pip.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PACKAGES := shared services/kit services/collector services/billing services/control services/alarm \
+            services/api-gateway services/simulator services/devstack
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-unit check lint typecheck fmt bench lock clean up down
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock $(addsuffix /pyproject.toml,$(PACKAGES))
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps $(addprefix -e ,$(PACKAGES))
+	@touch $@
+
+run: install ## whole platform + simulated estate (embedded PostgreSQL and broker unless DATABASE_URL / MQTT_URL)
+	$(BIN)/python -m shuidian_devstack run
+
+test: install ## every test; real PostgreSQL and broker (embedded unless DATABASE_URL / MQTT_URL)
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not integration and not e2e"
+
+check: lint typecheck
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy shared/src services/*/src services/*/tests tests conftest.py
+
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install ## benchmarks: one JSON object per line
+	$(BIN)/python -m shuidian_devstack.bench
+
+lock: ## re-pin requirements.lock from requirements.in
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11
+
+up: ## containers (needs a Docker engine)
+	docker compose -f deploy/compose.yaml up -d --build
+
+down:
+	docker compose -f deploy/compose.yaml down
+
+clean:
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .hypothesis

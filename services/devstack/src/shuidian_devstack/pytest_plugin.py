@@ -8,6 +8,7 @@ Each test session gets its own fresh database, dropped at the end.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +34,7 @@ def pg_server_url() -> Iterator[str]:
         yield infra.embedded_postgres(data_dir)
     finally:
         infra.stop_embedded_postgres(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -51,11 +53,13 @@ def mqtt_url() -> Iterator[str]:
     if url:
         yield url
         return
-    broker = infra.Broker(Path(tempfile.mkdtemp(prefix="shuidian-mqtt-")))
+    data_dir = Path(tempfile.mkdtemp(prefix="shuidian-mqtt-"))
+    broker = infra.Broker(data_dir)
     try:
         yield broker.start()
     finally:
         broker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def migrated_engine(database_url: str, package: str, schema: str) -> AsyncEngine:

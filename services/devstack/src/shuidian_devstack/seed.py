@@ -47,10 +47,15 @@ async def _ok(response: httpx.Response) -> None:
 
 
 async def seed(
-    client: httpx.AsyncClient, urls: dict[str, str], buses: list[BusSeed], accounts: list[AccountSeed]
+    client: httpx.AsyncClient,
+    urls: dict[str, str],
+    buses: list[BusSeed],
+    accounts: list[AccountSeed],
+    *,
+    tariffs: bool = True,
 ) -> None:
     collector, billing = urls["collector"], urls["billing"]
-    for utility, price in TARIFFS.items():
+    for utility, price in TARIFFS.items() if tariffs else ():
         await _ok(
             await client.put(
                 f"{billing}/v1/tariffs/{utility}",

@@ -29,6 +29,7 @@ async def gateway(database_url: str, mqtt_url: str) -> AsyncIterator[str]:
         database_url=SecretStr(database_url),
         mqtt_url=mqtt_url,
         instance_id=f"gw-test-{port}",
+        mqtt_clean_session=True,
         http_port=port,
         staff_api_key=SecretStr(KEY),
         collector_url=dead,

@@ -30,6 +30,10 @@ class ServiceSettings(BaseSettings):
     )
     database_pool_size: int = 10
     mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", validation_alias="MQTT_URL")
+    # Persistent sessions keep QoS 1 messages for a replica while it restarts, but only make sense
+    # with a stable instance_id: a session left behind stays a member of its shared-subscription
+    # group and the broker keeps handing it messages. Ephemeral instances (tests) use clean sessions.
+    mqtt_clean_session: bool = False
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     log_level: str = "INFO"

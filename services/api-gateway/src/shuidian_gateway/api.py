@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from shuidian_gateway.settings import GatewaySettings
-from shuidian_gateway.upstream import Upstreams
+from shuidian_gateway.upstream import UpstreamError, Upstreams
 from shuidian_kit.errors import ServiceError
 from shuidian_shared.money import Money
 
@@ -99,8 +99,13 @@ async def top_up(
 
 @router.get("/meters/{meter_id}", tags=["meters"], summary="表计状态 · Meter relay shadow and device state")
 async def meter(meter_id: str, upstreams: Service) -> dict[str, Any]:
-    shadow = await upstreams.call("control", "GET", f"/v1/meters/{meter_id}/shadow")
     device = await upstreams.call("collector", "GET", f"/v1/meters/{meter_id}/state")
+    try:
+        shadow = await upstreams.call("control", "GET", f"/v1/meters/{meter_id}/shadow")
+    except UpstreamError as err:
+        if err.status_code != 404:
+            raise
+        shadow = None  # no command was ever issued for this meter
     return {"meter_id": meter_id, "shadow": shadow, "device": device}
 
 

@@ -101,8 +101,14 @@ def _publish(mqtt_url: str, payloads: list[bytes]) -> None:
 
     async def go() -> None:
         address = BrokerAddress.parse(mqtt_url)
-        async with aiomqtt.Client(address.host, address.port, max_inflight_messages=200) as client:
-            await asyncio.gather(*(client.publish(topics.readings("bench"), p, qos=1) for p in payloads))
+        window = asyncio.Semaphore(100)  # QoS 1 publishes in flight at once
+
+        async def one(client: aiomqtt.Client, payload: bytes) -> None:
+            async with window:
+                await client.publish(topics.readings("bench"), payload, qos=1)
+
+        async with aiomqtt.Client(address.host, address.port, max_inflight_messages=100, timeout=300) as client:
+            await asyncio.gather(*(one(client, p) for p in payloads))
 
     asyncio.run(go())
 
@@ -118,6 +124,7 @@ async def billing_throughput(database_url: str, mqtt_url: str) -> None:
         environment="test",
         database_url=SecretStr(database_url),
         mqtt_url=mqtt_url,
+        mqtt_clean_session=True,
         instance_id=f"bench-{port}",
         http_port=port,
     )

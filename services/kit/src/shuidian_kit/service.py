@@ -40,7 +40,7 @@ class Runtime:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: ServiceSettings, *, service: str, schema: str, migrations: str, clean_session: bool = False
+        cls, settings: ServiceSettings, *, service: str, schema: str, migrations: str
     ) -> AsyncIterator[Runtime]:
         engine = create_engine(
             settings.database_url.get_secret_value(),
@@ -50,7 +50,10 @@ class Runtime:
         try:
             await upgrade(engine, schema, migrations)
             mqtt = MqttLink(
-                settings.mqtt_url, service=service, instance=settings.instance_id, clean_session=clean_session
+                settings.mqtt_url,
+                service=service,
+                instance=settings.instance_id,
+                clean_session=settings.mqtt_clean_session,
             )
             outbox = Outbox(engine, mqtt, schema)
             supervisor = Supervisor(f"{service}-supervisor")

@@ -8,7 +8,7 @@ from decimal import Decimal
 from shuidian_simulator.estate import BusSpec, Estate, GatewaySpec, MeterSpec, Profile, Protocol
 
 
-def demo_estate(buildings: int = 2, rooms_per_building: int = 20, seed: int = 2026, acceleration: int = 120) -> Estate:
+def demo_estate(buildings: int = 2, rooms_per_building: int = 20, seed: int = 2026, acceleration: int = 360) -> Estate:
     """Room codes like 'A101'; meter ids 'E-A101' / 'W-A101'."""
     gateways = []
     for b in range(buildings):

@@ -25,6 +25,7 @@ from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     BalanceEvent,
+    BalanceEventKind,
     BalanceLevel,
     MeterRef,
     Reading,
@@ -318,9 +319,11 @@ class Billing:
             level = ledger.classify_balance(
                 available[acc.account_id], previous, thresholds, self._settings.restore_hysteresis
             )
-            kinds = ledger.transition_events(previous, level)
-            if not kinds:
+            if level is previous:
                 continue
+            # An improvement that is not a restoration (low_2 → ok) is still announced, so the
+            # low-balance alarm can clear and displays follow.
+            kinds = ledger.transition_events(previous, level) or [BalanceEventKind.CHANGED]
             sequence = acc.sequence
             for kind in kinds:
                 sequence += 1

@@ -198,7 +198,21 @@ async def test_exhaustion_and_restoration_emit_one_event_each(engine: AsyncEngin
     await billing.top_up(account, Decimal("0.50"), "cash", None, f"small-{account}")  # still under water
     await billing.top_up(account, Decimal("100.00"), "cash", None, f"big-{account}")
     kinds = [e.kind.value for e in await balance_events(engine, account)]
+    # 0.50 leaves it exhausted (no event); 100.00 restores it, straight to ok.
     assert kinds == ["low_1", "low_2", "exhausted", "restored"]
+    assert (await billing.account(account))["level"] == "ok"
     sequences = [e.sequence for e in await balance_events(engine, account)]
     assert sequences == sorted(sequences)
     assert len(set(sequences)) == len(sequences)
+
+
+async def test_an_improving_level_is_persisted_and_announced(engine: AsyncEngine) -> None:
+    billing = make_billing(engine)
+    account, meter = await new_account(billing, "21.00")
+    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, 0, "0"),)), "")
+    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, 30, "30"),)), "")
+    assert (await billing.account(account))["level"] == "low_2"  # 21.00 − 18.39
+    await billing.top_up(account, Decimal("50.00"), "cash", None, f"up-{account}")
+    assert (await billing.account(account))["level"] == "ok"
+    events = await balance_events(engine, account)
+    assert [(e.kind.value, e.level.value) for e in events] == [("low_2", "low_2"), ("changed", "ok")]

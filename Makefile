@@ -40,7 +40,7 @@ fmt: install
 	$(BIN)/ruff format .
 
 bench: install ## benchmarks: one JSON object per line
-	$(BIN)/python -m shuidian_devstack.bench
+	$(BIN)/python -m shuidian_devstack.bench $(BENCH)
 
 lock: ## re-pin requirements.lock from requirements.in
 	$(BIN)/python -m pip install --quiet uv

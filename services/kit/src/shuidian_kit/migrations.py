@@ -22,7 +22,7 @@ def _upgrade(connection: Connection, schema: str, script_location: str) -> None:
     config.set_main_option("script_location", script_location)
     config.attributes["connection"] = connection
     config.attributes["schema"] = schema
-    command.upgrade(config, "head")
+    command.upgrade(config, "heads")  # parallel branches of one schema may both apply
 
 
 async def upgrade(engine: AsyncEngine, schema: str, script_location: str) -> None:

@@ -128,6 +128,15 @@ class DeviceState(Message):
     reason: str | None = None
 
 
+class GatewayStatus(Message):
+    """A gateway went offline (nothing behind it answers) or came back: one event per edge, retained."""
+
+    gateway_id: Identifier
+    online: bool
+    meters: int = Field(ge=0, description="meters behind the gateway")
+    reason: str | None = None
+
+
 class CommandKind(StrEnum):
     TRIP = "trip"
     CLOSE_ALLOWED = "close_allowed"  # tenant or meter may re-close
@@ -158,6 +167,11 @@ class CommandRequested(Message):
     origin: CommandOrigin
     reason: str = Field(max_length=500)
     parameters: dict[str, str] = Field(default_factory=dict)
+    attempt: int = Field(
+        default=1,
+        ge=1,
+        description="control re-sends a command as attempt 2, 3, …; the collector runs each (command_id, attempt) at most once",
+    )
 
 
 class CommandStatus(StrEnum):
@@ -178,6 +192,8 @@ class CommandResult(Message):
     relay: RelayState | None = None
     valve: ValveState | None = None
     request_frame: str | None = Field(default=None, description="hex of the frame sent, for the audit trail")
+    response_frame: str | None = Field(default=None, description="hex of the meter's answer, for the audit trail")
+    attempt: int = Field(default=1, ge=1)
 
 
 class BalanceLevel(StrEnum):

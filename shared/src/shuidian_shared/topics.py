@@ -31,6 +31,10 @@ def meter_state(meter_id: str) -> str:
     return f"{ROOT}/meters/{_segment(meter_id)}/state"
 
 
+def gateway_status(gateway_id: str) -> str:
+    return f"{ROOT}/gateways/{_segment(gateway_id)}/status"
+
+
 def meter_command(meter_id: str) -> str:
     return f"{ROOT}/meters/{_segment(meter_id)}/command"
 
@@ -59,6 +63,7 @@ def shared(group: str, topic_filter: str) -> str:
 # Subscription filters.
 ALL_READINGS = f"{ROOT}/readings/+"
 ALL_METER_STATES = f"{ROOT}/meters/+/state"
+ALL_GATEWAY_STATUS = f"{ROOT}/gateways/+/status"
 ALL_METER_COMMANDS = f"{ROOT}/meters/+/command"
 ALL_COMMAND_RESULTS = f"{ROOT}/meters/+/command-result"
 ALL_BALANCES = f"{ROOT}/accounts/+/balance"

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_alarm.baselines import Bucket, Calendar, DayType, bucket_key, spike_limit, update_bucket
+from shuidian_alarm.baselines import Bucket, Calendar, DayType, bucket_key, china_calendar, spike_limit, update_bucket
 
 # 2024: National Day holidays 1–7 October, with Sunday 29 September and Saturday 12 October worked (调休).
 NATIONAL_DAY = Calendar(
@@ -71,3 +71,15 @@ def test_first_samples_average_plainly_then_weigh_exponentially() -> None:
 def test_spike_limit(mean: str, deviation: str, expected: str) -> None:
     bucket = Bucket(mean=Decimal(mean), deviation=Decimal(deviation), samples=10)
     assert spike_limit(bucket, Decimal(3), Decimal("0.5"), Decimal(4)) == Decimal(expected)
+
+
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [
+        (date(2024, 10, 1), DayType.REST_DAY),  # National Day
+        (date(2024, 10, 12), DayType.WORKDAY),  # Saturday worked in exchange
+        (date(2024, 10, 14), DayType.WORKDAY),
+    ],
+)
+def test_the_default_calendar_knows_chinese_holidays(day: date, expected: DayType) -> None:
+    assert china_calendar().day_type(day) is expected

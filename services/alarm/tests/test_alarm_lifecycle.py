@@ -6,11 +6,13 @@ import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import httpx
 import pytest
 import pytest_asyncio
 
 from shuidian_alarm import rules
-from shuidian_alarm.alarms import AlarmService
+from shuidian_alarm.app import Components, compose
+from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
@@ -20,10 +22,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def alarms(database_url: str) -> AsyncIterator[AlarmService]:
+async def c(database_url: str) -> AsyncIterator[Components]:
     engine = await migrated_engine(database_url, "shuidian_alarm", "alarm")
-    outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="alarm", instance="t"), "alarm")
-    yield AlarmService(engine, outbox, "alarm-test")
+    mqtt = MqttLink("mqtt://127.0.0.1:1", service="alarm", instance="t")
+    async with httpx.AsyncClient() as http:
+        yield compose(AlarmSettings(environment="test"), engine, Outbox(engine, mqtt, "alarm"), mqtt, http)
     await engine.dispose()
 
 
@@ -39,35 +42,35 @@ def balance(account: str, kind: BalanceEventKind, level: BalanceLevel, seq: int,
     )
 
 
-async def test_retriggers_update_one_alarm_and_restoration_clears(alarms: AlarmService) -> None:
+async def test_retriggers_update_one_alarm_and_restoration_clears(c: Components) -> None:
     account = f"acc-{uuid.uuid4().hex[:8]}"
     for seq in range(3):
-        await alarms.on_balance(balance(account, BalanceEventKind.LOW_1, BalanceLevel.LOW_1, seq, "15.00"), "")
-    await alarms.on_balance(balance(account, BalanceEventKind.LOW_2, BalanceLevel.LOW_2, 4, "3.00"), "")
-    await alarms.on_balance(balance(account, BalanceEventKind.EXHAUSTED, BalanceLevel.EXHAUSTED, 5, "0.00"), "")
-    open_alarms = await alarms.alarms(account, None, "active", 100)
+        await c.evaluator.on_balance(balance(account, BalanceEventKind.LOW_1, BalanceLevel.LOW_1, seq, "15.00"), "")
+    await c.evaluator.on_balance(balance(account, BalanceEventKind.LOW_2, BalanceLevel.LOW_2, 4, "3.00"), "")
+    await c.evaluator.on_balance(balance(account, BalanceEventKind.EXHAUSTED, BalanceLevel.EXHAUSTED, 5, "0.00"), "")
+    open_alarms = await c.alarms.alarms(account, None, "active", 100)
     assert sorted(a["alarm_type"] for a in open_alarms) == [rules.BALANCE_EXHAUSTED, rules.BALANCE_LOW]
     low = next(a for a in open_alarms if a["alarm_type"] == rules.BALANCE_LOW)
     assert (low["occurrences"], low["severity"]) == (4, "major")
 
-    await alarms.on_balance(balance(account, BalanceEventKind.RESTORED, BalanceLevel.OK, 6, "50.00"), "")
-    assert await alarms.alarms(account, None, "active", 100) == []
-    assert len(await alarms.alarms(account, None, "cleared", 100)) == 2
+    await c.evaluator.on_balance(balance(account, BalanceEventKind.RESTORED, BalanceLevel.OK, 6, "50.00"), "")
+    assert await c.alarms.alarms(account, None, "active", 100) == []
+    assert len(await c.alarms.alarms(account, None, "cleared", 100)) == 2
 
     # A new episode opens a new alarm instead of reviving the cleared one.
-    await alarms.on_balance(balance(account, BalanceEventKind.LOW_1, BalanceLevel.LOW_1, 7, "12.00"), "")
-    history = await alarms.alarms(account, rules.BALANCE_LOW, None, 100)
+    await c.evaluator.on_balance(balance(account, BalanceEventKind.LOW_1, BalanceLevel.LOW_1, 7, "12.00"), "")
+    history = await c.alarms.alarms(account, rules.BALANCE_LOW, None, 100)
     assert [a["state"] for a in history] == ["active", "cleared"]
 
 
-async def test_acknowledged_alarm_stays_the_one_open_alarm(alarms: AlarmService) -> None:
+async def test_acknowledged_alarm_stays_the_one_open_alarm(c: Components) -> None:
     account = f"acc-{uuid.uuid4().hex[:8]}"
-    await alarms.on_balance(balance(account, BalanceEventKind.LOW_1, BalanceLevel.LOW_1, 1, "15.00"), "")
-    (alarm,) = await alarms.alarms(account, None, None, 10)
-    acked = await alarms.acknowledge(alarm["alarm_id"], "manager-1")
+    await c.evaluator.on_balance(balance(account, BalanceEventKind.LOW_1, BalanceLevel.LOW_1, 1, "15.00"), "")
+    (alarm,) = await c.alarms.alarms(account, None, None, 10)
+    acked = await c.alarms.acknowledge(alarm["alarm_id"], "manager-1")
     assert acked["state"] == "acknowledged"
-    await alarms.on_balance(balance(account, BalanceEventKind.LOW_2, BalanceLevel.LOW_2, 2, "4.00"), "")
-    (still,) = await alarms.alarms(account, None, None, 10)
+    await c.evaluator.on_balance(balance(account, BalanceEventKind.LOW_2, BalanceLevel.LOW_2, 2, "4.00"), "")
+    (still,) = await c.alarms.alarms(account, None, None, 10)
     assert (still["alarm_id"], still["state"], still["occurrences"]) == (alarm["alarm_id"], "acknowledged", 2)
 
 

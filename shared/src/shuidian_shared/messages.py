@@ -196,6 +196,33 @@ class CommandResult(Message):
     attempt: int = Field(default=1, ge=1)
 
 
+class CommandState(StrEnum):
+    """Control's lifecycle of a command: pending → sent → acknowledged → confirmed | failed | expired | cancelled."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    ACKNOWLEDGED = "acknowledged"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class CommandUpdate(Message):
+    """A command changed state in control (for alarm, the api-gateway and integrators)."""
+
+    command_id: uuid.UUID
+    meter_id: Identifier
+    kind: CommandKind
+    state: CommandState
+    origin: CommandOrigin
+    attempt: int = Field(default=1, ge=1)
+    reason: str = Field(default="", max_length=500)
+    detail: str = Field(default="", max_length=500)
+    account_id: Identifier | None = None
+    expires_at: AwareDatetime | None = None
+
+
 class BalanceLevel(StrEnum):
     OK = "ok"
     LOW_1 = "low_1"
@@ -231,6 +258,19 @@ class BalanceEvent(Message):
     meters: tuple[MeterRef, ...] = Field(description="meters supplied from this balance")
 
 
+class ReadingHeld(Message):
+    """Billing held a reading for review instead of billing it (impossible jump, register went down)."""
+
+    meter_id: Identifier
+    reading_id: uuid.UUID
+    register_name: str
+    value: Quantity
+    sampled_at: AwareDatetime
+    reason: str = Field(description="implausible_jump, register_decreased or out_of_range")
+    watermark_value: Quantity | None = Field(default=None, description="last accepted value of the register")
+    watermark_sampled_at: AwareDatetime | None = None
+
+
 class AlarmSeverity(StrEnum):
     INFO = "info"
     WARNING = "warning"
@@ -255,6 +295,20 @@ class AlarmEvent(Message):
     message_zh: str
     message_en: str
     details: dict[str, str] = Field(default_factory=dict)
+
+
+class TenantNotification(Message):
+    """An alarm about one of a tenant's own rooms, pushed to the tenant's app in their language."""
+
+    notification_id: uuid.UUID
+    tenant_id: Identifier
+    alarm_id: uuid.UUID
+    alarm_type: Identifier
+    severity: AlarmSeverity
+    event: str = Field(description="raised, escalated or cleared")
+    language: str = Field(default="zh-CN", description="zh-CN or en")
+    title: str
+    body: str
 
 
 class ServiceStatus(Message):

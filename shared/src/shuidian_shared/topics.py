@@ -6,8 +6,11 @@
 | shuidian/v1/meters/{meter_id}/state | collector | 1, retained | DeviceState |
 | shuidian/v1/meters/{meter_id}/command | control | 1 | CommandRequested |
 | shuidian/v1/meters/{meter_id}/command-result | collector | 1 | CommandResult |
+| shuidian/v1/meters/{meter_id}/command-update | control | 1 | CommandUpdate |
 | shuidian/v1/accounts/{account_id}/balance | billing | 1 | BalanceEvent |
+| shuidian/v1/meters/{meter_id}/reading-held | billing | 1 | ReadingHeld |
 | shuidian/v1/alarms/{alarm_type} | alarm | 1 | AlarmEvent |
+| shuidian/v1/tenants/{tenant_id}/notifications | alarm | 1 | TenantNotification |
 | shuidian/v1/status/{service}/{instance} | every service | 1, retained, last will | ServiceStatus |
 """
 
@@ -43,12 +46,25 @@ def command_result(meter_id: str) -> str:
     return f"{ROOT}/meters/{_segment(meter_id)}/command-result"
 
 
+def command_update(meter_id: str) -> str:
+    return f"{ROOT}/meters/{_segment(meter_id)}/command-update"
+
+
+def reading_held(meter_id: str) -> str:
+    return f"{ROOT}/meters/{_segment(meter_id)}/reading-held"
+
+
 def balance(account_id: str) -> str:
     return f"{ROOT}/accounts/{_segment(account_id)}/balance"
 
 
 def alarm(alarm_type: str) -> str:
     return f"{ROOT}/alarms/{_segment(alarm_type)}"
+
+
+def tenant_notifications(tenant_id: str) -> str:
+    """Push notifications for one tenant's app (broker ACLs let each tenant read only their own)."""
+    return f"{ROOT}/tenants/{_segment(tenant_id)}/notifications"
 
 
 def service_status(service: str, instance: str) -> str:
@@ -66,7 +82,9 @@ ALL_METER_STATES = f"{ROOT}/meters/+/state"
 ALL_GATEWAY_STATUS = f"{ROOT}/gateways/+/status"
 ALL_METER_COMMANDS = f"{ROOT}/meters/+/command"
 ALL_COMMAND_RESULTS = f"{ROOT}/meters/+/command-result"
+ALL_COMMAND_UPDATES = f"{ROOT}/meters/+/command-update"
 ALL_BALANCES = f"{ROOT}/accounts/+/balance"
+ALL_READINGS_HELD = f"{ROOT}/meters/+/reading-held"
 ALL_ALARMS = f"{ROOT}/alarms/+"
 ALL_SERVICE_STATUS = f"{ROOT}/status/+/+"
 

@@ -1,63 +1,179 @@
-"""The alarm lifecycle: active → acknowledged → cleared, one open alarm per (source, type)."""
+"""The alarm lifecycle: active → acknowledged → cleared, one open alarm per (source, type).
+
+A re-trigger updates the open alarm (occurrences, last seen, severity never lowered); an alarm left
+unacknowledged too long escalates one severity step at a time. Every change is published through the
+outbox, and notifications and work orders are queued in the same transaction as the alarm itself.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_alarm import rules
-from shuidian_kit.errors import NotFound
+from shuidian_alarm import rules, targets
+from shuidian_kit.errors import NotFound, ServiceError
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
-from shuidian_shared.messages import AlarmEvent, AlarmSeverity, AlarmState, BalanceEvent, CommandResult
+from shuidian_shared.messages import AlarmEvent, AlarmSeverity, AlarmState
 
 log = logging.getLogger(__name__)
 
 RAISED = Counter("alarm_alarms_raised_total", "alarms newly raised", ["alarm_type"])
 CLEARED = Counter("alarm_alarms_cleared_total", "alarms cleared", ["alarm_type"])
+ESCALATED = Counter("alarm_alarms_escalated_total", "alarms escalated for want of acknowledgement", ["alarm_type"])
+
+SEVERITIES = ("info", "warning", "major", "critical")
+_RANK = "array_position(ARRAY['info','warning','major','critical'], {})"
+
+
+class InvalidQuery(ServiceError):
+    status_code = 422
+    code = "invalid_query"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlarmRecord:
+    """An alarm as stored, with where its source sits."""
+
+    alarm_id: uuid.UUID
+    source_id: str
+    alarm_type: str
+    severity: AlarmSeverity
+    state: AlarmState
+    message_zh: str
+    message_en: str
+    details: dict[str, str] = field(default_factory=dict)
+    meter_id: str | None = None
+    gateway_id: str | None = None
+    estate: str | None = None
+    building: str | None = None
+    room: str | None = None
+    tenant_id: str | None = None
+    occurrences: int = 1
+    escalation_level: int = 0
+    raised_at: datetime
+
+    @classmethod
+    def of(cls, row: Row[Any]) -> AlarmRecord:
+        r = row._mapping
+        return cls(
+            alarm_id=r["alarm_id"],
+            source_id=r["source_id"],
+            alarm_type=r["alarm_type"],
+            severity=AlarmSeverity(r["severity"]),
+            state=AlarmState(r["state"]),
+            message_zh=r["message_zh"],
+            message_en=r["message_en"],
+            details=dict(r["details"]),
+            meter_id=r["meter_id"],
+            gateway_id=r["gateway_id"],
+            estate=r["estate"],
+            building=r["building"],
+            room=r["room"],
+            tenant_id=r["tenant_id"],
+            occurrences=r["occurrences"],
+            escalation_level=r["escalation_level"],
+            raised_at=r["raised_at"],
+        )
+
+
+# Called inside the alarm's transaction when an alarm is raised, escalated or cleared.
+AlarmHook = Callable[[AsyncConnection, AlarmRecord, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlarmQuery:
+    estate: str | None = None
+    building: str | None = None
+    source_id: str | None = None
+    meter_id: str | None = None
+    alarm_type: str | None = None
+    alarm_types: tuple[str, ...] | None = None
+    state: str | None = None
+    tenant_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    cursor: str | None = None
+
+
+def _cursor(raised_at: datetime, alarm_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{raised_at.isoformat()}|{alarm_id}".encode()).decode()
+
+
+def _uncursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, alarm_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(at), uuid.UUID(alarm_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
+        raise InvalidQuery("cursor is not one this API handed out") from err
 
 
 class AlarmService:
-    def __init__(self, engine: AsyncEngine, outbox: Outbox, source: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        outbox: Outbox,
+        source: str,
+        *,
+        hooks: Sequence[AlarmHook] = (),
+        escalate_after: timedelta = timedelta(minutes=30),
+        max_escalations: int = 2,
+    ) -> None:
         self._engine = engine
         self._outbox = outbox
         self._source = source
+        self._hooks = list(hooks)
+        self._escalate_after = escalate_after
+        self._max_escalations = max_escalations
 
-    async def on_balance(self, event: BalanceEvent, topic: str) -> None:
-        await self.apply(rules.on_balance(event))
+    def add_hook(self, hook: AlarmHook) -> None:
+        self._hooks.append(hook)
 
-    async def on_command_result(self, result: CommandResult, topic: str) -> None:
-        await self.apply(rules.on_command_result(result))
-
-    async def apply(self, decisions: list[rules.Decision]) -> None:
+    async def apply(self, decisions: Sequence[rules.Decision]) -> None:
+        """Apply decisions in their own transaction."""
         if not decisions:
             return
         async with self._engine.begin() as conn:
-            for decision in decisions:
-                if isinstance(decision, rules.Raise):
-                    await self._raise(conn, decision)
-                else:
-                    await self._clear(conn, decision)
+            await self.apply_in(conn, decisions)
         self._outbox.notify()
 
-    async def _raise(self, conn: AsyncConnection, d: rules.Raise) -> None:
-        # A re-trigger updates the open alarm instead of opening a second one.
+    async def apply_in(self, conn: AsyncConnection, decisions: Sequence[rules.Decision]) -> None:
+        """Apply decisions inside the caller's transaction (the caller notifies the outbox after commit)."""
+        raised = sorted({d.source_id for d in decisions if isinstance(d, rules.Raise)})
+        where = await targets.placements(conn, raised) if raised else {}
+        for decision in decisions:
+            if isinstance(decision, rules.Raise):
+                await self._raise(conn, decision, where.get(decision.source_id, targets.Placement()))
+            else:
+                await self._clear(conn, decision)
+
+    async def _raise(self, conn: AsyncConnection, d: rules.Raise, at: targets.Placement) -> None:
         row = (
             await conn.execute(
                 text(
-                    "INSERT INTO alarm.alarms (alarm_id, source_id, alarm_type, severity, state, message_zh, message_en, details) "
-                    "VALUES (:id, :s, :t, :sev, 'active', :zh, :en, CAST(:d AS jsonb)) "
+                    "INSERT INTO alarm.alarms (alarm_id, source_id, alarm_type, severity, state, message_zh, message_en, "
+                    "details, meter_id, gateway_id, estate, building, room, tenant_id) "
+                    "VALUES (:id, :s, :t, :sev, 'active', :zh, :en, CAST(:d AS jsonb), :meter, :gw, :estate, :building, "
+                    ":room, :tenant) "
                     "ON CONFLICT (source_id, alarm_type) WHERE state <> 'cleared' DO UPDATE SET "
-                    "occurrences = alarm.alarms.occurrences + 1, severity = EXCLUDED.severity, "
+                    "occurrences = alarm.alarms.occurrences + 1, last_seen_at = now(), "
+                    f"severity = CASE WHEN {_RANK.format('EXCLUDED.severity')} > {_RANK.format('alarm.alarms.severity')} "
+                    "THEN EXCLUDED.severity ELSE alarm.alarms.severity END, "
                     "message_zh = EXCLUDED.message_zh, message_en = EXCLUDED.message_en, "
                     "details = EXCLUDED.details, updated_at = now() "
-                    "RETURNING alarm_id, state, (xmax = 0) AS inserted"
+                    "RETURNING *, (xmax = 0) AS inserted"
                 ),
                 {
                     "id": uuid.uuid4(),
@@ -67,73 +183,136 @@ class AlarmService:
                     "zh": d.message_zh,
                     "en": d.message_en,
                     "d": json.dumps(d.details),
+                    "meter": at.meter_id,
+                    "gw": at.gateway_id,
+                    "estate": at.estate,
+                    "building": at.building,
+                    "room": at.room,
+                    "tenant": at.tenant_id,
                 },
             )
         ).one()
+        record = AlarmRecord.of(row)
+        await self._publish(conn, record)
         if row.inserted:
             RAISED.labels(d.alarm_type).inc()
             log.info("alarm %s raised for %s", d.alarm_type, d.source_id)
-        await self._publish(conn, row.alarm_id, d.source_id, d.alarm_type, d.severity, AlarmState(row.state), d)
+            await self._run_hooks(conn, record, "raised")
 
     async def _clear(self, conn: AsyncConnection, d: rules.Clear) -> None:
         cleared = await conn.execute(
             text(
                 "UPDATE alarm.alarms SET state = 'cleared', cleared_at = now(), updated_at = now() "
-                "WHERE source_id = :s AND alarm_type = :t AND state <> 'cleared' "
-                "RETURNING alarm_id, severity, message_zh, message_en"
+                "WHERE source_id = :s AND alarm_type = :t AND state <> 'cleared' RETURNING *"
             ),
             {"s": d.source_id, "t": d.alarm_type},
         )
-        for row in cleared:
+        for row in cleared.all():
             CLEARED.labels(d.alarm_type).inc()
-            event = AlarmEvent(
-                source=self._source,
-                alarm_id=row.alarm_id,
-                alarm_type=d.alarm_type,
-                source_id=d.source_id,
-                severity=AlarmSeverity(row.severity),
-                state=AlarmState.CLEARED,
-                message_zh=row.message_zh,
-                message_en=row.message_en,
-            )
-            await self._outbox.add(conn, topics.alarm(d.alarm_type), event)
+            record = AlarmRecord.of(row)
+            await self._publish(conn, record)
+            await self._run_hooks(conn, record, "cleared")
 
-    async def _publish(
-        self,
-        conn: AsyncConnection,
-        alarm_id: uuid.UUID,
-        source_id: str,
-        alarm_type: str,
-        severity: AlarmSeverity,
-        state: AlarmState,
-        d: rules.Raise,
-    ) -> None:
+    async def _run_hooks(self, conn: AsyncConnection, record: AlarmRecord, event: str) -> None:
+        for hook in self._hooks:
+            await hook(conn, record, event)
+
+    async def _publish(self, conn: AsyncConnection, record: AlarmRecord) -> None:
         event = AlarmEvent(
             source=self._source,
-            alarm_id=alarm_id,
-            alarm_type=alarm_type,
-            source_id=source_id,
-            severity=severity,
-            state=state,
-            message_zh=d.message_zh,
-            message_en=d.message_en,
-            details=d.details,
+            alarm_id=record.alarm_id,
+            alarm_type=record.alarm_type,
+            source_id=record.source_id,
+            severity=record.severity,
+            state=record.state,
+            message_zh=record.message_zh,
+            message_en=record.message_en,
+            details=record.details,
         )
-        await self._outbox.add(conn, topics.alarm(alarm_type), event)
+        await self._outbox.add(conn, topics.alarm(record.alarm_type), event)
+
+    async def escalate(self, now: datetime) -> int:
+        """Raise by one severity step every active alarm left unacknowledged for `escalate_after` (since the last step)."""
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "UPDATE alarm.alarms SET escalation_level = escalation_level + 1, escalated_at = :now, "
+                        "severity = CASE severity WHEN 'info' THEN 'warning' WHEN 'warning' THEN 'major' "
+                        "ELSE 'critical' END, updated_at = now() "
+                        "WHERE state = 'active' AND escalation_level < :max "
+                        "AND coalesce(escalated_at, raised_at) <= :due RETURNING *"
+                    ),
+                    {"now": now, "max": self._max_escalations, "due": now - self._escalate_after},
+                )
+            ).all()
+            for row in rows:
+                record = AlarmRecord.of(row)
+                ESCALATED.labels(record.alarm_type).inc()
+                log.warning("alarm %s on %s escalated to %s", record.alarm_type, record.source_id, record.severity)
+                await self._publish(conn, record)
+                await self._run_hooks(conn, record, "escalated")
+        if rows:
+            self._outbox.notify()
+        return len(rows)
+
+    async def query(self, q: AlarmQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """History newest first, filtered; the cursor of the next page when there may be one."""
+        if q.state is not None and q.state not in {s.value for s in AlarmState}:
+            raise InvalidQuery(f"state must be one of {[s.value for s in AlarmState]}")
+        before = _uncursor(q.cursor) if q.cursor else None
+        params: dict[str, Any] = {
+            "estate": q.estate,
+            "building": q.building,
+            "src": q.source_id,
+            "meter": q.meter_id,
+            "type": q.alarm_type,
+            "types": list(q.alarm_types) if q.alarm_types is not None else None,
+            "state": q.state,
+            "tenant": q.tenant_id,
+            "since": q.since,
+            "until": q.until,
+            "b_at": before[0] if before else None,
+            "b_id": before[1] if before else None,
+            "n": q.limit,
+        }
+        filters = " AND ".join(
+            f"(CAST(:{p} AS {t}) IS NULL OR {cond})"
+            for p, t, cond in (
+                ("estate", "text", "estate = :estate"),
+                ("building", "text", "building = :building"),
+                ("src", "text", "source_id = :src"),
+                ("meter", "text", "meter_id = :meter"),
+                ("type", "text", "alarm_type = :type"),
+                ("types", "text[]", "alarm_type = ANY(:types)"),
+                ("state", "text", "state = :state"),
+                ("tenant", "text", "tenant_id = :tenant"),
+                ("since", "timestamptz", "raised_at >= :since"),
+                ("until", "timestamptz", "raised_at < :until"),
+                ("b_at", "timestamptz", "(raised_at, alarm_id) < (:b_at, :b_id)"),
+            )
+        )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(f"SELECT * FROM alarm.alarms WHERE {filters} ORDER BY raised_at DESC, alarm_id DESC LIMIT :n"),
+                params,
+            )
+            found = [r._asdict() for r in rows]
+        more = _cursor(found[-1]["raised_at"], found[-1]["alarm_id"]) if len(found) == q.limit else None
+        return found, more
 
     async def alarms(
         self, source_id: str | None, alarm_type: str | None, state: str | None, limit: int
     ) -> list[dict[str, Any]]:
+        found, _ = await self.query(AlarmQuery(source_id=source_id, alarm_type=alarm_type, state=state, limit=limit))
+        return found
+
+    async def get(self, alarm_id: uuid.UUID) -> dict[str, Any]:
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT * FROM alarm.alarms WHERE (CAST(:s AS text) IS NULL OR source_id = :s) "
-                    "AND (CAST(:t AS text) IS NULL OR alarm_type = :t) AND (CAST(:st AS text) IS NULL OR state = :st) "
-                    "ORDER BY raised_at DESC LIMIT :n"
-                ),
-                {"s": source_id, "t": alarm_type, "st": state, "n": limit},
-            )
-            return [r._asdict() for r in rows]
+            row = (await conn.execute(text("SELECT * FROM alarm.alarms WHERE alarm_id = :a"), {"a": alarm_id})).first()
+        if row is None:
+            raise NotFound(f"no alarm {alarm_id}")
+        return row._asdict()
 
     async def acknowledge(self, alarm_id: uuid.UUID, by: str) -> dict[str, Any]:
         async with self._engine.begin() as conn:
@@ -142,11 +321,14 @@ class AlarmService:
                     text(
                         "UPDATE alarm.alarms SET state = CASE WHEN state = 'active' THEN 'acknowledged' ELSE state END, "
                         "acknowledged_at = coalesce(acknowledged_at, now()), acknowledged_by = coalesce(acknowledged_by, :b), "
-                        "updated_at = now() WHERE alarm_id = :a RETURNING *"
+                        "updated_at = now() WHERE alarm_id = :a RETURNING *, (acknowledged_by = :b AND state = 'acknowledged') AS changed"
                     ),
                     {"a": alarm_id, "b": by},
                 )
             ).first()
-        if row is None:
-            raise NotFound(f"no alarm {alarm_id}")
+            if row is None:
+                raise NotFound(f"no alarm {alarm_id}")
+            if row.changed:
+                await self._publish(conn, AlarmRecord.of(row))
+        self._outbox.notify()
         return row._asdict()

@@ -2,20 +2,140 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from importlib.resources import files
 
-from fastapi import FastAPI
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shuidian_alarm import maintenance
 from shuidian_alarm.alarms import AlarmService
 from shuidian_alarm.api import router
+from shuidian_alarm.engine import Evaluator
+from shuidian_alarm.maintenance import WorkOrders
+from shuidian_alarm.notify.channels import (
+    AliyunSms,
+    AliyunSmsConfig,
+    Channels,
+    EmailChannel,
+    MqttPushChannel,
+    SmsChannel,
+    SmtpConfig,
+    WebhookChannel,
+)
+from shuidian_alarm.notify.notifier import Notifier, RetryPolicy
+from shuidian_alarm.rulebook import RuleBook
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_kit.service import Runtime, install_error_handlers, ops_router
+from shuidian_kit.mqtt import MqttLink
+from shuidian_kit.outbox import Outbox
+from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
 from shuidian_shared import topics
-from shuidian_shared.messages import BalanceEvent, CommandResult
+from shuidian_shared.messages import (
+    BalanceEvent,
+    CommandRequested,
+    CommandResult,
+    CommandUpdate,
+    DeviceState,
+    GatewayStatus,
+    ReadingBatch,
+    utcnow,
+)
 
 SERVICE = "alarm"
+
+
+def build_channels(settings: AlarmSettings, http: httpx.AsyncClient, mqtt: MqttLink) -> Channels:
+    sms = None
+    if settings.sms_access_key_id:
+        sms = AliyunSms(
+            http,
+            AliyunSmsConfig(
+                endpoint=settings.sms_endpoint,
+                access_key_id=settings.sms_access_key_id,
+                access_key_secret=settings.sms_access_key_secret.get_secret_value(),
+                sign_name=settings.sms_sign_name,
+                template_code=settings.sms_template_code,
+                region=settings.sms_region,
+            ),
+        )
+    smtp = SmtpConfig(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        sender=settings.smtp_sender,
+        username=settings.smtp_username,
+        password=settings.smtp_password.get_secret_value(),
+        starttls=settings.smtp_starttls,
+        timeout=settings.notify_timeout_seconds,
+    )
+    return Channels(
+        {
+            "webhook": WebhookChannel(http, settings.webhook_secret.get_secret_value()),
+            "email": EmailChannel(smtp),
+            "sms": SmsChannel(sms),
+            "mqtt": MqttPushChannel(mqtt, mqtt.client_id, settings.notify_timeout_seconds),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Components:
+    """Everything the alarm service is made of, wired together."""
+
+    alarms: AlarmService
+    rulebook: RuleBook
+    evaluator: Evaluator
+    notifier: Notifier
+    work_orders: WorkOrders
+
+
+def compose(
+    settings: AlarmSettings,
+    engine: AsyncEngine,
+    outbox: Outbox,
+    mqtt: MqttLink,
+    http: httpx.AsyncClient,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+) -> Components:
+    """The composition root proper: the app's lifespan, the tests and the benchmark all build the service here."""
+    notifier = Notifier(
+        engine,
+        build_channels(settings, http, mqtt),
+        timezone=settings.timezone,
+        retry=RetryPolicy(
+            max_attempts=settings.notify_max_attempts,
+            base=timedelta(seconds=settings.notify_backoff_seconds),
+            cap=timedelta(seconds=settings.notify_backoff_max_seconds),
+        ),
+        concurrency=settings.notify_concurrency,
+        poll_interval=settings.notify_poll_seconds,
+        clock=clock,
+    )
+    alarms = AlarmService(
+        engine,
+        outbox,
+        mqtt.client_id,
+        hooks=(maintenance.on_alarm, notifier.on_alarm),
+        escalate_after=timedelta(seconds=settings.escalate_after_seconds),
+        max_escalations=settings.max_escalations,
+    )
+    book = RuleBook(engine)
+    evaluator = Evaluator(
+        engine,
+        outbox,
+        alarms,
+        book,
+        clock=clock,
+        tick_interval=timedelta(seconds=settings.tick_seconds),
+        targets_ttl=timedelta(seconds=settings.targets_cache_seconds),
+    )
+    return Components(alarms, book, evaluator, notifier, WorkOrders(engine))
 
 
 def create_app(settings: AlarmSettings | None = None) -> FastAPI:
@@ -24,24 +144,49 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrations = str(files("shuidian_alarm") / "migrations")
-        async with Runtime.open(settings, service=SERVICE, schema="alarm", migrations=migrations) as runtime:
-            alarms = AlarmService(runtime.engine, runtime.outbox, runtime.mqtt.client_id)
-            runtime.mqtt.subscribe(topics.shared(SERVICE, topics.ALL_BALANCES), BalanceEvent, alarms.on_balance)
-            runtime.mqtt.subscribe(
-                topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, alarms.on_command_result
+        async with (
+            Runtime.open(settings, service=SERVICE, schema="alarm", migrations=migrations) as runtime,
+            httpx.AsyncClient(timeout=settings.notify_timeout_seconds) as http,
+        ):
+            c = compose(settings, runtime.engine, runtime.outbox, runtime.mqtt, http)
+            await c.rulebook.load()
+            evaluator = c.evaluator
+            subscribe = runtime.mqtt.subscribe
+            subscribe(topics.shared(SERVICE, topics.ALL_READINGS), ReadingBatch, evaluator.on_readings)
+            subscribe(topics.shared(SERVICE, topics.ALL_METER_STATES), DeviceState, evaluator.on_device_state)
+            subscribe(topics.shared(SERVICE, topics.ALL_GATEWAY_STATUS), GatewayStatus, evaluator.on_gateway_status)
+            subscribe(topics.shared(SERVICE, topics.ALL_BALANCES), BalanceEvent, evaluator.on_balance)
+            subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, evaluator.on_command_result)
+            subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_UPDATES), CommandUpdate, evaluator.on_command_update)
+            subscribe(
+                topics.shared(SERVICE, topics.ALL_METER_COMMANDS), CommandRequested, evaluator.on_command_requested
             )
+            runtime.supervisor.add("tick", evaluator.tick_loop)
+            runtime.supervisor.add("notifications", c.notifier.run)
             app.state.runtime = runtime
-            app.state.alarms = alarms
+            app.state.alarms = c.alarms
+            app.state.rulebook = c.rulebook
+            app.state.evaluator = evaluator
+            app.state.notifier = c.notifier
+            app.state.work_orders = c.work_orders
             async with runtime.running():
                 yield
 
     app = FastAPI(
         title="Shuidian alarm",
-        summary="告警规则、告警生命周期与通知 · Alarm rules, lifecycle and notifications",
-        version="0.1.0",
+        summary="告警规则、告警生命周期、通知与维修工单 · Alarm rules, lifecycle, notifications and work orders",
+        version="0.2.0",
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        # Framework errors (a body that is not JSON, an unknown route) in the one error format too.
+        assert isinstance(exc, StarletteHTTPException)
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, code.replace("_", " "), str(exc.detail), code)
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.include_router(ops_router())
     app.include_router(router)
     return app

@@ -41,6 +41,17 @@ class Calendar:
         return DayType.WORKDAY
 
 
+def china_calendar(timezone: str = DEFAULT_TIMEZONE) -> Calendar:
+    """Mainland China's public holidays and in-lieu workdays (调休) as published, from `chinese-calendar`."""
+    import chinese_calendar  # type: ignore[import-untyped]
+
+    return Calendar(
+        timezone=timezone,
+        holidays=frozenset(chinese_calendar.holidays),
+        workdays=frozenset(chinese_calendar.workdays),
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Bucket:
     """Exponentially weighted mean and mean absolute deviation of one (day type, hour) bucket."""

@@ -31,7 +31,15 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, TypeAdapter
 
-from shuidian_alarm.baselines import DEFAULT_TIMEZONE, Bucket, Calendar, bucket_key, spike_limit, update_bucket
+from shuidian_alarm.baselines import (
+    DEFAULT_TIMEZONE,
+    Bucket,
+    Calendar,
+    bucket_key,
+    china_calendar,
+    spike_limit,
+    update_bucket,
+)
 from shuidian_alarm.rules import Clear, Decision, Raise
 from shuidian_shared.messages import (
     AlarmSeverity,
@@ -76,6 +84,8 @@ CONNECTIVITY: Final = "connectivity"  # the slot of ConnectivityRule, which rais
 
 
 def _aware(at: datetime) -> None:
+    if at.tzinfo is UTC:  # the common case, checked first: this runs for every rule on every observation
+        return
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("datetime must be timezone-aware")
 
@@ -395,9 +405,9 @@ def _on_reading_value(
     if isinstance(rule, ThresholdRule):
         evidence, value = _threshold_evidence(rule, reading)
         gauge = _GAUGES[rule.measure]
-        shown = "—" if value is None else f"{value}"
 
         def raised() -> Raise:
+            shown = "—" if value is None else f"{value}"
             return Raise(
                 meter,
                 rule.slot,
@@ -1251,7 +1261,7 @@ def default_rules() -> tuple[ScopedRule, ...]:
         ThresholdRule(measure=Measure.CLOCK_DRIFT, limit=Decimal("300"), margin=Decimal("30"), raise_after=_ZERO),
         FlagRule(flag=ReadingFlag.TAMPER, severity=AlarmSeverity.MAJOR),
         FlagRule(flag=ReadingFlag.BATTERY_LOW, raise_after=HOUR, clear_after=timedelta(hours=24)),
-        SpikeRule(),
+        SpikeRule(calendar=china_calendar()),
         WaterLeakRule(),
         ConnectivityRule(),
         CommErrorRule(),

@@ -10,7 +10,9 @@ from shuidian_shared.messages import (
     BalanceEventKind,
     BalanceLevel,
     CommandResult,
+    CommandState,
     CommandStatus,
+    CommandUpdate,
 )
 
 
@@ -85,4 +87,23 @@ def on_command_result(result: CommandResult) -> list[Decision]:
         ]
     if result.status is CommandStatus.CONFIRMED:
         return [Clear(result.meter_id, COMMAND_FAILED)]
+    return []
+
+
+def on_command_update(update: CommandUpdate) -> list[Decision]:
+    """Control's verdict after its retries: failed or expired raises, confirmed clears."""
+    if update.state in (CommandState.FAILED, CommandState.EXPIRED):
+        detail = update.detail or update.reason
+        return [
+            Raise(
+                update.meter_id,
+                COMMAND_FAILED,
+                AlarmSeverity.MAJOR,
+                f"表计命令 {update.kind.value} 最终未成功（{update.state.value}，第 {update.attempt} 次尝试）：{detail}",
+                f"Meter command {update.kind.value} {update.state.value} after attempt {update.attempt}: {detail}",
+                {"command_id": str(update.command_id), "attempt": str(update.attempt)},
+            )
+        ]
+    if update.state is CommandState.CONFIRMED:
+        return [Clear(update.meter_id, COMMAND_FAILED)]
     return []

@@ -1,0 +1,199 @@
+"""Work orders for device faults: a fault alarm opens one; maintenance staff assign, work and close it.
+
+Status: open → assigned → in_progress → resolved → closed (closing needs a cause; any open order may be
+closed directly, e.g. as a duplicate or a false alarm). Mean time to repair runs from opening to resolution.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shuidian_alarm.alarms import AlarmRecord
+from shuidian_kit.errors import NotFound, ServiceError
+
+# Alarm types that mean a device needs a person on site.
+FAULT_TYPES: Final = frozenset(
+    {
+        "meter_offline",
+        "gateway_offline",
+        "comm_errors",
+        "tamper",
+        "battery_low",
+        "clock_drift",
+        "supply_mismatch",
+        "command_failed",
+        "electric_leakage",
+    }
+)
+STATUSES: Final = ("open", "assigned", "in_progress", "resolved", "closed")
+_NEXT: Final = {
+    "open": {"assigned", "closed"},
+    "assigned": {"assigned", "in_progress", "resolved", "closed"},
+    "in_progress": {"resolved", "closed"},
+    "resolved": {"closed", "in_progress"},  # reopened when the fix did not hold
+    "closed": set(),
+}
+
+
+class InvalidTransition(ServiceError):
+    status_code = 409
+    code = "invalid_transition"
+
+
+async def on_alarm(conn: AsyncConnection, alarm: AlarmRecord, event: str) -> None:
+    """The alarm hook: a newly raised fault opens a work order; a cleared one leaves a note on it."""
+    if alarm.alarm_type not in FAULT_TYPES:
+        return
+    if event == "raised":
+        await conn.execute(
+            text(
+                "INSERT INTO alarm.work_orders (work_order_id, alarm_id, device_id, fault_type, estate, building) "
+                "VALUES (:id, :alarm, :device, :type, :estate, :building) ON CONFLICT (alarm_id) DO NOTHING"
+            ),
+            {
+                "id": uuid.uuid4(),
+                "alarm": alarm.alarm_id,
+                "device": alarm.meter_id or alarm.gateway_id or alarm.source_id,
+                "type": alarm.alarm_type,
+                "estate": alarm.estate,
+                "building": alarm.building,
+            },
+        )
+    elif event == "cleared":
+        await conn.execute(
+            text(
+                "INSERT INTO alarm.work_order_notes (work_order_id, author, note) "
+                "SELECT work_order_id, 'system', '告警已自动解除 · the alarm cleared by itself' "
+                "FROM alarm.work_orders WHERE alarm_id = :a AND status NOT IN ('resolved', 'closed')"
+            ),
+            {"a": alarm.alarm_id},
+        )
+
+
+class WorkOrders:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def query(
+        self,
+        *,
+        estate: str | None,
+        building: str | None,
+        device_id: str | None,
+        fault_type: str | None,
+        status: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT w.*, a.severity, a.state AS alarm_state, a.message_zh, a.message_en "
+                    "FROM alarm.work_orders w JOIN alarm.alarms a USING (alarm_id) "
+                    "WHERE (CAST(:e AS text) IS NULL OR w.estate = :e) AND (CAST(:b AS text) IS NULL OR w.building = :b) "
+                    "AND (CAST(:d AS text) IS NULL OR w.device_id = :d) AND (CAST(:t AS text) IS NULL OR w.fault_type = :t) "
+                    "AND (CAST(:s AS text) IS NULL OR w.status = :s) "
+                    "AND (CAST(:since AS timestamptz) IS NULL OR w.opened_at >= :since) "
+                    "AND (CAST(:until AS timestamptz) IS NULL OR w.opened_at < :until) "
+                    "ORDER BY w.opened_at DESC LIMIT :n"
+                ),
+                {
+                    "e": estate,
+                    "b": building,
+                    "d": device_id,
+                    "t": fault_type,
+                    "s": status,
+                    "since": since,
+                    "until": until,
+                    "n": limit,
+                },
+            )
+            return [r._asdict() for r in rows]
+
+    async def get(self, work_order_id: uuid.UUID, conn: AsyncConnection | None = None) -> dict[str, Any]:
+        if conn is None:
+            async with self._engine.connect() as own:
+                return await self.get(work_order_id, own)
+        row = (
+            await conn.execute(text("SELECT * FROM alarm.work_orders WHERE work_order_id = :w"), {"w": work_order_id})
+        ).first()
+        if row is None:
+            raise NotFound(f"no work order {work_order_id}")
+        notes = await conn.execute(
+            text("SELECT at, author, note FROM alarm.work_order_notes WHERE work_order_id = :w ORDER BY at"),
+            {"w": work_order_id},
+        )
+        return {**row._asdict(), "notes": [n._asdict() for n in notes]}
+
+    async def update(
+        self,
+        work_order_id: uuid.UUID,
+        *,
+        by: str,
+        status: str | None,
+        assignee: str | None,
+        note: str | None,
+        closing_cause: str | None,
+    ) -> dict[str, Any]:
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT status, assignee FROM alarm.work_orders WHERE work_order_id = :w FOR UPDATE"),
+                    {"w": work_order_id},
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no work order {work_order_id}")
+            target = status or ("assigned" if assignee and row.status == "open" else row.status)
+            if target != row.status and target not in _NEXT[row.status]:
+                raise InvalidTransition(f"a work order cannot go from {row.status} to {target}")
+            if row.status == "closed" and (assignee or closing_cause):
+                raise InvalidTransition("a closed work order is not changed any more; add a note instead")
+            if target == "assigned" and not (assignee or row.assignee):
+                raise InvalidTransition("assigning needs an assignee")
+            if target == "closed" and row.status != "closed" and not closing_cause:
+                raise InvalidTransition("closing needs a closing cause")
+            await conn.execute(
+                text(
+                    "UPDATE alarm.work_orders SET status = :s, assignee = coalesce(:a, assignee), "
+                    "closing_cause = coalesce(:c, closing_cause), updated_at = now(), "
+                    "resolved_at = CASE WHEN :s IN ('resolved', 'closed') THEN coalesce(resolved_at, now()) "
+                    "  WHEN :s = 'in_progress' THEN NULL ELSE resolved_at END, "
+                    "closed_at = CASE WHEN :s = 'closed' THEN coalesce(closed_at, now()) ELSE closed_at END "
+                    "WHERE work_order_id = :w"
+                ),
+                {"s": target, "a": assignee, "c": closing_cause, "w": work_order_id},
+            )
+            entries = [f"{row.status} → {target}"] if target != row.status else []
+            entries += [f"指派给 · assigned to {assignee}"] if assignee else []
+            entries += [note] if note else []
+            for entry in entries:
+                await conn.execute(
+                    text("INSERT INTO alarm.work_order_notes (work_order_id, author, note) VALUES (:w, :a, :n)"),
+                    {"w": work_order_id, "a": by, "n": entry},
+                )
+            return await self.get(work_order_id, conn)
+
+    async def mttr(self, since: datetime | None, until: datetime | None) -> list[dict[str, Any]]:
+        """Mean time to repair per estate, over orders resolved in [since, until)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT coalesce(estate, '') AS estate, count(*) AS repairs, "
+                    "extract(epoch FROM avg(resolved_at - opened_at)) AS mean_seconds "
+                    "FROM alarm.work_orders WHERE resolved_at IS NOT NULL "
+                    "AND (CAST(:since AS timestamptz) IS NULL OR resolved_at >= :since) "
+                    "AND (CAST(:until AS timestamptz) IS NULL OR resolved_at < :until) "
+                    "GROUP BY 1 ORDER BY 1"
+                ),
+                {"since": since, "until": until},
+            )
+            return [
+                {"estate": r.estate or None, "repairs": r.repairs, "mean_seconds": float(r.mean_seconds)} for r in rows
+            ]

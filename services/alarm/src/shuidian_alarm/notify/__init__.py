@@ -1,0 +1,1 @@
+"""Notifications: templates, delivery channels and the persisted delivery queue."""

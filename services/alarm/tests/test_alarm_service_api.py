@@ -1,0 +1,241 @@
+"""The alarm service as deployed: its own process surface (uvicorn, real broker, real PostgreSQL), inputs over
+MQTT, configuration and maintenance through the REST API, bad input answered with problem+json."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import aiomqtt
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from pydantic import BaseModel, SecretStr
+
+from shuidian_alarm.app import create_app
+from shuidian_alarm.settings import AlarmSettings
+from shuidian_devstack.infra import free_port
+from shuidian_kit.mqtt import BrokerAddress
+from shuidian_shared import topics
+from shuidian_shared.messages import (
+    BalanceEvent,
+    BalanceEventKind,
+    BalanceLevel,
+    CommandKind,
+    CommandOrigin,
+    CommandState,
+    CommandUpdate,
+    MeterRef,
+    Utility,
+)
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = await probe()
+                if result:
+                    return result
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    port = free_port()
+    settings = AlarmSettings(
+        environment="test",
+        database_url=SecretStr(database_url),
+        mqtt_url=mqtt_url,
+        mqtt_clean_session=True,
+        instance_id=f"api-{port}",
+        http_port=port,
+        tick_seconds=0.2,
+    )
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
+    task = asyncio.create_task(server.serve())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+        async def ready() -> bool:
+            try:
+                return (await client.get("/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(ready, "the alarm service to be ready", 30)
+        yield client
+    server.should_exit = True
+    await task
+
+
+async def publish(mqtt_url: str, topic: str, message: BaseModel) -> None:
+    address = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(address.host, address.port) as client:
+        await client.publish(topic, message.model_dump_json().encode(), qos=1)
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_a_balance_event_over_mqtt_raises_a_low_balance_alarm_placed_in_its_room(
+    api: httpx.AsyncClient, mqtt_url: str
+) -> None:
+    estate, account, meter = f"estate-{uid()}", f"acc-{uid()}", f"E-{uid()}"
+    put = await api.put(
+        "/v1/targets",
+        json={
+            "targets": [
+                {"meter_id": meter, "account_id": account, "estate": estate, "building": "1", "room": "101"},
+            ]
+        },
+    )
+    assert put.status_code == 200, put.text
+    event = BalanceEvent(
+        source="billing-test",
+        account_id=account,
+        kind=BalanceEventKind.LOW_1,
+        level=BalanceLevel.LOW_1,
+        balance=Decimal("12.00"),
+        sequence=1,
+        meters=(MeterRef(meter_id=meter, utility=Utility.ELECTRICITY),),
+    )
+    await publish(mqtt_url, topics.balance(account), event)
+
+    async def raised() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = (await api.get("/v1/alarms", params={"estate": estate})).json()
+        return found or None
+
+    (alarm,) = await eventually(raised, "the low-balance alarm")
+    assert (alarm["alarm_type"], alarm["source_id"], alarm["room"]) == ("balance_low", account, "101")
+
+
+async def test_rules_are_validated_and_the_most_specific_applies(api: httpx.AsyncClient) -> None:
+    meter = f"E-{uid()}"
+    bad_kind = await api.put(
+        "/v1/rules", json={"scope_level": "meter", "scope_key": meter, "slot": "over_voltage", "rule": {"kind": "x"}}
+    )
+    assert problem(bad_kind, 422)["code"] == "invalid_rule"
+    wrong_slot = {"kind": "threshold", "measure": "under_voltage", "limit": "190"}
+    mismatch = await api.put(
+        "/v1/rules", json={"scope_level": "meter", "scope_key": meter, "slot": "over_voltage", "rule": wrong_slot}
+    )
+    assert problem(mismatch, 422)["code"] == "invalid_rule"
+    float_limit = {"kind": "threshold", "measure": "over_voltage", "limit": "abc"}
+    invalid = await api.put(
+        "/v1/rules", json={"scope_level": "meter", "scope_key": meter, "slot": "over_voltage", "rule": float_limit}
+    )
+    problem(invalid, 422)
+    keyless = await api.put(
+        "/v1/rules",
+        json={
+            "scope_level": "estate",
+            "slot": "over_voltage",
+            "rule": {"kind": "threshold", "measure": "over_voltage", "limit": "240"},
+        },
+    )
+    problem(keyless, 422)
+    good = {"kind": "threshold", "measure": "over_voltage", "limit": "245.5", "raise_after": 60}
+    ok = await api.put(
+        "/v1/rules", json={"scope_level": "meter", "scope_key": meter, "slot": "over_voltage", "rule": good}
+    )
+    assert ok.status_code == 200, ok.text
+    effective = (await api.get("/v1/rules/effective", params={"meter_id": meter})).json()
+    (over,) = [r for r in effective if r["slot"] == "over_voltage"]
+    assert (over["rule"]["limit"], over["rule"]["raise_after"]) == ("245.5", "PT1M")
+    gone = await api.delete("/v1/rules", params={"scope_level": "meter", "scope_key": meter, "slot": "over_voltage"})
+    assert gone.status_code == 204
+    problem(
+        await api.delete("/v1/rules", params={"scope_level": "meter", "scope_key": meter, "slot": "over_voltage"}),
+        404,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"audience": "tenant", "tenant_id": "t-1", "channel": "mqtt", "address": "t-2"},  # another tenant's topic
+        {"audience": "tenant", "tenant_id": "t-1", "estate": "E1", "channel": "email", "address": "a@b.cn"},
+        {"audience": "tenant", "tenant_id": "t-1", "channel": "webhook", "address": "http://x.cn/h"},
+        {"audience": "staff", "channel": "email", "address": "a@b.cn"},  # no role
+        {"audience": "staff", "role": "maintenance", "channel": "sms", "address": "call me"},
+        {"audience": "staff", "role": "maintenance", "channel": "email", "address": "a@b.cn", "quiet_start": "22:00"},
+        {"audience": "staff", "role": "maintenance", "channel": "fax", "address": "123456"},
+    ],
+)
+async def test_bad_subscriptions_are_refused(api: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    problem(await api.post("/v1/subscriptions", json=body), 422)
+
+
+async def test_a_device_fault_opens_a_work_order_that_maintenance_works_to_closure(
+    api: httpx.AsyncClient, mqtt_url: str
+) -> None:
+    estate, meter = f"estate-{uid()}", f"E-{uid()}"
+    await api.put(f"/v1/targets/{meter}", json={"estate": estate, "building": "2", "room": "202"})
+    update = CommandUpdate(
+        source="control-test",
+        command_id=uuid.uuid4(),
+        meter_id=meter,
+        kind=CommandKind.TRIP,
+        state=CommandState.FAILED,
+        origin=CommandOrigin.BILLING,
+        detail="meter refused",
+    )
+    await publish(mqtt_url, topics.command_update(meter), update)
+
+    async def opened() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = (await api.get("/v1/work-orders", params={"estate": estate})).json()
+        return found or None
+
+    (order,) = await eventually(opened, "a work order for the failed command")
+    assert (order["device_id"], order["fault_type"], order["status"]) == (meter, "command_failed", "open")
+    faults = (await api.get("/v1/faults", params={"estate": estate, "device_id": meter})).json()
+    assert [f["alarm_type"] for f in faults] == ["command_failed"]
+    problem(await api.get("/v1/faults", params={"fault_type": "balance_low"}), 422)
+
+    url = f"/v1/work-orders/{order['work_order_id']}"
+    problem(await api.patch(url, json={"by": "lead", "status": "in_progress"}), 409)  # nobody assigned yet
+    assigned = await api.patch(url, json={"by": "lead", "assignee": "electrician-7"})
+    assert assigned.json()["status"] == "assigned"
+    for status in ("in_progress", "resolved"):
+        assert (await api.patch(url, json={"by": "electrician-7", "status": status})).status_code == 200
+    problem(await api.patch(url, json={"by": "lead", "status": "closed"}), 409)  # no closing cause
+    closed = await api.patch(
+        url, json={"by": "lead", "status": "closed", "closing_cause": "relay replaced", "note": "tested OK"}
+    )
+    body = closed.json()
+    assert (body["status"], body["closing_cause"]) == ("closed", "relay replaced")
+    assert [n["note"] for n in body["notes"]][-1] == "tested OK"
+    problem(await api.patch(url, json={"by": "lead", "status": "open"}), 409)
+    mttr = (await api.get("/v1/work-orders/mttr")).json()
+    (ours,) = [m for m in mttr if m["estate"] == estate]
+    assert ours["repairs"] == 1
+    assert ours["mean_seconds"] >= 0
+
+
+async def test_history_pages_carry_a_cursor_and_bad_queries_are_problems(api: httpx.AsyncClient) -> None:
+    first = await api.get("/v1/alarms", params={"limit": 1})
+    assert first.status_code == 200
+    cursor = first.headers.get("x-next-cursor")
+    assert cursor
+    second = await api.get("/v1/alarms", params={"limit": 1, "cursor": cursor})
+    assert second.json()[0]["alarm_id"] != first.json()[0]["alarm_id"]
+    problem(await api.get("/v1/alarms", params={"cursor": "not-a-cursor"}), 422)
+    problem(await api.get("/v1/alarms", params={"state": "open"}), 422)
+    problem(await api.get("/v1/alarms", params={"since": "2026-01-01T00:00:00"}), 422)  # naive time

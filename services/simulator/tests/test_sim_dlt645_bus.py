@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -80,9 +81,22 @@ def meter_clock() -> datetime:
     return datetime.now(ZoneInfo("Asia/Shanghai")).replace(tzinfo=None)
 
 
+OPEN: list[asyncio.StreamWriter] = []  # client connections the tests opened, closed after each test
+
+
+@pytest.fixture(autouse=True)
+def _close_connections() -> Iterator[None]:
+    yield
+    for writer in OPEN:
+        writer.close()
+    OPEN.clear()
+
+
 async def connect(sim: Simulator) -> Master:
     host, port = sim.bus_endpoint("bus")
-    return Master(*await asyncio.open_connection(host, port))
+    reader, writer = await asyncio.open_connection(host, port)
+    OPEN.append(writer)
+    return Master(reader, writer)
 
 
 async def test_reads_energy_money_and_status_and_registers_only_grow() -> None:

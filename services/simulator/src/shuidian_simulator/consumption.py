@@ -127,7 +127,7 @@ WATER_CURVE = (
 TOU_SEGMENT = (4, 4, 4, 4, 4, 4, 4, 3, 2, 2, 2, 3, 3, 3, 3, 3, 3, 2, 2, 1, 1, 2, 3, 4)
 
 
-def _unit(*parts: object) -> Decimal:
+def unit_interval(*parts: object) -> Decimal:
     """A deterministic number in [0, 1) from the parts (stable across processes and versions)."""
     digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
     return Decimal(int.from_bytes(digest, "big") % 1_000_000) / 1_000_000
@@ -143,30 +143,34 @@ class ConsumptionModel:
         curve = WATER_CURVE if self._water else ELECTRICITY_CURVES[profile]
         self._curve = tuple(Decimal(v) for v in curve)
         # Households differ: a per-meter scale between 0.6 and 1.4.
-        self._scale = Decimal("0.6") + Decimal("0.8") * _unit(seed, meter_id, "scale")
+        self._scale = Decimal("0.6") + Decimal("0.8") * unit_interval(seed, meter_id, "scale")
+        self._memo: tuple[int, Decimal] = (-1, Decimal(0))  # meters are read many times an hour
 
     def rate(self, hour_index: int) -> Decimal:
         """Average rate during simulated hour `hour_index` (hours since the epoch, UTC)."""
+        if self._memo[0] == hour_index:
+            return self._memo[1]
         local_hour = (hour_index + LOCAL_OFFSET_S // 3600) % 24
-        jitter = Decimal("0.5") + _unit(self._seed, self._meter_id, hour_index)
+        jitter = Decimal("0.5") + unit_interval(self._seed, self._meter_id, hour_index)
         rate = self._curve[local_hour] * self._scale * jitter
         # An appliance event (kettle, washing machine, shower) in about one hour in eight.
-        if _unit(self._seed, self._meter_id, hour_index, "event") < Decimal("0.125"):
+        if unit_interval(self._seed, self._meter_id, hour_index, "event") < Decimal("0.125"):
             rate += Decimal("0.05") if self._water else Decimal("1.5")
+        self._memo = (hour_index, rate)
         return rate
 
     @staticmethod
     def segment(hour_index: int) -> int:
         return TOU_SEGMENT[(hour_index + LOCAL_OFFSET_S // 3600) % 24]
 
-    def integrate(self, start: float, end: float) -> list[tuple[int, Decimal]]:
-        """Quantity per simulated hour between two simulated instants (epoch seconds)."""
-        parts: list[tuple[int, Decimal]] = []
+    def integrate(self, start: float, end: float) -> list[tuple[int, Decimal, Decimal]]:
+        """(hour index, fraction of the hour, quantity) per simulated hour between two simulated instants."""
+        parts: list[tuple[int, Decimal, Decimal]] = []
         t = start
         while t < end:
             hour = int(t // HOUR)
             upto = min(end, (hour + 1) * HOUR)
             fraction = Decimal(str(round(upto - t, 6))) / Decimal(3600)
-            parts.append((hour, self.rate(hour) * fraction))
+            parts.append((hour, fraction, self.rate(hour) * fraction))
             t = upto
         return parts

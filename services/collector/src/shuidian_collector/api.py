@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
+from shuidian_collector import estate_csv
 from shuidian_collector.fleet import Fleet
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig, Registry
 from shuidian_kit.errors import NotFound
-from shuidian_kit.service import runtime_of
+from shuidian_kit.service import problem, runtime_of
 from shuidian_shared.messages import Identifier, Utility
 
 router = APIRouter(prefix="/v1", tags=["registry"])
@@ -63,7 +65,9 @@ class MeterIn(BaseModel):
 
 class DeviceStateOut(BaseModel):
     meter_id: str
+    gateway_id: str | None = None
     online: bool
+    reason: str | None = None
     relay: str | None
     valve: str | None
     keep_power: bool | None
@@ -106,3 +110,81 @@ async def state(meter_id: str, request: Request) -> Any:
     if row is None:
         raise NotFound(f"no state for meter {meter_id}")
     return row._asdict()
+
+
+@router.get("/meters", response_model=list[DeviceStateOut], tags=["devices"], summary="Device state of every meter")
+async def states(request: Request, gateway_id: str | None = None, online: bool | None = None) -> Any:
+    async with runtime_of(request).engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT * FROM collector.device_state WHERE (CAST(:g AS text) IS NULL OR gateway_id = :g) "
+                "AND (CAST(:o AS boolean) IS NULL OR online = :o) ORDER BY meter_id"
+            ),
+            {"g": gateway_id, "o": online},
+        )
+        return [row._asdict() for row in rows]
+
+
+@router.get("/gateways/{gateway_id}/status", tags=["devices"], summary="Whether anything behind a gateway answers")
+async def gateway_status(gateway_id: str, fleet: Pollers) -> dict[str, Any]:
+    poller = fleet.pollers.get(gateway_id)
+    if poller is None:
+        raise NotFound(f"gateway {gateway_id} is not polled by this collector instance")
+    return {
+        "gateway_id": gateway_id,
+        "online": poller.health.online,
+        "meters": sum(len(b.meters) for b in poller.gateway.buses),
+        "buses": sorted(poller.buses),
+    }
+
+
+@router.delete("/gateways/{gateway_id}", status_code=204, summary="Remove a gateway with its buses and meters")
+async def delete_gateway(gateway_id: str, registry: Reg, fleet: Pollers) -> None:
+    await registry.delete("gateway", gateway_id)
+    fleet.refresh()
+
+
+@router.delete("/buses/{bus_id}", status_code=204, summary="Remove a bus with its meters")
+async def delete_bus(bus_id: str, registry: Reg, fleet: Pollers) -> None:
+    await registry.delete("bus", bus_id)
+    fleet.refresh()
+
+
+@router.delete("/meters/{meter_id}", status_code=204, summary="Remove a meter")
+async def delete_meter(meter_id: str, registry: Reg, fleet: Pollers) -> None:
+    await registry.delete("meter", meter_id)
+    fleet.refresh()
+
+
+@router.post(
+    "/registry/import",
+    summary="Commission an estate from CSV (one line per meter); every line is checked, all or nothing",
+    openapi_extra={"requestBody": {"content": {"text/csv": {"schema": {"type": "string"}}}, "required": True}},
+)
+async def import_csv(request: Request, registry: Reg, fleet: Pollers) -> Any:
+    body = await request.body()
+    try:
+        content = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return problem(422, "invalid CSV", "the file is not UTF-8 text", "invalid_csv", errors=[])
+    rows, problems = estate_csv.parse(content)
+    if problems:
+        return problem(
+            422,
+            "invalid CSV",
+            f"{len(problems)} line(s) are invalid; nothing was imported · {len(problems)} 行有误，未导入任何数据",
+            "invalid_csv",
+            errors=problems,
+        )
+    counts = await registry.import_estate(rows)
+    fleet.refresh()
+    return JSONResponse(counts)
+
+
+@router.get("/registry/export", summary="The registry as CSV (the import format)")
+async def export_csv(registry: Reg) -> Response:
+    return Response(
+        estate_csv.render(await registry.export_estate()),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="estate.csv"'},
+    )

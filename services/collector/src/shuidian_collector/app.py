@@ -2,24 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from shuidian_collector.api import router
-from shuidian_collector.drivers import Driver
-from shuidian_collector.drivers.dlt645 import Dlt645Driver
+from shuidian_collector.commands import Commands, utcnow
+from shuidian_collector.drivers import ConfirmPolicy, Driver
+from shuidian_collector.drivers.cjt188 import Cjt188Driver
+from shuidian_collector.drivers.dlt645 import Dlt645Driver, Dlt645v1997Driver
+from shuidian_collector.drivers.modbus import ModbusDriver
 from shuidian_collector.fleet import Fleet
-from shuidian_collector.poller import Commands, DeviceStates
+from shuidian_collector.poller import DeviceStates
 from shuidian_collector.registry import BusProtocol, Registry
 from shuidian_collector.settings import CollectorSettings
+from shuidian_collector.store import LocalStore
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_shared import topics
 from shuidian_shared.messages import CommandRequested
 
 SERVICE = "collector"
+
+
+def drivers(settings: CollectorSettings) -> dict[str, Driver]:
+    relay = ConfirmPolicy(settings.confirm_attempts, settings.confirm_interval_seconds)
+    valve = ConfirmPolicy(settings.valve_confirm_attempts, settings.valve_confirm_interval_seconds)
+    return {
+        BusProtocol.DLT645: Dlt645Driver(timezone=settings.timezone, confirm=relay),
+        BusProtocol.DLT645_1997: Dlt645v1997Driver(),
+        BusProtocol.CJT188: Cjt188Driver(confirm=valve),
+        BusProtocol.MODBUS_RTU: ModbusDriver(rtu=True, confirm=relay),
+        BusProtocol.MODBUS_TCP: ModbusDriver(rtu=False, confirm=relay),
+    }
+
+
+@asynccontextmanager
+async def _store(settings: CollectorSettings) -> AsyncIterator[LocalStore]:
+    """The local store, in a temporary directory (removed afterwards) when the settings name none."""
+    with contextlib.ExitStack() as scratch:
+        path = settings.store_path()
+        if path is None:
+            path = (
+                Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="shuidian-collector-"))) / "store.sqlite3"
+            )
+        async with LocalStore(path, max_rows=settings.store_max_rows) as store:
+            yield store
 
 
 def create_app(settings: CollectorSettings | None = None) -> FastAPI:
@@ -28,33 +60,33 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrations = str(files("shuidian_collector") / "migrations")
-        async with Runtime.open(settings, service=SERVICE, schema="collector", migrations=migrations) as runtime:
+        async with (
+            Runtime.open(settings, service=SERVICE, schema="collector", migrations=migrations) as runtime,
+            _store(settings) as store,
+        ):
             source = runtime.mqtt.client_id
-            drivers: dict[str, Driver] = {
-                BusProtocol.DLT645: Dlt645Driver(
-                    timeout=1.0,
-                    timezone=settings.timezone,
-                    confirm_attempts=settings.confirm_attempts,
-                    confirm_interval=settings.confirm_interval_seconds,
-                )
-            }
             registry = Registry(runtime.engine)
-            states = DeviceStates(runtime.engine, runtime.outbox, source)
-            commands = Commands(runtime.engine, runtime.outbox, states, source)
-            fleet = Fleet(registry, settings, drivers, runtime.engine, runtime.outbox, states, commands, source)
-            # Not shared: every instance hears every command and acts only on the meters it owns.
+            states = DeviceStates(runtime.engine, source)
+            commands = Commands(runtime.engine, runtime.outbox, states, store, source, now=utcnow)
+            fleet = Fleet(registry, settings, drivers(settings), store, states, commands, source)
+            # Not shared: every instance hears every command and acts only on the gateways it owns.
             runtime.mqtt.subscribe(topics.ALL_METER_COMMANDS, CommandRequested, commands.on_command)
             runtime.supervisor.add("fleet", fleet.run)
+            runtime.supervisor.add("store", lambda: store.forward(runtime.mqtt))
             app.state.runtime = runtime
             app.state.registry = registry
             app.state.fleet = fleet
-            async with runtime.running():
-                yield
+            app.state.store = store
+            try:
+                async with runtime.running():
+                    yield
+            finally:
+                await commands.close()
 
     app = FastAPI(
         title="Shuidian collector",
         summary="通过网关采集表计并执行设备命令 · Reads meters through field gateways and executes device commands",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
     )
     install_error_handlers(app)

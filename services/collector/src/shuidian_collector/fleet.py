@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from shuidian_collector.commands import Commands
 from shuidian_collector.drivers import Driver
-from shuidian_collector.poller import Commands, DeviceStates, GatewayPoller
+from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
 from shuidian_collector.registry import GatewayConfig, Registry
+from shuidian_collector.schedule import GatewayHealth
 from shuidian_collector.settings import CollectorSettings
-from shuidian_kit.outbox import Outbox
+from shuidian_collector.store import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,7 @@ class Fleet:
         registry: Registry,
         settings: CollectorSettings,
         drivers: dict[str, Driver],
-        engine: AsyncEngine,
-        outbox: Outbox,
+        store: LocalStore,
         states: DeviceStates,
         commands: Commands,
         source: str,
@@ -32,13 +31,20 @@ class Fleet:
         self._registry = registry
         self._settings = settings
         self._drivers = drivers
-        self._engine = engine
-        self._outbox = outbox
+        self._store = store
         self._states = states
         self._commands = commands
         self._source = source
+        self._policy = PollPolicy(
+            settings.max_backoff_seconds, settings.gateway_backoff_initial_seconds, settings.gateway_backoff_max_seconds
+        )
         self._running: dict[str, tuple[GatewayConfig, asyncio.Task[None]]] = {}
         self._refresh = asyncio.Event()
+        self._health: dict[str, GatewayHealth] = {}
+
+    @property
+    def pollers(self) -> dict[str, GatewayPoller]:
+        return self._commands.pollers
 
     def refresh(self) -> None:
         """Re-read the registry now (called after every registry write)."""
@@ -48,7 +54,14 @@ class Fleet:
         try:
             while True:
                 self._refresh.clear()
-                await self._apply(await self._registry.load(self._settings.shard_index, self._settings.shard_count))
+                try:
+                    wanted = await self._registry.load(
+                        self._settings.shard_index, self._settings.shard_count, frozenset(self._settings.gateways)
+                    )
+                except Exception as err:  # the database may be down: keep polling what we have
+                    log.warning("registry not reloaded: %s", err)
+                else:
+                    await self._apply(wanted)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._refresh.wait(), self._settings.registry_refresh_seconds)
         finally:
@@ -65,6 +78,8 @@ class Fleet:
                 await asyncio.gather(task, return_exceptions=True)
                 del self._running[gateway_id]
                 self._commands.pollers.pop(gateway_id, None)
+                if gateway_id not in wanted:
+                    self._health.pop(gateway_id, None)
         for gateway_id, config in wanted.items():
             if gateway_id in self._running:
                 continue
@@ -72,7 +87,11 @@ class Fleet:
             if unsupported:
                 log.warning("gateway %s: no driver for %s; those buses are skipped", gateway_id, sorted(unsupported))
                 config = GatewayConfig(gateway_id, tuple(b for b in config.buses if b.protocol in self._drivers))
-            poller = GatewayPoller(config, self._drivers, self._engine, self._outbox, self._states, self._source)
+            previous = self._health.get(gateway_id)
+            poller = GatewayPoller(
+                config, self._drivers, self._store, self._states, self._source, self._policy, health=previous
+            )
+            self._health[gateway_id] = poller.health
             self._commands.pollers[gateway_id] = poller
             self._running[gateway_id] = (wanted[gateway_id], asyncio.create_task(poller.run(), name=f"gw:{gateway_id}"))
             log.info("polling gateway %s (%d meters)", gateway_id, sum(len(b.meters) for b in config.buses))

@@ -1,16 +1,16 @@
-"""Polling: one worker per RS-485 bus (one transaction in flight, commands ahead of polls), one
-poll cycle per gateway publishing one reading batch, device state tracked edge-triggered."""
+"""Polling: one poller per gateway runs poll cycles over its buses (in parallel, one exchange in flight per
+bus), publishes one reading batch per cycle through the local store, tracks device state edge-triggered
+and detects a gateway that stopped answering as a whole; commands run in each bus's priority lane."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import text
@@ -19,299 +19,322 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_collector.drivers import CommandOutcome, Driver
 from shuidian_collector.protocols.common import ProtocolError
 from shuidian_collector.registry import BusConfig, GatewayConfig, MeterConfig
-from shuidian_collector.transport import BusLink, BusLinkError, BusTimeout
-from shuidian_kit.outbox import Outbox
+from shuidian_collector.schedule import Edge, GatewayHealth, MeterSchedule
+from shuidian_collector.store import LocalStore, Message, StoreFull
+from shuidian_collector.transport import COMMAND_PRIORITY, POLL_PRIORITY, Bus, BusError, error_kind
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     CommandRequested,
-    CommandResult,
-    CommandStatus,
     DeviceState,
+    GatewayStatus,
     Reading,
     ReadingBatch,
     RelayState,
+    ValveState,
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-TRANSACTIONS = Counter("collector_bus_transactions_total", "bus jobs run", ["kind", "outcome"])
-JOB_SECONDS = Histogram("collector_bus_job_seconds", "time a bus job held the bus", ["kind"])
-COMMAND_PRIORITY, POLL_PRIORITY = 0, 1
-MAX_BACKOFF_S = 3600.0
-
-
-@dataclass(order=True)
-class _Job:
-    priority: int
-    seq: int
-    kind: str = field(compare=False)
-    run: Callable[[BusLink], Awaitable[Any]] = field(compare=False)
-    done: asyncio.Future[Any] = field(compare=False)
+POLLS = Counter("collector_meter_polls_total", "meter polls", ["outcome"])
+CYCLE_SECONDS = Histogram(
+    "collector_cycle_seconds", "duration of one gateway poll cycle", buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+)
+POLL_LAG = Histogram(
+    "collector_poll_lag_seconds",
+    "how late a meter was polled after it fell due (keeps up = stays small)",
+    buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+GATEWAY_EDGES = Counter("collector_gateway_edges_total", "gateway online/offline edges", ["edge"])
+GATEWAY_OFFLINE_REASON = "gateway_offline"
 
 
-class BusWorker:
-    """Serialises every exchange on one bus; a command waits for at most the transaction in flight."""
+@dataclass(frozen=True)
+class Snapshot:
+    online: bool
+    relay: RelayState | None
+    valve: ValveState | None
+    keep_power: bool | None
 
-    _seq = itertools.count()
 
-    def __init__(self, bus: BusConfig) -> None:
-        self.bus = bus
-        self.link = BusLink(bus.host, bus.port)
-        self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue()
-
-    async def submit(self, priority: int, kind: str, run: Callable[[BusLink], Awaitable[T]]) -> T:
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(priority, next(self._seq), kind, run, done))
-        return await done
-
-    async def run(self) -> None:
-        try:
-            while True:
-                job = await self._queue.get()
-                if job.done.cancelled():
-                    continue
-                started = time.perf_counter()
-                try:
-                    result = await job.run(self.link)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err:
-                    TRANSACTIONS.labels(job.kind, type(err).__name__).inc()
-                    if not job.done.done():
-                        job.done.set_exception(err)
-                else:
-                    TRANSACTIONS.labels(job.kind, "ok").inc()
-                    if not job.done.done():
-                        job.done.set_result(result)
-                finally:
-                    JOB_SECONDS.labels(job.kind).observe(time.perf_counter() - started)
-        finally:
-            await self.link.close()
+@dataclass(frozen=True)
+class StateRow:
+    meter_id: str
+    online: bool
+    relay: RelayState | None
+    valve: ValveState | None
+    keep_power: bool | None
+    reading_at: datetime | None
+    reason: str | None
 
 
 class DeviceStates:
-    """Online/offline and relay state per meter: stored, and published (retained) only when they change."""
+    """Online/offline, relay and valve per meter: each poll cycle's rows are written to PostgreSQL in one
+    statement; a change is logged and published (retained) once per edge, through the local store."""
 
-    def __init__(self, engine: AsyncEngine, outbox: Outbox, source: str) -> None:
+    def __init__(self, engine: AsyncEngine, source: str, *, write_timeout: float = 5.0) -> None:
         self._engine = engine
-        self._outbox = outbox
+        self.write_timeout = write_timeout
+        self._db_failing = False
         self._source = source
-        self._known: dict[str, tuple[bool, RelayState | None, bool | None]] = {}
+        self._published: dict[str, Snapshot] = {}
 
-    async def update(
-        self,
-        gateway_id: str,
-        meter_id: str,
-        *,
-        online: bool,
-        relay: RelayState | None = None,
-        keep_power: bool | None = None,
-        reading_at: datetime | None = None,
-        reason: str | None = None,
-    ) -> None:
-        previous = self._known.get(meter_id)
-        if relay is None and previous is not None:
-            relay, keep_power = previous[1], previous[2]
-        current = (online, relay, keep_power)
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO collector.device_state (meter_id, online, relay, keep_power, last_reading_at) "
-                    "VALUES (:m, :o, :r, :k, :t) ON CONFLICT (meter_id) DO UPDATE SET online = EXCLUDED.online, "
-                    "relay = EXCLUDED.relay, keep_power = EXCLUDED.keep_power, "
-                    "last_reading_at = coalesce(EXCLUDED.last_reading_at, collector.device_state.last_reading_at), "
-                    "updated_at = now()"
-                ),
-                {"m": meter_id, "o": online, "r": relay.value if relay else None, "k": keep_power, "t": reading_at},
+    def edges(self, gateway_id: str, rows: Sequence[StateRow], *, publish: bool = True) -> list[Message]:
+        """Fold in one cycle's observations; return the state events to publish (the edges).
+        `publish=False` keeps edges quiet: the gateway event says it all."""
+        events: list[Message] = []
+        for row in rows:
+            previous = self._published.get(row.meter_id)
+            current = Snapshot(
+                row.online,
+                row.relay if row.relay is not None or previous is None else previous.relay,
+                row.valve if row.valve is not None or previous is None else previous.valve,
+                row.keep_power if row.keep_power is not None or previous is None else previous.keep_power,
             )
-            if current != previous:
-                if previous is None or previous[0] != online:
-                    log.log(
-                        logging.INFO if online else logging.WARNING,
-                        "meter %s is %s%s",
-                        meter_id,
-                        "online" if online else "offline",
-                        f" ({reason})" if reason else "",
-                    )
-                state = DeviceState(
-                    source=self._source,
-                    meter_id=meter_id,
-                    gateway_id=gateway_id,
-                    online=online,
-                    relay=relay,
-                    keep_power=keep_power,
-                    last_reading_at=reading_at,
-                    reason=reason,
+            if current == previous or not publish:
+                continue
+            if previous is None or previous.online != row.online:
+                log.log(
+                    logging.INFO if row.online else logging.WARNING,
+                    "meter %s is %s%s",
+                    row.meter_id,
+                    "online" if row.online else "offline",
+                    f" ({row.reason})" if row.reason else "",
                 )
-                await self._outbox.add(conn, topics.meter_state(meter_id), state, retain=True)
-        if current != previous:
-            self._known[meter_id] = current
-            self._outbox.notify()
+            state = DeviceState(
+                source=self._source,
+                meter_id=row.meter_id,
+                gateway_id=gateway_id,
+                online=current.online,
+                relay=current.relay,
+                valve=current.valve,
+                keep_power=current.keep_power,
+                last_reading_at=row.reading_at,
+                reason=row.reason,
+            )
+            events.append(Message(topics.meter_state(row.meter_id), state.model_dump_json().encode(), retain=True))
+            self._published[row.meter_id] = current
+        return events
+
+    async def write(self, gateway_id: str, rows: Sequence[StateRow]) -> None:
+        """Store one cycle's rows in one statement; a database outage is logged, polling carries on."""
+        if not rows:
+            return
+        try:
+            async with asyncio.timeout(self.write_timeout), self._engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO collector.device_state "
+                        "(meter_id, gateway_id, online, relay, valve, keep_power, last_reading_at, reason) "
+                        "SELECT m, :g, o, r, v, k, t, why FROM unnest(CAST(:m AS text[]), CAST(:o AS boolean[]), "
+                        "CAST(:r AS text[]), CAST(:v AS text[]), CAST(:k AS boolean[]), CAST(:t AS timestamptz[]), "
+                        "CAST(:why AS text[])) AS u(m, o, r, v, k, t, why) "
+                        "ON CONFLICT (meter_id) DO UPDATE SET gateway_id = EXCLUDED.gateway_id, online = EXCLUDED.online, "
+                        "relay = coalesce(EXCLUDED.relay, collector.device_state.relay), "
+                        "valve = coalesce(EXCLUDED.valve, collector.device_state.valve), "
+                        "keep_power = coalesce(EXCLUDED.keep_power, collector.device_state.keep_power), "
+                        "last_reading_at = coalesce(EXCLUDED.last_reading_at, collector.device_state.last_reading_at), "
+                        "reason = EXCLUDED.reason, updated_at = now()"
+                    ),
+                    {
+                        "g": gateway_id,
+                        "m": [r.meter_id for r in rows],
+                        "o": [r.online for r in rows],
+                        "r": [r.relay.value if r.relay else None for r in rows],
+                        "v": [r.valve.value if r.valve else None for r in rows],
+                        "k": [r.keep_power for r in rows],
+                        "t": [r.reading_at for r in rows],
+                        "why": [r.reason for r in rows],
+                    },
+                )
+        except Exception as err:  # the database may be down: polling and publishing carry on
+            if not self._db_failing:
+                log.warning("device state not stored (database unreachable?), polling carries on: %r", err)
+            self._db_failing = True
+        else:
+            if self._db_failing:
+                log.info("device state is being stored again")
+            self._db_failing = False
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    max_backoff: float = 3600.0
+    gateway_backoff_initial: float = 1.0
+    gateway_backoff_max: float = 60.0
 
 
 class GatewayPoller:
-    """Polls every due meter of a gateway (its buses in parallel) and publishes one batch per cycle."""
+    """Polls every due meter of a gateway and publishes one batch per cycle; probes a dead gateway with
+    jittered back-off instead of timing out on every meter behind it."""
 
     def __init__(
         self,
         gateway: GatewayConfig,
         drivers: dict[str, Driver],
-        engine: AsyncEngine,
-        outbox: Outbox,
+        store: LocalStore,
         states: DeviceStates,
         source: str,
+        policy: PollPolicy = PollPolicy(),
+        rng: random.Random | None = None,
+        health: GatewayHealth | None = None,
     ) -> None:
         self.gateway = gateway
-        self.workers = {bus.bus_id: BusWorker(bus) for bus in gateway.buses}
         self._drivers = drivers
-        self._engine = engine
-        self._outbox = outbox
+        self._store = store
         self._states = states
         self._source = source
-        self._meters = {m.meter_id: (bus, m) for bus in gateway.buses for m in bus.meters}
-        self._next_due: dict[str, float] = dict.fromkeys(self._meters, 0.0)
-        self._failures: dict[str, int] = dict.fromkeys(self._meters, 0)
+        self._rng = rng or random.Random()
+        self.buses = {
+            bus.bus_id: Bus(
+                bus.bus_id, bus.protocol, drivers[bus.protocol].open(bus), bus.timeout_ms / 1000, bus.retries
+            )
+            for bus in gateway.buses
+        }
+        self._meters: dict[str, tuple[BusConfig, MeterConfig]] = {
+            m.meter_id: (bus, m) for bus in gateway.buses for m in bus.meters
+        }
+        self.schedule = MeterSchedule(
+            {mid: float(m.poll_interval_s) for mid, (_, m) in self._meters.items()},
+            max_backoff=policy.max_backoff,
+            now=time.monotonic(),
+        )
+        # Handed over when the fleet rebuilds a poller after a registry change, so that is not an "online" edge.
+        self.health = health or GatewayHealth(policy.gateway_backoff_initial, policy.gateway_backoff_max)
+        self._probe_turn = 0
 
     def owns(self, meter_id: str) -> bool:
         return meter_id in self._meters
 
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for worker in self.workers.values():
-                group.create_task(worker.run(), name=f"bus:{worker.bus.bus_id}")
-            group.create_task(self._cycles(), name=f"gateway:{self.gateway.gateway_id}")
+    @property
+    def meter_ids(self) -> list[str]:
+        return sorted(self._meters)
 
-    async def _cycles(self) -> None:
-        if not self._meters:
-            return
-        while True:
-            now = time.monotonic()
-            due = [mid for mid, at in self._next_due.items() if at <= now]
-            if due:
-                await self.poll(due)
-            wait = min(self._next_due.values()) - time.monotonic()
-            await asyncio.sleep(max(wait, 0.05))
+    async def run(self) -> None:
+        try:
+            if not self._meters:
+                await asyncio.Event().wait()  # nothing to poll, but stay up for the fleet to manage
+            while True:
+                now = time.monotonic()
+                if self.health.online is False:
+                    if now >= self.health.retry_at:
+                        await self.probe()
+                else:
+                    due = self.schedule.due(now)
+                    if due:
+                        await self.poll(due)
+                wake = self.health.retry_at if self.health.online is False else self.schedule.next_due()
+                await asyncio.sleep(max(wake - time.monotonic(), 0.01))
+        finally:
+            for bus in self.buses.values():
+                await bus.link.close()
 
     async def poll(self, meter_ids: list[str]) -> list[Reading]:
-        """One cycle: read the given meters, publish their readings as one batch."""
-        results = await asyncio.gather(*(self._read(mid) for mid in meter_ids), return_exceptions=True)
+        """One cycle: read the given meters (each bus's in turn, buses in parallel), publish one batch."""
+        started = time.monotonic()
+        for meter_id in meter_ids:
+            POLL_LAG.observe(max(started - self.schedule.due_at(meter_id), 0.0))
+        results = await asyncio.gather(*(self._read(mid) for mid in meter_ids))
+        CYCLE_SECONDS.observe(time.monotonic() - started)
+        return await self._settle(list(zip(meter_ids, results, strict=True)))
+
+    async def probe(self) -> list[Reading]:
+        """The gateway is offline: try one meter per bus, without retries."""
+        picks = []
+        for bus in self.gateway.buses:
+            if bus.meters:
+                picks.append(bus.meters[self._probe_turn % len(bus.meters)].meter_id)
+        self._probe_turn += 1
+        results = await asyncio.gather(*(self._read(mid, retries=0) for mid in picks))
+        return await self._settle(list(zip(picks, results, strict=True)))
+
+    async def _read(self, meter_id: str, retries: int | None = None) -> Reading | BaseException:
+        bus_config, meter = self._meters[meter_id]
+        bus = self.buses[bus_config.bus_id]
+        driver = self._drivers[bus_config.protocol]
+        if retries is None and self.schedule.failures(meter_id):
+            retries = 0  # a meter already failing gets one probe per attempt, not the full retries
+        try:
+            patience = driver.patience(meter)
+            channel = bus.channel(POLL_PRIORITY, patience.retries if retries is None else retries, patience.timeout)
+            reading = await driver.read(channel, meter)
+        except (BusError, ProtocolError) as err:
+            POLLS.labels(error_kind(err)).inc()
+            return err
+        except Exception as err:  # a driver bug or a bad profile must not stop the gateway's other meters
+            POLLS.labels("other").inc()
+            log.exception("reading meter %s failed unexpectedly", meter_id)
+            return err
+        POLLS.labels("ok").inc()
+        return reading
+
+    async def _settle(self, results: list[tuple[str, Reading | BaseException]]) -> list[Reading]:
+        now = time.monotonic()
         readings: list[Reading] = []
-        for meter_id, result in zip(meter_ids, results, strict=True):
-            _bus, meter = self._meters[meter_id]
+        rows: list[StateRow] = []
+        for meter_id, result in results:
             if isinstance(result, Reading):
                 readings.append(result)
-                self._failures[meter_id] = 0
-                self._next_due[meter_id] = time.monotonic() + meter.poll_interval_s
-                await self._states.update(
-                    self.gateway.gateway_id,
-                    meter_id,
-                    online=True,
-                    relay=result.relay,
-                    keep_power=result.keep_power,
-                    reading_at=result.sampled_at,
+                self.schedule.answered(meter_id, now)
+                rows.append(
+                    StateRow(meter_id, True, result.relay, result.valve, result.keep_power, result.sampled_at, None)
                 )
-            elif isinstance(result, (BusTimeout, BusLinkError, ProtocolError)):
-                failures = self._failures[meter_id] = self._failures[meter_id] + 1
-                # A meter that stopped answering is retried ever less often, so it cannot eat the bus.
-                backoff = min(meter.poll_interval_s * 2 ** (failures - 1), MAX_BACKOFF_S)
-                self._next_due[meter_id] = time.monotonic() + backoff
-                await self._states.update(self.gateway.gateway_id, meter_id, online=False, reason=str(result))
-            elif isinstance(result, BaseException):
-                raise result
+            else:
+                self.schedule.failed(meter_id, now)
+                rows.append(StateRow(meter_id, False, None, None, None, None, f"{error_kind(result)}: {result}"))
+        gateway_id = self.gateway.gateway_id
+        messages: list[Message] = []
         if readings:
-            batch = ReadingBatch(source=self._source, gateway_id=self.gateway.gateway_id, readings=tuple(readings))
-            async with self._engine.begin() as conn:
-                await self._outbox.add(conn, topics.readings(self.gateway.gateway_id), batch)
-            self._outbox.notify()
+            batch = ReadingBatch(source=self._source, gateway_id=gateway_id, readings=tuple(readings))
+            messages.append(
+                Message(topics.readings(gateway_id), batch.model_dump_json().encode(), readings=len(readings))
+            )
+        edge = self.health.observe(
+            answered=bool(readings), all_failing=self.schedule.all_failing(), now=now, rng=self._rng
+        )
+        if edge is Edge.ONLINE and len(results) < len(self._meters):
+            self.schedule.restart(now, (m for m in self._meters if m not in {mid for mid, _ in results}))
+        if self.health.online is False:
+            # One gateway event instead of one per meter: meters are marked, not announced.
+            rows = [StateRow(r.meter_id, False, None, None, None, None, GATEWAY_OFFLINE_REASON) for r in rows]
+            messages += self._states.edges(gateway_id, rows, publish=False)
+        else:
+            messages += self._states.edges(gateway_id, rows)
+        if edge is not None:
+            messages.append(self._gateway_edge(edge, results))
+        try:
+            await self._store.append_many(messages)
+        except StoreFull as err:
+            log.error("gateway %s: %s", gateway_id, err)
+        await self._states.write(gateway_id, rows)  # after the readings are safe: the database may be down
         return readings
 
-    async def _read(self, meter_id: str) -> Reading:
-        bus, meter = self._meters[meter_id]
-        driver = self._drivers[bus.protocol]
-        return await self.workers[bus.bus_id].submit(POLL_PRIORITY, "poll", lambda link: driver.read(link, meter))
+    def _gateway_edge(self, edge: Edge, results: list[tuple[str, Reading | BaseException]]) -> Message:
+        GATEWAY_EDGES.labels(edge.value).inc()
+        online = edge is Edge.ONLINE
+        errors = [r for _, r in results if isinstance(r, BaseException)]
+        reason = None if online else f"no meter answers ({error_kind(errors[0])}: {errors[0]})" if errors else None
+        log.log(
+            logging.INFO if online else logging.WARNING,
+            "gateway %s is %s%s",
+            self.gateway.gateway_id,
+            edge.value,
+            f" ({reason})" if reason else "",
+        )
+        status = GatewayStatus(
+            source=self._source,
+            gateway_id=self.gateway.gateway_id,
+            online=online,
+            meters=len(self._meters),
+            reason=reason,
+        )
+        return Message(topics.gateway_status(self.gateway.gateway_id), status.model_dump_json().encode(), retain=True)
 
     async def execute(self, request: CommandRequested) -> CommandOutcome:
-        bus, meter = self._meters[request.meter_id]
-        driver = self._drivers[bus.protocol]
-        return await self.workers[bus.bus_id].submit(
-            COMMAND_PRIORITY, "command", lambda link: driver.command(link, meter, request.kind, request.expires_at)
-        )
+        bus_config, meter = self._meters[request.meter_id]
+        bus = self.buses[bus_config.bus_id]
+        driver = self._drivers[bus_config.protocol]
+        patience = driver.patience(meter)
+        return await driver.command(bus.channel(COMMAND_PRIORITY, patience.retries, patience.timeout), meter, request)
 
     def meter(self, meter_id: str) -> MeterConfig:
         return self._meters[meter_id][1]
-
-
-class Commands:
-    """Executes device commands from control once per command id and publishes their outcome."""
-
-    def __init__(self, engine: AsyncEngine, outbox: Outbox, states: DeviceStates, source: str) -> None:
-        self._engine = engine
-        self._outbox = outbox
-        self._states = states
-        self._source = source
-        self.pollers: dict[str, GatewayPoller] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def _poller_for(self, meter_id: str) -> GatewayPoller | None:
-        return next((p for p in self.pollers.values() if p.owns(meter_id)), None)
-
-    async def on_command(self, request: CommandRequested, topic: str) -> None:
-        poller = self._poller_for(request.meter_id)
-        if poller is None:
-            return  # another collector instance owns this meter
-        async with self._engine.begin() as conn:
-            fresh = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO collector.executed_commands (command_id, meter_id, kind, status) "
-                        "VALUES (:c, :m, :k, 'received') ON CONFLICT DO NOTHING RETURNING command_id"
-                    ),
-                    {"c": request.command_id, "m": request.meter_id, "k": request.kind.value},
-                )
-            ).first()
-        if fresh is None:
-            log.info("duplicate command %s ignored", request.command_id)
-            return
-        # Run beside the listener so the next message (maybe another meter's trip) is not held up.
-        task = asyncio.create_task(self._execute(poller, request), name=f"command:{request.command_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _execute(self, poller: GatewayPoller, request: CommandRequested) -> None:
-        if request.expires_at <= datetime.now(UTC):
-            outcome = CommandOutcome(CommandStatus.EXPIRED, "expired before it could be sent")
-        else:
-            try:
-                outcome = await poller.execute(request)
-            except (BusTimeout, BusLinkError, ProtocolError) as err:
-                outcome = CommandOutcome(CommandStatus.FAILED, f"no valid answer from the meter: {err}")
-        await self._finish(poller.gateway.gateway_id, request, outcome)
-
-    async def _finish(self, gateway_id: str, request: CommandRequested, outcome: CommandOutcome) -> None:
-        result = CommandResult(
-            source=self._source,
-            command_id=request.command_id,
-            meter_id=request.meter_id,
-            kind=request.kind,
-            status=outcome.status,
-            detail=outcome.detail,
-            relay=outcome.relay,
-            valve=outcome.valve,
-            request_frame=outcome.request_frame.hex(" ").upper() if outcome.request_frame else None,
-        )
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE collector.executed_commands SET status = :s, detail = :d, finished_at = now() "
-                    "WHERE command_id = :c"
-                ),
-                {"s": outcome.status.value, "d": outcome.detail, "c": request.command_id},
-            )
-            await self._outbox.add(conn, topics.command_result(request.meter_id), result)
-        self._outbox.notify()
-        log.info(
-            "command %s %s on %s: %s", request.command_id, request.kind.value, request.meter_id, outcome.status.value
-        )
-        if outcome.relay is not None:
-            await self._states.update(gateway_id, request.meter_id, online=True, relay=outcome.relay)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import zlib
+import hashlib
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_kit.errors import NotFound
+from shuidian_collector.protocols.modbus_profiles import available_profiles
+from shuidian_kit.errors import Conflict, NotFound, ServiceError
 from shuidian_shared.messages import Utility
+
+
+class InvalidDevice(ServiceError):
+    status_code = 422
+    code = "invalid_device"
 
 
 class BusProtocol(StrEnum):
@@ -49,11 +57,39 @@ class GatewayConfig:
     buses: tuple[BusConfig, ...]
 
 
+MODBUS = (BusProtocol.MODBUS_RTU, BusProtocol.MODBUS_TCP)
+_ADDRESS_FORMS = {
+    BusProtocol.DLT645: (re.compile(r"^[0-9]{12}$"), "12 decimal digits"),
+    BusProtocol.DLT645_1997: (re.compile(r"^[0-9]{12}$"), "12 decimal digits"),
+    BusProtocol.CJT188: (re.compile(r"^[0-9]{14}$"), "14 decimal digits"),
+    BusProtocol.MODBUS_RTU: (re.compile(r"^(24[0-7]|2[0-3][0-9]|1[0-9]{2}|[1-9][0-9]?)$"), "a unit id 1..247"),
+    BusProtocol.MODBUS_TCP: (re.compile(r"^(24[0-7]|2[0-3][0-9]|1[0-9]{2}|[1-9][0-9]?)$"), "a unit id 1..247"),
+}
+
+
+def meter_problems(protocol: BusProtocol, address: str, model: str) -> list[str]:
+    """What is wrong with a meter for a bus of `protocol` (empty when it is fine)."""
+    problems = []
+    pattern, form = _ADDRESS_FORMS[protocol]
+    if not pattern.match(address):
+        problems.append(f"address {address!r} is not {form} ({protocol.value})")
+    if protocol in MODBUS and model not in available_profiles():
+        problems.append(f"no Modbus device profile {model!r} (known: {', '.join(available_profiles())})")
+    return problems
+
+
+def shard_of(gateway_id: str, count: int) -> int:
+    """The shard a gateway hashes to. (CRC32 is linear: ids that differ only in their last character, like
+    gw-a-0 and gw-a-1, all share their low bit, so `crc32 % 2` put them on one shard.)"""
+    digest = hashlib.blake2b(gateway_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
 def owns(gateway_id: str, shard: int | None, index: int, count: int) -> bool:
-    """A gateway belongs to the configured shard, or to the instance its id hashes to."""
+    """A gateway belongs to the shard pinned on it, or to the instance its id hashes to."""
     if count == 1:
         return True
-    chosen = shard if shard is not None else zlib.crc32(gateway_id.encode()) % count
+    chosen = shard if shard is not None else shard_of(gateway_id, count)
     return chosen % count == index
 
 
@@ -61,7 +97,10 @@ class Registry:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def load(self, index: int = 0, count: int = 1) -> dict[str, GatewayConfig]:
+    async def load(
+        self, index: int = 0, count: int = 1, only: frozenset[str] = frozenset()
+    ) -> dict[str, GatewayConfig]:
+        """The gateways this instance polls: those in `only` when it is given, otherwise its shard's."""
         async with self._engine.connect() as conn:
             gateways = (await conn.execute(text("SELECT gateway_id, shard FROM collector.gateways"))).all()
             buses = (await conn.execute(text("SELECT * FROM collector.buses ORDER BY bus_id"))).all()
@@ -91,7 +130,7 @@ class Registry:
         return {
             g.gateway_id: GatewayConfig(g.gateway_id, tuple(by_gateway.get(g.gateway_id, ())))
             for g in gateways
-            if owns(g.gateway_id, g.shard, index, count)
+            if (g.gateway_id in only if only else owns(g.gateway_id, g.shard, index, count))
         }
 
     async def put_gateway(self, gateway_id: str, name: str, shard: int | None) -> None:
@@ -134,10 +173,15 @@ class Registry:
 
     async def put_meter(self, bus_id: str, meter: MeterConfig) -> None:
         async with self._engine.begin() as conn:
-            if (
-                await conn.execute(text("SELECT 1 FROM collector.buses WHERE bus_id = :b"), {"b": bus_id})
-            ).first() is None:
+            protocol = (
+                await conn.execute(text("SELECT protocol FROM collector.buses WHERE bus_id = :b"), {"b": bus_id})
+            ).scalar_one_or_none()
+            if protocol is None:
                 raise NotFound(f"no bus {bus_id}")
+            problems = meter_problems(BusProtocol(protocol), meter.address, meter.model)
+            if problems:
+                raise InvalidDevice("; ".join(problems))
+            await _guard_unique(conn, [(meter.meter_id, bus_id, meter.address)])
             await conn.execute(
                 text(
                     "INSERT INTO collector.meters (meter_id, bus_id, address, model, utility, poll_interval_s) "
@@ -154,3 +198,135 @@ class Registry:
                     "i": meter.poll_interval_s,
                 },
             )
+
+    async def delete(self, kind: str, key: str) -> None:
+        """Remove a gateway (with its buses and meters), a bus (with its meters) or a meter."""
+        table, column = {
+            "gateway": ("gateways", "gateway_id"),
+            "bus": ("buses", "bus_id"),
+            "meter": ("meters", "meter_id"),
+        }[kind]
+        async with self._engine.begin() as conn:
+            deleted = await conn.execute(text(f"DELETE FROM collector.{table} WHERE {column} = :k"), {"k": key})
+        if deleted.rowcount == 0:
+            raise NotFound(f"no {kind} {key}")
+
+    async def import_estate(self, rows: Iterable[EstateRow]) -> dict[str, int]:
+        """Upsert gateways, buses and meters from validated rows in one transaction (all or nothing)."""
+        rows = list(rows)
+        gateways = sorted({r.gateway_id for r in rows})
+        buses = {r.bus_id: r for r in rows}
+        meters = [r for r in rows if r.meter_id]
+        async with self._engine.begin() as conn:
+            await _guard_unique(conn, [(r.meter_id, r.bus_id, r.address) for r in meters])
+            await conn.execute(
+                text(
+                    "INSERT INTO collector.gateways (gateway_id, name) SELECT g, g FROM unnest(CAST(:g AS text[])) g "
+                    "ON CONFLICT (gateway_id) DO NOTHING"
+                ),
+                {"g": gateways},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO collector.buses (bus_id, gateway_id, host, port, protocol, baud, timeout_ms, retries) "
+                    "SELECT * FROM unnest(CAST(:b AS text[]), CAST(:g AS text[]), CAST(:h AS text[]), "
+                    "CAST(:p AS integer[]), CAST(:pr AS text[]), CAST(:baud AS integer[]), CAST(:t AS integer[]), "
+                    "CAST(:r AS integer[])) ON CONFLICT (bus_id) DO UPDATE SET gateway_id = EXCLUDED.gateway_id, "
+                    "host = EXCLUDED.host, port = EXCLUDED.port, protocol = EXCLUDED.protocol, baud = EXCLUDED.baud, "
+                    "timeout_ms = EXCLUDED.timeout_ms, retries = EXCLUDED.retries"
+                ),
+                {
+                    "b": list(buses),
+                    "g": [r.gateway_id for r in buses.values()],
+                    "h": [r.host for r in buses.values()],
+                    "p": [r.port for r in buses.values()],
+                    "pr": [r.protocol.value for r in buses.values()],
+                    "baud": [r.baud for r in buses.values()],
+                    "t": [r.timeout_ms for r in buses.values()],
+                    "r": [r.retries for r in buses.values()],
+                },
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO collector.meters (meter_id, bus_id, address, model, utility, poll_interval_s) "
+                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:b AS text[]), CAST(:a AS text[]), "
+                    "CAST(:mo AS text[]), CAST(:u AS text[]), CAST(:i AS integer[])) "
+                    "ON CONFLICT (meter_id) DO UPDATE SET bus_id = EXCLUDED.bus_id, address = EXCLUDED.address, "
+                    "model = EXCLUDED.model, utility = EXCLUDED.utility, poll_interval_s = EXCLUDED.poll_interval_s"
+                ),
+                {
+                    "m": [r.meter_id for r in meters],
+                    "b": [r.bus_id for r in meters],
+                    "a": [r.address for r in meters],
+                    "mo": [r.model for r in meters],
+                    "u": [r.utility.value for r in meters],
+                    "i": [r.poll_interval_s for r in meters],
+                },
+            )
+        return {"gateways": len(gateways), "buses": len(buses), "meters": len(meters)}
+
+    async def export_estate(self) -> list[EstateRow]:
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT b.gateway_id, b.bus_id, b.host, b.port, b.protocol, b.baud, b.timeout_ms, b.retries, "
+                    "m.meter_id, m.address, m.model, m.utility, m.poll_interval_s "
+                    "FROM collector.buses b JOIN collector.meters m USING (bus_id) ORDER BY b.gateway_id, b.bus_id, m.address"
+                )
+            )
+            return [
+                EstateRow(
+                    r.gateway_id,
+                    r.bus_id,
+                    r.host,
+                    r.port,
+                    BusProtocol(r.protocol),
+                    r.baud,
+                    r.timeout_ms,
+                    r.retries,
+                    r.meter_id,
+                    r.address,
+                    r.model,
+                    Utility(r.utility),
+                    r.poll_interval_s,
+                )
+                for r in result
+            ]
+
+
+@dataclass(frozen=True)
+class EstateRow:
+    """One line of the commissioning CSV: a meter with the bus and gateway it sits behind."""
+
+    gateway_id: str
+    bus_id: str
+    host: str
+    port: int
+    protocol: BusProtocol
+    baud: int
+    timeout_ms: int
+    retries: int
+    meter_id: str
+    address: str
+    model: str
+    utility: Utility
+    poll_interval_s: int
+
+
+async def _guard_unique(conn: AsyncConnection, meters: list[tuple[str, str, str]]) -> None:
+    """Refuse a meter that would take an address another meter already has on the same bus."""
+    taken = (
+        await conn.execute(
+            text(
+                "SELECT n.m, e.meter_id, n.b, n.a FROM unnest(CAST(:m AS text[]), CAST(:b AS text[]), CAST(:a AS text[])) "
+                "AS n(m, b, a) JOIN collector.meters e ON e.bus_id = n.b AND e.address = n.a AND e.meter_id <> n.m"
+            ),
+            {"m": [m for m, _, _ in meters], "b": [b for _, b, _ in meters], "a": [a for _, _, a in meters]},
+        )
+    ).all()
+    if taken:
+        first = taken[0]
+        raise Conflict(
+            f"address {first.a} on bus {first.b} already belongs to meter {first.meter_id} "
+            f"(wanted by {first.m}; {len(taken)} clash(es) in all)"
+        )

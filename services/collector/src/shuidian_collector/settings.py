@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shuidian_shared.settings import ServiceSettings
@@ -14,6 +17,41 @@ class CollectorSettings(ServiceSettings):
     http_port: int = 8001
     shard_index: int = Field(default=0, ge=0)
     shard_count: int = Field(default=1, ge=1)
+    gateways: tuple[str, ...] = Field(
+        default=(),
+        description='a configured list of the gateways this instance polls (JSON, e.g. ["gw-a","gw-b"]); '
+        "empty: the instance's shard by hash or pin",
+    )
     registry_refresh_seconds: float = 10.0
-    confirm_attempts: int = 5
-    confirm_interval_seconds: float = 0.3
+    confirm_attempts: int = Field(default=5, ge=0)
+    confirm_interval_seconds: float = Field(default=0.3, gt=0)
+    valve_confirm_attempts: int = Field(default=10, ge=0)
+    valve_confirm_interval_seconds: float = Field(default=1.0, gt=0)
+    max_backoff_seconds: float = Field(default=3600.0, gt=0, description="cap of a dead meter's poll back-off")
+    gateway_backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    gateway_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    data_dir: Path | None = Field(
+        default=None,
+        description="where the local store lives; default $SHUIDIAN_DATA_DIR/collector (./data/collector), "
+        "or a fresh temporary directory in the test environment",
+    )
+    store_max_rows: int = Field(default=100_000, ge=1, description="reading batches the local store holds at most")
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> CollectorSettings:
+        if self.shard_index >= self.shard_count:
+            raise ValueError(f"shard_index {self.shard_index} must be below shard_count {self.shard_count}")
+        return self
+
+    def store_path(self) -> Path | None:
+        """Where the local store lives; None in the test environment without a data dir (a temporary one)."""
+        if self.data_dir is not None:
+            base = self.data_dir
+        elif self.environment == "test":
+            return None
+        else:
+            base = Path(os.environ.get("SHUIDIAN_DATA_DIR", "data")) / "collector"
+        # The file must outlive the process: a default instance id (host-pid) changes on every start, so the
+        # store is then named after the shard, which does not.
+        name = self.instance_id if "instance_id" in self.model_fields_set else f"shard-{self.shard_index}"
+        return base / f"store-{name}.sqlite3"

@@ -1,32 +1,135 @@
-"""A TCP link to one RS-485 bus behind a transparent gateway: one request/reply exchange at a time."""
+"""The half-duplex line: a priority gate that lets exactly one exchange onto a bus at a time, the TCP
+link to one RS-485 bus behind a transparent gateway, and the bus metrics.
+
+Exceptions (all `BusError`):
+- `BusTimeout`: no acceptable reply within the timeout.
+- `BusGarbled`: bytes came back but no valid frame (bad checksum, line noise).
+- `BusLinkError`: the TCP connection to the gateway could not be made or broke.
+Protocol-level refusals (`ProtocolError`/`DeviceError` from the codecs) pass through unchanged.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
+
+from prometheus_client import Counter, Histogram
+
+from shuidian_collector.protocols.common import DeviceError, ProtocolError
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F")
+T = TypeVar("T")
+
+COMMAND_PRIORITY, POLL_PRIORITY = 0, 1
+_JOBS = itertools.count()  # order of jobs on a bus: an earlier job's exchanges go before a later one's
+
+TRANSACTIONS = Counter("collector_bus_transactions_total", "request/reply exchanges on a bus", ["protocol", "outcome"])
+ERRORS = Counter("collector_bus_errors_total", "failed exchanges by kind", ["protocol", "kind"])
+LATENCY = Histogram(
+    "collector_bus_transaction_seconds",
+    "time one exchange held the bus",
+    ["protocol", "lane"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
+)
+BUSY = Counter(
+    "collector_bus_busy_seconds_total", "seconds a bus was held by an exchange (utilisation = rate)", ["bus"]
+)
 
 
-class BusTimeout(Exception):
+class BusError(Exception):
+    """Root of the transport errors."""
+
+
+class BusTimeout(BusError):
     """No (acceptable) reply within the timeout."""
 
 
-class BusLinkError(Exception):
+class BusGarbled(BusError):
+    """Something answered, but not with a valid frame (bad checksum, line noise)."""
+
+
+class BusLinkError(BusError):
     """The TCP connection to the gateway could not be made or broke."""
 
 
+def error_kind(err: BaseException) -> str:
+    """A short label for metrics and logs."""
+    if isinstance(err, BusTimeout):
+        return "timeout"
+    if isinstance(err, BusGarbled):
+        return "garbled"
+    if isinstance(err, BusLinkError):
+        return "link"
+    if isinstance(err, DeviceError):
+        return "refused"
+    if isinstance(err, ProtocolError):
+        return "protocol"
+    return "other"
+
+
+class BusGate:
+    """A priority lock for one bus: the waiter with the smallest key goes next, so a command (priority 0)
+    takes the line as soon as the exchange in flight ends."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiters: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for *_, fut in self._waiters if not fut.done())
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: tuple[int, int]) -> AsyncIterator[None]:
+        if self._busy or self._waiters:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters, (key, next(self._order), fut))
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release()  # the turn was handed to us as we were cancelled: pass it on
+                else:
+                    fut.cancel()
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            *_, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._busy = False
+
+
 class FrameParser(Protocol[F]):
+    rejected: int
+
     def feed(self, chunk: bytes) -> list[F]: ...
 
 
+class Link(Protocol):
+    async def close(self) -> None: ...
+
+
 class BusLink:
-    """Owns the socket; callers serialise exchanges (the bus worker does)."""
+    """A TCP socket to a byte-oriented bus (DL/T 645, CJ/T 188); callers hold the bus gate."""
 
     def __init__(self, host: str, port: int, *, connect_timeout: float = 3.0) -> None:
         self.host = host
@@ -66,6 +169,8 @@ class BusLink:
                         if accept(frame):
                             return frame
         except TimeoutError as err:
+            if parser.rejected:
+                raise BusGarbled(f"no valid reply within {timeout:.2f}s ({parser.rejected} bad frame(s))") from err
             raise BusTimeout(f"no reply within {timeout:.2f}s") from err
         except (OSError, BusLinkError) as err:
             await self.close()
@@ -77,3 +182,58 @@ class BusLink:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+@dataclass
+class Bus:
+    """One RS-485 bus as the scheduler sees it: its gate, its link and how patient to be."""
+
+    bus_id: str
+    protocol: str
+    link: Link
+    timeout: float
+    retries: int
+    gate: BusGate = field(default_factory=BusGate)
+
+    def channel(self, priority: int, retries: int | None = None, timeout: float | None = None) -> Channel:
+        """A handle for one job (one meter read or one command): its exchanges keep their place in line.
+        `retries` and `timeout` override the bus's for this job (a meter model's own patience)."""
+        return Channel(
+            self,
+            (priority, next(_JOBS)),
+            self.retries if retries is None else retries,
+            self.timeout if timeout is None else timeout,
+        )
+
+
+@dataclass
+class Channel:
+    bus: Bus
+    key: tuple[int, int]
+    retries: int
+    timeout: float
+
+    async def transact(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one exchange on the bus when it is this job's turn; retry timeouts and garbled replies."""
+        lane = "command" if self.key[0] == COMMAND_PRIORITY else "poll"
+        attempt = 0
+        while True:
+            async with self.bus.gate.turn(self.key):
+                started = time.perf_counter()
+                try:
+                    result = await operation()
+                except (BusError, ProtocolError) as err:
+                    kind = error_kind(err)
+                    TRANSACTIONS.labels(self.bus.protocol, kind).inc()
+                    ERRORS.labels(self.bus.protocol, kind).inc()
+                    retry = isinstance(err, (BusTimeout, BusGarbled)) and attempt < self.retries
+                    if not retry:
+                        raise
+                else:
+                    TRANSACTIONS.labels(self.bus.protocol, "ok").inc()
+                    return result
+                finally:
+                    held = time.perf_counter() - started
+                    LATENCY.labels(self.bus.protocol, lane).observe(held)
+                    BUSY.labels(self.bus.bus_id).inc(held)
+            attempt += 1

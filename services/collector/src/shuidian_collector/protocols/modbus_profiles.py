@@ -265,6 +265,9 @@ class DeviceProfile(_Frozen):
     registers: Annotated[tuple[RegisterSpec, ...], Field(min_length=1)]
     controls: tuple[ControlSpec, ...] = ()
     circuits: CircuitLayout | None = None
+    # How patient to be with this model (a slow meter or radio link): override the bus's timeout and retries.
+    timeout_ms: Annotated[int, Field(ge=50, le=30_000)] | None = None
+    retries: Annotated[int, Field(ge=0, le=5)] | None = None
     notes: tuple[str, ...] = ()
 
     _registers: dict[str, RegisterSpec] = PrivateAttr(default_factory=dict)

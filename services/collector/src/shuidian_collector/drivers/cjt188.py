@@ -1,0 +1,110 @@
+"""CJ/T 188 water meters: cumulative volume (901F), valve state and battery-low per poll; valve commands
+confirmed by re-reading the status word (the motor takes seconds)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from shuidian_collector.drivers import (
+    BUS_DEFAULTS,
+    VALVE_CONFIRM,
+    CommandOutcome,
+    ConfirmPolicy,
+    Patience,
+    read_back,
+    unsupported,
+)
+from shuidian_collector.protocols import cjt188
+from shuidian_collector.protocols.common import DeviceError, ProtocolError
+from shuidian_collector.registry import BusConfig, MeterConfig
+from shuidian_collector.transport import BusLink, Channel
+from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, ReadingFlag, ValveState
+
+# Volume units a water meter may report, as the factor that turns them into m³.
+_TO_M3 = {cjt188.Unit.M3: Decimal(1), cjt188.Unit.LITRE: Decimal("0.001")}
+_VALVES = {
+    cjt188.ValveState.OPEN: ValveState.OPEN,
+    cjt188.ValveState.CLOSED: ValveState.CLOSED,
+    cjt188.ValveState.ABNORMAL: ValveState.ABNORMAL,
+}
+_VALVE_COMMANDS = {CommandKind.VALVE_OPEN: True, CommandKind.VALVE_CLOSE: False}
+
+
+class Cjt188Driver:
+    def __init__(
+        self, *, meter_type: int = cjt188.MeterType.COLD_WATER, confirm: ConfirmPolicy = VALVE_CONFIRM
+    ) -> None:
+        self._meter_type = meter_type
+        self._confirm = confirm
+        self._seq = itertools.count()
+
+    def open(self, bus: BusConfig) -> BusLink:
+        return BusLink(bus.host, bus.port)
+
+    def patience(self, meter: MeterConfig) -> Patience:
+        return BUS_DEFAULTS
+
+    async def _exchange(self, channel: Channel, request: bytes, address: str, function: int) -> cjt188.Frame:
+        def accept(frame: cjt188.Frame) -> bool:
+            return frame.is_reply and frame.address == address and frame.function == function
+
+        link = channel.bus.link
+        if not isinstance(link, BusLink):
+            raise TypeError(f"bus {channel.bus.bus_id} has no byte link")
+        return await channel.transact(lambda: link.exchange(request, cjt188.StreamParser(), accept, channel.timeout))
+
+    async def _current(self, channel: Channel, address: str) -> tuple[cjt188.CurrentData, datetime]:
+        seq = next(self._seq) & 0xFF
+        request = cjt188.read_request(address, self._meter_type, seq=seq)
+        frame = await self._exchange(channel, request, address, cjt188.Function.READ)
+        answered_at = datetime.now(UTC)
+        data = cjt188.parse_current_data(frame)
+        if data.seq != seq:
+            raise ProtocolError(f"reply carries sequence {data.seq}, not {seq}")
+        return data, answered_at
+
+    async def read(self, channel: Channel, meter: MeterConfig) -> Reading:
+        data, sampled_at = await self._current(channel, meter.address)
+        factor = _TO_M3.get(data.unit)
+        if factor is None:
+            raise ProtocolError(f"meter {meter.meter_id} reports volume in {data.unit.name}, not a water unit")
+        flags = {ReadingFlag.BATTERY_LOW} if data.status.battery_low else set()
+        return Reading.create(
+            meter.meter_id,
+            meter.utility,
+            sampled_at,
+            registers={"water_volume_total": data.cumulative * factor},
+            valve=_VALVES[data.status.valve],
+            flags=frozenset(flags),
+        )
+
+    async def command(self, channel: Channel, meter: MeterConfig, request: CommandRequested) -> CommandOutcome:
+        open_valve = _VALVE_COMMANDS.get(request.kind)
+        if open_valve is None:
+            return unsupported(request.kind, "CJ/T 188")
+        frame = cjt188.valve_request(meter.address, self._meter_type, open_valve=open_valve, seq=next(self._seq) & 0xFF)
+        reply = await self._exchange(channel, frame, meter.address, cjt188.Function.WRITE)
+        answer = cjt188.encode_frame(reply)
+        try:
+            cjt188.parse_valve_ack(reply)
+        except DeviceError as err:
+            return CommandOutcome(CommandStatus.FAILED, f"meter refused: {err}", frame, response_frame=answer)
+        wanted = cjt188.ValveState.OPEN if open_valve else cjt188.ValveState.CLOSED
+
+        async def state() -> cjt188.ValveState:
+            return (await self._current(channel, meter.address))[0].status.valve
+
+        valve, ok = await read_back(state, lambda v: v is wanted, self._confirm)
+        if not ok:
+            return CommandOutcome(
+                CommandStatus.FAILED,
+                f"accepted but the valve did not move (valve {_VALVES[valve].value})",
+                frame,
+                valve=_VALVES[valve],
+                response_frame=answer,
+            )
+        return CommandOutcome(
+            CommandStatus.CONFIRMED, "valve state read back matches", frame, valve=_VALVES[valve], response_frame=answer
+        )

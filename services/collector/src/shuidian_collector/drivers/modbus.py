@@ -1,0 +1,185 @@
+"""Modbus RTU-over-TCP and Modbus TCP meters, driven by the device profiles in protocols/profiles/*.yaml:
+contiguous registers are read in blocks, relay and valve commands are the profile's register writes,
+confirmed by reading the profile's state register back when it has one."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+
+from shuidian_collector.drivers import (
+    RELAY_CONFIRM,
+    CommandOutcome,
+    ConfirmPolicy,
+    Patience,
+    read_back,
+    unsupported,
+)
+from shuidian_collector.protocols.common import DeviceError, ProtocolError
+from shuidian_collector.protocols.modbus_profiles import DeviceProfile, decode_block, load_profile, plan_reads
+from shuidian_collector.registry import BusConfig, MeterConfig
+from shuidian_collector.transport import BusLinkError, BusTimeout, Channel
+from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, RelayState, ValveState
+
+# Command kind → (profile control action, state register to read back, value that confirms it).
+_ACTIONS: dict[CommandKind, tuple[str, str, Callable[[Decimal], bool]]] = {
+    CommandKind.TRIP: ("trip", "relay_open", lambda v: v == 1),
+    CommandKind.DIRECT_CLOSE: ("close", "relay_open", lambda v: v == 0),
+    CommandKind.CLOSE_ALLOWED: ("close", "relay_open", lambda v: v == 0),
+    CommandKind.VALVE_OPEN: ("valve_open", "valve_state", lambda v: v == 0),
+    CommandKind.VALVE_CLOSE: ("valve_close", "valve_state", lambda v: v == 1),
+}
+_STATE_REGISTERS = ("relay_open", "valve_state")
+
+
+class ModbusLink:
+    """One pymodbus client per bus; the bus gate serialises its calls (the client is not safe for concurrency)."""
+
+    def __init__(self, host: str, port: int, *, rtu: bool, timeout: float) -> None:
+        self.client = AsyncModbusTcpClient(
+            host,
+            port=port,
+            framer=FramerType.RTU if rtu else FramerType.SOCKET,
+            timeout=timeout,
+            retries=0,  # the channel retries, so a queued command can go between attempts
+            reconnect_delay=0,  # reconnects are ours (on the next exchange), not a background loop
+        )
+
+    async def call(self, operation: Callable[[AsyncModbusTcpClient], Awaitable[Any]], timeout: float) -> Any:
+        # The client waits `timeout_connect` for each response; the bus gate makes setting it per call safe.
+        self.client.comm_params.timeout_connect = timeout
+        if not self.client.connected and not await self.client.connect():
+            raise BusLinkError(f"cannot reach gateway {self.client.comm_params.host}:{self.client.comm_params.port}")
+        try:
+            response = await operation(self.client)
+        except ConnectionException as err:
+            self.client.close()
+            raise BusLinkError(str(err)) from err
+        except ModbusIOException as err:
+            raise BusTimeout(str(err)) from err
+        except ModbusException as err:
+            raise ProtocolError(str(err)) from err
+        if response.isError():
+            raise DeviceError(f"Modbus exception {getattr(response, 'exception_code', '?')}")
+        return response
+
+    async def close(self) -> None:
+        self.client.close()
+
+
+def _relay(value: Decimal) -> RelayState:
+    return RelayState.OPEN if value == 1 else RelayState.CLOSED if value == 0 else RelayState.UNKNOWN
+
+
+def _valve(value: Decimal) -> ValveState:
+    return ValveState.OPEN if value == 0 else ValveState.CLOSED if value == 1 else ValveState.ABNORMAL
+
+
+def _pdu(unit: int, function: int, address: int, values: list[int]) -> bytes:
+    """The request as unit id + PDU (the RTU frame without its CRC), for the audit trail."""
+    if function == 6:
+        return struct.pack(">BBHH", unit, function, address, values[0])
+    return struct.pack(f">BBHHB{len(values)}H", unit, function, address, len(values), 2 * len(values), *values)
+
+
+class ModbusDriver:
+    def __init__(self, *, rtu: bool, confirm: ConfirmPolicy = RELAY_CONFIRM) -> None:
+        self._rtu = rtu
+        self._confirm = confirm
+
+    def open(self, bus: BusConfig) -> ModbusLink:
+        return ModbusLink(bus.host, bus.port, rtu=self._rtu, timeout=bus.timeout_ms / 1000)
+
+    def patience(self, meter: MeterConfig) -> Patience:
+        profile = load_profile(meter.model)
+        return Patience(None if profile.timeout_ms is None else profile.timeout_ms / 1000, profile.retries)
+
+    @staticmethod
+    def _link(channel: Channel) -> ModbusLink:
+        link = channel.bus.link
+        if not isinstance(link, ModbusLink):
+            raise TypeError(f"bus {channel.bus.bus_id} has no Modbus client")
+        return link
+
+    async def _registers(
+        self, channel: Channel, unit: int, profile: DeviceProfile, names: list[str] | None = None
+    ) -> tuple[dict[str, Decimal], datetime]:
+        link = self._link(channel)
+        values: dict[str, Decimal] = {}
+        answered_at: datetime | None = None
+        for block in plan_reads(profile, names):
+
+            async def read(client: AsyncModbusTcpClient, block: Any = block) -> Any:
+                fn = client.read_holding_registers if block.function == 3 else client.read_input_registers
+                return await fn(block.start, count=block.count, device_id=unit)
+
+            response = await channel.transact(partial(link.call, read, channel.timeout))
+            answered_at = answered_at or datetime.now(UTC)
+            try:
+                values |= decode_block(profile, block, response.registers)
+            except ValueError as err:
+                raise ProtocolError(str(err)) from err
+        assert answered_at is not None  # a profile has at least one register
+        return values, answered_at
+
+    async def read(self, channel: Channel, meter: MeterConfig) -> Reading:
+        profile = load_profile(meter.model)
+        values, sampled_at = await self._registers(channel, int(meter.address), profile)
+        relay = values.pop("relay_open", None)
+        valve = values.pop("valve_state", None)
+        return Reading.create(
+            meter.meter_id,
+            meter.utility,
+            sampled_at,
+            registers=values,
+            relay=None if relay is None else _relay(relay),
+            valve=None if valve is None else _valve(valve),
+        )
+
+    async def command(self, channel: Channel, meter: MeterConfig, request: CommandRequested) -> CommandOutcome:
+        profile = load_profile(meter.model)
+        action = _ACTIONS.get(request.kind)
+        if action is None or action[0] not in {c.action for c in profile.controls}:
+            return unsupported(request.kind, f"Modbus {profile.model}")
+        name, state_register, confirms = action
+        unit = int(meter.address)
+        link = self._link(channel)
+        sent = b""
+        for write in profile.control(name).writes:
+
+            async def send(client: AsyncModbusTcpClient, write: Any = write) -> Any:
+                if write.function == 6:
+                    return await client.write_register(write.address, write.values[0], device_id=unit)
+                return await client.write_registers(write.address, list(write.values), device_id=unit)
+
+            sent += _pdu(unit, write.function, write.address, list(write.values))
+            try:
+                await channel.transact(partial(link.call, send, channel.timeout))
+            except DeviceError as err:
+                return CommandOutcome(CommandStatus.FAILED, f"meter refused: {err}", sent)
+        if state_register not in {r.name for r in profile.registers}:
+            return CommandOutcome(
+                CommandStatus.ACKNOWLEDGED,
+                f"written; {profile.model} has no {state_register} register to confirm",
+                sent,
+            )
+
+        async def state() -> Decimal:
+            return (await self._registers(channel, unit, profile, [state_register]))[0][state_register]
+
+        value, ok = await read_back(state, confirms, self._confirm)
+        relay = _relay(value) if state_register == "relay_open" else None
+        valve = _valve(value) if state_register == "valve_state" else None
+        if not ok:
+            return CommandOutcome(
+                CommandStatus.FAILED, f"written but {state_register} reads {value}", sent, relay, valve
+            )
+        return CommandOutcome(CommandStatus.CONFIRMED, "state read back matches", sent, relay, valve)

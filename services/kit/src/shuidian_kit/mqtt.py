@@ -125,6 +125,9 @@ class MqttLink:
                 max_inflight_messages=self._max_inflight,
                 will=aiomqtt.Will(self._status_topic, self._status(False), qos=1, retain=True),
             )
+            # Batched QoS 1 publishes (outbox, store-and-forward) are awaited together on purpose;
+            # the library's default warns from 10 pending calls, which is noise, not a symptom.
+            client.pending_calls_threshold = 10 * self._max_inflight
             try:
                 async with client:
                     self._client = client

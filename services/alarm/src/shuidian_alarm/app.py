@@ -9,10 +9,8 @@ from datetime import datetime, timedelta
 from importlib.resources import files
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shuidian_alarm import maintenance
 from shuidian_alarm.alarms import AlarmService
@@ -34,7 +32,7 @@ from shuidian_alarm.rulebook import RuleBook
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
-from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
+from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     BalanceEvent,
@@ -180,13 +178,6 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        # Framework errors (a body that is not JSON, an unknown route) in the one error format too.
-        assert isinstance(exc, StarletteHTTPException)
-        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return problem(exc.status_code, code.replace("_", " "), str(exc.detail), code)
-
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.include_router(ops_router())
     app.include_router(router)
     return app

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shuidian_kit.db import create_engine, ping
 from shuidian_kit.errors import ServiceError
@@ -124,12 +125,21 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         return problem(422, "invalid request", "the request did not validate", "validation_error", errors=errors)
 
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        # Framework errors (a body that is not JSON, an unknown route, a wrong method) in the same format.
+        assert isinstance(exc, StarletteHTTPException)
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = problem(exc.status_code, code.replace("_", " "), str(exc.detail), code)
+        response.headers.update(exc.headers or {})
+        return response
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "internal error", "an unexpected error occurred", "internal_error")
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -9,11 +9,11 @@ from importlib.resources import files
 from fastapi import FastAPI
 
 from shuidian_control.api import router
-from shuidian_control.commands import CommandService
+from shuidian_control.service import Control
 from shuidian_control.settings import ControlSettings
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_shared import topics
-from shuidian_shared.messages import BalanceEvent, CommandResult
+from shuidian_shared.messages import BalanceEvent, CommandResult, DeviceState, GatewayStatus
 
 SERVICE = "control"
 
@@ -25,21 +25,26 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrations = str(files("shuidian_control") / "migrations")
         async with Runtime.open(settings, service=SERVICE, schema="control", migrations=migrations) as runtime:
-            commands = CommandService(runtime.engine, runtime.outbox, settings, runtime.mqtt.client_id)
-            runtime.mqtt.subscribe(topics.shared(SERVICE, topics.ALL_BALANCES), BalanceEvent, commands.on_balance)
-            runtime.mqtt.subscribe(
-                topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, commands.on_result
+            control = Control(runtime.engine, runtime.outbox, settings, runtime.mqtt.client_id)
+            mqtt = runtime.mqtt
+            mqtt.subscribe(topics.shared(SERVICE, topics.ALL_BALANCES), BalanceEvent, control.automation.on_balance)
+            mqtt.subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, control.ledger.on_result)
+            mqtt.subscribe(
+                topics.shared(SERVICE, topics.ALL_METER_STATES), DeviceState, control.automation.on_device_state
             )
-            runtime.supervisor.add("expiry", commands.expire_loop)
+            mqtt.subscribe(
+                topics.shared(SERVICE, topics.ALL_GATEWAY_STATUS), GatewayStatus, control.automation.on_gateway_status
+            )
+            runtime.supervisor.add("housekeeping", control.housekeeping)
             app.state.runtime = runtime
-            app.state.commands = commands
+            app.state.control = control
             async with runtime.running():
                 yield
 
     app = FastAPI(
         title="Shuidian control",
         summary="远程拉合闸、保电与阀控 · Remote trip/close, keep-power and valves, with the command lifecycle",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
     )
     install_error_handlers(app)

@@ -1,292 +1,469 @@
-"""The command lifecycle: balance events become trip/close commands under policy; results from the
-collector move commands to terminal states and update the meter's shadow.
+"""The persisted command lifecycle: issue, attempts with back-off, results, expiry, cancellation, audit, queries.
 
-States: pending → sent → acknowledged → confirmed | failed | expired | cancelled.
+States: pending → sent → acknowledged → confirmed | failed | expired | cancelled. Every transition is written
+with its audit event and announced (CommandUpdate) in the same transaction, through the outbox.
+A command is re-sent as attempt 2, 3, … under the same id; the collector runs each (id, attempt) once.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_control import policy
+from shuidian_control import policy, shadows
 from shuidian_control.settings import ControlSettings
-from shuidian_kit.errors import NotFound, ServiceError
+from shuidian_kit.errors import Conflict, NotFound, ServiceError
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
 from shuidian_shared.messages import (
-    BalanceEvent,
     CommandKind,
     CommandOrigin,
     CommandRequested,
     CommandResult,
+    CommandState,
     CommandStatus,
-    RelayState,
-    Utility,
+    CommandUpdate,
 )
 
 log = logging.getLogger(__name__)
 
 COMMANDS_ISSUED = Counter("control_commands_issued_total", "device commands issued", ["kind", "origin"])
+COMMAND_ATTEMPTS = Counter("control_command_attempts_total", "command attempts sent (first sends and retries)")
 COMMAND_OUTCOMES = Counter("control_command_outcomes_total", "commands reaching a terminal state", ["state"])
+UNKNOWN_RESULTS = Counter("control_command_results_unknown_total", "results for commands control does not know")
+
+Clock = Callable[[], datetime]
+_TEXT_LIMIT = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def clip(value: str) -> str:
+    """Message text fields are bounded; the database keeps the full text."""
+    return value if len(value) <= _TEXT_LIMIT else value[: _TEXT_LIMIT - 1] + "…"
 
 
 class ControlError(ServiceError):
     """Root of control's domain errors."""
 
 
-class CommandService:
-    def __init__(self, engine: AsyncEngine, outbox: Outbox, settings: ControlSettings, source: str) -> None:
+@dataclass(frozen=True)
+class NewCommand:
+    """A command to issue: what, where, who asked and why."""
+
+    meter_id: str
+    kind: CommandKind
+    origin: CommandOrigin
+    reason: str
+    actor: str = "system"
+    account_id: str | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    ttl: timedelta | None = None
+    command_id: uuid.UUID | None = None
+    batch_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class CommandQuery:
+    """Filters for listing commands, newest first; `before` is the keyset cursor of the previous page."""
+
+    meter_id: str | None = None
+    meter_ids: tuple[str, ...] | None = None
+    state: CommandState | None = None
+    origin: CommandOrigin | None = None
+    kind: CommandKind | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: tuple[datetime, uuid.UUID] | None = None
+    limit: int = 100
+
+
+_COLUMNS = (
+    "command_id, meter_id, kind, state, origin, reason, actor, account_id, created_at, updated_at, expires_at, "
+    "detail, request_frame, response_frame, attempt, next_attempt_at, parameters, supply, shadow_version, batch_id"
+)
+
+
+class CommandLedger:
+    """Owns control.commands and control.command_events; every write goes through here."""
+
+    def __init__(
+        self, engine: AsyncEngine, outbox: Outbox, settings: ControlSettings, source: str, clock: Clock = utcnow
+    ) -> None:
         self._engine = engine
         self._outbox = outbox
         self._settings = settings
         self._source = source
+        self.clock = clock
+        self._result_timeout = timedelta(seconds=settings.result_timeout_seconds)
+        self._retry = (timedelta(seconds=settings.retry_initial_seconds), timedelta(seconds=settings.retry_max_seconds))
 
-    async def on_balance(self, event: BalanceEvent, topic: str) -> None:
-        target = policy.desired_relay(event.kind)
-        async with self._engine.begin() as conn:
-            # Serialise per account and drop anything older than what we already acted on.
-            row = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO control.account_balance_levels (account_id, last_sequence, level) "
-                        "VALUES (:a, :s, :l) ON CONFLICT (account_id) DO UPDATE "
-                        "SET last_sequence = EXCLUDED.last_sequence, level = EXCLUDED.level "
-                        "WHERE control.account_balance_levels.last_sequence < EXCLUDED.last_sequence "
-                        "RETURNING account_id"
-                    ),
-                    {"a": event.account_id, "s": event.sequence, "l": event.level.value},
-                )
-            ).first()
-            if row is None:
-                log.info("ignored stale balance event %s #%d", event.account_id, event.sequence)
-                return
-            if target is None:
-                return
-            for meter in event.meters:
-                if meter.utility is not Utility.ELECTRICITY:
-                    continue  # prepaid water valves follow their own estate policy (not enabled here)
-                await self._set_desired(
-                    conn,
-                    meter.meter_id,
-                    target,
-                    origin=CommandOrigin.BILLING,
-                    reason=f"balance {event.kind.value} ({event.balance} CNY, #{event.sequence})",
-                    account_id=event.account_id,
-                )
-        self._outbox.notify()
+    # --- issuing -------------------------------------------------------------------------------------------------
 
-    async def _set_desired(
-        self,
-        conn: AsyncConnection,
-        meter_id: str,
-        target: RelayState,
-        *,
-        origin: CommandOrigin,
-        reason: str,
-        account_id: str | None,
-    ) -> uuid.UUID | None:
-        """Record the new intent; issue a command only when the intent actually changes (one trip per exhaustion)."""
-        changed = (
+    async def issue(self, conn: AsyncConnection, new: NewCommand, *, shadow_version: int | None = None) -> uuid.UUID:
+        """Persist and send a command in the caller's transaction; call `notify()` after commit."""
+        now = self.clock()
+        command_id = new.command_id or uuid.uuid4()
+        supply = policy.supply_after(new.kind)
+        if supply is not None:
+            # An older relay/valve command still open for this meter is superseded by the newer intent.
+            superseded = await conn.execute(
+                text(
+                    f"SELECT {_COLUMNS} FROM control.commands WHERE meter_id = :m AND supply IS NOT NULL "
+                    "AND state IN ('pending', 'sent', 'acknowledged') FOR UPDATE"
+                ),
+                {"m": new.meter_id},
+            )
+            for old in superseded.all():
+                await self._transition(
+                    conn, old, CommandState.CANCELLED, f"superseded by {command_id}", actor=new.actor
+                )
+        expires_at = now + (new.ttl or timedelta(seconds=self._settings.command_ttl_seconds))
+        row = (
             await conn.execute(
                 text(
-                    "INSERT INTO control.shadows (meter_id, desired_relay, version) VALUES (:m, :d, 1) "
-                    "ON CONFLICT (meter_id) DO UPDATE SET desired_relay = EXCLUDED.desired_relay, "
-                    "version = control.shadows.version + 1, updated_at = now() "
-                    "WHERE control.shadows.desired_relay IS DISTINCT FROM EXCLUDED.desired_relay "
-                    "RETURNING version"
+                    "INSERT INTO control.commands (command_id, meter_id, kind, state, origin, reason, actor, account_id, "
+                    "created_at, updated_at, expires_at, attempt, parameters, supply, shadow_version, batch_id) "
+                    "VALUES (:c, :m, :k, 'pending', :o, :r, :who, :a, :now, :now, :e, 0, CAST(:p AS jsonb), :s, :v, :b) "
+                    f"RETURNING {_COLUMNS}"
                 ),
-                {"m": meter_id, "d": target.value},
+                {
+                    "c": command_id,
+                    "m": new.meter_id,
+                    "k": new.kind.value,
+                    "o": new.origin.value,
+                    "r": new.reason,
+                    "who": new.actor,
+                    "a": new.account_id,
+                    "now": now,
+                    "e": expires_at,
+                    "p": json.dumps(dict(new.parameters)),
+                    "s": supply.value if supply else None,
+                    "v": shadow_version,
+                    "b": new.batch_id,
+                },
             )
-        ).first()
-        if changed is None:
-            return None
-        kind = policy.command_for(target, self._settings.restore_command)
-        return await self._issue(conn, meter_id, kind, origin=origin, reason=reason, account_id=account_id)
+        ).one()
+        await self._audit(conn, command_id, CommandState.PENDING, new.reason, actor=new.actor, attempt=None)
+        await self._send(conn, row)
+        COMMANDS_ISSUED.labels(new.kind.value, new.origin.value).inc()
+        log.info(
+            "command %s %s for meter %s (%s: %s)", command_id, new.kind.value, new.meter_id, new.origin, new.reason
+        )
+        return command_id
 
-    async def _issue(
+    async def _send(self, conn: AsyncConnection, row: Row[Any]) -> None:
+        """Send the next attempt of an open command and wait `result_timeout` for its result."""
+        now = self.clock()
+        attempt = row.attempt + 1
+        request = CommandRequested(
+            source=self._source,
+            command_id=row.command_id,
+            meter_id=row.meter_id,
+            kind=CommandKind(row.kind),
+            expires_at=row.expires_at,
+            origin=CommandOrigin(row.origin),
+            reason=clip(row.reason),
+            parameters=dict(row.parameters),
+            attempt=attempt,
+        )
+        await self._outbox.add(conn, topics.meter_command(row.meter_id), request)
+        updated = (
+            await conn.execute(
+                text(
+                    "UPDATE control.commands SET attempt = :n, next_attempt_at = :due, updated_at = :now "
+                    f"WHERE command_id = :c RETURNING {_COLUMNS}"
+                ),
+                {"n": attempt, "due": now + self._result_timeout, "now": now, "c": row.command_id},
+            )
+        ).one()
+        await self._transition(conn, updated, CommandState.SENT, f"attempt {attempt} sent", attempt=attempt)
+        COMMAND_ATTEMPTS.inc()
+
+    async def _transition(
         self,
         conn: AsyncConnection,
-        meter_id: str,
-        kind: CommandKind,
+        row: Row[Any],
+        state: CommandState,
+        detail: str,
         *,
-        origin: CommandOrigin,
-        reason: str,
-        account_id: str | None,
-        command_id: uuid.UUID | None = None,
-        ttl: timedelta | None = None,
-    ) -> uuid.UUID:
-        command_id = command_id or uuid.uuid4()
-        expires_at = datetime.now(UTC) + (ttl or timedelta(seconds=self._settings.command_ttl_seconds))
-        # Older commands for the same meter that are still open are superseded by the newer intent.
-        superseded = await conn.execute(
-            text(
-                "UPDATE control.commands SET state = 'cancelled', updated_at = now(), detail = 'superseded' "
-                "WHERE meter_id = :m AND state IN ('pending', 'sent', 'acknowledged') RETURNING command_id"
-            ),
-            {"m": meter_id},
-        )
-        for (old_id,) in superseded:
-            await self._audit(conn, old_id, "cancelled", f"superseded by {command_id}")
+        actor: str = "system",
+        attempt: int | None = None,
+    ) -> None:
+        """Move a command to `state`: row, audit event and CommandUpdate, in the caller's transaction."""
         await conn.execute(
             text(
-                "INSERT INTO control.commands (command_id, meter_id, kind, state, origin, reason, account_id, expires_at) "
-                "VALUES (:c, :m, :k, 'sent', :o, :r, :a, :e)"
+                "UPDATE control.commands SET state = :s, detail = :d, updated_at = :now"
+                + (", next_attempt_at = NULL" if state in policy.TERMINAL_STATES else "")
+                + " WHERE command_id = :c"
+            ),
+            {"s": state.value, "d": detail, "now": self.clock(), "c": row.command_id},
+        )
+        await self._audit(conn, row.command_id, state, detail, actor=actor, attempt=attempt)
+        update = CommandUpdate(
+            source=self._source,
+            command_id=row.command_id,
+            meter_id=row.meter_id,
+            kind=CommandKind(row.kind),
+            state=state,
+            origin=CommandOrigin(row.origin),
+            attempt=max(row.attempt, 1),
+            reason=clip(row.reason),
+            detail=clip(detail),
+            account_id=row.account_id,
+            expires_at=row.expires_at,
+        )
+        await self._outbox.add(conn, topics.command_update(row.meter_id), update)
+        if state in policy.TERMINAL_STATES:
+            COMMAND_OUTCOMES.labels(state.value).inc()
+
+    async def _audit(
+        self,
+        conn: AsyncConnection,
+        command_id: uuid.UUID,
+        state: str,
+        detail: str,
+        *,
+        actor: str = "system",
+        attempt: int | None,
+        request_frame: str | None = None,
+        response_frame: str | None = None,
+    ) -> None:
+        await conn.execute(
+            text(
+                "INSERT INTO control.command_events "
+                "(command_id, state, detail, at, attempt, actor, request_frame, response_frame) "
+                "VALUES (:c, :s, :d, :at, :n, :who, :rq, :rs)"
             ),
             {
                 "c": command_id,
-                "m": meter_id,
-                "k": kind.value,
-                "o": origin.value,
-                "r": reason,
-                "a": account_id,
-                "e": expires_at,
+                "s": state,
+                "d": detail,
+                "at": self.clock(),
+                "n": attempt,
+                "who": actor,
+                "rq": request_frame,
+                "rs": response_frame,
             },
         )
-        await self._audit(conn, command_id, "sent", reason)
-        request = CommandRequested(
-            source=self._source,
-            command_id=command_id,
-            meter_id=meter_id,
-            kind=kind,
-            expires_at=expires_at,
-            origin=origin,
-            reason=reason,
-        )
-        await self._outbox.add(conn, topics.meter_command(meter_id), request)
-        COMMANDS_ISSUED.labels(kind.value, origin.value).inc()
-        log.info("command %s %s for meter %s (%s)", command_id, kind.value, meter_id, reason)
-        return command_id
 
-    @staticmethod
-    async def _audit(conn: AsyncConnection, command_id: uuid.UUID, state: str, detail: str) -> None:
-        await conn.execute(
-            text("INSERT INTO control.command_events (command_id, state, detail) VALUES (:c, :s, :d)"),
-            {"c": command_id, "s": state, "d": detail},
-        )
+    def notify(self) -> None:
+        """Wake the outbox after a commit that queued messages."""
+        self._outbox.notify()
+
+    # --- results -------------------------------------------------------------------------------------------------
 
     async def on_result(self, result: CommandResult, topic: str) -> None:
+        """Apply the collector's outcome for one attempt; stale or late results are audited but change nothing."""
         async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    text("SELECT kind, state FROM control.commands WHERE command_id = :c FOR UPDATE"),
-                    {"c": result.command_id},
-                )
-            ).first()
-            if row is None:
-                log.warning("result for unknown command %s", result.command_id)
+            row = await self._lock(conn, result.command_id)
+            if row is None or row.meter_id != result.meter_id:
+                UNKNOWN_RESULTS.inc()
+                log.warning("result for unknown command %s (meter %s)", result.command_id, result.meter_id)
                 return
-            await self._audit(conn, result.command_id, result.status.value, result.detail)
-            if result.relay is not None:
-                await conn.execute(
-                    text(
-                        "INSERT INTO control.shadows (meter_id, reported_relay) VALUES (:m, :r) "
-                        "ON CONFLICT (meter_id) DO UPDATE SET reported_relay = EXCLUDED.reported_relay, updated_at = now()"
-                    ),
-                    {"m": result.meter_id, "r": result.relay.value},
-                )
-            if row.state in policy.TERMINAL_STATES:
-                return  # a late result never reopens a finished (or superseded) command
+            await self._audit(
+                conn,
+                row.command_id,
+                f"result:{result.status.value}",
+                result.detail,
+                attempt=result.attempt,
+                request_frame=result.request_frame,
+                response_frame=result.response_frame,
+            )
+            reported = policy.supply_of(result.relay, result.valve)
+            if reported is not None:
+                await shadows.report(conn, row.meter_id, reported, result.occurred_at, online=True)
             await conn.execute(
                 text(
-                    "UPDATE control.commands SET state = :s, detail = :d, request_frame = "
-                    "coalesce(:f, request_frame), updated_at = now() WHERE command_id = :c"
+                    "UPDATE control.commands SET request_frame = coalesce(:rq, request_frame), "
+                    "response_frame = coalesce(:rs, response_frame) WHERE command_id = :c"
                 ),
-                {"s": result.status.value, "d": result.detail, "f": result.request_frame, "c": result.command_id},
+                {"rq": result.request_frame, "rs": result.response_frame, "c": row.command_id},
             )
-        if result.status is not CommandStatus.ACKNOWLEDGED:
-            COMMAND_OUTCOMES.labels(result.status.value).inc()
+            await self._apply(conn, row, result)
+        self.notify()
 
-    async def request(
-        self,
-        meter_id: str,
-        kind: CommandKind,
-        *,
-        origin: CommandOrigin,
-        reason: str,
-        ttl: timedelta | None = None,
-        command_id: uuid.UUID | None = None,
-    ) -> uuid.UUID:
-        """An operator or integrator command; the shadow's intent follows relay commands."""
+    async def _apply(self, conn: AsyncConnection, row: Row[Any], result: CommandResult) -> None:
+        state = CommandState(row.state)
+        if state in policy.TERMINAL_STATES:
+            return  # a late result never reopens a finished (or superseded) command
+        if result.status is CommandStatus.CONFIRMED:
+            # The meter did it, whichever attempt got through.
+            await self._transition(conn, row, CommandState.CONFIRMED, result.detail, attempt=result.attempt)
+            return
+        if result.attempt < row.attempt:
+            return  # an older attempt's news; the newer attempt is still running
+        if result.status is CommandStatus.ACKNOWLEDGED:
+            if state is not CommandState.ACKNOWLEDGED:
+                await self._transition(conn, row, CommandState.ACKNOWLEDGED, result.detail, attempt=result.attempt)
+            return
+        if result.status is CommandStatus.EXPIRED:
+            await self._transition(conn, row, CommandState.EXPIRED, result.detail, attempt=result.attempt)
+            return
+        if not policy.is_retryable(result):
+            await self._transition(conn, row, CommandState.FAILED, result.detail, attempt=result.attempt)
+            return
+        retry_at = self.clock() + policy.backoff(row.attempt, *self._retry)
+        if retry_at >= row.expires_at:
+            await self._transition(
+                conn,
+                row,
+                CommandState.EXPIRED,
+                f"no answer after {row.attempt} attempt(s) before the TTL: {result.detail}",
+                attempt=result.attempt,
+            )
+            return
+        await conn.execute(
+            text("UPDATE control.commands SET next_attempt_at = :t WHERE command_id = :c"),
+            {"t": retry_at, "c": row.command_id},
+        )
+        await self._transition(
+            conn,
+            row,
+            CommandState.PENDING,
+            f"attempt {row.attempt} got no answer ({result.detail}); retry at {retry_at.isoformat()}",
+            attempt=result.attempt,
+        )
+
+    # --- time ----------------------------------------------------------------------------------------------------
+
+    async def tick(self, batch: int = 500) -> int:
+        """Expire commands past their TTL and send due attempts; returns how many commands moved."""
+        now = self.clock()
+        moved = 0
         async with self._engine.begin() as conn:
-            if command_id is not None:
-                existing = (
-                    await conn.execute(
-                        text("SELECT meter_id, kind FROM control.commands WHERE command_id = :c"), {"c": command_id}
-                    )
-                ).first()
-                if existing is not None:
-                    if (existing.meter_id, existing.kind) != (meter_id, kind.value):
-                        raise ControlError(
-                            "command id reused for a different command", code="idempotency_conflict", status_code=409
-                        )
-                    return command_id
-            target = policy.relay_after(kind)
-            if target is not None:
-                await conn.execute(
-                    text(
-                        "INSERT INTO control.shadows (meter_id, desired_relay, version) VALUES (:m, :d, 1) "
-                        "ON CONFLICT (meter_id) DO UPDATE SET desired_relay = EXCLUDED.desired_relay, "
-                        "version = control.shadows.version + 1, updated_at = now()"
-                    ),
-                    {"m": meter_id, "d": target.value},
-                )
-            issued = await self._issue(
-                conn, meter_id, kind, origin=origin, reason=reason, account_id=None, command_id=command_id, ttl=ttl
+            expired = await conn.execute(
+                text(
+                    f"SELECT {_COLUMNS} FROM control.commands WHERE state IN ('pending', 'sent', 'acknowledged') "
+                    "AND expires_at <= :now ORDER BY expires_at LIMIT :n FOR UPDATE SKIP LOCKED"
+                ),
+                {"now": now, "n": batch},
             )
-        self._outbox.notify()
-        return issued
-
-    async def expire_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.expiry_check_seconds)
-            async with self._engine.begin() as conn:
-                expired = await conn.execute(
-                    text(
-                        "UPDATE control.commands SET state = 'expired', updated_at = now(), detail = 'TTL elapsed' "
-                        "WHERE state IN ('pending', 'sent', 'acknowledged') AND expires_at < now() RETURNING command_id"
-                    )
+            for row in expired.all():
+                await self._transition(
+                    conn, row, CommandState.EXPIRED, f"TTL elapsed without confirmation after {row.attempt} attempt(s)"
                 )
-                for (command_id,) in expired:
-                    await self._audit(conn, command_id, "expired", "TTL elapsed without confirmation")
-                    COMMAND_OUTCOMES.labels("expired").inc()
+                moved += 1
+            due = await conn.execute(
+                text(
+                    f"SELECT {_COLUMNS} FROM control.commands WHERE state IN ('pending', 'sent', 'acknowledged') "
+                    "AND next_attempt_at <= :now AND expires_at > :now ORDER BY next_attempt_at LIMIT :n "
+                    "FOR UPDATE SKIP LOCKED"
+                ),
+                {"now": now, "n": batch},
+            )
+            for row in due.all():
+                await self._send(conn, row)
+                moved += 1
+        if moved:
+            self.notify()
+        return moved
+
+    # --- operator ------------------------------------------------------------------------------------------------
+
+    async def cancel(self, command_id: uuid.UUID, reason: str, actor: str) -> dict[str, Any]:
+        """Stop an open command: no further attempts. An attempt already with the collector may still run."""
+        async with self._engine.begin() as conn:
+            row = await self._lock(conn, command_id)
+            if row is None:
+                raise NotFound(f"no command {command_id}")
+            if CommandState(row.state) in policy.TERMINAL_STATES:
+                raise Conflict(f"command {command_id} is already {row.state}")
+            if row.supply is not None:
+                # The cancelled intent must not come back through reconcile: the meter keeps what it reports.
+                shadow = await shadows.lock(conn, row.meter_id)
+                if shadow.desired is not None and shadow.desired.value == row.supply:
+                    await shadows.set_desired(conn, row.meter_id, shadow.reported)
+            await self._transition(conn, row, CommandState.CANCELLED, f"cancelled: {reason}", actor=actor)
+        self.notify()
+        return await self.command(command_id)
+
+    async def _lock(self, conn: AsyncConnection, command_id: uuid.UUID) -> Row[Any] | None:
+        """Lock a command, its meter's shadow first: every path takes shadow, then command (no deadlocks)."""
+        found = await self.find(conn, command_id)
+        if found is None:
+            return None
+        await shadows.lock(conn, found.meter_id)
+        locked: Row[Any] | None = (
+            await conn.execute(
+                text(f"SELECT {_COLUMNS} FROM control.commands WHERE command_id = :c FOR UPDATE"), {"c": command_id}
+            )
+        ).first()
+        return locked
+
+    async def find(self, conn: AsyncConnection, command_id: uuid.UUID) -> Row[Any] | None:
+        return (
+            await conn.execute(
+                text(f"SELECT {_COLUMNS} FROM control.commands WHERE command_id = :c"), {"c": command_id}
+            )
+        ).first()
+
+    async def last_supply_command(self, conn: AsyncConnection, meter_id: str) -> Row[Any] | None:
+        """The newest relay/valve command for a meter (reconcile reasons over it)."""
+        return (
+            await conn.execute(
+                text(
+                    f"SELECT {_COLUMNS} FROM control.commands WHERE meter_id = :m AND supply IS NOT NULL "
+                    "ORDER BY seq DESC LIMIT 1"
+                ),
+                {"m": meter_id},
+            )
+        ).first()
+
+    # --- queries -------------------------------------------------------------------------------------------------
 
     async def command(self, command_id: uuid.UUID) -> dict[str, Any]:
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(text("SELECT * FROM control.commands WHERE command_id = :c"), {"c": command_id})
-            ).first()
+            row = await self.find(conn, command_id)
             if row is None:
                 raise NotFound(f"no command {command_id}")
             events = await conn.execute(
-                text("SELECT state, detail, at FROM control.command_events WHERE command_id = :c ORDER BY id"),
+                text(
+                    "SELECT state, detail, at, attempt, actor, request_frame, response_frame "
+                    "FROM control.command_events WHERE command_id = :c ORDER BY id"
+                ),
                 {"c": command_id},
             )
             return {**row._asdict(), "events": [e._asdict() for e in events]}
 
-    async def commands(self, meter_id: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+    async def commands(self, query: CommandQuery) -> list[dict[str, Any]]:
+        before_at, before_id = query.before if query.before else (None, None)
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT * FROM control.commands WHERE (CAST(:m AS text) IS NULL OR meter_id = :m) "
-                    "AND (CAST(:s AS text) IS NULL OR state = :s) ORDER BY created_at DESC LIMIT :n"
+                    f"SELECT {_COLUMNS} FROM control.commands WHERE "
+                    "(CAST(:m AS text) IS NULL OR meter_id = :m) "
+                    "AND (CAST(:ms AS text[]) IS NULL OR meter_id = ANY(CAST(:ms AS text[]))) "
+                    "AND (CAST(:s AS text) IS NULL OR state = :s) "
+                    "AND (CAST(:o AS text) IS NULL OR origin = :o) "
+                    "AND (CAST(:k AS text) IS NULL OR kind = :k) "
+                    "AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since) "
+                    "AND (CAST(:until AS timestamptz) IS NULL OR created_at < :until) "
+                    "AND (CAST(:ba AS timestamptz) IS NULL OR (created_at, command_id) < (:ba, CAST(:bi AS uuid))) "
+                    "ORDER BY created_at DESC, command_id DESC LIMIT :n"
                 ),
-                {"m": meter_id, "s": state, "n": limit},
+                {
+                    "m": query.meter_id,
+                    "ms": list(query.meter_ids) if query.meter_ids is not None else None,
+                    "s": query.state.value if query.state else None,
+                    "o": query.origin.value if query.origin else None,
+                    "k": query.kind.value if query.kind else None,
+                    "since": query.since,
+                    "until": query.until,
+                    "ba": before_at,
+                    "bi": before_id,
+                    "n": query.limit,
+                },
             )
             return [r._asdict() for r in rows]
-
-    async def shadow(self, meter_id: str) -> dict[str, Any]:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(text("SELECT * FROM control.shadows WHERE meter_id = :m"), {"m": meter_id})
-            ).first()
-        if row is None:
-            raise NotFound(f"no shadow for meter {meter_id}")
-        return row._asdict()

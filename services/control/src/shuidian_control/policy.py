@@ -1,29 +1,57 @@
-"""Pure decisions: which relay state a balance level asks for, and which command reaches it."""
+"""Pure command rules: lifecycle states, supply terms for relays and valves, retry back-off, result triage."""
 
 from __future__ import annotations
 
-from shuidian_shared.messages import BalanceEventKind, CommandKind, RelayState
+from datetime import timedelta
 
-TERMINAL_STATES = frozenset({"confirmed", "failed", "expired", "cancelled"})
+from shuidian_shared.messages import CommandKind, CommandResult, CommandState, CommandStatus, RelayState, ValveState
+
+OPEN_STATES = frozenset({CommandState.PENDING, CommandState.SENT, CommandState.ACKNOWLEDGED})
+TERMINAL_STATES = frozenset({CommandState.CONFIRMED, CommandState.FAILED, CommandState.EXPIRED, CommandState.CANCELLED})
+
+# Supply terms for both utilities: CLOSED means supply on, OPEN means cut off (a shut valve is an OPEN supply).
+_SUPPLY_AFTER = {
+    CommandKind.TRIP: RelayState.OPEN,
+    CommandKind.VALVE_CLOSE: RelayState.OPEN,
+    CommandKind.DIRECT_CLOSE: RelayState.CLOSED,
+    CommandKind.CLOSE_ALLOWED: RelayState.CLOSED,
+    CommandKind.VALVE_OPEN: RelayState.CLOSED,
+}
+_SUPPLY_OF_VALVE = {ValveState.OPEN: RelayState.CLOSED, ValveState.CLOSED: RelayState.OPEN}
+_VALVE_OF_SUPPLY = {RelayState.CLOSED: ValveState.OPEN, RelayState.OPEN: ValveState.CLOSED}
 
 
-def desired_relay(kind: BalanceEventKind) -> RelayState | None:
-    """Exhaustion opens the relay, restoration closes it; other balance events change nothing."""
-    if kind is BalanceEventKind.EXHAUSTED:
-        return RelayState.OPEN
-    if kind is BalanceEventKind.RESTORED:
-        return RelayState.CLOSED
+def supply_after(kind: CommandKind) -> RelayState | None:
+    """The supply state a confirmed command leaves behind; None for commands that move no relay or valve."""
+    return _SUPPLY_AFTER.get(kind)
+
+
+def supply_of(relay: RelayState | None, valve: ValveState | None) -> RelayState | None:
+    """A reported relay or valve state in supply terms; None when the report says nothing usable."""
+    if relay is not None and relay is not RelayState.UNKNOWN:
+        return relay
+    if valve is not None:
+        return _SUPPLY_OF_VALVE.get(valve)
     return None
 
 
-def command_for(target: RelayState, restore_command: CommandKind) -> CommandKind:
-    return CommandKind.TRIP if target is RelayState.OPEN else restore_command
+def valve_of(supply: RelayState | None) -> ValveState | None:
+    """A supply state as the valve position that produces it (for display)."""
+    return None if supply is None else _VALVE_OF_SUPPLY.get(supply)
 
 
-def relay_after(kind: CommandKind) -> RelayState | None:
-    """The relay state a confirmed command leaves behind."""
-    if kind is CommandKind.TRIP:
-        return RelayState.OPEN
-    if kind in (CommandKind.DIRECT_CLOSE, CommandKind.CLOSE_ALLOWED):
-        return RelayState.CLOSED
-    return None
+def backoff(attempt: int, initial: timedelta, maximum: timedelta) -> timedelta:
+    """The wait after a failed `attempt` (1-based) before the next: doubling from `initial`, capped at `maximum`."""
+    if attempt < 1:
+        raise ValueError("attempts count from 1")
+    wait: timedelta = initial * 2 ** min(attempt - 1, 30)
+    return min(wait, maximum)
+
+
+def is_retryable(result: CommandResult) -> bool:
+    """A failure without an answer from the meter (offline, bus timeout) is worth another attempt; an answer is final.
+
+    A meter that answered and still failed (refused the frame, relay stuck after read-back) will not do better
+    on a retry, and the answer frame is the evidence the operator needs.
+    """
+    return result.status is CommandStatus.FAILED and result.response_frame is None

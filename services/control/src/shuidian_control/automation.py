@@ -1,0 +1,527 @@
+"""Policy-driven automation: balance events, deferred trips, keep-power changes, operator requests, reconcile.
+
+The pure core (decisions.py, windows.py) decides; this module loads the state it decides over, applies the
+decision in the same transaction (shadow intent, command, deferral) and keeps the core's contract:
+- the shadow's desired state (and version) changes only when a command for a new intent is issued;
+- per account, balance events at or below the highest sequence seen are ignored;
+- a trip falling in a protected window becomes a persisted deferral, re-evaluated when due (or when policy
+  changes); any later decision for the meter other than another deferral drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from prometheus_client import Counter
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shuidian_control import decisions, policy, shadows
+from shuidian_control.commands import CommandLedger, ControlError, NewCommand
+from shuidian_control.decisions import Decision, Defer, ForceRestore, ForceTrip, Issue, LastCommand, Skip
+from shuidian_control.policies import DEFAULT_ESTATE, MeterContext, PolicyStore
+from shuidian_control.settings import ControlSettings
+from shuidian_control.windows import HolidayCalendar, is_protected
+from shuidian_shared.messages import (
+    BalanceEvent,
+    BalanceLevel,
+    CommandKind,
+    CommandOrigin,
+    DeviceState,
+    GatewayStatus,
+    RelayState,
+    Utility,
+)
+
+log = logging.getLogger(__name__)
+
+DECISIONS = Counter("control_decisions_total", "automation decisions", ["trigger", "outcome"])
+STALE_BALANCE_EVENTS = Counter("control_balance_events_stale_total", "balance events older than one already applied")
+DEFERRED = Counter("control_trips_deferred_total", "trips deferred by a protected window", ["rule"])
+
+
+_UTILITY_OF_KIND = {
+    CommandKind.TRIP: Utility.ELECTRICITY,
+    CommandKind.DIRECT_CLOSE: Utility.ELECTRICITY,
+    CommandKind.CLOSE_ALLOWED: Utility.ELECTRICITY,
+    CommandKind.VALVE_CLOSE: Utility.WATER,
+    CommandKind.VALVE_OPEN: Utility.WATER,
+}
+
+
+class Outcome(StrEnum):
+    """What an operator request (or its preview) does to one meter."""
+
+    ISSUE = "issue"
+    BLOCKED = "blocked"  # refused: 保电, or a protected window without an override
+    SKIP = "skip"  # nothing to do (already in that state)
+
+
+@dataclass(frozen=True)
+class OperatorRequest:
+    """An operator's (or a schedule's) command over one or many meters."""
+
+    kind: CommandKind
+    reason: str
+    actor: str
+    origin: CommandOrigin = CommandOrigin.OPERATOR
+    override_windows: bool = False  # cut off inside a protected window, with the reason on record
+    lift_keep_power: bool = False  # clear a household's 保电 flag to trip it, with the reason on record
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    ttl: timedelta | None = None
+    command_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class MeterOutcome:
+    meter_id: str
+    outcome: Outcome
+    detail: str
+    kind: CommandKind | None = None
+    command_id: uuid.UUID | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "meter_id": self.meter_id,
+            "outcome": self.outcome.value,
+            "detail": self.detail,
+            "kind": self.kind.value if self.kind else None,
+            "command_id": self.command_id,
+        }
+
+
+class Automation:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        ledger: CommandLedger,
+        store: PolicyStore,
+        settings: ControlSettings,
+        calendar: HolidayCalendar,
+    ) -> None:
+        self._engine = engine
+        self._ledger = ledger
+        self._store = store
+        self._calendar = calendar
+        self._reissue = timedelta(seconds=settings.reconcile_interval_seconds)
+
+    def notify(self) -> None:
+        """Wake the outbox after a commit made outside this class (schedules)."""
+        self._ledger.notify()
+
+    # --- balance events ------------------------------------------------------------------------------------------
+
+    async def on_balance(self, event: BalanceEvent, topic: str) -> None:
+        async with self._engine.begin() as conn:
+            # Serialise per account and drop anything at or below what we already acted on.
+            accepted = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO control.account_balance_levels (account_id, last_sequence, level) "
+                        "VALUES (:a, :s, :l) ON CONFLICT (account_id) DO UPDATE "
+                        "SET last_sequence = EXCLUDED.last_sequence, level = EXCLUDED.level "
+                        "WHERE control.account_balance_levels.last_sequence < EXCLUDED.last_sequence "
+                        "RETURNING account_id"
+                    ),
+                    {"a": event.account_id, "s": event.sequence, "l": event.level.value},
+                )
+            ).first()
+            if accepted is None:
+                STALE_BALANCE_EVENTS.inc()
+                log.info("ignored stale balance event %s #%d", event.account_id, event.sequence)
+                return
+            change = decisions.BalanceChange.of(event)
+            rows = {
+                m.meter_id: await shadows.lock(conn, m.meter_id, utility=m.utility, account_id=event.account_id)
+                for m in sorted(event.meters, key=lambda m: m.meter_id)
+            }
+            contexts = await self._store.contexts(conn, rows)
+            for meter_id, row in rows.items():
+                ctx = contexts[meter_id]
+                decision = decisions.decide_balance(
+                    change,
+                    last_sequence=None,  # already filtered above, atomically
+                    shadow=row.shadow,
+                    supply=ctx.supply,
+                    policy=ctx.policy,
+                    calendar=self._calendar,
+                    now=self._ledger.clock(),
+                )
+                await self._apply(
+                    conn, row, ctx, decision, "balance", CommandOrigin.BILLING, account_id=event.account_id
+                )
+        self._ledger.notify()
+
+    async def _apply(
+        self,
+        conn: AsyncConnection,
+        row: shadows.ShadowRow,
+        ctx: MeterContext,
+        decision: Decision,
+        trigger: str,
+        origin: CommandOrigin,
+        *,
+        account_id: str | None = None,
+        actor: str = "system",
+        touches_deferral: bool = True,
+    ) -> uuid.UUID | None:
+        """Carry out a decision for one locked meter."""
+        DECISIONS.labels(trigger, type(decision).__name__.lower()).inc()
+        if isinstance(decision, Defer):
+            await conn.execute(
+                text(
+                    "INSERT INTO control.deferrals (meter_id, account_id, due_at, reason) VALUES (:m, :a, :d, :r) "
+                    "ON CONFLICT (meter_id) DO UPDATE SET account_id = EXCLUDED.account_id, due_at = EXCLUDED.due_at, "
+                    "reason = EXCLUDED.reason, updated_at = now()"
+                ),
+                {"m": row.meter_id, "a": account_id or row.account_id, "d": decision.until, "r": decision.reason},
+            )
+            protection = is_protected(self._ledger.clock(), ctx.policy.windows, self._calendar, ctx.policy.tz)
+            DEFERRED.labels(protection.rule.value if protection else "unknown").inc()
+            log.info("meter %s: %s", row.meter_id, decision.reason)
+            return None
+        if touches_deferral:
+            await conn.execute(text("DELETE FROM control.deferrals WHERE meter_id = :m"), {"m": row.meter_id})
+        if isinstance(decision, Skip):
+            log.debug("meter %s: %s", row.meter_id, decision.reason)
+            return None
+        version = row.version
+        if decision.supply is not row.desired:
+            version = await shadows.set_desired(conn, row.meter_id, decision.supply)
+        return await self._ledger.issue(
+            conn,
+            NewCommand(
+                meter_id=row.meter_id,
+                kind=decision.kind,
+                origin=origin,
+                reason=decision.reason,
+                actor=actor,
+                account_id=account_id or row.account_id,
+            ),
+            shadow_version=version,
+        )
+
+    # --- deferrals and keep-power --------------------------------------------------------------------------------
+
+    async def run_due_deferrals(self, batch: int = 200) -> int:
+        """Re-evaluate deferred trips whose window ended: trip if the account is still exhausted."""
+        now = self._ledger.clock()
+        async with self._engine.begin() as conn:
+            due = (
+                await conn.execute(
+                    text(
+                        "SELECT d.meter_id, d.account_id, coalesce(l.level, 'ok') AS level FROM control.deferrals d "
+                        "LEFT JOIN control.account_balance_levels l ON l.account_id = d.account_id "
+                        "WHERE d.due_at <= :now ORDER BY d.meter_id LIMIT :n FOR UPDATE OF d SKIP LOCKED"
+                    ),
+                    {"now": now, "n": batch},
+                )
+            ).all()
+            if not due:
+                return 0
+            rows = {d.meter_id: await shadows.lock(conn, d.meter_id) for d in due}
+            contexts = await self._store.contexts(conn, rows)
+            for d in due:
+                ctx = contexts[d.meter_id]
+                decision = decisions.on_deferral_due(
+                    BalanceLevel(d.level),
+                    shadow=rows[d.meter_id].shadow,
+                    supply=ctx.supply,
+                    policy=ctx.policy,
+                    calendar=self._calendar,
+                    now=now,
+                )
+                await self._apply(conn, rows[d.meter_id], ctx, decision, "deferral", CommandOrigin.BILLING)
+        self._ledger.notify()
+        return len(due)
+
+    async def policy_changed(self, conn: AsyncConnection) -> None:
+        """Windows or holds changed: every deferral is re-evaluated on the next tick, under the new policy."""
+        await conn.execute(text("UPDATE control.deferrals SET due_at = :now"), {"now": self._ledger.clock()})
+
+    async def keep_power_changed(self, conn: AsyncConnection, meter_ids: Iterable[str], actor: str) -> None:
+        """保电 set: supply cut off comes back; lifted: an exhausted account is tripped under the usual windows."""
+        ids = sorted(set(meter_ids))
+        if not ids:
+            return
+        rows = {m: await shadows.lock(conn, m) for m in ids}
+        contexts = await self._store.contexts(conn, ids)
+        levels: dict[str, str] = {
+            r.account_id: r.level
+            for r in await conn.execute(
+                text("SELECT account_id, level FROM control.account_balance_levels WHERE account_id = ANY(:a)"),
+                {"a": sorted({r.account_id for r in rows.values() if r.account_id})},
+            )
+        }
+        for meter_id, row in rows.items():
+            ctx = contexts[meter_id]
+            decision = decisions.on_keep_power_changed(
+                BalanceLevel(levels.get(row.account_id or "", "ok")),
+                shadow=row.shadow,
+                supply=ctx.supply,
+                policy=ctx.policy,
+                calendar=self._calendar,
+                now=self._ledger.clock(),
+            )
+            # A trip after 保电 is lifted is the balance automation's (windows apply, also when reconcile re-sends
+            # it); a restoration because 保电 was set is the operator's act.
+            trips = isinstance(decision, Issue) and decision.supply is RelayState.OPEN
+            origin = CommandOrigin.BILLING if trips else CommandOrigin.OPERATOR
+            await self._apply(conn, row, ctx, decision, "keep_power", origin, actor=actor)
+
+    async def household_meters(self, conn: AsyncConnection, account_id: str) -> list[str]:
+        rows = await conn.execute(text("SELECT meter_id FROM control.shadows WHERE account_id = :a"), {"a": account_id})
+        return [r.meter_id for r in rows]
+
+    # --- operator requests, single or batch ----------------------------------------------------------------------
+
+    async def operate(
+        self, meter_ids: list[str], request: OperatorRequest, *, preview: bool = False
+    ) -> tuple[uuid.UUID, list[MeterOutcome]]:
+        """Apply a request to each meter (or only say what would happen); returns the batch id and the outcomes."""
+        if preview:
+            async with self._engine.connect() as conn:
+                result = await self.operate_in(conn, meter_ids, request, preview=True)
+                await conn.rollback()  # a preview writes nothing (not even the shadows it looked at)
+            return result
+        async with self._engine.begin() as conn:
+            result = await self.operate_in(conn, meter_ids, request)
+        self._ledger.notify()
+        return result
+
+    async def operate_in(
+        self, conn: AsyncConnection, meter_ids: list[str], request: OperatorRequest, *, preview: bool = False
+    ) -> tuple[uuid.UUID, list[MeterOutcome]]:
+        batch_id = uuid.uuid4()
+        ids = sorted(set(meter_ids))
+        assumed = _UTILITY_OF_KIND.get(request.kind)
+        rows = {m: await shadows.lock(conn, m, assumed=assumed) for m in ids}
+        contexts = await self._store.contexts(conn, ids)
+        outcomes = []
+        for meter_id in ids:
+            ctx = contexts[meter_id]
+            outcome = await self._operate_one(conn, rows[meter_id], ctx, request, batch_id if len(ids) > 1 else None,
+                                              preview)  # fmt: skip
+            outcomes.append(outcome)
+            DECISIONS.labels("operator", outcome.outcome.value).inc()
+        return batch_id, outcomes
+
+    async def _operate_one(
+        self,
+        conn: AsyncConnection,
+        row: shadows.ShadowRow,
+        ctx: MeterContext,
+        request: OperatorRequest,
+        batch_id: uuid.UUID | None,
+        preview: bool,
+    ) -> MeterOutcome:
+        now = self._ledger.clock()
+        if request.command_id is not None:
+            existing = await self._ledger.find(conn, request.command_id)
+            if existing is not None:
+                if (existing.meter_id, existing.kind) != (row.meter_id, request.kind.value):
+                    raise ControlError(
+                        "指令编号已被占用 · command id reused for a different command",
+                        code="idempotency_conflict",
+                        status_code=409,
+                    )
+                return MeterOutcome(row.meter_id, Outcome.ISSUE, "already issued (same command id)", request.kind,
+                                    request.command_id)  # fmt: skip
+        target = policy.supply_after(request.kind)
+        expected = _UTILITY_OF_KIND.get(request.kind)
+        if expected is not None and row.utility is not expected:
+            return MeterOutcome(
+                row.meter_id,
+                Outcome.BLOCKED,
+                f"{request.kind.value} does not apply to a {row.utility.value} meter",
+                request.kind,
+            )
+        if target is None:
+            # Time sync, parameters, the meter's own keep-power mode: no supply intent, no windows.
+            decision: Decision = Issue(request.kind, f"{request.origin.value} {request.kind.value}: {request.reason}")
+        else:
+            operator_request: decisions.OperatorRequest = (
+                ForceTrip(request.reason, lift_keep_power=request.lift_keep_power)
+                if target is RelayState.OPEN
+                else ForceRestore(request.reason)
+            )
+            decision = decisions.decide_operator(
+                operator_request, shadow=row.shadow, supply=ctx.supply, policy=ctx.policy
+            )
+            if isinstance(decision, Issue) and target is RelayState.OPEN:
+                protection = is_protected(now, ctx.policy.windows, self._calendar, ctx.policy.tz)
+                if protection is not None and not request.override_windows:
+                    return MeterOutcome(
+                        row.meter_id,
+                        Outcome.BLOCKED,
+                        f"protected window ({protection.rule.value}: {protection.detail}); override with a reason",
+                        decision.kind,
+                    )
+                if protection is not None:
+                    decision = Issue(decision.kind, f"{decision.reason} (overrides {protection.rule.value})")
+        if isinstance(decision, Skip):
+            blocked = decision.code is decisions.SkipCode.KEEP_POWER
+            return MeterOutcome(row.meter_id, Outcome.BLOCKED if blocked else Outcome.SKIP, decision.reason)
+        assert isinstance(decision, Issue)
+        if preview:
+            return MeterOutcome(row.meter_id, Outcome.ISSUE, decision.reason, decision.kind)
+        new = NewCommand(
+            meter_id=row.meter_id,
+            kind=decision.kind,
+            origin=request.origin,
+            reason=decision.reason,
+            actor=request.actor,
+            account_id=row.account_id,
+            parameters=request.parameters,
+            ttl=request.ttl,
+            command_id=request.command_id,
+            batch_id=batch_id,
+        )
+        if target is RelayState.OPEN and request.lift_keep_power and ctx.supply.keep_power and row.account_id:
+            await self._store.clear_keep_power(conn, "household", row.account_id, request.reason, request.actor)
+        version = row.version
+        if target is not None:
+            version = await shadows.set_desired(conn, row.meter_id, target)
+            await conn.execute(text("DELETE FROM control.deferrals WHERE meter_id = :m"), {"m": row.meter_id})
+        command_id = await self._ledger.issue(conn, new, shadow_version=version if target else None)
+        return MeterOutcome(row.meter_id, Outcome.ISSUE, decision.reason, decision.kind, command_id)
+
+    # --- reported state and reconcile ----------------------------------------------------------------------------
+
+    async def on_device_state(self, state: DeviceState, topic: str) -> None:
+        """Record what the meter reports; reconcile when it diverges from the intent (or came back online)."""
+        supply = policy.supply_of(state.relay, state.valve)
+        async with self._engine.begin() as conn:
+            applied = await shadows.report(
+                conn,
+                state.meter_id,
+                supply,
+                state.occurred_at,
+                online=state.online,
+                gateway_id=state.gateway_id,
+                utility=Utility.WATER if state.valve is not None else None,
+            )
+        if applied and state.online:
+            await self.reconcile([state.meter_id], trigger="device_state")
+
+    async def on_gateway_status(self, status: GatewayStatus, topic: str) -> None:
+        """A gateway came back: its meters that diverge from their intent get it again."""
+        if not status.online:
+            return
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT meter_id FROM control.shadows WHERE gateway_id = :g AND desired_supply IS NOT NULL "
+                    "AND desired_supply IS DISTINCT FROM reported_supply"
+                ),
+                {"g": status.gateway_id},
+            )
+            meter_ids = [r.meter_id for r in rows]
+        await self.reconcile(meter_ids, trigger="gateway_online")
+
+    async def reconcile_sweep(self, limit: int = 1000) -> int:
+        """Every meter online whose report differs from its intent."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT meter_id FROM control.shadows WHERE desired_supply IS NOT NULL "
+                    "AND reported_supply IS NOT NULL AND desired_supply <> reported_supply "
+                    "AND online IS NOT FALSE ORDER BY updated_at LIMIT :n"
+                ),
+                {"n": limit},
+            )
+            meter_ids = [r.meter_id for r in rows]
+        return await self.reconcile(meter_ids, trigger="sweep")
+
+    async def reconcile(self, meter_ids: list[str], *, trigger: str) -> int:
+        """Re-issue the desired state where the meter reports otherwise; returns the commands issued."""
+        issued = 0
+        for meter_id in meter_ids:
+            async with self._engine.begin() as conn:
+                row = await shadows.lock(conn, meter_id)
+                if row.desired is None or row.desired is row.reported:
+                    continue
+                last = await self._ledger.last_supply_command(conn, meter_id)
+                if last is not None and _waits_for_tenant(last, row):
+                    continue
+                ctx = (await self._store.contexts(conn, [meter_id]))[meter_id]
+                decision = decisions.reconcile(
+                    row.shadow,
+                    self._ledger.clock(),
+                    _last_command(last),
+                    supply=ctx.supply,
+                    policy=ctx.policy,
+                    calendar=self._calendar,
+                    min_interval=self._reissue,
+                )
+                if isinstance(decision, Defer):
+                    DECISIONS.labels(trigger, "defer").inc()
+                    continue  # the next sweep looks again; a reconcile never becomes a persisted deferral
+                command = await self._apply(
+                    conn, row, ctx, decision, trigger, CommandOrigin.RECONCILE, touches_deferral=False
+                )
+                issued += command is not None
+        if issued:
+            self._ledger.notify()
+        return issued
+
+    async def shadow(self, meter_id: str) -> dict[str, Any] | None:
+        """A meter's shadow for display: supply terms, plus relay or valve terms by utility."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(text("SELECT * FROM control.shadows WHERE meter_id = :m"), {"m": meter_id})
+            ).first()
+        if row is None:
+            return None
+        view = row._asdict()
+        water = view["utility"] == Utility.WATER.value
+        for side in ("desired", "reported"):
+            supply = RelayState(view[f"{side}_supply"]) if view[f"{side}_supply"] else None
+            valve = policy.valve_of(supply) if water else None
+            view[f"{side}_relay"] = None if water or supply is None else supply.value
+            view[f"{side}_valve"] = valve.value if valve else None
+        return view
+
+    async def deferrals(self, meter_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Trips waiting for a protected window to end, soonest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT * FROM control.deferrals WHERE CAST(:m AS text) IS NULL OR meter_id = :m "
+                    "ORDER BY due_at NULLS LAST, meter_id LIMIT :n"
+                ),
+                {"m": meter_id, "n": limit},
+            )
+            return [r._asdict() for r in rows]
+
+    async def estate_meters(self, conn: AsyncConnection, estate_id: str) -> list[str]:
+        return await self._store.estate_meters(conn, estate_id or DEFAULT_ESTATE)
+
+
+def _last_command(row: Any) -> LastCommand | None:
+    if row is None:
+        return None
+    return LastCommand(
+        target=RelayState(row.supply),
+        version=row.shadow_version or 0,
+        issued_at=row.created_at,
+        expires_at=row.expires_at,
+        finished=row.state in {s.value for s in policy.TERMINAL_STATES},
+        origin=CommandOrigin(row.origin),
+    )
+
+
+def _waits_for_tenant(last: Any, row: shadows.ShadowRow) -> bool:
+    """A confirmed close-allowed leaves the relay open until the tenant closes it by hand: nothing to re-send."""
+    return (
+        last.kind == CommandKind.CLOSE_ALLOWED.value
+        and last.state == "confirmed"
+        and last.shadow_version == row.version
+        and row.reported is RelayState.OPEN
+    )

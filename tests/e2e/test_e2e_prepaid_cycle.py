@@ -87,7 +87,16 @@ async def test_exhaustion_trips_the_relay_and_a_top_up_restores_it(database_url:
             database_url,
             mqtt_url,
             # Consumption runs 1800× faster than real time: widen the physical-plausibility limit to match.
-            overrides={"billing": {"flush_interval_seconds": 1.0, "max_plausible_kwh_per_hour": Decimal(60 * 1800)}},
+            # No protected windows: CI runs at night and at weekends too (deferral has its own tests).
+            overrides={
+                "billing": {"flush_interval_seconds": 1.0, "max_plausible_kwh_per_hour": Decimal(60 * 1800)},
+                "control": {
+                    "nights_start": None,
+                    "nights_end": None,
+                    "protect_weekends": False,
+                    "protect_holidays": False,
+                },
+            },
         ) as p,
     ):
         host, port = sim.bus_endpoint(f"bus-{meter_id}")

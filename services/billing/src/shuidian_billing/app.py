@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from shuidian_billing.api import router
 from shuidian_billing.billing import Billing
+from shuidian_billing.payments.api import router as payments_router
+from shuidian_billing.periodic import PeriodRuns
+from shuidian_billing.premises import ImportRefused, Premises
 from shuidian_billing.settings import BillingSettings
-from shuidian_kit.service import Runtime, install_error_handlers, ops_router
+from shuidian_billing.usage_api import router as usage_router
+from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
 from shuidian_shared import topics
 from shuidian_shared.messages import ReadingBatch
 
@@ -26,10 +32,14 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
         migrations = str(files("shuidian_billing") / "migrations")
         async with Runtime.open(settings, service=SERVICE, schema="billing", migrations=migrations) as runtime:
             billing = Billing(runtime.engine, runtime.outbox, settings, runtime.mqtt.client_id)
-            runtime.mqtt.subscribe(topics.shared(SERVICE, topics.ALL_READINGS), ReadingBatch, billing.on_readings)
+            runtime.mqtt.subscribe(topics.shared(SERVICE, topics.ALL_READINGS), ReadingBatch, billing.enqueue)
+            for lane in range(billing.lanes):
+                runtime.supervisor.add(f"bill-{lane}", functools.partial(billing.bill_loop, lane))
             runtime.supervisor.add("flush", billing.flush_loop)
             app.state.runtime = runtime
             app.state.billing = billing
+            app.state.premises = Premises(runtime.engine, billing)
+            app.state.periods = PeriodRuns(runtime.engine, billing)
             async with runtime.running():
                 yield
 
@@ -40,6 +50,14 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+
+    async def on_import_refused(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ImportRefused)
+        return problem(exc.status_code, "import refused", exc.detail, exc.code, errors=exc.errors)
+
+    app.add_exception_handler(ImportRefused, on_import_refused)
     app.include_router(ops_router())
     app.include_router(router)
+    app.include_router(payments_router)
+    app.include_router(usage_router)
     return app

@@ -1,15 +1,32 @@
 """The billing application service: prices reading batches into hourly accruals, posts them to the
-ledger, takes top-ups, and emits balance events — each unit of work in one database transaction,
-events through the outbox only after commit."""
+ledger, takes top-ups and subsidies, applies meter events and corrections (冲正), and emits balance
+events — each unit of work in one database transaction, events through the outbox after commit.
+
+Stable entry points for other billing modules that move money:
+  * `Billing.top_up(account_id, amount, channel, reference, idempotency_key, *, utility=None)` —
+    an idempotent credit from a payment channel (returns the payment; a replay returns it again).
+  * `store.post(conn, kind, entries, memo=…, reverses=…)` inside a transaction, followed by
+    `Billing.evaluate_levels(conn, {account_id})` — any other balanced posting (refunds …).
+  * `Billing.purse_of(conn, account_id, utility)` — the ledger account a household's money sits in.
+
+Readings arrive through `enqueue` (the MQTT handler) into one of `BILLING_LANES` queues chosen by
+gateway; each lane's worker takes every batch queued so far, up to
+`BILLING_MAX_BATCHES_PER_TRANSACTION`, and bills them in one transaction.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import hashlib
+import json
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,8 +35,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_billing import store
-from shuidian_billing.domain import consumption, ledger
+from shuidian_billing.domain import BillingDomainError, consumption, ledger
+from shuidian_billing.domain.periods import apportion, microseconds
 from shuidian_billing.settings import BillingSettings
+from shuidian_billing.tariff_config import COMPONENTS, FlatIn, Pricer, StoredVersion, tier_key, to_domain
 from shuidian_kit.errors import Conflict, NotFound, ServiceError
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
@@ -30,6 +49,7 @@ from shuidian_shared.messages import (
     MeterRef,
     Reading,
     ReadingBatch,
+    ReadingHeld,
     Utility,
 )
 from shuidian_shared.money import split_cents
@@ -37,7 +57,8 @@ from shuidian_shared.money import split_cents
 log = logging.getLogger(__name__)
 
 READINGS = Counter("billing_readings_total", "readings consumed", ["outcome"])
-BATCH_SECONDS = Histogram("billing_batch_seconds", "time to bill one reading batch")
+COMMITTED = Counter("billing_readings_committed_total", "readings whose billing transaction committed")
+BATCH_SECONDS = Histogram("billing_batch_seconds", "time to bill one transaction of reading batches")
 
 REGISTER = {Utility.ELECTRICITY: "energy_active_import_total", Utility.WATER: "water_volume_total"}
 REVENUE = {Utility.ELECTRICITY: "revenue:electricity", Utility.WATER: "revenue:water"}
@@ -48,6 +69,10 @@ CHANNEL_ACCOUNTS = {
     "alipay": "clearing:alipay",
     "sandbox": "clearing:sandbox",
 }
+COMMON = "common:"  # owner id prefix of an estate's common meter (公摊); its pool is 'shared:<estate>'
+_SEVERITY = {BalanceLevel.OK: 0, BalanceLevel.LOW_1: 1, BalanceLevel.LOW_2: 2, BalanceLevel.EXHAUSTED: 3}
+_FLUSH_LOCK = 7_234_001  # advisory lock: billing transactions share it, the flush takes it alone
+_HOUR = timedelta(hours=1)
 
 
 class BillingError(ServiceError):
@@ -55,13 +80,53 @@ class BillingError(ServiceError):
 
 
 @dataclass(frozen=True)
-class Binding:
+class Owner:
+    """Who pays for a meter over [valid_from, valid_to) (None = unbounded)."""
+
     account_id: str
     utility: Utility
+    valid_from: datetime | None
+    valid_to: datetime | None
+    household_size: int
+
+    def covers(self, at: datetime) -> bool:
+        return (self.valid_from is None or self.valid_from <= at) and (self.valid_to is None or at < self.valid_to)
+
+
+# One query answers "who pays for this meter when": direct account bindings, room bindings
+# intersected with the room's leases, and estate common meters. NULL bounds are open.
+OWNERS_SQL = """
+SELECT b.meter_id, b.utility,
+       greatest(b.valid_from, l.starts_at) AS valid_from,
+       least(b.valid_to, l.ends_at) AS valid_to,
+       coalesce(b.account_id, l.account_id, 'common:' || b.estate_id) AS account_id,
+       coalesce(r.household_size, 1) AS household_size
+FROM billing.meter_bindings b
+LEFT JOIN billing.leases l ON l.room_id = b.room_id
+     AND (b.valid_to IS NULL OR l.starts_at < b.valid_to)
+     AND (l.ends_at IS NULL OR b.valid_from IS NULL OR l.ends_at > b.valid_from)
+LEFT JOIN billing.rooms r ON r.room_id = b.room_id
+WHERE (b.room_id IS NULL OR l.lease_id IS NOT NULL) AND {where}
+"""
 
 
 def _hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass
+class _Work:
+    """What one billing transaction accumulates before writing it set-based."""
+
+    accruals: dict[tuple[str, datetime, str], list[Any]] = field(default_factory=dict)
+    lines: dict[tuple[str, datetime, str, int, str, str, Decimal], list[Any]] = field(default_factory=dict)
+    usage: dict[tuple[str, datetime], list[Any]] = field(default_factory=dict)
+    tiers: dict[tuple[str, str, str, datetime], Decimal] = field(default_factory=dict)
+    tiers_changed: set[tuple[str, str, str, datetime]] = field(default_factory=set)
+    held: list[tuple[Reading, str, Decimal, str, consumption.Watermark | None]] = field(default_factory=list)
+    accounts: set[str] = field(default_factory=set)
 
 
 class Billing:
@@ -74,157 +139,476 @@ class Billing:
             Utility.ELECTRICITY: settings.max_plausible_kwh_per_hour,
             Utility.WATER: settings.max_plausible_m3_per_hour,
         }
+        # One queue and worker per lane; a gateway always lands in the same lane, so lanes bill
+        # disjoint meters and one lane's pricing overlaps the other's database round trips.
+        self._lanes: list[asyncio.Queue[ReadingBatch]] = [
+            asyncio.Queue(maxsize=settings.queue_batches) for _ in range(settings.lanes)
+        ]
+        self.on_commit: Callable[[Sequence[ReadingBatch]], None] | None = None
+
+    def notify(self) -> None:
+        """Wake the outbox relay after a commit that queued events."""
+        self._outbox.notify()
 
     # --- readings -------------------------------------------------------------------------------
 
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
+
+    async def enqueue(self, batch: ReadingBatch, topic: str) -> None:
+        """MQTT handler: queue the batch in its gateway's lane (waits while that lane is full)."""
+        await self._lanes[zlib.crc32(batch.gateway_id.encode()) % len(self._lanes)].put(batch)
+
+    async def bill_loop(self, lane: int = 0) -> None:
+        """Bill a lane's queued batches: every batch waiting, up to the configured number, in one transaction."""
+        queue = self._lanes[lane]
+        while True:
+            batches = [await queue.get()]
+            while len(batches) < self._settings.max_batches_per_transaction and not queue.empty():
+                batches.append(queue.get_nowait())
+            try:
+                await self.bill(batches)
+            except Exception:
+                # A batch that cannot be billed must not stop the others: bill them one by one.
+                log.exception("billing %d batches failed; retrying them one at a time", len(batches))
+                for batch in batches:
+                    try:
+                        await self.bill([batch])
+                    except Exception:
+                        log.exception("dropped reading batch %s of %s", batch.message_id, batch.gateway_id)
+
     async def on_readings(self, batch: ReadingBatch, topic: str) -> None:
+        """Bill one batch now (its own transaction)."""
+        await self.bill([batch])
+
+    async def bill(self, batches: Sequence[ReadingBatch]) -> None:
+        readings = [r for batch in batches for r in batch.readings]
         with BATCH_SECONDS.time():
             async with self._engine.begin() as conn:
-                accounts = await self._bill(conn, batch.readings)
-                await self._evaluate_levels(conn, accounts)
+                await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _FLUSH_LOCK})
+                work = await self._bill(conn, readings)
+                await self._evaluate_levels(conn, work.accounts)
+        COMMITTED.inc(len(readings))
+        if self.on_commit is not None:
+            self.on_commit(batches)
         self._outbox.notify()
 
-    async def _bill(self, conn: AsyncConnection, readings: tuple[Reading, ...]) -> set[str]:
-        meter_ids = sorted({r.meter_id for r in readings})
-        bindings = {
-            row.meter_id: Binding(row.account_id, Utility(row.utility))
+    async def owners(self, conn: AsyncConnection, meter_ids: list[str]) -> dict[str, list[Owner]]:
+        """Every owner period of each meter, in time order."""
+        result: dict[str, list[Owner]] = {}
+        rows = await conn.execute(text(OWNERS_SQL.format(where="b.meter_id = ANY(:m)")), {"m": meter_ids})
+        for row in rows:
+            result.setdefault(row.meter_id, []).append(
+                Owner(row.account_id, Utility(row.utility), row.valid_from, row.valid_to, row.household_size)
+            )
+        for periods in result.values():
+            periods.sort(key=lambda o: o.valid_from or datetime.min.replace(tzinfo=UTC))
+        return result
+
+    async def _bill(self, conn: AsyncConnection, readings: Sequence[Reading]) -> _Work:
+        work = _Work()
+        owners = await self.owners(conn, sorted({r.meter_id for r in readings}))
+        meter_ids = sorted(owners)
+        if not meter_ids:
+            READINGS.labels("unbound").inc(len(readings))
+            return work
+        marks = await self._watermarks(conn, meter_ids, lock=True)
+        posted = {
+            (row.meter_id, row.account_id): row.posted_through
             for row in await conn.execute(
-                text("SELECT meter_id, account_id, utility FROM billing.meter_bindings WHERE meter_id = ANY(:m)"),
+                text("SELECT meter_id, account_id, posted_through FROM billing.carries WHERE meter_id = ANY(:m)"),
                 {"m": meter_ids},
             )
         }
-        # Locked in a stable order: concurrent consumers of the same meters serialise, never deadlock.
-        marks = {
-            (row.meter_id, row.register): consumption.Watermark(
-                meter_id=row.meter_id, register=row.register, value=row.value, sampled_at=row.sampled_at
-            )
-            for row in await conn.execute(
-                text(
-                    "SELECT meter_id, register, value, sampled_at FROM billing.watermarks "
-                    "WHERE meter_id = ANY(:m) ORDER BY meter_id, register FOR UPDATE"
-                ),
-                {"m": meter_ids},
-            )
-        }
-        prices = await self._prices(conn)
-        accrual: dict[tuple[str, datetime], tuple[str, Utility, Decimal, Decimal]] = {}
-        held: list[tuple[Reading, str, Decimal, str]] = []
+        pricers = await self.pricers(conn)
+        households = sorted({o.account_id for periods in owners.values() for o in periods})
+        work.tiers = await self._tier_usage(conn, households, min(r.sampled_at for r in readings))
         changed: dict[tuple[str, str], consumption.Watermark] = {}
+        outcomes: collections.Counter[str] = collections.Counter()
         # Oldest first, so a batch that holds several samples of one meter bills each step.
         for reading in sorted(readings, key=lambda r: r.sampled_at):
-            binding = bindings.get(reading.meter_id)
-            register = REGISTER[reading.utility]
+            periods = owners.get(reading.meter_id)
+            if periods is None:
+                outcomes["unbound"] += 1
+                continue
+            utility = periods[0].utility
+            register = REGISTER[utility]
             value = reading.registers.get(register)
-            if binding is None or value is None:
-                READINGS.labels("unbound" if binding is None else "no_register").inc()
+            if value is None:
+                outcomes["no_register"] += 1
                 continue
             key = (reading.meter_id, register)
+            previous = marks.get(key)
             step = consumption.advance(
-                marks.get(key),
-                consumption.RegisterReading(
-                    meter_id=reading.meter_id, register=register, value=value, sampled_at=reading.sampled_at
-                ),
-                max_plausible_rate=self._max_rate[binding.utility],
+                previous,
+                consumption.RegisterReading(reading.meter_id, register, value, reading.sampled_at),
+                max_plausible_rate=self._max_rate[utility],
             )
-            READINGS.labels(step.outcome.value).inc()
+            outcomes[step.outcome.value] += 1
             if step.outcome is consumption.Outcome.HELD:
-                held.append((reading, register, value, str(step.hold_reason)))
+                work.held.append((reading, register, value, str(step.hold_reason), previous))
                 continue
-            if step.watermark is not None and step.watermark != marks.get(key):
+            if step.watermark is not None and step.watermark != previous:
                 marks[key] = changed[key] = step.watermark
+            pricer = pricers[utility]
+            segments = self._rate_deltas(reading, pricer, marks, changed, step)
             if step.billed > 0:
-                price = prices[binding.utility]
-                bucket = (reading.meter_id, _hour(reading.sampled_at))
-                _, _, qty, amount = accrual.get(bucket, (binding.account_id, binding.utility, Decimal(0), Decimal(0)))
-                accrual[bucket] = (binding.account_id, binding.utility, qty + step.billed, amount + step.billed * price)
-        await self._save_watermarks(conn, list(changed.values()))
-        await self._save_accruals(conn, accrual)
-        await self._hold(conn, held)
-        return {account for account, _, _, _ in accrual.values()}
+                self._accrue(work, reading.meter_id, utility, periods, step, pricer, segments, posted, previous)
+        await self._save(conn, work, list(changed.values()))
+        for outcome, count in outcomes.items():
+            READINGS.labels(outcome).inc(count)
+        return work
 
-    async def _prices(self, conn: AsyncConnection) -> dict[Utility, Decimal]:
+    def _rate_deltas(
+        self,
+        reading: Reading,
+        pricer: Pricer,
+        marks: dict[tuple[str, str], consumption.Watermark],
+        changed: dict[tuple[str, str], consumption.Watermark],
+        step: consumption.Advance,
+    ) -> dict[str, Decimal] | None:
+        """Per-rate quantities from the meter's own tariff registers (尖峰平谷), when it reports them all."""
+        version = pricer.version_at(reading.sampled_at)
+        registers = version.rate_registers if version is not None else {}
+        if not registers:
+            return None
+        deltas: dict[str, Decimal] = {}
+        usable = True
+        total_mark = marks.get((reading.meter_id, REGISTER[pricer.utility]))
+        for register, label in registers.items():
+            value = reading.registers.get(register)
+            if value is None:
+                usable = False
+                continue
+            key = (reading.meter_id, register)
+            previous = marks.get(key)
+            rate_step = consumption.advance(
+                previous,
+                consumption.RegisterReading(reading.meter_id, register, value, reading.sampled_at),
+                max_plausible_rate=self._max_rate[pricer.utility],
+                multiplier=total_mark.multiplier if total_mark else Decimal(1),
+            )
+            if rate_step.watermark is not None and rate_step.watermark != previous:
+                marks[key] = changed[key] = rate_step.watermark
+            if rate_step.outcome in (consumption.Outcome.BILLED, consumption.Outcome.UNCHANGED):
+                deltas[label] = rate_step.billed
+            else:
+                usable = False
+        if not usable or step.billed <= 0 or sum(deltas.values()) <= 0:
+            return None
+        # The total register is authoritative; the rate registers say how it splits between rates.
+        labels = sorted(deltas)
+        parts = apportion(step.billed, [deltas[label] for label in labels])
+        return dict(zip(labels, parts, strict=True))
+
+    def _accrue(
+        self,
+        work: _Work,
+        meter_id: str,
+        utility: Utility,
+        periods: list[Owner],
+        step: consumption.Advance,
+        pricer: Pricer,
+        segments: dict[str, Decimal] | None,
+        posted: dict[tuple[str, str], datetime | None],
+        previous: consumption.Watermark | None,
+    ) -> None:
+        start, end = step.interval
+        shares = _split_by_owner(periods, start, end, step.billed)
+        for owner, share_start, share_end, quantity in shares:
+            if owner is None or quantity == 0:
+                # Nobody leased the room then: the usage is recorded, nobody is charged.
+                self._add_usage(work, meter_id, utility, _hour(share_end), quantity, Decimal(0))
+                continue
+            version = pricer.version_at(share_start)
+            if version is None:
+                log.warning("no %s tariff in force at %s: %s consumed unpriced", utility, share_start, quantity)
+                self._add_usage(work, meter_id, utility, _hour(share_end), quantity, Decimal(0))
+                continue
+            account = owner.account_id
+            period = version.tier_period
+            before = Decimal(0)
+            if period is not None:
+                before = work.tiers.get((account, utility.value, *tier_key(period, share_start)), Decimal(0))
+            priced = pricer.price(
+                quantity, share_start, share_end, before, owner.household_size, segments if len(shares) == 1 else None
+            )
+            # Tier usage counts what tiered components priced, in the local period of each piece.
+            for line in priced.lines:
+                line_version = pricer.version_at(line.start)
+                if line_version is not None and line.component == line_version.tier_name:
+                    assert line_version.tier_period is not None
+                    tkey = (account, utility.value, *tier_key(line_version.tier_period, line.start))
+                    work.tiers[tkey] = work.tiers.get(tkey, Decimal(0)) + line.quantity
+                    work.tiers_changed.add(tkey)
+            work.accounts.add(account)
+            self._add_lines(
+                work, meter_id, utility, account, pricer, priced.lines, quantity, share_end, posted, previous, step
+            )
+
+    def _add_lines(
+        self,
+        work: _Work,
+        meter_id: str,
+        utility: Utility,
+        account: str,
+        pricer: Pricer,
+        lines: Sequence[Any],
+        quantity: Decimal,
+        share_end: datetime,
+        posted: dict[tuple[str, str], datetime | None],
+        previous: consumption.Watermark | None,
+        step: consumption.Advance,
+    ) -> None:
+        through = posted.get((meter_id, account))
+
+        def open_hour(at: datetime) -> datetime:
+            hour = _hour(at)
+            # A posted hour is closed: later amounts for it accrue to the next open hour.
+            return hour if through is None or hour > through else through + _HOUR
+
+        by_piece: dict[tuple[datetime, datetime], Decimal] = {}
+        first_component: dict[tuple[datetime, datetime], str] = {}
+        register_from = previous.value if previous is not None else None
+        register_to = step.watermark.value if step.watermark is not None else None
+        for line in lines:
+            hour = open_hour(line.end)
+            piece = (line.start, line.end)
+            if first_component.setdefault(piece, line.component) == line.component:
+                by_piece[piece] = by_piece.get(piece, Decimal(0)) + line.quantity
+            version = pricer.version_at(line.start)
+            version_id = version.tariff_id if version is not None else 0
+            lkey = (meter_id, hour, account, version_id, line.component, line.label, line.unit_price)
+            found = work.lines.get(lkey)
+            if found is None:
+                work.lines[lkey] = [line.quantity, line.amount, register_from, register_to, line.start, line.end]
+            else:
+                found[0] += line.quantity
+                found[1] += line.amount
+                found[2] = _least(found[2], register_from)
+                found[3] = _greatest(found[3], register_to)
+                found[4] = min(found[4], line.start)
+                found[5] = max(found[5], line.end)
+            acc = work.accruals.setdefault((meter_id, hour, account), [utility, Decimal(0), Decimal(0)])
+            acc[2] += line.amount
+            self._add_usage(work, meter_id, utility, hour, Decimal(0), line.amount)
+        if not lines:
+            by_piece[(share_end, share_end)] = quantity
+        for (_, piece_end), piece_quantity in by_piece.items():
+            hour = open_hour(piece_end)
+            acc = work.accruals.setdefault((meter_id, hour, account), [utility, Decimal(0), Decimal(0)])
+            acc[1] += piece_quantity
+            self._add_usage(work, meter_id, utility, hour, piece_quantity, Decimal(0))
+
+    @staticmethod
+    def _add_usage(work: _Work, meter_id: str, utility: Utility, hour: datetime, qty: Decimal, cost: Decimal) -> None:
+        usage = work.usage.setdefault((meter_id, hour), [utility, Decimal(0), Decimal(0)])
+        usage[1] += qty
+        usage[2] += cost
+
+    async def pricers(self, conn: AsyncConnection) -> dict[Utility, Pricer]:
+        """A pricer per utility over every stored tariff version."""
+        versions: dict[Utility, list[StoredVersion]] = {u: [] for u in Utility}
+        rows = await conn.execute(
+            text("SELECT tariff_id, utility, unit_price, components, effective_from FROM billing.tariffs")
+        )
+        for row in rows:
+            utility = Utility(row.utility)
+            components = (
+                COMPONENTS.validate_python(row.components)
+                if row.components is not None
+                else (FlatIn(unit_price=row.unit_price),)
+            )
+            domain = to_domain(row.tariff_id, utility, row.effective_from, components)
+            versions[utility].append(StoredVersion(row.tariff_id, components, domain))
+        return {u: Pricer(u, v) for u, v in versions.items()}
+
+    @staticmethod
+    async def _watermarks(
+        conn: AsyncConnection, meter_ids: list[str], *, lock: bool
+    ) -> dict[tuple[str, str], consumption.Watermark]:
+        # Locked in a stable order: concurrent consumers of the same meters serialise, never deadlock.
         rows = await conn.execute(
             text(
-                "SELECT DISTINCT ON (utility) utility, unit_price FROM billing.tariffs "
-                "WHERE effective_from <= now() ORDER BY utility, effective_from DESC"
+                "SELECT meter_id, register, value, sampled_at, multiplier, register_max FROM billing.watermarks "
+                "WHERE meter_id = ANY(:m) ORDER BY meter_id, register" + (" FOR UPDATE" if lock else "")
+            ),
+            {"m": meter_ids},
+        )
+        return {
+            (row.meter_id, row.register): consumption.Watermark(
+                row.meter_id, row.register, row.value, row.sampled_at, row.multiplier, row.register_max
             )
-        )
-        prices = {Utility(row.utility): row.unit_price for row in rows}
-        return {u: prices.get(u, Decimal(0)) for u in Utility}
-
-    @staticmethod
-    async def _save_watermarks(conn: AsyncConnection, marks: list[consumption.Watermark]) -> None:
-        if not marks:
-            return
-        await conn.execute(
-            text(
-                "INSERT INTO billing.watermarks (meter_id, register, value, sampled_at) "
-                "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:r AS text[]), CAST(:v AS numeric[]), CAST(:t AS timestamptz[])) "
-                "ON CONFLICT (meter_id, register) DO UPDATE SET value = EXCLUDED.value, sampled_at = EXCLUDED.sampled_at"
-            ),
-            {
-                "m": [w.meter_id for w in marks],
-                "r": [w.register for w in marks],
-                "v": [w.value for w in marks],
-                "t": [w.sampled_at for w in marks],
-            },
-        )
-
-    @staticmethod
-    async def _save_accruals(
-        conn: AsyncConnection, accrual: dict[tuple[str, datetime], tuple[str, Utility, Decimal, Decimal]]
-    ) -> None:
-        if not accrual:
-            return
-        keys = sorted(accrual)
-        params = {
-            "m": [k[0] for k in keys],
-            "h": [k[1] for k in keys],
-            "a": [accrual[k][0] for k in keys],
-            "u": [accrual[k][1].value for k in keys],
-            "q": [accrual[k][2] for k in keys],
-            "x": [accrual[k][3] for k in keys],
+            for row in rows
         }
-        unnest = (
-            "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:h AS timestamptz[]), CAST(:a AS text[]), "
-            "CAST(:u AS text[]), CAST(:q AS numeric[]), CAST(:x AS numeric[]))"
-        )
-        await conn.execute(
-            text(
-                f"INSERT INTO billing.accruals (meter_id, hour, account_id, utility, quantity, amount) {unnest} "
-                "ON CONFLICT (meter_id, hour) DO UPDATE SET quantity = billing.accruals.quantity + EXCLUDED.quantity, "
-                "amount = billing.accruals.amount + EXCLUDED.amount"
-            ),
-            params,
-        )
-        await conn.execute(
-            text(
-                "INSERT INTO billing.usage_hourly (meter_id, hour, utility, quantity, cost) "
-                f"SELECT m, h, u, q, x FROM ({unnest}) AS s(m, h, a, u, q, x) "
-                "ON CONFLICT (meter_id, hour) DO UPDATE SET quantity = billing.usage_hourly.quantity + EXCLUDED.quantity, "
-                "cost = billing.usage_hourly.cost + EXCLUDED.cost"
-            ),
-            params,
-        )
 
     @staticmethod
-    async def _hold(conn: AsyncConnection, held: list[tuple[Reading, str, Decimal, str]]) -> None:
-        for reading, register, value, reason in held:
-            log.warning("held reading of %s for review: %s", reading.meter_id, reason)
+    async def _tier_usage(
+        conn: AsyncConnection, accounts: list[str], earliest: datetime
+    ) -> dict[tuple[str, str, str, datetime], Decimal]:
+        rows = await conn.execute(
+            text(
+                "SELECT account_id, utility, period, period_start, quantity FROM billing.tier_usage "
+                "WHERE account_id = ANY(:a) AND period_start >= :since ORDER BY 1, 2, 3, 4 FOR UPDATE"
+            ),
+            {"a": accounts, "since": earliest - timedelta(days=400)},
+        )
+        return {(r.account_id, r.utility, r.period, r.period_start): r.quantity for r in rows}
+
+    async def _save(self, conn: AsyncConnection, work: _Work, marks: list[consumption.Watermark]) -> None:
+        if marks:
+            marks.sort(key=lambda w: (w.meter_id, w.register))
             await conn.execute(
                 text(
-                    "INSERT INTO billing.held_readings (reading_id, meter_id, register, value, sampled_at, reason) "
-                    "VALUES (:i, :m, :r, :v, :t, :why) ON CONFLICT DO NOTHING"
+                    "INSERT INTO billing.watermarks (meter_id, register, value, sampled_at, multiplier, register_max) "
+                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:r AS text[]), CAST(:v AS numeric[]), "
+                    "CAST(:t AS timestamptz[]), CAST(:x AS numeric[]), CAST(:mx AS numeric[])) "
+                    "ON CONFLICT (meter_id, register) DO UPDATE SET value = EXCLUDED.value, "
+                    "sampled_at = EXCLUDED.sampled_at, multiplier = EXCLUDED.multiplier, register_max = EXCLUDED.register_max"
                 ),
                 {
-                    "i": reading.reading_id,
-                    "m": reading.meter_id,
-                    "r": register,
-                    "v": value,
-                    "t": reading.sampled_at,
-                    "why": reason,
+                    "m": [w.meter_id for w in marks],
+                    "r": [w.register for w in marks],
+                    "v": [w.value for w in marks],
+                    "t": [w.sampled_at for w in marks],
+                    "x": [w.multiplier for w in marks],
+                    "mx": [w.register_max for w in marks],
                 },
             )
+        if work.accruals:
+            keys = sorted(work.accruals)
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.accruals (meter_id, hour, account_id, utility, quantity, amount) "
+                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:h AS timestamptz[]), CAST(:a AS text[]), "
+                    "CAST(:u AS text[]), CAST(:q AS numeric[]), CAST(:x AS numeric[])) "
+                    "ON CONFLICT (meter_id, hour, account_id) DO UPDATE SET "
+                    "quantity = billing.accruals.quantity + EXCLUDED.quantity, amount = billing.accruals.amount + EXCLUDED.amount"
+                ),
+                {
+                    "m": [k[0] for k in keys],
+                    "h": [k[1] for k in keys],
+                    "a": [k[2] for k in keys],
+                    "u": [work.accruals[k][0].value for k in keys],
+                    "q": [work.accruals[k][1] for k in keys],
+                    "x": [work.accruals[k][2] for k in keys],
+                },
+            )
+        if work.usage:
+            keys2 = sorted(work.usage)
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.usage_hourly (meter_id, hour, utility, quantity, cost) "
+                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:h AS timestamptz[]), CAST(:u AS text[]), "
+                    "CAST(:q AS numeric[]), CAST(:x AS numeric[])) "
+                    "ON CONFLICT (meter_id, hour) DO UPDATE SET quantity = billing.usage_hourly.quantity + EXCLUDED.quantity, "
+                    "cost = billing.usage_hourly.cost + EXCLUDED.cost"
+                ),
+                {
+                    "m": [k[0] for k in keys2],
+                    "h": [k[1] for k in keys2],
+                    "u": [work.usage[k][0].value for k in keys2],
+                    "q": [work.usage[k][1] for k in keys2],
+                    "x": [work.usage[k][2] for k in keys2],
+                },
+            )
+        if work.lines:
+            keys3 = sorted(work.lines)
+            cols = [[work.lines[k][i] for k in keys3] for i in range(6)]
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.charge_lines (meter_id, hour, account_id, tariff_id, component, label, unit_price, "
+                    "quantity, amount, register_from, register_to, first_sample, last_sample) "
+                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:h AS timestamptz[]), CAST(:a AS text[]), "
+                    "CAST(:v AS bigint[]), CAST(:c AS text[]), CAST(:l AS text[]), CAST(:p AS numeric[]), "
+                    "CAST(:q AS numeric[]), CAST(:x AS numeric[]), CAST(:rf AS numeric[]), CAST(:rt AS numeric[]), "
+                    "CAST(:fs AS timestamptz[]), CAST(:ls AS timestamptz[])) "
+                    "ON CONFLICT (meter_id, hour, account_id, tariff_id, component, label, unit_price) DO UPDATE SET "
+                    "quantity = billing.charge_lines.quantity + EXCLUDED.quantity, "
+                    "amount = billing.charge_lines.amount + EXCLUDED.amount, "
+                    "register_from = least(billing.charge_lines.register_from, EXCLUDED.register_from), "
+                    "register_to = greatest(billing.charge_lines.register_to, EXCLUDED.register_to), "
+                    "first_sample = least(billing.charge_lines.first_sample, EXCLUDED.first_sample), "
+                    "last_sample = greatest(billing.charge_lines.last_sample, EXCLUDED.last_sample)"
+                ),
+                {
+                    "m": [k[0] for k in keys3],
+                    "h": [k[1] for k in keys3],
+                    "a": [k[2] for k in keys3],
+                    "v": [k[3] for k in keys3],
+                    "c": [k[4] for k in keys3],
+                    "l": [k[5] for k in keys3],
+                    "p": [k[6] for k in keys3],
+                    "q": cols[0],
+                    "x": cols[1],
+                    "rf": cols[2],
+                    "rt": cols[3],
+                    "fs": cols[4],
+                    "ls": cols[5],
+                },
+            )
+        if work.tiers_changed:
+            keys4 = sorted(work.tiers_changed)
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.tier_usage (account_id, utility, period, period_start, quantity) "
+                    "SELECT * FROM unnest(CAST(:a AS text[]), CAST(:u AS text[]), CAST(:p AS text[]), "
+                    "CAST(:s AS timestamptz[]), CAST(:q AS numeric[])) "
+                    "ON CONFLICT (account_id, utility, period, period_start) DO UPDATE SET quantity = EXCLUDED.quantity"
+                ),
+                {
+                    "a": [k[0] for k in keys4],
+                    "u": [k[1] for k in keys4],
+                    "p": [k[2] for k in keys4],
+                    "s": [k[3] for k in keys4],
+                    "q": [work.tiers[k] for k in keys4],
+                },
+            )
+        await self._hold(conn, work.held)
+
+    async def _hold(
+        self, conn: AsyncConnection, held: list[tuple[Reading, str, Decimal, str, consumption.Watermark | None]]
+    ) -> None:
+        if not held:
+            return
+        inserted = {
+            row.reading_id
+            for row in await conn.execute(
+                text(
+                    "INSERT INTO billing.held_readings (reading_id, meter_id, register, value, sampled_at, reason) "
+                    "SELECT * FROM unnest(CAST(:i AS uuid[]), CAST(:m AS text[]), CAST(:r AS text[]), "
+                    "CAST(:v AS numeric[]), CAST(:t AS timestamptz[]), CAST(:why AS text[])) "
+                    "ON CONFLICT DO NOTHING RETURNING reading_id"
+                ),
+                {
+                    "i": [h[0].reading_id for h in held],
+                    "m": [h[0].meter_id for h in held],
+                    "r": [h[1] for h in held],
+                    "v": [h[2] for h in held],
+                    "t": [h[0].sampled_at for h in held],
+                    "why": [h[3] for h in held],
+                },
+            )
+        }
+        events: list[tuple[str, Any, bool]] = []
+        for reading, register, value, reason, mark in held:
+            if reading.reading_id not in inserted:
+                continue  # a duplicate of a reading already held (and announced)
+            log.warning("held reading of %s for review: %s", reading.meter_id, reason)
+            event = ReadingHeld(
+                source=self._source,
+                meter_id=reading.meter_id,
+                reading_id=reading.reading_id,
+                register_name=register,
+                value=value,
+                sampled_at=reading.sampled_at,
+                reason=reason,
+                watermark_value=mark.value if mark else None,
+                watermark_sampled_at=mark.sampled_at if mark else None,
+            )
+            events.append((topics.reading_held(reading.meter_id), event, False))
+        await self._outbox.add_many(conn, events)
 
     # --- posting accruals to the ledger ---------------------------------------------------------
 
@@ -238,8 +622,8 @@ class Billing:
 
     async def flush(self, *, before: datetime) -> int:
         """Post every accrual of an hour that ended before `before`: one ledger transaction per meter-hour."""
-        posted = 0
         async with self._engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FLUSH_LOCK})
             rows = (
                 await conn.execute(
                     text(
@@ -251,57 +635,154 @@ class Billing:
             ).all()
             if not rows:
                 return 0
-            carries = {
-                row.meter_id: row.remainder
+            carries: dict[tuple[str, str], list[Any]] = {
+                (row.meter_id, row.account_id): [row.remainder, row.utility, row.posted_through]
                 for row in await conn.execute(
-                    text("SELECT meter_id, remainder FROM billing.carries WHERE meter_id = ANY(:m) FOR UPDATE"),
+                    text(
+                        "SELECT meter_id, account_id, utility, remainder, posted_through FROM billing.carries "
+                        "WHERE meter_id = ANY(:m) ORDER BY meter_id, account_id FOR UPDATE"
+                    ),
                     {"m": sorted({r.meter_id for r in rows})},
                 )
             }
-            for row in sorted(rows, key=lambda r: (r.meter_id, r.hour)):
-                fen, carries[row.meter_id] = split_cents(carries.get(row.meter_id, Decimal(0)) + row.amount)
+            households = sorted({r.account_id for r in rows if not r.account_id.startswith(COMMON)})
+            shared = await self.balance_modes(conn, households)
+            purses = {
+                (r.account_id, r.utility): self._purse(r.account_id, Utility(r.utility), shared)
+                for r in rows
+                if not r.account_id.startswith(COMMON)
+            }
+            subsidy_left = await store.balances(conn, sorted({store.subsidy(p) for p in purses.values()}))
+            postings: list[store.Transaction] = []
+            for row in sorted(rows, key=lambda r: (r.meter_id, r.account_id, r.hour)):
+                carry = carries.setdefault((row.meter_id, row.account_id), [Decimal(0), row.utility, None])
+                fen, carry[0] = split_cents(carry[0] + row.amount)
+                carry[2] = row.hour if carry[2] is None else max(carry[2], row.hour)
                 if fen == 0:
                     continue
-                await store.post(
-                    conn,
-                    "consumption",
-                    [
-                        store.Entry(store.household(row.account_id), -fen, row.meter_id, row.hour),
-                        store.Entry(REVENUE[Utility(row.utility)], fen, row.meter_id, row.hour),
-                    ],
-                )
-                posted += 1
+                revenue = store.Entry(REVENUE[Utility(row.utility)], fen, row.meter_id, row.hour)
+                if row.account_id.startswith(COMMON):
+                    pool = "shared:" + row.account_id.removeprefix(COMMON)
+                    entries = [store.Entry(pool, -fen, row.meter_id, row.hour), revenue]
+                else:
+                    purse = purses[(row.account_id, row.utility)]
+                    sub = store.subsidy(purse)
+                    split = ledger.split_charge(fen, subsidy_left[sub])
+                    subsidy_left[sub] -= split.from_subsidy
+                    entries = [
+                        e
+                        for e in (
+                            store.Entry(purse, -split.from_paid, row.meter_id, row.hour),
+                            store.Entry(sub, -split.from_subsidy, row.meter_id, row.hour),
+                        )
+                        if e.amount
+                    ] + [revenue]
+                postings.append(store.Transaction("consumption", entries))
+            await store.post_many(conn, postings)
+            keys = sorted(carries)
             await conn.execute(
                 text(
-                    "INSERT INTO billing.carries (meter_id, remainder) SELECT * FROM unnest(CAST(:m AS text[]), CAST(:r AS numeric[])) "
-                    "ON CONFLICT (meter_id) DO UPDATE SET remainder = EXCLUDED.remainder"
+                    "INSERT INTO billing.carries (meter_id, account_id, utility, remainder, posted_through) "
+                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:a AS text[]), CAST(:u AS text[]), "
+                    "CAST(:r AS numeric[]), CAST(:p AS timestamptz[])) "
+                    "ON CONFLICT (meter_id, account_id) DO UPDATE SET remainder = EXCLUDED.remainder, "
+                    "posted_through = EXCLUDED.posted_through"
                 ),
-                {"m": list(carries), "r": list(carries.values())},
+                {
+                    "m": [k[0] for k in keys],
+                    "a": [k[1] for k in keys],
+                    "u": [carries[k][1] for k in keys],
+                    "r": [carries[k][0] for k in keys],
+                    "p": [carries[k][2] for k in keys],
+                },
             )
-        return posted
+        return len(postings)
 
-    # --- balances -------------------------------------------------------------------------------
+    # --- purses, balances and levels ------------------------------------------------------------
 
-    async def _available(self, conn: AsyncConnection, account_ids: list[str]) -> dict[str, Decimal]:
+    @staticmethod
+    async def balance_modes(conn: AsyncConnection, account_ids: list[str]) -> dict[str, bool]:
+        """Per account: True when water and electricity share one balance (水电一卡通), the default."""
         rows = await conn.execute(
             text(
-                "SELECT a.account_id, coalesce(b.balance, 0) - coalesce(p.pending, 0) - coalesce(c.carried, 0) AS available "
-                "FROM unnest(CAST(:a AS text[])) AS a(account_id) "
-                "LEFT JOIN billing.balances b ON b.ledger_account = 'household:' || a.account_id "
-                "LEFT JOIN (SELECT account_id, sum(amount) AS pending FROM billing.accruals WHERE account_id = ANY(:a) "
-                "           GROUP BY account_id) p ON p.account_id = a.account_id "
-                "LEFT JOIN (SELECT mb.account_id, sum(c.remainder) AS carried FROM billing.carries c "
-                "           JOIN billing.meter_bindings mb USING (meter_id) WHERE mb.account_id = ANY(:a) "
-                "           GROUP BY mb.account_id) c ON c.account_id = a.account_id"
+                "SELECT a.account_id, coalesce(e.shared_balance, true) AS shared FROM billing.accounts a "
+                "LEFT JOIN billing.estates e USING (estate_id) WHERE a.account_id = ANY(:a)"
             ),
             {"a": account_ids},
         )
-        return {row.account_id: row.available for row in rows}
+        return {row.account_id: row.shared for row in rows}
+
+    @staticmethod
+    def _purse(account_id: str, utility: Utility, shared: dict[str, bool]) -> str:
+        return store.purse(account_id, None if shared.get(account_id, True) else utility)
+
+    async def purse_of(self, conn: AsyncConnection, account_id: str, utility: Utility | None) -> str:
+        """The ledger account holding the household's money for `utility` (shared purse if utility is None)."""
+        shared = await self.balance_modes(conn, [account_id])
+        if account_id not in shared:
+            raise NotFound(f"no account {account_id}")
+        if shared[account_id]:
+            return store.household(account_id)
+        if utility is None:
+            raise BillingError(
+                "this estate keeps separate water and electricity balances: name the utility",
+                code="utility_required",
+                status_code=422,
+            )
+        return store.purse(account_id, utility)
+
+    @staticmethod
+    def _purses(account_id: str, shared: bool) -> list[tuple[str, Utility | None]]:
+        if shared:
+            return [("all", None)]
+        return [(u.value, u) for u in Utility]
+
+    async def available(
+        self, conn: AsyncConnection, account_ids: list[str]
+    ) -> dict[tuple[str, str], dict[str, Decimal]]:
+        """Per (account, purse): paid and subsidy balances, unposted charges and the available credit."""
+        shared = await self.balance_modes(conn, account_ids)
+        names: list[str] = []
+        for account in account_ids:
+            for _, utility in self._purses(account, shared.get(account, True)):
+                purse = store.purse(account, utility)
+                names += [purse, store.subsidy(purse)]
+        balances = await store.balances(conn, names)
+        owed: dict[tuple[str, str], Decimal] = {}
+        rows = await conn.execute(
+            text(
+                "SELECT account_id, utility, sum(amount) AS owed FROM ("
+                "  SELECT account_id, utility, amount FROM billing.accruals WHERE account_id = ANY(:a)"
+                "  UNION ALL SELECT account_id, utility, remainder FROM billing.carries WHERE account_id = ANY(:a)"
+                ") o GROUP BY account_id, utility"
+            ),
+            {"a": account_ids},
+        )
+        for row in rows:
+            owed[(row.account_id, row.utility)] = row.owed
+        result: dict[tuple[str, str], dict[str, Decimal]] = {}
+        for account in account_ids:
+            for name, utility in self._purses(account, shared.get(account, True)):
+                purse = store.purse(account, utility)
+                utilities = [utility] if utility is not None else list(Utility)
+                pending = sum((owed.get((account, u.value), Decimal(0)) for u in utilities), Decimal(0))
+                paid, subsidy = balances[purse], balances[store.subsidy(purse)]
+                result[(account, name)] = {
+                    "paid": paid,
+                    "subsidy": subsidy,
+                    "pending": pending,
+                    "available": paid + subsidy - pending,
+                }
+        return result
+
+    async def evaluate_levels(self, conn: AsyncConnection, account_ids: set[str]) -> None:
+        """Re-classify each purse of the accounts and queue one event per level change (call inside the transaction)."""
+        await self._evaluate_levels(conn, account_ids)
 
     async def _evaluate_levels(self, conn: AsyncConnection, account_ids: set[str]) -> None:
-        if not account_ids:
+        ordered = sorted(a for a in account_ids if not a.startswith(COMMON))
+        if not ordered:
             return
-        ordered = sorted(account_ids)
         accounts = (
             await conn.execute(
                 text(
@@ -311,63 +792,118 @@ class Billing:
                 {"a": ordered},
             )
         ).all()
-        available = await self._available(conn, ordered)
-        meters = await self._meters_of(conn, ordered)
+        levels = {
+            (row.account_id, row.purse): BalanceLevel(row.level)
+            for row in await conn.execute(
+                text("SELECT account_id, purse, level FROM billing.purse_levels WHERE account_id = ANY(:a)"),
+                {"a": ordered},
+            )
+        }
+        available = await self.available(conn, ordered)
+        by_account: dict[str, list[tuple[str, dict[str, Decimal]]]] = {}
+        for (account, purse), figures in available.items():
+            by_account.setdefault(account, []).append((purse, figures))
+        meters: dict[str, list[MeterRef]] | None = None
+        events: list[tuple[str, Any, bool]] = []
+        level_rows: list[tuple[str, str, str]] = []
+        account_rows: list[tuple[str, str, int]] = []
         for acc in accounts:
-            previous = BalanceLevel(acc.level)
-            thresholds = ledger.BalanceThresholds(level1=acc.low_1, level2=acc.low_2, grace_credit=acc.grace_credit)
-            level = ledger.classify_balance(
-                available[acc.account_id], previous, thresholds, self._settings.restore_hysteresis
-            )
-            if level is previous:
-                continue
-            # An improvement that is not a restoration (low_2 → ok) is still announced, so the
-            # low-balance alarm can clear and displays follow.
-            kinds = ledger.transition_events(previous, level) or [BalanceEventKind.CHANGED]
             sequence = acc.sequence
-            for kind in kinds:
-                sequence += 1
-                event = BalanceEvent(
-                    source=self._source,
-                    account_id=acc.account_id,
-                    kind=kind,
-                    level=level,
-                    balance=available[acc.account_id].quantize(Decimal("0.01")),
-                    sequence=sequence,
-                    meters=meters.get(acc.account_id, ()),
+            purses = by_account.get(acc.account_id, [])
+            worst = BalanceLevel.OK
+            for purse, figures in purses:
+                # A shared purse inherits the level the account had before purses existed.
+                previous = levels.get((acc.account_id, purse), BalanceLevel(acc.level) if purse == "all" else None)
+                thresholds = ledger.BalanceThresholds(level1=acc.low_1, level2=acc.low_2, grace_credit=acc.grace_credit)
+                level = ledger.classify_balance(
+                    figures["available"], previous, thresholds, self._settings.restore_hysteresis
                 )
-                await self._outbox.add(conn, topics.balance(acc.account_id), event)
-                log.info("account %s: %s (available %s)", acc.account_id, kind, event.balance)
+                if _SEVERITY[level] > _SEVERITY[worst]:
+                    worst = level
+                if level is (previous or BalanceLevel.OK) and (acc.account_id, purse) in levels:
+                    continue
+                level_rows.append((acc.account_id, purse, level.value))
+                if level is (previous or BalanceLevel.OK):
+                    continue
+                # An improvement that is not a restoration (low_2 → ok) is still announced, so the
+                # low-balance alarm can clear and displays follow.
+                kinds = ledger.transition_events(previous, level) or [BalanceEventKind.CHANGED]
+                if meters is None:
+                    meters = await self._meters_of(conn, ordered)
+                refs = tuple(m for m in meters.get(acc.account_id, []) if purse in ("all", m.utility.value))
+                for kind in kinds:
+                    sequence += 1
+                    event = BalanceEvent(
+                        source=self._source,
+                        account_id=acc.account_id,
+                        kind=kind,
+                        level=level,
+                        balance=figures["available"].quantize(Decimal("0.01")),
+                        sequence=sequence,
+                        meters=refs,
+                    )
+                    events.append((topics.balance(acc.account_id), event, False))
+                    log.info("account %s (%s): %s (available %s)", acc.account_id, purse, kind, event.balance)
+            if sequence != acc.sequence or worst.value != acc.level:
+                account_rows.append((acc.account_id, worst.value, sequence))
+        if level_rows:
             await conn.execute(
-                text("UPDATE billing.accounts SET level = :l, sequence = :s WHERE account_id = :a"),
-                {"l": level.value, "s": sequence, "a": acc.account_id},
+                text(
+                    "INSERT INTO billing.purse_levels (account_id, purse, level) "
+                    "SELECT * FROM unnest(CAST(:a AS text[]), CAST(:p AS text[]), CAST(:l AS text[])) "
+                    "ON CONFLICT (account_id, purse) DO UPDATE SET level = EXCLUDED.level"
+                ),
+                {"a": [r[0] for r in level_rows], "p": [r[1] for r in level_rows], "l": [r[2] for r in level_rows]},
             )
+        if account_rows:
+            await conn.execute(
+                text(
+                    "UPDATE billing.accounts a SET level = u.l, sequence = u.s FROM unnest(CAST(:a AS text[]), "
+                    "CAST(:l AS text[]), CAST(:s AS bigint[])) AS u(a, l, s) WHERE a.account_id = u.a"
+                ),
+                {
+                    "a": [r[0] for r in account_rows],
+                    "l": [r[1] for r in account_rows],
+                    "s": [r[2] for r in account_rows],
+                },
+            )
+        await self._outbox.add_many(conn, events)
 
     @staticmethod
-    async def _meters_of(conn: AsyncConnection, account_ids: list[str]) -> dict[str, tuple[MeterRef, ...]]:
+    async def _meters_of(conn: AsyncConnection, account_ids: list[str]) -> dict[str, list[MeterRef]]:
+        """Meters each account pays for now."""
         result: dict[str, list[MeterRef]] = {}
         rows = await conn.execute(
             text(
-                "SELECT account_id, meter_id, utility FROM billing.meter_bindings WHERE account_id = ANY(:a) "
-                "ORDER BY meter_id"
+                f"SELECT * FROM ({OWNERS_SQL.format(where='true')}) o WHERE o.account_id = ANY(:a) "
+                "AND (o.valid_from IS NULL OR o.valid_from <= now()) AND (o.valid_to IS NULL OR o.valid_to > now()) "
+                "ORDER BY o.meter_id"
             ),
             {"a": account_ids},
         )
         for row in rows:
             result.setdefault(row.account_id, []).append(MeterRef(meter_id=row.meter_id, utility=Utility(row.utility)))
-        return {k: tuple(v) for k, v in result.items()}
+        return result
 
-    # --- payments -------------------------------------------------------------------------------
+    # --- payments and subsidies -----------------------------------------------------------------
 
     async def top_up(
-        self, account_id: str, amount: Decimal, channel: str, reference: str | None, idempotency_key: str
+        self,
+        account_id: str,
+        amount: Decimal,
+        channel: str,
+        reference: str | None,
+        idempotency_key: str,
+        *,
+        utility: Utility | None = None,
     ) -> dict[str, Any]:
         """Credit an account once per idempotency key; a replay returns the original payment."""
         if amount <= 0:
             raise BillingError("amount must be positive", code="invalid_amount", status_code=422)
         if channel not in CHANNEL_ACCOUNTS:
             raise BillingError(f"unknown channel {channel}", code="invalid_channel", status_code=422)
-        fingerprint = hashlib.sha256(f"{account_id}|{amount}|{channel}|{reference or ''}".encode()).hexdigest()
+        content = f"{account_id}|{amount}|{channel}|{reference or ''}" + (f"|{utility.value}" if utility else "")
+        fingerprint = hashlib.sha256(content.encode()).hexdigest()
         async with self._engine.begin() as conn:
             # Serialise concurrent retries of the same key before looking for an earlier result.
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": idempotency_key})
@@ -380,22 +916,14 @@ class Billing:
                 if existing.fingerprint != fingerprint:
                     raise Conflict("idempotency key already used for a different payment", code="idempotency_conflict")
                 return {**self._payment_out(existing._asdict()), "replayed": True}
-            if (
-                await conn.execute(text("SELECT 1 FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
-            ).first() is None:
-                raise NotFound(f"no account {account_id}")
+            purse = await self.purse_of(conn, account_id, utility)
             txn_id = await store.post(
                 conn,
                 "topup",
-                [store.Entry(store.household(account_id), amount), store.Entry(CHANNEL_ACCOUNTS[channel], -amount)],
+                [store.Entry(purse, amount), store.Entry(CHANNEL_ACCOUNTS[channel], -amount)],
                 memo=f"{channel} {reference or ''}".strip(),
             )
-            balance = (
-                await conn.execute(
-                    text("SELECT balance FROM billing.balances WHERE ledger_account = :a"),
-                    {"a": store.household(account_id)},
-                )
-            ).scalar_one()
+            balance = (await store.balances(conn, [purse]))[purse]
             payment = {
                 "payment_id": uuid.uuid4(),
                 "account_id": account_id,
@@ -424,48 +952,376 @@ class Billing:
         keys = ("payment_id", "account_id", "amount", "channel", "reference", "balance_after", "txn_id")
         return {k: row[k] for k in keys}
 
+    async def grant_subsidy(
+        self, account_id: str, amount: Decimal, program: str, idempotency_key: str, *, utility: Utility | None = None
+    ) -> dict[str, Any]:
+        """Credit subsidy (补贴) from the subsidy fund, once per key; charges draw on it before paid credit."""
+        if amount <= 0:
+            raise BillingError("amount must be positive", code="invalid_amount", status_code=422)
+        fingerprint = hashlib.sha256(f"{account_id}|{amount}|{program}|{utility or ''}".encode()).hexdigest()
+        async with self._engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": idempotency_key})
+            existing = (
+                await conn.execute(
+                    text("SELECT * FROM billing.subsidies WHERE idempotency_key = :k"), {"k": idempotency_key}
+                )
+            ).first()
+            if existing is not None:
+                if existing.fingerprint != fingerprint:
+                    raise Conflict("idempotency key already used for a different subsidy", code="idempotency_conflict")
+                return {**self._subsidy_out(existing._asdict()), "replayed": True}
+            account = store.subsidy(await self.purse_of(conn, account_id, utility))
+            txn_id = await store.post(
+                conn,
+                "subsidy_credit",
+                [store.Entry(account, amount), store.Entry(ledger.SUBSIDY_FUND, -amount)],
+                memo=program,
+            )
+            row = {
+                "subsidy_id": uuid.uuid4(),
+                "account_id": account_id,
+                "amount": amount,
+                "program": program,
+                "idempotency_key": idempotency_key,
+                "fingerprint": fingerprint,
+                "txn_id": txn_id,
+            }
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.subsidies (subsidy_id, account_id, amount, program, idempotency_key, fingerprint, "
+                    "txn_id) VALUES (:subsidy_id, :account_id, :amount, :program, :idempotency_key, :fingerprint, :txn_id)"
+                ),
+                row,
+            )
+            await self._evaluate_levels(conn, {account_id})
+        self._outbox.notify()
+        return {**self._subsidy_out(row), "replayed": False}
+
+    @staticmethod
+    def _subsidy_out(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: row[k] for k in ("subsidy_id", "account_id", "amount", "program", "txn_id")}
+
+    # --- corrections (冲正) ----------------------------------------------------------------------
+
+    async def reverse(self, txn_id: uuid.UUID, operator: str, reason: str) -> dict[str, Any]:
+        """Post the reversing entry of a ledger transaction, once, with who and why."""
+        if not operator.strip() or not reason.strip():
+            raise BillingError("an operator and a reason are required", code="invalid_correction", status_code=422)
+        async with self._engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"reverse:{txn_id}"})
+            entries = (
+                await conn.execute(
+                    text(
+                        "SELECT ledger_account, amount, kind, meter_id, period_start FROM billing.ledger_entries "
+                        "WHERE txn_id = :t ORDER BY entry_id"
+                    ),
+                    {"t": txn_id},
+                )
+            ).all()
+            if not entries:
+                raise NotFound(f"no ledger transaction {txn_id}")
+            if entries[0].kind == "reversal":
+                raise BillingError("a reversal is not reversed; post a new entry", code="invalid_correction")
+            if (
+                await conn.execute(text("SELECT 1 FROM billing.corrections WHERE reverses = :t"), {"t": txn_id})
+            ).first() is not None:
+                raise Conflict(f"transaction {txn_id} is already reversed", code="already_reversed")
+            reversal = await store.post(
+                conn,
+                "reversal",
+                [store.Entry(e.ledger_account, -e.amount, e.meter_id, e.period_start) for e in entries],
+                memo=f"冲正 {reason}",
+                reverses=txn_id,
+            )
+            await conn.execute(
+                text("INSERT INTO billing.corrections (txn_id, reverses, operator, reason) VALUES (:t, :r, :o, :why)"),
+                {"t": reversal, "r": txn_id, "o": operator, "why": reason},
+            )
+            households = {e.ledger_account.split(":")[1] for e in entries if e.ledger_account.startswith("household:")}
+            await self._evaluate_levels(conn, households)
+        self._outbox.notify()
+        return {"txn_id": reversal, "reverses": txn_id, "operator": operator, "reason": reason}
+
+    async def corrections(self, account_id: str | None, limit: int) -> list[dict[str, Any]]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT c.txn_id, c.reverses, c.operator, c.reason, c.created_at FROM billing.corrections c "
+                    "WHERE CAST(:a AS text) IS NULL OR EXISTS (SELECT 1 FROM billing.ledger_entries e WHERE e.txn_id = c.txn_id "
+                    "AND e.ledger_account LIKE 'household:' || :a || '%') ORDER BY c.created_at DESC LIMIT :n"
+                ),
+                {"a": account_id, "n": limit},
+            )
+            return [r._asdict() for r in rows]
+
+    # --- meter events ---------------------------------------------------------------------------
+
+    async def meter_event(
+        self, meter_id: str, event: consumption.MeterEvent, operator: str, reason: str
+    ) -> dict[str, Any]:
+        """Apply an explicit meter event (replacement, CT-ratio change, rollover) and bill its tail."""
+        if not operator.strip() or not reason.strip():
+            raise BillingError("an operator and a reason are required", code="invalid_event", status_code=422)
+        async with self._engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock_shared(:k)"), {"k": _FLUSH_LOCK})
+            owners = await self.owners(conn, [meter_id])
+            if meter_id not in owners:
+                raise NotFound(f"meter {meter_id} is not bound")
+            utility = owners[meter_id][0].utility
+            register = REGISTER[utility]
+            marks = await self._watermarks(conn, [meter_id], lock=True)
+            mark = marks.get((meter_id, register))
+            if mark is None:
+                raise Conflict(f"meter {meter_id} has no accepted reading yet", code="no_watermark")
+            try:
+                step = consumption.apply_event(mark, event)
+            except BillingDomainError as err:
+                raise BillingError(str(err), code="invalid_event", status_code=422) from err
+            assert step.watermark is not None
+            changed = [step.watermark]
+            if isinstance(event, consumption.MeterReplaced | consumption.MultiplierChanged):
+                # Tariff registers of the meter restart with the new regime: they reopen on the next reading.
+                await conn.execute(
+                    text("DELETE FROM billing.watermarks WHERE meter_id = :m AND register <> :r"),
+                    {"m": meter_id, "r": register},
+                )
+            work = _Work()
+            pricers = await self.pricers(conn)
+            posted = {
+                (row.meter_id, row.account_id): row.posted_through
+                for row in await conn.execute(
+                    text("SELECT meter_id, account_id, posted_through FROM billing.carries WHERE meter_id = :m"),
+                    {"m": meter_id},
+                )
+            }
+            work.tiers = await self._tier_usage(
+                conn, sorted({o.account_id for o in owners[meter_id]}), step.interval[0]
+            )
+            if step.billed > 0:
+                self._accrue(work, meter_id, utility, owners[meter_id], step, pricers[utility], None, posted, mark)
+            await self._save(conn, work, changed)
+            kind = {
+                consumption.MeterReplaced: "replaced",
+                consumption.MultiplierChanged: "multiplier_changed",
+                consumption.RolloverDeclared: "rollover",
+            }[type(event)]
+            detail = {k: str(v) for k, v in dataclasses.asdict(event).items() if v is not None}
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.meter_events (meter_id, kind, at, detail, billed, operator, reason) "
+                    "VALUES (:m, :k, :at, CAST(:d AS jsonb), :b, :o, :why)"
+                ),
+                {
+                    "m": meter_id,
+                    "k": kind,
+                    "at": event.at,
+                    "d": json.dumps(detail),
+                    "b": step.billed,
+                    "o": operator,
+                    "why": reason,
+                },
+            )
+            await conn.execute(
+                text(
+                    "UPDATE billing.held_readings SET status = 'resolved' WHERE meter_id = :m AND status = 'open' "
+                    "AND sampled_at <= :at"
+                ),
+                {"m": meter_id, "at": event.at},
+            )
+            await self._evaluate_levels(conn, work.accounts)
+        self._outbox.notify()
+        return {"meter_id": meter_id, "kind": kind, "billed": step.billed, "register_value": step.watermark.value}
+
+    async def held_readings(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT reading_id, meter_id, register AS register_name, value, sampled_at, reason, status, held_at "
+                    "FROM billing.held_readings WHERE CAST(:s AS text) IS NULL OR status = :s ORDER BY held_at DESC LIMIT :n"
+                ),
+                {"s": status, "n": limit},
+            )
+            return [r._asdict() for r in rows]
+
     # --- set-up and queries ---------------------------------------------------------------------
 
-    async def put_account(self, account_id: str, name: str, low_1: Decimal, low_2: Decimal, grace: Decimal) -> None:
+    async def put_account(
+        self,
+        account_id: str,
+        name: str,
+        low_1: Decimal,
+        low_2: Decimal,
+        grace: Decimal,
+        estate_id: str | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> None:
         if not low_1 >= low_2 >= 0 or grace < 0:
             raise BillingError(
                 "thresholds must satisfy low_1 ≥ low_2 ≥ 0 and grace ≥ 0", code="invalid_thresholds", status_code=422
             )
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.accounts (account_id, name, low_1, low_2, grace_credit) VALUES (:a, :n, :l1, :l2, :g) "
-                    "ON CONFLICT (account_id) DO UPDATE SET name = EXCLUDED.name, low_1 = EXCLUDED.low_1, "
-                    "low_2 = EXCLUDED.low_2, grace_credit = EXCLUDED.grace_credit"
-                ),
-                {"a": account_id, "n": name, "l1": low_1, "l2": low_2, "g": grace},
-            )
+        statement = text(
+            "INSERT INTO billing.accounts (account_id, name, low_1, low_2, grace_credit, estate_id) "
+            "VALUES (:a, :n, :l1, :l2, :g, :e) ON CONFLICT (account_id) DO UPDATE SET name = EXCLUDED.name, "
+            "low_1 = EXCLUDED.low_1, low_2 = EXCLUDED.low_2, grace_credit = EXCLUDED.grace_credit, "
+            "estate_id = coalesce(EXCLUDED.estate_id, billing.accounts.estate_id)"
+        )
+        params = {"a": account_id, "n": name, "l1": low_1, "l2": low_2, "g": grace, "e": estate_id}
+        if conn is not None:
+            await conn.execute(statement, params)
+            return
+        async with self._engine.begin() as own:
+            if (
+                estate_id is not None
+                and (
+                    await own.execute(text("SELECT 1 FROM billing.estates WHERE estate_id = :e"), {"e": estate_id})
+                ).first()
+                is None
+            ):
+                raise NotFound(f"no estate {estate_id}")
+            await own.execute(statement, params)
 
-    async def bind_meter(self, meter_id: str, account_id: str, utility: Utility) -> None:
+    async def bind_meter(
+        self, meter_id: str, account_id: str, utility: Utility, effective_from: datetime | None = None
+    ) -> None:
+        """Bind a meter to an account from `effective_from` on (from the first reading if it was never bound)."""
         async with self._engine.begin() as conn:
             if (
                 await conn.execute(text("SELECT 1 FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
             ).first() is None:
                 raise NotFound(f"no account {account_id}")
+            await self.rebind(conn, meter_id, utility, effective_from, account_id=account_id)
+
+    async def rebind(
+        self,
+        conn: AsyncConnection,
+        meter_id: str,
+        utility: Utility,
+        effective_from: datetime | None,
+        *,
+        account_id: str | None = None,
+        room_id: str | None = None,
+        estate_id: str | None = None,
+    ) -> None:
+        """Close the meter's open binding at `effective_from` and open the new one (a no-op if unchanged)."""
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"binding:{meter_id}"})
+        rows = (
             await conn.execute(
                 text(
-                    "INSERT INTO billing.meter_bindings (meter_id, account_id, utility) VALUES (:m, :a, :u) "
-                    "ON CONFLICT (meter_id) DO UPDATE SET account_id = EXCLUDED.account_id, utility = EXCLUDED.utility"
+                    "SELECT binding_id, account_id, room_id, estate_id, utility, valid_from, valid_to "
+                    "FROM billing.meter_bindings WHERE meter_id = :m ORDER BY valid_from NULLS FIRST"
                 ),
-                {"m": meter_id, "a": account_id, "u": utility.value},
+                {"m": meter_id},
             )
+        ).all()
+        current = next((r for r in rows if r.valid_to is None), None)
+        if current is not None and (current.account_id, current.room_id, current.estate_id, current.utility) == (
+            account_id,
+            room_id,
+            estate_id,
+            utility.value,
+        ):
+            return
+        start = effective_from
+        if rows:
+            start = start or datetime.now(UTC)
+            latest = max((r.valid_from for r in rows if r.valid_from is not None), default=None)
+            if latest is not None and start <= latest:
+                raise Conflict(
+                    f"meter {meter_id} already has a binding from {latest.isoformat()}; a new one must start later",
+                    code="binding_order",
+                )
+            if current is not None:
+                await conn.execute(
+                    text("UPDATE billing.meter_bindings SET valid_to = :t WHERE binding_id = :b"),
+                    {"t": start, "b": current.binding_id},
+                )
+        await conn.execute(
+            text(
+                "INSERT INTO billing.meter_bindings (meter_id, account_id, room_id, estate_id, utility, valid_from) "
+                "VALUES (:m, :a, :r, :e, :u, :f)"
+            ),
+            {"m": meter_id, "a": account_id, "r": room_id, "e": estate_id, "u": utility.value, "f": start},
+        )
 
     async def set_tariff(self, utility: Utility, unit_price: Decimal, effective_from: datetime) -> None:
+        """A flat price from `effective_from` on (kept for the original endpoint)."""
         if unit_price < 0:
             raise BillingError("price must not be negative", code="invalid_price", status_code=422)
+        await self.put_tariff_version(utility, effective_from, (FlatIn(unit_price=unit_price),))
+
+    async def put_tariff_version(
+        self, utility: Utility, effective_from: datetime, components: Sequence[Any]
+    ) -> dict[str, Any]:
+        """Add a tariff version; a new price never re-prices the past.
+
+        The first version of a utility may start in the past (commissioning). After that, a version
+        asked to start in the past takes effect now; a version already in force cannot change (an
+        identical replay is a no-op, 409 otherwise). Returns the id and the effective instant.
+        """
+        try:
+            to_domain(0, utility, effective_from, components)
+        except BillingDomainError as err:
+            raise BillingError(str(err), code="invalid_tariff", status_code=422) from err
+        flat = [c for c in components if isinstance(c, FlatIn)]
+        unit_price = flat[0].unit_price if len(components) == 1 and len(flat) == 1 and flat[0].name == "flat" else None
+        stored = None if unit_price is not None else json.dumps(COMPONENTS.dump_python(tuple(components), mode="json"))
         async with self._engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.tariffs (utility, unit_price, effective_from) VALUES (:u, :p, :e) "
-                    "ON CONFLICT (utility, effective_from) DO UPDATE SET unit_price = EXCLUDED.unit_price"
-                ),
-                {"u": utility.value, "p": unit_price, "e": effective_from},
-            )
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"tariff:{utility.value}"})
+            existing = (
+                await conn.execute(
+                    text(
+                        "SELECT tariff_id, unit_price, components, effective_from FROM billing.tariffs "
+                        "WHERE utility = :u AND effective_from = :e"
+                    ),
+                    {"u": utility.value, "e": effective_from},
+                )
+            ).first()
+            now = datetime.now(UTC)
+            if existing is not None:
+                same = (existing.unit_price, existing.components) == (
+                    unit_price,
+                    None if stored is None else json.loads(stored),
+                )
+                if same:
+                    return {"tariff_id": int(existing.tariff_id), "effective_from": existing.effective_from}
+                if effective_from <= now:
+                    raise Conflict(
+                        "a tariff version already in force cannot change (a new price never re-prices the past); "
+                        "add a new version instead",
+                        code="tariff_in_force",
+                    )
+                await conn.execute(text("DELETE FROM billing.tariffs WHERE tariff_id = :t"), {"t": existing.tariff_id})
+            elif effective_from < now:
+                commissioned = (
+                    await conn.execute(
+                        text("SELECT 1 FROM billing.tariffs WHERE utility = :u LIMIT 1"), {"u": utility.value}
+                    )
+                ).first()
+                if commissioned is not None:
+                    effective_from = now
+            tariff_id = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO billing.tariffs (utility, unit_price, components, effective_from) "
+                        "VALUES (:u, :p, CAST(:c AS jsonb), :e) RETURNING tariff_id"
+                    ),
+                    {"u": utility.value, "p": unit_price, "c": stored, "e": effective_from},
+                )
+            ).scalar_one()
+        return {"tariff_id": int(tariff_id), "effective_from": effective_from}
+
+    async def tariff_versions(self, utility: Utility) -> list[dict[str, Any]]:
+        async with self._engine.connect() as conn:
+            pricer = (await self.pricers(conn))[utility]
+        return [
+            {
+                "tariff_id": v.tariff_id,
+                "utility": utility,
+                "effective_from": v.domain.effective_from,
+                "components": COMPONENTS.dump_python(v.components, mode="json"),
+            }
+            for v in pricer.versions
+        ]
 
     async def account(self, account_id: str) -> dict[str, Any]:
         async with self._engine.connect() as conn:
@@ -474,29 +1330,65 @@ class Billing:
             ).first()
             if acc is None:
                 raise NotFound(f"no account {account_id}")
-            balance = (
-                await conn.execute(
-                    text("SELECT balance FROM billing.balances WHERE ledger_account = :a"),
-                    {"a": store.household(account_id)},
-                )
-            ).scalar_one_or_none() or Decimal("0.00")
-            available = (await self._available(conn, [account_id]))[account_id]
+            purses = await self.available(conn, [account_id])
+        paid = sum((p["paid"] for p in purses.values()), Decimal("0.00"))
+        subsidy = sum((p["subsidy"] for p in purses.values()), Decimal("0.00"))
         return {
             "account_id": account_id,
             "name": acc.name,
-            "balance": balance,
-            "available": available,
+            "estate_id": acc.estate_id,
+            "balance": paid + subsidy,
+            "paid_balance": paid,
+            "subsidy_balance": subsidy,
+            "available": sum((p["available"] for p in purses.values()), Decimal(0)),
             "level": acc.level,
             "sequence": acc.sequence,
+            "grace_credit": acc.grace_credit,
+            "purses": [{"purse": purse, **figures} for (_, purse), figures in sorted(purses.items())],
         }
 
     async def ledger(self, account_id: str, limit: int) -> list[dict[str, Any]]:
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT entry_id, txn_id, amount, kind, meter_id, period_start, reverses, memo, created_at "
-                    "FROM billing.ledger_entries WHERE ledger_account = :a ORDER BY entry_id DESC LIMIT :n"
+                    "SELECT entry_id, txn_id, ledger_account, amount, kind, meter_id, period_start, reverses, memo, "
+                    "created_at FROM billing.ledger_entries WHERE ledger_account = :a OR ledger_account LIKE :p "
+                    "ORDER BY entry_id DESC LIMIT :n"
                 ),
-                {"a": store.household(account_id), "n": limit},
+                {"a": store.household(account_id), "p": store.household(account_id) + ":%", "n": limit},
             )
             return [r._asdict() for r in rows]
+
+
+def _split_by_owner(
+    periods: list[Owner], start: datetime, end: datetime, quantity: Decimal
+) -> list[tuple[Owner | None, datetime, datetime, Decimal]]:
+    """Split an interval's quantity between the owners of the meter pro rata by time; None = nobody."""
+    if start == end:
+        owner = next((o for o in periods if o.covers(end)), None)
+        return [(owner, start, end, quantity)]
+    spans: list[tuple[Owner | None, datetime, datetime]] = []
+    cursor = start
+    for owner in periods:
+        low = max(start, owner.valid_from) if owner.valid_from else start
+        high = min(end, owner.valid_to) if owner.valid_to else end
+        if high <= low:
+            continue
+        if low > cursor:
+            spans.append((None, cursor, low))
+        spans.append((owner, low, high))
+        cursor = max(cursor, high)
+    if cursor < end:
+        spans.append((None, cursor, end))
+    if len(spans) == 1:
+        return [(spans[0][0], start, end, quantity)]
+    parts = apportion(quantity, [microseconds(high - low) for _, low, high in spans])
+    return [(owner, low, high, part) for (owner, low, high), part in zip(spans, parts, strict=True)]
+
+
+def _least(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _greatest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else max(a, b)

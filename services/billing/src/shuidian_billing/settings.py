@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shuidian_shared.settings import ServiceSettings
@@ -20,3 +21,23 @@ class BillingSettings(ServiceSettings):
     # A register that moves faster than this per hour is held for review, not billed.
     max_plausible_kwh_per_hour: Decimal = Decimal("60")
     max_plausible_m3_per_hour: Decimal = Decimal("10")
+    # Online payments (docs/payments.md). A provider with an empty app id is not configured.
+    wechat_app_id: str = ""
+    wechat_mch_id: str = ""
+    wechat_apiv3_key: SecretStr = SecretStr("")
+    wechat_platform_public_key: str = ""  # PEM public key or platform certificate
+    wechat_platform_serial: str = ""
+    alipay_app_id: str = ""
+    alipay_seller_id: str = ""
+    alipay_public_key: str = ""  # PEM or the bare base64 key Alipay shows
+    callback_max_skew_seconds: int = 300
+    alipay_max_age_seconds: int = 90_000  # Alipay retries one notification for about 25 hours
+    # The sandbox provider signs like WeChat Pay v3 with its own keys; None = on outside prod.
+    sandbox_payments: bool | None = None
+    sandbox_private_key: SecretStr = SecretStr("")  # PEM; generated per process when empty
+    sandbox_apiv3_key: SecretStr = SecretStr("")  # 32 characters; generated when empty
+    # The reading worker bills every batch waiting, up to this many, in one transaction; the MQTT
+    # handler waits while `queue_batches` are queued (back-pressure instead of unbounded memory).
+    max_batches_per_transaction: int = 40
+    lanes: int = Field(default=4, ge=1, le=16)
+    queue_batches: int = 200

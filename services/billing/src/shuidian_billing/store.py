@@ -1,19 +1,35 @@
-"""Ledger and balance persistence: post balanced transactions, keep cached balances equal to the entries."""
+"""Ledger and balance persistence: post balanced transactions, keep cached balances equal to the entries.
+
+`post` (one transaction) and `post_many` (many, in two statements) are the only ways money enters
+the ledger; both move `billing.balances` in the same database transaction as the entries.
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shuidian_shared.messages import Utility
+
 
 def household(account_id: str) -> str:
-    """Ledger account of a household's prepaid balance."""
+    """Ledger account of a household's prepaid balance (the shared purse, 水电一卡通)."""
     return f"household:{account_id}"
+
+
+def purse(account_id: str, utility: Utility | None) -> str:
+    """Ledger account of a purse: the shared one (utility None) or one utility's separate balance."""
+    return household(account_id) if utility is None else f"household:{account_id}:{utility.value}"
+
+
+def subsidy(purse_account: str) -> str:
+    """The subsidy (补贴) account beside a purse: credited by programmes, drawn on first."""
+    return f"{purse_account}:subsidy"
 
 
 @dataclass(frozen=True)
@@ -24,35 +40,57 @@ class Entry:
     period_start: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Transaction:
+    kind: str
+    entries: list[Entry]
+    memo: str = ""
+    reverses: uuid.UUID | None = None
+    txn_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
 async def post(
     conn: AsyncConnection, kind: str, entries: list[Entry], *, memo: str = "", reverses: uuid.UUID | None = None
 ) -> uuid.UUID:
     """Append one balanced transaction and move the cached balances with it (same database transaction)."""
-    if sum((e.amount for e in entries), Decimal(0)) != 0:
-        raise ValueError("a ledger transaction must balance")
-    txn_id = uuid.uuid4()
+    txn = Transaction(kind, entries, memo, reverses)
+    await post_many(conn, [txn])
+    return txn.txn_id
+
+
+async def post_many(conn: AsyncConnection, transactions: list[Transaction]) -> None:
+    """Append balanced transactions in one statement and move the cached balances with them."""
+    rows: list[tuple[uuid.UUID, str, Decimal, str, str | None, datetime | None, uuid.UUID | None, str]] = []
+    deltas: dict[str, Decimal] = {}
+    for txn in transactions:
+        if sum((e.amount for e in txn.entries), Decimal(0)) != 0:
+            raise ValueError("a ledger transaction must balance")
+        for e in txn.entries:
+            rows.append(
+                (txn.txn_id, e.ledger_account, e.amount, txn.kind, e.meter_id, e.period_start, txn.reverses, txn.memo)
+            )
+            deltas[e.ledger_account] = deltas.get(e.ledger_account, Decimal(0)) + e.amount
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
     await conn.execute(
         text(
             "INSERT INTO billing.ledger_entries (txn_id, ledger_account, amount, kind, meter_id, period_start, reverses, memo) "
-            "SELECT :t, a, m, :k, mt, p, :r, :memo FROM unnest(CAST(:a AS text[]), CAST(:m AS numeric[]), "
-            "CAST(:mt AS text[]), CAST(:p AS timestamptz[])) AS u(a, m, mt, p)"
+            "SELECT * FROM unnest(CAST(:t AS uuid[]), CAST(:a AS text[]), CAST(:m AS numeric[]), CAST(:k AS text[]), "
+            "CAST(:mt AS text[]), CAST(:p AS timestamptz[]), CAST(:r AS uuid[]), CAST(:memo AS text[]))"
         ),
         {
-            "t": txn_id,
-            "k": kind,
-            "r": reverses,
-            "memo": memo,
-            "a": [e.ledger_account for e in entries],
-            "m": [e.amount for e in entries],
-            "mt": [e.meter_id for e in entries],
-            "p": [e.period_start for e in entries],
+            "t": list(columns[0]),
+            "a": list(columns[1]),
+            "m": list(columns[2]),
+            "k": list(columns[3]),
+            "mt": list(columns[4]),
+            "p": list(columns[5]),
+            "r": list(columns[6]),
+            "memo": list(columns[7]),
         },
     )
-    deltas: dict[str, Decimal] = {}
-    for e in entries:
-        deltas[e.ledger_account] = deltas.get(e.ledger_account, Decimal(0)) + e.amount
     await add_to_balances(conn, deltas)
-    return txn_id
 
 
 async def add_to_balances(conn: AsyncConnection, deltas: dict[str, Decimal]) -> None:
@@ -66,3 +104,13 @@ async def add_to_balances(conn: AsyncConnection, deltas: dict[str, Decimal]) -> 
         ),
         {"a": accounts, "d": [deltas[a] for a in accounts]},
     )
+
+
+async def balances(conn: AsyncConnection, ledger_accounts: list[str]) -> dict[str, Decimal]:
+    """Cached balances of ledger accounts (absent accounts are zero)."""
+    rows = await conn.execute(
+        text("SELECT ledger_account, balance FROM billing.balances WHERE ledger_account = ANY(:a)"),
+        {"a": ledger_accounts},
+    )
+    found = {row.ledger_account: row.balance for row in rows}
+    return {a: found.get(a, Decimal("0.00")) for a in ledger_accounts}

@@ -1,31 +1,45 @@
-"""Billing throughput: reading batches published to the real broker → ledger committed."""
+"""Billing throughput and latency: reading batches published to the real broker → ledger committed,
+beside the raw database ceiling (batched insert + balance update) measured in the same run."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from multiprocessing.synchronize import Event
 
 import aiomqtt
 import httpx
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from shuidian_billing.app import create_app as billing_app
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
 from shuidian_devstack.benchkit import emit
 from shuidian_devstack.platform import _serve
+from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
 
 METERS = 2000
-BATCH = 500
+ACCOUNTS = METERS // 10
+BATCH = 200  # readings per gateway cycle (a gateway always reports the same meters)
 RUNS = 3
+CYCLES = 20
+WINDOW = 100  # QoS 1 publishes in flight at once
+LATENCY_RATE = 5000  # readings/s offered while measuring latency
+LATENCY_SECONDS = 8
+# Serialised in every payload and replaced by the publish time just before publishing (same length).
+PUBLISH_MARK = datetime(2000, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+PUBLISH_MARK_TEXT = b"2000-01-01T00:00:00.000001Z"
 
 
 def _batches(run: int, cycles: int) -> list[bytes]:
@@ -45,37 +59,117 @@ def _batches(run: int, cycles: int) -> list[bytes]:
                 )
             )
             if len(readings) == BATCH:
-                payloads.append(
-                    ReadingBatch(source="bench", gateway_id=f"bench-{len(payloads) % 300}", readings=tuple(readings))
-                    .model_dump_json()
-                    .encode()
+                batch = ReadingBatch(
+                    source="bench",
+                    gateway_id=f"bench-{len(payloads) % (METERS // BATCH)}",
+                    readings=tuple(readings),
+                    occurred_at=PUBLISH_MARK,
                 )
+                payload = batch.model_dump_json().encode()
+                assert PUBLISH_MARK_TEXT in payload
+                payloads.append(payload)
                 readings = []
     return payloads
 
 
-def _publish(mqtt_url: str, payloads: list[bytes]) -> None:
-    """Publisher in its own process, so it does not share the billing process's event loop."""
+def _publish(mqtt_url: str, payloads: list[bytes], rate: float | None, ready: Event, start: Event) -> None:
+    """Publisher in its own process; `rate` paces it (readings/s), None publishes as fast as the broker takes.
+
+    It connects, says `ready` and waits for `start`, so process start-up is not part of the measurement.
+    """
 
     async def go() -> None:
         address = BrokerAddress.parse(mqtt_url)
-        window = asyncio.Semaphore(100)  # QoS 1 publishes in flight at once
+        window = asyncio.Semaphore(WINDOW)
 
-        async def one(client: aiomqtt.Client, payload: bytes) -> None:
+        started = 0.0
+
+        async def one(client: aiomqtt.Client, index: int, payload: bytes) -> None:
+            if rate is not None:
+                await asyncio.sleep(max(0.0, started + index * BATCH / rate - time.perf_counter()))
             async with window:
-                await client.publish(topics.readings("bench"), payload, qos=1)
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+                await client.publish(topics.readings("bench"), payload.replace(PUBLISH_MARK_TEXT, stamp), qos=1)
 
-        async with aiomqtt.Client(address.host, address.port, max_inflight_messages=100, timeout=300) as client:
-            await asyncio.gather(*(one(client, p) for p in payloads))
+        async with aiomqtt.Client(address.host, address.port, max_inflight_messages=WINDOW, timeout=300) as client:
+            # Publishing far ahead of the acknowledgements is the point here; aiomqtt warns above 10 pending.
+            client.pending_calls_threshold = len(payloads) + 1
+            ready.set()
+            await asyncio.to_thread(start.wait)
+            started = time.perf_counter()
+            await asyncio.gather(*(one(client, i, p) for i, p in enumerate(payloads)))
 
     asyncio.run(go())
 
 
-async def run(database_url: str, mqtt_url: str) -> None:
-    from shuidian_billing.billing import READINGS
+async def _database_ceiling(database_url: str) -> list[float]:
+    """Rows/s of the same shape of work with nothing but the database: batched insert + balance update."""
+    engine = create_engine(database_url, pool_size=2)
+    rates: list[float] = []
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE SCHEMA IF NOT EXISTS bench"))
+            await conn.execute(
+                text(
+                    "CREATE TABLE IF NOT EXISTS bench.readings (meter_id text, sampled_at timestamptz, value numeric, "
+                    "PRIMARY KEY (meter_id, sampled_at))"
+                )
+            )
+            await conn.execute(
+                text("CREATE TABLE IF NOT EXISTS bench.balances (account text PRIMARY KEY, balance numeric NOT NULL)")
+            )
+        per_transaction = BATCH * 10
+        for run in range(RUNS):
+            start = datetime(2030, 1, 1, tzinfo=UTC) + timedelta(days=run)
+            total = CYCLES * METERS
+            began = time.perf_counter()
+            for offset in range(0, total, per_transaction):
+                rows = range(offset, min(offset + per_transaction, total))
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO bench.readings SELECT * FROM unnest(CAST(:m AS text[]), "
+                            "CAST(:t AS timestamptz[]), CAST(:v AS numeric[]))"
+                        ),
+                        {
+                            "m": [f"BM-{i % METERS:05d}" for i in rows],
+                            "t": [start + timedelta(minutes=i // METERS) for i in rows],
+                            "v": [Decimal(i) / 2 for i in rows],
+                        },
+                    )
+                    await conn.execute(
+                        text(
+                            "INSERT INTO bench.balances SELECT * FROM unnest(CAST(:a AS text[]), CAST(:d AS numeric[])) "
+                            "ON CONFLICT (account) DO UPDATE SET balance = bench.balances.balance + EXCLUDED.balance"
+                        ),
+                        {"a": [f"BA-{a:05d}" for a in range(ACCOUNTS)], "d": [Decimal("-0.30")] * ACCOUNTS},
+                    )
+            rates.append(total / (time.perf_counter() - began))
+    finally:
+        await engine.dispose()
+    return rates
 
-    def consumed() -> float:
-        return sum(s.value for metric in READINGS.collect() for s in metric.samples if s.name.endswith("_total"))
+
+def _percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+async def run(database_url: str, mqtt_url: str) -> None:
+    from shuidian_billing.billing import BATCH_SECONDS, COMMITTED
+
+    logging.getLogger("shuidian_billing").setLevel(logging.WARNING)
+    # The outbox relays a burst of balance events at once; aiomqtt warns above 10 pending publishes.
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+
+    def busy() -> float:
+        return sum(s.value for metric in BATCH_SECONDS.collect() for s in metric.samples if s.name.endswith("_sum"))
+
+    def transactions() -> float:
+        return sum(s.value for metric in BATCH_SECONDS.collect() for s in metric.samples if s.name.endswith("_count"))
+
+    def committed() -> float:
+        return sum(s.value for metric in COMMITTED.collect() for s in metric.samples if s.name.endswith("_total"))
 
     port = infra.free_port()
     settings = BillingSettings(
@@ -85,39 +179,71 @@ async def run(database_url: str, mqtt_url: str) -> None:
         mqtt_clean_session=True,
         instance_id=f"bench-{port}",
         http_port=port,
+        # The hourly posting is measured on its own below; here it would only interrupt the runs.
+        flush_interval_seconds=3600,
     )
-    server, task = await _serve(billing_app(settings), port)
+    app = billing_app(settings)
+    server, task = await _serve(app, port)
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
             await client.put(
                 "/v1/tariffs/electricity", json={"unit_price": "0.60", "effective_from": "2020-01-01T00:00:00+08:00"}
             )
-            for a in range(METERS // 10):
+            for a in range(ACCOUNTS):
                 await client.put(f"/v1/accounts/BA-{a:05d}", json={"name": f"bench {a}"})
             for m in range(METERS):
                 await client.put(
                     f"/v1/meters/BM-{m:05d}/binding", json={"account_id": f"BA-{m // 10:05d}", "utility": "electricity"}
                 )
-        rates: list[float] = []
-        cpu_share: list[float] = []
-        cycles = 10
-        for run in range(RUNS):
-            payloads = _batches(run, cycles)
+
+        async def stream(run: int, payloads: list[bytes], rate: float | None) -> float:
             total = len(payloads) * BATCH
-            before = consumed()
-            cpu_before = time.process_time()
-            started = time.perf_counter()
-            publisher = multiprocessing.get_context("spawn").Process(target=_publish, args=(mqtt_url, payloads))
+            context = multiprocessing.get_context("spawn")
+            ready, start = context.Event(), context.Event()
+            publisher = context.Process(target=_publish, args=(mqtt_url, payloads, rate, ready, start))
             publisher.start()
-            while consumed() - before < total:
+            if not await asyncio.to_thread(ready.wait, 60):
+                raise TimeoutError("the publisher did not connect")
+            before = committed()
+            started = time.perf_counter()
+            start.set()
+            while committed() - before < total:
                 await asyncio.sleep(0.01)
                 if time.perf_counter() - started > 300:
                     raise TimeoutError("billing did not keep up within 300 s")
             elapsed = time.perf_counter() - started
-            publisher.join()
-            rates.append(total / elapsed)
+            await asyncio.to_thread(publisher.join)
+            return elapsed
+
+        rates: list[float] = []
+        cpu_share: list[float] = []
+        busy_share: list[float] = []
+        per_transaction: list[float] = []
+        for run in range(RUNS):
+            payloads = _batches(run, CYCLES)
+            cpu_before, busy_before, txns_before = time.process_time(), busy(), transactions()
+            elapsed = await stream(run, payloads, None)
+            per_transaction.append(len(payloads) * BATCH / max(1.0, transactions() - txns_before))
+            rates.append(len(payloads) * BATCH / elapsed)
             cpu_share.append((time.process_time() - cpu_before) / elapsed)
+            busy_share.append((busy() - busy_before) / elapsed)
+        posting_started = time.perf_counter()
+        postings = await app.state.billing.flush(before=datetime.now(UTC))
+        posting_rate = postings / (time.perf_counter() - posting_started)
+        ceiling = await _database_ceiling(database_url)
+
+        latencies: list[float] = []
+
+        def on_commit(batches: Sequence[ReadingBatch]) -> None:
+            now = datetime.now(UTC)
+            latencies.extend((now - b.occurred_at).total_seconds() for b in batches)
+
+        app.state.billing.on_commit = on_commit
+        cycles = LATENCY_RATE * LATENCY_SECONDS // METERS
+        await stream(RUNS, _batches(RUNS, cycles), LATENCY_RATE)
+        app.state.billing.on_commit = None
+
         median = statistics.median(rates)
         emit(
             "billing throughput",
@@ -129,12 +255,43 @@ async def run(database_url: str, mqtt_url: str) -> None:
             median=round(median),
             min=round(min(rates)),
             max=round(max(rates)),
-            readings_per_run=cycles * METERS,
+            readings_per_run=CYCLES * METERS,
             batch_size=BATCH,
             meters=METERS,
-            path="published to the broker → priced → watermarks, accruals and usage committed (one process)",
+            max_batches_per_transaction=settings.max_batches_per_transaction,
+            lanes=settings.lanes,
+            path="published to the broker → priced → watermarks, hourly accruals, usage and charge lines committed "
+            "(the hourly ledger posting is measured separately)",
             billing_cpu_cores=round(statistics.median(cpu_share), 2),
+            billing_transactions_busy_share=round(statistics.median(busy_share), 2),
+            readings_per_transaction=round(statistics.median(per_transaction)),
+            database_ceiling_rows_per_s=round(statistics.median(ceiling)),
+            share_of_ceiling=round(median / statistics.median(ceiling), 3),
             cpus=os.cpu_count(),
+        )
+        emit(
+            "billing hourly posting",
+            posting_rate,
+            "meter-hours/s",
+            278,
+            posting_rate >= 278,
+            postings=postings,
+            path="closed hours of accruals → one balanced ledger transaction per meter-hour, carries updated",
+            target_means="1M meters' hours posted within the hour",
+        )
+        p50, p99 = _percentile(latencies, 0.50), _percentile(latencies, 0.99)
+        emit(
+            "billing latency p99",
+            p99 * 1000,
+            "ms",
+            500,
+            p99 < 0.5,
+            p50_ms=round(p50 * 1000, 1),
+            p99_ms=round(p99 * 1000, 1),
+            max_ms=round(max(latencies) * 1000, 1),
+            offered_readings_per_s=LATENCY_RATE,
+            batches=len(latencies),
+            path="publish (stamped in occurred_at) → billing transaction committed",
         )
     finally:
         server.should_exit = True

@@ -31,6 +31,8 @@ class CalendarPeriod(StrEnum):
 
 def as_utc(value: datetime) -> datetime:
     """Return `value` in UTC; refuse naive datetimes."""
+    if value.tzinfo is UTC:
+        return value  # the hot path: readings arrive in UTC already
     if value.tzinfo is None or value.utcoffset() is None:
         raise BillingDomainError(f"datetime must be timezone-aware: {value!r}")
     return value.astimezone(UTC)

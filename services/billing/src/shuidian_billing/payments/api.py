@@ -1,0 +1,325 @@
+"""HTTP surface of the payment channels (staff routes; the provider notification routes are public
+and authenticated by their signatures). Money travels as decimal strings."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from shuidian_billing.billing import Billing
+from shuidian_billing.payments.bank import MAX_STATEMENT_BYTES, BankImports, StatementInvalid
+from shuidian_billing.payments.cash import CashDesk
+from shuidian_billing.payments.online import OnlinePayments, Providers
+from shuidian_billing.payments.refunds import Refunds
+from shuidian_billing.payments.reviews import ReviewQueue
+from shuidian_billing.payments.schemas import (
+    CallbackOut,
+    ImportOut,
+    NotifyOut,
+    OrderOut,
+    ReceiptOut,
+    RefundOut,
+    ReviewOut,
+    SettlementOut,
+    ShiftOut,
+)
+from shuidian_billing.settings import BillingSettings
+from shuidian_kit.service import Runtime
+from shuidian_shared.messages import Identifier
+from shuidian_shared.money import Money
+
+router = APIRouter(prefix="/v1", tags=["payments"])
+
+IdempotencyKey = Annotated[str, Header(min_length=8, max_length=100, description="retries with the same key are safe")]
+Provider = Literal["wechat", "alipay", "sandbox"]
+Staff = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+@dataclass(frozen=True, slots=True)
+class Channels:
+    online: OnlinePayments
+    cash: CashDesk
+    bank: BankImports
+    reviews: ReviewQueue
+    refunds: Refunds
+
+
+def _channels(request: Request) -> Channels:
+    # Built on first use from the resources the service's lifespan created (keys are parsed once).
+    channels: Channels | None = getattr(request.app.state, "payment_channels", None)
+    if channels is None:
+        runtime: Runtime = request.app.state.runtime
+        billing: Billing = request.app.state.billing
+        settings = runtime.settings
+        assert isinstance(settings, BillingSettings)
+        engine = runtime.engine
+        channels = Channels(
+            online=OnlinePayments(engine, billing, Providers.from_settings(settings)),
+            cash=CashDesk(engine, billing),
+            bank=BankImports(engine, billing),
+            reviews=ReviewQueue(engine, billing),
+            refunds=Refunds(engine, billing, runtime.outbox),
+        )
+        request.app.state.payment_channels = channels
+    return channels
+
+
+Service = Annotated[Channels, Depends(_channels)]
+
+
+def replayable(result: dict[str, Any], replayed: bool, response: Response) -> dict[str, Any]:
+    """A replay answers 200 with the original result; the first call keeps the route's 201."""
+    if replayed:
+        response.status_code = 200
+    return result
+
+
+class OrderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Provider
+    account_id: Identifier
+    amount: Money = Field(gt=0)
+
+
+class ShiftIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    counter_id: Identifier
+    cashier: Staff
+    opening_float: Money = Field(default=Decimal("0.00"), ge=0)
+
+
+class CashPaymentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: Identifier
+    amount: Money = Field(gt=0, le=Decimal("100000"))
+
+
+class CloseShiftIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    closed_by: Staff
+    counted_cash: Money = Field(ge=0)
+
+
+class AliasIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: Identifier
+    kind: Literal["reference", "room"]
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: Identifier
+    operator: Staff
+
+
+class DismissIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: Staff
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class RefundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: Money = Field(gt=0)
+    operator: Staff
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class SettlementIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: Staff
+    reason: Annotated[str, Field(min_length=1, max_length=500)] = "退租结算 · move-out settlement"
+
+
+# --- online ---------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/payments/orders", status_code=201, response_model=OrderOut, summary="Create an online payment order (idempotent)"
+)
+async def create_order(
+    body: OrderIn, channels: Service, idempotency_key: IdempotencyKey, response: Response
+) -> dict[str, Any]:
+    order = await channels.online.create_order(body.provider, body.account_id, body.amount, idempotency_key)
+    return replayable(order, order["replayed"], response)
+
+
+@router.get("/payments/orders/{order_id}", response_model=OrderOut, summary="An online payment order and its state")
+async def get_order(order_id: str, channels: Service) -> dict[str, Any]:
+    return await channels.online.order(order_id)
+
+
+@router.post(
+    "/payments/notify/{provider}",
+    response_model=NotifyOut,
+    responses={200: {"content": {"text/plain": {"example": "success"}}, "description": "Alipay gets plain `success`"}},
+    summary="Provider asynchronous notification (WeChat Pay v3, Alipay, sandbox); verified by signature",
+)
+async def notify(provider: Provider, request: Request, channels: Service, response: Response) -> Any:
+    body = await request.body()
+    remote = request.client.host if request.client else None
+    result = await channels.online.notify(provider, request.headers, body, remote, datetime.now(UTC))
+    payment = result["payment"]
+    extra = {"X-Payment-Outcome": result["outcome"]}
+    if payment is not None:
+        extra["X-Payment-Id"] = str(payment["payment_id"])
+    if provider == "alipay":  # Alipay stops retrying only on this exact body
+        return PlainTextResponse("success", headers=extra)
+    # WeChat Pay and the sandbox only look at the status; the rest is for people reading the log.
+    response.headers.update(extra)
+    return result
+
+
+@router.post(
+    "/payments/sandbox/orders/{order_id}/pay",
+    response_model=NotifyOut,
+    summary="Sandbox: the provider pays an order (demo, tests)",
+)
+async def sandbox_pay(order_id: str, channels: Service) -> dict[str, Any]:
+    return await channels.online.sandbox_pay(order_id)
+
+
+@router.get(
+    "/payments/callbacks",
+    response_model=list[CallbackOut],
+    summary="Provider notifications received, newest first (audit)",
+)
+async def callbacks(
+    channels: Service,
+    outcome: Literal["accepted", "replayed", "rejected", "amount_mismatch", "ignored"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    return await channels.online.callbacks(outcome, limit)
+
+
+# --- cash -----------------------------------------------------------------------------------------
+
+
+@router.post("/cash/shifts", status_code=201, response_model=ShiftOut, summary="Open a cashier shift at a counter")
+async def open_shift(body: ShiftIn, channels: Service) -> dict[str, Any]:
+    return await channels.cash.open_shift(body.counter_id, body.cashier, body.opening_float)
+
+
+@router.get("/cash/shifts/{shift_id}", response_model=ShiftOut, summary="A shift with its receipts and totals")
+async def get_shift(shift_id: uuid.UUID, channels: Service) -> dict[str, Any]:
+    return await channels.cash.shift(shift_id)
+
+
+@router.post(
+    "/cash/shifts/{shift_id}/payments",
+    status_code=201,
+    response_model=ReceiptOut,
+    summary="Take a cash payment, issue a receipt (idempotent)",
+)
+async def cash_payment(
+    shift_id: uuid.UUID, body: CashPaymentIn, channels: Service, idempotency_key: IdempotencyKey, response: Response
+) -> dict[str, Any]:
+    receipt = await channels.cash.take_payment(shift_id, body.account_id, body.amount, idempotency_key)
+    return replayable(receipt, receipt["payment"]["replayed"], response)
+
+
+@router.post("/cash/shifts/{shift_id}/close", response_model=ShiftOut, summary="Close a shift with the counted cash")
+async def close_shift(shift_id: uuid.UUID, body: CloseShiftIn, channels: Service) -> dict[str, Any]:
+    return await channels.cash.close_shift(shift_id, body.closed_by, body.counted_cash)
+
+
+# --- bank -----------------------------------------------------------------------------------------
+
+
+@router.put("/payments/aliases/{alias}", status_code=204, summary="Register a payment reference or room code")
+async def put_alias(alias: Identifier, body: AliasIn, channels: Service) -> Response:
+    await channels.bank.put_alias(alias, body.account_id, body.kind)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/payments/bank/imports",
+    status_code=201,
+    response_model=ImportOut,
+    summary="Import a bank statement CSV (body: text/csv, UTF-8 or GB18030)",
+)
+async def import_statement(
+    request: Request,
+    channels: Service,
+    imported_by: Annotated[str, Query(min_length=1, max_length=100)],
+    filename: Annotated[str, Query(max_length=200)] = "statement.csv",
+) -> dict[str, Any]:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_STATEMENT_BYTES:
+            raise StatementInvalid(f"statement larger than {MAX_STATEMENT_BYTES} bytes", status_code=413)
+    return await channels.bank.import_statement(filename, bytes(body), imported_by)
+
+
+@router.get("/payments/reviews", response_model=list[ReviewOut], summary="The payment review queue")
+async def reviews(
+    channels: Service,
+    status: Literal["open", "assigned", "dismissed"] = "open",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    return await channels.reviews.items(status, limit)
+
+
+@router.post(
+    "/payments/reviews/{review_id}/assign", response_model=ReviewOut, summary="Credit a review item to an account"
+)
+async def assign(review_id: int, body: AssignIn, channels: Service) -> dict[str, Any]:
+    return await channels.reviews.assign(review_id, body.account_id, body.operator)
+
+
+@router.post(
+    "/payments/reviews/{review_id}/dismiss", response_model=ReviewOut, summary="Close a review item without crediting"
+)
+async def dismiss(review_id: int, body: DismissIn, channels: Service) -> dict[str, Any]:
+    return await channels.reviews.dismiss(review_id, body.operator, body.reason)
+
+
+# --- refunds --------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/payments/{payment_id}/refunds",
+    status_code=201,
+    response_model=RefundOut,
+    summary="Refund (part of) a payment (idempotent)",
+)
+async def refund(
+    payment_id: uuid.UUID, body: RefundIn, channels: Service, idempotency_key: IdempotencyKey, response: Response
+) -> dict[str, Any]:
+    result = await channels.refunds.refund(payment_id, body.amount, body.operator, body.reason, idempotency_key)
+    return replayable(result, result["replayed"], response)
+
+
+@router.get("/payments/{payment_id}/refunds", response_model=list[RefundOut], summary="Refunds of a payment")
+async def refunds_of(payment_id: uuid.UUID, channels: Service) -> list[dict[str, Any]]:
+    return await channels.refunds.of_payment(payment_id)
+
+
+@router.post(
+    "/accounts/{account_id}/settlement",
+    status_code=201,
+    response_model=SettlementOut,
+    summary="Move-out settlement: refund the remaining credit",
+)
+async def settle(
+    account_id: str, body: SettlementIn, channels: Service, idempotency_key: IdempotencyKey, response: Response
+) -> dict[str, Any]:
+    result = await channels.refunds.settle(account_id, body.operator, body.reason, idempotency_key)
+    return replayable(result, result["replayed"], response)

@@ -1,0 +1,67 @@
+"""The only place payments touch the core billing service: credit through the idempotent top-up,
+debit through the documented ledger posting (`store.post`), read refundable credit per purse, and
+re-evaluate balance levels after a debit."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shuidian_billing import store
+from shuidian_billing.billing import CHANNEL_ACCOUNTS, Billing
+from shuidian_shared.messages import Utility
+from shuidian_shared.money import split_cents
+
+ZERO = Decimal("0.00")
+
+
+async def credit(
+    billing: Billing, *, account_id: str, amount: Decimal, channel: str, reference: str | None, key: str
+) -> dict[str, Any]:
+    """Credit once per `key` (a replay returns the original payment, a different payment under the key is a 409)."""
+    return await billing.top_up(account_id, amount, channel, reference, key)
+
+
+async def purse_of_payment(conn: AsyncConnection, txn_id: uuid.UUID) -> str:
+    """The purse (household ledger account) a payment's ledger transaction credited."""
+    purse: str = (
+        await conn.execute(
+            text(
+                "SELECT ledger_account FROM billing.ledger_entries WHERE txn_id = :t AND amount > 0 "
+                "AND ledger_account LIKE 'household:%' AND ledger_account NOT LIKE :subsidy ORDER BY entry_id LIMIT 1"
+            ),
+            {"t": txn_id, "subsidy": "%:subsidy"},
+        )
+    ).scalar_one()
+    return purse
+
+
+async def refundable_credit(billing: Billing, conn: AsyncConnection, account_id: str) -> dict[str, Decimal]:
+    """Per purse, the paid credit that may go back to the tenant, in whole fen.
+
+    Subsidy is never refunded, and consumption accrued but not yet posted is owed: charges draw on
+    subsidy first, so refundable = min(paid, paid + subsidy − pending), floored to the fen.
+    """
+    figures = await billing.available(conn, [account_id])
+    result: dict[str, Decimal] = {}
+    for (account, name), purse in figures.items():
+        ledger_account = store.purse(account, None if name == "all" else Utility(name))
+        refundable, _ = split_cents(min(purse["paid"], purse["available"]))
+        result[ledger_account] = max(refundable, ZERO)
+    return result
+
+
+async def debit_refund(conn: AsyncConnection, *, purse: str, amount: Decimal, channel: str, memo: str) -> uuid.UUID:
+    """Post a refund: the purse's credit goes back out through the channel it came in on."""
+    return await store.post(
+        conn, "refund", [store.Entry(purse, -amount), store.Entry(CHANNEL_ACCOUNTS[channel], amount)], memo=memo
+    )
+
+
+async def after_debit(billing: Billing, conn: AsyncConnection, account_id: str) -> None:
+    """Emit the balance events a debit causes (low, exhausted), in the same transaction."""
+    await billing.evaluate_levels(conn, {account_id})

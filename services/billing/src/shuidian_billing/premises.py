@@ -1,0 +1,550 @@
+"""Premises and people: estates → buildings → floors → rooms, tenants, leases (move-in / move-out),
+meter ↔ room bindings (effective-dated), a whole estate from CSV, and a tenant's scope.
+
+A lease is the household: it names the prepaid account that pays for the room's meters over
+[move_in, move_out) in local dates. A meter bound to a room therefore bills whichever household
+leased the room at each instant; a move-out, move-in, meter move or replacement splits a reading
+interval between households pro rata by time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shuidian_billing.billing import Billing, BillingError
+from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
+from shuidian_kit.errors import Conflict, NotFound
+from shuidian_shared.messages import Utility
+
+CSV_COLUMNS = (
+    "building",
+    "floor",
+    "room",
+    "code",
+    "area_m2",
+    "household_size",
+    "electricity_meter",
+    "water_meter",
+    "tenant_id",
+    "tenant_name",
+    "phone",
+    "move_in",
+)
+"""Columns of the estate import, one room a line; the tenant columns are empty for a vacant room."""
+
+
+def local_midnight(day: date) -> datetime:
+    """UTC instant of the local start of `day` (Asia/Shanghai)."""
+    return datetime.combine(day, time(), tzinfo=CHINA_STANDARD_TIME).astimezone(UTC)
+
+
+class ImportRefused(BillingError):
+    """The CSV had errors; nothing was imported."""
+
+    status_code = 422
+    code = "import_refused"
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} line(s) refused; nothing was imported")
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class RoomRow:
+    line: int
+    building: str
+    floor: int
+    room: str
+    code: str
+    area_m2: Decimal
+    household_size: int
+    electricity_meter: str
+    water_meter: str
+    tenant_id: str
+    tenant_name: str
+    phone: str
+    move_in: date | None
+
+
+class Premises:
+    def __init__(self, engine: AsyncEngine, billing: Billing) -> None:
+        self._engine = engine
+        self._billing = billing
+
+    # --- the tree -------------------------------------------------------------------------------
+
+    async def put_estate(self, estate_id: str, name: str, shared_balance: bool, shared_basis: str) -> None:
+        async with self._engine.begin() as conn:
+            current = (
+                await conn.execute(
+                    text("SELECT shared_balance FROM billing.estates WHERE estate_id = :e FOR UPDATE"), {"e": estate_id}
+                )
+            ).first()
+            if current is not None and current.shared_balance != shared_balance:
+                moved = (
+                    await conn.execute(
+                        text(
+                            "SELECT 1 FROM billing.ledger_entries e JOIN billing.accounts a "
+                            "ON e.ledger_account LIKE 'household:' || a.account_id || '%' WHERE a.estate_id = :e LIMIT 1"
+                        ),
+                        {"e": estate_id},
+                    )
+                ).first()
+                if moved is not None:
+                    raise Conflict(
+                        "households of this estate already have ledger entries: the balance mode cannot change",
+                        code="balance_mode_locked",
+                    )
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.estates (estate_id, name, shared_balance, shared_basis) VALUES (:e, :n, :s, :b) "
+                    "ON CONFLICT (estate_id) DO UPDATE SET name = EXCLUDED.name, shared_balance = EXCLUDED.shared_balance, "
+                    "shared_basis = EXCLUDED.shared_basis"
+                ),
+                {"e": estate_id, "n": name, "s": shared_balance, "b": shared_basis},
+            )
+
+    async def put_building(self, building_id: str, estate_id: str, name: str) -> None:
+        async with self._engine.begin() as conn:
+            await self._require(conn, "estates", "estate_id", estate_id)
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.buildings (building_id, estate_id, name) VALUES (:b, :e, :n) "
+                    "ON CONFLICT (building_id) DO UPDATE SET name = EXCLUDED.name, estate_id = EXCLUDED.estate_id"
+                ),
+                {"b": building_id, "e": estate_id, "n": name},
+            )
+
+    async def put_floor(self, floor_id: str, building_id: str, level: int) -> None:
+        async with self._engine.begin() as conn:
+            await self._require(conn, "buildings", "building_id", building_id)
+            await self._unique(
+                conn,
+                "INSERT INTO billing.floors (floor_id, building_id, level) VALUES (:f, :b, :l) "
+                "ON CONFLICT (floor_id) DO UPDATE SET building_id = EXCLUDED.building_id, level = EXCLUDED.level",
+                {"f": floor_id, "b": building_id, "l": level},
+                "the building already has a floor at that level",
+            )
+
+    async def put_room(self, room_id: str, floor_id: str, code: str, area_m2: Decimal, household_size: int) -> None:
+        async with self._engine.begin() as conn:
+            await self._require(conn, "floors", "floor_id", floor_id)
+            await self._unique(
+                conn,
+                "INSERT INTO billing.rooms (room_id, floor_id, code, area_m2, household_size) VALUES (:r, :f, :c, :a, :h) "
+                "ON CONFLICT (room_id) DO UPDATE SET floor_id = EXCLUDED.floor_id, code = EXCLUDED.code, "
+                "area_m2 = EXCLUDED.area_m2, household_size = EXCLUDED.household_size",
+                {"r": room_id, "f": floor_id, "c": code, "a": area_m2, "h": household_size},
+                f"room code {code} is already used by another room",
+            )
+
+    async def put_tenant(self, tenant_id: str, name: str, phone: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.tenants (tenant_id, name, phone) VALUES (:t, :n, :p) "
+                    "ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name, phone = EXCLUDED.phone"
+                ),
+                {"t": tenant_id, "n": name, "p": phone},
+            )
+
+    async def room(self, room_id: str) -> dict[str, Any]:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT r.*, f.building_id, b.estate_id FROM billing.rooms r JOIN billing.floors f USING (floor_id) "
+                        "JOIN billing.buildings b USING (building_id) WHERE r.room_id = :r"
+                    ),
+                    {"r": room_id},
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no room {room_id}")
+            leases = await conn.execute(
+                text("SELECT * FROM billing.leases WHERE room_id = :r ORDER BY move_in"), {"r": room_id}
+            )
+            meters = await conn.execute(
+                text(
+                    "SELECT meter_id, utility, valid_from, valid_to FROM billing.meter_bindings WHERE room_id = :r "
+                    "ORDER BY meter_id, valid_from"
+                ),
+                {"r": room_id},
+            )
+            return {
+                **row._asdict(),
+                "leases": [_lease_out(lease._asdict()) for lease in leases],
+                "meters": [m._asdict() for m in meters],
+            }
+
+    # --- leases and meters ----------------------------------------------------------------------
+
+    async def start_lease(
+        self,
+        lease_id: str,
+        tenant_id: str,
+        room_id: str,
+        move_in: date,
+        account_id: str | None,
+        conn: AsyncConnection | None = None,
+    ) -> dict[str, Any]:
+        """Move a household in: the lease and (unless named) its own prepaid account."""
+        if conn is None:
+            async with self._engine.begin() as own:
+                return await self.start_lease(lease_id, tenant_id, room_id, move_in, account_id, own)
+        await self._require(conn, "tenants", "tenant_id", tenant_id)
+        room = (
+            await conn.execute(
+                text(
+                    "SELECT r.room_id, r.code, b.estate_id FROM billing.rooms r JOIN billing.floors f USING (floor_id) "
+                    "JOIN billing.buildings b USING (building_id) WHERE r.room_id = :r FOR UPDATE OF r"
+                ),
+                {"r": room_id},
+            )
+        ).first()
+        if room is None:
+            raise NotFound(f"no room {room_id}")
+        existing = (
+            await conn.execute(text("SELECT * FROM billing.leases WHERE lease_id = :l"), {"l": lease_id})
+        ).first()
+        account_id = account_id or lease_id
+        if existing is not None:
+            if (existing.tenant_id, existing.room_id, existing.move_in, existing.account_id) != (
+                tenant_id,
+                room_id,
+                move_in,
+                account_id,
+            ):
+                raise Conflict(f"lease {lease_id} exists with different terms", code="lease_exists")
+            return _lease_out(existing._asdict())
+        overlap = (
+            await conn.execute(
+                text(
+                    "SELECT lease_id FROM billing.leases WHERE room_id = :r AND (move_out IS NULL OR move_out > :d) LIMIT 1"
+                ),
+                {"r": room_id, "d": move_in},
+            )
+        ).first()
+        if overlap is not None:
+            raise Conflict(
+                f"room {room_id} is still leased under {overlap.lease_id} on {move_in}: move that household out first",
+                code="lease_overlap",
+            )
+        tenant = (
+            await conn.execute(text("SELECT name FROM billing.tenants WHERE tenant_id = :t"), {"t": tenant_id})
+        ).one()
+        if (
+            await conn.execute(text("SELECT 1 FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
+        ).first() is None:
+            await self._billing.put_account(
+                account_id,
+                f"{room.code} {tenant.name}",
+                Decimal("20.00"),
+                Decimal("5.00"),
+                Decimal("0.00"),
+                room.estate_id,
+                conn,
+            )
+        row = {
+            "lease_id": lease_id,
+            "tenant_id": tenant_id,
+            "room_id": room_id,
+            "account_id": account_id,
+            "move_in": move_in,
+            "starts_at": local_midnight(move_in),
+        }
+        await conn.execute(
+            text(
+                "INSERT INTO billing.leases (lease_id, tenant_id, room_id, account_id, move_in, starts_at) "
+                "VALUES (:lease_id, :tenant_id, :room_id, :account_id, :move_in, :starts_at)"
+            ),
+            row,
+        )
+        return _lease_out({**row, "move_out": None, "ends_at": None})
+
+    async def end_lease(self, lease_id: str, move_out: date) -> dict[str, Any]:
+        """Move a household out: the room's meters stop billing its account from local midnight of `move_out`."""
+        async with self._engine.begin() as conn:
+            lease = (
+                await conn.execute(text("SELECT * FROM billing.leases WHERE lease_id = :l FOR UPDATE"), {"l": lease_id})
+            ).first()
+            if lease is None:
+                raise NotFound(f"no lease {lease_id}")
+            if lease.move_out is not None:
+                if lease.move_out == move_out:
+                    return _lease_out(lease._asdict())
+                raise Conflict(f"lease {lease_id} already ended on {lease.move_out}", code="lease_ended")
+            if move_out <= lease.move_in:
+                raise BillingError("move-out must be after move-in", code="invalid_lease", status_code=422)
+            await conn.execute(
+                text("UPDATE billing.leases SET move_out = :d, ends_at = :e WHERE lease_id = :l"),
+                {"d": move_out, "e": local_midnight(move_out), "l": lease_id},
+            )
+            updated = (
+                await conn.execute(text("SELECT * FROM billing.leases WHERE lease_id = :l"), {"l": lease_id})
+            ).one()
+            return _lease_out(updated._asdict())
+
+    async def bind_room_meter(
+        self,
+        room_id: str,
+        meter_id: str,
+        utility: Utility,
+        effective_from: datetime | None,
+        conn: AsyncConnection | None = None,
+    ) -> None:
+        """Install a meter in a room from `effective_from` on (it moves from wherever it was)."""
+        if conn is None:
+            async with self._engine.begin() as own:
+                await self.bind_room_meter(room_id, meter_id, utility, effective_from, own)
+                return
+        await self._require(conn, "rooms", "room_id", room_id)
+        await self._billing.rebind(conn, meter_id, utility, effective_from, room_id=room_id)
+
+    async def bind_common_meter(
+        self, estate_id: str, meter_id: str, utility: Utility, effective_from: datetime | None
+    ) -> None:
+        """A common meter (stairwell lights, lifts, pumps): its cost is shared (公摊) by the estate's households."""
+        async with self._engine.begin() as conn:
+            await self._require(conn, "estates", "estate_id", estate_id)
+            await self._billing.rebind(conn, meter_id, utility, effective_from, estate_id=estate_id)
+
+    # --- scope ----------------------------------------------------------------------------------
+
+    async def tenant_scope(self, tenant_id: str) -> dict[str, Any]:
+        """The accounts, rooms and meters of a tenant's currently active leases."""
+        async with self._engine.connect() as conn:
+            await self._require(conn, "tenants", "tenant_id", tenant_id)
+            leases = (
+                await conn.execute(
+                    text(
+                        "SELECT lease_id, room_id, account_id FROM billing.leases WHERE tenant_id = :t "
+                        "AND starts_at <= now() AND (ends_at IS NULL OR ends_at > now())"
+                    ),
+                    {"t": tenant_id},
+                )
+            ).all()
+            rooms = sorted({lease.room_id for lease in leases})
+            accounts = sorted({lease.account_id for lease in leases})
+            meters = (
+                await conn.execute(
+                    text(
+                        "SELECT DISTINCT meter_id FROM billing.meter_bindings WHERE "
+                        "(room_id = ANY(:r) OR account_id = ANY(:a)) "
+                        "AND (valid_from IS NULL OR valid_from <= now()) AND (valid_to IS NULL OR valid_to > now()) "
+                        "ORDER BY meter_id"
+                    ),
+                    {"r": rooms, "a": accounts},
+                )
+            ).scalars()
+            return {"tenant_id": tenant_id, "accounts": accounts, "rooms": rooms, "meters": list(meters)}
+
+    # --- CSV import -----------------------------------------------------------------------------
+
+    async def import_estate(self, estate_id: str, body: str) -> dict[str, int]:
+        """Import a whole estate's rooms, meters and tenants: everything or nothing, every bad line reported."""
+        rows, errors = parse_estate_csv(body)
+        async with self._engine.begin() as conn:
+            await self._require(conn, "estates", "estate_id", estate_id)
+            errors += await self._conflicts(conn, rows)
+            if errors:
+                raise ImportRefused(sorted(errors, key=lambda e: e["line"]))
+            counts = {"buildings": 0, "floors": 0, "rooms": 0, "meters": 0, "leases": 0}
+            for building in sorted({r.building for r in rows}):
+                counts["buildings"] += 1
+                await conn.execute(
+                    text(
+                        "INSERT INTO billing.buildings (building_id, estate_id, name) VALUES (:b, :e, :n) "
+                        "ON CONFLICT (building_id) DO NOTHING"
+                    ),
+                    {"b": f"{estate_id}.{building}", "e": estate_id, "n": building},
+                )
+            for building, floor in sorted({(r.building, r.floor) for r in rows}):
+                counts["floors"] += 1
+                await conn.execute(
+                    text(
+                        "INSERT INTO billing.floors (floor_id, building_id, level) VALUES (:f, :b, :l) "
+                        "ON CONFLICT (floor_id) DO NOTHING"
+                    ),
+                    {"f": f"{estate_id}.{building}.{floor}", "b": f"{estate_id}.{building}", "l": floor},
+                )
+            for r in rows:
+                room_id = f"{estate_id}.{r.building}.{r.room}"
+                counts["rooms"] += 1
+                await conn.execute(
+                    text(
+                        "INSERT INTO billing.rooms (room_id, floor_id, code, area_m2, household_size) "
+                        "VALUES (:r, :f, :c, :a, :h) ON CONFLICT (room_id) DO UPDATE SET code = EXCLUDED.code, "
+                        "area_m2 = EXCLUDED.area_m2, household_size = EXCLUDED.household_size"
+                    ),
+                    {
+                        "r": room_id,
+                        "f": f"{estate_id}.{r.building}.{r.floor}",
+                        "c": r.code,
+                        "a": r.area_m2,
+                        "h": r.household_size,
+                    },
+                )
+                for meter, utility in ((r.electricity_meter, Utility.ELECTRICITY), (r.water_meter, Utility.WATER)):
+                    if meter:
+                        counts["meters"] += 1
+                        await self._billing.rebind(conn, meter, utility, None, room_id=room_id)
+                if r.tenant_id and r.move_in is not None:
+                    counts["leases"] += 1
+                    await conn.execute(
+                        text(
+                            "INSERT INTO billing.tenants (tenant_id, name, phone) VALUES (:t, :n, :p) "
+                            "ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name, phone = EXCLUDED.phone"
+                        ),
+                        {"t": r.tenant_id, "n": r.tenant_name, "p": r.phone},
+                    )
+                    await self.start_lease(f"{room_id}.{r.move_in:%Y%m%d}", r.tenant_id, room_id, r.move_in, None, conn)
+            return counts
+
+    @staticmethod
+    async def _conflicts(conn: AsyncConnection, rows: list[RoomRow]) -> list[dict[str, Any]]:
+        """Lines that clash with what is already stored (a room code or meter used elsewhere)."""
+        errors: list[dict[str, Any]] = []
+        codes = {
+            row.code: row.room_id
+            for row in await conn.execute(
+                text("SELECT code, room_id FROM billing.rooms WHERE code = ANY(:c)"), {"c": [r.code for r in rows]}
+            )
+        }
+        for r in rows:
+            owner = codes.get(r.code)
+            if owner is not None and not owner.endswith(f".{r.building}.{r.room}"):
+                errors.append(
+                    {"line": r.line, "column": "code", "error": f"room code {r.code} belongs to room {owner}"}
+                )
+        return errors
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _require(conn: AsyncConnection, table: str, column: str, value: str) -> None:
+        found = await conn.execute(text(f"SELECT 1 FROM billing.{table} WHERE {column} = :v"), {"v": value})
+        if found.first() is None:
+            raise NotFound(f"no {table.removesuffix('s')} {value}")
+
+    @staticmethod
+    async def _unique(conn: AsyncConnection, sql: str, params: dict[str, Any], message: str) -> None:
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            async with conn.begin_nested():
+                await conn.execute(text(sql), params)
+        except IntegrityError as err:
+            raise Conflict(message, code="duplicate") from err
+
+
+def parse_estate_csv(body: str) -> tuple[list[RoomRow], list[dict[str, Any]]]:
+    """Parse and validate every line; return the rows and every error with its line number."""
+    errors: list[dict[str, Any]] = []
+    reader = csv.DictReader(io.StringIO(body.lstrip("\ufeff")))
+    header = tuple(reader.fieldnames or ())
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        return [], [{"line": 1, "column": ",".join(missing), "error": "missing column(s)"}]
+    rows: list[RoomRow] = []
+    seen_rooms: dict[tuple[str, str], int] = {}
+    seen_codes: dict[str, int] = {}
+    seen_meters: dict[str, int] = {}
+    for raw in reader:
+        line = reader.line_num
+        problems: list[tuple[str, str]] = []
+        cell = {k: (raw.get(k) or "").strip() for k in CSV_COLUMNS}
+
+        def need(column: str, cell: dict[str, str] = cell, problems: list[tuple[str, str]] = problems) -> str:
+            if not cell[column]:
+                problems.append((column, "required"))
+            return cell[column]
+
+        building, room, code = need("building"), need("room"), need("code")
+        floor = _int(cell["floor"], "floor", problems, minimum=-5)
+        area = _decimal(cell["area_m2"], "area_m2", problems)
+        household = _int(cell["household_size"] or "1", "household_size", problems, minimum=1)
+        move_in: date | None = None
+        if cell["tenant_id"]:
+            need("tenant_name")
+            try:
+                move_in = date.fromisoformat(need("move_in"))
+            except ValueError:
+                problems.append(("move_in", "not a date (YYYY-MM-DD)"))
+        for column in ("building", "room", "code", "electricity_meter", "water_meter", "tenant_id"):
+            value = cell[column]
+            if value and (len(value) > 64 or not value.replace("-", "").replace("_", "").replace(".", "").isalnum()):
+                problems.append((column, "letters, digits, '-', '_' or '.' only (≤ 64)"))
+        if (building, room) in seen_rooms:
+            problems.append(("room", f"room repeated (line {seen_rooms[(building, room)]})"))
+        if code in seen_codes:
+            problems.append(("code", f"room code repeated (line {seen_codes[code]})"))
+        for column in ("electricity_meter", "water_meter"):
+            meter = cell[column]
+            if meter and meter in seen_meters:
+                problems.append((column, f"meter {meter} already on line {seen_meters[meter]}"))
+            if meter:
+                seen_meters.setdefault(meter, line)
+        seen_rooms.setdefault((building, room), line)
+        seen_codes.setdefault(code, line)
+        if problems:
+            errors += [{"line": line, "column": c, "error": e} for c, e in problems]
+            continue
+        assert floor is not None
+        assert area is not None
+        assert household is not None
+        rows.append(
+            RoomRow(
+                line,
+                building,
+                floor,
+                room,
+                code,
+                area,
+                household,
+                cell["electricity_meter"],
+                cell["water_meter"],
+                cell["tenant_id"],
+                cell["tenant_name"],
+                cell["phone"],
+                move_in,
+            )
+        )
+    if not rows and not errors:
+        errors.append({"line": 1, "column": "", "error": "no rooms in the file"})
+    return rows, errors
+
+
+def _int(value: str, column: str, problems: list[tuple[str, str]], *, minimum: int) -> int | None:
+    try:
+        number = int(value)
+    except ValueError:
+        problems.append((column, "not a whole number"))
+        return None
+    if number < minimum:
+        problems.append((column, f"must be ≥ {minimum}"))
+    return number
+
+
+def _decimal(value: str, column: str, problems: list[tuple[str, str]]) -> Decimal | None:
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        problems.append((column, "not a number"))
+        return None
+    if not number.is_finite() or number <= 0 or number != number.quantize(Decimal("0.01")):
+        problems.append((column, "must be positive with at most two decimals"))
+    return number
+
+
+def _lease_out(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("lease_id", "tenant_id", "room_id", "account_id", "move_in", "move_out")
+    return {k: row.get(k) for k in keys}

@@ -1,0 +1,223 @@
+"""Tariff versions as stored and sent over REST (JSON components), turned into the pure domain's
+`TariffVersion`s, and the `Pricer` the reading path uses to price an interval.
+
+A component is one of:
+  {"kind": "flat", "unit_price": "0.60"}
+  {"kind": "tou", "rates": [{"label": "峰", "unit_price": "0.80", "register_name": "energy_tariff_2"}, …],
+   "segments": [{"start": "08:00", "rate": "峰"}, …]}                       (≤ 14 daily segments)
+  {"kind": "tiered", "period": "month" | "year", "base_household_size": 3,
+   "blocks": [{"label": "一档", "width": "180", "unit_price": "0.56", "extra_width_per_person": "30"}, …,
+              {"label": "三档", "width": null, "unit_price": "0.86"}]}
+  {"kind": "fixed", "amount_per_month": "5.00"}                           (posted by the monthly run)
+Components add up (e.g. a water tier price plus a flat sewage fee); each has a unique `name`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from decimal import Context, Decimal, Inexact
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from shuidian_billing.domain import tariffs
+from shuidian_billing.domain.periods import CHINA_STANDARD_TIME, CalendarPeriod, period_end, period_start
+from shuidian_shared.messages import Utility
+from shuidian_shared.money import Money, Quantity
+
+# Quantity × price must stay exact, as in the domain: any silent rounding would be an error.
+_EXACT = Context(prec=60, traps=[Inexact])
+
+Price = Annotated[Quantity, Field(description="CNY per kWh or m³, up to six decimals")]
+
+
+class _Component(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FlatIn(_Component):
+    kind: Literal["flat"] = "flat"
+    name: str = Field(default="flat", min_length=1, max_length=40)
+    unit_price: Price
+
+
+class TouRateIn(_Component):
+    label: str = Field(min_length=1, max_length=20)
+    unit_price: Price
+    register_name: str | None = Field(
+        default=None, max_length=64, description="the meter's own cumulative register for this rate, if it has one"
+    )
+
+
+class TouSegmentIn(_Component):
+    start: time
+    rate: str
+
+
+class TouIn(_Component):
+    kind: Literal["tou"] = "tou"
+    name: str = Field(default="tou", min_length=1, max_length=40)
+    rates: tuple[TouRateIn, ...] = Field(min_length=1)
+    segments: tuple[TouSegmentIn, ...] = Field(min_length=1, max_length=tariffs.MAX_TOU_SEGMENTS)
+
+
+class TierBlockIn(_Component):
+    label: str = Field(min_length=1, max_length=20)
+    width: Quantity | None
+    unit_price: Price
+    extra_width_per_person: Quantity = Decimal(0)
+
+
+class TieredIn(_Component):
+    kind: Literal["tiered"] = "tiered"
+    name: str = Field(default="tiered", min_length=1, max_length=40)
+    period: CalendarPeriod = CalendarPeriod.MONTH
+    base_household_size: int | None = Field(default=None, ge=1)
+    blocks: tuple[TierBlockIn, ...] = Field(min_length=1)
+
+
+class FixedIn(_Component):
+    kind: Literal["fixed"] = "fixed"
+    name: str = Field(default="service_fee", min_length=1, max_length=40)
+    amount_per_month: Money
+
+
+ComponentIn = Annotated[FlatIn | TouIn | TieredIn | FixedIn, Field(discriminator="kind")]
+COMPONENTS = TypeAdapter(tuple[ComponentIn, ...])
+
+
+def to_domain(
+    tariff_id: int, utility: Utility, effective_from: datetime, components: Sequence[ComponentIn]
+) -> tariffs.TariffVersion:
+    """The pure domain version (raises BillingDomainError when the components are inconsistent)."""
+    out: list[tariffs.Component] = []
+    for c in components:
+        match c:
+            case FlatIn():
+                out.append(tariffs.FlatPrice(c.unit_price, c.name))
+            case TouIn():
+                out.append(
+                    tariffs.TimeOfUse(
+                        tuple(tariffs.TouRate(r.label, r.unit_price) for r in c.rates),
+                        tuple(tariffs.TouSegment(s.start, s.rate) for s in c.segments),
+                        c.name,
+                    )
+                )
+            case TieredIn():
+                out.append(
+                    tariffs.Tiered(
+                        c.period,
+                        tuple(
+                            tariffs.TierBlock(b.label, b.width, b.unit_price, b.extra_width_per_person)
+                            for b in c.blocks
+                        ),
+                        c.base_household_size,
+                        c.name,
+                    )
+                )
+            case FixedIn():
+                out.append(tariffs.FixedCharge(c.amount_per_month, c.name))
+    return tariffs.TariffVersion(str(tariff_id), utility, effective_from, tuple(out))
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """A tariff version as loaded from the database, with its domain form."""
+
+    tariff_id: int
+    components: tuple[ComponentIn, ...]
+    domain: tariffs.TariffVersion
+
+    @property
+    def tier_period(self) -> CalendarPeriod | None:
+        return next((c.period for c in self.components if isinstance(c, TieredIn)), None)
+
+    @property
+    def tier_name(self) -> str | None:
+        return next((c.name for c in self.components if isinstance(c, TieredIn)), None)
+
+    @property
+    def rate_registers(self) -> dict[str, str]:
+        """Rate label by register name, when every rate of the time-of-use component has a register."""
+        tou = next((c for c in self.components if isinstance(c, TouIn)), None)
+        if tou is None or any(r.register_name is None for r in tou.rates):
+            return {}
+        return {str(r.register_name): r.label for r in tou.rates}
+
+    @property
+    def flat_only(self) -> tuple[tariffs.FlatPrice, ...] | None:
+        parts = self.domain.components
+        usage = [c for c in parts if not isinstance(c, tariffs.FixedCharge)]
+        if all(isinstance(c, tariffs.FlatPrice) for c in usage):
+            return tuple(c for c in usage if isinstance(c, tariffs.FlatPrice))
+        return None
+
+
+class Pricer:
+    """Prices intervals of one utility against its versions; a fast path for flat single-piece intervals.
+
+    The fast path gives exactly what `tariffs.price_interval` gives for an interval that lies in one
+    version and one local month under flat prices only; everything else goes to the domain.
+    """
+
+    def __init__(self, utility: Utility, versions: Sequence[StoredVersion]) -> None:
+        self.utility = utility
+        self.versions = sorted(versions, key=lambda v: v.domain.effective_from)
+        self._froms = [v.domain.effective_from for v in self.versions]
+        self._domain = [v.domain for v in self.versions]
+        self._flat = [v.flat_only for v in self.versions]
+        self._month = (datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC))
+
+    def _same_month(self, start: datetime, end: datetime) -> bool:
+        # Most intervals fall in the month of the one before: remember its bounds.
+        low, high = self._month
+        if not low <= start < high:
+            low = period_start(CalendarPeriod.MONTH, start, CHINA_STANDARD_TIME)
+            high = period_end(CalendarPeriod.MONTH, start, CHINA_STANDARD_TIME)
+            self._month = (low, high)
+        return end < high
+
+    def version_at(self, at: datetime) -> StoredVersion | None:
+        index = bisect.bisect_right(self._froms, at) - 1
+        return self.versions[index] if index >= 0 else None
+
+    def price(
+        self,
+        quantity: Decimal,
+        start: datetime,
+        end: datetime,
+        usage_before: Decimal,
+        household_size: int,
+        segment_quantities: Mapping[str, Decimal] | None,
+    ) -> tariffs.PricedConsumption:
+        first = bisect.bisect_right(self._froms, start) - 1
+        last = bisect.bisect_right(self._froms, end) - 1
+        if first >= 0 and first == last and segment_quantities is None:
+            flats = self._flat[first]
+            if flats is not None and (start == end or self._same_month(start, end)):
+                lines = tuple(
+                    tariffs.ChargeLine(
+                        f.name, f.name, quantity, f.unit_price, _EXACT.multiply(quantity, f.unit_price), start, end
+                    )
+                    for f in flats
+                    if quantity
+                )
+                return tariffs.PricedConsumption(self.utility, quantity, start, end, lines, usage_before + quantity)
+        return tariffs.price_interval(
+            self._domain,
+            self.utility,
+            quantity,
+            start,
+            end,
+            usage_before,
+            household_size,
+            segment_quantities=segment_quantities,
+        )
+
+
+def tier_key(period: CalendarPeriod, at: datetime) -> tuple[str, datetime]:
+    """The (period kind, UTC start of the local period) tier usage is counted under."""
+    return period.value, period_start(period, at, CHINA_STANDARD_TIME)

@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from shuidian_devstack.seed import AccountSeed, BusSeed, MeterSeed
+from shuidian_devstack.seed import AccountSeed, BusSeed, MeterSeed, PremisesSeed, RoomSeed
 from shuidian_simulator.demo import demo_estate
 from shuidian_simulator.estate import Estate
 
@@ -67,3 +67,24 @@ class DemoEstate:
         return [
             AccountSeed(room, f"房间 {room}", OPENING_CREDITS[i % len(OPENING_CREDITS)]) for i, room in enumerate(rooms)
         ]
+
+    def premises(self) -> PremisesSeed:
+        """One demo estate; room codes are <building letter><floor><two-digit room>, e.g. A101."""
+        rooms = sorted({room_of(m.id) for g in self.estate.gateways for b in g.buses for m in b.meters})
+        return PremisesSeed(
+            estate_id="demo",
+            name="示范公租房小区 · Demo estate",
+            rooms=tuple(
+                RoomSeed(
+                    code=room,
+                    building=room[0],
+                    floor=int(room[1:-2]),
+                    area_m2=Decimal(45 + 5 * (i % 4)),
+                    household_size=1 + i % 4,
+                    tenant_id=f"tenant-{room}",
+                    tenant_name=f"租户 {room}",
+                    phone=f"1380000{i:04d}",
+                )
+                for i, room in enumerate(rooms)
+            ),
+        )

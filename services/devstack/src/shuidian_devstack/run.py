@@ -153,7 +153,7 @@ async def start(stack: Stack) -> dict[str, str]:
     from shuidian_devstack.seed import seed
 
     async with httpx.AsyncClient(timeout=10.0) as client:
-        await seed(client, urls, estate.buses(endpoints), estate.accounts())
+        await seed(client, urls, estate.buses(endpoints), estate.accounts(), premises=estate.premises())
     return urls
 
 

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from shuidian_alarm import detectors as d
 from shuidian_alarm.baselines import Calendar
+from shuidian_alarm.engine import StateStore, decode_states
 from shuidian_alarm.rules import Clear, Decision, Raise
+from shuidian_alarm.usage import SLOT, HourlyState, accumulate
 from shuidian_shared.messages import (
     AlarmSeverity,
     BalanceEvent,
@@ -884,6 +886,29 @@ def test_state_json_round_trips_with_decimal_strings(name: str) -> None:
     json.loads(d.to_json(state), parse_float=lambda raw: pytest.fail(f"a float in persisted state: {raw}"))
 
 
+def test_a_sources_stored_states_read_back_equal_as_they_change() -> None:
+    # The service's row: every slot at once, encoded small and partly reused from the previous write.
+    store = StateStore()
+    rules = [(s.rule.slot, s.rule) for s in d.default_rules() if d.source_of(s.rule, reading(T0)) is not None]
+    held: dict[str, d.RuleState] = {
+        name: state for name, (rule, steps) in _scenarios().items() if (state := run(rule, steps)[0])
+    }
+    hourly: HourlyState | None = None
+    samples = v("240", 8) + regs(3, ReadingFlag.TAMPER, voltage_a="230") + regs(70, voltage_a="231")
+    for i, (now, observation) in enumerate(per_minute(samples)):
+        assert isinstance(observation, Reading)
+        counter = reading(now, balance_money="5.20", energy_active_import_total=f"{100 + i}")
+        for slot, rule in rules:
+            for fed in (observation, counter):
+                held[slot], _ = d.evaluate(rule, held.get(slot), fed, now)
+        hourly, _ = accumulate(hourly, counter)
+        states = {**held, SLOT: hourly}
+        raw = store.encode(METER, states)
+        assert decode_states(raw) == states
+    json.loads(raw, parse_float=lambda raw: pytest.fail(f"a float in persisted state: {raw}"))
+    assert held[d.Measure.OVER_VOLTAGE.value] != d.DebounceState(), "the stretch must have moved the states"
+
+
 def test_every_default_rule_round_trips_as_json() -> None:
     for scoped in d.default_rules():
         assert d.rule_from_json(d.rule_to_json(scoped.rule)) == scoped.rule
@@ -977,3 +1002,75 @@ def test_only_rules_on_retained_states_need_ticks() -> None:
 def test_decisions_are_the_lead_rules_types() -> None:
     _, outcome = run(LEAKAGE, per_minute(regs(1, residual_current="45") + regs(6, residual_current="0")))
     assert [type(x) for _, x in outcome] == [Raise, Clear]
+
+
+# --- skipping: rules a reading cannot move are not evaluated at all ------------------------------------------
+
+PARTIAL = ReadingFlag.PARTIAL
+
+
+@pytest.mark.parametrize(
+    ("rule", "registers", "flags", "skipped"),
+    [
+        (VOLTAGE, {"energy_active_import_total", "balance_money"}, set(), True),
+        (VOLTAGE, {"voltage_b"}, set(), False),
+        (REVERSE, set(), set(), False),  # a meter that can flag reverse power and did not: a healthy answer
+        (DRIFT, {"energy_active_import_total"}, set(), False),
+        (LEAKAGE, {"voltage_a"}, set(), True),
+        (LEAKAGE, {"leakage_alarm"}, set(), False),
+        (TAMPER, set(), set(), False),
+        (TAMPER, set(), {PARTIAL}, True),
+        (TAMPER, set(), {ReadingFlag.TAMPER, PARTIAL}, False),
+        (LEAK, {"energy_active_import_total"}, set(), True),
+        (LEAK, {"water_volume_total"}, set(), False),
+        (BALANCE, {"voltage_a"}, set(), True),
+        (BALANCE, {"balance_money"}, set(), False),
+        (SUPPLY, set(), set(), False),  # any reading also lets a relay mismatch mature
+        (SPIKE, set(), set(), False),  # not fed by readings at all: never claimed
+    ],
+)
+def test_which_rules_a_reading_skips(rule: d.Rule, registers: set[str], flags: set[ReadingFlag], skipped: bool) -> None:
+    assert d.skips(rule, registers, flags) is skipped
+
+
+READING_RULES = [s.rule for s in d.default_rules() if d.source_of(s.rule, reading(T0)) is not None]
+REGISTER_NAMES = sorted(
+    {*d.VOLTAGES, *d.CURRENTS, d.POWER_ACTIVE, d.POWER_FACTOR, d.WATER_VOLUME, d.METER_BALANCE}
+    | {d.RESIDUAL_CURRENT, d.LEAKAGE_ALARM, d.CLOCK_OFFSET, "energy_active_import_total"}
+)
+HOSTILE_READINGS = st.lists(
+    st.tuples(
+        st.integers(-10, 90),  # minutes from T0: out of order, duplicated, with gaps
+        st.dictionaries(
+            st.sampled_from(REGISTER_NAMES), st.decimals(min_value=-500, max_value=500, places=3), max_size=4
+        ),
+        st.sets(st.sampled_from(list(ReadingFlag)), max_size=2),
+        st.sampled_from([None, *RelayState]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=HOSTILE_READINGS)
+def test_a_skipped_rule_could_not_have_moved(
+    steps: list[tuple[int, dict[str, Decimal], set[ReadingFlag], RelayState | None]],
+) -> None:
+    now = T0 + 100 * MINUTE
+    for rule in READING_RULES:
+        state: d.RuleState | None = None
+        for minute, registers, flags, relay in steps:
+            observation = Reading.create(
+                METER,
+                Utility.ELECTRICITY,
+                T0 + minute * MINUTE,
+                registers=registers,
+                flags=frozenset(flags),
+                relay=relay,
+            )
+            new, made = d.evaluate(rule, state, observation, now)
+            if d.skips(rule, observation.registers, observation.flags):
+                assert made == []
+                assert new == (state if state is not None else type(new)())
+            state = new

@@ -19,12 +19,12 @@ open alarm (no clear from silence either). Water flow has its own, documented on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum, StrEnum
-from functools import cache
+from functools import cache, lru_cache
 from types import MappingProxyType
 from typing import Annotated, Final, Literal, TypeVar
 from zoneinfo import ZoneInfo
@@ -220,16 +220,23 @@ def _debounce(
     # `start` is when evidence covering a period (an hour of consumption) began; `at` when it ended.
     if evidence is _Evidence.NONE:
         return state
-    since = state.since
-    if state.last_at is not None and max_gap is not None and at - state.last_at > max_gap:
-        since = None
     toward = _Evidence.RELEASE if state.active else _Evidence.TRIGGER
     if evidence is not toward:
-        return DebounceState(active=state.active, since=None, last_at=at)
+        return _settled(state.active, at)
+    since = state.since
+    if since is not None and max_gap is not None and state.last_at is not None and at - state.last_at > max_gap:
+        since = None
     since = (start or at) if since is None else since
     if at - since >= (clear_after if state.active else raise_after):
         return DebounceState(active=not state.active, since=None, last_at=at)
     return DebounceState(active=state.active, since=since, last_at=at)
+
+
+@lru_cache(maxsize=8)
+def _settled(active: bool, at: datetime) -> DebounceState:
+    # Nothing pending: the state of most rules after most readings. States are immutable values, so every
+    # rule a reading left settled shares one (the service then builds and encodes it once per reading).
+    return DebounceState(active=active, since=None, last_at=at)
 
 
 def _fresh(last: datetime | None, at: datetime, now: datetime) -> bool:
@@ -401,31 +408,35 @@ def _on_reading_value(
 ) -> tuple[DebounceState, list[Decision]]:
     if not _fresh(state.last_at, reading.sampled_at, now):
         return state, []
-    meter = reading.meter_id
+    value: Decimal | None = None
     if isinstance(rule, ThresholdRule):
         evidence, value = _threshold_evidence(rule, reading)
-        gauge = _GAUGES[rule.measure]
-
-        def raised() -> Raise:
-            shown = "—" if value is None else f"{value}"
-            return Raise(
-                meter,
-                rule.slot,
-                rule.severity,
-                f"{gauge.name_zh}：{shown} {gauge.unit}（限值 {rule.limit} {gauge.unit}）",
-                f"{gauge.name_en}: {shown} {gauge.unit} (limit {rule.limit} {gauge.unit})",
-                {"value": shown, "limit": f"{rule.limit}", "unit": gauge.unit, "at": _iso(reading.sampled_at)},
-            )
-
     else:
         evidence = _flag_evidence(rule.flag, reading)
-        zh, en = _FLAG_TEXT.get(rule.flag, (rule.flag.value, rule.flag.value))
-
-        def raised() -> Raise:
-            return Raise(meter, rule.slot, rule.severity, zh, en, {"at": _iso(reading.sampled_at)})
-
     new = _debounce(state, reading.sampled_at, evidence, rule.raise_after, rule.clear_after, rule.max_gap)
-    return new, _edge(state.active, new.active, raised, meter, rule.slot)
+    # Runs for nearly every rule on every reading: the alarm's texts are built only on an edge.
+    if new.active is state.active:
+        return new, []
+    if not new.active:
+        return new, [Clear(reading.meter_id, rule.slot)]
+    return new, [_reading_raise(rule, reading, value)]
+
+
+def _reading_raise(rule: ThresholdRule | FlagRule, reading: Reading, value: Decimal | None) -> Raise:
+    at = {"at": _iso(reading.sampled_at)}
+    if isinstance(rule, FlagRule):
+        zh, en = _FLAG_TEXT.get(rule.flag, (rule.flag.value, rule.flag.value))
+        return Raise(reading.meter_id, rule.slot, rule.severity, zh, en, at)
+    gauge = _GAUGES[rule.measure]
+    shown = "—" if value is None else f"{value}"
+    return Raise(
+        reading.meter_id,
+        rule.slot,
+        rule.severity,
+        f"{gauge.name_zh}：{shown} {gauge.unit}（限值 {rule.limit} {gauge.unit}）",
+        f"{gauge.name_en}: {shown} {gauge.unit} (limit {rule.limit} {gauge.unit})",
+        {"value": shown, "limit": f"{rule.limit}", "unit": gauge.unit, **at},
+    )
 
 
 # --- usage spike against the meter's own baseline ------------------------------------------------------------
@@ -900,7 +911,8 @@ def _on_supply(
         # A mismatch starts when the later of the two sides changed; a repeated target does not restart it.
         later = max(t for t in (new.desired_at, new.reported_at) if t is not None)
         since = later if new.mismatch_since is None else new.mismatch_since
-    new = replace(new, mismatch_since=since)
+    if since != new.mismatch_since:
+        new = replace(new, mismatch_since=since)
     meter = new.meter_id
     if meter is None:
         return new, []
@@ -1153,6 +1165,28 @@ def source_of(rule: Rule, observation: Observation) -> str | None:
     if isinstance(observation, GatewayStatus | Tick) or not isinstance(observation, feeds):
         return None
     return observation.meter_id
+
+
+def skips(rule: Rule, registers: Collection[str], flags: Collection[ReadingFlag]) -> bool:
+    """Whether a reading with these registers and flags, whatever their values, leaves the rule's state as it
+    is and decides nothing, so the service need not evaluate the rule on it at all. False when unsure."""
+    match rule:
+        case ThresholdRule():
+            gauge = _GAUGES[rule.measure]
+            # A flag the meter can raise is evidence even when absent (see _threshold_evidence).
+            return (
+                gauge.flag is None
+                and (gauge.flag_register is None or gauge.flag_register not in registers)
+                and not any(name in registers for name in gauge.registers)
+            )
+        case FlagRule():
+            return rule.flag not in flags and ReadingFlag.PARTIAL in flags
+        case WaterLeakRule():
+            return WATER_VOLUME not in registers
+        case BalanceMismatchRule():
+            return METER_BALANCE not in registers
+        case _:
+            return False
 
 
 def needs_ticks(rule: Rule) -> bool:

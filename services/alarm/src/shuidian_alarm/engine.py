@@ -11,6 +11,7 @@ unacknowledged alarms.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Any
 
 from prometheus_client import Counter, Histogram
 from pydantic import Field, TypeAdapter, ValidationError
+from pydantic_core import SchemaSerializer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -60,6 +62,8 @@ EVALUATED = Counter("alarm_readings_evaluated_total", "readings run through the 
 STALE = Counter("alarm_balance_events_stale_total", "balance events older than one already seen")
 BATCH_SECONDS = Histogram("alarm_batch_seconds", "time to evaluate one reading batch")
 
+_MAX_APPLICABLE = 500_000  # cached rule lists: (target, observation type[, register names and flags])
+
 SlotState = RuleState | usage.HourlyState
 States = dict[str, SlotState]
 
@@ -86,6 +90,35 @@ _SUPPLY = {
 @cache
 def _adapter() -> TypeAdapter[States]:
     return TypeAdapter(dict[str, Annotated[SlotState, Field(discriminator="kind")]])
+
+
+_ENCODERS: dict[type[Any], tuple[SchemaSerializer, str]] = {}
+
+
+def decode_states(raw: str | bytes) -> States:
+    """A source's states back from `StateStore.encode`; raises pydantic's ValidationError on anything else."""
+    return _adapter().validate_json(raw)
+
+
+def _encode_state(state: SlotState) -> str:
+    """One state as JSON that `decode_states` reads back to an equal state, written small: every meter's row is
+    rewritten with each reading, and PostgreSQL's cost per row follows its size.
+
+    Fields at their defaults are left out (the reader fills them in again), except `kind`, which tells the
+    reader the class. The class's own serializer is called directly: no union to dispatch on and none of
+    `TypeAdapter.dump_json`'s per-call options, which would double the cost on the hot path.
+    """
+    encoder = _ENCODERS.get(type(state))
+    if encoder is None:
+        encoder = _ENCODERS[type(state)] = (TypeAdapter(type(state)).serializer, f'{{"kind":"{state.kind}"')
+    serializer, kind = encoder
+    fields = serializer.to_json(state, exclude_defaults=True)
+    return kind + "}" if fields == b"{}" else kind + "," + fields[1:].decode()
+
+
+@cache
+def _json_key(slot: str) -> str:
+    return json.dumps(slot) + ":"
 
 
 def pending(states: Iterable[SlotState]) -> bool:
@@ -130,10 +163,15 @@ class _Saved:
 
 
 class StateStore:
-    """Rule states per source in PostgreSQL, with a per-instance cache validated by row version."""
+    """Rule states per source in PostgreSQL, with a per-instance cache validated by row version.
+
+    Every changed source's row is written whole, but a slot's JSON is encoded once per state object: states
+    are immutable, so a slot whose state object is the one encoded last time reuses that text.
+    """
 
     def __init__(self, max_cached: int = 200_000) -> None:
         self._cache: dict[str, tuple[int, States]] = {}
+        self._encoded: dict[str, dict[str, tuple[SlotState, str]]] = {}
         self._max = max_cached
 
     async def load(self, conn: AsyncConnection, sources: list[str]) -> tuple[dict[str, States], dict[str, int]]:
@@ -159,7 +197,7 @@ class StateStore:
             )
             for row in rows:
                 try:
-                    parsed = _adapter().validate_json(row.raw)
+                    parsed = decode_states(row.raw)
                 except ValidationError:
                     log.error("rule state of %s no longer parses; starting it afresh", row.source_id)
                     parsed = {}
@@ -171,7 +209,6 @@ class StateStore:
         if not changed:
             return []
         ids = sorted(changed)
-        adapter = _adapter()
         saved_ids, saved_versions = (
             await conn.execute(
                 text(
@@ -183,7 +220,7 @@ class StateStore:
                 ),
                 {
                     "s": ids,
-                    "j": [adapter.dump_json(changed[s]).decode() for s in ids],
+                    "j": [self.encode(s, changed[s]) for s in ids],
                     "p": [pending(changed[s].values()) for s in ids],
                 },
             )
@@ -197,6 +234,24 @@ class StateStore:
     def forget(self, sources: Iterable[str]) -> None:
         for source in sources:
             self._cache.pop(source, None)
+            self._encoded.pop(source, None)
+
+    def encode(self, source: str, states: States) -> str:
+        """A source's states as one JSON object, as `decode_states` reads them."""
+        before = self._encoded.get(source, {})
+        after: dict[str, tuple[SlotState, str]] = {}
+        shared: dict[int, tuple[SlotState, str]] = {}  # one state object may fill several slots
+        for slot, state in states.items():
+            known = before.get(slot)
+            if known is None or known[0] is not state:
+                known = shared.get(id(state))
+                if known is None:
+                    known = shared[id(state)] = (state, _encode_state(state))
+            after[slot] = known
+        if len(self._encoded) >= self._max and source not in self._encoded:
+            self._encoded.clear()
+        self._encoded[source] = after
+        return "{" + ",".join(_json_key(slot) + encoded for slot, (_, encoded) in after.items()) + "}"
 
     def _remember(self, source: str, version: int, states: States) -> None:
         if len(self._cache) >= self._max and source not in self._cache:
@@ -259,7 +314,7 @@ class Evaluator:
         self._tick_interval = tick_interval
         self.store = StateStore()
         self._targets = TargetCache(targets_ttl)
-        self._applicable: dict[tuple[ScopeTarget, type], list[tuple[str, Rule]]] = {}
+        self._applicable: dict[tuple[object, ...], list[tuple[str, Rule]]] = {}
         self._derives: dict[ScopeTarget, Derive] = {}
         self._book_version: object = None
 
@@ -443,16 +498,23 @@ class Evaluator:
         return changed
 
     def _rules(self, scope: ScopeTarget, observation: Observation) -> list[tuple[str, Rule]]:
-        """The rules whose state `observation` feeds, cached per target and observation type."""
+        """The rules whose state `observation` feeds, cached per target and observation type; for a reading
+        also per register names and flags, leaving out the rules such a reading cannot move (`skips`)."""
         if self._book_version is not self._book.version:
             self._applicable, self._derives, self._book_version = {}, {}, self._book.version
-        key = (scope, type(observation))
+        reading = observation if isinstance(observation, Reading) else None
+        key: tuple[object, ...] = (
+            (scope, type(observation)) if reading is None else (scope, Reading, tuple(reading.registers), reading.flags)
+        )
         found = self._applicable.get(key)
         if found is None:
+            if len(self._applicable) >= _MAX_APPLICABLE:
+                self._applicable.clear()  # bounded; a miss only costs resolving again
             found = self._applicable[key] = [
                 (slot, rule)
                 for slot, rule in self._book.rules_for(scope).items()
                 if detectors.source_of(rule, observation) is not None
+                and not (reading is not None and detectors.skips(rule, reading.registers, reading.flags))
             ]
         return found
 

@@ -8,7 +8,7 @@ A register that goes backwards (meter replaced, rollover) starts afresh.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final, Literal
@@ -62,7 +62,10 @@ def accumulate(
         return HourlyState(last_value=value, last_at=at, hour_start=hour, complete=at == hour), []
     delta = value - before
     if hour == state.hour_start:
-        return replace(state, last_value=value, last_at=at, quantity=state.quantity + delta), []
+        quantity = state.quantity + delta
+        return HourlyState(
+            last_value=value, last_at=at, hour_start=hour, quantity=quantity, complete=state.complete
+        ), []
     # Crossed into a later hour: split the delta at each boundary in proportion to time. Shares are rounded
     # and the last hour takes the remainder, so the hours always add up to the register's rise exactly.
     done: list[HourlyConsumption] = []

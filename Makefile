@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PACKAGES := shared services/kit services/collector services/billing services/control services/alarm \
-            services/api-gateway services/simulator services/devstack
+            services/api-gateway services/simulator services/devstack services/sdk
 STAMP  := $(VENV)/.installed
 
 .PHONY: install run test test-unit check lint typecheck fmt bench lock clean up down

@@ -95,4 +95,9 @@ async def test_writes_are_audited(gateway: str, database_url: str) -> None:
             ).one()
     finally:
         await engine.dispose()
-    assert (row.principal, row.method, row.status, row.idempotency_key) == ("staff", "POST", 503, "audit-key-1")
+    assert (row.principal, row.method, row.status, row.idempotency_key) == (
+        "bootstrap:staff-key",
+        "POST",
+        503,
+        "audit-key-1",
+    )

@@ -1,55 +1,33 @@
-"""Public REST API (v1) composed from the internal services. Staff routes need the staff bearer key;
-tenant identity, roles and API keys for integrators come with the identity subsystem."""
+"""The first staff API (`/api/v1`, kept for the dev stack and existing clients): balances, top-ups,
+meters and alarms. New clients use `/v1` (routes_staff.py), which adds paging, ETags and estate
+scoping. Any principal allowed the route's action may call it; the bootstrap staff key may call all."""
 
 from __future__ import annotations
 
-import hmac
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Header
+from pydantic import BaseModel, Field
 
-from shuidian_gateway.settings import GatewaySettings
-from shuidian_gateway.upstream import UpstreamError, Upstreams
-from shuidian_kit.errors import ServiceError
+from shuidian_gateway.auth import require
+from shuidian_gateway.conventions import ERRORS, ObjectId
+from shuidian_gateway.errors import Forbidden
+from shuidian_gateway.policy import Action, Principal
+from shuidian_gateway.routes_staff import TopUpIn
+from shuidian_gateway.upstream import UpstreamError, UpstreamsDep
 from shuidian_shared.money import Money
 
-bearer = HTTPBearer(auto_error=False, description="Staff API key")
+
+def _all_estates(principal: Principal) -> Principal:
+    # These routes predate estate scoping: only principals that see every estate may use them.
+    if not principal.all_estates:
+        raise Forbidden("use the /v1 API, which is scoped to your estates")
+    return principal
 
 
-class Unauthorised(ServiceError):
-    status_code = 401
-    code = "unauthorised"
-
-
-def _upstreams(request: Request) -> Upstreams:
-    upstreams: Upstreams = request.app.state.upstreams
-    return upstreams
-
-
-def require_staff(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> str:
-    settings: GatewaySettings = request.app.state.settings
-    expected = settings.staff_api_key.get_secret_value().encode()
-    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
-        raise Unauthorised("a valid staff API key is required (Authorization: Bearer <key>)")
-    request.state.principal = "staff"
-    return "staff"
-
-
-Service = Annotated[Upstreams, Depends(_upstreams)]
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_staff)])
-
-
-class TopUpIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"amount": "50.00", "channel": "cash"}]})
-
-    amount: Money = Field(description="CNY, decimal string, > 0")
-    channel: str = Field(default="cash", pattern="^(cash|bank|wechat|alipay|sandbox)$")
-    reference: str | None = Field(default=None, max_length=100, description="receipt or provider transaction id")
+Service = UpstreamsDep
+router = APIRouter(prefix="/api/v1", responses=ERRORS, deprecated=True)
 
 
 class AccountOut(BaseModel):
@@ -71,7 +49,10 @@ class PaymentOut(BaseModel):
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut, tags=["accounts"], summary="余额 · Balance")
-async def account(account_id: str, upstreams: Service) -> Any:
+async def account(
+    account_id: ObjectId, upstreams: Service, principal: Annotated[Principal, Depends(require(Action.ACCOUNTS_READ))]
+) -> Any:
+    _all_estates(principal)
     return await upstreams.call("billing", "GET", f"/v1/accounts/{account_id}")
 
 
@@ -83,11 +64,13 @@ async def account(account_id: str, upstreams: Service) -> Any:
     summary="充值 · Top up (idempotent)",
 )
 async def top_up(
-    account_id: str,
+    account_id: ObjectId,
     body: TopUpIn,
     upstreams: Service,
     idempotency_key: Annotated[str, Header(min_length=8, max_length=100)],
+    principal: Annotated[Principal, Depends(require(Action.TOPUPS_CREATE))],
 ) -> Any:
+    _all_estates(principal)
     return await upstreams.call(
         "billing",
         "POST",
@@ -98,7 +81,10 @@ async def top_up(
 
 
 @router.get("/meters/{meter_id}", tags=["meters"], summary="表计状态 · Meter relay shadow and device state")
-async def meter(meter_id: str, upstreams: Service) -> dict[str, Any]:
+async def meter(
+    meter_id: ObjectId, upstreams: Service, principal: Annotated[Principal, Depends(require(Action.DEVICES_READ))]
+) -> dict[str, Any]:
+    _all_estates(principal)
     device = await upstreams.call("collector", "GET", f"/v1/meters/{meter_id}/state")
     try:
         shadow = await upstreams.call("control", "GET", f"/v1/meters/{meter_id}/shadow")
@@ -110,13 +96,21 @@ async def meter(meter_id: str, upstreams: Service) -> dict[str, Any]:
 
 
 @router.get("/meters/{meter_id}/commands", tags=["meters"], summary="命令记录 · Commands for a meter")
-async def meter_commands(meter_id: str, upstreams: Service) -> Any:
+async def meter_commands(
+    meter_id: ObjectId, upstreams: Service, principal: Annotated[Principal, Depends(require(Action.COMMANDS_READ))]
+) -> Any:
+    _all_estates(principal)
     return await upstreams.call("control", "GET", "/v1/commands", params={"meter_id": meter_id})
 
 
 @router.get("/alarms", tags=["alarms"], summary="告警 · Alarms")
 async def alarms(
-    upstreams: Service, source_id: str | None = None, alarm_type: str | None = None, state: str | None = None
+    upstreams: Service,
+    principal: Annotated[Principal, Depends(require(Action.ALARMS_READ))],
+    source_id: str | None = None,
+    alarm_type: str | None = None,
+    state: str | None = None,
 ) -> Any:
+    _all_estates(principal)
     params = {k: v for k, v in {"source_id": source_id, "alarm_type": alarm_type, "state": state}.items() if v}
     return await upstreams.call("alarm", "GET", "/v1/alarms", params=params)

@@ -2,22 +2,99 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
+from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shuidian_gateway.api import router
+from shuidian_gateway import api, live, routes_identity, routes_me, routes_staff, webhooks
+from shuidian_gateway.asyncapi import document
+from shuidian_gateway.auth import LoginRateLimiter, TenantScopes
+from shuidian_gateway.conventions import IdempotencyStore
+from shuidian_gateway.errors import GatewayError
+from shuidian_gateway.identity import Identity
+from shuidian_gateway.policy import Principal
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamError, Upstreams
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
+from shuidian_shared import topics
+from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, DeviceState
 
 SERVICE = "gateway"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+AUDITED = ("/api/", "/v1/")
+VERSION = "1.0.0"
+DESCRIPTION = """
+水电预付费平台开放接口 · The public API of the Shuidian prepaid metering platform.
+
+* **Sign in**: `POST /v1/auth/token` (OAuth2 password grant) gives a 15-minute access token and a
+  one-time refresh token; send `Authorization: Bearer <access token>`. Integrators send an API key
+  (`sk_…`) the same way; its scopes are the actions it may perform.
+* **Tenants** use `/v1/me/…` (their rooms, meters, balance, usage, bills, top-ups, alarms) and the
+  WebSocket `/v1/me/live`. **Staff and integrators** use the other `/v1` routes; each names the
+  action it needs (`x-required-action`).
+* **Errors** are RFC 9457 problem documents (`application/problem+json`) with a stable `code`.
+* **Lists** take `limit` and `cursor` (and `sort`, filters) and return `{items, next_cursor}`.
+* **Money and command POSTs** need an `Idempotency-Key`: a replay returns the original response,
+  the same key with a different request is a 409. Mutable resources carry an `ETag`; send it as
+  `If-Match` to update safely (412 if it changed).
+* MQTT topics and payloads: the AsyncAPI document at `/asyncapi.json`.
+"""
+
+
+class AuditWrites:
+    """Every write is audited: who, what, when, from where, and how it ended (reads pass straight through)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in WRITE_METHODS or not scope["path"].startswith(AUDITED):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            await self._record(scope, status)
+
+    async def _record(self, scope: Scope, status: int) -> None:
+        state = scope.get("state", {})
+        principal: Principal | None = state.get("principal")
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        client = scope.get("client")
+        runtime: Runtime = scope["app"].state.runtime
+        async with runtime.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO gateway.audit_log (principal, role, method, path, status, client_address, "
+                    "idempotency_key, user_agent) VALUES (:p, :r, :m, :u, :s, :c, :k, :a)"
+                ),
+                {
+                    "p": principal.name if principal else state.get("principal_name", "anonymous"),
+                    "r": principal.role.value if principal else None,
+                    "m": scope["method"],
+                    "u": scope["path"],
+                    "s": status,
+                    "c": client[0] if client else None,
+                    "k": headers.get("idempotency-key"),
+                    "a": headers.get("user-agent", "")[:300],
+                },
+            )
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -26,13 +103,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrations = str(files("shuidian_gateway") / "migrations")
+        limits = httpx.Limits(
+            max_connections=settings.upstream_connections, max_keepalive_connections=settings.upstream_connections
+        )
         async with (
             Runtime.open(settings, service=SERVICE, schema="gateway", migrations=migrations) as runtime,
-            httpx.AsyncClient(timeout=settings.upstream_timeout_seconds) as client,
+            httpx.AsyncClient(timeout=settings.upstream_timeout_seconds, limits=limits) as client,
+            httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as webhook_client,
         ):
-            app.state.runtime = runtime
-            app.state.settings = settings
-            app.state.upstreams = Upstreams(
+            upstreams = Upstreams(
                 client,
                 {
                     "collector": settings.collector_url,
@@ -41,13 +120,36 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     "alarm": settings.alarm_url,
                 },
             )
+            hub = live.LiveHub()
+            hooks = webhooks.Webhooks(runtime.engine, webhook_client)
+            app.state.runtime = runtime
+            app.state.settings = settings
+            app.state.upstreams = upstreams
+            app.state.identity = Identity(runtime.engine, settings)
+            app.state.idempotency = IdempotencyStore(runtime.engine)
+            app.state.scopes = TenantScopes(upstreams, settings.scope_cache_seconds)
+            app.state.login_limiter = LoginRateLimiter(settings.login_attempts_per_minute)
+            app.state.live = hub
+            app.state.webhooks = hooks
+
+            async def fan_out(message: Any, topic: str) -> None:
+                if not isinstance(message, CommandResult):
+                    await hub.on_message(message, topic)
+                await hooks.on_message(message, topic)
+
+            runtime.mqtt.subscribe(topics.ALL_METER_STATES, DeviceState, fan_out)
+            runtime.mqtt.subscribe(topics.ALL_BALANCES, BalanceEvent, fan_out)
+            runtime.mqtt.subscribe(topics.ALL_ALARMS, AlarmEvent, fan_out)
+            runtime.mqtt.subscribe(topics.ALL_COMMAND_RESULTS, CommandResult, fan_out)
+            runtime.supervisor.add("webhooks", hooks.run)
             async with runtime.running():
                 yield
 
     app = FastAPI(
         title="Shuidian API",
         summary="水电预付费平台开放接口 · Public API of the Shuidian prepaid metering platform",
-        version="0.1.0",
+        description=DESCRIPTION,
+        version=VERSION,
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -58,30 +160,32 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return JSONResponse(exc.body, status_code=exc.status_code, media_type="application/problem+json")
         return problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
 
-    app.add_exception_handler(UpstreamError, on_upstream)
-
-    @app.middleware("http")
-    async def audit_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        if request.method in WRITE_METHODS and request.url.path.startswith("/api/"):
-            runtime: Runtime = request.app.state.runtime
-            async with runtime.engine.begin() as conn:
-                await conn.execute(
-                    text(
-                        "INSERT INTO gateway.audit_log (principal, method, path, status, client_address, idempotency_key) "
-                        "VALUES (:p, :m, :u, :s, :c, :k)"
-                    ),
-                    {
-                        "p": getattr(request.state, "principal", "anonymous"),
-                        "m": request.method,
-                        "u": request.url.path,
-                        "s": response.status_code,
-                        "c": request.client.host if request.client else None,
-                        "k": request.headers.get("idempotency-key"),
-                    },
-                )
+    async def on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GatewayError)
+        response = problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
+        response.headers.update(exc.headers or {})
         return response
 
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, code.replace("_", " "), str(exc.detail), code)
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(UpstreamError, on_upstream)
+    app.add_exception_handler(GatewayError, on_gateway_error)
+
+    app.add_middleware(AuditWrites)
+
+    @app.get("/asyncapi.json", tags=["operations"], summary="AsyncAPI document of every MQTT topic")
+    async def asyncapi() -> dict[str, Any]:
+        return document(VERSION)
+
     app.include_router(ops_router())
-    app.include_router(router)
+    app.include_router(routes_identity.router)
+    app.include_router(routes_me.router)
+    app.include_router(live.router)
+    app.include_router(webhooks.router)
+    app.include_router(routes_staff.build_router())
+    app.include_router(api.router)
     return app

@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+import secrets
+from typing import Any, Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shuidian_shared.settings import ServiceSettings
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-do-not-use-in-production"
+MIN_JWT_SECRET_BYTES = 32
 
 
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
     http_port: int = 8000
+    # The bootstrap system-admin API key: the first administrator creates users and API keys with it.
     staff_api_key: SecretStr = SecretStr("dev-staff-key")
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_issuer: str = "shuidian"
+    access_token_seconds: int = Field(default=900, ge=30, le=3600)
+    refresh_token_seconds: int = Field(default=14 * 24 * 3600, ge=300)
+    login_max_failures: int = Field(default=5, ge=1, description="consecutive failures before a user is locked out")
+    login_lockout_seconds: int = Field(default=900, ge=1)
+    login_attempts_per_minute: int = Field(default=20, ge=1, description="per client address")
+    scope_cache_seconds: float = Field(default=5.0, ge=0)
+    webhook_timeout_seconds: float = 5.0
     collector_url: str = "http://127.0.0.1:8001"
     billing_url: str = "http://127.0.0.1:8002"
     control_url: str = "http://127.0.0.1:8003"
     alarm_url: str = "http://127.0.0.1:8004"
     upstream_timeout_seconds: float = 10.0
+    # httpcore scans its whole pool for every request: a small pool of busy keep-alive connections is faster.
+    upstream_connections: int = Field(default=16, ge=1)
 
     def secret_fields(self) -> dict[str, SecretStr]:
-        return {"staff_api_key": self.staff_api_key}
+        return {"staff_api_key": self.staff_api_key, "jwt_secret": self.jwt_secret}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ephemeral_test_secret(cls, data: Any) -> Any:
+        # A test run that configures no secret gets a random one per process, never the known dev value.
+        if isinstance(data, dict) and data.get("environment") == "test" and not data.get("jwt_secret"):
+            return {**data, "jwt_secret": SecretStr(secrets.token_urlsafe(48))}
+        return data
+
+    @model_validator(mode="after")
+    def _strong_jwt_secret(self) -> Self:
+        secret = self.jwt_secret.get_secret_value()
+        if self.environment != "dev" and (secret == DEV_JWT_SECRET or len(secret.encode()) < MIN_JWT_SECRET_BYTES):
+            raise ValueError(f"GATEWAY_JWT_SECRET must be a random secret of at least {MIN_JWT_SECRET_BYTES} bytes")
+        return self

@@ -1,0 +1,165 @@
+"""Who is calling: the request's principal from a bearer credential, and the checks routes declare.
+
+A bearer credential is one of: the bootstrap staff key (a system administrator, for first set-up
+and the dev stack), an integrator API key (`sk_<prefix>_<secret>`), or a JWT access token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request, WebSocket
+from fastapi.security import OAuth2PasswordBearer
+
+from shuidian_gateway import security
+from shuidian_gateway.errors import Forbidden, TooManyRequests, Unauthorised
+from shuidian_gateway.identity import Identity
+from shuidian_gateway.policy import Action, Principal, Role
+from shuidian_gateway.settings import GatewaySettings
+from shuidian_gateway.upstream import UpstreamError, Upstreams
+
+bearer = OAuth2PasswordBearer(
+    tokenUrl="/v1/auth/token",
+    auto_error=False,
+    scheme_name="oauth2",
+    description="`Authorization: Bearer <token>`: an access token from `POST /v1/auth/token`, or an integrator "
+    "API key (`sk_…`) sent the same way.",
+)
+BOOTSTRAP = Principal("bootstrap", "staff-key", Role.SYSTEM_ADMIN, frozenset({"*"}))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def principal_from_token(request: Request | WebSocket, token: str) -> Principal:
+    settings: GatewaySettings = request.app.state.settings
+    if hmac.compare_digest(token.encode(), settings.staff_api_key.get_secret_value().encode()):
+        return BOOTSTRAP
+    if security.api_key_prefix(token) is not None:
+        identity: Identity = request.app.state.identity
+        principal = await identity.api_key_principal(token)
+        if principal is None:
+            raise Unauthorised("the API key is unknown or revoked")
+        return principal
+    try:
+        claims = security.decode_access_token(
+            settings.jwt_secret.get_secret_value(), settings.jwt_issuer, token, now=utcnow()
+        )
+        role = Role(claims.role)
+    except (security.InvalidToken, ValueError) as err:
+        raise Unauthorised(f"invalid access token: {err}") from err
+    return Principal("user", claims.user_id, role, frozenset(claims.estates), claims.tenant_id)
+
+
+async def authenticated(request: Request, token: Annotated[str | None, Depends(bearer)]) -> Principal:
+    if not token:
+        raise Unauthorised("sign in first: Authorization: Bearer <access token or API key>")
+    principal = await principal_from_token(request, token)
+    request.state.principal = principal
+    return principal
+
+
+def require(action: Action) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting staff and integrators allowed `action`; tenants are always refused here."""
+
+    async def check(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+        if principal.role is Role.TENANT:
+            raise Forbidden("tenant accounts use the /v1/me API / 租户请使用 /v1/me 接口")
+        if not principal.may(action):
+            raise Forbidden(f"your role or key does not allow {action.value} / 无权执行此操作")
+        return principal
+
+    check.__name__ = f"require_{action.name.lower()}"
+    return check
+
+
+async def tenant(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    if principal.role is not Role.TENANT or principal.tenant_id is None:
+        raise Forbidden("the /v1/me API is for tenant accounts / 仅限租户账号")
+    return principal
+
+
+Tenant = Annotated[Principal, Depends(tenant)]
+Authenticated = Annotated[Principal, Depends(authenticated)]
+
+
+class LoginRateLimiter:
+    """At most `limit` login attempts per client address in a sliding minute (per gateway process)."""
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self._limit = limit
+        self._window = window
+        self._attempts: dict[str, deque[float]] = {}
+
+    def check(self, address: str) -> None:
+        now = time.monotonic()
+        attempts = self._attempts.setdefault(address, deque())
+        while attempts and attempts[0] <= now - self._window:
+            attempts.popleft()
+        if len(attempts) >= self._limit:
+            retry = int(attempts[0] + self._window - now) + 1
+            raise TooManyRequests("too many login attempts; slow down / 登录尝试过于频繁", retry_after=retry)
+        attempts.append(now)
+        if len(self._attempts) > 100_000:  # forget idle addresses rather than grow without bound
+            self._attempts = {a: q for a, q in self._attempts.items() if q and q[-1] > now - self._window}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a tenant may see: the accounts, rooms and meters of their active leases."""
+
+    tenant_id: str
+    accounts: frozenset[str]
+    rooms: frozenset[str]
+    meters: frozenset[str]
+
+    def owns(self, kind: str, object_id: str) -> bool:
+        return object_id in {"account": self.accounts, "room": self.rooms, "meter": self.meters}[kind]
+
+
+def _ids(items: object, key: str) -> frozenset[str]:
+    if not isinstance(items, list):
+        return frozenset()
+    return frozenset(
+        str(i[key]) if isinstance(i, dict) else str(i)
+        for i in items
+        if isinstance(i, (str, dict)) and (not isinstance(i, dict) or key in i)
+    )
+
+
+class TenantScopes:
+    """Tenant scope from billing's `GET /v1/tenants/{tenant_id}/scope`, cached for a few seconds."""
+
+    def __init__(self, upstreams: Upstreams, ttl: float) -> None:
+        self._upstreams = upstreams
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Scope]] = {}
+
+    async def of(self, tenant_id: str) -> Scope:
+        now = time.monotonic()
+        hit = self._cache.get(tenant_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            body = await self._upstreams.call("billing", "GET", f"/v1/tenants/{tenant_id}/scope")
+        except UpstreamError as err:
+            if err.status_code != 404:
+                raise
+            body = {}  # a tenant billing does not know has no leases: they see nothing
+        scope = Scope(
+            tenant_id,
+            _ids(body.get("accounts"), "account_id"),
+            _ids(body.get("rooms"), "room_id"),
+            _ids(body.get("meters"), "meter_id"),
+        )
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[tenant_id] = (now + self._ttl, scope)
+        return scope

@@ -1,0 +1,247 @@
+"""API conventions shared by every route: problem documents, pagination (limit/cursor), sorting,
+ETags with If-Match, and stored Idempotency-Key responses for money and command POSTs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import Header, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, WithJsonSchema
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shuidian_gateway.errors import GatewayError, IdempotencyConflict, PreconditionFailed
+from shuidian_gateway.policy import Principal
+from shuidian_gateway.upstream import UpstreamError
+from shuidian_shared.money import Money
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the one error format of the API."""
+
+    type: str = Field(examples=["https://shuidian.dev/problems/not_found"])
+    title: str = Field(examples=["not found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["no such account"])
+    code: str = Field(examples=["not_found"], description="stable machine-readable error code")
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "model": Problem, "content": {"application/problem+json": {}}}
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _problem("bad request"),
+    401: _problem("missing, invalid or expired credentials"),
+    403: _problem("the role or API key scope does not allow this"),
+    404: _problem("no such object, or not yours"),
+    409: _problem("conflict (e.g. an Idempotency-Key reused with another request)"),
+    412: _problem("If-Match does not match the current ETag"),
+    422: _problem("the request did not validate"),
+    501: _problem("the backend does not offer this yet"),
+    502: _problem("a backend failed"),
+    503: _problem("a backend is unavailable"),
+}
+
+Limit = Annotated[int, Query(ge=1, le=200, description="page size")]
+CURSOR_PATTERN = r"^c[0-9]{1,7}$"
+Cursor = Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="`next_cursor` of the previous page")]
+Sort = Annotated[
+    str | None,
+    Query(max_length=64, pattern=r"^-?[a-z_]{1,60}$", description="field to sort by; prefix `-` for descending"),
+]
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        min_length=8,
+        max_length=100,
+        description="client-chosen unique key; a replay returns the original response, a different request with the same key is a 409",
+    ),
+]
+# Free text the gateway stores or forwards: anything but NUL, which PostgreSQL text cannot hold.
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+ObjectId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+IfMatch = Annotated[str | None, Header(max_length=200, description="the ETag you read; 412 if it changed since")]
+
+
+# Money arrives as a decimal string; the shared Money type also parses numbers only to refuse floats,
+# so the documented schema is the string form alone.
+AMOUNT_PATTERN = r"^(0\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,4}(\.[0-9]{1,2})?)$"
+Amount = Annotated[
+    Money,
+    Field(gt=0, le=Decimal("99999.99")),
+    WithJsonSchema({"type": "string", "pattern": AMOUNT_PATTERN, "examples": ["50.00"]}),
+]
+
+
+class Page(BaseModel):
+    items: list[Any]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+def decode_cursor(cursor: str | None) -> int:
+    """Cursors are opaque to clients; today they carry the offset of the next page."""
+    if not cursor:
+        return 0
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise GatewayError("the cursor is not one this API issued", code="bad_cursor")
+    return int(cursor[1:])
+
+
+def encode_cursor(offset: int) -> str:
+    return f"c{offset}"
+
+
+def _sort_key(field: str) -> Callable[[Any], tuple[int, str]]:
+    def key(item: Any) -> tuple[int, str]:
+        value = item.get(field) if isinstance(item, dict) else None
+        return (0, "") if value is None else (1, value if isinstance(value, str) else json.dumps(value, default=str))
+
+    return key
+
+
+def page(items: Sequence[Any], offset: int, limit: int, sort: str | None = None) -> dict[str, Any]:
+    """One page of `items` (all rows from `offset` on, one more than `limit` if there is a next page)."""
+    rows = list(items)
+    if sort:
+        rows.sort(key=_sort_key(sort.lstrip("-")), reverse=sort.startswith("-"))
+    return {
+        "items": rows[:limit],
+        "next_cursor": encode_cursor(offset + limit) if len(rows) > limit else None,
+    }
+
+
+def page_of_all(items: Sequence[Any], limit: int, cursor: str | None, sort: str | None) -> dict[str, Any]:
+    """Sort a complete list, then cut the page the cursor names."""
+    offset = decode_cursor(cursor)
+    rows = list(items)
+    if sort:
+        rows.sort(key=_sort_key(sort.lstrip("-")), reverse=sort.startswith("-"))
+    return page(rows[offset : offset + limit + 1], offset, limit)
+
+
+def etag_of(body: Any) -> str:
+    encoded = json.dumps(jsonable_encoder(body), sort_keys=True, separators=(",", ":")).encode()
+    return f'W/"{hashlib.sha256(encoded).hexdigest()[:32]}"'
+
+
+def version_etag(version: int) -> str:
+    return f'W/"v{version}"'
+
+
+def version_of(if_match: str | None) -> int | None:
+    """The version an If-Match of `version_etag` names; 412 for anything else."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    raw = if_match.strip().removeprefix("W/").strip('"')
+    if not raw.startswith("v") or not raw[1:].isdigit():
+        raise PreconditionFailed("If-Match does not name a version of this resource")
+    return int(raw[1:])
+
+
+def check_etag(if_match: str | None, current: Any) -> None:
+    if if_match is not None and if_match.strip() != "*" and if_match.strip() != etag_of(current):
+        raise PreconditionFailed("the resource changed since you read it; fetch it again / 数据已变更，请刷新")
+
+
+def with_etag(response: Response, body: Any) -> Any:
+    response.headers["ETag"] = etag_of(body)
+    return body
+
+
+def upstream_key(principal: Principal, key: str) -> str:
+    """The Idempotency-Key (or command id) sent to a backend: backends de-duplicate across all callers,
+    so the client's key is namespaced by who sent it."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{principal.name}/{key}"))
+
+
+class IdempotencyStore:
+    """Responses of money and command POSTs stored per (principal, Idempotency-Key)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def run(
+        self,
+        principal: Principal,
+        key: str,
+        request: Request,
+        body: Any,
+        call: Callable[[], Awaitable[tuple[int, Any]]],
+    ) -> JSONResponse:
+        request_hash = hashlib.sha256(
+            json.dumps([request.method, request.url.path, jsonable_encoder(body)], sort_keys=True).encode()
+        ).hexdigest()
+        params = {"p": principal.name, "k": key, "h": request_hash}
+        async with self._engine.begin() as conn:
+            claimed = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO gateway.idempotency (principal, key, request_hash) VALUES (:p, :k, :h) "
+                        "ON CONFLICT DO NOTHING RETURNING 1"
+                    ),
+                    params,
+                )
+            ).first()
+            if claimed is None:
+                stored = (
+                    await conn.execute(
+                        text(
+                            "SELECT request_hash, status, body FROM gateway.idempotency WHERE principal = :p AND key = :k"
+                        ),
+                        params,
+                    )
+                ).one()
+        if claimed is None:
+            if stored.request_hash != request_hash:
+                raise IdempotencyConflict(
+                    "this Idempotency-Key was used for a different request / 幂等键已用于其他请求"
+                )
+            if stored.status is None:
+                raise IdempotencyConflict("a request with this Idempotency-Key is still being processed; retry shortly")
+            return JSONResponse(
+                json.loads(stored.body),
+                status_code=stored.status,
+                headers={"Idempotent-Replayed": "true"},
+                media_type="application/problem+json" if stored.status >= 400 else None,
+            )
+        try:
+            status, result = await call()
+        except (UpstreamError, GatewayError) as err:
+            if err.status_code >= 500:
+                await self._forget(params)
+                raise
+            status, result = err.status_code, None
+            payload = getattr(err, "body", None) or {
+                "type": f"https://shuidian.dev/problems/{err.code}",
+                "title": err.code.replace("_", " "),
+                "status": err.status_code,
+                "detail": err.detail,
+                "code": err.code,
+            }
+            await self._store(params, status, payload)
+            raise
+        except BaseException:
+            await self._forget(params)
+            raise
+        await self._store(params, status, result)
+        return JSONResponse(jsonable_encoder(result), status_code=status)
+
+    async def _store(self, params: dict[str, Any], status: int, body: Any) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE gateway.idempotency SET status = :s, body = :b WHERE principal = :p AND key = :k"),
+                {**params, "s": status, "b": json.dumps(jsonable_encoder(body)).encode()},
+            )
+
+    async def _forget(self, params: dict[str, Any]) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(text("DELETE FROM gateway.idempotency WHERE principal = :p AND key = :k"), params)

@@ -1,0 +1,81 @@
+"""The gateway's error root; the app maps every one to a problem-details response in one place.
+
+GatewayError (ServiceError)
+├── Unauthorised          401  no, bad or expired credentials (WWW-Authenticate: Bearer)
+├── InvalidGrant          400  wrong username/password or refresh token (OAuth2 `invalid_grant`)
+├── InvalidRequest        400  a grant without its fields (OAuth2 `invalid_request`)
+├── Forbidden             403  authenticated, but the role or scope does not allow the action
+├── ObjectNotFound        404  no such object, or not yours (existence is not revealed)
+├── PreconditionFailed    412  If-Match does not match the current version
+├── IdempotencyConflict   409  an Idempotency-Key reused with a different request, or still running
+├── Locked                423  too many failed logins; the user is locked out for a while
+├── TooManyRequests       429  too many login attempts from one address (Retry-After)
+└── NotAvailable          501  the backend does not offer this yet
+UpstreamError (upstream.py) carries a backend's own problem through unchanged.
+"""
+
+from __future__ import annotations
+
+from shuidian_kit.errors import ServiceError
+
+
+class GatewayError(ServiceError):
+    headers: dict[str, str] | None = None
+
+
+class Unauthorised(GatewayError):
+    status_code = 401
+    code = "unauthorised"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
+
+class InvalidGrant(GatewayError):
+    status_code = 400
+    code = "invalid_grant"
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    code = "invalid_request"
+
+
+class Forbidden(GatewayError):
+    status_code = 403
+    code = "forbidden"
+
+
+class ObjectNotFound(GatewayError):
+    status_code = 404
+    code = "not_found"
+
+
+class PreconditionFailed(GatewayError):
+    status_code = 412
+    code = "precondition_failed"
+
+
+class IdempotencyConflict(GatewayError):
+    status_code = 409
+    code = "idempotency_conflict"
+
+
+class Locked(GatewayError):
+    status_code = 423
+    code = "locked"
+
+
+class TooManyRequests(GatewayError):
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class NotAvailable(GatewayError):
+    status_code = 501
+    code = "not_implemented"

@@ -1,0 +1,352 @@
+"""Fake backends (billing, collector, control, alarm in one small app) speaking the documented
+contracts, for the gateway's and the SDK's tests: two estates, two tenants, each with an account,
+a room and a meter. Serve it on a real socket and point every `GATEWAY_<SERVICE>_URL` at it.
+
+Tests only: it keeps everything in memory and records every call it receives.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from shuidian_kit.service import problem
+
+NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC).isoformat()
+
+
+@dataclass
+class Household:
+    tenant_id: str
+    estate_id: str
+    account_id: str
+    room_id: str
+    meter_id: str
+    txn_id: str
+    alarm_id: str
+
+
+@dataclass
+class FakeBackends:
+    households: list[Household] = field(
+        default_factory=lambda: [
+            Household(
+                "T-A",
+                "E1",
+                "A-A",
+                "R-A",
+                "M-A",
+                "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa",
+                "11111111-1111-4111-8111-111111111111",
+            ),
+            Household(
+                "T-B",
+                "E2",
+                "A-B",
+                "R-B",
+                "M-B",
+                "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb",
+                "22222222-2222-4222-8222-222222222222",
+            ),
+        ]
+    )
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    topups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    payments: list[dict[str, Any]] = field(default_factory=list)
+    # Answer every other documented route too (for fuzzing); otherwise unknown routes are plain 404s.
+    complete: bool = False
+
+    def household(self, **match: str) -> Household | None:
+        for h in self.households:
+            if all(getattr(h, k) == v for k, v in match.items()):
+                return h
+        return None
+
+    def command_count(self, kind: str) -> int:
+        return sum(1 for c in self.commands.values() if c["kind"] == kind)
+
+
+def _missing(what: str) -> JSONResponse:
+    return problem(404, "not found", f"no {what}", "not_found")
+
+
+def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
+    fake = state or FakeBackends()
+    app = FastAPI()
+    app.state.fake = fake
+
+    @app.middleware("http")
+    async def record(request: Request, call_next: Any) -> Response:
+        fake.calls.append((request.method, request.url.path))
+        response: Response = await call_next(request)
+        return response
+
+    # -- billing ---------------------------------------------------------------------------------
+    @app.get("/v1/tenants/{tenant_id}/scope")
+    async def scope(tenant_id: str) -> Any:
+        h = fake.household(tenant_id=tenant_id)
+        if h is None:
+            return _missing("tenant")
+        return {
+            "tenant_id": tenant_id,
+            "accounts": [h.account_id],
+            "rooms": [{"room_id": h.room_id}],
+            "meters": [h.meter_id],
+        }
+
+    @app.get("/v1/tenants/{tenant_id}")
+    async def tenant(tenant_id: str) -> Any:
+        h = fake.household(tenant_id=tenant_id)
+        return {"tenant_id": tenant_id, "estate_id": h.estate_id, "name": "张三"} if h else _missing("tenant")
+
+    @app.get("/v1/estates")
+    async def estates(limit: int = 100) -> Any:
+        return [{"estate_id": e, "name": f"estate {e}"} for e in sorted({h.estate_id for h in fake.households})][:limit]
+
+    @app.get("/v1/estates/{estate_id}")
+    async def estate(estate_id: str) -> Any:
+        if fake.household(estate_id=estate_id) is None:
+            return _missing("estate")
+        return {"estate_id": estate_id, "name": f"estate {estate_id}", "address": "…"}
+
+    @app.get("/v1/estates/{estate_id}/buildings")
+    async def buildings(estate_id: str, limit: int = 100) -> Any:
+        if fake.household(estate_id=estate_id) is None:
+            return _missing("estate")
+        return [{"building_id": f"{estate_id}-B{i}", "estate_id": estate_id, "name": f"{i}号楼"} for i in range(1, 4)][
+            :limit
+        ]
+
+    @app.put("/v1/estates/{estate_id}", status_code=204)
+    async def put_estate(estate_id: str) -> None:
+        return None
+
+    @app.get("/v1/rooms")
+    async def rooms(estate_id: str | None = None, limit: int = 100) -> Any:
+        rows = [
+            {"room_id": h.room_id, "estate_id": h.estate_id, "name": h.room_id}
+            for h in fake.households
+            if estate_id in (None, h.estate_id)
+        ]
+        return rows[:limit]
+
+    @app.get("/v1/rooms/{room_id}")
+    async def room(room_id: str) -> Any:
+        h = fake.household(room_id=room_id)
+        return {"room_id": room_id, "estate_id": h.estate_id, "name": room_id} if h else _missing("room")
+
+    @app.get("/v1/meters/{meter_id}")
+    async def meter_binding(meter_id: str) -> Any:
+        h = fake.household(meter_id=meter_id)
+        return {"meter_id": meter_id, "estate_id": h.estate_id, "account_id": h.account_id} if h else _missing("meter")
+
+    @app.get("/v1/accounts/{account_id}")
+    async def account(account_id: str) -> Any:
+        h = fake.household(account_id=account_id)
+        if h is None:
+            return _missing("account")
+        return {
+            "account_id": account_id,
+            "estate_id": h.estate_id,
+            "name": h.room_id,
+            "balance": "35.20",
+            "available": "34.87",
+            "level": "ok",
+            "sequence": 3,
+        }
+
+    @app.get("/v1/accounts/{account_id}/ledger")
+    async def ledger(account_id: str, limit: int = 100) -> Any:
+        if fake.household(account_id=account_id) is None:
+            return _missing("account")
+        return [{"entry_id": i, "amount": f"-{i}.00", "kind": "charge", "created_at": NOW} for i in range(1, 8)][:limit]
+
+    @app.post("/v1/accounts/{account_id}/topups", status_code=201)
+    async def topup(account_id: str, body: dict[str, Any], idempotency_key: str = Header()) -> Any:
+        if fake.household(account_id=account_id) is None:
+            return _missing("account")
+        if idempotency_key not in fake.topups:
+            fake.topups[idempotency_key] = {
+                "payment_id": str(uuid.uuid4()),
+                "account_id": account_id,
+                "amount": body.get("amount"),
+                "channel": body.get("channel", "cash"),
+                "balance_after": "85.20",
+                "replayed": False,
+            }
+        return fake.topups[idempotency_key]
+
+    @app.get("/v1/accounts/{account_id}/usage")
+    async def usage(account_id: str, granularity: str = "day") -> Any:
+        if fake.household(account_id=account_id) is None:
+            return _missing("account")
+        return {
+            "account_id": account_id,
+            "granularity": granularity,
+            "rows": [{"period_start": NOW, "meter_id": "M", "quantity": "1.250", "cost": "0.75"}],
+        }
+
+    @app.get("/v1/accounts/{account_id}/statements/{month}")
+    async def statement(account_id: str, month: str, format: str = "json") -> Any:
+        if fake.household(account_id=account_id) is None:
+            return _missing("account")
+        if format == "pdf":
+            return Response(
+                b"%PDF-1.4 fake statement",
+                media_type="application/pdf",
+                headers={"Content-Disposition": f'inline; filename="statement-{account_id}-{month}.pdf"'},
+            )
+        return {"account_id": account_id, "month": month, "total": "88.10"}
+
+    @app.get("/v1/ledger/transactions/{txn_id}/explain")
+    async def explain(txn_id: str) -> Any:
+        h = fake.household(txn_id=txn_id)
+        if h is None:
+            return _missing("transaction")
+        return {
+            "txn_id": txn_id,
+            "kind": "charge",
+            "entries": [{"ledger_account": f"household:{h.account_id}", "amount": "-0.75", "meter_id": h.meter_id}],
+            "lines": [{"text_zh": "电费 1.25 kWh × 0.60", "amount": "0.75"}],
+        }
+
+    @app.post("/v1/payments/orders", status_code=201)
+    async def create_order(body: dict[str, Any]) -> Any:
+        order = {
+            "order_id": f"O-{len(fake.orders) + 1}",
+            "account_id": body["account_id"],
+            "amount": body["amount"],
+            "provider": body["provider"],
+            "status": "open",
+            "pay_url": "https://sandbox.example/pay",
+        }
+        fake.orders[order["order_id"]] = order
+        return order
+
+    @app.get("/v1/payments/orders/{order_id}")
+    async def order(order_id: str) -> Any:
+        return fake.orders.get(order_id) or _missing("order")
+
+    @app.get("/v1/payments")
+    async def payments(account_id: str | None = None, limit: int = 100) -> Any:
+        return [p for p in fake.payments if account_id in (None, p["account_id"])][:limit]
+
+    # -- collector -------------------------------------------------------------------------------
+    @app.get("/v1/meters/{meter_id}/state")
+    async def device_state(meter_id: str) -> Any:
+        if fake.household(meter_id=meter_id) is None:
+            return _missing("meter")
+        return {
+            "meter_id": meter_id,
+            "online": True,
+            "relay": "closed",
+            "valve": None,
+            "keep_power": False,
+            "last_reading_at": NOW,
+            "updated_at": NOW,
+        }
+
+    @app.get("/v1/meters/{meter_id}/readings/latest")
+    async def latest(meter_id: str) -> Any:
+        if fake.household(meter_id=meter_id) is None:
+            return _missing("meter")
+        return {"meter_id": meter_id, "sampled_at": NOW, "registers": {"energy_active_import_total": "1234.56"}}
+
+    @app.put("/v1/meters/{meter_id}", status_code=204)
+    async def put_meter(meter_id: str) -> None:
+        return None
+
+    @app.post("/v1/registry/import")
+    async def commissioning(request: Request) -> Any:
+        lines = (await request.body()).decode().strip().splitlines()
+        return {"rows": max(len(lines) - 1, 0), "created": max(len(lines) - 1, 0), "errors": []}
+
+    # -- control ---------------------------------------------------------------------------------
+    @app.post("/v1/commands", status_code=202)
+    async def command(body: dict[str, Any]) -> Any:
+        command_id = body.get("command_id") or str(uuid.uuid4())
+        fake.commands.setdefault(command_id, {**body, "command_id": command_id, "state": "pending", "created_at": NOW})
+        return {"command_id": command_id}
+
+    @app.post("/v1/batches", status_code=202)
+    async def batch(body: dict[str, Any]) -> Any:
+        ids = []
+        for meter_id in body["meters"]:
+            command_id = str(uuid.uuid4())
+            fake.commands[command_id] = {**body, "meter_id": meter_id, "command_id": command_id, "state": "pending"}
+            ids.append(command_id)
+        return {"batch_id": str(uuid.uuid4()), "commands": ids}
+
+    @app.post("/v1/schedules", status_code=201)
+    async def schedule(body: dict[str, Any]) -> Any:
+        return {"schedule_id": str(uuid.uuid4()), **body}
+
+    @app.get("/v1/commands")
+    async def commands(meter_id: str | None = None, limit: int = 100) -> Any:
+        return [c for c in fake.commands.values() if meter_id in (None, c["meter_id"])][:limit]
+
+    @app.get("/v1/meters/{meter_id}/shadow")
+    async def shadow(meter_id: str) -> Any:
+        if fake.household(meter_id=meter_id) is None:
+            return _missing("meter")
+        return {
+            "meter_id": meter_id,
+            "desired_relay": "closed",
+            "reported_relay": "closed",
+            "version": 1,
+            "updated_at": NOW,
+        }
+
+    @app.get("/v1/commands/{command_id}")
+    async def get_command(command_id: str) -> Any:
+        return fake.commands.get(command_id) or _missing("command")
+
+    # -- alarm -----------------------------------------------------------------------------------
+    @app.get("/v1/alarms/{alarm_id}")
+    async def one_alarm(alarm_id: str) -> Any:
+        for row in await alarms():
+            if row["alarm_id"] == alarm_id:
+                return row
+        return _missing("alarm")
+
+    @app.get("/v1/alarms")
+    async def alarms(source_id: str | None = None, limit: int = 100) -> Any:
+        rows = []
+        for h in fake.households:
+            for source in (h.account_id, h.meter_id):
+                if source_id in (None, source):
+                    rows.append(
+                        {
+                            "alarm_id": h.alarm_id
+                            if source == h.account_id
+                            else str(uuid.uuid5(uuid.NAMESPACE_URL, source)),
+                            "source_id": source,
+                            "alarm_type": "balance_low",
+                            "severity": "warning",
+                            "state": "active",
+                            "message_zh": "余额不足",
+                            "message_en": "low balance",
+                            "raised_at": NOW,
+                        }
+                    )
+        return rows[:limit]
+
+    if fake.complete:
+
+        @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH"])
+        async def anything(path: str, request: Request) -> Any:
+            if request.method == "PUT":
+                return Response(status_code=204)
+            if request.method == "GET" and "limit" in request.query_params:
+                return []
+            body = {"id": path.rsplit("/", 1)[-1], "estate_id": "E1", "meter_id": "M-A"}
+            return JSONResponse(body, status_code=201 if request.method == "POST" else 200)
+
+    return app

@@ -1,0 +1,453 @@
+"""Tenant API (`/v1/me/…`, mobile-first): only what the tenant's active leases cover.
+
+Every object a tenant names is checked against their scope (billing's tenant scope, cached for a
+few seconds); anything else is a 404 that reads the same whether the object exists or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import text
+
+from shuidian_gateway.auth import Scope, Tenant, TenantScopes, utcnow
+from shuidian_gateway.conventions import (
+    ERRORS,
+    Amount,
+    Cursor,
+    IdempotencyKey,
+    IdempotencyStore,
+    IfMatch,
+    Limit,
+    ObjectId,
+    Page,
+    page_of_all,
+    upstream_key,
+    version_etag,
+    version_of,
+)
+from shuidian_gateway.errors import ObjectNotFound, PreconditionFailed
+from shuidian_gateway.policy import Principal
+from shuidian_gateway.settings import GatewaySettings
+from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
+from shuidian_kit.service import Runtime
+from shuidian_shared.messages import AwareDatetime
+from shuidian_shared.money import Money
+
+router = APIRouter(prefix="/v1/me", tags=["tenant"], responses=ERRORS)
+
+
+async def _scopes(request: Request) -> TenantScopes:
+    scopes: TenantScopes = request.app.state.scopes
+    return scopes
+
+
+Upstream = UpstreamsDep
+Scopes = Annotated[TenantScopes, Depends(_scopes)]
+
+
+async def scope_of(principal: Principal, scopes: TenantScopes) -> Scope:
+    assert principal.tenant_id is not None  # the Tenant dependency guarantees it
+    return await scopes.of(principal.tenant_id)
+
+
+async def owned(principal: Principal, scopes: TenantScopes, kind: str, object_id: str) -> None:
+    """404 unless the object is the tenant's (the same answer whether it exists or not)."""
+    if not (await scope_of(principal, scopes)).owns(kind, object_id):
+        raise ObjectNotFound(f"no such {kind} / 未找到")
+
+
+async def optional(call: Any) -> Any:
+    """A backend read that may not exist yet (501) or have nothing (404): None instead."""
+    try:
+        return await call
+    except UpstreamError as err:
+        if err.status_code in (404, 501):
+            return None
+        raise
+
+
+class MeOut(BaseModel):
+    tenant_id: str
+    accounts: list[str]
+    rooms: list[str]
+    meters: list[str]
+
+
+@router.get("", response_model=MeOut, summary="我的房间、表计和账户 · What my leases cover")
+async def me(principal: Tenant, scopes: Scopes) -> MeOut:
+    scope = await scope_of(principal, scopes)
+    return MeOut(
+        tenant_id=scope.tenant_id,
+        accounts=sorted(scope.accounts),
+        rooms=sorted(scope.rooms),
+        meters=sorted(scope.meters),
+    )
+
+
+@router.get("/rooms", response_model=Page, summary="我的房间 · My rooms")
+async def rooms(
+    principal: Tenant, scopes: Scopes, upstreams: Upstream, limit: Limit = 50, cursor: Cursor = None
+) -> Any:
+    ids = sorted((await scope_of(principal, scopes)).rooms)
+    found = await asyncio.gather(*(optional(upstreams.call("billing", "GET", f"/v1/rooms/{r}")) for r in ids))
+    return page_of_all([f or {"room_id": r} for r, f in zip(ids, found, strict=True)], limit, cursor, None)
+
+
+@router.get("/rooms/{room_id}", response_model=dict[str, Any], summary="房间 · One of my rooms")
+async def room(room_id: ObjectId, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+    await owned(principal, scopes, "room", room_id)
+    return await optional(upstreams.call("billing", "GET", f"/v1/rooms/{room_id}")) or {"room_id": room_id}
+
+
+class LiveMeter(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "meter_id": "E-1-101",
+                    "device": {"online": True, "relay": "closed"},
+                    "last_reading": {"registers": {"energy_active_import_total": "1234.56"}},
+                }
+            ]
+        }
+    )
+
+    meter_id: str
+    device: dict[str, Any] | None = Field(
+        description="collector's device state (online, relay/valve, last reading time)"
+    )
+    last_reading: dict[str, Any] | None = Field(description="the meter's latest reading (registers)")
+
+
+async def _live(upstreams: Upstreams, meter_id: str) -> LiveMeter:
+    device, reading = await asyncio.gather(
+        optional(upstreams.call("collector", "GET", f"/v1/meters/{meter_id}/state")),
+        optional(upstreams.call("collector", "GET", f"/v1/meters/{meter_id}/readings/latest")),
+    )
+    return LiveMeter(meter_id=meter_id, device=device, last_reading=reading)
+
+
+@router.get("/meters", response_model=list[LiveMeter], summary="我的表计及实时值 · My meters with live values")
+async def meters(principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+    ids = sorted((await scope_of(principal, scopes)).meters)
+    return await asyncio.gather(*(_live(upstreams, m) for m in ids))
+
+
+@router.get("/meters/{meter_id}", response_model=LiveMeter, summary="表计实时值 · Live values of one of my meters")
+async def meter(meter_id: ObjectId, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+    await owned(principal, scopes, "meter", meter_id)
+    return await _live(upstreams, meter_id)
+
+
+class BalanceOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": "A101",
+                    "name": "1-101",
+                    "balance": "35.20",
+                    "available": "34.87",
+                    "level": "ok",
+                    "sequence": 12,
+                }
+            ]
+        }
+    )
+
+    account_id: str
+    name: str
+    balance: Money
+    available: Decimal = Field(description="balance less the current hour's charges not yet posted")
+    level: str = Field(description="ok, low_1, low_2 or exhausted")
+    sequence: int
+
+
+@router.get("/accounts", response_model=list[BalanceOut], summary="我的余额 · Balances of my accounts")
+async def accounts(principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+    ids = sorted((await scope_of(principal, scopes)).accounts)
+    return await asyncio.gather(*(upstreams.call("billing", "GET", f"/v1/accounts/{a}") for a in ids))
+
+
+@router.get("/accounts/{account_id}", response_model=BalanceOut, summary="余额 · Balance of one of my accounts")
+async def account(account_id: ObjectId, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+    await owned(principal, scopes, "account", account_id)
+    return await upstreams.call("billing", "GET", f"/v1/accounts/{account_id}")
+
+
+Granularity = Literal["hour", "day", "month"]
+
+
+@router.get(
+    "/accounts/{account_id}/usage",
+    response_model=dict[str, Any],
+    summary="用量历史（含费用）· Usage history with cost",
+    description="Per local hour, day or month and utility: quantity and cost (billing's usage history).",
+)
+async def usage(
+    account_id: ObjectId,
+    principal: Tenant,
+    scopes: Scopes,
+    upstreams: Upstream,
+    granularity: Granularity = "day",
+    start: Annotated[AwareDatetime | None, Query(description="inclusive")] = None,
+    end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
+) -> Any:
+    await owned(principal, scopes, "account", account_id)
+    params = {"granularity": granularity, "start": start, "end": end}
+    return await upstreams.call(
+        "billing",
+        "GET",
+        f"/v1/accounts/{account_id}/usage",
+        params={k: v.isoformat() if isinstance(v, datetime) else v for k, v in params.items() if v},
+    )
+
+
+@router.get(
+    "/accounts/{account_id}/usage/today",
+    response_model=dict[str, Any],
+    summary="今日用量 · Today's usage so far, per hour",
+)
+async def usage_today(
+    account_id: ObjectId, request: Request, principal: Tenant, scopes: Scopes, upstreams: Upstream
+) -> Any:
+    await owned(principal, scopes, "account", account_id)
+    settings: GatewaySettings = request.app.state.settings
+    local = utcnow().astimezone(ZoneInfo(settings.timezone))
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return await upstreams.call(
+        "billing",
+        "GET",
+        f"/v1/accounts/{account_id}/usage",
+        params={"granularity": "hour", "start": midnight.isoformat()},
+    )
+
+
+Month = Annotated[str, Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, local time")]
+TxnId = Annotated[uuid.UUID, Path(description="a ledger transaction of the account")]
+
+
+@router.get(
+    "/accounts/{account_id}/statements/{month}",
+    summary="月结单 · A monthly statement as JSON, CSV or PDF",
+    response_model=dict[str, Any],
+    responses={200: {"content": {"application/pdf": {}, "text/csv": {}}, "description": "the statement"}},
+)
+async def statement(
+    account_id: ObjectId,
+    month: Month,
+    principal: Tenant,
+    scopes: Scopes,
+    upstreams: Upstream,
+    format: Literal["json", "csv", "pdf"] = "json",
+) -> Any:
+    await owned(principal, scopes, "account", account_id)
+    raw = await upstreams.raw(
+        "billing", "GET", f"/v1/accounts/{account_id}/statements/{month}", params={"format": format}
+    )
+    media = raw.headers.get("content-type", "application/json")
+    headers = {k: v for k, v in raw.headers.items() if k.lower() == "content-disposition"}
+    return Response(raw.content, media_type=media, headers=headers)
+
+
+@router.get(
+    "/accounts/{account_id}/transactions/{txn_id}/explain",
+    response_model=dict[str, Any],
+    summary="费用明细解释 · Line-by-line explanation of a charge",
+    description="Readings, tariff version, segment or tier, quantity, price and rounding of one ledger transaction.",
+)
+async def explain(account_id: ObjectId, txn_id: TxnId, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+    await owned(principal, scopes, "account", account_id)
+    found = await optional(upstreams.call("billing", "GET", f"/v1/ledger/transactions/{txn_id}/explain"))
+    entries = found.get("entries", []) if isinstance(found, dict) else []
+    if not any(e.get("ledger_account") == f"household:{account_id}" for e in entries if isinstance(e, dict)):
+        raise ObjectNotFound("no such transaction / 未找到")
+    return found
+
+
+class TopUpIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"amount": "50.00", "provider": "sandbox"}]}
+    )
+
+    amount: Amount
+    provider: Literal["sandbox", "wechat", "alipay"] = "sandbox"
+
+
+class PaymentOrderOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    order_id: str
+    account_id: str
+    amount: Money
+    provider: str
+    status: str = Field(description="open until the provider confirms, then paid")
+
+
+@router.post(
+    "/accounts/{account_id}/topups",
+    status_code=201,
+    response_model=PaymentOrderOut,
+    summary="在线充值 · Start an online top-up (idempotent)",
+    description="Creates a payment order with the provider (the sandbox in dev); the balance rises when the "
+    "provider's signed notification reaches billing. Poll `GET /v1/me/payments/{order_id}`.",
+)
+async def top_up(
+    account_id: ObjectId,
+    body: TopUpIn,
+    request: Request,
+    principal: Tenant,
+    scopes: Scopes,
+    upstreams: Upstream,
+    idempotency_key: IdempotencyKey,
+) -> Any:
+    await owned(principal, scopes, "account", account_id)
+    store: IdempotencyStore = request.app.state.idempotency
+
+    async def forward() -> tuple[int, Any]:
+        sent = {"account_id": account_id, "amount": str(body.amount), "provider": body.provider}
+        raw = await upstreams.raw(
+            "billing",
+            "POST",
+            "/v1/payments/orders",
+            json=sent,
+            headers={"Idempotency-Key": upstream_key(principal, idempotency_key)},
+        )
+        return 201, raw.json()
+
+    return await store.run(
+        principal, idempotency_key, request, {"account_id": account_id, **body.model_dump(mode="json")}, forward
+    )
+
+
+@router.get("/payments/{order_id}", response_model=PaymentOrderOut, summary="支付状态 · Status of one of my top-ups")
+async def payment(order_id: ObjectId, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+    order = await optional(upstreams.call("billing", "GET", f"/v1/payments/orders/{order_id}"))
+    if not isinstance(order, dict) or not (await scope_of(principal, scopes)).owns(
+        "account", str(order.get("account_id"))
+    ):
+        raise ObjectNotFound("no such payment / 未找到")
+    return order
+
+
+@router.get("/payments", response_model=Page, summary="缴费记录 · My payments, newest first")
+async def payments(
+    principal: Tenant, scopes: Scopes, upstreams: Upstream, limit: Limit = 20, cursor: Cursor = None
+) -> Any:
+    ids = sorted((await scope_of(principal, scopes)).accounts)
+    found = await asyncio.gather(
+        *(upstreams.call("billing", "GET", "/v1/payments", params={"account_id": a, "limit": 1000}) for a in ids)
+    )
+    items = [p for f in found for p in (f.get("items", []) if isinstance(f, dict) else f)]
+    return page_of_all(items, limit, cursor, "-created_at")
+
+
+@router.get("/alarms", response_model=Page, summary="我的告警 · Alarms about my accounts and meters")
+async def alarms(
+    principal: Tenant,
+    scopes: Scopes,
+    upstreams: Upstream,
+    state: Annotated[Literal["active", "acknowledged", "cleared"] | None, Query()] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> Any:
+    scope = await scope_of(principal, scopes)
+    sources = sorted(scope.accounts | scope.meters)
+    params = {"state": state} if state else {}
+    found = await asyncio.gather(
+        *(
+            upstreams.call("alarm", "GET", "/v1/alarms", params={"source_id": s, "limit": 1000, **params})
+            for s in sources
+        )
+    )
+    items = [a for f in found for a in f]
+    return page_of_all(items, limit, cursor, "-raised_at")
+
+
+class Channel(StrEnum):
+    APP = "app"
+    SMS = "sms"
+    EMAIL = "email"
+    WECHAT = "wechat"
+
+
+@router.get("/alarms/{alarm_id}", response_model=dict[str, Any], summary="告警 · One alarm about my account or meters")
+async def alarm(alarm_id: uuid.UUID, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+    found = await optional(upstreams.call("alarm", "GET", f"/v1/alarms/{alarm_id}"))
+    scope = await scope_of(principal, scopes)
+    if not isinstance(found, dict) or str(found.get("source_id")) not in scope.accounts | scope.meters:
+        raise ObjectNotFound("no such alarm / 未找到")
+    return found
+
+
+class NotificationSettings(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"low_balance": True, "alarms": True, "channels": ["app", "sms"], "quiet_hours": "22:00-07:00"}
+            ]
+        },
+    )
+
+    low_balance: bool = True
+    alarms: bool = True
+    statements: bool = True
+    channels: list[Channel] = Field(default_factory=lambda: [Channel("app")], max_length=4)
+    quiet_hours: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _engine(request: Request) -> Any:
+    runtime: Runtime = request.app.state.runtime
+    return runtime.engine
+
+
+@router.get(
+    "/notification-settings", response_model=NotificationSettings, summary="通知设置 · My notification settings (ETag)"
+)
+async def get_notifications(request: Request, response: Response, principal: Tenant) -> Any:
+    async with _engine(request).connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT settings, version FROM gateway.notification_settings WHERE tenant_id = :t"),
+                {"t": principal.tenant_id},
+            )
+        ).first()
+    response.headers["ETag"] = version_etag(row.version if row else 0)
+    return row.settings if row else NotificationSettings()
+
+
+@router.put(
+    "/notification-settings",
+    response_model=NotificationSettings,
+    summary="修改通知设置 · Change my notification settings (If-Match)",
+)
+async def put_notifications(
+    body: NotificationSettings, request: Request, response: Response, principal: Tenant, if_match: IfMatch = None
+) -> Any:
+    expected = version_of(if_match)
+    async with _engine(request).begin() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "INSERT INTO gateway.notification_settings AS n (tenant_id, settings) VALUES (:t, CAST(:s AS jsonb)) "
+                    "ON CONFLICT (tenant_id) DO UPDATE SET settings = excluded.settings, version = n.version + 1, "
+                    "updated_at = now() WHERE CAST(:v AS integer) IS NULL OR n.version = :v RETURNING version"
+                ),
+                {"t": principal.tenant_id, "s": json.dumps(body.model_dump(mode="json")), "v": expected},
+            )
+        ).first()
+        if row is None or (expected == 0 and row.version != 1):
+            raise PreconditionFailed("your settings changed since you read them; fetch them again")
+    response.headers["ETag"] = version_etag(row.version)
+    return body

@@ -1,0 +1,1056 @@
+"""Staff and integrator API: the backends' resources behind role checks, estate scoping and the
+API conventions, declared as one table of routes (`ROUTES`) served by one mechanism (`_endpoint`).
+
+Each route names the action it needs (see policy.py), the backend and path it proxies to, and
+how to find the estate of what it touches, so estate managers stay inside their estates:
+an object outside them is a 404, a listing outside them a 403.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from shuidian_gateway.auth import require
+from shuidian_gateway.conventions import (
+    ERRORS,
+    Amount,
+    Cursor,
+    IdempotencyKey,
+    IdempotencyStore,
+    IfMatch,
+    Limit,
+    Page,
+    Sort,
+    Text,
+    check_etag,
+    decode_cursor,
+    page_of_all,
+    upstream_key,
+    with_etag,
+)
+from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
+from shuidian_gateway.policy import Action, Principal, Role
+from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
+from shuidian_shared.messages import CommandKind, Identifier
+
+IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+Kind = Literal["object", "list", "write", "money", "csv"]
+# Commands that cut supply (or lift its protection) need commands:trip; the rest commands:close.
+CUT_OFF_KINDS = frozenset({"trip", "valve_close", "keep_power_off"})
+UPSTREAM_PAGE_CAP = 1000
+CSV_HEADER = r"^\ufeff?[a-z_]+(,[a-z_]+)+\r?\n"
+
+
+class TopUpIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"amount": "50.00", "channel": "cash", "reference": "R-0001"}]}
+    )
+
+    amount: Amount
+    channel: Literal["cash", "bank", "wechat", "alipay", "sandbox"] = "cash"
+    reference: Text | None = Field(default=None, max_length=100, description="receipt or provider transaction id")
+
+
+@dataclass(frozen=True)
+class EstateOf:
+    """Where a route finds the estate it touches: a path or query parameter naming the estate, or
+    an object (by path parameter or body field) whose estate billing knows."""
+
+    source: Literal["path", "query", "body"]
+    name: str  # parameter or body field
+    kind: str = "estate"  # estate, account, room, meter, tenant, lease, building, command
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    action: Action
+    service: str
+    summary: str
+    tag: str
+    kind: Kind = "object"
+    upstream: str | None = None  # default: same path under /v1
+    estate: EstateOf | None = None  # None: spans estates, only for principals that see all of them
+    filters: tuple[str, ...] = ()
+    example: dict[str, Any] | None = None
+    body: type[BaseModel] | None = None  # a typed body the gateway validates; otherwise the backend does
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_E = EstateOf
+_ESTATE = _E("path", "estate_id")
+_ACCOUNT = _E("path", "account_id", "account")
+ROUTES: tuple[Route, ...] = (
+    # premises (billing)
+    Route("GET", "/estates", Action.PREMISES_READ, "billing", "小区列表 · Estates", "premises", "list"),
+    Route(
+        "GET", "/estates/{estate_id}", Action.PREMISES_READ, "billing", "小区 · An estate", "premises", estate=_ESTATE
+    ),
+    Route(
+        "PUT",
+        "/estates/{estate_id}",
+        Action.PREMISES_WRITE,
+        "billing",
+        "建立/修改小区 · Create or update an estate",
+        "premises",
+        "write",
+        estate=_ESTATE,
+        example={"name": "幸福里公租房"},
+    ),
+    Route(
+        "POST",
+        "/estates/{estate_id}/import",
+        Action.PREMISES_WRITE,
+        "billing",
+        "批量导入房间、表计、租户 · Import an estate's rooms, meters and tenants from CSV",
+        "premises",
+        "csv",
+        estate=_ESTATE,
+        description="All or nothing; every refused line is reported with its number.",
+    ),
+    Route(
+        "GET",
+        "/estates/{estate_id}/buildings",
+        Action.PREMISES_READ,
+        "billing",
+        "楼栋 · Buildings of an estate",
+        "premises",
+        "list",
+        estate=_ESTATE,
+    ),
+    Route(
+        "PUT",
+        "/buildings/{building_id}",
+        Action.PREMISES_WRITE,
+        "billing",
+        "建立/修改楼栋 · Create or update a building",
+        "premises",
+        "write",
+        estate=_E("body", "estate_id"),
+        example={"estate_id": "E1", "name": "1号楼"},
+    ),
+    Route(
+        "PUT",
+        "/floors/{floor_id}",
+        Action.PREMISES_WRITE,
+        "billing",
+        "建立/修改楼层 · Create or update a floor",
+        "premises",
+        "write",
+        example={"building_id": "B1", "number": 1},
+    ),
+    Route(
+        "GET",
+        "/rooms",
+        Action.PREMISES_READ,
+        "billing",
+        "房间 · Rooms",
+        "premises",
+        "list",
+        estate=_E("query", "estate_id"),
+        filters=("estate_id", "building_id"),
+    ),
+    Route(
+        "GET",
+        "/rooms/{room_id}",
+        Action.PREMISES_READ,
+        "billing",
+        "房间 · A room with its leases",
+        "premises",
+        estate=_E("path", "room_id", "room"),
+    ),
+    Route(
+        "PUT",
+        "/rooms/{room_id}",
+        Action.PREMISES_WRITE,
+        "billing",
+        "建立/修改房间 · Create or update a room",
+        "premises",
+        "write",
+        example={"floor_id": "B1-F1", "name": "1-101"},
+    ),
+    Route(
+        "PUT",
+        "/rooms/{room_id}/meters/{meter_id}",
+        Action.PREMISES_WRITE,
+        "billing",
+        "房间装表 · Bind a meter to a room (effective-dated)",
+        "premises",
+        "write",
+        estate=_E("path", "room_id", "room"),
+        example={"utility": "electricity"},
+    ),
+    Route(
+        "GET",
+        "/tenants",
+        Action.PREMISES_READ,
+        "billing",
+        "租户 · Tenants",
+        "premises",
+        "list",
+        estate=_E("query", "estate_id"),
+        filters=("estate_id", "name"),
+    ),
+    Route(
+        "PUT",
+        "/tenants/{tenant_id}",
+        Action.PREMISES_WRITE,
+        "billing",
+        "建立/修改租户 · Create or update a tenant",
+        "premises",
+        "write",
+        example={"name": "张三", "phone": "13800000000"},
+    ),
+    Route(
+        "GET",
+        "/tenants/{tenant_id}/scope",
+        Action.PREMISES_READ,
+        "billing",
+        "租户范围 · Accounts, rooms and meters of a tenant's active leases",
+        "premises",
+    ),
+    Route(
+        "PUT",
+        "/leases/{lease_id}",
+        Action.PREMISES_WRITE,
+        "billing",
+        "入住 · Move a household in (idempotent)",
+        "premises",
+        "write",
+        estate=_E("body", "room_id", "room"),
+        example={"tenant_id": "T-0001", "room_id": "R-1-101", "move_in": "2026-11-01"},
+    ),
+    Route(
+        "POST",
+        "/leases/{lease_id}/move-out",
+        Action.PREMISES_WRITE,
+        "billing",
+        "退租 · Move a household out",
+        "premises",
+        "write",
+        example={"move_out": "2026-12-31"},
+    ),
+    # accounts, payments, tariffs (billing)
+    Route(
+        "GET",
+        "/accounts/{account_id}",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "账户余额 · An account and its balance",
+        "accounts",
+        estate=_ACCOUNT,
+    ),
+    Route(
+        "PUT",
+        "/accounts/{account_id}",
+        Action.ACCOUNTS_WRITE,
+        "billing",
+        "建立/修改账户 · Create or update an account",
+        "accounts",
+        "write",
+        estate=_ACCOUNT,
+        example={"name": "1-101", "low_1": "20.00", "low_2": "5.00"},
+    ),
+    Route(
+        "GET",
+        "/accounts/{account_id}/ledger",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "账本 · Ledger entries, newest first",
+        "accounts",
+        "list",
+        estate=_ACCOUNT,
+    ),
+    Route(
+        "GET",
+        "/accounts/{account_id}/usage",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "用量历史 · Usage history per utility with cost",
+        "accounts",
+        estate=_ACCOUNT,
+        filters=("granularity", "start", "end"),
+    ),
+    Route(
+        "POST",
+        "/accounts/{account_id}/topups",
+        Action.TOPUPS_CREATE,
+        "billing",
+        "柜台充值 · Top up at the counter (idempotent)",
+        "payments",
+        "money",
+        estate=_ACCOUNT,
+        body=TopUpIn,
+    ),
+    Route(
+        "POST",
+        "/accounts/{account_id}/subsidies",
+        Action.CORRECTIONS_CREATE,
+        "billing",
+        "补贴 · Credit a subsidy (idempotent)",
+        "payments",
+        "money",
+        estate=_ACCOUNT,
+        example={"amount": "30.00", "reason": "低保补贴"},
+    ),
+    Route(
+        "POST",
+        "/ledger/transactions/{txn_id}/reversal",
+        Action.CORRECTIONS_CREATE,
+        "billing",
+        "冲正 · Reverse a ledger transaction (idempotent)",
+        "payments",
+        "money",
+        example={"reason": "wrong meter reading / 抄表错误"},
+    ),
+    Route(
+        "GET",
+        "/ledger/transactions/{txn_id}/explain",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "费用解释 · Explain a transaction: readings, tariff, quantity, price, rounding",
+        "accounts",
+    ),
+    Route("GET", "/corrections", Action.ACCOUNTS_READ, "billing", "冲正记录 · Corrections", "payments", "list"),
+    Route(
+        "GET",
+        "/held-readings",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "待复核读数 · Readings held for review",
+        "accounts",
+        "list",
+    ),
+    Route(
+        "GET",
+        "/payments",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "缴费记录 · Payments",
+        "payments",
+        "list",
+        filters=("account_id", "channel"),
+    ),
+    Route(
+        "GET",
+        "/payments/orders/{order_id}",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "支付订单 · An online payment order",
+        "payments",
+    ),
+    Route(
+        "POST",
+        "/payments/{payment_id}/refunds",
+        Action.CORRECTIONS_CREATE,
+        "billing",
+        "退款 · Refund a payment (idempotent)",
+        "payments",
+        "money",
+        example={"amount": "10.00", "reason": "重复缴费"},
+    ),
+    Route(
+        "GET",
+        "/payments/reviews",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "待匹配款项 · Payments to review",
+        "payments",
+        "list",
+    ),
+    Route(
+        "POST",
+        "/cash/shifts",
+        Action.TOPUPS_CREATE,
+        "billing",
+        "开班 · Open a cash-counter shift (idempotent)",
+        "payments",
+        "money",
+        example={"counter_id": "C1", "cashier": "wang", "opening_float": "200.00"},
+    ),
+    Route(
+        "GET", "/cash/shifts/{shift_id}", Action.TOPUPS_CREATE, "billing", "收银班次 · A cash-counter shift", "payments"
+    ),
+    Route(
+        "POST",
+        "/cash/shifts/{shift_id}/payments",
+        Action.TOPUPS_CREATE,
+        "billing",
+        "现金收款 · Take a cash payment in a shift (idempotent)",
+        "payments",
+        "money",
+        example={"account_id": "A101", "amount": "50.00"},
+    ),
+    Route(
+        "POST",
+        "/cash/shifts/{shift_id}/close",
+        Action.TOPUPS_CREATE,
+        "billing",
+        "交班 · Close a shift with the counted cash (idempotent)",
+        "payments",
+        "money",
+        example={"counted_cash": "1250.00"},
+    ),
+    Route(
+        "PUT",
+        "/tariffs/{utility}",
+        Action.TARIFFS_WRITE,
+        "billing",
+        "设定价格 · Set a flat price from a date on",
+        "tariffs",
+        "write",
+        example={"unit_price": "0.60", "effective_from": "2026-12-01T00:00:00+08:00"},
+    ),
+    Route(
+        "GET",
+        "/tariffs/{utility}/versions",
+        Action.TARIFFS_READ,
+        "billing",
+        "价格版本 · Tariff versions",
+        "tariffs",
+        "list",
+    ),
+    Route(
+        "POST",
+        "/tariffs/{utility}/versions",
+        Action.TARIFFS_WRITE,
+        "billing",
+        "新价格版本 · Add an effective-dated tariff version",
+        "tariffs",
+        "write",
+    ),
+    Route(
+        "PUT",
+        "/meters/{meter_id}/binding",
+        Action.PREMISES_WRITE,
+        "billing",
+        "表计绑定 · Bind a meter to an account",
+        "meters",
+        "write",
+        estate=_E("body", "account_id", "account"),
+        example={"account_id": "A101", "utility": "electricity"},
+    ),
+    # devices (collector)
+    Route(
+        "GET",
+        "/meters",
+        Action.DEVICES_READ,
+        "collector",
+        "表计状态列表 · Device state of meters",
+        "meters",
+        "list",
+        filters=("gateway_id", "online"),
+    ),
+    Route(
+        "GET",
+        "/meters/{meter_id}/state",
+        Action.DEVICES_READ,
+        "collector",
+        "表计状态 · Last known device state",
+        "meters",
+        estate=_E("path", "meter_id", "meter"),
+    ),
+    Route(
+        "GET",
+        "/gateways/{gateway_id}/status",
+        Action.DEVICES_READ,
+        "collector",
+        "网关状态 · A gateway's status",
+        "meters",
+    ),
+    Route(
+        "PUT",
+        "/gateways/{gateway_id}",
+        Action.DEVICES_WRITE,
+        "collector",
+        "登记网关 · Create or update a gateway",
+        "meters",
+        "write",
+        example={"name": "1号楼网关"},
+    ),
+    Route(
+        "PUT",
+        "/buses/{bus_id}",
+        Action.DEVICES_WRITE,
+        "collector",
+        "登记总线 · Create or update an RS-485 bus",
+        "meters",
+        "write",
+        example={"gateway_id": "GW1", "host": "10.0.0.7", "port": 10001, "protocol": "dlt645", "baud": 2400},
+    ),
+    Route(
+        "PUT",
+        "/meters/{meter_id}",
+        Action.DEVICES_WRITE,
+        "collector",
+        "登记表计 · Create or update a meter",
+        "meters",
+        "write",
+        example={"bus_id": "GW1-1", "address": "000000000101", "model": "dds1588", "utility": "electricity"},
+    ),
+    Route(
+        "POST",
+        "/commissioning",
+        Action.DEVICES_WRITE,
+        "collector",
+        "批量调试导入 · Commission gateways, buses and meters from CSV",
+        "meters",
+        "csv",
+        upstream="/registry/import",
+        description="One line per meter; every line is checked, all or nothing (the collector's registry import).",
+    ),
+    # commands (control)
+    Route(
+        "GET",
+        "/commands",
+        Action.COMMANDS_READ,
+        "control",
+        "命令 · Commands, newest first",
+        "commands",
+        "list",
+        filters=("meter_id", "state", "kind", "origin"),
+    ),
+    Route(
+        "GET",
+        "/commands/{command_id}",
+        Action.COMMANDS_READ,
+        "control",
+        "命令 · A command and its audit trail",
+        "commands",
+        estate=_E("path", "command_id", "command"),
+    ),
+    Route(
+        "POST",
+        "/commands/{command_id}/cancel",
+        Action.COMMANDS_CLOSE,
+        "control",
+        "撤销命令 · Cancel a pending command",
+        "commands",
+        "write",
+        estate=_E("path", "command_id", "command"),
+        example={"reason": "已缴费"},
+    ),
+    Route(
+        "GET",
+        "/meters/{meter_id}/shadow",
+        Action.COMMANDS_READ,
+        "control",
+        "继电器影子 · Desired vs reported relay state",
+        "commands",
+        estate=_E("path", "meter_id", "meter"),
+    ),
+    Route("GET", "/schedules", Action.COMMANDS_READ, "control", "定时命令 · Scheduled commands", "commands", "list"),
+    Route(
+        "GET",
+        "/keep-power",
+        Action.COMMANDS_READ,
+        "control",
+        "保电 · Keep-power households and estates",
+        "commands",
+        "list",
+    ),
+    Route(
+        "PUT",
+        "/keep-power/households/{account_id}",
+        Action.COMMANDS_TRIP,
+        "control",
+        "设保电 · Protect a household from cut-off",
+        "commands",
+        "write",
+        estate=_ACCOUNT,
+        example={"reason": "医疗设备 / medical equipment", "until": "2027-01-01T00:00:00+08:00"},
+    ),
+    Route(
+        "GET",
+        "/estates/{estate_id}/policy",
+        Action.COMMANDS_READ,
+        "control",
+        "停电策略 · An estate's cut-off policy (protected windows)",
+        "commands",
+        estate=_ESTATE,
+    ),
+    Route(
+        "PUT",
+        "/estates/{estate_id}/policy",
+        Action.COMMANDS_TRIP,
+        "control",
+        "设停电策略 · Set an estate's cut-off policy",
+        "commands",
+        "write",
+        estate=_ESTATE,
+    ),
+    # alarms and work orders (alarm)
+    Route(
+        "GET",
+        "/alarms",
+        Action.ALARMS_READ,
+        "alarm",
+        "告警 · Alarms, newest first",
+        "alarms",
+        "list",
+        estate=_E("query", "estate"),
+        filters=("estate", "building", "meter_id", "source_id", "alarm_type", "state"),
+    ),
+    Route("GET", "/alarms/{alarm_id}", Action.ALARMS_READ, "alarm", "告警 · An alarm", "alarms"),
+    Route(
+        "POST",
+        "/alarms/{alarm_id}/acknowledge",
+        Action.ALARMS_WRITE,
+        "alarm",
+        "确认告警 · Acknowledge an alarm",
+        "alarms",
+        "write",
+        example={"by": "li.manager"},
+    ),
+    Route(
+        "GET",
+        "/faults",
+        Action.ALARMS_READ,
+        "alarm",
+        "设备故障 · Open device faults",
+        "alarms",
+        "list",
+        estate=_E("query", "estate"),
+        filters=("estate", "building"),
+    ),
+    Route(
+        "GET",
+        "/work-orders",
+        Action.ALARMS_READ,
+        "alarm",
+        "工单 · Work orders",
+        "alarms",
+        "list",
+        filters=("state", "meter_id"),
+    ),
+    Route("GET", "/work-orders/mttr", Action.REPORTS_READ, "alarm", "平均修复时间 · Mean time to repair", "reports"),
+    Route("GET", "/work-orders/{work_order_id}", Action.ALARMS_READ, "alarm", "工单 · A work order", "alarms"),
+    Route(
+        "PATCH",
+        "/work-orders/{work_order_id}",
+        Action.ALARMS_WRITE,
+        "alarm",
+        "更新工单 · Update a work order",
+        "alarms",
+        "write",
+        example={"state": "in_progress", "assignee": "王师傅"},
+    ),
+    # reports
+    Route(
+        "GET",
+        "/reports/arrears",
+        Action.REPORTS_READ,
+        "billing",
+        "欠费清单 · Arrears list",
+        "reports",
+        "list",
+        estate=_E("query", "estate_id"),
+        filters=("estate_id", "min_days"),
+    ),
+    Route(
+        "GET",
+        "/reports/revenue",
+        Action.REPORTS_READ,
+        "billing",
+        "收入 · Revenue by channel and day",
+        "reports",
+        estate=_E("query", "estate_id"),
+        filters=("estate_id", "start", "end"),
+    ),
+    Route(
+        "GET",
+        "/reports/consumption",
+        Action.REPORTS_READ,
+        "billing",
+        "用量 · Consumption by building",
+        "reports",
+        estate=_E("query", "estate_id"),
+        filters=("estate_id", "start", "end", "utility"),
+    ),
+    Route(
+        "GET",
+        "/reports/collection-rate",
+        Action.REPORTS_READ,
+        "billing",
+        "收缴率 · Collection rate",
+        "reports",
+        estate=_E("query", "estate_id"),
+        filters=("estate_id", "month"),
+    ),
+    Route(
+        "GET",
+        "/reports/device-online-rate",
+        Action.REPORTS_READ,
+        "collector",
+        "设备在线率 · Device online rate",
+        "reports",
+        filters=("gateway_id",),
+    ),
+)
+
+
+async def _idempotency(request: Request) -> IdempotencyStore:
+    store: IdempotencyStore = request.app.state.idempotency
+    return store
+
+
+async def estate_of(upstreams: Upstreams, kind: str, object_id: str) -> str | None:
+    """The estate an object belongs to, or None when it does not exist (or has none)."""
+    if kind == "estate":
+        return object_id
+    try:
+        if kind == "command":
+            command = await upstreams.call("control", "GET", f"/v1/commands/{object_id}")
+            return await estate_of(upstreams, "meter", str(command["meter_id"]))
+        found = await upstreams.call("billing", "GET", f"/v1/{kind}s/{object_id}")
+    except UpstreamError as err:
+        if err.status_code == 404:
+            return None
+        raise
+    estate = found.get("estate_id") if isinstance(found, dict) else None
+    return str(estate) if estate is not None else None
+
+
+async def guard_estate(
+    route: Route, principal: Principal, upstreams: Upstreams, path: dict[str, str], query: dict[str, Any], body: Any
+) -> None:
+    """Keep estate-scoped principals inside their estates (fills a single estate into listings)."""
+    if principal.all_estates:
+        return
+    rule = route.estate
+    if rule is None:
+        raise Forbidden("this listing spans every estate; it needs an all-estates role / 需全部小区权限")
+    if rule.source == "query":
+        wanted = query.get(rule.name)
+        if wanted is None and len(principal.estates) == 1:
+            query[rule.name] = wanted = next(iter(principal.estates))
+        if wanted is None or not principal.may_see_estate(str(wanted)):
+            raise Forbidden(f"pass {rule.name}= one of your estates / 请指定您管理的小区")
+        return
+    value = path.get(rule.name) if rule.source == "path" else (body or {}).get(rule.name)
+    estate = await estate_of(upstreams, rule.kind, str(value)) if value is not None else None
+    if not principal.may_see_estate(estate):
+        if rule.source == "path":
+            raise ObjectNotFound(f"no such {rule.kind}")
+        raise Forbidden(f"{rule.name} is outside your estates / 超出您管理的小区")
+
+
+def _params(route: Route) -> list[inspect.Parameter]:
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("request", kw, annotation=Request),
+        inspect.Parameter("response", kw, annotation=Response),
+        inspect.Parameter("principal", kw, annotation=Annotated[Principal, Depends(require(route.action))]),
+        inspect.Parameter("upstreams", kw, annotation=UpstreamsDep),
+    ]
+    for name in _path_names(route.path):
+        params.append(
+            inspect.Parameter(name, kw, annotation=Annotated[str, Path(min_length=1, max_length=64, pattern=IDENT)])
+        )
+    if route.kind == "list" or route.filters:
+        for name in route.filters:
+            alias = {"from": "from_", "to": "to_"}.get(name, name)
+            params.append(
+                inspect.Parameter(
+                    alias, kw, default=None, annotation=Annotated[str | None, Query(alias=name, max_length=64)]
+                )
+            )
+    if route.kind == "list":
+        params += [
+            inspect.Parameter("limit", kw, default=50, annotation=Limit),
+            inspect.Parameter("cursor", kw, default=None, annotation=Cursor),
+            inspect.Parameter("sort", kw, default=None, annotation=Sort),
+        ]
+    if route.kind in ("write", "money"):
+        examples = {"example": {"value": route.example}} if route.example else None
+        model: Any = route.body or dict[str, Any]
+        params.append(
+            inspect.Parameter("body", kw, annotation=Annotated[model, Body(openapi_examples=examples)])  # type: ignore[arg-type]
+        )
+    if route.kind == "money":
+        params.append(
+            inspect.Parameter(
+                "idempotency_key",
+                kw,
+                annotation=Annotated[str, Header(alias="Idempotency-Key", min_length=8, max_length=100)],
+            )
+        )
+    if route.method in ("PUT", "PATCH"):
+        params.append(inspect.Parameter("if_match", kw, default=None, annotation=IfMatch))
+    return params
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def _endpoint(route: Route) -> Any:
+    path_names = _path_names(route.path)
+    upstream_path = "/v1" + (route.upstream or route.path)
+
+    async def endpoint(**kwargs: Any) -> Any:
+        request: Request = kwargs["request"]
+        response: Response = kwargs["response"]
+        principal: Principal = kwargs["principal"]
+        upstreams: Upstreams = kwargs["upstreams"]
+        path = {name: kwargs[name] for name in path_names}
+        query = {name: kwargs[{"from": "from_", "to": "to_"}.get(name, name)] for name in route.filters}
+        query = {k: v for k, v in query.items() if v is not None}
+        body = kwargs.get("body")
+        if isinstance(body, BaseModel):
+            body = body.model_dump(mode="json", exclude_none=True)
+        await guard_estate(route, principal, upstreams, path, query, body)
+        target = upstream_path.format(**path)
+        if route.kind == "list":
+            limit: int = kwargs["limit"]
+            # Sorting needs the whole window; without it, enough rows to know whether a next page exists.
+            wanted = (
+                UPSTREAM_PAGE_CAP
+                if kwargs["sort"]
+                else min(decode_cursor(kwargs["cursor"]) + limit + 1, UPSTREAM_PAGE_CAP)
+            )
+            found = await upstreams.call(route.service, "GET", target, params={**query, "limit": wanted})
+            items = found.get("items", []) if isinstance(found, dict) else (found or [])
+            return page_of_all(items, limit, kwargs["cursor"], kwargs["sort"])
+        if route.kind == "object":
+            return with_etag(response, await upstreams.call(route.service, "GET", target, params=query or None))
+        if route.kind == "csv":
+            content = await request.body()
+            if not re.match(CSV_HEADER, content.decode("utf-8", errors="replace")):
+                raise InvalidRequest("send text/csv in UTF-8 whose first row names the columns")
+            raw = await upstreams.raw(
+                route.service, "POST", target, content=content, headers={"Content-Type": "text/csv"}
+            )
+            return JSONResponse(raw.json() if raw.content else None, status_code=raw.status_code)
+        if kwargs.get("if_match") is not None:
+            check_etag(kwargs["if_match"], await upstreams.call(route.service, "GET", target))
+        if route.kind == "money":
+            store: IdempotencyStore = request.app.state.idempotency
+            key: str = kwargs["idempotency_key"]
+
+            async def forward() -> tuple[int, Any]:
+                raw = await upstreams.raw(
+                    route.service,
+                    route.method,
+                    target,
+                    json=body,
+                    headers={"Idempotency-Key": upstream_key(principal, key)},
+                )
+                return raw.status_code, raw.json() if raw.content else None
+
+            return await store.run(principal, key, request, body, forward)
+        raw = await upstreams.raw(route.service, route.method, target, json=body)
+        if raw.status_code == 204 or not raw.content:
+            return Response(status_code=204)
+        return JSONResponse(raw.json(), status_code=raw.status_code)
+
+    endpoint.__signature__ = inspect.Signature(_params(route))  # type: ignore[attr-defined]
+    endpoint.__name__ = f"{route.method.lower()}_{route.path.strip('/').replace('/', '_').replace('{', '').replace('}', '').replace('-', '_')}"
+    return endpoint
+
+
+def _openapi_extra(route: Route) -> dict[str, Any]:
+    extra: dict[str, Any] = {"x-required-action": route.action.value, **route.extra}
+    if route.kind == "csv":
+        extra["requestBody"] = {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string", "pattern": CSV_HEADER},
+                    "example": "gateway_id,bus_id,host,port,protocol,meter_id,address,model,utility\n"
+                    "GW1,GW1-1,10.0.0.7,10001,dlt645,E-1-101,000000000101,dds1588,electricity\n",
+                }
+            },
+        }
+    return extra
+
+
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {"description": "created"},
+    202: {"description": "accepted"},
+    204: {"description": "done, nothing to return"},
+}
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", responses=ERRORS)
+    for route in ROUTES:
+        router.add_api_route(
+            route.path,
+            _endpoint(route),
+            methods=[route.method],
+            summary=route.summary,
+            description=(route.description + f"\n\nNeeds `{route.action.value}`.").strip(),
+            tags=[route.tag],
+            response_model=Page if route.kind == "list" else dict[str, Any] | None,
+            status_code=201 if route.kind == "money" else 200,
+            responses=WRITE_RESPONSES if route.kind in ("write", "money", "csv") else None,
+            openapi_extra=_openapi_extra(route),
+        )
+    router.include_router(commands)
+    return router
+
+
+# -- commands: the action depends on the command kind, so these are written out -----------------
+commands = APIRouter(tags=["commands"], responses=ERRORS)
+Commands = Annotated[Principal, Depends(require(Action.COMMANDS_READ))]
+Upstream = UpstreamsDep
+Idempotency = Annotated[IdempotencyStore, Depends(_idempotency)]
+Parameters = Annotated[dict[str, Text], Field(default_factory=dict, max_length=32)]
+
+
+class CommandIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"meter_id": "E-1-101", "kind": "trip", "reason": "欠费停电 / arrears"}]},
+    )
+
+    meter_id: Identifier
+    kind: CommandKind
+    reason: Text = Field(min_length=1, max_length=500)
+    ttl_seconds: int = Field(default=600, ge=10, le=7 * 24 * 3600)
+    parameters: Parameters
+    override_windows: bool = Field(default=False, description="cut off inside a protected window (needs commands:trip)")
+    lift_keep_power: bool = Field(default=False, description="clear the household's 保电 flag (needs commands:trip)")
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"meters": ["E-1-101", "E-1-102"], "kind": "time_sync", "reason": "月度校时"}]},
+    )
+
+    meters: list[Identifier] = Field(min_length=1, max_length=500)
+    kind: CommandKind
+    reason: Text = Field(min_length=1, max_length=500)
+    ttl_seconds: int = Field(default=600, ge=10, le=7 * 24 * 3600)
+    parameters: Parameters
+    override_windows: bool = False
+    lift_keep_power: bool = False
+
+
+class ScheduleIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "每日校时", "kind": "time_sync", "at_local": "02:00:00", "meters": ["E-1-101"]}]
+        },
+    )
+
+    name: Text = Field(min_length=1, max_length=100)
+    kind: CommandKind
+    at_local: time = Field(description="daily, local wall-clock time (Asia/Shanghai unless configured)")
+    meters: list[Identifier] = Field(min_length=1, max_length=500)
+    parameters: Parameters
+
+
+class CommandAccepted(BaseModel):
+    command_id: uuid.UUID
+
+
+def _may_issue(principal: Principal, kind: CommandKind, override: bool = False) -> None:
+    cuts = kind.value in CUT_OFF_KINDS or override
+    needed = Action.COMMANDS_TRIP if cuts else Action.COMMANDS_CLOSE
+    if not principal.may(needed):
+        raise Forbidden(f"{kind.value} needs {needed.value} / 无权下发此命令")
+
+
+async def _guard_meters(principal: Principal, upstreams: Upstreams, meter_ids: list[str]) -> None:
+    if principal.all_estates:
+        return
+    for meter_id in sorted(set(meter_ids)):
+        if not principal.may_see_estate(await estate_of(upstreams, "meter", meter_id)):
+            raise Forbidden(f"meter {meter_id} is outside your estates / 超出您管理的小区")
+
+
+def _reason(reason: str, principal: Principal) -> str:
+    return f"{reason} (by {principal.name})"[:500]
+
+
+@commands.post(
+    "/commands",
+    status_code=202,
+    response_model=CommandAccepted,
+    summary="下发命令 · Issue a device command (idempotent)",
+    description="`trip`, `valve_close`, `keep_power_off` and overriding a protected window or keep-power need "
+    "`commands:trip`; other kinds `commands:close`.",
+)
+async def issue_command(
+    body: CommandIn,
+    request: Request,
+    principal: Commands,
+    upstreams: Upstream,
+    store: Idempotency,
+    idempotency_key: IdempotencyKey,
+) -> Any:
+    _may_issue(principal, body.kind, body.override_windows or body.lift_keep_power)
+    await _guard_meters(principal, upstreams, [body.meter_id])
+
+    async def forward() -> tuple[int, Any]:
+        sent = body.model_dump(mode="json")
+        # The same key always names the same command, so control de-duplicates retries too.
+        sent["command_id"] = upstream_key(principal, idempotency_key)
+        sent["origin"] = "integrator" if principal.role is Role.INTEGRATOR else "operator"
+        sent["reason"] = _reason(body.reason, principal)
+        return 202, await upstreams.call("control", "POST", "/v1/commands", json=sent)
+
+    return await store.run(principal, idempotency_key, request, body.model_dump(mode="json"), forward)
+
+
+@commands.post(
+    "/commands/batch",
+    status_code=202,
+    response_model=dict[str, Any],
+    summary="批量下发 · One command to many meters (idempotent; control applies policy per meter)",
+)
+async def issue_batch(
+    body: BatchIn,
+    request: Request,
+    principal: Commands,
+    upstreams: Upstream,
+    store: Idempotency,
+    idempotency_key: IdempotencyKey,
+) -> Any:
+    _may_issue(principal, body.kind, body.override_windows or body.lift_keep_power)
+    await _guard_meters(principal, upstreams, body.meters)
+
+    async def forward() -> tuple[int, Any]:
+        sent = {**body.model_dump(mode="json"), "reason": _reason(body.reason, principal)}
+        return 202, await upstreams.call("control", "POST", "/v1/batches", json=sent)
+
+    return await store.run(principal, idempotency_key, request, body.model_dump(mode="json"), forward)
+
+
+@commands.post(
+    "/commands/scheduled",
+    status_code=201,
+    response_model=dict[str, Any],
+    summary="定时命令 · A daily scheduled command (idempotent)",
+    description="Stored by control as a schedule (`GET /v1/schedules` lists them).",
+)
+async def schedule_command(
+    body: ScheduleIn,
+    request: Request,
+    principal: Commands,
+    upstreams: Upstream,
+    store: Idempotency,
+    idempotency_key: IdempotencyKey,
+) -> Any:
+    _may_issue(principal, body.kind)
+    await _guard_meters(principal, upstreams, body.meters)
+
+    async def forward() -> tuple[int, Any]:
+        return 201, await upstreams.call("control", "POST", "/v1/schedules", json=body.model_dump(mode="json"))
+
+    return await store.run(principal, idempotency_key, request, body.model_dump(mode="json"), forward)

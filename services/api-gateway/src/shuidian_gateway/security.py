@@ -1,0 +1,145 @@
+"""Credentials as pure functions: password hashing (argon2id), access tokens (JWT HS256), opaque
+refresh tokens and API keys (random, stored as SHA-256), and webhook signatures (HMAC-SHA256)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+_hasher = PasswordHasher()
+# Verified when the username does not exist, so a miss costs as much time as a wrong password.
+DUMMY_HASH = _hasher.hash("no-such-user-" + secrets.token_hex(8))
+API_KEY_PREFIX = "sk"
+ALGORITHM = "HS256"
+
+
+class InvalidToken(ValueError):
+    """An access token that is malformed, forged, expired or of the wrong type."""
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def digest(token: str) -> str:
+    """Refresh tokens and API keys are 256-bit random strings: a plain SHA-256 is enough to store them."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_refresh_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class MintedKey:
+    key: str  # shown once: sk_<prefix>_<secret>
+    prefix: str
+    key_hash: str
+
+
+def new_api_key() -> MintedKey:
+    prefix = secrets.token_hex(4)
+    key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    return MintedKey(key, prefix, digest(key))
+
+
+def api_key_prefix(key: str) -> str | None:
+    """The public prefix of something that looks like an API key, else None."""
+    parts = key.split("_", 2)
+    if len(parts) == 3 and parts[0] == API_KEY_PREFIX and len(parts[1]) == 8:
+        return parts[1]
+    return None
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: str
+    role: str
+    estates: tuple[str, ...]
+    tenant_id: str | None
+    expires_at: datetime
+
+
+def encode_access_token(
+    secret: str,
+    issuer: str,
+    *,
+    user_id: str,
+    role: str,
+    estates: tuple[str, ...],
+    tenant_id: str | None,
+    now: datetime,
+    ttl: timedelta,
+) -> str:
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": user_id,
+        "typ": "access",
+        "role": role,
+        "estates": list(estates),
+        "tid": tenant_id,
+        "iat": int(now.timestamp()),
+        "exp": int((now + ttl).timestamp()),
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_access_token(secret: str, issuer: str, token: str, *, now: datetime) -> AccessClaims:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=issuer,
+            options={"require": ["exp", "iat", "sub", "iss"], "verify_exp": False},
+        )
+    except jwt.PyJWTError as err:
+        raise InvalidToken(str(err)) from err
+    if claims.get("typ") != "access" or not isinstance(claims.get("role"), str):
+        raise InvalidToken("not an access token")
+    if int(claims["exp"]) <= now.timestamp():
+        raise InvalidToken("the access token has expired")
+    estates = claims.get("estates") or []
+    tenant_id = claims.get("tid")
+    return AccessClaims(
+        user_id=str(claims["sub"]),
+        role=claims["role"],
+        estates=tuple(str(e) for e in estates),
+        tenant_id=str(tenant_id) if tenant_id is not None else None,
+        expires_at=datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo),
+    )
+
+
+def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
+    """`Shuidian-Signature: t=<unix>,v1=<hex>` where hex = HMAC-SHA256(secret, "<unix>.<body>")."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify_webhook(secret: str, header: str, body: bytes, *, now: int, tolerance: int = 300) -> bool:
+    """What a receiver does: recompute the signature and refuse stale timestamps (replays)."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        timestamp = int(fields["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign_webhook(secret, timestamp, body), header)

@@ -21,6 +21,7 @@ import httpx
 
 from shuidian_devstack import infra
 from shuidian_devstack.demo import DemoEstate
+from shuidian_devstack.seed import DEMO_PASSWORD
 
 log = logging.getLogger("shuidian.run")
 
@@ -150,10 +151,12 @@ async def start(stack: Stack) -> dict[str, str]:
             raise TimeoutError("simulator did not report its ports")
         await asyncio.sleep(0.2)
     endpoints = json.loads(ports_file.read_text())
-    from shuidian_devstack.seed import seed
+    from shuidian_devstack.seed import seed, seed_users
 
     async with httpx.AsyncClient(timeout=10.0) as client:
-        await seed(client, urls, estate.buses(endpoints), estate.accounts(), premises=estate.premises())
+        premises = estate.premises()
+        await seed(client, urls, estate.buses(endpoints), estate.accounts(), premises=premises)
+        await seed_users(client, urls["gateway"], STAFF_KEY, premises)
     return urls
 
 
@@ -164,6 +167,9 @@ def banner(urls: dict[str, str], estate_rooms: int) -> str:
         "Shuidian 水电 is running — 平台已启动",
         f"  API gateway      {gw}/docs   (staff key: {STAFF_KEY})",
         f"  try:             curl -H 'Authorization: Bearer {STAFF_KEY}' {gw}/api/v1/accounts/A101",
+        f"  sign in:         tenant A101 · staff manager, cashier, maintenance, finance, admin"
+        f" — password {DEMO_PASSWORD}",
+        f"                   curl -d grant_type=password -d username=A101 -d password={DEMO_PASSWORD} {gw}/v1/auth/token",
         *(f"  {name:<16} {url}/docs" for name, url in urls.items() if name != "gateway"),
         f"  simulator        http://127.0.0.1:{SIMULATOR_PORT}/docs",
         f"  demo estate      {estate_rooms} rooms, each with an electricity and a water meter",

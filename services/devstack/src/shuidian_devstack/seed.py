@@ -212,3 +212,29 @@ async def _seed_premises(client: httpx.AsyncClient, billing: str, premises: Prem
                 },
             )
         )
+
+
+DEMO_PASSWORD = "shuidian-demo"  # dev stack only: every demo user signs in with it
+DEMO_STAFF = {
+    "admin": "system_admin",
+    "manager": "estate_manager",
+    "cashier": "cashier",
+    "maintenance": "maintenance",
+    "finance": "finance",
+}
+
+
+async def seed_users(client: httpx.AsyncClient, gateway: str, staff_key: str, premises: PremisesSeed) -> None:
+    """Demo sign-ins: one user per staff role for the estate, and one tenant user per room (its code)."""
+    users: list[dict[str, object]] = [
+        {"username": name, "role": role, "estates": [premises.estate_id]} for name, role in DEMO_STAFF.items()
+    ]
+    users += [{"username": room.code, "role": "tenant", "tenant_id": room.tenant_id} for room in premises.rooms]
+    for user in users:
+        response = await client.post(
+            f"{gateway}/v1/users",
+            json={**user, "password": DEMO_PASSWORD},
+            headers={"Authorization": f"Bearer {staff_key}"},
+        )
+        if response.status_code != 409:  # already there from an earlier start
+            await _ok(response)

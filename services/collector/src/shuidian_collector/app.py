@@ -15,7 +15,7 @@ from shuidian_collector.api import router
 from shuidian_collector.commands import Commands, utcnow
 from shuidian_collector.drivers import ConfirmPolicy, Driver
 from shuidian_collector.drivers.cjt188 import Cjt188Driver
-from shuidian_collector.drivers.dlt645 import Dlt645Driver, Dlt645v1997Driver
+from shuidian_collector.drivers.dlt645 import ClockPolicy, Credentials, Dlt645Driver, Dlt645v1997Driver
 from shuidian_collector.drivers.modbus import ModbusDriver
 from shuidian_collector.fleet import Fleet
 from shuidian_collector.poller import DeviceStates
@@ -29,11 +29,23 @@ from shuidian_shared.messages import CommandRequested
 SERVICE = "collector"
 
 
+def _dlt645_credentials(settings: CollectorSettings) -> Credentials | None:
+    if settings.dlt645_password is None:
+        return None
+    password = int(settings.dlt645_password.get_secret_value())
+    return Credentials(settings.dlt645_password_level, password, settings.dlt645_operator)
+
+
 def drivers(settings: CollectorSettings) -> dict[str, Driver]:
     relay = ConfirmPolicy(settings.confirm_attempts, settings.confirm_interval_seconds)
     valve = ConfirmPolicy(settings.valve_confirm_attempts, settings.valve_confirm_interval_seconds)
     return {
-        BusProtocol.DLT645: Dlt645Driver(timezone=settings.timezone, confirm=relay),
+        BusProtocol.DLT645: Dlt645Driver(
+            timezone=settings.timezone,
+            confirm=relay,
+            credentials=_dlt645_credentials(settings),
+            clock=ClockPolicy(settings.time_sync_tolerance_seconds, settings.time_sync_broadcast_limit_seconds),
+        ),
         BusProtocol.DLT645_1997: Dlt645v1997Driver(),
         BusProtocol.CJT188: Cjt188Driver(confirm=valve),
         BusProtocol.MODBUS_RTU: ModbusDriver(rtu=True, confirm=relay),

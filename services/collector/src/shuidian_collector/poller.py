@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_collector.drivers import CommandOutcome, Driver
+from shuidian_collector.drivers import CommandOutcome, CommandRejected, Driver
 from shuidian_collector.protocols.common import ProtocolError
 from shuidian_collector.registry import BusConfig, GatewayConfig, MeterConfig
 from shuidian_collector.schedule import Edge, GatewayHealth, MeterSchedule
@@ -25,6 +25,7 @@ from shuidian_collector.transport import COMMAND_PRIORITY, POLL_PRIORITY, Bus, B
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     CommandRequested,
+    CommandStatus,
     DeviceState,
     GatewayStatus,
     Reading,
@@ -334,7 +335,12 @@ class GatewayPoller:
         bus = self.buses[bus_config.bus_id]
         driver = self._drivers[bus_config.protocol]
         patience = driver.patience(meter)
-        return await driver.command(bus.channel(COMMAND_PRIORITY, patience.retries, patience.timeout), meter, request)
+        try:
+            return await driver.command(
+                bus.channel(COMMAND_PRIORITY, patience.retries, patience.timeout), meter, request
+            )
+        except CommandRejected as err:
+            return CommandOutcome(CommandStatus.FAILED, str(err))
 
     def meter(self, meter_id: str) -> MeterConfig:
         return self._meters[meter_id][1]

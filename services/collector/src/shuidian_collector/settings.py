@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shuidian_shared.settings import ServiceSettings
@@ -36,6 +36,26 @@ class CollectorSettings(ServiceSettings):
         "or a fresh temporary directory in the test environment",
     )
     store_max_rows: int = Field(default=100_000, ge=1, description="reading batches the local store holds at most")
+    dlt645_password_level: int = Field(default=2, ge=0, le=99, description="DL/T 645 password level for writes")
+    dlt645_password: SecretStr | None = Field(
+        default=None,
+        description="DL/T 645 6-digit password for writes (14) and relay control; unset: parameter writes and "
+        "time sync beyond a broadcast need the password in the command parameters",
+    )
+    dlt645_operator: int = Field(default=0, ge=0, le=99_999_999, description="DL/T 645 operator code (8 digits)")
+    time_sync_tolerance_seconds: float = Field(default=5.0, gt=0, description="read-back clock error accepted")
+    time_sync_broadcast_limit_seconds: float = Field(
+        default=300.0, ge=0, description="largest clock offset corrected by broadcast time (meters refuse more)"
+    )
+
+    @model_validator(mode="after")
+    def _password_digits(self) -> CollectorSettings:
+        password = self.dlt645_password
+        if password is not None and not (
+            len(password.get_secret_value()) == 6 and password.get_secret_value().isdigit()
+        ):
+            raise ValueError("dlt645_password must be 6 decimal digits")
+        return self
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> CollectorSettings:

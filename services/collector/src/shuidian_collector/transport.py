@@ -176,6 +176,16 @@ class BusLink:
             await self.close()
             raise BusLinkError(str(err)) from err
 
+    async def send(self, request: bytes) -> None:
+        """Send a frame nobody answers (a broadcast); the gateway puts it on the line before any later request."""
+        _, writer = await self._connect()
+        try:
+            writer.write(request)
+            await writer.drain()
+        except OSError as err:
+            await self.close()
+            raise BusLinkError(str(err)) from err
+
     async def close(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None
         if writer is not None:

@@ -42,7 +42,7 @@ from shuidian_simulator.estate import Estate, FaultKind
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
-DI_ENERGY = bytes([0x33, 0x33, 0x34, 0x33])  # 00010000 as it travels (+33, little-endian)
+DI_ENERGY = bytes([0x33, 0x32, 0x34, 0x33])  # 0001FF00 (total + tariffs) as it travels (+33, little-endian)
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:

@@ -41,7 +41,7 @@ from shuidian_simulator.estate import Estate, Fault, FaultKind
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
-DI_ENERGY = bytes([0x33, 0x33, 0x34, 0x33])
+DI_ENERGY = bytes([0x33, 0x32, 0x34, 0x33])  # 0001FF00 (total + tariffs) as it travels
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:

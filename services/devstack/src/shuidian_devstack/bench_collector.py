@@ -130,17 +130,24 @@ def _physical_s(request: bytes, reply: bytes, baud: int, reply_delay_s: float) -
     return (len(request) + len(reply)) * BITS_PER_CHAR / baud + reply_delay_s
 
 
-def _efficiency(wire: list[tuple[float, str, bytes]], start: float, end: float, baud: int) -> tuple[float, int]:
-    """Bus time the answered exchanges in [start, end] physically need ÷ (end - start); and how many there were."""
-    busy, answered = 0.0, 0
+# The energy read that starts every DL/T 645 poll, as it travels (+33, little-endian): the 0001FF00 block
+# (total + 尖峰平谷), or 00010000 alone for a meter without the block.
+_ENERGY_DIS = (bytes([0x33, 0x32, 0x34, 0x33]), bytes([0x33, 0x33, 0x34, 0x33]))
+
+
+def _efficiency(wire: list[tuple[float, str, bytes]], start: float, end: float, baud: int) -> tuple[float, int, int]:
+    """Bus time the answered exchanges in [start, end] physically need ÷ (end - start); how many there were, and
+    how many of them were meter polls (one energy read each)."""
+    busy, answered, polls = 0.0, 0, 0
     for (at, direction, request), (_, next_direction, reply) in itertools.pairwise(wire):
         if direction == "rx" and next_direction == "tx" and start <= at <= end:
             busy += _physical_s(request, reply, baud, 0.020)
             answered += 1
-    return busy / (end - start), answered
+            polls += request[14:18] in _ENERGY_DIS
+    return busy / (end - start), answered, polls
 
 
-async def _bus_run(database_url: str, mqtt_url: str, *, dead: int | None) -> tuple[float, float, int]:
+async def _bus_run(database_url: str, mqtt_url: str, *, dead: int | None) -> tuple[float, float, float]:
     tag = uuid.uuid4().hex[:6]
     estate = _estate(tag, 1, 32, 2400, dead=dead)
     bus_id = f"bus-{tag}-0"
@@ -152,9 +159,9 @@ async def _bus_run(database_url: str, mqtt_url: str, *, dead: int | None) -> tup
             start = time.time()
             await asyncio.sleep(WINDOW_S)
             end = time.time()
-            efficiency, answered = _efficiency(sim.wire_log(bus_id), start, end, 2400)
+            efficiency, answered, polls = _efficiency(sim.wire_log(bus_id), start, end, 2400)
             await _decommission(c, estate)
-    return efficiency, answered / (end - start), answered
+    return efficiency, answered / (end - start), polls / (end - start)
 
 
 async def _command_latencies(database_url: str, mqtt_url: str) -> list[float]:
@@ -296,7 +303,9 @@ async def run(database_url: str, mqtt_url: str) -> None:
             runs=RUNS,
             min=round(min(ratios), 3),
             max=round(max(ratios), 3),
-            reads_per_s=round(statistics.median(r[1] for r in runs), 2),
+            exchanges_per_s=round(statistics.median(r[1] for r in runs), 2),
+            meter_polls_per_s=round(statistics.median(r[2] for r in runs), 2),
+            poll="0001FF00 block (total + 4 tariffs), status word 3, remaining money",
             baud=2400,
             meters=32,
             window_s=WINDOW_S,

@@ -7,8 +7,9 @@ in kWh, water_volume_total in m³, …), so nothing downstream knows which proto
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Protocol, TypeVar
 
 from shuidian_collector.registry import BusConfig, MeterConfig
@@ -67,6 +68,26 @@ class Driver(Protocol):
     async def command(self, channel: Channel, meter: MeterConfig, request: CommandRequested) -> CommandOutcome:
         """Send the command and confirm it by reading the state back."""
         ...
+
+
+class CommandRejected(Exception):
+    """The command cannot be carried out as asked (bad parameters, missing credentials); nothing was written."""
+
+
+def requested_parameter(request: CommandRequested, allowed: Collection[str], device: str) -> tuple[str, Decimal]:
+    """The (name, value) of a parameter write: `{"name": "<canonical name>", "value": "<decimal string>"}`."""
+    name = request.parameters.get("name", "")
+    if name not in allowed:
+        listed = ", ".join(sorted(allowed)) or "none"
+        raise CommandRejected(f"parameter {name!r} is not writable on {device}; writable: {listed}")
+    raw = request.parameters.get("value", "")
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        raise CommandRejected(f"value {raw!r} for {name} is not a decimal number") from None
+    if not value.is_finite():
+        raise CommandRejected(f"value {raw!r} for {name} is not a finite number")
+    return name, value
 
 
 def unsupported(kind: CommandKind, protocol: str) -> CommandOutcome:

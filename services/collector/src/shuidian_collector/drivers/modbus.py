@@ -1,6 +1,8 @@
 """Modbus RTU-over-TCP and Modbus TCP meters, driven by the device profiles in protocols/profiles/*.yaml:
 contiguous registers are read in blocks, relay and valve commands are the profile's register writes,
-confirmed by reading the profile's state register back when it has one."""
+confirmed by reading the profile's state register back when it has one; parameter writes go to the registers
+a profile marks writable (and confirmed), confirmed by reading them back. No profile maps a clock yet, so
+time sync is reported as not supported."""
 
 from __future__ import annotations
 
@@ -18,13 +20,22 @@ from pymodbus.framer import FramerType
 from shuidian_collector.drivers import (
     RELAY_CONFIRM,
     CommandOutcome,
+    CommandRejected,
     ConfirmPolicy,
     Patience,
     read_back,
+    requested_parameter,
     unsupported,
 )
-from shuidian_collector.protocols.common import DeviceError, ProtocolError
-from shuidian_collector.protocols.modbus_profiles import DeviceProfile, decode_block, load_profile, plan_reads
+from shuidian_collector.protocols.common import DeviceError, ProtocolError, ValueEncodingError
+from shuidian_collector.protocols.modbus_profiles import (
+    DeviceProfile,
+    decode_block,
+    decode_register,
+    encode_register,
+    load_profile,
+    plan_reads,
+)
 from shuidian_collector.registry import BusConfig, MeterConfig
 from shuidian_collector.transport import BusLinkError, BusTimeout, Channel
 from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, RelayState, ValveState
@@ -91,15 +102,22 @@ def _pdu(unit: int, function: int, address: int, values: list[int]) -> bytes:
 
 
 class ModbusDriver:
-    def __init__(self, *, rtu: bool, confirm: ConfirmPolicy = RELAY_CONFIRM) -> None:
+    def __init__(
+        self,
+        *,
+        rtu: bool,
+        confirm: ConfirmPolicy = RELAY_CONFIRM,
+        profiles: Callable[[str], DeviceProfile] = load_profile,
+    ) -> None:
         self._rtu = rtu
         self._confirm = confirm
+        self._profiles = profiles  # model → profile (tests pass their own)
 
     def open(self, bus: BusConfig) -> ModbusLink:
         return ModbusLink(bus.host, bus.port, rtu=self._rtu, timeout=bus.timeout_ms / 1000)
 
     def patience(self, meter: MeterConfig) -> Patience:
-        profile = load_profile(meter.model)
+        profile = self._profiles(meter.model)
         return Patience(None if profile.timeout_ms is None else profile.timeout_ms / 1000, profile.retries)
 
     @staticmethod
@@ -131,8 +149,9 @@ class ModbusDriver:
         return values, answered_at
 
     async def read(self, channel: Channel, meter: MeterConfig) -> Reading:
-        profile = load_profile(meter.model)
-        values, sampled_at = await self._registers(channel, int(meter.address), profile)
+        profile = self._profiles(meter.model)
+        measured = [r.name for r in profile.registers if not r.writable]  # parameters are not readings
+        values, sampled_at = await self._registers(channel, int(meter.address), profile, measured)
         relay = values.pop("relay_open", None)
         valve = values.pop("valve_state", None)
         return Reading.create(
@@ -145,7 +164,13 @@ class ModbusDriver:
         )
 
     async def command(self, channel: Channel, meter: MeterConfig, request: CommandRequested) -> CommandOutcome:
-        profile = load_profile(meter.model)
+        profile = self._profiles(meter.model)
+        if request.kind is CommandKind.PARAMETER_WRITE:
+            return await self._parameter_write(channel, meter, profile, request)
+        if request.kind is CommandKind.TIME_SYNC:
+            return CommandOutcome(
+                CommandStatus.FAILED, f"time_sync is not supported by Modbus {profile.model}: its profile maps no clock"
+            )
         action = _ACTIONS.get(request.kind)
         if action is None or action[0] not in {c.action for c in profile.controls}:
             return unsupported(request.kind, f"Modbus {profile.model}")
@@ -183,3 +208,39 @@ class ModbusDriver:
                 CommandStatus.FAILED, f"written but {state_register} reads {value}", sent, relay, valve
             )
         return CommandOutcome(CommandStatus.CONFIRMED, "state read back matches", sent, relay, valve)
+
+    async def _parameter_write(
+        self, channel: Channel, meter: MeterConfig, profile: DeviceProfile, request: CommandRequested
+    ) -> CommandOutcome:
+        writable = {r.name: r for r in profile.registers if r.writable}
+        name, value = requested_parameter(request, writable, f"Modbus {profile.model}")
+        spec = writable[name]
+        if not spec.confirmed:
+            raise CommandRejected(
+                f"{name} on {profile.model} is writable by its profile but not confirmed by the vendor manual: not written"
+            )
+        try:
+            words = encode_register(spec, value)
+        except ValueEncodingError as err:
+            raise CommandRejected(f"value {value} does not fit {name}: {err}") from err
+        expected = decode_register(spec, words)  # what the meter holds afterwards (float32 rounds)
+        unit = int(meter.address)
+        link = self._link(channel)
+        function = 6 if len(words) == 1 else 16
+
+        async def send(client: AsyncModbusTcpClient) -> Any:
+            if function == 6:
+                return await client.write_register(spec.address, words[0], device_id=unit)
+            return await client.write_registers(spec.address, words, device_id=unit)
+
+        sent = _pdu(unit, function, spec.address, words)
+        try:
+            await channel.transact(partial(link.call, send, channel.timeout))
+        except DeviceError as err:
+            return CommandOutcome(CommandStatus.FAILED, f"{name}: meter refused: {err}", sent)
+        back = (await self._registers(channel, unit, profile, [name]))[0][name]
+        if back != expected:
+            return CommandOutcome(
+                CommandStatus.FAILED, f"accepted but {name} reads back {back} {spec.unit}, not {expected}", sent
+            )
+        return CommandOutcome(CommandStatus.CONFIRMED, f"{name} = {back} {spec.unit} read back", sent)

@@ -207,6 +207,8 @@ def _catalogue_2007() -> dict[int, DataItem]:
         DataItem(0x03330201, "purchase_count", "", 2, kind=ValueKind.COUNT),
         DataItem(0x04001001, "alarm_money_limit_1", "CNY", 4, 2),
         DataItem(0x04001002, "alarm_money_limit_2", "CNY", 4, 2),
+        DataItem(0x04001004, "overdraft_money_limit", "CNY", 4, 2),  # 透支金额限值
+        DataItem(0x04000E01, "active_power_upper_limit", "kW", 3, 4),  # 正向有功功率上限值 (load limit)
         DataItem(0x04000101, "date", "", 4, kind=ValueKind.DATE),
         DataItem(0x04000102, "time", "", 3, kind=ValueKind.TIME),
         DataItem(0x04000501, "status_word_1", "", 2, kind=ValueKind.STATUS_WORD_1),

@@ -71,6 +71,11 @@ CANONICAL_UNITS: Final[Mapping[str, str]] = MappingProxyType(
         "water_volume_total": "m3",
         "water_flow_rate": "m3/h",
         "valve_state": "",
+        # Parameters (registers a profile marks `writable`), the same names as the DL/T 645 parameter writes.
+        "alarm_money_1": "CNY",
+        "alarm_money_2": "CNY",
+        "overdraft_money_limit": "CNY",
+        "power_limit": "kW",
     }
 )
 _STATE_REGISTERS = frozenset({"relay_open", "valve_state"})
@@ -145,6 +150,8 @@ class RegisterSpec(_Frozen):
     confirmed: bool
     source: str = ""
     note: str = ""
+    # A parameter a parameter_write may set (function 06 / 10H); only written when also `confirmed`.
+    writable: bool = False
 
     _check_address = field_validator("address", mode="before")(_integer_address)
 
@@ -172,6 +179,8 @@ class RegisterSpec(_Frozen):
             raise ValueError(f"{self.name} is a state code: an integer type with scale 1")
         if self.confirmed and not self.source:
             raise ValueError(f"{self.name} is marked confirmed but names no source")
+        if self.writable and (self.function != 3 or self.name in _STATE_REGISTERS):
+            raise ValueError(f"{self.name}: only holding registers (function 3) that are not state codes are writable")
         return self
 
     @property

@@ -4,6 +4,7 @@ beside the raw database ceiling (batched insert + balance update) measured in th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ from multiprocessing.synchronize import Event
 
 import aiomqtt
 import httpx
+import psutil
 from pydantic import SecretStr
 from sqlalchemy import text
 
@@ -150,6 +152,16 @@ async def _database_ceiling(database_url: str) -> list[float]:
     return rates
 
 
+def _cpu_seconds(names: tuple[str, ...]) -> float:
+    """CPU seconds used so far by every process with one of these names (the database, the broker)."""
+    total = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        times = process.info["cpu_times"]
+        if process.info["name"] in names and times is not None:
+            total += times.user + times.system
+    return total
+
+
 def _percentile(values: Sequence[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
@@ -197,6 +209,10 @@ async def run(database_url: str, mqtt_url: str) -> None:
                     f"/v1/meters/BM-{m:05d}/binding", json={"account_id": f"BA-{m // 10:05d}", "utility": "electricity"}
                 )
 
+        # CPU cores used during the throughput runs, per party (the database and broker figures
+        # count every process of that name on the machine, so other users' load shows up there).
+        others: dict[str, list[float]] = {"postgres": [], "broker": [], "publisher": []}
+
         async def stream(run: int, payloads: list[bytes], rate: float | None) -> float:
             total = len(payloads) * BATCH
             context = multiprocessing.get_context("spawn")
@@ -205,6 +221,9 @@ async def run(database_url: str, mqtt_url: str) -> None:
             publisher.start()
             if not await asyncio.to_thread(ready.wait, 60):
                 raise TimeoutError("the publisher did not connect")
+            watched = psutil.Process(publisher.pid)
+            publisher_before = sum(watched.cpu_times()[:2])
+            database_before, broker_before = _cpu_seconds(("postgres",)), _cpu_seconds(("mosquitto",))
             before = committed()
             started = time.perf_counter()
             start.set()
@@ -213,6 +232,11 @@ async def run(database_url: str, mqtt_url: str) -> None:
                 if time.perf_counter() - started > 300:
                     raise TimeoutError("billing did not keep up within 300 s")
             elapsed = time.perf_counter() - started
+            if rate is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    others["publisher"].append((sum(watched.cpu_times()[:2]) - publisher_before) / elapsed)
+                others["postgres"].append((_cpu_seconds(("postgres",)) - database_before) / elapsed)
+                others["broker"].append((_cpu_seconds(("mosquitto",)) - broker_before) / elapsed)
             await asyncio.to_thread(publisher.join)
             return elapsed
 
@@ -263,6 +287,12 @@ async def run(database_url: str, mqtt_url: str) -> None:
             path="published to the broker → priced → watermarks, hourly accruals, usage and charge lines committed "
             "(the hourly ledger posting is measured separately)",
             billing_cpu_cores=round(statistics.median(cpu_share), 2),
+            billing_cpu_us_per_reading=round(
+                statistics.median(c / r for c, r in zip(cpu_share, rates, strict=True)) * 1e6
+            ),
+            postgres_cpu_cores=round(statistics.median(others["postgres"]), 2),
+            broker_cpu_cores=round(statistics.median(others["broker"]), 2),
+            publisher_cpu_cores=round(statistics.median(others["publisher"]), 2) if others["publisher"] else None,
             billing_transactions_busy_share=round(statistics.median(busy_share), 2),
             readings_per_transaction=round(statistics.median(per_transaction)),
             database_ceiling_rows_per_s=round(statistics.median(ceiling)),

@@ -176,6 +176,21 @@ def result(
     )
 
 
+def device_state(
+    meter_id: str, relay: RelayState, *, keep_power: bool | None = None, at: datetime | None = None
+) -> DeviceState:
+    """What the collector publishes (retained) when a meter's state changes."""
+    return DeviceState(
+        source="collector-test",
+        meter_id=meter_id,
+        gateway_id="gw-test",
+        online=True,
+        relay=relay,
+        keep_power=keep_power,
+        **({"occurred_at": at} if at else {}),
+    )
+
+
 # --- exactly once under interleaving (hypothesis) -------------------------------------------------------------------
 
 ACTIONABLE = st.sampled_from(list(BalanceEventKind))
@@ -371,13 +386,23 @@ async def test_a_keep_power_household_is_never_tripped(engine: AsyncEngine) -> N
     )
     assert outcome.outcome is Outcome.BLOCKED
     assert "keep-power" in outcome.detail
-    assert await sent(engine, meter.meter_id) == []
-    # Lifting it with a reason is explicit and recorded.
+    # The meter billing names was put in its own keep-power mode; nothing else was sent.
+    assert [c.kind for c in await sent(engine, meter.meter_id)] == [CommandKind.KEEP_POWER_ON]
+    (keep_on,) = await sent(engine, meter.meter_id)
+    await control.ledger.on_result(result(keep_on, CommandStatus.CONFIRMED, relay=RelayState.CLOSED), "")
+    # Lifting it with a reason is explicit and recorded; the meter's mode goes off first, the trip waits for it.
     _, (forced,) = await control.automation.operate(
         [meter.meter_id], OperatorRequest(CommandKind.TRIP, "tenant moved out", "tester", lift_keep_power=True)
     )
     assert forced.outcome is Outcome.ISSUE
     assert all(k["subject"] != account for k in await control.store.keep_power())
+    assert [c.kind for c in await sent(engine, meter.meter_id)] == [
+        CommandKind.KEEP_POWER_ON,
+        CommandKind.KEEP_POWER_OFF,
+    ]
+    keep_off = (await sent(engine, meter.meter_id))[-1]
+    await control.ledger.on_result(result(keep_off, CommandStatus.CONFIRMED, relay=RelayState.CLOSED), "")
+    assert [c.kind for c in await sent(engine, meter.meter_id)][-1] is CommandKind.TRIP
 
 
 async def test_setting_keep_power_restores_a_cut_household_and_lifting_it_trips_again(engine: AsyncEngine) -> None:
@@ -391,7 +416,16 @@ async def test_setting_keep_power_restores_a_cut_household_and_lifting_it_trips_
         await control.store.clear_keep_power(conn, "household", account, "reviewed", "tester")
         await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
     kinds = [c.kind for c in await sent(engine, meter.meter_id)]
-    assert kinds == [CommandKind.TRIP, CommandKind.DIRECT_CLOSE, CommandKind.TRIP]
+    # The meter's own mode follows; its KEEP_POWER_ON was never confirmed, so the trip is not held.
+    assert kinds == [
+        CommandKind.TRIP,
+        CommandKind.KEEP_POWER_ON,
+        CommandKind.DIRECT_CLOSE,
+        CommandKind.KEEP_POWER_OFF,
+        CommandKind.TRIP,
+    ]
+    rows = await command_rows(engine, meter.meter_id)
+    assert [r.state for r in rows if r.kind == "keep_power_on"] == ["cancelled"]  # superseded by the lift
 
 
 async def test_estate_keep_power_covers_every_meter_of_the_estate(engine: AsyncEngine) -> None:
@@ -402,7 +436,125 @@ async def test_estate_keep_power_covers_every_meter_of_the_estate(engine: AsyncE
         await control.store.set_keep_power(conn, "estate", estate, KeepPowerReason.OTHER, "heatwave", "tester")
     for meter in meters:
         await control.automation.on_balance(event(ids("acc"), (meter,), BalanceEventKind.EXHAUSTED, 1), "")
-        assert await sent(engine, meter.meter_id) == []
+        assert [c.kind for c in await sent(engine, meter.meter_id)] == [CommandKind.KEEP_POWER_ON]
+
+
+async def test_keep_power_lifted_from_an_exhausted_household_trips_once_after_the_meter_confirms_mode_off(
+    engine: AsyncEngine,
+) -> None:
+    clock = Clock(WEDNESDAY_NOON)
+    control = make_control(engine, clock, reconcile_interval_seconds=1, result_timeout_seconds=300)
+    account, meter = ids("acc"), electricity()
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.CHANGED, 1), "")
+    async with engine.begin() as conn:
+        await control.store.set_keep_power(conn, "household", account, KeepPowerReason.ELDERLY, "", "tester")
+        await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
+    (keep_on,) = await sent(engine, meter.meter_id)
+    assert keep_on.kind is CommandKind.KEEP_POWER_ON
+    await control.ledger.on_result(result(keep_on, CommandStatus.CONFIRMED, relay=RelayState.CLOSED), "")
+    shadow = await control.automation.shadow(meter.meter_id)
+    assert shadow is not None
+    assert (shadow["desired_keep_power"], shadow["reported_keep_power"]) == (True, True)
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.EXHAUSTED, 2), "")
+    async with engine.begin() as conn:
+        await control.store.clear_keep_power(conn, "household", account, "reviewed", "tester")
+        await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
+    # KEEP_POWER_OFF goes out; the trip is recorded but held: the meter would refuse it in keep-power mode.
+    assert [c.kind for c in await sent(engine, meter.meter_id)] == [
+        CommandKind.KEEP_POWER_ON,
+        CommandKind.KEEP_POWER_OFF,
+    ]
+    trip = next(r for r in await command_rows(engine, meter.meter_id) if r.kind == "trip")
+    assert (trip.state, trip.attempt) == ("pending", 0)
+    # Neither time, nor reconcile, nor a reading still showing keep-power on releases it.
+    clock.advance(seconds=30)
+    await control.tick()
+    await control.automation.reconcile_sweep()
+    await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, keep_power=True), "")
+    assert CommandKind.TRIP not in [c.kind for c in await sent(engine, meter.meter_id)]
+    # The meter confirms the mode is off: exactly one trip, sent at once; reconcile adds none.
+    keep_off = (await sent(engine, meter.meter_id))[-1]
+    await control.ledger.on_result(result(keep_off, CommandStatus.CONFIRMED, relay=RelayState.CLOSED), "")
+    clock.advance(seconds=5)
+    await control.tick()
+    await control.automation.reconcile_sweep()
+    kinds = [c.kind for c in await sent(engine, meter.meter_id)]
+    assert kinds == [CommandKind.KEEP_POWER_ON, CommandKind.KEEP_POWER_OFF, CommandKind.TRIP]
+    assert (await sent(engine, meter.meter_id))[-1].command_id == trip.command_id
+
+
+async def test_a_held_trip_expires_when_the_meter_never_confirms_keep_power_off(engine: AsyncEngine) -> None:
+    clock = Clock(WEDNESDAY_NOON)
+    control = make_control(engine, clock, command_ttl_seconds=60)
+    account, meter = ids("acc"), electricity()
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.EXHAUSTED, 1), "")
+    async with engine.begin() as conn:
+        await control.store.set_keep_power(conn, "household", account, KeepPowerReason.MEDICAL, "", "tester")
+        await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
+    await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, keep_power=True), "")
+    async with engine.begin() as conn:
+        await control.store.clear_keep_power(conn, "household", account, "reviewed", "tester")
+        await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
+    clock.advance(seconds=61)
+    await control.tick()
+    trips = [r for r in await command_rows(engine, meter.meter_id) if r.kind == "trip"]
+    assert [(r.state, r.attempt) for r in trips] == [("cancelled", 1), ("expired", 0)]
+    assert [c.kind for c in await sent(engine, meter.meter_id)].count(CommandKind.TRIP) == 1  # the first, only
+
+
+async def test_a_held_trip_is_released_by_a_reading_showing_keep_power_off_when_the_result_is_lost(
+    engine: AsyncEngine,
+) -> None:
+    control = make_control(engine, Clock(WEDNESDAY_NOON))
+    account, meter = ids("acc"), electricity()
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.CHANGED, 1), "")
+    async with engine.begin() as conn:
+        await control.store.set_keep_power(conn, "household", account, KeepPowerReason.ELDERLY, "", "tester")
+        await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
+    await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, keep_power=True), "")
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.EXHAUSTED, 2), "")
+    async with engine.begin() as conn:
+        await control.store.clear_keep_power(conn, "household", account, "reviewed", "tester")
+        await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
+    assert CommandKind.TRIP not in [c.kind for c in await sent(engine, meter.meter_id)]
+    # A reading saying nothing about keep-power releases nothing; one saying it is off does.
+    await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED), "")
+    assert CommandKind.TRIP not in [c.kind for c in await sent(engine, meter.meter_id)]
+    await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, keep_power=False), "")
+    kinds = [c.kind for c in await sent(engine, meter.meter_id)]
+    assert kinds == [CommandKind.KEEP_POWER_ON, CommandKind.KEEP_POWER_OFF, CommandKind.TRIP]
+
+
+async def test_reconcile_restores_the_keep_power_mode_of_a_replaced_meter(engine: AsyncEngine) -> None:
+    clock = Clock(WEDNESDAY_NOON)
+    control = make_control(engine, clock, reconcile_interval_seconds=60)
+    account, meter = ids("acc"), electricity()
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.CHANGED, 1), "")
+    async with engine.begin() as conn:
+        await control.store.set_keep_power(conn, "household", account, KeepPowerReason.ELDERLY, "", "tester")
+        await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
+    (keep_on,) = await sent(engine, meter.meter_id)
+    await control.ledger.on_result(result(keep_on, CommandStatus.CONFIRMED, relay=RelayState.CLOSED, at=clock()), "")
+    # The meter is replaced: the new one reports keep-power off. Too soon after the last command: nothing yet.
+    clock.advance(seconds=30)
+    await control.automation.on_device_state(
+        device_state(meter.meter_id, RelayState.CLOSED, keep_power=False, at=clock()), ""
+    )
+    assert len(await sent(engine, meter.meter_id)) == 1
+    clock.advance(seconds=31)
+    await control.automation.reconcile_sweep()
+    again = (await sent(engine, meter.meter_id))[-1]
+    assert (again.kind, again.origin.value) == (CommandKind.KEEP_POWER_ON, "reconcile")
+    # While it is in flight, neither a sweep nor a report re-sends it.
+    await control.automation.reconcile_sweep()
+    await control.automation.on_device_state(
+        device_state(meter.meter_id, RelayState.CLOSED, keep_power=False, at=clock()), ""
+    )
+    assert len(await sent(engine, meter.meter_id)) == 2
+    await control.ledger.on_result(result(again, CommandStatus.CONFIRMED, relay=RelayState.CLOSED, at=clock()), "")
+    shadow = await control.automation.shadow(meter.meter_id)
+    assert shadow is not None
+    assert shadow["reported_keep_power"] is True
 
 
 # --- retries, TTL, failures -----------------------------------------------------------------------------------------

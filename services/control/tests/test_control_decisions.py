@@ -21,6 +21,7 @@ from shuidian_control.decisions import (
     KeepPower,
     KeepPowerReason,
     LastCommand,
+    LastModeCommand,
     MeterSupply,
     OperatorRequest,
     Shadow,
@@ -29,9 +30,12 @@ from shuidian_control.decisions import (
     command_for,
     decide_balance,
     decide_operator,
+    keep_power_command,
+    keep_power_in_force,
     on_deferral_due,
     on_keep_power_changed,
     reconcile,
+    reconcile_keep_power,
 )
 from shuidian_control.windows import (
     SHANGHAI,
@@ -346,6 +350,59 @@ def test_reconcile(
     shadow: Shadow, now: datetime, last: LastCommand | None, supply: MeterSupply, expected: tuple[str, object]
 ) -> None:
     decision = reconcile(shadow, now, last, supply=supply, policy=P, calendar=CALENDAR)
+    assert summary(decision) == expected
+
+
+@pytest.mark.parametrize(
+    ("utility", "in_force", "desired", "expected"),
+    [
+        (Utility.ELECTRICITY, True, None, K.KEEP_POWER_ON),
+        (Utility.ELECTRICITY, True, False, K.KEEP_POWER_ON),
+        (Utility.ELECTRICITY, True, True, None),
+        (Utility.ELECTRICITY, False, True, K.KEEP_POWER_OFF),
+        (Utility.ELECTRICITY, False, False, None),
+        (Utility.ELECTRICITY, False, None, None),  # never had it from control: no KEEP_POWER_OFF for every meter
+        (Utility.WATER, True, None, None),
+        (Utility.WATER, False, True, None),
+    ],
+)
+def test_keep_power_command(utility: Utility, in_force: bool, desired: bool | None, expected: K | None) -> None:
+    assert keep_power_command(utility, in_force, desired) is expected
+
+
+def test_keep_power_in_force_household_first_then_estate() -> None:
+    assert keep_power_in_force(ELEC, P) is None
+    assert "household" in (keep_power_in_force(MEDICAL, P_ESTATE_KEEP) or "")
+    assert "estate" in (keep_power_in_force(ELEC, P_ESTATE_KEEP) or "")
+
+
+def mode_sent(keep_power: bool, minutes_ago: int, *, finished: bool = True) -> LastModeCommand:
+    issued = WED_NOON - timedelta(minutes=minutes_ago)
+    return LastModeCommand(keep_power, issued, issued + timedelta(minutes=10), finished)
+
+
+@pytest.mark.parametrize(
+    ("desired", "reported", "last", "expected"),
+    [
+        (None, False, None, skip(S.NO_INTENT)),
+        (True, None, mode_sent(True, 60), skip(S.REPORTED_UNKNOWN)),
+        (True, True, mode_sent(True, 60), skip(S.CONVERGED)),
+        (False, False, None, skip(S.CONVERGED)),
+        # A replaced meter (or a lost command): sent again, in both directions.
+        (True, False, mode_sent(True, 60), issue(K.KEEP_POWER_ON)),
+        (True, False, None, issue(K.KEEP_POWER_ON)),
+        (False, True, mode_sent(False, 60), issue(K.KEEP_POWER_OFF)),
+        # In flight or too soon: look again later; a lost one past its TTL is re-sent.
+        (True, False, mode_sent(True, 2, finished=False), defer("2025-10-15 12:08")),
+        (True, False, mode_sent(True, 2), defer("2025-10-15 12:03")),
+        (True, False, mode_sent(False, 1, finished=False), defer("2025-10-15 12:04")),  # an older intent, too soon
+        (True, False, mode_sent(True, 12, finished=False), issue(K.KEEP_POWER_ON)),
+    ],
+)
+def test_reconcile_keep_power(
+    desired: bool | None, reported: bool | None, last: LastModeCommand | None, expected: tuple[str, object]
+) -> None:
+    decision = reconcile_keep_power(desired, reported, WED_NOON, last)
     assert summary(decision) == expected
 
 

@@ -283,6 +283,8 @@ class ShadowOut(BaseModel):
     reported_relay: str | None
     desired_valve: str | None
     reported_valve: str | None
+    desired_keep_power: bool | None = Field(default=None, description="the meter's own keep-power mode, as intended")
+    reported_keep_power: bool | None = Field(default=None, description="the meter's keep-power mode, as reported")
     version: int
     online: bool | None
     gateway_id: str | None
@@ -372,6 +374,9 @@ async def put_building(building_id: Identifier, body: BuildingIn, control: Servi
     async with control.engine.begin() as conn:
         await control.store.put_building(conn, building_id, body.estate_id, body.meters, actor)
         await control.automation.policy_changed(conn)
+        # The estate's 保电 may differ: the meters' own keep-power modes follow it.
+        await control.automation.sync_keep_power_modes(conn, body.meters, actor)
+    control.automation.notify()
 
 
 @router.get("/buildings/{building_id}", response_model=BuildingOut, summary="A building's registered meters")

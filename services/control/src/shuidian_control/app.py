@@ -29,12 +29,11 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
             mqtt = runtime.mqtt
             mqtt.subscribe(topics.shared(SERVICE, topics.ALL_BALANCES), BalanceEvent, control.automation.on_balance)
             mqtt.subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, control.ledger.on_result)
-            mqtt.subscribe(
-                topics.shared(SERVICE, topics.ALL_METER_STATES), DeviceState, control.automation.on_device_state
-            )
-            mqtt.subscribe(
-                topics.shared(SERVICE, topics.ALL_GATEWAY_STATUS), GatewayStatus, control.automation.on_gateway_status
-            )
+            # Device and gateway states are retained. Shared subscriptions are not sent retained messages (MQTT 5),
+            # so these are plain subscriptions: every replica gets the retained snapshot on each (re)connect and
+            # every later edge. Handling them is idempotent (newest report wins, reconcile locks the shadow).
+            mqtt.subscribe(topics.ALL_METER_STATES, DeviceState, control.automation.on_device_state)
+            mqtt.subscribe(topics.ALL_GATEWAY_STATUS, GatewayStatus, control.automation.on_gateway_status)
             runtime.supervisor.add("housekeeping", control.housekeeping)
             app.state.runtime = runtime
             app.state.control = control

@@ -5,7 +5,10 @@ decision in the same transaction (shadow intent, command, deferral) and keeps th
 - the shadow's desired state (and version) changes only when a command for a new intent is issued;
 - per account, balance events at or below the highest sequence seen are ignored;
 - a trip falling in a protected window becomes a persisted deferral, re-evaluated when due (or when policy
-  changes); any later decision for the meter other than another deferral drops it.
+  changes); any later decision for the meter other than another deferral drops it;
+- an electricity meter's own keep-power mode follows its 保电 flags (KEEP_POWER_ON / KEEP_POWER_OFF, desired vs
+  reported in the shadow), switched before the supply decision so that a trip after a lift waits for the
+  switch-off to be confirmed (the ledger holds it).
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_control import decisions, policy, shadows
 from shuidian_control.commands import CommandLedger, ControlError, NewCommand
-from shuidian_control.decisions import Decision, Defer, ForceRestore, ForceTrip, Issue, LastCommand, Skip
+from shuidian_control.decisions import (
+    Decision,
+    Defer,
+    ForceRestore,
+    ForceTrip,
+    Issue,
+    LastCommand,
+    LastModeCommand,
+    MeterSupply,
+    Skip,
+)
 from shuidian_control.policies import DEFAULT_ESTATE, MeterContext, PolicyStore
 from shuidian_control.settings import ControlSettings
 from shuidian_control.windows import HolidayCalendar, is_protected
@@ -144,6 +157,9 @@ class Automation:
             contexts = await self._store.contexts(conn, rows)
             for meter_id, row in rows.items():
                 ctx = contexts[meter_id]
+                # A meter billing names for the first time may belong to a household under 保电.
+                keep = decisions.keep_power_in_force(ctx.supply, ctx.policy)
+                await self._sync_keep_power(conn, row, keep, CommandOrigin.RECONCILE)
                 decision = decisions.decide_balance(
                     change,
                     last_sequence=None,  # already filtered above, atomically
@@ -261,6 +277,8 @@ class Automation:
         }
         for meter_id, row in rows.items():
             ctx = contexts[meter_id]
+            keep = decisions.keep_power_in_force(ctx.supply, ctx.policy)
+            await self._sync_keep_power(conn, row, keep, CommandOrigin.OPERATOR, actor)
             decision = decisions.on_keep_power_changed(
                 BalanceLevel(levels.get(row.account_id or "", "ok")),
                 shadow=row.shadow,
@@ -274,6 +292,46 @@ class Automation:
             trips = isinstance(decision, Issue) and decision.supply is RelayState.OPEN
             origin = CommandOrigin.BILLING if trips else CommandOrigin.OPERATOR
             await self._apply(conn, row, ctx, decision, "keep_power", origin, actor=actor)
+
+    async def sync_keep_power_modes(self, conn: AsyncConnection, meter_ids: Iterable[str], actor: str) -> int:
+        """Bring the meters' own keep-power modes in line with their 保电 flags (e.g. after a building moved
+        estates); returns the commands issued. Supply is left alone."""
+        ids = sorted(set(meter_ids))
+        rows = {m: await shadows.lock(conn, m) for m in ids}
+        contexts = await self._store.contexts(conn, ids)
+        issued = 0
+        for meter_id in ids:
+            keep = decisions.keep_power_in_force(contexts[meter_id].supply, contexts[meter_id].policy)
+            issued += await self._sync_keep_power(conn, rows[meter_id], keep, CommandOrigin.OPERATOR, actor) is not None
+        return issued
+
+    async def _sync_keep_power(
+        self,
+        conn: AsyncConnection,
+        row: shadows.ShadowRow,
+        keep: str | None,
+        origin: CommandOrigin,
+        actor: str = "system",
+    ) -> uuid.UUID | None:
+        """Issue KEEP_POWER_ON / KEEP_POWER_OFF when the meter's desired mode differs from `keep` (the 保电 flag in
+        force, described, or None). The desired mode is recorded with the command."""
+        kind = decisions.keep_power_command(row.utility, keep is not None, row.desired_keep_power)
+        if kind is None:
+            return None
+        on = kind is CommandKind.KEEP_POWER_ON
+        await shadows.set_desired_keep_power(conn, row.meter_id, on)
+        reason = f"{keep}: meter keep-power mode on" if on else "keep-power lifted: meter keep-power mode off"
+        return await self._ledger.issue(
+            conn,
+            NewCommand(
+                meter_id=row.meter_id,
+                kind=kind,
+                origin=origin,
+                reason=reason,
+                actor=actor,
+                account_id=row.account_id,
+            ),
+        )
 
     async def household_meters(self, conn: AsyncConnection, account_id: str) -> list[str]:
         rows = await conn.execute(text("SELECT meter_id FROM control.shadows WHERE account_id = :a"), {"a": account_id})
@@ -385,6 +443,14 @@ class Automation:
         )
         if target is RelayState.OPEN and request.lift_keep_power and ctx.supply.keep_power and row.account_id:
             await self._store.clear_keep_power(conn, "household", row.account_id, request.reason, request.actor)
+            # The meter's own keep-power mode goes off first (unless the estate's 保电 still covers it); the trip
+            # below is held until the meter confirms it.
+            estate_keep = decisions.keep_power_in_force(MeterSupply(row.utility), ctx.policy)
+            await self._sync_keep_power(conn, row, estate_keep, request.origin, request.actor)
+        mode = policy.keep_power_after(request.kind)
+        if mode is not None:
+            # The operator's own mode command is the intent until the next 保电 change (reconcile keeps it).
+            await shadows.set_desired_keep_power(conn, row.meter_id, mode)
         version = row.version
         if target is not None:
             version = await shadows.set_desired(conn, row.meter_id, target)
@@ -395,7 +461,10 @@ class Automation:
     # --- reported state and reconcile ----------------------------------------------------------------------------
 
     async def on_device_state(self, state: DeviceState, topic: str) -> None:
-        """Record what the meter reports; reconcile when it diverges from the intent (or came back online)."""
+        """Record what the meter reports; reconcile when it diverges from the intent (or came back online).
+
+        Idempotent: every replica gets the retained states on connect, and a report no newer than the stored
+        one changes nothing."""
         supply = policy.supply_of(state.relay, state.valve)
         async with self._engine.begin() as conn:
             applied = await shadows.report(
@@ -406,7 +475,14 @@ class Automation:
                 online=state.online,
                 gateway_id=state.gateway_id,
                 utility=Utility.WATER if state.valve is not None else None,
+                keep_power=state.keep_power,
             )
+            # A meter now reporting its keep-power mode off gets the trips held for that.
+            released = (
+                await self._ledger.release_held(conn, state.meter_id) if applied and state.keep_power is False else 0
+            )
+        if released:
+            self._ledger.notify()
         if applied and state.online:
             await self.reconcile([state.meter_id], trigger="device_state")
 
@@ -417,8 +493,9 @@ class Automation:
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT meter_id FROM control.shadows WHERE gateway_id = :g AND desired_supply IS NOT NULL "
-                    "AND desired_supply IS DISTINCT FROM reported_supply"
+                    "SELECT meter_id FROM control.shadows WHERE gateway_id = :g AND ((desired_supply IS NOT NULL "
+                    "AND desired_supply IS DISTINCT FROM reported_supply) OR (desired_keep_power IS NOT NULL "
+                    "AND desired_keep_power IS DISTINCT FROM reported_keep_power))"
                 ),
                 {"g": status.gateway_id},
             )
@@ -426,12 +503,14 @@ class Automation:
         await self.reconcile(meter_ids, trigger="gateway_online")
 
     async def reconcile_sweep(self, limit: int = 1000) -> int:
-        """Every meter online whose report differs from its intent."""
+        """Every meter online whose report (supply or keep-power mode) differs from its intent."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT meter_id FROM control.shadows WHERE desired_supply IS NOT NULL "
-                    "AND reported_supply IS NOT NULL AND desired_supply <> reported_supply "
+                    "SELECT meter_id FROM control.shadows WHERE ((desired_supply IS NOT NULL "
+                    "AND reported_supply IS NOT NULL AND desired_supply <> reported_supply) "
+                    "OR (desired_keep_power IS NOT NULL AND reported_keep_power IS NOT NULL "
+                    "AND desired_keep_power <> reported_keep_power)) "
                     "AND online IS NOT FALSE ORDER BY updated_at LIMIT :n"
                 ),
                 {"n": limit},
@@ -440,11 +519,13 @@ class Automation:
         return await self.reconcile(meter_ids, trigger="sweep")
 
     async def reconcile(self, meter_ids: list[str], *, trigger: str) -> int:
-        """Re-issue the desired state where the meter reports otherwise; returns the commands issued."""
+        """Re-issue the desired state (supply, keep-power mode) where the meter reports otherwise; returns the
+        commands issued."""
         issued = 0
         for meter_id in meter_ids:
             async with self._engine.begin() as conn:
                 row = await shadows.lock(conn, meter_id)
+                issued += await self._reconcile_keep_power(conn, row, trigger)
                 if row.desired is None or row.desired is row.reported:
                     continue
                 last = await self._ledger.last_supply_command(conn, meter_id)
@@ -470,6 +551,26 @@ class Automation:
         if issued:
             self._ledger.notify()
         return issued
+
+    async def _reconcile_keep_power(self, conn: AsyncConnection, row: shadows.ShadowRow, trigger: str) -> int:
+        if row.desired_keep_power is None or row.desired_keep_power is row.reported_keep_power:
+            return 0
+        last = await self._ledger.last_mode_command(conn, row.meter_id)
+        decision = decisions.reconcile_keep_power(
+            row.desired_keep_power,
+            row.reported_keep_power,
+            self._ledger.clock(),
+            None if last is None else _last_mode_command(last),
+            min_interval=self._reissue,
+        )
+        DECISIONS.labels(f"{trigger}_keep_power", type(decision).__name__.lower()).inc()
+        if not isinstance(decision, Issue):
+            return 0
+        new = NewCommand(
+            row.meter_id, decision.kind, CommandOrigin.RECONCILE, decision.reason, account_id=row.account_id
+        )
+        await self._ledger.issue(conn, new)
+        return 1
 
     async def shadow(self, meter_id: str) -> dict[str, Any] | None:
         """A meter's shadow for display: supply terms, plus relay or valve terms by utility."""
@@ -514,6 +615,15 @@ def _last_command(row: Any) -> LastCommand | None:
         expires_at=row.expires_at,
         finished=row.state in {s.value for s in policy.TERMINAL_STATES},
         origin=CommandOrigin(row.origin),
+    )
+
+
+def _last_mode_command(row: Any) -> LastModeCommand:
+    return LastModeCommand(
+        keep_power=policy.keep_power_after(CommandKind(row.kind)) is True,
+        issued_at=row.created_at,
+        expires_at=row.expires_at,
+        finished=row.state in {s.value for s in policy.TERMINAL_STATES},
     )
 
 

@@ -3,6 +3,8 @@
 States: pending → sent → acknowledged → confirmed | failed | expired | cancelled. Every transition is written
 with its audit event and announced (CommandUpdate) in the same transaction, through the outbox.
 A command is re-sent as attempt 2, 3, … under the same id; the collector runs each (id, attempt) once.
+A trip for a meter whose keep-power mode is being switched off is held (pending, attempt 0) until the meter
+reports the mode off, then sent: the meter would refuse it before.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 COMMANDS_ISSUED = Counter("control_commands_issued_total", "device commands issued", ["kind", "origin"])
 COMMAND_ATTEMPTS = Counter("control_command_attempts_total", "command attempts sent (first sends and retries)")
+TRIPS_HELD = Counter("control_trips_held_total", "trips held until the meter's keep-power mode is confirmed off")
 COMMAND_OUTCOMES = Counter("control_command_outcomes_total", "commands reaching a terminal state", ["state"])
 UNKNOWN_RESULTS = Counter("control_command_results_unknown_total", "results for commands control does not know")
 
@@ -89,6 +92,7 @@ class CommandQuery:
     limit: int = 100
 
 
+_MODE_KINDS = sorted(k.value for k in policy.KEEP_POWER_KINDS)
 _COLUMNS = (
     "command_id, meter_id, kind, state, origin, reason, actor, account_id, created_at, updated_at, expires_at, "
     "detail, request_frame, response_frame, attempt, next_attempt_at, parameters, supply, shadow_version, batch_id"
@@ -116,14 +120,17 @@ class CommandLedger:
         now = self.clock()
         command_id = new.command_id or uuid.uuid4()
         supply = policy.supply_after(new.kind)
-        if supply is not None:
-            # An older relay/valve command still open for this meter is superseded by the newer intent.
+        mode = policy.keep_power_after(new.kind)
+        if supply is not None or mode is not None:
+            # An older command still open for this meter's relay/valve (or keep-power mode) is superseded by the
+            # newer intent.
+            same_family = "supply IS NOT NULL" if supply is not None else "kind = ANY(:modes)"
             superseded = await conn.execute(
                 text(
-                    f"SELECT {_COLUMNS} FROM control.commands WHERE meter_id = :m AND supply IS NOT NULL "
+                    f"SELECT {_COLUMNS} FROM control.commands WHERE meter_id = :m AND {same_family} "
                     "AND state IN ('pending', 'sent', 'acknowledged') FOR UPDATE"
                 ),
-                {"m": new.meter_id},
+                {"m": new.meter_id, "modes": _MODE_KINDS},
             )
             for old in superseded.all():
                 await self._transition(
@@ -156,12 +163,38 @@ class CommandLedger:
             )
         ).one()
         await self._audit(conn, command_id, CommandState.PENDING, new.reason, actor=new.actor, attempt=None)
-        await self._send(conn, row)
+        if new.kind is CommandKind.TRIP and await shadows.trip_waits_for_keep_power_off(conn, new.meter_id):
+            await self._transition(
+                conn, row, CommandState.PENDING, "held until the meter confirms its keep-power mode is off"
+            )
+            TRIPS_HELD.inc()
+        else:
+            await self._send(conn, row)
         COMMANDS_ISSUED.labels(new.kind.value, new.origin.value).inc()
         log.info(
             "command %s %s for meter %s (%s: %s)", command_id, new.kind.value, new.meter_id, new.origin, new.reason
         )
         return command_id
+
+    async def release_held(self, conn: AsyncConnection, meter_id: str) -> int:
+        """Send the meter's held trips once its keep-power mode is no longer reported on; returns how many.
+
+        The caller holds the meter's shadow lock (every path locks the shadow before its commands).
+        """
+        if await shadows.trip_waits_for_keep_power_off(conn, meter_id):
+            return 0
+        held = (
+            await conn.execute(
+                text(
+                    f"SELECT {_COLUMNS} FROM control.commands WHERE meter_id = :m AND state = 'pending' "
+                    "AND attempt = 0 AND expires_at > :now ORDER BY seq FOR UPDATE"
+                ),
+                {"m": meter_id, "now": self.clock()},
+            )
+        ).all()
+        for row in held:
+            await self._send(conn, row)
+        return len(held)
 
     async def _send(self, conn: AsyncConnection, row: Row[Any]) -> None:
         """Send the next attempt of an open command and wait `result_timeout` for its result."""
@@ -282,8 +315,12 @@ class CommandLedger:
                 response_frame=result.response_frame,
             )
             reported = policy.supply_of(result.relay, result.valve)
-            if reported is not None:
-                await shadows.report(conn, row.meter_id, reported, result.occurred_at, online=True)
+            confirmed = result.status is CommandStatus.CONFIRMED
+            keep_power = policy.keep_power_after(CommandKind(row.kind)) if confirmed else None
+            if reported is not None or keep_power is not None:
+                await shadows.report(
+                    conn, row.meter_id, reported, result.occurred_at, online=True, keep_power=keep_power
+                )
             await conn.execute(
                 text(
                     "UPDATE control.commands SET request_frame = coalesce(:rq, request_frame), "
@@ -292,6 +329,8 @@ class CommandLedger:
                 {"rq": result.request_frame, "rs": result.response_frame, "c": row.command_id},
             )
             await self._apply(conn, row, result)
+            if keep_power is False:
+                await self.release_held(conn, row.meter_id)
         self.notify()
 
     async def _apply(self, conn: AsyncConnection, row: Row[Any], result: CommandResult) -> None:
@@ -418,6 +457,18 @@ class CommandLedger:
                     "ORDER BY seq DESC LIMIT 1"
                 ),
                 {"m": meter_id},
+            )
+        ).first()
+
+    async def last_mode_command(self, conn: AsyncConnection, meter_id: str) -> Row[Any] | None:
+        """The newest keep-power mode command for a meter (reconcile reasons over it)."""
+        return (
+            await conn.execute(
+                text(
+                    f"SELECT {_COLUMNS} FROM control.commands WHERE meter_id = :m AND kind = ANY(:modes) "
+                    "ORDER BY seq DESC LIMIT 1"
+                ),
+                {"m": meter_id, "modes": _MODE_KINDS},
             )
         ).first()
 

@@ -31,7 +31,9 @@ from shuidian_shared.messages import (
 # - keep per account the highest balance-event sequence seen (any kind) as `last_sequence`, and the level;
 # - remember each Defer and call `on_deferral_due` at `until` (for `until=None`: when the policy changes);
 # - call `on_keep_power_changed` whenever a household's or the estate's 保电 flag is set or lifted;
-# - clear the 保电 flag (and the meter's own keep-power mode) before sending a `ForceTrip(lift_keep_power=True)`.
+# - clear the 保电 flag (and the meter's own keep-power mode) before sending a `ForceTrip(lift_keep_power=True)`;
+# - send the `keep_power_command` a 保电 change calls for, and hold a trip while the meter is still reported in
+#   keep-power mode after a KEEP_POWER_OFF (the meter refuses trips in that mode): send it once that is confirmed.
 # A deferred trip leaves the shadow alone, so `reconcile` cannot push it through a protected window.
 # Supply states are RelayState in supply terms for both utilities (CLOSED: on, OPEN: cut off), so a
 # water meter's OPEN shadow means its valve is shut.
@@ -149,6 +151,20 @@ class LastCommand:
 
 
 @dataclass(frozen=True)
+class LastModeCommand:
+    """The newest keep-power mode command sent for a meter, as reconcile needs it."""
+
+    keep_power: bool
+    issued_at: datetime
+    expires_at: datetime
+    finished: bool
+
+    def in_flight(self, now: datetime) -> bool:
+        """Still awaiting an outcome and not past its TTL."""
+        return not self.finished and now < self.expires_at
+
+
+@dataclass(frozen=True)
 class Issue:
     """Send this command now."""
 
@@ -249,7 +265,7 @@ def on_keep_power_changed(
     now: datetime,
 ) -> Decision:
     """保电 set: a cut supply comes back. 保电 lifted: an exhausted account is tripped under the usual windows."""
-    keep = _keep_power(supply, policy)
+    keep = keep_power_in_force(supply, policy)
     if keep is not None:
         if shadow.desired is RelayState.OPEN:
             return _restore(f"{keep} set", shadow, supply, policy)
@@ -265,7 +281,7 @@ def decide_operator(request: OperatorRequest, *, shadow: Shadow, supply: MeterSu
         target = RelayState.CLOSED
         reason = f"operator restore: {request.reason}"
     else:
-        keep = _keep_power(supply, policy)
+        keep = keep_power_in_force(supply, policy)
         if keep is not None and not request.lift_keep_power:
             return Skip(f"operator trip refused: {keep}; lift it explicitly to trip", SkipCode.KEEP_POWER)
         target = RelayState.OPEN
@@ -276,6 +292,44 @@ def decide_operator(request: OperatorRequest, *, shadow: Shadow, supply: MeterSu
     if shadow.desired is target and shadow.reported is target:
         return Skip(f"{reason}: supply already {target.value}", SkipCode.ALREADY)
     return Issue(command_for(target, supply.utility, policy.restore), reason)
+
+
+def keep_power_command(utility: Utility, in_force: bool, desired: bool | None) -> CommandKind | None:
+    """The meter's own keep-power command that makes an electricity meter follow its 保电 flags, or None.
+
+    A meter that never had keep-power from control (`desired` None) is not sent KEEP_POWER_OFF.
+    """
+    if utility is not Utility.ELECTRICITY or desired is in_force or (desired is None and not in_force):
+        return None
+    return CommandKind.KEEP_POWER_ON if in_force else CommandKind.KEEP_POWER_OFF
+
+
+def reconcile_keep_power(
+    desired: bool | None,
+    reported: bool | None,
+    now: datetime,
+    last_command: LastModeCommand | None,
+    *,
+    min_interval: timedelta = DEFAULT_REISSUE_INTERVAL,
+) -> Decision:
+    """Re-send the meter's keep-power mode when it reports otherwise (a replaced meter, a lost command)."""
+    if desired is None:
+        return Skip("no keep-power mode intended for this meter", SkipCode.NO_INTENT)
+    if reported is None:
+        return Skip("meter keep-power mode unknown; wait for a reading", SkipCode.REPORTED_UNKNOWN)
+    if reported is desired:
+        return Skip(f"meter keep-power {_on_off(reported)} as desired", SkipCode.CONVERGED)
+    reason = f"reconcile: meter keep-power {_on_off(reported)}, desired {_on_off(desired)}"
+    if last_command is not None:
+        if last_command.keep_power is desired and last_command.in_flight(now):
+            return Defer(last_command.expires_at, f"{reason}; the last command is still in flight")
+        if now < last_command.issued_at + min_interval:
+            return Defer(last_command.issued_at + min_interval, f"{reason}; re-issue interval not yet elapsed")
+    return Issue(CommandKind.KEEP_POWER_ON if desired else CommandKind.KEEP_POWER_OFF, reason)
+
+
+def _on_off(keep_power: bool) -> str:
+    return "on" if keep_power else "off"
 
 
 def reconcile(
@@ -310,7 +364,7 @@ def reconcile(
         if now < last_command.issued_at + min_interval:
             return Defer(last_command.issued_at + min_interval, f"{reason}; re-issue interval not yet elapsed")
     if desired is RelayState.OPEN:
-        keep = _keep_power(supply, policy)
+        keep = keep_power_in_force(supply, policy)
         if keep is not None:
             return Skip(f"{reason}; not re-tripped under {keep}", SkipCode.KEEP_POWER)
         # An operator's forced trip keeps its exemption from protected windows when it is re-sent.
@@ -327,7 +381,8 @@ def reconcile(
     return Issue(command_for(desired, supply.utility, policy.restore), reason)
 
 
-def _keep_power(supply: MeterSupply, policy: EstatePolicy) -> str | None:
+def keep_power_in_force(supply: MeterSupply, policy: EstatePolicy) -> str | None:
+    """The 保电 flag that covers the meter (household first, then estate), described; None when there is none."""
     if supply.keep_power is not None:
         return f"household keep-power ({supply.keep_power.describe()})"
     if policy.keep_power is not None:
@@ -340,7 +395,7 @@ def _trip(
 ) -> Decision:
     if supply.utility is Utility.WATER and not policy.prepaid_water:
         return Skip(f"{reason}: estate does not prepay water", SkipCode.NOT_PREPAID)
-    keep = _keep_power(supply, policy)
+    keep = keep_power_in_force(supply, policy)
     if keep is not None:
         return Skip(f"{reason}: not tripped under {keep}", SkipCode.KEEP_POWER)
     if shadow.desired is RelayState.OPEN:

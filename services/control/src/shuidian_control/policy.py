@@ -17,6 +17,8 @@ _SUPPLY_AFTER = {
     CommandKind.CLOSE_ALLOWED: RelayState.CLOSED,
     CommandKind.VALVE_OPEN: RelayState.CLOSED,
 }
+_KEEP_POWER_AFTER = {CommandKind.KEEP_POWER_ON: True, CommandKind.KEEP_POWER_OFF: False}
+KEEP_POWER_KINDS = frozenset(_KEEP_POWER_AFTER)
 _SUPPLY_OF_VALVE = {ValveState.OPEN: RelayState.CLOSED, ValveState.CLOSED: RelayState.OPEN}
 _VALVE_OF_SUPPLY = {RelayState.CLOSED: ValveState.OPEN, RelayState.OPEN: ValveState.CLOSED}
 
@@ -24,6 +26,11 @@ _VALVE_OF_SUPPLY = {RelayState.CLOSED: ValveState.OPEN, RelayState.OPEN: ValveSt
 def supply_after(kind: CommandKind) -> RelayState | None:
     """The supply state a confirmed command leaves behind; None for commands that move no relay or valve."""
     return _SUPPLY_AFTER.get(kind)
+
+
+def keep_power_after(kind: CommandKind) -> bool | None:
+    """The keep-power mode a confirmed command leaves the meter in; None for commands that do not set it."""
+    return _KEEP_POWER_AFTER.get(kind)
 
 
 def supply_of(relay: RelayState | None, valve: ValveState | None) -> RelayState | None:

@@ -1,4 +1,5 @@
-"""Per-meter supply shadow: desired (intent, versioned) and reported (fact, newest report wins)."""
+"""Per-meter shadow: desired supply (intent, versioned) and reported supply (fact, newest report wins); the same
+pair for the meter's own keep-power mode (desired follows the 保电 flags, reported is what the meter says)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class ShadowRow:
     version: int
     account_id: str | None
     online: bool | None
+    desired_keep_power: bool | None = None
+    reported_keep_power: bool | None = None
 
     @property
     def shadow(self) -> Shadow:
@@ -49,7 +52,8 @@ async def lock(
                 "VALUES (:m, coalesce(:u, :assumed, 'electricity'), :a) "
                 "ON CONFLICT (meter_id) DO UPDATE SET utility = coalesce(:u, control.shadows.utility), "
                 "account_id = coalesce(:a, control.shadows.account_id) "
-                "RETURNING meter_id, utility, desired_supply, reported_supply, version, account_id, online"
+                "RETURNING meter_id, utility, desired_supply, reported_supply, version, account_id, online, "
+                "desired_keep_power, reported_keep_power"
             ),
             {
                 "m": meter_id,
@@ -67,6 +71,8 @@ async def lock(
         version=row.version,
         account_id=row.account_id,
         online=row.online,
+        desired_keep_power=row.desired_keep_power,
+        reported_keep_power=row.reported_keep_power,
     )
 
 
@@ -84,6 +90,31 @@ async def set_desired(conn: AsyncConnection, meter_id: str, supply: RelayState |
     return version
 
 
+async def set_desired_keep_power(conn: AsyncConnection, meter_id: str, keep_power: bool) -> None:
+    """Record the keep-power mode the meter should be in (it follows the 保电 flags)."""
+    await conn.execute(
+        text("UPDATE control.shadows SET desired_keep_power = :k, updated_at = now() WHERE meter_id = :m"),
+        {"m": meter_id, "k": keep_power},
+    )
+
+
+async def trip_waits_for_keep_power_off(conn: AsyncConnection, meter_id: str) -> bool:
+    """A trip waits while the meter's keep-power mode is being switched off and the meter still reports it on.
+
+    The meter refuses trips in keep-power mode, so a trip sent before the switch-off is confirmed would fail.
+    """
+    waits: bool | None = (
+        await conn.execute(
+            text(
+                "SELECT desired_keep_power IS FALSE AND reported_keep_power IS TRUE FROM control.shadows "
+                "WHERE meter_id = :m"
+            ),
+            {"m": meter_id},
+        )
+    ).scalar_one_or_none()
+    return bool(waits)
+
+
 async def report(
     conn: AsyncConnection,
     meter_id: str,
@@ -93,14 +124,19 @@ async def report(
     online: bool | None = None,
     gateway_id: str | None = None,
     utility: Utility | None = None,
+    keep_power: bool | None = None,
 ) -> bool:
-    """Record what the meter reported at `at`; an older report than the one stored is ignored. True if applied."""
+    """Record what the meter reported at `at`; an older report than the one stored is ignored. True if applied.
+
+    None leaves a field as it was (a report that says nothing about it)."""
     applied = (
         await conn.execute(
             text(
-                "INSERT INTO control.shadows (meter_id, reported_supply, reported_at, online, gateway_id, utility) "
-                "VALUES (:m, :r, :t, :o, :g, coalesce(:u, 'electricity')) ON CONFLICT (meter_id) DO UPDATE SET "
+                "INSERT INTO control.shadows (meter_id, reported_supply, reported_at, online, gateway_id, utility, "
+                "reported_keep_power) VALUES (:m, :r, :t, :o, :g, coalesce(:u, 'electricity'), :k) "
+                "ON CONFLICT (meter_id) DO UPDATE SET "
                 "reported_supply = coalesce(EXCLUDED.reported_supply, control.shadows.reported_supply), "
+                "reported_keep_power = coalesce(EXCLUDED.reported_keep_power, control.shadows.reported_keep_power), "
                 "reported_at = EXCLUDED.reported_at, "
                 "online = coalesce(EXCLUDED.online, control.shadows.online), "
                 "gateway_id = coalesce(EXCLUDED.gateway_id, control.shadows.gateway_id), updated_at = now() "
@@ -114,6 +150,7 @@ async def report(
                 "o": online,
                 "g": gateway_id,
                 "u": utility.value if utility else None,
+                "k": keep_power,
             },
         )
     ).first()

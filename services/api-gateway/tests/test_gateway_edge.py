@@ -3,6 +3,7 @@ idempotency keys required on money POSTs, and every write audited."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -86,13 +87,23 @@ async def test_writes_are_audited(gateway: str, database_url: str) -> None:
         )
     engine = create_engine(database_url)
     try:
-        async with engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    text("SELECT principal, method, status, idempotency_key FROM gateway.audit_log WHERE path = :p"),
-                    {"p": "/api/v1/accounts/AUDIT-1/topups"},
-                )
-            ).one()
+        # The audit row is written once the response has gone out: wait for it.
+        async with asyncio.timeout(10):
+            while True:
+                async with engine.connect() as conn:
+                    rows = (
+                        await conn.execute(
+                            text(
+                                "SELECT principal, method, status, idempotency_key FROM gateway.audit_log "
+                                "WHERE path = :p"
+                            ),
+                            {"p": "/api/v1/accounts/AUDIT-1/topups"},
+                        )
+                    ).all()
+                if rows:
+                    break
+                await asyncio.sleep(0.05)
+        (row,) = rows
     finally:
         await engine.dispose()
     assert (row.principal, row.method, row.status, row.idempotency_key) == (

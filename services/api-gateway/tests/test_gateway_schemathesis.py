@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,14 +17,17 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
+from shuidian_devstack import infra
 from shuidian_gateway.testing import Harness, gateway_harness
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def served(database_url: str, mqtt_url: str) -> Iterator[Harness]:
-    """The harness in its own thread and event loop: schemathesis calls it synchronously."""
+def served(pg_server_url: str, mqtt_url: str) -> Iterator[Harness]:
+    """The harness in its own thread, event loop and database: schemathesis calls it synchronously,
+    and what it creates (users, keys, webhooks to hosts that do not resolve) must not leak into
+    the gateways of other test modules."""
     ready = threading.Event()
     box: dict[str, Any] = {}
 
@@ -31,6 +35,8 @@ def served(database_url: str, mqtt_url: str) -> Iterator[Harness]:
         stop = asyncio.Event()
         box["stop"] = stop
         box["loop"] = asyncio.get_running_loop()
+        name = f"shuidian_fuzz_{uuid.uuid4().hex[:12]}"
+        database_url = await infra.create_database(pg_server_url, name, exist_ok=False)
         try:
             async with gateway_harness(database_url, mqtt_url, complete_backends=True) as harness:
                 box["harness"] = harness
@@ -40,6 +46,8 @@ def served(database_url: str, mqtt_url: str) -> Iterator[Harness]:
             box["error"] = err
             ready.set()
             raise
+        finally:
+            await infra.drop_database(pg_server_url, name)
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()

@@ -16,11 +16,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shuidian_gateway import api, live, routes_identity, routes_me, routes_staff, webhooks
 from shuidian_gateway.asyncapi import document
-from shuidian_gateway.auth import LoginRateLimiter, TenantScopes
+from shuidian_gateway.auth import LoginRateLimiter, TenantScopes, VerifiedTokens
 from shuidian_gateway.conventions import IdempotencyStore
 from shuidian_gateway.errors import GatewayError
 from shuidian_gateway.identity import Identity
 from shuidian_gateway.policy import Principal
+from shuidian_gateway.readcache import ReadCache
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamError, Upstreams
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
@@ -128,11 +129,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             app.state.identity = Identity(runtime.engine, settings)
             app.state.idempotency = IdempotencyStore(runtime.engine)
             app.state.scopes = TenantScopes(upstreams, settings.scope_cache_seconds)
+            app.state.verified_tokens = VerifiedTokens()
+            balances = routes_me.balance_read_model(upstreams, settings.balance_cache_seconds)
+            app.state.balances = balances
+            app.state.usage_today = ReadCache[tuple[str, str], bytes](settings.usage_today_cache_seconds)
             app.state.login_limiter = LoginRateLimiter(settings.login_attempts_per_minute)
             app.state.live = hub
             app.state.webhooks = hooks
 
             async def fan_out(message: Any, topic: str) -> None:
+                if isinstance(message, BalanceEvent):
+                    balances.on_event(message)
                 if not isinstance(message, CommandResult):
                     await hub.on_message(message, topic)
                 await hooks.on_message(message, topic)

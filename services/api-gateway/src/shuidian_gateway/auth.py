@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +21,7 @@ from shuidian_gateway import security
 from shuidian_gateway.errors import Forbidden, TooManyRequests, Unauthorised
 from shuidian_gateway.identity import Identity
 from shuidian_gateway.policy import Action, Principal, Role
+from shuidian_gateway.readcache import ReadCache
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamError, Upstreams
 
@@ -48,14 +49,50 @@ async def principal_from_token(request: Request | WebSocket, token: str) -> Prin
         if principal is None:
             raise Unauthorised("the API key is unknown or revoked")
         return principal
+    verified: VerifiedTokens = request.app.state.verified_tokens
+    now = utcnow()
+    principal = verified.get(token, now)
+    if principal is not None:
+        return principal
     try:
         claims = security.decode_access_token(
-            settings.jwt_secret.get_secret_value(), settings.jwt_issuer, token, now=utcnow()
+            settings.jwt_secret.get_secret_value(), settings.jwt_issuer, token, now=now
         )
         role = Role(claims.role)
     except (security.InvalidToken, ValueError) as err:
         raise Unauthorised(f"invalid access token: {err}") from err
-    return Principal("user", claims.user_id, role, frozenset(claims.estates), claims.tenant_id)
+    principal = Principal("user", claims.user_id, role, frozenset(claims.estates), claims.tenant_id)
+    verified.put(token, principal, claims.expires_at)
+    return principal
+
+
+class VerifiedTokens:
+    """Access tokens whose signature and claims were verified, until they expire (bounded, least
+    recently used out first). A token is a signed, immutable statement, so verifying it again would
+    give the same principal; its expiry is still checked on every use."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max = max_entries
+        self._tokens: OrderedDict[str, tuple[datetime, Principal]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def get(self, token: str, now: datetime) -> Principal | None:
+        hit = self._tokens.get(token)
+        if hit is None:
+            return None
+        if hit[0] <= now:
+            del self._tokens[token]
+            return None
+        self._tokens.move_to_end(token)
+        return hit[1]
+
+    def put(self, token: str, principal: Principal, expires_at: datetime) -> None:
+        self._tokens[token] = (expires_at, principal)
+        self._tokens.move_to_end(token)
+        while len(self._tokens) > self._max:
+            self._tokens.popitem(last=False)
 
 
 async def authenticated(request: Request, token: Annotated[str | None, Depends(bearer)]) -> Principal:
@@ -139,27 +176,21 @@ class TenantScopes:
 
     def __init__(self, upstreams: Upstreams, ttl: float) -> None:
         self._upstreams = upstreams
-        self._ttl = ttl
-        self._cache: dict[str, tuple[float, Scope]] = {}
+        self._cache: ReadCache[str, Scope] = ReadCache(ttl)
 
     async def of(self, tenant_id: str) -> Scope:
-        now = time.monotonic()
-        hit = self._cache.get(tenant_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return await self._cache.get(tenant_id, lambda: self._fetch(tenant_id))
+
+    async def _fetch(self, tenant_id: str) -> Scope:
         try:
             body = await self._upstreams.call("billing", "GET", f"/v1/tenants/{tenant_id}/scope")
         except UpstreamError as err:
             if err.status_code != 404:
                 raise
             body = {}  # a tenant billing does not know has no leases: they see nothing
-        scope = Scope(
+        return Scope(
             tenant_id,
             _ids(body.get("accounts"), "account_id"),
             _ids(body.get("rooms"), "room_id"),
             _ids(body.get("meters"), "meter_id"),
         )
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        self._cache[tenant_id] = (now + self._ttl, scope)
-        return scope

@@ -60,6 +60,8 @@ class FakeBackends:
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     topups: dict[str, dict[str, Any]] = field(default_factory=dict)
     payments: list[dict[str, Any]] = field(default_factory=list)
+    # Per account, fields that replace the fixed balance figures (a test moves a balance this way).
+    balances: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Answer every other documented route too (for fuzzing); otherwise unknown routes are plain 404s.
     complete: bool = False
 
@@ -160,6 +162,7 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
             "available": "34.87",
             "level": "ok",
             "sequence": 3,
+            **fake.balances.get(account_id, {}),
         }
 
     @app.get("/v1/accounts/{account_id}/ledger")

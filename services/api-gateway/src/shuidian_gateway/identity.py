@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,7 +37,7 @@ class Identity:
     async def create_user(
         self, username: str, password: str, role: Role, estates: list[str], tenant_id: str | None, display_name: str
     ) -> dict[str, Any]:
-        password_hash = await asyncio.to_thread(security.hash_password, password)
+        password_hash = await security.hash_password_off_loop(password)
         try:
             async with self._engine.begin() as conn:
                 row = (
@@ -88,7 +87,7 @@ class Identity:
         """Apply `changes` (role, estates, tenant_id, display_name, active, password) under optimistic locking."""
         values = dict(changes)
         if "password" in values:
-            values["password_hash"] = await asyncio.to_thread(security.hash_password, values.pop("password"))
+            values["password_hash"] = await security.hash_password_off_loop(values.pop("password"))
         if "role" in values:
             values["role"] = Role(values["role"]).value
         sets = ", ".join(f"{column} = :{column}" for column in values)
@@ -132,9 +131,7 @@ class Identity:
                     {"u": username},
                 )
             ).first()
-        ok = await asyncio.to_thread(
-            security.verify_password, row.password_hash if row else security.DUMMY_HASH, password
-        )
+        ok = await security.verify_password_off_loop(row.password_hash if row else security.DUMMY_HASH, password)
         if row is None or not row.active:
             raise InvalidGrant("wrong username or password / 用户名或密码错误")
         if row.locked_until is not None and row.locked_until > now:
@@ -288,12 +285,18 @@ class Identity:
         prefix = security.api_key_prefix(key)
         if prefix is None:
             return None
+        # Read on every request, so a revocation takes effect on the next call; `last_used_at` is
+        # written at most once a minute per key rather than on every call.
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
                     text(
-                        "UPDATE gateway.api_keys SET last_used_at = now() "
-                        "WHERE prefix = :p AND key_hash = :h AND revoked_at IS NULL RETURNING scopes, estates"
+                        "WITH k AS (SELECT key_id, scopes, estates, last_used_at FROM gateway.api_keys "
+                        "  WHERE prefix = :p AND key_hash = :h AND revoked_at IS NULL), "
+                        "touched AS (UPDATE gateway.api_keys a SET last_used_at = now() FROM k "
+                        "  WHERE a.key_id = k.key_id AND a.revoked_at IS NULL "
+                        "  AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')) "
+                        "SELECT scopes, estates FROM k"
                     ),
                     {"p": prefix, "h": security.digest(key)},
                 )

@@ -37,6 +37,7 @@ from shuidian_gateway.conventions import (
 )
 from shuidian_gateway.errors import ObjectNotFound, PreconditionFailed
 from shuidian_gateway.policy import Principal
+from shuidian_gateway.readcache import BalanceReadModel, CachedBalance, ReadCache
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
 from shuidian_kit.service import Runtime
@@ -44,6 +45,7 @@ from shuidian_shared.messages import AwareDatetime
 from shuidian_shared.money import Money
 
 router = APIRouter(prefix="/v1/me", tags=["tenant"], responses=ERRORS)
+JSON = "application/json"
 
 
 async def _scopes(request: Request) -> TenantScopes:
@@ -173,16 +175,49 @@ class BalanceOut(BaseModel):
     sequence: int
 
 
-@router.get("/accounts", response_model=list[BalanceOut], summary="我的余额 · Balances of my accounts")
-async def accounts(principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+def balance_read_model(upstreams: Upstreams, ttl: float) -> BalanceReadModel:
+    """The gateway's balance read model, seeded from billing's account read."""
+
+    async def fetch(account_id: str) -> CachedBalance:
+        found = BalanceOut.model_validate(await upstreams.call("billing", "GET", f"/v1/accounts/{account_id}"))
+        return CachedBalance(found.sequence, found.model_dump_json().encode())
+
+    return BalanceReadModel(ttl, fetch)
+
+
+def _balances(request: Request) -> BalanceReadModel:
+    balances: BalanceReadModel = request.app.state.balances
+    return balances
+
+
+Balances = Annotated[BalanceReadModel, Depends(_balances)]
+BALANCE_NOTE = (
+    "Served from the gateway's balance read model: at most `GATEWAY_BALANCE_CACHE_SECONDS` (2 s) old, "
+    "refreshed as soon as billing announces a level change (BalanceEvent)."
+)
+
+
+@router.get(
+    "/accounts",
+    response_model=list[BalanceOut],
+    summary="我的余额 · Balances of my accounts",
+    description=BALANCE_NOTE,
+)
+async def accounts(principal: Tenant, scopes: Scopes, balances: Balances) -> Response:
     ids = sorted((await scope_of(principal, scopes)).accounts)
-    return await asyncio.gather(*(upstreams.call("billing", "GET", f"/v1/accounts/{a}") for a in ids))
+    found = await asyncio.gather(*(balances.balance(a) for a in ids))
+    return Response(b"[" + b",".join(f.body for f in found) + b"]", media_type=JSON)
 
 
-@router.get("/accounts/{account_id}", response_model=BalanceOut, summary="余额 · Balance of one of my accounts")
-async def account(account_id: ObjectId, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
+@router.get(
+    "/accounts/{account_id}",
+    response_model=BalanceOut,
+    summary="余额 · Balance of one of my accounts",
+    description=BALANCE_NOTE,
+)
+async def account(account_id: ObjectId, principal: Tenant, scopes: Scopes, balances: Balances) -> Response:
     await owned(principal, scopes, "account", account_id)
-    return await upstreams.call("billing", "GET", f"/v1/accounts/{account_id}")
+    return Response((await balances.balance(account_id)).body, media_type=JSON)
 
 
 Granularity = Literal["hour", "day", "month"]
@@ -217,20 +252,23 @@ async def usage(
     "/accounts/{account_id}/usage/today",
     response_model=dict[str, Any],
     summary="今日用量 · Today's usage so far, per hour",
+    description="Billing's hourly usage since local midnight, at most `GATEWAY_USAGE_TODAY_CACHE_SECONDS` (15 s) old.",
 )
 async def usage_today(
     account_id: ObjectId, request: Request, principal: Tenant, scopes: Scopes, upstreams: Upstream
-) -> Any:
+) -> Response:
     await owned(principal, scopes, "account", account_id)
     settings: GatewaySettings = request.app.state.settings
+    cache: ReadCache[tuple[str, str], bytes] = request.app.state.usage_today
     local = utcnow().astimezone(ZoneInfo(settings.timezone))
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    return await upstreams.call(
-        "billing",
-        "GET",
-        f"/v1/accounts/{account_id}/usage",
-        params={"granularity": "hour", "start": midnight.isoformat()},
-    )
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).isoformat()
+
+    async def fetch() -> bytes:
+        params = {"granularity": "hour", "start": midnight}
+        found = await upstreams.call("billing", "GET", f"/v1/accounts/{account_id}/usage", params=params)
+        return json.dumps(found, ensure_ascii=False, separators=(",", ":")).encode()
+
+    return Response(await cache.get((account_id, midnight), fetch), media_type=JSON)
 
 
 Month = Annotated[str, Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, local time")]

@@ -3,10 +3,12 @@ refresh tokens and API keys (random, stored as SHA-256), and webhook signatures 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +28,11 @@ class InvalidToken(ValueError):
     """An access token that is malformed, forged, expired or of the wrong type."""
 
 
+# The KDF runs on threads of its own: on the loop's shared default executor, sign-ins would queue
+# behind slow DNS lookups (a webhook to a host that does not resolve holds a thread for seconds).
+_kdf_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="argon2")
+
+
 def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
@@ -35,6 +42,14 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def hash_password_off_loop(password: str) -> str:
+    return await asyncio.get_running_loop().run_in_executor(_kdf_threads, hash_password, password)
+
+
+async def verify_password_off_loop(password_hash: str, password: str) -> bool:
+    return await asyncio.get_running_loop().run_in_executor(_kdf_threads, verify_password, password_hash, password)
 
 
 def digest(token: str) -> str:

@@ -28,6 +28,10 @@ class GatewaySettings(ServiceSettings):
     login_lockout_seconds: int = Field(default=900, ge=1)
     login_attempts_per_minute: int = Field(default=20, ge=1, description="per client address")
     scope_cache_seconds: float = Field(default=5.0, ge=0)
+    balance_cache_seconds: float = Field(
+        default=2.0, ge=0, le=60, description="oldest balance a tenant read may serve (a newer BalanceEvent refreshes)"
+    )
+    usage_today_cache_seconds: float = Field(default=15.0, ge=0, le=300, description="oldest 'today's usage' served")
     webhook_timeout_seconds: float = 5.0
     collector_url: str = "http://127.0.0.1:8001"
     billing_url: str = "http://127.0.0.1:8002"

@@ -44,6 +44,8 @@ EVENT_OF: dict[type[Any], str] = {
 ATTEMPTS = 4
 QUEUE_SIZE = 10_000
 CACHE_SECONDS = 5.0
+# Deliveries in flight at once: each may hold a resolver thread while a receiver's name is looked up.
+CONCURRENCY = 4
 COLUMNS = "webhook_id, owner, url, events, active, version, created_at"
 
 
@@ -56,6 +58,7 @@ class Webhooks:
         self._backoff = backoff
         self._queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(QUEUE_SIZE)
         self._cache: tuple[float, list[Any]] = (0.0, [])
+        self._in_flight = asyncio.Semaphore(CONCURRENCY)
 
     async def on_message(self, message: Any, topic: str) -> None:
         """MQTT handler: queue the event for delivery (never blocks the listener)."""
@@ -109,7 +112,8 @@ class Webhooks:
                 "Shuidian-Signature": security.sign_webhook(hook.secret, int(time.time()), body),
             }
             try:
-                response = await self._client.post(hook.url, content=body, headers=headers)
+                async with self._in_flight:
+                    response = await self._client.post(hook.url, content=body, headers=headers)
                 status, error = response.status_code, None
                 if response.is_success:
                     break

@@ -98,6 +98,14 @@ async def billing_process(
             await asyncio.wait_for(process.wait(), 10)
 
 
+async def discard_session(mqtt_url: str, instance: str) -> None:
+    """Drop the broker's persistent session of a test instance: left behind in the `$share/billing`
+    group it would take its share of every later run's readings and never bill them."""
+    address = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(address.host, address.port, identifier=f"billing-{instance}", clean_session=True):
+        pass
+
+
 async def publish(mqtt_url: str, batches: list[ReadingBatch], pace: float = 0.0) -> None:
     address = BrokerAddress.parse(mqtt_url)
     async with aiomqtt.Client(address.host, address.port) as client:
@@ -152,37 +160,40 @@ async def test_sigkill_mid_stream_then_restart_bills_like_an_uninterrupted_run(
     batches = stream(killed)
     half = len(batches) // 2
     instance, port = f"kill-{tag}", free_port()
-    async with billing_process(database_url, mqtt_url, instance, port) as first:
-        publisher = asyncio.create_task(publish(mqtt_url, batches[:half], pace=0.02))
+    try:
+        async with billing_process(database_url, mqtt_url, instance, port) as first:
+            publisher = asyncio.create_task(publish(mqtt_url, batches[:half], pace=0.02))
 
-        async def some_billed() -> bool:
-            return await progress() > 0
+            async def some_billed() -> bool:
+                return await progress() > 0
 
-        await eventually(some_billed, "the first readings billed")
-        first.send_signal(signal.SIGKILL)  # mid-stream: the publisher is still sending
-        assert await asyncio.wait_for(first.wait(), 10) == -signal.SIGKILL
-        assert not publisher.done(), "the stream finished before the kill; make it longer"
-        await publisher
-    async with billing_process(database_url, mqtt_url, instance, port):
-        await publish(mqtt_url, batches[half:])
+            await eventually(some_billed, "the first readings billed")
+            first.send_signal(signal.SIGKILL)  # mid-stream: the publisher is still sending
+            assert await asyncio.wait_for(first.wait(), 10) == -signal.SIGKILL
+            assert not publisher.done(), "the stream finished before the kill; make it longer"
+            await publisher
+        async with billing_process(database_url, mqtt_url, instance, port):
+            await publish(mqtt_url, batches[half:])
 
-        async def all_billed() -> bool:
-            async with engine.connect() as conn:
-                done = (
-                    await conn.execute(
-                        text("SELECT count(*) FROM billing.watermarks WHERE meter_id LIKE :p AND sampled_at = :t"),
-                        {"p": f"{killed}-M%", "t": ERA + timedelta(minutes=CYCLES - 1)},
-                    )
-                ).scalar_one()
-                pending = (
-                    await conn.execute(
-                        text("SELECT count(*) FROM billing.accruals WHERE meter_id LIKE :p OR meter_id LIKE :q"),
-                        {"p": f"{killed}-M%", "q": f"{clean}-M%"},
-                    )
-                ).scalar_one()
-            return bool(done == METERS and pending == 0)
+            async def all_billed() -> bool:
+                async with engine.connect() as conn:
+                    done = (
+                        await conn.execute(
+                            text("SELECT count(*) FROM billing.watermarks WHERE meter_id LIKE :p AND sampled_at = :t"),
+                            {"p": f"{killed}-M%", "t": ERA + timedelta(minutes=CYCLES - 1)},
+                        )
+                    ).scalar_one()
+                    pending = (
+                        await conn.execute(
+                            text("SELECT count(*) FROM billing.accruals WHERE meter_id LIKE :p OR meter_id LIKE :q"),
+                            {"p": f"{killed}-M%", "q": f"{clean}-M%"},
+                        )
+                    ).scalar_one()
+                return bool(done == METERS and pending == 0)
 
-        await eventually(all_billed, "the rest of the stream billed and every hour posted")
+            await eventually(all_billed, "the rest of the stream billed and every hour posted")
+    finally:
+        await discard_session(mqtt_url, instance)
     killed_balances = await household_balances(engine, killed)
     clean_balances = await household_balances(engine, clean)
     assert killed_balances == clean_balances

@@ -18,7 +18,6 @@ from shuidian_gateway import api, live, routes_identity, routes_me, routes_staff
 from shuidian_gateway.asyncapi import document
 from shuidian_gateway.auth import LoginRateLimiter, TenantScopes, VerifiedTokens
 from shuidian_gateway.conventions import IdempotencyStore
-from shuidian_gateway.errors import GatewayError
 from shuidian_gateway.identity import Identity
 from shuidian_gateway.policy import Principal
 from shuidian_gateway.readcache import ReadCache
@@ -167,12 +166,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return JSONResponse(exc.body, status_code=exc.status_code, media_type="application/problem+json")
         return problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
 
-    async def on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, GatewayError)
-        response = problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
-        response.headers.update(exc.headers or {})
-        return response
-
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -180,7 +173,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(UpstreamError, on_upstream)
-    app.add_exception_handler(GatewayError, on_gateway_error)
 
     app.add_middleware(AuditWrites)
 

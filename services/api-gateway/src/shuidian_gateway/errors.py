@@ -1,13 +1,13 @@
 """The gateway's error root; the app maps every one to a problem-details response in one place.
 
-GatewayError (ServiceError)
+GatewayError (ServiceError; answered by the kit's handler, with `headers`)
 ├── Unauthorised          401  no, bad or expired credentials (WWW-Authenticate: Bearer)
 ├── InvalidGrant          400  wrong username/password or refresh token (OAuth2 `invalid_grant`)
 ├── InvalidRequest        400  a grant without its fields (OAuth2 `invalid_request`)
 ├── Forbidden             403  authenticated, but the role or scope does not allow the action
-├── ObjectNotFound        404  no such object, or not yours (existence is not revealed)
+├── ObjectNotFound        404  (kit NotFound) no such object, or not yours (existence is not revealed)
 ├── PreconditionFailed    412  If-Match does not match the current version
-├── IdempotencyConflict   409  an Idempotency-Key reused with a different request, or still running
+├── IdempotencyConflict   409  (kit Conflict) an Idempotency-Key reused with a different request, or still running
 ├── Locked                423  too many failed logins; the user is locked out for a while
 ├── TooManyRequests       429  too many login attempts from one address (Retry-After)
 └── NotAvailable          501  the backend does not offer this yet
@@ -16,11 +16,11 @@ UpstreamError (upstream.py) carries a backend's own problem through unchanged.
 
 from __future__ import annotations
 
-from shuidian_kit.errors import ServiceError
+from shuidian_kit.errors import Conflict, NotFound, ServiceError
 
 
 class GatewayError(ServiceError):
-    headers: dict[str, str] | None = None
+    """Root of the gateway's own errors; the kit's ServiceError handler answers them (with `headers`)."""
 
 
 class Unauthorised(GatewayError):
@@ -47,9 +47,8 @@ class Forbidden(GatewayError):
     code = "forbidden"
 
 
-class ObjectNotFound(GatewayError):
-    status_code = 404
-    code = "not_found"
+class ObjectNotFound(GatewayError, NotFound):
+    """No such object, or not yours: the kit's 404 `not_found`."""
 
 
 class PreconditionFailed(GatewayError):
@@ -57,8 +56,7 @@ class PreconditionFailed(GatewayError):
     code = "precondition_failed"
 
 
-class IdempotencyConflict(GatewayError):
-    status_code = 409
+class IdempotencyConflict(GatewayError, Conflict):
     code = "idempotency_conflict"
 
 

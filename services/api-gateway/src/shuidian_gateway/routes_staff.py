@@ -760,10 +760,12 @@ def _params(route: Route) -> list[inspect.Parameter]:
         )
     if route.kind == "list" or route.filters:
         for name in route.filters:
-            alias = {"from": "from_", "to": "to_"}.get(name, name)
             params.append(
                 inspect.Parameter(
-                    alias, kw, default=None, annotation=Annotated[str | None, Query(alias=name, max_length=64)]
+                    _argument(name),
+                    kw,
+                    default=None,
+                    annotation=Annotated[str | None, Query(alias=name, max_length=64)],
                 )
             )
     if route.kind == "list":
@@ -791,6 +793,11 @@ def _params(route: Route) -> list[inspect.Parameter]:
     return params
 
 
+def _argument(name: str) -> str:
+    """The endpoint's argument for a query filter (`from` and `to` are Python keywords)."""
+    return {"from": "from_", "to": "to_"}.get(name, name)
+
+
 def _path_names(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{")]
 
@@ -805,7 +812,7 @@ def _endpoint(route: Route) -> Any:
         principal: Principal = kwargs["principal"]
         upstreams: Upstreams = kwargs["upstreams"]
         path = {name: kwargs[name] for name in path_names}
-        query = {name: kwargs[{"from": "from_", "to": "to_"}.get(name, name)] for name in route.filters}
+        query = {name: kwargs[_argument(name)] for name in route.filters}
         query = {k: v for k, v in query.items() if v is not None}
         body = kwargs.get("body")
         if isinstance(body, BaseModel):

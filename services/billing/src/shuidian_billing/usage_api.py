@@ -4,6 +4,7 @@ monthly statements (JSON, CSV, PDF) and the explanation of any ledger transactio
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -71,6 +72,21 @@ def _respond(data: Any) -> JSONResponse:
     return JSONResponse(jsonable_encoder(data, custom_encoder={Decimal: str}))
 
 
+def _buckets(rows: Iterable[Any], tz: ZoneInfo) -> list[dict[str, Any]]:
+    """One usage bucket per row of (bucket, utility, quantity, cost, hours)."""
+    return [
+        {
+            "start": row.bucket.replace(tzinfo=tz).isoformat(),
+            "utility": row.utility,
+            "quantity": row.quantity,
+            "unit": statements.UNITS.get(row.utility, ""),
+            "cost": row.cost,
+            "hours": row.hours,
+        }
+        for row in rows
+    ]
+
+
 async def usage_history(
     engine: AsyncEngine, meter_id: str, granularity: Granularity, start: datetime, end: datetime, tz: ZoneInfo
 ) -> list[dict[str, Any]]:
@@ -84,17 +100,7 @@ async def usage_history(
             ),
             {"g": granularity, "tz": str(tz), "m": meter_id, "s": start, "e": end},
         )
-        return [
-            {
-                "start": row.bucket.replace(tzinfo=tz).isoformat(),
-                "utility": row.utility,
-                "quantity": row.quantity,
-                "unit": statements.UNITS.get(row.utility, ""),
-                "cost": row.cost,
-                "hours": row.hours,
-            }
-            for row in rows
-        ]
+        return _buckets(rows, tz)
 
 
 async def household_usage(
@@ -116,17 +122,7 @@ async def household_usage(
             ),
             {"g": granularity, "tz": str(tz), "acc": account_id, "s": start, "e": end},
         )
-        return [
-            {
-                "start": row.bucket.replace(tzinfo=tz).isoformat(),
-                "utility": row.utility,
-                "quantity": row.quantity,
-                "unit": statements.UNITS.get(row.utility, ""),
-                "cost": row.cost,
-                "hours": row.hours,
-            }
-            for row in rows
-        ]
+        return _buckets(rows, tz)
 
 
 def _range(
@@ -152,6 +148,31 @@ def _default_start(granularity: Granularity, end: datetime, tz: ZoneInfo) -> dat
     return local.astimezone(UTC)
 
 
+Start = Annotated[AwareDatetime | None, Query(description="inclusive; default depends on granularity")]
+End = Annotated[AwareDatetime | None, Query(description="exclusive; default now")]
+UsageReader = Callable[[AsyncEngine, str, Granularity, datetime, datetime, ZoneInfo], Awaitable[list[dict[str, Any]]]]
+
+
+async def _history(
+    runtime: Runtime,
+    read: UsageReader,
+    owner_id: str,
+    granularity: Granularity,
+    start: datetime | None,
+    end: datetime | None,
+) -> dict[str, Any]:
+    """A meter's or a household's usage buckets over the asked window, with the window in local time."""
+    tz = ZoneInfo(runtime.settings.timezone)
+    start, end = _range(granularity, start, end, tz)
+    return {
+        "granularity": granularity,
+        "timezone": str(tz),
+        "start": start.astimezone(tz).isoformat(),
+        "end": end.astimezone(tz).isoformat(),
+        "buckets": await read(runtime.engine, owner_id, granularity, start, end, tz),
+    }
+
+
 @router.get(
     "/meters/{meter_id}/usage",
     response_model=MeterUsageOut,
@@ -161,19 +182,14 @@ async def meter_usage(
     meter_id: str,
     runtime: RuntimeDep,
     granularity: Granularity = "hour",
-    start: Annotated[AwareDatetime | None, Query(description="inclusive; default depends on granularity")] = None,
-    end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
+    start: Start = None,
+    end: End = None,
 ) -> dict[str, Any]:
-    tz = ZoneInfo(runtime.settings.timezone)
-    start, end = _range(granularity, start, end, tz)
-    buckets = await usage_history(runtime.engine, meter_id, granularity, start, end, tz)
+    history = await _history(runtime, usage_history, meter_id, granularity, start, end)
+    buckets = history["buckets"]
     return {
         "meter_id": meter_id,
-        "granularity": granularity,
-        "timezone": str(tz),
-        "start": start.astimezone(tz).isoformat(),
-        "end": end.astimezone(tz).isoformat(),
-        "buckets": buckets,
+        **history,
         "total_quantity": sum((b["quantity"] for b in buckets), Decimal(0)),
         "total_cost": sum((b["cost"] for b in buckets), Decimal(0)),
     }
@@ -188,20 +204,10 @@ async def account_usage(
     account_id: str,
     runtime: RuntimeDep,
     granularity: Granularity = "day",
-    start: Annotated[AwareDatetime | None, Query(description="inclusive; default depends on granularity")] = None,
-    end: Annotated[AwareDatetime | None, Query(description="exclusive; default now")] = None,
+    start: Start = None,
+    end: End = None,
 ) -> dict[str, Any]:
-    tz = ZoneInfo(runtime.settings.timezone)
-    start, end = _range(granularity, start, end, tz)
-    buckets = await household_usage(runtime.engine, account_id, granularity, start, end, tz)
-    return {
-        "account_id": account_id,
-        "granularity": granularity,
-        "timezone": str(tz),
-        "start": start.astimezone(tz).isoformat(),
-        "end": end.astimezone(tz).isoformat(),
-        "buckets": buckets,
-    }
+    return {"account_id": account_id, **await _history(runtime, household_usage, account_id, granularity, start, end)}
 
 
 @router.get(

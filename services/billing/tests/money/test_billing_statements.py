@@ -19,12 +19,9 @@ import pytest_asyncio
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
 
-from shuidian_billing.app import create_app
 from shuidian_billing.billing import Billing
-from shuidian_billing.settings import BillingSettings
-from shuidian_devstack import infra
+from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
 
 pytestmark = pytest.mark.integration
@@ -33,35 +30,14 @@ REGISTER = {Utility.ELECTRICITY: "energy_active_import_total", Utility.WATER: "w
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def own_database(pg_server_url: str) -> AsyncIterator[str]:
-    """A database of this module's own: tariffs are global and a version in force never changes,
-    so the prices these tests rely on must not meet other modules' tariffs."""
-    name = f"shuidian_money_{uuid.uuid4().hex[:12]}"
-    url = await infra.create_database(pg_server_url, name, exist_ok=False)
-    try:
-        yield url
-    finally:
-        await infra.drop_database(pg_server_url, name)
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def app(own_database: str, mqtt_url: str) -> AsyncIterator[FastAPI]:
-    app = create_app(
-        BillingSettings(
-            environment="test",
-            database_url=SecretStr(own_database),
-            mqtt_url=mqtt_url,
-            mqtt_clean_session=True,
-            instance_id=f"statements-{uuid.uuid4().hex[:6]}",
-        )
-    )
-    async with app.router.lifespan_context(app):
+async def app(pg_server_url: str, mqtt_url: str) -> AsyncIterator[FastAPI]:
+    async with billing_on_own_database(pg_server_url, mqtt_url, "statements") as app:
         yield app
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://billing") as client:
+    async with client_of(app) as client:
         electricity = {"unit_price": "0.613", "effective_from": "2020-01-01T00:00:00+00:00"}
         assert (await client.put("/v1/tariffs/electricity", json=electricity)).status_code == 204
         water = {

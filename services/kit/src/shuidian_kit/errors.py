@@ -20,6 +20,7 @@ class ServiceError(Exception):
 
     status_code = 400
     code = "bad_request"
+    headers: dict[str, str] | None = None  # extra response headers, e.g. WWW-Authenticate or Retry-After
 
     def __init__(self, detail: str, *, code: str | None = None, status_code: int | None = None) -> None:
         super().__init__(detail)

@@ -118,7 +118,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
+        response = problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
+        response.headers.update(exc.headers or {})
+        return response
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -10,8 +10,8 @@ from enum import Enum, IntEnum
 from shuidian_collector.protocols.common import (
     ChecksumError,
     DeviceError,
+    FrameCutter,
     FrameError,
-    ProtocolError,
     ValueEncodingError,
     bcd_decode,
     bcd_encode,
@@ -259,74 +259,15 @@ def decode_frame(raw: bytes) -> Frame:
     return _parse(body)
 
 
-class StreamParser:
-    """Cut frames out of bytes that arrive in arbitrary chunks; bad candidates are counted, never raised.
+class StreamParser(FrameCutter[Frame]):
+    """Cut CJ/T 188 frames out of a byte stream; bad candidates are counted, never raised.
 
     Every 68 byte is a candidate start (CJ/T 188 has no second 68 to confirm a header), so `rejected`
     also counts 68 bytes in line noise whose would-be frame fails the length, end-byte or checksum test.
     """
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.rejected = 0
-        self.last_error: ProtocolError | None = None
-
-    def _reject(self, error: ProtocolError) -> None:
-        self.rejected += 1
-        self.last_error = error
-
-    def _valid_frame_after(self, start: int) -> bool:
-        """Whether a complete, valid frame starts at some 68 at or after `start`."""
-        buf = self._buffer
-        position = buf.find(_START, start)
-        while position >= 0 and len(buf) - position >= _OVERHEAD:
-            end = position + _OVERHEAD + buf[position + 10]
-            if buf[position + 10] <= MAX_DATA_LENGTH and end <= len(buf):
-                try:
-                    _parse(bytes(buf[position:end]))
-                except ProtocolError:
-                    pass
-                else:
-                    return True
-            position = buf.find(_START, position + 1)
-        return False
-
-    def feed(self, chunk: bytes) -> list[Frame]:
-        """Add received bytes; return the complete valid frames they finish, in order."""
-        buf = self._buffer
-        buf += chunk
-        frames: list[Frame] = []
-        position = 0
-        while True:
-            position = buf.find(_START, position)
-            if position < 0:
-                position = len(buf)  # FE preambles and line noise carry nothing
-                break
-            if len(buf) - position < _HEADER:
-                break
-            length = buf[position + 10]
-            if length > MAX_DATA_LENGTH:
-                self._reject(FrameError(f"data length {length} exceeds {MAX_DATA_LENGTH}"))
-                position += 1
-                continue
-            end = position + _OVERHEAD + length
-            if end > len(buf):
-                # A false start whose length runs past the buffer would otherwise hold back a good frame
-                # that is already complete behind it until more bytes happen to arrive.
-                if self._valid_frame_after(position + 1):
-                    self._reject(FrameError("incomplete frame overtaken by a complete one"))
-                    position += 1
-                    continue
-                break
-            try:
-                frames.append(_parse(bytes(buf[position:end])))
-            except ProtocolError as err:
-                self._reject(err)
-                position += 1  # the real frame may start inside the rejected span
-                continue
-            position = end
-        del buf[:position]
-        return frames
+        super().__init__(_parse, header=_HEADER, length_at=10, max_length=MAX_DATA_LENGTH)
 
 
 def addressed_to(frame: Frame, address: str, meter_type: int) -> bool:

@@ -11,7 +11,9 @@ Exception tree (every codec raises only these)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Context, Decimal
+from typing import Generic, TypeVar
 
 
 class ProtocolError(Exception):
@@ -89,3 +91,99 @@ def bcd_from_decimal(value: Decimal, size: int, decimals: int, *, signed: bool =
     elif signed and raw[-1] & 0x80:
         raise ValueEncodingError(f"{value} does not fit in {size} signed BCD bytes")
     return bytes(raw)
+
+
+FrameT = TypeVar("FrameT")
+FRAME_START = 0x68
+
+
+class FrameCutter(Generic[FrameT]):
+    """Cut `68 … L … CS 16` frames out of bytes that arrive in arbitrary chunks (DL/T 645, CJ/T 188).
+
+    Every 68 is a candidate start; a protocol with a second 68 in its header (`confirm_at`) skips a
+    lone 68 in line noise without counting it. Bad candidates are counted in `rejected`, never raised,
+    and the search resumes one byte further on, since the real frame may start inside a rejected span.
+    """
+
+    def __init__(
+        self,
+        parse: Callable[[bytes], FrameT],
+        *,
+        header: int,
+        length_at: int,
+        max_length: int,
+        confirm_at: int | None = None,
+    ) -> None:
+        self._parse = parse
+        self._header = header
+        self._length_at = length_at
+        self._overhead = header + 2  # CS and 16 after the data
+        self._max_length = max_length
+        self._confirm_at = confirm_at
+        self._buffer = bytearray()
+        self.rejected = 0
+        self.last_error: ProtocolError | None = None
+
+    def _reject(self, error: ProtocolError) -> None:
+        self.rejected += 1
+        self.last_error = error
+
+    def _candidate(self, position: int) -> bool:
+        return self._confirm_at is None or self._buffer[position + self._confirm_at] == FRAME_START
+
+    def _valid_frame_after(self, start: int) -> bool:
+        """Whether a complete, valid frame starts at some 68 at or after `start`."""
+        buf = self._buffer
+        position = buf.find(FRAME_START, start)
+        while position >= 0 and len(buf) - position >= self._header:
+            length = buf[position + self._length_at]
+            end = position + self._overhead + length
+            if self._candidate(position) and length <= self._max_length and end <= len(buf):
+                try:
+                    self._parse(bytes(buf[position:end]))
+                except ProtocolError:
+                    pass
+                else:
+                    return True
+            position = buf.find(FRAME_START, position + 1)
+        return False
+
+    def feed(self, chunk: bytes) -> list[FrameT]:
+        """Add received bytes; return the complete valid frames they finish, in order."""
+        buf = self._buffer
+        buf += chunk
+        frames: list[FrameT] = []
+        position = 0
+        while True:
+            position = buf.find(FRAME_START, position)
+            if position < 0:
+                position = len(buf)  # FE preambles and line noise carry nothing
+                break
+            if len(buf) - position < self._header:
+                break
+            if not self._candidate(position):
+                position += 1
+                continue
+            length = buf[position + self._length_at]
+            if length > self._max_length:
+                self._reject(FrameError(f"data length {length} exceeds {self._max_length}"))
+                position += 1
+                continue
+            end = position + self._overhead + length
+            if end > len(buf):
+                # A false start whose length runs past the buffer would otherwise hold back a good frame
+                # that is already complete behind it until more bytes happen to arrive.
+                if self._valid_frame_after(position + 1):
+                    self._reject(FrameError("incomplete frame overtaken by a complete one"))
+                    position += 1
+                    continue
+                break
+            try:
+                frames.append(self._parse(bytes(buf[position:end])))
+            except ProtocolError as err:
+                self._reject(err)
+                position += 1
+                continue
+            position = end
+        del buf[:position]
+        return frames

@@ -9,8 +9,8 @@ from enum import IntEnum, IntFlag
 from shuidian_collector.protocols.common import (
     ChecksumError,
     DeviceError,
+    FrameCutter,
     FrameError,
-    ProtocolError,
     ValueEncodingError,
     bcd_decode,
     bcd_encode,
@@ -254,74 +254,11 @@ def decode_frame(raw: bytes) -> Frame:
     return _parse(body)
 
 
-class StreamParser:
-    """Cut frames out of bytes that arrive in arbitrary chunks; bad candidates are counted, never raised."""
+class StreamParser(FrameCutter[Frame]):
+    """Cut DL/T 645 frames out of a byte stream; bad candidates are counted, never raised."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.rejected = 0
-        self.last_error: ProtocolError | None = None
-
-    def _reject(self, error: ProtocolError) -> None:
-        self.rejected += 1
-        self.last_error = error
-
-    def _complete_frame_after(self, start: int) -> bool:
-        buf = self._buffer
-        position = buf.find(_START, start)
-        while position >= 0:
-            if position + _HEADER <= len(buf) and buf[position + 7] == _START:
-                end = position + _OVERHEAD + buf[position + 9]
-                if end <= len(buf):
-                    try:
-                        _parse(bytes(buf[position:end]))
-                    except ProtocolError:
-                        pass
-                    else:
-                        return True
-            position = buf.find(_START, position + 1)
-        return False
-
-    def feed(self, chunk: bytes) -> list[Frame]:
-        """Add received bytes; return the complete valid frames they finish, in order."""
-        buf = self._buffer
-        buf += chunk
-        frames: list[Frame] = []
-        position = 0
-        while True:
-            position = buf.find(_START, position)
-            if position < 0:
-                position = len(buf)  # FE preambles and line garbage carry nothing
-                break
-            if len(buf) - position < _HEADER:
-                break
-            if buf[position + 7] != _START:
-                # A lone 68 inside line noise is not a frame candidate, so it is not counted.
-                position += 1
-                continue
-            length = buf[position + 9]
-            if length > MAX_DATA_LENGTH:
-                self._reject(FrameError(f"data length {length} exceeds {MAX_DATA_LENGTH}"))
-                position += 1
-                continue
-            end = position + _OVERHEAD + length
-            if end > len(buf):
-                # A false start whose length runs past the buffer would otherwise hold back a good frame
-                # that is already complete behind it until more bytes happen to arrive.
-                if self._complete_frame_after(position + 1):
-                    self._reject(FrameError("incomplete frame overtaken by a complete one"))
-                    position += 1
-                    continue
-                break
-            try:
-                frames.append(_parse(bytes(buf[position:end])))
-            except ProtocolError as err:
-                self._reject(err)
-                position += 1
-                continue
-            position = end
-        del buf[:position]
-        return frames
+        super().__init__(_parse, header=_HEADER, length_at=9, max_length=MAX_DATA_LENGTH, confirm_at=7)
 
 
 # ---------------------------------------------------------------- field helpers

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_control import policy
+from shuidian_control import policy, shadows
 from shuidian_control.automation import OperatorRequest, Outcome
 from shuidian_control.commands import ControlError
 from shuidian_control.decisions import KeepPowerReason
@@ -868,3 +868,22 @@ async def test_a_one_off_schedule_runs_once_with_its_command_id(engine: AsyncEng
     (request,) = await sent(engine, meter_id)
     assert (request.command_id, request.kind) == (command_id, CommandKind.TIME_SYNC)
     assert (await control.scheduler.get(first["schedule_id"]))["enabled"] is False
+
+
+async def test_lock_all_creates_missing_shadows_and_keeps_existing_facts(engine: AsyncEngine) -> None:
+    tag = uuid.uuid4().hex[:8]
+    old, new = f"lock-old-{tag}", f"lock-new-{tag}"
+    async with engine.begin() as conn:
+        await shadows.lock(conn, old, utility=Utility.WATER, account_id=f"acct-{tag}")
+        await shadows.set_desired(conn, old, RelayState.OPEN)
+    async with engine.begin() as conn:
+        assert await shadows.lock_all(conn, []) == {}
+        rows = await shadows.lock_all(conn, [new, old, new], assumed=Utility.ELECTRICITY)
+    assert list(rows) == sorted({old, new})  # duplicates collapse; meter order
+    assert (rows[old].utility, rows[old].account_id, rows[old].desired) == (
+        Utility.WATER,
+        f"acct-{tag}",
+        RelayState.OPEN,
+    )
+    assert rows[old].version == 1  # locking is not an intent: the version stays
+    assert (rows[new].utility, rows[new].account_id, rows[new].desired) == (Utility.ELECTRICITY, None, None)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shuidian_alarm.alarms import AlarmQuery, AlarmService, InvalidQuery
-from shuidian_alarm.detectors import CONNECTIVITY, Rule, ScopeLevel, ScopeTarget, rule_to_json
+from shuidian_alarm.detectors import CONNECTIVITY, Rule, ScopeLevel, rule_to_json
 from shuidian_alarm.engine import Evaluator
 from shuidian_alarm.maintenance import FAULT_TYPES, WorkOrders
 from shuidian_alarm.notify.notifier import Notifier
@@ -316,8 +316,7 @@ async def delete_rule(book: Book, scope_level: ScopeLevel, slot: Identifier, sco
 @router.get("/rules/effective", response_model=list[RuleOut], tags=["rules"], summary="The rules that apply to a meter")
 async def effective_rules(book: Book, evaluator: Engine, meter_id: Identifier) -> list[dict[str, Any]]:
     await book.load()
-    target = await evaluator.target(meter_id)
-    scope = target.scope() if target else ScopeTarget(meter_id=meter_id)
+    scope = await evaluator.meter_scope(meter_id)
     return [
         _rule_out("effective", meter_id, slot, True, rule, False)
         for slot, rule in book.rules_for(scope).items()

@@ -26,7 +26,7 @@ from decimal import Decimal
 from enum import Enum, StrEnum
 from functools import cache, lru_cache
 from types import MappingProxyType
-from typing import Annotated, Final, Literal, TypeVar
+from typing import Annotated, ClassVar, Final, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, TypeAdapter
@@ -456,11 +456,7 @@ class SpikeRule:
     clear_after: timedelta = timedelta(hours=2)
     calendar: Calendar = field(default_factory=Calendar)
     severity: AlarmSeverity = AlarmSeverity.WARNING
-
-    @property
-    def slot(self) -> str:
-        """The alarm type it raises, which is also what a more specific scope overrides."""
-        return USAGE_SPIKE
+    slot: ClassVar[str] = USAGE_SPIKE  # the alarm type it raises; a more specific scope overrides it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -540,11 +536,7 @@ class WaterLeakRule:
     max_gap: timedelta = HOUR
     timezone: str = DEFAULT_TIMEZONE
     severity: AlarmSeverity = AlarmSeverity.MAJOR
-
-    @property
-    def slot(self) -> str:
-        """The alarm type it raises, which is also what a more specific scope overrides."""
-        return WATER_LEAK
+    slot: ClassVar[str] = WATER_LEAK  # the alarm type it raises; a more specific scope overrides it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -664,11 +656,7 @@ class ConnectivityRule:
     recover_after: timedelta = timedelta(minutes=2)  # online this long before an offline alarm clears
     gateway_severity: AlarmSeverity = AlarmSeverity.MAJOR
     meter_severity: AlarmSeverity = AlarmSeverity.WARNING
-
-    @property
-    def slot(self) -> str:
-        """What a more specific scope overrides; it raises gateway_offline and meter_offline."""
-        return CONNECTIVITY
+    slot: ClassVar[str] = CONNECTIVITY  # what a more specific scope overrides; it raises both offline types
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -782,15 +770,11 @@ class CommErrorRule:
     clear_rate: Decimal = Decimal("0.05")
     min_attempts: int = 6
     severity: AlarmSeverity = AlarmSeverity.WARNING
+    slot: ClassVar[str] = COMM_ERRORS  # the alarm type it raises; a more specific scope overrides it
 
     def __post_init__(self) -> None:
         if not self.clear_rate <= self.raise_rate:
             raise ValueError("clear_rate must not exceed raise_rate")
-
-    @property
-    def slot(self) -> str:
-        """The alarm type it raises, which is also what a more specific scope overrides."""
-        return COMM_ERRORS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -859,11 +843,7 @@ class SupplyMismatchRule:
     kind: Literal["supply_mismatch"] = "supply_mismatch"
     grace: timedelta = timedelta(minutes=10)
     severity: AlarmSeverity = AlarmSeverity.MAJOR
-
-    @property
-    def slot(self) -> str:
-        """The alarm type it raises, which is also what a more specific scope overrides."""
-        return SUPPLY_MISMATCH
+    slot: ClassVar[str] = SUPPLY_MISMATCH  # the alarm type it raises; a more specific scope overrides it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -946,11 +926,7 @@ class VacantUsageRule:
     move_out_grace: timedelta = timedelta(hours=24)  # move-out inspection and cleaning use some power and water
     clear_after: timedelta = timedelta(hours=24)  # quiet hours before the alarm clears while still vacant
     severity: AlarmSeverity = AlarmSeverity.WARNING
-
-    @property
-    def slot(self) -> str:
-        """The alarm type it raises, which is also what a more specific scope overrides."""
-        return VACANT_USAGE
+    slot: ClassVar[str] = VACANT_USAGE  # the alarm type it raises; a more specific scope overrides it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1017,11 +993,7 @@ class BalanceMismatchRule:
     grace: timedelta = timedelta(hours=2)
     clear_after: timedelta = _ZERO
     severity: AlarmSeverity = AlarmSeverity.WARNING
-
-    @property
-    def slot(self) -> str:
-        """The alarm type it raises, which is also what a more specific scope overrides."""
-        return BALANCE_MISMATCH
+    slot: ClassVar[str] = BALANCE_MISMATCH  # the alarm type it raises; a more specific scope overrides it
 
 
 @dataclass(frozen=True, kw_only=True)

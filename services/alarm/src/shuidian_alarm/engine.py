@@ -325,9 +325,10 @@ class Evaluator:
             await targets.upsert(conn, described)
         self._targets.forget()
 
-    async def target(self, meter_id: str) -> targets.Target | None:
+    async def meter_scope(self, meter_id: str) -> ScopeTarget:
+        """The scope a meter's rules resolve at, read afresh (not from the cache)."""
         async with self._engine.connect() as conn:
-            return (await targets.by_meter(conn, [meter_id])).get(meter_id)
+            return targets.meter_scope(meter_id, await targets.by_meter(conn, [meter_id]))
 
     # --- inputs ---------------------------------------------------------------------------------
 
@@ -340,8 +341,7 @@ class Evaluator:
                 known = await self._targets.meters(conn, meter_ids)
                 out: list[Feed] = []
                 for reading in sorted(batch.readings, key=lambda r: r.sampled_at):
-                    target = known.get(reading.meter_id)
-                    scope = target.scope() if target else ScopeTarget(meter_id=reading.meter_id)
+                    scope = targets.meter_scope(reading.meter_id, known)
                     out += [(reading.meter_id, slot, rule, reading) for slot, rule in self._rules(scope, reading)]
                     hourly = self._hourly(scope)
                     if hourly.rules:
@@ -354,8 +354,7 @@ class Evaluator:
     async def on_device_state(self, state: DeviceState, topic: str) -> None:
         async def feeds(conn: AsyncConnection) -> list[Feed]:
             known = await self._targets.meters(conn, [state.meter_id])
-            target = known.get(state.meter_id)
-            meter_scope = target.scope() if target else ScopeTarget(meter_id=state.meter_id)
+            meter_scope = targets.meter_scope(state.meter_id, known)
             gateway_scope = await self._targets.gateway(conn, state.gateway_id)
             out: list[Feed] = [
                 (state.meter_id, slot, rule, state)
@@ -383,8 +382,7 @@ class Evaluator:
             known = await self._targets.meters(conn, [m.meter_id for m in event.meters])
             out: list[Feed] = []
             for observation in detectors.server_balances(event):
-                target = known.get(observation.meter_id)
-                scope = target.scope() if target else ScopeTarget(meter_id=observation.meter_id)
+                scope = targets.meter_scope(observation.meter_id, known)
                 out += [
                     (observation.meter_id, slot, rule, observation) for slot, rule in self._rules(scope, observation)
                 ]
@@ -421,8 +419,7 @@ class Evaluator:
 
         async def feeds(conn: AsyncConnection) -> list[Feed]:
             known = await self._targets.meters(conn, [command.meter_id])
-            target = known.get(command.meter_id)
-            scope = target.scope() if target else ScopeTarget(meter_id=command.meter_id)
+            scope = targets.meter_scope(command.meter_id, known)
             return [(command.meter_id, slot, rule, observation) for slot, rule in self._rules(scope, observation)]
 
         await self._run(self._clock(), feeds)

@@ -30,6 +30,12 @@ class Target:
         return ScopeTarget(estate_id=self.estate, building_id=self.building, model=self.model, meter_id=self.meter_id)
 
 
+def meter_scope(meter_id: str, known: dict[str, Target]) -> ScopeTarget:
+    """The scope a meter's rules resolve at: its described place, or the meter alone if nobody described it."""
+    target = known.get(meter_id)
+    return target.scope() if target is not None else ScopeTarget(meter_id=meter_id)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Placement:
     """Where an alarm's source sits: a meter, a gateway (estate and building only) or an account (its room)."""

@@ -241,7 +241,7 @@ class Automation:
             ).all()
             if not due:
                 return 0
-            rows = {d.meter_id: await shadows.lock(conn, d.meter_id) for d in due}
+            rows = await shadows.lock_all(conn, (d.meter_id for d in due))
             contexts = await self._store.contexts(conn, rows)
             for d in due:
                 ctx = contexts[d.meter_id]
@@ -263,11 +263,10 @@ class Automation:
 
     async def keep_power_changed(self, conn: AsyncConnection, meter_ids: Iterable[str], actor: str) -> None:
         """保电 set: supply cut off comes back; lifted: an exhausted account is tripped under the usual windows."""
-        ids = sorted(set(meter_ids))
-        if not ids:
+        rows = await shadows.lock_all(conn, meter_ids)
+        if not rows:
             return
-        rows = {m: await shadows.lock(conn, m) for m in ids}
-        contexts = await self._store.contexts(conn, ids)
+        contexts = await self._store.contexts(conn, rows)
         levels: dict[str, str] = {
             r.account_id: r.level
             for r in await conn.execute(
@@ -296,11 +295,10 @@ class Automation:
     async def sync_keep_power_modes(self, conn: AsyncConnection, meter_ids: Iterable[str], actor: str) -> int:
         """Bring the meters' own keep-power modes in line with their 保电 flags (e.g. after a building moved
         estates); returns the commands issued. Supply is left alone."""
-        ids = sorted(set(meter_ids))
-        rows = {m: await shadows.lock(conn, m) for m in ids}
-        contexts = await self._store.contexts(conn, ids)
+        rows = await shadows.lock_all(conn, meter_ids)
+        contexts = await self._store.contexts(conn, rows)
         issued = 0
-        for meter_id in ids:
+        for meter_id in rows:
             keep = decisions.keep_power_in_force(contexts[meter_id].supply, contexts[meter_id].policy)
             issued += await self._sync_keep_power(conn, rows[meter_id], keep, CommandOrigin.OPERATOR, actor) is not None
         return issued
@@ -359,7 +357,7 @@ class Automation:
         batch_id = uuid.uuid4()
         ids = sorted(set(meter_ids))
         assumed = _UTILITY_OF_KIND.get(request.kind)
-        rows = {m: await shadows.lock(conn, m, assumed=assumed) for m in ids}
+        rows = await shadows.lock_all(conn, ids, assumed=assumed)
         contexts = await self._store.contexts(conn, ids)
         outcomes = []
         for meter_id in ids:

@@ -3,14 +3,21 @@ pair for the meter's own keep-power mode (desired follows the 保电 flags, repo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shuidian_control.decisions import Shadow
 from shuidian_shared.messages import RelayState, Utility
+
+_RETURNED = (
+    "meter_id, utility, desired_supply, reported_supply, version, account_id, online, desired_keep_power, "
+    "reported_keep_power"
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,7 @@ async def lock(
                 "VALUES (:m, coalesce(:u, :assumed, 'electricity'), :a) "
                 "ON CONFLICT (meter_id) DO UPDATE SET utility = coalesce(:u, control.shadows.utility), "
                 "account_id = coalesce(:a, control.shadows.account_id) "
-                "RETURNING meter_id, utility, desired_supply, reported_supply, version, account_id, online, "
-                "desired_keep_power, reported_keep_power"
+                f"RETURNING {_RETURNED}"
             ),
             {
                 "m": meter_id,
@@ -63,6 +69,30 @@ async def lock(
             },
         )
     ).one()
+    return _shadow_row(row)
+
+
+async def lock_all(
+    conn: AsyncConnection, meter_ids: Iterable[str], *, assumed: Utility | None = None
+) -> dict[str, ShadowRow]:
+    """`lock` for many meters in one statement, in meter order (the order every path locks in: no deadlocks)."""
+    ids = sorted(set(meter_ids))
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        text(
+            "INSERT INTO control.shadows (meter_id, utility) "
+            "SELECT m, coalesce(:assumed, 'electricity') FROM unnest(CAST(:ids AS text[])) AS m ORDER BY m "
+            "ON CONFLICT (meter_id) DO UPDATE SET utility = control.shadows.utility "
+            f"RETURNING {_RETURNED}"
+        ),
+        {"ids": ids, "assumed": assumed.value if assumed else None},
+    )
+    locked = {r.meter_id: _shadow_row(r) for r in rows}
+    return {m: locked[m] for m in ids}
+
+
+def _shadow_row(row: Row[Any]) -> ShadowRow:
     return ShadowRow(
         meter_id=row.meter_id,
         utility=Utility(row.utility),

@@ -35,8 +35,12 @@ class DemoEstate:
         return cls(path, estate)
 
     @property
+    def room_codes(self) -> list[str]:
+        return sorted({room_of(m.id) for g in self.estate.gateways for b in g.buses for m in b.meters})
+
+    @property
     def rooms(self) -> int:
-        return len({room_of(m.id) for g in self.estate.gateways for b in g.buses for m in b.meters})
+        return len(self.room_codes)
 
     def buses(self, endpoints: dict[str, Any]) -> list[BusSeed]:
         """Buses with the endpoints the running simulator reported (bus id → {host, port}); a bus
@@ -63,14 +67,13 @@ class DemoEstate:
         return result
 
     def accounts(self) -> list[AccountSeed]:
-        rooms = sorted({room_of(m.id) for g in self.estate.gateways for b in g.buses for m in b.meters})
         return [
-            AccountSeed(room, f"房间 {room}", OPENING_CREDITS[i % len(OPENING_CREDITS)]) for i, room in enumerate(rooms)
+            AccountSeed(room, f"房间 {room}", OPENING_CREDITS[i % len(OPENING_CREDITS)])
+            for i, room in enumerate(self.room_codes)
         ]
 
     def premises(self) -> PremisesSeed:
         """One demo estate; room codes are <building letter><floor><two-digit room>, e.g. A101."""
-        rooms = sorted({room_of(m.id) for g in self.estate.gateways for b in g.buses for m in b.meters})
         return PremisesSeed(
             estate_id="demo",
             name="示范公租房小区 · Demo estate",
@@ -85,6 +88,6 @@ class DemoEstate:
                     tenant_name=f"租户 {room}",
                     phone=f"1380000{i:04d}",
                 )
-                for i, room in enumerate(rooms)
+                for i, room in enumerate(self.room_codes)
             ),
         )

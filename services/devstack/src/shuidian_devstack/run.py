@@ -21,7 +21,7 @@ import httpx
 
 from shuidian_devstack import infra
 from shuidian_devstack.demo import DemoEstate
-from shuidian_devstack.seed import DEMO_PASSWORD
+from shuidian_devstack.seed import DEMO_PASSWORD, seed, seed_users
 
 log = logging.getLogger("shuidian.run")
 
@@ -151,8 +151,6 @@ async def start(stack: Stack) -> dict[str, str]:
             raise TimeoutError("simulator did not report its ports")
         await asyncio.sleep(0.2)
     endpoints = json.loads(ports_file.read_text())
-    from shuidian_devstack.seed import seed, seed_users
-
     async with httpx.AsyncClient(timeout=10.0) as client:
         premises = estate.premises()
         await seed(client, urls, estate.buses(endpoints), estate.accounts(), premises=premises)

@@ -139,15 +139,12 @@ async def seed(
                 )
             )
             room = rooms.get(meter.account_id)
-            binding = (
-                (f"{billing}/v1/rooms/{room.room_id}/meters/{meter.meter_id}", {"utility": meter.utility})
-                if room
-                else (
-                    f"{billing}/v1/meters/{meter.meter_id}/binding",
-                    {"account_id": meter.account_id, "utility": meter.utility},
-                )
-            )
-            await _ok(await client.put(binding[0], json=binding[1]))
+            if room:  # installed in the room: billed to whoever leases it
+                url, body = f"{billing}/v1/rooms/{room.room_id}/meters/{meter.meter_id}", {"utility": meter.utility}
+            else:
+                url = f"{billing}/v1/meters/{meter.meter_id}/binding"
+                body = {"account_id": meter.account_id, "utility": meter.utility}
+            await _ok(await client.put(url, json=body))
     if premises is not None:
         targets = [
             {

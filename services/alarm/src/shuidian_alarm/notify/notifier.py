@@ -147,6 +147,7 @@ class Notifier:
             "details": alarm.details,
             "raised_at": alarm.raised_at.isoformat(),
         }
+        payload_json = json.dumps(payload, ensure_ascii=False)  # the same for every subscription
         rows: list[dict[str, Any]] = []
         for sub in subscriptions:
             subject, body = render(alarm, event, sub.language, self._timezone, alarm.raised_at)
@@ -163,7 +164,7 @@ class Notifier:
                     "address": sub.address,
                     "subject": subject,
                     "body": body,
-                    "payload": json.dumps(payload, ensure_ascii=False),
+                    "payload": payload_json,
                     "due": held or now,
                 }
             )
@@ -237,54 +238,63 @@ class Notifier:
 
     async def _record(self, outcomes: list[tuple[Row[Any], DeliveryResult]]) -> None:
         now = self._clock()
+        attempts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for row, result in outcomes:
+            attempt = row.attempts + 1
+            if result.ok:
+                status, due, outcome = "delivered", now, "delivered"
+            elif result.retryable and attempt < self._retry.max_attempts:
+                status, due, outcome = "pending", now + self._retry.delay(attempt), "retry"
+            else:
+                status, due, outcome = "dead", now, "dead"
+                log.warning(
+                    "notification %s via %s dead after %d attempt(s): %s",
+                    row.notification_id,
+                    row.channel,
+                    attempt,
+                    result.detail,
+                )
+            DELIVERIES.labels(row.channel, outcome).inc()
+            attempts.append(
+                {
+                    "id": row.notification_id,
+                    "n": attempt,
+                    "at": now,
+                    "ok": result.ok,
+                    "code": result.status_code,
+                    "detail": result.detail,
+                }
+            )
+            updates.append(
+                {
+                    "id": row.notification_id,
+                    "status": status,
+                    "n": attempt,
+                    "due": due,
+                    "code": result.status_code,
+                    "err": None if result.ok else result.detail,
+                    "at": now,
+                }
+            )
+        # One batched statement each for the whole round, not two round trips per notification.
         async with self._engine.begin() as conn:
-            for row, result in outcomes:
-                attempt = row.attempts + 1
-                if result.ok:
-                    status, due, outcome = "delivered", now, "delivered"
-                elif result.retryable and attempt < self._retry.max_attempts:
-                    status, due, outcome = "pending", now + self._retry.delay(attempt), "retry"
-                else:
-                    status, due, outcome = "dead", now, "dead"
-                    log.warning(
-                        "notification %s via %s dead after %d attempt(s): %s",
-                        row.notification_id,
-                        row.channel,
-                        attempt,
-                        result.detail,
-                    )
-                DELIVERIES.labels(row.channel, outcome).inc()
-                await conn.execute(
-                    text(
-                        "INSERT INTO alarm.delivery_attempts (notification_id, attempt, at, ok, status_code, detail) "
-                        "VALUES (:id, :n, :at, :ok, :code, :detail)"
-                    ),
-                    {
-                        "id": row.notification_id,
-                        "n": attempt,
-                        "at": now,
-                        "ok": result.ok,
-                        "code": result.status_code,
-                        "detail": result.detail,
-                    },
-                )
-                await conn.execute(
-                    text(
-                        "UPDATE alarm.notifications SET status = :status, attempts = :n, next_attempt_at = :due, "
-                        "last_status_code = :code, last_error = :err, "
-                        "delivered_at = CASE WHEN :status = 'delivered' THEN CAST(:at AS timestamptz) END "
-                        "WHERE notification_id = :id"
-                    ),
-                    {
-                        "id": row.notification_id,
-                        "status": status,
-                        "n": attempt,
-                        "due": due,
-                        "code": result.status_code,
-                        "err": None if result.ok else result.detail,
-                        "at": now,
-                    },
-                )
+            await conn.execute(
+                text(
+                    "INSERT INTO alarm.delivery_attempts (notification_id, attempt, at, ok, status_code, detail) "
+                    "VALUES (:id, :n, :at, :ok, :code, :detail)"
+                ),
+                attempts,
+            )
+            await conn.execute(
+                text(
+                    "UPDATE alarm.notifications SET status = :status, attempts = :n, next_attempt_at = :due, "
+                    "last_status_code = :code, last_error = :err, "
+                    "delivered_at = CASE WHEN :status = 'delivered' THEN CAST(:at AS timestamptz) END "
+                    "WHERE notification_id = :id"
+                ),
+                updates,
+            )
 
     # --- subscriptions and the delivery log ------------------------------------------------------
 

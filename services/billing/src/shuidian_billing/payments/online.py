@@ -156,11 +156,14 @@ class OnlinePayments:
             ).one()
         return {**_order_out(row), "replayed": False}
 
-    async def order(self, order_id: str) -> dict[str, Any]:
+    async def _order_row(self, order_id: str) -> Row[Any] | None:
         async with self._engine.connect() as conn:
-            row = (
+            return (
                 await conn.execute(text("SELECT * FROM billing.payment_orders WHERE order_id = :o"), {"o": order_id})
             ).first()
+
+    async def order(self, order_id: str) -> dict[str, Any]:
+        row = await self._order_row(order_id)
         if row is None:
             raise NotFound(f"no order {order_id}")
         return _order_out(row)
@@ -187,12 +190,7 @@ class OnlinePayments:
         if not note.paid:
             await self._log(entry, "ignored", f"trade status {note.status}")
             return {"outcome": "ignored", "order_id": note.order_id, "payment": None}
-        async with self._engine.connect() as conn:
-            order = (
-                await conn.execute(
-                    text("SELECT * FROM billing.payment_orders WHERE order_id = :o"), {"o": note.order_id}
-                )
-            ).first()
+        order = await self._order_row(note.order_id)
         if order is None or order.provider != provider:
             await self._log(entry, "rejected", "callback_unknown_order: no such order for this provider")
             raise CallbackRejected(f"no {provider} order {note.order_id}", code="callback_unknown_order")

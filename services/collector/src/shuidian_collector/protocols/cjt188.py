@@ -13,11 +13,13 @@ from shuidian_collector.protocols.common import (
     FrameCutter,
     FrameError,
     ValueEncodingError,
+    address_bytes,
     bcd_decode,
     bcd_encode,
     bcd_from_decimal,
     checksum,
     decimal_from_bcd,
+    target_address,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ _END = 0x16
 _PREAMBLE = 0xFE
 _HEADER = 11  # 68 T A0..A6 C L
 _OVERHEAD = 13  # header + CS + 16
+_ADDRESS_DIGITS = 14
 
 _REPLY = 0x80
 _ERROR = 0x40
@@ -187,23 +190,6 @@ class Frame:
 # ---------------------------------------------------------------- envelope
 
 
-def _address_bytes(address: str) -> bytes:
-    if len(address) != 14:
-        raise ValueEncodingError(f"address {address!r} is not 14 digits")
-    try:
-        return bytes.fromhex(address)[::-1]
-    except ValueError as err:
-        raise ValueEncodingError(f"address {address!r} is not hexadecimal") from err
-
-
-def _target_address(address: str) -> str:
-    """A request's target: decimal digits, with A as the wildcard digit; returned upper-case."""
-    normalised = address.upper()
-    if len(normalised) != 14 or any(c not in "0123456789A" for c in normalised):
-        raise ValueEncodingError(f"meter address {address!r} must be 14 decimal digits or A wildcards")
-    return normalised
-
-
 def _own_address(address: str) -> str:
     """A replying meter's own address: 14 decimal digits."""
     if len(address) != 14 or not address.isdigit() or not address.isascii():
@@ -225,7 +211,7 @@ def encode_frame(frame: Frame, *, preamble: int = 2) -> bytes:
         raise ValueEncodingError(f"{len(frame.data)} data bytes exceed {MAX_DATA_LENGTH}")
     body = (
         bytes([_START, _byte(frame.meter_type, "meter type")])
-        + _address_bytes(frame.address)
+        + address_bytes(frame.address, _ADDRESS_DIGITS)
         + bytes([_byte(frame.control, "control byte"), len(frame.data)])
         + frame.data
     )
@@ -276,7 +262,7 @@ def addressed_to(frame: Frame, address: str, meter_type: int) -> bool:
         return False
     target = frame.address.upper()
     own = address.upper()
-    return all(target[i : i + 2] in ("AA", own[i : i + 2]) for i in range(0, 14, 2))
+    return all(target[i : i + 2] in ("AA", own[i : i + 2]) for i in range(0, _ADDRESS_DIGITS, 2))
 
 
 # ---------------------------------------------------------------- field helpers
@@ -405,7 +391,7 @@ class CurrentData:
 
 
 def _request(address: str, meter_type: int, function: int, data: bytes) -> bytes:
-    return encode_frame(Frame(meter_type, _target_address(address), function, data))
+    return encode_frame(Frame(meter_type, target_address(address, _ADDRESS_DIGITS), function, data))
 
 
 def read_request(

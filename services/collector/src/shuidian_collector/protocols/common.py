@@ -93,6 +93,24 @@ def bcd_from_decimal(value: Decimal, size: int, decimals: int, *, signed: bool =
     return bytes(raw)
 
 
+def address_bytes(address: str, digits: int) -> bytes:
+    """A `digits`-long hexadecimal address as frame bytes, least significant byte first."""
+    if len(address) != digits:
+        raise ValueEncodingError(f"address {address!r} is not {digits} digits")
+    try:
+        return bytes.fromhex(address)[::-1]
+    except ValueError as err:
+        raise ValueEncodingError(f"address {address!r} is not hexadecimal") from err
+
+
+def target_address(address: str, digits: int) -> str:
+    """A request's target: `digits` decimal digits, with A as the wildcard digit; returned upper-case."""
+    normalised = address.upper()
+    if len(normalised) != digits or any(c not in "0123456789A" for c in normalised):
+        raise ValueEncodingError(f"meter address {address!r} must be {digits} decimal digits or A wildcards")
+    return normalised
+
+
 FrameT = TypeVar("FrameT")
 FRAME_START = 0x68
 

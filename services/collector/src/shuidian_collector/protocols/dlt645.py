@@ -12,9 +12,11 @@ from shuidian_collector.protocols.common import (
     FrameCutter,
     FrameError,
     ValueEncodingError,
+    address_bytes,
     bcd_decode,
     bcd_encode,
     checksum,
+    target_address,
 )
 from shuidian_collector.protocols.dlt645_catalogue import (
     CATALOGUE,
@@ -99,6 +101,7 @@ _PREAMBLE = 0xFE
 _OFFSET = 0x33
 _HEADER = 10  # 68 A0..A5 68 C L
 _OVERHEAD = 12  # header + CS + 16
+_ADDRESS_DIGITS = 12
 _MAX_PREAMBLE = 4
 
 _REPLY = 0x80
@@ -189,23 +192,6 @@ class Frame:
 # ---------------------------------------------------------------- envelope
 
 
-def _address_bytes(address: str) -> bytes:
-    if len(address) != 12:
-        raise ValueEncodingError(f"address {address!r} is not 12 digits")
-    try:
-        return bytes.fromhex(address)[::-1]
-    except ValueError as err:
-        raise ValueEncodingError(f"address {address!r} is not hexadecimal") from err
-
-
-def _meter_address(address: str) -> str:
-    """A target address: decimal digits, with A as the wildcard digit; returned upper-case."""
-    normalised = address.upper()
-    if len(normalised) != 12 or any(c not in "0123456789A" for c in normalised):
-        raise ValueEncodingError(f"meter address {address!r} must be 12 decimal digits or A wildcards")
-    return normalised
-
-
 def encode_frame(frame: Frame, *, preamble: int = 4) -> bytes:
     """Serialise a frame, adding the +0x33 offset, checksum, end byte and `preamble` wake-up FE bytes."""
     if not 0 <= preamble <= _MAX_PREAMBLE:
@@ -216,7 +202,7 @@ def encode_frame(frame: Frame, *, preamble: int = 4) -> bytes:
         raise ValueEncodingError(f"{len(frame.data)} data bytes exceed {MAX_DATA_LENGTH}")
     body = (
         bytes([_START])
-        + _address_bytes(frame.address)
+        + address_bytes(frame.address, _ADDRESS_DIGITS)
         + bytes([_START, frame.control, len(frame.data)])
         + bytes((b + _OFFSET) & 0xFF for b in frame.data)
     )
@@ -298,11 +284,11 @@ def _credentials_from(data: bytes) -> tuple[int, int, int]:
 
 
 def _request(address: str, function: int, data: bytes) -> bytes:
-    return encode_frame(Frame(_meter_address(address), function, data))
+    return encode_frame(Frame(target_address(address, _ADDRESS_DIGITS), function, data))
 
 
 def _reply(address: str, control: int, data: bytes) -> bytes:
-    return encode_frame(Frame(_meter_address(address), control, data))
+    return encode_frame(Frame(target_address(address, _ADDRESS_DIGITS), control, data))
 
 
 def addressed_to(frame: Frame, address: str) -> bool:
@@ -311,7 +297,7 @@ def addressed_to(frame: Frame, address: str) -> bool:
         return True
     target = frame.address.upper()
     own = address.upper()
-    return all(target[i : i + 2] in ("AA", own[i : i + 2]) for i in range(0, 12, 2))
+    return all(target[i : i + 2] in ("AA", own[i : i + 2]) for i in range(0, _ADDRESS_DIGITS, 2))
 
 
 # ---------------------------------------------------------------- master side (collector)
@@ -528,7 +514,11 @@ def encode_ack(address: str, function: Function) -> bytes:
 
 def encode_address_reply(address: str) -> bytes:
     """A meter's reply to read-address: its own address in both the header and the data."""
-    return _reply(address, _REPLY | Function.READ_ADDRESS, _address_bytes(_meter_address(address)))
+    return _reply(
+        address,
+        _REPLY | Function.READ_ADDRESS,
+        address_bytes(target_address(address, _ADDRESS_DIGITS), _ADDRESS_DIGITS),
+    )
 
 
 # ---------------------------------------------------------------- DL/T 645-1997 read subset

@@ -54,6 +54,19 @@ async def test_staff_routes_need_the_key(gateway: str) -> None:
             assert response.json()["code"] == "unauthorised"
 
 
+async def test_framework_errors_are_problems_and_keep_their_headers(gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=gateway) as client:
+        unknown = await client.get("/no/such/route")
+        wrong_method = await client.delete("/asyncapi.json")
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/problem+json"
+    assert unknown.json()["code"] == "not_found"
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["content-type"] == "application/problem+json"
+    assert wrong_method.json()["code"] == "method_not_allowed"
+    assert wrong_method.headers["allow"] == "GET"
+
+
 async def test_unreachable_upstream_is_a_503_problem_not_a_crash(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway, headers={"Authorization": f"Bearer {KEY}"}) as client:
         response = await client.get("/api/v1/accounts/A101")

@@ -11,7 +11,6 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shuidian_gateway import api, live, routes_identity, routes_me, routes_staff, webhooks
@@ -166,12 +165,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return JSONResponse(exc.body, status_code=exc.status_code, media_type="application/problem+json")
         return problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return problem(exc.status_code, code.replace("_", " "), str(exc.detail), code)
-
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(UpstreamError, on_upstream)
 
     app.add_middleware(AuditWrites)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import Header, Path, Query, Request, Response
+from fastapi import Depends, Header, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, WithJsonSchema
@@ -245,3 +245,11 @@ class IdempotencyStore:
     async def _forget(self, params: dict[str, Any]) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(text("DELETE FROM gateway.idempotency WHERE principal = :p AND key = :k"), params)
+
+
+async def _idempotency_store(request: Request) -> IdempotencyStore:
+    store: IdempotencyStore = request.app.state.idempotency
+    return store
+
+
+Idempotency = Annotated[IdempotencyStore, Depends(_idempotency_store)]

@@ -24,8 +24,8 @@ from shuidian_gateway.conventions import (
     ERRORS,
     Amount,
     Cursor,
+    Idempotency,
     IdempotencyKey,
-    IdempotencyStore,
     IfMatch,
     Limit,
     ObjectId,
@@ -347,10 +347,10 @@ async def top_up(
     principal: Tenant,
     scopes: Scopes,
     upstreams: Upstream,
+    store: Idempotency,
     idempotency_key: IdempotencyKey,
 ) -> Any:
     await owned(principal, scopes, "account", account_id)
-    store: IdempotencyStore = request.app.state.idempotency
 
     async def forward() -> tuple[int, Any]:
         sent = {"account_id": account_id, "amount": str(body.amount), "provider": body.provider}

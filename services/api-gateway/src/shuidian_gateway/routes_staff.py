@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,7 @@ from shuidian_gateway.conventions import (
     ERRORS,
     Amount,
     Cursor,
+    Idempotency,
     IdempotencyKey,
     IdempotencyStore,
     IfMatch,
@@ -700,11 +701,6 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-async def _idempotency(request: Request) -> IdempotencyStore:
-    store: IdempotencyStore = request.app.state.idempotency
-    return store
-
-
 async def estate_of(upstreams: Upstreams, kind: str, object_id: str) -> str | None:
     """The estate an object belongs to, or None when it does not exist (or has none)."""
     if kind == "estate":
@@ -781,13 +777,7 @@ def _params(route: Route) -> list[inspect.Parameter]:
             inspect.Parameter("body", kw, annotation=Annotated[model, Body(openapi_examples=examples)])  # type: ignore[arg-type]
         )
     if route.kind == "money":
-        params.append(
-            inspect.Parameter(
-                "idempotency_key",
-                kw,
-                annotation=Annotated[str, Header(alias="Idempotency-Key", min_length=8, max_length=100)],
-            )
-        )
+        params.append(inspect.Parameter("idempotency_key", kw, annotation=IdempotencyKey))
     if route.method in ("PUT", "PATCH"):
         params.append(inspect.Parameter("if_match", kw, default=None, annotation=IfMatch))
     return params
@@ -913,7 +903,6 @@ def build_router() -> APIRouter:
 commands = APIRouter(tags=["commands"], responses=ERRORS)
 Commands = Annotated[Principal, Depends(require(Action.COMMANDS_READ))]
 Upstream = UpstreamsDep
-Idempotency = Annotated[IdempotencyStore, Depends(_idempotency)]
 Parameters = Annotated[dict[str, Text], Field(default_factory=dict, max_length=32)]
 
 

@@ -33,7 +33,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy shared/src services/*/src services/*/tests tests conftest.py
+	$(BIN)/mypy shared/src shared/tests services/*/src services/*/tests tests conftest.py
 
 fmt: install
 	$(BIN)/ruff check --fix .

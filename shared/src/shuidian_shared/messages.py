@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shuidian_shared.money import Money, Quantity
 
@@ -70,6 +70,14 @@ class ReadingFlag(StrEnum):
     CLOCK_DRIFT = "clock_drift"
     PARTIAL = "partial"  # some registers of the meter's read set did not answer
     POWER_REVERSED = "power_reversed"
+    LEAKAGE = "leakage"  # the meter's residual-current (漏电) protection warns or tripped
+
+
+# Canonical register names besides the cumulative ones (a meter publishes only what it has):
+#   residual_current (mA) — leakage current of meters with residual-current measurement
+#   clock_offset_s (s) — the meter's clock minus the collector's clock, when the meter's time was read
+RESIDUAL_CURRENT = "residual_current"
+CLOCK_OFFSET = "clock_offset_s"
 
 
 def reading_id(meter_id: str, sampled_at: datetime) -> uuid.UUID:
@@ -137,6 +145,35 @@ class GatewayStatus(Message):
     reason: str | None = None
 
 
+class PollCounts(BaseModel):
+    """One meter's poll transactions over a window: how many were tried, how many failed and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    meter_id: Identifier
+    attempts: int = Field(ge=0)
+    failures: int = Field(ge=0, description="attempts that got no valid answer")
+    errors: dict[str, int] = Field(
+        default_factory=dict, description="failures by kind: timeout, checksum, malformed, error_reply, …"
+    )
+
+    @model_validator(mode="after")
+    def _failures_within_attempts(self) -> PollCounts:
+        if self.failures > self.attempts:
+            raise ValueError("failures cannot exceed attempts")
+        return self
+
+
+class PollStats(Message):
+    """Poll outcomes of a gateway's meters over [window_start, window_end), for communication-quality alarms."""
+
+    gateway_id: Identifier
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    gateway_down: bool = Field(default=False, description="the gateway itself was unreachable in the window")
+    meters: tuple[PollCounts, ...]
+
+
 class CommandKind(StrEnum):
     TRIP = "trip"
     CLOSE_ALLOWED = "close_allowed"  # tenant or meter may re-close
@@ -179,6 +216,7 @@ class CommandStatus(StrEnum):
     CONFIRMED = "confirmed"  # state read back matches
     FAILED = "failed"
     EXPIRED = "expired"
+    UNSUPPORTED = "unsupported"  # the meter's model cannot do this command: final, never retried
 
 
 class CommandResult(Message):
@@ -256,6 +294,20 @@ class BalanceEvent(Message):
     balance: Money
     sequence: int = Field(ge=0, description="monotonic per account; consumers ignore older sequences")
     meters: tuple[MeterRef, ...] = Field(description="meters supplied from this balance")
+
+
+class RoomOccupancy(Message):
+    """Whether a room has an active lease and which meters supply it; retained per room, republished by
+    billing on every move-in, move-out and meter (re)binding."""
+
+    room_id: Identifier
+    estate_id: Identifier
+    leased: bool
+    since: AwareDatetime = Field(description="when the room became leased or vacant")
+    lease_id: Identifier | None = None
+    account_id: Identifier | None = None
+    tenant_id: Identifier | None = None
+    meters: tuple[MeterRef, ...] = Field(description="meters bound to the room now")
 
 
 class ReadingHeld(Message):

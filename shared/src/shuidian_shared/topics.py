@@ -4,11 +4,14 @@
 |---|---|---|---|
 | shuidian/v1/readings/{gateway_id} | collector | 1 | ReadingBatch |
 | shuidian/v1/meters/{meter_id}/state | collector | 1, retained | DeviceState |
+| shuidian/v1/gateways/{gateway_id}/status | collector | 1, retained | GatewayStatus |
+| shuidian/v1/gateways/{gateway_id}/poll-stats | collector | 1 | PollStats |
 | shuidian/v1/meters/{meter_id}/command | control | 1 | CommandRequested |
 | shuidian/v1/meters/{meter_id}/command-result | collector | 1 | CommandResult |
 | shuidian/v1/meters/{meter_id}/command-update | control | 1 | CommandUpdate |
 | shuidian/v1/accounts/{account_id}/balance | billing | 1 | BalanceEvent |
 | shuidian/v1/meters/{meter_id}/reading-held | billing | 1 | ReadingHeld |
+| shuidian/v1/rooms/{room_id}/occupancy | billing | 1, retained | RoomOccupancy |
 | shuidian/v1/alarms/{alarm_type} | alarm | 1 | AlarmEvent |
 | shuidian/v1/tenants/{tenant_id}/notifications | alarm | 1 | TenantNotification |
 | shuidian/v1/status/{service}/{instance} | every service | 1, retained, last will | ServiceStatus |
@@ -36,6 +39,14 @@ def meter_state(meter_id: str) -> str:
 
 def gateway_status(gateway_id: str) -> str:
     return f"{ROOT}/gateways/{_segment(gateway_id)}/status"
+
+
+def poll_stats(gateway_id: str) -> str:
+    return f"{ROOT}/gateways/{_segment(gateway_id)}/poll-stats"
+
+
+def room_occupancy(room_id: str) -> str:
+    return f"{ROOT}/rooms/{_segment(room_id)}/occupancy"
 
 
 def meter_command(meter_id: str) -> str:
@@ -80,6 +91,8 @@ def shared(group: str, topic_filter: str) -> str:
 ALL_READINGS = f"{ROOT}/readings/+"
 ALL_METER_STATES = f"{ROOT}/meters/+/state"
 ALL_GATEWAY_STATUS = f"{ROOT}/gateways/+/status"
+ALL_POLL_STATS = f"{ROOT}/gateways/+/poll-stats"
+ALL_ROOM_OCCUPANCY = f"{ROOT}/rooms/+/occupancy"
 ALL_METER_COMMANDS = f"{ROOT}/meters/+/command"
 ALL_COMMAND_RESULTS = f"{ROOT}/meters/+/command-result"
 ALL_COMMAND_UPDATES = f"{ROOT}/meters/+/command-update"

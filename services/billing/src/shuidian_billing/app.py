@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse
 
 from shuidian_billing.api import router
 from shuidian_billing.billing import Billing
+from shuidian_billing.lifecycle_api import router as lifecycle_router
 from shuidian_billing.payments.api import router as payments_router
+from shuidian_billing.payments.settlement import LeaseSettlements
 from shuidian_billing.periodic import PeriodRuns
 from shuidian_billing.premises import ImportRefused, Premises
 from shuidian_billing.settings import BillingSettings
@@ -36,10 +38,13 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
             for lane in range(billing.lanes):
                 runtime.supervisor.add(f"bill-{lane}", functools.partial(billing.bill_loop, lane))
             runtime.supervisor.add("flush", billing.flush_loop)
+            premises = Premises(runtime.engine, billing, runtime.outbox, runtime.mqtt.client_id)
+            runtime.supervisor.add("occupancy", premises.occupancy_loop)
             app.state.runtime = runtime
             app.state.billing = billing
-            app.state.premises = Premises(runtime.engine, billing)
+            app.state.premises = premises
             app.state.periods = PeriodRuns(runtime.engine, billing)
+            app.state.settlements = LeaseSettlements(runtime.engine, billing, premises, runtime.outbox)
             async with runtime.running():
                 yield
 
@@ -60,4 +65,5 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(payments_router)
     app.include_router(usage_router)
+    app.include_router(lifecycle_router)
     return app

@@ -1,8 +1,15 @@
-"""The monthly run of an estate: fixed service fees and the shared-area (公摊) allocation.
+"""The monthly run of an estate: fixed service fees pro-rated by leased days, and the shared-area
+(公摊) allocation.
 
 Once per estate and local month, after the month has ended:
-  * every household whose lease was active on the month's first day pays each fixed monthly
-    charge (`{"kind": "fixed"}` component) of the tariff version in force then;
+  * every household pays each fixed monthly charge (`{"kind": "fixed"}` component) of the tariff
+    version in force on the month's first day, pro rata to the local days its lease covered in the
+    month (a household moving in on the 20th of a 31-day month pays 12/31). A lease's share is
+    computed exactly (to 10 decimals), posted in whole fen rounded toward zero, and the cut-off
+    remainder is carried to the household's next fee of the same component (`fee_carries`) — the
+    ledger's one rounding rule (`shuidian_shared.money.split_cents`). What is posted per lease and
+    month is recorded in `fee_postings`: a move-out settlement posts the final month's part at
+    move-out, and the run then skips it (never charged twice);
   * the month's consumption of the estate's common meters (stairwell lights, lifts, pumps),
     posted to the pool `shared:<estate>`, is allocated to the households leasing during the
     month — by room area or equally, as the estate says — in whole fen that sum exactly to the
@@ -12,13 +19,16 @@ Both draw on subsidy credit first, like consumption. A run is recorded and never
 
 from __future__ import annotations
 
+import calendar
 import json
-from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Literal
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_billing import store
 from shuidian_billing.billing import Billing, BillingError
@@ -26,6 +36,214 @@ from shuidian_billing.domain import ledger, tariffs
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME, CalendarPeriod, period_end
 from shuidian_kit.errors import Conflict, NotFound
 from shuidian_shared.messages import Utility
+from shuidian_shared.money import split_cents
+
+FEE_QUANTUM = Decimal("0.0000000001")
+"""A pro-rated fee is computed to this step (the scale of the ledger's exact amounts) before the fen cut."""
+
+
+# --- pro-rating (pure) ----------------------------------------------------------------------------
+
+
+def days_in_month(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
+
+
+def leased_days(move_in: date, move_out: date | None, year: int, month: int) -> int:
+    """Local days of the month inside the lease [move_in, move_out)."""
+    first = date(year, month, 1)
+    following = date(year + month // 12, month % 12 + 1, 1)
+    end = following if move_out is None else min(move_out, following)
+    return max((end - max(move_in, first)).days, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ProratedFee:
+    share: Decimal  # amount_per_month × days / days_in_month, to FEE_QUANTUM (half-even)
+    posted: Decimal  # share + carried in, whole fen rounded toward zero
+    remainder: Decimal  # what was cut off: carried to the household's next fee of the component
+
+
+def prorate_fee(amount_per_month: Decimal, days: int, month_days: int, carried: Decimal = Decimal(0)) -> ProratedFee:
+    """A monthly fee for `days` of a `month_days`-day month, posted by the ledger's rounding rule."""
+    if not 28 <= month_days <= 31 or not 0 <= days <= month_days:
+        raise ValueError(f"{days} leased days in a {month_days}-day month")
+    share = (amount_per_month * days / month_days).quantize(FEE_QUANTUM, rounding=ROUND_HALF_EVEN)
+    posted, remainder = split_cents(share + carried)
+    return ProratedFee(share, posted, remainder)
+
+
+# --- posting --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTerm:
+    lease_id: str
+    account_id: str
+    move_in: date
+    move_out: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    account_id: str
+    utility: Utility
+    kind: str  # fixed_fee | shared_area
+    amount: Decimal
+    memo: str
+    counter: str  # the ledger account credited
+
+
+def month_start(year: int, month: int) -> datetime:
+    """UTC instant of the local (Asia/Shanghai) start of a month."""
+    return datetime(year, month, 1, tzinfo=CHINA_STANDARD_TIME).astimezone(UTC)
+
+
+async def post_charges(conn: AsyncConnection, billing: Billing, charges: Sequence[Charge], at: datetime) -> list[Any]:
+    """Debit each charge from the household's purse (subsidy first) in one ledger transaction each.
+
+    Returns each charge's transaction id (None for a zero charge, which posts nothing).
+    """
+    accounts = sorted({c.account_id for c in charges})
+    shared_mode = await billing.balance_modes(conn, accounts)
+    purses = {
+        (c.account_id, c.utility): store.purse(c.account_id, None if shared_mode.get(c.account_id, True) else c.utility)
+        for c in charges
+    }
+    subsidy_left = await store.balances(conn, sorted({store.subsidy(p) for p in purses.values()}))
+    postings: list[store.Transaction] = []
+    txn_ids: list[Any] = []
+    for charge in charges:
+        if not charge.amount:
+            txn_ids.append(None)
+            continue
+        purse = purses[(charge.account_id, charge.utility)]
+        split = ledger.split_charge(charge.amount, subsidy_left[store.subsidy(purse)])
+        subsidy_left[store.subsidy(purse)] -= split.from_subsidy
+        entries = [
+            e
+            for e in (
+                store.Entry(purse, -split.from_paid, None, at),
+                store.Entry(store.subsidy(purse), -split.from_subsidy, None, at),
+            )
+            if e.amount
+        ]
+        txn = store.Transaction(
+            charge.kind, [*entries, store.Entry(charge.counter, charge.amount, None, at)], charge.memo
+        )
+        postings.append(txn)
+        txn_ids.append(txn.txn_id)
+    await store.post_many(conn, postings)
+    return txn_ids
+
+
+async def post_fixed_fees(
+    conn: AsyncConnection,
+    billing: Billing,
+    leases: Sequence[LeaseTerm],
+    year: int,
+    month: int,
+    posted_by: Literal["monthly_run", "settlement"],
+) -> list[dict[str, Any]]:
+    """Post the leases' pro-rated fixed fees of a local month, except what was posted for them before.
+
+    Returns one line per lease, utility and component posted now (amount may be 0.00 when the
+    share is under a fen: it is then only carried). The caller evaluates balance levels.
+    """
+    if not leases:
+        return []
+    month_days = days_in_month(year, month)
+    first = date(year, month, 1)
+    done = {
+        (r.lease_id, r.utility, r.component)
+        for r in await conn.execute(
+            text(
+                "SELECT lease_id, utility, component FROM billing.fee_postings WHERE lease_id = ANY(:l) AND month = :m"
+            ),
+            {"l": [lease.lease_id for lease in leases], "m": first},
+        )
+    }
+    carries = {
+        (r.account_id, r.utility, r.component): r.remainder
+        for r in await conn.execute(
+            text(
+                "SELECT account_id, utility, component, remainder FROM billing.fee_carries WHERE account_id = ANY(:a) "
+                "ORDER BY account_id, utility, component FOR UPDATE"
+            ),
+            {"a": sorted({lease.account_id for lease in leases})},
+        )
+    }
+    pricers = await billing.pricers(conn)
+    lines: list[dict[str, Any]] = []
+    charges: list[Charge] = []
+    for lease in sorted(leases, key=lambda term: term.lease_id):
+        days = leased_days(lease.move_in, lease.move_out, year, month)
+        if days == 0:
+            continue
+        for utility, pricer in pricers.items():
+            versions = [v.domain for v in pricer.versions]
+            for line in tariffs.fixed_charge_lines(versions, utility, year, month):
+                if (lease.lease_id, utility.value, line.component) in done:
+                    continue
+                key = (lease.account_id, utility.value, line.component)
+                fee = prorate_fee(line.amount, days, month_days, carries.get(key, Decimal(0)))
+                carries[key] = fee.remainder
+                memo = f"{line.component} {line.label}" + ("" if days == month_days else f" {days}/{month_days}天 days")
+                charges.append(Charge(lease.account_id, utility, "fixed_fee", fee.posted, memo, ledger.FEE_REVENUE))
+                lines.append(
+                    {
+                        "lease_id": lease.lease_id,
+                        "account_id": lease.account_id,
+                        "utility": utility.value,
+                        "component": line.component,
+                        "month": f"{year:04d}-{month:02d}",
+                        "days": days,
+                        "days_in_month": month_days,
+                        "exact": fee.share,
+                        "amount": fee.posted,
+                    }
+                )
+    if not lines:
+        return []
+    txn_ids = await post_charges(conn, billing, charges, month_start(year, month))
+    for posted, txn_id in zip(lines, txn_ids, strict=True):
+        posted["txn_id"] = txn_id
+    await conn.execute(
+        text(
+            "INSERT INTO billing.fee_postings (lease_id, month, utility, component, account_id, days, days_in_month, "
+            "exact, amount, txn_id, posted_by) SELECT u.*, CAST(:by AS text) FROM unnest(CAST(:l AS text[]), "
+            "CAST(:m AS date[]), CAST(:u AS text[]), CAST(:c AS text[]), CAST(:a AS text[]), CAST(:d AS int[]), "
+            "CAST(:dm AS int[]), CAST(:x AS numeric[]), CAST(:p AS numeric[]), CAST(:t AS uuid[])) AS u"
+        ),
+        {
+            "l": [x["lease_id"] for x in lines],
+            "m": [first] * len(lines),
+            "u": [x["utility"] for x in lines],
+            "c": [x["component"] for x in lines],
+            "a": [x["account_id"] for x in lines],
+            "d": [x["days"] for x in lines],
+            "dm": [month_days] * len(lines),
+            "x": [x["exact"] for x in lines],
+            "p": [x["amount"] for x in lines],
+            "t": [x["txn_id"] for x in lines],
+            "by": posted_by,
+        },
+    )
+    keys = sorted(carries)
+    await conn.execute(
+        text(
+            "INSERT INTO billing.fee_carries (account_id, utility, component, remainder) "
+            "SELECT * FROM unnest(CAST(:a AS text[]), CAST(:u AS text[]), CAST(:c AS text[]), CAST(:r AS numeric[])) "
+            "ON CONFLICT (account_id, utility, component) DO UPDATE SET remainder = EXCLUDED.remainder"
+        ),
+        {
+            "a": [k[0] for k in keys],
+            "u": [k[1] for k in keys],
+            "c": [k[2] for k in keys],
+            "r": [carries[k] for k in keys],
+        },
+    )
+    return lines
 
 
 class PeriodRuns:
@@ -35,7 +253,7 @@ class PeriodRuns:
 
     async def run_month(self, estate_id: str, year: int, month: int) -> dict[str, Any]:
         """Post the month's fixed fees and 公摊 for an estate (idempotent: a second run returns the first)."""
-        start = datetime(year, month, 1, tzinfo=CHINA_STANDARD_TIME).astimezone(UTC)
+        start = month_start(year, month)
         end = period_end(CalendarPeriod.MONTH, start, CHINA_STANDARD_TIME)
         if end > datetime.now(UTC):
             raise Conflict("the month has not ended yet", code="month_open")
@@ -52,7 +270,7 @@ class PeriodRuns:
             done = (
                 await conn.execute(
                     text("SELECT summary FROM billing.period_runs WHERE estate_id = :e AND month = :m"),
-                    {"e": estate_id, "m": start.astimezone(CHINA_STANDARD_TIME).date()},
+                    {"e": estate_id, "m": date(year, month, 1)},
                 )
             ).first()
             if done is not None:
@@ -60,7 +278,7 @@ class PeriodRuns:
             leases = (
                 await conn.execute(
                     text(
-                        "SELECT l.account_id, l.starts_at, r.area_m2 FROM billing.leases l "
+                        "SELECT l.lease_id, l.account_id, l.move_in, l.move_out, r.area_m2 FROM billing.leases l "
                         "JOIN billing.rooms r USING (room_id) JOIN billing.floors f USING (floor_id) "
                         "JOIN billing.buildings b USING (building_id) WHERE b.estate_id = :e "
                         "AND l.starts_at < :end AND (l.ends_at IS NULL OR l.ends_at > :start) ORDER BY l.account_id"
@@ -68,19 +286,17 @@ class PeriodRuns:
                     {"e": estate_id, "start": start, "end": end},
                 )
             ).all()
-            pricers = await self._billing.pricers(conn)
-            charges: list[tuple[str, Utility, str, Decimal, str]] = []  # account, utility, kind, amount, memo
-            for lease in leases:
-                if lease.starts_at > start:
-                    continue  # moved in during the month: no fee for a month not leased from its first day
-                for utility, pricer in pricers.items():
-                    versions = [v.domain for v in pricer.versions]
-                    for line in tariffs.fixed_charge_lines(versions, utility, year, month):
-                        charges.append(
-                            (lease.account_id, utility, "fixed_fee", line.amount, f"{line.component} {line.label}")
-                        )
+            fees = await post_fixed_fees(
+                conn,
+                self._billing,
+                [LeaseTerm(lease.lease_id, lease.account_id, lease.move_in, lease.move_out) for lease in leases],
+                year,
+                month,
+                "monthly_run",
+            )
             pool = f"shared:{estate_id}"
             shared: dict[str, dict[str, Decimal]] = {}
+            charges: list[Charge] = []
             for row in await conn.execute(
                 text(
                     "SELECT e2.ledger_account AS revenue, sum(e1.amount) AS cost FROM billing.ledger_entries e1 "
@@ -97,38 +313,25 @@ class PeriodRuns:
                     parts = tariffs.allocate_shared_cost(cost, households, tariffs.SharedBasis(estate.shared_basis))
                     shared[utility.value] = {k: v for k, v in parts.items() if v}
                     for account, amount in shared[utility.value].items():
-                        charges.append((account, utility, "shared_area", amount, f"公摊 {year:04d}-{month:02d}"))
-            accounts = sorted({c[0] for c in charges})
-            shared_mode = await self._billing.balance_modes(conn, accounts)
-            purses = {(a, u): store.purse(a, None if shared_mode.get(a, True) else u) for a, u, _, _, _ in charges}
-            subsidy_left = await store.balances(conn, sorted({store.subsidy(p) for p in purses.values()}))
-            postings: list[store.Transaction] = []
-            for account, utility, kind, amount, memo in charges:
-                purse = purses[(account, utility)]
-                split = ledger.split_charge(amount, subsidy_left[store.subsidy(purse)])
-                subsidy_left[store.subsidy(purse)] -= split.from_subsidy
-                counter = pool if kind == "shared_area" else ledger.FEE_REVENUE
-                entries = [
-                    e
-                    for e in (
-                        store.Entry(purse, -split.from_paid, None, start),
-                        store.Entry(store.subsidy(purse), -split.from_subsidy, None, start),
-                    )
-                    if e.amount
-                ]
-                postings.append(store.Transaction(kind, [*entries, store.Entry(counter, amount, None, start)], memo))
-            await store.post_many(conn, postings)
+                        charges.append(
+                            Charge(account, utility, "shared_area", amount, f"公摊 {year:04d}-{month:02d}", pool)
+                        )
+            await post_charges(conn, self._billing, charges, start)
+            accounts = sorted({f["account_id"] for f in fees} | {c.account_id for c in charges})
             summary = {
                 "estate_id": estate_id,
                 "month": f"{year:04d}-{month:02d}",
                 "fixed_fees": {
-                    a: str(sum(c[3] for c in charges if c[0] == a and c[2] == "fixed_fee")) for a in accounts
+                    a: str(sum((f["amount"] for f in fees if f["account_id"] == a), Decimal(0))) for a in accounts
                 },
+                "fixed_fee_lines": [
+                    {k: str(v) if isinstance(v, Decimal) else v for k, v in f.items() if k != "txn_id"} for f in fees
+                ],
                 "shared_area": {u: {a: str(v) for a, v in parts.items()} for u, parts in shared.items()},
             }
             await conn.execute(
                 text("INSERT INTO billing.period_runs (estate_id, month, summary) VALUES (:e, :m, CAST(:s AS jsonb))"),
-                {"e": estate_id, "m": start.astimezone(CHINA_STANDARD_TIME).date(), "s": json.dumps(summary)},
+                {"e": estate_id, "m": date(year, month, 1), "s": json.dumps(summary)},
             )
             await self._billing.evaluate_levels(conn, set(accounts))
         self._billing.notify()

@@ -5,12 +5,19 @@ A lease is the household: it names the prepaid account that pays for the room's 
 [move_in, move_out) in local dates. A meter bound to a room therefore bills whichever household
 leased the room at each instant; a move-out, move-in, meter move or replacement splits a reading
 interval between households pro rata by time.
+
+Every change of a room's lease or meters queues its `RoomOccupancy` (retained, per room) in the
+outbox in the same transaction; `occupancy_loop` republishes every room at start (a fresh broker
+gets the retained state) and then the rooms whose dated lease or binding took effect since.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -22,7 +29,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shuidian_billing.billing import Billing, BillingError
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
 from shuidian_kit.errors import Conflict, NotFound
-from shuidian_shared.messages import Utility
+from shuidian_kit.outbox import Outbox
+from shuidian_shared import topics
+from shuidian_shared.messages import MeterRef, RoomOccupancy, Utility
+
+log = logging.getLogger(__name__)
+
+REPUBLISH_CHUNK = 500
+"""Rooms per transaction when every room's occupancy is republished."""
 
 CSV_COLUMNS = (
     "building",
@@ -75,9 +89,11 @@ class RoomRow:
 
 
 class Premises:
-    def __init__(self, engine: AsyncEngine, billing: Billing) -> None:
+    def __init__(self, engine: AsyncEngine, billing: Billing, outbox: Outbox, source: str) -> None:
         self._engine = engine
         self._billing = billing
+        self._outbox = outbox
+        self._source = source
 
     # --- the tree -------------------------------------------------------------------------------
 
@@ -199,7 +215,9 @@ class Premises:
         """Move a household in: the lease and (unless named) its own prepaid account."""
         if conn is None:
             async with self._engine.begin() as own:
-                return await self.start_lease(lease_id, tenant_id, room_id, move_in, account_id, own)
+                result = await self.start_lease(lease_id, tenant_id, room_id, move_in, account_id, own)
+            self._outbox.notify()
+            return result
         await self._require(conn, "tenants", "tenant_id", tenant_id)
         room = (
             await conn.execute(
@@ -268,30 +286,34 @@ class Premises:
             ),
             row,
         )
+        await self.queue_occupancy(conn, [room_id])
         return _lease_out({**row, "move_out": None, "ends_at": None})
 
-    async def end_lease(self, lease_id: str, move_out: date) -> dict[str, Any]:
+    async def end_lease(self, lease_id: str, move_out: date, conn: AsyncConnection | None = None) -> dict[str, Any]:
         """Move a household out: the room's meters stop billing its account from local midnight of `move_out`."""
-        async with self._engine.begin() as conn:
-            lease = (
-                await conn.execute(text("SELECT * FROM billing.leases WHERE lease_id = :l FOR UPDATE"), {"l": lease_id})
-            ).first()
-            if lease is None:
-                raise NotFound(f"no lease {lease_id}")
-            if lease.move_out is not None:
-                if lease.move_out == move_out:
-                    return _lease_out(lease._asdict())
-                raise Conflict(f"lease {lease_id} already ended on {lease.move_out}", code="lease_ended")
-            if move_out <= lease.move_in:
-                raise BillingError("move-out must be after move-in", code="invalid_lease", status_code=422)
-            await conn.execute(
-                text("UPDATE billing.leases SET move_out = :d, ends_at = :e WHERE lease_id = :l"),
-                {"d": move_out, "e": local_midnight(move_out), "l": lease_id},
-            )
-            updated = (
-                await conn.execute(text("SELECT * FROM billing.leases WHERE lease_id = :l"), {"l": lease_id})
-            ).one()
-            return _lease_out(updated._asdict())
+        if conn is None:
+            async with self._engine.begin() as own:
+                result = await self.end_lease(lease_id, move_out, own)
+            self._outbox.notify()
+            return result
+        lease = (
+            await conn.execute(text("SELECT * FROM billing.leases WHERE lease_id = :l FOR UPDATE"), {"l": lease_id})
+        ).first()
+        if lease is None:
+            raise NotFound(f"no lease {lease_id}")
+        if lease.move_out is not None:
+            if lease.move_out == move_out:
+                return _lease_out(lease._asdict())
+            raise Conflict(f"lease {lease_id} already ended on {lease.move_out}", code="lease_ended")
+        if move_out <= lease.move_in:
+            raise BillingError("move-out must be after move-in", code="invalid_lease", status_code=422)
+        await conn.execute(
+            text("UPDATE billing.leases SET move_out = :d, ends_at = :e WHERE lease_id = :l"),
+            {"d": move_out, "e": local_midnight(move_out), "l": lease_id},
+        )
+        await self.queue_occupancy(conn, [lease.room_id])
+        updated = (await conn.execute(text("SELECT * FROM billing.leases WHERE lease_id = :l"), {"l": lease_id})).one()
+        return _lease_out(updated._asdict())
 
     async def bind_room_meter(
         self,
@@ -305,9 +327,12 @@ class Premises:
         if conn is None:
             async with self._engine.begin() as own:
                 await self.bind_room_meter(room_id, meter_id, utility, effective_from, own)
-                return
+            self._outbox.notify()
+            return
         await self._require(conn, "rooms", "room_id", room_id)
+        previous = await self._room_of_meter(conn, meter_id)
         await self._billing.rebind(conn, meter_id, utility, effective_from, room_id=room_id)
+        await self.queue_occupancy(conn, {room_id, *previous})
 
     async def bind_common_meter(
         self, estate_id: str, meter_id: str, utility: Utility, effective_from: datetime | None
@@ -315,7 +340,138 @@ class Premises:
         """A common meter (stairwell lights, lifts, pumps): its cost is shared (公摊) by the estate's households."""
         async with self._engine.begin() as conn:
             await self._require(conn, "estates", "estate_id", estate_id)
+            previous = await self._room_of_meter(conn, meter_id)
             await self._billing.rebind(conn, meter_id, utility, effective_from, estate_id=estate_id)
+            await self.queue_occupancy(conn, previous)
+        self._outbox.notify()
+
+    @staticmethod
+    async def _room_of_meter(conn: AsyncConnection, meter_id: str) -> list[str]:
+        """The room the meter's open binding puts it in (empty when none)."""
+        rows = await conn.execute(
+            text(
+                "SELECT room_id FROM billing.meter_bindings WHERE meter_id = :m AND valid_to IS NULL AND room_id IS NOT NULL"
+            ),
+            {"m": meter_id},
+        )
+        return [row.room_id for row in rows]
+
+    # --- occupancy ------------------------------------------------------------------------------
+
+    async def queue_occupancy(self, conn: AsyncConnection, room_ids: Iterable[str], at: datetime | None = None) -> int:
+        """Queue each room's occupancy at `at` (default now) as a retained event, in the caller's transaction.
+
+        The rooms are locked in a stable order first, so a change and a republish of the same room
+        reach the outbox in the order they committed. The caller wakes the outbox after commit.
+        """
+        rooms = sorted(set(room_ids))
+        if not rooms:
+            return 0
+        at = at or datetime.now(UTC)
+        await conn.execute(
+            text("SELECT 1 FROM billing.rooms WHERE room_id = ANY(:r) ORDER BY room_id FOR UPDATE"), {"r": rooms}
+        )
+        states = (
+            await conn.execute(
+                text(
+                    "SELECT r.room_id, b.estate_id, r.created_at, l.lease_id, l.account_id, l.tenant_id, l.starts_at, "
+                    "(SELECT max(e.ends_at) FROM billing.leases e WHERE e.room_id = r.room_id AND e.ends_at <= :at) "
+                    "AS vacated_at FROM billing.rooms r JOIN billing.floors f USING (floor_id) "
+                    "JOIN billing.buildings b USING (building_id) "
+                    "LEFT JOIN billing.leases l ON l.room_id = r.room_id AND l.starts_at <= :at "
+                    "AND (l.ends_at IS NULL OR l.ends_at > :at) WHERE r.room_id = ANY(:r) ORDER BY r.room_id"
+                ),
+                {"r": rooms, "at": at},
+            )
+        ).all()
+        meters: dict[str, list[MeterRef]] = {}
+        for row in await conn.execute(
+            text(
+                "SELECT room_id, meter_id, utility FROM billing.meter_bindings WHERE room_id = ANY(:r) "
+                "AND (valid_from IS NULL OR valid_from <= :at) AND (valid_to IS NULL OR valid_to > :at) "
+                "ORDER BY room_id, meter_id"
+            ),
+            {"r": rooms, "at": at},
+        ):
+            meters.setdefault(row.room_id, []).append(MeterRef(meter_id=row.meter_id, utility=Utility(row.utility)))
+        events: list[tuple[str, Any, bool]] = []
+        for state in states:
+            leased = state.lease_id is not None
+            since = state.starts_at if leased else (state.vacated_at or state.created_at)
+            event = RoomOccupancy(
+                source=self._source,
+                room_id=state.room_id,
+                estate_id=state.estate_id,
+                leased=leased,
+                since=since,
+                lease_id=state.lease_id,
+                account_id=state.account_id,
+                tenant_id=state.tenant_id,
+                meters=tuple(meters.get(state.room_id, ())),
+            )
+            events.append((topics.room_occupancy(state.room_id), event, True))
+        await self._outbox.add_many(conn, events)
+        return len(events)
+
+    async def republish_occupancy(self) -> int:
+        """Queue every room's occupancy again (a fresh broker gets the retained state); returns the count."""
+        count = 0
+        after = ""
+        while True:
+            async with self._engine.begin() as conn:
+                rooms = list(
+                    (
+                        await conn.execute(
+                            text("SELECT room_id FROM billing.rooms WHERE room_id > :a ORDER BY room_id LIMIT :n"),
+                            {"a": after, "n": REPUBLISH_CHUNK},
+                        )
+                    ).scalars()
+                )
+                count += await self.queue_occupancy(conn, rooms)
+            self._outbox.notify()
+            if len(rooms) < REPUBLISH_CHUNK:
+                return count
+            after = rooms[-1]
+
+    async def publish_transitions(self, since: datetime, until: datetime) -> int:
+        """Queue the occupancy of rooms whose lease or meter binding took effect or ended in (since, until]."""
+        async with self._engine.begin() as conn:
+            rooms = (
+                await conn.execute(
+                    text(
+                        "SELECT room_id FROM billing.leases WHERE starts_at > :s AND starts_at <= :u "
+                        "UNION SELECT room_id FROM billing.leases WHERE ends_at > :s AND ends_at <= :u "
+                        "UNION SELECT room_id FROM billing.meter_bindings WHERE room_id IS NOT NULL "
+                        "AND valid_from > :s AND valid_from <= :u "
+                        "UNION SELECT room_id FROM billing.meter_bindings WHERE room_id IS NOT NULL "
+                        "AND valid_to > :s AND valid_to <= :u"
+                    ),
+                    {"s": since, "u": until},
+                )
+            ).scalars()
+            count = await self.queue_occupancy(conn, list(rooms), until)
+        self._outbox.notify()
+        return count
+
+    async def occupancy_loop(self, interval_seconds: float = 60.0) -> None:
+        """Republish every room once, then each room whose dated move-in, move-out or binding came due."""
+        since = datetime.now(UTC)
+        while True:
+            try:
+                count = await self.republish_occupancy()
+                log.info("republished the occupancy of %d rooms", count)
+                break
+            except Exception:
+                log.exception("republishing room occupancy failed; will retry")
+                await asyncio.sleep(interval_seconds)
+        while True:
+            await asyncio.sleep(interval_seconds)
+            until = datetime.now(UTC)
+            try:
+                await self.publish_transitions(since, until)
+                since = until
+            except Exception:
+                log.exception("publishing room occupancy transitions failed; will retry")
 
     # --- scope ----------------------------------------------------------------------------------
 
@@ -407,7 +563,11 @@ class Premises:
                         {"t": r.tenant_id, "n": r.tenant_name, "p": r.phone},
                     )
                     await self.start_lease(f"{room_id}.{r.move_in:%Y%m%d}", r.tenant_id, room_id, r.move_in, None, conn)
-            return counts
+            # Leased rooms were queued by their move-in; the others are announced vacant here.
+            vacant = [f"{estate_id}.{r.building}.{r.room}" for r in rows if not (r.tenant_id and r.move_in)]
+            await self.queue_occupancy(conn, vacant)
+        self._outbox.notify()
+        return counts
 
     @staticmethod
     async def _conflicts(conn: AsyncConnection, rows: list[RoomRow]) -> list[dict[str, Any]]:

@@ -1,10 +1,12 @@
 """The only place payments touch the core billing service: credit through the idempotent top-up,
-debit through the documented ledger posting (`store.post`), read refundable credit per purse, and
-re-evaluate balance levels after a debit."""
+debit through the documented ledger posting (`store.post`), read refundable credit per purse,
+re-evaluate balance levels after a debit, and — for a move-out settlement — bill closing readings
+down the ordinary reading path and post every ended hour."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shuidian_billing import store
 from shuidian_billing.billing import CHANNEL_ACCOUNTS, Billing
-from shuidian_shared.messages import Utility
+from shuidian_shared.messages import ReadingBatch, Utility
 from shuidian_shared.money import split_cents
 
 ZERO = Decimal("0.00")
@@ -65,3 +67,22 @@ async def debit_refund(conn: AsyncConnection, *, purse: str, amount: Decimal, ch
 async def after_debit(billing: Billing, conn: AsyncConnection, account_id: str) -> None:
     """Emit the balance events a debit causes (low, exhausted), in the same transaction."""
     await billing.evaluate_levels(conn, {account_id})
+
+
+async def bill_readings(billing: Billing, batch: ReadingBatch) -> None:
+    """Bill a batch of readings exactly as if it had come from the field (its own transaction)."""
+    await billing.bill([batch])
+
+
+async def post_ended_hours(billing: Billing, before: datetime) -> None:
+    """Post every accrual of an hour that ended before `before` to the ledger."""
+    await billing.flush(before=before)
+
+
+async def balance_figures(billing: Billing, conn: AsyncConnection, account_id: str) -> dict[str, Decimal]:
+    """The account's paid, subsidy, pending (accrued, unposted) and available credit over all its purses."""
+    figures = await billing.available(conn, [account_id])
+    return {
+        name: sum((purse[name] for purse in figures.values()), ZERO)
+        for name in ("paid", "subsidy", "pending", "available")
+    }

@@ -34,6 +34,7 @@ from shuidian_gateway.conventions import (
     Text,
     check_etag,
     decode_cursor,
+    encode_cursor,
     page_of_all,
     upstream_key,
     with_etag,
@@ -83,6 +84,9 @@ class Route:
     upstream: str | None = None  # default: same path under /v1
     estate: EstateOf | None = None  # None: spans estates, only for principals that see all of them
     filters: tuple[str, ...] = ()
+    # A listing whose backend filters, sorts (by these fields) and pages (limit/offset) itself: the
+    # gateway forwards the cursor's offset and the sort instead of sorting a capped window.
+    sorts: tuple[str, ...] = ()
     example: dict[str, Any] | None = None
     body: type[BaseModel] | None = None  # a typed body the gateway validates; otherwise the backend does
     description: str = ""
@@ -94,7 +98,19 @@ _ESTATE = _E("path", "estate_id")
 _ACCOUNT = _E("path", "account_id", "account")
 ROUTES: tuple[Route, ...] = (
     # premises (billing)
-    Route("GET", "/estates", Action.PREMISES_READ, "billing", "小区列表 · Estates", "premises", "list"),
+    Route(
+        "GET",
+        "/estates",
+        Action.PREMISES_READ,
+        "billing",
+        "小区列表 · Estates",
+        "premises",
+        "list",
+        estate=_E("query", "estate_id"),
+        filters=("estate_id", "name"),
+        sorts=("estate_id", "name", "created_at"),
+        description="With building, room and occupied-room counts; `name` matches a fragment.",
+    ),
     Route(
         "GET", "/estates/{estate_id}", Action.PREMISES_READ, "billing", "小区 · An estate", "premises", estate=_ESTATE
     ),
@@ -129,6 +145,8 @@ ROUTES: tuple[Route, ...] = (
         "premises",
         "list",
         estate=_ESTATE,
+        sorts=("building_id", "name", "rooms"),
+        description="With floor and room counts; 404 for an unknown estate.",
     ),
     Route(
         "PUT",
@@ -160,7 +178,10 @@ ROUTES: tuple[Route, ...] = (
         "premises",
         "list",
         estate=_E("query", "estate_id"),
-        filters=("estate_id", "building_id"),
+        filters=("estate_id", "building_id", "floor", "occupied", "code"),
+        sorts=("code", "room_id", "floor", "area", "building_id", "tenant_name"),
+        description="With the household leasing each room now. `floor` is the floor's level, `occupied` true or "
+        "false, `code` a fragment of the room code.",
     ),
     Route(
         "GET",
@@ -201,7 +222,9 @@ ROUTES: tuple[Route, ...] = (
         "premises",
         "list",
         estate=_E("query", "estate_id"),
-        filters=("estate_id", "name"),
+        filters=("estate_id", "name", "phone"),
+        sorts=("name", "tenant_id", "phone"),
+        description="`name` and `phone` match fragments; a tenant belongs to an estate through any lease there.",
     ),
     Route(
         "PUT",
@@ -341,7 +364,11 @@ ROUTES: tuple[Route, ...] = (
         "缴费记录 · Payments",
         "payments",
         "list",
-        filters=("account_id", "channel"),
+        estate=_E("query", "estate_id"),
+        filters=("estate_id", "account_id", "channel", "state", "start", "end"),
+        sorts=("created_at", "amount", "account_id", "channel"),
+        description="Newest first by default. `state`: paid, partly_refunded, refunded or reversed; `start` "
+        "(inclusive) and `end` (exclusive) are local dates (YYYY-MM-DD) or aware ISO 8601 instants.",
     ),
     Route(
         "GET",
@@ -658,6 +685,9 @@ ROUTES: tuple[Route, ...] = (
         "list",
         estate=_E("query", "estate_id"),
         filters=("estate_id", "min_days"),
+        sorts=("days_in_arrears", "owed", "balance", "since", "room_code", "account_id", "tenant_name"),
+        description="Purses whose ledger balance (paid + subsidy credit) is below zero, with room, tenant, balance "
+        "and whole days in arrears since the entry that took the balance below zero; longest first by default.",
     ),
     Route(
         "GET",
@@ -668,6 +698,9 @@ ROUTES: tuple[Route, ...] = (
         "reports",
         estate=_E("query", "estate_id"),
         filters=("estate_id", "start", "end"),
+        description="Per local day and channel over [start, end): top-ups, refunds, 冲正 and the net — the channel "
+        "ledger account's movement, so it balances with the ledger to the fen. `start`/`end`: local dates or aware "
+        "instants (default: this month until now; at most 400 days).",
     ),
     Route(
         "GET",
@@ -678,6 +711,8 @@ ROUTES: tuple[Route, ...] = (
         "reports",
         estate=_E("query", "estate_id"),
         filters=("estate_id", "start", "end", "utility"),
+        description="kWh / m³ and exact cost per building and utility over [start, end) from the hourly usage, "
+        "the estate's common meters, and the 公摊 posted to each building's households.",
     ),
     Route(
         "GET",
@@ -688,6 +723,9 @@ ROUTES: tuple[Route, ...] = (
         "reports",
         estate=_E("query", "estate_id"),
         filters=("estate_id", "month"),
+        description="收缴率 = 实收 ÷ 应收 for a local month (`month`=YYYY-MM), per estate. 应收 (billable): usage, fixed "
+        "fees and 公摊 charged to households, net of their 冲正. 实收 (collected): households' top-ups through every "
+        "channel, net of refunds and their 冲正. Subsidies are shown apart; prepaid money can push the rate over 100 %.",
     ),
     Route(
         "GET",
@@ -809,6 +847,16 @@ def _endpoint(route: Route) -> Any:
             body = body.model_dump(mode="json", exclude_none=True)
         await guard_estate(route, principal, upstreams, path, query, body)
         target = upstream_path.format(**path)
+        if route.kind == "list" and route.sorts:
+            offset = decode_cursor(kwargs["cursor"])
+            sort = {"sort": kwargs["sort"]} if kwargs["sort"] else {}
+            found = await upstreams.call(
+                route.service, "GET", target, params={**query, **sort, "limit": kwargs["limit"], "offset": offset}
+            )
+            if not isinstance(found, dict):  # a backend that does not page (yet): page its rows here
+                return page_of_all(found or [], kwargs["limit"], kwargs["cursor"], kwargs["sort"])
+            following = found.get("next_offset")
+            return {"items": found["items"], "next_cursor": None if following is None else encode_cursor(following)}
         if route.kind == "list":
             limit: int = kwargs["limit"]
             # Sorting needs the whole window; without it, enough rows to know whether a next page exists.
@@ -857,6 +905,10 @@ def _endpoint(route: Route) -> Any:
     return endpoint
 
 
+def _sorts_note(route: Route) -> str:
+    return f" Sort by {', '.join(f'`{s}`' for s in route.sorts)} (prefix `-` for descending)." if route.sorts else ""
+
+
 def _openapi_extra(route: Route) -> dict[str, Any]:
     extra: dict[str, Any] = {"x-required-action": route.action.value, **route.extra}
     if route.kind == "csv":
@@ -888,7 +940,7 @@ def build_router() -> APIRouter:
             _endpoint(route),
             methods=[route.method],
             summary=route.summary,
-            description=(route.description + f"\n\nNeeds `{route.action.value}`.").strip(),
+            description=(route.description + _sorts_note(route) + f"\n\nNeeds `{route.action.value}`.").strip(),
             tags=[route.tag],
             response_model=Page if route.kind == "list" else dict[str, Any] | None,
             status_code=201 if route.kind == "money" else 200,

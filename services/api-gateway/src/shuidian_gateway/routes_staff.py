@@ -89,6 +89,7 @@ class Route:
     sorts: tuple[str, ...] = ()
     example: dict[str, Any] | None = None
     body: type[BaseModel] | None = None  # a typed body the gateway validates; otherwise the backend does
+    actor: str | None = None  # a body field naming the staff member acting: the gateway fills it, clients cannot
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +97,7 @@ class Route:
 _E = EstateOf
 _ESTATE = _E("path", "estate_id")
 _ACCOUNT = _E("path", "account_id", "account")
+_LEASE = _E("path", "lease_id", "lease")
 ROUTES: tuple[Route, ...] = (
     # premises (billing)
     Route(
@@ -255,6 +257,7 @@ ROUTES: tuple[Route, ...] = (
         estate=_E("body", "room_id", "room"),
         example={"tenant_id": "T-0001", "room_id": "R-1-101", "move_in": "2026-11-01"},
     ),
+    Route("GET", "/leases/{lease_id}", Action.PREMISES_READ, "billing", "租约 · A lease", "premises", estate=_LEASE),
     Route(
         "POST",
         "/leases/{lease_id}/move-out",
@@ -263,7 +266,29 @@ ROUTES: tuple[Route, ...] = (
         "退租 · Move a household out",
         "premises",
         "write",
+        estate=_LEASE,
         example={"move_out": "2026-12-31"},
+    ),
+    Route(
+        "POST",
+        "/leases/{lease_id}/settlement",
+        Action.CORRECTIONS_CREATE,
+        "billing",
+        "退租结算 · Settle a move-out: final readings, final bill, refund (idempotent)",
+        "premises",
+        "money",
+        estate=_LEASE,
+        actor="operator",
+        example={"reason": "退租", "move_out": "2026-12-31", "closing_readings": []},
+    ),
+    Route(
+        "GET",
+        "/leases/{lease_id}/settlement",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "退租结算单 · A lease's settlement",
+        "premises",
+        estate=_LEASE,
     ),
     # accounts, payments, tariffs (billing)
     Route(
@@ -337,6 +362,7 @@ ROUTES: tuple[Route, ...] = (
         "payments",
         "money",
         example={"reason": "wrong meter reading / 抄表错误"},
+        actor="operator",
     ),
     Route(
         "GET",
@@ -387,6 +413,7 @@ ROUTES: tuple[Route, ...] = (
         "payments",
         "money",
         example={"amount": "10.00", "reason": "重复缴费"},
+        actor="operator",
     ),
     Route(
         "GET",
@@ -405,7 +432,8 @@ ROUTES: tuple[Route, ...] = (
         "开班 · Open a cash-counter shift (idempotent)",
         "payments",
         "money",
-        example={"counter_id": "C1", "cashier": "wang", "opening_float": "200.00"},
+        example={"counter_id": "C1", "opening_float": "200.00"},
+        actor="cashier",
     ),
     Route(
         "GET", "/cash/shifts/{shift_id}", Action.TOPUPS_CREATE, "billing", "收银班次 · A cash-counter shift", "payments"
@@ -845,6 +873,8 @@ def _endpoint(route: Route) -> Any:
         body = kwargs.get("body")
         if isinstance(body, BaseModel):
             body = body.model_dump(mode="json", exclude_none=True)
+        if route.actor is not None and isinstance(body, dict):
+            body = {**body, route.actor: principal.name}
         await guard_estate(route, principal, upstreams, path, query, body)
         target = upstream_path.format(**path)
         if route.kind == "list" and route.sorts:
@@ -905,6 +935,10 @@ def _endpoint(route: Route) -> Any:
     return endpoint
 
 
+def _actor_note(route: Route) -> str:
+    return f" The gateway sets `{route.actor}` to the signed-in staff member (经办人由网关填写)." if route.actor else ""
+
+
 def _sorts_note(route: Route) -> str:
     return f" Sort by {', '.join(f'`{s}`' for s in route.sorts)} (prefix `-` for descending)." if route.sorts else ""
 
@@ -940,7 +974,9 @@ def build_router() -> APIRouter:
             _endpoint(route),
             methods=[route.method],
             summary=route.summary,
-            description=(route.description + _sorts_note(route) + f"\n\nNeeds `{route.action.value}`.").strip(),
+            description=(
+                route.description + _sorts_note(route) + _actor_note(route) + f"\n\nNeeds `{route.action.value}`."
+            ).strip(),
             tags=[route.tag],
             response_model=Page if route.kind == "list" else dict[str, Any] | None,
             status_code=201 if route.kind == "money" else 200,

@@ -467,6 +467,10 @@ class LeaseOut(BaseModel):
     move_out: date | None
 
 
+class LeaseWithEstateOut(LeaseOut):
+    estate_id: str
+
+
 class RoomMeterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -539,6 +543,11 @@ async def tenant_scope(tenant_id: str, premises: Estate) -> dict[str, Any]:
 @router.put("/leases/{lease_id}", response_model=LeaseOut, summary="Move a household in (idempotent)")
 async def put_lease(lease_id: Identifier, body: LeaseIn, premises: Estate) -> dict[str, Any]:
     return await premises.start_lease(lease_id, body.tenant_id, body.room_id, body.move_in, body.account_id)
+
+
+@router.get("/leases/{lease_id}", response_model=LeaseWithEstateOut, summary="A lease and the estate of its room")
+async def get_lease(lease_id: str, premises: Estate) -> dict[str, Any]:
+    return await premises.lease(lease_id)
 
 
 @router.post("/leases/{lease_id}/move-out", response_model=LeaseOut, summary="Move a household out")

@@ -289,6 +289,23 @@ class Premises:
         await self.queue_occupancy(conn, [room_id])
         return _lease_out({**row, "move_out": None, "ends_at": None})
 
+    async def lease(self, lease_id: str) -> dict[str, Any]:
+        """One lease with the estate of its room (what the gateway scopes lease operations by)."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT l.*, b.estate_id FROM billing.leases l JOIN billing.rooms r USING (room_id) "
+                        "JOIN billing.floors f USING (floor_id) JOIN billing.buildings b USING (building_id) "
+                        "WHERE l.lease_id = :l"
+                    ),
+                    {"l": lease_id},
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no lease {lease_id}")
+        return {**_lease_out(row._asdict()), "estate_id": row.estate_id}
+
     async def end_lease(self, lease_id: str, move_out: date, conn: AsyncConnection | None = None) -> dict[str, Any]:
         """Move a household out: the room's meters stop billing its account from local midnight of `move_out`."""
         if conn is None:

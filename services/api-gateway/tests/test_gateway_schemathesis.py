@@ -100,5 +100,7 @@ def test_staff_api_conforms_to_its_openapi(api_schema: Any, served: Harness, mod
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_tenant_api_conforms_to_its_openapi(api_schema: Any, served: Harness, mode: GenerationMode) -> None:
-    failures = _fuzz(api_schema.include(path_regex=r"^/v1/me"), _bearer(served, "tenant_a"), mode)
+    # The live event stream never ends by itself; test_gateway_live_sse.py covers it over a real socket.
+    tenant_api = api_schema.include(path_regex=r"^/v1/me").exclude(path="/v1/me/live", method="GET")
+    failures = _fuzz(tenant_api, _bearer(served, "tenant_a"), mode)
     assert not failures, "\n\n".join(failures)

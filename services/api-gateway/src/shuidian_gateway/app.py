@@ -36,9 +36,10 @@ DESCRIPTION = """
 * **Sign in**: `POST /v1/auth/token` (OAuth2 password grant) gives a 15-minute access token and a
   one-time refresh token; send `Authorization: Bearer <access token>`. Integrators send an API key
   (`sk_…`) the same way; its scopes are the actions it may perform.
-* **Tenants** use `/v1/me/…` (their rooms, meters, balance, usage, bills, top-ups, alarms) and the
-  WebSocket `/v1/me/live`. **Staff and integrators** use the other `/v1` routes; each names the
-  action it needs (`x-required-action`).
+* **Tenants** use `/v1/me/…` (their rooms, meters, balance, usage, bills, top-ups, alarms) and live
+  push at `/v1/me/live`: server-sent events (`GET`, `text/event-stream`; `EventSource` connects with
+  a ticket from `POST /v1/me/live/tickets`) or a WebSocket on the same path. **Staff and
+  integrators** use the other `/v1` routes; each names the action it needs (`x-required-action`).
 * **Errors** are RFC 9457 problem documents (`application/problem+json`) with a stable `code`.
 * **Lists** take `limit` and `cursor` (and `sort`, filters) and return `{items, next_cursor}`.
 * **Money and command POSTs** need an `Idempotency-Key`: a replay returns the original response,
@@ -120,7 +121,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 },
             )
             hub = live.LiveHub()
-            hooks = webhooks.Webhooks(runtime.engine, webhook_client)
+            hooks = webhooks.Webhooks(
+                runtime.engine,
+                webhook_client,
+                secret_key=settings.webhook_secret_key.get_secret_value(),
+                instance=settings.instance_id,
+                backoff=settings.webhook_backoff_seconds,
+                lease=settings.webhook_lease_seconds,
+                poll=settings.webhook_poll_seconds,
+            )
+            await hooks.seal_plaintext_secrets()
             app.state.runtime = runtime
             app.state.settings = settings
             app.state.upstreams = upstreams

@@ -46,6 +46,15 @@ CHANNELS: tuple[Channel, ...] = (
         "网关在线状态 · A field gateway went online or offline (retained).",
     ),
     Channel(
+        topics.poll_stats("{gateway_id}"),
+        messages.PollStats,
+        "collector",
+        "alarm, operations",
+        False,
+        "抄表通信质量 · Poll outcomes of a gateway's meters over a window (attempts, failures by kind), "
+        "for communication-quality alarms.",
+    ),
+    Channel(
         topics.meter_command("{meter_id}"),
         messages.CommandRequested,
         "control",
@@ -84,6 +93,15 @@ CHANNELS: tuple[Channel, ...] = (
         "control, alarm, gateway",
         False,
         "余额事件 · Low balance (level 1/2), exhausted, restored.",
+    ),
+    Channel(
+        topics.room_occupancy("{room_id}"),
+        messages.RoomOccupancy,
+        "billing",
+        "alarm, control, integrators",
+        True,
+        "房间入住状态 · Whether a room is leased and which meters supply it (retained; republished on every "
+        "move-in, move-out and meter binding).",
     ),
     Channel(
         topics.alarm("{alarm_type}"),

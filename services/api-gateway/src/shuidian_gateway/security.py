@@ -1,5 +1,6 @@
 """Credentials as pure functions: password hashing (argon2id), access tokens (JWT HS256), opaque
-refresh tokens and API keys (random, stored as SHA-256), and webhook signatures (HMAC-SHA256)."""
+refresh tokens and API keys (random, stored as SHA-256), short-lived live-stream tickets (JWT), webhook
+signatures (HMAC-SHA256) and webhook secrets sealed at rest (AES-256-GCM)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from typing import Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _hasher = PasswordHasher()
 # Verified when the username does not exist, so a miss costs as much time as a wrong password.
@@ -158,3 +163,70 @@ def verify_webhook(secret: str, header: str, body: bytes, *, now: int, tolerance
     if abs(now - timestamp) > tolerance:
         return False
     return hmac.compare_digest(sign_webhook(secret, timestamp, body), header)
+
+
+# -- live-stream tickets -----------------------------------------------------------------------------
+def encode_live_ticket(secret: str, issuer: str, *, user_id: str, tenant_id: str, now: datetime, ttl: timedelta) -> str:
+    """A short-lived credential for `GET /v1/me/live?ticket=` (EventSource cannot send headers): it
+    admits the live stream of one tenant and nothing else, so a copy in an access log is worth little."""
+    claims = {
+        "iss": issuer,
+        "sub": user_id,
+        "typ": "live",
+        "tid": tenant_id,
+        "iat": int(now.timestamp()),
+        "exp": int((now + ttl).timestamp()),
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_live_ticket(secret: str, issuer: str, ticket: str, *, now: datetime) -> tuple[str, str]:
+    """(user id, tenant id) of a valid live ticket; InvalidToken otherwise (an access token is not a ticket)."""
+    try:
+        claims = jwt.decode(
+            ticket,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=issuer,
+            options={"require": ["exp", "iat", "sub", "iss"], "verify_exp": False},
+        )
+    except jwt.PyJWTError as err:
+        raise InvalidToken(str(err)) from err
+    if claims.get("typ") != "live" or not isinstance(claims.get("tid"), str):
+        raise InvalidToken("not a live-stream ticket")
+    if int(claims["exp"]) <= now.timestamp():
+        raise InvalidToken("the ticket has expired")
+    return str(claims["sub"]), claims["tid"]
+
+
+# -- webhook secrets at rest -------------------------------------------------------------------------
+SEALED_VERSION = b"\x01"
+NONCE_BYTES = 12
+
+
+class SealError(ValueError):
+    """A sealed secret that does not open: another key, another row, or altered bytes."""
+
+
+def sealing_key(material: str) -> bytes:
+    """The AES-256 key derived from `GATEWAY_WEBHOOK_SECRET_KEY` (any high-entropy string)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"shuidian webhook secrets v1").derive(
+        material.encode()
+    )
+
+
+def seal_secret(key: bytes, webhook_id: uuid.UUID, secret: str) -> bytes:
+    """version || nonce || AES-GCM(secret); the webhook id is authenticated data, so a sealed secret
+    copied onto another row does not open there."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return SEALED_VERSION + nonce + AESGCM(key).encrypt(nonce, secret.encode(), webhook_id.bytes)
+
+
+def open_secret(key: bytes, webhook_id: uuid.UUID, sealed: bytes) -> str:
+    if sealed[:1] != SEALED_VERSION or len(sealed) < 1 + NONCE_BYTES + 16:
+        raise SealError("not a sealed secret of a known version")
+    nonce, ciphertext = sealed[1 : 1 + NONCE_BYTES], sealed[1 + NONCE_BYTES :]
+    try:
+        return AESGCM(key).decrypt(nonce, ciphertext, webhook_id.bytes).decode()
+    except InvalidTag as err:
+        raise SealError("the sealed secret does not open with this key for this webhook") from err

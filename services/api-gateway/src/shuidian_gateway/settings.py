@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from shuidian_shared.settings import ServiceSettings
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-do-not-use-in-production"
+DEV_WEBHOOK_SECRET_KEY = "dev-only-webhook-secret-key-do-not-use-in-production"
 MIN_JWT_SECRET_BYTES = 32
 
 
@@ -32,7 +33,18 @@ class GatewaySettings(ServiceSettings):
         default=2.0, ge=0, le=60, description="oldest balance a tenant read may serve (a newer BalanceEvent refreshes)"
     )
     usage_today_cache_seconds: float = Field(default=15.0, ge=0, le=300, description="oldest 'today's usage' served")
-    webhook_timeout_seconds: float = 5.0
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_secret_key: SecretStr = Field(
+        default=SecretStr(DEV_WEBHOOK_SECRET_KEY),
+        description="key material sealing webhook signing secrets at rest (AES-256-GCM); same on every replica",
+    )
+    webhook_lease_seconds: float = Field(
+        default=30.0, gt=0, description="a claimed delivery returns to the queue after this if its replica died"
+    )
+    webhook_backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles per attempt")
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, description="how often due retries are looked for")
+    live_heartbeat_seconds: float = Field(default=15.0, gt=0, description="idle SSE streams get a comment this often")
+    live_ticket_seconds: int = Field(default=60, ge=5, le=600, description="lifetime of a live-stream ticket")
     collector_url: str = "http://127.0.0.1:8001"
     billing_url: str = "http://127.0.0.1:8002"
     control_url: str = "http://127.0.0.1:8003"
@@ -42,14 +54,20 @@ class GatewaySettings(ServiceSettings):
     upstream_connections: int = Field(default=16, ge=1)
 
     def secret_fields(self) -> dict[str, SecretStr]:
-        return {"staff_api_key": self.staff_api_key, "jwt_secret": self.jwt_secret}
+        return {
+            "staff_api_key": self.staff_api_key,
+            "jwt_secret": self.jwt_secret,
+            "webhook_secret_key": self.webhook_secret_key,
+        }
 
     @model_validator(mode="before")
     @classmethod
     def _ephemeral_test_secret(cls, data: Any) -> Any:
         # A test run that configures no secret gets a random one per process, never the known dev value.
-        if isinstance(data, dict) and data.get("environment") == "test" and not data.get("jwt_secret"):
-            return {**data, "jwt_secret": SecretStr(secrets.token_urlsafe(48))}
+        if isinstance(data, dict) and data.get("environment") == "test":
+            for name in ("jwt_secret", "webhook_secret_key"):
+                if not data.get(name):
+                    data = {**data, name: SecretStr(secrets.token_urlsafe(48))}
         return data
 
     @model_validator(mode="after")
@@ -57,4 +75,11 @@ class GatewaySettings(ServiceSettings):
         secret = self.jwt_secret.get_secret_value()
         if self.environment != "dev" and (secret == DEV_JWT_SECRET or len(secret.encode()) < MIN_JWT_SECRET_BYTES):
             raise ValueError(f"GATEWAY_JWT_SECRET must be a random secret of at least {MIN_JWT_SECRET_BYTES} bytes")
+        key = self.webhook_secret_key.get_secret_value()
+        if self.environment != "dev" and (key == DEV_WEBHOOK_SECRET_KEY or len(key.encode()) < MIN_JWT_SECRET_BYTES):
+            raise ValueError(
+                f"GATEWAY_WEBHOOK_SECRET_KEY must be a random secret of at least {MIN_JWT_SECRET_BYTES} bytes"
+            )
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError("GATEWAY_WEBHOOK_LEASE_SECONDS must exceed GATEWAY_WEBHOOK_TIMEOUT_SECONDS")
         return self

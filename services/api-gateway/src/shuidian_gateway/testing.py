@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from shuidian_gateway.app import create_app
 from shuidian_gateway.fakes import FakeBackends, create_fake_backends
+from shuidian_gateway.live import Server
 from shuidian_gateway.settings import GatewaySettings
 
 STAFF_KEY = "harness-staff-key-0123456789abcdef"
@@ -44,7 +45,7 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serve(app: FastAPI, port: int) -> AsyncIterator[None]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:

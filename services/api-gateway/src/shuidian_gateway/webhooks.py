@@ -3,18 +3,30 @@
 Platform events from MQTT (balance events, alarms, command results, meter states) are POSTed as
 JSON to every active subscription that asked for that event, signed with the subscription's
 secret: `Shuidian-Signature: t=<unix>,v1=<HMAC-SHA256(secret, "<unix>.<body>") hex>` (see
-`security.verify_webhook`). Delivery is at least once (retried with back-off, up to
-`ATTEMPTS` times); `Shuidian-Message-Id` lets receivers drop duplicates.
+`security.verify_webhook`). `Shuidian-Message-Id` lets receivers drop duplicates.
+
+Once across replicas: every replica receives every event and inserts one row per (subscription,
+event) into `gateway.webhook_deliveries`; the unique key keeps the first. Due rows are claimed with
+FOR UPDATE SKIP LOCKED by one replica, which owns the delivery for a lease
+(`GATEWAY_WEBHOOK_LEASE_SECONDS`); a replica that dies mid-delivery leaves the row to be claimed
+again when the lease runs out, so nothing is lost (that one delivery may then arrive twice).
+A failed attempt is retried with back-off, up to `ATTEMPTS` times; then the row stays as a dead
+letter (`state = 'dead'`, with its body, status and error).
+
+Signing secrets are sealed at rest (AES-256-GCM, key from `GATEWAY_WEBHOOK_SECRET_KEY`), shown once
+at creation and never returned again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -43,25 +55,58 @@ EVENT_OF: dict[type[Any], str] = {
 }
 ATTEMPTS = 4
 QUEUE_SIZE = 10_000
+# Events written to the deliveries table per statement.
+INSERT_BATCH = 500
 CACHE_SECONDS = 5.0
 # Deliveries in flight at once: each may hold a resolver thread while a receiver's name is looked up.
 CONCURRENCY = 4
 COLUMNS = "webhook_id, owner, url, events, active, version, created_at"
 
 
-class Webhooks:
-    """Subscriptions in the gateway schema, and a delivery loop fed from MQTT."""
+@dataclass(frozen=True)
+class Delivery:
+    """One claimed (subscription, event) delivery; `attempt` is also the claim's fencing token."""
 
-    def __init__(self, engine: AsyncEngine, client: httpx.AsyncClient, *, backoff: float = 1.0) -> None:
+    delivery_id: int
+    webhook_id: uuid.UUID
+    message_id: uuid.UUID
+    event: str
+    body: bytes
+    attempt: int
+    url: str
+    sealed: bytes | None
+    plaintext: str | None  # a secret not sealed yet (written by a replica of an older version)
+    active: bool
+
+
+class Webhooks:
+    """Subscriptions in the gateway schema; deliveries queued in PostgreSQL from MQTT and sent by
+    whichever replica claims them."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: httpx.AsyncClient,
+        *,
+        secret_key: str,
+        instance: str,
+        backoff: float = 1.0,
+        lease: float = 30.0,
+        poll: float = 1.0,
+    ) -> None:
         self._engine = engine
         self._client = client
+        self._key = security.sealing_key(secret_key)
+        self._instance = instance
         self._backoff = backoff
-        self._queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(QUEUE_SIZE)
+        self._lease = lease
+        self._poll = poll
+        self._queue: asyncio.Queue[tuple[str, uuid.UUID, bytes]] = asyncio.Queue(QUEUE_SIZE)
         self._cache: tuple[float, list[Any]] = (0.0, [])
-        self._in_flight = asyncio.Semaphore(CONCURRENCY)
+        self._wake = asyncio.Event()
 
     async def on_message(self, message: Any, topic: str) -> None:
-        """MQTT handler: queue the event for delivery (never blocks the listener)."""
+        """MQTT handler: queue the event for the deliveries table (never blocks the listener)."""
         event = EVENT_OF[type(message)]
         body = json.dumps(
             {
@@ -75,17 +120,13 @@ class Webhooks:
             DELIVERED.labels("dropped").inc()
             log.warning("webhook queue full; dropped %s %s", event, message.message_id)
             return
-        self._queue.put_nowait((event, str(message.message_id), body))
+        self._queue.put_nowait((event, message.message_id, body))
 
     async def _subscribers(self, event: str) -> list[Any]:
         expires, rows = self._cache
         if expires < time.monotonic():
             async with self._engine.connect() as conn:
-                rows = list(
-                    await conn.execute(
-                        text("SELECT webhook_id, url, events, secret FROM gateway.webhooks WHERE active")
-                    )
-                )
+                rows = list(await conn.execute(text("SELECT webhook_id, events FROM gateway.webhooks WHERE active")))
             self._cache = (time.monotonic() + CACHE_SECONDS, rows)
         return [r for r in rows if event in r.events]
 
@@ -93,66 +134,214 @@ class Webhooks:
         self._cache = (0.0, [])
 
     async def run(self) -> None:
-        """Supervised loop: deliver queued events, each subscription in its own task."""
+        """Supervised loop: write queued events as deliveries, and send the due ones."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._enqueue_loop())
+            group.create_task(self._dispatch_loop())
+
+    # -- queueing ----------------------------------------------------------------------------------
+    async def _enqueue_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < INSERT_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            while True:
+                try:
+                    await self._enqueue(batch)
+                    break
+                except Exception:  # the database is down: keep the batch and try again
+                    log.exception("could not queue %d webhook event(s); retrying", len(batch))
+                    await asyncio.sleep(self._poll)
+
+    async def _enqueue(self, batch: list[tuple[str, uuid.UUID, bytes]]) -> None:
+        rows = [
+            (hook.webhook_id, mid, event, body) for event, mid, body in batch for hook in await self._subscribers(event)
+        ]
+        if not rows:
+            return
+        async with self._engine.begin() as conn:
+            # Every replica inserts every event; the unique key keeps one row. The join drops
+            # subscriptions deleted since the cache was read.
+            await conn.execute(
+                text(
+                    "INSERT INTO gateway.webhook_deliveries (webhook_id, message_id, event, body, state, attempts, "
+                    "next_attempt_at) "
+                    "SELECT t.w, t.m, t.e, t.b, 'pending', 0, now() "
+                    "FROM unnest(CAST(:w AS uuid[]), CAST(:m AS uuid[]), CAST(:e AS text[]), CAST(:b AS bytea[])) "
+                    "AS t(w, m, e, b) JOIN gateway.webhooks h ON h.webhook_id = t.w "
+                    "ON CONFLICT (webhook_id, message_id) DO NOTHING"
+                ),
+                {
+                    "w": [r[0] for r in rows],
+                    "m": [r[1] for r in rows],
+                    "e": [r[2] for r in rows],
+                    "b": [r[3] for r in rows],
+                },
+            )
+        self._wake.set()
+
+    # -- delivering --------------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            self._wake.set()
+
         async with asyncio.TaskGroup() as group:
             while True:
-                event, message_id, body = await self._queue.get()
-                for hook in await self._subscribers(event):
-                    group.create_task(self._deliver(hook, event, message_id, body))
+                self._wake.clear()
+                claimed: list[Delivery] = []
+                free = CONCURRENCY - len(running)
+                if free > 0:
+                    try:
+                        claimed = await self._claim(free)
+                    except Exception:
+                        log.exception("could not claim webhook deliveries; retrying")
+                for delivery in claimed:
+                    task = group.create_task(self._attempt(delivery))
+                    running.add(task)
+                    task.add_done_callback(finished)
+                if not claimed:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll)
 
-    async def _deliver(self, hook: Any, event: str, message_id: str, body: bytes) -> None:
-        status: int | None = None
-        error: str | None = None
-        attempt = 0
-        for attempt in range(1, ATTEMPTS + 1):
-            headers = {
-                "Content-Type": "application/json",
-                "Shuidian-Event": event,
-                "Shuidian-Message-Id": message_id,
-                "Shuidian-Signature": security.sign_webhook(hook.secret, int(time.time()), body),
-            }
-            try:
-                async with self._in_flight:
-                    response = await self._client.post(hook.url, content=body, headers=headers)
-                status, error = response.status_code, None
-                if response.is_success:
-                    break
-            except httpx.HTTPError as err:
-                status, error = None, f"{type(err).__name__}: {err}"[:500]
-            if attempt < ATTEMPTS:
-                await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+    async def _claim(self, limit: int) -> list[Delivery]:
+        """Take up to `limit` due deliveries for this replica: each is pushed a lease into the future,
+        so no other replica takes it unless this one fails to finish it in time."""
+        async with self._engine.begin() as conn:
+            rows = await conn.execute(
+                text(
+                    "WITH due AS (SELECT delivery_id FROM gateway.webhook_deliveries "
+                    "WHERE state = 'pending' AND next_attempt_at <= now() "
+                    "ORDER BY next_attempt_at LIMIT :n FOR UPDATE SKIP LOCKED) "
+                    "UPDATE gateway.webhook_deliveries d SET attempts = d.attempts + 1, claimed_by = :me, "
+                    "next_attempt_at = now() + make_interval(secs => :lease) "
+                    "FROM due, gateway.webhooks h WHERE d.delivery_id = due.delivery_id AND h.webhook_id = d.webhook_id "
+                    "RETURNING d.delivery_id, d.webhook_id, d.message_id, d.event, d.body, d.attempts, "
+                    "h.url, h.secret_sealed, h.secret, h.active"
+                ),
+                {"n": limit, "me": self._instance, "lease": self._lease},
+            )
+            return [
+                Delivery(
+                    r.delivery_id,
+                    r.webhook_id,
+                    r.message_id,
+                    r.event,
+                    bytes(r.body),
+                    r.attempts,
+                    r.url,
+                    bytes(r.secret_sealed) if r.secret_sealed is not None else None,
+                    r.secret,
+                    r.active,
+                )
+                for r in rows
+            ]
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        status, error = await self._post(delivery)
         ok = status is not None and 200 <= status < 300
-        DELIVERED.labels("delivered" if ok else "failed").inc()
+        if ok:
+            state, delay = "delivered", None
+        elif delivery.active and delivery.attempt < ATTEMPTS:
+            state, delay = "pending", self._backoff * 2 ** (delivery.attempt - 1)
+        else:
+            state, delay = "dead", None
+        DELIVERED.labels({"delivered": "delivered", "pending": "retry", "dead": "failed"}[state]).inc()
         try:
             async with self._engine.begin() as conn:
+                # Fenced by claimant and attempt: a replica whose lease ran out does not overwrite the next one.
                 await conn.execute(
                     text(
-                        "INSERT INTO gateway.webhook_deliveries (webhook_id, message_id, event, status, error, attempts) "
-                        "VALUES (:w, :m, :e, :s, :x, :a)"
+                        "UPDATE gateway.webhook_deliveries SET state = :state, status = :s, error = :x, at = now(), "
+                        "next_attempt_at = CASE WHEN :state = 'pending' THEN now() + make_interval(secs => :d) END, "
+                        "finished_at = CASE WHEN :state = 'pending' THEN NULL ELSE now() END, "
+                        "body = CASE WHEN :state = 'delivered' THEN NULL ELSE body END "
+                        "WHERE delivery_id = :id AND claimed_by = :me AND attempts = :a"
                     ),
                     {
-                        "w": hook.webhook_id,
-                        "m": uuid.UUID(message_id),
-                        "e": event,
+                        "state": state,
                         "s": status,
                         "x": error,
-                        "a": attempt,
+                        "d": delay or 0.0,
+                        "id": delivery.delivery_id,
+                        "me": self._instance,
+                        "a": delivery.attempt,
                     },
                 )
-        except Exception:  # a delivery log failure must not stop other deliveries
-            log.exception("could not log the delivery of %s to webhook %s", message_id, hook.webhook_id)
+        except Exception:  # the lease brings the delivery back; another attempt will record it
+            log.exception("could not record delivery %s to webhook %s", delivery.message_id, delivery.webhook_id)
+        if not ok and state == "pending":
+            self._wake.set()
+
+    async def _post(self, delivery: Delivery) -> tuple[int | None, str | None]:
+        if not delivery.active:
+            return None, "the subscription was deactivated"
+        if delivery.attempt > ATTEMPTS:  # its last attempt was claimed by a replica that stopped
+            return None, "abandoned: the replica delivering the last attempt stopped"
+        try:
+            secret = self._secret(delivery)
+        except security.SealError as err:
+            return None, f"cannot open the signing secret (is GATEWAY_WEBHOOK_SECRET_KEY right?): {err}"
+        headers = {
+            "Content-Type": "application/json",
+            "Shuidian-Event": delivery.event,
+            "Shuidian-Message-Id": str(delivery.message_id),
+            "Shuidian-Signature": security.sign_webhook(secret, int(time.time()), delivery.body),
+        }
+        try:
+            response = await self._client.post(delivery.url, content=delivery.body, headers=headers)
+        except httpx.HTTPError as err:
+            return None, f"{type(err).__name__}: {err}"[:500]
+        return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
+
+    def _secret(self, delivery: Delivery) -> str:
+        if delivery.sealed is None:
+            if delivery.plaintext is None:
+                raise security.SealError("the subscription has no secret")
+            return delivery.plaintext
+        return security.open_secret(self._key, delivery.webhook_id, delivery.sealed)
+
+    async def seal_plaintext_secrets(self) -> int:
+        """Seal the plaintext secrets of subscriptions created before secrets were sealed (at start-up)."""
+        async with self._engine.begin() as conn:
+            rows = list(
+                await conn.execute(
+                    text(
+                        "SELECT webhook_id, secret FROM gateway.webhooks WHERE secret IS NOT NULL "
+                        "FOR UPDATE SKIP LOCKED"
+                    )
+                )
+            )
+            if rows:
+                await conn.execute(
+                    text(
+                        "UPDATE gateway.webhooks h SET secret_sealed = t.s, secret = NULL "
+                        "FROM unnest(CAST(:w AS uuid[]), CAST(:s AS bytea[])) AS t(w, s) WHERE h.webhook_id = t.w"
+                    ),
+                    {
+                        "w": [r.webhook_id for r in rows],
+                        "s": [security.seal_secret(self._key, r.webhook_id, r.secret) for r in rows],
+                    },
+                )
+        if rows:
+            log.info("sealed the signing secrets of %d webhook(s)", len(rows))
+        return len(rows)
 
     # -- subscriptions -----------------------------------------------------------------------------
     async def create(self, owner: str, url: str, events: list[str]) -> dict[str, Any]:
         secret = "whsec_" + secrets.token_urlsafe(32)
+        webhook_id = uuid.uuid4()
+        sealed = security.seal_secret(self._key, webhook_id, secret)
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
                     text(
-                        "INSERT INTO gateway.webhooks (webhook_id, owner, url, events, secret) "
+                        "INSERT INTO gateway.webhooks (webhook_id, owner, url, events, secret_sealed) "
                         f"VALUES (:id, :o, :u, :e, :s) RETURNING {COLUMNS}"
                     ),
-                    {"id": uuid.uuid4(), "o": owner, "u": url, "e": events, "s": secret},
+                    {"id": webhook_id, "o": owner, "u": url, "e": events, "s": sealed},
                 )
             ).one()
         self.invalidate()

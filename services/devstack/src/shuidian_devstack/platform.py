@@ -23,6 +23,7 @@ from shuidian_control.app import create_app as control_app
 from shuidian_control.settings import ControlSettings
 from shuidian_devstack.infra import free_port
 from shuidian_gateway.app import create_app as gateway_app
+from shuidian_gateway.live import Server as LiveServer
 from shuidian_gateway.settings import GatewaySettings
 
 STAFF_KEY = "e2e-staff-key-0123456789abcdef"
@@ -38,8 +39,10 @@ class Platform:
     apps: dict[str, FastAPI] = field(default_factory=dict)
 
 
-async def _serve(app: FastAPI, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+async def _serve(
+    app: FastAPI, port: int, server_class: type[uvicorn.Server] = uvicorn.Server
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    server = server_class(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -87,7 +90,8 @@ async def platform(
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
     try:
         for name, app in apps.items():
-            servers.append(await _serve(app, ports[name]))
+            # The gateway's server ends live event streams at shutdown instead of waiting for them.
+            servers.append(await _serve(app, ports[name], LiveServer if name == "gateway" else uvicorn.Server))
         async with (
             httpx.AsyncClient(base_url=urls["gateway"], headers={"Authorization": f"Bearer {STAFF_KEY}"}) as staff,
             httpx.AsyncClient() as internal,

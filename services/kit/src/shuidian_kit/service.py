@@ -145,11 +145,15 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-def serve(app: FastAPI, settings: ServiceSettings, service: str) -> None:
-    """Run one service process (its `python -m` entry point)."""
+def serve(app: FastAPI, settings: ServiceSettings, service: str, server_class: type[Any] | None = None) -> None:
+    """Run one service process (its `python -m` entry point); `server_class` is a uvicorn.Server subclass
+    for a service that must do something before uvicorn waits for open connections at shutdown."""
     import uvicorn
 
     from shuidian_kit.logs import configure_logging
 
     configure_logging(service, settings.log_level)
-    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_config=None, loop="uvloop", http="httptools")
+    config = uvicorn.Config(
+        app, host=settings.http_host, port=settings.http_port, log_config=None, loop="uvloop", http="httptools"
+    )
+    (server_class or uvicorn.Server)(config).run()

@@ -3,6 +3,8 @@
 async with AsyncShuidianClient("https://api.example") as client:
     await client.login("13800000000", "…")
     balance = await client.my_balance("A101")
+    async for event in client.live():  # ready, balance, meter_state, alarm
+        ...
 """
 
 from shuidian_sdk.client import AsyncShuidianClient, ShuidianClient
@@ -17,6 +19,7 @@ from shuidian_sdk.errors import (
     ServerError,
     ShuidianError,
 )
+from shuidian_sdk.live import LiveEvent
 from shuidian_sdk.webhooks import verify_signature
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "AuthenticationError",
     "Conflict",
     "InvalidRequest",
+    "LiveEvent",
     "NotFound",
     "PermissionDenied",
     "PreconditionFailed",

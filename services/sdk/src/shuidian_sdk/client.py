@@ -8,7 +8,8 @@ own (pass your own when you retry after a timeout, so the retry cannot pay twice
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -17,6 +18,8 @@ import httpx
 
 from shuidian_sdk import calls, models
 from shuidian_sdk.calls import Call
+from shuidian_sdk.errors import raise_for_problem
+from shuidian_sdk.live import DEFAULT_RETRY_SECONDS, LiveEvent, parse_events
 
 T = TypeVar("T")
 USER_AGENT = "shuidian-sdk-python/0.1"
@@ -139,6 +142,53 @@ class AsyncShuidianClient:
 
     async def notification_settings(self) -> models.Versioned[models.NotificationSettings]:
         return await self.run(calls.notification_settings())
+
+    async def live(
+        self, *, last_event_id: str | None = None, reconnect: bool = True, idle_timeout: float = 60.0
+    ) -> AsyncGenerator[LiveEvent, None]:
+        """The signed-in tenant's live events (`ready`, `balance`, `meter_state`, `alarm`), for as long
+        as you iterate. With `reconnect`, a dropped or ended stream is reopened after the server's
+        `retry:` delay with `Last-Event-ID`; a connection silent for `idle_timeout` seconds (the
+        gateway sends heartbeats) counts as dropped. Refusals raise the typed errors."""
+        retry = DEFAULT_RETRY_SECONDS
+        refreshed = False
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            token = self._session.api_key or (self._session.tokens.access_token if self._session.tokens else None)
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            if last_event_id:
+                headers["Last-Event-ID"] = last_event_id
+            timeout = httpx.Timeout(self._http.timeout.connect, read=idle_timeout)
+            try:
+                async with self._http.stream("GET", "/v1/me/live", headers=headers, timeout=timeout) as response:
+                    if (
+                        response.status_code == 401
+                        and not refreshed
+                        and self._session.tokens
+                        and not self._session.api_key
+                    ):
+                        refreshed = True  # one renewal per refusal, as for every other call
+                        renewal = calls.refresh(self._session.tokens.refresh_token)
+                        self._session.tokens = renewal.parse(await self._http.request(**self._session.request(renewal)))
+                        continue
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise_for_problem(response)
+                    refreshed = False
+                    async for event, retry_ms in parse_events(response.aiter_lines()):
+                        if retry_ms is not None:
+                            retry = retry_ms / 1000
+                        if event is not None:
+                            if event.id is not None:
+                                last_event_id = event.id
+                            yield event
+            except httpx.TransportError:  # dropped, reset or silent past idle_timeout
+                if not reconnect:
+                    raise
+            if not reconnect:
+                return
+            await asyncio.sleep(retry)
 
     async def set_notification_settings(
         self, settings: models.NotificationSettings, etag: str | None = None

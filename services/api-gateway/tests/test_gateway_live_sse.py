@@ -1,0 +1,291 @@
+"""Live push as server-sent events over a real socket (uvicorn), fed from the real broker: tenant
+scoping, tickets for EventSource, Last-Event-ID resumption, heartbeats and a clean end at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+import pytest_asyncio
+
+from shuidian_gateway import security
+from shuidian_gateway.auth import utcnow
+from shuidian_gateway.testing import JWT_SECRET, Harness, gateway_harness
+from shuidian_kit.mqtt import BrokerAddress
+from shuidian_shared import topics
+from shuidian_shared.messages import (
+    AlarmEvent,
+    AlarmSeverity,
+    AlarmState,
+    BalanceEvent,
+    BalanceEventKind,
+    BalanceLevel,
+    DeviceState,
+    RelayState,
+)
+
+pytestmark = pytest.mark.integration
+HEARTBEAT = 0.3
+
+
+@dataclass
+class Event:
+    event: str | None = None
+    id: str | None = None
+    data: Any = None
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+
+class Stream:
+    """One open event stream, parsed line by line as a browser's EventSource would."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._lines = response.aiter_lines()
+        self.comments: list[str] = []
+
+    async def next(self, *, timeout: float = 10.0) -> Event:
+        """The next event that carries data (comments are collected on the side)."""
+        async with asyncio.timeout(timeout):
+            event = Event()
+            async for line in self._lines:
+                if line == "":
+                    if event.data is not None or event.event is not None:
+                        return event
+                    event = Event()
+                    continue
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "":
+                    self.comments.append(value)
+                elif name == "data":
+                    event.data = json.loads(value)
+                elif name == "event":
+                    event.event = value
+                elif name == "id":
+                    event.id = value
+                elif name == "retry":
+                    event.retry = int(value)
+            raise EOFError("the stream ended")
+
+    async def rest(self, *, timeout: float = 10.0) -> list[str]:
+        """Every line until the server ends the stream."""
+        async with asyncio.timeout(timeout):
+            return [line async for line in self._lines]
+
+
+@asynccontextmanager
+async def _stream(gw: Harness, *, headers: dict[str, str] | None = None, **params: str) -> AsyncIterator[Stream]:
+    async with (
+        httpx.AsyncClient(base_url=gw.url, timeout=httpx.Timeout(10.0, read=None)) as client,
+        client.stream("GET", "/v1/me/live", headers=headers or {}, params=params) as response,
+    ):
+        yield Stream(response)
+
+
+def _bearer(gw: Harness, who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gw.tokens[who]['access_token']}"}
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def gw(database_url: str, mqtt_url: str) -> AsyncIterator[Harness]:
+    async with gateway_harness(database_url, mqtt_url, live_heartbeat_seconds=HEARTBEAT) as harness:
+        async with harness.client() as client, asyncio.timeout(20):
+            while (await client.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.05)
+        yield harness
+
+
+async def _publish(mqtt_url: str, messages: list[tuple[str, Any]]) -> None:
+    address = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(address.host, address.port, identifier=f"test-pub-{uuid.uuid4().hex[:8]}") as client:
+        for topic, message in messages:
+            await client.publish(topic, message.model_dump_json().encode(), qos=1)
+
+
+def _state(meter_id: str) -> DeviceState:
+    return DeviceState(source="test", meter_id=meter_id, gateway_id="GW1", online=True, relay=RelayState.OPEN)
+
+
+def _balance(account_id: str, sequence: int = 9) -> BalanceEvent:
+    return BalanceEvent(
+        source="test",
+        account_id=account_id,
+        kind=BalanceEventKind.EXHAUSTED,
+        level=BalanceLevel.EXHAUSTED,
+        balance=Decimal("-0.10"),
+        sequence=sequence,
+        meters=(),
+    )
+
+
+def _alarm(source_id: str) -> AlarmEvent:
+    return AlarmEvent(
+        source="test",
+        alarm_id=uuid.uuid4(),
+        alarm_type="balance_exhausted",
+        source_id=source_id,
+        severity=AlarmSeverity.CRITICAL,
+        state=AlarmState.ACTIVE,
+        message_zh="余额耗尽",
+        message_en="balance exhausted",
+    )
+
+
+def _seq(event_id: str | None) -> int:
+    assert event_id is not None
+    return int(event_id.rsplit("-", 1)[1])
+
+
+async def test_a_tenant_receives_their_own_events_and_never_another_tenants(gw: Harness, mqtt_url: str) -> None:
+    async with _stream(gw, headers=_bearer(gw, "tenant_a")) as a, _stream(gw, headers=_bearer(gw, "tenant_b")) as b:
+        assert a.response.status_code == 200
+        assert a.response.headers["content-type"].startswith("text/event-stream")
+        ready_a, ready_b = await a.next(), await b.next()
+        assert (ready_a.event, ready_a.data, ready_a.retry) == ("ready", {"tenant_id": "T-A", "resumed": False}, 3000)
+        assert ready_b.data["tenant_id"] == "T-B"
+        mine, theirs = _balance("A-A"), _balance("A-B")
+        # B's events first: if filtering failed, A would see them before A's own.
+        await _publish(
+            mqtt_url,
+            [
+                (topics.balance("A-B"), theirs),
+                (topics.meter_state("M-B"), _state("M-B")),
+                (topics.alarm("balance_exhausted"), _alarm("A-B")),
+                (topics.balance("A-A"), mine),
+                (topics.meter_state("M-A"), _state("M-A")),
+                (topics.alarm("balance_exhausted"), _alarm("M-A")),
+            ],
+        )
+        got_a = [await a.next() for _ in range(3)]
+        got_b = [await b.next() for _ in range(3)]
+    assert [e.event for e in got_a] == ["balance", "meter_state", "alarm"]
+    assert got_a[0].data["message_id"] == str(mine.message_id)
+    assert got_a[0].data["balance"] == "-0.10"  # money stays a decimal string
+    assert (got_a[1].data["meter_id"], got_a[2].data["source_id"]) == ("M-A", "M-A")
+    assert [e.data.get("account_id") or e.data.get("meter_id") or e.data["source_id"] for e in got_b] == [
+        "A-B",
+        "M-B",
+        "A-B",
+    ]
+    assert got_b[0].data["message_id"] == str(theirs.message_id)
+    # Ids increase within a stream and share the replica's epoch with the ready event.
+    epoch = ready_a.id.rsplit("-", 1)[0] if ready_a.id else ""
+    assert all(e.id and e.id.startswith(epoch + "-") for e in got_a)
+    assert [_seq(e.id) for e in got_a] == sorted(_seq(e.id) for e in got_a)
+    assert _seq(got_a[0].id) > _seq(ready_a.id)
+
+
+async def test_an_idle_stream_gets_heartbeats(gw: Harness) -> None:
+    async with _stream(gw, headers=_bearer(gw, "tenant_a")) as a:
+        await a.next()
+        with pytest.raises(TimeoutError):
+            await a.next(timeout=HEARTBEAT * 4)  # no events...
+    assert a.comments.count("heartbeat") >= 2  # ...but the connection is kept warm
+
+
+async def test_a_reconnect_with_last_event_id_gets_what_it_missed(gw: Harness, mqtt_url: str) -> None:
+    async with _stream(gw, headers=_bearer(gw, "tenant_a")) as first:
+        await first.next()
+        await _publish(mqtt_url, [(topics.balance("A-A"), _balance("A-A", 1))])
+        seen = await first.next()
+    missed = [_balance("A-A", 2), _balance("A-B", 2), _balance("A-A", 3)]
+    async with _stream(gw, headers=_bearer(gw, "tenant_b")) as witness:
+        await witness.next()
+        await _publish(mqtt_url, [(topics.balance(m.account_id), m) for m in missed])
+        await witness.next()  # B's event arrived, so the ones published before it did too
+    async with _stream(gw, headers={**_bearer(gw, "tenant_a"), "Last-Event-ID": seen.id or ""}) as resumed:
+        ready = await resumed.next()
+        replayed = [await resumed.next(), await resumed.next()]
+    assert (ready.data["resumed"], ready.id) == (True, seen.id)
+    assert [e.data["message_id"] for e in replayed] == [str(missed[0].message_id), str(missed[2].message_id)]
+    for stale in ("0000-1", f"{(seen.id or '').rsplit('-', 1)[0]}-999999999", "garbage"):
+        async with _stream(gw, headers={**_bearer(gw, "tenant_a"), "Last-Event-ID": stale}) as fresh:
+            ready = await fresh.next()
+            assert ready.data["resumed"] is False
+            with pytest.raises(TimeoutError):  # nothing is replayed
+                await fresh.next(timeout=HEARTBEAT * 2)
+
+
+async def test_eventsource_clients_connect_with_a_short_lived_ticket(gw: Harness, mqtt_url: str) -> None:
+    async with gw.client("tenant_a") as a, gw.client("cashier") as cashier:
+        issued = await a.post("/v1/me/live/tickets")
+        refused = await cashier.post("/v1/me/live/tickets")
+        ticket = issued.json()["ticket"]
+        as_bearer = await a.get("/v1/me", headers={"Authorization": f"Bearer {ticket}"})
+    assert issued.status_code == 201
+    assert issued.json()["expires_in"] == gw.settings.live_ticket_seconds
+    assert issued.json()["url"] == f"/v1/me/live?ticket={ticket}"
+    assert refused.status_code == 403
+    assert as_bearer.status_code == 401  # a ticket opens the live stream and nothing else
+    async with _stream(gw, ticket=ticket) as stream:
+        ready = await stream.next()
+        await _publish(mqtt_url, [(topics.balance("A-B"), _balance("A-B")), (topics.balance("A-A"), _balance("A-A"))])
+        event = await stream.next()
+    assert ready.data == {"tenant_id": "T-A", "resumed": False}
+    assert event.data["account_id"] == "A-A"
+
+
+@pytest.mark.parametrize("who", ["nobody", "forged", "access_token_as_ticket", "expired_ticket", "cashier", "api_key"])
+async def test_the_stream_refuses_anyone_but_a_tenant(gw: Harness, who: str) -> None:
+    headers: dict[str, str] = {}
+    params: dict[str, str] = {}
+    if who == "forged":
+        headers["Authorization"] = "Bearer forged.token.value"
+    elif who == "access_token_as_ticket":
+        params["ticket"] = gw.tokens["tenant_a"]["access_token"]
+    elif who == "expired_ticket":
+        params["ticket"] = security.encode_live_ticket(
+            JWT_SECRET, gw.settings.jwt_issuer, user_id="u", tenant_id="T-A", now=utcnow(), ttl=timedelta(seconds=-1)
+        )
+    elif who == "cashier":
+        headers = _bearer(gw, "cashier")
+    elif who == "api_key":
+        async with gw.client("admin") as admin:
+            created = await admin.post(
+                "/v1/api-keys", json={"name": "live", "scopes": ["alarms:read"], "estates": ["*"]}
+            )
+        headers["Authorization"] = f"Bearer {created.json()['key']}"
+    async with _stream(gw, headers=headers, **params) as stream:
+        body = await stream.response.aread()
+    expected = 403 if who in ("cashier", "api_key") else 401
+    assert stream.response.status_code == expected
+    assert stream.response.headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["status"] == expected
+
+
+async def test_shutdown_ends_open_streams_cleanly(database_url: str, mqtt_url: str) -> None:
+    async with asyncio.timeout(60), gateway_harness(database_url, mqtt_url) as own:
+        stream_cm = _stream(own, headers=_bearer(own, "tenant_a"))
+        stream = await stream_cm.__aenter__()
+        await stream.next()
+        hub = own.app.state.live
+        assert hub.clients == 1
+    # The harness has stopped (a server waiting for the open stream would never have got here).
+    try:
+        tail = await stream.rest(timeout=5)
+    finally:
+        await stream_cm.__aexit__(None, None, None)
+    assert ": server shutting down; reconnect" in tail
+    assert hub.clients == 0
+
+
+def test_the_stream_is_in_the_openapi_document(gw: Harness) -> None:
+    operation = gw.app.openapi()["paths"]["/v1/me/live"]["get"]
+    assert "text/event-stream" in operation["responses"]["200"]["content"]
+    assert {p["name"] for p in operation["parameters"]} >= {"ticket", "last-event-id"}
+    assert {"401", "403"} <= set(operation["responses"])
+    tickets = gw.app.openapi()["paths"]["/v1/me/live/tickets"]["post"]
+    assert tickets["summary"]
+    assert "201" in tickets["responses"]

@@ -762,7 +762,9 @@ ROUTES: tuple[Route, ...] = (
         "collector",
         "设备在线率 · Device online rate",
         "reports",
-        filters=("gateway_id",),
+        filters=("gateway_id", "start", "end"),
+        description="Meters online now, overall and per gateway, and availability over [start, end) (default: the "
+        "last 24 h) from the collector's online/offline edges.",
     ),
 )
 

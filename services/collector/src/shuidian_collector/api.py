@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import text
 
-from shuidian_collector import estate_csv
+from shuidian_collector import estate_csv, reports
 from shuidian_collector.fleet import Fleet
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig, Registry
-from shuidian_kit.errors import NotFound
+from shuidian_kit.errors import NotFound, ServiceError
 from shuidian_kit.service import problem, runtime_of
 from shuidian_shared.messages import Identifier, Utility
 
@@ -135,6 +136,105 @@ async def gateway_status(gateway_id: str, fleet: Pollers) -> dict[str, Any]:
         "online": poller.health.online,
         "meters": sum(len(b.meters) for b in poller.gateway.buses),
         "buses": sorted(poller.buses),
+    }
+
+
+class OnlineRateOut(BaseModel):
+    meters: int = Field(description="registered meters")
+    online: int = Field(description="meters online now")
+    online_rate: Decimal | None = Field(description="online ÷ meters now (null without meters)")
+    availability: Decimal | None = Field(
+        description="share of the observed time the meters were online in the window (null: nothing observed)"
+    )
+    observed_seconds: float = Field(description="meter-seconds of the window with a known state")
+
+
+class GatewayOnlineRateOut(OnlineRateOut):
+    gateway_id: str
+
+
+class DeviceOnlineRateOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "at": "2026-12-06T10:00:00Z",
+                    "start": "2026-12-05T10:00:00Z",
+                    "end": "2026-12-06T10:00:00Z",
+                    "total": {
+                        "meters": 80,
+                        "online": 78,
+                        "online_rate": "0.9750",
+                        "availability": "0.9912",
+                        "observed_seconds": 6912000.0,
+                    },
+                    "gateways": [
+                        {
+                            "gateway_id": "gw-a",
+                            "meters": 40,
+                            "online": 38,
+                            "online_rate": "0.9500",
+                            "availability": "0.9824",
+                            "observed_seconds": 3456000.0,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    at: datetime
+    start: datetime
+    end: datetime
+    total: OnlineRateOut
+    gateways: list[GatewayOnlineRateOut]
+
+
+def _rates(meters: int, online: int, up: float, seen: float) -> dict[str, Any]:
+    return {
+        "meters": meters,
+        "online": online,
+        "online_rate": reports.rate(online, meters),
+        "availability": reports.rate(up, seen),
+        "observed_seconds": round(seen, 3),
+    }
+
+
+@router.get(
+    "/reports/device-online-rate",
+    response_model=DeviceOnlineRateOut,
+    tags=["reports"],
+    summary="设备在线率 · Meters online now and availability over a window, overall and per gateway",
+)
+async def device_online_rate(
+    request: Request,
+    gateway_id: Identifier | None = None,
+    start: Annotated[AwareDatetime | None, Query(description="window start (default: end − 24 h)")] = None,
+    end: Annotated[AwareDatetime | None, Query(description="window end (default: now)")] = None,
+) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    end = end or now
+    start = start or end - reports.DEFAULT_WINDOW
+    if end <= start:
+        raise ServiceError("时间窗口无效 · end must be after start", code="invalid_window")
+    if end - start > reports.MAX_WINDOW:
+        raise ServiceError("时间窗口过长 · the window is at most 366 days", code="invalid_window")
+    report = await reports.device_online_report(runtime_of(request).engine, start, min(end, now), gateway_id)
+    gateways = sorted(report.gateways.values(), key=lambda g: g.gateway_id)
+    return {
+        "at": now,
+        "start": start,
+        "end": end,
+        "total": _rates(
+            sum(g.meters for g in gateways),
+            sum(g.online for g in gateways),
+            sum(g.online_seconds for g in gateways),
+            sum(g.observed_seconds for g in gateways),
+        ),
+        "gateways": [
+            {"gateway_id": g.gateway_id, **_rates(g.meters, g.online, g.online_seconds, g.observed_seconds)}
+            for g in gateways
+        ],
     }
 
 

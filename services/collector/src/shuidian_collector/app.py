@@ -6,6 +6,7 @@ import contextlib
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
 
@@ -13,9 +14,9 @@ from fastapi import FastAPI
 
 from shuidian_collector.api import router
 from shuidian_collector.commands import Commands, utcnow
-from shuidian_collector.drivers import ConfirmPolicy, Driver
+from shuidian_collector.drivers import ClockPolicy, ConfirmPolicy, Driver
 from shuidian_collector.drivers.cjt188 import Cjt188Driver
-from shuidian_collector.drivers.dlt645 import ClockPolicy, Credentials, Dlt645Driver, Dlt645v1997Driver
+from shuidian_collector.drivers.dlt645 import Credentials, Dlt645Driver, Dlt645v1997Driver
 from shuidian_collector.drivers.modbus import ModbusDriver
 from shuidian_collector.fleet import Fleet
 from shuidian_collector.poller import DeviceStates
@@ -39,17 +40,21 @@ def _dlt645_credentials(settings: CollectorSettings) -> Credentials | None:
 def drivers(settings: CollectorSettings) -> dict[str, Driver]:
     relay = ConfirmPolicy(settings.confirm_attempts, settings.confirm_interval_seconds)
     valve = ConfirmPolicy(settings.valve_confirm_attempts, settings.valve_confirm_interval_seconds)
+    clock = ClockPolicy(
+        settings.time_sync_tolerance_seconds,
+        settings.time_sync_broadcast_limit_seconds,
+        settings.clock_check_interval_seconds,
+        settings.clock_drift_tolerance_seconds,
+    )
+    leakage = Decimal(str(settings.leakage_threshold_ma))
     return {
         BusProtocol.DLT645: Dlt645Driver(
-            timezone=settings.timezone,
-            confirm=relay,
-            credentials=_dlt645_credentials(settings),
-            clock=ClockPolicy(settings.time_sync_tolerance_seconds, settings.time_sync_broadcast_limit_seconds),
+            timezone=settings.timezone, confirm=relay, credentials=_dlt645_credentials(settings), clock=clock
         ),
         BusProtocol.DLT645_1997: Dlt645v1997Driver(),
-        BusProtocol.CJT188: Cjt188Driver(confirm=valve),
-        BusProtocol.MODBUS_RTU: ModbusDriver(rtu=True, confirm=relay),
-        BusProtocol.MODBUS_TCP: ModbusDriver(rtu=False, confirm=relay),
+        BusProtocol.CJT188: Cjt188Driver(confirm=valve, timezone=settings.timezone, clock=clock),
+        BusProtocol.MODBUS_RTU: ModbusDriver(rtu=True, confirm=relay, leakage_threshold_ma=leakage),
+        BusProtocol.MODBUS_TCP: ModbusDriver(rtu=False, confirm=relay, leakage_threshold_ma=leakage),
     }
 
 

@@ -9,6 +9,7 @@ import logging
 from shuidian_collector.commands import Commands
 from shuidian_collector.drivers import Driver
 from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.pollstats import PollTally
 from shuidian_collector.registry import GatewayConfig, Registry
 from shuidian_collector.schedule import GatewayHealth
 from shuidian_collector.settings import CollectorSettings
@@ -36,11 +37,15 @@ class Fleet:
         self._commands = commands
         self._source = source
         self._policy = PollPolicy(
-            settings.max_backoff_seconds, settings.gateway_backoff_initial_seconds, settings.gateway_backoff_max_seconds
+            settings.max_backoff_seconds,
+            settings.gateway_backoff_initial_seconds,
+            settings.gateway_backoff_max_seconds,
+            settings.poll_stats_window_seconds,
         )
         self._running: dict[str, tuple[GatewayConfig, asyncio.Task[None]]] = {}
         self._refresh = asyncio.Event()
         self._health: dict[str, GatewayHealth] = {}
+        self._tallies: dict[str, PollTally] = {}
 
     @property
     def pollers(self) -> dict[str, GatewayPoller]:
@@ -62,8 +67,11 @@ class Fleet:
                     log.warning("registry not reloaded: %s", err)
                 else:
                     await self._apply(wanted)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as the
+                # event is set (a registry write just before shutdown), and the fleet would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._refresh.wait(), self._settings.registry_refresh_seconds)
+                    async with asyncio.timeout(self._settings.registry_refresh_seconds):
+                        await self._refresh.wait()
         finally:
             for _, task in self._running.values():
                 task.cancel()
@@ -80,6 +88,7 @@ class Fleet:
                 self._commands.pollers.pop(gateway_id, None)
                 if gateway_id not in wanted:
                     self._health.pop(gateway_id, None)
+                    self._tallies.pop(gateway_id, None)
         for gateway_id, config in wanted.items():
             if gateway_id in self._running:
                 continue
@@ -87,11 +96,18 @@ class Fleet:
             if unsupported:
                 log.warning("gateway %s: no driver for %s; those buses are skipped", gateway_id, sorted(unsupported))
                 config = GatewayConfig(gateway_id, tuple(b for b in config.buses if b.protocol in self._drivers))
-            previous = self._health.get(gateway_id)
             poller = GatewayPoller(
-                config, self._drivers, self._store, self._states, self._source, self._policy, health=previous
+                config,
+                self._drivers,
+                self._store,
+                self._states,
+                self._source,
+                self._policy,
+                health=self._health.get(gateway_id),
+                tally=self._tallies.get(gateway_id),  # a rebuilt poller keeps the window's counts
             )
             self._health[gateway_id] = poller.health
+            self._tallies[gateway_id] = poller.tally
             self._commands.pollers[gateway_id] = poller
             self._running[gateway_id] = (wanted[gateway_id], asyncio.create_task(poller.run(), name=f"gw:{gateway_id}"))
             log.info("polling gateway %s (%d meters)", gateway_id, sum(len(b.meters) for b in config.buses))

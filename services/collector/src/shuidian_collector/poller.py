@@ -10,13 +10,14 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_collector.drivers import CommandOutcome, CommandRejected, Driver
+from shuidian_collector.drivers import CommandOutcome, CommandRejected, CommandUnsupported, Driver
+from shuidian_collector.pollstats import PollTally, ReadObserver
 from shuidian_collector.protocols.common import ProtocolError
 from shuidian_collector.registry import BusConfig, GatewayConfig, MeterConfig
 from shuidian_collector.schedule import Edge, GatewayHealth, MeterSchedule
@@ -124,6 +125,15 @@ class DeviceStates:
             async with asyncio.timeout(self.write_timeout), self._engine.begin() as conn:
                 await conn.execute(
                     text(
+                        # The online/offline edges go to online_edges in the same statement: the CTE sees the rows
+                        # as they were before the upsert, so an edge is a meter new to device_state or one whose
+                        # `online` changes (a gateway outage included, which publishes no per-meter event).
+                        "WITH u AS (SELECT * FROM unnest(CAST(:m AS text[]), CAST(:o AS boolean[]), "
+                        "CAST(:why AS text[])) AS u(m, o, why)), "
+                        "prev AS (SELECT meter_id, online FROM collector.device_state WHERE meter_id = ANY(:m)), "
+                        "edges AS (INSERT INTO collector.online_edges (meter_id, gateway_id, online, at, reason) "
+                        "SELECT u.m, :g, u.o, now(), u.why FROM u LEFT JOIN prev ON prev.meter_id = u.m "
+                        "WHERE prev.online IS DISTINCT FROM u.o) "
                         "INSERT INTO collector.device_state "
                         "(meter_id, gateway_id, online, relay, valve, keep_power, last_reading_at, reason) "
                         "SELECT m, :g, o, r, v, k, t, why FROM unnest(CAST(:m AS text[]), CAST(:o AS boolean[]), "
@@ -162,6 +172,7 @@ class PollPolicy:
     max_backoff: float = 3600.0
     gateway_backoff_initial: float = 1.0
     gateway_backoff_max: float = 60.0
+    stats_window: float = 60.0  # seconds per PollStats window
 
 
 class GatewayPoller:
@@ -178,6 +189,7 @@ class GatewayPoller:
         policy: PollPolicy = PollPolicy(),
         rng: random.Random | None = None,
         health: GatewayHealth | None = None,
+        tally: PollTally | None = None,
     ) -> None:
         self.gateway = gateway
         self._drivers = drivers
@@ -201,6 +213,7 @@ class GatewayPoller:
         )
         # Handed over when the fleet rebuilds a poller after a registry change, so that is not an "online" edge.
         self.health = health or GatewayHealth(policy.gateway_backoff_initial, policy.gateway_backoff_max)
+        self.tally = tally or PollTally(policy.stats_window, datetime.now(UTC))  # handed over likewise
         self._probe_turn = 0
 
     def owns(self, meter_id: str) -> bool:
@@ -223,8 +236,10 @@ class GatewayPoller:
                     due = self.schedule.due(now)
                     if due:
                         await self.poll(due)
+                await self.publish_stats()
                 wake = self.health.retry_at if self.health.online is False else self.schedule.next_due()
-                await asyncio.sleep(max(wake - time.monotonic(), 0.01))
+                stats_due = (self.tally.window_end - datetime.now(UTC)).total_seconds()
+                await asyncio.sleep(max(min(wake - time.monotonic(), stats_due), 0.01))
         finally:
             for bus in self.buses.values():
                 await bus.link.close()
@@ -254,15 +269,20 @@ class GatewayPoller:
         driver = self._drivers[bus_config.protocol]
         if retries is None and self.schedule.failures(meter_id):
             retries = 0  # a meter already failing gets one probe per attempt, not the full retries
+        observer = ReadObserver(self.tally, meter_id)
         try:
             patience = driver.patience(meter)
-            channel = bus.channel(POLL_PRIORITY, patience.retries if retries is None else retries, patience.timeout)
+            channel = bus.channel(
+                POLL_PRIORITY, patience.retries if retries is None else retries, patience.timeout, observer
+            )
             reading = await driver.read(channel, meter)
         except (BusError, ProtocolError) as err:
             POLLS.labels(error_kind(err)).inc()
+            observer.failed(err)
             return err
         except Exception as err:  # a driver bug or a bad profile must not stop the gateway's other meters
             POLLS.labels("other").inc()
+            observer.failed(err)
             log.exception("reading meter %s failed unexpectedly", meter_id)
             return err
         POLLS.labels("ok").inc()
@@ -295,6 +315,7 @@ class GatewayPoller:
         if edge is Edge.ONLINE and len(results) < len(self._meters):
             self.schedule.restart(now, (m for m in self._meters if m not in {mid for mid, _ in results}))
         if self.health.online is False:
+            self.tally.gateway_down()
             # One gateway event instead of one per meter: meters are marked, not announced.
             rows = [StateRow(r.meter_id, False, None, None, None, None, GATEWAY_OFFLINE_REASON) for r in rows]
             messages += self._states.edges(gateway_id, rows, publish=False)
@@ -308,6 +329,19 @@ class GatewayPoller:
             log.error("gateway %s: %s", gateway_id, err)
         await self._states.write(gateway_id, rows)  # after the readings are safe: the database may be down
         return readings
+
+    async def publish_stats(self) -> None:
+        """Publish the last window's PollStats through the local store once it is over (nothing for an empty one)."""
+        if self.health.online is False:
+            self.tally.gateway_down()
+        stats = self.tally.roll(datetime.now(UTC), self.gateway.gateway_id, self._source)
+        if stats is None:
+            return
+        topic = topics.poll_stats(self.gateway.gateway_id)
+        try:
+            await self._store.append_many([Message(topic, stats.model_dump_json().encode(), bounded=True)])
+        except StoreFull as err:
+            log.error("gateway %s: poll statistics not kept: %s", self.gateway.gateway_id, err)
 
     def _gateway_edge(self, edge: Edge, results: list[tuple[str, Reading | BaseException]]) -> Message:
         GATEWAY_EDGES.labels(edge.value).inc()
@@ -339,6 +373,8 @@ class GatewayPoller:
             return await driver.command(
                 bus.channel(COMMAND_PRIORITY, patience.retries, patience.timeout), meter, request
             )
+        except CommandUnsupported as err:
+            return CommandOutcome(CommandStatus.UNSUPPORTED, str(err))
         except CommandRejected as err:
             return CommandOutcome(CommandStatus.FAILED, str(err))
 

@@ -30,12 +30,17 @@ class CollectorSettings(ServiceSettings):
     max_backoff_seconds: float = Field(default=3600.0, gt=0, description="cap of a dead meter's poll back-off")
     gateway_backoff_initial_seconds: float = Field(default=1.0, gt=0)
     gateway_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    poll_stats_window_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="window of the PollStats each gateway publishes (skipped when empty)"
+    )
     data_dir: Path | None = Field(
         default=None,
         description="where the local store lives; default $SHUIDIAN_DATA_DIR/collector (./data/collector), "
         "or a fresh temporary directory in the test environment",
     )
-    store_max_rows: int = Field(default=100_000, ge=1, description="reading batches the local store holds at most")
+    store_max_rows: int = Field(
+        default=100_000, ge=1, description="reading batches and poll statistics the local store holds at most"
+    )
     dlt645_password_level: int = Field(default=2, ge=0, le=99, description="DL/T 645 password level for writes")
     dlt645_password: SecretStr | None = Field(
         default=None,
@@ -46,6 +51,16 @@ class CollectorSettings(ServiceSettings):
     time_sync_tolerance_seconds: float = Field(default=5.0, gt=0, description="read-back clock error accepted")
     time_sync_broadcast_limit_seconds: float = Field(
         default=300.0, ge=0, description="largest clock offset corrected by broadcast time (meters refuse more)"
+    )
+
+    clock_check_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="how often a poll also reads a meter's clock for its offset (clock_offset_s)"
+    )
+    clock_drift_tolerance_seconds: float = Field(
+        default=60.0, gt=0, description="a meter clock off by more than this flags its reading clock_drift"
+    )
+    leakage_threshold_ma: float = Field(
+        default=30.0, gt=0, description="residual current (mA) from which a reading is flagged leakage"
     )
 
     @model_validator(mode="after")

@@ -3,8 +3,8 @@ published from there in order, each row deleted only after the broker acknowledg
 
 The collector must keep reading meters through a broker outage and a database outage alike, so the
 store is a local file, not a table in PostgreSQL. SQLite is used from one dedicated thread, off the
-event loop. The store is bounded: when it holds `max_rows` reading batches, new batches are refused
-(counted and logged as errors) and the stored ones are kept — the oldest unsent readings are the ones
+event loop. The store is bounded: when it holds `max_rows` reading batches and periodic messages (poll
+statistics), new ones are refused (counted and logged as errors) and the stored ones are kept — the oldest unsent readings are the ones
 billing has not seen yet, and a meter's next successful poll after the outage carries its cumulative
 register anyway, so refusing new rows loses resolution, never consumption.
 """
@@ -32,6 +32,9 @@ T = TypeVar("T")
 DEPTH = Gauge("collector_store_depth_rows", "messages stored locally and not yet acknowledged by the broker")
 READINGS_DEPTH = Gauge("collector_store_depth_readings", "readings stored locally and not yet published")
 REFUSED = Counter("collector_store_refused_readings_total", "readings refused because the local store was full")
+REFUSED_MESSAGES = Counter(
+    "collector_store_refused_messages_total", "periodic messages (poll statistics) refused because the store was full"
+)
 FORWARDED = Counter("collector_store_forwarded_total", "messages published from the local store and deleted")
 
 _SCHEMA = """
@@ -40,8 +43,11 @@ CREATE TABLE IF NOT EXISTS pending (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     retain INTEGER NOT NULL DEFAULT 0,
-    readings INTEGER NOT NULL DEFAULT 0
+    readings INTEGER NOT NULL DEFAULT 0,
+    bounded INTEGER NOT NULL DEFAULT 0
 )"""
+# Rows the bound counts: reading batches, and periodic messages (poll statistics) that a long outage would pile up.
+_BOUNDED = "(readings > 0 OR bounded = 1)"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,12 @@ class Message:
     payload: bytes
     retain: bool = False
     readings: int = 0  # how many readings the payload carries (0: a state event)
+    bounded: bool = False  # a periodic message (poll statistics): counted against max_rows like a reading batch
+
+    @property
+    def limited(self) -> bool:
+        """Refused when the store is full (reading batches and periodic messages; never state edges)."""
+        return self.readings > 0 or self.bounded
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,7 @@ class LocalStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-store")
         self._db: sqlite3.Connection | None = None
         self._rows = 0
-        self._batches = 0  # rows that carry readings: what max_rows bounds
+        self._batches = 0  # rows that carry readings (and periodic messages): what max_rows bounds
         self._readings = 0
         self._wake = asyncio.Event()
 
@@ -90,8 +102,10 @@ class LocalStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a row acknowledged to the poller survives a power cut
             db.execute(_SCHEMA)
+            if "bounded" not in {column[1] for column in db.execute("PRAGMA table_info(pending)")}:
+                db.execute("ALTER TABLE pending ADD COLUMN bounded INTEGER NOT NULL DEFAULT 0")  # an older file
             rows, batches, readings = db.execute(
-                "SELECT count(*), count(*) FILTER (WHERE readings > 0), coalesce(sum(readings), 0) FROM pending"
+                f"SELECT count(*), count(*) FILTER (WHERE {_BOUNDED}), coalesce(sum(readings), 0) FROM pending"
             ).fetchone()
             return db, int(rows), int(batches), int(readings)
 
@@ -117,35 +131,43 @@ class LocalStore:
         DEPTH.set(self._rows)
         READINGS_DEPTH.set(self._readings)
 
-    async def append(self, topic: str, payload: bytes, *, retain: bool = False, readings: int = 0) -> None:
+    async def append(
+        self, topic: str, payload: bytes, *, retain: bool = False, readings: int = 0, bounded: bool = False
+    ) -> None:
         """Store one message; see `append_many`."""
-        await self.append_many([Message(topic, payload, retain, readings)])
+        await self.append_many([Message(topic, payload, retain, readings, bounded)])
 
     async def append_many(self, messages: Sequence[Message]) -> None:
-        """Store messages in one transaction. Reading batches (readings > 0) are refused with StoreFull when the
-        store is full, after the others are stored: state events are always taken (they are few, one per edge)."""
+        """Store messages in one transaction. Reading batches (readings > 0) and periodic messages are refused with
+        StoreFull when the store is full, after the others are stored: state events are always taken (they are
+        few, one per edge)."""
         full = self._batches >= self.max_rows
-        accepted = [m for m in messages if not (full and m.readings)]
-        refused = sum(m.readings for m in messages if full and m.readings)
+        accepted = [m for m in messages if not (full and m.limited)]
+        refused = sum(m.readings for m in messages if full and m.limited)
+        dropped = sum(1 for m in messages if full and m.limited and not m.readings)
         if accepted:
 
             def insert(db: sqlite3.Connection) -> None:
                 with db:  # one transaction, one fsync
                     db.execute("BEGIN")
                     db.executemany(
-                        "INSERT INTO pending (topic, payload, retain, readings) VALUES (?, ?, ?, ?)",
-                        [(m.topic, m.payload, int(m.retain), m.readings) for m in accepted],
+                        "INSERT INTO pending (topic, payload, retain, readings, bounded) VALUES (?, ?, ?, ?, ?)",
+                        [(m.topic, m.payload, int(m.retain), m.readings, int(m.bounded)) for m in accepted],
                     )
 
             await self._call(insert)
             self._rows += len(accepted)
-            self._batches += sum(1 for m in accepted if m.readings)
+            self._batches += sum(1 for m in accepted if m.limited)
             self._readings += sum(m.readings for m in accepted)
             self._gauge()
             self._wake.set()
-        if refused:
+        if refused or dropped:
             REFUSED.inc(refused)
-            raise StoreFull(f"local store full ({self._batches} reading batches): {refused} reading(s) refused")
+            REFUSED_MESSAGES.inc(dropped)
+            raise StoreFull(
+                f"local store full ({self._batches} reading batches and periodic messages): {refused} reading(s) "
+                f"and {dropped} other message(s) refused"
+            )
 
     async def peek(self, limit: int) -> list[Pending]:
         def select(db: sqlite3.Connection) -> list[Pending]:
@@ -158,7 +180,7 @@ class LocalStore:
         def remove(db: sqlite3.Connection) -> tuple[int, int]:
             marks = ",".join("?" * len(ids))
             batches, readings = db.execute(
-                f"SELECT count(*) FILTER (WHERE readings > 0), coalesce(sum(readings), 0) FROM pending "
+                f"SELECT count(*) FILTER (WHERE {_BOUNDED}), coalesce(sum(readings), 0) FROM pending "
                 f"WHERE id IN ({marks})",
                 ids,
             ).fetchone()
@@ -175,7 +197,8 @@ class LocalStore:
         """Publish stored messages in order for ever; a row is deleted only once the broker acknowledged it."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):  # not wait_for: it can swallow a cancellation on Python 3.11
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 while rows := await self.peek(batch):

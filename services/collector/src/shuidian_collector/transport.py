@@ -54,7 +54,11 @@ class BusTimeout(BusError):
 
 
 class BusGarbled(BusError):
-    """Something answered, but not with a valid frame (bad checksum, line noise)."""
+    """Something answered, but not with a valid frame (bad checksum, line noise); `cause` is the last codec error."""
+
+    def __init__(self, message: str, *, cause: ProtocolError | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class BusLinkError(BusError):
@@ -120,6 +124,7 @@ class BusGate:
 
 class FrameParser(Protocol[F]):
     rejected: int
+    last_error: ProtocolError | None
 
     def feed(self, chunk: bytes) -> list[F]: ...
 
@@ -170,7 +175,9 @@ class BusLink:
                             return frame
         except TimeoutError as err:
             if parser.rejected:
-                raise BusGarbled(f"no valid reply within {timeout:.2f}s ({parser.rejected} bad frame(s))") from err
+                raise BusGarbled(
+                    f"no valid reply within {timeout:.2f}s ({parser.rejected} bad frame(s))", cause=parser.last_error
+                ) from err
             raise BusTimeout(f"no reply within {timeout:.2f}s") from err
         except (OSError, BusLinkError) as err:
             await self.close()
@@ -205,15 +212,26 @@ class Bus:
     retries: int
     gate: BusGate = field(default_factory=BusGate)
 
-    def channel(self, priority: int, retries: int | None = None, timeout: float | None = None) -> Channel:
+    def channel(
+        self,
+        priority: int,
+        retries: int | None = None,
+        timeout: float | None = None,
+        observe: Observer | None = None,
+    ) -> Channel:
         """A handle for one job (one meter read or one command): its exchanges keep their place in line.
-        `retries` and `timeout` override the bus's for this job (a meter model's own patience)."""
+        `retries` and `timeout` override the bus's for this job (a meter model's own patience); `observe` hears
+        of every exchange (None: answered, else the error), retries included."""
         return Channel(
             self,
             (priority, next(_JOBS)),
             self.retries if retries is None else retries,
             self.timeout if timeout is None else timeout,
+            observe,
         )
+
+
+Observer = Callable[[BaseException | None], None]
 
 
 @dataclass
@@ -222,6 +240,7 @@ class Channel:
     key: tuple[int, int]
     retries: int
     timeout: float
+    observe: Observer | None = None
 
     async def transact(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run one exchange on the bus when it is this job's turn; retry timeouts and garbled replies."""
@@ -236,11 +255,15 @@ class Channel:
                     kind = error_kind(err)
                     TRANSACTIONS.labels(self.bus.protocol, kind).inc()
                     ERRORS.labels(self.bus.protocol, kind).inc()
+                    if self.observe is not None:
+                        self.observe(err)
                     retry = isinstance(err, (BusTimeout, BusGarbled)) and attempt < self.retries
                     if not retry:
                         raise
                 else:
                     TRANSACTIONS.labels(self.bus.protocol, "ok").inc()
+                    if self.observe is not None:
+                        self.observe(None)
                     return result
                 finally:
                     held = time.perf_counter() - started

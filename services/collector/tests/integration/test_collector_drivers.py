@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import pytest
 from pymodbus.framer import FramerType
@@ -27,6 +28,7 @@ from shuidian_collector.protocols.modbus_profiles import encode_registers, load_
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
 from shuidian_collector.transport import POLL_PRIORITY, Bus, BusTimeout
 from shuidian_shared.messages import (
+    CLOCK_OFFSET,
     CommandKind,
     CommandOrigin,
     CommandRequested,
@@ -136,10 +138,16 @@ async def test_cjt188_reading_is_canonical(water: tuple[WaterMeter, Bus, Cjt188D
     meter, bus, driver = water
     meter.battery_low = True
     reading = await driver.read(bus.channel(POLL_PRIORITY), WATER_METER)
+    # This meter's clock stands still at 2026-11-25 12:30 (Beijing): its offset is reported, flagged as drift.
+    stood_still = datetime(2026, 11, 25, 12, 30, tzinfo=ZoneInfo("Asia/Shanghai"))
+    offset = reading.registers.pop(CLOCK_OFFSET)
+    assert abs(offset - Decimal(round((stood_still - reading.sampled_at).total_seconds()))) <= 1
     assert reading.registers == {"water_volume_total": Decimal("123.45")}
     assert reading.valve is ValveState.OPEN
-    assert reading.flags == frozenset({ReadingFlag.BATTERY_LOW})
+    assert reading.flags == frozenset({ReadingFlag.BATTERY_LOW, ReadingFlag.CLOCK_DRIFT})
     assert reading.utility is Utility.WATER
+    again = await driver.read(bus.channel(POLL_PRIORITY), WATER_METER)
+    assert CLOCK_OFFSET not in again.registers  # once per check interval (an hour)
 
 
 async def test_cjt188_valve_close_is_confirmed_by_reading_back(water: tuple[WaterMeter, Bus, Cjt188Driver]) -> None:
@@ -187,7 +195,8 @@ async def test_dlt645_1997_reads_energy() -> None:
         reading = await driver.read(bus.channel(POLL_PRIORITY), meter)
         assert reading.registers == {"energy_active_import_total": Decimal("4321.09")}
         trip = await driver.command(bus.channel(0), meter, _command("E-97", CommandKind.TRIP))
-        assert trip.status is CommandStatus.FAILED
+        assert trip.status is CommandStatus.UNSUPPORTED
+        assert "not supported by DL/T 645-1997" in trip.detail
     finally:
         await bus.link.close()
         server.close()
@@ -302,7 +311,9 @@ async def test_modbus_relay_write_without_a_state_register_is_only_acknowledged(
     outcome = await driver.command(bus.channel(0), meter, _command("E-mb", CommandKind.TRIP))
     assert outcome.status is CommandStatus.ACKNOWLEDGED
     unsupported = await driver.command(bus.channel(0), meter, _command("E-mb", CommandKind.VALVE_OPEN))
-    assert unsupported.status is CommandStatus.FAILED
+    assert unsupported.status is CommandStatus.UNSUPPORTED
+    assert "not supported by Modbus acrel-ddsy1352" in unsupported.detail
+    assert unsupported.request_frame is None
 
 
 async def test_modbus_unit_nobody_serves_is_an_error_not_a_reading(

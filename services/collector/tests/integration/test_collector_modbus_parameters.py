@@ -16,7 +16,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from shuidian_collector.drivers import CommandOutcome, CommandRejected, ConfirmPolicy
+from shuidian_collector.drivers import CommandOutcome, CommandRejected, CommandUnsupported, ConfirmPolicy
 from shuidian_collector.drivers.modbus import ModbusDriver
 from shuidian_collector.protocols.modbus_profiles import DeviceProfile, ProfileError, parse_profile
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
@@ -89,6 +89,8 @@ METER = MeterConfig("E-p", "1", "test-parameters", Utility.ELECTRICITY, 60)
 async def _run(bus: Bus, driver: ModbusDriver, kind: CommandKind, **parameters: str) -> CommandOutcome:
     try:
         return await driver.command(bus.channel(0), METER, _command(kind, **parameters))
+    except CommandUnsupported as err:  # what the poller turns into an unsupported result
+        return CommandOutcome(CommandStatus.UNSUPPORTED, str(err))
     except CommandRejected as err:  # what the poller turns into a failed result
         return CommandOutcome(CommandStatus.FAILED, str(err))
 
@@ -106,23 +108,25 @@ async def test_a_writable_register_is_written_and_read_back(rig: tuple[Bus, Modb
 
 async def test_hostile_parameter_writes_fail_with_a_clear_detail(rig: tuple[Bus, ModbusDriver, list[int]]) -> None:
     bus, driver, _ = rig
+    unsupported, failed = CommandStatus.UNSUPPORTED, CommandStatus.FAILED
     cases = [
-        ({"name": "tariff", "value": "1"}, "writable: alarm_money_1, alarm_money_2, power_limit"),
-        ({"name": "alarm_money_1", "value": "1.001"}, "not a multiple of the scale"),
-        ({"name": "alarm_money_1", "value": "-1"}, "does not fit"),
-        ({"name": "alarm_money_1", "value": "x"}, "not a decimal number"),
-        ({"name": "power_limit", "value": "5"}, "not confirmed by the vendor manual: not written"),
+        ({"name": "tariff", "value": "1"}, unsupported, "writable: alarm_money_1, alarm_money_2, power_limit"),
+        ({"name": "alarm_money_1", "value": "1.001"}, failed, "not a multiple of the scale"),
+        ({"name": "alarm_money_1", "value": "-1"}, failed, "does not fit"),
+        ({"name": "alarm_money_1", "value": "x"}, failed, "not a decimal number"),
+        ({"name": "power_limit", "value": "5"}, unsupported, "not confirmed by the vendor manual: not written"),
     ]
-    for parameters, expected in cases:
+    for parameters, status, expected in cases:
         outcome = await _run(bus, driver, CommandKind.PARAMETER_WRITE, **parameters)
-        assert outcome.status is CommandStatus.FAILED
+        assert outcome.status is status, (parameters, outcome)
         assert expected in outcome.detail, (parameters, outcome.detail)
         assert outcome.request_frame is None
     refused = await _run(bus, driver, CommandKind.PARAMETER_WRITE, name="alarm_money_2", value="1")
     assert refused.status is CommandStatus.FAILED
     assert refused.detail.startswith("alarm_money_2: meter refused: Modbus exception")
     clock = await _run(bus, driver, CommandKind.TIME_SYNC)
-    assert clock.status is CommandStatus.FAILED
+    assert clock.status is CommandStatus.UNSUPPORTED
+    assert clock.request_frame is None
     assert "maps no clock" in clock.detail
 
 

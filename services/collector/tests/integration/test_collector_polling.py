@@ -351,8 +351,9 @@ async def test_commands_are_confirmed_and_a_stuck_relay_fails(rig_factory: Calla
     assert "did not change state" in stuck.detail
     assert stuck.relay is RelayState.CLOSED
     valve = await rig.poller.execute(_command("m-cmd-a0", CommandKind.VALVE_CLOSE))
-    assert valve.status is CommandStatus.FAILED
-    assert "not supported" in valve.detail
+    assert valve.status is CommandStatus.UNSUPPORTED
+    assert "not supported by DL/T 645" in valve.detail
+    assert valve.request_frame is None
 
 
 def mixed_estate(tag: str) -> Estate:

@@ -26,6 +26,7 @@ PACKAGED = [
     "acrel-dtsy1352",
     "chint-ddsu666",
     "eastron-sdm120",
+    "generic-rcd-meter",
     "generic-water-valve",
 ]
 

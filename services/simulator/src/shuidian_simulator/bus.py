@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 WIRE_LOG_LIMIT = 5000
 BITS_PER_CHAR = 11
 LINE_NOISE = bytes([0x00, 0x68, 0x55, 0xE3])
+# What a meter answering only noise puts on the line: a 68 … 68 header (so a DL/T 645 or CJ/T 188 master takes it for
+# a frame start) with an impossible length byte, then nothing that completes a frame.
+NOISE_REPLY = bytes([0x68, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0x68, 0x91, 0xFF, 0xFF, 0xE3, 0x16])
 
 
 def _last_before_end_byte(frame: bytes) -> bytes:
@@ -188,6 +191,8 @@ class SimBus:
             if answer is None:
                 self.stats.busy_seconds += request_time + delay
                 return
+            if meter.noisy():
+                answer = NOISE_REPLY
             if meter.fault(FaultKind.GARBAGE) is not None:
                 answer = LINE_NOISE + answer
             if meter.fault(FaultKind.BAD_CHECKSUM) is not None:

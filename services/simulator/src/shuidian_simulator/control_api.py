@@ -29,6 +29,7 @@ def meter_view(meter: SimMeter) -> dict[str, Any]:
         "pre_trip_alarm": meter.pre_trip_alarm,
         "battery_low": meter.battery_low,
         "cover_open": meter.cover_open,
+        "residual_current_ma": str(meter.residual_current_ma),
         "tamper_count": meter.tamper_count,
         "faults": sorted(meter.faults),
         "active_faults": sorted(kind for kind in meter.faults if meter.fault(kind) is not None),

@@ -24,10 +24,12 @@ class FaultKind(StrEnum):
     GARBAGE = "garbage"  # line noise before every reply
     BAD_CHECKSUM = "bad_checksum"  # replies carry a wrong checksum (Modbus TCP: a wrong MBAP length)
     NO_REPLY = "no_reply"  # a share `probability` of requests goes unanswered (deterministic from the seed)
+    NOISE = "noise"  # a share `probability` of replies is line noise only, no valid frame (deterministic)
     STUCK_RELAY = "stuck_relay"  # relay and valve commands are acknowledged but nothing moves
     SPIKE = "spike"  # consumption × `factor`
     LEAK = "leak"  # a continuous extra flow of `rate` per hour (m³/h for water, kW for electricity)
     CLOCK_DRIFT = "clock_drift"  # meter clock off by `seconds`
+    EARTH_LEAKAGE = "earth_leakage"  # a residual (earth-leakage) current of `milliamps` while supply is on
     BATTERY_LOW = "battery_low"  # status words report a low battery
     TAMPER = "tamper"  # the cover is opened: the open-cover count goes up once, status shows it while active
     # One-shot events, applied when the fault becomes active (consumption, the truth, goes on unchanged):
@@ -53,6 +55,7 @@ class Fault(BaseModel):
     value: Decimal = Field(default=Decimal("999999.00"), ge=0, lt=Decimal("1000000"))
     address: str | None = Field(default=None, min_length=1, max_length=14)
     probability: Decimal = Field(default=Decimal("0.5"), ge=0, le=1)
+    milliamps: Decimal = Field(default=Decimal(50), ge=0, le=Decimal(10_000))
     start: float | None = Field(default=None, ge=0)
     end: float | None = Field(default=None, ge=0)
 

@@ -192,6 +192,11 @@ class SimMeter:
         no_reply = self.fault(FaultKind.NO_REPLY, real_now)
         return no_reply is None or unit_interval(self.seed, self.spec.id, self.requests, "drop") >= no_reply.probability
 
+    def noisy(self, real_now: float | None = None) -> bool:
+        """Whether this reply is replaced by line noise (the noise fault); call after `answers`."""
+        noise = self.fault(FaultKind.NOISE, real_now)
+        return noise is not None and unit_interval(self.seed, self.spec.id, self.requests, "noise") < noise.probability
+
     @staticmethod
     def _shown(value: Decimal) -> Decimal:
         # Meters display truncated hundredths and wrap at the register's width.
@@ -220,6 +225,12 @@ class SimMeter:
     @property
     def battery_low(self) -> bool:
         return self.fault(FaultKind.BATTERY_LOW) is not None
+
+    @property
+    def residual_current_ma(self) -> Decimal:
+        """Earth-leakage current (mA): the fault's while supply is on, none otherwise."""
+        leakage = self.fault(FaultKind.EARTH_LEAKAGE)
+        return leakage.milliamps if leakage is not None and self.supply_on else Decimal(0)
 
     @property
     def cover_open(self) -> bool:

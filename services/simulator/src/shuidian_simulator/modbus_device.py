@@ -23,6 +23,8 @@ from shuidian_simulator.bus import LineDiscipline, SimBus
 from shuidian_simulator.dlt645_meter import POWER_FACTOR, VOLTAGE
 from shuidian_simulator.meter import SimMeter
 
+LEAKAGE_ALARM_MA = Decimal(30)  # the meter's own leakage alarm: the rated operating current of household RCDs
+
 log = logging.getLogger(__name__)
 
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE, DEVICE_FAILURE = 1, 2, 3, 4
@@ -101,6 +103,8 @@ def readings(meter: SimMeter) -> dict[str, Decimal]:
         "water_volume_total": meter.register,
         "water_flow_rate": rate,
         "valve_state": Decimal(int(meter.relay_open)),
+        "residual_current": meter.residual_current_ma,
+        "leakage_alarm": Decimal(int(meter.residual_current_ma >= LEAKAGE_ALARM_MA)),
     }
     if meter.remaining_money is not None:
         values["balance_money"] = meter.remaining_money

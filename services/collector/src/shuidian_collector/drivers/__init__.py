@@ -7,6 +7,7 @@ in kWh, water_volume_total in m³, …), so nothing downstream knows which proto
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -14,7 +15,16 @@ from typing import Protocol, TypeVar
 
 from shuidian_collector.registry import BusConfig, MeterConfig
 from shuidian_collector.transport import Channel, Link
-from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, RelayState, ValveState
+from shuidian_shared.messages import (
+    CLOCK_OFFSET,
+    CommandKind,
+    CommandRequested,
+    CommandStatus,
+    Reading,
+    ReadingFlag,
+    RelayState,
+    ValveState,
+)
 
 S = TypeVar("S")
 
@@ -39,6 +49,40 @@ class ConfirmPolicy:
 
 RELAY_CONFIRM = ConfirmPolicy()
 VALVE_CONFIRM = ConfirmPolicy(10, 1.0)  # a valve motor takes seconds
+
+
+@dataclass(frozen=True)
+class ClockPolicy:
+    """Time sync: how close the read-back clock must be, and the largest offset a broadcast may correct. Polls:
+    how often a meter's clock offset is reported (DL/T 645 spends two exchanges on it) and the offset beyond which
+    a reading is flagged `clock_drift`."""
+
+    tolerance_s: float = 5.0
+    broadcast_limit_s: float = 300.0
+    check_interval_s: float = 3600.0
+    drift_tolerance_s: float = 60.0
+
+
+CLOCK_DEFAULTS = ClockPolicy()
+
+
+class ClockWatch:
+    """Reports a meter's clock offset on a poll once per `check_interval_s` per meter, not on every poll."""
+
+    def __init__(self, policy: ClockPolicy) -> None:
+        self.policy = policy
+        self._reported: dict[str, float] = {}  # meter → monotonic time of its last report
+
+    def due(self, meter_id: str) -> bool:
+        last = self._reported.get(meter_id)
+        return last is None or time.monotonic() - last >= self.policy.check_interval_s
+
+    def report(self, meter_id: str, offset_s: float, registers: dict[str, Decimal], flags: set[ReadingFlag]) -> None:
+        """Put the offset (meter clock − true time, whole seconds) in the reading; flag drift beyond the tolerance."""
+        self._reported[meter_id] = time.monotonic()
+        registers[CLOCK_OFFSET] = Decimal(round(offset_s))
+        if abs(offset_s) > self.policy.drift_tolerance_s:
+            flags.add(ReadingFlag.CLOCK_DRIFT)
 
 
 @dataclass(frozen=True)
@@ -74,12 +118,19 @@ class CommandRejected(Exception):
     """The command cannot be carried out as asked (bad parameters, missing credentials); nothing was written."""
 
 
+class CommandUnsupported(CommandRejected):
+    """The meter's model or protocol cannot do this at all (no such parameter, an unconfirmed register):
+    reported `unsupported`, which control treats as final; nothing was written."""
+
+
 def requested_parameter(request: CommandRequested, allowed: Collection[str], device: str) -> tuple[str, Decimal]:
     """The (name, value) of a parameter write: `{"name": "<canonical name>", "value": "<decimal string>"}`."""
     name = request.parameters.get("name", "")
     if name not in allowed:
         listed = ", ".join(sorted(allowed)) or "none"
-        raise CommandRejected(f"parameter {name!r} is not writable on {device}; writable: {listed}")
+        raise CommandUnsupported(
+            f"不支持写参数 {name!r}: parameter {name!r} is not writable on {device}; writable: {listed}"
+        )
     raw = request.parameters.get("value", "")
     try:
         value = Decimal(raw.strip())
@@ -90,8 +141,12 @@ def requested_parameter(request: CommandRequested, allowed: Collection[str], dev
     return name, value
 
 
-def unsupported(kind: CommandKind, protocol: str) -> CommandOutcome:
-    return CommandOutcome(CommandStatus.FAILED, f"{kind.value} is not supported by {protocol} meters")
+def unsupported(kind: CommandKind, device: str, why: str = "") -> CommandOutcome:
+    """The answer to a command the meter cannot do: `unsupported`, final, nothing sent."""
+    because = f": {why}" if why else ""
+    return CommandOutcome(
+        CommandStatus.UNSUPPORTED, f"表计不支持此命令 {kind.value}: not supported by {device} meters{because}"
+    )
 
 
 async def read_back(

@@ -1,15 +1,20 @@
-"""CJ/T 188 water meters: cumulative volume (901F), valve state and battery-low per poll; valve commands
-confirmed by re-reading the status word (the motor takes seconds)."""
+"""CJ/T 188 water meters: cumulative volume (901F), valve state and battery-low per poll, and the meter's clock
+offset (its time travels in every 901F reply) once per `ClockPolicy.check_interval_s`; valve commands confirmed by
+re-reading the status word (the motor takes seconds)."""
 
 from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 from shuidian_collector.drivers import (
     BUS_DEFAULTS,
+    CLOCK_DEFAULTS,
     VALVE_CONFIRM,
+    ClockPolicy,
+    ClockWatch,
     CommandOutcome,
     ConfirmPolicy,
     Patience,
@@ -34,10 +39,17 @@ _VALVE_COMMANDS = {CommandKind.VALVE_OPEN: True, CommandKind.VALVE_CLOSE: False}
 
 class Cjt188Driver:
     def __init__(
-        self, *, meter_type: int = cjt188.MeterType.COLD_WATER, confirm: ConfirmPolicy = VALVE_CONFIRM
+        self,
+        *,
+        meter_type: int = cjt188.MeterType.COLD_WATER,
+        confirm: ConfirmPolicy = VALVE_CONFIRM,
+        timezone: str = "Asia/Shanghai",
+        clock: ClockPolicy = CLOCK_DEFAULTS,
     ) -> None:
         self._meter_type = meter_type
         self._confirm = confirm
+        self._tz = ZoneInfo(timezone)  # meters keep local wall-clock time
+        self._clock_watch = ClockWatch(clock)
         self._seq = itertools.count()
 
     def open(self, bus: BusConfig) -> BusLink:
@@ -71,11 +83,16 @@ class Cjt188Driver:
         if factor is None:
             raise ProtocolError(f"meter {meter.meter_id} reports volume in {data.unit.name}, not a water unit")
         flags = {ReadingFlag.BATTERY_LOW} if data.status.battery_low else set()
+        registers = {"water_volume_total": data.cumulative * factor}
+        if self._clock_watch.due(meter.meter_id):
+            # The meter's second had begun up to 1 s before it answered.
+            offset = (data.meter_time.replace(tzinfo=self._tz) - sampled_at).total_seconds() + 0.5
+            self._clock_watch.report(meter.meter_id, offset, registers, flags)
         return Reading.create(
             meter.meter_id,
             meter.utility,
             sampled_at,
-            registers={"water_volume_total": data.cumulative * factor},
+            registers=registers,
             valve=_VALVES[data.status.valve],
             flags=frozenset(flags),
         )

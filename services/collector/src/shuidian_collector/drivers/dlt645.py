@@ -1,5 +1,6 @@
 """DL/T 645 drivers. 2007: energy total + tariffs 1..4 (尖峰平谷) in one block read (0001FF00; single DIs for a
-meter that refuses the block), status word 3 and remaining money per poll; relay control confirmed by status
+meter that refuses the block), status word 3 and remaining money per poll, the meter's clock (date and time, for
+its offset) once per `ClockPolicy.check_interval_s`; relay control confirmed by status
 word 3; time sync (broadcast 08, or write 14 of date/time beyond what a broadcast may correct) and parameter
 writes (14) confirmed by reading back. 1997: forward active energy (9010) only; no commands."""
 
@@ -15,7 +16,10 @@ from zoneinfo import ZoneInfo
 
 from shuidian_collector.drivers import (
     BUS_DEFAULTS,
+    CLOCK_DEFAULTS,
     RELAY_CONFIRM,
+    ClockPolicy,
+    ClockWatch,
     CommandOutcome,
     CommandRejected,
     ConfirmPolicy,
@@ -28,7 +32,14 @@ from shuidian_collector.protocols import dlt645
 from shuidian_collector.protocols.common import DeviceError, ProtocolError, ValueEncodingError
 from shuidian_collector.registry import BusConfig, MeterConfig
 from shuidian_collector.transport import BusError, BusLink, Channel
-from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, ReadingFlag, RelayState
+from shuidian_shared.messages import (
+    CommandKind,
+    CommandRequested,
+    CommandStatus,
+    Reading,
+    ReadingFlag,
+    RelayState,
+)
 
 DI_ENERGY_FORWARD_TOTAL = 0x00010000
 DI_ENERGY_FORWARD_BLOCK = 0x0001FF00  # total, then tariffs 1..4
@@ -70,14 +81,6 @@ class Credentials:
     operator: int = 0
 
 
-@dataclass(frozen=True)
-class ClockPolicy:
-    """Time sync: how close the read-back clock must be, and the largest offset a broadcast may correct."""
-
-    tolerance_s: float = 5.0
-    broadcast_limit_s: float = 300.0
-
-
 def _link(channel: Channel) -> BusLink:
     link = channel.bus.link
     if not isinstance(link, BusLink):
@@ -115,7 +118,7 @@ class Dlt645Driver:
         timezone: str,
         confirm: ConfirmPolicy = RELAY_CONFIRM,
         credentials: Credentials | None = None,
-        clock: ClockPolicy = ClockPolicy(),
+        clock: ClockPolicy = CLOCK_DEFAULTS,
     ) -> None:
         self._tz = ZoneInfo(timezone)
         self._confirm = confirm
@@ -124,6 +127,8 @@ class Dlt645Driver:
         self._no_money: set[str] = set()  # meters that answered "no such data" for remaining money
         self._no_block: set[str] = set()  # meters that refused the energy block read
         self._no_tariffs: set[str] = set()  # meters that refused a single tariff register
+        self._no_clock: set[str] = set()  # meters that answered "no such data" for their date or time
+        self._clock_watch = ClockWatch(clock)
 
     def open(self, bus: BusConfig) -> BusLink:
         return BusLink(bus.host, bus.port)
@@ -193,6 +198,7 @@ class Dlt645Driver:
                 self._no_money.add(meter.meter_id)  # not a money-prepaid meter: stop asking
             except (BusError, ProtocolError):
                 flags.add(ReadingFlag.PARTIAL)
+        await self._clock_check(channel, meter, registers, flags)
         return Reading.create(
             meter.meter_id,
             meter.utility,
@@ -330,6 +336,22 @@ class Dlt645Driver:
             raise ProtocolError(f"unexpected date {day!r}")
         meter_at = datetime.combine(day, moment, self._tz)
         return (meter_at - read_at).total_seconds() + 0.5  # the meter's second had begun up to 1 s earlier
+
+    async def _clock_check(
+        self, channel: Channel, meter: MeterConfig, registers: dict[str, Decimal], flags: set[ReadingFlag]
+    ) -> None:
+        """Once per check interval, the meter's clock offset as a register; `clock_drift` beyond the tolerance."""
+        if meter.meter_id in self._no_clock or not self._clock_watch.due(meter.meter_id):
+            return
+        try:
+            offset = await self._clock_offset(channel, meter.address)
+        except DeviceError:
+            self._no_clock.add(meter.meter_id)  # no clock DIs: stop asking
+            return
+        except (BusError, ProtocolError):
+            flags.add(ReadingFlag.PARTIAL)  # asked again on the next poll
+            return
+        self._clock_watch.report(meter.meter_id, offset, registers, flags)
 
     def _local_now(self) -> datetime:
         # The meter truncates to whole seconds: round to the nearest one.

@@ -21,6 +21,7 @@ from shuidian_collector.drivers import (
     RELAY_CONFIRM,
     CommandOutcome,
     CommandRejected,
+    CommandUnsupported,
     ConfirmPolicy,
     Patience,
     read_back,
@@ -38,7 +39,16 @@ from shuidian_collector.protocols.modbus_profiles import (
 )
 from shuidian_collector.registry import BusConfig, MeterConfig
 from shuidian_collector.transport import BusLinkError, BusTimeout, Channel
-from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, RelayState, ValveState
+from shuidian_shared.messages import (
+    RESIDUAL_CURRENT,
+    CommandKind,
+    CommandRequested,
+    CommandStatus,
+    Reading,
+    ReadingFlag,
+    RelayState,
+    ValveState,
+)
 
 # Command kind → (profile control action, state register to read back, value that confirms it).
 _ACTIONS: dict[CommandKind, tuple[str, str, Callable[[Decimal], bool]]] = {
@@ -108,7 +118,9 @@ class ModbusDriver:
         rtu: bool,
         confirm: ConfirmPolicy = RELAY_CONFIRM,
         profiles: Callable[[str], DeviceProfile] = load_profile,
+        leakage_threshold_ma: Decimal = Decimal(30),
     ) -> None:
+        self._leakage_threshold_ma = leakage_threshold_ma  # 30 mA: the rated operating current of household RCDs
         self._rtu = rtu
         self._confirm = confirm
         self._profiles = profiles  # model → profile (tests pass their own)
@@ -154,6 +166,9 @@ class ModbusDriver:
         values, sampled_at = await self._registers(channel, int(meter.address), profile, measured)
         relay = values.pop("relay_open", None)
         valve = values.pop("valve_state", None)
+        alarm = values.pop("leakage_alarm", None)
+        residual = values.get(RESIDUAL_CURRENT)
+        leaking = bool(alarm) or (residual is not None and residual >= self._leakage_threshold_ma)
         return Reading.create(
             meter.meter_id,
             meter.utility,
@@ -161,6 +176,7 @@ class ModbusDriver:
             registers=values,
             relay=None if relay is None else _relay(relay),
             valve=None if valve is None else _valve(valve),
+            flags=frozenset({ReadingFlag.LEAKAGE} if leaking else ()),
         )
 
     async def command(self, channel: Channel, meter: MeterConfig, request: CommandRequested) -> CommandOutcome:
@@ -168,9 +184,7 @@ class ModbusDriver:
         if request.kind is CommandKind.PARAMETER_WRITE:
             return await self._parameter_write(channel, meter, profile, request)
         if request.kind is CommandKind.TIME_SYNC:
-            return CommandOutcome(
-                CommandStatus.FAILED, f"time_sync is not supported by Modbus {profile.model}: its profile maps no clock"
-            )
+            return unsupported(request.kind, f"Modbus {profile.model}", "its profile maps no clock")
         action = _ACTIONS.get(request.kind)
         if action is None or action[0] not in {c.action for c in profile.controls}:
             return unsupported(request.kind, f"Modbus {profile.model}")
@@ -216,8 +230,9 @@ class ModbusDriver:
         name, value = requested_parameter(request, writable, f"Modbus {profile.model}")
         spec = writable[name]
         if not spec.confirmed:
-            raise CommandRejected(
-                f"{name} on {profile.model} is writable by its profile but not confirmed by the vendor manual: not written"
+            raise CommandUnsupported(
+                f"不支持写参数 {name}: {name} on {profile.model} is writable by its profile but not confirmed by the "
+                "vendor manual: not written"
             )
         try:
             words = encode_register(spec, value)

@@ -55,7 +55,8 @@ _PROFILE_DIR = "profiles"
 # Canonical readings and the unit their value is in after scaling: a profile that uses one of these names must
 # scale into this unit (Eastron's W becomes kW with scale 0.001), so consumers never convert per model.
 # State registers: relay_open is 1 when the relay is open (supply cut) and 0 when closed; valve_state is 0 open,
-# 1 closed, anything else abnormal (the CJ/T 188 valve codes).
+# 1 closed, anything else abnormal (the CJ/T 188 valve codes); leakage_alarm is 0 normal, anything else leakage (the
+# reading is flagged, the code not published).
 CANONICAL_UNITS: Final[Mapping[str, str]] = MappingProxyType(
     {
         "energy_active_import_total": "kWh",
@@ -71,6 +72,8 @@ CANONICAL_UNITS: Final[Mapping[str, str]] = MappingProxyType(
         "water_volume_total": "m3",
         "water_flow_rate": "m3/h",
         "valve_state": "",
+        "residual_current": "mA",  # 剩余电流 (earth leakage), of meters with residual-current measurement
+        "leakage_alarm": "",  # 漏电报警: nonzero when the meter's residual-current protection warns or tripped
         # Parameters (registers a profile marks `writable`), the same names as the DL/T 645 parameter writes.
         "alarm_money_1": "CNY",
         "alarm_money_2": "CNY",
@@ -78,7 +81,7 @@ CANONICAL_UNITS: Final[Mapping[str, str]] = MappingProxyType(
         "power_limit": "kW",
     }
 )
-_STATE_REGISTERS = frozenset({"relay_open", "valve_state"})
+_STATE_REGISTERS = frozenset({"relay_open", "valve_state", "leakage_alarm"})
 
 # Decimal arithmetic wide enough that scaling a 32-bit register or a float32's 9 digits never rounds.
 _EXACT = Context(prec=60)

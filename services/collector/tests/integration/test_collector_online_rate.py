@@ -1,0 +1,169 @@
+"""The device online rate report over the collector's HTTP API: meters online now per gateway from polling the
+DL/T 645 simulator (one meter dead), edges persisted as they happen, availability over a past window computed from
+stored edges, and bad windows refused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+from sqlalchemy import text
+
+from shuidian_collector.app import create_app
+from shuidian_collector.settings import CollectorSettings
+from shuidian_kit.db import create_engine
+from shuidian_simulator import Simulator
+from shuidian_simulator.estate import Estate
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
+    try:
+        async with asyncio.timeout(timeout):
+            while not (result := await probe()):
+                await asyncio.sleep(0.1)
+            return result
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
+
+
+def estate(tag: str) -> Estate:
+    def bus(g: str, meters: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+        return {
+            "id": f"gw-{tag}-{g}",
+            "buses": [
+                {
+                    "id": f"bus-{tag}-{g}",
+                    "baud": 9600,
+                    "reply_delay_ms": 5,
+                    "meters": [
+                        {"id": f"E-{tag}-{g}{n}", "address": address, "initial_register": "10", "faults": faults}
+                        for n, (address, faults) in enumerate(meters)
+                    ],
+                }
+            ],
+        }
+
+    return Estate.model_validate(
+        {
+            "seed": 3,
+            "gateways": [
+                bus("a", [("000000000001", []), ("000000000002", [{"kind": "offline"}])]),
+                bus("b", [("000000000003", [])]),
+            ],
+        }
+    )
+
+
+def csv(sim: Simulator) -> str:
+    lines = [
+        "gateway_id,bus_id,host,port,protocol,baud,timeout_ms,retries,meter_id,address,model,utility,poll_interval_s"
+    ]
+    for gateway in sim.estate.gateways:
+        for bus in gateway.buses:
+            host, port = sim.bus_endpoint(bus.id)
+            lines += [
+                f"{gateway.id},{bus.id},{host},{port},dlt645,{bus.baud},200,0,{m.id},{m.address},dlt645-generic,"
+                "electricity,1"
+                for m in bus.meters
+            ]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.asynccontextmanager
+async def collector(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = CollectorSettings(
+        environment="test",
+        database_url=SecretStr(database_url),
+        mqtt_url=mqtt_url,
+        instance_id=f"t-{uuid.uuid4().hex[:8]}",
+        mqtt_clean_session=True,
+        registry_refresh_seconds=0.5,
+    )
+    app: FastAPI = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+            yield client
+
+
+async def test_online_now_edges_and_availability_over_a_window(database_url: str, mqtt_url: str) -> None:
+    tag = uuid.uuid4().hex[:6]
+    gw_a, gw_b = f"gw-{tag}-a", f"gw-{tag}-b"
+    alive, dead, other = f"E-{tag}-a0", f"E-{tag}-a1", f"E-{tag}-b0"
+    engine = create_engine(database_url)
+    async with Simulator(estate(tag)) as sim, collector(database_url, mqtt_url) as http:
+        imported = await http.post("/v1/registry/import", content=csv(sim), headers={"Content-Type": "text/csv"})
+        assert imported.status_code == 200, imported.text
+
+        async def settled() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await http.get("/v1/reports/device-online-rate")).json()
+            mine = {g["gateway_id"]: g for g in body["gateways"] if g["gateway_id"] in (gw_a, gw_b)}
+            if len(mine) == 2 and (mine[gw_a]["online"], mine[gw_b]["online"]) == (1, 1):
+                return body
+            return None
+
+        body = await eventually(settled, "the alive meters to be online and the dead one offline")
+        rows = {g["gateway_id"]: g for g in body["gateways"]}
+        assert (rows[gw_a]["meters"], rows[gw_a]["online"], rows[gw_a]["online_rate"]) == (2, 1, "0.5000")
+        assert (rows[gw_b]["meters"], rows[gw_b]["online"], rows[gw_b]["online_rate"]) == (1, 1, "1.0000")
+        assert body["total"]["meters"] >= 3  # other tests' meters may share the database
+        assert body["total"]["online"] == sum(g["online"] for g in body["gateways"])
+
+        # Edges are persisted as polling finds them: the dead meter offline, the others online.
+        async with engine.connect() as conn:
+            edges = (
+                await conn.execute(
+                    text("SELECT meter_id, online FROM collector.online_edges WHERE meter_id = ANY(:m) ORDER BY id"),
+                    {"m": [alive, dead, other]},
+                )
+            ).all()
+        assert {(e.meter_id, e.online) for e in edges} == {(alive, True), (dead, False), (other, True)}
+
+        # The last 24 h (default): the dead meter offline, the alive one online, since each was first polled.
+        recent = (await http.get("/v1/reports/device-online-rate", params={"gateway_id": gw_a})).json()
+        availability = float(recent["gateways"][0]["availability"])
+        assert 0 < availability < 1
+
+        # One gateway only; a past window from stored edges: the alive meter online 18 h of 24.
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO collector.online_edges (meter_id, gateway_id, online, at) VALUES "
+                    "(:m, :g, true, '2026-01-01T00:00:00Z'), (:m, :g, false, '2026-01-01T06:00:00Z'), "
+                    "(:m, :g, true, '2026-01-01T12:00:00Z')"
+                ),
+                {"m": alive, "g": gw_a},
+            )
+        window = {"start": "2026-01-01T00:00:00+00:00", "end": "2026-01-02T00:00:00+00:00"}
+        past = (await http.get("/v1/reports/device-online-rate", params={"gateway_id": gw_a, **window})).json()
+        assert [g["gateway_id"] for g in past["gateways"]] == [gw_a]
+        (a,) = past["gateways"]
+        assert (a["availability"], a["observed_seconds"]) == ("0.7500", 86400.0)  # the others were not known yet
+        assert past["total"]["availability"] == "0.7500"
+        assert datetime.fromisoformat(past["start"]) == datetime(2026, 1, 1, tzinfo=UTC)
+        b = (await http.get("/v1/reports/device-online-rate", params={"gateway_id": gw_b, **window})).json()
+        assert b["gateways"][0]["availability"] is None  # nothing observed in that window
+
+        for params in (
+            {"start": "2026-01-02T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:00"},
+            {"start": "2024-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:00"},
+            {"start": "2026-01-01T00:00:00"},  # naive
+            {"end": "yesterday"},
+        ):
+            refused = await http.get("/v1/reports/device-online-rate", params=params)
+            assert refused.status_code in (400, 422), (params, refused.text)
+            assert refused.headers["content-type"].startswith("application/problem+json")
+        for gateway in (gw_a, gw_b):
+            await http.delete(f"/v1/gateways/{gateway}")
+    await engine.dispose()

@@ -346,7 +346,7 @@ async def test_dates_the_holiday_calendar_does_not_know_are_protected(engine: As
             await conn.execute(text("SELECT reason FROM control.deferrals WHERE meter_id = :m"), {"m": meter.meter_id})
         ).scalar_one()
     assert "calendar_unknown" in reason
-    assert control.check_calendar() is None
+    assert control.check_calendar().last_year is None
 
 
 async def test_the_operator_hold_defers_trips_and_lifting_it_releases_them(engine: AsyncEngine) -> None:
@@ -629,6 +629,45 @@ async def test_a_stuck_relay_fails_with_the_meters_answer_on_record(engine: Asyn
             await conn.execute(text("SELECT * FROM control.shadows WHERE meter_id = :m"), {"m": meter.meter_id})
         ).one()
     assert (shadow.desired_supply, shadow.reported_supply) == ("open", "closed")
+
+
+@pytest.mark.parametrize("kind", [CommandKind.TRIP, CommandKind.KEEP_POWER_ON, CommandKind.TIME_SYNC])
+async def test_an_unsupported_command_fails_at_once_and_is_never_retried_or_reconciled(
+    engine: AsyncEngine, kind: CommandKind
+) -> None:
+    clock = Clock(WEDNESDAY_NOON)
+    control = make_control(
+        engine, clock, result_timeout_seconds=10, retry_initial_seconds=1, reconcile_interval_seconds=1
+    )
+    meter = electricity()
+    await control.automation.on_device_state(
+        device_state(meter.meter_id, RelayState.CLOSED, keep_power=False, at=clock()), ""
+    )
+    _, (outcome,) = await control.automation.operate([meter.meter_id], OperatorRequest(kind, "test", "tester"))
+    assert outcome.command_id is not None
+    (request,) = await sent(engine, meter.meter_id)
+    # No response frame: a FAILED like this would be retried; UNSUPPORTED is final.
+    detail = f"表计不支持此命令 {kind.value}: not supported by DL/T 645-1997 meters"
+    await control.ledger.on_result(result(request, CommandStatus.UNSUPPORTED, detail=detail), "")
+    command = await control.ledger.command(outcome.command_id)
+    assert command["state"] == "failed"
+    assert command["detail"].startswith("unsupported")
+    assert detail in command["detail"]
+    update = (await updates(engine, meter.meter_id))[-1]
+    assert (update.state.value, update.command_id) == ("failed", outcome.command_id)  # alarm raises on it
+    assert update.detail.startswith("unsupported")
+    for _ in range(5):  # neither retries, nor the result timeout, nor reconcile send it again
+        clock.advance(seconds=30)
+        await control.tick()
+        await control.automation.reconcile_sweep()
+        await control.automation.on_device_state(
+            device_state(meter.meter_id, RelayState.CLOSED, keep_power=False, at=clock()), ""
+        )
+    assert len(await sent(engine, meter.meter_id)) == 1
+    assert [r.state for r in await command_rows(engine, meter.meter_id)] == ["failed"]
+    # A late duplicate of the result changes nothing.
+    await control.ledger.on_result(result(request, CommandStatus.UNSUPPORTED, detail=detail), "")
+    assert (await control.ledger.command(outcome.command_id))["state"] == "failed"
 
 
 async def test_cancel_stops_retries_and_keeps_the_meter_where_it_is(engine: AsyncEngine) -> None:

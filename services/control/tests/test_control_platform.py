@@ -166,6 +166,36 @@ async def test_trip_reconcile_and_stuck_relay_through_the_collector_and_simulato
             lambda: any(u.meter_id == stuck and u.state.value == "failed" for u in seen_updates),
             "a failed CommandUpdate for alarm",
         )
+
+        # A parameter the meter's model does not have: the collector answers unsupported without touching the wire,
+        # control fails the command at once (no retries, no reconcile) and alarm hears of it like any failure.
+        body = {
+            "meter_id": good,
+            "kind": "parameter_write",
+            "parameters": {"name": "load_limit_kw", "value": "1.5"},
+            "reason": "unsupported check",
+        }
+        issued = await p.internal.post(f"{control}/v1/commands", json=body, headers={"X-Actor": "op-test"})
+        assert issued.status_code in (200, 201, 202), issued.text
+
+        async def unsupported() -> dict[str, Any] | None:
+            rows = [r for r in await commands(good) if r["kind"] == "parameter_write"]
+            return rows[0] if rows and rows[0]["state"] == "failed" else None
+
+        refused = await eventually(unsupported, "the unsupported parameter write to fail")
+        assert refused["detail"].startswith("unsupported"), refused["detail"]
+        assert "load_limit_kw" in refused["detail"]
+        await eventually(
+            lambda: any(
+                u.command_id == uuid.UUID(refused["command_id"]) and u.state.value == "failed" for u in seen_updates
+            ),
+            "a failed CommandUpdate for the unsupported command",
+        )
+        await asyncio.sleep(2.5)  # several ticks and reconcile sweeps: nothing is sent again
+        events = (await p.internal.get(f"{control}/v1/commands/{refused['command_id']}")).json()["events"]
+        assert [e["state"] for e in events].count("sent") == 1
+        assert "result:unsupported" in [e["state"] for e in events]
+        assert not [e for e in events if e["state"] == "result:failed"]
         listener.cancel()
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime, time, timedelta
+from dataclasses import asdict
+from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -507,6 +508,96 @@ async def policy_log(
     control: Service, subject: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[dict[str, Any]]:
     return await control.store.policy_log(subject, limit)
+
+
+# --- holiday calendar -----------------------------------------------------------------------------------------------
+
+_EXAMPLE_2027: dict[str, Any] = {
+    "holidays": ["2027-01-01", "2027-02-06", "2027-02-07", "2027-02-08"],
+    "adjusted_workdays": ["2027-02-13"],
+    "notice": "国务院办公厅关于2027年部分节假日安排的通知",
+}
+
+
+class CalendarYearIn(_In):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE_2027]})
+
+    holidays: list[date] = Field(max_length=366, description="statutory rest days, in-lieu days included")
+    adjusted_workdays: list[date] = Field(
+        default_factory=list, max_length=366, description="调休: weekend days worked to bridge a holiday"
+    )
+    notice: str = Field(min_length=1, max_length=500, description="the State Council notice the dates come from")
+
+
+class CalendarYearOut(BaseModel):
+    year: int
+    holidays: list[date]
+    adjusted_workdays: list[date]
+    notice: str
+    published_by: str
+    published_at: datetime
+
+
+class CalendarCoverageOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "today": "2026-12-06",
+                    "last_year": 2026,
+                    "published_years": [],
+                    "next_year_covered": False,
+                    "warning": "节假日日历缺少 2027 年安排 · the holiday calendar does not cover 2027: …",
+                }
+            ]
+        }
+    )
+
+    today: date = Field(description="local date the coverage is reported for")
+    last_year: int | None = Field(description="last year covered from this one on (None: not even this year)")
+    published_years: list[int] = Field(description="years published by the operator (they win over the library)")
+    next_year_covered: bool
+    warning: str | None = Field(description="set while this year, or from 1 December the next, is not covered")
+
+
+CalendarYear = Annotated[int, Path(ge=2000, le=2200, description="calendar year")]
+
+
+@router.get("/calendar", response_model=CalendarCoverageOut, summary="Holiday calendar coverage and warnings")
+async def calendar_coverage(control: Service) -> dict[str, Any]:
+    return asdict(control.check_calendar())
+
+
+@router.get("/calendar/{year}", response_model=CalendarYearOut, summary="A year's published holiday arrangement")
+async def calendar_year(year: CalendarYear, control: Service) -> dict[str, Any]:
+    published = await control.calendar.year(year)
+    if published is None:
+        raise ControlError(
+            f"未发布 {year} 年节假日安排 · no arrangement published for {year} (the library's data applies)",
+            code="not_found",
+            status_code=404,
+        )
+    return asdict(published)
+
+
+@router.put(
+    "/calendar/{year}",
+    response_model=CalendarYearOut,
+    summary="Publish a year's holiday arrangement (State Council notice); it wins over the library for that year",
+)
+async def publish_calendar_year(
+    year: CalendarYear, body: CalendarYearIn, control: Service, actor: Actor
+) -> dict[str, Any]:
+    async with control.engine.begin() as conn:
+        try:
+            await control.calendar.publish(conn, year, body.holidays, body.adjusted_workdays, body.notice, actor)
+        except ValueError as err:
+            raise ControlError(
+                f"节假日安排无效 · invalid arrangement for {year}: {err}", code="invalid_calendar"
+            ) from err
+        await control.automation.policy_changed(conn)  # deferred trips re-evaluate against the new dates
+    await control.calendar.load()
+    return await calendar_year(year, control)
 
 
 # --- schedules ------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         migrations = str(files("shuidian_control") / "migrations")
         async with Runtime.open(settings, service=SERVICE, schema="control", migrations=migrations) as runtime:
             control = Control(runtime.engine, runtime.outbox, settings, runtime.mqtt.client_id)
+            await control.calendar.load()  # published years before the first decision
             mqtt = runtime.mqtt
             mqtt.subscribe(topics.shared(SERVICE, topics.ALL_BALANCES), BalanceEvent, control.automation.on_balance)
             mqtt.subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, control.ledger.on_result)

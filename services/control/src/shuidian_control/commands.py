@@ -43,6 +43,9 @@ COMMAND_ATTEMPTS = Counter("control_command_attempts_total", "command attempts s
 TRIPS_HELD = Counter("control_trips_held_total", "trips held until the meter's keep-power mode is confirmed off")
 COMMAND_OUTCOMES = Counter("control_command_outcomes_total", "commands reaching a terminal state", ["state"])
 UNKNOWN_RESULTS = Counter("control_command_results_unknown_total", "results for commands control does not know")
+UNSUPPORTED = Counter(
+    "control_commands_unsupported_total", "commands the meter cannot do (final, not retried)", ["kind"]
+)
 
 Clock = Callable[[], datetime]
 _TEXT_LIMIT = 500
@@ -350,6 +353,12 @@ class CommandLedger:
         if result.status is CommandStatus.EXPIRED:
             await self._transition(conn, row, CommandState.EXPIRED, result.detail, attempt=result.attempt)
             return
+        if result.status is CommandStatus.UNSUPPORTED:
+            UNSUPPORTED.labels(row.kind).inc()
+            detail = f"unsupported 表计不支持: {result.detail}"
+            await self._drop_intent(conn, row)  # reconcile must not re-send what the meter cannot do
+            await self._transition(conn, row, CommandState.FAILED, detail, attempt=result.attempt)
+            return
         if not policy.is_retryable(result):
             await self._transition(conn, row, CommandState.FAILED, result.detail, attempt=result.attempt)
             return
@@ -419,14 +428,22 @@ class CommandLedger:
                 raise NotFound(f"no command {command_id}")
             if CommandState(row.state) in policy.TERMINAL_STATES:
                 raise Conflict(f"command {command_id} is already {row.state}")
-            if row.supply is not None:
-                # The cancelled intent must not come back through reconcile: the meter keeps what it reports.
-                shadow = await shadows.lock(conn, row.meter_id)
-                if shadow.desired is not None and shadow.desired.value == row.supply:
-                    await shadows.set_desired(conn, row.meter_id, shadow.reported)
+            await self._drop_intent(conn, row)
             await self._transition(conn, row, CommandState.CANCELLED, f"cancelled: {reason}", actor=actor)
         self.notify()
         return await self.command(command_id)
+
+    async def _drop_intent(self, conn: AsyncConnection, row: Row[Any]) -> None:
+        """A cancelled or unsupported command's intent must not come back through reconcile: the meter keeps what
+        it reports (supply), and a keep-power mode it cannot take is no longer wanted."""
+        if row.supply is None and CommandKind(row.kind) not in policy.KEEP_POWER_KINDS:
+            return
+        shadow = await shadows.lock(conn, row.meter_id)
+        if row.supply is not None and shadow.desired is not None and shadow.desired.value == row.supply:
+            await shadows.set_desired(conn, row.meter_id, shadow.reported)
+        mode = policy.keep_power_after(CommandKind(row.kind))
+        if mode is not None and shadow.desired_keep_power is mode:
+            await shadows.set_desired_keep_power(conn, row.meter_id, None)
 
     async def _lock(self, conn: AsyncConnection, command_id: uuid.UUID) -> Row[Any] | None:
         """Lock a command, its meter's shadow first: every path takes shadow, then command (no deadlocks)."""

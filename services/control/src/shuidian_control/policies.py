@@ -10,17 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from prometheus_client import Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_control.decisions import EstatePolicy, KeepPower, KeepPowerReason, MeterSupply
 from shuidian_control.settings import ControlSettings
-from shuidian_control.windows import DailyWindow, DayStatus, HolidayCalendar, OperatorHold, ProtectedWindows
+from shuidian_control.windows import DailyWindow, OperatorHold, ProtectedWindows
 from shuidian_kit.errors import NotFound
 from shuidian_shared.messages import CommandKind, Utility
 
@@ -28,10 +27,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ESTATE = "default"
 ALL_ESTATES = "*"
-CALENDAR_LAST_YEAR = Gauge(
-    "control_holiday_calendar_last_year",
-    "last year the statutory-holiday calendar knows (dates after it are protected)",
-)
 
 
 @dataclass(frozen=True)
@@ -55,16 +50,6 @@ class MeterContext:
     account_id: str | None
     supply: MeterSupply
     policy: EstatePolicy
-
-
-def calendar_coverage(calendar: HolidayCalendar, today: date) -> int | None:
-    """The last year (from this one on) the calendar knows, or None if it does not even know this year."""
-    year = today.year
-    if calendar.status(date(year, 12, 31)) is DayStatus.UNKNOWN:
-        return None
-    while calendar.status(date(year + 1, 12, 31)) is not DayStatus.UNKNOWN and year < today.year + 50:
-        year += 1
-    return year
 
 
 class PolicyStore:

@@ -10,8 +10,9 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_control.automation import Automation
+from shuidian_control.calendars import CalendarBook, Coverage
 from shuidian_control.commands import Clock, CommandLedger, utcnow
-from shuidian_control.policies import CALENDAR_LAST_YEAR, PolicyStore, calendar_coverage
+from shuidian_control.policies import PolicyStore
 from shuidian_control.schedules import Scheduler
 from shuidian_control.settings import ControlSettings
 from shuidian_control.windows import HolidayCalendar, StatutoryCalendar
@@ -34,7 +35,8 @@ class Control:
         calendar: HolidayCalendar | None = None,
     ) -> None:
         self.settings = settings
-        self.calendar = calendar or StatutoryCalendar()
+        # The base calendar (the library; tests pass a fixed one) under the operator's published years.
+        self.calendar = CalendarBook(engine, calendar or StatutoryCalendar())
         self.ledger = CommandLedger(engine, outbox, settings, source, clock)
         self.store = PolicyStore(engine, settings)
         self.automation = Automation(engine, self.ledger, self.store, settings, self.calendar)
@@ -43,18 +45,10 @@ class Control:
         )
         self.engine = engine
 
-    def check_calendar(self) -> int | None:
-        """Warn (and export a gauge) when the holiday calendar does not cover this year and the next."""
-        today = self.ledger.clock().astimezone(self.store.tz).date()
-        last = calendar_coverage(self.calendar, today)
-        CALENDAR_LAST_YEAR.set(last or today.year - 1)
-        if last is None or last <= today.year:
-            log.warning(
-                "the statutory-holiday calendar ends with %s: later dates count as holidays (no automatic cut-off) "
-                "while holidays are protected; update chinese-calendar",
-                last or today.year - 1,
-            )
-        return last
+    def check_calendar(self) -> Coverage:
+        """Calendar coverage as of today (local): gauges, and a warning logged when this year, or from 1 December
+        the next, is not covered."""
+        return self.calendar.coverage(self.ledger.clock().astimezone(self.store.tz).date())
 
     async def tick(self) -> None:
         """One round of time-driven work: expiry and retries, due deferrals, schedules."""
@@ -63,6 +57,7 @@ class Control:
         await self.scheduler.run_due()
 
     async def housekeeping(self) -> None:
+        await self.calendar.load()
         self.check_calendar()
         last_sweep = time.monotonic()
         while True:
@@ -72,6 +67,8 @@ class Control:
                 if time.monotonic() - last_sweep >= self.settings.reconcile_sweep_seconds:
                     last_sweep = time.monotonic()
                     await self.automation.reconcile_sweep()
+                    await self.calendar.load()  # another replica may have published a year
+                    self.check_calendar()
             except Exception:
                 # The task boundary: log and carry on; the next tick retries whatever failed.
                 log.exception("control housekeeping round failed")

@@ -120,8 +120,9 @@ async def set_desired(conn: AsyncConnection, meter_id: str, supply: RelayState |
     return version
 
 
-async def set_desired_keep_power(conn: AsyncConnection, meter_id: str, keep_power: bool) -> None:
-    """Record the keep-power mode the meter should be in (it follows the 保电 flags)."""
+async def set_desired_keep_power(conn: AsyncConnection, meter_id: str, keep_power: bool | None) -> None:
+    """Record the keep-power mode the meter should be in (it follows the 保电 flags); None: no wish (a meter that
+    cannot take the mode)."""
     await conn.execute(
         text("UPDATE control.shadows SET desired_keep_power = :k, updated_at = now() WHERE meter_id = :m"),
         {"m": meter_id, "k": keep_power},

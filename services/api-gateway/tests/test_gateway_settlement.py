@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from shuidian_billing.app import create_app as billing_app
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
-from shuidian_gateway.testing import Harness, free_port, gateway_harness, serve
+from shuidian_gateway.testing import PASSWORD, Harness, free_port, gateway_harness, serve
 
 pytestmark = pytest.mark.integration
 FORGED = "somebody-else"
@@ -82,6 +82,23 @@ async def test_a_lease_is_scoped_by_the_estate_of_its_room(gw: Harness) -> None:
     async with gw.client("admin") as admin:
         untouched = await _ok(admin, "GET", "/v1/leases/L-E2")
     assert untouched["move_out"] is None
+
+
+async def test_finance_staff_of_one_estate_cannot_settle_another_estates_lease(gw: Harness) -> None:
+    async with gw.client("bootstrap") as admin:
+        body = {"username": gw.username("finance_e1"), "password": PASSWORD, "role": "finance", "estates": ["E1"]}
+        assert (await admin.post("/v1/users", json=body)).status_code == 201
+    token = (await gw.login("finance_e1")).json()["access_token"]
+    async with gw.client(headers={"Authorization": f"Bearer {token}"}) as finance_e1:
+        settle = await finance_e1.post(
+            "/v1/leases/L-E2/settlement", json={"move_out": "2018-03-01"}, headers={"Idempotency-Key": "settle-e2-0001"}
+        )
+        read = await finance_e1.get("/v1/leases/L-E2/settlement")
+    # Outside their estate the lease does not exist for them, and nothing was settled.
+    assert (settle.status_code, read.status_code) == (404, 404), settle.text
+    async with gw.client("admin") as admin:
+        untouched = await admin.get("/v1/leases/L-E2/settlement")
+    assert untouched.status_code == 404
 
 
 async def test_settlement_records_the_signed_in_operator_not_the_body(gw: Harness) -> None:

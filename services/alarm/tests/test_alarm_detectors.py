@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from shuidian_alarm import detectors as d
 from shuidian_alarm.baselines import Calendar
@@ -20,12 +21,15 @@ from shuidian_alarm.engine import StateStore, decode_states
 from shuidian_alarm.rules import Clear, Decision, Raise
 from shuidian_alarm.usage import SLOT, HourlyState, accumulate
 from shuidian_shared.messages import (
+    CLOCK_OFFSET,
+    RESIDUAL_CURRENT,
     AlarmSeverity,
     BalanceEvent,
     BalanceEventKind,
     BalanceLevel,
     DeviceState,
     MeterRef,
+    PollCounts,
     Reading,
     ReadingFlag,
     RelayState,
@@ -87,8 +91,10 @@ def time_of(observation: d.Observation) -> datetime:
             return observation.occurred_at
         case d.HourlyConsumption():
             return observation.hour_start + HOUR
-        case d.GatewayStatus() | d.PollOutcome() | d.LeaseStatus() | d.ServerBalance() | d.SupplyDesired():
+        case d.GatewayStatus() | d.LeaseStatus() | d.ServerBalance() | d.SupplyDesired():
             return observation.at
+        case d.PollWindow():
+            return observation.end
     raise AssertionError("a Tick has no time of its own")
 
 
@@ -196,7 +202,20 @@ THRESHOLD_CASES: list[tuple[str, d.Rule, list[Sample], list[tuple[str, int]]]] =
     ("low power factor under load", POWER_FACTOR, regs(6, power_factor="0.3", power_active="1.0"), [("raise", 5)]),
     ("power factor at no load is not judged", POWER_FACTOR, regs(20, power_factor="0.1", power_active="0.05"), []),
     ("leakage raises at once", LEAKAGE, regs(1, residual_current="45"), [("raise", 0)]),
-    ("leakage flag register raises at once", LEAKAGE, regs(1, leakage_alarm="1"), [("raise", 0)]),
+    ("leakage flag raises at once", LEAKAGE, regs(1, ReadingFlag.LEAKAGE), [("raise", 0)]),
+    (
+        "leakage flag gone clears without a residual-current register",
+        LEAKAGE,
+        regs(2, ReadingFlag.LEAKAGE) + regs(8),
+        [("raise", 0), ("clear", 7)],
+    ),
+    (
+        "a partial read without the flag says nothing about leakage",
+        LEAKAGE,
+        regs(1, ReadingFlag.LEAKAGE) + regs(5, ReadingFlag.PARTIAL),
+        [("raise", 0)],
+    ),
+    ("residual current at the limit is not leakage", LEAKAGE, regs(5, residual_current="30"), []),
     (
         "leakage clears once below limit minus margin",
         LEAKAGE,
@@ -204,6 +223,12 @@ THRESHOLD_CASES: list[tuple[str, d.Rule, list[Sample], list[tuple[str, int]]]] =
         [("raise", 0), ("clear", 9)],
     ),
     ("clock drift either way", DRIFT, regs(1, clock_offset_s="-400"), [("raise", 0)]),
+    (
+        "clock drift clears inside limit minus margin",
+        DRIFT,
+        regs(1, clock_offset_s="301") + regs(3, clock_offset_s="280") + regs(6, clock_offset_s="-12"),
+        [("raise", 0), ("clear", 9)],
+    ),
     ("clock drift flag", DRIFT, regs(1, ReadingFlag.CLOCK_DRIFT), [("raise", 0)]),
     ("tamper raises at once", TAMPER, regs(1, ReadingFlag.TAMPER) + regs(30), [("raise", 0)]),
     (
@@ -656,12 +681,30 @@ def test_stale_device_states_and_other_gateways_are_ignored() -> None:
 COMM = d.CommErrorRule()
 
 
-def polls(start: datetime, pattern: str, meter: str = METER, gateway_down: bool = False) -> list[d.PollOutcome]:
-    """One poll a minute: '.' answered, 'x' failed."""
+def polls(start: datetime, pattern: str, meter: str = METER, gateway_down: bool = False) -> list[d.PollWindow]:
+    """One poll a minute, counted per five-minute window: '.' answered, 'x' failed."""
     return [
-        d.PollOutcome(meter_id=meter, at=start + i * MINUTE, ok=c == ".", gateway_down=gateway_down)
-        for i, c in enumerate(pattern)
+        d.PollWindow(
+            meter_id=meter,
+            start=start + i * MINUTE,
+            end=start + (i + len(chunk)) * MINUTE,
+            attempts=len(chunk),
+            failures=chunk.count("x"),
+            gateway_down=gateway_down,
+        )
+        for i in range(0, len(pattern), 5)
+        if (chunk := pattern[i : i + 5])
     ]
+
+
+def window(minutes: tuple[int, int], attempts: int, failures: int) -> d.PollWindow:
+    return d.PollWindow(
+        meter_id=METER,
+        start=T0 + minutes[0] * MINUTE,
+        end=T0 + minutes[1] * MINUTE,
+        attempts=attempts,
+        failures=failures,
+    )
 
 
 @pytest.mark.parametrize(
@@ -679,6 +722,45 @@ def polls(start: datetime, pattern: str, meter: str = METER, gateway_down: bool 
 def test_communication_error_rate(pattern: str, expected: list[str]) -> None:
     _, outcome = run(COMM, live(polls(T0, pattern)))
     assert [edge for edge, _ in when(outcome)] == expected
+
+
+def test_the_same_window_twice_or_an_overlapping_one_is_not_counted_again() -> None:
+    # 3 of 10 failed: 30 %. Delivered again, and re-cut overlapping, it would look like 6 of 20 and 9 of 30.
+    base = [window((0, 5), 5, 1), window((5, 10), 5, 2)]
+    replayed = [*base, window((5, 10), 5, 2), window((3, 8), 5, 5), window((0, 5), 5, 1)]
+    state, outcome = run(COMM, live(replayed))
+    assert isinstance(state, d.CommErrorState)
+    assert [(c.attempts, c.failures) for c in state.counts] == [(5, 1), (5, 2)]
+    assert outcome[0][1] == Raise(
+        METER,
+        d.COMM_ERRORS,
+        AlarmSeverity.WARNING,
+        "通信不稳定：近 60 分钟抄读失败率 30.0%（3/10）",
+        "Unreliable communication: 30.0% of polls failed in the last 60 min (3/10)",
+        {"failures": "3", "attempts": "10", "rate": "30.0", "at": (T0 + 10 * MINUTE).isoformat()},
+    )
+    assert len(outcome) == 1
+
+
+def test_windows_out_of_order_count_once_and_windows_older_than_the_sliding_window_not_at_all() -> None:
+    now = T0 + 2 * HOUR
+    late = [window((15, 20), 5, 0), window((5, 10), 5, 0), window((10, 15), 5, 0), window((0, 5), 5, 5)]
+    state, _ = run(COMM, [(now, w) for w in late])
+    assert isinstance(state, d.CommErrorState)
+    assert [c.start for c in state.counts] == [T0 + m * MINUTE for m in (0, 5, 10, 15)]
+    # A window that ended an hour before the newest one is outside the sliding window: dropped, not counted.
+    state, _ = run(COMM, [(now, window((70, 75), 5, 0)), (now, window((0, 5), 5, 5))])
+    assert isinstance(state, d.CommErrorState)
+    assert [c.start for c in state.counts] == [T0 + 70 * MINUTE]
+
+
+def test_poll_windows_are_checked_and_the_shared_model_refuses_more_failures_than_attempts() -> None:
+    with pytest.raises(ValueError, match="between"):
+        window((0, 5), 3, 4)
+    with pytest.raises(ValueError, match="after"):
+        window((5, 5), 3, 1)
+    with pytest.raises(ValidationError, match="failures cannot exceed attempts"):
+        PollCounts(meter_id=METER, attempts=3, failures=4)
 
 
 def test_polls_failing_because_the_gateway_is_down_do_not_count() -> None:
@@ -791,6 +873,37 @@ def test_vacant_usage_clears_after_a_quiet_day_and_ignores_hours_of_unknown_stat
     steps += live(hours(MONDAY, 3, lambda h: Decimal(2) if h == used else Decimal("0.05")))
     _, outcome = run(VACANT, steps)
     assert when(outcome) == [("raise", used + HOUR), ("clear", used + 25 * HOUR)]
+
+
+def room(room_id: str | None, leased: bool | None, at: datetime, since: datetime | None = None) -> d.LeaseStatus:
+    return d.LeaseStatus(meter_id=METER, room_id=room_id, leased=leased, since=since, at=at)
+
+
+def test_a_meter_unbound_from_a_vacant_room_stops_counting_and_a_re_bound_one_follows_its_new_room() -> None:
+    vacant_since = local(2024, 2, 1)
+    used = local(2024, 3, 4, 20)
+    unbound_at, bound_at = local(2024, 3, 4, 22, 30), local(2024, 3, 6, 9)
+    steps = live([room("A", False, local(2024, 3, 1), since=vacant_since)])
+    steps += live(hours(MONDAY, 1, lambda h: Decimal(2) if h == used else Decimal(0)))
+    steps += live([room(None, None, unbound_at)])  # taken out of room A: what it measures is no room's now
+    steps += live(hours(date(2024, 3, 5), 1, lambda _: Decimal(3)))
+    # Bound to room B, vacant for a month. B's newest occupancy is older than the one that unbound the meter from
+    # A: a move between rooms is the service's verdict over every room's newest occupancy, not ordered by time.
+    steps += [(bound_at, room("B", False, local(2024, 3, 4, 12), since=vacant_since))]
+    steps += [(bound_at, room("B", False, local(2024, 3, 4, 11), since=vacant_since))]  # stale within B: ignored
+    steps += live(hours(date(2024, 3, 6), 1, lambda h: Decimal(4) if h == local(2024, 3, 6, 10) else Decimal(0)))
+    state, outcome = run(VACANT, steps)
+    assert when(outcome) == [("raise", used + HOUR), ("clear", unbound_at), ("raise", local(2024, 3, 6, 11))]
+    assert isinstance(state, d.VacantUsageState)
+    assert (state.room_id, state.leased, state.lease_since) == ("B", False, vacant_since)
+    last = outcome[-1][1]
+    assert isinstance(last, Raise)
+    assert last.details["room_id"] == "B"
+
+
+def test_a_bound_meter_must_have_a_lease_status() -> None:
+    with pytest.raises(ValueError, match="lease status"):
+        room("A", None, T0)
 
 
 BALANCE = d.BalanceMismatchRule()
@@ -907,6 +1020,20 @@ def test_a_sources_stored_states_read_back_equal_as_they_change() -> None:
         assert decode_states(raw) == states
     json.loads(raw, parse_float=lambda raw: pytest.fail(f"a float in persisted state: {raw}"))
     assert held[d.Measure.OVER_VOLTAGE.value] != d.DebounceState(), "the stretch must have moved the states"
+    # Every rule the last reading left settled holds one state object: written once, referenced by the others.
+    settled = [slot for slot, state in states.items() if state is held[d.Measure.UNDER_VOLTAGE.value]]
+    assert len(settled) >= 5
+    assert raw.startswith('{"$refs":1,')
+    assert raw.count('"kind":"debounce"') < len(settled)
+    # A row written slot by slot (as before shared states, or by hand) reads back the same.
+    plain = json.dumps(
+        {slot: json.loads(StateStore().encode(slot, {slot: state}))[slot] for slot, state in states.items()}
+    )
+    assert '"$refs"' not in plain
+    assert decode_states(plain) == states
+    for broken in ('{"$refs":1,"tamper":{"kind":"debounce"},"battery_low":7}', '{"$refs":1,"tamper":0}'):
+        with pytest.raises(ValidationError):
+            decode_states(broken)
 
 
 def test_every_default_rule_round_trips_as_json() -> None:
@@ -984,7 +1111,7 @@ def test_evaluate_refuses_naive_now_and_foreign_state() -> None:
         (VOLTAGE, reading(T0, voltage_a="230"), METER),
         (VOLTAGE, d.Tick(), None),
         (SPIKE, d.HourlyConsumption(meter_id=METER, hour_start=T0, quantity=Decimal(1)), METER),
-        (COMM, d.PollOutcome(meter_id=METER, at=T0, ok=True), METER),
+        (COMM, window((0, 5), 5, 0), METER),
         (SUPPLY, desired(True, T0), METER),
         (VACANT, lease(True, T0), METER),
         (BALANCE, server("1.00", T0), METER),
@@ -997,6 +1124,19 @@ def test_source_of(rule: d.Rule, observation: d.Observation, source: str | None)
 
 def test_only_rules_on_retained_states_need_ticks() -> None:
     assert [r.rule.slot for r in d.default_rules() if d.needs_ticks(r.rule)] == [d.CONNECTIVITY, d.SUPPLY_MISMATCH]
+
+
+def test_equal_rules_still_word_their_alarms_their_own_way() -> None:
+    # Evaluation is worked out once per rule object; two rules equal as values must not share their wording.
+    plain = d.ThresholdRule(measure=d.Measure.OVER_CURRENT, limit=Decimal("60"), raise_after=timedelta(0))
+    precise = d.ThresholdRule(measure=d.Measure.OVER_CURRENT, limit=Decimal("60.0"), raise_after=timedelta(0))
+    assert plain == precise
+    shown = []
+    for rule in (plain, precise, plain):
+        ((_, raised),) = run(rule, per_minute(regs(1, current_a="70")))[1]
+        assert isinstance(raised, Raise)
+        shown.append(raised.details["limit"])
+    assert shown == ["60", "60.0", "60"]
 
 
 def test_decisions_are_the_lead_rules_types() -> None:
@@ -1016,8 +1156,7 @@ PARTIAL = ReadingFlag.PARTIAL
         (VOLTAGE, {"voltage_b"}, set(), False),
         (REVERSE, set(), set(), False),  # a meter that can flag reverse power and did not: a healthy answer
         (DRIFT, {"energy_active_import_total"}, set(), False),
-        (LEAKAGE, {"voltage_a"}, set(), True),
-        (LEAKAGE, {"leakage_alarm"}, set(), False),
+        (LEAKAGE, {"voltage_a"}, set(), False),  # a meter that can flag leakage and did not: a healthy answer
         (TAMPER, set(), set(), False),
         (TAMPER, set(), {PARTIAL}, True),
         (TAMPER, set(), {ReadingFlag.TAMPER, PARTIAL}, False),
@@ -1036,7 +1175,7 @@ def test_which_rules_a_reading_skips(rule: d.Rule, registers: set[str], flags: s
 READING_RULES = [s.rule for s in d.default_rules() if d.source_of(s.rule, reading(T0)) is not None]
 REGISTER_NAMES = sorted(
     {*d.VOLTAGES, *d.CURRENTS, d.POWER_ACTIVE, d.POWER_FACTOR, d.WATER_VOLUME, d.METER_BALANCE}
-    | {d.RESIDUAL_CURRENT, d.LEAKAGE_ALARM, d.CLOCK_OFFSET, "energy_active_import_total"}
+    | {RESIDUAL_CURRENT, CLOCK_OFFSET, "energy_active_import_total"}
 )
 HOSTILE_READINGS = st.lists(
     st.tuples(

@@ -324,6 +324,22 @@ async def test_the_most_specific_configured_rule_wins(build: Build) -> None:
     assert strict_alarm["details"]["limit"] == "230"
 
 
+async def test_a_rule_edited_between_readings_applies_to_the_next_one(build: Build) -> None:
+    # Each reading's rules are planned once per meter and register set: an edit must drop the plan at once.
+    t0 = datetime(2026, 3, 6, 5, 0, tzinfo=UTC)
+    clock = Clock(t0)
+    c = build(clock)
+    meter, gw = f"m-{uid()}", f"gw-{uid()}"
+    await c.evaluator.on_readings(batch(gw, volts(meter, t0, "232")), "")
+    assert await open_alarms(c, {meter}) == []
+    over = d.Measure.OVER_VOLTAGE
+    strict = d.ThresholdRule(measure=over, limit=Decimal(230), raise_after=timedelta(0))
+    await c.rulebook.put(d.RuleScope(level=d.ScopeLevel.METER, key=meter), over.value, True, strict)
+    clock.now = t0 + MINUTE
+    await c.evaluator.on_readings(batch(gw, volts(meter, clock.now, "232")), "")
+    assert await open_alarms(c, {meter}) == [(meter, "over_voltage")]
+
+
 # --- business alarms ------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from aiosmtpd.smtp import Envelope, Session
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shuidian_alarm import detectors as d
 from shuidian_alarm import rules
 from shuidian_alarm.app import Components, compose
 from shuidian_alarm.notify.channels import (
@@ -40,6 +41,7 @@ from shuidian_alarm.notify.channels import (
     aliyun_signature,
 )
 from shuidian_alarm.notify.notifier import Notifier, quiet_until
+from shuidian_alarm.notify.templates import TYPE_NAMES
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_alarm.targets import Target
 from shuidian_devstack.infra import free_port
@@ -520,3 +522,10 @@ async def test_a_restart_mid_delivery_loses_no_notification(
     (delivered,) = await service.notifier.log(alarm["alarm_id"], None, None, 10)
     assert (delivered["status"], delivered["attempts"]) == ("delivered", 1)
     assert len(mailbox.to(address)) == 1
+
+
+def test_every_alarm_type_is_named_in_both_languages() -> None:
+    raised = {s.rule.slot for s in d.default_rules()} - {d.CONNECTIVITY}
+    raised |= {d.GATEWAY_OFFLINE, d.METER_OFFLINE, rules.BALANCE_LOW, rules.BALANCE_EXHAUSTED, rules.COMMAND_FAILED}
+    assert sorted(raised - set(TYPE_NAMES)) == []
+    assert all(zh and en and zh != en for zh, en in TYPE_NAMES.values())

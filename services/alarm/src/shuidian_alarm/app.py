@@ -42,7 +42,9 @@ from shuidian_shared.messages import (
     CommandUpdate,
     DeviceState,
     GatewayStatus,
+    PollStats,
     ReadingBatch,
+    RoomOccupancy,
     utcnow,
 )
 
@@ -167,6 +169,10 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             subscribe(topics.shared(SERVICE, topics.ALL_METER_STATES), DeviceState, evaluator.on_device_state)
             subscribe(topics.shared(SERVICE, topics.ALL_GATEWAY_STATUS), GatewayStatus, evaluator.on_gateway_status)
             subscribe(topics.shared(SERVICE, topics.ALL_BALANCES), BalanceEvent, evaluator.on_balance)
+            subscribe(topics.shared(SERVICE, topics.ALL_POLL_STATS), PollStats, evaluator.on_poll_stats)
+            # Not shared: a broker sends retained messages to plain subscriptions only, and every replica taking
+            # every occupancy in is safe (occupancy.record drops what the room already holds).
+            subscribe(topics.ALL_ROOM_OCCUPANCY, RoomOccupancy, evaluator.on_room_occupancy)
             subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, evaluator.on_command_result)
             subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_UPDATES), CommandUpdate, evaluator.on_command_update)
             subscribe(

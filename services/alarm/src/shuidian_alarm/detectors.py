@@ -42,9 +42,12 @@ from shuidian_alarm.baselines import (
 )
 from shuidian_alarm.rules import Clear, Decision, Raise
 from shuidian_shared.messages import (
+    CLOCK_OFFSET,
+    RESIDUAL_CURRENT,
     AlarmSeverity,
     BalanceEvent,
     DeviceState,
+    PollStats,
     Reading,
     ReadingFlag,
     RelayState,
@@ -54,7 +57,6 @@ from shuidian_shared.messages import (
 FUTURE_TOLERANCE: Final = timedelta(minutes=5)
 HOUR: Final = timedelta(hours=1)
 _ZERO: Final = timedelta(0)
-_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 # Canonical registers read here (the collector's canonical names and units).
 VOLTAGES: Final = ("voltage_a", "voltage_b", "voltage_c")  # V
@@ -63,10 +65,7 @@ POWER_ACTIVE: Final = "power_active"  # kW, negative when exporting
 POWER_FACTOR: Final = "power_factor"
 WATER_VOLUME: Final = "water_volume_total"  # m³, cumulative
 METER_BALANCE: Final = "balance_money"  # CNY, the meter's own remaining-money register
-# Proposed canonical registers the collector does not publish yet; no ReadingFlag exists for leakage.
-RESIDUAL_CURRENT: Final = "residual_current"  # mA
-LEAKAGE_ALARM: Final = "leakage_alarm"  # non-zero when the meter's leakage protection tripped or warns
-CLOCK_OFFSET: Final = "clock_offset_s"  # meter clock minus collector clock, seconds
+# Also read: RESIDUAL_CURRENT (mA) and CLOCK_OFFSET (s, meter clock minus collector clock) from shared.messages.
 
 # Alarm types not named after a Measure or a ReadingFlag.
 USAGE_SPIKE: Final = "usage_spike"
@@ -103,16 +102,24 @@ class GatewayStatus:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PollOutcome:
-    """One poll of a meter answered or failed; `gateway_down` when the gateway itself was unreachable."""
+class PollWindow:
+    """A meter's poll transactions over [start, end): how many were tried and how many failed; `gateway_down`
+    when the gateway itself was unreachable (then the failures are the gateway's, not the meter's)."""
 
     meter_id: str
-    at: datetime
-    ok: bool
+    start: datetime
+    end: datetime
+    attempts: int
+    failures: int
     gateway_down: bool = False
 
     def __post_init__(self) -> None:
-        _aware(self.at)
+        _aware(self.start)
+        _aware(self.end)
+        if self.end <= self.start:
+            raise ValueError("a poll window must end after it starts")
+        if not 0 <= self.failures <= self.attempts:
+            raise ValueError("failures must lie between 0 and attempts")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,14 +138,21 @@ class HourlyConsumption:
 
 @dataclass(frozen=True, kw_only=True)
 class LeaseStatus:
-    """Whether the room a meter supplies has an active lease, from `at` on."""
+    """Whether the room a meter supplies has an active lease, as of `at`: since `since` (default `at`), in room
+    `room_id`. `leased=None` with no room: the meter supplies no room now (unbound), so it counts for none."""
 
     meter_id: str
-    leased: bool
+    leased: bool | None
     at: datetime
+    since: datetime | None = None
+    room_id: str | None = None
 
     def __post_init__(self) -> None:
         _aware(self.at)
+        if self.since is not None:
+            _aware(self.since)
+        if self.room_id is not None and self.leased is None:
+            raise ValueError("a meter bound to a room has a lease status")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +188,7 @@ Observation = (
     Reading
     | DeviceState
     | GatewayStatus
-    | PollOutcome
+    | PollWindow
     | HourlyConsumption
     | LeaseStatus
     | ServerBalance
@@ -186,6 +200,21 @@ Observation = (
 def server_balances(event: BalanceEvent) -> list[ServerBalance]:
     """One ServerBalance per meter the account's balance supplies."""
     return [ServerBalance(meter_id=m.meter_id, balance=event.balance, at=event.occurred_at) for m in event.meters]
+
+
+def poll_windows(stats: PollStats) -> list[PollWindow]:
+    """One PollWindow per meter of a gateway's poll statistics."""
+    return [
+        PollWindow(
+            meter_id=m.meter_id,
+            start=stats.window_start,
+            end=stats.window_end,
+            attempts=m.attempts,
+            failures=m.failures,
+            gateway_down=stats.gateway_down,
+        )
+        for m in stats.meters
+    ]
 
 
 # --- debounce: duration and hysteresis shared by the sampled conditions -------------------------------------
@@ -278,7 +307,6 @@ class _Gauge:
     name_zh: str
     name_en: str
     flag: ReadingFlag | None = None  # a flag that means the condition holds, whatever the registers say
-    flag_register: str | None = None  # the same as a register, non-zero when set
 
 
 def _highest(values: Sequence[Decimal]) -> Decimal:
@@ -308,7 +336,7 @@ _GAUGES: Final[Mapping[Measure, _Gauge]] = MappingProxyType(
         ),
         Measure.LOW_POWER_FACTOR: _Gauge((POWER_FACTOR,), _magnitude, False, "", "功率因数过低", "Low power factor"),
         Measure.ELECTRIC_LEAKAGE: _Gauge(
-            (RESIDUAL_CURRENT,), _highest, True, "mA", "漏电", "Electric leakage", flag_register=LEAKAGE_ALARM
+            (RESIDUAL_CURRENT,), _highest, True, "mA", "漏电", "Electric leakage", flag=ReadingFlag.LEAKAGE
         ),
         Measure.CLOCK_DRIFT: _Gauge(
             (CLOCK_OFFSET,), _magnitude, True, "s", "时钟偏差", "Clock drift", flag=ReadingFlag.CLOCK_DRIFT
@@ -323,6 +351,7 @@ _FLAG_TEXT: Final[Mapping[ReadingFlag, tuple[str, str]]] = MappingProxyType(
         ReadingFlag.CLOCK_DRIFT: ("表计时钟偏差", "Meter clock drifted"),
         ReadingFlag.POWER_REVERSED: ("功率反向", "Reverse power"),
         ReadingFlag.PARTIAL: ("部分数据项抄读失败", "Some registers did not answer"),
+        ReadingFlag.LEAKAGE: ("表计漏电保护告警", "Meter residual-current protection warned or tripped"),
     }
 )
 
@@ -369,57 +398,101 @@ class FlagRule:
         return self.flag.value
 
 
-def _threshold_evidence(rule: ThresholdRule, reading: Reading) -> tuple[_Evidence, Decimal | None]:
+ReadingStep = Callable[[DebounceState, Reading, datetime], tuple[DebounceState, list[Decision]]]
+
+
+_STEPS: dict[int, tuple[ThresholdRule | FlagRule, ReadingStep]] = {}
+
+
+def reading_step(rule: ThresholdRule | FlagRule) -> ReadingStep:
+    """`evaluate` of a threshold or flag rule on a reading, with everything the rule fixes worked out once.
+
+    These rules run for nearly every reading of every meter, so their evaluation is a closure over the rule's
+    constants, and the common outcome (evidence that agrees with the state: settled) takes the shortest path.
+    The alarm's texts are built only on an edge. `now` must be aware (`evaluate` checks it).
+    """
+    # Cached by identity, not equality: equal rules may still word their alarms differently ("30" and "30.0").
+    # The entry holds the rule, so its id stays its own while cached.
+    held = _STEPS.get(id(rule))
+    if held is not None and held[0] is rule:
+        return held[1]
+    if len(_STEPS) >= 4096:
+        _STEPS.clear()
+    step = _compile_reading_step(rule)
+    _STEPS[id(rule)] = (rule, step)
+    return step
+
+
+def _compile_reading_step(rule: ThresholdRule | FlagRule) -> ReadingStep:
+    raise_after, clear_after, max_gap = rule.raise_after, rule.clear_after, rule.max_gap
+    partial = ReadingFlag.PARTIAL
+    trigger, release, hold = _Evidence.TRIGGER, _Evidence.RELEASE, _Evidence.HOLD
+
+    def decide(
+        state: DebounceState, reading: Reading, evidence: _Evidence, value: Decimal | None
+    ) -> tuple[DebounceState, list[Decision]]:
+        at = reading.sampled_at
+        if evidence is not (release if state.active else trigger):
+            return _settled(state.active, at), []
+        new = _debounce(state, at, evidence, raise_after, clear_after, max_gap)
+        if new.active is state.active:
+            return new, []
+        if not new.active:
+            return new, [Clear(reading.meter_id, rule.slot)]
+        return new, [_reading_raise(rule, reading, value)]
+
+    if isinstance(rule, FlagRule):
+        flag = rule.flag
+
+        def flag_step(state: DebounceState, reading: Reading, now: datetime) -> tuple[DebounceState, list[Decision]]:
+            at, last = reading.sampled_at, state.last_at
+            if (last is not None and at <= last) or at > now + FUTURE_TOLERANCE:
+                return state, []
+            flags = reading.flags
+            if flag in flags:
+                return decide(state, reading, trigger, None)
+            if partial in flags:
+                return state, []
+            return decide(state, reading, release, None)
+
+        return flag_step
+
     gauge = _GAUGES[rule.measure]
-    registers = reading.registers
-    if (gauge.flag is not None and gauge.flag in reading.flags) or (
-        gauge.flag_register is not None and registers.get(gauge.flag_register, Decimal(0)) != 0
-    ):
-        return _Evidence.TRIGGER, None
-    values = [registers[name] for name in gauge.registers if name in registers]
-    if not values:
-        # A flag the meter can raise but did not is a healthy answer, unless the read set came back partial.
-        flaggable = gauge.flag is not None or (gauge.flag_register is not None and gauge.flag_register in registers)
-        if flaggable and ReadingFlag.PARTIAL not in reading.flags:
-            return _Evidence.RELEASE, None
-        return _Evidence.NONE, None
-    if rule.min_load > 0:
-        load = registers.get(POWER_ACTIVE)
-        if load is None or abs(load) < rule.min_load:
-            return _Evidence.NONE, None
-    value = gauge.combine(values)
-    if gauge.above:
-        beyond, back = value > rule.limit, value <= rule.limit - rule.margin
-    else:
-        beyond, back = value < rule.limit, value >= rule.limit + rule.margin
-    if beyond:
-        return _Evidence.TRIGGER, value
-    return (_Evidence.RELEASE if back else _Evidence.HOLD), value
+    gauge_flag, names, combine, above = gauge.flag, gauge.registers, gauge.combine, gauge.above
+    single = names[0] if len(names) == 1 else None
+    limit = rule.limit
+    back_limit = limit - rule.margin if above else limit + rule.margin
+    # Power factor means nothing near no load: below min_load (kW) it is not judged.
+    min_load = rule.min_load if rule.min_load > 0 else None
 
+    def threshold_step(state: DebounceState, reading: Reading, now: datetime) -> tuple[DebounceState, list[Decision]]:
+        at, last = reading.sampled_at, state.last_at
+        if (last is not None and at <= last) or at > now + FUTURE_TOLERANCE:
+            return state, []
+        if gauge_flag is not None and gauge_flag in reading.flags:
+            return decide(state, reading, trigger, None)
+        registers = reading.registers
+        if single is not None:
+            one = registers.get(single)
+            values: Sequence[Decimal] = () if one is None else (one,)
+        else:
+            values = [registers[name] for name in names if name in registers]
+        if not values:
+            # A flag the meter can raise but did not is a healthy answer, unless the read set came back partial.
+            if gauge_flag is not None and partial not in reading.flags:
+                return decide(state, reading, release, None)
+            return state, []
+        if min_load is not None:
+            load = registers.get(POWER_ACTIVE)
+            if load is None or abs(load) < min_load:
+                return state, []
+        value = combine(values)
+        if value > limit if above else value < limit:
+            return decide(state, reading, trigger, value)
+        back = value <= back_limit if above else value >= back_limit
+        return decide(state, reading, release if back else hold, value)
 
-def _flag_evidence(flag: ReadingFlag, reading: Reading) -> _Evidence:
-    if flag in reading.flags:
-        return _Evidence.TRIGGER
-    return _Evidence.NONE if ReadingFlag.PARTIAL in reading.flags else _Evidence.RELEASE
-
-
-def _on_reading_value(
-    rule: ThresholdRule | FlagRule, state: DebounceState, reading: Reading, now: datetime
-) -> tuple[DebounceState, list[Decision]]:
-    if not _fresh(state.last_at, reading.sampled_at, now):
-        return state, []
-    value: Decimal | None = None
-    if isinstance(rule, ThresholdRule):
-        evidence, value = _threshold_evidence(rule, reading)
-    else:
-        evidence = _flag_evidence(rule.flag, reading)
-    new = _debounce(state, reading.sampled_at, evidence, rule.raise_after, rule.clear_after, rule.max_gap)
-    # Runs for nearly every rule on every reading: the alarm's texts are built only on an edge.
-    if new.active is state.active:
-        return new, []
-    if not new.active:
-        return new, [Clear(reading.meter_id, rule.slot)]
-    return new, [_reading_raise(rule, reading, value)]
+    return threshold_step
 
 
 def _reading_raise(rule: ThresholdRule | FlagRule, reading: Reading, value: Decimal | None) -> Raise:
@@ -758,14 +831,18 @@ def _on_connectivity(
 
 @dataclass(frozen=True, kw_only=True)
 class CommErrorRule:
-    """Failed polls of a meter that still answers sometimes, above `raise_rate` over a sliding window.
+    """Failed polls of a meter that still answers sometimes, above `raise_rate` over a sliding `window`; cleared
+    at or below `clear_rate` (hysteresis: in between nothing changes).
 
-    A window in which every poll failed says nothing here: a dead meter is the offline rule's alarm.
+    The collector reports counts per poll window (`PollWindow`), not one observation per poll. A window already
+    counted, or one overlapping a counted window, is ignored: a redelivered or re-cut window would count the
+    same polls twice. Windows may arrive out of order; one ending before the sliding window is ignored. Over a
+    sliding window in which every poll failed nothing is decided here: a dead meter is the offline rule's
+    alarm. Windows in which the gateway itself was down do not count either.
     """
 
     kind: Literal["comm_error"] = "comm_error"
     window: timedelta = HOUR
-    bucket: timedelta = timedelta(minutes=5)
     raise_rate: Decimal = Decimal("0.2")
     clear_rate: Decimal = Decimal("0.05")
     min_attempts: int = 6
@@ -779,16 +856,17 @@ class CommErrorRule:
 
 @dataclass(frozen=True, kw_only=True)
 class PollCount:
-    """Polls and failures in one bucket of the window."""
+    """Polls and failures of one counted window [start, end)."""
 
     start: datetime
+    end: datetime
     attempts: int
     failures: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class CommErrorState:
-    """Poll counts per bucket inside the window, and the alarm."""
+    """The windows counted inside the sliding window (oldest first), the newest window end, and the alarm."""
 
     kind: Literal["comm_error"] = "comm_error"
     counts: tuple[PollCount, ...] = ()
@@ -797,26 +875,24 @@ class CommErrorState:
 
 
 def _on_poll(
-    rule: CommErrorRule, state: CommErrorState, poll: PollOutcome, now: datetime
+    rule: CommErrorRule, state: CommErrorState, poll: PollWindow, now: datetime
 ) -> tuple[CommErrorState, list[Decision]]:
-    if not _fresh(state.last_at, poll.at, now):
+    if poll.gateway_down or poll.end > now + FUTURE_TOLERANCE:
         return state, []
-    if poll.gateway_down:
-        return replace(state, last_at=poll.at), []
-    start = poll.at - (poll.at - _EPOCH) % rule.bucket
-    kept = [c for c in state.counts if c.start + rule.bucket > poll.at - rule.window and c.start != start]
-    current = next((c for c in state.counts if c.start == start), PollCount(start=start, attempts=0, failures=0))
-    current = PollCount(start=start, attempts=current.attempts + 1, failures=current.failures + (not poll.ok))
-    counts = tuple(sorted([*kept, current], key=lambda c: c.start))
+    newest = poll.end if state.last_at is None else max(state.last_at, poll.end)
+    if poll.end <= newest - rule.window or any(c.start < poll.end and poll.start < c.end for c in state.counts):
+        return state, []
+    counted = PollCount(start=poll.start, end=poll.end, attempts=poll.attempts, failures=poll.failures)
+    counts = tuple(sorted([*(c for c in state.counts if c.end > newest - rule.window), counted], key=lambda c: c.start))
     attempts, failures = sum(c.attempts for c in counts), sum(c.failures for c in counts)
-    rate = Decimal(failures) / attempts
+    rate = Decimal(failures) / attempts if attempts else Decimal(0)
     if attempts < rule.min_attempts or failures == attempts:
         evidence = _Evidence.NONE
     elif rate > rule.raise_rate:
         evidence = _Evidence.TRIGGER
     else:
         evidence = _Evidence.RELEASE if rate <= rule.clear_rate else _Evidence.HOLD
-    alarm = _debounce(state.alarm, poll.at, evidence, _ZERO, _ZERO, None)
+    alarm = _debounce(state.alarm, newest, evidence, _ZERO, _ZERO, None)
     percent = f"{(rate * 100).quantize(Decimal('0.1'))}"
 
     def raised() -> Raise:
@@ -826,10 +902,10 @@ def _on_poll(
             rule.severity,
             f"通信不稳定：近 {_minutes(rule.window)} 分钟抄读失败率 {percent}%（{failures}/{attempts}）",
             f"Unreliable communication: {percent}% of polls failed in the last {_minutes(rule.window)} min ({failures}/{attempts})",
-            {"failures": f"{failures}", "attempts": f"{attempts}", "rate": percent},
+            {"failures": f"{failures}", "attempts": f"{attempts}", "rate": percent, "at": _iso(newest)},
         )
 
-    new = CommErrorState(counts=counts, last_at=poll.at, alarm=alarm)
+    new = CommErrorState(counts=counts, last_at=newest, alarm=alarm)
     return new, _edge(state.alarm.active, alarm.active, raised, poll.meter_id, COMM_ERRORS)
 
 
@@ -872,27 +948,41 @@ def _supply_on(relay: RelayState | None, valve: ValveState | None) -> bool | Non
 def _on_supply(
     rule: SupplyMismatchRule, state: SupplyMismatchState, observation: Observation, now: datetime
 ) -> tuple[SupplyMismatchState, list[Decision]]:
-    new = state
+    meter_id, desired, desired_at = state.meter_id, state.desired, state.desired_at
+    reported, reported_at = state.reported, state.reported_at
     if isinstance(observation, SupplyDesired):
-        if _fresh(state.desired_at, observation.at, now):
-            new = replace(
-                state, meter_id=observation.meter_id, desired=observation.supply_on, desired_at=observation.at
-            )
+        if _fresh(desired_at, observation.at, now):
+            meter_id, desired, desired_at = observation.meter_id, observation.supply_on, observation.at
     elif isinstance(observation, Reading | DeviceState):
         at = observation.sampled_at if isinstance(observation, Reading) else observation.occurred_at
-        reported = _supply_on(observation.relay, observation.valve)
-        if reported is not None and _fresh(state.reported_at, at, now):
-            new = replace(state, meter_id=observation.meter_id, reported=reported, reported_at=at)
+        supply = _supply_on(observation.relay, observation.valve)
+        if supply is not None and _fresh(reported_at, at, now):
+            meter_id, reported, reported_at = observation.meter_id, supply, at
     elif not isinstance(observation, Tick):
         return state, []
-    differ = new.desired is not None and new.reported is not None and new.desired != new.reported
+    differ = desired is not None and reported is not None and desired != reported
     since: datetime | None = None
     if differ:
         # A mismatch starts when the later of the two sides changed; a repeated target does not restart it.
-        later = max(t for t in (new.desired_at, new.reported_at) if t is not None)
-        since = later if new.mismatch_since is None else new.mismatch_since
-    if since != new.mismatch_since:
-        new = replace(new, mismatch_since=since)
+        later = max(t for t in (desired_at, reported_at) if t is not None)
+        since = later if state.mismatch_since is None else state.mismatch_since
+    new = state
+    if (desired_at, reported_at, since, meter_id) != (
+        state.desired_at,
+        state.reported_at,
+        state.mismatch_since,
+        state.meter_id,
+    ):
+        # Built directly (not `replace`): this runs on every reading of every meter.
+        new = SupplyMismatchState(
+            meter_id=meter_id,
+            desired=desired,
+            desired_at=desired_at,
+            reported=reported,
+            reported_at=reported_at,
+            mismatch_since=since,
+            active=state.active,
+        )
     meter = new.meter_id
     if meter is None:
         return new, []
@@ -931,9 +1021,10 @@ class VacantUsageRule:
 
 @dataclass(frozen=True, kw_only=True)
 class VacantUsageState:
-    """The lease status and since when, the newest hour taken in, and the alarm."""
+    """The room the meter supplies, its lease status and since when, the newest hour taken in, and the alarm."""
 
     kind: Literal["vacant_usage"] = "vacant_usage"
+    room_id: str | None = None
     leased: bool | None = None
     lease_since: datetime | None = None
     lease_at: datetime | None = None
@@ -945,12 +1036,29 @@ def _on_vacancy(
     rule: VacantUsageRule, state: VacantUsageState, observation: Observation, now: datetime
 ) -> tuple[VacantUsageState, list[Decision]]:
     if isinstance(observation, LeaseStatus):
-        if not _fresh(state.lease_at, observation.at, now):
+        moved = observation.room_id != state.room_id
+        # Within one room a status no newer than the last is stale. A move to another room (or none) is the
+        # service's verdict from every room's newest occupancy, which it orders itself; it only must not be ahead.
+        if moved and observation.at > now + FUTURE_TOLERANCE:
             return state, []
-        since = state.lease_since if state.leased == observation.leased else observation.at
-        new = replace(state, leased=observation.leased, lease_since=since, lease_at=observation.at)
-        if observation.leased and state.alarm.active:
-            # A lease explains the consumption at once; no quiet period needed.
+        if not moved and not _fresh(state.lease_at, observation.at, now):
+            return state, []
+        if observation.since is not None:
+            since: datetime | None = observation.since
+        elif moved or state.leased != observation.leased:
+            since = observation.at
+        else:
+            since = state.lease_since
+        new = VacantUsageState(
+            room_id=observation.room_id,
+            leased=observation.leased,
+            lease_since=since,
+            lease_at=observation.at,
+            last_hour=state.last_hour,
+            alarm=state.alarm,
+        )
+        if state.alarm.active and observation.leased is not False:
+            # A lease explains the consumption at once, and a meter that left the room no longer measures it.
             return replace(new, alarm=DebounceState()), [Clear(observation.meter_id, VACANT_USAGE)]
         return new, []
     if not isinstance(observation, HourlyConsumption) or not _fresh(
@@ -974,7 +1082,11 @@ def _on_vacancy(
             rule.severity,
             f"无有效租约的房间出现用量：{quantity}（{_iso(hour)} 起一小时）",
             f"Consumption in a room without an active lease: {quantity} in the hour from {_iso(hour)}",
-            {"quantity": f"{quantity}", "hour_start": _iso(hour)},
+            {
+                "quantity": f"{quantity}",
+                "hour_start": _iso(hour),
+                **({"room_id": state.room_id} if state.room_id else {}),
+            },
         )
 
     return new, _edge(state.alarm.active, alarm.active, raised, observation.meter_id, VACANT_USAGE)
@@ -1011,15 +1123,28 @@ class BalanceMismatchState:
 def _on_balances(
     rule: BalanceMismatchRule, state: BalanceMismatchState, observation: Observation, now: datetime
 ) -> tuple[BalanceMismatchState, list[Decision]]:
+    # States are built directly (not `replace`): this runs on every reading with a remaining-money register.
     if isinstance(observation, Reading):
         value = observation.registers.get(METER_BALANCE)
         if value is None or not _fresh(state.meter_at, observation.sampled_at, now):
             return state, []
-        new = replace(state, meter_balance=value, meter_at=observation.sampled_at)
+        new = BalanceMismatchState(
+            meter_balance=value,
+            meter_at=observation.sampled_at,
+            server_balance=state.server_balance,
+            server_at=state.server_at,
+            alarm=state.alarm,
+        )
     elif isinstance(observation, ServerBalance):
         if not _fresh(state.server_at, observation.at, now):
             return state, []
-        new = replace(state, server_balance=observation.balance, server_at=observation.at)
+        new = BalanceMismatchState(
+            meter_balance=state.meter_balance,
+            meter_at=state.meter_at,
+            server_balance=observation.balance,
+            server_at=observation.at,
+            alarm=state.alarm,
+        )
     else:
         return state, []
     if new.meter_balance is None or new.server_balance is None or new.meter_at is None or new.server_at is None:
@@ -1039,9 +1164,9 @@ def _on_balances(
             {"meter_balance": f"{new.meter_balance}", "server_balance": f"{new.server_balance}"},
         )
 
-    return replace(new, alarm=alarm), _edge(
-        state.alarm.active, alarm.active, raised, observation.meter_id, BALANCE_MISMATCH
-    )
+    if alarm is not new.alarm:
+        new = replace(new, alarm=alarm)
+    return new, _edge(state.alarm.active, alarm.active, raised, observation.meter_id, BALANCE_MISMATCH)
 
 
 # --- evaluation --------------------------------------------------------------------------------------------
@@ -1085,9 +1210,9 @@ def evaluate(
     _aware(now)
     match rule:
         case ThresholdRule() | FlagRule():
-            debounce = _expect(state, DebounceState)
+            debounce = state if type(state) is DebounceState else _expect(state, DebounceState)
             if isinstance(observation, Reading):
-                return _on_reading_value(rule, debounce, observation, now)
+                return reading_step(rule)(debounce, observation, now)
             return debounce, []
         case SpikeRule():
             spike = _expect(state, SpikeState)
@@ -1103,7 +1228,7 @@ def evaluate(
             return _on_connectivity(rule, _expect(state, ConnectivityState), observation, now)
         case CommErrorRule():
             comm = _expect(state, CommErrorState)
-            if isinstance(observation, PollOutcome):
+            if isinstance(observation, PollWindow):
                 return _on_poll(rule, comm, observation, now)
             return comm, []
         case SupplyMismatchRule():
@@ -1119,7 +1244,7 @@ def source_of(rule: Rule, observation: Observation) -> str | None:
     if isinstance(rule, ConnectivityRule):
         return observation.gateway_id if isinstance(observation, GatewayStatus | DeviceState) else None
     feeds: tuple[
-        type[Reading | DeviceState | PollOutcome | HourlyConsumption | LeaseStatus | ServerBalance | SupplyDesired], ...
+        type[Reading | DeviceState | PollWindow | HourlyConsumption | LeaseStatus | ServerBalance | SupplyDesired], ...
     ]
     match rule:
         case ThresholdRule() | FlagRule() | WaterLeakRule():
@@ -1127,7 +1252,7 @@ def source_of(rule: Rule, observation: Observation) -> str | None:
         case SpikeRule():
             feeds = (HourlyConsumption,)
         case CommErrorRule():
-            feeds = (PollOutcome,)
+            feeds = (PollWindow,)
         case SupplyMismatchRule():
             feeds = (SupplyDesired, Reading, DeviceState)
         case VacantUsageRule():
@@ -1145,12 +1270,8 @@ def skips(rule: Rule, registers: Collection[str], flags: Collection[ReadingFlag]
     match rule:
         case ThresholdRule():
             gauge = _GAUGES[rule.measure]
-            # A flag the meter can raise is evidence even when absent (see _threshold_evidence).
-            return (
-                gauge.flag is None
-                and (gauge.flag_register is None or gauge.flag_register not in registers)
-                and not any(name in registers for name in gauge.registers)
-            )
+            # A flag the meter can raise is evidence even when absent (see reading_step).
+            return gauge.flag is None and not any(name in registers for name in gauge.registers)
         case FlagRule():
             return rule.flag not in flags and ReadingFlag.PARTIAL in flags
         case WaterLeakRule():

@@ -27,7 +27,7 @@ from pydantic_core import SchemaSerializer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_alarm import detectors, rules, targets, usage
+from shuidian_alarm import detectors, occupancy, rules, targets, usage
 from shuidian_alarm.alarms import AlarmService
 from shuidian_alarm.detectors import (
     CONNECTIVITY,
@@ -48,8 +48,10 @@ from shuidian_shared.messages import (
     CommandUpdate,
     DeviceState,
     GatewayStatus,
+    PollStats,
     Reading,
     ReadingBatch,
+    RoomOccupancy,
     utcnow,
 )
 
@@ -70,13 +72,30 @@ States = dict[str, SlotState]
 
 @dataclass(frozen=True)
 class Derive:
-    """Stands in for a rule: fold a reading into the meter's hourly consumption and feed each completed hour
-    to `rules` (spike, vacancy)."""
+    """Part of a reading's plan: fold the reading into the meter's hourly consumption and feed each completed
+    hour to `rules` (spike, vacancy)."""
 
     rules: tuple[tuple[str, Rule], ...]
 
 
-Feed = tuple[str, str, Rule | Derive, Observation]  # source, slot, rule, observation
+@dataclass(frozen=True)
+class Compiled:
+    """Stands in for a threshold or flag rule fed a reading: its evaluation worked out once (`reading_step`)."""
+
+    rule: detectors.ThresholdRule | detectors.FlagRule
+    step: detectors.ReadingStep
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Stands in for every rule a reading feeds, so a reading is one feed: threshold and flag rules as their
+    `reading_step`, the others as they are, then the hourly consumption if any rule takes hours."""
+
+    steps: tuple[tuple[str, Rule | Compiled], ...]
+    hourly: Derive | None
+
+
+Feed = tuple[str, str, Rule | Plan, Observation]  # source, slot, rule, observation
 
 _SUPPLY = {
     CommandKind.TRIP: False,
@@ -95,9 +114,23 @@ def _adapter() -> TypeAdapter[States]:
 _ENCODERS: dict[type[Any], tuple[SchemaSerializer, str]] = {}
 
 
+# A row in which some slot repeats an earlier slot's state starts with this member (never a slot name); such a
+# slot holds the position of that earlier slot, counted from 0 after the marker.
+_REFS = '{"$refs":1,'
+
+
 def decode_states(raw: str | bytes) -> States:
     """A source's states back from `StateStore.encode`; raises pydantic's ValidationError on anything else."""
-    return _adapter().validate_json(raw)
+    text_ = raw.decode() if isinstance(raw, bytes) else raw
+    if text_.startswith(_REFS):
+        try:
+            parsed = json.loads(text_)
+            del parsed["$refs"]
+            values = list(parsed.values())
+            text_ = json.dumps({slot: values[v] if type(v) is int else v for slot, v in parsed.items()})
+        except (ValueError, TypeError, IndexError, AttributeError):
+            pass  # not ours after all: the validator below says what is wrong with it
+    return _adapter().validate_json(text_)
 
 
 def _encode_state(state: SlotState) -> str:
@@ -121,9 +154,14 @@ def _json_key(slot: str) -> str:
     return json.dumps(slot) + ":"
 
 
+_TIMED = frozenset({ConnectivityState, SupplyMismatchState})
+
+
 def pending(states: Iterable[SlotState]) -> bool:
     """Whether any state can change with time alone, so the tick loop must visit it."""
     for state in states:
+        if type(state) not in _TIMED:  # most slots: skipped with one look-up
+            continue
         if isinstance(state, ConnectivityState):
             links = [state.gateway] if state.gateway is not None else []
             # Offline without an alarm yet, or online again with the alarm still up.
@@ -153,6 +191,38 @@ def _step(
         return False
     held[slot] = new
     return True
+
+
+def _apply_plan(held: States, plan: Plan, reading: Reading, now: datetime, out: list[rules.Decision]) -> bool:
+    """Every rule of a reading's plan on the meter's states in place; whether any state changed. The threshold
+    and flag rules' steps are called directly, without `evaluate`'s dispatch: the hot path."""
+    changed = False
+    for slot, rule in plan.steps:
+        current = held.get(slot)
+        if type(rule) is Compiled and type(current) is detectors.DebounceState:
+            new, made = rule.step(current, reading, now)
+            if made:
+                out += made
+            if new is not current:
+                held[slot] = new
+                changed = True
+        else:  # a fresh slot, another kind of rule, or a slot whose rule changed kind
+            changed |= _step(held, slot, rule.rule if isinstance(rule, Compiled) else rule, reading, now, out)
+    if plan.hourly is not None:
+        changed |= _derive(held, plan.hourly, reading, now, out)
+    return changed
+
+
+def _derive(held: States, derive: Derive, reading: Reading, now: datetime, out: list[rules.Decision]) -> bool:
+    """Fold a reading into the meter's hourly consumption and feed each hour it completed to the hourly rules."""
+    current = held.get(usage.SLOT)
+    state, hours = usage.accumulate(current if isinstance(current, usage.HourlyState) else None, reading)
+    changed = state is not current
+    held[usage.SLOT] = state
+    for hour in hours:
+        for slot, rule in derive.rules:
+            changed |= _step(held, slot, rule, hour, now, out)
+    return changed
 
 
 @dataclass(frozen=True)
@@ -209,6 +279,7 @@ class StateStore:
         if not changed:
             return []
         ids = sorted(changed)
+        batch: dict[int, tuple[SlotState, str]] = {}  # a state object shared by many sources is encoded once
         saved_ids, saved_versions = (
             await conn.execute(
                 text(
@@ -220,7 +291,7 @@ class StateStore:
                 ),
                 {
                     "s": ids,
-                    "j": [self.encode(s, changed[s]) for s in ids],
+                    "j": [self.encode(s, changed[s], batch) for s in ids],
                     "p": [pending(changed[s].values()) for s in ids],
                 },
             )
@@ -236,22 +307,37 @@ class StateStore:
             self._cache.pop(source, None)
             self._encoded.pop(source, None)
 
-    def encode(self, source: str, states: States) -> str:
-        """A source's states as one JSON object, as `decode_states` reads them."""
+    def encode(self, source: str, states: States, shared: dict[int, tuple[SlotState, str]] | None = None) -> str:
+        """A source's states as one JSON object, as `decode_states` reads them.
+
+        A state object that fills several slots (every rule a reading left settled) is written once: the later
+        slots hold the position of the first. That makes the row of a meter with the full electrical register set
+        about 40 % shorter, and PostgreSQL's cost per row follows its size. `shared` holds encodings by state
+        object (kept alive by the states they encode) for reuse across the sources of a batch: the settled states
+        of readings taken at one instant are one object.
+        """
         before = self._encoded.get(source, {})
+        shared = {} if shared is None else shared
         after: dict[str, tuple[SlotState, str]] = {}
-        shared: dict[int, tuple[SlotState, str]] = {}  # one state object may fill several slots
-        for slot, state in states.items():
+        first: dict[int, str] = {}  # state object → position of the first slot holding it
+        parts: list[str] = []
+        for position, (slot, state) in enumerate(states.items()):
             known = before.get(slot)
             if known is None or known[0] is not state:
                 known = shared.get(id(state))
                 if known is None:
                     known = shared[id(state)] = (state, _encode_state(state))
             after[slot] = known
+            ref = first.get(id(state))
+            if ref is None:
+                first[id(state)] = str(position)
+                parts.append(_json_key(slot) + known[1])
+            else:
+                parts.append(_json_key(slot) + ref)
         if len(self._encoded) >= self._max and source not in self._encoded:
             self._encoded.clear()
         self._encoded[source] = after
-        return "{" + ",".join(_json_key(slot) + encoded for slot, (_, encoded) in after.items()) + "}"
+        return (_REFS if len(first) < len(after) else "{") + ",".join(parts) + "}"
 
     def _remember(self, source: str, version: int, states: States) -> None:
         if len(self._cache) >= self._max and source not in self._cache:
@@ -315,6 +401,8 @@ class Evaluator:
         self.store = StateStore()
         self._targets = TargetCache(targets_ttl)
         self._applicable: dict[tuple[object, ...], list[tuple[str, Rule]]] = {}
+        self._plans: dict[tuple[object, ...], Plan] = {}
+        self._shapes: dict[tuple[tuple[tuple[str, int], ...], ...], Plan] = {}
         self._derives: dict[ScopeTarget, Derive] = {}
         self._book_version: object = None
 
@@ -341,11 +429,8 @@ class Evaluator:
                 known = await self._targets.meters(conn, meter_ids)
                 out: list[Feed] = []
                 for reading in sorted(batch.readings, key=lambda r: r.sampled_at):
-                    scope = targets.meter_scope(reading.meter_id, known)
-                    out += [(reading.meter_id, slot, rule, reading) for slot, rule in self._rules(scope, reading)]
-                    hourly = self._hourly(scope)
-                    if hourly.rules:
-                        out.append((reading.meter_id, usage.SLOT, hourly, reading))
+                    plan = self._plan(targets.meter_scope(reading.meter_id, known), reading)
+                    out.append((reading.meter_id, "", plan, reading))
                 return out
 
             await self._run(now, feeds)
@@ -424,6 +509,41 @@ class Evaluator:
 
         await self._run(self._clock(), feeds)
 
+    async def on_poll_stats(self, stats: PollStats, topic: str) -> None:
+        """A gateway's poll counts per meter over one window feed each meter's communication-error rule."""
+        windows = detectors.poll_windows(stats)
+
+        async def feeds(conn: AsyncConnection) -> list[Feed]:
+            known = await self._targets.meters(conn, sorted({w.meter_id for w in windows}))
+            out: list[Feed] = []
+            for window in windows:
+                scope = targets.meter_scope(window.meter_id, known)
+                out += [(window.meter_id, slot, rule, window) for slot, rule in self._rules(scope, window)]
+            return out
+
+        await self._run(self._clock(), feeds)
+
+    async def on_room_occupancy(self, room: RoomOccupancy, topic: str) -> None:
+        """A room's occupancy sets the lease status of the meters it lists now and of those it listed before."""
+        affected: list[str] = []
+
+        async def newer(conn: AsyncConnection) -> bool:
+            meters = await occupancy.record(conn, room)
+            affected.extend(meters or ())
+            return meters is not None
+
+        async def feeds(conn: AsyncConnection) -> list[Feed]:
+            if not affected:
+                return []
+            known = await self._targets.meters(conn, affected)
+            out: list[Feed] = []
+            for status in await occupancy.statuses(conn, affected, room):
+                scope = targets.meter_scope(status.meter_id, known)
+                out += [(status.meter_id, slot, rule, status) for slot, rule in self._rules(scope, status)]
+            return out
+
+        await self._run(self._clock(), feeds, guard=newer)
+
     # --- time -----------------------------------------------------------------------------------
 
     async def tick(self, now: datetime, chunk: int = 500) -> None:
@@ -479,26 +599,12 @@ class Evaluator:
             derive = self._derives[scope] = Derive(tuple(self._rules(scope, _HOUR_PROBE)))
         return derive
 
-    @staticmethod
-    def _derive(
-        held: States, derive: Derive, observation: Observation, now: datetime, out: list[rules.Decision]
-    ) -> bool:
-        if not isinstance(observation, Reading):
-            return False
-        current = held.get(usage.SLOT)
-        state, hours = usage.accumulate(current if isinstance(current, usage.HourlyState) else None, observation)
-        changed = state is not current
-        held[usage.SLOT] = state
-        for hour in hours:
-            for slot, rule in derive.rules:
-                changed |= _step(held, slot, rule, hour, now, out)
-        return changed
-
     def _rules(self, scope: ScopeTarget, observation: Observation) -> list[tuple[str, Rule]]:
         """The rules whose state `observation` feeds, cached per target and observation type; for a reading
         also per register names and flags, leaving out the rules such a reading cannot move (`skips`)."""
         if self._book_version is not self._book.version:
             self._applicable, self._derives, self._book_version = {}, {}, self._book.version
+            self._plans, self._shapes = {}, {}
         reading = observation if isinstance(observation, Reading) else None
         key: tuple[object, ...] = (
             (scope, type(observation)) if reading is None else (scope, Reading, tuple(reading.registers), reading.flags)
@@ -513,6 +619,31 @@ class Evaluator:
                 if detectors.source_of(rule, observation) is not None
                 and not (reading is not None and detectors.skips(rule, reading.registers, reading.flags))
             ]
+        return found
+
+    def _plan(self, scope: ScopeTarget, reading: Reading) -> Plan:
+        """What a reading feeds (`_rules`, `_hourly`), cached per target, register names and flags alike."""
+        key = (scope, tuple(reading.registers), reading.flags)
+        found = self._plans.get(key)
+        if found is None or self._book_version is not self._book.version:
+            rules_ = self._rules(scope, reading)  # drops every cache when the book changed
+            hourly = self._hourly(scope)
+            # Meters whose rules are the same objects share one plan (rules live as long as the book version).
+            shape = (tuple((slot, id(rule)) for slot, rule in rules_), tuple((s, id(r)) for s, r in hourly.rules))
+            found = self._shapes.get(shape)
+            if found is None:
+                if len(self._shapes) >= _MAX_APPLICABLE:
+                    self._shapes.clear()
+                steps = tuple(
+                    (slot, Compiled(rule, detectors.reading_step(rule)))
+                    if isinstance(rule, detectors.ThresholdRule | detectors.FlagRule)
+                    else (slot, rule)
+                    for slot, rule in rules_
+                )
+                found = self._shapes[shape] = Plan(steps, hourly if hourly.rules else None)
+            if len(self._plans) >= _MAX_APPLICABLE:
+                self._plans.clear()
+            self._plans[key] = found
         return found
 
     async def _run(
@@ -539,8 +670,8 @@ class Evaluator:
                 changed: dict[str, States] = {}
                 for source, slot, rule, observation in work:
                     held = states[source]
-                    if isinstance(rule, Derive):
-                        derived = self._derive(held, rule, observation, now, out)
+                    if isinstance(rule, Plan):
+                        derived = isinstance(observation, Reading) and _apply_plan(held, rule, observation, now, out)
                     else:
                         derived = _step(held, slot, rule, observation, now, out)
                     if derived:

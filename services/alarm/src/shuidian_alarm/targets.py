@@ -8,6 +8,7 @@ and to route notifications to the right tenant only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,6 +28,10 @@ class Target:
     tenant_id: str | None = None
 
     def scope(self) -> ScopeTarget:
+        return self._scope
+
+    @cached_property
+    def _scope(self) -> ScopeTarget:  # built once per target: looked up for every reading
         return ScopeTarget(estate_id=self.estate, building_id=self.building, model=self.model, meter_id=self.meter_id)
 
 

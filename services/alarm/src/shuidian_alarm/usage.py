@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 from typing import Final, Literal
 
 from shuidian_alarm.detectors import HourlyConsumption
@@ -32,6 +33,7 @@ class HourlyState:
     complete: bool = False
 
 
+@lru_cache(maxsize=256)  # the readings of a batch share a few sample times
 def _hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -51,7 +53,11 @@ def accumulate(
 ) -> tuple[HourlyState, list[HourlyConsumption]]:
     """Fold one reading in; the hours it completed."""
     state = state or HourlyState()
-    value = next((reading.registers[r] for r in CUMULATIVE if r in reading.registers), None)
+    value = None
+    for name in CUMULATIVE:
+        value = reading.registers.get(name)
+        if value is not None:
+            break
     at = reading.sampled_at
     if value is None or (state.last_at is not None and at <= state.last_at):
         return state, []

@@ -215,6 +215,9 @@ async def run(database_url: str, mqtt_url: str) -> None:
             figures = await _measure(database_url, mqtt_url, name, replicas, start)
             async with engine.connect() as conn:
                 alarms = (await conn.execute(text("SELECT count(*) FROM alarm.alarms"))).scalar_one()
+                row_bytes = (
+                    await conn.execute(text("SELECT avg(pg_column_size(states)) FROM alarm.rule_states"))
+                ).scalar_one()
             median = figures["median"]
             emit(
                 f"alarm evaluation throughput ({name} registers, {replicas} {'process' if replicas == 1 else 'replicas'})",
@@ -237,6 +240,9 @@ async def run(database_url: str, mqtt_url: str) -> None:
                 alarm_cpu_cores=round(figures["cores"], 2),
                 # Readings per second of the alarm processes' own CPU: steadier than wall time on a shared box.
                 readings_per_cpu_second=round(figures["per_cpu_second"]),
+                alarm_cpu_us_per_reading=round(1e6 / figures["per_cpu_second"], 1),
+                # What PostgreSQL rewrites per reading: each meter's rule-state row (JSON text, as stored).
+                state_row_bytes=round(row_bytes or 0),
                 load_average=round(os.getloadavg()[0], 2),
                 cpus=os.cpu_count(),
             )

@@ -32,6 +32,11 @@ TYPE_NAMES: Final = {
     "tamper": ("表计开盖", "Meter tampered"),
     "battery_low": ("表计电池低", "Meter battery low"),
     "supply_mismatch": ("通断状态不符", "Supply state mismatch"),
+    "reverse_power": ("功率反向", "Reverse power"),
+    "low_power_factor": ("功率因数过低", "Low power factor"),
+    "clock_drift": ("表计时钟偏差", "Meter clock drift"),
+    "comm_errors": ("通信不稳定", "Unreliable communication"),
+    "vacant_usage": ("空置房间有用量", "Consumption in a vacant room"),
 }
 
 _EVENTS: Final = {

@@ -1,0 +1,375 @@
+"""The inputs that complete the rules, through the real broker into the deployed service: the collector's
+`PollStats` (communication errors), billing's retained `RoomOccupancy` (consumption in a vacant room) and
+readings carrying the leakage flag, residual current and clock offset."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import aiomqtt
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+from pydantic import BaseModel, SecretStr
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shuidian_alarm.app import create_app
+from shuidian_alarm.detectors import CommErrorState
+from shuidian_alarm.engine import decode_states
+from shuidian_alarm.settings import AlarmSettings
+from shuidian_devstack.infra import free_port
+from shuidian_kit.db import create_engine
+from shuidian_kit.mqtt import BrokerAddress
+from shuidian_shared import topics
+from shuidian_shared.messages import (
+    CLOCK_OFFSET,
+    RESIDUAL_CURRENT,
+    MeterRef,
+    PollCounts,
+    PollStats,
+    Reading,
+    ReadingBatch,
+    ReadingFlag,
+    RoomOccupancy,
+    Utility,
+)
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+RUN = uuid.uuid4().hex[:6]  # retained topics outlive the test: names unique to this run
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = await probe()
+                if result:
+                    return result
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")
+
+
+async def publish(mqtt_url: str, *messages: tuple[str, BaseModel], retain: bool = False) -> None:
+    """Publish in order over one connection (the broker keeps one publisher's order)."""
+    address = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(address.host, address.port) as client:
+        for topic, message in messages:
+            await client.publish(topic, message.model_dump_json().encode(), qos=1, retain=retain)
+
+
+def occupancy(room: str, leased: bool, meters: list[str], at: datetime, since: datetime | None = None) -> RoomOccupancy:
+    return RoomOccupancy(
+        source="billing-test",
+        occurred_at=at,
+        room_id=room,
+        estate_id="E-inputs",
+        leased=leased,
+        since=since or at,
+        meters=tuple(MeterRef(meter_id=m, utility=Utility.ELECTRICITY) for m in meters),
+    )
+
+
+NOW = datetime.now(UTC)
+HOUR_NOW = NOW.replace(minute=0, second=0, microsecond=0)
+LONG_VACANT = occupancy(f"R-{RUN}-retained", False, [f"E-{RUN}-retained"], NOW - 2 * HOUR, NOW - timedelta(days=30))
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    # Billing published this room's occupancy before the alarm service ever ran: it must come in retained.
+    await publish(mqtt_url, (topics.room_occupancy(LONG_VACANT.room_id), LONG_VACANT), retain=True)
+    port = free_port()
+    settings = AlarmSettings(
+        environment="test",
+        database_url=SecretStr(database_url),
+        mqtt_url=mqtt_url,
+        mqtt_clean_session=True,
+        instance_id=f"inputs-{port}",
+        http_port=port,
+        tick_seconds=0.2,
+    )
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
+    task = asyncio.create_task(server.serve())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+
+        async def ready() -> bool:
+            try:
+                return (await client.get("/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await eventually(ready, "the alarm service to be ready", 30)
+        yield client
+    server.should_exit = True
+    await task
+    address = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(address.host, address.port) as cleanup:  # an empty retained payload deletes it
+        await cleanup.publish(topics.room_occupancy(LONG_VACANT.room_id), b"", qos=1, retain=True)
+
+
+async def alarms(api: httpx.AsyncClient, source: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = (await api.get("/v1/alarms", params={"source_id": source})).json()
+    return found
+
+
+async def open_types(api: httpx.AsyncClient, source: str) -> set[str]:
+    return {a["alarm_type"] for a in await alarms(api, source) if a["state"] != "cleared"}
+
+
+# --- communication errors from PollStats ----------------------------------------------------------------
+
+
+def stats(gateway: str, start: datetime, counts: dict[str, tuple[int, int]], down: bool = False) -> PollStats:
+    return PollStats(
+        source="collector-test",
+        gateway_id=gateway,
+        window_start=start,
+        window_end=start + 5 * MINUTE,
+        gateway_down=down,
+        meters=tuple(PollCounts(meter_id=m, attempts=a, failures=f) for m, (a, f) in counts.items()),
+    )
+
+
+async def windows_counted(db: AsyncEngine, meter: str) -> int:
+    async with db.connect() as conn:
+        raw = (
+            await conn.execute(text("SELECT states FROM alarm.rule_states WHERE source_id = :s"), {"s": meter})
+        ).scalar_one_or_none()
+    state = None if raw is None else decode_states(raw).get("comm_errors")
+    return len(state.counts) if isinstance(state, CommErrorState) else 0
+
+
+async def test_poll_stats_raise_comm_errors_once_per_window_and_clear_with_hysteresis(
+    api: httpx.AsyncClient, mqtt_url: str, db: AsyncEngine
+) -> None:
+    gw, flaky, dead = f"G-{uid()}", f"E-{uid()}", f"E-{uid()}"
+    base = NOW - 50 * MINUTE
+    first = stats(gw, base, {flaky: (10, 3), dead: (10, 10)})
+    # The same message delivered twice, and the same window re-sent under a new id: counted once.
+    await publish(
+        mqtt_url,
+        (topics.poll_stats(gw), first),
+        (topics.poll_stats(gw), first),
+        (topics.poll_stats(gw), stats(gw, base, {flaky: (10, 3), dead: (10, 10)})),
+    )
+
+    async def raised() -> list[dict[str, Any]] | None:
+        return [a for a in await alarms(api, flaky) if a["alarm_type"] == "comm_errors"] or None
+
+    (alarm,) = await eventually(raised, "the comm_errors alarm of the flaky meter")
+    assert (alarm["details"]["attempts"], alarm["details"]["failures"], alarm["details"]["rate"]) == ("10", "3", "30.0")
+    assert alarm["state"] == "active"
+    assert await open_types(api, dead) == set()  # every poll failed: that is the offline rule's alarm, not this one
+
+    # 3 failures of 20 polls, then of 40 (7.5 %): between the rates, so nothing changes; out of order on the way.
+    await publish(
+        mqtt_url,
+        (topics.poll_stats(gw), stats(gw, base + 15 * MINUTE, {flaky: (10, 0)})),
+        (topics.poll_stats(gw), stats(gw, base + 5 * MINUTE, {flaky: (10, 0)})),
+        (topics.poll_stats(gw), stats(gw, base + 10 * MINUTE, {flaky: (10, 0)})),
+        (topics.poll_stats(gw), stats(gw, base + 20 * MINUTE, {flaky: (10, 0)}, down=True)),  # not the meter's fault
+    )
+
+    async def counted() -> bool:
+        return await windows_counted(db, flaky) == 4
+
+    await eventually(counted, "four windows counted")
+    assert await open_types(api, flaky) == {"comm_errors"}
+    # 3 of 60 is 5 %: at the clear rate.
+    await publish(
+        mqtt_url,
+        (topics.poll_stats(gw), stats(gw, base + 25 * MINUTE, {flaky: (10, 0)})),
+        (topics.poll_stats(gw), stats(gw, base + 30 * MINUTE, {flaky: (10, 0)})),
+    )
+
+    async def cleared() -> bool:
+        return not await open_types(api, flaky)
+
+    await eventually(cleared, "the comm_errors alarm to clear")
+    assert [a["state"] for a in await alarms(api, flaky)] == ["cleared"]
+
+
+def test_more_failures_than_attempts_never_reach_the_wire() -> None:
+    with pytest.raises(ValueError, match="failures cannot exceed attempts"):
+        PollCounts(meter_id="E-1", attempts=2, failures=3)
+    payload = stats("G-1", NOW, {"E-1": (2, 2)}).model_dump_json().replace('"failures":2', '"failures":3')
+    with pytest.raises(ValueError, match="failures cannot exceed attempts"):
+        PollStats.model_validate_json(payload)
+
+
+# --- consumption in a vacant room from RoomOccupancy ----------------------------------------------------
+
+
+def hourly_readings(meter: str, hours: int, kwh_per_hour: str) -> list[Reading]:
+    """Readings on the hour for the last `hours` hours, the register rising steadily."""
+    start = HOUR_NOW - hours * HOUR
+    return [
+        Reading.create(
+            meter,
+            Utility.ELECTRICITY,
+            start + i * HOUR,
+            registers={"energy_active_import_total": Decimal(100) + i * Decimal(kwh_per_hour)},
+        )
+        for i in range(hours + 1)
+    ]
+
+
+def readings(gateway: str, *meters_readings: list[Reading]) -> tuple[str, ReadingBatch]:
+    batch = ReadingBatch(
+        source="collector-test", gateway_id=gateway, readings=tuple(r for rs in meters_readings for r in rs)
+    )
+    return topics.readings(gateway), batch
+
+
+async def taken_in(db: AsyncEngine, room: RoomOccupancy) -> bool:
+    async with db.connect() as conn:
+        held = (
+            await conn.execute(
+                text("SELECT message_id FROM alarm.room_occupancy WHERE room_id = :r"), {"r": room.room_id}
+            )
+        ).scalar_one_or_none()
+    return held == room.message_id
+
+
+async def test_a_retained_vacant_room_with_consumption_raises_vacant_usage_and_a_move_in_clears_it(
+    api: httpx.AsyncClient, mqtt_url: str, db: AsyncEngine
+) -> None:
+    meter = LONG_VACANT.meters[0].meter_id
+    await eventually(lambda: taken_in(db, LONG_VACANT), "the retained occupancy to be taken in")
+    await publish(mqtt_url, readings(f"G-{uid()}", hourly_readings(meter, 4, "0.8")))
+
+    async def raised() -> list[dict[str, Any]] | None:
+        return [a for a in await alarms(api, meter) if a["alarm_type"] == "vacant_usage"] or None
+
+    (alarm,) = await eventually(raised, "the vacant_usage alarm")
+    assert (alarm["state"], alarm["details"]["quantity"], alarm["details"]["room_id"]) == (
+        "active",
+        "0.8",
+        LONG_VACANT.room_id,
+    )
+    move_in = occupancy(LONG_VACANT.room_id, True, [meter], NOW, NOW - 10 * MINUTE)
+    await publish(mqtt_url, (topics.room_occupancy(move_in.room_id), move_in))
+
+    async def cleared() -> bool:
+        return not await open_types(api, meter)
+
+    await eventually(cleared, "the move-in to clear vacant_usage")
+
+
+async def test_meters_re_bound_between_rooms_follow_their_new_room_whatever_order_the_rooms_arrive_in(
+    api: httpx.AsyncClient, mqtt_url: str, db: AsyncEngine
+) -> None:
+    vacant, leased = f"R-{uid()}", f"R-{uid()}"
+    to_leased, to_vacant = f"E-{uid()}", f"E-{uid()}"
+    month_ago, t0 = NOW - timedelta(days=30), NOW - 3 * HOUR
+    # Before: `to_leased` supplies the vacant room, `to_vacant` the leased one.
+    await publish(
+        mqtt_url,
+        (topics.room_occupancy(vacant), occupancy(vacant, False, [to_leased], t0, month_ago)),
+        (topics.room_occupancy(leased), occupancy(leased, True, [to_vacant], t0, month_ago)),
+    )
+    # The meters swap rooms. The leased room's news arrives first though it is the older message, then the vacant
+    # room's, then a stale copy of the vacant room's first state, which must change nothing.
+    later_leased = occupancy(leased, True, [to_leased], t0 + MINUTE, month_ago)
+    later_vacant = occupancy(vacant, False, [to_vacant], t0 + 2 * MINUTE, month_ago)
+    stale = occupancy(vacant, False, [to_leased], t0 - HOUR, month_ago)
+    await publish(
+        mqtt_url,
+        (topics.room_occupancy(leased), later_leased),
+        (topics.room_occupancy(vacant), later_vacant),
+        (topics.room_occupancy(vacant), stale),
+    )
+    await eventually(lambda: taken_in(db, later_vacant), "the swap to be taken in")
+    await publish(
+        mqtt_url, readings(f"G-{uid()}", hourly_readings(to_leased, 3, "2"), hourly_readings(to_vacant, 3, "2"))
+    )
+
+    async def raised() -> set[str] | None:
+        return await open_types(api, to_vacant) or None
+
+    assert await eventually(raised, "vacant_usage of the meter moved into the vacant room") == {"vacant_usage"}
+    (alarm,) = await alarms(api, to_vacant)
+    assert alarm["details"]["room_id"] == vacant
+    assert await alarms(api, to_leased) == []  # its hours were judged in the same transaction
+    # Unbound from the vacant room altogether: it measures no room's consumption now, so its alarm clears.
+    unbound = occupancy(vacant, False, [], t0 + 3 * MINUTE, month_ago)
+    await publish(mqtt_url, (topics.room_occupancy(vacant), unbound))
+
+    async def cleared() -> bool:
+        return not await open_types(api, to_vacant)
+
+    await eventually(cleared, "the unbinding to clear vacant_usage")
+
+
+# --- electric leakage and clock drift from readings -----------------------------------------------------
+
+
+async def test_leakage_flag_residual_current_and_clock_offset_raise_and_clear_from_readings(
+    api: httpx.AsyncClient, mqtt_url: str
+) -> None:
+    flagged, residual, drifting, healthy = (f"E-{uid()}" for _ in range(4))
+    t0 = NOW - 30 * MINUTE
+
+    def reading(meter: str, minute: int, *flags: ReadingFlag, **registers: str) -> Reading:
+        return Reading.create(
+            meter,
+            Utility.ELECTRICITY,
+            t0 + minute * MINUTE,
+            registers={"energy_active_import_total": Decimal(10), **{k: Decimal(v) for k, v in registers.items()}},
+            flags=frozenset(flags),
+        )
+
+    first = [
+        reading(flagged, 0, ReadingFlag.LEAKAGE),
+        reading(residual, 0, **{RESIDUAL_CURRENT: "45"}),
+        reading(drifting, 0, **{CLOCK_OFFSET: "-420"}),
+        reading(healthy, 0, **{RESIDUAL_CURRENT: "30", CLOCK_OFFSET: "300"}),  # at the limits: not beyond
+    ]
+    await publish(mqtt_url, readings(f"G-{uid()}", first))
+
+    async def raised() -> list[set[str]] | None:
+        found = [await open_types(api, m) for m in (flagged, residual, drifting)]
+        return found if all(found) else None
+
+    assert await eventually(raised, "leakage and clock-drift alarms") == [
+        {"electric_leakage"},
+        {"electric_leakage"},
+        {"clock_drift"},
+    ]
+    (leak,) = await alarms(api, residual)
+    assert (leak["severity"], leak["details"]["value"], leak["details"]["unit"]) == ("critical", "45", "mA")
+    assert await alarms(api, healthy) == []
+    # Back inside the limits by the margin for the clear time (five minutes): every one clears.
+    later = [
+        reading(meter, minute, **{RESIDUAL_CURRENT: "3", CLOCK_OFFSET: "2"})
+        for minute in range(1, 8)
+        for meter in (flagged, residual, drifting)
+    ]
+    await publish(mqtt_url, readings(f"G-{uid()}", later))
+
+    async def cleared() -> bool:
+        return not any([await open_types(api, m) for m in (flagged, residual, drifting)])
+
+    await eventually(cleared, "the leakage and clock-drift alarms to clear")

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import aiomqtt
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -120,6 +121,54 @@ async def test_outbox_publishes_committed_events_in_order_and_drops_rolled_back_
                     while await _depth(engine, schema):
                         await asyncio.sleep(0.02)
             assert seen == list(range(1, 21))
+    finally:
+        await engine.dispose()
+
+
+class SlowLink(MqttLink):
+    """A replica whose broker connection is slow: each publish takes a while to be acknowledged."""
+
+    async def publish(
+        self, topic: str, message: BaseModel | bytes, *, qos: int = 1, retain: bool = False, timeout: float = 10.0
+    ) -> None:
+        await asyncio.sleep(0.05)
+        await super().publish(topic, message, qos=qos, retain=retain, timeout=timeout)
+
+
+async def test_two_replicas_draining_one_outbox_publish_in_order(database_url: str, mqtt_url: str) -> None:
+    schema = f"kit_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        await conn.execute(text(outbox_ddl(schema)))
+    account = f"acc-{uuid.uuid4().hex[:8]}"
+    slow = SlowLink(mqtt_url, service="kit-outbox", instance=uuid.uuid4().hex[:8])
+    fast = MqttLink(mqtt_url, service="kit-outbox", instance=uuid.uuid4().hex[:8])
+    replicas = [Outbox(engine, slow, schema, batch=3), Outbox(engine, fast, schema, batch=3)]
+    address = fast.address
+    try:
+        async with aiomqtt.Client(address.host, address.port) as listener:
+            await listener.subscribe(topics.balance(account), qos=1)
+            async with engine.begin() as conn:
+                for seq in range(1, 31):
+                    await replicas[0].add(conn, topics.balance(account), balance_event(account, seq))
+            assert await replicas[1].backlog(10) == 10
+            async with running(slow), running(fast, *((f"outbox-{i}", o.run) for i, o in enumerate(replicas))):
+                for outbox in replicas:
+                    outbox.notify()
+                seen: list[int] = []
+                async with asyncio.timeout(20):
+                    async for message in listener.messages:
+                        assert isinstance(message.payload, bytes)
+                        seen.append(BalanceEvent.model_validate_json(message.payload).sequence)
+                        if len(seen) == 30:
+                            break
+                async with asyncio.timeout(5):
+                    while await replicas[0].backlog(10):
+                        await asyncio.sleep(0.02)
+            # Without one drainer at a time the fast replica publishes the next batch while the slow
+            # one still sends the first: a subscriber sees them interleaved.
+            assert seen == list(range(1, 31))
     finally:
         await engine.dispose()
 

@@ -146,7 +146,8 @@ class RepublishOut(BaseModel):
     responses={
         200: {"description": "a replay: the settlement made under this Idempotency-Key"},
         409: {
-            "description": "final_reading_missing, lease_not_ended, move_out_not_reached, account_in_use, lease_settled"
+            "description": "final_reading_missing, lease_not_ended, move_out_not_reached, account_in_use, "
+            "month_run_pending, closing_value_superseded, lease_settled"
         },
         422: {"description": "unknown_meter, closing_value_below_register, closing_value_held"},
     },
@@ -178,6 +179,8 @@ async def lease_settlement(lease_id: str, settlements: Settlements) -> dict[str,
     "/rooms/occupancy/republish",
     response_model=RepublishOut,
     summary="Republish every room's retained occupancy (e.g. after the broker lost its retained messages)",
+    description="500 rooms per transaction, each chunk queued only once fewer than 500 events wait in the "
+    "outbox, so live events (balance changes) are not held up; returns when every room is queued.",
 )
 async def republish_occupancy(premises: Estate) -> dict[str, int]:
     return {"rooms": await premises.republish_occupancy()}

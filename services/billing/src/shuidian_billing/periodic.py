@@ -8,12 +8,15 @@ Once per estate and local month, after the month has ended:
     computed exactly (to 10 decimals), posted in whole fen rounded toward zero, and the cut-off
     remainder is carried to the household's next fee of the same component (`fee_carries`) — the
     ledger's one rounding rule (`shuidian_shared.money.split_cents`). What is posted per lease and
-    month is recorded in `fee_postings`: a move-out settlement posts the final month's part at
-    move-out, and the run then skips it (never charged twice);
+    month is recorded in `fee_postings`: a move-out settlement posts the months of the lease not
+    run yet (the move-out month's part at move-out), and the run then skips them (never charged
+    twice);
   * the month's consumption of the estate's common meters (stairwell lights, lifts, pumps),
     posted to the pool `shared:<estate>`, is allocated to the households leasing during the
-    month — by room area or equally, as the estate says — in whole fen that sum exactly to the
-    pool's cost (largest-remainder), and moved from the pool to each household.
+    month — by room area × leased days or by leased days alone, as the estate says — in whole fen
+    that sum exactly to the pool's cost (largest-remainder), and moved from the pool to each
+    household. A household whose lease was settled at move-out is not charged after its refund:
+    its part stays on the pool (borne by the estate, reported as `shared_area_waived`).
 Both draw on subsidy credit first, like consumption. A run is recorded and never repeated.
 """
 
@@ -246,6 +249,24 @@ async def post_fixed_fees(
     return lines
 
 
+def shared_area_weights(
+    leases: Sequence[tuple[str, Decimal, date, date | None]], basis: tariffs.SharedBasis, year: int, month: int
+) -> dict[str, Decimal]:
+    """Each household's weight in the month's 公摊: room area (or 1, by `basis`) × local days leased.
+
+    `leases` are (account, room area, move_in, move_out); two leases of one account add up, so two
+    households one after the other in a room share its area by their days, and a household leased
+    2 of 30 days weighs 2/30 of a whole month's.
+    """
+    weights: dict[str, Decimal] = {}
+    for account, area, moved_in, moved_out in leases:
+        days = leased_days(moved_in, moved_out, year, month)
+        if days:
+            per_day = Decimal(area) if basis is tariffs.SharedBasis.AREA else Decimal(1)
+            weights[account] = weights.get(account, Decimal(0)) + per_day * days
+    return weights
+
+
 class PeriodRuns:
     def __init__(self, engine: AsyncEngine, billing: Billing) -> None:
         self._engine = engine
@@ -295,7 +316,27 @@ class PeriodRuns:
                 "monthly_run",
             )
             pool = f"shared:{estate_id}"
+            households = shared_area_weights(
+                [(lease.account_id, lease.area_m2, lease.move_in, lease.move_out) for lease in leases],
+                tariffs.SharedBasis(estate.shared_basis),
+                year,
+                month,
+            )
+            # A household settled at move-out has had its paid credit refunded: its part is left on the
+            # pool (borne by the estate, reported), never charged after the settlement nor moved to others.
+            settled = set(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT l.account_id FROM billing.lease_settlements s JOIN billing.leases l USING (lease_id) "
+                            "WHERE s.lease_id = ANY(:l)"
+                        ),
+                        {"l": [lease.lease_id for lease in leases]},
+                    )
+                ).scalars()
+            )
             shared: dict[str, dict[str, Decimal]] = {}
+            waived: dict[str, dict[str, Decimal]] = {}
             charges: list[Charge] = []
             for row in await conn.execute(
                 text(
@@ -307,11 +348,11 @@ class PeriodRuns:
                 {"p": pool, "start": start, "end": end},
             ):
                 cost = -row.cost
-                households = {lease.account_id: lease.area_m2 for lease in leases}
                 if cost > 0 and households:
                     utility = Utility(row.revenue.removeprefix("revenue:"))
-                    parts = tariffs.allocate_shared_cost(cost, households, tariffs.SharedBasis(estate.shared_basis))
-                    shared[utility.value] = {k: v for k, v in parts.items() if v}
+                    parts = tariffs.allocate_shared_cost(cost, households, tariffs.SharedBasis.AREA)
+                    shared[utility.value] = {k: v for k, v in parts.items() if v and k not in settled}
+                    waived[utility.value] = {k: v for k, v in parts.items() if v and k in settled}
                     for account, amount in shared[utility.value].items():
                         charges.append(
                             Charge(account, utility, "shared_area", amount, f"公摊 {year:04d}-{month:02d}", pool)
@@ -322,12 +363,15 @@ class PeriodRuns:
                 "estate_id": estate_id,
                 "month": f"{year:04d}-{month:02d}",
                 "fixed_fees": {
-                    a: str(sum((f["amount"] for f in fees if f["account_id"] == a), Decimal(0))) for a in accounts
+                    a: str(sum((f["amount"] for f in fees if f["account_id"] == a), Decimal("0.00"))) for a in accounts
                 },
                 "fixed_fee_lines": [
                     {k: str(v) if isinstance(v, Decimal) else v for k, v in f.items() if k != "txn_id"} for f in fees
                 ],
                 "shared_area": {u: {a: str(v) for a, v in parts.items()} for u, parts in shared.items()},
+                "shared_area_waived": {
+                    u: {a: str(v) for a, v in parts.items()} for u, parts in waived.items() if parts
+                },
             }
             await conn.execute(
                 text("INSERT INTO billing.period_runs (estate_id, month, summary) VALUES (:e, :m, CAST(:s AS jsonb))"),

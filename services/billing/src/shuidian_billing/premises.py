@@ -7,8 +7,10 @@ leased the room at each instant; a move-out, move-in, meter move or replacement 
 interval between households pro rata by time.
 
 Every change of a room's lease or meters queues its `RoomOccupancy` (retained, per room) in the
-outbox in the same transaction; `occupancy_loop` republishes every room at start (a fresh broker
-gets the retained state) and then the rooms whose dated lease or binding took effect since.
+outbox in the same transaction; `occupancy_loop` publishes the rooms whose dated lease or binding
+took effect since its last pass (at start: over the day before). Every room is republished only on
+demand (`republish_occupancy`, after a broker lost its retained state), in chunks queued while the
+outbox is nearly empty, so it never delays the balance events behind it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import io
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -36,7 +38,11 @@ from shuidian_shared.messages import MeterRef, RoomOccupancy, Utility
 log = logging.getLogger(__name__)
 
 REPUBLISH_CHUNK = 500
-"""Rooms per transaction when every room's occupancy is republished."""
+"""Rooms per transaction when every room's occupancy is republished; the next chunk is queued once
+fewer than this many events wait in the outbox (live events are never queued behind more than two)."""
+REPUBLISH_WAIT_SECONDS = 0.2
+STARTUP_LOOKBACK = timedelta(days=1)
+"""At start, dated transitions are looked up this far back (what took effect while billing was down)."""
 
 CSV_COLUMNS = (
     "building",
@@ -435,6 +441,8 @@ class Premises:
         count = 0
         after = ""
         while True:
+            while await self._outbox.backlog(REPUBLISH_CHUNK) >= REPUBLISH_CHUNK:
+                await asyncio.sleep(REPUBLISH_WAIT_SECONDS)  # other traffic first
             async with self._engine.begin() as conn:
                 rooms = list(
                     (
@@ -471,24 +479,20 @@ class Premises:
         return count
 
     async def occupancy_loop(self, interval_seconds: float = 60.0) -> None:
-        """Republish every room once, then each room whose dated move-in, move-out or binding came due."""
-        since = datetime.now(UTC)
+        """Publish each room whose dated move-in, move-out or binding came due (from a day before start).
+
+        Every room is not republished at start: with many rooms that would queue their retained
+        messages ahead of the balance events on every restart (the broker keeps them anyway).
+        """
+        since = datetime.now(UTC) - STARTUP_LOOKBACK
         while True:
-            try:
-                count = await self.republish_occupancy()
-                log.info("republished the occupancy of %d rooms", count)
-                break
-            except Exception:
-                log.exception("republishing room occupancy failed; will retry")
-                await asyncio.sleep(interval_seconds)
-        while True:
-            await asyncio.sleep(interval_seconds)
             until = datetime.now(UTC)
             try:
                 await self.publish_transitions(since, until)
                 since = until
             except Exception:
                 log.exception("publishing room occupancy transitions failed; will retry")
+            await asyncio.sleep(interval_seconds)
 
     # --- scope ----------------------------------------------------------------------------------
 

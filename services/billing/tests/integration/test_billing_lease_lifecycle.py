@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from shuidian_billing.billing import Billing
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
-from shuidian_billing.premises import Premises, local_midnight
+from shuidian_billing.premises import REPUBLISH_CHUNK, Premises, local_midnight
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -458,3 +458,259 @@ async def test_a_shared_account_is_not_settled_while_another_lease_uses_it(clien
         json={"tenant_id": tenant, "room_id": second, "move_in": "2024-01-01", "account_id": account},
     )
     problem(await settle(client, lease, uid("key"), move_out=date(2024, 2, 1).isoformat()), 409, "account_in_use")
+
+
+# --- settlement against the monthly run (the run comes before or after, the old run's rows) ----------
+
+
+async def topup(client: httpx.AsyncClient, account: str, amount: str) -> None:
+    await ok(
+        client,
+        "POST",
+        f"/v1/accounts/{account}/topups",
+        json={"amount": amount, "channel": "cash"},
+        headers={"Idempotency-Key": uid("topup")},
+    )
+
+
+async def fee_entries(app: FastAPI, account: str) -> list[Decimal]:
+    async with app.state.billing._engine.connect() as conn:
+        return list(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT amount FROM billing.ledger_entries WHERE ledger_account LIKE :h "
+                        "AND kind = 'fixed_fee' ORDER BY entry_id"
+                    ),
+                    {"h": f"household:{account}%"},
+                )
+            ).scalars()
+        )
+
+
+async def test_the_fees_of_months_not_run_are_settled_and_the_run_never_charges_them_again(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    estate_id, floor = await estate(client)
+    room_id = await room(client, floor)
+    meter = uid("E")
+    await ok(client, "PUT", f"/v1/rooms/{room_id}/meters/{meter}", json={"utility": "electricity"})
+    _, lease, account = await move_in(client, room_id, "2024-03-01")
+    await topup(client, account, "100.00")
+    await read(app, meter, local("2024-03-01"), "0")
+    await ok(client, "POST", f"/v1/leases/{lease}/move-out", json={"move_out": "2024-04-02"})
+    await read(app, meter, local("2024-04-03"), "10")  # 10 kWh over 33 days: 32 of them leased
+
+    # March is not run yet (and has no 公摊): the settlement posts its fee with April's one day.
+    done = (await settle(client, lease, uid("key"))).json()
+    fees = [(f["month"], f["days"], f["amount"], f["posted_by"]) for f in done["final_bill"]["fixed_fees"]]
+    assert fees == [("2024-03", 31, "31.00", "settlement"), ("2024-04", 1, "1.03", "settlement")]
+    # 32/33 of 10 kWh = 9.6969… kWh: 9.69 posted, 0.0069… under a fen is waived, not kept back from the refund.
+    assert done["closing_balance"]["paid"] == "0.00"
+    assert Decimal(done["closing_balance"]["pending"]) == 0
+    assert done["refund"]["refunded"] == "58.28"  # 100 − 31.00 − 9.69 − 1.03
+    assert done["arrears"] == "0.00"
+
+    # The runs of March and April, after it, charge the settled lease nothing more.
+    march = await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-03/run")
+    april = await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-04/run")
+    assert (march["fixed_fees"], april["fixed_fees"]) == ({}, {})
+    view = await ok(client, "GET", f"/v1/accounts/{account}")
+    assert (view["balance"], view["paid_balance"]) == ("0.00", "0.00")
+    assert await fee_entries(app, account) == [Decimal("-31.00"), Decimal("-1.03")]
+
+
+async def test_a_month_with_shared_cost_not_run_holds_the_settlement(app: FastAPI, client: httpx.AsyncClient) -> None:
+    estate_id, floor = await estate(client)
+    room_id = await room(client, floor)
+    common = uid("C")
+    await ok(client, "PUT", f"/v1/estates/{estate_id}/common-meters/{common}", json={"utility": "electricity"})
+    _, lease, account = await move_in(client, room_id, "2024-03-01")
+    await topup(client, account, "100.00")
+    await read(app, common, local("2024-03-01"), "0")
+    await read(app, common, local("2024-03-31"), "20")  # 20.00 of 公摊 in March
+    await app.state.billing.flush(before=local("2024-04-01"))
+
+    # Only the run shares March's 公摊 out: refunding first would leave it unpaid. Refused, nothing kept.
+    held = problem(await settle(client, lease, uid("key"), move_out="2024-04-02"), 409, "month_run_pending")
+    assert "2024-03" in held["detail"]
+    assert (await ok(client, "GET", f"/v1/rooms/{room_id}"))["leases"][0]["move_out"] is None
+
+    march = await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-03/run")
+    assert (march["fixed_fees"], march["shared_area"]) == ({account: "31.00"}, {"electricity": {account: "20.00"}})
+    done = (await settle(client, lease, uid("key"), move_out="2024-04-02")).json()
+    assert [(f["month"], f["amount"]) for f in done["final_bill"]["fixed_fees"]] == [("2024-04", "1.03")]
+    assert (done["refund"]["refunded"], done["arrears"]) == ("47.97", "0.00")  # 100 − 31.00 − 20.00 − 1.03
+
+
+async def test_shared_area_follows_leased_days_and_is_never_charged_after_a_settlement(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    estate_id, floor = await estate(client)
+    rooms = [await room(client, floor) for _ in range(3)]  # 40 m² each
+    common = uid("C")
+    await ok(client, "PUT", f"/v1/estates/{estate_id}/common-meters/{common}", json={"utility": "electricity"})
+    _, short, early = await move_in(client, rooms[0], "2024-06-01")  # leaves on the 3rd: 2 days
+    _, _, whole = await move_in(client, rooms[1], "2024-06-01")  # 30 days
+    _, first_half, first = await move_in(client, rooms[2], "2024-06-01")  # 15 days, then
+    await ok(client, "POST", f"/v1/leases/{first_half}/move-out", json={"move_out": "2024-06-16"})
+    _, _, second = await move_in(client, rooms[2], "2024-06-16")  # another household 15 days
+    await topup(client, early, "100.00")
+    await read(app, common, local("2024-06-01"), "0")
+    await read(app, common, local("2024-06-30"), "100")  # 100.00 of 公摊 in June
+
+    done = (await settle(client, short, uid("key"), move_out="2024-06-03")).json()
+    assert done["refund"]["refunded"] == "97.94"  # 2 of 30 days of 31.00 = 2.06
+    june = await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-06/run")
+    # Weights: 40 m² × days = 80 (settled), 1200, 600, 600 of 2480. 100.00 × 80/2480 = 3.23 stays on the
+    # pool (borne by the estate, reported): the others pay their own part, never the settled one's.
+    assert june["shared_area"] == {"electricity": {whole: "48.39", first: "24.19", second: "24.19"}}
+    assert june["shared_area_waived"] == {"electricity": {early: "3.23"}}
+    view = await ok(client, "GET", f"/v1/accounts/{early}")
+    assert (view["balance"], view["paid_balance"]) == ("0.00", "0.00")
+
+
+async def test_a_month_run_before_fee_postings_existed_is_not_charged_again(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    estate_id, floor = await estate(client)
+    room_id = await room(client, floor)
+    _, lease, account = await move_in(client, room_id, "2024-07-01")
+    await topup(client, account, "100.00")
+    await ok(client, "POST", f"/v1/leases/{lease}/move-out", json={"move_out": "2024-08-11"})
+    await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-07/run")
+    await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-08/run")
+    # As the runs before migration 0003 left it: the fees on the ledger, the runs recorded, no fee_postings.
+    async with app.state.billing._engine.begin() as conn:
+        await conn.execute(text("DELETE FROM billing.fee_postings WHERE lease_id = :l"), {"l": lease})
+    charged = await fee_entries(app, account)
+    assert charged == [Decimal("-31.00"), Decimal("-10.00")]
+    done = (await settle(client, lease, uid("key"))).json()
+    assert done["final_bill"]["fixed_fees"] == []
+    assert await fee_entries(app, account) == charged
+    assert done["refund"]["refunded"] == "59.00"
+
+
+async def test_a_closing_value_overtaken_by_a_real_reading_is_not_recorded(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shuidian_billing.payments import ledger_port
+
+    _, floor = await estate(client)
+    room_id = await room(client, floor)
+    meter = uid("E")
+    await ok(client, "PUT", f"/v1/rooms/{room_id}/meters/{meter}", json={"utility": "electricity"})
+    _, lease, _ = await move_in(client, room_id, "2024-09-01")
+    await read(app, meter, local("2024-09-01"), "0")
+    await ok(client, "POST", f"/v1/leases/{lease}/move-out", json={"move_out": "2024-09-11"})
+    bill_readings = ledger_port.bill_readings
+
+    async def real_reading_first(billing: Billing, batch: ReadingBatch) -> None:
+        await read(app, meter, local("2024-09-12"), "30")  # the meter's own reading arrives meanwhile
+        await bill_readings(billing, batch)
+
+    monkeypatch.setattr(ledger_port, "bill_readings", real_reading_first)
+    key = uid("key")
+    closing = [{"meter_id": meter, "value": "20"}]
+    problem(await settle(client, lease, key, closing_readings=closing), 409, "closing_value_superseded")
+    monkeypatch.undo()
+    async with app.state.billing._engine.connect() as conn:
+        recorded = (
+            await conn.execute(text("SELECT count(*) FROM billing.closing_readings WHERE lease_id = :l"), {"l": lease})
+        ).scalar_one()
+    assert recorded == 0
+    done = (await settle(client, lease, uid("key"))).json()
+    assert [(r["source"], r["value"]) for r in done["final_readings"]] == [("meter", "30.000000")]
+
+
+async def test_the_same_settlement_sent_twice_at_once_is_one_settlement(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, floor = await estate(client)
+    room_id = await room(client, floor)
+    _, lease, account = await move_in(client, room_id, "2024-10-01")
+    await topup(client, account, "50.00")
+    await ok(client, "POST", f"/v1/leases/{lease}/move-out", json={"move_out": "2024-10-11"})
+    key = uid("key")
+    responses = await asyncio.gather(*(settle(client, lease, key) for _ in range(3)))
+    assert all(r.status_code in (200, 201) for r in responses), [r.text for r in responses]
+    assert len({r.json()["settlement_id"] for r in responses}) == 1
+    view = await ok(client, "GET", f"/v1/accounts/{account}")
+    assert (view["balance"], view["paid_balance"]) == ("0.00", "0.00")  # refunded once: 50.00 − 10.00
+    assert await fee_entries(app, account) == [Decimal("-10.00")]
+
+
+async def test_an_account_still_paying_for_a_meter_of_its_own_is_not_settled(client: httpx.AsyncClient) -> None:
+    _, floor = await estate(client)
+    room_id = await room(client, floor)
+    _, lease, account = await move_in(client, room_id, "2024-11-01")
+    await ok(client, "PUT", f"/v1/meters/{uid('E')}/binding", json={"account_id": account, "utility": "electricity"})
+    problem(await settle(client, lease, uid("key"), move_out="2024-11-11"), 409, "account_in_use")
+
+
+async def test_republishing_every_room_waits_while_the_outbox_is_busy(app: FastAPI, client: httpx.AsyncClient) -> None:
+    _, floor = await estate(client)
+    await room(client, floor)
+    premises: Premises = app.state.premises
+    engine = app.state.billing._engine
+
+    async def queued() -> int:
+        async with engine.connect() as conn:
+            count: int = (
+                await conn.execute(
+                    text("SELECT count(*) FROM billing.outbox WHERE topic LIKE :t"), {"t": "%/occupancy"}
+                )
+            ).scalar_one()
+            return count
+
+    # Balance events and the like wait in the outbox (the drainer held off by holding its lock) …
+    async with engine.connect() as holder:
+        await holder.execute(text("BEGIN"))
+        await holder.execute(text("SELECT pg_advisory_xact_lock(hashtext('outbox:billing'))"))
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.outbox (topic, payload) SELECT 'shuidian/v1/test/backlog', "
+                    "convert_to('{}', 'UTF8') FROM generate_series(1, :n)"
+                ),
+                {"n": REPUBLISH_CHUNK},
+            )
+        before = await queued()  # the drainer is held off: only what the calls above queued
+        republish = asyncio.create_task(premises.republish_occupancy())
+        await asyncio.sleep(1.0)
+        # … so no room is queued behind them yet.
+        assert not republish.done()
+        assert await queued() == before
+        await holder.execute(text("COMMIT"))
+    async with asyncio.timeout(30):
+        assert await republish >= 1
+
+
+async def test_two_operators_settling_at_once_record_only_the_value_billed(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, floor = await estate(client)
+    room_id = await room(client, floor)
+    meter = uid("E")
+    await ok(client, "PUT", f"/v1/rooms/{room_id}/meters/{meter}", json={"utility": "electricity"})
+    _, lease, _ = await move_in(client, room_id, "2024-12-01")
+    await read(app, meter, local("2024-12-01"), "0")
+    await ok(client, "POST", f"/v1/leases/{lease}/move-out", json={"move_out": "2024-12-11"})
+    responses = await asyncio.gather(
+        *(settle(client, lease, uid("key"), closing_readings=[{"meter_id": meter, "value": v}]) for v in ("20", "25"))
+    )
+    assert sorted(r.status_code for r in responses) == [201, 409], [r.text for r in responses]
+    refused = next(r for r in responses if r.status_code == 409).json()
+    assert refused["code"] in ("closing_value_superseded", "lease_settled", "final_reading_present")
+    async with app.state.billing._engine.connect() as conn:
+        recorded = (
+            await conn.execute(text("SELECT value FROM billing.closing_readings WHERE lease_id = :l"), {"l": lease})
+        ).scalar_one()
+        mark = (
+            await conn.execute(
+                text("SELECT value, sampled_at FROM billing.watermarks WHERE meter_id = :m"), {"m": meter}
+            )
+        ).one()
+    assert (mark.value, mark.sampled_at) == (recorded, local("2024-12-11"))
+    settled = next(r for r in responses if r.status_code == 201).json()
+    assert settled["final_readings"][0]["value"] == f"{recorded:.6f}"

@@ -515,7 +515,8 @@ async def test_monthly_run_posts_fixed_fees_and_shares_common_consumption_by_are
     second = uid("r")
     await service.ok("PUT", f"/v1/rooms/{second}", json={"floor_id": floor, "code": uid("2-01"), "area_m2": "157.20"})
     _, a = await move_in(service, first, "2018-01-01")
-    _, b = await move_in(service, second, "2018-06-10")  # moved in mid-month: shares 公摊, pays 21 of June's 30 days
+    # b moved in mid-month: pays 21 of June's 30 days of the fee and of 公摊.
+    _, b = await move_in(service, second, "2018-06-10")
     common = uid("LIFT")
     await service.ok("PUT", f"/v1/estates/{estate}/common-meters/{common}", json={"utility": "electricity"})
     june = datetime(2018, 6, 1, tzinfo=UTC) - CST
@@ -523,12 +524,12 @@ async def test_monthly_run_posts_fixed_fees_and_shares_common_consumption_by_are
     await service.read(common, june + timedelta(days=19), "300.02")  # 200.02 kWh × 0.50 = 100.01
     run = await service.ok("POST", f"/v1/estates/{estate}/months/2018-06/run")
     assert run["fixed_fees"] == {a: "5.00", b: "3.50"}  # 5.00 × 21/30
-    # 100.01 by area 52.40 : 157.20 (1 : 3) → 25.00 and 75.00, the odd fen to the larger remainder.
-    assert run["shared_area"] == {"electricity": {a: "25.00", b: "75.01"}}
+    # 100.01 by area × leased days, 52.40 × 30 : 157.20 × 21 → 32.26 and 67.74, the odd fen to the larger remainder.
+    assert run["shared_area"] == {"electricity": {a: "32.26", b: "67.75"}}
     again = await service.ok("POST", f"/v1/estates/{estate}/months/2018-06/run")
     assert again["replayed"] is True
     views = {x: await service.ok("GET", f"/v1/accounts/{x}") for x in (a, b)}
-    assert (views[a]["balance"], views[b]["balance"]) == ("-30.00", "-78.51")
+    assert (views[a]["balance"], views[b]["balance"]) == ("-37.26", "-71.25")
     async with service.billing._engine.connect() as conn:
         pool = (
             await conn.execute(

@@ -9,7 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_billing.periodic import days_in_month, leased_days, prorate_fee
+from shuidian_billing.domain.tariffs import SharedBasis, allocate_shared_cost
+from shuidian_billing.periodic import days_in_month, leased_days, prorate_fee, shared_area_weights
 
 D = Decimal
 
@@ -100,3 +101,39 @@ def test_two_households_of_one_room_sum_to_the_fee_within_a_fen(year: int, month
 def test_prorate_fee_refuses_impossible_days(days: int, month_days: int) -> None:
     with pytest.raises(ValueError, match="leased days"):
         prorate_fee(D("5.00"), days, month_days)
+
+
+def test_shared_area_weights_follow_area_and_leased_days() -> None:
+    june = [
+        ("short", D("40.00"), date(2024, 6, 1), date(2024, 6, 3)),  # 2 days
+        ("whole", D("40.00"), date(2024, 5, 1), None),  # 30 days
+        ("first", D("60.00"), date(2024, 1, 1), date(2024, 6, 16)),  # one room, two households: 15 days …
+        ("second", D("60.00"), date(2024, 6, 16), None),  # … and 15 days
+        ("gone", D("40.00"), date(2024, 1, 1), date(2024, 6, 1)),  # no day of June
+        ("moved", D("20.00"), date(2024, 6, 1), date(2024, 6, 11)),  # one account, two rooms: 10 days here …
+        ("moved", D("30.00"), date(2024, 6, 11), None),  # … 20 days there
+    ]
+    assert shared_area_weights(june, SharedBasis.AREA, 2024, 6) == {
+        "short": D(80),
+        "whole": D(1200),
+        "first": D(900),
+        "second": D(900),
+        "moved": D(800),
+    }
+    assert shared_area_weights(june, SharedBasis.EQUAL, 2024, 6) == {
+        "short": 2,
+        "whole": 30,
+        "first": 15,
+        "second": 15,
+        "moved": 30,
+    }
+    # The whole room's area over the month, never counted twice for its two households.
+    parts = allocate_shared_cost(D("100.00"), shared_area_weights(june, SharedBasis.AREA, 2024, 6), SharedBasis.AREA)
+    # 10000 fen × 80, 1200, 900, 900, 800 of 3880; the 3 fen left go to the largest remainders.
+    assert parts == {
+        "short": D("2.06"),
+        "whole": D("30.93"),
+        "first": D("23.20"),
+        "second": D("23.19"),
+        "moved": D("20.62"),
+    }

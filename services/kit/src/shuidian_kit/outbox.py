@@ -17,6 +17,7 @@ from shuidian_kit.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
 
+_BUSY_RETRY_SECONDS = 0.05
 DEPTH = Gauge("shuidian_outbox_depth", "events committed but not yet published", ["service"])
 
 
@@ -39,6 +40,7 @@ class Outbox:
         self._engine = engine
         self._mqtt = mqtt
         self._table = f'"{schema}".outbox'
+        self._lock_key = f"outbox:{schema}"
         self._batch = batch
         self._wake = asyncio.Event()
         self._service = mqtt.service
@@ -79,9 +81,26 @@ class Outbox:
                 log.exception("outbox relay failed; retrying")
                 await asyncio.sleep(1.0)
 
+    async def backlog(self, limit: int) -> int:
+        """Events committed and not yet published, counted up to `limit` (never a full scan)."""
+        async with self._engine.connect() as conn:
+            count: int = (
+                await conn.execute(text(f"SELECT count(*) FROM (SELECT 1 FROM {self._table} LIMIT :n) d"), {"n": limit})
+            ).scalar_one()
+        return count
+
     async def _drain_once(self) -> bool:
-        """Publish one batch in id order; True if there may be more."""
+        """Publish one batch in id order; True if there may be more.
+
+        One drainer at a time per outbox (across replicas): two publishing consecutive batches at
+        once could put an older retained message on the broker after a newer one.
+        """
         async with self._engine.begin() as conn:
+            if not (
+                await conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtext(:k))"), {"k": self._lock_key})
+            ).scalar_one():
+                await asyncio.sleep(_BUSY_RETRY_SECONDS)  # another replica is draining: look again shortly
+                return True
             rows = (
                 await conn.execute(
                     text(

@@ -86,3 +86,19 @@ async def balance_figures(billing: Billing, conn: AsyncConnection, account_id: s
         name: sum((purse[name] for purse in figures.values()), ZERO)
         for name in ("paid", "subsidy", "pending", "available")
     }
+
+
+async def waive_sub_fen(conn: AsyncConnection, account_id: str) -> None:
+    """Drop the account's sub-fen carries (consumption and fees) at its final bill.
+
+    Amounts are posted in whole fen rounded toward zero, the part of a fen cut off carried to the
+    next posting: a closed account has no next posting, so what is under a fen is never charged —
+    and must not hold back a fen of the refund (refundable credit counts carries as owed).
+    """
+    await conn.execute(
+        text("UPDATE billing.carries SET remainder = 0 WHERE account_id = :a AND remainder <> 0"), {"a": account_id}
+    )
+    await conn.execute(
+        text("UPDATE billing.fee_carries SET remainder = 0 WHERE account_id = :a AND remainder <> 0"),
+        {"a": account_id},
+    )

@@ -4,13 +4,16 @@ idempotent, audited operation.
 1. Check, in one transaction (ending the lease first when a move-out date is given): the move-out
    hour has passed; the account pays for no other lease after it; every meter the room had at the
    move-out instant has a reading at or after it — whose delta bills the household for its part —
-   or the operator gives a closing value for it. Otherwise nothing happens (409
-   `final_reading_missing`).
+   or the operator gives a closing value for it; no month before the move-out month with 公摊 to
+   share is waiting for its monthly run (409 `month_run_pending`). Otherwise nothing happens (409
+   `final_reading_missing`, …). 公摊 is never charged to a settled household.
 2. Bill each closing value exactly like a reading sampled at the move-out instant (same path,
    same watermark rules; a value below the register or implausible is held and refused), recorded
-   with its operator in `closing_readings`.
-3. Post every ended hour's accruals (the flush) and the move-out month's fixed fees pro-rated to
-   the days leased (`periodic.post_fixed_fees`; the monthly run then skips them).
+   with its operator in `closing_readings`; the meter's register must then be exactly that value at
+   the move-out instant (else 409 `closing_value_superseded`: what is recorded is what was billed).
+3. Post every ended hour's accruals (the flush) and the fixed fees, pro-rated to the days leased,
+   of every month of the lease not run yet (`periodic.post_fixed_fees`; the monthly run then skips
+   them) — a month already run charged them — and waive the account's sub-fen carries.
 4. Refund the remaining paid credit (`Refunds.settle`: newest payments first, each through its own
    channel; subsidy is never refunded). Arrears stay on the ledger as a receivable and are reported.
 
@@ -113,6 +116,17 @@ class LeaseSettlements:
                     code="closing_value_held",
                     status_code=422,
                 )
+            # What is recorded must be what was billed: a reading after move-out arriving meanwhile, or
+            # another operator's different value billed first, leaves the register elsewhere.
+            superseded = [
+                m for m, value in to_bill.items() if (meters[m].value, meters[m].sampled_at) != (value, lease.ends_at)
+            ]
+            if superseded:
+                raise Conflict(
+                    f"录入值未计费（表已有其他读数）· closing value(s) not billed, the meter's register moved on: "
+                    f"{', '.join(sorted(superseded))}; settle again",
+                    code="closing_value_superseded",
+                )
             await self._record_closings(conn, lease, meters, to_bill, operator, reason)
             if earlier is None:
                 await self._claim(conn, lease_id, key, fingerprint, operator, reason)
@@ -121,22 +135,29 @@ class LeaseSettlements:
                     text("SELECT settlement_id FROM billing.lease_settlements WHERE lease_id = :l"), {"l": lease_id}
                 )
             ).scalar_one()
-        # 3. Final bill: every ended hour on the ledger, then the move-out month's fees.
+        # 3. Final bill: every ended hour on the ledger, then the fees of the months not run.
         await ledger_port.post_ended_hours(self._billing, now.replace(minute=0, second=0, microsecond=0))
-        last_day = lease.move_out - timedelta(days=1)
         async with self._engine.begin() as conn:
             # Two retries of one key at once: the second waits here and finds the fees posted.
             await conn.execute(
                 text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"lease-settlement:{lease_id}"}
             )
-            await post_fixed_fees(
-                conn,
-                self._billing,
-                [LeaseTerm(lease.lease_id, lease.account_id, lease.move_in, lease.move_out)],
-                last_day.year,
-                last_day.month,
-                "settlement",
-            )
+            # The estate's monthly run locks the estate: one of the two goes first and the other sees it.
+            estate = await estate_of(conn, lease.room_id)
+            await conn.execute(text("SELECT 1 FROM billing.estates WHERE estate_id = :e FOR SHARE"), {"e": estate})
+            # A month already run charged its fees (runs before fee_postings existed, too): only the others.
+            for month in await months_not_run(conn, lease, estate, earlier=False):
+                await post_fixed_fees(
+                    conn,
+                    self._billing,
+                    [LeaseTerm(lease.lease_id, lease.account_id, lease.move_in, lease.move_out)],
+                    month.year,
+                    month.month,
+                    "settlement",
+                )
+            # Under a fen is never charged (rounding toward zero): drop the sub-fen carries so the whole
+            # paid balance goes back.
+            await ledger_port.waive_sub_fen(conn, lease.account_id)
             await ledger_port.after_debit(self._billing, conn, lease.account_id)
         self._outbox.notify()
         # 4. Refund of the paid credit left (subsidy is kept), then the summary, stored for replays.
@@ -169,21 +190,22 @@ class LeaseSettlements:
     async def _earlier(conn: AsyncConnection, lease_id: str, key: str, fingerprint: str) -> Any:
         """The settlement this key started (to replay or resume); refuses a key reused or a lease settled."""
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"lease-settlement:{lease_id}"})
-        by_key = (
+        # One statement (one snapshot): a concurrent request's claim is seen by key and by lease alike.
+        rows = (
             await conn.execute(
-                text("SELECT lease_id, fingerprint, summary FROM billing.lease_settlements WHERE idempotency_key = :k"),
-                {"k": key},
+                text(
+                    "SELECT lease_id, idempotency_key, settlement_id, fingerprint, summary "
+                    "FROM billing.lease_settlements WHERE idempotency_key = :k OR lease_id = :l"
+                ),
+                {"k": key, "l": lease_id},
             )
-        ).first()
+        ).all()
+        by_key = next((r for r in rows if r.idempotency_key == key), None)
         if by_key is not None:
             if by_key.lease_id != lease_id or by_key.fingerprint != fingerprint:
                 raise Conflict("idempotency key already used for a different settlement", code="idempotency_conflict")
             return by_key
-        other = (
-            await conn.execute(
-                text("SELECT settlement_id FROM billing.lease_settlements WHERE lease_id = :l"), {"l": lease_id}
-            )
-        ).first()
+        other = next((r for r in rows if r.lease_id == lease_id), None)
         if other is not None:
             raise Conflict(
                 f"租约已结算 · lease {lease_id} is already settled (settlement {other.settlement_id})",
@@ -216,6 +238,32 @@ class LeaseSettlements:
             raise Conflict(
                 f"账户仍用于租约 {other.lease_id} · account {lease.account_id} still pays for lease {other.lease_id}",
                 code="account_in_use",
+            )
+        meter = (
+            await conn.execute(
+                text(
+                    "SELECT meter_id FROM billing.meter_bindings WHERE account_id = :a "
+                    "AND (valid_to IS NULL OR valid_to > :e) ORDER BY meter_id LIMIT 1"
+                ),
+                {"a": lease.account_id, "e": lease.ends_at},
+            )
+        ).first()
+        if meter is not None:
+            raise Conflict(
+                f"账户仍直接绑定表 {meter.meter_id} · account {lease.account_id} still pays for meter {meter.meter_id} "
+                "bound to it after the move-out",
+                code="account_in_use",
+            )
+        # An ended month not run yet: the settlement posts its fixed fees, but only the run can share
+        # its 公摊 out — refunding first would leave the household's share unpaid. Run it, then settle.
+        estate = await estate_of(conn, lease.room_id)
+        pending = await months_with_shared_cost(conn, estate, await months_not_run(conn, lease, estate, earlier=True))
+        if pending:
+            months = ", ".join(f"{m:%Y-%m}" for m in pending)
+            raise Conflict(
+                f"请先执行 {months} 的月度结算（公摊未分摊）· run the estate's month(s) {months} first: "
+                "their 公摊 is not shared out yet",
+                code="month_run_pending",
             )
 
     @staticmethod
@@ -344,6 +392,15 @@ class LeaseSettlements:
                     {"l": lease_id, "s": uuid.uuid4(), "k": key, "f": fingerprint, "o": operator, "r": reason},
                 )
         except IntegrityError as err:
+            # The same request sent twice at once: the loser resumes the winner's settlement.
+            winner = (
+                await conn.execute(
+                    text("SELECT lease_id, fingerprint FROM billing.lease_settlements WHERE idempotency_key = :k"),
+                    {"k": key},
+                )
+            ).first()
+            if winner is not None and (winner.lease_id, winner.fingerprint) == (lease_id, fingerprint):
+                return
             raise Conflict(f"lease {lease_id} is being settled under another key", code="lease_settled") from err
 
     async def _summary(
@@ -407,7 +464,8 @@ class LeaseSettlements:
             for r in await conn.execute(
                 text(
                     "SELECT to_char(month, 'YYYY-MM') AS month, utility, component, days, days_in_month, amount, posted_by "
-                    "FROM billing.fee_postings WHERE lease_id = :l AND month >= :m ORDER BY month, utility, component"
+                    "FROM billing.fee_postings WHERE lease_id = :l AND (month >= :m OR posted_by = 'settlement') "
+                    "ORDER BY month, utility, component"
                 ),
                 {"l": lease.lease_id, "m": date(last_day.year, last_day.month, 1)},
             )
@@ -439,6 +497,58 @@ class LeaseSettlements:
         }
         result: dict[str, Any] = json.loads(json.dumps(summary, default=_jsonable))
         return result
+
+
+async def estate_of(conn: AsyncConnection, room_id: str) -> str:
+    estate: str = (
+        await conn.execute(
+            text(
+                "SELECT b.estate_id FROM billing.rooms r JOIN billing.floors f USING (floor_id) "
+                "JOIN billing.buildings b USING (building_id) WHERE r.room_id = :r"
+            ),
+            {"r": room_id},
+        )
+    ).scalar_one()
+    return estate
+
+
+async def months_not_run(conn: AsyncConnection, lease: Any, estate_id: str, *, earlier: bool) -> list[date]:
+    """The lease's months (first days) its estate's monthly run has not run: through the move-out
+    month, or only those before it (`earlier`)."""
+    last_day = lease.move_out - timedelta(days=1)
+    rows = await conn.execute(
+        text(
+            "SELECT CAST(m AS date) FROM generate_series(CAST(:first AS date), CAST(:last AS date), "
+            "interval '1 month') m WHERE NOT EXISTS (SELECT 1 FROM billing.period_runs p "
+            "WHERE p.estate_id = :e AND p.month = CAST(m AS date)) ORDER BY 1"
+        ),
+        {
+            "first": date(lease.move_in.year, lease.move_in.month, 1),
+            "last": date(last_day.year, last_day.month, 1) - (timedelta(days=1) if earlier else timedelta(0)),
+            "e": estate_id,
+        },
+    )
+    return list(rows.scalars())
+
+
+async def months_with_shared_cost(conn: AsyncConnection, estate_id: str, months: list[date]) -> list[date]:
+    """Those of `months` in which the estate's common meters cost something (公摊 to share out)."""
+    if not months:
+        return []
+    rows = await conn.execute(
+        text(
+            "SELECT DISTINCT CAST(date_trunc('month', period_start AT TIME ZONE 'Asia/Shanghai') AS date) AS m "
+            "FROM billing.ledger_entries WHERE ledger_account = :p AND amount <> 0 "
+            "AND period_start >= :s AND period_start < :e ORDER BY 1"
+        ),
+        {
+            "p": f"shared:{estate_id}",
+            "s": month_start(months[0].year, months[0].month),
+            "e": month_start(months[-1].year + months[-1].month // 12, months[-1].month % 12 + 1),
+        },
+    )
+    wanted = set(months)
+    return [m for m in rows.scalars() if m in wanted]
 
 
 def _jsonable(value: object) -> str:

@@ -1,5 +1,5 @@
-"""Alarm's HTTP API: alarms and their history, faults and work orders, rules, targets, subscriptions and
-the notification delivery log. Errors are problem+json (shuidian_kit)."""
+"""Alarm's HTTP API: alarms and their history, faults and work orders, rules, targets, subscriptions, tenants'
+notification settings and the notification delivery log. Errors are problem+json (shuidian_kit)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from shuidian_alarm.detectors import CONNECTIVITY, Rule, ScopeLevel, rule_to_jso
 from shuidian_alarm.engine import Evaluator
 from shuidian_alarm.maintenance import FAULT_TYPES, WorkOrders
 from shuidian_alarm.notify.notifier import Notifier
+from shuidian_alarm.notify.preferences import QUIET, Saved, TenantSettings
 from shuidian_alarm.rulebook import RuleBook, parse_rule, scope_of
 from shuidian_alarm.targets import Target
 from shuidian_kit.errors import ServiceError
@@ -388,6 +389,9 @@ class SubscriptionOut(BaseModel):
     quiet_start: LocalTime | None
     quiet_end: LocalTime | None
     created_at: datetime
+    managed_by: str | None = Field(
+        default=None, description="tenant_settings when the tenant's notification settings manage it"
+    )
 
 
 class AttemptOut(BaseModel):
@@ -436,6 +440,104 @@ async def list_subscriptions(notifier: Notify, tenant_id: Filter = None, estate:
 @router.delete("/subscriptions/{subscription_id}", status_code=204, tags=["notifications"], summary="Unsubscribe")
 async def unsubscribe(subscription_id: uuid.UUID, notifier: Notify) -> None:
     await notifier.unsubscribe(subscription_id)
+
+
+# --- a tenant's own notification settings -------------------------------------------------------------
+
+TenantChannel = Literal["app", "sms", "email"]
+_SETTINGS_EXAMPLE: dict[str, Any] = {
+    "low_balance": True,
+    "alarms": True,
+    "statements": True,
+    "channels": ["app", "sms"],
+    "quiet_hours": "22:00-07:00",
+}
+
+
+class NotificationSettingsIn(Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{**_SETTINGS_EXAMPLE, "phone": "13800000000", "expected_version": 3}]},
+    )
+
+    low_balance: bool = Field(default=True, description="balance_low and balance_exhausted")
+    alarms: bool = Field(default=True, description="water_leak, usage_spike, electric_leakage, overload")
+    statements: bool = Field(default=True, description="monthly statements (kept here; alarm sends none)")
+    channels: list[TenantChannel] = Field(
+        default_factory=lambda: list[TenantChannel](["app"]),
+        max_length=4,
+        description="app (push), sms, email",
+    )
+    quiet_hours: str | None = Field(default=None, pattern=QUIET.pattern, description="local HH:MM-HH:MM")
+    phone: str | None = Field(
+        default=None, max_length=30, pattern=_PRINTABLE, description="for sms: the phone of billing's tenant record"
+    )
+    email: str | None = Field(default=None, max_length=200, pattern=_PRINTABLE, description="for email")
+    expected_version: int | None = Field(
+        default=None, ge=0, description="the version you read (0: none saved yet); 409 if it changed since"
+    )
+
+
+class NotificationSettingsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"tenant_id": "T-0101", **_SETTINGS_EXAMPLE, "version": 4}]}
+    )
+
+    tenant_id: str
+    low_balance: bool
+    alarms: bool
+    statements: bool
+    channels: list[str]
+    quiet_hours: str | None
+    version: int = Field(description="0 until the tenant saves settings; +1 with every save")
+    phone: str | None
+    email: str | None
+    subscriptions: list[SubscriptionOut] = Field(description="the subscriptions these settings manage")
+
+
+def _settings_out(saved: Saved) -> dict[str, Any]:
+    return {
+        "tenant_id": saved.tenant_id,
+        **saved.settings.to_json(),
+        "version": saved.version,
+        "phone": saved.phone,
+        "email": saved.email,
+        "subscriptions": saved.subscriptions,
+    }
+
+
+@router.get(
+    "/tenants/{tenant_id}/notification-settings",
+    response_model=NotificationSettingsOut,
+    tags=["notifications"],
+    summary="租户通知设置 · A tenant's notification settings (defaults until saved)",
+)
+async def tenant_settings(tenant_id: Identifier, notifier: Notify) -> dict[str, Any]:
+    return _settings_out(await notifier.preferences.get(tenant_id))
+
+
+@router.put(
+    "/tenants/{tenant_id}/notification-settings",
+    response_model=NotificationSettingsOut,
+    tags=["notifications"],
+    summary="保存租户通知设置 · Replace a tenant's settings and the subscriptions they manage",
+    description="Atomic: the tenant's managed subscriptions become exactly what the settings say. 409 "
+    "(`version_conflict`) when `expected_version` is no longer current; 422 when a channel cannot be served "
+    "(sms without a phone, email without an address).",
+)
+async def put_tenant_settings(tenant_id: Identifier, body: NotificationSettingsIn, notifier: Notify) -> dict[str, Any]:
+    channels = tuple(dict.fromkeys(body.channels))  # each channel once, in the order given
+    settings = TenantSettings(
+        low_balance=body.low_balance,
+        alarms=body.alarms,
+        statements=body.statements,
+        channels=channels,
+        quiet_hours=body.quiet_hours,
+    )
+    saved = await notifier.preferences.put(
+        tenant_id, settings, phone=body.phone, email=body.email, expected_version=body.expected_version
+    )
+    return _settings_out(saved)
 
 
 @router.get(

@@ -29,6 +29,7 @@ class Household:
     meter_id: str
     txn_id: str
     alarm_id: str
+    phone: str = ""
 
 
 @dataclass
@@ -43,6 +44,7 @@ class FakeBackends:
                 "M-A",
                 "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa",
                 "11111111-1111-4111-8111-111111111111",
+                "13800000001",
             ),
             Household(
                 "T-B",
@@ -52,6 +54,7 @@ class FakeBackends:
                 "M-B",
                 "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb",
                 "22222222-2222-4222-8222-222222222222",
+                "13800000002",
             ),
         ]
     )
@@ -62,6 +65,8 @@ class FakeBackends:
     payments: list[dict[str, Any]] = field(default_factory=list)
     # Per account, fields that replace the fixed balance figures (a test moves a balance this way).
     balances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per tenant, the notification settings alarm holds (with their "version").
+    notification_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Answer every other documented route too (for fuzzing); otherwise unknown routes are plain 404s.
     complete: bool = False
 
@@ -106,7 +111,9 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
     @app.get("/v1/tenants/{tenant_id}")
     async def tenant(tenant_id: str) -> Any:
         h = fake.household(tenant_id=tenant_id)
-        return {"tenant_id": tenant_id, "estate_id": h.estate_id, "name": "张三"} if h else _missing("tenant")
+        if h is None:
+            return _missing("tenant")
+        return {"tenant_id": tenant_id, "estate_id": h.estate_id, "name": "张三", "phone": h.phone}
 
     @app.get("/v1/estates")
     async def estates(limit: int = 100) -> Any:
@@ -340,6 +347,24 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
                         }
                     )
         return rows[:limit]
+
+    defaults = {"low_balance": True, "alarms": True, "statements": True, "channels": ["app"], "quiet_hours": None}
+
+    @app.get("/v1/tenants/{tenant_id}/notification-settings")
+    async def notification_settings(tenant_id: str) -> Any:
+        return {"tenant_id": tenant_id, **defaults, "version": 0, **fake.notification_settings.get(tenant_id, {})}
+
+    @app.put("/v1/tenants/{tenant_id}/notification-settings")
+    async def put_notification_settings(tenant_id: str, body: dict[str, Any]) -> Any:
+        current = await notification_settings(tenant_id)
+        expected = body.pop("expected_version", None)
+        if expected is not None and expected != current["version"]:
+            return problem(409, "conflict", "the settings changed since you read them", "version_conflict")
+        # Contacts are not judged here: the real alarm service does (see its tests and the gateway's).
+        saved = {k: body.get(k, v) for k, v in defaults.items()}
+        saved["channels"] = list(dict.fromkeys(saved["channels"]))
+        fake.notification_settings[tenant_id] = {**saved, "version": current["version"] + 1}
+        return await notification_settings(tenant_id)
 
     if fake.complete:
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 
 from shuidian_gateway.auth import Scope, Tenant, TenantScopes, utcnow
@@ -44,6 +45,7 @@ from shuidian_kit.service import Runtime
 from shuidian_shared.messages import AwareDatetime
 from shuidian_shared.money import Money
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/me", tags=["tenant"], responses=ERRORS)
 JSON = "application/json"
 
@@ -413,10 +415,11 @@ async def alarms(
 
 
 class Channel(StrEnum):
+    """How alarm reaches the tenant: app push, SMS to the phone on file, e-mail to the address on file."""
+
     APP = "app"
     SMS = "sms"
     EMAIL = "email"
-    WECHAT = "wechat"
 
 
 @router.get("/alarms/{alarm_id}", response_model=dict[str, Any], summary="告警 · One alarm about my account or meters")
@@ -450,42 +453,122 @@ def _engine(request: Request) -> Any:
     return runtime.engine
 
 
+# Alarm owns a tenant's notification settings (it is the service that sends): these routes proxy to
+# `/v1/tenants/{tenant_id}/notification-settings` there, always for the signed-in tenant. The phone (and e-mail,
+# should billing ever keep one) comes from billing's tenant record with every save.
+_SETTINGS_FIELDS = tuple(NotificationSettings.model_fields)
+
+
+def _alarm_settings_path(tenant_id: str) -> str:
+    return f"/v1/tenants/{tenant_id}/notification-settings"
+
+
+async def _contacts(upstreams: Upstreams, tenant_id: str) -> dict[str, str | None]:
+    record = await optional(upstreams.call("billing", "GET", f"/v1/tenants/{tenant_id}"))
+    record = record if isinstance(record, dict) else {}
+    return {"phone": record.get("phone") or None, "email": record.get("email") or None}
+
+
+async def _save(
+    upstreams: Upstreams, tenant_id: str, settings: NotificationSettings, expected: int | None
+) -> dict[str, Any]:
+    body = settings.model_dump(mode="json")
+    contacts = await _contacts(upstreams, tenant_id) if {"sms", "email"} & set(body["channels"]) else {}
+    try:
+        saved: dict[str, Any] = await upstreams.call(
+            "alarm", "PUT", _alarm_settings_path(tenant_id), json={**body, **contacts, "expected_version": expected}
+        )
+    except UpstreamError as err:
+        if err.status_code == 409:
+            raise PreconditionFailed(
+                "your settings changed since you read them; fetch them again / 设置已变更，请刷新"
+            ) from err
+        raise
+    return saved
+
+
+async def migrate_saved_settings(engine: Any, upstreams: Upstreams, tenant_id: str | None = None) -> int:
+    """Push settings saved in the gateway's own table (before alarm owned them) to alarm, once: a push only
+    creates (expected version 0), so it never overwrites what the tenant saved since and may run again (every
+    start, every replica). A channel that cannot be served (sms with no phone on file, e-mail, wechat) is dropped; with
+    none left the tenant keeps the app push. How many were pushed. Runs for one tenant or all of them."""
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT tenant_id, settings FROM gateway.notification_settings "
+                    "WHERE CAST(:t AS text) IS NULL OR tenant_id = :t ORDER BY tenant_id"
+                ),
+                {"t": tenant_id},
+            )
+        ).all()
+    pushed = 0
+    for row in rows:
+        saved = dict(row.settings)
+        if isinstance(saved.get("channels"), list):  # WeChat was once accepted and never sent: drop it
+            saved["channels"] = [c for c in saved["channels"] if c != "wechat"] or ["app"]
+        try:
+            settings = NotificationSettings.model_validate(saved)
+        except ValidationError:
+            log.warning(
+                "notification settings of tenant %s in the gateway table do not validate; not pushed", row.tenant_id
+            )
+            continue
+        try:
+            try:
+                await _save(upstreams, row.tenant_id, settings, 0)
+            except UpstreamError as err:
+                if err.status_code != 422:
+                    raise
+                servable = [c for c in settings.channels if c is Channel.APP] or [Channel.APP]
+                await _save(upstreams, row.tenant_id, settings.model_copy(update={"channels": servable}), 0)
+            pushed += 1
+        except PreconditionFailed:
+            continue  # alarm already holds settings for this tenant: theirs are newer
+    return pushed
+
+
+async def migrate_until_done(engine: Any, upstreams: Upstreams, retry_seconds: float = 30.0) -> None:
+    """`migrate_saved_settings` for every tenant as a start-up loop: retried while alarm or billing is away, then done."""
+    while True:
+        try:
+            pushed = await migrate_saved_settings(engine, upstreams)
+        except UpstreamError as err:
+            log.warning(
+                "pushing saved notification settings to alarm failed (%s); retrying in %s s", err, retry_seconds
+            )
+            await asyncio.sleep(retry_seconds)
+            continue
+        log.info("notification settings saved in the gateway before: %d pushed to alarm", pushed)
+        return
+
+
 @router.get(
     "/notification-settings", response_model=NotificationSettings, summary="通知设置 · My notification settings (ETag)"
 )
-async def get_notifications(request: Request, response: Response, principal: Tenant) -> Any:
-    async with _engine(request).connect() as conn:
-        row = (
-            await conn.execute(
-                text("SELECT settings, version FROM gateway.notification_settings WHERE tenant_id = :t"),
-                {"t": principal.tenant_id},
-            )
-        ).first()
-    response.headers["ETag"] = version_etag(row.version if row else 0)
-    return row.settings if row else NotificationSettings()
+async def get_notifications(request: Request, response: Response, principal: Tenant, upstreams: Upstream) -> Any:
+    assert principal.tenant_id is not None  # the Tenant dependency guarantees it
+    path = _alarm_settings_path(principal.tenant_id)
+    found = await upstreams.call("alarm", "GET", path)
+    if found["version"] == 0 and await migrate_saved_settings(_engine(request), upstreams, principal.tenant_id):
+        found = await upstreams.call("alarm", "GET", path)
+    response.headers["ETag"] = version_etag(found["version"])
+    return {k: found[k] for k in _SETTINGS_FIELDS}
 
 
 @router.put(
     "/notification-settings",
     response_model=NotificationSettings,
     summary="修改通知设置 · Change my notification settings (If-Match)",
+    description="Alarm sends what these say: low balance and the tenant-facing alarms (leak, usage spike, electric "
+    "leakage, overload) by app push, SMS (to the phone on your tenant record) or e-mail, held during quiet hours "
+    "except critical ones. 422 when a channel cannot be served (sms with no phone on file, e-mail with no "
+    "address); 412 when If-Match names an older version.",
 )
 async def put_notifications(
-    body: NotificationSettings, request: Request, response: Response, principal: Tenant, if_match: IfMatch = None
+    body: NotificationSettings, response: Response, principal: Tenant, upstreams: Upstream, if_match: IfMatch = None
 ) -> Any:
-    expected = version_of(if_match)
-    async with _engine(request).begin() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "INSERT INTO gateway.notification_settings AS n (tenant_id, settings) VALUES (:t, CAST(:s AS jsonb)) "
-                    "ON CONFLICT (tenant_id) DO UPDATE SET settings = excluded.settings, version = n.version + 1, "
-                    "updated_at = now() WHERE CAST(:v AS integer) IS NULL OR n.version = :v RETURNING version"
-                ),
-                {"t": principal.tenant_id, "s": json.dumps(body.model_dump(mode="json")), "v": expected},
-            )
-        ).first()
-        if row is None or (expected == 0 and row.version != 1):
-            raise PreconditionFailed("your settings changed since you read them; fetch them again")
-    response.headers["ETag"] = version_etag(row.version)
-    return body
+    assert principal.tenant_id is not None
+    saved = await _save(upstreams, principal.tenant_id, body, version_of(if_match))
+    response.headers["ETag"] = version_etag(saved["version"])
+    return {k: saved[k] for k in _SETTINGS_FIELDS}

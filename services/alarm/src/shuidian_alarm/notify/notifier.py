@@ -7,7 +7,8 @@ exponential back-off (5xx, timeouts), or dead-lettered after the attempt limit o
 
 Who gets what: staff subscriptions by role, optionally limited to one estate; tenant subscriptions
 only ever match alarms whose source belongs to that tenant's rooms (and only tenant-facing types).
-Quiet hours hold non-critical notifications until the quiet period ends.
+Quiet hours hold non-critical notifications until the quiet period ends. A tenant's own settings
+(`preferences.py`) manage that tenant's subscriptions; a tenant who never saved any gets the defaults.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_alarm.alarms import AlarmRecord
 from shuidian_alarm.notify.channels import Channels, DeliveryResult, Outgoing
+from shuidian_alarm.notify.preferences import BALANCE_TYPES, SAFETY_TYPES, Preferences, ensure_defaults
 from shuidian_alarm.notify.templates import render
-from shuidian_kit.errors import NotFound
+from shuidian_kit.errors import Conflict, NotFound
 from shuidian_shared.messages import AlarmSeverity, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,7 @@ log = logging.getLogger(__name__)
 DELIVERIES = Counter("alarm_notification_attempts_total", "notification delivery attempts", ["channel", "outcome"])
 
 # What a tenant hears about: their money, their water and their safety; not device housekeeping.
-TENANT_ALARM_TYPES: Final = (
-    "balance_low",
-    "balance_exhausted",
-    "water_leak",
-    "usage_spike",
-    "electric_leakage",
-    "overload",
-)
+TENANT_ALARM_TYPES: Final = BALANCE_TYPES + SAFETY_TYPES
 _SEVERITY_RANK = "array_position(ARRAY['info','warning','major','critical'], {})"
 
 
@@ -101,6 +96,7 @@ class Notifier:
         self._lease = lease
         self._clock = clock
         self._wake = asyncio.Event()
+        self.preferences = Preferences(engine)
 
     # --- enqueue, inside the alarm's transaction ------------------------------------------------
 
@@ -108,6 +104,8 @@ class Notifier:
         """The alarm hook: queue one notification per matching subscription."""
         if event not in ("raised", "escalated"):
             return
+        if event == "raised" and alarm.tenant_id is not None and alarm.alarm_type in TENANT_ALARM_TYPES:
+            await ensure_defaults(conn, alarm.tenant_id)
         subscriptions = (
             await conn.execute(
                 text(
@@ -327,8 +325,17 @@ class Notifier:
     async def unsubscribe(self, subscription_id: uuid.UUID) -> None:
         async with self._engine.begin() as conn:
             deleted = await conn.execute(
-                text("DELETE FROM alarm.subscriptions WHERE subscription_id = :s"), {"s": subscription_id}
+                text("DELETE FROM alarm.subscriptions WHERE subscription_id = :s AND managed_by IS NULL"),
+                {"s": subscription_id},
             )
+            if deleted.rowcount == 0:
+                managed = await conn.execute(
+                    text("SELECT 1 FROM alarm.subscriptions WHERE subscription_id = :s"), {"s": subscription_id}
+                )
+                if managed.first() is not None:
+                    raise Conflict(
+                        "由租户的通知设置管理 · managed by the tenant's notification settings: change those instead"
+                    )
         if deleted.rowcount == 0:
             raise NotFound(f"no subscription {subscription_id}")
 

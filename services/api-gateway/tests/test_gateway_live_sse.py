@@ -1,5 +1,6 @@
 """Live push as server-sent events over a real socket (uvicorn), fed from the real broker: tenant
-scoping, tickets for EventSource, Last-Event-ID resumption, heartbeats and a clean end at shutdown."""
+scoping, single-use tickets for EventSource (rechecking the account), Last-Event-ID resumption (and
+its refusal when anything is missing), heartbeats and a clean end at shutdown."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 
-from shuidian_gateway import security
-from shuidian_gateway.auth import utcnow
-from shuidian_gateway.testing import JWT_SECRET, Harness, gateway_harness
+from shuidian_gateway import live, security
+from shuidian_gateway.auth import Scope, TenantScopes, utcnow
+from shuidian_gateway.live import LiveHub
+from shuidian_gateway.testing import JWT_SECRET, PASSWORD, Harness, gateway_harness
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -218,7 +221,7 @@ async def test_a_reconnect_with_last_event_id_gets_what_it_missed(gw: Harness, m
                 await fresh.next(timeout=HEARTBEAT * 2)
 
 
-async def test_eventsource_clients_connect_with_a_short_lived_ticket(gw: Harness, mqtt_url: str) -> None:
+async def test_eventsource_clients_connect_with_a_single_use_ticket(gw: Harness, mqtt_url: str) -> None:
     async with gw.client("tenant_a") as a, gw.client("cashier") as cashier:
         issued = await a.post("/v1/me/live/tickets")
         refused = await cashier.post("/v1/me/live/tickets")
@@ -235,6 +238,91 @@ async def test_eventsource_clients_connect_with_a_short_lived_ticket(gw: Harness
         event = await stream.next()
     assert ready.data == {"tenant_id": "T-A", "resumed": False}
     assert event.data["account_id"] == "A-A"
+    async with _stream(gw, ticket=ticket) as again:  # EventSource's automatic reconnect: a new ticket is needed
+        body = json.loads(await again.response.aread())
+    assert again.response.status_code == 401
+    assert "used already" in body["detail"]
+
+
+async def _ticket(gw: Harness, token: str) -> str:
+    async with gw.client(headers={"Authorization": f"Bearer {token}"}) as client:
+        issued = await client.post("/v1/me/live/tickets")
+    assert issued.status_code == 201, issued.text
+    ticket: str = issued.json()["ticket"]
+    return ticket
+
+
+async def test_a_ticket_opens_one_stream_even_when_used_at_once_twice(gw: Harness) -> None:
+    ticket = await _ticket(gw, gw.tokens["tenant_a"]["access_token"])
+
+    async def connect() -> tuple[int, str]:
+        async with _stream(gw, ticket=ticket) as stream:
+            if stream.response.status_code == 200:
+                return 200, (await stream.next()).event or ""
+            return stream.response.status_code, json.loads(await stream.response.aread())["code"]
+
+    results = await asyncio.gather(*(connect() for _ in range(4)))
+    assert sorted(results) == [(200, "ready"), (401, "unauthorised"), (401, "unauthorised"), (401, "unauthorised")]
+
+
+async def _new_tenant(gw: Harness, name: str) -> tuple[str, str, str]:
+    """A tenant user of T-A of this test's own (the roster's stay untouched): id, username, access token."""
+    username = f"{name}-{uuid.uuid4().hex[:8]}"
+    async with gw.client("bootstrap") as admin:
+        created = await admin.post(
+            "/v1/users", json={"username": username, "password": PASSWORD, "role": "tenant", "tenant_id": "T-A"}
+        )
+    assert created.status_code == 201, created.text
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        signed_in = await client.post(
+            "/v1/auth/token", data={"grant_type": "password", "username": username, "password": PASSWORD}
+        )
+    signed_in.raise_for_status()
+    return created.json()["user_id"], username, signed_in.json()["access_token"]
+
+
+@pytest.mark.parametrize("change", ["disabled", "locked", "no_longer_a_tenant_of_T_A"])
+async def test_a_ticket_is_refused_when_its_account_changed_since(gw: Harness, change: str) -> None:
+    user_id, username, token = await _new_tenant(gw, change)
+    ticket = await _ticket(gw, token)
+    if change == "locked":
+        async with httpx.AsyncClient(base_url=gw.url) as client:
+            for _ in range(gw.settings.login_max_failures):
+                await client.post(
+                    "/v1/auth/token", data={"grant_type": "password", "username": username, "password": "wrong"}
+                )
+    elif change == "disabled":
+        async with gw.client("bootstrap") as admin:
+            changed = await admin.patch(f"/v1/users/{user_id}", json={"active": False})
+        assert changed.status_code == 200, changed.text
+    else:  # the API cannot move a user to another tenant; the database can
+        async with gw.app.state.runtime.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE gateway.users SET tenant_id = 'T-B' WHERE user_id = :u"), {"u": uuid.UUID(user_id)}
+            )
+    async with _stream(gw, ticket=ticket) as stream:
+        body = json.loads(await stream.response.aread())
+    assert stream.response.status_code == 401
+    assert "disabled or locked" in body["detail"]
+
+
+async def test_a_ticket_id_is_recorded_until_the_ticket_expires(gw: Harness) -> None:
+    engine = gw.app.state.runtime.engine
+    ticket = await _ticket(gw, gw.tokens["tenant_a"]["access_token"])
+    async with _stream(gw, ticket=ticket) as stream:
+        assert (await stream.next()).event == "ready"
+    claims = security.decode_live_ticket(JWT_SECRET, gw.settings.jwt_issuer, ticket, now=utcnow())
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO gateway.live_tickets_used (ticket_id, expires_at) VALUES ('old', now() - interval '1 s')")
+        )
+    forgotten = await live.forget_used_tickets(engine)
+    async with engine.connect() as conn:
+        kept = set((await conn.execute(text("SELECT ticket_id FROM gateway.live_tickets_used"))).scalars())
+    assert forgotten >= 1
+    assert "old" not in kept
+    assert claims.ticket_id in kept  # not expired yet: a second use is still refused
+    assert timedelta(0) < claims.expires_at - utcnow() <= timedelta(seconds=gw.settings.live_ticket_seconds)
 
 
 @pytest.mark.parametrize("who", ["nobody", "forged", "access_token_as_ticket", "expired_ticket", "cashier", "api_key"])
@@ -284,8 +372,76 @@ async def test_shutdown_ends_open_streams_cleanly(database_url: str, mqtt_url: s
 def test_the_stream_is_in_the_openapi_document(gw: Harness) -> None:
     operation = gw.app.openapi()["paths"]["/v1/me/live"]["get"]
     assert "text/event-stream" in operation["responses"]["200"]["content"]
-    assert {p["name"] for p in operation["parameters"]} >= {"ticket", "last-event-id"}
+    assert {p["name"] for p in operation["parameters"]} >= {"ticket", "last-event-id", "last_event_id"}
     assert {"401", "403"} <= set(operation["responses"])
     tickets = gw.app.openapi()["paths"]["/v1/me/live/tickets"]["post"]
     assert tickets["summary"]
     assert "201" in tickets["responses"]
+
+
+class EvictingScopes:
+    """Tenant scopes whose answer comes only after more frames than the hub holds went through it:
+    what a slow billing answer does to a busy replica while a client resumes."""
+
+    def __init__(self, real: TenantScopes, hub: LiveHub, account_id: str, frames: int) -> None:
+        self.real, self.hub, self.account_id, self.frames = real, hub, account_id, frames
+        self.published: list[BalanceEvent] = []
+
+    async def of(self, tenant_id: str) -> Scope:
+        scope = await self.real.of(tenant_id)
+        for n in range(self.frames):
+            message = _balance(self.account_id, 100 + n)
+            self.published.append(message)
+            await self.hub.on_message(message, topics.balance(self.account_id))
+            await asyncio.sleep(0)
+        self.frames = 0  # only once
+        return scope
+
+
+RESUME_FRAMES = 4
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def small(database_url: str, mqtt_url: str) -> AsyncIterator[Harness]:
+    """A gateway that holds only a few frames for resumption."""
+    async with gateway_harness(database_url, mqtt_url, live_resume_frames=RESUME_FRAMES) as harness:
+        yield harness
+
+
+async def test_frames_evicted_while_the_scope_is_read_mean_resumed_false(small: Harness) -> None:
+    hub: LiveHub = small.app.state.live
+    async with _stream(small, headers=_bearer(small, "tenant_a")) as first:
+        ready = await first.next()
+    real = small.app.state.scopes
+    small.app.state.scopes = EvictingScopes(real, hub, "A-A", RESUME_FRAMES + 1)
+    try:
+        async with _stream(small, headers={**_bearer(small, "tenant_a"), "Last-Event-ID": ready.id or ""}) as again:
+            resumed = await again.next()
+            with pytest.raises(TimeoutError):  # no partial replay either
+                await again.next(timeout=0.5)
+    finally:
+        small.app.state.scopes = real
+    assert resumed.data["resumed"] is False
+    assert _seq(resumed.id) == _seq(ready.id) + RESUME_FRAMES + 1  # a fresh start from now
+
+
+async def test_a_resumption_needing_more_than_is_held_is_refused(small: Harness, mqtt_url: str) -> None:
+    async with _stream(small, headers=_bearer(small, "tenant_a")) as first:
+        ready = await first.next()
+    many = [_balance("A-A", 200 + n) for n in range(RESUME_FRAMES + 1)]
+    async with _stream(small, headers=_bearer(small, "tenant_b")) as witness:
+        await witness.next()
+        await _publish(
+            mqtt_url, [(topics.balance("A-A"), m) for m in many] + [(topics.balance("A-B"), _balance("A-B"))]
+        )
+        await witness.next()
+    async with _stream(small, headers={**_bearer(small, "tenant_a"), "Last-Event-ID": ready.id or ""}) as refused:
+        assert (await refused.next()).data["resumed"] is False
+    # Missing fewer than are held resumes, and a new EventSource passes the id in the query string.
+    last = (ready.id or "").rsplit("-", 1)[0] + f"-{_seq(ready.id) + 2}"
+    ticket = await _ticket(small, small.tokens["tenant_a"]["access_token"])
+    async with _stream(small, ticket=ticket, last_event_id=last) as resumed:
+        again = await resumed.next()
+        replayed = [await resumed.next() for _ in range(RESUME_FRAMES - 1)]
+    assert (again.data["resumed"], again.id) == (True, last)
+    assert [e.data["message_id"] for e in replayed] == [str(m.message_id) for m in many[2:]]

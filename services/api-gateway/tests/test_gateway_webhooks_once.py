@@ -1,6 +1,7 @@
 """Webhooks with several gateway replicas on one broker and one database: one delivery per
-(subscription, event), a replica dying mid-delivery loses nothing, retries end in a dead letter,
-and signing secrets are sealed at rest (existing plaintext ones sealed at start-up)."""
+(subscription, event), a receiver trickling its answer cannot outlast the lease, a replica dying
+mid-delivery loses nothing, retries end in a dead letter, old deliveries are pruned by one replica
+at a time, and signing secrets are sealed at rest (existing plaintext ones sealed at start-up)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pytest_asyncio
 from alembic import command
 from alembic.config import Config
 from fastapi import FastAPI, Request, Response
+from prometheus_client import REGISTRY
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,7 +33,7 @@ from shuidian_devstack import infra
 from shuidian_gateway import security
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import Harness, free_port, gateway_harness, serve
-from shuidian_gateway.webhooks import ATTEMPTS
+from shuidian_gateway.webhooks import ATTEMPTS, HOUSEKEEPING_LOCK
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import BrokerAddress
@@ -244,6 +246,151 @@ async def test_two_replicas_deliver_each_event_exactly_once(
     assert all(r.body is None for r in rows)  # a delivered body is not kept
     for headers, body in receiver.requests:
         assert security.verify_webhook(hook["secret"], headers["shuidian-signature"], body, now=int(time.time()))
+
+
+@dataclass
+class Attempt:
+    message_id: str
+    opened: float
+    closed: float | None = None
+    answered: bool = False  # the whole answer was written before the sender hung up
+
+
+@dataclass
+class Trickler:
+    """A raw HTTP receiver whose first answer trickles one byte every `gap` seconds for longer than
+    the lease (each byte well inside httpx's per-read timeout); later answers come at once."""
+
+    url: str
+    attempts: list[Attempt] = field(default_factory=list)
+    gap: float = 0.25
+    length: int = 40  # bytes of the slow body: 10 s at 0.25 s a byte
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def trickler() -> AsyncIterator[Trickler]:
+    box = Trickler("")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode("latin-1").lower().split("\r\n")[1:] if ": " in line)
+        await reader.readexactly(int(headers["content-length"]))
+        attempt = Attempt(headers["shuidian-message-id"], time.monotonic())
+        box.attempts.append(attempt)
+        try:
+            if len(box.attempts) == 1:
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {box.length}\r\n\r\n".encode())
+                for _ in range(box.length):
+                    await writer.drain()
+                    await asyncio.sleep(box.gap)
+                    writer.write(b"x")
+                await writer.drain()
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                await writer.drain()
+            attempt.answered = True
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            attempt.closed = time.monotonic()
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    box.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    async with server:
+        yield box
+        server.close()
+
+
+async def _closed(attempt: Attempt) -> None:
+    """Wait until the receiver noticed the sender hang up (it learns on its next write)."""
+    await _until(lambda: attempt.closed is not None, timeout=15)
+
+
+async def test_a_receiver_trickling_its_answer_does_not_outlast_the_lease(
+    pair: list[Harness], mqtt_url: str, engine: AsyncEngine, trickler: Trickler
+) -> None:
+    timeout, lease = FAST["webhook_timeout_seconds"], FAST["webhook_lease_seconds"]
+    assert trickler.gap * trickler.length > 2 * lease  # without a bound on the whole attempt, the lease runs out
+    hook = await _subscribe(pair[0], trickler.url, ["alarm"])
+    alarm = _alarm("M-13")
+    await _publish(mqtt_url, [(topics.alarm("balance_low"), alarm)])
+    await _until(lambda: len(trickler.attempts) >= 2, timeout=20)
+    [row] = await _settled(engine, hook["webhook_id"])
+    first, second = trickler.attempts[:2]
+    await _closed(first)
+    async with pair[0].client("admin") as admin:
+        await admin.delete(f"/v1/webhooks/{hook['webhook_id']}")
+    assert {a.message_id for a in trickler.attempts} == {str(alarm.message_id)}
+    assert len(trickler.attempts) == 2  # the cut attempt and its retry, not a redelivery racing it
+    assert not first.answered  # the sender hung up on the trickle...
+    assert first.closed is not None
+    assert first.closed - first.opened < timeout + trickler.gap * 4  # ...once the whole attempt took `timeout`
+    assert second.opened >= first.closed - trickler.gap * 2  # the retry came after the first was given up
+    assert second.answered
+    assert (row.state, row.status, row.attempts) == ("delivered", 200, 2)
+
+
+def _pruned(state: str) -> float:
+    return REGISTRY.get_sample_value("gateway_webhook_deliveries_pruned_total", {"state": state}) or 0.0
+
+
+async def test_old_deliveries_are_pruned_in_batches_by_one_replica_at_a_time(
+    pair: list[Harness], engine: AsyncEngine, receiver: Receiver
+) -> None:
+    hook = await _subscribe(pair[0], receiver.url, ["alarm"])
+    webhook_id = uuid.UUID(hook["webhook_id"])
+    ages = {  # (state, age in days) → rows
+        ("delivered", 8): 5,
+        ("delivered", 6): 2,
+        ("dead", 31): 3,
+        ("dead", 29): 2,
+        ("pending", 40): 1,
+    }
+    async with engine.begin() as conn:
+        for (state, days), count in ages.items():
+            for _ in range(count):
+                await conn.execute(
+                    text(
+                        "INSERT INTO gateway.webhook_deliveries (webhook_id, message_id, event, state, attempts, at, "
+                        "next_attempt_at, finished_at) VALUES (:w, :m, 'alarm', :s, 1, now() - make_interval(days => :d), "
+                        "CASE WHEN :s = 'pending' THEN now() + interval '1 hour' END, "
+                        "CASE WHEN :s <> 'pending' THEN now() - make_interval(days => :d) END)"
+                    ),
+                    {"w": webhook_id, "m": uuid.uuid4(), "s": state, "d": days},
+                )
+    hooks = pair[0].app.state.webhooks
+    other = pair[1].app.state.webhooks
+    before = {state: _pruned(state) for state in ("delivered", "dead")}
+    async with engine.connect() as holder:  # another replica's housekeeping is running
+        assert (await holder.execute(text(HOUSEKEEPING_LOCK))).scalar_one()
+        skipped = await hooks.prune(7, 30, batch=2)
+        await holder.rollback()
+        await holder.execute(text("SELECT pg_advisory_unlock_all()"))
+        await holder.commit()
+    pruned = await other.prune(7, 30, batch=2)  # batches of 2: several statements each
+    again = await hooks.prune(7, 30, batch=2)
+    async with engine.connect() as conn:
+        left = Counter(
+            (r.state, round(r.days))
+            for r in await conn.execute(
+                text(
+                    "SELECT state, extract(epoch FROM now() - at) / 86400 AS days "
+                    "FROM gateway.webhook_deliveries WHERE webhook_id = :w"
+                ),
+                {"w": webhook_id},
+            )
+        )
+    async with pair[0].client("admin") as admin:
+        await admin.delete(f"/v1/webhooks/{webhook_id}")
+    assert skipped is None  # the lock was taken: this replica left it to the other
+    assert pruned == {"delivered": 5, "dead": 3}
+    assert again == {"delivered": 0, "dead": 0}
+    assert left == Counter({("delivered", 6): 2, ("dead", 29): 2, ("pending", 40): 1})
+    assert _pruned("delivered") - before["delivered"] == 5  # the metric counts them
+    assert _pruned("dead") - before["dead"] == 3
 
 
 async def test_a_replica_dying_mid_delivery_does_not_lose_the_event(

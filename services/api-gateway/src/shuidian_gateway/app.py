@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -26,6 +28,7 @@ from shuidian_kit.service import Runtime, install_error_handlers, ops_router, pr
 from shuidian_shared import topics
 from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, DeviceState
 
+log = logging.getLogger(__name__)
 SERVICE = "gateway"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUDITED = ("/api/", "/v1/")
@@ -120,7 +123,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     "alarm": settings.alarm_url,
                 },
             )
-            hub = live.LiveHub()
+            hub = live.LiveHub(settings.live_resume_seconds, settings.live_resume_frames)
             hooks = webhooks.Webhooks(
                 runtime.engine,
                 webhook_client,
@@ -129,6 +132,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 backoff=settings.webhook_backoff_seconds,
                 lease=settings.webhook_lease_seconds,
                 poll=settings.webhook_poll_seconds,
+                timeout=settings.webhook_timeout_seconds,
             )
             await hooks.seal_plaintext_secrets()
             app.state.runtime = runtime
@@ -157,6 +161,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             runtime.mqtt.subscribe(topics.ALL_ALARMS, AlarmEvent, fan_out)
             runtime.mqtt.subscribe(topics.ALL_COMMAND_RESULTS, CommandResult, fan_out)
             runtime.supervisor.add("webhooks", hooks.run)
+
+            async def housekeeping() -> None:
+                """Prune old webhook deliveries and expired used-ticket records (one replica at a time)."""
+                while True:
+                    try:
+                        pruned = await hooks.prune(
+                            settings.webhook_delivered_retention_days, settings.webhook_dead_retention_days
+                        )
+                        if pruned is not None:  # this replica holds the housekeeping turn
+                            await live.forget_used_tickets(runtime.engine)
+                    except Exception:  # the database is away: next round
+                        log.exception("housekeeping failed; retrying in %s s", settings.housekeeping_seconds)
+                    await asyncio.sleep(settings.housekeeping_seconds)
+
+            runtime.supervisor.add("housekeeping", housekeeping)
             async with runtime.running():
                 yield
 

@@ -1,21 +1,24 @@
 """Live push: `/v1/me/live` streams a tenant's meter states, balance events and alarms from MQTT,
 filtered to the tenant's scope, over a WebSocket or as server-sent events (`GET`, `text/event-stream`).
 
-One hub fans every message out to the clients of this process, whichever transport they use. Each
-message gets a sequence number `<epoch>-<n>` (the epoch is this process's, so ids are meaningful to
-the replica that issued them); the hub keeps the last `RECENT` frames so an event stream that
-reconnects with `Last-Event-ID` gets what it missed. A slow client loses its oldest frames rather
-than holding the others up.
+One hub fans every message out to the clients of this process, whichever transport they use, through
+an index from meter and account ids to the clients that see them. Each message gets a sequence number
+`<epoch>-<n>` (the epoch is this process's, so ids are meaningful to the replica that issued them).
+For `Last-Event-ID` resumption the hub keeps the frames about ids some client watches (connected, or
+gone less than `GATEWAY_LIVE_RESUME_SECONDS` ago), for that long and at most
+`GATEWAY_LIVE_RESUME_FRAMES` of them; a resuming stream gets every frame it missed or `resumed:
+false`, never a part. A slow client loses its oldest frames rather than holding the others up.
 
 WebSocket: `Authorization: Bearer <access token>` or, where a browser cannot set headers,
 `?access_token=`. Each frame is JSON: `{"type": "meter_state" | "balance" | "alarm", "data": {…}}`.
 
 Server-sent events: `Authorization: Bearer <access token>`, or `?ticket=` from
-`POST /v1/me/live/tickets` for `EventSource`, which cannot send headers (a ticket is good for
-`GATEWAY_LIVE_TICKET_SECONDS` and for the live stream only, so a URL that ends up in a log is worth
-little). The stream starts with `event: ready` and then carries `event: meter_state | balance |
-alarm` with `id:` and the message as `data:`; idle streams get a comment every
-`GATEWAY_LIVE_HEARTBEAT_SECONDS`; on shutdown the stream ends cleanly and `EventSource` reconnects.
+`POST /v1/me/live/tickets` for `EventSource`, which cannot send headers. A ticket opens one
+connection (its id is recorded in `gateway.live_tickets_used` on first use, for every replica), within
+`GATEWAY_LIVE_TICKET_SECONDS`, for an account that is still an active, unlocked tenant; a reconnect
+needs a new ticket. The stream starts with `event: ready` and then carries `event: meter_state |
+balance | alarm` with `id:` and the message as `data:`; idle streams get a comment every
+`GATEWAY_LIVE_HEARTBEAT_SECONDS`; on shutdown the stream ends cleanly and clients reconnect.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import contextlib
 import logging
 import secrets
 import time
+import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
@@ -35,6 +39,8 @@ import uvicorn
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_gateway import security
 from shuidian_gateway.auth import Scope, Tenant, TenantScopes, bearer, principal_from_token, utcnow
@@ -42,24 +48,34 @@ from shuidian_gateway.conventions import ERRORS
 from shuidian_gateway.errors import Forbidden, GatewayError, Unauthorised
 from shuidian_gateway.policy import Principal, Role
 from shuidian_gateway.settings import GatewaySettings
+from shuidian_kit.service import Runtime
 from shuidian_shared.messages import AlarmEvent, BalanceEvent, DeviceState
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
 SCOPE_REFRESH_SECONDS = 30.0
-# Frames kept for Last-Event-ID resumption (all tenants together; a few minutes of a busy estate).
-RECENT = 4096
+# Last-Event-ID resumption: frames about watched ids are kept this long, and at most this many
+# (≈ 1 KB each with their payload: 50,000 frames ≈ 50 MB); settings override both.
+RESUME_SECONDS = 120.0
+RESUME_FRAMES = 50_000
 RECONNECT_MILLISECONDS = 3000
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One message as the live stream sends it: its sequence number, type, payload and audience."""
+    """One message as the live stream sends it: its sequence number, type, payload (JSON text),
+    the ids it is about, and when the hub received it (monotonic seconds)."""
 
     seq: int
     kind: str
-    data: dict[str, Any]
+    data: str
     ids: frozenset[str]
+    at: float
+
+
+def scope_ids(scope: Scope) -> frozenset[str]:
+    """The ids whose frames a tenant receives: their meters and accounts (alarms name either)."""
+    return scope.meters | scope.accounts
 
 
 @dataclass(eq=False)
@@ -74,7 +90,19 @@ class LiveClient:
         self.queue.put_nowait(frame)
 
     def sees(self, frame: Frame) -> bool:
-        return bool(frame.ids & (self.scope.meters | self.scope.accounts))
+        return bool(frame.ids & scope_ids(self.scope))
+
+
+@dataclass(eq=False)
+class Watch:
+    """Who watches one id (meter or account): the connected clients, and how many disconnected ones
+    may still resume. Every frame about the id with a sequence number above `since` was kept; the
+    kept ones up to `lost` have been evicted since."""
+
+    since: int
+    clients: set[LiveClient] = field(default_factory=set)
+    lingering: int = 0
+    lost: int = 0
 
 
 def audience(message: BaseModel) -> tuple[str, set[str]]:
@@ -89,36 +117,68 @@ def audience(message: BaseModel) -> tuple[str, set[str]]:
 
 
 class LiveHub:
-    def __init__(self, recent: int = RECENT) -> None:
+    """The fan-out of one process. Frames are kept for resumption only when they are about an id
+    some client watches — connected, or disconnected less than `resume_seconds` ago — and then for
+    at most `resume_seconds` and `max_frames` frames (memory), so the buffer follows the tenants
+    that are online, not the size of the city. Resumption is refused (`resumed: false`), never
+    partial, when any frame the client could have missed is not held."""
+
+    def __init__(
+        self,
+        resume_seconds: float = RESUME_SECONDS,
+        max_frames: int = RESUME_FRAMES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._clients: set[LiveClient] = set()
         self.epoch = secrets.token_hex(4)
         self._seq = 0
-        self._recent: deque[Frame] = deque(maxlen=recent)
+        self._recent: deque[Frame] = deque()
+        self._watch: dict[str, Watch] = {}
+        self._lingering: deque[tuple[float, frozenset[str]]] = deque()
+        self._resume_seconds = resume_seconds
+        self._max_frames = max_frames
+        self._clock = clock
         self.closed = False
 
     @property
     def clients(self) -> int:
         return len(self._clients)
 
+    @property
+    def held(self) -> int:
+        """Frames held for resumption."""
+        return len(self._recent)
+
+    @property
+    def watched(self) -> int:
+        """Ids whose frames are held."""
+        return len(self._watch)
+
     def event_id(self, seq: int) -> str:
         return f"{self.epoch}-{seq}"
 
-    def resume_point(self, last_event_id: str | None) -> int | None:
-        """The sequence number to replay after, if this hub still holds every frame since it."""
+    def resume_point(self, last_event_id: str | None, scope: Scope) -> int | None:
+        """The sequence number to replay after, if this hub holds every frame about `scope` since
+        `last_event_id`; None when it does not (another process's id, or anything missing)."""
         if not last_event_id:
             return None
         epoch, _, number = last_event_id.strip().partition("-")
         if epoch != self.epoch or not number.isdigit():
             return None  # another replica's or another run's id
         seq = int(number)
-        oldest = self._recent[0].seq if self._recent else self._seq + 1
-        if seq > self._seq or seq < oldest - 1:
-            return None  # from the future, or frames since then were already dropped
+        if seq > self._seq:
+            return None  # from the future
+        self._tidy(self._clock())
+        for object_id in scope_ids(scope):
+            watch = self._watch.get(object_id)
+            if watch is None or watch.since > seq or watch.lost > seq:
+                return None  # frames about it since then were not kept, or were dropped
         return seq
 
     def connect(self, scope: Scope, after: int | None = None) -> tuple[LiveClient, int]:
         """Register a client (first the frames after `after` it may see, when resuming); returns the
-        client and the sequence number it starts from. No await here: nothing slips between."""
+        client and the sequence number it starts from. Call `resume_point` and this back to back,
+        with no await between: a frame evicted in between would be a silent gap."""
         client = LiveClient(scope)
         if after is not None:
             for frame in self._recent:
@@ -127,25 +187,84 @@ class LiveHub:
         if self.closed:
             client.offer(None)
         self._clients.add(client)
+        self._watch_ids(client, scope_ids(scope))
         return client, self._seq if after is None else after
 
+    def rescope(self, client: LiveClient, scope: Scope) -> None:
+        """Follow a tenant's leases: ids they gained are watched from now on, lost ones no longer."""
+        old, new = scope_ids(client.scope), scope_ids(scope)
+        client.scope = scope
+        if client not in self._clients:
+            return
+        for object_id in old - new:
+            watch = self._watch.get(object_id)
+            if watch is not None:
+                watch.clients.discard(client)
+                self._forget_if_unwatched(object_id, watch)
+        self._watch_ids(client, new - old)
+
     def disconnect(self, client: LiveClient) -> None:
+        if client not in self._clients:
+            return
         self._clients.discard(client)
+        ids = scope_ids(client.scope)
+        for object_id in ids:
+            watch = self._watch.get(object_id)
+            if watch is not None:
+                watch.clients.discard(client)
+                watch.lingering += 1  # it may come back with Last-Event-ID
+        self._lingering.append((self._clock() + self._resume_seconds, ids))
+        self._tidy(self._clock())
 
     async def on_message(self, message: BaseModel, topic: str) -> None:
         kind, ids = audience(message)
         self._seq += 1
-        frame = Frame(self._seq, kind, message.model_dump(mode="json"), frozenset(ids))
+        now = self._clock()
+        self._tidy(now)
+        watches = [watch for object_id in ids if (watch := self._watch.get(object_id)) is not None]
+        if not watches:
+            return  # nobody online or able to resume could receive it: not kept, not sent
+        frame = Frame(self._seq, kind, message.model_dump_json(), frozenset(ids), now)
         self._recent.append(frame)
-        for client in list(self._clients):
-            if client.sees(frame):
-                client.offer(frame)
+        self._tidy(now)
+        targets = watches[0].clients if len(watches) == 1 else set().union(*(w.clients for w in watches))
+        for client in list(targets):
+            client.offer(frame)
 
     def close(self) -> None:
         """End every stream (at shutdown, before the server waits for open connections)."""
         self.closed = True
         for client in list(self._clients):
             client.offer(None)
+
+    def _watch_ids(self, client: LiveClient, ids: frozenset[str]) -> None:
+        for object_id in ids:
+            watch = self._watch.get(object_id)
+            if watch is None:
+                watch = self._watch[object_id] = Watch(since=self._seq)
+            watch.clients.add(client)
+
+    def _forget_if_unwatched(self, object_id: str, watch: Watch) -> None:
+        if not watch.clients and watch.lingering <= 0:
+            del self._watch[object_id]
+
+    def _tidy(self, now: float) -> None:
+        """Evict frames past the time or memory bound (noting, per id, what was lost) and forget the
+        ids of clients gone for longer than they could resume."""
+        horizon = now - self._resume_seconds
+        while self._recent and (len(self._recent) > self._max_frames or self._recent[0].at < horizon):
+            frame = self._recent.popleft()
+            for object_id in frame.ids:
+                watch = self._watch.get(object_id)
+                if watch is not None and watch.lost < frame.seq:
+                    watch.lost = frame.seq
+        while self._lingering and self._lingering[0][0] <= now:
+            _, ids = self._lingering.popleft()
+            for object_id in ids:
+                watch = self._watch.get(object_id)
+                if watch is not None:
+                    watch.lingering -= 1
+                    self._forget_if_unwatched(object_id, watch)
 
 
 class Server(uvicorn.Server):
@@ -198,9 +317,9 @@ async def live(websocket: WebSocket) -> None:
                 if frame is None:
                     await websocket.close(code=1001, reason="server shutting down")
                     break
-                await websocket.send_json({"type": frame.kind, "data": frame.data})
+                await websocket.send_text(f'{{"type":"{frame.kind}","data":{frame.data}}}')
             else:
-                client.scope = await scopes.of(principal.tenant_id)  # leases change: follow them
+                hub.rescope(client, await scopes.of(principal.tenant_id))  # leases change: follow them
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
@@ -219,13 +338,13 @@ async def _drain(websocket: WebSocket) -> None:
 
 # -- Server-sent events ------------------------------------------------------------------------------
 class LiveTicket(BaseModel):
-    ticket: str = Field(description="credential for `GET /v1/me/live?ticket=`; the live stream only")
-    expires_in: int = Field(description="seconds the ticket can be used to connect")
+    ticket: str = Field(description="credential for `GET /v1/me/live?ticket=`: one connection to the live stream")
+    expires_in: int = Field(description="seconds within which the ticket can be used, once")
     url: str = Field(description="the stream's path with the ticket, for `new EventSource(url)`")
 
     model_config = {
         "json_schema_extra": {
-            "examples": [{"ticket": "eyJhbGciOi…", "expires_in": 60, "url": "/v1/me/live?ticket=eyJhbGciOi…"}]
+            "examples": [{"ticket": "eyJhbGciOi…", "expires_in": 30, "url": "/v1/me/live?ticket=eyJhbGciOi…"}]
         }
     }
 
@@ -237,6 +356,54 @@ class LiveReady(BaseModel):
     resumed: bool = Field(
         description="true: the frames missed since Last-Event-ID follow; false: re-read balances and meters"
     )
+
+
+_REDEEM = text(
+    "WITH used AS (INSERT INTO gateway.live_tickets_used (ticket_id, expires_at) VALUES (:jti, :exp) "
+    "ON CONFLICT (ticket_id) DO NOTHING RETURNING ticket_id) "
+    "SELECT EXISTS (SELECT FROM used) AS first_use, "
+    "coalesce(u.active AND (u.locked_until IS NULL OR u.locked_until <= now()) "
+    "AND u.role = 'tenant' AND u.tenant_id = :tid, false) AS admitted "
+    "FROM (VALUES (1)) AS one (n) LEFT JOIN gateway.users u ON u.user_id = :uid"
+)
+
+
+async def redeem_ticket(engine: AsyncEngine, claims: security.LiveTicketClaims) -> None:
+    """Use a live ticket up: one statement records its id (the first use wins, on every replica) and
+    checks that its user is still an active, unlocked tenant of that tenant id. Unauthorised otherwise."""
+    try:
+        user_id = uuid.UUID(claims.user_id)
+    except ValueError as err:
+        raise Unauthorised("invalid live ticket: unknown user") from err
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                _REDEEM,
+                {"jti": claims.ticket_id, "exp": claims.expires_at, "uid": user_id, "tid": claims.tenant_id},
+            )
+        ).one()
+    if not row.first_use:
+        raise Unauthorised("the live ticket was used already; fetch a new one / 票据已使用，请重新获取")
+    if not row.admitted:
+        raise Unauthorised("the account is disabled or locked / 账号已停用或锁定")
+
+
+async def forget_used_tickets(engine: AsyncEngine, batch: int = 5000) -> int:
+    """Delete the records of used tickets that have expired anyway (housekeeping); how many."""
+    deleted = 0
+    while True:
+        async with engine.begin() as conn:
+            result = await conn.execute(
+                text(
+                    "DELETE FROM gateway.live_tickets_used WHERE ticket_id IN (SELECT ticket_id "
+                    "FROM gateway.live_tickets_used WHERE expires_at < now() LIMIT :n)"
+                ),
+                {"n": batch},
+            )
+        count = result.rowcount or 0
+        deleted += count
+        if count < batch:
+            return deleted
 
 
 async def live_tenant(
@@ -252,12 +419,14 @@ async def live_tenant(
     elif ticket:
         settings: GatewaySettings = request.app.state.settings
         try:
-            user_id, tenant_id = security.decode_live_ticket(
+            claims = security.decode_live_ticket(
                 settings.jwt_secret.get_secret_value(), settings.jwt_issuer, ticket, now=utcnow()
             )
         except security.InvalidToken as err:
             raise Unauthorised(f"invalid live ticket: {err}") from err
-        principal = Principal("user", user_id, Role.TENANT, frozenset(), tenant_id)
+        runtime: Runtime = request.app.state.runtime
+        await redeem_ticket(runtime.engine, claims)
+        principal = Principal("user", claims.user_id, Role.TENANT, frozenset(), claims.tenant_id)
     else:
         raise Unauthorised("sign in first: Authorization: Bearer <access token>, or ?ticket= / 请先登录")
     if principal.role is not Role.TENANT or principal.tenant_id is None:
@@ -272,7 +441,7 @@ async def live_tenant(
     status_code=201,
     response_model=LiveTicket,
     responses=ERRORS,
-    summary="实时推送票据 · A short-lived ticket for the event stream (EventSource cannot send headers)",
+    summary="实时推送票据 · A single-use ticket for the event stream (EventSource cannot send headers)",
 )
 async def live_ticket(principal: Tenant, request: Request) -> LiveTicket:
     settings: GatewaySettings = request.app.state.settings
@@ -280,7 +449,7 @@ async def live_ticket(principal: Tenant, request: Request) -> LiveTicket:
     ticket = security.encode_live_ticket(
         settings.jwt_secret.get_secret_value(),
         settings.jwt_issuer,
-        user_id=principal.name,
+        user_id=principal.subject,
         tenant_id=principal.tenant_id,
         now=utcnow(),
         ttl=timedelta(seconds=settings.live_ticket_seconds),
@@ -297,7 +466,8 @@ async def live_ticket(principal: Tenant, request: Request) -> LiveTicket:
     description="`text/event-stream`. First `event: ready` (`data`: tenant id and whether the stream resumed), "
     "then `event: meter_state | balance | alarm` with `id: <epoch>-<n>` and the MQTT message as `data`, "
     "only for the tenant's own accounts and meters. Send `Last-Event-ID` (EventSource does on reconnect) to "
-    "get the events missed since, when this replica still holds them; otherwise `ready` says "
+    "get the events missed since (or `?last_event_id=` with a new ticket), when this replica still holds every "
+    "one of them; otherwise `ready` says "
     "`resumed: false` and the client re-reads its balances and meters. Idle streams get a `: heartbeat` "
     "comment. The same path as a WebSocket carries the same frames as JSON.",
 )
@@ -305,14 +475,25 @@ async def live_events(
     request: Request,
     principal: Annotated[Principal, Depends(live_tenant)],
     last_event_id: Annotated[str | None, Header(max_length=100, description="the last event id received")] = None,
+    last_event_id_query: Annotated[
+        str | None,
+        Query(
+            alias="last_event_id",
+            max_length=100,
+            description="the same as the `Last-Event-ID` header, for a new `EventSource` opened with a new ticket "
+            "(it cannot set the header); the header wins",
+        ),
+    ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     settings: GatewaySettings = request.app.state.settings
     scopes: TenantScopes = request.app.state.scopes
     hub: LiveHub = request.app.state.live
     assert principal.tenant_id is not None
     tenant_id = principal.tenant_id
-    after = hub.resume_point(last_event_id)
-    client, start = hub.connect(await scopes.of(tenant_id), after)
+    scope = await scopes.of(tenant_id)
+    # Back to back, no await between: a frame evicted in between would be a gap nobody is told about.
+    after = hub.resume_point(last_event_id or last_event_id_query, scope)
+    client, start = hub.connect(scope, after)
     try:
         yield ServerSentEvent(
             event="ready",
@@ -330,7 +511,7 @@ async def live_events(
             except TimeoutError:
                 now = time.monotonic()
                 if now >= refresh_at:
-                    client.scope = await scopes.of(tenant_id)  # leases change: follow them
+                    hub.rescope(client, await scopes.of(tenant_id))  # leases change: follow them
                     refresh_at = now + SCOPE_REFRESH_SECONDS
                 if now >= beat_at:
                     yield ServerSentEvent(comment="heartbeat")
@@ -339,7 +520,7 @@ async def live_events(
             if frame is None:
                 yield ServerSentEvent(comment="server shutting down; reconnect")
                 return
-            yield ServerSentEvent(event=frame.kind, id=hub.event_id(frame.seq), data=frame.data)
+            yield ServerSentEvent(event=frame.kind, id=hub.event_id(frame.seq), raw_data=frame.data)
             beat_at = time.monotonic() + heartbeat
     finally:
         hub.disconnect(client)

@@ -1,5 +1,5 @@
 """Credentials as pure functions: password hashing (argon2id), access tokens (JWT HS256), opaque
-refresh tokens and API keys (random, stored as SHA-256), short-lived live-stream tickets (JWT), webhook
+refresh tokens and API keys (random, stored as SHA-256), short-lived single-use live-stream tickets (JWT), webhook
 signatures (HMAC-SHA256) and webhook secrets sealed at rest (AES-256-GCM)."""
 
 from __future__ import annotations
@@ -166,9 +166,17 @@ def verify_webhook(secret: str, header: str, body: bytes, *, now: int, tolerance
 
 
 # -- live-stream tickets -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LiveTicketClaims:
+    user_id: str
+    tenant_id: str
+    ticket_id: str  # `jti`: the gateway records it on first use, so a ticket opens one stream
+    expires_at: datetime
+
+
 def encode_live_ticket(secret: str, issuer: str, *, user_id: str, tenant_id: str, now: datetime, ttl: timedelta) -> str:
-    """A short-lived credential for `GET /v1/me/live?ticket=` (EventSource cannot send headers): it
-    admits the live stream of one tenant and nothing else, so a copy in an access log is worth little."""
+    """A short-lived, single-use credential for `GET /v1/me/live?ticket=` (EventSource cannot send
+    headers): it admits one connection to the live stream of one tenant and nothing else."""
     claims = {
         "iss": issuer,
         "sub": user_id,
@@ -176,27 +184,34 @@ def encode_live_ticket(secret: str, issuer: str, *, user_id: str, tenant_id: str
         "tid": tenant_id,
         "iat": int(now.timestamp()),
         "exp": int((now + ttl).timestamp()),
+        "jti": uuid.uuid4().hex,
     }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def decode_live_ticket(secret: str, issuer: str, ticket: str, *, now: datetime) -> tuple[str, str]:
-    """(user id, tenant id) of a valid live ticket; InvalidToken otherwise (an access token is not a ticket)."""
+def decode_live_ticket(secret: str, issuer: str, ticket: str, *, now: datetime) -> LiveTicketClaims:
+    """The claims of a valid live ticket; InvalidToken otherwise (an access token is not a ticket).
+    Whether it was used already is for the caller to check (it needs the database)."""
     try:
         claims = jwt.decode(
             ticket,
             secret,
             algorithms=[ALGORITHM],
             issuer=issuer,
-            options={"require": ["exp", "iat", "sub", "iss"], "verify_exp": False},
+            options={"require": ["exp", "iat", "sub", "iss", "jti"], "verify_exp": False},
         )
     except jwt.PyJWTError as err:
         raise InvalidToken(str(err)) from err
-    if claims.get("typ") != "live" or not isinstance(claims.get("tid"), str):
+    if claims.get("typ") != "live" or not isinstance(claims.get("tid"), str) or not isinstance(claims["jti"], str):
         raise InvalidToken("not a live-stream ticket")
     if int(claims["exp"]) <= now.timestamp():
         raise InvalidToken("the ticket has expired")
-    return str(claims["sub"]), claims["tid"]
+    return LiveTicketClaims(
+        user_id=str(claims["sub"]),
+        tenant_id=claims["tid"],
+        ticket_id=claims["jti"],
+        expires_at=datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo),
+    )
 
 
 # -- webhook secrets at rest -------------------------------------------------------------------------

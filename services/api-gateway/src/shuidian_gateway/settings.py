@@ -33,7 +33,9 @@ class GatewaySettings(ServiceSettings):
         default=2.0, ge=0, le=60, description="oldest balance a tenant read may serve (a newer BalanceEvent refreshes)"
     )
     usage_today_cache_seconds: float = Field(default=15.0, ge=0, le=300, description="oldest 'today's usage' served")
-    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="a whole delivery attempt (connect, send, every byte of the answer)"
+    )
     webhook_secret_key: SecretStr = Field(
         default=SecretStr(DEV_WEBHOOK_SECRET_KEY),
         description="key material sealing webhook signing secrets at rest (AES-256-GCM); same on every replica",
@@ -44,7 +46,22 @@ class GatewaySettings(ServiceSettings):
     webhook_backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles per attempt")
     webhook_poll_seconds: float = Field(default=1.0, gt=0, description="how often due retries are looked for")
     live_heartbeat_seconds: float = Field(default=15.0, gt=0, description="idle SSE streams get a comment this often")
-    live_ticket_seconds: int = Field(default=60, ge=5, le=600, description="lifetime of a live-stream ticket")
+    live_ticket_seconds: int = Field(
+        default=30, ge=5, le=120, description="how long a live-stream ticket can be used (once) to connect"
+    )
+    live_resume_seconds: float = Field(
+        default=120.0, ge=0, le=3600, description="how long a dropped event stream can resume with Last-Event-ID"
+    )
+    live_resume_frames: int = Field(
+        default=50_000, ge=0, description="frames held for resumption at most (memory bound, about 1 KB each)"
+    )
+    webhook_delivered_retention_days: float = Field(
+        default=7.0, gt=0, description="delivered webhook rows are deleted after this"
+    )
+    webhook_dead_retention_days: float = Field(default=30.0, gt=0, description="dead letters are deleted after this")
+    housekeeping_seconds: float = Field(
+        default=600.0, gt=0, description="how often old deliveries and used tickets are pruned (by one replica)"
+    )
     collector_url: str = "http://127.0.0.1:8001"
     billing_url: str = "http://127.0.0.1:8002"
     control_url: str = "http://127.0.0.1:8003"

@@ -10,8 +10,11 @@ event) into `gateway.webhook_deliveries`; the unique key keeps the first. Due ro
 FOR UPDATE SKIP LOCKED by one replica, which owns the delivery for a lease
 (`GATEWAY_WEBHOOK_LEASE_SECONDS`); a replica that dies mid-delivery leaves the row to be claimed
 again when the lease runs out, so nothing is lost (that one delivery may then arrive twice).
-A failed attempt is retried with back-off, up to `ATTEMPTS` times; then the row stays as a dead
-letter (`state = 'dead'`, with its body, status and error).
+One attempt, answer included, is bounded as a whole by `GATEWAY_WEBHOOK_TIMEOUT_SECONDS` (shorter
+than the lease), so a slow receiver cannot make a live replica's claim run out. A failed attempt is
+retried with back-off, up to `ATTEMPTS` times; then the row stays as a dead letter (`state = 'dead'`,
+with its body, status and error). Housekeeping (`prune`, one replica at a time) deletes delivered
+rows and dead letters past their retention.
 
 Signing secrets are sealed at rest (AES-256-GCM, key from `GATEWAY_WEBHOOK_SECRET_KEY`), shown once
 at creation and never returned again.
@@ -46,6 +49,7 @@ from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, De
 
 log = logging.getLogger(__name__)
 DELIVERED = Counter("gateway_webhook_deliveries_total", "Webhook delivery attempts", ["outcome"])
+PRUNED = Counter("gateway_webhook_deliveries_pruned_total", "Finished webhook deliveries deleted", ["state"])
 Event = Literal["balance", "alarm", "command.result", "meter.state"]
 EVENT_OF: dict[type[Any], str] = {
     BalanceEvent: "balance",
@@ -58,6 +62,11 @@ QUEUE_SIZE = 10_000
 # Events written to the deliveries table per statement.
 INSERT_BATCH = 500
 CACHE_SECONDS = 5.0
+# Finished deliveries deleted per statement by the housekeeping (short transactions, short locks).
+PRUNE_BATCH = 5000
+# Housekeeping runs on one replica at a time: a session advisory lock (released if that replica dies).
+HOUSEKEEPING_LOCK = "SELECT pg_try_advisory_lock(hashtext('gateway.housekeeping'))"
+HOUSEKEEPING_UNLOCK = "SELECT pg_advisory_unlock(hashtext('gateway.housekeeping'))"
 # Deliveries in flight at once: each may hold a resolver thread while a receiver's name is looked up.
 CONCURRENCY = 4
 COLUMNS = "webhook_id, owner, url, events, active, version, created_at"
@@ -93,6 +102,7 @@ class Webhooks:
         backoff: float = 1.0,
         lease: float = 30.0,
         poll: float = 1.0,
+        timeout: float = 5.0,
     ) -> None:
         self._engine = engine
         self._client = client
@@ -101,6 +111,7 @@ class Webhooks:
         self._backoff = backoff
         self._lease = lease
         self._poll = poll
+        self._timeout = timeout
         self._queue: asyncio.Queue[tuple[str, uuid.UUID, bytes]] = asyncio.Queue(QUEUE_SIZE)
         self._cache: tuple[float, list[Any]] = (0.0, [])
         self._wake = asyncio.Event()
@@ -291,7 +302,12 @@ class Webhooks:
             "Shuidian-Signature": security.sign_webhook(secret, int(time.time()), delivery.body),
         }
         try:
-            response = await self._client.post(delivery.url, content=delivery.body, headers=headers)
+            # The whole attempt is bounded, not each phase: a receiver trickling its answer byte by
+            # byte would otherwise outlast the lease, and another replica would deliver it again.
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.post(delivery.url, content=delivery.body, headers=headers)
+        except TimeoutError:
+            return None, f"timeout: no complete answer within {self._timeout:g} s"
         except httpx.HTTPError as err:
             return None, f"{type(err).__name__}: {err}"[:500]
         return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
@@ -328,6 +344,44 @@ class Webhooks:
         if rows:
             log.info("sealed the signing secrets of %d webhook(s)", len(rows))
         return len(rows)
+
+    # -- housekeeping -----------------------------------------------------------------------------
+    async def prune(self, delivered_days: float, dead_days: float, batch: int = PRUNE_BATCH) -> dict[str, int] | None:
+        """Delete delivered rows older than `delivered_days` and dead letters older than `dead_days`,
+        in batches. One replica at a time: None when another holds the housekeeping lock."""
+        pruned = {"delivered": 0, "dead": 0}
+        async with self._engine.connect() as conn:
+            if not (await conn.execute(text(HOUSEKEEPING_LOCK))).scalar_one():
+                await conn.rollback()
+                return None
+            await conn.commit()
+            try:
+                for state, days in (("delivered", delivered_days), ("dead", dead_days)):
+                    while True:
+                        result = await conn.execute(
+                            text(
+                                "DELETE FROM gateway.webhook_deliveries WHERE delivery_id IN ("
+                                "SELECT delivery_id FROM gateway.webhook_deliveries WHERE state = :state "
+                                "AND at < now() - make_interval(secs => :age) ORDER BY at LIMIT :n)"
+                            ),
+                            {"state": state, "age": days * 86400.0, "n": batch},
+                        )
+                        await conn.commit()
+                        count = result.rowcount or 0
+                        pruned[state] += count
+                        PRUNED.labels(state).inc(count)
+                        if count < batch:
+                            break
+            finally:
+                try:
+                    await conn.execute(text(HOUSEKEEPING_UNLOCK))
+                    await conn.commit()
+                except BaseException:
+                    await conn.invalidate()  # closing the session releases the lock
+                    raise
+        if any(pruned.values()):
+            log.info("pruned %(delivered)d delivered and %(dead)d dead webhook deliveries", pruned)
+        return pruned
 
     # -- subscriptions -----------------------------------------------------------------------------
     async def create(self, owner: str, url: str, events: list[str]) -> dict[str, Any]:

@@ -176,6 +176,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     await asyncio.sleep(settings.housekeeping_seconds)
 
             runtime.supervisor.add("housekeeping", housekeeping)
+            # Settings saved in the gateway before alarm owned them: pushed once, then the loop ends.
+            runtime.supervisor.add(
+                "settings-migration", lambda: routes_me.migrate_until_done(runtime.engine, upstreams)
+            )
             async with runtime.running():
                 yield
 

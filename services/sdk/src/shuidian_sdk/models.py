@@ -78,7 +78,7 @@ class NotificationSettings(_Model):
     low_balance: bool = True
     alarms: bool = True
     statements: bool = True
-    channels: list[Literal["app", "sms", "email", "wechat"]] = ["app"]
+    channels: list[Literal["app", "sms", "email"]] = ["app"]
     quiet_hours: str | None = None
 
 

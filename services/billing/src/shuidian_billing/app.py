@@ -20,8 +20,6 @@ from shuidian_billing.premises import ImportRefused, Premises
 from shuidian_billing.settings import BillingSettings
 from shuidian_billing.usage_api import router as usage_router
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
-from shuidian_shared import topics
-from shuidian_shared.messages import ReadingBatch
 
 SERVICE = "billing"
 
@@ -34,7 +32,7 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
         migrations = str(files("shuidian_billing") / "migrations")
         async with Runtime.open(settings, service=SERVICE, schema="billing", migrations=migrations) as runtime:
             billing = Billing(runtime.engine, runtime.outbox, settings, runtime.mqtt.client_id)
-            runtime.mqtt.subscribe(topics.shared(SERVICE, topics.ALL_READINGS), ReadingBatch, billing.enqueue)
+            billing.subscribe(runtime.mqtt)  # all reading batches, or this replica's shard of gateways
             for lane in range(billing.lanes):
                 runtime.supervisor.add(f"bill-{lane}", functools.partial(billing.bill_loop, lane))
             runtime.supervisor.add("flush", billing.flush_loop)

@@ -11,7 +11,9 @@ Stable entry points for other billing modules that move money:
 
 Readings arrive through `enqueue` (the MQTT handler) into one of `BILLING_LANES` queues chosen by
 gateway; each lane's worker takes every batch queued so far, up to
-`BILLING_MAX_BATCHES_PER_TRANSACTION`, and bills them in one transaction.
+`BILLING_MAX_BATCHES_PER_TRANSACTION`, and bills them in one transaction. `subscribe` wires the
+MQTT side: with `BILLING_SHARD_COUNT` > 1 a replica takes only its shard of the gateways, chosen
+on the topic before the payload is decoded (`shard_of`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from shuidian_billing.domain.periods import apportion, microseconds
 from shuidian_billing.settings import BillingSettings
 from shuidian_billing.tariff_config import COMPONENTS, FlatIn, Pricer, StoredVersion, tier_key, to_domain
 from shuidian_kit.errors import Conflict, NotFound, ServiceError
+from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -59,6 +62,7 @@ log = logging.getLogger(__name__)
 READINGS = Counter("billing_readings_total", "readings consumed", ["outcome"])
 COMMITTED = Counter("billing_readings_committed_total", "readings whose billing transaction committed")
 BATCH_SECONDS = Histogram("billing_batch_seconds", "time to bill one transaction of reading batches")
+OTHER_SHARD = Counter("billing_reading_batches_other_shard_total", "reading batches left to another billing shard")
 
 REGISTER = {Utility.ELECTRICITY: "energy_active_import_total", Utility.WATER: "water_volume_total"}
 REVENUE = {Utility.ELECTRICITY: "revenue:electricity", Utility.WATER: "revenue:water"}
@@ -73,8 +77,17 @@ COMMON = "common:"  # owner id prefix of an estate's common meter (公摊); its 
 _SEVERITY = {BalanceLevel.OK: 0, BalanceLevel.LOW_1: 1, BalanceLevel.LOW_2: 2, BalanceLevel.EXHAUSTED: 3}
 _FLUSH_LOCK = 7_234_001  # advisory lock: billing transactions share it, the flush takes it alone
 _HOUR = timedelta(hours=1)
+_ZERO = Decimal(0)
 # Changes whenever a tariff version is added or a future one replaced (ids are never reused).
 TARIFF_STAMP = "count(*)::text || ':' || max(tariff_id)::text"
+
+
+SUBSCRIPTION_GROUP = "billing"
+
+
+def shard_of(gateway_id: str, shard_count: int) -> int:
+    """The billing shard of a gateway: a stable hash, the same in every process, host and release."""
+    return int.from_bytes(hashlib.blake2b(gateway_id.encode(), digest_size=8).digest(), "big") % shard_count
 
 
 class BillingError(ServiceError):
@@ -149,6 +162,7 @@ class Billing:
         self.on_commit: Callable[[Sequence[ReadingBatch]], None] | None = None
         # Parsed tariff versions and the stamp of the tariff table they were built from.
         self._pricers: tuple[str, dict[Utility, Pricer]] | None = None
+        self._rate_registers: dict[int, dict[str, str]] = {}
 
     def notify(self) -> None:
         """Wake the outbox relay after a commit that queued events."""
@@ -159,6 +173,22 @@ class Billing:
     @property
     def lanes(self) -> int:
         return len(self._lanes)
+
+    def subscribe(self, mqtt: MqttLink) -> None:
+        """Subscribe to reading batches: every gateway's, or this replica's shard of them (BILLING_SHARD_*)."""
+        count, index = self._settings.shard_count, self._settings.shard_index
+        if count == 1:
+            mqtt.subscribe(topics.shared(SUBSCRIPTION_GROUP, topics.ALL_READINGS), ReadingBatch, self.enqueue)
+            return
+        group = f"{SUBSCRIPTION_GROUP}-shard-{index}-of-{count}"
+        mqtt.subscribe(topics.shared(group, topics.ALL_READINGS), ReadingBatch, self.enqueue, accept=self.owns)
+
+    def owns(self, topic: str) -> bool:
+        """Whether a reading topic's gateway is in this replica's shard (decided before the batch is decoded)."""
+        mine = shard_of(topic.rsplit("/", 1)[-1], self._settings.shard_count) == self._settings.shard_index
+        if not mine:
+            OTHER_SHARD.inc()
+        return mine
 
     async def enqueue(self, batch: ReadingBatch, topic: str) -> None:
         """MQTT handler: queue the batch in its gateway's lane (waits while that lane is full)."""
@@ -210,13 +240,20 @@ class Billing:
     async def owners(self, conn: AsyncConnection, meter_ids: list[str]) -> dict[str, list[Owner]]:
         """Every owner period of each meter, in time order."""
         result: dict[str, list[Owner]] = {}
-        rows = await conn.execute(text(OWNERS_SQL.format(where="b.meter_id = ANY(:m)")), {"m": meter_ids})
+        rows = await _fetch(conn, OWNERS_SQL.format(where="b.meter_id = ANY($1::text[])"), meter_ids)
         for row in rows:
-            result.setdefault(row.meter_id, []).append(
-                Owner(row.account_id, Utility(row.utility), row.valid_from, row.valid_to, row.household_size)
+            result.setdefault(row["meter_id"], []).append(
+                Owner(
+                    row["account_id"],
+                    Utility(row["utility"]),
+                    row["valid_from"],
+                    row["valid_to"],
+                    row["household_size"],
+                )
             )
         for periods in result.values():
-            periods.sort(key=lambda o: o.valid_from or datetime.min.replace(tzinfo=UTC))
+            if len(periods) > 1:
+                periods.sort(key=lambda o: o.valid_from or datetime.min.replace(tzinfo=UTC))
         return result
 
     async def _pricers_at(self, conn: AsyncConnection, stamp: str) -> dict[Utility, Pricer]:
@@ -233,11 +270,12 @@ class Billing:
             READINGS.labels("unbound").inc(len(readings))
             return work
         marks = await self._watermarks(conn, meter_ids, lock=True)
-        posted = {
-            (row.meter_id, row.account_id): row.posted_through
-            for row in await conn.execute(
-                text("SELECT meter_id, account_id, posted_through FROM billing.carries WHERE meter_id = ANY(:m)"),
-                {"m": meter_ids},
+        posted: dict[tuple[str, str], datetime | None] = {
+            (row[0], row[1]): row[2]
+            for row in await _fetch(
+                conn,
+                "SELECT meter_id, account_id, posted_through FROM billing.carries WHERE meter_id = ANY($1::text[])",
+                meter_ids,
             )
         }
         households = sorted({o.account_id for periods in owners.values() for o in periods})
@@ -267,7 +305,8 @@ class Billing:
             if step.outcome is consumption.Outcome.HELD:
                 work.held.append((reading, register, value, str(step.hold_reason), previous))
                 continue
-            if step.watermark is not None and step.watermark != previous:
+            # `advance` hands back the watermark it was given when nothing moved.
+            if step.watermark is not None and step.watermark is not previous:
                 marks[key] = changed[key] = step.watermark
             pricer = pricers[utility]
             segments = self._rate_deltas(reading, pricer, marks, changed, step)
@@ -288,7 +327,12 @@ class Billing:
     ) -> dict[str, Decimal] | None:
         """Per-rate quantities from the meter's own tariff registers (尖峰平谷), when it reports them all."""
         version = pricer.version_at(reading.sampled_at)
-        registers = version.rate_registers if version is not None else {}
+        if version is None:
+            return None
+        registers = self._rate_registers.get(version.tariff_id)
+        if registers is None:
+            # A stored version never changes (ids are not reused), so its rate registers are kept.
+            registers = self._rate_registers[version.tariff_id] = version.rate_registers
         if not registers:
             return None
         deltas: dict[str, Decimal] = {}
@@ -394,7 +438,7 @@ class Billing:
             hour = open_hour(line.end)
             piece = (line.start, line.end)
             if first_component.setdefault(piece, line.component) == line.component:
-                by_piece[piece] = by_piece.get(piece, Decimal(0)) + line.quantity
+                by_piece[piece] = by_piece.get(piece, _ZERO) + line.quantity
             version = pricer.version_at(line.start)
             version_id = version.tariff_id if version is not None else 0
             lkey = (meter_id, hour, account, version_id, line.component, line.label, line.unit_price)
@@ -408,20 +452,18 @@ class Billing:
                 found[3] = _greatest(found[3], register_to)
                 found[4] = min(found[4], line.start)
                 found[5] = max(found[5], line.end)
-            acc = work.accruals.setdefault((meter_id, hour, account), [utility, Decimal(0), Decimal(0)])
-            acc[2] += line.amount
-            self._add_usage(work, meter_id, utility, hour, Decimal(0), line.amount)
+            _bucket(work.accruals, (meter_id, hour, account), utility)[2] += line.amount
+            _bucket(work.usage, (meter_id, hour), utility)[2] += line.amount
         if not lines:
             by_piece[(share_end, share_end)] = quantity
         for (_, piece_end), piece_quantity in by_piece.items():
             hour = open_hour(piece_end)
-            acc = work.accruals.setdefault((meter_id, hour, account), [utility, Decimal(0), Decimal(0)])
-            acc[1] += piece_quantity
-            self._add_usage(work, meter_id, utility, hour, piece_quantity, Decimal(0))
+            _bucket(work.accruals, (meter_id, hour, account), utility)[1] += piece_quantity
+            _bucket(work.usage, (meter_id, hour), utility)[1] += piece_quantity
 
     @staticmethod
     def _add_usage(work: _Work, meter_id: str, utility: Utility, hour: datetime, qty: Decimal, cost: Decimal) -> None:
-        usage = work.usage.setdefault((meter_id, hour), [utility, Decimal(0), Decimal(0)])
+        usage = _bucket(work.usage, (meter_id, hour), utility)
         usage[1] += qty
         usage[2] += cost
 
@@ -447,19 +489,13 @@ class Billing:
         conn: AsyncConnection, meter_ids: list[str], *, lock: bool
     ) -> dict[tuple[str, str], consumption.Watermark]:
         # Locked in a stable order: concurrent consumers of the same meters serialise, never deadlock.
-        rows = await conn.execute(
-            text(
-                "SELECT meter_id, register, value, sampled_at, multiplier, register_max FROM billing.watermarks "
-                "WHERE meter_id = ANY(:m) ORDER BY meter_id, register" + (" FOR UPDATE" if lock else "")
-            ),
-            {"m": meter_ids},
+        rows = await _fetch(
+            conn,
+            "SELECT meter_id, register, value, sampled_at, multiplier, register_max FROM billing.watermarks "
+            "WHERE meter_id = ANY($1::text[]) ORDER BY meter_id, register" + (" FOR UPDATE" if lock else ""),
+            meter_ids,
         )
-        return {
-            (row.meter_id, row.register): consumption.Watermark(
-                row.meter_id, row.register, row.value, row.sampled_at, row.multiplier, row.register_max
-            )
-            for row in rows
-        }
+        return {(row[0], row[1]): consumption.Watermark(*row) for row in rows}
 
     @staticmethod
     async def _tier_usage(
@@ -475,23 +511,27 @@ class Billing:
         return {(r.account_id, r.utility, r.period, r.period_start): r.quantity for r in rows}
 
     async def _save(self, conn: AsyncConnection, work: _Work, marks: list[consumption.Watermark]) -> None:
+        # Each column travels as one array literal (see `store.array`): the driver then encodes one
+        # string per column instead of every element, which was most of the writes' CPU.
+        stamps = _Stamps()
         if marks:
             marks.sort(key=lambda w: (w.meter_id, w.register))
             await conn.execute(
                 text(
                     "INSERT INTO billing.watermarks (meter_id, register, value, sampled_at, multiplier, register_max) "
-                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:r AS text[]), CAST(CAST(:v AS text[]) AS numeric[]), "
-                    "CAST(:t AS timestamptz[]), CAST(CAST(:x AS text[]) AS numeric[]), CAST(CAST(:mx AS text[]) AS numeric[])) "
+                    "SELECT * FROM unnest(CAST(CAST(:m AS text) AS text[]), CAST(CAST(:r AS text) AS text[]), "
+                    "CAST(CAST(:v AS text) AS numeric[]), CAST(CAST(:t AS text) AS timestamptz[]), "
+                    "CAST(CAST(:x AS text) AS numeric[]), CAST(CAST(:mx AS text) AS numeric[])) "
                     "ON CONFLICT (meter_id, register) DO UPDATE SET value = EXCLUDED.value, "
                     "sampled_at = EXCLUDED.sampled_at, multiplier = EXCLUDED.multiplier, register_max = EXCLUDED.register_max"
                 ),
                 {
-                    "m": [w.meter_id for w in marks],
-                    "r": [w.register for w in marks],
-                    "v": _numerics([w.value for w in marks]),
-                    "t": [w.sampled_at for w in marks],
-                    "x": _numerics([w.multiplier for w in marks]),
-                    "mx": _numerics([w.register_max for w in marks]),
+                    "m": store.text_array([w.meter_id for w in marks]),
+                    "r": store.text_array([w.register for w in marks]),
+                    "v": store.array([w.value for w in marks]),
+                    "t": stamps.array([w.sampled_at for w in marks]),
+                    "x": store.array([w.multiplier for w in marks]),
+                    "mx": store.array([w.register_max for w in marks]),
                 },
             )
         if work.accruals:
@@ -499,18 +539,19 @@ class Billing:
             await conn.execute(
                 text(
                     "INSERT INTO billing.accruals (meter_id, hour, account_id, utility, quantity, amount) "
-                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:h AS timestamptz[]), CAST(:a AS text[]), "
-                    "CAST(:u AS text[]), CAST(CAST(:q AS text[]) AS numeric[]), CAST(CAST(:x AS text[]) AS numeric[])) "
+                    "SELECT * FROM unnest(CAST(CAST(:m AS text) AS text[]), CAST(CAST(:h AS text) AS timestamptz[]), "
+                    "CAST(CAST(:a AS text) AS text[]), CAST(CAST(:u AS text) AS text[]), "
+                    "CAST(CAST(:q AS text) AS numeric[]), CAST(CAST(:x AS text) AS numeric[])) "
                     "ON CONFLICT (meter_id, hour, account_id) DO UPDATE SET "
                     "quantity = billing.accruals.quantity + EXCLUDED.quantity, amount = billing.accruals.amount + EXCLUDED.amount"
                 ),
                 {
-                    "m": [k[0] for k in keys],
-                    "h": [k[1] for k in keys],
-                    "a": [k[2] for k in keys],
-                    "u": [work.accruals[k][0].value for k in keys],
-                    "q": _numerics([work.accruals[k][1] for k in keys]),
-                    "x": _numerics([work.accruals[k][2] for k in keys]),
+                    "m": store.text_array([k[0] for k in keys]),
+                    "h": stamps.array([k[1] for k in keys]),
+                    "a": store.text_array([k[2] for k in keys]),
+                    "u": store.text_array([work.accruals[k][0].value for k in keys]),
+                    "q": store.array([work.accruals[k][1] for k in keys]),
+                    "x": store.array([work.accruals[k][2] for k in keys]),
                 },
             )
         if work.usage:
@@ -518,17 +559,18 @@ class Billing:
             await conn.execute(
                 text(
                     "INSERT INTO billing.usage_hourly (meter_id, hour, utility, quantity, cost) "
-                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:h AS timestamptz[]), CAST(:u AS text[]), "
-                    "CAST(CAST(:q AS text[]) AS numeric[]), CAST(CAST(:x AS text[]) AS numeric[])) "
+                    "SELECT * FROM unnest(CAST(CAST(:m AS text) AS text[]), CAST(CAST(:h AS text) AS timestamptz[]), "
+                    "CAST(CAST(:u AS text) AS text[]), CAST(CAST(:q AS text) AS numeric[]), "
+                    "CAST(CAST(:x AS text) AS numeric[])) "
                     "ON CONFLICT (meter_id, hour) DO UPDATE SET quantity = billing.usage_hourly.quantity + EXCLUDED.quantity, "
                     "cost = billing.usage_hourly.cost + EXCLUDED.cost"
                 ),
                 {
-                    "m": [k[0] for k in keys2],
-                    "h": [k[1] for k in keys2],
-                    "u": [work.usage[k][0].value for k in keys2],
-                    "q": _numerics([work.usage[k][1] for k in keys2]),
-                    "x": _numerics([work.usage[k][2] for k in keys2]),
+                    "m": store.text_array([k[0] for k in keys2]),
+                    "h": stamps.array([k[1] for k in keys2]),
+                    "u": store.text_array([work.usage[k][0].value for k in keys2]),
+                    "q": store.array([work.usage[k][1] for k in keys2]),
+                    "x": store.array([work.usage[k][2] for k in keys2]),
                 },
             )
         if work.lines:
@@ -538,10 +580,12 @@ class Billing:
                 text(
                     "INSERT INTO billing.charge_lines (meter_id, hour, account_id, tariff_id, component, label, unit_price, "
                     "quantity, amount, register_from, register_to, first_sample, last_sample) "
-                    "SELECT * FROM unnest(CAST(:m AS text[]), CAST(:h AS timestamptz[]), CAST(:a AS text[]), "
-                    "CAST(:v AS bigint[]), CAST(:c AS text[]), CAST(:l AS text[]), CAST(CAST(:p AS text[]) AS numeric[]), "
-                    "CAST(CAST(:q AS text[]) AS numeric[]), CAST(CAST(:x AS text[]) AS numeric[]), CAST(CAST(:rf AS text[]) AS numeric[]), CAST(CAST(:rt AS text[]) AS numeric[]), "
-                    "CAST(:fs AS timestamptz[]), CAST(:ls AS timestamptz[])) "
+                    "SELECT * FROM unnest(CAST(CAST(:m AS text) AS text[]), CAST(CAST(:h AS text) AS timestamptz[]), "
+                    "CAST(CAST(:a AS text) AS text[]), CAST(CAST(:v AS text) AS bigint[]), CAST(CAST(:c AS text) AS text[]), "
+                    "CAST(CAST(:l AS text) AS text[]), CAST(CAST(:p AS text) AS numeric[]), "
+                    "CAST(CAST(:q AS text) AS numeric[]), CAST(CAST(:x AS text) AS numeric[]), "
+                    "CAST(CAST(:rf AS text) AS numeric[]), CAST(CAST(:rt AS text) AS numeric[]), "
+                    "CAST(CAST(:fs AS text) AS timestamptz[]), CAST(CAST(:ls AS text) AS timestamptz[])) "
                     "ON CONFLICT (meter_id, hour, account_id, tariff_id, component, label, unit_price) DO UPDATE SET "
                     "quantity = billing.charge_lines.quantity + EXCLUDED.quantity, "
                     "amount = billing.charge_lines.amount + EXCLUDED.amount, "
@@ -551,19 +595,19 @@ class Billing:
                     "last_sample = greatest(billing.charge_lines.last_sample, EXCLUDED.last_sample)"
                 ),
                 {
-                    "m": [k[0] for k in keys3],
-                    "h": [k[1] for k in keys3],
-                    "a": [k[2] for k in keys3],
-                    "v": [k[3] for k in keys3],
-                    "c": [k[4] for k in keys3],
-                    "l": [k[5] for k in keys3],
-                    "p": _numerics([k[6] for k in keys3]),
-                    "q": _numerics(cols[0]),
-                    "x": _numerics(cols[1]),
-                    "rf": _numerics(cols[2]),
-                    "rt": _numerics(cols[3]),
-                    "fs": cols[4],
-                    "ls": cols[5],
+                    "m": store.text_array([k[0] for k in keys3]),
+                    "h": stamps.array([k[1] for k in keys3]),
+                    "a": store.text_array([k[2] for k in keys3]),
+                    "v": store.array([k[3] for k in keys3]),
+                    "c": store.text_array([k[4] for k in keys3]),
+                    "l": store.text_array([k[5] for k in keys3]),
+                    "p": store.array([k[6] for k in keys3]),
+                    "q": store.array(cols[0]),
+                    "x": store.array(cols[1]),
+                    "rf": store.array(cols[2]),
+                    "rt": store.array(cols[3]),
+                    "fs": stamps.array(cols[4]),
+                    "ls": stamps.array(cols[5]),
                 },
             )
         if work.tiers_changed:
@@ -571,16 +615,17 @@ class Billing:
             await conn.execute(
                 text(
                     "INSERT INTO billing.tier_usage (account_id, utility, period, period_start, quantity) "
-                    "SELECT * FROM unnest(CAST(:a AS text[]), CAST(:u AS text[]), CAST(:p AS text[]), "
-                    "CAST(:s AS timestamptz[]), CAST(CAST(:q AS text[]) AS numeric[])) "
+                    "SELECT * FROM unnest(CAST(CAST(:a AS text) AS text[]), CAST(CAST(:u AS text) AS text[]), "
+                    "CAST(CAST(:p AS text) AS text[]), CAST(CAST(:s AS text) AS timestamptz[]), "
+                    "CAST(CAST(:q AS text) AS numeric[])) "
                     "ON CONFLICT (account_id, utility, period, period_start) DO UPDATE SET quantity = EXCLUDED.quantity"
                 ),
                 {
-                    "a": [k[0] for k in keys4],
-                    "u": [k[1] for k in keys4],
-                    "p": [k[2] for k in keys4],
-                    "s": [k[3] for k in keys4],
-                    "q": _numerics([work.tiers[k] for k in keys4]),
+                    "a": store.text_array([k[0] for k in keys4]),
+                    "u": store.text_array([k[1] for k in keys4]),
+                    "p": store.text_array([k[2] for k in keys4]),
+                    "s": stamps.array([k[3] for k in keys4]),
+                    "q": store.array([work.tiers[k] for k in keys4]),
                 },
             )
         await self._hold(conn, work.held)
@@ -1404,9 +1449,41 @@ def _split_by_owner(
     return [(owner, low, high, part) for (owner, low, high), part in zip(spans, parts, strict=True)]
 
 
-def _numerics(values: Sequence[Any]) -> list[str | None]:
-    """Decimals as text for a numeric[] parameter: asyncpg encodes text arrays at half the cost."""
-    return [None if v is None else str(v) for v in values]
+async def _fetch(conn: AsyncConnection, sql: str, *args: object) -> list[Any]:
+    """Rows straight from the driver, in the connection's transaction: the reading path's large reads
+    skip SQLAlchemy's row objects. Parameters are positional ($1, $2 …)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    if not driver.is_in_transaction():
+        # SQLAlchemy opens its transaction on the first statement it runs: make sure that happened.
+        await conn.execute(text("SELECT 1"))
+    rows: list[Any] = await driver.fetch(sql, *args)
+    return rows
+
+
+class _Stamps:
+    """Timestamp columns as array literals; one write repeats the same hours and sample times a lot."""
+
+    def __init__(self) -> None:
+        self._text: dict[datetime, str] = {}
+
+    def array(self, values: Sequence[datetime]) -> str:
+        text_of = self._text
+        out: list[str] = []
+        for value in values:
+            found = text_of.get(value)
+            if found is None:
+                found = text_of[value] = value.isoformat()
+            out.append(found)
+        return "{" + ",".join(out) + "}"
+
+
+def _bucket(table: dict[Any, list[Any]], key: Any, utility: Utility) -> list[Any]:
+    """The [utility, quantity, amount] accumulator of `key`, created at zero (no list built when it exists)."""
+    found = table.get(key)
+    if found is None:
+        found = table[key] = [utility, _ZERO, _ZERO]
+    return found
 
 
 def _least(a: Decimal | None, b: Decimal | None) -> Decimal | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shuidian_shared.settings import ServiceSettings
@@ -41,3 +41,15 @@ class BillingSettings(ServiceSettings):
     max_batches_per_transaction: int = 40
     lanes: int = Field(default=4, ge=1, le=16)
     queue_batches: int = 200
+    # Billing replicas split the gateways between them by a stable hash of the gateway id: replica
+    # `shard_index` of `shard_count` bills only its own gateways' batches, so every meter is billed
+    # by one process, in arrival order. Replicas with the same shard share its load (and stand in
+    # for each other) through one shared subscription.
+    shard_index: int = Field(default=0, ge=0)
+    shard_count: int = Field(default=1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> BillingSettings:
+        if self.shard_index >= self.shard_count:
+            raise ValueError(f"shard_index {self.shard_index} must be below shard_count {self.shard_count}")
+        return self

@@ -7,6 +7,7 @@ the ledger; both move `billing.balances` in the same database transaction as the
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -15,6 +16,26 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shuidian_shared.messages import Utility
+
+
+def array(values: Iterable[object]) -> str:
+    """A PostgreSQL array literal of numbers or timestamps (None → NULL), sent as one text parameter.
+
+    A whole column of a set-based write then travels as one string that PostgreSQL parses in C,
+    instead of a list that the driver encodes element by element (the larger share of billing's
+    CPU on the reading path). Use it only for values whose text never needs quoting: Decimal,
+    int and ISO timestamps; cast in SQL with `CAST(CAST(:x AS text) AS numeric[])`.
+    """
+    return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
+
+
+def text_array(values: Iterable[str | None]) -> str:
+    """A PostgreSQL array literal of strings, each quoted, so any text survives exactly."""
+    return (
+        "{"
+        + ",".join(["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values])
+        + "}"
+    )
 
 
 def household(account_id: str) -> str:

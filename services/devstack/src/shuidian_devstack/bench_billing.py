@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,8 @@ from multiprocessing.synchronize import Event
 import aiomqtt
 import httpx
 import psutil
+import uvicorn
+from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import text
 
@@ -25,7 +28,6 @@ from shuidian_billing.app import create_app as billing_app
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
 from shuidian_devstack.benchkit import emit
-from shuidian_devstack.platform import _serve
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -39,6 +41,9 @@ CYCLES = 20
 WINDOW = 100  # QoS 1 publishes in flight at once
 LATENCY_RATE = 5000  # readings/s offered while measuring latency
 LATENCY_SECONDS = 8
+# BENCH_BILLING_REPLICAS=n (n > 1) also measures n billing processes (`python -m shuidian_billing`,
+# BILLING_SHARD_INDEX i of n) sharing the same stream.
+REPLICAS = int(os.environ.get("BENCH_BILLING_REPLICAS", "1"))
 # Serialised in every payload and replaced by the publish time just before publishing (same length).
 PUBLISH_MARK = datetime(2000, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
 PUBLISH_MARK_TEXT = b"2000-01-01T00:00:00.000001Z"
@@ -162,9 +167,117 @@ def _cpu_seconds(names: tuple[str, ...]) -> float:
     return total
 
 
+async def _serve(app: FastAPI, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Billing's API on `port`, started in this event loop (the bench needs no other service)."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the start-up error
+            raise RuntimeError("billing stopped during start-up")
+        await asyncio.sleep(0.02)
+    return server, task
+
+
 def _percentile(values: Sequence[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def _committed_of(metrics: str) -> float:
+    """billing_readings_committed_total from a replica's /metrics text."""
+    for line in metrics.splitlines():
+        if line.startswith("billing_readings_committed_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def _replicas(database_url: str, mqtt_url: str, count: int) -> None:
+    """Throughput of `count` billing processes, each billing its shard of the gateways."""
+    ports = [infra.free_port() for _ in range(count)]
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shuidian_billing",
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "MQTT_URL": mqtt_url,
+                "BILLING_ENVIRONMENT": "test",
+                "BILLING_HTTP_PORT": str(port),
+                "BILLING_INSTANCE_ID": f"bench-replica-{index}",
+                "BILLING_MQTT_CLEAN_SESSION": "true",
+                "BILLING_FLUSH_INTERVAL_SECONDS": "3600",
+                "BILLING_LOG_LEVEL": "WARNING",
+                "BILLING_SHARD_INDEX": str(index),
+                "BILLING_SHARD_COUNT": str(count),
+            },
+        )
+        for index, port in enumerate(ports)
+    ]
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def committed() -> float:
+                total = 0.0
+                for port in ports:
+                    total += _committed_of((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+                return total
+
+            for port in ports:
+                for _ in range(600):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise TimeoutError(f"billing replica on port {port} did not become ready")
+            # Accounts and bindings are already in the database (the single-process runs made them).
+            watched = [psutil.Process(p.pid) for p in processes]
+            rates: list[float] = []
+            cpu_per_reading: list[float] = []
+            for run in range(RUNS):
+                payloads = _batches(RUNS + 1 + run, CYCLES)
+                total = len(payloads) * BATCH
+                context = multiprocessing.get_context("spawn")
+                ready, start = context.Event(), context.Event()
+                publisher = context.Process(target=_publish, args=(mqtt_url, payloads, None, ready, start))
+                publisher.start()
+                if not await asyncio.to_thread(ready.wait, 60):
+                    raise TimeoutError("the publisher did not connect")
+                before, cpu_before = await committed(), sum(sum(w.cpu_times()[:2]) for w in watched)
+                started = time.perf_counter()
+                start.set()
+                while await committed() - before < total:
+                    await asyncio.sleep(0.05)
+                    if time.perf_counter() - started > 300:
+                        raise TimeoutError("billing replicas did not keep up within 300 s")
+                elapsed = time.perf_counter() - started
+                cpu = sum(sum(w.cpu_times()[:2]) for w in watched) - cpu_before
+                await asyncio.to_thread(publisher.join)
+                rates.append(total / elapsed)
+                cpu_per_reading.append(cpu / total)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            await asyncio.wait_for(process.wait(), 30)
+    median = statistics.median(rates)
+    emit(
+        "billing throughput, replicas",
+        median,
+        "readings/s",
+        20000,
+        median >= 20000,
+        replicas=count,
+        runs=RUNS,
+        min=round(min(rates)),
+        max=round(max(rates)),
+        billing_cpu_us_per_reading=round(statistics.median(cpu_per_reading) * 1e6),
+        path="as above, billed by BILLING_SHARD_COUNT processes (python -m shuidian_billing) each taking its shard",
+        cpus=os.cpu_count(),
+    )
 
 
 async def run(database_url: str, mqtt_url: str) -> None:
@@ -326,3 +439,5 @@ async def run(database_url: str, mqtt_url: str) -> None:
     finally:
         server.should_exit = True
         await task
+    if REPLICAS > 1:
+        await _replicas(database_url, mqtt_url, REPLICAS)

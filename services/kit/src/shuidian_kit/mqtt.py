@@ -60,6 +60,7 @@ class _Subscription:
     model: type[BaseModel]
     handler: Handler
     qos: int
+    accept: Callable[[str], bool] | None = None
 
     @property
     def match_filter(self) -> str:
@@ -99,9 +100,18 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def subscribe(self, topic_filter: str, model: type[BaseModel], handler: Handler, *, qos: int = 1) -> None:
-        """Register a typed handler; subscriptions are (re)made on every connect."""
-        self._subscriptions.append(_Subscription(topic_filter, model, handler, qos))
+    def subscribe(
+        self,
+        topic_filter: str,
+        model: type[BaseModel],
+        handler: Handler,
+        *,
+        qos: int = 1,
+        accept: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Register a typed handler; subscriptions are (re)made on every connect. `accept`, when given,
+        sees each message's topic first: a message it refuses is dropped before it is decoded."""
+        self._subscriptions.append(_Subscription(topic_filter, model, handler, qos, accept))
 
     def _status(self, online: bool) -> bytes:
         return (
@@ -163,6 +173,8 @@ class MqttLink:
         RECEIVED.labels(self.service).inc()
         for sub in self._subscriptions:
             if not message.topic.matches(sub.match_filter):
+                continue
+            if sub.accept is not None and not sub.accept(message.topic.value):
                 continue
             try:
                 decoded = sub.model.model_validate_json(message.payload)

@@ -18,6 +18,7 @@ watermark per (meter, register), so each rate's delta can be priced at its own p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Context, Decimal, Inexact
@@ -202,7 +203,7 @@ def advance(
         return Advance(Outcome.HELD, ZERO, interval, watermark, HoldReason.OUT_OF_RANGE)
     if reading.value == watermark.value:
         # Moving the sample time forward keeps the next interval (and its plausibility) tight.
-        return Advance(Outcome.UNCHANGED, ZERO, interval, replace(watermark, sampled_at=at))
+        return Advance(Outcome.UNCHANGED, ZERO, interval, _moved(watermark, watermark.value, at))
 
     if reading.value > watermark.value:
         outcome, delta = Outcome.BILLED, reading.value - watermark.value
@@ -215,7 +216,7 @@ def advance(
     if not _plausible(billed, at - watermark.sampled_at, max_plausible_rate, watermark):
         reason = HoldReason.IMPLAUSIBLE_JUMP if outcome is Outcome.BILLED else HoldReason.REGISTER_DECREASED
         return Advance(Outcome.HELD, ZERO, interval, watermark, reason)
-    return Advance(outcome, billed, interval, replace(watermark, value=reading.value, sampled_at=at))
+    return Advance(outcome, billed, interval, _moved(watermark, reading.value, at))
 
 
 def apply_event(watermark: Watermark, event: MeterEvent) -> Advance:
@@ -281,6 +282,12 @@ def _plausible(billed: Decimal, elapsed: timedelta, rate: Decimal, watermark: Wa
     return billed <= rate * hours + watermark.resolution * watermark.multiplier
 
 
+def _moved(watermark: Watermark, value: Decimal, at: datetime) -> Watermark:
+    # `dataclasses.replace` without its per-call field introspection: this runs once per reading.
+    return Watermark(watermark.meter_id, watermark.register, value, at, watermark.multiplier, watermark.register_max)
+
+
+@functools.lru_cache(maxsize=256)
 def _resolution(register_max: Decimal) -> Decimal:
     exponent = register_max.as_tuple().exponent
     if not isinstance(exponent, int):

@@ -3,7 +3,6 @@ top-ups, subsidies, corrections (冲正) and the ledger."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -11,17 +10,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing import listings, reports, store
+from shuidian_billing import listings, reports
 from shuidian_billing.billing import Billing, BillingError
 from shuidian_billing.domain import BillingDomainError, consumption
 from shuidian_billing.periodic import PeriodRuns, parse_month
 from shuidian_billing.premises import CSV_COLUMNS, Premises
-from shuidian_billing.statements import purses_of
 from shuidian_billing.tariff_config import ComponentIn
-from shuidian_kit.errors import NotFound
 from shuidian_shared.messages import AwareDatetime, Identifier, Utility
 from shuidian_shared.money import Money, Quantity
 
@@ -136,60 +131,9 @@ async def put_account(account_id: Identifier, body: AccountIn, billing: Service)
     await billing.put_account(account_id, body.name, body.low_1, body.low_2, body.grace_credit, body.estate_id)
 
 
-# `Billing.account` in one round trip: the account, its balance mode, the cached balances of every
-# purse it may have and its unposted charges (accruals and carried remainders) per utility.
-ACCOUNT_SQL = """
-SELECT a.name, a.estate_id, a.level, a.sequence, a.grace_credit, coalesce(e.shared_balance, true) AS shared,
-       (SELECT coalesce(json_object_agg(ledger_account, balance::text), '{}') FROM billing.balances
-        WHERE ledger_account = ANY(:names)) AS balances,
-       (SELECT coalesce(json_object_agg(utility, owed::text), '{}') FROM (
-            SELECT utility, sum(amount) AS owed FROM (
-                SELECT utility, amount FROM billing.accruals WHERE account_id = :a
-                UNION ALL SELECT utility, remainder FROM billing.carries WHERE account_id = :a) o
-            GROUP BY utility) x) AS owed
-FROM billing.accounts a LEFT JOIN billing.estates e USING (estate_id) WHERE a.account_id = :a
-"""
-
-
-def _decimals(value: Any) -> dict[str, Decimal]:
-    found = json.loads(value) if isinstance(value, str) else value
-    return {k: Decimal(v) for k, v in found.items()}
-
-
 @router.get("/accounts/{account_id}", response_model=AccountOut, summary="Balance and level")
-async def get_account(account_id: str, request: Request) -> dict[str, Any]:
-    engine: AsyncEngine = request.app.state.runtime.engine
-    async with engine.connect() as conn:
-        acc = (await conn.execute(text(ACCOUNT_SQL), {"a": account_id, "names": purses_of(account_id)})).first()
-    if acc is None:
-        raise NotFound(f"no account {account_id}")
-    balances, owed = _decimals(acc.balances), _decimals(acc.owed)
-    purses = [("all", None)] if acc.shared else [(u.value, u) for u in Utility]
-    figures: list[dict[str, Any]] = []
-    for name, utility in sorted(purses, key=lambda p: p[0]):
-        purse = store.purse(account_id, utility)
-        paid = balances.get(purse, Decimal("0.00"))
-        subsidy = balances.get(store.subsidy(purse), Decimal("0.00"))
-        utilities = [utility] if utility is not None else list(Utility)
-        pending = sum((owed.get(u.value, Decimal(0)) for u in utilities), Decimal(0))
-        figures.append(
-            {"purse": name, "paid": paid, "subsidy": subsidy, "pending": pending, "available": paid + subsidy - pending}
-        )
-    paid_total = sum((f["paid"] for f in figures), Decimal("0.00"))
-    subsidy_total = sum((f["subsidy"] for f in figures), Decimal("0.00"))
-    return {
-        "account_id": account_id,
-        "name": acc.name,
-        "estate_id": acc.estate_id,
-        "balance": paid_total + subsidy_total,
-        "paid_balance": paid_total,
-        "subsidy_balance": subsidy_total,
-        "available": sum((f["available"] for f in figures), Decimal(0)),
-        "level": acc.level,
-        "sequence": acc.sequence,
-        "grace_credit": acc.grace_credit,
-        "purses": figures,
-    }
+async def get_account(account_id: str, billing: Service) -> dict[str, Any]:
+    return await billing.account(account_id)
 
 
 @router.put("/meters/{meter_id}/binding", status_code=204, summary="Bind a meter to an account")

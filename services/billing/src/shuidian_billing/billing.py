@@ -80,6 +80,19 @@ _HOUR = timedelta(hours=1)
 _ZERO = Decimal(0)
 # Changes whenever a tariff version is added or a future one replaced (ids are never reused).
 TARIFF_STAMP = "count(*)::text || ':' || max(tariff_id)::text"
+# An account in one round trip: the account, its balance mode, the cached balances of every purse it
+# may have and its unposted charges (accruals and carried remainders) per utility.
+ACCOUNT_SQL = """
+SELECT a.name, a.estate_id, a.level, a.sequence, a.grace_credit, coalesce(e.shared_balance, true) AS shared,
+       (SELECT coalesce(json_object_agg(ledger_account, balance::text), '{}') FROM billing.balances
+        WHERE ledger_account = ANY(:names)) AS balances,
+       (SELECT coalesce(json_object_agg(utility, owed::text), '{}') FROM (
+            SELECT utility, sum(amount) AS owed FROM (
+                SELECT utility, amount FROM billing.accruals WHERE account_id = :a
+                UNION ALL SELECT utility, remainder FROM billing.carries WHERE account_id = :a) o
+            GROUP BY utility) x) AS owed
+FROM billing.accounts a LEFT JOIN billing.estates e USING (estate_id) WHERE a.account_id = :a
+"""
 
 
 SUBSCRIPTION_GROUP = "billing"
@@ -1387,27 +1400,45 @@ class Billing:
         ]
 
     async def account(self, account_id: str) -> dict[str, Any]:
+        """The account, its balance per purse (paid, subsidy, unposted charges, available), in one round trip."""
         async with self._engine.connect() as conn:
             acc = (
-                await conn.execute(text("SELECT * FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
+                await conn.execute(text(ACCOUNT_SQL), {"a": account_id, "names": store.purses_of(account_id)})
             ).first()
-            if acc is None:
-                raise NotFound(f"no account {account_id}")
-            purses = await self.available(conn, [account_id])
-        paid = sum((p["paid"] for p in purses.values()), Decimal("0.00"))
-        subsidy = sum((p["subsidy"] for p in purses.values()), Decimal("0.00"))
+        if acc is None:
+            raise NotFound(f"no account {account_id}")
+        balances, owed = _decimals(acc.balances), _decimals(acc.owed)
+        purses = [("all", None)] if acc.shared else [(u.value, u) for u in Utility]
+        figures: list[dict[str, Any]] = []
+        for name, utility in sorted(purses, key=lambda p: p[0]):
+            purse = store.purse(account_id, utility)
+            paid = balances.get(purse, Decimal("0.00"))
+            subsidy = balances.get(store.subsidy(purse), Decimal("0.00"))
+            utilities = [utility] if utility is not None else list(Utility)
+            pending = sum((owed.get(u.value, Decimal(0)) for u in utilities), Decimal(0))
+            figures.append(
+                {
+                    "purse": name,
+                    "paid": paid,
+                    "subsidy": subsidy,
+                    "pending": pending,
+                    "available": paid + subsidy - pending,
+                }
+            )
+        paid_total = sum((f["paid"] for f in figures), Decimal("0.00"))
+        subsidy_total = sum((f["subsidy"] for f in figures), Decimal("0.00"))
         return {
             "account_id": account_id,
             "name": acc.name,
             "estate_id": acc.estate_id,
-            "balance": paid + subsidy,
-            "paid_balance": paid,
-            "subsidy_balance": subsidy,
-            "available": sum((p["available"] for p in purses.values()), Decimal(0)),
+            "balance": paid_total + subsidy_total,
+            "paid_balance": paid_total,
+            "subsidy_balance": subsidy_total,
+            "available": sum((f["available"] for f in figures), Decimal(0)),
             "level": acc.level,
             "sequence": acc.sequence,
             "grace_credit": acc.grace_credit,
-            "purses": [{"purse": purse, **figures} for (_, purse), figures in sorted(purses.items())],
+            "purses": figures,
         }
 
     async def ledger(self, account_id: str, limit: int) -> list[dict[str, Any]]:
@@ -1421,6 +1452,11 @@ class Billing:
                 {"a": store.household(account_id), "p": store.household(account_id) + ":%", "n": limit},
             )
             return [r._asdict() for r in rows]
+
+
+def _decimals(value: Any) -> dict[str, Decimal]:
+    found = json.loads(value) if isinstance(value, str) else value
+    return {k: Decimal(v) for k, v in found.items()}
 
 
 def _split_by_owner(

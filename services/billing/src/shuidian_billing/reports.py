@@ -51,7 +51,7 @@ ZERO = Decimal("0.00")
 MAX_RANGE = timedelta(days=400)
 CHANNEL_OF = {account: channel for channel, account in CHANNEL_ACCOUNTS.items()}
 # Every ledger account a household's money can sit in, as suffixes of 'household:<account_id>'.
-PURSE_SUFFIXES = [name.removeprefix(store.household("-")) for name in statements.purses_of("-")]
+PURSE_SUFFIXES = [name.removeprefix(store.household("-")) for name in store.purses_of("-")]
 # The household account of a ledger account name (the inverse of store.purse / store.subsidy).
 # (A colon before a word is escaped: SQLAlchemy's text() would read it as a bind parameter.)
 ACCOUNT_OF_PURSE = r"regexp_replace(substr({col}, 11), '(\:(electricity|water))?(\:subsidy)?$', '')"

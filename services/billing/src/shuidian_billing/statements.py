@@ -80,12 +80,6 @@ class Period:
         return cls(month, first.astimezone(UTC), following.astimezone(UTC))
 
 
-def purses_of(account_id: str) -> list[str]:
-    """Every ledger account a household's money can sit in: shared or per-utility purse, paid or subsidy."""
-    purses = [store.purse(account_id, None), *(store.purse(account_id, u) for u in Utility)]
-    return purses + [store.subsidy(p) for p in purses]
-
-
 def section_of(kind: str, counter: str) -> str:
     if kind == "topup":
         return "payments"
@@ -105,7 +99,7 @@ def section_of(kind: str, counter: str) -> str:
 async def statement(engine: AsyncEngine, account_id: str, month: str, tz: ZoneInfo) -> dict[str, Any]:
     """The month's statement of one household account (opening + movements = closing, to the fen)."""
     period = Period.of(month, tz)
-    names = purses_of(account_id)
+    names = store.purses_of(account_id)
     async with engine.connect() as conn:
         account = (
             await conn.execute(

@@ -135,3 +135,9 @@ async def balances(conn: AsyncConnection, ledger_accounts: list[str]) -> dict[st
     )
     found = {row.ledger_account: row.balance for row in rows}
     return {a: found.get(a, Decimal("0.00")) for a in ledger_accounts}
+
+
+def purses_of(account_id: str) -> list[str]:
+    """Every ledger account a household's money can sit in: shared or per-utility purse, paid or subsidy."""
+    purses = [purse(account_id, None), *(purse(account_id, u) for u in Utility)]
+    return purses + [subsidy(p) for p in purses]

@@ -8,7 +8,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from decimal import Decimal
 from typing import Any
 
 import aiomqtt
@@ -20,19 +19,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from shuidian_gateway import security
-from shuidian_gateway.testing import Harness, free_port, gateway_harness, serve
+from shuidian_gateway.testing import Harness, alarm_event, balance_event, free_port, gateway_harness, meter_state, serve
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
-from shuidian_shared.messages import (
-    AlarmEvent,
-    AlarmSeverity,
-    AlarmState,
-    BalanceEvent,
-    BalanceEventKind,
-    BalanceLevel,
-    DeviceState,
-    RelayState,
-)
 
 pytestmark = pytest.mark.integration
 
@@ -54,35 +43,6 @@ async def _publish(mqtt_url: str, messages: list[tuple[str, Any]]) -> None:
             await client.publish(topic, message.model_dump_json().encode(), qos=1)
 
 
-def _state(meter_id: str) -> DeviceState:
-    return DeviceState(source="test", meter_id=meter_id, gateway_id="GW1", online=True, relay=RelayState.OPEN)
-
-
-def _balance(account_id: str) -> BalanceEvent:
-    return BalanceEvent(
-        source="test",
-        account_id=account_id,
-        kind=BalanceEventKind.EXHAUSTED,
-        level=BalanceLevel.EXHAUSTED,
-        balance=Decimal("-0.10"),
-        sequence=9,
-        meters=(),
-    )
-
-
-def _alarm(source_id: str) -> AlarmEvent:
-    return AlarmEvent(
-        source="test",
-        alarm_id=uuid.uuid4(),
-        alarm_type="balance_exhausted",
-        source_id=source_id,
-        severity=AlarmSeverity.CRITICAL,
-        state=AlarmState.ACTIVE,
-        message_zh="余额耗尽",
-        message_en="balance exhausted",
-    )
-
-
 def _ws_url(gw: Harness) -> str:
     return gw.url.replace("http://", "ws://") + "/v1/me/live"
 
@@ -97,12 +57,12 @@ async def test_live_push_carries_only_the_tenants_own_events(gw: Harness, mqtt_u
         await _publish(
             mqtt_url,
             [
-                (topics.meter_state("M-B"), _state("M-B")),
-                (topics.balance("A-B"), _balance("A-B")),
-                (topics.alarm("balance_exhausted"), _alarm("A-B")),
-                (topics.meter_state("M-A"), _state("M-A")),
-                (topics.balance("A-A"), _balance("A-A")),
-                (topics.alarm("balance_exhausted"), _alarm("A-A")),
+                (topics.meter_state("M-B"), meter_state("M-B")),
+                (topics.balance("A-B"), balance_event("A-B")),
+                (topics.alarm("balance_exhausted"), alarm_event("A-B")),
+                (topics.meter_state("M-A"), meter_state("M-A")),
+                (topics.balance("A-A"), balance_event("A-A")),
+                (topics.alarm("balance_exhausted"), alarm_event("A-A")),
             ],
         )
         frames: list[dict[str, Any]] = []
@@ -143,8 +103,10 @@ async def test_webhooks_are_signed_and_delivered(gw: Harness, mqtt_url: str) -> 
         created = await admin.post("/v1/webhooks", json={"url": f"http://127.0.0.1:{port}/hook", "events": ["alarm"]})
         assert created.status_code == 201
         secret = created.json()["secret"]
-        alarm = _alarm("A-A")
-        await _publish(mqtt_url, [(topics.balance("A-A"), _balance("A-A")), (topics.alarm("balance_exhausted"), alarm)])
+        alarm = alarm_event("A-A")
+        await _publish(
+            mqtt_url, [(topics.balance("A-A"), balance_event("A-A")), (topics.alarm("balance_exhausted"), alarm)]
+        )
         async with asyncio.timeout(15):
             while not any(h.get("shuidian-message-id") == str(alarm.message_id) for h, _ in received):
                 await asyncio.sleep(0.05)

@@ -3,8 +3,8 @@ that a resumption it cannot complete is refused rather than partial."""
 
 from __future__ import annotations
 
+import functools
 import json
-from decimal import Decimal
 
 import pytest
 from pydantic import ValidationError
@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from shuidian_gateway.auth import Scope
 from shuidian_gateway.live import Frame, LiveClient, LiveHub
 from shuidian_gateway.settings import GatewaySettings
-from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel, DeviceState, RelayState
+from shuidian_gateway.testing import balance_event, meter_state
+from shuidian_shared.messages import BalanceEvent, BalanceLevel, DeviceState
 
 
 class Clock:
@@ -23,24 +24,11 @@ class Clock:
         return self.now
 
 
+_balance = functools.partial(balance_event, level=BalanceLevel.LOW_1, balance="1.50")
+
+
 def _scope(tenant: str, accounts: set[str], meters: frozenset[str] | set[str] = frozenset()) -> Scope:
     return Scope(tenant, frozenset(accounts), frozenset(), frozenset(meters))
-
-
-def _balance(account_id: str, sequence: int) -> BalanceEvent:
-    return BalanceEvent(
-        source="test",
-        account_id=account_id,
-        kind=BalanceEventKind.LOW_1,
-        level=BalanceLevel.LOW_1,
-        balance=Decimal("1.50"),
-        sequence=sequence,
-        meters=(),
-    )
-
-
-def _state(meter_id: str) -> DeviceState:
-    return DeviceState(source="test", meter_id=meter_id, gateway_id="GW1", online=True, relay=RelayState.OPEN)
 
 
 def _drain(client: LiveClient) -> list[Frame]:
@@ -62,10 +50,10 @@ A = _scope("T-A", {"A-A"}, {"M-A"})
 
 async def test_frames_nobody_watches_are_neither_kept_nor_sent() -> None:
     hub = LiveHub(60.0, 100, Clock())
-    await _send(hub, *(_balance(f"A-{n}", n) for n in range(50)), _state("M-X"))
+    await _send(hub, *(_balance(f"A-{n}", n) for n in range(50)), meter_state("M-X"))
     assert (hub.held, hub.watched) == (0, 0)  # the city's traffic does not fill the buffer
     client, start = hub.connect(A)
-    await _send(hub, _balance("A-B", 1), _balance("A-A", 1), _state("M-A"), _state("M-B"))
+    await _send(hub, _balance("A-B", 1), _balance("A-A", 1), meter_state("M-A"), meter_state("M-B"))
     got = _drain(client)
     assert [f.kind for f in got] == ["balance", "meter_state"]
     assert [json.loads(f.data).get("account_id") or json.loads(f.data)["meter_id"] for f in got] == ["A-A", "M-A"]
@@ -82,7 +70,7 @@ async def test_a_resumption_within_the_bounds_replays_exactly_what_was_missed() 
     [seen] = _drain(client)
     hub.disconnect(client)
     clock.now += 30  # away, within the resume window
-    missed: list[BalanceEvent | DeviceState] = [_balance("A-A", 2), _balance("A-B", 2), _state("M-A")]
+    missed: list[BalanceEvent | DeviceState] = [_balance("A-A", 2), _balance("A-B", 2), meter_state("M-A")]
     await _send(hub, *missed)
     after = hub.resume_point(hub.event_id(seen.seq), A)
     assert after == seen.seq
@@ -113,7 +101,7 @@ async def test_frames_older_than_the_window_are_dropped_and_resumption_refused()
     client, start = hub.connect(A)
     await _send(hub, _balance("A-A", 1))
     clock.now += 11
-    await _send(hub, _state("M-A"))  # the first frame is now too old to hold
+    await _send(hub, meter_state("M-A"))  # the first frame is now too old to hold
     assert hub.held == 1
     assert hub.resume_point(hub.event_id(start), A) is None
     [evicted, latest] = _drain(client)
@@ -139,10 +127,10 @@ async def test_a_tenant_away_longer_than_the_window_is_forgotten() -> None:
 async def test_ids_gained_by_a_new_lease_resume_only_from_when_they_were_watched() -> None:
     hub = LiveHub(60.0, 100, Clock())
     client, start = hub.connect(A)
-    await _send(hub, _state("M-NEW"))  # before the lease: nobody watched it
+    await _send(hub, meter_state("M-NEW"))  # before the lease: nobody watched it
     wider = _scope("T-A", {"A-A"}, {"M-A", "M-NEW"})
     hub.rescope(client, wider)
-    await _send(hub, _state("M-NEW"))
+    await _send(hub, meter_state("M-NEW"))
     [frame] = _drain(client)
     assert json.loads(frame.data)["meter_id"] == "M-NEW"
     hub.disconnect(client)
@@ -156,7 +144,7 @@ async def test_a_lease_ended_stops_the_frames_of_its_ids() -> None:
     hub = LiveHub(60.0, 100, Clock())
     client, _ = hub.connect(A)
     hub.rescope(client, _scope("T-A", {"A-A"}))
-    await _send(hub, _state("M-A"), _balance("A-A", 1))
+    await _send(hub, meter_state("M-A"), _balance("A-A", 1))
     assert [f.kind for f in _drain(client)] == ["balance"]
     assert hub.watched == 1
 

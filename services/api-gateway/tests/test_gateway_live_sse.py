@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import aiomqtt
@@ -23,18 +22,19 @@ from sqlalchemy import text
 from shuidian_gateway import live, security
 from shuidian_gateway.auth import Scope, TenantScopes, utcnow
 from shuidian_gateway.live import LiveHub
-from shuidian_gateway.testing import JWT_SECRET, PASSWORD, Harness, gateway_harness
+from shuidian_gateway.testing import (
+    JWT_SECRET,
+    PASSWORD,
+    Harness,
+    alarm_event,
+    balance_event,
+    gateway_harness,
+    meter_state,
+)
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import (
-    AlarmEvent,
-    AlarmSeverity,
-    AlarmState,
     BalanceEvent,
-    BalanceEventKind,
-    BalanceLevel,
-    DeviceState,
-    RelayState,
 )
 
 pytestmark = pytest.mark.integration
@@ -117,35 +117,6 @@ async def _publish(mqtt_url: str, messages: list[tuple[str, Any]]) -> None:
             await client.publish(topic, message.model_dump_json().encode(), qos=1)
 
 
-def _state(meter_id: str) -> DeviceState:
-    return DeviceState(source="test", meter_id=meter_id, gateway_id="GW1", online=True, relay=RelayState.OPEN)
-
-
-def _balance(account_id: str, sequence: int = 9) -> BalanceEvent:
-    return BalanceEvent(
-        source="test",
-        account_id=account_id,
-        kind=BalanceEventKind.EXHAUSTED,
-        level=BalanceLevel.EXHAUSTED,
-        balance=Decimal("-0.10"),
-        sequence=sequence,
-        meters=(),
-    )
-
-
-def _alarm(source_id: str) -> AlarmEvent:
-    return AlarmEvent(
-        source="test",
-        alarm_id=uuid.uuid4(),
-        alarm_type="balance_exhausted",
-        source_id=source_id,
-        severity=AlarmSeverity.CRITICAL,
-        state=AlarmState.ACTIVE,
-        message_zh="余额耗尽",
-        message_en="balance exhausted",
-    )
-
-
 def _seq(event_id: str | None) -> int:
     assert event_id is not None
     return int(event_id.rsplit("-", 1)[1])
@@ -158,17 +129,17 @@ async def test_a_tenant_receives_their_own_events_and_never_another_tenants(gw: 
         ready_a, ready_b = await a.next(), await b.next()
         assert (ready_a.event, ready_a.data, ready_a.retry) == ("ready", {"tenant_id": "T-A", "resumed": False}, 3000)
         assert ready_b.data["tenant_id"] == "T-B"
-        mine, theirs = _balance("A-A"), _balance("A-B")
+        mine, theirs = balance_event("A-A"), balance_event("A-B")
         # B's events first: if filtering failed, A would see them before A's own.
         await _publish(
             mqtt_url,
             [
                 (topics.balance("A-B"), theirs),
-                (topics.meter_state("M-B"), _state("M-B")),
-                (topics.alarm("balance_exhausted"), _alarm("A-B")),
+                (topics.meter_state("M-B"), meter_state("M-B")),
+                (topics.alarm("balance_exhausted"), alarm_event("A-B")),
                 (topics.balance("A-A"), mine),
-                (topics.meter_state("M-A"), _state("M-A")),
-                (topics.alarm("balance_exhausted"), _alarm("M-A")),
+                (topics.meter_state("M-A"), meter_state("M-A")),
+                (topics.alarm("balance_exhausted"), alarm_event("M-A")),
             ],
         )
         got_a = [await a.next() for _ in range(3)]
@@ -201,9 +172,9 @@ async def test_an_idle_stream_gets_heartbeats(gw: Harness) -> None:
 async def test_a_reconnect_with_last_event_id_gets_what_it_missed(gw: Harness, mqtt_url: str) -> None:
     async with _stream(gw, headers=_bearer(gw, "tenant_a")) as first:
         await first.next()
-        await _publish(mqtt_url, [(topics.balance("A-A"), _balance("A-A", 1))])
+        await _publish(mqtt_url, [(topics.balance("A-A"), balance_event("A-A", 1))])
         seen = await first.next()
-    missed = [_balance("A-A", 2), _balance("A-B", 2), _balance("A-A", 3)]
+    missed = [balance_event("A-A", 2), balance_event("A-B", 2), balance_event("A-A", 3)]
     async with _stream(gw, headers=_bearer(gw, "tenant_b")) as witness:
         await witness.next()
         await _publish(mqtt_url, [(topics.balance(m.account_id), m) for m in missed])
@@ -234,7 +205,9 @@ async def test_eventsource_clients_connect_with_a_single_use_ticket(gw: Harness,
     assert as_bearer.status_code == 401  # a ticket opens the live stream and nothing else
     async with _stream(gw, ticket=ticket) as stream:
         ready = await stream.next()
-        await _publish(mqtt_url, [(topics.balance("A-B"), _balance("A-B")), (topics.balance("A-A"), _balance("A-A"))])
+        await _publish(
+            mqtt_url, [(topics.balance("A-B"), balance_event("A-B")), (topics.balance("A-A"), balance_event("A-A"))]
+        )
         event = await stream.next()
     assert ready.data == {"tenant_id": "T-A", "resumed": False}
     assert event.data["account_id"] == "A-A"
@@ -390,7 +363,7 @@ class EvictingScopes:
     async def of(self, tenant_id: str) -> Scope:
         scope = await self.real.of(tenant_id)
         for n in range(self.frames):
-            message = _balance(self.account_id, 100 + n)
+            message = balance_event(self.account_id, 100 + n)
             self.published.append(message)
             await self.hub.on_message(message, topics.balance(self.account_id))
             await asyncio.sleep(0)
@@ -428,11 +401,11 @@ async def test_frames_evicted_while_the_scope_is_read_mean_resumed_false(small: 
 async def test_a_resumption_needing_more_than_is_held_is_refused(small: Harness, mqtt_url: str) -> None:
     async with _stream(small, headers=_bearer(small, "tenant_a")) as first:
         ready = await first.next()
-    many = [_balance("A-A", 200 + n) for n in range(RESUME_FRAMES + 1)]
+    many = [balance_event("A-A", 200 + n) for n in range(RESUME_FRAMES + 1)]
     async with _stream(small, headers=_bearer(small, "tenant_b")) as witness:
         await witness.next()
         await _publish(
-            mqtt_url, [(topics.balance("A-A"), m) for m in many] + [(topics.balance("A-B"), _balance("A-B"))]
+            mqtt_url, [(topics.balance("A-A"), m) for m in many] + [(topics.balance("A-B"), balance_event("A-B"))]
         )
         await witness.next()
     async with _stream(small, headers={**_bearer(small, "tenant_a"), "Last-Event-ID": ready.id or ""}) as refused:

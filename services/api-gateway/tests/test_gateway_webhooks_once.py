@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import secrets
 import time
@@ -14,7 +15,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from importlib.resources import files
 from typing import Any
 
@@ -32,20 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_devstack import infra
 from shuidian_gateway import security
 from shuidian_gateway.settings import GatewaySettings
-from shuidian_gateway.testing import Harness, free_port, gateway_harness, serve
+from shuidian_gateway.testing import Harness, alarm_event, balance_event, free_port, gateway_harness, serve
 from shuidian_gateway.webhooks import ATTEMPTS, HOUSEKEEPING_LOCK
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
-from shuidian_shared.messages import (
-    AlarmEvent,
-    AlarmSeverity,
-    AlarmState,
-    BalanceEvent,
-    BalanceEventKind,
-    BalanceLevel,
-)
+from shuidian_shared.messages import BalanceLevel
 
 pytestmark = pytest.mark.integration
 
@@ -157,31 +150,6 @@ async def _publish(mqtt_url: str, messages: list[tuple[str, Any]]) -> None:
     async with aiomqtt.Client(address.host, address.port, identifier=f"test-pub-{uuid.uuid4().hex[:8]}") as client:
         for topic, message in messages:
             await client.publish(topic, message.model_dump_json().encode(), qos=1)
-
-
-def _balance(account_id: str, sequence: int) -> BalanceEvent:
-    return BalanceEvent(
-        source="test",
-        account_id=account_id,
-        kind=BalanceEventKind.LOW_1,
-        level=BalanceLevel.LOW_1,
-        balance=Decimal("9.50"),
-        sequence=sequence,
-        meters=(),
-    )
-
-
-def _alarm(source_id: str) -> AlarmEvent:
-    return AlarmEvent(
-        source="test",
-        alarm_id=uuid.uuid4(),
-        alarm_type="balance_low",
-        source_id=source_id,
-        severity=AlarmSeverity.WARNING,
-        state=AlarmState.ACTIVE,
-        message_zh="余额不足",
-        message_en="balance low",
-    )
 
 
 async def _subscribe(replica: Harness, url: str, events: list[str]) -> dict[str, Any]:
@@ -331,6 +299,10 @@ async def test_a_receiver_trickling_its_answer_does_not_outlast_the_lease(
     assert second.opened >= first.closed - trickler.gap * 2  # the retry came after the first was given up
     assert second.answered
     assert (row.state, row.status, row.attempts) == ("delivered", 200, 2)
+
+
+_balance = functools.partial(balance_event, level=BalanceLevel.LOW_1, balance="9.50")
+_alarm = functools.partial(alarm_event, low=True)
 
 
 def _pruned(state: str) -> float:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -20,6 +22,16 @@ from shuidian_gateway.app import create_app
 from shuidian_gateway.fakes import FakeBackends, create_fake_backends
 from shuidian_gateway.live import Server
 from shuidian_gateway.settings import GatewaySettings
+from shuidian_shared.messages import (
+    AlarmEvent,
+    AlarmSeverity,
+    AlarmState,
+    BalanceEvent,
+    BalanceEventKind,
+    BalanceLevel,
+    DeviceState,
+    RelayState,
+)
 
 STAFF_KEY = "harness-staff-key-0123456789abcdef"
 JWT_SECRET = "harness-jwt-secret-0123456789abcdef-0123456789"
@@ -129,3 +141,40 @@ async def gateway_harness(
             signed_in.raise_for_status()
             harness.tokens[name] = signed_in.json()
         yield harness
+
+
+# -- events as the services publish them, for live-push and webhook tests ------------------------------
+
+
+def meter_state(meter_id: str) -> DeviceState:
+    """A meter online with its relay open (supply cut)."""
+    return DeviceState(source="test", meter_id=meter_id, gateway_id="GW1", online=True, relay=RelayState.OPEN)
+
+
+def balance_event(
+    account_id: str, sequence: int = 9, *, level: BalanceLevel = BalanceLevel.EXHAUSTED, balance: str = "-0.10"
+) -> BalanceEvent:
+    """An account reaching `level` (the event kind of the same name) at `balance`."""
+    return BalanceEvent(
+        source="test",
+        account_id=account_id,
+        kind=BalanceEventKind(level.value),
+        level=level,
+        balance=Decimal(balance),
+        sequence=sequence,
+        meters=(),
+    )
+
+
+def alarm_event(source_id: str, *, low: bool = False) -> AlarmEvent:
+    """A raised balance alarm: exhausted (critical) or, with `low`, low balance (warning)."""
+    return AlarmEvent(
+        source="test",
+        alarm_id=uuid.uuid4(),
+        alarm_type="balance_low" if low else "balance_exhausted",
+        source_id=source_id,
+        severity=AlarmSeverity.WARNING if low else AlarmSeverity.CRITICAL,
+        state=AlarmState.ACTIVE,
+        message_zh="余额不足" if low else "余额耗尽",
+        message_en="balance low" if low else "balance exhausted",
+    )

@@ -15,7 +15,6 @@ import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from pydantic import BaseModel, SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,7 +23,7 @@ from shuidian_alarm.app import create_app
 from shuidian_alarm.detectors import CommErrorState
 from shuidian_alarm.engine import decode_states
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_devstack.infra import free_port
+from shuidian_devstack.infra import free_port, serve_app
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -110,9 +109,10 @@ async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClie
         http_port=port,
         tick_seconds=0.2,
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async with (
+        serve_app(create_app(settings), port),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
 
         async def ready() -> bool:
             try:
@@ -122,8 +122,6 @@ async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClie
 
         await eventually(ready, "the alarm service to be ready", 30)
         yield client
-    server.should_exit = True
-    await task
     address = BrokerAddress.parse(mqtt_url)
     async with aiomqtt.Client(address.host, address.port) as cleanup:  # an empty retained payload deletes it
         await cleanup.publish(topics.room_occupancy(LONG_VACANT.room_id), b"", qos=1, retain=True)

@@ -23,7 +23,6 @@ import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 from fastapi import FastAPI, Request, Response
@@ -44,7 +43,7 @@ from shuidian_alarm.notify.notifier import Notifier, quiet_until
 from shuidian_alarm.notify.templates import TYPE_NAMES
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_alarm.targets import Target
-from shuidian_devstack.infra import free_port
+from shuidian_devstack.infra import free_port, serve_app
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import BrokerAddress, MqttLink
 from shuidian_kit.outbox import Outbox
@@ -129,14 +128,9 @@ async def receiver() -> AsyncIterator[Receiver]:
         return Response(body, status_code=status, media_type="application/json")
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    rec.base = f"http://127.0.0.1:{port}"
-    yield rec
-    server.should_exit = True
-    await task
+    async with serve_app(app, port):
+        rec.base = f"http://127.0.0.1:{port}"
+        yield rec
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

@@ -13,12 +13,11 @@ import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from pydantic import BaseModel, SecretStr
 
 from shuidian_alarm.app import create_app
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_devstack.infra import free_port
+from shuidian_devstack.infra import free_port, serve_app
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -61,9 +60,10 @@ async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClie
         http_port=port,
         tick_seconds=0.2,
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async with (
+        serve_app(create_app(settings), port),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
 
         async def ready() -> bool:
             try:
@@ -73,8 +73,6 @@ async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClie
 
         await eventually(ready, "the alarm service to be ready", 30)
         yield client
-    server.should_exit = True
-    await task
 
 
 async def publish(mqtt_url: str, topic: str, message: BaseModel) -> None:

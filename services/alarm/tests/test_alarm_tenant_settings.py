@@ -17,7 +17,6 @@ import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 from fastapi import FastAPI, Request, Response
@@ -29,7 +28,7 @@ from shuidian_alarm.app import Components, compose
 from shuidian_alarm.notify.preferences import InvalidSettings, TenantSettings, VersionConflict
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_alarm.targets import Target
-from shuidian_devstack.infra import free_port
+from shuidian_devstack.infra import free_port, serve_app
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.errors import Conflict
 from shuidian_kit.mqtt import BrokerAddress, MqttLink
@@ -93,14 +92,9 @@ async def sms() -> AsyncIterator[SmsProvider]:
         return Response(json.dumps({"Code": "OK", "BizId": "1"}), media_type="application/json")
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    provider.base = f"http://127.0.0.1:{port}"
-    yield provider
-    server.should_exit = True
-    await task
+    async with serve_app(app, port):
+        provider.base = f"http://127.0.0.1:{port}"
+        yield provider
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

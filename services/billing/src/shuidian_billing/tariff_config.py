@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from decimal import Context, Decimal, Inexact
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -125,21 +126,24 @@ def to_domain(
 
 @dataclass(frozen=True)
 class StoredVersion:
-    """A tariff version as loaded from the database, with its domain form."""
+    """A tariff version as loaded from the database, with its domain form.
+
+    A stored version never changes (ids are not reused), so what is derived from it is computed once.
+    """
 
     tariff_id: int
     components: tuple[ComponentIn, ...]
     domain: tariffs.TariffVersion
 
-    @property
+    @cached_property
     def tier_period(self) -> CalendarPeriod | None:
         return next((c.period for c in self.components if isinstance(c, TieredIn)), None)
 
-    @property
+    @cached_property
     def tier_name(self) -> str | None:
         return next((c.name for c in self.components if isinstance(c, TieredIn)), None)
 
-    @property
+    @cached_property
     def rate_registers(self) -> dict[str, str]:
         """Rate label by register name, when every rate of the time-of-use component has a register."""
         tou = next((c for c in self.components if isinstance(c, TouIn)), None)
@@ -147,7 +151,7 @@ class StoredVersion:
             return {}
         return {str(r.register_name): r.label for r in tou.rates}
 
-    @property
+    @cached_property
     def flat_only(self) -> tuple[tariffs.FlatPrice, ...] | None:
         parts = self.domain.components
         usage = [c for c in parts if not isinstance(c, tariffs.FixedCharge)]

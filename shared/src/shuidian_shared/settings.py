@@ -38,6 +38,17 @@ class ServiceSettings(BaseSettings):
     http_port: int = 8000
     log_level: str = "INFO"
     timezone: str = "Asia/Shanghai"
+    # Garbage collector tuning at start (GC_TUNING), process-wide: everything alive once the
+    # service has started (modules, app, pools) is frozen out of the collector's reach, and the
+    # young generation is collected every 10,000 allocations instead of 700. Full collections then
+    # scan only what the work allocates, not the whole framework each time (billing's benchmark
+    # process spent 3.4 s of CPU collecting, 0.6 s with this). None = on, except in tests, whose
+    # many short-lived apps would stay pinned.
+    gc_tuning: bool | None = None
+
+    @property
+    def tunes_gc(self) -> bool:
+        return self.gc_tuning if self.gc_tuning is not None else self.environment != "test"
 
     def secret_fields(self) -> dict[str, SecretStr]:
         """Secrets that must not keep a placeholder value outside dev (subclasses list theirs)."""

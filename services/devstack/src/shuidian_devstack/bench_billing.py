@@ -306,6 +306,8 @@ async def run(database_url: str, mqtt_url: str) -> None:
         http_port=port,
         # The hourly posting is measured on its own below; here it would only interrupt the runs.
         flush_interval_seconds=3600,
+        # As a deployed service does (tests turn it off by default).
+        gc_tuning=True,
     )
     app = billing_app(settings)
     server, task = await _serve(app, port)

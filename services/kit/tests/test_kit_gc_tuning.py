@@ -25,11 +25,11 @@ def test_kit_tune_gc_freezes_the_started_heap_and_raises_the_young_threshold() -
         "import gc\n"
         "from shuidian_kit.service import tune_gc\n"
         "assert gc.get_freeze_count() == 0\n"
-        "tune_gc()\n"
+        "tune_gc(12_345)\n"
         "print(gc.get_freeze_count(), *gc.get_threshold())\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     frozen, young, *older = map(int, out)
     assert frozen > 10_000  # the imported framework is out of the collector's reach
-    assert young == 10_000
-    assert older == [20, 10]
+    assert young == 12_345
+    assert older == [20, 100]

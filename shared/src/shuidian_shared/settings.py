@@ -40,11 +40,12 @@ class ServiceSettings(BaseSettings):
     timezone: str = "Asia/Shanghai"
     # Garbage collector tuning at start (GC_TUNING), process-wide: everything alive once the
     # service has started (modules, app, pools) is frozen out of the collector's reach, and the
-    # young generation is collected every 10,000 allocations instead of 700. Full collections then
-    # scan only what the work allocates, not the whole framework each time (billing's benchmark
-    # process spent 3.4 s of CPU collecting, 0.6 s with this). None = on, except in tests, whose
-    # many short-lived apps would stay pinned.
+    # young generation is collected every `gc_young_threshold` allocations instead of 700. Full
+    # collections then scan only what the work allocates, not the whole framework each time
+    # (billing's benchmark process spent 3.4 s of CPU collecting, 0.6 s with this). None = on,
+    # except in tests, whose many short-lived apps would stay pinned.
     gc_tuning: bool | None = None
+    gc_young_threshold: int = Field(default=10_000, ge=700)
 
     @property
     def tunes_gc(self) -> bool:

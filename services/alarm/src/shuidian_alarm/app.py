@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -49,18 +48,6 @@ from shuidian_shared.messages import (
 )
 
 SERVICE = "alarm"
-
-
-def tune_gc() -> None:
-    """Collect cyclic garbage far less often, once the service is built.
-
-    Evaluation allocates many short-lived objects (states, decisions) while the state cache holds millions of
-    long-lived ones, so the default thresholds trigger full collections that rescan the cache over and over:
-    over a quarter of the evaluation's CPU in the benchmark. Freezing what startup built keeps it out of them.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def build_channels(settings: AlarmSettings, http: httpx.AsyncClient, mqtt: MqttLink) -> Channels:
@@ -178,7 +165,6 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             subscribe(
                 topics.shared(SERVICE, topics.ALL_METER_COMMANDS), CommandRequested, evaluator.on_command_requested
             )
-            tune_gc()
             runtime.supervisor.add("tick", evaluator.tick_loop)
             runtime.supervisor.add("notifications", c.notifier.run)
             app.state.runtime = runtime

@@ -1,7 +1,7 @@
 """Alarm evaluation throughput: reading batches through the service's evaluation path (targets → rules →
 pure detectors → rule state persisted and alarms applied, one transaction per batch), readings per second.
 
-Each evaluator runs in a process of its own, tuned as the service tunes itself at startup (`tune_gc`), so the
+Each evaluator runs in a process of its own, tuned as a service is once started (the kit's `tune_gc`), so the
 figure is the service's and nothing leaks into the other benchmarks. Measured with one process and with two
 replicas: the second figure is the `$share/alarm` group with two instances, each gateway's batches going to
 one of them (a hash-by-topic shared subscription; with plain round robin each meter's cached state would
@@ -26,7 +26,7 @@ import httpx
 from sqlalchemy import text
 
 from shuidian_alarm import targets
-from shuidian_alarm.app import compose, tune_gc
+from shuidian_alarm.app import compose
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_alarm.targets import Target
 from shuidian_devstack.benchkit import emit
@@ -34,6 +34,7 @@ from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
+from shuidian_kit.service import tune_gc
 from shuidian_shared.messages import Reading, ReadingBatch, RelayState, Utility
 
 METERS = 2000
@@ -96,8 +97,9 @@ async def _worker(
     clock_now = [start]
     try:
         async with httpx.AsyncClient() as http:
+            settings = AlarmSettings(environment="test")
             c = compose(
-                AlarmSettings(environment="test"),
+                settings,
                 engine,
                 Outbox(engine, mqtt, "alarm"),
                 mqtt,
@@ -108,7 +110,7 @@ async def _worker(
             # One warm-up pass creates every meter's state row, as a service that has been running would have.
             for batch in _batches(start, 1, registers, gateways):
                 await c.evaluator.on_readings(batch, "")
-            tune_gc()
+            tune_gc(settings.gc_young_threshold)
             for run_no in range(RUNS):
                 batches = _batches(start + timedelta(minutes=1 + run_no * CYCLES), CYCLES, registers, gateways)
                 print("ready", flush=True)

@@ -643,3 +643,46 @@ async def test_a_meter_moved_to_another_room_bills_each_household_for_its_days(s
     assert await service.charged(second) == Decimal("1") * Decimal("0.613")
     room = await service.ok("GET", f"/v1/rooms/{room_a}")
     assert [m["meter_id"] for m in room["meters"]] == [meter]
+
+
+async def test_two_components_each_charge_the_quantity_which_usage_and_accruals_count_once(service: Service) -> None:
+    water = {"kind": "flat", "name": "水费", "unit_price": "3.00"}
+    sewage = {"kind": "flat", "name": "污水处理费", "unit_price": "0.95"}
+    await service.ok(
+        "POST",
+        "/v1/tariffs/water/versions",
+        json={"effective_from": "2037-06-01T00:00:00+08:00", "components": [water, sewage]},
+    )
+    _, room = await estate_with_room(service)
+    meter = uid("W")
+    await service.ok("PUT", f"/v1/rooms/{room}/meters/{meter}", json={"utility": "water"})
+    _, account = await move_in(service, room, "2037-06-10")
+    lease = (await service.ok("GET", f"/v1/rooms/{room}"))["leases"][0]["lease_id"]
+    await service.ok("POST", f"/v1/leases/{lease}/move-out", json={"move_out": "2037-06-11"})
+    leased = datetime(2037, 6, 10, 2, tzinfo=UTC)
+    await service.read(meter, leased + timedelta(minutes=10), "101", Utility.WATER)
+    await service.read(meter, leased + timedelta(minutes=20), "103", Utility.WATER)
+    await service.read(meter, leased + timedelta(minutes=40), "104", Utility.WATER)  # same hour: adds up
+    vacant = datetime(2037, 6, 10, 17, tzinfo=UTC)  # the lease ended at 16:00 UTC (local midnight)
+    await service.read(meter, vacant - timedelta(minutes=50), "104", Utility.WATER)
+    await service.read(meter, vacant + timedelta(minutes=30), "106", Utility.WATER)  # nobody's
+    async with service.billing._engine.connect() as conn:
+        usage = (
+            await conn.execute(
+                text("SELECT hour, quantity, cost FROM billing.usage_hourly WHERE meter_id = :m ORDER BY hour"),
+                {"m": meter},
+            )
+        ).all()
+        accruals = (
+            await conn.execute(
+                text("SELECT account_id, hour, quantity, amount FROM billing.accruals WHERE meter_id = :m"),
+                {"m": meter},
+            )
+        ).all()
+    assert [tuple(r) for r in usage] == [(leased, Decimal(3), Decimal("11.85")), (vacant, Decimal(2), Decimal(0))]
+    assert [tuple(r) for r in accruals] == [(account, leased, Decimal(3), Decimal("11.85"))]
+    assert sorted(await service.lines(account)) == [
+        ("水费", "水费", Decimal(3)),
+        ("污水处理费", "污水处理费", Decimal(3)),
+    ]
+    assert await service.charged(account) == Decimal("11.85")

@@ -205,6 +205,7 @@ async def _replicas(database_url: str, mqtt_url: str, count: int) -> None:
                 "DATABASE_URL": database_url,
                 "MQTT_URL": mqtt_url,
                 "BILLING_ENVIRONMENT": "test",
+                "BILLING_GC_TUNING": "true",
                 "BILLING_HTTP_PORT": str(port),
                 "BILLING_INSTANCE_ID": f"bench-replica-{index}",
                 "BILLING_MQTT_CLEAN_SESSION": "true",

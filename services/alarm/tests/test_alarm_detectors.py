@@ -133,9 +133,12 @@ REVERSE = d.ThresholdRule(measure=d.Measure.REVERSE_POWER, limit=Decimal("0.05")
 POWER_FACTOR = d.ThresholdRule(
     measure=d.Measure.LOW_POWER_FACTOR, limit=Decimal("0.5"), margin=Decimal("0.05"), min_load=Decimal("0.2")
 )
-LEAKAGE = d.ThresholdRule(
+# The default leakage rule itself: its 30 mA limit is inclusive (a household RCD's IΔn; the collector's flag).
+(LEAKAGE,) = (s.rule for s in d.default_rules() if s.rule.slot == "electric_leakage")
+EXCLUSIVE_LEAKAGE = d.ThresholdRule(
     measure=d.Measure.ELECTRIC_LEAKAGE, limit=Decimal(30), margin=Decimal(5), raise_after=timedelta(0)
 )
+INCLUSIVE_UNDER = replace(UNDER, inclusive=True, raise_after=timedelta(0))
 DRIFT = d.ThresholdRule(measure=d.Measure.CLOCK_DRIFT, limit=Decimal(300), margin=Decimal(30), raise_after=timedelta(0))
 TAMPER = d.FlagRule(flag=ReadingFlag.TAMPER)
 
@@ -215,7 +218,11 @@ THRESHOLD_CASES: list[tuple[str, d.Rule, list[Sample], list[tuple[str, int]]]] =
         regs(1, ReadingFlag.LEAKAGE) + regs(5, ReadingFlag.PARTIAL),
         [("raise", 0)],
     ),
-    ("residual current at the limit is not leakage", LEAKAGE, regs(5, residual_current="30"), []),
+    ("residual current at exactly 30 mA is leakage", LEAKAGE, regs(1, residual_current="30"), [("raise", 0)]),
+    ("residual current of 29.9 mA is not leakage", LEAKAGE, regs(5, residual_current="29.9"), []),
+    ("an exclusive limit is not reached at the limit", EXCLUSIVE_LEAKAGE, regs(5, residual_current="30"), []),
+    ("an inclusive lower limit is reached at the limit", INCLUSIVE_UNDER, v("198"), [("raise", 0)]),
+    ("an exclusive lower limit is not reached at the limit", replace(INCLUSIVE_UNDER, inclusive=False), v("198"), []),
     (
         "leakage clears once below limit minus margin",
         LEAKAGE,

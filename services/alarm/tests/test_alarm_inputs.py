@@ -327,7 +327,7 @@ async def test_meters_re_bound_between_rooms_follow_their_new_room_whatever_orde
 async def test_leakage_flag_residual_current_and_clock_offset_raise_and_clear_from_readings(
     api: httpx.AsyncClient, mqtt_url: str
 ) -> None:
-    flagged, residual, drifting, healthy = (f"E-{uid()}" for _ in range(4))
+    flagged, residual, drifting, healthy, at_rcd_limit = (f"E-{uid()}" for _ in range(5))
     t0 = NOW - 30 * MINUTE
 
     def reading(meter: str, minute: int, *flags: ReadingFlag, **registers: str) -> Reading:
@@ -343,18 +343,22 @@ async def test_leakage_flag_residual_current_and_clock_offset_raise_and_clear_fr
         reading(flagged, 0, ReadingFlag.LEAKAGE),
         reading(residual, 0, **{RESIDUAL_CURRENT: "45"}),
         reading(drifting, 0, **{CLOCK_OFFSET: "-420"}),
-        reading(healthy, 0, **{RESIDUAL_CURRENT: "30", CLOCK_OFFSET: "300"}),  # at the limits: not beyond
+        # Just under 30 mA, and the clock offset at its (exclusive) limit: neither is an alarm.
+        reading(healthy, 0, **{RESIDUAL_CURRENT: "29.9", CLOCK_OFFSET: "300"}),
+        # Exactly 30 mA, a household RCD's rated residual operating current (the collector flags it too): leakage.
+        reading(at_rcd_limit, 0, **{RESIDUAL_CURRENT: "30"}),
     ]
     await publish(mqtt_url, readings(f"G-{uid()}", first))
 
     async def raised() -> list[set[str]] | None:
-        found = [await open_types(api, m) for m in (flagged, residual, drifting)]
+        found = [await open_types(api, m) for m in (flagged, residual, drifting, at_rcd_limit)]
         return found if all(found) else None
 
     assert await eventually(raised, "leakage and clock-drift alarms") == [
         {"electric_leakage"},
         {"electric_leakage"},
         {"clock_drift"},
+        {"electric_leakage"},
     ]
     (leak,) = await alarms(api, residual)
     assert (leak["severity"], leak["details"]["value"], leak["details"]["unit"]) == ("critical", "45", "mA")
@@ -363,11 +367,11 @@ async def test_leakage_flag_residual_current_and_clock_offset_raise_and_clear_fr
     later = [
         reading(meter, minute, **{RESIDUAL_CURRENT: "3", CLOCK_OFFSET: "2"})
         for minute in range(1, 8)
-        for meter in (flagged, residual, drifting)
+        for meter in (flagged, residual, drifting, at_rcd_limit)
     ]
     await publish(mqtt_url, readings(f"G-{uid()}", later))
 
     async def cleared() -> bool:
-        return not any([await open_types(api, m) for m in (flagged, residual, drifting)])
+        return not any([await open_types(api, m) for m in (flagged, residual, drifting, at_rcd_limit)])
 
     await eventually(cleared, "the leakage and clock-drift alarms to clear")

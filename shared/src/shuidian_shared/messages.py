@@ -217,6 +217,9 @@ class CommandStatus(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     UNSUPPORTED = "unsupported"  # the meter's model cannot do this command: final, never retried
+    # Refused before any frame was sent: a value the meter cannot take, or credentials the collector
+    # lacks. Final, never retried: sending it again cannot succeed until staff change something.
+    REJECTED = "rejected"
 
 
 class CommandResult(Message):

@@ -108,6 +108,11 @@ class AlarmQuery:
     cursor: str | None = None
 
 
+def _hook_order(event: tuple[AlarmRecord, str]) -> tuple[bool, str, str, str]:
+    record = event[0]
+    return (record.tenant_id is not None, record.tenant_id or "", record.source_id, record.alarm_type)
+
+
 def _cursor(raised_at: datetime, alarm_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(f"{raised_at.isoformat()}|{alarm_id}".encode()).decode()
 
@@ -150,16 +155,26 @@ class AlarmService:
         self._outbox.notify()
 
     async def apply_in(self, conn: AsyncConnection, decisions: Sequence[rules.Decision]) -> None:
-        """Apply decisions inside the caller's transaction (the caller notifies the outbox after commit)."""
+        """Apply decisions inside the caller's transaction (the caller notifies the outbox after commit).
+
+        Rows are locked in one stable key order, so two transactions touching the same rows wait for each
+        other instead of deadlocking: first every alarm row in (source, type) order, then the hooks run in
+        (tenant, source, type) order, since they write rows per tenant (a tenant's default subscriptions) and
+        per alarm (work orders). The sort is stable: the decisions of one (source, type) keep their order.
+        """
         raised = sorted({d.source_id for d in decisions if isinstance(d, rules.Raise)})
         where = await targets.placements(conn, raised) if raised else {}
-        for decision in decisions:
+        events: list[tuple[AlarmRecord, str]] = []
+        for decision in sorted(decisions, key=lambda d: (d.source_id, d.alarm_type)):
             if isinstance(decision, rules.Raise):
-                await self._raise(conn, decision, where.get(decision.source_id, targets.Placement()))
+                events += await self._raise(conn, decision, where.get(decision.source_id, targets.Placement()))
             else:
-                await self._clear(conn, decision)
+                events += await self._clear(conn, decision)
+        await self._run_hooks(conn, events)
 
-    async def _raise(self, conn: AsyncConnection, d: rules.Raise, at: targets.Placement) -> None:
+    async def _raise(
+        self, conn: AsyncConnection, d: rules.Raise, at: targets.Placement
+    ) -> list[tuple[AlarmRecord, str]]:
         row = (
             await conn.execute(
                 text(
@@ -194,12 +209,13 @@ class AlarmService:
         ).one()
         record = AlarmRecord.of(row)
         await self._publish(conn, record)
-        if row.inserted:
-            RAISED.labels(d.alarm_type).inc()
-            log.info("alarm %s raised for %s", d.alarm_type, d.source_id)
-            await self._run_hooks(conn, record, "raised")
+        if not row.inserted:
+            return []
+        RAISED.labels(d.alarm_type).inc()
+        log.info("alarm %s raised for %s", d.alarm_type, d.source_id)
+        return [(record, "raised")]
 
-    async def _clear(self, conn: AsyncConnection, d: rules.Clear) -> None:
+    async def _clear(self, conn: AsyncConnection, d: rules.Clear) -> list[tuple[AlarmRecord, str]]:
         cleared = await conn.execute(
             text(
                 "UPDATE alarm.alarms SET state = 'cleared', cleared_at = now(), updated_at = now() "
@@ -207,15 +223,20 @@ class AlarmService:
             ),
             {"s": d.source_id, "t": d.alarm_type},
         )
+        events: list[tuple[AlarmRecord, str]] = []
         for row in cleared.all():
             CLEARED.labels(d.alarm_type).inc()
             record = AlarmRecord.of(row)
             await self._publish(conn, record)
-            await self._run_hooks(conn, record, "cleared")
+            events.append((record, "cleared"))
+        return events
 
-    async def _run_hooks(self, conn: AsyncConnection, record: AlarmRecord, event: str) -> None:
-        for hook in self._hooks:
-            await hook(conn, record, event)
+    async def _run_hooks(self, conn: AsyncConnection, events: Sequence[tuple[AlarmRecord, str]]) -> None:
+        """Run the hooks for every event in (tenant, source, type) order: the rows they lock (per tenant, then per
+        alarm) are then taken in the same order by every transaction. Stable, so one alarm's events keep theirs."""
+        for record, event in sorted(events, key=_hook_order):
+            for hook in self._hooks:
+                await hook(conn, record, event)
 
     async def _publish(self, conn: AsyncConnection, record: AlarmRecord) -> None:
         event = AlarmEvent(
@@ -232,26 +253,35 @@ class AlarmService:
         await self._outbox.add(conn, topics.alarm(record.alarm_type), event)
 
     async def escalate(self, now: datetime) -> int:
-        """Raise by one severity step every active alarm left unacknowledged for `escalate_after` (since the last step)."""
+        """Raise by one severity step every active alarm left unacknowledged for `escalate_after` (since the last step).
+
+        The rows are locked first in (source, type) order, the order `apply_in` takes them in (byte order, as
+        Python sorts), so an escalation and an evaluation re-triggering several of the same alarms serialise
+        instead of deadlocking; a row someone else changed meanwhile is judged again as it now stands."""
         async with self._engine.begin() as conn:
             rows = (
                 await conn.execute(
                     text(
-                        "UPDATE alarm.alarms SET escalation_level = escalation_level + 1, escalated_at = :now, "
-                        "severity = CASE severity WHEN 'info' THEN 'warning' WHEN 'warning' THEN 'major' "
-                        "ELSE 'critical' END, updated_at = now() "
-                        "WHERE state = 'active' AND escalation_level < :max "
-                        "AND coalesce(escalated_at, raised_at) <= :due RETURNING *"
+                        "WITH due AS (SELECT alarm_id FROM alarm.alarms WHERE state = 'active' "
+                        "AND escalation_level < :max AND coalesce(escalated_at, raised_at) <= :due "
+                        'ORDER BY source_id COLLATE "C", alarm_type COLLATE "C" FOR UPDATE) '
+                        "UPDATE alarm.alarms a SET escalation_level = a.escalation_level + 1, escalated_at = :now, "
+                        "severity = CASE a.severity WHEN 'info' THEN 'warning' WHEN 'warning' THEN 'major' "
+                        "ELSE 'critical' END, updated_at = now() FROM due WHERE a.alarm_id = due.alarm_id "
+                        "AND a.state = 'active' AND a.escalation_level < :max "
+                        "AND coalesce(a.escalated_at, a.raised_at) <= :due RETURNING a.*"
                     ),
                     {"now": now, "max": self._max_escalations, "due": now - self._escalate_after},
                 )
             ).all()
+            events: list[tuple[AlarmRecord, str]] = []
             for row in rows:
                 record = AlarmRecord.of(row)
                 ESCALATED.labels(record.alarm_type).inc()
                 log.warning("alarm %s on %s escalated to %s", record.alarm_type, record.source_id, record.severity)
                 await self._publish(conn, record)
-                await self._run_hooks(conn, record, "escalated")
+                events.append((record, "escalated"))
+            await self._run_hooks(conn, events)
         if rows:
             self._outbox.notify()
         return len(rows)

@@ -19,6 +19,7 @@ open alarm (no clear from silence either). Water flow has its own, documented on
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
@@ -358,11 +359,17 @@ _FLAG_TEXT: Final[Mapping[ReadingFlag, tuple[str, str]]] = MappingProxyType(
 
 @dataclass(frozen=True, kw_only=True)
 class ThresholdRule:
-    """A reading value beyond `limit` for `raise_after`; cleared once back inside by `margin` for `clear_after`."""
+    """A reading value beyond `limit` for `raise_after`; cleared once back inside by `margin` for `clear_after`.
+
+    Beyond means strictly above (below, for a lower limit) unless `inclusive`, when the limit itself counts:
+    for limits that are rated trip points, such as the 30 mA residual operating current of a household RCD,
+    which the collector also flags from 30 mA on.
+    """
 
     kind: Literal["threshold"] = "threshold"
     measure: Measure
     limit: Decimal
+    inclusive: bool = False
     margin: Decimal = Decimal(0)
     raise_after: timedelta = timedelta(minutes=5)
     clear_after: timedelta = timedelta(minutes=5)
@@ -461,6 +468,9 @@ def _compile_reading_step(rule: ThresholdRule | FlagRule) -> ReadingStep:
     gauge_flag, names, combine, above = gauge.flag, gauge.registers, gauge.combine, gauge.above
     single = names[0] if len(names) == 1 else None
     limit = rule.limit
+    beyond = (
+        (operator.ge if rule.inclusive else operator.gt) if above else (operator.le if rule.inclusive else operator.lt)
+    )
     back_limit = limit - rule.margin if above else limit + rule.margin
     # Power factor means nothing near no load: below min_load (kW) it is not judged.
     min_load = rule.min_load if rule.min_load > 0 else None
@@ -487,7 +497,7 @@ def _compile_reading_step(rule: ThresholdRule | FlagRule) -> ReadingStep:
             if load is None or abs(load) < min_load:
                 return state, []
         value = combine(values)
-        if value > limit if above else value < limit:
+        if beyond(value, limit):
             return decide(state, reading, trigger, value)
         back = value <= back_limit if above else value >= back_limit
         return decide(state, reading, release if back else hold, value)
@@ -1378,9 +1388,12 @@ def default_rules() -> tuple[ScopedRule, ...]:
             min_load=Decimal("0.2"),
             raise_after=timedelta(minutes=30),
         ),
+        # 30 mA is the rated residual operating current (IΔn) of a household RCD and the collector's leakage
+        # flag threshold: reaching it is leakage.
         ThresholdRule(
             measure=Measure.ELECTRIC_LEAKAGE,
             limit=Decimal("30"),
+            inclusive=True,
             margin=Decimal("5"),
             raise_after=_ZERO,
             severity=AlarmSeverity.CRITICAL,

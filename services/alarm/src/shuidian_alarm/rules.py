@@ -74,6 +74,23 @@ def on_balance(event: BalanceEvent) -> list[Decision]:
 
 
 def on_command_result(result: CommandResult) -> list[Decision]:
+    """The collector's outcome of one attempt: failed, expired or rejected raises, confirmed clears.
+
+    Rejected (a value the meter cannot take, or credentials the collector lacks; nothing was sent) is final and
+    cannot succeed until staff change something, so it raises with its own wording. Unsupported is left to
+    control, which fails the command and so raises through `on_command_update`."""
+    if result.status is CommandStatus.REJECTED:
+        return [
+            Raise(
+                result.meter_id,
+                COMMAND_FAILED,
+                AlarmSeverity.MAJOR,
+                f"表计命令 {result.kind.value} 被采集服务拒绝，未下发，需人工处理：{result.detail}",
+                f"Meter command {result.kind.value} rejected by the collector before sending, needs staff action: "
+                f"{result.detail}",
+                {"command_id": str(result.command_id), "status": result.status.value},
+            )
+        ]
     if result.status in (CommandStatus.FAILED, CommandStatus.EXPIRED):
         return [
             Raise(

@@ -1,5 +1,5 @@
-"""Live push over a WebSocket (filtered to the tenant's scope) and signed webhook deliveries,
-both fed from the real broker."""
+"""Live push over a WebSocket (filtered to the tenant's scope; bearer header or single-use ticket,
+never an access token in the URL) and signed webhook deliveries, both fed from the real broker."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import aiomqtt
@@ -19,7 +20,18 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from shuidian_gateway import security
-from shuidian_gateway.testing import Harness, alarm_event, balance_event, free_port, gateway_harness, meter_state, serve
+from shuidian_gateway.auth import utcnow
+from shuidian_gateway.testing import (
+    JWT_SECRET,
+    PASSWORD,
+    Harness,
+    alarm_event,
+    balance_event,
+    free_port,
+    gateway_harness,
+    meter_state,
+    serve,
+)
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 
@@ -75,18 +87,107 @@ async def test_live_push_carries_only_the_tenants_own_events(gw: Harness, mqtt_u
     assert frames[2]["data"]["source_id"] == "A-A"
 
 
-@pytest.mark.parametrize(("who", "code"), [(None, 4401), ("cashier", 4403), ("forged", 4401)])
-async def test_live_push_refuses_non_tenants(gw: Harness, who: str | None, code: int) -> None:
-    headers = {}
-    if who == "forged":
-        headers["Authorization"] = "Bearer forged.token.value"
-    elif who:
-        headers["Authorization"] = f"Bearer {gw.tokens[who]['access_token']}"
-    async with connect(_ws_url(gw), additional_headers=headers) as ws:
+async def _close_code(url: str, headers: dict[str, str] | None = None) -> int:
+    """The close code of a WebSocket the gateway refuses (it accepts, then closes with the reason)."""
+    async with connect(url, additional_headers=headers or {}) as ws, asyncio.timeout(10):
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == code
+    return closed.value.rcvd.code
+
+
+def _ticket_for(gw: Harness, user_id: str, tenant_id: str, *, ttl: float = 30, secret: str = JWT_SECRET) -> str:
+    """A ticket the gateway did not issue: for someone it would never issue one to, or mis-signed."""
+    return security.encode_live_ticket(
+        secret, gw.settings.jwt_issuer, user_id=user_id, tenant_id=tenant_id, now=utcnow(), ttl=timedelta(seconds=ttl)
+    )
+
+
+@pytest.mark.parametrize(
+    ("who", "code"),
+    [
+        (None, 4401),
+        ("cashier", 4403),
+        ("forged", 4401),
+        ("access_token_in_query", 4401),
+        ("access_token_as_ticket", 4401),
+        ("forged_ticket", 4401),
+        ("expired_ticket", 4401),
+        ("ticket_for_another_tenants_user", 4401),
+        ("ticket_for_a_cashier", 4401),
+    ],
+)
+async def test_live_push_refuses_non_tenants(gw: Harness, who: str | None, code: int) -> None:
+    headers = {}
+    query = ""
+    if who == "forged":
+        headers["Authorization"] = "Bearer forged.token.value"
+    elif who == "access_token_in_query":  # no longer accepted: a URL ends up in logs and history
+        query = f"?access_token={gw.tokens['tenant_a']['access_token']}"
+    elif who == "access_token_as_ticket":
+        query = f"?ticket={gw.tokens['tenant_a']['access_token']}"
+    elif who == "forged_ticket":  # tenant A's claims, signed with another key
+        query = f"?ticket={_ticket_for(gw, gw.user_ids['tenant_a'], 'T-A', secret='not-the-gateways-secret-but-as-long-as-one')}"
+    elif who == "expired_ticket":
+        query = f"?ticket={_ticket_for(gw, gw.user_ids['tenant_a'], 'T-A', ttl=-1)}"
+    elif who == "ticket_for_another_tenants_user":  # tenant B's user, tenant A's stream
+        query = f"?ticket={_ticket_for(gw, gw.user_ids['tenant_b'], 'T-A')}"
+    elif who == "ticket_for_a_cashier":
+        query = f"?ticket={_ticket_for(gw, gw.user_ids['cashier'], 'T-A')}"
+    elif who:
+        headers["Authorization"] = f"Bearer {gw.tokens[who]['access_token']}"
+    assert await _close_code(_ws_url(gw) + query, headers) == code
+
+
+async def _live_ticket(gw: Harness, token: str) -> str:
+    async with gw.client(headers={"Authorization": f"Bearer {token}"}) as client:
+        issued = await client.post("/v1/me/live/tickets")
+    assert issued.status_code == 201, issued.text
+    ticket: str = issued.json()["ticket"]
+    return ticket
+
+
+async def test_gateway_ws_a_ticket_opens_one_websocket(gw: Harness, mqtt_url: str) -> None:
+    ticket = await _live_ticket(gw, gw.tokens["tenant_a"]["access_token"])
+    hub = gw.app.state.live
+    before = hub.clients
+    async with connect(f"{_ws_url(gw)}?ticket={ticket}") as ws:
+        async with asyncio.timeout(10):
+            while hub.clients == before:
+                await asyncio.sleep(0.02)
+        mine = balance_event("A-A")
+        await _publish(mqtt_url, [(topics.balance("A-B"), balance_event("A-B")), (topics.balance("A-A"), mine)])
+        frames: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            while not frames or frames[-1]["data"].get("message_id") != str(mine.message_id):
+                frames.append(json.loads(await ws.recv()))
+    assert frames[-1]["type"] == "balance"
+    assert all(f["data"].get("account_id") != "A-B" for f in frames)  # tenant A's scope, as with a bearer token
+    # A browser's reconnect with the same URL: the ticket was used up (on every replica).
+    assert await _close_code(f"{_ws_url(gw)}?ticket={ticket}") == 4401
+
+
+async def test_gateway_ws_a_ticket_of_a_tenant_locked_since_is_refused(gw: Harness) -> None:
+    username = f"ws-locked-{uuid.uuid4().hex[:8]}"
+    async with gw.client("bootstrap") as admin:
+        created = await admin.post(
+            "/v1/users", json={"username": username, "password": PASSWORD, "role": "tenant", "tenant_id": "T-A"}
+        )
+    assert created.status_code == 201, created.text
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        signed_in = await client.post(
+            "/v1/auth/token", data={"grant_type": "password", "username": username, "password": PASSWORD}
+        )
+        ticket = await _live_ticket(gw, signed_in.json()["access_token"])
+        for _ in range(gw.settings.login_max_failures):
+            await client.post(
+                "/v1/auth/token", data={"grant_type": "password", "username": username, "password": "wrong"}
+            )
+        locked = await client.post(
+            "/v1/auth/token", data={"grant_type": "password", "username": username, "password": PASSWORD}
+        )
+    assert locked.status_code == 423  # the account is locked now...
+    assert await _close_code(f"{_ws_url(gw)}?ticket={ticket}") == 4401  # ...so its earlier ticket opens nothing
 
 
 async def test_webhooks_are_signed_and_delivered(gw: Harness, mqtt_url: str) -> None:

@@ -40,8 +40,9 @@ DESCRIPTION = """
   one-time refresh token; send `Authorization: Bearer <access token>`. Integrators send an API key
   (`sk_…`) the same way; its scopes are the actions it may perform.
 * **Tenants** use `/v1/me/…` (their rooms, meters, balance, usage, bills, top-ups, alarms) and live
-  push at `/v1/me/live`: server-sent events (`GET`, `text/event-stream`; `EventSource` connects with
-  a ticket from `POST /v1/me/live/tickets`) or a WebSocket on the same path. **Staff and
+  push at `/v1/me/live`: server-sent events (`GET`, `text/event-stream`) or a WebSocket on the same
+  path. Browsers, whose `EventSource` and `WebSocket` cannot send headers, connect with `?ticket=`, a
+  single-use ticket from `POST /v1/me/live/tickets`; access tokens never go in a URL. **Staff and
   integrators** use the other `/v1` routes; each names the action it needs (`x-required-action`).
 * **Errors** are RFC 9457 problem documents (`application/problem+json`) with a stable `code`.
 * **Lists** take `limit` and `cursor` (and `sort`, filters) and return `{items, next_cursor}`.

@@ -9,14 +9,18 @@ gone less than `GATEWAY_LIVE_RESUME_SECONDS` ago), for that long and at most
 `GATEWAY_LIVE_RESUME_FRAMES` of them; a resuming stream gets every frame it missed or `resumed:
 false`, never a part. A slow client loses its oldest frames rather than holding the others up.
 
-WebSocket: `Authorization: Bearer <access token>` or, where a browser cannot set headers,
-`?access_token=`. Each frame is JSON: `{"type": "meter_state" | "balance" | "alarm", "data": {…}}`.
-
-Server-sent events: `Authorization: Bearer <access token>`, or `?ticket=` from
-`POST /v1/me/live/tickets` for `EventSource`, which cannot send headers. A ticket opens one
+Both transports sign in the same way (`live_principal`): `Authorization: Bearer <access token>`, or
+`?ticket=` from `POST /v1/me/live/tickets` where a browser cannot set headers (`EventSource`, the
+browser's `WebSocket`). An access token is never taken from the query string: URLs end up in proxy
+logs and browser history, and a ticket found there is worthless once used. A ticket opens one
 connection (its id is recorded in `gateway.live_tickets_used` on first use, for every replica), within
 `GATEWAY_LIVE_TICKET_SECONDS`, for an account that is still an active, unlocked tenant; a reconnect
-needs a new ticket. The stream starts with `event: ready` and then carries `event: meter_state |
+needs a new ticket.
+
+WebSocket: each frame is JSON: `{"type": "meter_state" | "balance" | "alarm", "data": {…}}`. A refused
+credential closes the socket with 4401, a signed-in non-tenant with 4403.
+
+Server-sent events: the stream starts with `event: ready` and then carries `event: meter_state |
 balance | alarm` with `id:` and the message as `data:`; idle streams get a comment every
 `GATEWAY_LIVE_HEARTBEAT_SECONDS`; on shutdown the stream ends cleanly and clients reconnect.
 """
@@ -59,6 +63,7 @@ SCOPE_REFRESH_SECONDS = 30.0
 RESUME_SECONDS = 120.0
 RESUME_FRAMES = 50_000
 RECONNECT_MILLISECONDS = 3000
+TICKET_MAX_LENGTH = 2000  # a ticket is a JWT of a few hundred characters
 
 
 @dataclass(frozen=True)
@@ -285,18 +290,19 @@ router = APIRouter()
 @router.websocket("/v1/me/live")
 async def live(websocket: WebSocket) -> None:
     header = websocket.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else websocket.query_params.get("access_token", "")
+    token = header[7:] if header.lower().startswith("bearer ") else None
+    principal: Principal | None = None
+    code, reason = 4401, "unauthorised"
     try:
-        principal = await principal_from_token(websocket, token) if token else None
+        principal = await live_principal(websocket, token, websocket.query_params.get("ticket"))
+    except Forbidden:
+        code, reason = 4403, "tenant accounts only"
     except GatewayError:
-        principal = None
+        pass  # no, bad, expired or used credential: 4401
     # Accept first, so the client reads why it is refused from the close code (4401 / 4403).
     await websocket.accept()
-    if principal is None:
-        await websocket.close(code=4401, reason="unauthorised")
-        return
-    if principal.role is not Role.TENANT or principal.tenant_id is None:
-        await websocket.close(code=4403, reason="tenant accounts only")
+    if principal is None or principal.tenant_id is None:
+        await websocket.close(code=code, reason=reason)
         return
     scopes: TenantScopes = websocket.app.state.scopes
     hub: LiveHub = websocket.app.state.live
@@ -338,9 +344,14 @@ async def _drain(websocket: WebSocket) -> None:
 
 # -- Server-sent events ------------------------------------------------------------------------------
 class LiveTicket(BaseModel):
-    ticket: str = Field(description="credential for `GET /v1/me/live?ticket=`: one connection to the live stream")
+    ticket: str = Field(
+        description="credential for `/v1/me/live?ticket=` (event stream or WebSocket): one connection to the live stream"
+    )
     expires_in: int = Field(description="seconds within which the ticket can be used, once")
-    url: str = Field(description="the stream's path with the ticket, for `new EventSource(url)`")
+    url: str = Field(
+        description="the stream's path with the ticket, for `new EventSource(url)`; a browser's WebSocket opens "
+        "the same path and query on `wss://`"
+    )
 
     model_config = {
         "json_schema_extra": {
@@ -406,31 +417,45 @@ async def forget_used_tickets(engine: AsyncEngine, batch: int = 5000) -> int:
             return deleted
 
 
-async def live_tenant(
-    request: Request,
-    token: Annotated[str | None, Depends(bearer)],
-    ticket: Annotated[
-        str | None, Query(max_length=2000, description="a ticket from `POST /v1/me/live/tickets` (for EventSource)")
-    ] = None,
-) -> Principal:
-    """A tenant, by bearer token or by live ticket."""
+async def live_principal(connection: Request | WebSocket, token: str | None, ticket: str | None) -> Principal:
+    """The tenant a live connection (event stream or WebSocket) signs in as: by bearer token, else by
+    live ticket, which this uses up. Unauthorised for no, bad, expired or used credentials and for an
+    account no longer admitted; Forbidden for anyone but a tenant."""
     if token:
-        principal = await principal_from_token(request, token)
+        principal = await principal_from_token(connection, token)
     elif ticket:
-        settings: GatewaySettings = request.app.state.settings
+        if len(ticket) > TICKET_MAX_LENGTH:
+            raise Unauthorised("invalid live ticket: too long")
+        settings: GatewaySettings = connection.app.state.settings
         try:
             claims = security.decode_live_ticket(
                 settings.jwt_secret.get_secret_value(), settings.jwt_issuer, ticket, now=utcnow()
             )
         except security.InvalidToken as err:
             raise Unauthorised(f"invalid live ticket: {err}") from err
-        runtime: Runtime = request.app.state.runtime
+        runtime: Runtime = connection.app.state.runtime
         await redeem_ticket(runtime.engine, claims)
         principal = Principal("user", claims.user_id, Role.TENANT, frozenset(), claims.tenant_id)
     else:
         raise Unauthorised("sign in first: Authorization: Bearer <access token>, or ?ticket= / 请先登录")
     if principal.role is not Role.TENANT or principal.tenant_id is None:
         raise Forbidden("the /v1/me API is for tenant accounts / 仅限租户账号")
+    return principal
+
+
+async def live_tenant(
+    request: Request,
+    token: Annotated[str | None, Depends(bearer)],
+    ticket: Annotated[
+        str | None,
+        Query(
+            max_length=TICKET_MAX_LENGTH,
+            description="a ticket from `POST /v1/me/live/tickets` (for EventSource and browser WebSockets)",
+        ),
+    ] = None,
+) -> Principal:
+    """A tenant, by bearer token or by live ticket (the event stream's dependency)."""
+    principal = await live_principal(request, token, ticket)
     request.state.principal = principal
     return principal
 
@@ -441,7 +466,8 @@ async def live_tenant(
     status_code=201,
     response_model=LiveTicket,
     responses=ERRORS,
-    summary="实时推送票据 · A single-use ticket for the event stream (EventSource cannot send headers)",
+    summary="实时推送票据 · A single-use ticket for the live stream (browsers' EventSource and WebSocket cannot "
+    "send headers)",
 )
 async def live_ticket(principal: Tenant, request: Request) -> LiveTicket:
     settings: GatewaySettings = request.app.state.settings
@@ -469,7 +495,8 @@ async def live_ticket(principal: Tenant, request: Request) -> LiveTicket:
     "get the events missed since (or `?last_event_id=` with a new ticket), when this replica still holds every "
     "one of them; otherwise `ready` says "
     "`resumed: false` and the client re-reads its balances and meters. Idle streams get a `: heartbeat` "
-    "comment. The same path as a WebSocket carries the same frames as JSON.",
+    "comment. The same path as a WebSocket carries the same frames as JSON and signs in the same way "
+    "(bearer header or `?ticket=`; 4401 / 4403 close codes for refusals).",
 )
 async def live_events(
     request: Request,

@@ -175,8 +175,9 @@ class LiveTicketClaims:
 
 
 def encode_live_ticket(secret: str, issuer: str, *, user_id: str, tenant_id: str, now: datetime, ttl: timedelta) -> str:
-    """A short-lived, single-use credential for `GET /v1/me/live?ticket=` (EventSource cannot send
-    headers): it admits one connection to the live stream of one tenant and nothing else."""
+    """A short-lived, single-use credential for `/v1/me/live?ticket=`, the event stream or the WebSocket
+    (browsers cannot send headers on either): it admits one connection to the live stream of one tenant
+    and nothing else."""
     claims = {
         "iss": issuer,
         "sub": user_id,

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from shuidian_collector import estate_csv, reports
 from shuidian_collector.fleet import Fleet
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig, Registry
+from shuidian_collector.settings import CollectorSettings
 from shuidian_kit.errors import NotFound, ServiceError
 from shuidian_kit.service import problem, runtime_of
 from shuidian_shared.messages import Identifier, Utility
@@ -219,6 +220,8 @@ async def device_online_rate(
         raise ServiceError("时间窗口无效 · end must be after start", code="invalid_window")
     if end - start > reports.MAX_WINDOW:
         raise ServiceError("时间窗口过长 · the window is at most 366 days", code="invalid_window")
+    settings: CollectorSettings = request.app.state.settings
+    reports.refuse_before_retention(start, now, settings.online_edges_retention_days)
     report = await reports.device_online_report(runtime_of(request).engine, start, min(end, now), gateway_id)
     gateways = sorted(report.gateways.values(), key=lambda g: g.gateway_id)
     return {

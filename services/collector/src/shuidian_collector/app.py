@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from shuidian_collector import retention
 from shuidian_collector.api import router
 from shuidian_collector.commands import Commands, utcnow
 from shuidian_collector.drivers import ClockPolicy, ConfirmPolicy, Driver
@@ -90,7 +91,13 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
             runtime.mqtt.subscribe(topics.ALL_METER_COMMANDS, CommandRequested, commands.on_command)
             runtime.supervisor.add("fleet", fleet.run)
             runtime.supervisor.add("store", lambda: store.forward(runtime.mqtt))
+            # Edges older than the retention are pruned (one replica at a time), and reports refuse windows
+            # starting before it rather than compute them from what is left.
+            runtime.supervisor.add(
+                "online-edges-retention", lambda: retention.run(runtime.engine, settings.online_edges_retention_days)
+            )
             app.state.runtime = runtime
+            app.state.settings = settings
             app.state.registry = registry
             app.state.fleet = fleet
             app.state.store = store

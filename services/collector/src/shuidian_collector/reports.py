@@ -1,5 +1,6 @@
 """The device online rate report: meters online now (overall and per gateway) and availability over a window,
-computed from the persisted online/offline edges (`collector.online_edges`)."""
+computed from the persisted online/offline edges (`collector.online_edges`), which are kept for a retention period
+(`retention.py`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shuidian_kit.errors import ServiceError
 
 RATE = Decimal("0.0001")
 
@@ -71,10 +74,38 @@ class OnlineReport:
     gateways: dict[str, GatewayOnline] = field(default_factory=dict)
 
 
+def refuse_before_retention(start: datetime, now: datetime, retention_days: int) -> None:
+    """Refuse (422 `window_before_retention`) a window starting before the edges kept.
+
+    Refused rather than clamped. Pruning keeps only each meter's last edge before the cutoff, so the state at such
+    a start would be read from whatever edge survived, and the availability would be wrong without anything saying
+    so. Clamping `start` to the cutoff would answer a different question under the caller's label: a monthly or
+    yearly availability is quoted with its period, and a figure for "this year" that really covers its last ten
+    months is misleading wherever the response's `start` is not read back (the API echoes the requested window,
+    and the api-gateway's staff report passes the figure on). Refusing is what the report already does with a
+    window longer than 366 days; the problem names the earliest start that can be answered.
+    """
+    cutoff = now - timedelta(days=retention_days)
+    if start >= cutoff:
+        return
+    # The next whole minute: a start a caller can copy, still inside the retention when it asks again.
+    earliest = (cutoff + timedelta(minutes=1)).replace(second=0, microsecond=0).isoformat()
+    raise ServiceError(
+        f"时间窗口早于在线记录的保留期（{retention_days} 天），最早可从 {earliest} 开始 · "
+        f"the window starts before the online history kept ({retention_days} days, "
+        f"COLLECTOR_ONLINE_EDGES_RETENTION_DAYS): start at {earliest} or later",
+        code="window_before_retention",
+        status_code=422,
+    )
+
+
 async def device_online_report(
     engine: AsyncEngine, start: datetime, end: datetime, gateway_id: str | None = None
 ) -> OnlineReport:
-    """Registered meters (of one gateway, or all) with their state now and their edges over [start, end)."""
+    """Registered meters (of one gateway, or all) with their state now and their edges over [start, end).
+
+    The caller keeps `start` inside the retention (`refuse_before_retention`): before it, edges are pruned.
+    """
     async with engine.connect() as conn:
         meters = (
             await conn.execute(
@@ -90,10 +121,12 @@ async def device_online_report(
         edges = (
             await conn.execute(
                 text(
-                    "(SELECT DISTINCT ON (meter_id) meter_id, online, at FROM collector.online_edges "
-                    " WHERE meter_id = ANY(:ids) AND at <= :start ORDER BY meter_id, at DESC) "
-                    "UNION ALL (SELECT meter_id, online, at FROM collector.online_edges "
-                    " WHERE meter_id = ANY(:ids) AND at > :start AND at < :end) ORDER BY meter_id, at"
+                    # Edges at the same instant are ordered by id (insertion order), as retention decides which
+                    # one to keep: the state at `start` is then the same before and after pruning.
+                    "(SELECT DISTINCT ON (meter_id) meter_id, online, at, id FROM collector.online_edges "
+                    " WHERE meter_id = ANY(:ids) AND at <= :start ORDER BY meter_id, at DESC, id DESC) "
+                    "UNION ALL (SELECT meter_id, online, at, id FROM collector.online_edges "
+                    " WHERE meter_id = ANY(:ids) AND at > :start AND at < :end) ORDER BY meter_id, at, id"
                 ),
                 {"ids": ids, "start": start, "end": end},
             )

@@ -62,6 +62,12 @@ class CollectorSettings(ServiceSettings):
     leakage_threshold_ma: float = Field(
         default=30.0, gt=0, description="residual current (mA) from which a reading is flagged leakage"
     )
+    online_edges_retention_days: int = Field(
+        default=400,
+        ge=1,
+        description="online/offline edges older than this are pruned (each meter's last one before is kept); "
+        "availability windows must start within it. 400: a year of monthly reports plus a margin",
+    )
 
     @model_validator(mode="after")
     def _password_digits(self) -> CollectorSettings:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -135,30 +135,31 @@ async def test_online_now_edges_and_availability_over_a_window(database_url: str
         availability = float(recent["gateways"][0]["availability"])
         assert 0 < availability < 1
 
-        # One gateway only; a past window from stored edges: the alive meter online 18 h of 24.
+        # One gateway only; a past window from stored edges: the alive meter online 18 h of 24. The day is a month
+        # back, always inside the edges' retention.
+        day = (datetime.now(UTC) - timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0)
         async with engine.begin() as conn:
             await conn.execute(
                 text(
                     "INSERT INTO collector.online_edges (meter_id, gateway_id, online, at) VALUES "
-                    "(:m, :g, true, '2026-01-01T00:00:00Z'), (:m, :g, false, '2026-01-01T06:00:00Z'), "
-                    "(:m, :g, true, '2026-01-01T12:00:00Z')"
+                    "(:m, :g, true, :t0), (:m, :g, false, :t6), (:m, :g, true, :t12)"
                 ),
-                {"m": alive, "g": gw_a},
+                {"m": alive, "g": gw_a, "t0": day, "t6": day + timedelta(hours=6), "t12": day + timedelta(hours=12)},
             )
-        window = {"start": "2026-01-01T00:00:00+00:00", "end": "2026-01-02T00:00:00+00:00"}
+        window = {"start": day.isoformat(), "end": (day + timedelta(days=1)).isoformat()}
         past = (await http.get("/v1/reports/device-online-rate", params={"gateway_id": gw_a, **window})).json()
         assert [g["gateway_id"] for g in past["gateways"]] == [gw_a]
         (a,) = past["gateways"]
         assert (a["availability"], a["observed_seconds"]) == ("0.7500", 86400.0)  # the others were not known yet
         assert past["total"]["availability"] == "0.7500"
-        assert datetime.fromisoformat(past["start"]) == datetime(2026, 1, 1, tzinfo=UTC)
+        assert datetime.fromisoformat(past["start"]) == day
         b = (await http.get("/v1/reports/device-online-rate", params={"gateway_id": gw_b, **window})).json()
         assert b["gateways"][0]["availability"] is None  # nothing observed in that window
 
         for params in (
-            {"start": "2026-01-02T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:00"},
-            {"start": "2024-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:00"},
-            {"start": "2026-01-01T00:00:00"},  # naive
+            {"start": window["end"], "end": window["start"]},
+            {"start": (day - timedelta(days=367)).isoformat(), "end": window["start"]},
+            {"start": day.replace(tzinfo=None).isoformat()},  # naive
             {"end": "yesterday"},
         ):
             refused = await http.get("/v1/reports/device-online-rate", params=params)

@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -631,9 +632,29 @@ async def test_a_stuck_relay_fails_with_the_meters_answer_on_record(engine: Asyn
     assert (shadow.desired_supply, shadow.reported_supply) == ("open", "closed")
 
 
+FINAL_REFUSALS = {
+    # status: (the collector's detail, the prefix control records, the counter that counts it)
+    CommandStatus.UNSUPPORTED: (
+        "表计不支持此命令 {kind}: not supported by DL/T 645-1997 meters",
+        "unsupported",
+        "control_commands_unsupported_total",
+    ),
+    CommandStatus.REJECTED: (
+        "采集器拒绝执行，未写入表计: refused by the collector, nothing written: {kind} needs the meter password",
+        "rejected",
+        "control_commands_rejected_total",
+    ),
+}
+
+
+def counted(name: str, kind: CommandKind) -> float:
+    return REGISTRY.get_sample_value(name, {"kind": kind.value}) or 0.0
+
+
+@pytest.mark.parametrize("status", list(FINAL_REFUSALS))
 @pytest.mark.parametrize("kind", [CommandKind.TRIP, CommandKind.KEEP_POWER_ON, CommandKind.TIME_SYNC])
-async def test_an_unsupported_command_fails_at_once_and_is_never_retried_or_reconciled(
-    engine: AsyncEngine, kind: CommandKind
+async def test_a_final_refusal_fails_at_once_and_is_never_retried_or_reconciled(
+    engine: AsyncEngine, kind: CommandKind, status: CommandStatus
 ) -> None:
     clock = Clock(WEDNESDAY_NOON)
     control = make_control(
@@ -646,16 +667,20 @@ async def test_an_unsupported_command_fails_at_once_and_is_never_retried_or_reco
     _, (outcome,) = await control.automation.operate([meter.meter_id], OperatorRequest(kind, "test", "tester"))
     assert outcome.command_id is not None
     (request,) = await sent(engine, meter.meter_id)
-    # No response frame: a FAILED like this would be retried; UNSUPPORTED is final.
-    detail = f"表计不支持此命令 {kind.value}: not supported by DL/T 645-1997 meters"
-    await control.ledger.on_result(result(request, CommandStatus.UNSUPPORTED, detail=detail), "")
+    template, prefix, counter = FINAL_REFUSALS[status]
+    detail = template.format(kind=kind.value)
+    before = counted(counter, kind)
+    # No response frame: a FAILED like this would be retried; UNSUPPORTED and REJECTED are final.
+    await control.ledger.on_result(result(request, status, detail=detail), "")
     command = await control.ledger.command(outcome.command_id)
     assert command["state"] == "failed"
-    assert command["detail"].startswith("unsupported")
+    assert command["detail"].startswith(prefix)
     assert detail in command["detail"]
+    assert f"result:{status.value}" in [e["state"] for e in command["events"]]
+    assert counted(counter, kind) == before + 1
     update = (await updates(engine, meter.meter_id))[-1]
     assert (update.state.value, update.command_id) == ("failed", outcome.command_id)  # alarm raises on it
-    assert update.detail.startswith("unsupported")
+    assert update.detail.startswith(prefix)
     for _ in range(5):  # neither retries, nor the result timeout, nor reconcile send it again
         clock.advance(seconds=30)
         await control.tick()
@@ -666,8 +691,77 @@ async def test_an_unsupported_command_fails_at_once_and_is_never_retried_or_reco
     assert len(await sent(engine, meter.meter_id)) == 1
     assert [r.state for r in await command_rows(engine, meter.meter_id)] == ["failed"]
     # A late duplicate of the result changes nothing.
-    await control.ledger.on_result(result(request, CommandStatus.UNSUPPORTED, detail=detail), "")
+    await control.ledger.on_result(result(request, status, detail=detail), "")
     assert (await control.ledger.command(outcome.command_id))["state"] == "failed"
+    assert counted(counter, kind) == before + 1
+
+
+async def test_a_rejected_deferred_trip_is_neither_retried_nor_deferred_again(engine: AsyncEngine) -> None:
+    clock = Clock(datetime(2026, 11, 25, 23, 0, tzinfo=SHANGHAI))  # a Wednesday night: the trip waits for 07:00
+    control = make_control(engine, clock, result_timeout_seconds=10, retry_initial_seconds=1)
+    account, meter = ids("acc"), electricity()
+    await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, at=clock()), "")
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.EXHAUSTED, 1), "")
+    clock.now = datetime(2026, 11, 26, 7, 0, 1, tzinfo=SHANGHAI)
+    await control.tick()
+    (trip,) = await sent(engine, meter.meter_id)
+    detail = "采集器拒绝执行，未写入表计: refused by the collector, nothing written: password must be at most 6 digits"
+    await control.ledger.on_result(result(trip, CommandStatus.REJECTED, detail=detail), "")
+    for _ in range(4):  # the day goes on: retries, due deferrals, reconcile sweeps and readings send nothing
+        clock.advance(hours=3)
+        await control.tick()
+        await control.automation.reconcile_sweep()
+        await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, at=clock()), "")
+    assert len(await sent(engine, meter.meter_id)) == 1
+    assert [(r.kind, r.state, r.attempt) for r in await command_rows(engine, meter.meter_id)] == [("trip", "failed", 1)]
+    async with engine.connect() as conn:
+        left = await conn.execute(text("SELECT * FROM control.deferrals WHERE meter_id = :m"), {"m": meter.meter_id})
+        assert left.all() == []
+        shadow = (
+            await conn.execute(text("SELECT * FROM control.shadows WHERE meter_id = :m"), {"m": meter.meter_id})
+        ).one()
+    assert (shadow.desired_supply, shadow.reported_supply) == ("closed", "closed")  # the intent was dropped
+
+
+async def test_rejected_commands_of_a_batch_and_a_one_off_schedule_are_not_retried(engine: AsyncEngine) -> None:
+    clock = Clock(WEDNESDAY_NOON)
+    control = make_control(
+        engine, clock, result_timeout_seconds=10, retry_initial_seconds=1, reconcile_interval_seconds=1
+    )
+    refused, tripped, scheduled = electricity(), electricity(), electricity()
+    for meter in (refused, tripped):
+        await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, at=clock()), "")
+    await control.scheduler.create(
+        ScheduleSpec(
+            ids("limit"),
+            CommandKind.PARAMETER_WRITE,
+            meters=(scheduled.meter_id,),
+            parameters={"name": "alarm_money_1", "value": "10.005"},
+            run_at=clock.now + timedelta(minutes=1),
+        ),
+        "tester",
+    )
+    clock.advance(minutes=1, seconds=1)
+    await control.tick()  # the schedule runs
+    batch_id, _ = await control.automation.operate(
+        [refused.meter_id, tripped.meter_id], OperatorRequest(CommandKind.TRIP, "maintenance", "tester")
+    )
+    (bad,) = await sent(engine, refused.meter_id)
+    (good,) = await sent(engine, tripped.meter_id)
+    (write,) = await sent(engine, scheduled.meter_id)
+    await control.ledger.on_result(result(bad, CommandStatus.REJECTED, detail="password must be at most 6"), "")
+    await control.ledger.on_result(result(good, CommandStatus.CONFIRMED, relay=RelayState.OPEN), "")
+    await control.ledger.on_result(result(write, CommandStatus.REJECTED, detail="does not fit alarm_money_1"), "")
+    for _ in range(5):
+        clock.advance(seconds=30)
+        await control.tick()
+        await control.automation.reconcile_sweep()
+    for meter, state in ((refused, "failed"), (tripped, "confirmed"), (scheduled, "failed")):
+        assert len(await sent(engine, meter.meter_id)) == 1, meter
+        assert [(r.state, r.attempt) for r in await command_rows(engine, meter.meter_id)] == [(state, 1)], meter
+    (row,) = await command_rows(engine, refused.meter_id)
+    assert row.batch_id == batch_id
+    assert row.detail.startswith("rejected")
 
 
 async def test_cancel_stops_retries_and_keeps_the_meter_where_it_is(engine: AsyncEngine) -> None:

@@ -1,7 +1,8 @@
 """Control through the real collector and the DL/T 645 simulator (the whole platform in-process): an exhausted
 account is tripped and confirmed by the meter; a tenant closing the relay by hand is re-tripped by reconcile; a
-stuck relay ends failed, with the meter's answer on record and a CommandUpdate for alarm. 保电 switches the
-meter's own keep-power mode; lifting it trips an exhausted household once, after the meter confirms the mode off."""
+stuck relay ends failed, with the meter's answer on record and a CommandUpdate for alarm; commands the collector
+refuses (unsupported, rejected) fail at once and are never sent again. 保电 switches the meter's own keep-power
+mode; lifting it trips an exhausted household once, after the meter confirms the mode off."""
 
 from __future__ import annotations
 
@@ -196,6 +197,36 @@ async def test_trip_reconcile_and_stuck_relay_through_the_collector_and_simulato
         assert [e["state"] for e in events].count("sent") == 1
         assert "result:unsupported" in [e["state"] for e in events]
         assert not [e for e in events if e["state"] == "result:failed"]
+
+        # A value the meter cannot take (two decimals at most): the collector rejects it before writing anything,
+        # and control fails it at once instead of retrying it until the TTL.
+        rejected_id = str(uuid.uuid4())
+        body = {
+            "meter_id": good,
+            "kind": "parameter_write",
+            "parameters": {"name": "alarm_money_1", "value": "10.005"},
+            "reason": "rejected check",
+            "command_id": rejected_id,
+        }
+        issued = await p.internal.post(f"{control}/v1/commands", json=body, headers={"X-Actor": "op-test"})
+        assert issued.status_code in (200, 201, 202), issued.text
+
+        async def rejected() -> dict[str, Any] | None:
+            command: dict[str, Any] = (await p.internal.get(f"{control}/v1/commands/{rejected_id}")).json()
+            return command if command["state"] == "failed" else None
+
+        refusal = await eventually(rejected, "the rejected parameter write to fail")
+        assert refusal["detail"].startswith("rejected"), refusal["detail"]
+        assert "does not fit alarm_money_1" in refusal["detail"]
+        await asyncio.sleep(2.5)  # several ticks and reconcile sweeps: nothing is sent again
+        events = (await p.internal.get(f"{control}/v1/commands/{rejected_id}")).json()["events"]
+        assert [e["state"] for e in events].count("sent") == 1
+        assert "result:rejected" in [e["state"] for e in events]
+        assert not [e for e in events if e["state"] == "result:failed"]
+        # The trips (control code 1C) went out on the bus; no write (14) did, from either refused command.
+        codes = {f.lstrip(b"\xfe")[8] for _, d, f in sim.wire_log(bus) if d == "rx"}
+        assert 0x1C in codes, codes
+        assert 0x14 not in codes, codes
         listener.cancel()
 
 

@@ -16,7 +16,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_collector.drivers import CommandOutcome, CommandRejected, CommandUnsupported, Driver
+from shuidian_collector.drivers import CommandOutcome, CommandRejected, Driver, refused
 from shuidian_collector.pollstats import PollTally, ReadObserver
 from shuidian_collector.protocols.common import ProtocolError
 from shuidian_collector.registry import BusConfig, GatewayConfig, MeterConfig
@@ -26,7 +26,6 @@ from shuidian_collector.transport import COMMAND_PRIORITY, POLL_PRIORITY, Bus, B
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     CommandRequested,
-    CommandStatus,
     DeviceState,
     GatewayStatus,
     Reading,
@@ -373,10 +372,8 @@ class GatewayPoller:
             return await driver.command(
                 bus.channel(COMMAND_PRIORITY, patience.retries, patience.timeout), meter, request
             )
-        except CommandUnsupported as err:
-            return CommandOutcome(CommandStatus.UNSUPPORTED, str(err))
-        except CommandRejected as err:
-            return CommandOutcome(CommandStatus.FAILED, str(err))
+        except CommandRejected as err:  # refused before anything was written: unsupported or rejected, both final
+            return refused(err)
 
     def meter(self, meter_id: str) -> MeterConfig:
         return self._meters[meter_id][1]

@@ -155,10 +155,12 @@ async def test_time_sync_by_broadcast_is_confirmed_by_reading_the_clock_back(sim
     assert any(dlt645.decode_frame(f).function == dlt645.Function.BROADCAST_TIME for f in _requests(sim, "bus-tsync"))
 
 
-async def test_a_large_offset_without_a_password_fails_and_sends_nothing(simulated: Any) -> None:
+async def test_a_large_offset_without_a_password_is_rejected_and_writes_nothing(simulated: Any) -> None:
     sim, poller = await simulated("tbig", [{"kind": "clock_drift", "seconds": -3600}])
     outcome = await poller.execute(_command("m-tbig-0", CommandKind.TIME_SYNC))
-    assert outcome.status is CommandStatus.FAILED
+    # Final: the same command sent again would be refused again, so control must not retry it.
+    assert outcome.status is CommandStatus.REJECTED
+    assert outcome.detail.startswith("采集器拒绝执行")
     assert "off by -360" in outcome.detail
     assert "300 s" in outcome.detail
     assert "password" in outcome.detail
@@ -199,9 +201,9 @@ async def test_parameter_writes_are_checked_before_anything_is_sent(simulated: A
     ]
     for parameters, expected in cases:
         outcome = await poller.execute(_command("m-pbad-0", CommandKind.PARAMETER_WRITE, **parameters))
-        # A name the meter does not have is unsupported (final); a bad value or missing credentials fails.
+        # A name the meter does not have is unsupported, a bad value or missing credentials rejected: both final.
         unknown = "is not writable" in expected or "writable:" in expected
-        assert outcome.status is (CommandStatus.UNSUPPORTED if unknown else CommandStatus.FAILED), parameters
+        assert outcome.status is (CommandStatus.UNSUPPORTED if unknown else CommandStatus.REJECTED), parameters
         assert expected in outcome.detail, (parameters, outcome.detail)
         assert outcome.request_frame is None
     assert _requests(sim, "bus-pbad") == []

@@ -1,6 +1,7 @@
 """Modbus parameter writes against pymodbus's own server over a real socket: a register the profile marks
-writable and confirmed is written and read back; unconfirmed, unknown, out-of-range and refused writes fail
-with a clear detail; time sync is not supported (no profile maps a clock)."""
+writable and confirmed is written and read back; unconfirmed and unknown registers are unsupported,
+out-of-range values rejected (both before anything is sent), a write the meter refuses fails, each with a clear
+detail; time sync is not supported (no profile maps a clock)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from shuidian_collector.drivers import CommandOutcome, CommandRejected, CommandUnsupported, ConfirmPolicy
+from shuidian_collector.drivers import CommandOutcome, CommandRejected, ConfirmPolicy, refused
 from shuidian_collector.drivers.modbus import ModbusDriver
 from shuidian_collector.protocols.modbus_profiles import DeviceProfile, ProfileError, parse_profile
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
@@ -89,10 +90,8 @@ METER = MeterConfig("E-p", "1", "test-parameters", Utility.ELECTRICITY, 60)
 async def _run(bus: Bus, driver: ModbusDriver, kind: CommandKind, **parameters: str) -> CommandOutcome:
     try:
         return await driver.command(bus.channel(0), METER, _command(kind, **parameters))
-    except CommandUnsupported as err:  # what the poller turns into an unsupported result
-        return CommandOutcome(CommandStatus.UNSUPPORTED, str(err))
-    except CommandRejected as err:  # what the poller turns into a failed result
-        return CommandOutcome(CommandStatus.FAILED, str(err))
+    except CommandRejected as err:  # as the poller answers it: unsupported or rejected
+        return refused(err)
 
 
 async def test_a_writable_register_is_written_and_read_back(rig: tuple[Bus, ModbusDriver, list[int]]) -> None:
@@ -106,14 +105,16 @@ async def test_a_writable_register_is_written_and_read_back(rig: tuple[Bus, Modb
     assert reading.registers == {"energy_active_import_total": Decimal("123.45")}  # parameters are not readings
 
 
-async def test_hostile_parameter_writes_fail_with_a_clear_detail(rig: tuple[Bus, ModbusDriver, list[int]]) -> None:
+async def test_hostile_parameter_writes_are_refused_with_a_clear_detail(
+    rig: tuple[Bus, ModbusDriver, list[int]],
+) -> None:
     bus, driver, _ = rig
-    unsupported, failed = CommandStatus.UNSUPPORTED, CommandStatus.FAILED
+    unsupported, rejected = CommandStatus.UNSUPPORTED, CommandStatus.REJECTED
     cases = [
         ({"name": "tariff", "value": "1"}, unsupported, "writable: alarm_money_1, alarm_money_2, power_limit"),
-        ({"name": "alarm_money_1", "value": "1.001"}, failed, "not a multiple of the scale"),
-        ({"name": "alarm_money_1", "value": "-1"}, failed, "does not fit"),
-        ({"name": "alarm_money_1", "value": "x"}, failed, "not a decimal number"),
+        ({"name": "alarm_money_1", "value": "1.001"}, rejected, "not a multiple of the scale"),
+        ({"name": "alarm_money_1", "value": "-1"}, rejected, "does not fit"),
+        ({"name": "alarm_money_1", "value": "x"}, rejected, "not a decimal number"),
         ({"name": "power_limit", "value": "5"}, unsupported, "not confirmed by the vendor manual: not written"),
     ]
     for parameters, status, expected in cases:

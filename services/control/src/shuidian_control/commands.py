@@ -5,6 +5,9 @@ with its audit event and announced (CommandUpdate) in the same transaction, thro
 A command is re-sent as attempt 2, 3, … under the same id; the collector runs each (id, attempt) once.
 A trip for a meter whose keep-power mode is being switched off is held (pending, attempt 0) until the meter
 reports the mode off, then sent: the meter would refuse it before.
+A final refusal from the collector (`unsupported`: the meter cannot do it; `rejected`: a value it cannot take or
+credentials the collector lacks, refused before anything was written) fails the command at once: never retried,
+and its intent is dropped from the shadow so reconcile does not send it again either.
 """
 
 from __future__ import annotations
@@ -46,6 +49,28 @@ UNKNOWN_RESULTS = Counter("control_command_results_unknown_total", "results for 
 UNSUPPORTED = Counter(
     "control_commands_unsupported_total", "commands the meter cannot do (final, not retried)", ["kind"]
 )
+REJECTED = Counter(
+    "control_commands_rejected_total",
+    "commands the collector refused before writing to the meter: a value it cannot take, missing credentials "
+    "(final, not retried)",
+    ["kind"],
+)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """How a final refusal is counted and recorded: its counter and the prefix of the command's detail."""
+
+    counter: Counter
+    label: str
+
+
+# The collector's answers that no retry can change (the same command would be refused again): each fails the
+# command at once through one path, `CommandLedger._refuse`.
+_FINAL_REFUSALS: Mapping[CommandStatus, _Refusal] = {
+    CommandStatus.UNSUPPORTED: _Refusal(UNSUPPORTED, "unsupported 表计不支持"),
+    CommandStatus.REJECTED: _Refusal(REJECTED, "rejected 参数或凭据无效"),
+}
 
 Clock = Callable[[], datetime]
 _TEXT_LIMIT = 500
@@ -353,11 +378,9 @@ class CommandLedger:
         if result.status is CommandStatus.EXPIRED:
             await self._transition(conn, row, CommandState.EXPIRED, result.detail, attempt=result.attempt)
             return
-        if result.status is CommandStatus.UNSUPPORTED:
-            UNSUPPORTED.labels(row.kind).inc()
-            detail = f"unsupported 表计不支持: {result.detail}"
-            await self._drop_intent(conn, row)  # reconcile must not re-send what the meter cannot do
-            await self._transition(conn, row, CommandState.FAILED, detail, attempt=result.attempt)
+        refusal = _FINAL_REFUSALS.get(result.status)
+        if refusal is not None:
+            await self._refuse(conn, row, result, refusal)
             return
         if not policy.is_retryable(result):
             await self._transition(conn, row, CommandState.FAILED, result.detail, attempt=result.attempt)
@@ -383,6 +406,17 @@ class CommandLedger:
             f"attempt {row.attempt} got no answer ({result.detail}); retry at {retry_at.isoformat()}",
             attempt=result.attempt,
         )
+
+    async def _refuse(self, conn: AsyncConnection, row: Row[Any], result: CommandResult, refusal: _Refusal) -> None:
+        """Fail a command the collector refused for good: counted, its intent dropped, no retry scheduled.
+
+        Without this a refusal would fail the command but leave its intent in the shadow, and reconcile would
+        issue the same command again, to be refused again, on every sweep.
+        """
+        refusal.counter.labels(row.kind).inc()
+        await self._drop_intent(conn, row)
+        detail = f"{refusal.label}: {result.detail}"
+        await self._transition(conn, row, CommandState.FAILED, detail, attempt=result.attempt)
 
     # --- time ----------------------------------------------------------------------------------------------------
 
@@ -434,8 +468,9 @@ class CommandLedger:
         return await self.command(command_id)
 
     async def _drop_intent(self, conn: AsyncConnection, row: Row[Any]) -> None:
-        """A cancelled or unsupported command's intent must not come back through reconcile: the meter keeps what
-        it reports (supply), and a keep-power mode it cannot take is no longer wanted."""
+        """A cancelled or finally refused (unsupported, rejected) command's intent must not come back through
+        reconcile: the meter keeps what it reports (supply), and a keep-power mode it cannot take is no longer
+        wanted."""
         if row.supply is None and CommandKind(row.kind) not in policy.KEEP_POWER_KINDS:
             return
         shadow = await shadows.lock(conn, row.meter_id)

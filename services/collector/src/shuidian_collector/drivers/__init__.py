@@ -115,12 +115,26 @@ class Driver(Protocol):
 
 
 class CommandRejected(Exception):
-    """The command cannot be carried out as asked (bad parameters, missing credentials); nothing was written."""
+    """The command cannot be carried out as asked (a value the meter cannot take, missing or malformed
+    credentials): reported `rejected`, which control treats as final; nothing was written."""
 
 
 class CommandUnsupported(CommandRejected):
     """The meter's model or protocol cannot do this at all (no such parameter, an unconfirmed register):
     reported `unsupported`, which control treats as final; nothing was written."""
+
+
+def refused(err: CommandRejected) -> CommandOutcome:
+    """The result of a command the collector refused before writing anything to the meter.
+
+    Both answers are final: sending the same command again would be refused again, so control must not
+    retry it until its TTL (as it does a `failed` without an answer frame).
+    """
+    if isinstance(err, CommandUnsupported):
+        return CommandOutcome(CommandStatus.UNSUPPORTED, str(err))
+    return CommandOutcome(
+        CommandStatus.REJECTED, f"采集器拒绝执行，未写入表计: refused by the collector, nothing written: {err}"
+    )
 
 
 def requested_parameter(request: CommandRequested, allowed: Collection[str], device: str) -> tuple[str, Decimal]:

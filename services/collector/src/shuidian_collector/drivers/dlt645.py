@@ -375,11 +375,12 @@ class Dlt645Driver:
             try:
                 credentials = self._credentials_for(request, required=True)
             except CommandRejected as err:
-                return CommandOutcome(
-                    CommandStatus.FAILED,
+                # Only the clock was read: without the password the write is refused (final, like any
+                # rejected command), since the same command sent again would be refused again.
+                raise CommandRejected(
                     f"meter clock is off by {before:+.0f} s, more than the {self._clock.broadcast_limit_s:.0f} s "
-                    f"a broadcast may correct; {err}",
-                )
+                    f"a broadcast may correct; {err}"
+                ) from err
             method = "write of date and time"
             now = self._local_now()
             try:

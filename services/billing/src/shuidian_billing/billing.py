@@ -166,7 +166,17 @@ class _Work:
     accounts: set[str] = field(default_factory=set)
 
 
-# The columns of `_Work.rows` (name and SQL type), in tuple order.
+# The columns each part of `_SAVE_SQL` receives (parameter name and SQL type), in tuple order:
+# watermarks, tier usage, and `_Work.rows` (one per charge line or unpriced quantity).
+_MARKS = (
+    ("wm", "text"),
+    ("wr", "text"),
+    ("wv", "numeric"),
+    ("wt", "timestamptz"),
+    ("wx", "numeric"),
+    ("wmx", "numeric"),
+)
+_TIERS = (("ta", "text"), ("tu", "text"), ("tp", "text"), ("ts", "timestamptz"), ("tq", "numeric"))
 _ROWS = (
     ("meter_id", "text"),
     ("hour", "timestamptz"),
@@ -199,26 +209,13 @@ _SAVE_SQL = text(
     f"""
 WITH marks AS (
     INSERT INTO billing.watermarks (meter_id, register, value, sampled_at, multiplier, register_max)
-    SELECT * FROM unnest({
-        _unnest(
-            [
-                ("wm", "text"),
-                ("wr", "text"),
-                ("wv", "numeric"),
-                ("wt", "timestamptz"),
-                ("wx", "numeric"),
-                ("wmx", "numeric"),
-            ]
-        )
-    }) AS w(m, r, v, t, x, mx)
+    SELECT * FROM unnest({_unnest(_MARKS)}) AS w(m, r, v, t, x, mx)
     ORDER BY m, r
     ON CONFLICT (meter_id, register) DO UPDATE SET value = EXCLUDED.value, sampled_at = EXCLUDED.sampled_at,
         multiplier = EXCLUDED.multiplier, register_max = EXCLUDED.register_max
 ), tiers AS (
     INSERT INTO billing.tier_usage (account_id, utility, period, period_start, quantity)
-    SELECT * FROM unnest({
-        _unnest([("ta", "text"), ("tu", "text"), ("tp", "text"), ("ts", "timestamptz"), ("tq", "numeric")])
-    })
+    SELECT * FROM unnest({_unnest(_TIERS)})
     ON CONFLICT (account_id, utility, period, period_start) DO UPDATE SET quantity = EXCLUDED.quantity
 ), rows AS (
     SELECT * FROM unnest({_unnest(_ROWS)}) AS r({", ".join(name for name, _ in _ROWS)})
@@ -625,22 +622,15 @@ class Billing:
             return
         stamps = _Stamps()
         encode: dict[str, Callable[[Sequence[Any]], str]] = {"text": store.text_array, "timestamptz": stamps.array}
-        params: dict[str, str] = {
-            "wm": store.text_array([w.meter_id for w in marks]),
-            "wr": store.text_array([w.register for w in marks]),
-            "wv": store.array([w.value for w in marks]),
-            "wt": stamps.array([w.sampled_at for w in marks]),
-            "wx": store.array([w.multiplier for w in marks]),
-            "wmx": store.array([w.register_max for w in marks]),
-            "ta": store.text_array([k[0] for k in tiers]),
-            "tu": store.text_array([k[1] for k in tiers]),
-            "tp": store.text_array([k[2] for k in tiers]),
-            "ts": stamps.array([k[3] for k in tiers]),
-            "tq": store.array([work.tiers[k] for k in tiers]),
-        }
-        columns = list(zip(*work.rows, strict=True)) if work.rows else [()] * len(_ROWS)
-        for (name, kind), column in zip(_ROWS, columns, strict=True):
-            params[name] = encode.get(kind, store.array)(column)
+        params: dict[str, str] = {}
+        for spec, rows in (
+            (_MARKS, [(w.meter_id, w.register, w.value, w.sampled_at, w.multiplier, w.register_max) for w in marks]),
+            (_TIERS, [(*k, work.tiers[k]) for k in tiers]),
+            (_ROWS, work.rows),
+        ):
+            columns = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
+            for (name, kind), column in zip(spec, columns, strict=True):
+                params[name] = encode.get(kind, store.array)(column)
         await conn.execute(_SAVE_SQL, params)
         await self._hold(conn, work.held)
 

@@ -313,6 +313,16 @@ class RoomOccupancy(Message):
     meters: tuple[MeterRef, ...] = Field(description="meters bound to the room now")
 
 
+class TenantContact(Message):
+    """A tenant's contact details as billing's tenant record holds them; retained per tenant, published by billing
+    when a tenant is created or their phone changes. Consumers keep the newest `changed_at` per tenant and ignore
+    older ones, so redelivery and reordering are harmless."""
+
+    tenant_id: Identifier
+    phone: str | None = Field(default=None, max_length=30, description="None: billing keeps no phone for the tenant")
+    changed_at: AwareDatetime = Field(description="when billing's tenant record changed")
+
+
 class ReadingHeld(Message):
     """Billing held a reading for review instead of billing it (impossible jump, register went down)."""
 

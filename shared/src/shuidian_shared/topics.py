@@ -12,6 +12,7 @@
 | shuidian/v1/accounts/{account_id}/balance | billing | 1 | BalanceEvent |
 | shuidian/v1/meters/{meter_id}/reading-held | billing | 1 | ReadingHeld |
 | shuidian/v1/rooms/{room_id}/occupancy | billing | 1, retained | RoomOccupancy |
+| shuidian/v1/tenants/{tenant_id}/contact | billing | 1, retained | TenantContact |
 | shuidian/v1/alarms/{alarm_type} | alarm | 1 | AlarmEvent |
 | shuidian/v1/tenants/{tenant_id}/notifications | alarm | 1 | TenantNotification |
 | shuidian/v1/status/{service}/{instance} | every service | 1, retained, last will | ServiceStatus |
@@ -47,6 +48,11 @@ def poll_stats(gateway_id: str) -> str:
 
 def room_occupancy(room_id: str) -> str:
     return f"{ROOT}/rooms/{_segment(room_id)}/occupancy"
+
+
+def tenant_contact(tenant_id: str) -> str:
+    """Billing's record of how to reach a tenant (retained; read by alarm, not by the tenant's app)."""
+    return f"{ROOT}/tenants/{_segment(tenant_id)}/contact"
 
 
 def meter_command(meter_id: str) -> str:
@@ -93,6 +99,7 @@ ALL_METER_STATES = f"{ROOT}/meters/+/state"
 ALL_GATEWAY_STATUS = f"{ROOT}/gateways/+/status"
 ALL_POLL_STATS = f"{ROOT}/gateways/+/poll-stats"
 ALL_ROOM_OCCUPANCY = f"{ROOT}/rooms/+/occupancy"
+ALL_TENANT_CONTACTS = f"{ROOT}/tenants/+/contact"
 ALL_METER_COMMANDS = f"{ROOT}/meters/+/command"
 ALL_COMMAND_RESULTS = f"{ROOT}/meters/+/command-result"
 ALL_COMMAND_UPDATES = f"{ROOT}/meters/+/command-update"

@@ -44,6 +44,7 @@ from shuidian_shared.messages import (
     PollStats,
     ReadingBatch,
     RoomOccupancy,
+    TenantContact,
     utcnow,
 )
 
@@ -160,6 +161,9 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             # Not shared: a broker sends retained messages to plain subscriptions only, and every replica taking
             # every occupancy in is safe (occupancy.record drops what the room already holds).
             subscribe(topics.ALL_ROOM_OCCUPANCY, RoomOccupancy, evaluator.on_room_occupancy)
+            # Not shared either, for the same reasons: each tenant's contact is retained, and a replica taking a
+            # contact alarm already holds changes nothing (newest `changed_at` wins).
+            subscribe(topics.ALL_TENANT_CONTACTS, TenantContact, c.notifier.preferences.on_contact)
             subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, evaluator.on_command_result)
             subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_UPDATES), CommandUpdate, evaluator.on_command_update)
             subscribe(

@@ -104,6 +104,15 @@ CHANNELS: tuple[Channel, ...] = (
         "move-in, move-out and meter binding).",
     ),
     Channel(
+        topics.tenant_contact("{tenant_id}"),
+        messages.TenantContact,
+        "billing",
+        "alarm",
+        True,
+        "租户联系方式 · The phone billing keeps for a tenant (retained; published when a tenant is created or their "
+        "phone changes). Alarm texts the newest one.",
+    ),
+    Channel(
         topics.alarm("{alarm_type}"),
         messages.AlarmEvent,
         "alarm",

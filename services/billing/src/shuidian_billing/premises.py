@@ -11,6 +11,10 @@ outbox in the same transaction; `occupancy_loop` publishes the rooms whose dated
 took effect since its last pass (at start: over the day before). Every room is republished only on
 demand (`republish_occupancy`, after a broker lost its retained state), in chunks queued while the
 outbox is nearly empty, so it never delays the balance events behind it.
+
+Creating a tenant or changing their phone (`put_tenant`, the CSV import) queues their `TenantContact` (retained,
+per tenant) in the same transaction, so alarm texts the number billing holds now, not the one the tenant's last
+settings save carried.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
 from shuidian_kit.errors import Conflict, NotFound
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
-from shuidian_shared.messages import MeterRef, RoomOccupancy, Utility
+from shuidian_shared.messages import MeterRef, RoomOccupancy, TenantContact, Utility
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +174,35 @@ class Premises:
 
     async def put_tenant(self, tenant_id: str, name: str, phone: str) -> None:
         async with self._engine.begin() as conn:
+            queued = await self._write_tenant(conn, tenant_id, name, phone)
+        if queued:
+            self._outbox.notify()
+
+    async def _write_tenant(self, conn: AsyncConnection, tenant_id: str, name: str, phone: str) -> bool:
+        """Create or update a tenant in the caller's transaction; a new tenant or a changed phone queues the
+        tenant's `TenantContact` (retained) in the outbox. Whether one was queued (the caller wakes the outbox)."""
+        before = (
+            await conn.execute(
+                text("SELECT phone FROM billing.tenants WHERE tenant_id = :t FOR UPDATE"), {"t": tenant_id}
+            )
+        ).first()
+        # The database clock, read after the row lock: two changes of one tenant get times in commit order,
+        # whichever replica made them (alarm keeps the newest).
+        changed_at = (
             await conn.execute(
                 text(
                     "INSERT INTO billing.tenants (tenant_id, name, phone) VALUES (:t, :n, :p) "
-                    "ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name, phone = EXCLUDED.phone"
+                    "ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name, phone = EXCLUDED.phone "
+                    "RETURNING clock_timestamp()"
                 ),
                 {"t": tenant_id, "n": name, "p": phone},
             )
+        ).scalar_one()
+        if before is not None and before.phone == phone:
+            return False  # a name change, or the same save again: nothing alarm needs
+        contact = TenantContact(source=self._source, tenant_id=tenant_id, phone=phone or None, changed_at=changed_at)
+        await self._outbox.add(conn, topics.tenant_contact(tenant_id), contact, retain=True)
+        return True
 
     async def room(self, room_id: str) -> dict[str, Any]:
         async with self._engine.connect() as conn:
@@ -576,13 +602,7 @@ class Premises:
                         await self._billing.rebind(conn, meter, utility, None, room_id=room_id)
                 if r.tenant_id and r.move_in is not None:
                     counts["leases"] += 1
-                    await conn.execute(
-                        text(
-                            "INSERT INTO billing.tenants (tenant_id, name, phone) VALUES (:t, :n, :p) "
-                            "ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name, phone = EXCLUDED.phone"
-                        ),
-                        {"t": r.tenant_id, "n": r.tenant_name, "p": r.phone},
-                    )
+                    await self._write_tenant(conn, r.tenant_id, r.tenant_name, r.phone)
                     await self.start_lease(f"{room_id}.{r.move_in:%Y%m%d}", r.tenant_id, room_id, r.move_in, None, conn)
             # Leased rooms were queued by their move-in; the others are announced vacant here.
             vacant = [f"{estate_id}.{r.building}.{r.room}" for r in rows if not (r.tenant_id and r.move_in)]
@@ -664,6 +684,8 @@ def parse_estate_csv(body: str) -> tuple[list[RoomRow], list[dict[str, Any]]]:
             value = cell[column]
             if value and (len(value) > 64 or not value.replace("-", "").replace("_", "").replace(".", "").isalnum()):
                 problems.append((column, "letters, digits, '-', '_' or '.' only (≤ 64)"))
+        if len(cell["phone"]) > 30:  # as the tenant API allows; the phone is announced to alarm
+            problems.append(("phone", "at most 30 characters"))
         if (building, room) in seen_rooms:
             problems.append(("room", f"room repeated (line {seen_rooms[(building, room)]})"))
         if code in seen_codes:

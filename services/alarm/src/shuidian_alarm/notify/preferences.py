@@ -12,14 +12,23 @@ the subscriptions they manage for that tenant (`managed_by = 'tenant_settings'`,
 A tenant who never saved settings gets the defaults of the settings model (every tenant-facing type, app push, no
 quiet hours): the first alarm alarm has for them writes the default set as version 0. Staff-created subscriptions
 for a tenant (`POST /v1/subscriptions`) are left alone and apply in addition.
+
+Billing announces the tenant's phone (`TenantContact`, retained per tenant) whenever staff create the tenant or change
+it. Alarm keeps the newest per tenant (`alarm.tenant_contacts`, by billing's `changed_at`; an older one changes
+nothing) and, for a tenant with settings, moves the stored phone, the managed SMS subscription and the SMS still
+queued for it to the new number, in one transaction; the tenant's settings (and their version) stay as they are.
+A tenant without settings yet only has the contact recorded: a later save that carries no phone uses it. With no
+usable phone left, a tenant who chose SMS keeps the choice but loses the SMS subscription (logged) until billing
+announces a phone again; nothing is texted to nobody.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import time
 from typing import Any, Final
 
@@ -27,6 +36,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_kit.errors import Conflict, ServiceError
+from shuidian_shared import topics
+from shuidian_shared.messages import TenantContact
+
+log = logging.getLogger(__name__)
 
 MANAGED: Final = "tenant_settings"
 BALANCE_TYPES: Final = ("balance_low", "balance_exhausted")
@@ -158,7 +171,8 @@ async def ensure_defaults(conn: AsyncConnection, tenant_id: str) -> None:
     created = (
         await conn.execute(
             text(
-                "INSERT INTO alarm.tenant_settings (tenant_id, settings, version) VALUES (:t, CAST(:s AS jsonb), 0) "
+                "INSERT INTO alarm.tenant_settings (tenant_id, settings, phone, version) SELECT :t, "
+                "CAST(:s AS jsonb), (SELECT phone FROM alarm.tenant_contacts WHERE tenant_id = :t), 0 "
                 "ON CONFLICT (tenant_id) DO NOTHING RETURNING tenant_id"
             ),
             {"t": tenant_id, "s": json.dumps(TenantSettings().to_json())},
@@ -181,8 +195,9 @@ class Preferences:
                 )
             ).first()
             subs = await self._managed(conn, tenant_id)
-        if row is None:
-            return Saved(tenant_id=tenant_id, settings=TenantSettings(), version=0, subscriptions=subs)
+            if row is None:  # no settings yet: the phone billing announced, if any
+                phone = await _contact_phone(conn, tenant_id)
+                return Saved(tenant_id=tenant_id, settings=TenantSettings(), version=0, phone=phone, subscriptions=subs)
         return Saved(
             tenant_id=tenant_id,
             settings=TenantSettings.from_json(row.settings),
@@ -204,7 +219,8 @@ class Preferences:
         """Replace the tenant's settings and the subscriptions they manage, atomically.
 
         `expected_version` (the version the client read; 0 = none saved yet) must still be current, else
-        VersionConflict: checked before the settings are judged, so a stale client hears "re-read" first."""
+        VersionConflict: checked before the settings are judged, so a stale client hears "re-read" first. Without a
+        `phone`, the newest one billing announced is used."""
         async with self._engine.begin() as conn:
             await conn.execute(
                 text(
@@ -222,6 +238,8 @@ class Preferences:
                 raise VersionConflict(
                     f"设置已被修改，请刷新 · the settings changed since you read them (now version {current})"
                 )
+            if phone is None:  # read after the settings lock: the order `apply_contact` takes them in
+                phone = await _contact_phone(conn, tenant_id, lock=True)
             wanted = managed_subscriptions(tenant_id, settings, phone, email)
             version = current + 1
             await conn.execute(
@@ -237,6 +255,62 @@ class Preferences:
             tenant_id=tenant_id, settings=settings, version=version, phone=phone, email=email, subscriptions=subs
         )
 
+    async def on_contact(self, contact: TenantContact, topic: str) -> None:
+        """The broker handler for billing's `TenantContact` (every replica takes every one; newest wins)."""
+        if topics.segment(topic, 1) != contact.tenant_id:
+            log.warning("dropped TenantContact for %s on another tenant's topic %s", contact.tenant_id, topic)
+            return
+        await self.apply_contact(contact)
+
+    async def apply_contact(self, contact: TenantContact) -> bool:
+        """Take billing's phone for a tenant, unless alarm already holds a contact as new; whether it was taken."""
+        tenant_id = contact.tenant_id
+        async with self._engine.begin() as conn:
+            # The settings row before the contact row, as `put` locks them: the two never deadlock.
+            row = (
+                await conn.execute(
+                    text("SELECT settings, email FROM alarm.tenant_settings WHERE tenant_id = :t FOR UPDATE"),
+                    {"t": tenant_id},
+                )
+            ).first()
+            taken = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO alarm.tenant_contacts (tenant_id, phone, changed_at, message_id) "
+                        "VALUES (:t, :p, :c, :m) ON CONFLICT (tenant_id) DO UPDATE SET phone = EXCLUDED.phone, "
+                        "changed_at = EXCLUDED.changed_at, message_id = EXCLUDED.message_id, applied_at = now() "
+                        "WHERE alarm.tenant_contacts.changed_at < EXCLUDED.changed_at RETURNING tenant_id"
+                    ),
+                    {"t": tenant_id, "p": contact.phone, "c": contact.changed_at, "m": contact.message_id},
+                )
+            ).first()
+            if taken is None or row is None:
+                return taken is not None  # older than what alarm holds; or recorded for the tenant's first save
+            settings = TenantSettings.from_json(row.settings)
+            served = settings
+            if "sms" in settings.channels and not (contact.phone and PHONE.match(contact.phone)):
+                log.warning(
+                    "tenant %s chose SMS but billing now has no usable phone (%r): SMS stopped until it has one",
+                    tenant_id,
+                    contact.phone,
+                )
+                served = replace(settings, channels=tuple(c for c in settings.channels if c != "sms"))
+            await conn.execute(
+                text("UPDATE alarm.tenant_settings SET phone = :p WHERE tenant_id = :t"),
+                {"t": tenant_id, "p": contact.phone},
+            )
+            await _sync(conn, tenant_id, managed_subscriptions(tenant_id, served, contact.phone, row.email))
+            # What is still queued for the old number goes to the new one (a dropped subscription took its own).
+            await conn.execute(
+                text(
+                    "UPDATE alarm.notifications n SET address = s.address FROM alarm.subscriptions s "
+                    "WHERE s.subscription_id = n.subscription_id AND s.tenant_id = :t AND s.managed_by IS NOT NULL "
+                    "AND s.channel = 'sms' AND n.status = 'pending' AND n.address <> s.address"
+                ),
+                {"t": tenant_id},
+            )
+        return True
+
     @staticmethod
     async def _managed(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
         rows = await conn.execute(
@@ -244,3 +318,14 @@ class Preferences:
             {"t": tenant_id},
         )
         return [r._asdict() for r in rows]
+
+
+async def _contact_phone(conn: AsyncConnection, tenant_id: str, *, lock: bool = False) -> str | None:
+    """The phone of billing's newest `TenantContact` for the tenant (None if none came or it had none)."""
+    row = (
+        await conn.execute(
+            text("SELECT phone FROM alarm.tenant_contacts WHERE tenant_id = :t" + (" FOR SHARE" if lock else "")),
+            {"t": tenant_id},
+        )
+    ).first()
+    return None if row is None else row.phone

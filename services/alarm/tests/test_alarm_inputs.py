@@ -23,7 +23,7 @@ from shuidian_alarm.app import create_app
 from shuidian_alarm.detectors import CommErrorState
 from shuidian_alarm.engine import decode_states
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_devstack.infra import free_port, serve_app
+from shuidian_devstack.infra import free_port, serve_ready
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -109,18 +109,7 @@ async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClie
         http_port=port,
         tick_seconds=0.2,
     )
-    async with (
-        serve_app(create_app(settings), port),
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
-    ):
-
-        async def ready() -> bool:
-            try:
-                return (await client.get("/readyz")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await eventually(ready, "the alarm service to be ready", 30)
+    async with serve_ready(create_app(settings), port) as client:
         yield client
     address = BrokerAddress.parse(mqtt_url)
     async with aiomqtt.Client(address.host, address.port) as cleanup:  # an empty retained payload deletes it

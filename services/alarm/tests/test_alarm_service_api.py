@@ -17,7 +17,7 @@ from pydantic import BaseModel, SecretStr
 
 from shuidian_alarm.app import create_app
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_devstack.infra import free_port, serve_app
+from shuidian_devstack.infra import free_port, serve_ready
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -60,18 +60,7 @@ async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClie
         http_port=port,
         tick_seconds=0.2,
     )
-    async with (
-        serve_app(create_app(settings), port),
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
-    ):
-
-        async def ready() -> bool:
-            try:
-                return (await client.get("/readyz")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await eventually(ready, "the alarm service to be ready", 30)
+    async with serve_ready(create_app(settings), port) as client:
         yield client
 
 

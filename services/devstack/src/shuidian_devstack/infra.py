@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,22 @@ async def serve_app(app: Any, port: int) -> AsyncIterator[None]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def serve_ready(app: Any, port: int, timeout: float = 30.0) -> AsyncIterator[httpx.AsyncClient]:
+    """`serve_app`, and an `httpx.AsyncClient` of it, yielded once `/readyz` answers 200 (its database
+    reachable, its broker connected, its loops alive)."""
+    async with serve_app(app, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the app on port {port} was not ready after {timeout}s")
+            await asyncio.sleep(0.05)
+        yield client
 
 
 def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:

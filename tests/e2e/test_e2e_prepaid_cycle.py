@@ -4,12 +4,10 @@ exact 1C frame, a top-up through the gateway restores supply, and every step is 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -17,26 +15,13 @@ import pytest
 
 from shuidian_collector.protocols import dlt645
 from shuidian_devstack.platform import Platform, platform
+from shuidian_devstack.pytest_plugin import eventually
 from shuidian_devstack.seed import AccountSeed, BusSeed, MeterSeed, seed
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate
 
 pytestmark = pytest.mark.e2e
-T = TypeVar("T")
 ADDRESS = "000000004101"
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    """Poll until `probe` returns something truthy; fail with `what` otherwise."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = await probe()
-                if result:
-                    return result
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for: {what}")
 
 
 async def get(client: httpx.AsyncClient, path: str, **params: str) -> Any:

@@ -4,12 +4,11 @@ readings carrying the leakage flag, residual current and clock offset."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -24,6 +23,7 @@ from shuidian_alarm.detectors import CommErrorState
 from shuidian_alarm.engine import decode_states
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port, serve_ready
+from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -41,7 +41,6 @@ from shuidian_shared.messages import (
 )
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 RUN = uuid.uuid4().hex[:6]  # retained topics outlive the test: names unique to this run
@@ -49,18 +48,6 @@ RUN = uuid.uuid4().hex[:6]  # retained topics outlive the test: names unique to 
 
 def uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = await probe()
-                if result:
-                    return result
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 async def publish(mqtt_url: str, *messages: tuple[str, BaseModel], retain: bool = False) -> None:

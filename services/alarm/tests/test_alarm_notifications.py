@@ -10,12 +10,12 @@ import hmac
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from email import message_from_bytes
 from email.header import decode_header, make_header
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -44,7 +44,7 @@ from shuidian_alarm.notify.templates import TYPE_NAMES
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_alarm.targets import Target
 from shuidian_devstack.infra import free_port, serve_app
-from shuidian_devstack.pytest_plugin import migrated_engine
+from shuidian_devstack.pytest_plugin import eventually, migrated_engine
 from shuidian_kit.mqtt import BrokerAddress, MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
@@ -52,19 +52,6 @@ from shuidian_shared.messages import AlarmSeverity, TenantNotification
 
 pytestmark = pytest.mark.integration
 SECRET = "webhook-secret-for-tests-0123456789"
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = await probe()
-                if result:
-                    return result
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 # --- real servers ------------------------------------------------------------------------------------

@@ -3,11 +3,10 @@ MQTT, configuration and maintenance through the REST API, bad input answered wit
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -18,6 +17,7 @@ from pydantic import BaseModel, SecretStr
 from shuidian_alarm.app import create_app
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port, serve_ready
+from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -33,19 +33,6 @@ from shuidian_shared.messages import (
 )
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = await probe()
-                if result:
-                    return result
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

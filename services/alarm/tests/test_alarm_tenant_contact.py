@@ -4,11 +4,10 @@ phone stops SMS, and a tenant without settings has the phone kept for their firs
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -21,26 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_alarm.app import create_app
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port, serve_ready
+from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import TenantContact
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = await probe()
-                if result:
-                    return result
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 def tenant() -> str:

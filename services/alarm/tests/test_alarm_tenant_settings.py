@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
@@ -29,7 +29,7 @@ from shuidian_alarm.notify.preferences import InvalidSettings, TenantSettings, V
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_alarm.targets import Target
 from shuidian_devstack.infra import free_port, serve_app
-from shuidian_devstack.pytest_plugin import migrated_engine
+from shuidian_devstack.pytest_plugin import eventually, migrated_engine
 from shuidian_kit.errors import Conflict
 from shuidian_kit.mqtt import BrokerAddress, MqttLink
 from shuidian_kit.outbox import Outbox
@@ -37,21 +37,8 @@ from shuidian_shared import topics
 from shuidian_shared.messages import AlarmSeverity, TenantNotification
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 SH = "Asia/Shanghai"
 SMS_PATH = "sms-provider"
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                result = await probe()
-                if result:
-                    return result
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 class Mailbox:

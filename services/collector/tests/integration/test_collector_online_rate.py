@@ -4,12 +4,11 @@ stored edges, and bad windows refused."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -19,22 +18,12 @@ from sqlalchemy import text
 
 from shuidian_collector.app import create_app
 from shuidian_collector.settings import CollectorSettings
+from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.db import create_engine
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while not (result := await probe()):
-                await asyncio.sleep(0.1)
-            return result
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 def estate(tag: str) -> Estate:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -23,7 +23,7 @@ from shuidian_collector.registry import BusConfig, BusProtocol, GatewayConfig, M
 from shuidian_collector.settings import CollectorSettings
 from shuidian_collector.store import LocalStore
 from shuidian_devstack.infra import free_port
-from shuidian_devstack.pytest_plugin import migrated_engine
+from shuidian_devstack.pytest_plugin import eventually, migrated_engine
 from shuidian_kit.db import create_engine
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -41,18 +41,7 @@ from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate, FaultKind
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 DI_ENERGY = bytes([0x33, 0x32, 0x34, 0x33])  # 0001FF00 (total + tariffs) as it travels (+33, little-endian)
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while not (result := await probe()):
-                await asyncio.sleep(0.05)
-            return result
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

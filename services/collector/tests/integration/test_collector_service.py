@@ -9,10 +9,10 @@ import contextlib
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -26,6 +26,7 @@ from shuidian_collector.registry import shard_of
 from shuidian_collector.settings import CollectorSettings
 from shuidian_collector.store import REFUSED, LocalStore
 from shuidian_devstack.infra import Broker, free_port
+from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -40,18 +41,7 @@ from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate, Fault, FaultKind
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 DI_ENERGY = bytes([0x33, 0x32, 0x34, 0x33])  # 0001FF00 (total + tariffs) as it travels
-
-
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    try:
-        async with asyncio.timeout(timeout):
-            while not (result := await probe()):
-                await asyncio.sleep(0.05)
-            return result
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 class Listener:

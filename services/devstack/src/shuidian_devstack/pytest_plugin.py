@@ -7,12 +7,14 @@ Each test session gets its own fresh database, dropped at the end.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import pytest_asyncio
@@ -21,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_devstack import infra
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +73,17 @@ async def migrated_engine(database_url: str, package: str, schema: str) -> Async
     engine = create_engine(database_url, pool_size=5)
     await upgrade(engine, schema, str(files(package) / "migrations"))
     return engine
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0, interval: float = 0.05
+) -> T:
+    """Await `probe` every `interval` until it returns something truthy, and return that; fail the test
+    with `what` after `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not (result := await probe()):
+                await asyncio.sleep(interval)
+            return result
+    except TimeoutError:
+        pytest.fail(f"timed out waiting for {what}")

@@ -49,6 +49,10 @@ async def test_sign_in_gives_a_bearer_token_that_names_the_role(gw: Harness) -> 
         {"grant_type": "password", "username": "admin"},
         {"grant_type": "client_credentials", "username": "admin", "password": PASSWORD},
         {"grant_type": "refresh_token", "refresh_token": "never-issued"},
+        # NUL cannot be stored or looked up in PostgreSQL text: refused up front, never a 500.
+        {"grant_type": "password", "username": "ad\x00min", "password": PASSWORD},
+        {"grant_type": "password", "username": "admin", "password": "pass\x00word"},
+        {"grant_type": "refresh_token", "refresh_token": "never\x00issued"},
     ],
 )
 async def test_bad_grants_are_refused_with_a_problem(gw: Harness, form: dict[str, str]) -> None:

@@ -66,8 +66,9 @@ IdempotencyKey = Annotated[
         description="client-chosen unique key; a replay returns the original response, a different request with the same key is a 409",
     ),
 ]
-# Free text the gateway stores or forwards: anything but NUL, which PostgreSQL text cannot hold.
-Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+# Free text the gateway stores, looks up or forwards: anything but NUL, which PostgreSQL text cannot hold.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Field(pattern=NO_NUL)]
 ObjectId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 IfMatch = Annotated[str | None, Header(max_length=200, description="the ETag you read; 412 if it changed since")]
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 from shuidian_gateway.auth import Authenticated, LoginRateLimiter, require, utcnow
 from shuidian_gateway.conventions import (
     ERRORS,
+    NO_NUL,
     Cursor,
     IfMatch,
     Limit,
@@ -74,9 +75,9 @@ async def token(
     request: Request,
     identity: Ids,
     grant_type: Annotated[Literal["password", "refresh_token"], Form()],
-    username: Annotated[str | None, Form(max_length=64)] = None,
-    password: Annotated[str | None, Form(max_length=256)] = None,
-    refresh_token: Annotated[str | None, Form(max_length=200)] = None,
+    username: Annotated[str | None, Form(max_length=64, pattern=NO_NUL)] = None,
+    password: Annotated[str | None, Form(max_length=256, pattern=NO_NUL)] = None,
+    refresh_token: Annotated[str | None, Form(max_length=200, pattern=NO_NUL)] = None,
 ) -> TokenOut:
     limiter: LoginRateLimiter = request.app.state.login_limiter
     limiter.check(request.client.host if request.client else "unknown")

@@ -34,8 +34,11 @@ class MeterSchedule:
         return self._failures[meter_id]
 
     def answered(self, meter_id: str, now: float) -> None:
+        """Due one interval after it was due, and never more than one interval from now: a meter asked before its
+        back-off ran out (the probe that finds a gateway back) keeps its normal cadence, not the back-off."""
         self._failures[meter_id] = 0
-        self._due[meter_id] = max(self._due[meter_id] + self.intervals[meter_id], now)
+        interval = self.intervals[meter_id]
+        self._due[meter_id] = max(min(self._due[meter_id] + interval, now + interval), now)
 
     def failed(self, meter_id: str, now: float) -> int:
         failures = self._failures[meter_id] = self._failures[meter_id] + 1

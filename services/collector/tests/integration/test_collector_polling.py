@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -445,3 +446,29 @@ async def test_polling_carries_on_while_the_database_is_down(tmp_path: Path) -> 
         topics_stored = [p.topic for p in await store.peek(10)]
         assert topics_stored[0] == topics.readings(f"gw-{tag}")
         assert topics_stored.count(topics.meter_state(f"m-{tag}-a0")) == 1
+
+
+async def test_meters_of_a_gateway_that_comes_back_are_polled_at_their_interval(
+    rig_factory: Callable[..., Awaitable[Rig]],
+) -> None:
+    """The probe that finds the gateway back must not leave its meter waiting out the back-off of the outage."""
+    interval = 2
+    rig = await rig_factory(estate("gwback", {"a": 2, "b": 1}), interval=interval)
+    run = asyncio.create_task(rig.poller.run())
+    try:
+        await eventually(lambda: _gateway_online(rig, True), "the gateway to be seen online")
+        rig.sim.set_gateway_online("gw-gwback", False)
+        await eventually(lambda: _gateway_online(rig, False), "the gateway to go offline")
+        await eventually(lambda: _probed(rig, 4), "a few probes while it is down")
+        rig.sim.set_gateway_online("gw-gwback", True)
+        await eventually(lambda: _gateway_online(rig, True, edges=3), "the gateway to come back")
+        now = time.monotonic()
+        waits = {m: rig.poller.schedule.due_at(m) - now for m in rig.poller.meter_ids}
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+    assert all(wait <= interval for wait in waits.values()), waits
+
+
+async def _probed(rig: Rig, probes: int) -> bool:
+    return rig.poller.health.probes >= probes

@@ -128,3 +128,12 @@ async def test_a_cancelled_waiter_does_not_block_the_gate() -> None:
         async with gate.turn((1, 2)):
             pass
     assert gate.waiting == 0
+
+
+def test_a_meter_answering_before_its_back_off_ran_out_keeps_its_interval() -> None:
+    """The probe that finds a gateway back asks a meter whose back-off is long: it is due one interval later."""
+    schedule = MeterSchedule({"m": 10.0}, max_backoff=3600, now=0.0)
+    for at in (0.0, 1.0, 2.0, 3.0):
+        schedule.failed("m", at)  # due at 3 + 80
+    schedule.answered("m", 4.0)
+    assert schedule.due_at("m") == 14.0

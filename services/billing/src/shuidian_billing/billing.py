@@ -44,6 +44,7 @@ from shuidian_billing.tariff_config import COMPONENTS, FlatIn, Pricer, StoredVer
 from shuidian_kit.errors import Conflict, NotFound, ServiceError
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
+from shuidian_kit.retry import backoff, is_transient
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     BalanceEvent,
@@ -63,6 +64,7 @@ READINGS = Counter("billing_readings_total", "readings consumed", ["outcome"])
 COMMITTED = Counter("billing_readings_committed_total", "readings whose billing transaction committed")
 BATCH_SECONDS = Histogram("billing_batch_seconds", "time to bill one transaction of reading batches")
 OTHER_SHARD = Counter("billing_reading_batches_other_shard_total", "reading batches left to another billing shard")
+RETRIED = Counter("billing_transactions_retried_total", "billing transactions retried after a transient failure")
 
 REGISTER = {Utility.ELECTRICITY: "energy_active_import_total", Utility.WATER: "water_volume_total"}
 REVENUE = {Utility.ELECTRICITY: "revenue:electricity", Utility.WATER: "revenue:water"}
@@ -262,7 +264,7 @@ class Billing:
         }
         # One queue and worker per lane; a gateway always lands in the same lane, so lanes bill
         # disjoint meters and one lane's pricing overlaps the other's database round trips.
-        self._lanes: list[asyncio.Queue[ReadingBatch]] = [
+        self._lanes: list[asyncio.Queue[tuple[ReadingBatch, asyncio.Future[None]]]] = [
             asyncio.Queue(maxsize=settings.queue_batches) for _ in range(settings.lanes)
         ]
         self.on_commit: Callable[[Sequence[ReadingBatch]], None] | None = None
@@ -295,27 +297,61 @@ class Billing:
             OTHER_SHARD.inc()
         return mine
 
-    async def enqueue(self, batch: ReadingBatch, topic: str) -> None:
-        """MQTT handler: queue the batch in its gateway's lane (waits while that lane is full)."""
-        await self._lanes[zlib.crc32(batch.gateway_id.encode()) % len(self._lanes)].put(batch)
+    async def enqueue(self, batch: ReadingBatch, topic: str) -> asyncio.Future[None]:
+        """MQTT handler: queue the batch in its gateway's lane (waits while that lane is full). The
+        future completes when the batch is committed, and only then is the message acknowledged."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._lanes[zlib.crc32(batch.gateway_id.encode()) % len(self._lanes)].put((batch, done))
+        return done
 
     async def bill_loop(self, lane: int = 0) -> None:
-        """Bill a lane's queued batches: every batch waiting, up to the configured number, in one transaction."""
+        """Bill a lane's queued batches: every batch waiting, up to the configured number, in one transaction.
+
+        A lane holds one gateway's batches in arrival order, and a failure never reorders them: a
+        transient one (database away, deadlock) is retried in place until it passes, so a reading
+        published during an outage is billed before the readings after it (under 尖峰平谷 or tiers
+        the order of registers decides which hour is charged). A batch that fails otherwise is
+        found by billing the group one by one, and handed back to be parked as a dead letter.
+        """
         queue = self._lanes[lane]
         while True:
-            batches = [await queue.get()]
-            while len(batches) < self._settings.max_batches_per_transaction and not queue.empty():
-                batches.append(queue.get_nowait())
+            group = [await queue.get()]
+            while len(group) < self._settings.max_batches_per_transaction and not queue.empty():
+                group.append(queue.get_nowait())
+            batches = [batch for batch, _ in group]
+            try:
+                await self._bill_retrying(batches)
+            except Exception as err:
+                log.warning("billing %d batches failed (%s); billing them one at a time", len(group), err)
+                for batch, done in group:
+                    try:
+                        await self._bill_retrying([batch])
+                    except Exception as one:
+                        log.exception("reading batch %s of %s cannot be billed", batch.message_id, batch.gateway_id)
+                        _settle(done, one)
+                    else:
+                        _settle(done, None)
+            else:
+                for _, done in group:
+                    _settle(done, None)
+
+    async def _bill_retrying(self, batches: Sequence[ReadingBatch]) -> None:
+        """`bill`, retried with back-off for as long as the failure is transient."""
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await self.bill(batches)
-            except Exception:
-                # A batch that cannot be billed must not stop the others: bill them one by one.
-                log.exception("billing %d batches failed; retrying them one at a time", len(batches))
-                for batch in batches:
-                    try:
-                        await self.bill([batch])
-                    except Exception:
-                        log.exception("dropped reading batch %s of %s", batch.message_id, batch.gateway_id)
+                return
+            except Exception as err:
+                if not is_transient(err):
+                    raise
+                RETRIED.inc()
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning(
+                        "billing %d batches failed transiently (try %d), retrying: %s", len(batches), attempt, err
+                    )
+                await asyncio.sleep(backoff(attempt))
 
     async def on_readings(self, batch: ReadingBatch, topic: str) -> None:
         """Bill one batch now (its own transaction)."""
@@ -1443,6 +1479,15 @@ class Billing:
                 {"a": store.household(account_id), "p": store.household(account_id) + ":%", "n": limit},
             )
             return [r._asdict() for r in rows]
+
+
+def _settle(done: asyncio.Future[None], err: BaseException | None) -> None:
+    if done.done():
+        return
+    if err is None:
+        done.set_result(None)
+    else:
+        done.set_exception(err)
 
 
 def _decimals(value: Any) -> dict[str, Decimal]:

@@ -1,13 +1,24 @@
 """One MQTT connection per service: reconnects with jittered back-off, typed subscriptions, last will.
 
-Handlers run one message at a time in arrival order. A payload that does not validate, or a
-handler that raises, is logged and counted and the listener carries on: bad input never kills it.
+Delivery is effectively once: a QoS 1 message is acknowledged to the broker only after the work it
+caused is done (manual acknowledgement), so a crash, a failover or a database outage before that
+point makes the broker deliver it again (to this persistent session, or to another member of a
+shared subscription). Handlers are therefore idempotent, and they run one message at a time in
+arrival order. A handler may return an awaitable instead of finishing the work itself (billing
+queues batches to bill several in one transaction): the message is acknowledged when that
+awaitable completes, and the dispatcher meanwhile carries on with the next message.
+
+A handler that fails transiently (database or broker away, deadlock; see `shuidian_kit.retry`) is
+retried in place with back-off for as long as it takes; one that fails otherwise is retried a few
+times and then parked, with a payload that does not validate, in the service's dead-letter table
+(`shuidian_kit.deadletters`), and only then acknowledged. Nothing is logged and dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -19,7 +30,9 @@ import aiomqtt
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ValidationError
 
+from shuidian_kit.deadletters import DeadLetter, DeadLetters
 from shuidian_kit.errors import MqttUnavailable
+from shuidian_kit.retry import backoff, is_transient
 from shuidian_shared import topics
 from shuidian_shared.messages import ServiceStatus
 
@@ -30,8 +43,12 @@ INVALID = Counter("shuidian_mqtt_messages_invalid_total", "MQTT payloads that fa
 HANDLER_ERRORS = Counter("shuidian_mqtt_handler_errors_total", "MQTT handlers that raised", ["service"])
 PUBLISHED = Counter("shuidian_mqtt_messages_published_total", "MQTT messages published", ["service"])
 CONNECTED = Gauge("shuidian_mqtt_connected", "1 while the broker connection is up", ["service"])
+RETRIES = Counter("shuidian_mqtt_handler_retries_total", "handler runs retried", ["service", "kind"])
+UNACKED = Gauge("shuidian_mqtt_unacknowledged", "messages received whose work is not yet done", ["service"])
 
-Handler = Callable[[Any, str], Awaitable[None]]
+# A handler returns None once its work is done, or an awaitable that completes when it is (the
+# message is acknowledged then); either way, raising means the work did not happen.
+Handler = Callable[[Any, str], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,7 @@ class MqttLink:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         max_inflight: int = 100,
+        handler_attempts: int = 3,
     ) -> None:
         self.address = BrokerAddress.parse(url)
         self.service = service
@@ -95,6 +113,10 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._status_topic = topics.service_status(service, instance)
+        self._handler_attempts = handler_attempts
+        self._settling: set[asyncio.Task[None]] = set()
+        # Where messages that cannot be processed are parked; the runtime sets it once the database is up.
+        self.dead_letters: DeadLetters | None = None
 
     @property
     def connected(self) -> bool:
@@ -138,6 +160,8 @@ class MqttLink:
             # Batched QoS 1 publishes (outbox, store-and-forward) are awaited together on purpose;
             # the library's default warns from 10 pending calls, which is noise, not a symptom.
             client.pending_calls_threshold = 10 * self._max_inflight
+            # aiomqtt has no option for it, so paho's own switch: we acknowledge once the work is done.
+            client._client.manual_ack_set(True)
             try:
                 async with client:
                     self._client = client
@@ -151,7 +175,7 @@ class MqttLink:
                     delay = self._backoff[0]
                     try:
                         async for message in client.messages:
-                            await self._dispatch(message)
+                            await self._dispatch(client, message)
                     finally:
                         with contextlib.suppress(aiomqtt.MqttError):
                             await client.publish(self._status_topic, self._status(False), qos=1, retain=True)
@@ -169,26 +193,115 @@ class MqttLink:
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, self._backoff[1])
 
-    async def _dispatch(self, message: aiomqtt.Message) -> None:
+    async def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         RECEIVED.labels(self.service).inc()
+        outcomes: list[Awaitable[Any]] = []
         for sub in self._subscriptions:
             if not message.topic.matches(sub.match_filter):
                 continue
             if sub.accept is not None and not sub.accept(message.topic.value):
                 continue
             try:
-                decoded = sub.model.model_validate_json(message.payload)
+                decoded = sub.model.model_validate_json(_payload(message))
             except ValidationError as err:
                 INVALID.labels(self.service).inc()
-                log.warning("dropped invalid %s on %s: %s", sub.model.__name__, message.topic, _first_error(err))
+                await self._park(message.topic.value, _payload(message), "invalid_payload", _first_error(err), 1)
                 continue
+            outcome = await self._handle(sub, decoded, message.topic.value, _payload(message))
+            if outcome is not None:
+                outcomes.append(outcome)
+        if not outcomes:
+            self._ack(client, message)
+            return
+        UNACKED.labels(self.service).inc()
+        task = asyncio.create_task(self._settle(client, message, outcomes))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _handle(self, sub: _Subscription, decoded: Any, topic: str, payload: bytes) -> Awaitable[Any] | None:
+        """Run a handler until it succeeds: transient failures for as long as it takes, others a few
+        times before the message is parked. Returns the handler's pending completion, if any."""
+        attempt = failures = 0
+        while True:
+            attempt += 1
             try:
-                await sub.handler(decoded, message.topic.value)
+                result = await sub.handler(decoded, topic)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as err:
                 HANDLER_ERRORS.labels(self.service).inc()
-                log.exception("handler for %s failed on %s", sub.topic_filter, message.topic)
+                transient = is_transient(err)
+                failures += not transient
+                if failures >= self._handler_attempts:
+                    log.exception("handler for %s failed on %s %d times", sub.topic_filter, topic, failures)
+                    await self._park(topic, payload, "handler_failed", _describe(err), attempt)
+                    return None
+                RETRIES.labels(self.service, "transient" if transient else "error").inc()
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning(
+                        "handler for %s failed on %s (try %d), retrying: %s",
+                        sub.topic_filter,
+                        topic,
+                        attempt,
+                        _describe(err),
+                    )
+                await asyncio.sleep(backoff(attempt))
+                continue
+            return result if inspect.isawaitable(result) else None
+
+    async def _settle(self, client: aiomqtt.Client, message: aiomqtt.Message, outcomes: list[Awaitable[Any]]) -> None:
+        """Acknowledge a message once the work its handlers handed on is done (or parked)."""
+        try:
+            for outcome in outcomes:
+                try:
+                    await outcome
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    # The pipeline behind the handler already retried what retrying could cure.
+                    HANDLER_ERRORS.labels(self.service).inc()
+                    await self._park(message.topic.value, _payload(message), "handler_failed", _describe(err), 1)
+            self._ack(client, message)
+        finally:
+            UNACKED.labels(self.service).dec()
+
+    async def _park(self, topic: str, payload: bytes, reason: str, error: str, attempts: int) -> None:
+        """Park a message as a dead letter, waiting out a database outage (it is not acknowledged before)."""
+        if self.dead_letters is None:
+            log.error("no dead-letter table: dropped message on %s (%s): %s", topic, reason, error)
+            return
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.dead_letters.park(topic, payload, reason=reason, error=error, attempts=attempts)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if attempt == 1:
+                    log.warning("cannot park a dead letter on %s yet: %s", topic, _describe(err))
+                await asyncio.sleep(backoff(attempt))
+
+    def _ack(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        # A message received on an earlier connection is the broker's again: it redelivers it to
+        # the persistent session (or another group member), and the idempotent handler skips it.
+        if message.qos > 0 and self._client is client:
+            client._client.ack(message.mid, message.qos)
+
+    async def replay(self, letter: DeadLetter) -> None:
+        """Run a parked message through its handler again, once; raises if it fails again."""
+        topic = aiomqtt.Topic(letter.topic)
+        matched = False
+        for sub in self._subscriptions:
+            if not topic.matches(sub.match_filter):
+                continue
+            matched = True
+            result = await sub.handler(sub.model.model_validate_json(letter.payload), letter.topic)
+            if inspect.isawaitable(result):
+                await result
+        if not matched:
+            raise LookupError(f"no subscription of {self.service} matches {letter.topic}")
 
     async def wait_connected(self, timeout: float) -> None:
         try:
@@ -210,6 +323,15 @@ class MqttLink:
         except (aiomqtt.MqttError, TimeoutError) as err:
             raise MqttUnavailable(f"publish to {topic} failed: {err}") from err
         PUBLISHED.labels(self.service).inc()
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    return payload if isinstance(payload, bytes) else str(payload).encode()
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 def _first_error(err: ValidationError) -> str:

@@ -8,9 +8,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shuidian_kit.db import create_engine, ping
-from shuidian_kit.errors import ServiceError
+from shuidian_kit.deadletters import DeadLetters
+from shuidian_kit.errors import Conflict, NotFound, ServiceError
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
@@ -38,6 +39,7 @@ class Runtime:
     mqtt: MqttLink
     outbox: Outbox
     supervisor: Supervisor
+    dead_letters: DeadLetters
 
     @classmethod
     @asynccontextmanager
@@ -57,11 +59,14 @@ class Runtime:
                 instance=settings.instance_id,
                 clean_session=settings.mqtt_clean_session,
             )
+            dead_letters = DeadLetters(engine, schema, service)
+            await dead_letters.create_table()
+            mqtt.dead_letters = dead_letters
             outbox = Outbox(engine, mqtt, schema)
             supervisor = Supervisor(f"{service}-supervisor")
             supervisor.add("mqtt", mqtt.run)
             supervisor.add("outbox", outbox.run)
-            yield cls(service, settings, engine, mqtt, outbox, supervisor)
+            yield cls(service, settings, engine, mqtt, outbox, supervisor, dead_letters)
         finally:
             await engine.dispose()
 
@@ -119,6 +124,31 @@ def ops_router() -> APIRouter:
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/v1/dead-letters", summary="Messages parked because they could not be processed")
+    async def dead_letters(
+        request: Request, pending: bool = True, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
+        letters = await runtime_of(request).dead_letters.list(pending_only=pending, limit=limit)
+        return [letter.as_dict() for letter in letters]
+
+    @router.post(
+        "/v1/dead-letters/{letter_id}/replay",
+        summary="Run a parked message through its handler again (after the cause is fixed)",
+        status_code=204,
+    )
+    async def replay(request: Request, letter_id: int) -> None:
+        runtime = runtime_of(request)
+        letter = await runtime.dead_letters.get(letter_id)
+        if letter is None:
+            raise NotFound(f"no dead letter {letter_id}")
+        if letter.replayed_at is not None:
+            raise Conflict(f"dead letter {letter_id} was replayed at {letter.replayed_at.isoformat()}")
+        try:
+            await runtime.mqtt.replay(letter)
+        except Exception as err:
+            raise Conflict(f"replaying dead letter {letter_id} failed again: {type(err).__name__}: {err}") from err
+        await runtime.dead_letters.mark_replayed(letter_id)
 
     return router
 

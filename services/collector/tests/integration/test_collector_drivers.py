@@ -24,7 +24,7 @@ from shuidian_collector.drivers.dlt645 import Dlt645v1997Driver
 from shuidian_collector.drivers.modbus import ModbusDriver
 from shuidian_collector.protocols import cjt188, dlt645
 from shuidian_collector.protocols.common import DeviceError
-from shuidian_collector.protocols.modbus_profiles import encode_registers, load_profile
+from shuidian_collector.protocols.modbus_profiles import DeviceProfile, encode_registers, load_profile
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
 from shuidian_collector.transport import POLL_PRIORITY, Bus, BusTimeout
 from shuidian_shared.messages import (
@@ -221,6 +221,13 @@ def _holding(words: dict[tuple[int, int], int], size: int) -> list[SimData]:
     return [SimData(0, values=[words.get((3, a), 0) for a in range(size)], datatype=DataType.REGISTERS)]
 
 
+def _vetted(model: str) -> DeviceProfile:
+    """The shipped profile with its controls marked confirmed, as a deployment that tested them on its meters would."""
+    shipped = load_profile(model).model_dump()
+    controls = [c | {"confirmed": True, "source": "tested"} for c in shipped["controls"]]
+    return DeviceProfile.model_validate(shipped | {"controls": controls})
+
+
 @pytest.fixture(params=[True, False], ids=["rtu-over-tcp", "modbus-tcp"])
 async def modbus(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bus, ModbusDriver, dict[str, Any]]]:
     rtu: bool = request.param
@@ -258,7 +265,7 @@ async def modbus(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bus, Mod
     await server.serve_forever(background=True)
     port = cast(asyncio.Server, server.transport).sockets[0].getsockname()[1]
     protocol = BusProtocol.MODBUS_RTU if rtu else BusProtocol.MODBUS_TCP
-    driver = ModbusDriver(rtu=rtu, confirm=FAST)
+    driver = ModbusDriver(rtu=rtu, confirm=FAST, profiles=_vetted)
     bus = _bus(protocol, port, driver.open(_config(protocol, port)))
     yield bus, driver, seen
     await bus.link.close()
@@ -285,6 +292,7 @@ async def test_modbus_valve_is_confirmed_and_a_stuck_one_fails(
     assert closed.status is CommandStatus.CONFIRMED
     assert closed.valve is ValveState.CLOSED
     assert closed.request_frame == bytes([2, 6, 0x00, 0x10, 0x00, 0x00])
+    assert closed.response_frame == bytes([2, 6, 0x00, 0x10, 0x00, 0x00])  # a write single register is echoed
     seen["stuck"] = True
     stuck = await driver.command(bus.channel(0), meter, _command("W-mb", CommandKind.VALVE_OPEN))
     assert stuck.status is CommandStatus.FAILED
@@ -310,6 +318,8 @@ async def test_modbus_relay_write_without_a_state_register_is_only_acknowledged(
     meter = MeterConfig("E-mb", "1", "acrel-ddsy1352", Utility.ELECTRICITY, 60)
     outcome = await driver.command(bus.channel(0), meter, _command("E-mb", CommandKind.TRIP))
     assert outcome.status is CommandStatus.ACKNOWLEDGED
+    assert outcome.request_frame == bytes([1, 0x10, 0x00, 0x57, 0x00, 0x02, 0x04, 0x00, 0x01, 0x00, 0x01])
+    assert outcome.response_frame == bytes([1, 0x10, 0x00, 0x57, 0x00, 0x02])  # address and count echoed
     unsupported = await driver.command(bus.channel(0), meter, _command("E-mb", CommandKind.VALVE_OPEN))
     assert unsupported.status is CommandStatus.UNSUPPORTED
     assert "not supported by Modbus acrel-ddsy1352" in unsupported.detail

@@ -101,6 +101,7 @@ async def test_a_writable_register_is_written_and_read_back(rig: tuple[Bus, Modb
     assert outcome.detail == "alarm_money_1 = 655.37 CNY read back"
     # 65537 = 0x0001_0001, high word first, function 10H
     assert outcome.request_frame == bytes([1, 16, 0, 0x10, 0, 2, 4, 0, 1, 0, 1])
+    assert outcome.response_frame == bytes([1, 16, 0, 0x10, 0, 2])  # the meter's answer is audited too
     reading = await driver.read(bus.channel(POLL_PRIORITY), METER)
     assert reading.registers == {"energy_active_import_total": Decimal("123.45")}  # parameters are not readings
 

@@ -47,6 +47,12 @@ registers:
      confirmed: true, source: test}
   - {name: alarm_money_1, address: 0x10, function: 3, type: uint32, scale: "0.01", unit: CNY,
      confirmed: true, source: test, writable: true}
+controls:
+  - action: trip
+    writes:
+      - {function: 16, address: 0x0057, values: [0x0001, 0x0001]}
+    confirmed: false
+    source: hearsay, as the shipped Acrel profiles have it
 """
 
 
@@ -230,3 +236,16 @@ async def test_collector_rejects_a_modbus_value_the_profile_cannot_encode(
     pdu = bytes(received)[7:]  # after the MBAP header
     assert pdu[:1] == b"\x10"
     assert pdu[1:] == struct.pack(">HHBHH", 0x10, 2, 4, 0, 100)
+
+
+async def test_collector_refuses_a_modbus_control_its_profile_has_not_confirmed(
+    recorded_modbus: tuple[GatewayPoller, bytearray],
+) -> None:
+    """A trip mapped to a register no vendor manual confirms (0057H) is refused like an unconfirmed parameter."""
+    poller, received = recorded_modbus
+    outcome = await poller.execute(_command("E-rj", CommandKind.TRIP))
+    assert outcome.status is CommandStatus.UNSUPPORTED, outcome.detail
+    assert "not confirmed by the vendor manual" in outcome.detail
+    assert outcome.request_frame is None
+    await asyncio.sleep(0.1)
+    assert bytes(received) == b""

@@ -1,6 +1,7 @@
 """Modbus RTU-over-TCP and Modbus TCP meters, driven by the device profiles in protocols/profiles/*.yaml:
-contiguous registers are read in blocks, relay and valve commands are the profile's register writes,
-confirmed by reading the profile's state register back when it has one; parameter writes go to the registers
+contiguous registers are read in blocks, relay and valve commands are the profile's register writes
+(only those its profile marks confirmed against the vendor manual; others are refused as unsupported, nothing
+written), confirmed by reading the profile's state register back when it has one; parameter writes go to the registers
 a profile marks writable (and confirmed), confirmed by reading them back. No profile maps a clock yet, so
 time sync is reported as not supported."""
 
@@ -38,7 +39,7 @@ from shuidian_collector.protocols.modbus_profiles import (
     plan_reads,
 )
 from shuidian_collector.registry import BusConfig, MeterConfig
-from shuidian_collector.transport import BusLinkError, BusTimeout, Channel
+from shuidian_collector.transport import BusGarbled, BusLinkError, BusTimeout, Channel
 from shuidian_shared.messages import (
     RESIDUAL_CURRENT,
     CommandKind,
@@ -111,6 +112,28 @@ def _pdu(unit: int, function: int, address: int, values: list[int]) -> bytes:
     return struct.pack(f">BBHHB{len(values)}H", unit, function, address, len(values), 2 * len(values), *values)
 
 
+def _reply_pdu(unit: int, response: Any) -> bytes:
+    """The meter's answer as unit id + PDU, for the audit trail (as the request is recorded)."""
+    encoded: bytes = response.encode()
+    return bytes([unit, response.function_code]) + encoded
+
+
+def _check_write_echo(response: Any, function: int, address: int, values: list[int]) -> None:
+    """A write's answer echoes the function and address (06: the value, 10H: the count): anything else is the late
+    answer to another request, not this one's (an exception answer is left to the link, which raises DeviceError)."""
+    if response.isError():
+        return
+    echoed = getattr(response, "address", None)
+    if function == 6:
+        matches = response.function_code == 6 and echoed == address and list(response.registers) == values[:1]
+    else:
+        matches = response.function_code == 16 and echoed == address and response.count == len(values)
+    if not matches:
+        raise BusGarbled(
+            f"answer {response.function_code:02X} does not echo the write of {function:02X} to {address:04X}H"
+        )
+
+
 class ModbusDriver:
     def __init__(
         self,
@@ -149,7 +172,16 @@ class ModbusDriver:
 
             async def read(client: AsyncModbusTcpClient, block: Any = block) -> Any:
                 fn = client.read_holding_registers if block.function == 3 else client.read_input_registers
-                return await fn(block.start, count=block.count, device_id=unit)
+                response = await fn(block.start, count=block.count, device_id=unit)
+                if not response.isError() and (
+                    response.function_code != block.function or len(response.registers) != block.count
+                ):
+                    # RTU has no transaction id: a late answer to another read must not be taken for this one's.
+                    raise BusGarbled(
+                        f"answer {response.function_code:02X} with {len(response.registers)} register(s) is not the "
+                        f"read of {block.count} from {block.start:04X}H"
+                    )
+                return response
 
             response = await channel.transact(partial(link.call, read, channel.timeout))
             answered_at = answered_at or datetime.now(UTC)
@@ -189,26 +221,41 @@ class ModbusDriver:
         if action is None or action[0] not in {c.action for c in profile.controls}:
             return unsupported(request.kind, f"Modbus {profile.model}")
         name, state_register, confirms = action
+        control = profile.control(name)
+        if not control.confirmed:
+            # As for parameters: a register write nobody checked against the vendor manual may do anything.
+            raise CommandUnsupported(
+                f"表计不支持此命令 {request.kind.value}: {name} on {profile.model} is mapped by its profile but not "
+                "confirmed by the vendor manual: not written"
+            )
         unit = int(meter.address)
         link = self._link(channel)
         sent = b""
-        for write in profile.control(name).writes:
+        answers = b""
+        for write in control.writes:
 
             async def send(client: AsyncModbusTcpClient, write: Any = write) -> Any:
                 if write.function == 6:
-                    return await client.write_register(write.address, write.values[0], device_id=unit)
-                return await client.write_registers(write.address, list(write.values), device_id=unit)
+                    response = await client.write_register(write.address, write.values[0], device_id=unit)
+                else:
+                    response = await client.write_registers(write.address, list(write.values), device_id=unit)
+                _check_write_echo(response, write.function, write.address, list(write.values))
+                return response
 
             sent += _pdu(unit, write.function, write.address, list(write.values))
             try:
-                await channel.transact(partial(link.call, send, channel.timeout))
+                response = await channel.transact(partial(link.call, send, channel.timeout))
             except DeviceError as err:
-                return CommandOutcome(CommandStatus.FAILED, f"meter refused: {err}", sent)
+                return CommandOutcome(
+                    CommandStatus.FAILED, f"meter refused: {err}", sent, response_frame=answers or None
+                )
+            answers += _reply_pdu(unit, response)
         if state_register not in {r.name for r in profile.registers}:
             return CommandOutcome(
                 CommandStatus.ACKNOWLEDGED,
                 f"written; {profile.model} has no {state_register} register to confirm",
                 sent,
+                response_frame=answers,
             )
 
         async def state() -> Decimal:
@@ -219,9 +266,9 @@ class ModbusDriver:
         valve = _valve(value) if state_register == "valve_state" else None
         if not ok:
             return CommandOutcome(
-                CommandStatus.FAILED, f"written but {state_register} reads {value}", sent, relay, valve
+                CommandStatus.FAILED, f"written but {state_register} reads {value}", sent, relay, valve, answers
             )
-        return CommandOutcome(CommandStatus.CONFIRMED, "state read back matches", sent, relay, valve)
+        return CommandOutcome(CommandStatus.CONFIRMED, "state read back matches", sent, relay, valve, answers)
 
     async def _parameter_write(
         self, channel: Channel, meter: MeterConfig, profile: DeviceProfile, request: CommandRequested
@@ -245,17 +292,26 @@ class ModbusDriver:
 
         async def send(client: AsyncModbusTcpClient) -> Any:
             if function == 6:
-                return await client.write_register(spec.address, words[0], device_id=unit)
-            return await client.write_registers(spec.address, words, device_id=unit)
+                response = await client.write_register(spec.address, words[0], device_id=unit)
+            else:
+                response = await client.write_registers(spec.address, words, device_id=unit)
+            _check_write_echo(response, function, spec.address, words)
+            return response
 
         sent = _pdu(unit, function, spec.address, words)
         try:
-            await channel.transact(partial(link.call, send, channel.timeout))
+            response = await channel.transact(partial(link.call, send, channel.timeout))
         except DeviceError as err:
             return CommandOutcome(CommandStatus.FAILED, f"{name}: meter refused: {err}", sent)
+        answer = _reply_pdu(unit, response)
         back = (await self._registers(channel, unit, profile, [name]))[0][name]
         if back != expected:
             return CommandOutcome(
-                CommandStatus.FAILED, f"accepted but {name} reads back {back} {spec.unit}, not {expected}", sent
+                CommandStatus.FAILED,
+                f"accepted but {name} reads back {back} {spec.unit}, not {expected}",
+                sent,
+                response_frame=answer,
             )
-        return CommandOutcome(CommandStatus.CONFIRMED, f"{name} = {back} {spec.unit} read back", sent)
+        return CommandOutcome(
+            CommandStatus.CONFIRMED, f"{name} = {back} {spec.unit} read back", sent, response_frame=answer
+        )

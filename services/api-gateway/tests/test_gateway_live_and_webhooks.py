@@ -40,7 +40,8 @@ pytestmark = pytest.mark.integration
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def gw(database_url: str, mqtt_url: str) -> AsyncIterator[Harness]:
-    async with gateway_harness(database_url, mqtt_url) as harness:
+    # The webhook receivers listen on loopback, which only an allow-list admits.
+    async with gateway_harness(database_url, mqtt_url, webhook_allowed_networks="127.0.0.1/32") as harness:
         async with httpx.AsyncClient(base_url=harness.url) as client:
             async with asyncio.timeout(20):
                 while (await client.get("/readyz")).status_code != 200:  # subscribed once the broker is connected

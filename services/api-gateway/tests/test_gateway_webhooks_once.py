@@ -49,6 +49,7 @@ FAST: dict[str, Any] = {
     "webhook_poll_seconds": 0.1,
     "webhook_timeout_seconds": 3.0,
     "webhook_lease_seconds": 4.0,
+    "webhook_allowed_networks": "127.0.0.1/32",  # the receivers listen on loopback
 }
 
 

@@ -25,6 +25,7 @@ from shuidian_gateway.readcache import ReadCache
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamError, Upstreams
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
+from shuidian_kit.urlguard import guarded_client
 from shuidian_shared import topics
 from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, DeviceState
 
@@ -113,7 +114,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         async with (
             Runtime.open(settings, service=SERVICE, schema="gateway", migrations=migrations) as runtime,
             httpx.AsyncClient(timeout=settings.upstream_timeout_seconds, limits=limits) as client,
-            httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as webhook_client,
+            guarded_client(settings.webhook_policy, timeout=settings.webhook_timeout_seconds) as webhook_client,
         ):
             upstreams = Upstreams(
                 client,
@@ -134,6 +135,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 lease=settings.webhook_lease_seconds,
                 poll=settings.webhook_poll_seconds,
                 timeout=settings.webhook_timeout_seconds,
+                policy=settings.webhook_policy,
             )
             await hooks.seal_plaintext_secrets()
             app.state.runtime = runtime

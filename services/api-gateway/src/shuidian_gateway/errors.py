@@ -8,8 +8,8 @@ GatewayError (ServiceError; answered by the kit's handler, with `headers`)
 ├── ObjectNotFound        404  (kit NotFound) no such object, or not yours (existence is not revealed)
 ├── PreconditionFailed    412  If-Match does not match the current version
 ├── IdempotencyConflict   409  (kit Conflict) an Idempotency-Key reused with a different request, or still running
-├── Locked                423  too many failed logins; the user is locked out for a while
-├── TooManyRequests       429  too many login attempts from one address (Retry-After)
+├── UrlNotAllowed         422  a webhook URL that reaches an internal address (or not http(s), or with userinfo)
+├── TooManyRequests       429  too many sign-in attempts from one address, or for one user in back-off (Retry-After)
 └── NotAvailable          501  the backend does not offer this yet
 UpstreamError (upstream.py) carries a backend's own problem through unchanged.
 """
@@ -63,6 +63,11 @@ class IdempotencyConflict(GatewayError, Conflict):
 class Locked(GatewayError):
     status_code = 423
     code = "locked"
+
+
+class UrlNotAllowed(GatewayError):
+    status_code = 422
+    code = "url_not_allowed"
 
 
 class TooManyRequests(GatewayError):

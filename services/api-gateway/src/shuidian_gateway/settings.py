@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 from typing import Any, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shuidian_kit.urlguard import UrlPolicy
 from shuidian_shared.settings import ServiceSettings
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-do-not-use-in-production"
@@ -43,6 +44,11 @@ class GatewaySettings(ServiceSettings):
     webhook_lease_seconds: float = Field(
         default=30.0, gt=0, description="a claimed delivery returns to the queue after this if its replica died"
     )
+    webhook_allowed_networks: str = Field(
+        default="",
+        description="receivers on premises webhooks may reach although their address is loopback, private or "
+        "link-local: comma-separated networks (CIDR) and/or host:port; empty allows public addresses only",
+    )
     webhook_backoff_seconds: float = Field(default=1.0, ge=0, description="first retry delay; doubles per attempt")
     webhook_poll_seconds: float = Field(default=1.0, gt=0, description="how often due retries are looked for")
     live_heartbeat_seconds: float = Field(default=15.0, gt=0, description="idle SSE streams get a comment this often")
@@ -69,6 +75,16 @@ class GatewaySettings(ServiceSettings):
     upstream_timeout_seconds: float = 10.0
     # httpcore scans its whole pool for every request: a small pool of busy keep-alive connections is faster.
     upstream_connections: int = Field(default=16, ge=1)
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _valid_allow_list(cls, value: str) -> str:
+        UrlPolicy.parse(value)
+        return value
+
+    @property
+    def webhook_policy(self) -> UrlPolicy:
+        return UrlPolicy.parse(self.webhook_allowed_networks)
 
     def secret_fields(self) -> dict[str, SecretStr]:
         return {

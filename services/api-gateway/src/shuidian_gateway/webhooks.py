@@ -16,6 +16,11 @@ retried with back-off, up to `ATTEMPTS` times; then the row stays as a dead lett
 with its body, status and error). Housekeeping (`prune`, one replica at a time) deletes delivered
 rows and dead letters past their retention.
 
+Webhook URLs must reach a public address (`shuidian_kit.urlguard`): a subscription to a loopback,
+private, link-local or metadata address is a 422 unless the operator allow-listed it
+(`GATEWAY_WEBHOOK_ALLOWED_NETWORKS`), and every delivery connects only to an address checked when
+it resolved the name, without following redirects.
+
 Signing secrets are sealed at rest (AES-256-GCM, key from `GATEWAY_WEBHOOK_SECRET_KEY`), shown once
 at creation and never returned again.
 """
@@ -43,8 +48,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_gateway import security
 from shuidian_gateway.auth import require
 from shuidian_gateway.conventions import ERRORS, Cursor, IfMatch, Limit, decode_cursor, page, version_etag, version_of
-from shuidian_gateway.errors import Forbidden, ObjectNotFound, PreconditionFailed
+from shuidian_gateway.errors import Forbidden, ObjectNotFound, PreconditionFailed, UrlNotAllowed
 from shuidian_gateway.policy import Action, Principal
+from shuidian_kit import urlguard
 from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, DeviceState
 
 log = logging.getLogger(__name__)
@@ -103,8 +109,10 @@ class Webhooks:
         lease: float = 30.0,
         poll: float = 1.0,
         timeout: float = 5.0,
+        policy: urlguard.UrlPolicy | None = None,
     ) -> None:
         self._engine = engine
+        self._policy = policy or urlguard.UrlPolicy()
         self._client = client
         self._key = security.sealing_key(secret_key)
         self._instance = instance
@@ -384,6 +392,16 @@ class Webhooks:
         return pruned
 
     # -- subscriptions -----------------------------------------------------------------------------
+    async def check_url(self, url: str) -> None:
+        """422 for a URL the gateway must not call (every delivery is checked again when it connects)."""
+        try:
+            await urlguard.check_url(url, self._policy)
+        except urlguard.UrlRefused as err:
+            raise UrlNotAllowed(
+                f"webhook URL refused: {err}. 不允许的回调地址：须为公网 http(s) 地址，内网接收端需运维加入白名单 "
+                "(GATEWAY_WEBHOOK_ALLOWED_NETWORKS)"
+            ) from err
+
     async def create(self, owner: str, url: str, events: list[str]) -> dict[str, Any]:
         secret = "whsec_" + secrets.token_urlsafe(32)
         webhook_id = uuid.uuid4()
@@ -517,6 +535,7 @@ class WebhookPage(BaseModel):
 @router.post("", status_code=201, response_model=WebhookCreated, summary="订阅 · Subscribe a URL to events")
 async def create(body: WebhookIn, hooks: Hooks, principal: Manager, response: Response) -> Any:
     _owner(principal)
+    await hooks.check_url(str(body.url))
     created = await hooks.create(principal.name, str(body.url), sorted(set(body.events)))
     response.headers["ETag"] = version_etag(created["version"])
     return created
@@ -545,6 +564,8 @@ async def patch_hook(
     if_match: IfMatch = None,
 ) -> Any:
     changes = body.model_dump(exclude_none=True, mode="json")
+    if "url" in changes:
+        await hooks.check_url(changes["url"])
     updated = await hooks.update(_owner(principal), webhook_id, version_of(if_match), changes)
     response.headers["ETag"] = version_etag(updated["version"])
     return updated

@@ -34,10 +34,12 @@ async def record(conn: AsyncConnection, occupancy: RoomOccupancy) -> list[str] |
     meters = sorted({m.meter_id for m in occupancy.meters})
     await conn.execute(
         text(
-            "INSERT INTO alarm.room_occupancy (room_id, estate_id, leased, since, occurred_at, message_id, meters) "
-            "VALUES (:r, :e, :l, :s, :o, :m, CAST(:meters AS text[])) ON CONFLICT (room_id) DO UPDATE SET "
+            "INSERT INTO alarm.room_occupancy (room_id, estate_id, leased, since, occurred_at, message_id, meters, "
+            "account_id, tenant_id) VALUES (:r, :e, :l, :s, :o, :m, CAST(:meters AS text[]), :a, :t) "
+            "ON CONFLICT (room_id) DO UPDATE SET "
             "estate_id = EXCLUDED.estate_id, leased = EXCLUDED.leased, since = EXCLUDED.since, "
-            "occurred_at = EXCLUDED.occurred_at, message_id = EXCLUDED.message_id, meters = EXCLUDED.meters"
+            "occurred_at = EXCLUDED.occurred_at, message_id = EXCLUDED.message_id, meters = EXCLUDED.meters, "
+            "account_id = EXCLUDED.account_id, tenant_id = EXCLUDED.tenant_id"
         ),
         {
             "r": occupancy.room_id,
@@ -47,6 +49,8 @@ async def record(conn: AsyncConnection, occupancy: RoomOccupancy) -> list[str] |
             "o": occupancy.occurred_at,
             "m": occupancy.message_id,
             "meters": meters,
+            "a": occupancy.account_id if occupancy.leased else None,
+            "t": occupancy.tenant_id if occupancy.leased else None,
         },
     )
     return sorted({*meters, *(held.meters if held is not None else ())})

@@ -89,16 +89,20 @@ async def gateway_scope(conn: AsyncConnection, gateway_id: str) -> ScopeTarget:
 
 
 async def placements(conn: AsyncConnection, source_ids: list[str]) -> dict[str, Placement]:
-    """Placement of each source, looked up as a meter, else a gateway, else an account; unknown ones are absent."""
+    """Placement of each source, looked up as a meter, else a gateway, else an account (a target naming it, else
+    the room its lease holds); unknown ones are absent."""
     found: dict[str, Placement] = {}
-    # Three indexed lookups rather than one join on OR, which would scan the whole table.
+    # Indexed lookups rather than one join on OR, which would scan the whole table.
     columns = "t.meter_id, t.gateway_id, t.estate, t.building, t.room, t.tenant_id"
     rows = await conn.execute(
         text(
             f"SELECT DISTINCT ON (s) * FROM ("
             f"SELECT t.meter_id AS s, 0 AS kind, {columns} FROM alarm.targets t WHERE t.meter_id = ANY(:s) "
             f"UNION ALL SELECT t.gateway_id, 1, {columns} FROM alarm.targets t WHERE t.gateway_id = ANY(:s) "
-            f"UNION ALL SELECT t.account_id, 2, {columns} FROM alarm.targets t WHERE t.account_id = ANY(:s)"
+            f"UNION ALL SELECT t.account_id, 2, {columns} FROM alarm.targets t WHERE t.account_id = ANY(:s) "
+            # An account no target names: the room its lease holds now, as billing's RoomOccupancy says.
+            "UNION ALL SELECT o.account_id, 3, NULL, NULL, o.estate_id, NULL, o.room_id, o.tenant_id "
+            "FROM alarm.room_occupancy o WHERE o.account_id = ANY(:s)"
             ") found ORDER BY s, kind, meter_id"
         ),
         {"s": source_ids},

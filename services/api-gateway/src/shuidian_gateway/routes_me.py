@@ -98,19 +98,29 @@ async def me(principal: Tenant, scopes: Scopes) -> MeOut:
     )
 
 
+def _own_leases(principal: Principal, room: Any, room_id: str) -> dict[str, Any]:
+    """Billing's room as its tenant may see it: the leases are theirs only, never a previous or next household's."""
+    if not isinstance(room, dict):
+        return {"room_id": room_id}
+    leases = room.get("leases")
+    if not isinstance(leases, list):
+        return room
+    return {**room, "leases": [x for x in leases if isinstance(x, dict) and x.get("tenant_id") == principal.tenant_id]}
+
+
 @router.get("/rooms", response_model=Page, summary="我的房间 · My rooms")
 async def rooms(
     principal: Tenant, scopes: Scopes, upstreams: Upstream, limit: Limit = 50, cursor: Cursor = None
 ) -> Any:
     ids = sorted((await scope_of(principal, scopes)).rooms)
     found = await asyncio.gather(*(optional(upstreams.call("billing", "GET", f"/v1/rooms/{r}")) for r in ids))
-    return page_of_all([f or {"room_id": r} for r, f in zip(ids, found, strict=True)], limit, cursor, None)
+    return page_of_all([_own_leases(principal, f, r) for r, f in zip(ids, found, strict=True)], limit, cursor, None)
 
 
-@router.get("/rooms/{room_id}", response_model=dict[str, Any], summary="房间 · One of my rooms")
+@router.get("/rooms/{room_id}", response_model=dict[str, Any], summary="房间 · One of my rooms (with my leases of it)")
 async def room(room_id: ObjectId, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
     await owned(principal, scopes, "room", room_id)
-    return await optional(upstreams.call("billing", "GET", f"/v1/rooms/{room_id}")) or {"room_id": room_id}
+    return _own_leases(principal, await optional(upstreams.call("billing", "GET", f"/v1/rooms/{room_id}")), room_id)
 
 
 class LiveMeter(BaseModel):
@@ -120,7 +130,11 @@ class LiveMeter(BaseModel):
                 {
                     "meter_id": "E-1-101",
                     "device": {"online": True, "relay": "closed"},
-                    "last_reading": {"registers": {"energy_active_import_total": "1234.56"}},
+                    "last_reading": {
+                        "meter_id": "E-1-101",
+                        "sampled_at": "2026-12-06T10:00:00Z",
+                        "registers": {"energy_active_import_total": "1234.56"},
+                    },
                 }
             ]
         }
@@ -130,13 +144,17 @@ class LiveMeter(BaseModel):
     device: dict[str, Any] | None = Field(
         description="collector's device state (online, relay/valve, last reading time)"
     )
-    last_reading: dict[str, Any] | None = Field(description="the meter's latest reading (registers)")
+    last_reading: dict[str, Any] | None = Field(
+        description="the meter's last billed reading: `sampled_at` and `registers` (null before the first)"
+    )
 
 
 async def _live(upstreams: Upstreams, meter_id: str) -> LiveMeter:
+    # The device state is the collector's; the last reading is the last one billing priced (its register
+    # watermarks): the collector keeps no reading values.
     device, reading = await asyncio.gather(
         optional(upstreams.call("collector", "GET", f"/v1/meters/{meter_id}/state")),
-        optional(upstreams.call("collector", "GET", f"/v1/meters/{meter_id}/readings/latest")),
+        optional(upstreams.call("billing", "GET", f"/v1/meters/{meter_id}/reading")),
     )
     return LiveMeter(meter_id=meter_id, device=device, last_reading=reading)
 
@@ -277,6 +295,26 @@ Month = Annotated[str, Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYY
 TxnId = Annotated[uuid.UUID, Path(description="a ledger transaction of the account")]
 
 
+async def statement_owned(
+    principal: Principal, scopes: TenantScopes, upstreams: Upstreams, account_id: str, month: str
+) -> None:
+    """404 unless the statement is the tenant's: an account of an active lease, or of an ended lease of theirs
+    for a month the lease covered (a moved-out household keeps its final statements)."""
+    if (await scope_of(principal, scopes)).owns("account", account_id):
+        return
+    assert principal.tenant_id is not None
+    found = await optional(upstreams.call("billing", "GET", f"/v1/tenants/{principal.tenant_id}/leases"))
+    for lease in found.get("leases", []) if isinstance(found, dict) else []:
+        ended = lease.get("move_out")
+        if (
+            lease.get("account_id") == account_id
+            and ended is not None
+            and str(lease.get("move_in", ""))[:7] <= month <= str(ended)[:7]
+        ):
+            return
+    raise ObjectNotFound("no such account / 未找到")
+
+
 @router.get(
     "/accounts/{account_id}/statements/{month}",
     summary="月结单 · A monthly statement as JSON, CSV or PDF",
@@ -291,7 +329,7 @@ async def statement(
     upstreams: Upstream,
     format: Literal["json", "csv", "pdf"] = "json",
 ) -> Any:
-    await owned(principal, scopes, "account", account_id)
+    await statement_owned(principal, scopes, upstreams, account_id, month)
     raw = await upstreams.raw(
         "billing", "GET", f"/v1/accounts/{account_id}/statements/{month}", params={"format": format}
     )

@@ -39,7 +39,7 @@ from shuidian_gateway.conventions import (
     upstream_key,
     with_etag,
 )
-from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
+from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound, PreconditionFailed
 from shuidian_gateway.policy import Action, Principal, Role
 from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
 from shuidian_shared.messages import CommandKind, Identifier
@@ -64,12 +64,14 @@ class TopUpIn(BaseModel):
 
 @dataclass(frozen=True)
 class EstateOf:
-    """Where a route finds the estate it touches: a path or query parameter naming the estate, or
-    an object (by path parameter or body field) whose estate billing knows."""
+    """Where a route finds the estate it touches: a path or query parameter naming the estate, an
+    object (by path parameter or body field) whose estate a backend knows, or — for listings whose
+    backend does not know estates — a field of each row (`item`): estate-scoped callers get only the
+    rows in their estates."""
 
-    source: Literal["path", "query", "body"]
-    name: str  # parameter or body field
-    kind: str = "estate"  # estate, account, room, meter, tenant, lease, building, command
+    source: Literal["path", "query", "body", "item"]
+    name: str  # parameter, body field or row field
+    kind: str = "estate"  # estate, account, room, meter, lease, building, floor, command, alarm, work_order
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ _E = EstateOf
 _ESTATE = _E("path", "estate_id")
 _ACCOUNT = _E("path", "account_id", "account")
 _LEASE = _E("path", "lease_id", "lease")
+_METER = _E("path", "meter_id", "meter")
+_ALARM = _E("path", "alarm_id", "alarm")
+_WORK_ORDER = _E("path", "work_order_id", "work_order")
 ROUTES: tuple[Route, ...] = (
     # premises (billing)
     Route(
@@ -151,6 +156,15 @@ ROUTES: tuple[Route, ...] = (
         description="With floor and room counts; 404 for an unknown estate.",
     ),
     Route(
+        "GET",
+        "/buildings/{building_id}",
+        Action.PREMISES_READ,
+        "billing",
+        "楼栋 · A building",
+        "premises",
+        estate=_E("path", "building_id", "building"),
+    ),
+    Route(
         "PUT",
         "/buildings/{building_id}",
         Action.PREMISES_WRITE,
@@ -162,6 +176,15 @@ ROUTES: tuple[Route, ...] = (
         example={"estate_id": "E1", "name": "1号楼"},
     ),
     Route(
+        "GET",
+        "/floors/{floor_id}",
+        Action.PREMISES_READ,
+        "billing",
+        "楼层 · A floor",
+        "premises",
+        estate=_E("path", "floor_id", "floor"),
+    ),
+    Route(
         "PUT",
         "/floors/{floor_id}",
         Action.PREMISES_WRITE,
@@ -169,7 +192,7 @@ ROUTES: tuple[Route, ...] = (
         "建立/修改楼层 · Create or update a floor",
         "premises",
         "write",
-        example={"building_id": "B1", "number": 1},
+        example={"building_id": "B1", "level": 1},
     ),
     Route(
         "GET",
@@ -205,6 +228,15 @@ ROUTES: tuple[Route, ...] = (
         example={"floor_id": "B1-F1", "name": "1-101"},
     ),
     Route(
+        "GET",
+        "/rooms/{room_id}/meters/{meter_id}",
+        Action.PREMISES_READ,
+        "billing",
+        "房间表计 · A meter installed in a room",
+        "premises",
+        estate=_E("path", "room_id", "room"),
+    ),
+    Route(
         "PUT",
         "/rooms/{room_id}/meters/{meter_id}",
         Action.PREMISES_WRITE,
@@ -227,6 +259,14 @@ ROUTES: tuple[Route, ...] = (
         filters=("estate_id", "name", "phone"),
         sorts=("name", "tenant_id", "phone"),
         description="`name` and `phone` match fragments; a tenant belongs to an estate through any lease there.",
+    ),
+    Route(
+        "GET",
+        "/tenants/{tenant_id}",
+        Action.PREMISES_READ,
+        "billing",
+        "租户 · A tenant",
+        "premises",
     ),
     Route(
         "PUT",
@@ -459,6 +499,14 @@ ROUTES: tuple[Route, ...] = (
         example={"counted_cash": "1250.00"},
     ),
     Route(
+        "GET",
+        "/tariffs/{utility}",
+        Action.TARIFFS_READ,
+        "billing",
+        "价格 · A utility's tariff versions",
+        "tariffs",
+    ),
+    Route(
         "PUT",
         "/tariffs/{utility}",
         Action.TARIFFS_WRITE,
@@ -487,6 +535,15 @@ ROUTES: tuple[Route, ...] = (
         "write",
     ),
     Route(
+        "GET",
+        "/meters/{meter_id}/binding",
+        Action.PREMISES_READ,
+        "billing",
+        "表计绑定 · A meter's binding and its estate",
+        "meters",
+        estate=_METER,
+    ),
+    Route(
         "PUT",
         "/meters/{meter_id}/binding",
         Action.PREMISES_WRITE,
@@ -506,6 +563,7 @@ ROUTES: tuple[Route, ...] = (
         "表计状态列表 · Device state of meters",
         "meters",
         "list",
+        estate=_E("item", "meter_id", "meter"),
         filters=("gateway_id", "online"),
     ),
     Route(
@@ -515,7 +573,7 @@ ROUTES: tuple[Route, ...] = (
         "collector",
         "表计状态 · Last known device state",
         "meters",
-        estate=_E("path", "meter_id", "meter"),
+        estate=_METER,
     ),
     Route(
         "GET",
@@ -523,6 +581,14 @@ ROUTES: tuple[Route, ...] = (
         Action.DEVICES_READ,
         "collector",
         "网关状态 · A gateway's status",
+        "meters",
+    ),
+    Route(
+        "GET",
+        "/gateways/{gateway_id}",
+        Action.DEVICES_READ,
+        "collector",
+        "网关 · A registered gateway",
         "meters",
     ),
     Route(
@@ -536,6 +602,14 @@ ROUTES: tuple[Route, ...] = (
         example={"name": "1号楼网关"},
     ),
     Route(
+        "GET",
+        "/buses/{bus_id}",
+        Action.DEVICES_READ,
+        "collector",
+        "总线 · A registered RS-485 bus",
+        "meters",
+    ),
+    Route(
         "PUT",
         "/buses/{bus_id}",
         Action.DEVICES_WRITE,
@@ -544,6 +618,15 @@ ROUTES: tuple[Route, ...] = (
         "meters",
         "write",
         example={"gateway_id": "GW1", "host": "10.0.0.7", "port": 10001, "protocol": "dlt645", "baud": 2400},
+    ),
+    Route(
+        "GET",
+        "/meters/{meter_id}",
+        Action.DEVICES_READ,
+        "collector",
+        "表计档案 · A registered meter",
+        "meters",
+        estate=_METER,
     ),
     Route(
         "PUT",
@@ -575,6 +658,7 @@ ROUTES: tuple[Route, ...] = (
         "命令 · Commands, newest first",
         "commands",
         "list",
+        estate=_E("item", "meter_id", "meter"),
         filters=("meter_id", "state", "kind", "origin"),
     ),
     Route(
@@ -604,7 +688,7 @@ ROUTES: tuple[Route, ...] = (
         "control",
         "继电器影子 · Desired vs reported relay state",
         "commands",
-        estate=_E("path", "meter_id", "meter"),
+        estate=_METER,
     ),
     Route("GET", "/schedules", Action.COMMANDS_READ, "control", "定时命令 · Scheduled commands", "commands", "list"),
     Route(
@@ -615,6 +699,16 @@ ROUTES: tuple[Route, ...] = (
         "保电 · Keep-power households and estates",
         "commands",
         "list",
+        estate=_E("item", "subject", "keep_power"),
+    ),
+    Route(
+        "GET",
+        "/keep-power/households/{account_id}",
+        Action.COMMANDS_READ,
+        "control",
+        "保电 · A household's keep-power (404: none)",
+        "commands",
+        estate=_ACCOUNT,
     ),
     Route(
         "PUT",
@@ -625,7 +719,7 @@ ROUTES: tuple[Route, ...] = (
         "commands",
         "write",
         estate=_ACCOUNT,
-        example={"reason": "医疗设备 / medical equipment", "until": "2027-01-01T00:00:00+08:00"},
+        example={"reason": "medical", "note": "家中有医疗设备 / medical equipment at home"},
     ),
     Route(
         "GET",
@@ -658,7 +752,7 @@ ROUTES: tuple[Route, ...] = (
         estate=_E("query", "estate"),
         filters=("estate", "building", "meter_id", "source_id", "alarm_type", "state"),
     ),
-    Route("GET", "/alarms/{alarm_id}", Action.ALARMS_READ, "alarm", "告警 · An alarm", "alarms"),
+    Route("GET", "/alarms/{alarm_id}", Action.ALARMS_READ, "alarm", "告警 · An alarm", "alarms", estate=_ALARM),
     Route(
         "POST",
         "/alarms/{alarm_id}/acknowledge",
@@ -667,6 +761,7 @@ ROUTES: tuple[Route, ...] = (
         "确认告警 · Acknowledge an alarm",
         "alarms",
         "write",
+        estate=_ALARM,
         example={"by": "li.manager"},
     ),
     Route(
@@ -688,10 +783,31 @@ ROUTES: tuple[Route, ...] = (
         "工单 · Work orders",
         "alarms",
         "list",
-        filters=("state", "meter_id"),
+        estate=_E("query", "estate"),
+        filters=("estate", "building", "status", "device_id", "fault_type"),
+        description="`status`: open, assigned, in_progress, resolved or closed; `device_id` the meter or gateway.",
     ),
-    Route("GET", "/work-orders/mttr", Action.REPORTS_READ, "alarm", "平均修复时间 · Mean time to repair", "reports"),
-    Route("GET", "/work-orders/{work_order_id}", Action.ALARMS_READ, "alarm", "工单 · A work order", "alarms"),
+    Route(
+        "GET",
+        "/work-orders/mttr",
+        Action.REPORTS_READ,
+        "alarm",
+        "平均修复时间 · Mean time to repair per estate",
+        "reports",
+        "list",
+        estate=_E("item", "estate"),
+        filters=("since", "until"),
+        description="One row per estate: repairs and their mean seconds; `since`/`until` are aware ISO 8601 instants.",
+    ),
+    Route(
+        "GET",
+        "/work-orders/{work_order_id}",
+        Action.ALARMS_READ,
+        "alarm",
+        "工单 · A work order",
+        "alarms",
+        estate=_WORK_ORDER,
+    ),
     Route(
         "PATCH",
         "/work-orders/{work_order_id}",
@@ -700,7 +816,8 @@ ROUTES: tuple[Route, ...] = (
         "更新工单 · Update a work order",
         "alarms",
         "write",
-        example={"state": "in_progress", "assignee": "王师傅"},
+        estate=_WORK_ORDER,
+        example={"by": "li.manager", "status": "in_progress", "assignee": "王师傅"},
     ),
     # reports
     Route(
@@ -769,6 +886,19 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# Where each kind of object's estate is read: (service, path, field of the answer).
+ESTATE_LOOKUPS: dict[str, tuple[str, str, str]] = {
+    "account": ("billing", "/v1/accounts/{}", "estate_id"),
+    "room": ("billing", "/v1/rooms/{}", "estate_id"),
+    "lease": ("billing", "/v1/leases/{}", "estate_id"),
+    "building": ("billing", "/v1/buildings/{}", "estate_id"),
+    "floor": ("billing", "/v1/floors/{}", "estate_id"),
+    "meter": ("billing", "/v1/meters/{}/binding", "estate_id"),
+    "alarm": ("alarm", "/v1/alarms/{}", "estate"),
+    "work_order": ("alarm", "/v1/work-orders/{}", "estate"),
+}
+
+
 async def estate_of(upstreams: Upstreams, kind: str, object_id: str) -> str | None:
     """The estate an object belongs to, or None when it does not exist (or has none)."""
     if kind == "estate":
@@ -777,13 +907,46 @@ async def estate_of(upstreams: Upstreams, kind: str, object_id: str) -> str | No
         if kind == "command":
             command = await upstreams.call("control", "GET", f"/v1/commands/{object_id}")
             return await estate_of(upstreams, "meter", str(command["meter_id"]))
-        found = await upstreams.call("billing", "GET", f"/v1/{kind}s/{object_id}")
+        service, path, name = ESTATE_LOOKUPS[kind]
+        found = await upstreams.call(service, "GET", path.format(object_id))
     except UpstreamError as err:
-        if err.status_code == 404:
+        if err.status_code in (404, 422):  # 422: not even a well-formed id of that kind
             return None
         raise
-    estate = found.get("estate_id") if isinstance(found, dict) else None
+    estate = found.get(name) if isinstance(found, dict) else None
     return str(estate) if estate is not None else None
+
+
+async def estate_meters(upstreams: Upstreams, estates: frozenset[str]) -> set[str]:
+    """The meters bound now in any of `estates` (billing's bindings)."""
+    meters: set[str] = set()
+    for estate in sorted(estates):
+        try:
+            found = await upstreams.call("billing", "GET", f"/v1/estates/{estate}/meters")
+        except UpstreamError as err:
+            if err.status_code == 404:
+                continue  # an estate on the user that billing does not know (yet): nothing in it
+            raise
+        meters.update(str(m) for m in found.get("meters", []))
+    return meters
+
+
+async def in_estates(rule: EstateOf, principal: Principal, upstreams: Upstreams, items: list[Any]) -> list[Any]:
+    """The rows of a listing that lie in the caller's estates (all of them for an all-estates caller)."""
+    if principal.all_estates:
+        return items
+    rows = [i for i in items if isinstance(i, dict)]
+    if rule.kind == "meter":
+        meters = await estate_meters(upstreams, principal.estates)
+        return [i for i in rows if str(i.get(rule.name)) in meters]
+    if rule.kind == "keep_power":  # a household's flag is its account's estate, an estate's its own
+        kept = []
+        for i in rows:
+            kind = "account" if i.get("scope") == "household" else "estate"
+            if principal.may_see_estate(await estate_of(upstreams, kind, str(i.get(rule.name)))):
+                kept.append(i)
+        return kept
+    return [i for i in rows if principal.may_see_estate(None if i.get(rule.name) is None else str(i[rule.name]))]
 
 
 async def guard_estate(
@@ -795,6 +958,11 @@ async def guard_estate(
     rule = route.estate
     if rule is None:
         raise Forbidden("this listing spans every estate; it needs an all-estates role / 需全部小区权限")
+    if rule.source == "item":
+        named = query.get(rule.name) if rule.kind == "meter" else None
+        if named is not None and not principal.may_see_estate(await estate_of(upstreams, "meter", str(named))):
+            raise Forbidden(f"{rule.name} is outside your estates / 超出您管理的小区")
+        return  # the rows are filtered once fetched
     if rule.source == "query":
         wanted = query.get(rule.name)
         if wanted is None and len(principal.estates) == 1:
@@ -892,13 +1060,17 @@ def _endpoint(route: Route) -> Any:
         if route.kind == "list":
             limit: int = kwargs["limit"]
             # Sorting needs the whole window; without it, enough rows to know whether a next page exists.
+            # Rows filtered here by estate need the whole window too.
+            filtered = route.estate is not None and route.estate.source == "item" and not principal.all_estates
             wanted = (
                 UPSTREAM_PAGE_CAP
-                if kwargs["sort"]
+                if kwargs["sort"] or filtered
                 else min(decode_cursor(kwargs["cursor"]) + limit + 1, UPSTREAM_PAGE_CAP)
             )
             found = await upstreams.call(route.service, "GET", target, params={**query, "limit": wanted})
             items = found.get("items", []) if isinstance(found, dict) else (found or [])
+            if route.estate is not None and route.estate.source == "item":
+                items = await in_estates(route.estate, principal, upstreams, items)
             return page_of_all(items, limit, kwargs["cursor"], kwargs["sort"])
         if route.kind == "object":
             return with_etag(response, await upstreams.call(route.service, "GET", target, params=query or None))
@@ -911,7 +1083,13 @@ def _endpoint(route: Route) -> Any:
             )
             return JSONResponse(raw.json() if raw.content else None, status_code=raw.status_code)
         if kwargs.get("if_match") is not None:
-            check_etag(kwargs["if_match"], await upstreams.call(route.service, "GET", target))
+            try:
+                current = await upstreams.call(route.service, "GET", target)
+            except UpstreamError as err:
+                if err.status_code != 404:
+                    raise
+                raise PreconditionFailed("nothing to match: it does not exist / 对象不存在") from err
+            check_etag(kwargs["if_match"], current)
         if route.kind == "money":
             store: IdempotencyStore = request.app.state.idempotency
             key: str = kwargs["idempotency_key"]

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shuidian_billing.billing import CHANNEL_ACCOUNTS, BillingError
 from shuidian_billing.usage_api import RuntimeDep
 from shuidian_kit.errors import NotFound
+from shuidian_shared.contracts import billing as contracts
+from shuidian_shared.messages import Utility
 from shuidian_shared.money import Money
 
 router = APIRouter(tags=["listings"])  # included under /v1 by api.py
@@ -426,3 +428,148 @@ async def payments(
         if not rows:
             await require_estate(conn, estate_id)
     return page(rows, limit, offset)
+
+
+# --- single objects: what the gateway scopes by estate and checks If-Match against ----------------
+
+_BINDING_SQL = (
+    "SELECT mb.meter_id, mb.utility, mb.account_id, mb.room_id, mb.estate_id AS common_estate_id, "
+    "coalesce(mb.estate_id, rb.estate_id, a.estate_id) AS estate_id, mb.valid_from, mb.valid_to "
+    "FROM billing.meter_bindings mb LEFT JOIN billing.accounts a ON a.account_id = mb.account_id "
+    "LEFT JOIN (billing.rooms r JOIN billing.floors f USING (floor_id) JOIN billing.buildings rb USING (building_id)) "
+    "  ON r.room_id = mb.room_id "
+)
+
+
+@router.get(
+    "/meters/{meter_id}/binding",
+    response_model=contracts.MeterBindingOut,
+    summary="表计绑定 · A meter's open binding and the estate it is in",
+)
+async def meter_binding(meter_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        row = (
+            await conn.execute(text(_BINDING_SQL + "WHERE mb.meter_id = :m AND mb.valid_to IS NULL"), {"m": meter_id})
+        ).first()
+    if row is None:
+        raise NotFound(f"表计 {meter_id} 未绑定 · meter {meter_id} is not bound")
+    return row._asdict()
+
+
+@router.get(
+    "/rooms/{room_id}/meters/{meter_id}",
+    response_model=contracts.RoomMeterOut,
+    summary="房间表计 · A meter installed in a room (its open binding there)",
+)
+async def room_meter(room_id: str, meter_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(_BINDING_SQL + "WHERE mb.meter_id = :m AND mb.room_id = :r AND mb.valid_to IS NULL"),
+                {"m": meter_id, "r": room_id},
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"房间 {room_id} 没有表计 {meter_id} · meter {meter_id} is not in room {room_id}")
+    return {**row._asdict(), "room_id": room_id}
+
+
+@router.get(
+    "/estates/{estate_id}/meters",
+    response_model=contracts.EstateMetersOut,
+    summary="小区表计 · Meters bound now to an estate's rooms, accounts or common use",
+)
+async def estate_meters(estate_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        await require_estate(conn, estate_id)
+        meters = (
+            await conn.execute(
+                text(
+                    f"SELECT DISTINCT meter_id FROM ({_BINDING_SQL} WHERE mb.valid_to IS NULL) bound "
+                    "WHERE estate_id = :e ORDER BY meter_id"
+                ),
+                {"e": estate_id},
+            )
+        ).scalars()
+        return {"estate_id": estate_id, "meters": list(meters)}
+
+
+@router.get("/tenants/{tenant_id}", response_model=contracts.TenantRecordOut, summary="租户 · A tenant")
+async def tenant(tenant_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT tenant_id, name, phone FROM billing.tenants WHERE tenant_id = :t"), {"t": tenant_id}
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"没有租户 {tenant_id} · no tenant {tenant_id}")
+    return row._asdict()
+
+
+@router.get("/buildings/{building_id}", response_model=contracts.BuildingRecordOut, summary="楼栋 · A building")
+async def building(building_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT building_id, estate_id, name FROM billing.buildings WHERE building_id = :b"),
+                {"b": building_id},
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"没有楼栋 {building_id} · no building {building_id}")
+    return row._asdict()
+
+
+@router.get("/floors/{floor_id}", response_model=contracts.FloorRecordOut, summary="楼层 · A floor")
+async def floor(floor_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT f.floor_id, f.building_id, b.estate_id, f.level FROM billing.floors f "
+                    "JOIN billing.buildings b USING (building_id) WHERE f.floor_id = :f"
+                ),
+                {"f": floor_id},
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"没有楼层 {floor_id} · no floor {floor_id}")
+    return row._asdict()
+
+
+@router.get("/tariffs/{utility}", response_model=contracts.TariffOut, summary="价格 · A utility's tariff versions")
+async def tariff(utility: Utility, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT tariff_id, effective_from, unit_price FROM billing.tariffs WHERE utility = :u "
+                "ORDER BY effective_from, tariff_id"
+            ),
+            {"u": utility.value},
+        )
+        return {"utility": utility.value, "versions": [r._asdict() for r in rows]}
+
+
+@router.get(
+    "/tenants/{tenant_id}/leases",
+    response_model=contracts.TenantLeasesOut,
+    summary="租户租约 · Every lease of a tenant, ended ones too",
+)
+async def tenant_leases(tenant_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        await require_tenant(conn, tenant_id)
+        rows = await conn.execute(
+            text(
+                "SELECT lease_id, room_id, account_id, move_in, move_out FROM billing.leases WHERE tenant_id = :t "
+                "ORDER BY move_in, lease_id"
+            ),
+            {"t": tenant_id},
+        )
+        return {"tenant_id": tenant_id, "leases": [r._asdict() for r in rows]}
+
+
+async def require_tenant(conn: AsyncConnection, tenant_id: str) -> None:
+    found = await conn.execute(text("SELECT 1 FROM billing.tenants WHERE tenant_id = :t"), {"t": tenant_id})
+    if found.first() is None:
+        raise NotFound(f"没有租户 {tenant_id} · no tenant {tenant_id}")

@@ -18,7 +18,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_billing import statements
+from shuidian_kit.errors import NotFound
 from shuidian_kit.service import Runtime
+from shuidian_shared.contracts import billing as contracts
 from shuidian_shared.messages import AwareDatetime
 from shuidian_shared.money import Quantity
 
@@ -192,6 +194,30 @@ async def meter_usage(
         **history,
         "total_quantity": sum((b["quantity"] for b in buckets), Decimal(0)),
         "total_cost": sum((b["cost"] for b in buckets), Decimal(0)),
+    }
+
+
+@router.get(
+    "/meters/{meter_id}/reading",
+    response_model=contracts.LatestReadingOut,
+    summary="最新读数 · The last register values billed for a meter (its watermarks); 404 before the first",
+)
+async def latest_reading(meter_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    async with runtime.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT register, value, sampled_at FROM billing.watermarks WHERE meter_id = :m ORDER BY register"
+                ),
+                {"m": meter_id},
+            )
+        ).all()
+    if not rows:
+        raise NotFound(f"表计 {meter_id} 尚无读数 · no reading billed for meter {meter_id}")
+    return {
+        "meter_id": meter_id,
+        "sampled_at": max(r.sampled_at for r in rows),
+        "registers": {r.register: r.value for r in rows},
     }
 
 

@@ -17,6 +17,7 @@ from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig, Reg
 from shuidian_collector.settings import CollectorSettings
 from shuidian_kit.errors import NotFound, ServiceError
 from shuidian_kit.service import problem, runtime_of
+from shuidian_shared.contracts import collector as contracts
 from shuidian_shared.messages import Identifier, Utility
 
 router = APIRouter(prefix="/v1", tags=["registry"])
@@ -99,6 +100,38 @@ async def put_meter(meter_id: Identifier, body: MeterIn, registry: Reg, fleet: P
         body.bus_id, MeterConfig(meter_id, body.address, body.model, body.utility, body.poll_interval_s)
     )
     fleet.refresh()
+
+
+async def _record(request: Request, sql: str, key: str, what: str) -> dict[str, Any]:
+    async with runtime_of(request).engine.connect() as conn:
+        row = (await conn.execute(text(sql), {"k": key})).first()
+    if row is None:
+        raise NotFound(f"no {what} {key}")
+    return row._asdict()
+
+
+@router.get("/gateways/{gateway_id}", response_model=contracts.GatewayRecordOut, summary="A registered gateway")
+async def get_gateway(gateway_id: str, request: Request) -> Any:
+    sql = "SELECT gateway_id, name, shard FROM collector.gateways WHERE gateway_id = :k"
+    return await _record(request, sql, gateway_id, "gateway")
+
+
+@router.get("/buses/{bus_id}", response_model=contracts.BusRecordOut, summary="A registered RS-485 bus")
+async def get_bus(bus_id: str, request: Request) -> Any:
+    sql = (
+        "SELECT bus_id, gateway_id, host, port, protocol, baud, timeout_ms, retries FROM collector.buses "
+        "WHERE bus_id = :k"
+    )
+    return await _record(request, sql, bus_id, "bus")
+
+
+@router.get("/meters/{meter_id}", response_model=contracts.MeterRecordOut, summary="A registered meter")
+async def get_meter(meter_id: str, request: Request) -> Any:
+    sql = (
+        "SELECT meter_id, bus_id, address, model, utility, poll_interval_s, enabled FROM collector.meters "
+        "WHERE meter_id = :k"
+    )
+    return await _record(request, sql, meter_id, "meter")
 
 
 @router.get(

@@ -425,6 +425,16 @@ async def _subject_meters(control: Control, conn: AsyncConnection, scope: str, s
     return await control.automation.estate_meters(conn, subject)
 
 
+@router.get(
+    "/keep-power/households/{account_id}", response_model=KeepPowerOut, summary="A household's 保电 (404: none)"
+)
+async def get_household_keep_power(account_id: Identifier, control: Service) -> dict[str, Any]:
+    for flag in await control.store.keep_power():
+        if flag["scope"] == "household" and flag["subject"] == account_id:
+            return flag
+    raise ControlError(f"无保电记录 · no keep-power on household {account_id}", code="not_found", status_code=404)
+
+
 @router.put("/keep-power/households/{account_id}", status_code=204, summary="Set household 保电 (supply stays on)")
 async def set_household_keep_power(account_id: Identifier, body: KeepPowerIn, control: Service, actor: Actor) -> None:
     await _set_keep_power(control, "household", account_id, body, actor)

@@ -1,0 +1,88 @@
+"""Billing's side of the gateway contract: single objects the gateway scopes by estate and version-checks."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+
+class MeterBindingOut(BaseModel):
+    """A meter's binding in force (or the latest one to come): whom it bills and the estate it is in."""
+
+    meter_id: str
+    utility: str
+    account_id: str | None = Field(description="bound to an account directly")
+    room_id: str | None = Field(description="installed in a room: it bills the room's household")
+    common_estate_id: str | None = Field(description="a common meter (公摊) of this estate")
+    estate_id: str | None = Field(description="the estate the meter is in, whichever way it is bound")
+    valid_from: datetime | None
+    valid_to: datetime | None
+
+
+class LatestReadingOut(BaseModel):
+    """The last register values billing has priced for a meter (its watermarks)."""
+
+    meter_id: str
+    sampled_at: datetime
+    registers: dict[str, Decimal]
+
+
+class EstateMetersOut(BaseModel):
+    estate_id: str
+    meters: list[str] = Field(description="meters bound now to the estate's rooms, accounts or common use")
+
+
+class TenantRecordOut(BaseModel):
+    tenant_id: str
+    name: str
+    phone: str
+
+
+class BuildingRecordOut(BaseModel):
+    building_id: str
+    estate_id: str
+    name: str
+
+
+class FloorRecordOut(BaseModel):
+    floor_id: str
+    building_id: str
+    estate_id: str
+    level: int
+
+
+class RoomMeterOut(BaseModel):
+    room_id: str
+    meter_id: str
+    utility: str
+    estate_id: str
+    valid_from: datetime | None
+    valid_to: datetime | None
+
+
+class TariffVersionOut(BaseModel):
+    tariff_id: int
+    effective_from: datetime
+    unit_price: Decimal | None = Field(description="a flat price; None when the version has components")
+
+
+class TariffOut(BaseModel):
+    utility: str
+    versions: list[TariffVersionOut]
+
+
+class TenantLeaseOut(BaseModel):
+    lease_id: str
+    room_id: str
+    account_id: str
+    move_in: date
+    move_out: date | None
+
+
+class TenantLeasesOut(BaseModel):
+    """Every lease of a tenant, ended ones too (a moved-out tenant still reads their final statements)."""
+
+    tenant_id: str
+    leases: list[TenantLeaseOut]

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shuidian_gateway import api, live, routes_identity, routes_me, routes_staff, webhooks
 from shuidian_gateway.asyncapi import document
 from shuidian_gateway.auth import LoginRateLimiter, TenantScopes, VerifiedTokens
-from shuidian_gateway.conventions import IdempotencyStore
+from shuidian_gateway.conventions import IdempotencyStore, RefuseNul
 from shuidian_gateway.identity import Identity
 from shuidian_gateway.policy import Principal
 from shuidian_gateway.readcache import ReadCache
@@ -204,6 +204,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(UpstreamError, on_upstream)
 
     app.add_middleware(AuditWrites)
+    app.add_middleware(RefuseNul)  # outermost: not even the audit row sees a NUL
 
     @app.get("/asyncapi.json", tags=["operations"], summary="AsyncAPI document of every MQTT topic")
     async def asyncapi() -> dict[str, Any]:

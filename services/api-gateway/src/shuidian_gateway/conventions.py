@@ -14,14 +14,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shuidian_gateway.errors import GatewayError, IdempotencyConflict, PreconditionFailed
 from shuidian_gateway.policy import Principal
 from shuidian_gateway.upstream import UpstreamError
-from shuidian_shared.money import Money
 
 
 class Problem(BaseModel):
@@ -73,14 +73,156 @@ ObjectId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 IfMatch = Annotated[str | None, Header(max_length=200, description="the ETag you read; 412 if it changed since")]
 
 
-# Money arrives as a decimal string; the shared Money type also parses numbers only to refuse floats,
-# so the documented schema is the string form alone.
+# Money input has one canonical form, a JSON string of ASCII digits: no sign, no exponent, no
+# separators, no spaces, no leading zeros (except "0"), at most two decimals after a dot that is
+# followed by a digit. Decimal() alone accepts "1_000", "1e3", "٥٠", "５０", "+50", " 50", "50." and
+# ".5"; a JSON number arrives as int or float. Everything but the canonical string is a 422.
+MONEY_PATTERN = r"^(0|[1-9][0-9]{0,6})(\.[0-9]{1,2})?$"
+MONEY_MAX = Decimal("9999999.99")
+# Payments (top-ups, cash, orders) keep their documented ceiling.
+AMOUNT_MAX = Decimal("99999.99")
+# The same grammar, narrowed to what a payment may be (above 0, at most AMOUNT_MAX), for the schema.
 AMOUNT_PATTERN = r"^(0\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,4}(\.[0-9]{1,2})?)$"
-Amount = Annotated[
-    Money,
-    Field(gt=0, le=Decimal("99999.99")),
-    WithJsonSchema({"type": "string", "pattern": AMOUNT_PATTERN, "examples": ["50.00"]}),
+_MONEY = re.compile(MONEY_PATTERN.removeprefix("^").removesuffix("$"))
+
+
+def _money_parser(*, positive: bool, maximum: Decimal) -> Callable[[Any], Decimal]:
+    def parse(value: Any) -> Decimal:
+        if isinstance(value, Decimal):  # built in Python, not parsed from a request
+            written = str(value)
+        elif isinstance(value, str):
+            written = value
+        else:
+            raise ValueError('money is a JSON string such as "50.00", not a number / 金额须为字符串')
+        if not _MONEY.fullmatch(written):
+            raise ValueError(
+                'money is written like "50" or "50.00": ASCII digits, no sign, exponent, spaces or leading zeros, '
+                "at most two decimals / 金额格式错误"
+            )
+        amount = Decimal(written)
+        if positive and amount <= 0:
+            raise ValueError("the amount must be greater than 0 / 金额须大于 0")
+        if amount > maximum:
+            raise ValueError(f"the amount may be at most {maximum} / 金额超出上限")
+        return amount.quantize(Decimal("0.01"))
+
+    return parse
+
+
+def _money_schema(pattern: str, *, positive: bool, maximum: Decimal) -> dict[str, Any]:
+    bounds = f"{'above 0 and ' if positive else ''}at most {maximum}"
+    return {
+        "type": "string",
+        "pattern": pattern,
+        "maxLength": len(str(maximum)),
+        "examples": ["50.00"],
+        "description": f"CNY as a decimal string, {bounds}",
+    }
+
+
+MoneyIn = Annotated[
+    Decimal,
+    BeforeValidator(_money_parser(positive=False, maximum=MONEY_MAX)),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(_money_schema(MONEY_PATTERN, positive=False, maximum=MONEY_MAX)),
 ]
+"""Any amount of money a client sends: "0" to MONEY_MAX, in the canonical string form."""
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_money_parser(positive=True, maximum=AMOUNT_MAX)),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema(_money_schema(AMOUNT_PATTERN, positive=True, maximum=AMOUNT_MAX)),
+]
+"""A payment amount: above 0, at most AMOUNT_MAX, in the canonical string form."""
+
+# Statement and report months: YYYY-MM of this century, ASCII digits (\d would admit other scripts).
+MONTH_PATTERN = r"^20[0-9]{2}-(0[1-9]|1[0-2])$"
+MonthPath = Annotated[str, Path(pattern=MONTH_PATTERN, description="YYYY-MM (2000-01 … 2099-12), local time")]
+MonthQuery = Annotated[
+    str, Query(pattern=MONTH_PATTERN, description="YYYY-MM (2000-01 … 2099-12), local time", examples=["2026-11"])
+]
+Month = Annotated[str, Field(pattern=MONTH_PATTERN, description="YYYY-MM (2000-01 … 2099-12), local time")]
+
+
+# A JSON \u0000 escape: its backslash is not itself escaped (an even run of backslashes before it).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+_PERCENT_NUL = re.compile(rb"%00")
+TEXT_BODIES = (b"application/json", b"application/problem+json", b"application/x-www-form-urlencoded", b"text/")
+
+
+def carries_nul(path: str, raw_path: bytes, query: bytes, content_type: bytes, body: bytes) -> bool:
+    """Whether a request holds a NUL character anywhere it could reach a backend or the database:
+    its path, its query string, or its text body (raw, %00, or a JSON \\u0000 escape)."""
+    if "\x00" in path or b"\x00" in raw_path or _PERCENT_NUL.search(raw_path):
+        return True
+    if b"\x00" in query or _PERCENT_NUL.search(query):
+        return True
+    if not body or not content_type.lower().startswith(TEXT_BODIES):
+        return False
+    if b"\x00" in body:
+        return True
+    if content_type.lower().startswith(b"application/x-www-form-urlencoded"):
+        return _PERCENT_NUL.search(body) is not None
+    return _JSON_NUL.search(body) is not None
+
+
+class RefuseNul:
+    """ASGI middleware: a request with a NUL character in its path, query or text body is a 422
+    before any route, backend or audit row sees it (PostgreSQL text cannot hold NUL, and backends
+    answered such input with a 5xx). The body is read once and handed on unchanged."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"")
+        body = b""
+        if scope["type"] == "http" and content_type.lower().startswith(TEXT_BODIES):
+            chunks: list[bytes] = []
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            receive = _replay(body, receive)
+        if carries_nul(scope["path"], scope.get("raw_path") or b"", scope.get("query_string", b""), content_type, body):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": "NUL character in the request"})
+                return
+            response = JSONResponse(
+                {
+                    "type": "https://shuidian.dev/problems/validation_error",
+                    "title": "invalid request",
+                    "status": 422,
+                    "detail": "a NUL character (\\u0000, %00) is not allowed in a path, query or body / 请求中不能含空字符",
+                    "code": "validation_error",
+                },
+                status_code=422,
+                media_type="application/problem+json",
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class Page(BaseModel):

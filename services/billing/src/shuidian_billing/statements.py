@@ -279,12 +279,28 @@ def _rows(doc: dict[str, Any]) -> Iterable[list[str]]:
     yield [SECTION_LABELS["closing"], doc["period_end"], "", "", str(doc["closing_balance"])]
 
 
+# A cell a spreadsheet would run as a formula (OWASP CSV injection): =, +, -, @, tab or CR first.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def csv_cell(value: object) -> str:
+    """A cell as text a spreadsheet shows and never evaluates: a formula-like cell gets a leading
+    single quote; a plain number (a negative amount) stays a number."""
+    cell = str(value)
+    if cell.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
 def to_csv(doc: dict[str, Any]) -> bytes:
-    """CSV in UTF-8 with a byte-order mark, so spreadsheet programs show the Chinese text."""
+    """CSV in UTF-8 with a byte-order mark, so spreadsheet programs show the Chinese text. Names,
+    references and memos are written by people: every cell goes through `csv_cell`."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([f"月结单 Statement {doc['month']}", doc["account_id"], doc["name"], doc["timezone"]])
-    writer.writerows(_rows(doc))
+    head = [f"月结单 Statement {doc['month']}", doc["account_id"], doc["name"], doc["timezone"]]
+    writer.writerow([csv_cell(c) for c in head])
+    writer.writerows([csv_cell(c) for c in row] for row in _rows(doc))
     return ("\ufeff" + out.getvalue()).encode()
 
 

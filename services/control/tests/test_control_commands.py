@@ -336,6 +336,32 @@ async def test_deferred_trip_is_dropped_when_the_account_recovers_and_restoratio
     assert [c.kind for c in await sent(engine, meter.meter_id)] == [CommandKind.TRIP, CommandKind.DIRECT_CLOSE]
 
 
+async def test_a_lost_restoration_announced_again_closes_once(engine: AsyncEngine) -> None:
+    """Billing re-announces a purse's last event; control acts on what it missed, once."""
+    control = make_control(engine, **NO_WINDOWS)
+    account, meter = ids("acc"), electricity()
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.EXHAUSTED, 1), "")
+    restored = event(account, (meter,), BalanceEventKind.RESTORED, 2)  # lost on its way: never handled
+    assert [c.kind for c in await sent(engine, meter.meter_id)] == [CommandKind.TRIP]
+    for _ in range(3):  # the re-announcement, and later rounds of it
+        await control.automation.on_balance(restored, "")
+    assert [c.kind for c in await sent(engine, meter.meter_id)] == [CommandKind.TRIP, CommandKind.DIRECT_CLOSE]
+
+
+async def test_a_lost_event_of_one_purse_is_applied_after_a_later_event_of_the_other(engine: AsyncEngine) -> None:
+    """Separate purses: water's exhaustion (#1) is lost, electricity's low balance (#2) arrives; the
+    re-announced #1 still trips the water valve, because what was applied is kept per meter."""
+    control = make_control(engine, prepaid_water=True, **NO_WINDOWS)
+    account, meter = ids("acc"), electricity()
+    water = MeterRef(meter_id=ids("W"), utility=Utility.WATER)
+    water_exhausted = event(account, (water,), BalanceEventKind.EXHAUSTED, 1)
+    await control.automation.on_balance(event(account, (meter,), BalanceEventKind.LOW_1, 2), "")
+    await control.automation.on_balance(water_exhausted, "")
+    await control.automation.on_balance(water_exhausted, "")
+    assert [c.kind for c in await sent(engine, water.meter_id)] == [CommandKind.VALVE_CLOSE]
+    assert await sent(engine, meter.meter_id) == []
+
+
 async def test_dates_the_holiday_calendar_does_not_know_are_protected(engine: AsyncEngine) -> None:
     clock = Clock(datetime(2027, 3, 10, 10, 0, tzinfo=SHANGHAI))  # an ordinary Wednesday, past the calendar's data
     control = make_control(engine, clock, StatutoryCalendar())

@@ -36,6 +36,7 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
             for lane in range(billing.lanes):
                 runtime.supervisor.add(f"bill-{lane}", functools.partial(billing.bill_loop, lane))
             runtime.supervisor.add("flush", billing.flush_loop)
+            runtime.supervisor.add("reannounce", billing.reannounce_loop)
             premises = Premises(runtime.engine, billing, runtime.outbox, runtime.mqtt.client_id)
             runtime.supervisor.add("occupancy", premises.occupancy_loop)
             app.state.runtime = runtime

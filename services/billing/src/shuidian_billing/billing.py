@@ -64,6 +64,7 @@ READINGS = Counter("billing_readings_total", "readings consumed", ["outcome"])
 COMMITTED = Counter("billing_readings_committed_total", "readings whose billing transaction committed")
 BATCH_SECONDS = Histogram("billing_batch_seconds", "time to bill one transaction of reading batches")
 OTHER_SHARD = Counter("billing_reading_batches_other_shard_total", "reading batches left to another billing shard")
+REANNOUNCED = Counter("billing_balance_events_reannounced_total", "balance events published again (anti-entropy)")
 RETRIED = Counter("billing_transactions_retried_total", "billing transactions retried after a transient failure")
 
 REGISTER = {Utility.ELECTRICITY: "energy_active_import_total", Utility.WATER: "water_volume_total"}
@@ -908,7 +909,7 @@ class Billing:
             by_account.setdefault(account, []).append((purse, figures))
         meters: dict[str, list[MeterRef]] | None = None
         events: list[tuple[str, Any, bool]] = []
-        level_rows: list[tuple[str, str, str]] = []
+        level_rows: list[tuple[str, str, str, str | None]] = []
         account_rows: list[tuple[str, str, int]] = []
         for acc in accounts:
             sequence = acc.sequence
@@ -925,8 +926,8 @@ class Billing:
                     worst = level
                 if level is (previous or BalanceLevel.OK) and (acc.account_id, purse) in levels:
                     continue
-                level_rows.append((acc.account_id, purse, level.value))
                 if level is (previous or BalanceLevel.OK):
+                    level_rows.append((acc.account_id, purse, level.value, None))
                     continue
                 # An improvement that is not a restoration (low_2 → ok) is still announced, so the
                 # low-balance alarm can clear and displays follow.
@@ -947,16 +948,24 @@ class Billing:
                     )
                     events.append((topics.balance(acc.account_id), event, False))
                     log.info("account %s (%s): %s (available %s)", acc.account_id, purse, kind, event.balance)
+                # The purse's last event is what `reannounce` publishes again (the one that decides supply).
+                level_rows.append((acc.account_id, purse, level.value, events[-1][1].model_dump_json()))
             if sequence != acc.sequence or worst.value != acc.level:
                 account_rows.append((acc.account_id, worst.value, sequence))
         if level_rows:
             await conn.execute(
                 text(
-                    "INSERT INTO billing.purse_levels (account_id, purse, level) "
-                    "SELECT * FROM unnest(CAST(:a AS text[]), CAST(:p AS text[]), CAST(:l AS text[])) "
-                    "ON CONFLICT (account_id, purse) DO UPDATE SET level = EXCLUDED.level"
+                    "INSERT INTO billing.purse_levels (account_id, purse, level, last_event) "
+                    "SELECT * FROM unnest(CAST(:a AS text[]), CAST(:p AS text[]), CAST(:l AS text[]), "
+                    "CAST(:e AS jsonb[])) ON CONFLICT (account_id, purse) DO UPDATE SET level = EXCLUDED.level, "
+                    "last_event = coalesce(EXCLUDED.last_event, billing.purse_levels.last_event), changed_at = now()"
                 ),
-                {"a": [r[0] for r in level_rows], "p": [r[1] for r in level_rows], "l": [r[2] for r in level_rows]},
+                {
+                    "a": [r[0] for r in level_rows],
+                    "p": [r[1] for r in level_rows],
+                    "l": [r[2] for r in level_rows],
+                    "e": [r[3] for r in level_rows],
+                },
             )
         if account_rows:
             await conn.execute(
@@ -971,6 +980,53 @@ class Billing:
                 },
             )
         await self._outbox.add_many(conn, events)
+
+    async def reannounce_loop(self) -> None:
+        """Publish every purse's last balance event again, now and then (see `reannounce`)."""
+        if not self._settings.level_reannounce_seconds:
+            return
+        while True:
+            await asyncio.sleep(self._settings.level_reannounce_seconds)
+            try:
+                await self.reannounce()
+            except Exception as err:
+                log.warning("re-announcing balance levels failed; next round: %s", err)
+
+    async def reannounce(self, *, page: int = 1000) -> int:
+        """Anti-entropy for balance levels: queue each purse's last event again — with its sequence
+        and message id — while its level is not ok, or for a while after it changed. A consumer
+        that applied it skips it (control by sequence per meter, webhooks by message id); one that
+        lost it (a restoration control never saw) converges. Returns how many were queued."""
+        after, queued = ("", ""), 0
+        while True:
+            async with self._engine.begin() as conn:
+                rows = (
+                    await conn.execute(
+                        text(
+                            "SELECT account_id, purse, last_event FROM billing.purse_levels "
+                            "WHERE last_event IS NOT NULL "
+                            "AND (level <> 'ok' OR changed_at >= now() - make_interval(secs => :window)) "
+                            "AND (account_id, purse) > (:account, :purse) ORDER BY account_id, purse LIMIT :n"
+                        ),
+                        {
+                            "window": self._settings.level_reannounce_hours * 3600,
+                            "account": after[0],
+                            "purse": after[1],
+                            "n": page,
+                        },
+                    )
+                ).all()
+                events: list[tuple[str, Any, bool]] = [
+                    (topics.balance(r.account_id), BalanceEvent.model_validate(r.last_event), False) for r in rows
+                ]
+                await self._outbox.add_many(conn, events)
+            queued += len(events)
+            if events:
+                self.notify()
+            if len(rows) < page:
+                REANNOUNCED.inc(queued)
+                return queued
+            after = (rows[-1].account_id, rows[-1].purse)
 
     @staticmethod
     async def _meters_of(conn: AsyncConnection, account_ids: list[str]) -> dict[str, list[MeterRef]]:

@@ -47,6 +47,12 @@ class BillingSettings(ServiceSettings):
     # for each other) through one shared subscription.
     shard_index: int = Field(default=0, ge=0)
     shard_count: int = Field(default=1, ge=1, le=64)
+    # Anti-entropy: every `level_reannounce_seconds`, each purse's last balance event is published
+    # again while its level is not ok, or for `level_reannounce_hours` after it changed, so a
+    # consumer that lost it (control, alarm) converges. Consumers skip what they already applied
+    # (the event keeps its sequence and message id). 0 turns it off.
+    level_reannounce_seconds: float = Field(default=300.0, ge=0)
+    level_reannounce_hours: float = Field(default=24.0, gt=0)
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> BillingSettings:

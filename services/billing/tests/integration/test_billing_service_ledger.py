@@ -209,3 +209,36 @@ async def test_an_improving_level_is_persisted_and_announced(engine: AsyncEngine
     assert (await billing.account(account))["level"] == "ok"
     events = await balance_events(engine, account)
     assert [(e.kind.value, e.level.value) for e in events] == [("low_2", "low_2"), ("changed", "ok")]
+
+
+async def test_each_purse_announces_its_last_event_again_while_it_matters(engine: AsyncEngine) -> None:
+    """Anti-entropy: a consumer that lost a balance event gets it again, unchanged (same sequence
+    and message id, so one that applied it skips it); an ok purse whose change is old is quiet."""
+    billing = make_billing(engine)
+
+    async def run_low_then_top_up(top_up: str) -> str:
+        account, meter = await new_account(billing, "1.00")
+        batch = (reading(meter, 0, "100"), reading(meter, 60, "105"))  # 3.065 of consumption
+        await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=batch), "")
+        if Decimal(top_up):
+            await billing.top_up(account, Decimal(top_up), "cash", None, f"t-{account}")
+        return account
+
+    exhausted, recent, quiet = [await run_low_then_top_up(amount) for amount in ("0", "50.00", "50.00")]
+    async with engine.begin() as conn:  # the quiet account's last change was two days ago
+        await conn.execute(
+            text("UPDATE billing.purse_levels SET changed_at = now() - interval '2 days' WHERE account_id = :a"),
+            {"a": quiet},
+        )
+    before = {a: await balance_events(engine, a) for a in (exhausted, recent, quiet)}
+    assert [e.level.value for e in (before[exhausted][-1], before[recent][-1], before[quiet][-1])] == [
+        "exhausted",
+        "ok",
+        "ok",
+    ]
+
+    assert await billing.reannounce(page=2) >= 2  # pages of two: the walk must not skip or repeat a purse
+    after = {a: await balance_events(engine, a) for a in (exhausted, recent, quiet)}
+    assert after[exhausted] == [*before[exhausted], before[exhausted][-1]]
+    assert after[recent] == [*before[recent], before[recent][-1]]
+    assert after[quiet] == before[quiet]

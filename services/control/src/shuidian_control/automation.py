@@ -131,29 +131,56 @@ class Automation:
     # --- balance events ------------------------------------------------------------------------------------------
 
     async def on_balance(self, event: BalanceEvent, topic: str) -> None:
+        """Act on a balance event for each of its meters that has not seen it (or a newer one).
+
+        Billing announces a purse's last event again now and then, so a lost event still arrives:
+        what each meter has applied is remembered per meter, not per account, because one account's
+        separate water and electricity purses raise events about different meters.
+        """
+        meter_ids = sorted({m.meter_id for m in event.meters})
         async with self._engine.begin() as conn:
-            # Serialise per account and drop anything at or below what we already acted on.
-            accepted = (
+            # The account's level for deferrals and 保电 changes: the newest event wins.
+            await conn.execute(
+                text(
+                    "INSERT INTO control.account_balance_levels (account_id, last_sequence, level) "
+                    "VALUES (:a, :s, :l) ON CONFLICT (account_id) DO UPDATE "
+                    "SET last_sequence = EXCLUDED.last_sequence, level = EXCLUDED.level "
+                    "WHERE control.account_balance_levels.last_sequence < EXCLUDED.last_sequence"
+                ),
+                {"a": event.account_id, "s": event.sequence, "l": event.level.value},
+            )
+            applied = (
                 await conn.execute(
-                    text(
-                        "INSERT INTO control.account_balance_levels (account_id, last_sequence, level) "
-                        "VALUES (:a, :s, :l) ON CONFLICT (account_id) DO UPDATE "
-                        "SET last_sequence = EXCLUDED.last_sequence, level = EXCLUDED.level "
-                        "WHERE control.account_balance_levels.last_sequence < EXCLUDED.last_sequence "
-                        "RETURNING account_id"
-                    ),
-                    {"a": event.account_id, "s": event.sequence, "l": event.level.value},
+                    text("SELECT count(*) FROM control.shadows WHERE meter_id = ANY(:m) AND balance_sequence >= :s"),
+                    {"m": meter_ids, "s": event.sequence},
                 )
-            ).first()
-            if accepted is None:
+            ).scalar_one()
+            if applied == len(meter_ids):  # nothing new for any meter: the common case of a re-announcement
                 STALE_BALANCE_EVENTS.inc()
-                log.info("ignored stale balance event %s #%d", event.account_id, event.sequence)
+                log.debug("ignored stale balance event %s #%d", event.account_id, event.sequence)
                 return
-            change = decisions.BalanceChange.of(event)
-            rows = {
+            locked = {
                 m.meter_id: await shadows.lock(conn, m.meter_id, utility=m.utility, account_id=event.account_id)
                 for m in sorted(event.meters, key=lambda m: m.meter_id)
             }
+            # Under the locks: which meters this event is new to (serialises replicas and re-announcements).
+            fresh = set(
+                (
+                    await conn.execute(
+                        text(
+                            "UPDATE control.shadows SET balance_sequence = :s "
+                            "WHERE meter_id = ANY(:m) AND balance_sequence < :s RETURNING meter_id"
+                        ),
+                        {"m": meter_ids, "s": event.sequence},
+                    )
+                ).scalars()
+            )
+            if not fresh:
+                STALE_BALANCE_EVENTS.inc()
+                log.info("ignored stale balance event %s #%d", event.account_id, event.sequence)
+                return
+            rows = {meter_id: row for meter_id, row in locked.items() if meter_id in fresh}
+            change = decisions.BalanceChange.of(event)
             contexts = await self._store.contexts(conn, rows)
             for meter_id, row in rows.items():
                 ctx = contexts[meter_id]

@@ -43,6 +43,9 @@ LATENCY = Histogram(
 BUSY = Counter(
     "collector_bus_busy_seconds_total", "seconds a bus was held by an exchange (utilisation = rate)", ["bus"]
 )
+STALE = Counter(
+    "collector_bus_stale_bytes_total", "bytes already waiting on a bus link before a request (late replies), discarded"
+)
 
 
 class BusError(Exception):
@@ -158,11 +161,13 @@ class BusLink:
     async def exchange(self, request: bytes, parser: FrameParser[F], accept: Callable[[F], bool], timeout: float) -> F:
         """Send `request` and return the first parsed frame that `accept` takes.
 
-        A late reply to an earlier, timed-out request is parsed and skipped by `accept` (wrong
-        address or data identifier), so it can never be taken for this request's answer.
+        A late reply to an earlier, timed-out request is either already waiting on the link, and discarded
+        before the request goes out, or arrives after it and is skipped by `accept` (the caller checks
+        address, function and data identifier or sequence number); it is never taken for this answer.
         """
         reader, writer = await self._connect()
         try:
+            await self._discard_waiting(reader)
             writer.write(request)
             await writer.drain()
             async with asyncio.timeout(timeout):
@@ -182,6 +187,29 @@ class BusLink:
         except (OSError, BusLinkError) as err:
             await self.close()
             raise BusLinkError(str(err)) from err
+
+    async def _discard_waiting(self, reader: asyncio.StreamReader) -> None:
+        """Drop whatever arrived since the last exchange ended: it answers a request that already timed out."""
+        stale = 0
+        while True:
+            try:
+                # A zero timeout returns what is buffered already and gives the loop one turn to take in what
+                # the socket holds, without waiting for anything more.
+                async with asyncio.timeout(0):
+                    chunk = await reader.read(4096)
+            except TimeoutError:
+                break
+            if not chunk:
+                raise BusLinkError("gateway closed the connection")
+            stale += len(chunk)
+        if stale:
+            STALE.inc(stale)
+            log.info(
+                "gateway %s:%d: %d byte(s) of a late reply discarded before the next request",
+                self.host,
+                self.port,
+                stale,
+            )
 
     async def send(self, request: bytes) -> None:
         """Send a frame nobody answers (a broadcast); the gateway puts it on the line before any later request."""

@@ -58,9 +58,15 @@ class Cjt188Driver:
     def patience(self, meter: MeterConfig) -> Patience:
         return BUS_DEFAULTS
 
-    async def _exchange(self, channel: Channel, request: bytes, address: str, function: int) -> cjt188.Frame:
+    async def _exchange(self, channel: Channel, request: bytes, address: str, function: int, seq: int) -> cjt188.Frame:
+        """One request and its reply: from this meter, to this function, echoing this sequence number (SER follows
+        the DI in a reply, and comes before the status in an error reply); anything else is a late answer."""
+
         def accept(frame: cjt188.Frame) -> bool:
-            return frame.is_reply and frame.address == address and frame.function == function
+            if not (frame.is_reply and frame.address == address and frame.function == function):
+                return False
+            echoed = frame.data[-2] if frame.is_error else frame.data[2] if len(frame.data) > 2 else None
+            return echoed == seq
 
         link = channel.bus.link
         if not isinstance(link, BusLink):
@@ -70,7 +76,7 @@ class Cjt188Driver:
     async def _current(self, channel: Channel, address: str) -> tuple[cjt188.CurrentData, datetime]:
         seq = next(self._seq) & 0xFF
         request = cjt188.read_request(address, self._meter_type, seq=seq)
-        frame = await self._exchange(channel, request, address, cjt188.Function.READ)
+        frame = await self._exchange(channel, request, address, cjt188.Function.READ, seq)
         answered_at = datetime.now(UTC)
         data = cjt188.parse_current_data(frame)
         if data.seq != seq:
@@ -101,8 +107,9 @@ class Cjt188Driver:
         open_valve = _VALVE_COMMANDS.get(request.kind)
         if open_valve is None:
             return unsupported(request.kind, "CJ/T 188")
-        frame = cjt188.valve_request(meter.address, self._meter_type, open_valve=open_valve, seq=next(self._seq) & 0xFF)
-        reply = await self._exchange(channel, frame, meter.address, cjt188.Function.WRITE)
+        seq = next(self._seq) & 0xFF
+        frame = cjt188.valve_request(meter.address, self._meter_type, open_valve=open_valve, seq=seq)
+        reply = await self._exchange(channel, frame, meter.address, cjt188.Function.WRITE, seq)
         answer = cjt188.encode_frame(reply)
         try:
             cjt188.parse_valve_ack(reply)

@@ -88,9 +88,16 @@ def _link(channel: Channel) -> BusLink:
     return link
 
 
-async def _exchange(channel: Channel, request: bytes, address: str, function: int) -> dlt645.Frame:
+async def _exchange(
+    channel: Channel, request: bytes, address: str, function: int, di: bytes | None = None
+) -> dlt645.Frame:
+    """One request and its reply: from this meter, to this function and, for a read, this DI (as it travels, little-
+    endian; an error reply carries none); anything else on the line is a late answer to an earlier request: skipped."""
+
     def accept(frame: dlt645.Frame) -> bool:
-        return frame.is_reply and frame.address == address.upper() and frame.function == function
+        if not (frame.is_reply and frame.address == address.upper() and frame.function == function):
+            return False
+        return di is None or frame.is_error or frame.data[: len(di)] == di
 
     link = _link(channel)
     return await channel.transact(lambda: link.exchange(request, dlt645.StreamParser(), accept, channel.timeout))
@@ -137,7 +144,9 @@ class Dlt645Driver:
         return BUS_DEFAULTS
 
     async def _read_di(self, channel: Channel, address: str, di: int) -> bytes:
-        frame = await _exchange(channel, dlt645.read_request(address, di), address, dlt645.Function.READ)
+        frame = await _exchange(
+            channel, dlt645.read_request(address, di), address, dlt645.Function.READ, di.to_bytes(4, "little")
+        )
         return dlt645.parse_read_reply(frame, di)
 
     async def _read_decimal(self, channel: Channel, address: str, di: int) -> Decimal:
@@ -428,7 +437,8 @@ class Dlt645v1997Driver:
 
     async def read(self, channel: Channel, meter: MeterConfig) -> Reading:
         di = DI_1997_ENERGY_FORWARD_TOTAL
-        frame = await _exchange(channel, dlt645.read_request_1997(meter.address, di), meter.address, 0x01)
+        request = dlt645.read_request_1997(meter.address, di)
+        frame = await _exchange(channel, request, meter.address, 0x01, di.to_bytes(2, "little"))
         sampled_at = datetime.now(UTC)
         energy = dlt645.decode_value_1997(di, dlt645.parse_read_reply_1997(frame, di))
         return Reading.create(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import shutil
@@ -136,6 +137,21 @@ async def drop_database(url: str, database: str) -> None:
         await conn.close()
 
 
+# The broker settings delivery depends on (docs/delivery.md; deploy/mosquitto/mosquitto.conf has the
+# same, but saves every 30 s): sessions, their subscriptions and queued messages are saved, so a
+# broker killed and restarted still holds them (here every second: tests kill brokers); an offline
+# session queues up to 100,000 messages instead of 1,000 before the broker drops any; 100 messages
+# may await a consumer's acknowledgement at once (billing acknowledges after its commit); sessions
+# of replicas that never come back expire after a day instead of staying in shared groups.
+MOSQUITTO_DURABILITY = (
+    "persistence true\n"
+    "autosave_interval 1\n"
+    "max_queued_messages 100000\n"
+    "max_inflight_messages 100\n"
+    "persistent_client_expiration 1d\n"
+)
+
+
 class Broker:
     """An MQTT broker in a child process: mosquitto when installed, otherwise the pure-Python amqtt."""
 
@@ -157,10 +173,11 @@ class Broker:
         if mosquitto:
             conf = self.data_dir / "mosquitto.conf"
             conf.write_text(
-                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                f"persistence_location {self.data_dir}/\nmax_queued_messages 100000\n"
-                # Sessions of replicas that never come back must not stay in shared groups forever.
-                "persistent_client_expiration 1d\n"
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                f"persistence_location {self.data_dir}/\n{MOSQUITTO_DURABILITY}"
+                # Started as root, mosquitto drops to the user `mosquitto`, which cannot write our data
+                # directory: it would keep nothing across a restart. Stay the user that owns it.
+                f"user {getpass.getuser()}\n"
             )
             cmd = [mosquitto, "-c", str(conf)]
         else:

@@ -98,7 +98,7 @@ class MqttLink:
         instance: str,
         clean_session: bool = True,
         backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_max: float = 5.0,
         max_inflight: int = 100,
         handler_attempts: int = 3,
     ) -> None:

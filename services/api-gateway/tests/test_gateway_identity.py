@@ -1,5 +1,5 @@
 """Identity: sign-in, access-token expiry and forgery, refresh rotation and reuse detection,
-lock-out, API-key scopes and revocation, users with ETags, and the audit trail of writes."""
+back-off, API-key scopes and revocation, users with ETags, and the audit trail of writes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
+from shuidian_devstack.pytest_plugin import eventually
 from shuidian_gateway import security
 from shuidian_gateway.testing import JWT_SECRET, PASSWORD, Harness, gateway_harness
 from shuidian_kit.db import create_engine
@@ -124,7 +125,7 @@ async def test_sign_out_revokes_the_refresh_token(gw: Harness) -> None:
     assert (await _refresh(gw, pair["refresh_token"])).status_code == 400
 
 
-async def test_repeated_failures_lock_the_user_out(gw: Harness) -> None:
+async def test_repeated_failures_make_the_user_wait_not_a_lock_out(gw: Harness) -> None:
     async with gw.client("bootstrap") as admin:
         name = f"victim-{gw.suffix}"
         created = await admin.post(
@@ -140,8 +141,17 @@ async def test_repeated_failures_lock_the_user_out(gw: Harness) -> None:
         right = await client.post(
             "/v1/auth/token", data={"grant_type": "password", "username": name, "password": PASSWORD}
         )
-    assert right.status_code == 423  # locked, even with the right password
-    assert right.json()["code"] == "locked"
+        assert right.status_code == 429  # too soon, even with the right password
+        assert right.json()["code"] == "too_many_requests"
+        assert int(right.headers["retry-after"]) >= 1
+
+        async def after_the_wait() -> httpx.Response | None:
+            answer = await client.post(
+                "/v1/auth/token", data={"grant_type": "password", "username": name, "password": PASSWORD}
+            )
+            return answer if answer.status_code == 200 else None
+
+        await eventually(after_the_wait, "the right password after the back-off", timeout=10)
 
 
 async def test_users_carry_etags_and_if_match_protects_updates(gw: Harness) -> None:

@@ -254,17 +254,13 @@ async def _new_tenant(gw: Harness, name: str) -> tuple[str, str, str]:
     return created.json()["user_id"], username, signed_in.json()["access_token"]
 
 
-@pytest.mark.parametrize("change", ["disabled", "locked", "no_longer_a_tenant_of_T_A"])
+# Failed sign-ins no longer lock an account (they slow the next attempt down), so someone guessing
+# a tenant's password cannot end the tenant's live stream either.
+@pytest.mark.parametrize("change", ["disabled", "no_longer_a_tenant_of_T_A"])
 async def test_a_ticket_is_refused_when_its_account_changed_since(gw: Harness, change: str) -> None:
-    user_id, username, token = await _new_tenant(gw, change)
+    user_id, _, token = await _new_tenant(gw, change)
     ticket = await _ticket(gw, token)
-    if change == "locked":
-        async with httpx.AsyncClient(base_url=gw.url) as client:
-            for _ in range(gw.settings.login_max_failures):
-                await client.post(
-                    "/v1/auth/token", data={"grant_type": "password", "username": username, "password": "wrong"}
-                )
-    elif change == "disabled":
+    if change == "disabled":
         async with gw.client("bootstrap") as admin:
             changed = await admin.patch(f"/v1/users/{user_id}", json={"active": False})
         assert changed.status_code == 200, changed.text

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shuidian_gateway import api, live, routes_identity, routes_me, routes_staff, webhooks
 from shuidian_gateway.asyncapi import document
-from shuidian_gateway.auth import LoginRateLimiter, TenantScopes, VerifiedTokens
+from shuidian_gateway.auth import TenantScopes, VerifiedTokens
 from shuidian_gateway.conventions import IdempotencyStore, RefuseNul
 from shuidian_gateway.identity import Identity
 from shuidian_gateway.policy import Principal
@@ -148,7 +148,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             balances = routes_me.balance_read_model(upstreams, settings.balance_cache_seconds)
             app.state.balances = balances
             app.state.usage_today = ReadCache[tuple[str, str], bytes](settings.usage_today_cache_seconds)
-            app.state.login_limiter = LoginRateLimiter(settings.login_attempts_per_minute)
             app.state.live = hub
             app.state.webhooks = hooks
 

@@ -60,11 +60,6 @@ class IdempotencyConflict(GatewayError, Conflict):
     code = "idempotency_conflict"
 
 
-class Locked(GatewayError):
-    status_code = 423
-    code = "locked"
-
-
 class UrlNotAllowed(GatewayError):
     status_code = 422
     code = "url_not_allowed"

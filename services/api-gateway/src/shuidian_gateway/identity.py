@@ -1,7 +1,9 @@
-"""Users, login with lock-out, rotating refresh-token families and integrator API keys (gateway schema)."""
+"""Users, sign-in with a back-off per user and a limit per address, rotating refresh-token families
+and integrator API keys (gateway schema)."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_gateway import security
-from shuidian_gateway.errors import InvalidGrant, Locked, ObjectNotFound, PreconditionFailed
+from shuidian_gateway.errors import InvalidGrant, ObjectNotFound, PreconditionFailed, TooManyRequests
 from shuidian_gateway.policy import Action, Principal, Role
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_kit.errors import Conflict
@@ -123,41 +125,122 @@ class Identity:
         return row._asdict()
 
     # -- login and tokens ----------------------------------------------------------------------
+    async def count_attempt(self, address: str, now: datetime) -> None:
+        """Count a sign-in attempt from `address` in this minute, in the database (the limit holds across
+        replicas); TooManyRequests once the minute's attempts exceed GATEWAY_LOGIN_ATTEMPTS_PER_MINUTE."""
+        minute = now.replace(second=0, microsecond=0)
+        async with self._engine.begin() as conn:
+            attempts = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO gateway.login_attempts (address, minute, attempts) VALUES (:a, :m, 1) "
+                        "ON CONFLICT (address, minute) DO UPDATE SET attempts = gateway.login_attempts.attempts + 1 "
+                        "RETURNING attempts"
+                    ),
+                    {"a": address, "m": minute},
+                )
+            ).scalar_one()
+            if attempts == 1:  # the first attempt of a minute from an address clears minutes long gone
+                await conn.execute(
+                    text("DELETE FROM gateway.login_attempts WHERE minute < :old"),
+                    {"old": minute - timedelta(minutes=2)},
+                )
+        if attempts > self._settings.login_attempts_per_minute:
+            wait = 60 - (now - minute).total_seconds()
+            raise TooManyRequests(
+                "too many sign-in attempts from your address; slow down / 登录尝试过于频繁，请稍后再试",
+                retry_after=max(1, math.ceil(wait)),
+            )
+
+    def backoff(self, failures: int) -> float:
+        """Seconds a user must wait before the next attempt after `failures` failures in a row."""
+        settings = self._settings
+        if failures < settings.login_max_failures:
+            return 0.0
+        doublings = min(failures - settings.login_max_failures, 30)
+        return float(min(settings.login_backoff_max_seconds, settings.login_backoff_seconds * 2**doublings))
+
     async def login(self, username: str, password: str, now: datetime) -> TokenPair:
+        """Sign in. After GATEWAY_LOGIN_MAX_FAILURES failures in a row each further attempt of that user
+        must wait a doubling delay (capped): an attempt during the wait is a 429 with Retry-After and is
+        neither checked nor counted, so someone guessing cannot keep the user out for longer than the cap,
+        and the right password after the wait signs in."""
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
-                    text("SELECT user_id, password_hash, active, locked_until FROM gateway.users WHERE username = :u"),
+                    text(
+                        "SELECT user_id, password_hash, active, failed_logins, retry_at FROM gateway.users "
+                        "WHERE username = :u"
+                    ),
                     {"u": username},
                 )
             ).first()
+        if row is not None and row.retry_at is not None and row.retry_at > now:
+            self._wait(row.retry_at, now)
+        if row is not None and row.failed_logins >= self._settings.login_max_failures:
+            # Claim this attempt: one attempt per wait, on every replica, however many arrive at once.
+            # The next wait is set as if it fails; a success clears it.
+            async with self._engine.begin() as conn:
+                claimed = (
+                    await conn.execute(
+                        text(
+                            "UPDATE gateway.users SET retry_at = :next WHERE user_id = :id "
+                            "AND (retry_at IS NULL OR retry_at <= :now) RETURNING retry_at"
+                        ),
+                        {
+                            "id": row.user_id,
+                            "now": now,
+                            "next": now + timedelta(seconds=self.backoff(row.failed_logins + 1)),
+                        },
+                    )
+                ).first()
+            if claimed is None:
+                async with self._engine.connect() as conn:
+                    retry_at = (
+                        await conn.execute(
+                            text("SELECT retry_at FROM gateway.users WHERE user_id = :id"), {"id": row.user_id}
+                        )
+                    ).scalar_one()
+                self._wait(retry_at or now, now)
         ok = await security.verify_password_off_loop(row.password_hash if row else security.DUMMY_HASH, password)
         if row is None or not row.active:
             raise InvalidGrant("wrong username or password / 用户名或密码错误")
-        if row.locked_until is not None and row.locked_until > now:
-            raise Locked("too many failed logins; try again later / 登录失败次数过多，请稍后再试")
         async with self._engine.begin() as conn:
             if not ok:
-                await conn.execute(
-                    text(
-                        "UPDATE gateway.users SET failed_logins = failed_logins + 1, "
-                        "locked_until = CASE WHEN failed_logins + 1 >= :max THEN CAST(:until AS timestamptz) END "
-                        "WHERE user_id = :id"
-                    ),
-                    {
-                        "id": row.user_id,
-                        "max": self._settings.login_max_failures,
-                        "until": now + timedelta(seconds=self._settings.login_lockout_seconds),
-                    },
-                )
+                failures = (
+                    await conn.execute(
+                        text(
+                            "UPDATE gateway.users SET failed_logins = failed_logins + 1 WHERE user_id = :id "
+                            "RETURNING failed_logins"
+                        ),
+                        {"id": row.user_id},
+                    )
+                ).scalar_one()
+                wait = self.backoff(failures)
+                if wait:
+                    await conn.execute(
+                        text("UPDATE gateway.users SET retry_at = greatest(retry_at, :next) WHERE user_id = :id"),
+                        {"id": row.user_id, "next": now + timedelta(seconds=wait)},
+                    )
             else:
                 await conn.execute(
-                    text("UPDATE gateway.users SET failed_logins = 0, locked_until = NULL WHERE user_id = :id"),
+                    text(
+                        "UPDATE gateway.users SET failed_logins = 0, retry_at = NULL, locked_until = NULL "
+                        "WHERE user_id = :id"
+                    ),
                     {"id": row.user_id},
                 )
         if not ok:
             raise InvalidGrant("wrong username or password / 用户名或密码错误")
         return await self._issue(row.user_id, uuid.uuid4(), now)
+
+    @staticmethod
+    def _wait(retry_at: datetime, now: datetime) -> None:
+        seconds = max(1, math.ceil((retry_at - now).total_seconds()))
+        raise TooManyRequests(
+            f"too many failed sign-ins; try again in {seconds} s / 登录失败次数过多，请 {seconds} 秒后再试",
+            retry_after=seconds,
+        )
 
     async def refresh(self, refresh_token: str, now: datetime) -> TokenPair:
         """One-time use: the presented token is spent; presenting a spent one revokes its whole family."""

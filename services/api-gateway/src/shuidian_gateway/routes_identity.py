@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Self
 from fastapi import APIRouter, Depends, Form, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from shuidian_gateway.auth import Authenticated, LoginRateLimiter, require, utcnow
+from shuidian_gateway.auth import Authenticated, client_address, require, utcnow
 from shuidian_gateway.conventions import (
     ERRORS,
     NO_NUL,
@@ -25,6 +25,7 @@ from shuidian_gateway.conventions import (
 from shuidian_gateway.errors import InvalidRequest
 from shuidian_gateway.identity import Identity
 from shuidian_gateway.policy import GRANTABLE_SCOPES, Action, Principal, Role
+from shuidian_gateway.settings import GatewaySettings
 from shuidian_shared.messages import Identifier
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
@@ -68,8 +69,9 @@ class TokenOut(BaseModel):
     tags=["auth"],
     summary="登录 / 刷新 · Sign in (OAuth2 password grant) or refresh (refresh_token grant)",
     description="Form-encoded as in OAuth2 (RFC 6749 §4.3 and §6). Refresh tokens rotate: each is good "
-    "once, and presenting a spent one revokes every token of that sign-in. Too many failures lock the "
-    "user out for a while (423); too many attempts from one address are refused (429).",
+    "once, and presenting a spent one revokes every token of that sign-in. After repeated failures a "
+    "user's next attempt must wait a doubling delay (at most a minute by default): earlier attempts are a 429 "
+    "with Retry-After. Too many attempts from one address in a minute are a 429 too.",
 )
 async def token(
     request: Request,
@@ -79,8 +81,8 @@ async def token(
     password: Annotated[str | None, Form(max_length=256, pattern=NO_NUL)] = None,
     refresh_token: Annotated[str | None, Form(max_length=200, pattern=NO_NUL)] = None,
 ) -> TokenOut:
-    limiter: LoginRateLimiter = request.app.state.login_limiter
-    limiter.check(request.client.host if request.client else "unknown")
+    settings: GatewaySettings = request.app.state.settings
+    await identity.count_attempt(client_address(request, settings.trusted_proxy_networks), utcnow())
     if grant_type == "password":
         if not username or not password:
             raise InvalidRequest("username and password are required for grant_type=password")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from typing import Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shuidian_kit.urlguard import UrlPolicy
+from shuidian_kit.urlguard import IPNetwork, UrlPolicy
 from shuidian_shared.settings import ServiceSettings
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-do-not-use-in-production"
 DEV_WEBHOOK_SECRET_KEY = "dev-only-webhook-secret-key-do-not-use-in-production"
 MIN_JWT_SECRET_BYTES = 32
+
+
+def proxy_networks(value: str) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in value.split(",") if item.strip())
 
 
 class GatewaySettings(ServiceSettings):
@@ -26,9 +31,23 @@ class GatewaySettings(ServiceSettings):
     jwt_issuer: str = "shuidian"
     access_token_seconds: int = Field(default=900, ge=30, le=3600)
     refresh_token_seconds: int = Field(default=14 * 24 * 3600, ge=300)
-    login_max_failures: int = Field(default=5, ge=1, description="consecutive failures before a user is locked out")
-    login_lockout_seconds: int = Field(default=900, ge=1)
-    login_attempts_per_minute: int = Field(default=20, ge=1, description="per client address")
+    login_max_failures: int = Field(
+        default=5, ge=1, description="consecutive failed sign-ins of a user before each further attempt must wait"
+    )
+    login_backoff_seconds: float = Field(
+        default=1.0, gt=0, description="the first wait after login_max_failures failures; doubles per further failure"
+    )
+    login_backoff_max_seconds: float = Field(
+        default=60.0, gt=0, description="the longest wait between two sign-in attempts of one user"
+    )
+    login_attempts_per_minute: int = Field(
+        default=20, ge=1, description="per client address, counted in PostgreSQL across every replica"
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="comma-separated networks (CIDR) of reverse proxies whose X-Forwarded-For is believed; "
+        "empty: the connecting address is the client",
+    )
     scope_cache_seconds: float = Field(default=5.0, ge=0)
     balance_cache_seconds: float = Field(
         default=2.0, ge=0, le=60, description="oldest balance a tenant read may serve (a newer BalanceEvent refreshes)"
@@ -81,6 +100,16 @@ class GatewaySettings(ServiceSettings):
     def _valid_allow_list(cls, value: str) -> str:
         UrlPolicy.parse(value)
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: str) -> str:
+        proxy_networks(value)
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return proxy_networks(self.trusted_proxies)
 
     @property
     def webhook_policy(self) -> UrlPolicy:

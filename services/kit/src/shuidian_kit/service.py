@@ -200,7 +200,15 @@ def serve(app: FastAPI, settings: ServiceSettings, service: str, server_class: t
     from shuidian_kit.logs import configure_logging
 
     configure_logging(service, settings.log_level)
+    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any local peer as the client's
+    # address; a service that sits behind a proxy decides whom to believe itself (GATEWAY_TRUSTED_PROXIES).
     config = uvicorn.Config(
-        app, host=settings.http_host, port=settings.http_port, log_config=None, loop="uvloop", http="httptools"
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=False,
     )
     (server_class or uvicorn.Server)(config).run()

@@ -2,6 +2,8 @@
 contracts, for the gateway's and the SDK's tests: two estates, two tenants, each with an account,
 a room and a meter. Serve it on a real socket and point every `GATEWAY_<SERVICE>_URL` at it.
 
+Every route here exists in a real service (test_gateway_contracts.py compares this app's routes with
+the services' OpenAPI), and the routes of `shuidian_shared.contracts` answer with its typed models.
 Tests only: it keeps everything in memory and records every call it receives.
 """
 
@@ -9,13 +11,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from fastapi import FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from shuidian_kit.service import problem
+from shuidian_shared.contracts import billing as billing_contract
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC).isoformat()
 
@@ -113,7 +117,26 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
         h = fake.household(tenant_id=tenant_id)
         if h is None:
             return _missing("tenant")
-        return {"tenant_id": tenant_id, "estate_id": h.estate_id, "name": "张三", "phone": h.phone}
+        return billing_contract.TenantRecordOut(tenant_id=tenant_id, name="张三", phone=h.phone)
+
+    @app.get("/v1/tenants/{tenant_id}/leases")
+    async def tenant_leases(tenant_id: str) -> Any:
+        h = fake.household(tenant_id=tenant_id)
+        if h is None:
+            return _missing("tenant")
+        lease = billing_contract.TenantLeaseOut(
+            lease_id=f"L-{h.room_id}",
+            room_id=h.room_id,
+            account_id=h.account_id,
+            move_in=date(2026, 1, 1),
+            move_out=None,
+        )
+        return billing_contract.TenantLeasesOut(tenant_id=tenant_id, leases=[lease])
+
+    @app.get("/v1/estates/{estate_id}/meters")
+    async def estate_meters(estate_id: str) -> Any:
+        meters = sorted(h.meter_id for h in fake.households if h.estate_id == estate_id)
+        return billing_contract.EstateMetersOut(estate_id=estate_id, meters=meters) if meters else _missing("estate")
 
     @app.get("/v1/estates")
     async def estates(limit: int = 100) -> Any:
@@ -151,10 +174,21 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
         h = fake.household(room_id=room_id)
         return {"room_id": room_id, "estate_id": h.estate_id, "name": room_id} if h else _missing("room")
 
-    @app.get("/v1/meters/{meter_id}")
+    @app.get("/v1/meters/{meter_id}/binding")
     async def meter_binding(meter_id: str) -> Any:
         h = fake.household(meter_id=meter_id)
-        return {"meter_id": meter_id, "estate_id": h.estate_id, "account_id": h.account_id} if h else _missing("meter")
+        if h is None:
+            return _missing("binding")
+        return billing_contract.MeterBindingOut(
+            meter_id=meter_id,
+            utility="electricity",
+            account_id=None,
+            room_id=h.room_id,
+            common_estate_id=None,
+            estate_id=h.estate_id,
+            valid_from=None,
+            valid_to=None,
+        )
 
     @app.get("/v1/accounts/{account_id}")
     async def account(account_id: str) -> Any:
@@ -263,11 +297,15 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
             "updated_at": NOW,
         }
 
-    @app.get("/v1/meters/{meter_id}/readings/latest")
+    @app.get("/v1/meters/{meter_id}/reading")
     async def latest(meter_id: str) -> Any:
         if fake.household(meter_id=meter_id) is None:
             return _missing("meter")
-        return {"meter_id": meter_id, "sampled_at": NOW, "registers": {"energy_active_import_total": "1234.56"}}
+        return billing_contract.LatestReadingOut(
+            meter_id=meter_id,
+            sampled_at=datetime.fromisoformat(NOW),
+            registers={"energy_active_import_total": Decimal("1234.56")},
+        )
 
     @app.put("/v1/meters/{meter_id}", status_code=204)
     async def put_meter(meter_id: str) -> None:
@@ -338,6 +376,7 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
                             if source == h.account_id
                             else str(uuid.uuid5(uuid.NAMESPACE_URL, source)),
                             "source_id": source,
+                            "estate": h.estate_id,
                             "alarm_type": "balance_low",
                             "severity": "warning",
                             "state": "active",

@@ -17,6 +17,7 @@ from shuidian_billing.domain import BillingDomainError, consumption
 from shuidian_billing.periodic import PeriodRuns, parse_month
 from shuidian_billing.premises import CSV_COLUMNS, Premises
 from shuidian_billing.tariff_config import ComponentIn
+from shuidian_shared.contracts import billing as contracts
 from shuidian_shared.messages import AwareDatetime, Identifier, Utility
 from shuidian_shared.money import Money, Quantity
 
@@ -449,7 +450,7 @@ async def put_room(room_id: Identifier, body: RoomIn, premises: Estate) -> None:
     await premises.put_room(room_id, body.floor_id, body.code, body.area_m2, body.household_size)
 
 
-@router.get("/rooms/{room_id}", summary="A room with its leases and meters")
+@router.get("/rooms/{room_id}", response_model=contracts.RoomDetailOut, summary="A room with its leases and meters")
 async def get_room(room_id: str, premises: Estate) -> dict[str, Any]:
     return await premises.room(room_id)
 

@@ -23,6 +23,7 @@ class Call:
 
 
 CALLS: tuple[Call, ...] = (
+    Call("billing", "GET", "/v1/rooms/{room_id}", billing.RoomDetailOut),
     Call("billing", "GET", "/v1/meters/{meter_id}/binding", billing.MeterBindingOut),
     Call("billing", "GET", "/v1/meters/{meter_id}/reading", billing.LatestReadingOut),
     Call("billing", "GET", "/v1/estates/{estate_id}/meters", billing.EstateMetersOut),

@@ -86,3 +86,34 @@ class TenantLeasesOut(BaseModel):
 
     tenant_id: str
     leases: list[TenantLeaseOut]
+
+
+class RoomLeaseOut(BaseModel):
+    lease_id: str
+    tenant_id: str
+    room_id: str
+    account_id: str
+    move_in: date
+    move_out: date | None
+
+
+class RoomBindingOut(BaseModel):
+    meter_id: str
+    utility: str
+    valid_from: datetime | None
+    valid_to: datetime | None
+
+
+class RoomDetailOut(BaseModel):
+    """A room with its estate, every lease of it and every meter binding (staff see all; the gateway shows a
+    tenant only their own leases)."""
+
+    room_id: str
+    floor_id: str
+    code: str
+    area_m2: Decimal
+    household_size: int
+    building_id: str
+    estate_id: str
+    leases: list[RoomLeaseOut]
+    meters: list[RoomBindingOut]

@@ -1,0 +1,111 @@
+"""The gateway's view of the backends checked against the backends themselves (their OpenAPI, no sockets): every
+route the test doubles serve, every route the staff table proxies to (and the GET an If-Match is checked
+against), every estate lookup and every typed contract exists in the real service — a route only a fake has is
+a bug."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from pydantic import SecretStr
+
+from shuidian_alarm.app import create_app as alarm_app
+from shuidian_alarm.settings import AlarmSettings
+from shuidian_billing.app import create_app as billing_app
+from shuidian_billing.settings import BillingSettings
+from shuidian_collector.app import create_app as collector_app
+from shuidian_collector.settings import CollectorSettings
+from shuidian_control.app import create_app as control_app
+from shuidian_control.settings import ControlSettings
+from shuidian_gateway.fakes import FakeBackends, create_fake_backends
+from shuidian_gateway.routes_staff import ESTATE_LOOKUPS, ROUTES
+from shuidian_shared.contracts import CALLS
+
+Operation = tuple[str, str]  # (METHOD, path with every parameter written {})
+
+
+def _shape(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "{}", path)
+
+
+@cache
+def real_openapi() -> dict[str, dict[str, Any]]:
+    """Each backend's OpenAPI document, from its app (built, never started)."""
+    common: dict[str, Any] = {
+        "environment": "test",
+        "database_url": SecretStr("postgresql://nobody@127.0.0.1:1/none"),
+        "mqtt_url": "mqtt://127.0.0.1:1",
+    }
+    apps = {
+        "collector": collector_app(CollectorSettings(**common)),
+        "billing": billing_app(BillingSettings(**common)),
+        "control": control_app(ControlSettings(**common)),
+        "alarm": alarm_app(AlarmSettings(**common)),
+    }
+    return {name: app.openapi() for name, app in apps.items()}
+
+
+@cache
+def real_operations() -> dict[str, dict[Operation, dict[str, Any]]]:
+    return {
+        name: {
+            (method.upper(), _shape(path)): operation
+            for path, operations in document["paths"].items()
+            for method, operation in operations.items()
+        }
+        for name, document in real_openapi().items()
+    }
+
+
+def _model(operation: dict[str, Any]) -> str:
+    """The name of the model a 200 answers with ("" when it declares none)."""
+    schema = operation["responses"].get("200", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    ref: str = schema.get("$ref", "")
+    return ref.rsplit("/", 1)[-1]
+
+
+def _anywhere(operation: Operation) -> bool:
+    return any(operation in ops for ops in real_operations().values())
+
+
+def test_every_route_of_the_fakes_exists_in_a_real_service() -> None:
+    fake = create_fake_backends(FakeBackends())
+    served = {
+        (method, _shape(route.path))
+        for route in fake.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    }
+    assert served  # the check compares something
+    assert sorted(op for op in served if not _anywhere(op)) == []
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
+def test_every_staff_route_proxies_to_a_real_route(route: Any) -> None:
+    operations = real_operations()[route.service]
+    upstream = _shape("/v1" + (route.upstream or route.path))
+    assert (route.method, upstream) in operations, f"{route.service} has no {route.method} {upstream}"
+    if route.method in ("PUT", "PATCH"):  # If-Match is checked against the representation a GET returns
+        assert ("GET", upstream) in operations, f"{route.service} has no GET {upstream} to check If-Match against"
+
+
+@pytest.mark.parametrize("kind", sorted(ESTATE_LOOKUPS))
+def test_every_estate_lookup_reads_a_real_field(kind: str) -> None:
+    service, path, field = ESTATE_LOOKUPS[kind]
+    operation = real_operations()[service].get(("GET", _shape(path.replace("{}", "{id}"))))
+    assert operation is not None, f"{service} has no GET {path}"
+    model = _model(operation)
+    assert model, f"GET {path} on {service} declares no response model"
+    assert field in real_openapi()[service]["components"]["schemas"][model]["properties"], f"{model} has no {field}"
+
+
+@pytest.mark.parametrize("call", CALLS, ids=lambda c: f"{c.service} {c.method} {c.path}")
+def test_every_contract_is_served_by_its_service_with_its_model(call: Any) -> None:
+    operation = real_operations()[call.service].get((call.method, _shape(call.path)))
+    assert operation is not None, f"{call.service} has no {call.method} {call.path}"
+    if call.response is not None:
+        assert _model(operation) == call.response.__name__

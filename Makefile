@@ -6,7 +6,7 @@ PACKAGES := shared services/kit services/collector services/billing services/con
             services/api-gateway services/simulator services/devstack services/sdk
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit check lint typecheck fmt bench lock clean up down
+.PHONY: install run test test-unit check lint typecheck fmt bench chaos lock clean up down
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ fmt: install
 
 bench: install ## benchmarks: one JSON object per line
 	$(BIN)/python -m shuidian_devstack.bench $(BENCH)
+
+chaos: install ## faults against the real stack, then an independent check: one JSON object (CHAOS=soak for the long run)
+	$(BIN)/python -m shuidian_devstack.chaos $(or $(CHAOS),short) $(CHAOS_ARGS)
 
 lock: ## re-pin requirements.lock from requirements.in
 	$(BIN)/python -m pip install --quiet uv

@@ -1,0 +1,284 @@
+"""The chaos suite's independent checker: balances, readings and relays recomputed from first principles.
+
+Nothing here uses billing's code. The money oracle is the simulator's ground truth and what the suite
+itself paid:
+
+* A meter's true register at real instant t is its initial register plus every interval the simulator
+  integrated up to t (`/truth/meters/{id}`: each interval ends where the meter was asked for a value),
+  truncated to hundredths as the meter shows it. The collector's first poll is the meter's first
+  interval end (nothing else asks the simulator before it), so billing opens at that register.
+* The consumption billing must have priced is the true register at the collector's last reading
+  (`collector.device_state.last_reading_at`) minus that opening register, at the flat price the suite
+  configured; an account's available credit is what the suite paid (each accepted idempotency key
+  once) minus that. Drift is billing's `available` minus this, per account.
+* Invariant 2: every ledger account's cached balance equals the sum of its entries (SQL on the tables).
+* Lost readings: a meter whose billed watermark is older than the collector's last reading.
+* False readings: a billed register that the meter never showed near the reading's sample time.
+* Relays: the electricity relay, from the simulator's relay history at the moment the collector was
+  stopped, against the true balance over the window before it: at or below zero throughout → must be
+  cut; above the restore hysteresis throughout → must be supplied; anything else is undetermined.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+import asyncpg
+import httpx
+
+CENT = Decimal("0.01")
+REGISTER_MODULUS = Decimal("1000000")
+REGISTERS = {"electricity": "energy_active_import_total", "water": "water_volume_total"}
+TRUTHFUL_WINDOW_S = 2.0
+
+
+@dataclass(frozen=True)
+class MeterFacts:
+    meter_id: str
+    account_id: str
+    utility: str
+    initial_register: Decimal
+
+
+@dataclass(frozen=True)
+class Payment:
+    account_id: str
+    amount: Decimal
+    confirmed_at: float  # real epoch seconds the suite saw it accepted
+
+
+@dataclass
+class TrueRegister:
+    """A meter's register over real time, from the simulator's truth intervals."""
+
+    initial: Decimal
+    times: list[float] = field(default_factory=list)
+    values: list[Decimal] = field(default_factory=list)
+
+    @classmethod
+    def from_truth(cls, initial: Decimal, truth: dict[str, Any]) -> TrueRegister:
+        series = cls(initial)
+        total = Decimal(0)
+        for interval in sorted(truth["intervals"], key=lambda i: float(i["to"])):
+            total += Decimal(interval["registered"])
+            series.times.append(float(interval["to"]))
+            series.values.append(shown(initial + total))
+        return series
+
+    @property
+    def opening(self) -> Decimal:
+        return self.values[0] if self.values else shown(self.initial)
+
+    def at(self, t: float) -> Decimal:
+        """The register shown at real instant `t`."""
+        i = bisect.bisect_right(self.times, t)
+        return self.values[i - 1] if i else shown(self.initial)
+
+    def near(self, t: float, window: float) -> set[Decimal]:
+        """Every register shown in [t − window, t]."""
+        lo, hi = bisect.bisect_left(self.times, t - window), bisect.bisect_right(self.times, t)
+        return {self.at(t), *self.values[lo:hi]}
+
+    def changes_between(self, start: float, end: float) -> list[float]:
+        lo, hi = bisect.bisect_left(self.times, start), bisect.bisect_right(self.times, end)
+        return self.times[lo:hi]
+
+
+def shown(value: Decimal) -> Decimal:
+    return (value % REGISTER_MODULUS).quantize(CENT, rounding=ROUND_DOWN)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+async def check(
+    *,
+    database_url: str,
+    simulator_url: str,
+    billing_url: str,
+    billing_auth: httpx.Auth | None,
+    meters: list[MeterFacts],
+    prices: dict[str, Decimal],
+    payments: list[Payment],
+    frozen_at: float,
+    relay_window_s: float,
+    hysteresis: Decimal,
+) -> dict[str, Any]:
+    """Every check's figures and the list of failures (empty when the platform was exact)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        utility_of = {m.meter_id: m.utility for m in meters}
+        watermarks = {
+            r["meter_id"]: (Decimal(r["value"]), r["sampled_at"])
+            for r in await conn.fetch("SELECT meter_id, register, value, sampled_at FROM billing.watermarks")
+            if r["meter_id"] in utility_of and r["register"] == REGISTERS[utility_of[r["meter_id"]]]
+        }
+        collector_last = {
+            r["meter_id"]: r["last_reading_at"]
+            for r in await conn.fetch("SELECT meter_id, last_reading_at FROM collector.device_state")
+        }
+        ledger_mismatches = [
+            {"ledger_account": r["ledger_account"], "balance": str(r["balance"]), "entries": str(r["entries"])}
+            for r in await conn.fetch(
+                "SELECT coalesce(b.ledger_account, e.ledger_account) AS ledger_account, coalesce(b.balance, 0) AS balance,"
+                " coalesce(e.total, 0) AS entries FROM billing.balances b FULL JOIN ("
+                "  SELECT ledger_account, sum(amount) AS total FROM billing.ledger_entries GROUP BY ledger_account"
+                ") e ON e.ledger_account = b.ledger_account"
+                " WHERE coalesce(b.balance, 0) <> coalesce(e.total, 0)"
+            )
+        ]
+        held = await conn.fetchval("SELECT count(*) FROM billing.held_readings")
+    finally:
+        await conn.close()
+
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        truths = {m.meter_id: (await client.get(f"{simulator_url}/truth/meters/{m.meter_id}")).json() for m in meters}
+        accounts = sorted({m.account_id for m in meters})
+        billed = {a: (await client.get(f"{billing_url}/v1/accounts/{a}", auth=billing_auth)).json() for a in accounts}
+
+    registers = {m.meter_id: TrueRegister.from_truth(m.initial_register, truths[m.meter_id]) for m in meters}
+    lost: list[dict[str, Any]] = []
+    false_readings: list[dict[str, Any]] = []
+    expected_charge: dict[str, Decimal] = {a: Decimal(0) for a in accounts}
+    expected_meters: dict[str, list[dict[str, str]]] = {a: [] for a in accounts}
+    for meter in meters:
+        series = registers[meter.meter_id]
+        last_at = _epoch(collector_last.get(meter.meter_id))
+        mark = watermarks.get(meter.meter_id)
+        if last_at is None:
+            lost.append({"meter_id": meter.meter_id, "why": "the collector never read it"})
+            continue
+        expected_last = series.at(last_at)
+        if mark is None or mark[1].timestamp() < last_at:
+            lost.append(
+                {
+                    "meter_id": meter.meter_id,
+                    "why": "billing's watermark is older than the collector's last reading",
+                    "billed_register": None if mark is None else str(mark[0]),
+                    "true_register_at_last_reading": str(expected_last),
+                }
+            )
+        if mark is not None:
+            value, sampled_at = mark
+            if value not in series.near(sampled_at.timestamp(), TRUTHFUL_WINDOW_S):
+                false_readings.append(
+                    {
+                        "meter_id": meter.meter_id,
+                        "billed_register": str(value),
+                        "true_register_then": str(series.at(sampled_at.timestamp())),
+                        "sampled_at": sampled_at.isoformat(),
+                    }
+                )
+            elif mark[1].timestamp() == last_at:
+                expected_last = value  # the very reading the collector took last, and a true one
+        expected_charge[meter.account_id] += prices[meter.utility] * (expected_last - series.opening)
+        expected_meters[meter.account_id].append(
+            {
+                "meter_id": meter.meter_id,
+                "true_opening": str(series.opening),
+                "true_last": str(expected_last),
+                "billed_last": "" if mark is None else str(mark[0]),
+            }
+        )
+
+    paid = {a: sum((p.amount for p in payments if p.account_id == a), Decimal(0)) for a in accounts}
+    drift: list[dict[str, Any]] = []
+    max_drift = Decimal(0)
+    for account in accounts:
+        oracle = paid[account] - expected_charge[account]
+        got = Decimal(str(billed[account]["available"]))
+        difference = got - oracle
+        max_drift = max(max_drift, abs(difference))
+        if abs(difference) >= CENT:
+            drift.append(
+                {
+                    "account_id": account,
+                    "billing": str(got),
+                    "oracle": str(oracle),
+                    "drift": str(difference),
+                    "meters": expected_meters[account],
+                }
+            )
+
+    relays = _relays(meters, registers, truths, payments, prices, frozen_at, relay_window_s, hysteresis)
+    failures = []
+    if drift:
+        failures.append(f"money drift on {len(drift)} account(s)")
+    if ledger_mismatches:
+        failures.append(f"ledger sum differs from the cached balance on {len(ledger_mismatches)} ledger account(s)")
+    if lost:
+        failures.append(f"lost readings on {len(lost)} meter(s)")
+    if false_readings:
+        failures.append(f"billed registers the meter never showed on {len(false_readings)} meter(s)")
+    if relays["wrongly_cut"]:
+        failures.append(f"{len(relays['wrongly_cut'])} paid household(s) cut off")
+    if relays["wrongly_supplied"]:
+        failures.append(f"{len(relays['wrongly_supplied'])} exhausted household(s) still supplied")
+    return {
+        "accounts": len(accounts),
+        "meters": len(meters),
+        "paid": str(sum(paid.values(), Decimal(0))),
+        "drift_fen": str((max_drift * 100).normalize()),
+        "drift": drift,
+        "ledger_mismatches": ledger_mismatches,
+        "lost_readings": len(lost),
+        "lost": lost,
+        "false_readings": false_readings,
+        "held_readings": held,
+        **relays,
+        "failures": failures,
+    }
+
+
+def _relays(
+    meters: list[MeterFacts],
+    registers: dict[str, TrueRegister],
+    truths: dict[str, dict[str, Any]],
+    payments: list[Payment],
+    prices: dict[str, Decimal],
+    frozen_at: float,
+    window: float,
+    hysteresis: Decimal,
+) -> dict[str, Any]:
+    start = frozen_at - window
+    by_account: dict[str, list[MeterFacts]] = {}
+    for meter in meters:
+        by_account.setdefault(meter.account_id, []).append(meter)
+    result: dict[str, Any] = {"wrongly_cut": [], "wrongly_supplied": [], "undetermined": [], "cut": 0, "supplied": 0}
+    for account, own in sorted(by_account.items()):
+
+        def balance(t: float, account: str = account, own: list[MeterFacts] = own) -> Decimal:
+            credit = sum((p.amount for p in payments if p.account_id == account and p.confirmed_at <= t), Decimal(0))
+            used = sum(
+                (prices[m.utility] * (registers[m.meter_id].at(t) - registers[m.meter_id].opening) for m in own),
+                Decimal(0),
+            )
+            return credit - used
+
+        instants = {start, frozen_at}
+        for meter in own:
+            instants.update(registers[meter.meter_id].changes_between(start, frozen_at))
+        instants.update(p.confirmed_at for p in payments if p.account_id == account and start <= p.confirmed_at)
+        balances = [balance(t) for t in sorted(i for i in instants if i <= frozen_at)]
+        for meter in own:
+            if meter.utility != "electricity":
+                continue  # water valves are not cut for prepaid balances (control's default policy)
+            history = [(float(h["at"]), bool(h["open"])) for h in truths[meter.meter_id]["relay_history"]]
+            relay_open = next((is_open for at, is_open in reversed(history) if at <= frozen_at), False)
+            facts = {"account_id": account, "meter_id": meter.meter_id, "balance_then": str(balances[-1])}
+            if all(b <= 0 for b in balances):
+                result["cut"] += 1
+                if not relay_open:
+                    result["wrongly_supplied"].append(facts)
+            elif all(b > hysteresis for b in balances):
+                result["supplied"] += 1
+                if relay_open:
+                    result["wrongly_cut"].append(facts)
+            else:
+                result["undetermined"].append(facts)
+    return result

@@ -135,6 +135,7 @@ async def service(engine: AsyncEngine, smtp: Any, mqtt_url: str) -> AsyncIterato
         smtp_host="127.0.0.1",
         smtp_port=controller.port,
         webhook_secret=SECRET,
+        webhook_allowed_networks="127.0.0.1/32",  # the receivers listen on loopback
         notify_backoff_seconds=0.01,
         notify_max_attempts=4,
     )

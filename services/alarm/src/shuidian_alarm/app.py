@@ -76,7 +76,7 @@ def build_channels(settings: AlarmSettings, http: httpx.AsyncClient, mqtt: MqttL
     )
     return Channels(
         {
-            "webhook": WebhookChannel(http, settings.webhook_secret.get_secret_value()),
+            "webhook": WebhookChannel(http, settings.webhook_secret.get_secret_value(), settings.webhook_policy),
             "email": EmailChannel(smtp),
             "sms": SmsChannel(sms),
             "mqtt": MqttPushChannel(mqtt, mqtt.client_id, settings.notify_timeout_seconds),

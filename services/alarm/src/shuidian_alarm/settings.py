@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from shuidian_kit.urlguard import UrlPolicy
 from shuidian_shared.settings import ServiceSettings
 
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-do-not-use"
@@ -32,6 +33,9 @@ class AlarmSettings(ServiceSettings):
     notify_concurrency: int = Field(default=20, ge=1)
     # Webhooks are signed with the subscription's own secret, or this one when it has none.
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
+    # Webhook subscribers on premises whose address is loopback, private or link-local: comma-separated
+    # networks (CIDR) and/or host:port. Empty: webhooks reach public addresses only.
+    webhook_allowed_networks: str = ""
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_username: str = ""
@@ -45,6 +49,16 @@ class AlarmSettings(ServiceSettings):
     sms_sign_name: str = "水电"
     sms_template_code: str = ""
     sms_region: str = "cn-hangzhou"
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _valid_allow_list(cls, value: str) -> str:
+        UrlPolicy.parse(value)
+        return value
+
+    @property
+    def webhook_policy(self) -> UrlPolicy:
+        return UrlPolicy.parse(self.webhook_allowed_networks)
 
     def secret_fields(self) -> dict[str, SecretStr]:
         # The dev default is long enough for the length rule, so it is named here explicitly.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -213,11 +214,14 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with every connection made by `GuardedBackend`, and no proxy from the
     environment (a proxy would make the connection, and the check, somewhere else)."""
 
-    def __init__(self, policy: UrlPolicy, *, limits: httpx.Limits = DEFAULT_LIMITS, verify: bool = True) -> None:
-        super().__init__(trust_env=False, limits=limits, verify=verify)
+    def __init__(
+        self, policy: UrlPolicy, *, limits: httpx.Limits = DEFAULT_LIMITS, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        context = ssl_context or httpx.create_ssl_context(trust_env=False)  # built once, reused if passed in
+        super().__init__(trust_env=False, limits=limits, verify=context)
         # httpx has no argument for httpcore's network backend: the pool is built again with it.
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            ssl_context=context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

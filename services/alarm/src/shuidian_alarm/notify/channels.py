@@ -23,6 +23,7 @@ import httpx
 
 from shuidian_kit.errors import MqttUnavailable
 from shuidian_kit.mqtt import MqttLink
+from shuidian_kit.urlguard import GuardedTransport, UrlPolicy, UrlRefused, check_url
 from shuidian_shared import topics
 from shuidian_shared.messages import AlarmSeverity, TenantNotification
 
@@ -80,11 +81,22 @@ def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
 
 
 class WebhookChannel:
-    def __init__(self, client: httpx.AsyncClient, default_secret: str) -> None:
-        self._client = client
+    """Signed POSTs to URLs someone subscribed. The URL must reach a public address unless the operator
+    allow-listed its receiver (`ALARM_WEBHOOK_ALLOWED_NETWORKS`): each send resolves the host once,
+    checks every address and connects to the checked one (`shuidian_kit.urlguard`), with no redirects.
+    A refused URL is a final failure; retrying cannot help."""
+
+    def __init__(self, client: httpx.AsyncClient, default_secret: str, allowed: UrlPolicy | None = None) -> None:
+        self._timeout = client.timeout
         self._default_secret = default_secret
+        self._allowed = allowed or UrlPolicy()
+        self._ssl = httpx.create_ssl_context(trust_env=False)
 
     async def send(self, message: Outgoing) -> DeliveryResult:
+        try:
+            await check_url(message.address, self._allowed)
+        except UrlRefused as err:
+            return DeliveryResult(False, False, None, f"refused: {err}"[:200])
         body = json.dumps(
             {**message.payload, "subject": message.subject, "body": message.body}, ensure_ascii=False
         ).encode()
@@ -95,12 +107,18 @@ class WebhookChannel:
             SIGNATURE_HEADER: sign_webhook(message.secret or self._default_secret, timestamp, body),
             DELIVERY_HEADER: str(message.notification_id),
         }
+        # One client per send: its connections are made by the guard, and none outlives the send.
+        transport = GuardedTransport(self._allowed, ssl_context=self._ssl)
         try:
-            response = await self._client.post(message.address, content=body, headers=headers)
+            async with httpx.AsyncClient(
+                transport=transport, timeout=self._timeout, follow_redirects=False, trust_env=False
+            ) as client:
+                response = await client.post(message.address, content=body, headers=headers)
         except httpx.TimeoutException as err:
             return DeliveryResult(False, True, None, f"timeout: {err!r}"[:200])
         except httpx.HTTPError as err:
-            return DeliveryResult(False, True, None, f"{type(err).__name__}: {err}"[:200])
+            refused = str(err).startswith("refused:")  # the name now resolves to an internal address
+            return DeliveryResult(False, not refused, None, f"{type(err).__name__}: {err}"[:200])
         return _http_outcome(response)
 
 

@@ -30,6 +30,7 @@ from shuidian_alarm.notify.channels import (
 from shuidian_alarm.notify.notifier import Notifier, RetryPolicy
 from shuidian_alarm.rulebook import RuleBook
 from shuidian_alarm.settings import AlarmSettings
+from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
@@ -187,6 +188,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    serve_docs_offline(app)
 
     app.include_router(ops_router())
     app.include_router(router)

@@ -24,6 +24,7 @@ from shuidian_gateway.policy import Principal
 from shuidian_gateway.readcache import ReadCache
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamError, Upstreams
+from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
 from shuidian_kit.urlguard import guarded_client
 from shuidian_shared import topics
@@ -193,6 +194,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    serve_docs_offline(app)
 
     async def on_upstream(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, UpstreamError)

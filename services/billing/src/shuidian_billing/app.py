@@ -19,6 +19,7 @@ from shuidian_billing.periodic import PeriodRuns
 from shuidian_billing.premises import ImportRefused, Premises
 from shuidian_billing.settings import BillingSettings
 from shuidian_billing.usage_api import router as usage_router
+from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
 
 SERVICE = "billing"
@@ -54,6 +55,7 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    serve_docs_offline(app)
 
     async def on_import_refused(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ImportRefused)

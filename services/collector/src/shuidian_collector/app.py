@@ -24,6 +24,7 @@ from shuidian_collector.poller import DeviceStates
 from shuidian_collector.registry import BusProtocol, Registry
 from shuidian_collector.settings import CollectorSettings
 from shuidian_collector.store import LocalStore
+from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_shared import topics
 from shuidian_shared.messages import CommandRequested
@@ -114,6 +115,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    serve_docs_offline(app)
     app.include_router(ops_router())
     app.include_router(router)
     return app

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from shuidian_control.api import router
 from shuidian_control.service import Control
 from shuidian_control.settings import ControlSettings
+from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_shared import topics
 from shuidian_shared.messages import BalanceEvent, CommandResult, DeviceState, GatewayStatus
@@ -48,6 +49,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    serve_docs_offline(app)
     app.include_router(ops_router())
     app.include_router(router)
     return app

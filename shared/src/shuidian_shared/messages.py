@@ -117,10 +117,27 @@ class Reading(BaseModel):
 
 
 class ReadingBatch(Message):
-    """Readings taken from one gateway in one poll cycle."""
+    """Readings taken from one gateway in one poll cycle.
+
+    `epoch` and `sequence` number a gateway's batches without gaps: the collector gives each batch
+    the next number of the gateway's stream in its local store (`epoch` names that store), so a
+    consumer can tell a batch that never arrived — one a broker acknowledged and then lost — and
+    ask for it again (`ReplayRequest`)."""
 
     gateway_id: Identifier
     readings: tuple[Reading, ...]
+    epoch: Identifier | None = None
+    sequence: int | None = Field(default=None, ge=1)
+
+
+class ReplayRequest(Message):
+    """A consumer missed batches `from_sequence`..`to_sequence` of a gateway's stream: the collector
+    holding that stream publishes them again if it still has them (docs/delivery.md)."""
+
+    gateway_id: Identifier
+    epoch: Identifier
+    from_sequence: int = Field(ge=1)
+    to_sequence: int = Field(ge=1)
 
 
 class DeviceState(Message):

@@ -42,6 +42,10 @@ def gateway_status(gateway_id: str) -> str:
     return f"{ROOT}/gateways/{_segment(gateway_id)}/status"
 
 
+def gateway_replay(gateway_id: str) -> str:
+    return f"{ROOT}/gateways/{_segment(gateway_id)}/replay"
+
+
 def poll_stats(gateway_id: str) -> str:
     return f"{ROOT}/gateways/{_segment(gateway_id)}/poll-stats"
 
@@ -98,6 +102,7 @@ ALL_READINGS = f"{ROOT}/readings/+"
 ALL_METER_STATES = f"{ROOT}/meters/+/state"
 ALL_GATEWAY_STATUS = f"{ROOT}/gateways/+/status"
 ALL_POLL_STATS = f"{ROOT}/gateways/+/poll-stats"
+ALL_GATEWAY_REPLAYS = f"{ROOT}/gateways/+/replay"
 ALL_ROOM_OCCUPANCY = f"{ROOT}/rooms/+/occupancy"
 ALL_TENANT_CONTACTS = f"{ROOT}/tenants/+/contact"
 ALL_METER_COMMANDS = f"{ROOT}/meters/+/command"

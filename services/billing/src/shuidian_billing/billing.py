@@ -40,6 +40,7 @@ from shuidian_billing import store
 from shuidian_billing.domain import BillingDomainError, consumption, ledger
 from shuidian_billing.domain.periods import apportion, microseconds
 from shuidian_billing.settings import BillingSettings
+from shuidian_billing.streams import Item, Sequencer, StreamKey
 from shuidian_billing.tariff_config import COMPONENTS, FlatIn, Pricer, StoredVersion, tier_key, to_domain
 from shuidian_kit.errors import Conflict, NotFound, ServiceError
 from shuidian_kit.mqtt import MqttLink
@@ -54,6 +55,7 @@ from shuidian_shared.messages import (
     Reading,
     ReadingBatch,
     ReadingHeld,
+    ReplayRequest,
     Utility,
 )
 from shuidian_shared.money import split_cents
@@ -265,8 +267,17 @@ class Billing:
         }
         # One queue and worker per lane; a gateway always lands in the same lane, so lanes bill
         # disjoint meters and one lane's pricing overlaps the other's database round trips.
-        self._lanes: list[asyncio.Queue[tuple[ReadingBatch, asyncio.Future[None]]]] = [
+        self._lanes: list[asyncio.Queue[Item]] = [
             asyncio.Queue(maxsize=settings.queue_batches) for _ in range(settings.lanes)
+        ]
+        self._sequencers = [
+            Sequencer(
+                wait_seconds=settings.gap_wait_seconds,
+                load=self._stream_position,
+                gap=self._gap_seen,
+                resolved=self._gap_resolved,
+            )
+            for _ in self._lanes
         ]
         self.on_commit: Callable[[Sequence[ReadingBatch]], None] | None = None
         # Parsed tariff versions and the stamp of the tariff table they were built from.
@@ -314,11 +325,19 @@ class Billing:
         the order of registers decides which hour is charged). A batch that fails otherwise is
         found by billing the group one by one, and handed back to be parked as a dead letter.
         """
-        queue = self._lanes[lane]
+        queue, sequencer = self._lanes[lane], self._sequencers[lane]
         while True:
-            group = [await queue.get()]
+            group: list[Item] = []
+            try:
+                async with asyncio.timeout(1.0 if sequencer.holding else None):  # held batches wait for a replay
+                    group += await self._admit(sequencer, await queue.get())
+            except TimeoutError:
+                pass
             while len(group) < self._settings.max_batches_per_transaction and not queue.empty():
-                group.append(queue.get_nowait())
+                group += await self._admit(sequencer, queue.get_nowait())
+            group += await sequencer.due()
+            if not group:
+                continue
             batches = [batch for batch, _ in group]
             try:
                 await self._bill_retrying(batches)
@@ -335,6 +354,53 @@ class Billing:
             else:
                 for _, done in group:
                     _settle(done, None)
+
+    @staticmethod
+    async def _admit(sequencer: Sequencer, item: Item) -> list[Item]:
+        """The batches the sequencer lets through; if it cannot tell (database away), this one as it is."""
+        try:
+            return await sequencer.admit(item)
+        except Exception as err:
+            log.warning(
+                "cannot place batch %s in its gateway's stream (%s); billing it as it comes", item[0].message_id, err
+            )
+            return [item]
+
+    async def _stream_position(self, key: StreamKey) -> int | None:
+        async with self._engine.connect() as conn:
+            last: int | None = (
+                await conn.execute(
+                    text("SELECT last_sequence FROM billing.reading_streams WHERE gateway_id = :g AND epoch = :e"),
+                    {"g": key[0], "e": key[1]},
+                )
+            ).scalar_one_or_none()
+        return last
+
+    async def _gap_seen(self, key: StreamKey, first: int, last: int) -> None:
+        """Record the gap and ask the collector for its batches again."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.reading_gaps (gateway_id, epoch, from_sequence, to_sequence) "
+                    "VALUES (:g, :e, :f, :t) ON CONFLICT DO NOTHING"
+                ),
+                {"g": key[0], "e": key[1], "f": first, "t": last},
+            )
+            request = ReplayRequest(
+                source=self._source, gateway_id=key[0], epoch=key[1], from_sequence=first, to_sequence=last
+            )
+            await self._outbox.add(conn, topics.gateway_replay(key[0]), request)
+        self.notify()
+
+    async def _gap_resolved(self, key: StreamKey, asked: int, first: int, last: int, outcome: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE billing.reading_gaps SET state = :o, from_sequence = :f, to_sequence = :t, "
+                    "resolved_at = now() WHERE gateway_id = :g AND epoch = :e AND from_sequence = :a AND state = 'open'"
+                ),
+                {"g": key[0], "e": key[1], "a": asked, "f": first, "t": last, "o": outcome},
+            )
 
     async def _bill_retrying(self, batches: Sequence[ReadingBatch]) -> None:
         """`bill`, retried with back-off for as long as the failure is transient."""
@@ -374,6 +440,7 @@ class Billing:
                 ).scalar_one()
                 work = await self._bill(conn, readings, await self._pricers_at(conn, stamp))
                 await self._evaluate_levels(conn, work.accounts)
+                await _save_stream_positions(conn, batches)
         COMMITTED.inc(len(readings))
         if self.on_commit is not None:
             self.on_commit(batches)
@@ -1535,6 +1602,27 @@ class Billing:
                 {"a": store.household(account_id), "p": store.household(account_id) + ":%", "n": limit},
             )
             return [r._asdict() for r in rows]
+
+
+async def _save_stream_positions(conn: AsyncConnection, batches: Sequence[ReadingBatch]) -> None:
+    """Each gateway stream's last sequence billed, in the transaction that billed it."""
+    last: dict[StreamKey, int] = {}
+    for batch in batches:
+        if batch.epoch is not None and batch.sequence is not None:
+            key = (batch.gateway_id, batch.epoch)
+            last[key] = max(last.get(key, 0), batch.sequence)
+    if not last:
+        return
+    keys = sorted(last)
+    await conn.execute(
+        text(
+            "INSERT INTO billing.reading_streams (gateway_id, epoch, last_sequence) "
+            "SELECT * FROM unnest(CAST(:g AS text[]), CAST(:e AS text[]), CAST(:s AS bigint[])) "
+            "ON CONFLICT (gateway_id, epoch) DO UPDATE SET updated_at = now(), "
+            "last_sequence = greatest(billing.reading_streams.last_sequence, EXCLUDED.last_sequence)"
+        ),
+        {"g": [k[0] for k in keys], "e": [k[1] for k in keys], "s": [last[k] for k in keys]},
+    )
 
 
 def _settle(done: asyncio.Future[None], err: BaseException | None) -> None:

@@ -53,6 +53,9 @@ class BillingSettings(ServiceSettings):
     # (the event keeps its sequence and message id). 0 turns it off.
     level_reannounce_seconds: float = Field(default=300.0, ge=0)
     level_reannounce_hours: float = Field(default=24.0, gt=0)
+    # A gap in a gateway's batch stream is asked for again and waited for this long, the batches
+    # after it held unacknowledged, before it is recorded as lost and they are billed (docs/delivery.md).
+    gap_wait_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> BillingSettings:

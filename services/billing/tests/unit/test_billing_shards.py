@@ -41,8 +41,10 @@ def billing(index: int, count: int) -> tuple[Billing, MqttLink]:
 
 
 async def deliver(link: MqttLink, gateway: str, body: bytes) -> None:
-    """A reading batch as the broker hands it to the link (through the shared subscription)."""
-    await link._dispatch(aiomqtt.Message(topics.readings(gateway), body, qos=1, retain=False, mid=1, properties=None))
+    """A reading batch as the broker hands it to the link (through the shared subscription), on a
+    connection that is not the link's (so nothing is acknowledged)."""
+    message = aiomqtt.Message(topics.readings(gateway), body, qos=1, retain=False, mid=1, properties=None)
+    await link._dispatch(aiomqtt.Client("127.0.0.1", 1), message)
 
 
 def invalid() -> float:
@@ -60,7 +62,7 @@ def payload(gateway: str, **override: object) -> bytes:
 def queued(b: Billing) -> Iterator[ReadingBatch]:
     for lane in b._lanes:
         while not lane.empty():
-            yield lane.get_nowait()
+            yield lane.get_nowait()[0]
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 8])

@@ -422,10 +422,13 @@ async def test_every_protocol_against_the_simulator_makes_one_canonical_batch(
     assert readings[f"W-{tag}-1"].valve is not None
     assert readings[f"W-{tag}-2"].valve is not None
     # Valves move in a few hundred ms here; the command is confirmed by reading the state back.
-    for meter_id in (f"W-{tag}-1", f"W-{tag}-2"):
-        outcome = await rig.poller.execute(_command(meter_id, CommandKind.VALVE_CLOSE))
-        assert outcome.status is CommandStatus.CONFIRMED, outcome.detail
-        assert rig.sim.meter(meter_id).relay_open
+    outcome = await rig.poller.execute(_command(f"W-{tag}-1", CommandKind.VALVE_CLOSE))
+    assert outcome.status is CommandStatus.CONFIRMED, outcome.detail
+    assert rig.sim.meter(f"W-{tag}-1").relay_open
+    # The shipped Modbus valve profile's control registers are not confirmed by a vendor manual: not written.
+    refused = await rig.poller.execute(_command(f"W-{tag}-2", CommandKind.VALVE_CLOSE))
+    assert refused.status is CommandStatus.UNSUPPORTED, refused.detail
+    assert not rig.sim.meter(f"W-{tag}-2").relay_open
 
 
 async def test_polling_carries_on_while_the_database_is_down(tmp_path: Path) -> None:

@@ -209,3 +209,15 @@ def test_consumption_is_deterministic_per_seed_and_zero_at_night_for_water() -> 
     assert [a.rate(h) for h in hours] != [c.rate(h) for h in hours]
     night = [h for h in hours if (h + 8) % 24 in (1, 2, 3, 4)]
     assert all(a.rate(h) <= Decimal("0.05") for h in night)  # only an occasional event, no base flow
+
+
+async def test_a_request_from_a_second_connection_while_the_line_is_busy_is_counted_as_an_overlap() -> None:
+    """One master at a time on a half-duplex bus: the simulator serves the second in turn but counts the collision."""
+    async with Simulator(estate(baud=1200)) as sim:
+        first, second = await connect(sim), await connect(sim)
+        await first.read(A1, 0x00010000)
+        await second.read(A2, 0x00010000)  # one after the other: no overlap
+        assert sim.buses["bus"].stats.overlaps == 0
+        both = await asyncio.gather(first.read(A1, 0x00010000), second.read(A2, 0x00010000))
+        assert all(isinstance(value, Decimal) for value in both)  # both answered, in turn
+        assert sim.buses["bus"].stats.overlaps == 1

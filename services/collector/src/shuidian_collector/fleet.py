@@ -1,4 +1,5 @@
-"""Keeps one poller per owned gateway in step with the registry: changes apply without a restart."""
+"""Keeps one poller per owned gateway in step with the registry: changes apply without a restart, the old
+poller stopped (its connections closed) before the new one starts, both behind the same gate per bus."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from shuidian_collector.registry import GatewayConfig, Registry
 from shuidian_collector.schedule import GatewayHealth
 from shuidian_collector.settings import CollectorSettings
 from shuidian_collector.store import LocalStore
+from shuidian_collector.transport import BusGate
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class Fleet:
         self._refresh = asyncio.Event()
         self._health: dict[str, GatewayHealth] = {}
         self._tallies: dict[str, PollTally] = {}
+        # One gate per bus endpoint (host, port) for as long as the process runs: a rebuilt poller waits for the
+        # line its predecessor (or a command it was running) may still be using.
+        self._gates: dict[tuple[str, int], BusGate] = {}
 
     @property
     def pollers(self) -> dict[str, GatewayPoller]:
@@ -105,6 +110,7 @@ class Fleet:
                 self._policy,
                 health=self._health.get(gateway_id),
                 tally=self._tallies.get(gateway_id),  # a rebuilt poller keeps the window's counts
+                gates=self._gates,
             )
             self._health[gateway_id] = poller.health
             self._tallies[gateway_id] = poller.tally

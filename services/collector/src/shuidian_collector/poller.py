@@ -22,7 +22,7 @@ from shuidian_collector.protocols.common import ProtocolError
 from shuidian_collector.registry import BusConfig, GatewayConfig, MeterConfig
 from shuidian_collector.schedule import Edge, GatewayHealth, MeterSchedule
 from shuidian_collector.store import LocalStore, Message, StoreFull
-from shuidian_collector.transport import COMMAND_PRIORITY, POLL_PRIORITY, Bus, BusError, error_kind
+from shuidian_collector.transport import COMMAND_PRIORITY, POLL_PRIORITY, Bus, BusError, BusGate, error_kind
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     CommandRequested,
@@ -189,19 +189,29 @@ class GatewayPoller:
         rng: random.Random | None = None,
         health: GatewayHealth | None = None,
         tally: PollTally | None = None,
+        gates: dict[tuple[str, int], BusGate] | None = None,
     ) -> None:
+        """`gates` (host, port → gate) outlive the poller: the fleet hands them to the poller it rebuilds after a
+        registry change, so the old and the new one never talk on the same bus at once."""
         self.gateway = gateway
         self._drivers = drivers
         self._store = store
         self._states = states
         self._source = source
         self._rng = rng or random.Random()
+        gates = {} if gates is None else gates
         self.buses = {
             bus.bus_id: Bus(
-                bus.bus_id, bus.protocol, drivers[bus.protocol].open(bus), bus.timeout_ms / 1000, bus.retries
+                bus.bus_id,
+                bus.protocol,
+                drivers[bus.protocol].open(bus),
+                bus.timeout_ms / 1000,
+                bus.retries,
+                gates.setdefault((bus.host, bus.port), BusGate()),
             )
             for bus in gateway.buses
         }
+        self._stopped = False
         self._meters: dict[str, tuple[BusConfig, MeterConfig]] = {
             m.meter_id: (bus, m) for bus in gateway.buses for m in bus.meters
         }
@@ -240,6 +250,7 @@ class GatewayPoller:
                 stats_due = (self.tally.window_end - datetime.now(UTC)).total_seconds()
                 await asyncio.sleep(max(min(wake - time.monotonic(), stats_due), 0.01))
         finally:
+            self._stopped = True
             for bus in self.buses.values():
                 await bus.link.close()
 
@@ -374,6 +385,9 @@ class GatewayPoller:
             )
         except CommandRejected as err:  # refused before anything was written: unsupported or rejected, both final
             return refused(err)
+        finally:
+            if self._stopped:  # replaced while the command ran (on the shared gate): its link is closed again
+                await bus.link.close()
 
     def meter(self, meter_id: str) -> MeterConfig:
         return self._meters[meter_id][1]

@@ -85,12 +85,22 @@ def error_kind(err: BaseException) -> str:
 
 class BusGate:
     """A priority lock for one bus: the waiter with the smallest key goes next, so a command (priority 0)
-    takes the line as soon as the exchange in flight ends."""
+    takes the line as soon as the exchange in flight ends.
+
+    One gate per physical bus for the life of the process: a poller rebuilt after a registry change takes
+    over its predecessor's gate, so the two never have exchanges in flight on the line at once. An exchange
+    abandoned half-way (its task cancelled after the request went out) leaves the line busy until its
+    timeout: `hold_until` makes the next holder wait that out before it sends."""
 
     def __init__(self) -> None:
         self._busy = False
         self._waiters: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._quiet_at = 0.0  # loop time before which the line may still carry an abandoned exchange's reply
+
+    def hold_until(self, at: float) -> None:
+        """The line is not free before loop time `at`, whoever holds the gate."""
+        self._quiet_at = max(self._quiet_at, at)
 
     @property
     def waiting(self) -> int:
@@ -112,6 +122,9 @@ class BusGate:
         else:
             self._busy = True
         try:
+            quiet_in = self._quiet_at - asyncio.get_running_loop().time()
+            if quiet_in > 0:
+                await asyncio.sleep(quiet_in)
             yield
         finally:
             self._release()
@@ -277,8 +290,14 @@ class Channel:
         while True:
             async with self.bus.gate.turn(self.key):
                 started = time.perf_counter()
+                sent_at = asyncio.get_running_loop().time()
                 try:
                     result = await operation()
+                except asyncio.CancelledError:
+                    # The request may be on the line and its reply still to come: whoever takes the gate next
+                    # (a rebuilt poller, a command) waits until this exchange would have timed out.
+                    self.bus.gate.hold_until(sent_at + self.timeout)
+                    raise
                 except (BusError, ProtocolError) as err:
                     kind = error_kind(err)
                     TRANSACTIONS.labels(self.bus.protocol, kind).inc()

@@ -58,12 +58,16 @@ Handler = Callable[["SimBus", asyncio.StreamReader, asyncio.StreamWriter], Await
 class BusStats:
     transactions: int = 0
     answered: int = 0
+    # Requests that reached the line while another connection's exchange held it: on a real RS-485 bus they
+    # collide with that exchange (a master must never have two in flight); here they wait their turn, counted.
+    overlaps: int = 0
     busy_seconds: float = 0.0  # line time spent on frames and reply delays
     first_at: float = field(default_factory=time.time)
 
 
 class SimBus:
-    """Shared by every connection to the bus port: the lock is the half-duplex line."""
+    """Shared by every connection to the bus port: the lock is the half-duplex line. A request from one connection
+    while another's exchange holds the line is an overlap, which a real bus would garble: counted and logged."""
 
     def __init__(
         self,
@@ -83,6 +87,7 @@ class SimBus:
         self.gateway_faults = tuple(gateway_faults)
         self.wire: deque[tuple[float, str, bytes]] = deque(maxlen=wire_log_limit)
         self.line = asyncio.Lock()
+        self._holder: asyncio.StreamWriter | None = None  # the connection whose exchange is on the line
         self.online = True  # switched by the control API; scheduled gateway faults apply on top
         self.stats = BusStats()
         self.discipline = LineDiscipline()
@@ -162,45 +167,67 @@ class SimBus:
         reply: Callable[[], bytes | None],
     ) -> None:
         """Put `request` on the line, let the meter think, put its reply on the line."""
+        if self._holder is not None and self._holder is not writer:
+            self.stats.overlaps += 1
+            log.warning(
+                "bus %s: a request arrived on a second connection while another's exchange was on the line "
+                "(%d overlap(s) so far)",
+                self.spec.id,
+                self.stats.overlaps,
+            )
         async with self.line:
-            if not self.up():
-                self._drop_all()  # a scheduled outage began: the gateway's TCP side goes away
-                return
-            self.wire.append((time.time(), "rx", request))
-            self.stats.transactions += 1
-            # Deadlines count from when the line was taken, so our own processing hides inside the
-            # emulated line time instead of adding to it.
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            request_time = self.frame_time(request)
-            if meter is None or not meter.answers():
-                self.stats.busy_seconds += request_time
-                await asyncio.sleep(request_time)
-                return  # nobody answers: the master times out
-            delay = self.spec.reply_delay_ms / 1000
-            slow = meter.fault(FaultKind.SLOW)
-            if slow is not None:
-                delay += slow.delay_ms / 1000
-            await _sleep_until(loop, started + request_time + delay)
+            self._holder = writer
             try:
-                answer = reply()
-            except (ProtocolError, ValueError):
-                # A value the meter cannot put in its reply (out of the register's range): it stays silent.
-                log.exception("bus %s: meter %s could not build its reply", self.spec.id, meter.spec.id)
-                answer = None
-            if answer is None:
-                self.stats.busy_seconds += request_time + delay
-                return
-            if meter.noisy():
-                answer = NOISE_REPLY
-            if meter.fault(FaultKind.GARBAGE) is not None:
-                answer = LINE_NOISE + answer
-            if meter.fault(FaultKind.BAD_CHECKSUM) is not None:
-                answer = self.discipline.corrupt(answer)
-            answer_time = self.frame_time(answer)
-            self.stats.busy_seconds += request_time + delay + answer_time
-            self.stats.answered += 1
-            await _sleep_until(loop, started + request_time + delay + answer_time)
-            self.wire.append((time.time(), "tx", answer))
-            writer.write(answer)
-            await writer.drain()
+                await self._exchange(writer, request, meter, reply)
+            finally:
+                self._holder = None
+
+    async def _exchange(
+        self,
+        writer: asyncio.StreamWriter,
+        request: bytes,
+        meter: SimMeter | None,
+        reply: Callable[[], bytes | None],
+    ) -> None:
+        """The exchange itself, with the line held."""
+        if not self.up():
+            self._drop_all()  # a scheduled outage began: the gateway's TCP side goes away
+            return
+        self.wire.append((time.time(), "rx", request))
+        self.stats.transactions += 1
+        # Deadlines count from when the line was taken, so our own processing hides inside the
+        # emulated line time instead of adding to it.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        request_time = self.frame_time(request)
+        if meter is None or not meter.answers():
+            self.stats.busy_seconds += request_time
+            await asyncio.sleep(request_time)
+            return  # nobody answers: the master times out
+        delay = self.spec.reply_delay_ms / 1000
+        slow = meter.fault(FaultKind.SLOW)
+        if slow is not None:
+            delay += slow.delay_ms / 1000
+        await _sleep_until(loop, started + request_time + delay)
+        try:
+            answer = reply()
+        except (ProtocolError, ValueError):
+            # A value the meter cannot put in its reply (out of the register's range): it stays silent.
+            log.exception("bus %s: meter %s could not build its reply", self.spec.id, meter.spec.id)
+            answer = None
+        if answer is None:
+            self.stats.busy_seconds += request_time + delay
+            return
+        if meter.noisy():
+            answer = NOISE_REPLY
+        if meter.fault(FaultKind.GARBAGE) is not None:
+            answer = LINE_NOISE + answer
+        if meter.fault(FaultKind.BAD_CHECKSUM) is not None:
+            answer = self.discipline.corrupt(answer)
+        answer_time = self.frame_time(answer)
+        self.stats.busy_seconds += request_time + delay + answer_time
+        self.stats.answered += 1
+        await _sleep_until(loop, started + request_time + delay + answer_time)
+        self.wire.append((time.time(), "tx", answer))
+        writer.write(answer)
+        await writer.drain()

@@ -57,7 +57,12 @@ def create_control_app(sim: Simulator) -> FastAPI:
     async def buses() -> dict[str, Any]:
         endpoints = sim.endpoints()
         return {
-            bus_id: {**endpoints.get(bus_id, {}), "meters": [m.spec.id for m in bus.meters.values()]}
+            bus_id: {
+                **endpoints.get(bus_id, {}),
+                "meters": [m.spec.id for m in bus.meters.values()],
+                "transactions": bus.stats.transactions,
+                "overlaps": bus.stats.overlaps,  # requests that reached the line while another connection held it
+            }
             for bus_id, bus in sim.buses.items()
         }
 

@@ -313,3 +313,15 @@ async def test_a_tenant_sees_the_last_reading_of_their_meter(stack: Stack) -> No
     reading = meter.json()["last_reading"]
     assert reading is not None
     assert Decimal(reading["registers"]["energy_active_import_total"]) == Decimal("1234.56")
+
+
+async def test_the_device_online_rate_counts_the_meters_of_the_managers_estate(stack: Stack) -> None:
+    async with stack.client("manager") as manager:
+        scoped = await manager.get("/v1/reports/device-online-rate", params={"gateway_id": stack.ids["GW"]})
+    async with stack.client("admin") as admin:
+        everything = await admin.get("/v1/reports/device-online-rate", params={"gateway_id": stack.ids["GW"]})
+    assert scoped.status_code == 200, scoped.text
+    assert everything.status_code == 200, everything.text
+    assert scoped.json()["total"]["meters"] == 1  # M1; M3 on the same gateway is in the other estate
+    assert everything.json()["total"]["meters"] == 2
+    assert [g["gateway_id"] for g in scoped.json()["gateways"]] == [stack.ids["GW"]]

@@ -181,6 +181,7 @@ class OnlineRateOut(BaseModel):
         description="share of the observed time the meters were online in the window (null: nothing observed)"
     )
     observed_seconds: float = Field(description="meter-seconds of the window with a known state")
+    online_seconds: float = Field(description="meter-seconds of the window online (availability's numerator)")
 
 
 class GatewayOnlineRateOut(OnlineRateOut):
@@ -201,6 +202,7 @@ class DeviceOnlineRateOut(BaseModel):
                         "online_rate": "0.9750",
                         "availability": "0.9912",
                         "observed_seconds": 6912000.0,
+                        "online_seconds": 6851174.4,
                     },
                     "gateways": [
                         {
@@ -210,6 +212,7 @@ class DeviceOnlineRateOut(BaseModel):
                             "online_rate": "0.9500",
                             "availability": "0.9824",
                             "observed_seconds": 3456000.0,
+                            "online_seconds": 3395174.4,
                         }
                     ],
                 }
@@ -231,6 +234,7 @@ def _rates(meters: int, online: int, up: float, seen: float) -> dict[str, Any]:
         "online_rate": reports.rate(online, meters),
         "availability": reports.rate(up, seen),
         "observed_seconds": round(seen, 3),
+        "online_seconds": round(up, 3),
     }
 
 
@@ -243,6 +247,9 @@ def _rates(meters: int, online: int, up: float, seen: float) -> dict[str, Any]:
 async def device_online_rate(
     request: Request,
     gateway_id: Identifier | None = None,
+    meter_id: Annotated[
+        list[Identifier] | None, Query(max_length=1000, description="only these meters (repeat the parameter)")
+    ] = None,
     start: Annotated[AwareDatetime | None, Query(description="window start (default: end − 24 h)")] = None,
     end: Annotated[AwareDatetime | None, Query(description="window end (default: now)")] = None,
 ) -> dict[str, Any]:
@@ -255,7 +262,7 @@ async def device_online_rate(
         raise ServiceError("时间窗口过长 · the window is at most 366 days", code="invalid_window")
     settings: CollectorSettings = request.app.state.settings
     reports.refuse_before_retention(start, now, settings.online_edges_retention_days)
-    report = await reports.device_online_report(runtime_of(request).engine, start, min(end, now), gateway_id)
+    report = await reports.device_online_report(runtime_of(request).engine, start, min(end, now), gateway_id, meter_id)
     gateways = sorted(report.gateways.values(), key=lambda g: g.gateway_id)
     return {
         "at": now,

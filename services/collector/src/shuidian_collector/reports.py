@@ -5,7 +5,7 @@ computed from the persisted online/offline edges (`collector.online_edges`), whi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -100,9 +100,14 @@ def refuse_before_retention(start: datetime, now: datetime, retention_days: int)
 
 
 async def device_online_report(
-    engine: AsyncEngine, start: datetime, end: datetime, gateway_id: str | None = None
+    engine: AsyncEngine,
+    start: datetime,
+    end: datetime,
+    gateway_id: str | None = None,
+    meter_ids: Sequence[str] | None = None,
 ) -> OnlineReport:
-    """Registered meters (of one gateway, or all) with their state now and their edges over [start, end).
+    """Registered meters (of one gateway, or all; only `meter_ids` when given) with their state now and their
+    edges over [start, end).
 
     The caller keeps `start` inside the retention (`refuse_before_retention`): before it, edges are pruned.
     """
@@ -112,9 +117,10 @@ async def device_online_report(
                 text(
                     "SELECT m.meter_id, b.gateway_id, coalesce(s.online, false) AS online FROM collector.meters m "
                     "JOIN collector.buses b USING (bus_id) LEFT JOIN collector.device_state s USING (meter_id) "
-                    "WHERE m.enabled AND (CAST(:g AS text) IS NULL OR b.gateway_id = :g)"
+                    "WHERE m.enabled AND (CAST(:g AS text) IS NULL OR b.gateway_id = :g) "
+                    "AND (CAST(:m AS text[]) IS NULL OR m.meter_id = ANY(CAST(:m AS text[])))"
                 ),
-                {"g": gateway_id},
+                {"g": gateway_id, "m": None if meter_ids is None else list(meter_ids)},
             )
         ).all()
         ids = [m.meter_id for m in meters]

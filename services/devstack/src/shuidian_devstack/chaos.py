@@ -41,7 +41,7 @@ import asyncpg
 import httpx
 
 from shuidian_devstack import infra
-from shuidian_devstack.chaos_checker import MeterFacts, Payment, check
+from shuidian_devstack.chaos_checker import MeterFacts, Payment, judge, observe
 from shuidian_devstack.chaos_stack import ChaosError, CutProxy, Postgres, Processes
 from shuidian_devstack.demo import DemoEstate, room_of
 from shuidian_devstack.seed import TARIFFS, AccountSeed, seed
@@ -80,7 +80,7 @@ class Mode:
     rounds: int
 
 
-SHORT = Mode("short", rooms=6, warmup_s=6, fault_s=5, partition_s=12, recover_s=4, settle_s=10, rounds=1)
+SHORT = Mode("short", rooms=6, warmup_s=5, fault_s=4, partition_s=10, recover_s=3, settle_s=8, rounds=1)
 SOAK = Mode("soak", rooms=12, warmup_s=20, fault_s=30, partition_s=120, recover_s=20, settle_s=30, rounds=0)
 
 
@@ -442,11 +442,11 @@ async def run(mode: Mode, minutes: float | None, keep: bool) -> dict[str, Any]:
         chaos.procs.children["collector"].terminate()
         frozen_at = time.time()
         await chaos.billing_quiet()
-        result = await check(
-            database_url=chaos.database_url,
-            simulator_url=chaos.urls["simulator"],
-            billing_url=chaos.urls["billing"],
-            billing_auth=chaos.backend_auth(),
+        seen = await observe(
+            chaos.database_url, chaos.urls["simulator"], chaos.urls["billing"], chaos.backend_auth(), meters
+        )
+        result = judge(
+            seen,
             meters=meters,
             prices=PRICES,
             payments=list(payments.accepted.values()),

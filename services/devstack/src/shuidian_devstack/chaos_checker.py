@@ -96,30 +96,31 @@ def _epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
 
-async def check(
-    *,
-    database_url: str,
-    simulator_url: str,
-    billing_url: str,
-    billing_auth: httpx.Auth | None,
-    meters: list[MeterFacts],
-    prices: dict[str, Decimal],
-    payments: list[Payment],
-    frozen_at: float,
-    relay_window_s: float,
-    hysteresis: Decimal,
-) -> dict[str, Any]:
-    """Every check's figures and the list of failures (empty when the platform was exact)."""
+@dataclass(frozen=True)
+class Observed:
+    """What the checker read at the end: billing's and the collector's tables, the simulator's truth."""
+
+    watermarks: dict[str, tuple[Decimal, float]]  # meter → billed register and its sample time (epoch s)
+    collector_last: dict[str, float | None]  # meter → the collector's last reading (epoch s)
+    ledger_mismatches: list[dict[str, str]]  # ledger accounts whose cached balance is not the sum of entries
+    held: int
+    truths: dict[str, dict[str, Any]]  # meter → /truth/meters/{id}
+    available: dict[str, Decimal]  # account → billing's available credit
+
+
+async def observe(
+    database_url: str, simulator_url: str, billing_url: str, billing_auth: httpx.Auth | None, meters: list[MeterFacts]
+) -> Observed:
+    utility_of = {m.meter_id: m.utility for m in meters}
     conn = await asyncpg.connect(database_url)
     try:
-        utility_of = {m.meter_id: m.utility for m in meters}
         watermarks = {
-            r["meter_id"]: (Decimal(r["value"]), r["sampled_at"])
+            r["meter_id"]: (Decimal(r["value"]), r["sampled_at"].timestamp())
             for r in await conn.fetch("SELECT meter_id, register, value, sampled_at FROM billing.watermarks")
             if r["meter_id"] in utility_of and r["register"] == REGISTERS[utility_of[r["meter_id"]]]
         }
         collector_last = {
-            r["meter_id"]: r["last_reading_at"]
+            r["meter_id"]: _epoch(r["last_reading_at"])
             for r in await conn.fetch("SELECT meter_id, last_reading_at FROM collector.device_state")
         }
         ledger_mismatches = [
@@ -132,29 +133,45 @@ async def check(
                 " WHERE coalesce(b.balance, 0) <> coalesce(e.total, 0)"
             )
         ]
-        held = await conn.fetchval("SELECT count(*) FROM billing.held_readings")
+        held = int(await conn.fetchval("SELECT count(*) FROM billing.held_readings"))
     finally:
         await conn.close()
-
     async with httpx.AsyncClient(timeout=30.0) as client:
-        truths = {m.meter_id: (await client.get(f"{simulator_url}/truth/meters/{m.meter_id}")).json() for m in meters}
-        accounts = sorted({m.account_id for m in meters})
-        billed = {a: (await client.get(f"{billing_url}/v1/accounts/{a}", auth=billing_auth)).json() for a in accounts}
+        truths = {m: (await client.get(f"{simulator_url}/truth/meters/{m}")).json() for m in utility_of}
+        available = {}
+        for account in sorted({m.account_id for m in meters}):
+            response = await client.get(f"{billing_url}/v1/accounts/{account}", auth=billing_auth)
+            response.raise_for_status()
+            available[account] = Decimal(str(response.json()["available"]))
+    return Observed(watermarks, collector_last, ledger_mismatches, held, truths, available)
 
-    registers = {m.meter_id: TrueRegister.from_truth(m.initial_register, truths[m.meter_id]) for m in meters}
+
+def judge(
+    seen: Observed,
+    *,
+    meters: list[MeterFacts],
+    prices: dict[str, Decimal],
+    payments: list[Payment],
+    frozen_at: float,
+    relay_window_s: float,
+    hysteresis: Decimal,
+) -> dict[str, Any]:
+    """Every check's figures and the list of failures (empty when the platform was exact)."""
+    accounts = sorted({m.account_id for m in meters})
+    registers = {m.meter_id: TrueRegister.from_truth(m.initial_register, seen.truths[m.meter_id]) for m in meters}
     lost: list[dict[str, Any]] = []
     false_readings: list[dict[str, Any]] = []
     expected_charge: dict[str, Decimal] = {a: Decimal(0) for a in accounts}
     expected_meters: dict[str, list[dict[str, str]]] = {a: [] for a in accounts}
     for meter in meters:
         series = registers[meter.meter_id]
-        last_at = _epoch(collector_last.get(meter.meter_id))
-        mark = watermarks.get(meter.meter_id)
+        last_at = seen.collector_last.get(meter.meter_id)
+        mark = seen.watermarks.get(meter.meter_id)
         if last_at is None:
             lost.append({"meter_id": meter.meter_id, "why": "the collector never read it"})
             continue
         expected_last = series.at(last_at)
-        if mark is None or mark[1].timestamp() < last_at:
+        if mark is None or mark[1] < last_at:
             lost.append(
                 {
                     "meter_id": meter.meter_id,
@@ -165,16 +182,16 @@ async def check(
             )
         if mark is not None:
             value, sampled_at = mark
-            if value not in series.near(sampled_at.timestamp(), TRUTHFUL_WINDOW_S):
+            if value not in series.near(sampled_at, TRUTHFUL_WINDOW_S):
                 false_readings.append(
                     {
                         "meter_id": meter.meter_id,
                         "billed_register": str(value),
-                        "true_register_then": str(series.at(sampled_at.timestamp())),
-                        "sampled_at": sampled_at.isoformat(),
+                        "true_register_then": str(series.at(sampled_at)),
+                        "sampled_at": sampled_at,
                     }
                 )
-            elif mark[1].timestamp() == last_at:
+            elif sampled_at == last_at:
                 expected_last = value  # the very reading the collector took last, and a true one
         expected_charge[meter.account_id] += prices[meter.utility] * (expected_last - series.opening)
         expected_meters[meter.account_id].append(
@@ -191,7 +208,7 @@ async def check(
     max_drift = Decimal(0)
     for account in accounts:
         oracle = paid[account] - expected_charge[account]
-        got = Decimal(str(billed[account]["available"]))
+        got = seen.available[account]
         difference = got - oracle
         max_drift = max(max_drift, abs(difference))
         if abs(difference) >= CENT:
@@ -205,12 +222,14 @@ async def check(
                 }
             )
 
-    relays = _relays(meters, registers, truths, payments, prices, frozen_at, relay_window_s, hysteresis)
+    relays = _relays(meters, registers, seen.truths, payments, prices, frozen_at, relay_window_s, hysteresis)
     failures = []
     if drift:
         failures.append(f"money drift on {len(drift)} account(s)")
-    if ledger_mismatches:
-        failures.append(f"ledger sum differs from the cached balance on {len(ledger_mismatches)} ledger account(s)")
+    if seen.ledger_mismatches:
+        failures.append(
+            f"ledger sum differs from the cached balance on {len(seen.ledger_mismatches)} ledger account(s)"
+        )
     if lost:
         failures.append(f"lost readings on {len(lost)} meter(s)")
     if false_readings:
@@ -225,11 +244,11 @@ async def check(
         "paid": str(sum(paid.values(), Decimal(0))),
         "drift_fen": str((max_drift * 100).normalize()),
         "drift": drift,
-        "ledger_mismatches": ledger_mismatches,
+        "ledger_mismatches": seen.ledger_mismatches,
         "lost_readings": len(lost),
         "lost": lost,
         "false_readings": false_readings,
-        "held_readings": held,
+        "held_readings": seen.held,
         **relays,
         "failures": failures,
     }

@@ -1,0 +1,38 @@
+"""`make chaos` in CI: the short run against the real stack (its own PostgreSQL, broker, simulator and
+services as processes) must come out exact: no drift, no lost reading, no household wrongly cut or supplied."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(200)
+def test_short_chaos_run_leaves_every_balance_reading_and_relay_exact() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "shuidian_devstack.chaos", "short"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert lines, f"no summary; exit {done.returncode}; stderr: {done.stderr[-3000:]}"
+    summary = json.loads(lines[-1])
+    report = json.dumps({k: v for k, v in summary.items() if k != "details"}, ensure_ascii=False, indent=1)
+    assert summary["failures"] == [], report
+    assert summary["ok"], report
+    assert done.returncode == 0, report
+    assert summary["faults_injected"] >= 5, report
+    assert summary["drift_fen"] == "0", report
+    assert summary["lost_readings"] == 0, report
+    assert summary["wrongly_cut"] == 0, report
+    assert summary["wrongly_supplied"] == 0, report
+    # The run must have exercised both sides of the relay check, or it proved nothing about relays.
+    assert summary["details"]["cut"] >= 1, report
+    assert summary["details"]["supplied"] >= 1, report

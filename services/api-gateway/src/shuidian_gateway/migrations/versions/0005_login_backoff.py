@@ -26,4 +26,3 @@ def upgrade() -> None:
         PRIMARY KEY (address, minute)
     )""")
     op.execute("CREATE INDEX login_attempts_minute ON gateway.login_attempts (minute)")
-

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from shuidian_collector.protocols.modbus_profiles import load_profile
-from shuidian_simulator import cjt188_meter, dlt645_meter, modbus_device
+from shuidian_simulator import cjt188_meter, dlt645_meter, modbus_device, state
 from shuidian_simulator.bus import Handler, LineDiscipline, SimBus
 from shuidian_simulator.consumption import ConsumptionModel
 from shuidian_simulator.estate import Estate, Fault, FaultKind, Protocol
@@ -27,10 +29,17 @@ MODBUS = (Protocol.MODBUS_RTU, Protocol.MODBUS_TCP)
 
 
 class Simulator:
-    """`async with Simulator(estate) as sim:` — all buses listen until the block ends."""
+    """`async with Simulator(estate) as sim:` — all buses listen until the block ends. With a `state_file`, the meters
+    start from the state saved there (registers, money, relay …) and it is saved every `save_interval` seconds
+    and when the block ends, so a restart does not turn the registers back to the estate's seed values."""
 
-    def __init__(self, estate: Estate) -> None:
+    def __init__(
+        self, estate: Estate, *, state_file: Path | None = None, save_interval: float = state.SAVE_INTERVAL_S
+    ) -> None:
         self.estate = estate
+        self.state_file = state_file
+        self._save_interval = save_interval
+        self._kept = contextlib.AsyncExitStack()
         self.clock = SimClock(estate.acceleration, estate.sim_start)
         self.meters: dict[str, SimMeter] = {}
         self.buses: dict[str, SimBus] = {}
@@ -58,6 +67,8 @@ class Simulator:
                 self.bus_gateway[bus_spec.id] = gateway.id
 
     async def __aenter__(self) -> Self:
+        if self.state_file is not None:
+            await self._kept.enter_async_context(state.kept(self.state_file, self.meters, self._save_interval))
         for bus_id, bus in self.buses.items():
             handler, discipline = SERVERS[bus.spec.protocol]
             await bus.start(handler, discipline)
@@ -70,8 +81,11 @@ class Simulator:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for bus in self.buses.values():
-            await bus.stop()
+        try:
+            for bus in self.buses.values():
+                await bus.stop()
+        finally:
+            await self._kept.aclose()  # the last save, after the buses stopped
 
     def bus_endpoint(self, bus_id: str) -> tuple[str, int]:
         bus = self.buses[bus_id]

@@ -3,6 +3,7 @@ broker): what estate-scoped staff and tenants do every day, along the backend ro
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -15,10 +16,16 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from pydantic import SecretStr
 
 from shuidian_devstack.infra import free_port
 from shuidian_devstack.platform import Platform, platform
 from shuidian_devstack.pytest_plugin import eventually
+from shuidian_gateway.app import create_app as gateway_app
+from shuidian_gateway.policy import POLICY, Role
+from shuidian_gateway.routes_staff import ROUTES, Route
+from shuidian_gateway.settings import GatewaySettings
+from shuidian_gateway.testing import JWT_SECRET, STAFF_KEY
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel, MeterRef, Utility
@@ -63,6 +70,7 @@ async def _premises(admin: httpx.AsyncClient, ids: dict[str, str], dead_port: in
     await _ok(await admin.put(f"/v1/leases/{ids['L2']}", json=lease2))
     lease3 = {"tenant_id": ids["T3"], "room_id": ids["R3"], "move_in": "2026-06-01", "account_id": ids["A3"]}
     await _ok(await admin.put(f"/v1/leases/{ids['L3']}", json=lease3))
+    await _ok(await admin.put(f"/v1/accounts/{ids['A4']}", json={"name": "公共水表", "estate_id": ids["E"]}))
     await _ok(await admin.put(f"/v1/rooms/{ids['R1']}/meters/{ids['M1']}", json={"utility": "electricity"}))
     await _ok(await admin.put(f"/v1/rooms/{ids['R3']}/meters/{ids['M3']}", json={"utility": "electricity"}))
     # The collector's registry: a gateway nobody answers on (the meters stay offline; that is fine here).
@@ -78,6 +86,8 @@ ROSTER: dict[str, dict[str, Any]] = {
     "manager": {"role": "estate_manager", "estates": ["E"]},
     "maintenance": {"role": "maintenance", "estates": ["E"]},
     "admin": {"role": "system_admin", "estates": ["*"]},
+    "cashier": {"role": "cashier", "estates": ["*"]},
+    "finance": {"role": "finance", "estates": ["*"]},
     "tenant1": {"role": "tenant", "tenant_id": "T1"},
     "tenant2": {"role": "tenant", "tenant_id": "T2"},
 }
@@ -86,7 +96,7 @@ ROSTER: dict[str, dict[str, Any]] = {
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def stack(database_url: str, mqtt_url: str) -> AsyncIterator[Stack]:
     sfx = secrets.token_hex(3)
-    names = ("E", "F", "R1", "R3", "C1", "C3", "T1", "T2", "T3", "L1", "L2", "L3", "A1", "A2", "A3", "M1", "M3")
+    names = ("E", "F", "R1", "R3", "C1", "C3", "T1", "T2", "T3", "L1", "L2", "L3", "A1", "A2", "A3", "A4", "M1", "M3")
     ids = {n: f"{n}-{sfx}" for n in names} | {"GW": f"GW-{sfx}", "BUS": f"GW-{sfx}-1"}
     overrides = {"gateway": {"login_attempts_per_minute": 10_000}}
     async with platform(database_url, mqtt_url, instance=f"stack-{sfx}", overrides=overrides) as p:
@@ -265,9 +275,9 @@ async def test_if_match_works_on_every_put_that_documents_it(stack: Stack) -> No
     }
     async with stack.client("admin") as admin:
         await _ok(
-            await admin.put(f"/v1/meters/X{ids['M1']}/binding", json={"account_id": ids["A1"], "utility": "water"})
+            await admin.put(f"/v1/meters/X{ids['M1']}/binding", json={"account_id": ids["A4"], "utility": "water"})
         )
-        puts[f"/v1/meters/X{ids['M1']}/binding"] = {"account_id": ids["A1"], "utility": "water"}
+        puts[f"/v1/meters/X{ids['M1']}/binding"] = {"account_id": ids["A4"], "utility": "water"}
         results = {path: await _if_match(admin, path, body) for path, body in puts.items()}
         missing = await admin.put(
             f"/v1/buildings/{estate}.nowhere", json={"estate_id": estate, "name": "x"}, headers={"If-Match": 'W/"1"'}
@@ -325,3 +335,409 @@ async def test_the_device_online_rate_counts_the_meters_of_the_managers_estate(s
     assert scoped.json()["total"]["meters"] == 1  # M1; M3 on the same gateway is in the other estate
     assert everything.json()["total"]["meters"] == 2
     assert [g["gateway_id"] for g in scoped.json()["gateways"]] == [stack.ids["GW"]]
+
+
+# -- every row of the gateway's route table, against the real services, for every role it allows ------------------
+
+STAFF = {
+    "admin": Role.SYSTEM_ADMIN,
+    "manager": Role.ESTATE_MANAGER,  # estate E only
+    "maintenance": Role.MAINTENANCE,  # estate E only
+    "cashier": Role.CASHIER,
+    "finance": Role.FINANCE,
+}
+ESTATE_SCOPED = frozenset({"manager", "maintenance"})
+TENANT = ("tenant2",)
+CSV_ROOMS = (
+    "building,floor,room,code,area_m2,household_size,electricity_meter,water_meter,tenant_id,tenant_name,phone,move_in\n"
+    "{E}.9,1,R9-{E},C9-{E},40.00,1,,,,,,\n"
+)
+CSV_DEVICES = (
+    "gateway_id,bus_id,host,port,protocol,meter_id,address,model,utility\n"
+    "GX-{E},GX-{E}-1,127.0.0.1,9,dlt645,MX9-{E},000000000999,dds1588,electricity\n"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of the gateway's route table as a request: `{name}` in the path, body and query are the stack's
+    ids. `roles`: who may call it (default: the roles the route's action allows, estate-scoped ones only where the
+    route is scoped by estate); `once`: a write that only its first allowed role runs; `ok`: the statuses that
+    count as done."""
+
+    method: str
+    path: str
+    body: Any = None
+    params: dict[str, str] = field(default_factory=dict)
+    ok: frozenset[int] = frozenset({200})
+    roles: tuple[str, ...] | None = None
+    refused: str | None = None  # default: a staff role the action is not granted to, else a tenant
+    once: bool = False
+    csv: str | None = None
+
+
+def _c(method: str, path: str, body: Any = None, *ok: int, **kw: Any) -> Case:
+    return Case(method, path, body, ok=frozenset(ok or {200}), **kw)
+
+
+CASES: tuple[Case, ...] = (
+    # premises
+    _c("GET", "/v1/estates"),
+    _c("GET", "/v1/estates/{E}"),
+    _c("PUT", "/v1/estates/{E}", {"name": "小区 {E}"}, 204),
+    _c("POST", "/v1/estates/{E}/import", None, 200, once=True, csv=CSV_ROOMS),
+    _c("GET", "/v1/estates/{E}/buildings"),
+    _c("GET", "/v1/buildings/{E}.1"),
+    _c("PUT", "/v1/buildings/{E}.1", {"estate_id": "{E}", "name": "1 栋"}, 204),
+    _c("GET", "/v1/floors/{E}.1.1"),
+    _c("PUT", "/v1/floors/{E}.1.1", {"building_id": "{E}.1", "level": 1}, 204),
+    _c("GET", "/v1/rooms"),
+    _c("GET", "/v1/rooms/{R1}"),
+    _c("PUT", "/v1/rooms/{R1}", {"floor_id": "{E}.1.1", "code": "{C1}", "area_m2": "50.00"}, 204),
+    _c("GET", "/v1/rooms/{R1}/meters/{M1}"),
+    _c("PUT", "/v1/rooms/{R1}/meters/{M1}", {"utility": "electricity"}, 204),
+    _c("GET", "/v1/tenants"),
+    _c("GET", "/v1/tenants/{T2}"),
+    _c("PUT", "/v1/tenants/{T2}", {"name": "租户 T2", "phone": "13800000002"}, 204),
+    _c("GET", "/v1/tenants/{T2}/scope"),
+    _c(
+        "PUT",
+        "/v1/leases/{L2}",
+        {"tenant_id": "{T2}", "room_id": "{R1}", "move_in": "2026-06-01", "account_id": "{A2}"},
+    ),
+    _c("GET", "/v1/leases/{L2}"),
+    _c("POST", "/v1/leases/{L1}/move-out", {"move_out": "2026-06-01"}),
+    _c("POST", "/v1/leases/{L1}/settlement", {"reason": "退租", "move_out": "2026-06-01"}, 200, 201, once=True),
+    _c("GET", "/v1/leases/{L1}/settlement"),
+    # accounts, payments, tariffs
+    _c("GET", "/v1/accounts/{A2}"),
+    _c("PUT", "/v1/accounts/{A2}", {"name": "{C1}"}, 204),
+    _c("GET", "/v1/accounts/{A2}/ledger"),
+    _c("GET", "/v1/accounts/{A2}/usage"),
+    _c("POST", "/v1/accounts/{A2}/topups", {"amount": "10.00"}, 201),
+    _c("POST", "/v1/accounts/{A2}/subsidies", {"amount": "5.00", "program": "低保补贴"}, 201),
+    _c("POST", "/v1/ledger/transactions/{subsidy_txn}/reversal", {"reason": "录错"}, 201, once=True),
+    _c("GET", "/v1/ledger/transactions/{txn}/explain"),
+    _c("GET", "/v1/corrections"),
+    _c("GET", "/v1/held-readings"),
+    _c("GET", "/v1/payments"),
+    _c("GET", "/v1/payments/orders/{order}"),
+    _c("POST", "/v1/payments/{payment}/refunds", {"amount": "1.00", "reason": "多缴"}, 201, once=True),
+    _c("GET", "/v1/payments/reviews"),
+    _c("POST", "/v1/cash/shifts", {"counter_id": "K-{E}", "opening_float": "100.00"}, 201, once=True),
+    _c("GET", "/v1/cash/shifts/{shift}"),
+    _c("POST", "/v1/cash/shifts/{shift}/payments", {"account_id": "{A2}", "amount": "5.00"}, 201, once=True),
+    _c("POST", "/v1/cash/shifts/{shift}/close", {"counted_cash": "105.00"}, 200, 201, once=True),
+    _c("GET", "/v1/tariffs/water"),
+    _c("PUT", "/v1/tariffs/water", {"unit_price": "3.10", "effective_from": "2099-01-01T00:00:00+08:00"}, 204),
+    _c("GET", "/v1/tariffs/water/versions"),
+    _c(
+        "POST",
+        "/v1/tariffs/water/versions",
+        {
+            "effective_from": "2098-01-01T00:00:00+08:00",
+            "components": [{"kind": "flat", "name": "水费", "unit_price": "3.00"}],
+        },
+        200,
+        201,
+        once=True,
+    ),
+    _c("GET", "/v1/meters/X{M1}/binding"),
+    _c("PUT", "/v1/meters/X{M1}/binding", {"account_id": "{A4}", "utility": "water"}, 204),
+    # devices
+    _c("GET", "/v1/meters"),
+    _c("GET", "/v1/meters/{M1}/state"),
+    _c("GET", "/v1/gateways/{GW}/status"),
+    _c("GET", "/v1/gateways/{GW}"),
+    _c("PUT", "/v1/gateways/{GW}", {"name": "1号楼网关"}, 204),
+    _c("GET", "/v1/buses/{BUS}"),
+    _c("PUT", "/v1/buses/{BUS}", {"gateway_id": "{GW}", "host": "127.0.0.1", "port": 9, "protocol": "dlt645"}, 204),
+    _c("GET", "/v1/meters/{M1}"),
+    _c(
+        "PUT",
+        "/v1/meters/{M1}",
+        {"bus_id": "{BUS}", "address": "000000000101", "model": "dds1588", "utility": "electricity"},
+        204,
+    ),
+    _c("POST", "/v1/commissioning", None, 200, once=True, csv=CSV_DEVICES),
+    # commands
+    _c("GET", "/v1/commands"),
+    _c(
+        "POST",
+        "/v1/commands",
+        {"meter_id": "{M1}", "kind": "time_sync", "reason": "校时"},
+        202,
+        roles=("admin", "manager", "maintenance"),
+        refused="cashier",
+    ),
+    _c("GET", "/v1/commands/{command}"),
+    _c("POST", "/v1/commands/{command}/cancel", {"reason": "已缴费"}, 200, once=True),
+    _c("GET", "/v1/meters/{M1}/shadow"),
+    _c("GET", "/v1/schedules"),
+    _c("GET", "/v1/keep-power"),
+    _c("PUT", "/v1/keep-power/households/{A2}", {"reason": "medical"}, 204),
+    _c("GET", "/v1/keep-power/households/{A2}"),
+    _c("GET", "/v1/estates/{E}/policy"),
+    _c("PUT", "/v1/estates/{E}/policy", {"weekends": True, "holidays": True}, 204),
+    _c(
+        "POST",
+        "/v1/commands/batch",
+        {"meters": ["{M1}"], "kind": "time_sync", "reason": "校时"},
+        202,
+        roles=("admin", "manager", "maintenance"),
+        refused="cashier",
+    ),
+    _c(
+        "POST",
+        "/v1/commands/scheduled",
+        {"name": "每日校时", "kind": "time_sync", "at_local": "02:00:00", "meters": ["{M1}"]},
+        201,
+        roles=("admin", "manager", "maintenance"),
+        refused="cashier",
+    ),
+    # alarms and work orders
+    _c("GET", "/v1/alarms"),
+    _c("GET", "/v1/alarms/{alarm}"),
+    _c("POST", "/v1/alarms/{alarm}/acknowledge", {"by": "值班员"}, 200, once=True),
+    _c("GET", "/v1/faults"),
+    _c("GET", "/v1/work-orders"),
+    _c("GET", "/v1/work-orders/mttr"),
+    _c("GET", "/v1/work-orders/{work_order}"),
+    _c("PATCH", "/v1/work-orders/{work_order}", {"by": "王师傅", "note": "已到现场"}),
+    # reports
+    _c("GET", "/v1/reports/arrears"),
+    _c("GET", "/v1/reports/revenue"),
+    _c("GET", "/v1/reports/consumption"),
+    _c("GET", "/v1/reports/collection-rate", params={"month": "2026-11"}),
+    _c("GET", "/v1/reports/device-online-rate", roles=("admin", "manager", "finance"), refused="cashier"),
+    # the first staff API (all-estates principals only)
+    _c("GET", "/api/v1/accounts/{A2}", roles=("admin", "cashier", "finance"), refused="manager"),
+    _c("POST", "/api/v1/accounts/{A2}/topups", {"amount": "1.00"}, 201, roles=("admin",), refused="manager"),
+    _c("GET", "/api/v1/meters/{M1}", roles=("admin",), refused="manager"),
+    _c("GET", "/api/v1/meters/{M1}/commands", roles=("admin", "cashier"), refused="manager"),
+    _c("GET", "/api/v1/alarms", roles=("admin",), refused="manager"),
+    # tenants (a staff token is refused)
+    _c("GET", "/v1/me", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/rooms", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/rooms/{R1}", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/meters", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/meters/{M1}", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/accounts", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/accounts/{A2}", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/accounts/{A2}/usage", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/accounts/{A2}/usage/today", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/accounts/{A2}/statements/2026-11", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/accounts/{A2}/transactions/{txn}/explain", roles=TENANT, refused="admin"),
+    _c("POST", "/v1/me/accounts/{A2}/topups", {"amount": "20.00"}, 201, roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/payments/{order}", roles=TENANT, refused="admin"),
+    _c("POST", "/v1/me/payments/{order}/sandbox-pay", None, 200, roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/payments", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/alarms", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/alarms/{alarm}", roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/notification-settings", roles=TENANT, refused="admin"),
+    _c("PUT", "/v1/me/notification-settings", {"channels": ["app"]}, roles=TENANT, refused="admin"),
+    _c("POST", "/v1/me/live/tickets", None, 200, 201, roles=TENANT, refused="admin"),
+)
+# Rows that reach no backend, or not as a plain request, and where they are tested instead.
+EXEMPT: dict[tuple[str, str], str] = {
+    **{
+        ("GET", p): "the service's own surface (operations)"
+        for p in ("/asyncapi.json", "/healthz", "/readyz", "/metrics", "/v1/dead-letters")
+    },
+    ("POST", "/v1/dead-letters/{letter_id}/replay"): "the service's own surface (operations)",
+    ("GET", "/v1/me/live"): "a WebSocket / event stream: test_gateway_live_*.py",
+    ("POST", "/v1/payments/notify/{provider}"): "signed provider callbacks: billing's payment tests",
+    **dict.fromkeys(
+        (
+            ("POST", "/v1/auth/token"),
+            ("POST", "/v1/auth/revoke"),
+            ("GET", "/v1/auth/me"),
+            ("POST", "/v1/users"),
+            ("GET", "/v1/users"),
+            ("GET", "/v1/users/{user_id}"),
+            ("PATCH", "/v1/users/{user_id}"),
+            ("POST", "/v1/api-keys"),
+            ("GET", "/v1/api-keys"),
+            ("DELETE", "/v1/api-keys/{key_id}"),
+        ),
+        "the gateway's own users, keys and tokens, no backend: test_gateway_identity.py",
+    ),
+    **dict.fromkeys(
+        (
+            ("POST", "/v1/webhooks"),
+            ("GET", "/v1/webhooks"),
+            ("GET", "/v1/webhooks/{webhook_id}"),
+            ("PATCH", "/v1/webhooks/{webhook_id}"),
+            ("DELETE", "/v1/webhooks/{webhook_id}"),
+        ),
+        "the gateway's own webhook subscriptions, no backend: test_gateway_webhooks_once.py",
+    ),
+}
+
+
+def _matches(template: str, path: str) -> bool:
+    """Whether a case's path (its ids still `{named}`) is a request to the route `template`."""
+    pattern = "".join(
+        "[^/]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]+\})", template)
+    )
+    return re.fullmatch(pattern, path) is not None
+
+
+def gateway_operations() -> set[tuple[str, str]]:
+    """The gateway's route table: every operation of its OpenAPI (routers included)."""
+    app = gateway_app(
+        GatewaySettings(
+            environment="test",
+            database_url=SecretStr("postgresql://nobody@127.0.0.1:1/none"),
+            mqtt_url="mqtt://127.0.0.1:1",
+            staff_api_key=SecretStr(STAFF_KEY),
+            jwt_secret=SecretStr(JWT_SECRET),
+        )
+    )
+    return {(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops}
+
+
+def test_every_gateway_route_has_a_real_stack_case() -> None:
+    """A new route fails here until it has a case above (or an exemption saying where it is tested)."""
+    routes = gateway_operations()
+    untested = [
+        (m, p)
+        for m, p in routes
+        if (m, p) not in EXEMPT and not any(c.method == m and _matches(p, c.path) for c in CASES)
+    ]
+    assert sorted(untested) == []
+    stale = [(c.method, c.path) for c in CASES if not any(m == c.method and _matches(p, c.path) for m, p in routes)]
+    assert stale == []  # no case for a route that is gone
+
+
+def _table_route(case: Case) -> Route | None:
+    for route in ROUTES:
+        if route.method == case.method and _matches("/v1" + route.path, case.path):
+            return route
+    return None
+
+
+def allowed_roles(case: Case) -> tuple[str, ...]:
+    if case.roles is not None:
+        return case.roles
+    route = _table_route(case)
+    assert route is not None, f"{case.method} {case.path}: name its roles"
+    return tuple(
+        name
+        for name, role in STAFF.items()
+        if route.action in POLICY[role] and (name not in ESTATE_SCOPED or route.estate is not None)
+    )
+
+
+def refused_role(case: Case) -> str:
+    if case.refused is not None:
+        return case.refused
+    allowed = allowed_roles(case)
+    route = _table_route(case)
+    outside = [n for n, role in STAFF.items() if route is not None and route.action not in POLICY[role]]
+    return outside[0] if outside else ("tenant1" if allowed else "admin")
+
+
+def _fill(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.format(**ids)
+    if isinstance(value, dict):
+        return {k: _fill(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, ids) for v in value]
+    return value
+
+
+async def _send(stack: Stack, who: str, case: Case, ids: dict[str, str]) -> httpx.Response:
+    headers = {"Idempotency-Key": f"sweep-{uuid.uuid4().hex}"}
+    kwargs: dict[str, Any] = {"params": _fill(case.params, ids)}
+    if case.csv is not None:
+        headers["Content-Type"] = "text/csv"
+        kwargs["content"] = _fill(case.csv, ids).encode()
+    elif case.method in ("POST", "PUT", "PATCH"):
+        kwargs["json"] = _fill(case.body if case.body is not None else {}, ids)
+    async with stack.client(who) as client:
+        return await client.request(case.method, _fill(case.path, ids), headers=headers, **kwargs)
+
+
+async def _dynamic_ids(stack: Stack) -> dict[str, str]:
+    """Objects the rows act on that the backends number themselves: a payment and its transaction, a subsidy's
+    transaction, a payment order, a cash shift, a command, an alarm and a work order."""
+    ids = dict(stack.ids)
+    async with stack.client("admin") as admin, stack.client("cashier") as cashier:
+        paid = await _ok(await admin.post(f"/v1/accounts/{ids['A2']}/topups", json={"amount": "30.00"}, headers=_key()))
+        ids["payment"], ids["txn"] = paid.json()["payment_id"], paid.json()["txn_id"]
+        subsidy = await _ok(
+            await admin.post(
+                f"/v1/accounts/{ids['A2']}/subsidies", json={"amount": "2.00", "program": "低保补贴"}, headers=_key()
+            )
+        )
+        ids["subsidy_txn"] = subsidy.json()["txn_id"]
+        shift = await _ok(await cashier.post("/v1/cash/shifts", json={"counter_id": f"S-{ids['E']}"}, headers=_key()))
+        ids["shift"] = shift.json()["shift_id"]
+        command = await _ok(await _command(admin, ids["M1"], "time_sync"))
+        ids["command"] = command.json()["command_id"]
+        await _ok(
+            await admin.put(f"/v1/meters/X{ids['M1']}/binding", json={"account_id": ids["A4"], "utility": "water"})
+        )
+    async with stack.client("tenant2") as tenant:
+        order = await _ok(
+            await tenant.post(f"/v1/me/accounts/{ids['A2']}/topups", json={"amount": "15.00"}, headers=_key())
+        )
+        ids["order"] = order.json()["order_id"]
+    event = BalanceEvent(
+        source="stack-test",
+        account_id=ids["A2"],
+        kind=BalanceEventKind.LOW_2,
+        level=BalanceLevel.LOW_2,
+        balance=Decimal("1.00"),
+        sequence=20_000,
+        meters=(),
+    )
+    await _publish(stack.mqtt_url, topics.balance(ids["A2"]), event.model_dump_json().encode())
+    async with stack.client("admin") as admin:
+
+        async def alarm() -> str | None:
+            found = (await admin.get("/v1/alarms", params={"source_id": ids["A2"], "state": "active"})).json()
+            return next((a["alarm_id"] for a in found["items"] if a["alarm_type"] == "balance_low_2"), None) or next(
+                (a["alarm_id"] for a in found["items"]), None
+            )
+
+        ids["alarm"] = await eventually(alarm, "an active alarm on the household")
+    conn = await asyncpg.connect(stack.database_url)
+    try:  # a work order as a device fault opens one, on the household's alarm (a fault needs minutes offline)
+        work_order = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO alarm.work_orders (work_order_id, alarm_id, device_id, fault_type, estate) "
+            "VALUES ($1, $2, $3, 'meter_offline', $4)",
+            work_order,
+            uuid.UUID(ids["alarm"]),
+            ids["M1"],
+            ids["E"],
+        )
+        await conn.execute(
+            "INSERT INTO collector.device_state (meter_id, online, relay) VALUES ($1, true, 'closed') "
+            "ON CONFLICT (meter_id) DO NOTHING",
+            ids["M1"],
+        )
+    finally:
+        await conn.close()
+    ids["work_order"] = str(work_order)
+    return ids
+
+
+async def test_every_route_works_for_the_roles_it_allows_and_refuses_one_it_does_not(stack: Stack) -> None:
+    ids = await _dynamic_ids(stack)
+    problems: list[str] = []
+    for case in CASES:
+        allowed = allowed_roles(case)
+        assert allowed, f"{case.method} {case.path}: no role may call it"
+        for who in allowed[:1] if case.once else allowed:
+            response = await _send(stack, who, case, ids)
+            if response.status_code not in case.ok:
+                problems.append(f"{who} {case.method} {case.path}: {response.status_code} {response.text[:200]}")
+        refused = refused_role(case)
+        response = await _send(stack, refused, case, ids)
+        if response.status_code not in (403, 404):
+            problems.append(f"refused {refused} {case.method} {case.path}: {response.status_code}")
+    assert problems == [], "\n".join(problems)

@@ -50,7 +50,7 @@ Kind = Literal["object", "list", "write", "money", "csv"]
 # Commands that cut supply (or lift its protection) need commands:trip; the rest commands:close.
 CUT_OFF_KINDS = frozenset({"trip", "valve_close", "keep_power_off"})
 UPSTREAM_PAGE_CAP = 1000
-CSV_HEADER = r"^\ufeff?[a-z_]+(,[a-z_]+)+\r?\n"
+CSV_HEADER = r"^\ufeff?[a-z0-9_]+(,[a-z0-9_]+)+\r?\n"  # billing's estate import has `area_m2`
 
 
 class TopUpIn(BaseModel):
@@ -392,7 +392,7 @@ ROUTES: tuple[Route, ...] = (
         "payments",
         "money",
         estate=_ACCOUNT,
-        example={"amount": "30.00", "reason": "低保补贴"},
+        example={"amount": "30.00", "program": "低保补贴"},
     ),
     Route(
         "POST",

@@ -27,7 +27,7 @@ from shuidian_collector.store import LocalStore
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_shared import topics
-from shuidian_shared.messages import CommandRequested
+from shuidian_shared.messages import CommandRequested, ReplayRequest
 
 SERVICE = "collector"
 
@@ -69,7 +69,9 @@ async def _store(settings: CollectorSettings) -> AsyncIterator[LocalStore]:
             path = (
                 Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="shuidian-collector-"))) / "store.sqlite3"
             )
-        async with LocalStore(path, max_rows=settings.store_max_rows) as store:
+        async with LocalStore(
+            path, max_rows=settings.store_max_rows, replay_seconds=settings.replay_window_seconds
+        ) as store:
             yield store
 
 
@@ -91,6 +93,12 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
             # Not shared: every instance hears every command and acts only on the gateways it owns.
             runtime.mqtt.subscribe(topics.ALL_METER_COMMANDS, CommandRequested, commands.on_command)
             runtime.supervisor.add("fleet", fleet.run)
+
+            async def replay(request: ReplayRequest, topic: str) -> None:
+                # Not shared either: only the instance whose store has the stream's epoch holds its batches.
+                await store.replay(request.gateway_id, request.epoch, request.from_sequence, request.to_sequence)
+
+            runtime.mqtt.subscribe(topics.ALL_GATEWAY_REPLAYS, ReplayRequest, replay)
             runtime.supervisor.add("store", lambda: store.forward(runtime.mqtt))
             # Edges older than the retention are pruned (one replica at a time), and reports refuse windows
             # starting before it rather than compute them from what is left.

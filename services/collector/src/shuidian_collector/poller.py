@@ -316,9 +316,8 @@ class GatewayPoller:
         messages: list[Message] = []
         if readings:
             batch = ReadingBatch(source=self._source, gateway_id=gateway_id, readings=tuple(readings))
-            messages.append(
-                Message(topics.readings(gateway_id), batch.model_dump_json().encode(), readings=len(readings))
-            )
+            # The store numbers the batch in the gateway's stream as it stores it, and serialises it then.
+            messages.append(Message(topics.readings(gateway_id), b"", readings=len(readings), batch=batch))
         edge = self.health.observe(
             answered=bool(readings), all_failing=self.schedule.all_failing(), now=now, rng=self._rng
         )

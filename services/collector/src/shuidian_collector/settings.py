@@ -41,6 +41,12 @@ class CollectorSettings(ServiceSettings):
     store_max_rows: int = Field(
         default=100_000, ge=1, description="reading batches and poll statistics the local store holds at most"
     )
+    replay_window_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="how long a reading batch the broker acknowledged is kept to be published again on a "
+        "consumer's ReplayRequest (docs/delivery.md)",
+    )
     dlt645_password_level: int = Field(default=2, ge=0, le=99, description="DL/T 645 password level for writes")
     dlt645_password: SecretStr | None = Field(
         default=None,

@@ -7,6 +7,12 @@ event loop. The store is bounded: when it holds `max_rows` reading batches and p
 statistics), new ones are refused (counted and logged as errors) and the stored ones are kept — the oldest unsent readings are the ones
 billing has not seen yet, and a meter's next successful poll after the outage carries its cumulative
 register anyway, so refusing new rows loses resolution, never consumption.
+
+Each gateway's reading batches are numbered without gaps as they are stored: `epoch` names this
+store file (made when the file is) and `sequence` counts the gateway's batches in it. A batch the
+broker acknowledged is kept, marked sent, for `replay_seconds`: a consumer that sees a jump in the
+numbers (a broker that lost what it had acknowledged) asks for the missing ones with a
+`ReplayRequest`, and `replay` queues them to be published again, before anything newer.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +33,7 @@ from prometheus_client import Counter, Gauge
 
 from shuidian_kit.errors import MqttUnavailable
 from shuidian_kit.mqtt import MqttLink
+from shuidian_shared.messages import ReadingBatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +45,7 @@ REFUSED_MESSAGES = Counter(
     "collector_store_refused_messages_total", "periodic messages (poll statistics) refused because the store was full"
 )
 FORWARDED = Counter("collector_store_forwarded_total", "messages published from the local store and deleted")
+REPLAYED = Counter("collector_store_replayed_batches_total", "reading batches queued again on a consumer's request")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -46,8 +56,17 @@ CREATE TABLE IF NOT EXISTS pending (
     readings INTEGER NOT NULL DEFAULT 0,
     bounded INTEGER NOT NULL DEFAULT 0
 )"""
-# Rows the bound counts: reading batches, and periodic messages (poll statistics) that a long outage would pile up.
+# Added after the first release: files made before get them on open.
+_COLUMNS = {"bounded": "INTEGER NOT NULL DEFAULT 0", "gateway_id": "TEXT", "sequence": "INTEGER", "sent_at": "REAL"}
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS pending_unsent ON pending (id) WHERE sent_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS pending_streams ON pending (gateway_id, sequence) WHERE sequence IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS streams (gateway_id TEXT PRIMARY KEY, last_sequence INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+# Rows the bound counts: unsent reading batches, and periodic messages (poll statistics) that a long outage would pile up.
 _BOUNDED = "(readings > 0 OR bounded = 1)"
+_UNSENT = "sent_at IS NULL"
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,7 @@ class Message:
     retain: bool = False
     readings: int = 0  # how many readings the payload carries (0: a state event)
     bounded: bool = False  # a periodic message (poll statistics): counted against max_rows like a reading batch
+    batch: ReadingBatch | None = None  # a reading batch to number in its gateway's stream (`payload` is unused)
 
     @property
     def limited(self) -> bool:
@@ -79,9 +99,12 @@ class StoreFull(Exception):
 class LocalStore:
     """A durable FIFO of MQTT messages in one SQLite file; use as `async with LocalStore(path) as store`."""
 
-    def __init__(self, path: Path, *, max_rows: int) -> None:
+    def __init__(self, path: Path, *, max_rows: int, replay_seconds: float = 900.0) -> None:
         self.path = path
         self.max_rows = max_rows
+        self.replay_seconds = replay_seconds
+        self.epoch = ""  # read or made on open
+        self._sequences: dict[str, int] = {}  # gateway → last sequence stored (used on the store's thread only)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-store")
         self._db: sqlite3.Connection | None = None
         self._rows = 0
@@ -102,10 +125,18 @@ class LocalStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a row acknowledged to the poller survives a power cut
             db.execute(_SCHEMA)
-            if "bounded" not in {column[1] for column in db.execute("PRAGMA table_info(pending)")}:
-                db.execute("ALTER TABLE pending ADD COLUMN bounded INTEGER NOT NULL DEFAULT 0")  # an older file
+            present = {column[1] for column in db.execute("PRAGMA table_info(pending)")}
+            for column, kind in _COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE pending ADD COLUMN {column} {kind}")
+            for statement in _INDEXES:
+                db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex[:16],))
+            (self.epoch,) = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            self._sequences = dict(db.execute("SELECT gateway_id, last_sequence FROM streams"))
             rows, batches, readings = db.execute(
-                f"SELECT count(*), count(*) FILTER (WHERE {_BOUNDED}), coalesce(sum(readings), 0) FROM pending"
+                f"SELECT count(*), count(*) FILTER (WHERE {_BOUNDED}), coalesce(sum(readings), 0) FROM pending "
+                f"WHERE {_UNSENT}"
             ).fetchone()
             return db, int(rows), int(batches), int(readings)
 
@@ -148,12 +179,29 @@ class LocalStore:
         if accepted:
 
             def insert(db: sqlite3.Connection) -> None:
+                sequences = dict(self._sequences)
+                rows = []
+                for m in accepted:
+                    payload, gateway, sequence = m.payload, None, None
+                    if m.batch is not None:
+                        gateway = m.batch.gateway_id
+                        sequence = sequences[gateway] = sequences.get(gateway, 0) + 1
+                        numbered = m.batch.model_copy(update={"epoch": self.epoch, "sequence": sequence})
+                        payload = numbered.model_dump_json().encode()
+                    rows.append((m.topic, payload, int(m.retain), m.readings, int(m.bounded), gateway, sequence))
                 with db:  # one transaction, one fsync
                     db.execute("BEGIN")
                     db.executemany(
-                        "INSERT INTO pending (topic, payload, retain, readings, bounded) VALUES (?, ?, ?, ?, ?)",
-                        [(m.topic, m.payload, int(m.retain), m.readings, int(m.bounded)) for m in accepted],
+                        "INSERT INTO pending (topic, payload, retain, readings, bounded, gateway_id, sequence) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        rows,
                     )
+                    db.executemany(
+                        "INSERT INTO streams (gateway_id, last_sequence) VALUES (?, ?) "
+                        "ON CONFLICT (gateway_id) DO UPDATE SET last_sequence = excluded.last_sequence",
+                        [(g, n) for g, n in sequences.items() if self._sequences.get(g) != n],
+                    )
+                self._sequences = sequences  # only once committed: a failed insert numbers nothing
 
             await self._call(insert)
             self._rows += len(accepted)
@@ -171,12 +219,16 @@ class LocalStore:
 
     async def peek(self, limit: int) -> list[Pending]:
         def select(db: sqlite3.Connection) -> list[Pending]:
-            rows = db.execute("SELECT id, topic, payload, retain FROM pending ORDER BY id LIMIT ?", (limit,))
+            rows = db.execute(
+                f"SELECT id, topic, payload, retain FROM pending WHERE {_UNSENT} ORDER BY id LIMIT ?", (limit,)
+            )
             return [Pending(i, t, bytes(p), bool(r)) for i, t, p, r in rows]
 
         return await self._call(select)
 
     async def delete(self, ids: list[int]) -> None:
+        """The broker has these: numbered reading batches are kept, marked sent, for replays; the rest go."""
+
         def remove(db: sqlite3.Connection) -> tuple[int, int]:
             marks = ",".join("?" * len(ids))
             batches, readings = db.execute(
@@ -184,7 +236,13 @@ class LocalStore:
                 f"WHERE id IN ({marks})",
                 ids,
             ).fetchone()
-            db.execute(f"DELETE FROM pending WHERE id IN ({marks})", ids)
+            with db:
+                db.execute("BEGIN")
+                db.execute(
+                    f"UPDATE pending SET sent_at = ? WHERE id IN ({marks}) AND sequence IS NOT NULL",
+                    [time.time(), *ids],
+                )
+                db.execute(f"DELETE FROM pending WHERE id IN ({marks}) AND sequence IS NULL", ids)
             return int(batches), int(readings)
 
         batches, readings = await self._call(remove)
@@ -193,9 +251,56 @@ class LocalStore:
         self._rows -= len(ids)
         self._gauge()
 
+    async def replay(self, gateway_id: str, epoch: str, first: int, last: int) -> int:
+        """Queue a gateway's sent batches `first`..`last` to be published again (before anything newer,
+        as they keep their place); how many this store still held. Another store's epoch: none."""
+        if epoch != self.epoch:
+            return 0
+
+        def unmark(db: sqlite3.Connection) -> tuple[int, int]:
+            with db:
+                db.execute("BEGIN")
+                count, readings = db.execute(
+                    "SELECT count(*), coalesce(sum(readings), 0) FROM pending WHERE gateway_id = ? "
+                    "AND sequence BETWEEN ? AND ? AND sent_at IS NOT NULL",
+                    (gateway_id, first, last),
+                ).fetchone()
+                db.execute(
+                    "UPDATE pending SET sent_at = NULL WHERE gateway_id = ? AND sequence BETWEEN ? AND ? "
+                    "AND sent_at IS NOT NULL",
+                    (gateway_id, first, last),
+                )
+            return int(count), int(readings)
+
+        count, readings = await self._call(unmark)
+        if count:
+            self._rows += count
+            self._batches += count
+            self._readings += readings
+            self._gauge()
+            self._wake.set()
+            REPLAYED.inc(count)
+        log.info("replay of %s batches %d..%d (epoch %s): %d still held", gateway_id, first, last, epoch, count)
+        return count
+
+    async def prune(self) -> int:
+        """Forget sent batches older than the replay window."""
+
+        def remove(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM pending WHERE sent_at IS NOT NULL AND sent_at < ?", (time.time() - self.replay_seconds,)
+            )
+            return cursor.rowcount
+
+        return await self._call(remove)
+
     async def forward(self, mqtt: MqttLink, *, batch: int = 10) -> None:
         """Publish stored messages in order for ever; a row is deleted only once the broker acknowledged it."""
+        pruned_at = time.monotonic()
         while True:
+            if time.monotonic() - pruned_at >= min(60.0, self.replay_seconds):
+                await self.prune()
+                pruned_at = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):  # not wait_for: it can swallow a cancellation on Python 3.11
                     await self._wake.wait()

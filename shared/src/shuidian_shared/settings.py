@@ -1,8 +1,8 @@
 """Settings bases: every service reads its configuration from the environment, validated on start.
 
-`DATABASE_URL` and `MQTT_URL` are shared by all services (one database server, one broker;
-each service owns its own schema); everything else carries the service's prefix, e.g.
-`BILLING_HTTP_PORT`.
+`DATABASE_URL`, `MQTT_URL` and `SERVICE_TOKEN_SECRET` are shared by all services (one database
+server, one broker, one key signing the tokens services call each other with; each service owns its
+own schema); everything else carries the service's prefix, e.g. `BILLING_HTTP_PORT`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev-secret", "password", "test"})
+# Known to everyone who reads this file: fine for dev and test stacks, refused in prod.
+DEV_SERVICE_TOKEN_SECRET = "dev-only-service-token-secret-do-not-use-in-production"
+MIN_SERVICE_TOKEN_SECRET_BYTES = 32
 
 
 class ServiceSettings(BaseSettings):
@@ -30,6 +33,11 @@ class ServiceSettings(BaseSettings):
     )
     database_pool_size: int = 10
     mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", validation_alias="MQTT_URL")
+    # The HS256 key of service tokens (shuidian_kit.service_auth): the gateway signs every call to a
+    # backend with it and every backend refuses a request without one. The same on every service.
+    service_token_secret: SecretStr = Field(
+        default=SecretStr(DEV_SERVICE_TOKEN_SECRET), validation_alias="SERVICE_TOKEN_SECRET"
+    )
     # Persistent sessions keep QoS 1 messages for a replica while it restarts, but only make sense
     # with a stable instance_id: a session left behind stays a member of its shared-subscription
     # group and the broker keeps handing it messages. Ephemeral instances (tests) use clean sessions.
@@ -52,15 +60,23 @@ class ServiceSettings(BaseSettings):
         return self.gc_tuning if self.gc_tuning is not None else self.environment != "test"
 
     def secret_fields(self) -> dict[str, SecretStr]:
-        """Secrets that must not keep a placeholder value outside dev (subclasses list theirs)."""
-        return {}
+        """Secrets that must not keep a placeholder value outside dev (subclasses list theirs; the
+        service-token secret is always checked, whether or not a subclass calls this)."""
+        secret = self.service_token_secret.get_secret_value()
+        # The dev default is long enough for the length rule, so prod names it explicitly; an HS256 key
+        # shorter than the hash is refused everywhere but dev.
+        weak = (secret == DEV_SERVICE_TOKEN_SECRET and self.environment == "prod") or len(
+            secret.encode()
+        ) < MIN_SERVICE_TOKEN_SECRET_BYTES
+        return {"service_token_secret": SecretStr("") if weak else self.service_token_secret}
 
     @model_validator(mode="after")
     def _reject_placeholder_secrets(self) -> Self:
         if self.environment != "dev":
+            secrets = {**ServiceSettings.secret_fields(self), **self.secret_fields()}
             weak = [
                 name
-                for name, value in self.secret_fields().items()
+                for name, value in secrets.items()
                 if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS or len(value.get_secret_value()) < 16
             ]
             if weak:

@@ -10,22 +10,23 @@ from importlib.resources import files
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shuidian_gateway import api, live, routes_identity, routes_me, routes_staff, webhooks
+from shuidian_gateway import api, live, routes_identity, routes_me, routes_payments, routes_staff, webhooks
 from shuidian_gateway.asyncapi import document
-from shuidian_gateway.auth import TenantScopes, VerifiedTokens
+from shuidian_gateway.auth import TenantScopes, VerifiedTokens, require
 from shuidian_gateway.conventions import IdempotencyStore, RefuseNul
 from shuidian_gateway.identity import Identity
-from shuidian_gateway.policy import Principal
+from shuidian_gateway.policy import Action, Principal
 from shuidian_gateway.readcache import ReadCache
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamError, Upstreams
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
+from shuidian_kit.service_auth import ServiceTokens
 from shuidian_kit.urlguard import guarded_client
 from shuidian_shared import topics
 from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, DeviceState
@@ -125,6 +126,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     "control": settings.control_url,
                     "alarm": settings.alarm_url,
                 },
+                ServiceTokens.from_settings(settings, SERVICE),
             )
             hub = live.LiveHub(settings.live_resume_seconds, settings.live_resume_frames)
             hooks = webhooks.Webhooks(
@@ -211,11 +213,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def asyncapi() -> dict[str, Any]:
         return document(VERSION)
 
-    app.include_router(ops_router())
+    app.include_router(ops_router(guard=[Depends(require(Action.USERS_MANAGE))]))  # dead letters: administrators
     app.include_router(routes_identity.router)
     app.include_router(routes_me.router)
     app.include_router(live.router)
     app.include_router(webhooks.router)
     app.include_router(routes_staff.build_router())
+    for payments_router in routes_payments.routers(settings):
+        app.include_router(payments_router)
     app.include_router(api.router)
     return app

@@ -23,7 +23,7 @@ from shuidian_gateway.identity import Identity
 from shuidian_gateway.policy import Action, Principal, Role
 from shuidian_gateway.readcache import ReadCache
 from shuidian_gateway.settings import GatewaySettings
-from shuidian_gateway.upstream import UpstreamError, Upstreams
+from shuidian_gateway.upstream import UpstreamError, Upstreams, act_as
 from shuidian_kit.urlguard import IPNetwork
 
 bearer = OAuth2PasswordBearer(
@@ -101,6 +101,7 @@ async def authenticated(request: Request, token: Annotated[str | None, Depends(b
         raise Unauthorised("sign in first: Authorization: Bearer <access token or API key>")
     principal = await principal_from_token(request, token)
     request.state.principal = principal
+    act_as(principal)  # upstream calls made for this request are signed on its behalf
     return principal
 
 

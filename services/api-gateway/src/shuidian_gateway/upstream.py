@@ -1,5 +1,9 @@
 """Calls to the internal services' HTTP APIs; their problem responses pass through unchanged.
 
+Every call carries a service token (shuidian_kit.service_auth) whose subject is the principal the
+request was authenticated as (`act_as`, set by the auth dependency for the rest of the request), or
+`service:gateway` for the gateway's own work (background loops, anonymous routes).
+
 A 404 or 405 that is not a problem document means the backend has no such route (yet): that
 becomes a 501 problem, so clients can tell "no such object" from "not offered".
 """
@@ -8,12 +12,17 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import Annotated, Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 from fastapi import Depends, Request
 
 from shuidian_kit.errors import ServiceError
+from shuidian_kit.service_auth import ServiceTokens
+
+if TYPE_CHECKING:
+    from shuidian_gateway.policy import Principal
 
 # httpcore tries `import sniffio` on every request; a failed import is not cached and costs ~0.3 ms each
 # time. Marking the absent module as absent makes the miss immediate.
@@ -29,10 +38,29 @@ class UpstreamError(ServiceError):
         self.body = body
 
 
+SYSTEM_SUBJECT = "service:gateway"
+# The principal this request acts as: a context variable, so every upstream call made while serving
+# the request (directly, through a cache, or in a task it started) is signed for it.
+_acting: ContextVar[Principal | None] = ContextVar("shuidian_gateway_acting", default=None)
+
+
+def act_as(principal: Principal) -> None:
+    """Sign the rest of this request's upstream calls on behalf of `principal`."""
+    _acting.set(principal)
+
+
 class Upstreams:
-    def __init__(self, client: httpx.AsyncClient, urls: dict[str, str]) -> None:
+    def __init__(self, client: httpx.AsyncClient, urls: dict[str, str], tokens: ServiceTokens) -> None:
         self._client = client
         self._urls = urls
+        self._tokens = tokens
+
+    def _credential(self, service: str) -> str:
+        principal = _acting.get()
+        if principal is None:
+            return f"Bearer {self._tokens.mint(service, SYSTEM_SUBJECT)}"
+        estates = None if principal.all_estates else tuple(sorted(principal.estates))
+        return f"Bearer {self._tokens.mint(service, principal.name, role=principal.role.value, estates=estates)}"
 
     async def call(
         self,
@@ -65,6 +93,9 @@ class Upstreams:
     ) -> httpx.Response:
         """The response as it came (for PDFs and CSVs); errors raise UpstreamError like `call`."""
         url = self._urls[service] + path
+        # The credential is set last: no header a caller passes on can stand in for it.
+        headers = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+        headers["Authorization"] = self._credential(service)
         try:
             response = await self._client.request(
                 method, url, json=json, content=content, headers=headers, params=params

@@ -314,7 +314,7 @@ async def run(database_url: str, mqtt_url: str) -> None:
     server, task = await _serve(app, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=30, auth=infra.service_auth("billing")) as client:
             await client.put(
                 "/v1/tariffs/electricity", json={"unit_price": "0.60", "effective_from": "2020-01-01T00:00:00+08:00"}
             )

@@ -109,7 +109,9 @@ async def _collector(database_url: str, mqtt_url: str, data_dir: Path) -> AsyncI
     )
     server, task = await _serve(create_app(settings), port)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=120, auth=infra.service_auth("collector")
+        ) as client:
             yield client
     finally:
         server.should_exit = True

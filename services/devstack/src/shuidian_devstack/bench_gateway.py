@@ -24,7 +24,7 @@ import psutil
 from pydantic import SecretStr
 
 from shuidian_devstack.benchkit import emit
-from shuidian_devstack.infra import free_port
+from shuidian_devstack.infra import free_port, service_auth
 
 TENANTS = 20
 CONCURRENCY = 64
@@ -210,7 +210,7 @@ async def run(database_url: str, mqtt_url: str) -> None:
     for process in servers.values():
         process.start()
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, auth=service_auth({urls["billing"]: "billing"})) as client:
             for url in urls.values():
                 await _wait_ready(client, url)
             tokens = await _seed(client, urls["billing"], urls["gateway"])

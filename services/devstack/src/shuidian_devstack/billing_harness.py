@@ -45,8 +45,10 @@ async def billing_on_own_database(pg_server_url: str, mqtt_url: str, instance: s
 
 
 def client_of(app: FastAPI) -> httpx.AsyncClient:
-    """An HTTP client calling the app in-process."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://billing")
+    """An HTTP client calling the app in-process, signed with service tokens for billing."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://billing", auth=infra.service_auth("billing")
+    )
 
 
 async def flat_priced_engine(database_url: str) -> AsyncEngine:

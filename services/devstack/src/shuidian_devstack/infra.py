@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +21,40 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
+from shuidian_kit.service_auth import ServiceTokenAuth, ServiceTokens
+from shuidian_shared.settings import ServiceSettings
+
 log = logging.getLogger(__name__)
+TEST_SUBJECT = "test:runner"
+
+
+def service_auth(audience: str | Mapping[str, str], subject: str = TEST_SUBJECT) -> ServiceTokenAuth:
+    """Sign an httpx client's requests to a backend with fresh service tokens under SERVICE_TOKEN_SECRET (the
+    dev/test default unless set): for one service, or for several by base URL. Backends refuse anything
+    unsigned; `subject` is who the requests act for (the audit subject the backend records)."""
+    return ServiceTokens.from_settings(ServiceSettings(), "devstack").auth(audience, subject)
+
+
+def service_headers(audience: str, subject: str = TEST_SUBJECT) -> dict[str, str]:
+    """One request's `Authorization` header for a backend (for clients that are not httpx; good for a minute)."""
+    return ServiceTokens.from_settings(ServiceSettings(), "devstack").headers(audience, subject)
+
+
+# Per request on a signed client: send the request's own headers and no fresh token.
+UNSIGNED = httpx.Auth()
+
+
+def refused_credentials(audience: str, subject: str = TEST_SUBJECT) -> dict[str, dict[str, str]]:
+    """Headers a backend must refuse, by case: none, a token for another service, an expired one, one signed
+    with another key (send them with `auth=UNSIGNED` on a signed client)."""
+    secret = ServiceSettings().service_token_secret.get_secret_value()
+    other = "alarm" if audience != "alarm" else "billing"
+    return {
+        "no token": {},
+        "another audience": ServiceTokens(secret, "devstack").headers(other, subject),
+        "expired": ServiceTokens(secret, "devstack", clock=lambda: time.time() - 300).headers(audience, subject),
+        "another key": ServiceTokens("not-the-platform-key-" + secret, "devstack").headers(audience, subject),
+    }
 
 
 def free_port() -> int:
@@ -54,8 +87,13 @@ async def serve_app(app: Any, port: int) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def serve_ready(app: Any, port: int, timeout: float = 30.0) -> AsyncIterator[httpx.AsyncClient]:
     """`serve_app`, and an `httpx.AsyncClient` of it, yielded once `/readyz` answers 200 (its database
-    reachable, its broker connected, its loops alive)."""
-    async with serve_app(app, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    reachable, its broker connected, its loops alive); signed with service tokens for a backend that needs them."""
+    audience = getattr(app.state, "service_audience", None)
+    auth = service_auth(audience) if audience is not None else None
+    async with (
+        serve_app(app, port),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, auth=auth) as client,
+    ):
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(httpx.HTTPError):

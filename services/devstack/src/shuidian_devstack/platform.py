@@ -21,7 +21,7 @@ from shuidian_collector.app import create_app as collector_app
 from shuidian_collector.settings import CollectorSettings
 from shuidian_control.app import create_app as control_app
 from shuidian_control.settings import ControlSettings
-from shuidian_devstack.infra import free_port
+from shuidian_devstack.infra import free_port, service_auth
 from shuidian_gateway.app import create_app as gateway_app
 from shuidian_gateway.live import Server as LiveServer
 from shuidian_gateway.settings import GatewaySettings
@@ -31,7 +31,8 @@ STAFF_KEY = "e2e-staff-key-0123456789abcdef"
 
 @dataclass
 class Platform:
-    """URLs of the running services; `staff` is an HTTP client on the gateway with the staff key."""
+    """URLs of the running services; `staff` is an HTTP client on the gateway with the staff key, `internal` one
+    calling the backends directly, signed with service tokens (as `infra.TEST_SUBJECT`)."""
 
     urls: dict[str, str]
     staff: httpx.AsyncClient
@@ -94,7 +95,7 @@ async def platform(
             servers.append(await _serve(app, ports[name], LiveServer if name == "gateway" else uvicorn.Server))
         async with (
             httpx.AsyncClient(base_url=urls["gateway"], headers={"Authorization": f"Bearer {STAFF_KEY}"}) as staff,
-            httpx.AsyncClient() as internal,
+            httpx.AsyncClient(auth=service_auth({urls[n]: n for n in apps if n != "gateway"})) as internal,
         ):
             await wait_ready(internal, urls)
             yield Platform(urls, staff, internal, apps)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -25,6 +26,13 @@ from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
 
 T = TypeVar("T")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One random service-token key per test run (never the published dev default), unless the environment
+    # names one: every app a test builds and every signed test client read it, and so do the processes
+    # tests start, which inherit the environment.
+    os.environ.setdefault("SERVICE_TOKEN_SECRET", secrets.token_urlsafe(48))
 
 
 @pytest.fixture(scope="session")

@@ -151,7 +151,9 @@ async def start(stack: Stack) -> dict[str, str]:
             raise TimeoutError("simulator did not report its ports")
         await asyncio.sleep(0.2)
     endpoints = json.loads(ports_file.read_text())
-    async with httpx.AsyncClient(timeout=10.0) as client:
+    # Seeding calls the backends directly, as the platform itself (the gateway's calls go with the staff key).
+    backends = {url: name for name, url in urls.items() if name != "gateway"}
+    async with httpx.AsyncClient(timeout=10.0, auth=infra.service_auth(backends, "service:devstack")) as client:
         premises = estate.premises()
         await seed(client, urls, estate.buses(endpoints), estate.accounts(), premises=premises)
         await seed_users(client, urls["gateway"], STAFF_KEY, premises)
@@ -168,7 +170,7 @@ def banner(urls: dict[str, str], estate_rooms: int) -> str:
         f"  sign in:         tenant A101 · staff manager, cashier, maintenance, finance, admin"
         f" — password {DEMO_PASSWORD}",
         f"                   curl -d grant_type=password -d username=A101 -d password={DEMO_PASSWORD} {gw}/v1/auth/token",
-        *(f"  {name:<16} {url}/docs" for name, url in urls.items() if name != "gateway"),
+        *(f"  {name:<16} {url}   (internal: service token only)" for name, url in urls.items() if name != "gateway"),
         f"  simulator        http://127.0.0.1:{SIMULATOR_PORT}/docs",
         f"  demo estate      {estate_rooms} rooms, each with an electricity and a water meter",
         "  logs             data/logs/*.log",

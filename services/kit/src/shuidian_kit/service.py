@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -107,8 +107,10 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-def ops_router() -> APIRouter:
-    """`/healthz` (process is alive), `/readyz` (database, broker and loops are up), `/metrics`."""
+def ops_router(*, guard: Sequence[Any] = ()) -> APIRouter:
+    """`/healthz` (process is alive), `/readyz` (database, broker and loops are up), `/metrics`, and the
+    dead letters (`/v1/dead-letters`) behind `guard` — dependencies the gateway, which faces the
+    world, puts there (a backend refuses anything without a service token anyway)."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/healthz", summary="Liveness")
@@ -125,7 +127,9 @@ def ops_router() -> APIRouter:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @router.get("/v1/dead-letters", summary="Messages parked because they could not be processed")
+    @router.get(
+        "/v1/dead-letters", summary="Messages parked because they could not be processed", dependencies=list(guard)
+    )
     async def dead_letters(
         request: Request, pending: bool = True, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> list[dict[str, Any]]:
@@ -136,6 +140,7 @@ def ops_router() -> APIRouter:
         "/v1/dead-letters/{letter_id}/replay",
         summary="Run a parked message through its handler again (after the cause is fixed)",
         status_code=204,
+        dependencies=list(guard),
     )
     async def replay(request: Request, letter_id: int) -> None:
         runtime = runtime_of(request)

@@ -180,7 +180,9 @@ class BusLink:
         """
         reader, writer = await self._connect()
         try:
-            await self._discard_waiting(reader)
+            if not await self._discard_waiting(reader):  # the gateway closed the idle connection: a new one
+                await self.close()
+                reader, writer = await self._connect()
             writer.write(request)
             await writer.drain()
             async with asyncio.timeout(timeout):
@@ -201,8 +203,9 @@ class BusLink:
             await self.close()
             raise BusLinkError(str(err)) from err
 
-    async def _discard_waiting(self, reader: asyncio.StreamReader) -> None:
-        """Drop whatever arrived since the last exchange ended: it answers a request that already timed out."""
+    async def _discard_waiting(self, reader: asyncio.StreamReader) -> bool:
+        """Drop whatever arrived since the last exchange ended: it answers a request that already timed out.
+        False if the gateway has closed the connection meanwhile."""
         stale = 0
         while True:
             try:
@@ -213,7 +216,7 @@ class BusLink:
             except TimeoutError:
                 break
             if not chunk:
-                raise BusLinkError("gateway closed the connection")
+                return False
             stale += len(chunk)
         if stale:
             STALE.inc(stale)
@@ -223,6 +226,7 @@ class BusLink:
                 self.port,
                 stale,
             )
+        return True
 
     async def send(self, request: bytes) -> None:
         """Send a frame nobody answers (a broadcast); the gateway puts it on the line before any later request."""

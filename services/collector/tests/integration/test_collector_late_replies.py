@@ -196,3 +196,33 @@ async def test_a_late_water_reading_with_an_old_sequence_number_is_skipped(bus_t
             await driver.read(bus.channel(POLL_PRIORITY), meter)
         reading = await driver.read(bus.channel(POLL_PRIORITY), meter)
     assert reading.registers["water_volume_total"] == Decimal("13.00")
+
+
+async def test_a_connection_the_gateway_closed_while_idle_is_opened_again_before_the_request() -> None:
+    """Checking the link for late bytes before a request also finds a gateway that dropped the idle connection."""
+    connections = 0
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        parser = dlt645.StreamParser()
+        while not (frames := parser.feed(await reader.read(4096))):
+            pass
+        request = dlt645.decode_request(frames[0])
+        assert isinstance(request, dlt645.ReadRequest)
+        writer.write(dlt645.encode_read_reply(ADDRESS, request.di, dlt645.encode_value(request.di, Decimal("7.00"))))
+        await writer.drain()
+        writer.close()  # as a gateway with an idle timeout would, a little later
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    link = BusLink("127.0.0.1", server.sockets[0].getsockname()[1])
+    request = dlt645.read_request(ADDRESS, 0x00010000)
+    try:
+        for _ in range(2):
+            reply = await link.exchange(request, dlt645.StreamParser(), lambda frame: frame.is_reply, 1.0)
+            assert dlt645.decode_value(0x00010000, dlt645.parse_read_reply(reply, 0x00010000)) == Decimal("7.00")
+            await asyncio.sleep(0.1)  # the gateway's close arrives
+    finally:
+        await link.close()
+        server.close()
+    assert connections == 2

@@ -19,6 +19,7 @@ from importlib.resources import files
 from typing import Any
 
 import aiomqtt
+import httpx
 import pytest
 import pytest_asyncio
 from alembic import command
@@ -33,7 +34,7 @@ from shuidian_devstack import infra
 from shuidian_gateway import security
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import Harness, alarm_event, balance_event, free_port, gateway_harness, serve
-from shuidian_gateway.webhooks import ATTEMPTS, HOUSEKEEPING_LOCK
+from shuidian_gateway.webhooks import ATTEMPTS, HOUSEKEEPING_LOCK, QUEUE_SIZE, Webhooks
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import BrokerAddress
@@ -558,3 +559,30 @@ def test_settings_refuse_a_weak_key_or_a_lease_shorter_than_a_delivery(overrides
     with pytest.raises(ValidationError, match=message):
         GatewaySettings(**{**base, **overrides})
     GatewaySettings(**base | {"webhook_secret_key": SecretStr("w" * 40)})  # the same, well configured, is fine
+
+
+async def test_an_event_is_acknowledged_only_once_its_deliveries_are_committed() -> None:
+    """The MQTT handler hands back a future the kit acknowledges on; while the database cannot take
+    the deliveries it stays pending (the broker keeps the message), and nothing is dropped when the
+    queue is full: the handler waits instead."""
+    dead = create_engine("postgresql://nobody@127.0.0.1:1/none")
+    topic = topics.alarm("balance_exhausted")
+    async with httpx.AsyncClient() as client:
+        hooks = Webhooks(dead, client, secret_key="k" * 32, instance="t", poll=0.05)
+        runner = asyncio.create_task(hooks.run())
+        try:
+            first = await hooks.on_message(alarm_event("M-ack"), topic)
+            await asyncio.sleep(0.3)  # several failed tries to queue it in PostgreSQL
+            assert not first.done()
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        full = Webhooks(dead, client, secret_key="k" * 32, instance="t")  # nothing drains its queue
+        for i in range(QUEUE_SIZE):
+            await full.on_message(alarm_event(f"M-{i}"), topic)
+        waiting = asyncio.create_task(full.on_message(alarm_event("M-one-more"), topic))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # back-pressure, not a drop
+        waiting.cancel()
+    await dead.dispose()

@@ -154,12 +154,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             app.state.live = hub
             app.state.webhooks = hooks
 
-            async def fan_out(message: Any, topic: str) -> None:
+            async def fan_out(message: Any, topic: str) -> asyncio.Future[None]:
                 if isinstance(message, BalanceEvent):
                     balances.on_event(message)
                 if not isinstance(message, CommandResult):
                     await hub.on_message(message, topic)
-                await hooks.on_message(message, topic)
+                return await hooks.on_message(message, topic)  # acknowledged once its deliveries are committed
 
             runtime.mqtt.subscribe(topics.ALL_METER_STATES, DeviceState, fan_out)
             runtime.mqtt.subscribe(topics.ALL_BALANCES, BalanceEvent, fan_out)

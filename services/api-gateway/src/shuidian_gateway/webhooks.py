@@ -94,6 +94,9 @@ class Delivery:
     active: bool
 
 
+_Queued = tuple[str, uuid.UUID, bytes, "asyncio.Future[None]"]  # event, message id, body, committed
+
+
 class Webhooks:
     """Subscriptions in the gateway schema; deliveries queued in PostgreSQL from MQTT and sent by
     whichever replica claims them."""
@@ -120,12 +123,14 @@ class Webhooks:
         self._lease = lease
         self._poll = poll
         self._timeout = timeout
-        self._queue: asyncio.Queue[tuple[str, uuid.UUID, bytes]] = asyncio.Queue(QUEUE_SIZE)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(QUEUE_SIZE)
         self._cache: tuple[float, list[Any]] = (0.0, [])
         self._wake = asyncio.Event()
 
-    async def on_message(self, message: Any, topic: str) -> None:
-        """MQTT handler: queue the event for the deliveries table (never blocks the listener)."""
+    async def on_message(self, message: Any, topic: str) -> asyncio.Future[None]:
+        """MQTT handler: queue the event for the deliveries table. The future completes once its
+        deliveries are committed (the message is acknowledged then); a full queue makes the handler
+        wait, never drops the event."""
         event = EVENT_OF[type(message)]
         body = json.dumps(
             {
@@ -135,11 +140,9 @@ class Webhooks:
                 "data": message.model_dump(mode="json"),
             }
         ).encode()
-        if self._queue.full():
-            DELIVERED.labels("dropped").inc()
-            log.warning("webhook queue full; dropped %s %s", event, message.message_id)
-            return
-        self._queue.put_nowait((event, message.message_id, body))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((event, message.message_id, body, done))
+        return done
 
     async def _subscribers(self, event: str) -> list[Any]:
         expires, rows = self._cache
@@ -171,10 +174,15 @@ class Webhooks:
                 except Exception:  # the database is down: keep the batch and try again
                     log.exception("could not queue %d webhook event(s); retrying", len(batch))
                     await asyncio.sleep(self._poll)
+            for *_, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
-    async def _enqueue(self, batch: list[tuple[str, uuid.UUID, bytes]]) -> None:
+    async def _enqueue(self, batch: list[_Queued]) -> None:
         rows = [
-            (hook.webhook_id, mid, event, body) for event, mid, body in batch for hook in await self._subscribers(event)
+            (hook.webhook_id, mid, event, body)
+            for event, mid, body, _ in batch
+            for hook in await self._subscribers(event)
         ]
         if not rows:
             return

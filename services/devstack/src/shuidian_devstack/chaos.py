@@ -149,6 +149,8 @@ class Fault:
     held_s: float
     ready_after_s: float | None = None
     error: str | None = None
+    target: str | None = None  # the household a scenario aims at, if any
+    note: str | None = None
 
 
 class Chaos:
@@ -165,6 +167,7 @@ class Chaos:
         self.skipped: list[str] = []
         self.database_url = ""
         self.urls: dict[str, str] = {}
+        self.rooms: list[str] = []
 
     # --- the stack -----------------------------------------------------------------------------
 
@@ -229,9 +232,12 @@ class Chaos:
     def _settings(self, name: str, acceleration: Decimal) -> dict[str, str]:
         if name == "billing":
             # Consumption runs 360× real time: scale the physical-plausibility limits with it (as `make run`).
+            # Levels converge by billing re-announcing them (default every 5 minutes); a bounded run needs it
+            # within seconds, like control's reconcile sweep below.
             return {
                 "BILLING_MAX_PLAUSIBLE_KWH_PER_HOUR": str(60 * acceleration),
                 "BILLING_MAX_PLAUSIBLE_M3_PER_HOUR": str(10 * acceleration),
+                "BILLING_LEVEL_REANNOUNCE_SECONDS": "5",
             }
         if name == "collector":
             return {"COLLECTOR_REGISTRY_REFRESH_SECONDS": "2", "COLLECTOR_GATEWAY_BACKOFF_MAX_SECONDS": "2"}
@@ -298,7 +304,7 @@ class Chaos:
 
     # --- faults --------------------------------------------------------------------------------
 
-    def scenarios(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    def scenarios(self, payments: Payments) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         plan: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("kill -9 billing", lambda: self._kill_service("billing")),
             ("kill -9 control", lambda: self._kill_service("control")),
@@ -308,6 +314,10 @@ class Chaos:
             plan += [
                 ("kill -9 broker, restart with its persistence file", lambda: self._kill_broker(wipe=False)),
                 ("kill -9 broker, restart without its persistence file", lambda: self._kill_broker(wipe=True)),
+                (
+                    "a cut-off household pays while control is down, then the broker loses its state",
+                    lambda: self._restore_while_control_down(payments),
+                ),
             ]
         else:
             self.skipped.append("broker kills: no mosquitto binary found (the embedded amqtt broker keeps no state)")
@@ -335,6 +345,31 @@ class Chaos:
             (self.broker.data_dir / "mosquitto.db").unlink(missing_ok=True)
         await asyncio.sleep(self.mode.fault_s)
         self.broker.start()
+
+    async def _restore_while_control_down(self, payments: Payments) -> None:
+        """The `restored` event billing sends for a household that paid is queued for control's session while
+        control is down; the broker then dies and comes back without its file, and that event with it. The
+        household has paid: it must end up supplied all the same (levels that converge, not only events)."""
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            target = await self._exhausted_room(client)
+            self.procs.children["control"].kill()
+            if target is None:
+                self.faults[-1].note = "no cut-off household to restore (none had run out yet)"
+            else:
+                key = f"chaos-restore-{target}-{len(self.faults)}"
+                await payments.send(client, key, target, Decimal("10.00"))
+                await payments.settle(client, timeout=20.0)
+                self.faults[-1].target = target
+                await asyncio.sleep(2.0)  # billing prices it and publishes `restored`, queued for control
+        await self._kill_broker(wipe=True)
+        self.procs.children["control"].start()
+
+    async def _exhausted_room(self, client: httpx.AsyncClient) -> str | None:
+        for room in self.rooms:
+            response = await client.get(f"{self.urls['billing']}/v1/accounts/{room}", auth=self.backend_auth())
+            if response.is_success and response.json()["level"] == "exhausted":
+                return room
+        return None
 
     async def _crash_postgres(self) -> None:
         self.pg.crash()
@@ -417,6 +452,7 @@ async def run(mode: Mode, minutes: float | None, keep: bool) -> dict[str, Any]:
     summary: dict[str, Any] = {"name": "chaos", "mode": mode.name}
     try:
         demo = await chaos.start()
+        chaos.rooms = demo.room_codes
         payments = Payments(chaos.urls["gateway"], demo.room_codes[1::2], random.Random(2026))
         meters = await chaos.commission(demo, payments)
         await chaos.start_simulator(len(meters))
@@ -425,7 +461,7 @@ async def run(mode: Mode, minutes: float | None, keep: bool) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=10.0) as client:
             driver = asyncio.create_task(payments.drive(client, stop))
             await asyncio.sleep(mode.warmup_s)
-            scenarios = chaos.scenarios()
+            scenarios = chaos.scenarios(payments)
             deadline = time.monotonic() + (minutes or 0) * 60
             rounds = 0
             while True:

@@ -32,6 +32,7 @@ from shuidian_shared.messages import (
     CommandOrigin,
     CommandState,
     CommandUpdate,
+    DeadLetterParked,
     DeviceState,
     GatewayStatus,
     MeterRef,
@@ -408,6 +409,29 @@ async def test_a_command_that_finally_failed_alarms_and_a_confirmed_one_clears(b
     assert await open_alarms(c, {meter}) == [(meter, "command_failed")]
     await c.evaluator.on_command_update(update(CommandState.CONFIRMED), "")
     assert await open_alarms(c, {meter}) == []
+
+
+async def test_a_parked_message_raises_one_alarm_per_service_for_the_operators(build: Build) -> None:
+    c = build(Clock(datetime.now(UTC)))
+    service = f"svc-{uid()}"  # the source of the alarm is the service whose message was parked
+
+    def parked(letter_id: int) -> DeadLetterParked:
+        return DeadLetterParked(
+            source=f"{service}-t",
+            service=service,
+            instance="t",
+            letter_id=letter_id,
+            topic="shuidian/v1/readings/gw-1",
+            reason="handler_failed",
+            error="ValueError: a bug",
+        )
+
+    await c.evaluator.on_dead_letter(parked(1), "")
+    await c.evaluator.on_dead_letter(parked(2), "")
+    assert await open_alarms(c, {service}) == [(service, "message_dead_letter")]
+    [alarm] = [a for a in await alarms_of(c) if a["source_id"] == service]
+    assert alarm["severity"] == "major"
+    assert "死信" in alarm["message_zh"]
 
 
 # --- lifecycle: escalation, history -----------------------------------------------------------------------

@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_kit.db import create_engine
 from shuidian_kit.deadletters import DeadLetters
 from shuidian_kit.mqtt import MqttLink
+from shuidian_kit.outbox import Outbox, outbox_ddl
 from shuidian_kit.retry import is_transient
 from shuidian_kit.supervisor import Supervisor
 from shuidian_shared import topics
-from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel
+from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel, DeadLetterParked
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +50,18 @@ async def running(link: MqttLink) -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def dead_letters(database_url: str) -> AsyncIterator[tuple[AsyncEngine, DeadLetters]]:
+async def dead_letters(database_url: str) -> AsyncIterator[tuple[AsyncEngine, DeadLetters, str]]:
     schema = f"kit_{uuid.uuid4().hex[:8]}"
     engine = create_engine(database_url)
     async with engine.begin() as conn:
         await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    letters = DeadLetters(engine, schema, "kit-test")
+        await conn.execute(text(outbox_ddl(schema)))
+    # The notice of each parked message is only queued here: this outbox's relay is never started.
+    outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="kit-test", instance="t"), schema)
+    letters = DeadLetters(engine, schema, "kit-test", instance="t", outbox=outbox)
     await letters.create_table()
     try:
-        yield engine, letters
+        yield engine, letters, schema
     finally:
         async with engine.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
@@ -125,10 +129,10 @@ async def test_transient_failures_are_retried_in_order_until_they_pass(mqtt_url:
     assert calls == [1, 1, 1, 1, 1, 2]
 
 
-async def test_poison_messages_are_parked_acknowledged_and_replayable(
-    mqtt_url: str, dead_letters: tuple[AsyncEngine, DeadLetters]
+async def test_poison_messages_are_parked_acknowledged_announced_and_replayable(
+    mqtt_url: str, dead_letters: tuple[AsyncEngine, DeadLetters, str]
 ) -> None:
-    _, letters = dead_letters
+    engine, letters, schema = dead_letters
     account = f"acc-{uuid.uuid4().hex[:8]}"
     topic = topics.balance(account)
     handled: list[int] = []
@@ -149,6 +153,14 @@ async def test_poison_messages_are_parked_acknowledged_and_replayable(
         await until(lambda: handled == [3])
         parked = await letters.list(pending_only=True, limit=10)
     assert sorted(letter.reason for letter in parked) == ["handler_failed", "invalid_payload"]
+    async with engine.connect() as conn:  # each one announced, for alarm to raise an operator alarm
+        notices = [
+            DeadLetterParked.model_validate_json(bytes(row.payload))
+            for row in await conn.execute(
+                text(f"SELECT payload FROM {schema}.outbox WHERE topic = :t"), {"t": topics.dead_letters("kit-test")}
+            )
+        ]
+    assert sorted(n.letter_id for n in notices) == sorted(letter.id for letter in parked)
     failed = next(letter for letter in parked if letter.reason == "handler_failed")
     assert failed.attempts == 2
     assert "a bug this message trips" in failed.error
@@ -164,11 +176,11 @@ async def test_poison_messages_are_parked_acknowledged_and_replayable(
 
 
 async def test_a_pipelined_handler_is_acknowledged_when_its_work_completes(
-    mqtt_url: str, dead_letters: tuple[AsyncEngine, DeadLetters]
+    mqtt_url: str, dead_letters: tuple[AsyncEngine, DeadLetters, str]
 ) -> None:
     """A handler that hands its message on (billing's lanes) returns a future: the dispatcher goes on
     with the next message at once; a future that fails parks its message."""
-    _, letters = dead_letters
+    _, letters, _ = dead_letters
     account = f"acc-{uuid.uuid4().hex[:8]}"
     topic = topics.balance(account)
     pending: dict[int, asyncio.Future[None]] = {}

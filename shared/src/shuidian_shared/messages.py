@@ -393,6 +393,18 @@ class TenantNotification(Message):
     body: str
 
 
+class DeadLetterParked(Message):
+    """A service parked a message it could not process in its dead-letter table (docs/delivery.md):
+    someone must look at it, fix the cause and replay it."""
+
+    service: Identifier
+    instance: str = Field(max_length=128)
+    letter_id: int = Field(ge=1)
+    topic: str = Field(max_length=512)
+    reason: str = Field(max_length=64)
+    error: str = Field(max_length=4000)
+
+
 class ServiceStatus(Message):
     """Online/offline status of a service instance (retained; the offline form is the last will)."""
 

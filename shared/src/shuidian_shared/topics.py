@@ -42,6 +42,10 @@ def gateway_status(gateway_id: str) -> str:
     return f"{ROOT}/gateways/{_segment(gateway_id)}/status"
 
 
+def dead_letters(service: str) -> str:
+    return f"{ROOT}/dead-letters/{_segment(service)}"
+
+
 def gateway_replay(gateway_id: str) -> str:
     return f"{ROOT}/gateways/{_segment(gateway_id)}/replay"
 
@@ -103,6 +107,7 @@ ALL_METER_STATES = f"{ROOT}/meters/+/state"
 ALL_GATEWAY_STATUS = f"{ROOT}/gateways/+/status"
 ALL_POLL_STATS = f"{ROOT}/gateways/+/poll-stats"
 ALL_GATEWAY_REPLAYS = f"{ROOT}/gateways/+/replay"
+ALL_DEAD_LETTERS = f"{ROOT}/dead-letters/+"
 ALL_ROOM_OCCUPANCY = f"{ROOT}/rooms/+/occupancy"
 ALL_TENANT_CONTACTS = f"{ROOT}/tenants/+/contact"
 ALL_METER_COMMANDS = f"{ROOT}/meters/+/command"

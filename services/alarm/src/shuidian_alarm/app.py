@@ -41,6 +41,7 @@ from shuidian_shared.messages import (
     CommandResult,
     CommandUpdate,
     DeviceState,
+    DeadLetterParked,
     GatewayStatus,
     PollStats,
     ReadingBatch,
@@ -167,6 +168,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             subscribe(topics.ALL_TENANT_CONTACTS, TenantContact, c.notifier.preferences.on_contact)
             subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, evaluator.on_command_result)
             subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_UPDATES), CommandUpdate, evaluator.on_command_update)
+            subscribe(topics.shared(SERVICE, topics.ALL_DEAD_LETTERS), DeadLetterParked, evaluator.on_dead_letter)
             subscribe(
                 topics.shared(SERVICE, topics.ALL_METER_COMMANDS), CommandRequested, evaluator.on_command_requested
             )

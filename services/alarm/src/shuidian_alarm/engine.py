@@ -46,6 +46,7 @@ from shuidian_shared.messages import (
     CommandRequested,
     CommandResult,
     CommandUpdate,
+    DeadLetterParked,
     DeviceState,
     GatewayStatus,
     PollStats,
@@ -488,6 +489,9 @@ class Evaluator:
             return True
 
         await self._run(self._clock(), feeds, decisions=rules.on_balance(event), guard=fresh)
+
+    async def on_dead_letter(self, event: DeadLetterParked, topic: str) -> None:
+        await self._run(self._clock(), _no_feeds, decisions=rules.on_dead_letter(event))
 
     async def on_command_result(self, result: CommandResult, topic: str) -> None:
         await self._run(self._clock(), _no_feeds, decisions=rules.on_command_result(result))

@@ -13,6 +13,7 @@ from shuidian_shared.messages import (
     CommandState,
     CommandStatus,
     CommandUpdate,
+    DeadLetterParked,
 )
 
 
@@ -37,6 +38,27 @@ Decision = Raise | Clear
 BALANCE_LOW = "balance_low"
 BALANCE_EXHAUSTED = "balance_exhausted"
 COMMAND_FAILED = "command_failed"
+MESSAGE_DEAD_LETTER = "message_dead_letter"
+
+
+def on_dead_letter(event: DeadLetterParked) -> list[Decision]:
+    """A service parked a message it could not process: one open alarm per service until staff clear it."""
+    return [
+        Raise(
+            event.service,
+            MESSAGE_DEAD_LETTER,
+            AlarmSeverity.MAJOR,
+            f"服务 {event.service} 有无法处理的消息已转入死信表（{event.reason}，主题 {event.topic}），需排查后重放",
+            f"Service {event.service} parked a message it could not process ({event.reason}, on {event.topic}); "
+            "find the cause, then replay it",
+            {
+                "letter_id": str(event.letter_id),
+                "topic": event.topic,
+                "reason": event.reason,
+                "instance": event.instance,
+            },
+        )
+    ]
 
 
 def on_balance(event: BalanceEvent) -> list[Decision]:

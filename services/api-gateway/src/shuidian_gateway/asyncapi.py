@@ -30,6 +30,23 @@ CHANNELS: tuple[Channel, ...] = (
         "一个网关一个采集周期的读数 · One batch of readings per gateway poll cycle.",
     ),
     Channel(
+        topics.gateway_replay("{gateway_id}"),
+        messages.ReplayRequest,
+        "billing",
+        "collector",
+        False,
+        "补发请求 · A consumer missed batches of a gateway's stream (a jump in their sequence) and asks the "
+        "collector holding them to publish them again.",
+    ),
+    Channel(
+        topics.dead_letters("{service}"),
+        messages.DeadLetterParked,
+        "every service",
+        "alarm, operations",
+        False,
+        "死信 · A service parked a message it could not process; someone must fix the cause and replay it.",
+    ),
+    Channel(
         topics.meter_state("{meter_id}"),
         messages.DeviceState,
         "collector",

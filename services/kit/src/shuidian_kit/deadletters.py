@@ -2,8 +2,9 @@
 
 A message lands here when its payload does not validate or its handler keeps failing with an error
 that retrying will not cure (see `shuidian_kit.retry`). It is acknowledged to the broker only once
-it is parked, so nothing acknowledged is lost: an operator reads the table (or `GET
-/v1/dead-letters`), fixes the cause and replays it through the same handler.
+it is parked, so nothing acknowledged is lost. Parking announces it (`DeadLetterParked`, through the
+outbox in the same transaction), and alarm raises an alarm for the operators, who read the table
+(or `GET /v1/dead-letters`), fix the cause and replay it through the same handler.
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shuidian_shared import topics
+from shuidian_shared.messages import DeadLetterParked
+
+if TYPE_CHECKING:  # the outbox publishes through the MQTT link, which parks through this module
+    from shuidian_kit.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +56,14 @@ class DeadLetter:
 class DeadLetters:
     """The `<schema>.dead_letters` table of one service (created by the kit at start, like its outbox)."""
 
-    def __init__(self, engine: AsyncEngine, schema: str, service: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, schema: str, service: str, *, instance: str = "", outbox: Outbox | None = None
+    ) -> None:
         self._engine = engine
         self._table = f'"{schema}".dead_letters'
         self._service = service
+        self._instance = instance
+        self._outbox = outbox  # announces each parked message (alarm raises an alarm for the operators)
 
     async def create_table(self) -> None:
         async with self._engine.begin() as conn:
@@ -77,6 +88,19 @@ class DeadLetters:
                     {"t": topic, "p": payload, "r": reason, "e": error[:4000], "a": attempts},
                 )
             ).scalar_one()
+            if self._outbox is not None:
+                notice = DeadLetterParked(
+                    source=f"{self._service}-{self._instance}"[:64],
+                    service=self._service,
+                    instance=self._instance[:128],
+                    letter_id=parked,
+                    topic=topic[:512],
+                    reason=reason,
+                    error=error[:4000],
+                )
+                await self._outbox.add(conn, topics.dead_letters(self._service), notice)
+        if self._outbox is not None:
+            self._outbox.notify()
         PARKED.labels(self._service, reason).inc()
         log.error("parked message %d on %s as a dead letter (%s): %s", parked, topic, reason, error)
         return parked

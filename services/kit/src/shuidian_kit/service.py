@@ -59,10 +59,10 @@ class Runtime:
                 instance=settings.instance_id,
                 clean_session=settings.mqtt_clean_session,
             )
-            dead_letters = DeadLetters(engine, schema, service)
+            outbox = Outbox(engine, mqtt, schema)
+            dead_letters = DeadLetters(engine, schema, service, instance=settings.instance_id, outbox=outbox)
             await dead_letters.create_table()
             mqtt.dead_letters = dead_letters
-            outbox = Outbox(engine, mqtt, schema)
             supervisor = Supervisor(f"{service}-supervisor")
             supervisor.add("mqtt", mqtt.run)
             supervisor.add("outbox", outbox.run)

@@ -19,7 +19,7 @@ from schemathesis.config import SchemathesisConfig
 
 from shuidian_alarm.app import create_app
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_devstack.infra import free_port
+from shuidian_devstack.infra import free_port, service_headers
 
 pytestmark = pytest.mark.integration
 
@@ -54,9 +54,9 @@ def api_schema(served: str) -> Any:
     config = SchemathesisConfig.from_dict(
         {"checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", 404, 409, 422]}}}
     )
-    return schemathesis.openapi.from_url(f"{served}/openapi.json", config=config).exclude(
-        path_regex=r"^/(metrics|healthz|readyz)$"
-    )
+    return schemathesis.openapi.from_url(
+        f"{served}/openapi.json", config=config, headers=service_headers("alarm")
+    ).exclude(path_regex=r"^/(metrics|healthz|readyz)$")
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
@@ -68,7 +68,7 @@ def test_the_api_conforms_to_its_openapi_and_never_fails_on_bad_input(api_schema
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def run(case: Any) -> None:
-            case.call_and_validate()
+            case.call_and_validate(headers=service_headers("alarm"))
 
         try:
             run()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, SecretStr
 
 from shuidian_alarm.app import create_app
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_devstack.infra import free_port, serve_ready
+from shuidian_devstack.infra import TEST_SUBJECT, UNSIGNED, free_port, refused_credentials, serve_ready
 from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -98,6 +98,15 @@ async def test_a_balance_event_over_mqtt_raises_a_low_balance_alarm_placed_in_it
 
     (alarm,) = await eventually(raised, "the low-balance alarm")
     assert (alarm["alarm_type"], alarm["source_id"], alarm["room"]) == ("balance_low", account, "101")
+
+    # Acknowledging needs a service token; who acknowledged is its subject, not the body's `by`.
+    url = f"/v1/alarms/{alarm['alarm_id']}/acknowledge"
+    for case, headers in refused_credentials("alarm").items():
+        problem(await api.post(url, json={"by": "someone-else"}, headers=headers, auth=UNSIGNED), 401)
+        assert (await api.get(f"/v1/alarms/{alarm['alarm_id']}")).json()["state"] == "active", case
+    acknowledged = await api.post(url, json={"by": "someone-else"})
+    assert acknowledged.status_code == 200, acknowledged.text
+    assert (acknowledged.json()["state"], acknowledged.json()["acknowledged_by"]) == ("acknowledged", TEST_SUBJECT)
 
 
 async def test_rules_are_validated_and_the_most_specific_applies(api: httpx.AsyncClient) -> None:
@@ -196,6 +205,7 @@ async def test_a_device_fault_opens_a_work_order_that_maintenance_works_to_closu
     body = closed.json()
     assert (body["status"], body["closing_cause"]) == ("closed", "relay replaced")
     assert [n["note"] for n in body["notes"]][-1] == "tested OK"
+    assert {n["author"] for n in body["notes"]} == {TEST_SUBJECT}  # the token's subject, whatever `by` says
     problem(await api.patch(url, json={"by": "lead", "status": "open"}), 409)
     mttr = (await api.get("/v1/work-orders/mttr")).json()
     (ours,) = [m for m in mttr if m["estate"] == estate]

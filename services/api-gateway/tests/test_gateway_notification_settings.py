@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from shuidian_alarm.app import create_app as alarm_app
 from shuidian_alarm.settings import AlarmSettings
+from shuidian_devstack.infra import service_auth
 from shuidian_gateway.routes_me import migrate_saved_settings, migrate_until_done
 from shuidian_gateway.testing import Harness, free_port, gateway_harness, serve
 
@@ -52,7 +53,7 @@ async def forget_old_rows(gw: Harness) -> AsyncIterator[None]:
 
 
 async def alarm_subscriptions(gw: Harness, tenant_id: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=gw.settings.alarm_url) as alarm:
+    async with httpx.AsyncClient(base_url=gw.settings.alarm_url, auth=service_auth("alarm")) as alarm:
         found = await alarm.get("/v1/subscriptions", params={"tenant_id": tenant_id})
         found.raise_for_status()
         rows: list[dict[str, Any]] = found.json()
@@ -146,7 +147,7 @@ async def test_settings_saved_in_the_gateway_before_are_pushed_to_alarm_once(gw:
 
 async def test_the_start_up_push_is_idempotent_and_never_overwrites_alarms_newer_settings(gw: Harness) -> None:
     tenant_c = f"T-C-{gw.suffix}"  # no billing record: no phone on file
-    async with httpx.AsyncClient(base_url=gw.settings.alarm_url) as alarm:
+    async with httpx.AsyncClient(base_url=gw.settings.alarm_url, auth=service_auth("alarm")) as alarm:
         before_a = (await alarm.get("/v1/tenants/T-A/notification-settings")).json()
     engine = gw.app.state.runtime.engine
     rows = {
@@ -165,7 +166,7 @@ async def test_the_start_up_push_is_idempotent_and_never_overwrites_alarms_newer
     upstreams = gw.app.state.upstreams
     await migrate_until_done(engine, upstreams, retry_seconds=0.01)
     again = await migrate_saved_settings(engine, upstreams)
-    async with httpx.AsyncClient(base_url=gw.settings.alarm_url) as alarm:
+    async with httpx.AsyncClient(base_url=gw.settings.alarm_url, auth=service_auth("alarm")) as alarm:
         after_a = (await alarm.get("/v1/tenants/T-A/notification-settings")).json()
         c = (await alarm.get(f"/v1/tenants/{tenant_c}/notification-settings")).json()
     assert again == 0

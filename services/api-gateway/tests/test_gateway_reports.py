@@ -80,7 +80,9 @@ async def gw(pg_server_url: str, database_url: str, mqtt_url: str) -> AsyncItera
             serve(billing, port),
             gateway_harness(database_url, mqtt_url, billing_url=f"http://127.0.0.1:{port}") as h,
         ):
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as direct:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", auth=infra.service_auth("billing")
+            ) as direct:
                 await _seed(billing, direct)
             async with h.client("cashier") as cashier:
                 paid = await cashier.post(

@@ -30,6 +30,7 @@ B_OBJECTS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/me/alarms/{alarm_id}"): {"alarm_id": "22222222-2222-4222-8222-222222222222"},
     ("POST", "/v1/me/accounts/{account_id}/topups"): {"account_id": "A-B"},
     ("GET", "/v1/me/payments/{order_id}"): {"order_id": "O-B"},
+    ("POST", "/v1/me/payments/{order_id}/sandbox-pay"): {"order_id": "O-B"},
 }
 MISSING = {
     "room_id": "R-NONE",
@@ -43,6 +44,7 @@ MISSING = {
 PUBLIC_PREFIXES = (
     "/v1/me",
     "/v1/auth/",
+    "/v1/payments/notify/",  # payment providers: billing verifies their signature
     "/healthz",
     "/readyz",
     "/metrics",

@@ -38,6 +38,7 @@ from shuidian_control.windows import (
     next_allowed,
     published_year,
 )
+from shuidian_devstack import infra
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
@@ -283,7 +284,9 @@ async def running(database_url: str, mqtt_url: str) -> AsyncIterator[tuple[FastA
     app: FastAPI = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://control", headers={"X-Actor": "op-1"}) as c:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://control", auth=infra.service_auth("control", "op-1")
+        ) as c:
             yield app, c
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, SecretStr
 
 from shuidian_control.app import create_app
 from shuidian_control.settings import ControlSettings
+from shuidian_devstack import infra
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -73,7 +74,9 @@ async def running(database_url: str, mqtt_url: str, **options: Any) -> AsyncIter
     async with app.router.lifespan_context(app):
         await app.state.runtime.mqtt.wait_connected(10)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://control", headers={"X-Actor": "op-1"}) as c:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://control", auth=infra.service_auth("control", "op-1")
+        ) as c:
             yield c
 
 
@@ -332,3 +335,35 @@ async def test_bad_requests_get_a_problem_and_change_nothing(
         assert 400 <= response.status_code < 500, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
         assert await requested() == before
+
+
+async def test_control_answers_only_signed_requests_and_the_actor_is_the_tokens_subject(
+    database_url: str, mqtt_url: str
+) -> None:
+    meter = f"E-auth-{uuid.uuid4().hex[:8]}"
+    account = f"A-auth-{uuid.uuid4().hex[:8]}"
+    body = {"meter_id": meter, "kind": "time_sync", "reason": "校时 audit"}
+    async with running(database_url, mqtt_url) as api:  # signed as op-1
+        for case, headers in infra.refused_credentials("control", "op-1").items():
+            refused = await api.post("/v1/commands", json=body, headers=headers, auth=infra.UNSIGNED)
+            assert refused.status_code == 401, case
+            assert refused.headers["content-type"] == "application/problem+json"
+            kept = await api.put(
+                f"/v1/keep-power/households/{account}", json={"reason": "medical"}, headers=headers, auth=infra.UNSIGNED
+            )
+            assert kept.status_code == 401, case
+        assert (await api.get("/v1/commands", params={"meter_id": meter})).json() == []
+        assert all(flag["subject"] != account for flag in (await api.get("/v1/keep-power")).json())
+
+        # A header or body naming someone else changes nothing: the token's subject is on record.
+        issued = await api.post("/v1/commands", json=body, headers={"X-Actor": "someone-else"})
+        assert issued.status_code == 202, issued.text
+        command = (await api.get(f"/v1/commands/{issued.json()['command_id']}")).json()
+        assert command["actor"] == "op-1"
+        assert {event["actor"] for event in command["events"] if event["actor"] != "system"} == {"op-1"}
+        kept = await api.put(
+            f"/v1/keep-power/households/{account}", json={"reason": "medical"}, headers={"X-Actor": "someone-else"}
+        )
+        assert kept.status_code == 204, kept.text
+        flag = next(f for f in (await api.get("/v1/keep-power")).json() if f["subject"] == account)
+        assert flag["set_by"] == "op-1"

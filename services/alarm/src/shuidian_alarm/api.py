@@ -21,6 +21,7 @@ from shuidian_alarm.notify.preferences import QUIET, Saved, TenantSettings
 from shuidian_alarm.rulebook import RuleBook, parse_rule, scope_of
 from shuidian_alarm.targets import Target
 from shuidian_kit.errors import ServiceError
+from shuidian_kit.service_auth import Acting
 from shuidian_shared.messages import AlarmSeverity, AwareDatetime, Identifier
 
 
@@ -123,7 +124,9 @@ class AlarmOut(BaseModel):
 
 
 class AcknowledgeIn(Strict):
-    by: Name
+    by: Name | None = Field(
+        default=None, description="ignored (older clients send it): the acknowledger is the caller's credential"
+    )
 
 
 @router.get(
@@ -177,8 +180,10 @@ async def get_alarm(alarm_id: uuid.UUID, alarms: Alarms) -> dict[str, Any]:
 @router.post(
     "/alarms/{alarm_id}/acknowledge", response_model=AlarmOut, tags=["alarms"], summary="确认告警 · Acknowledge"
 )
-async def acknowledge(alarm_id: uuid.UUID, body: AcknowledgeIn, alarms: Alarms) -> dict[str, Any]:
-    return await alarms.acknowledge(alarm_id, body.by)
+async def acknowledge(
+    alarm_id: uuid.UUID, alarms: Alarms, actor: Acting, body: AcknowledgeIn | None = None
+) -> dict[str, Any]:
+    return await alarms.acknowledge(alarm_id, actor)
 
 
 @router.get(
@@ -590,7 +595,9 @@ class WorkOrderOut(BaseModel):
 
 
 class WorkOrderPatch(Strict):
-    by: Name
+    by: Name | None = Field(
+        default=None, description="ignored (older clients send it): notes are written by the caller's credential"
+    )
     status: Literal["open", "assigned", "in_progress", "resolved", "closed"] | None = None
     assignee: Name | None = None
     note: Text | None = None
@@ -647,12 +654,14 @@ async def work_order(work_order_id: uuid.UUID, orders: Orders) -> dict[str, Any]
     tags=["maintenance"],
     summary="Assign, progress, note or close a work order",
 )
-async def update_work_order(work_order_id: uuid.UUID, body: WorkOrderPatch, orders: Orders) -> dict[str, Any]:
+async def update_work_order(
+    work_order_id: uuid.UUID, body: WorkOrderPatch, orders: Orders, actor: Acting
+) -> dict[str, Any]:
     if body.status is None and body.assignee is None and body.note is None and body.closing_cause is None:
         raise ServiceError("nothing to change", code="invalid_request", status_code=422)
     return await orders.update(
         work_order_id,
-        by=body.by,
+        by=actor,
         status=body.status,
         assignee=body.assignee,
         note=body.note,

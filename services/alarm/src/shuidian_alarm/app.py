@@ -34,6 +34,7 @@ from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
+from shuidian_kit.service_auth import require_service_tokens
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     BalanceEvent,
@@ -191,6 +192,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     serve_docs_offline(app)
+    require_service_tokens(app, settings, SERVICE)
 
     app.include_router(ops_router())
     app.include_router(router)

@@ -278,6 +278,14 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
     async def order(order_id: str) -> Any:
         return fake.orders.get(order_id) or _missing("order")
 
+    @app.post("/v1/payments/sandbox/orders/{order_id}/pay")
+    async def sandbox_pay(order_id: str) -> Any:
+        found = fake.orders.get(order_id)
+        if found is None:
+            return _missing("order")
+        found["status"] = "paid"
+        return {"code": "SUCCESS", "message": "成功", "outcome": "accepted", "order_id": order_id, "payment": None}
+
     @app.get("/v1/payments")
     async def payments(account_id: str | None = None, limit: int = 100) -> Any:
         return [p for p in fake.payments if account_id in (None, p["account_id"])][:limit]

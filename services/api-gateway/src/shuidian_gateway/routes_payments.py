@@ -42,7 +42,8 @@ async def notify(provider: Provider, request: Request, upstreams: UpstreamsDep) 
     raw = await upstreams.raw(
         "billing", "POST", f"/v1/payments/notify/{provider}", content=await request.body(), headers=headers
     )
-    return Response(raw.content, status_code=raw.status_code, media_type=raw.headers.get("content-type"))
+    # Errors came back as problems already (UpstreamError); a provider only tells "taken" (200) from "retry".
+    return Response(raw.content, status_code=200, media_type=raw.headers.get("content-type"))
 
 
 @sandbox.post(

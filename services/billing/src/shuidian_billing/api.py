@@ -17,6 +17,7 @@ from shuidian_billing.domain import BillingDomainError, consumption
 from shuidian_billing.periodic import PeriodRuns, parse_month
 from shuidian_billing.premises import CSV_COLUMNS, Premises
 from shuidian_billing.tariff_config import ComponentIn
+from shuidian_kit.service_auth import Acting
 from shuidian_shared.contracts import billing as contracts
 from shuidian_shared.messages import AwareDatetime, Identifier, Utility
 from shuidian_shared.money import Money, Quantity
@@ -238,7 +239,9 @@ async def subsidy(
 class CorrectionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    operator: str = Field(min_length=1, max_length=100)
+    operator: str | None = Field(
+        default=None, min_length=1, max_length=100, description="ignored: who acts is the caller's credential"
+    )
     reason: str = Field(min_length=1, max_length=500)
 
 
@@ -256,8 +259,8 @@ class CorrectionOut(BaseModel):
     response_model=CorrectionOut,
     summary="冲正: reverse a ledger transaction (once, with operator and reason)",
 )
-async def reverse(txn_id: uuid.UUID, body: CorrectionIn, billing: Service) -> dict[str, Any]:
-    return await billing.reverse(txn_id, body.operator, body.reason)
+async def reverse(txn_id: uuid.UUID, body: CorrectionIn, billing: Service, actor: Acting) -> dict[str, Any]:
+    return await billing.reverse(txn_id, actor, body.reason)
 
 
 @router.get("/corrections", response_model=list[CorrectionOut], summary="The corrections audit trail, newest first")
@@ -275,7 +278,9 @@ class MeterEventIn(BaseModel):
 
     kind: Literal["replaced", "multiplier_changed", "rollover"]
     at: AwareDatetime
-    operator: str = Field(min_length=1, max_length=100)
+    operator: str | None = Field(
+        default=None, min_length=1, max_length=100, description="ignored: who acts is the caller's credential"
+    )
     reason: str = Field(min_length=1, max_length=500)
     old_closing_register: Quantity | None = Field(default=None, description="replaced: the old meter's last reading")
     new_opening_register: Quantity | None = Field(default=None, description="replaced: the new meter's first reading")
@@ -323,8 +328,8 @@ class MeterEventOut(BaseModel):
     response_model=MeterEventOut,
     summary="Declare a rollover, a meter replacement or a CT-ratio change",
 )
-async def meter_event(meter_id: Identifier, body: MeterEventIn, billing: Service) -> dict[str, Any]:
-    return await billing.meter_event(meter_id, body.event(), body.operator, body.reason)
+async def meter_event(meter_id: Identifier, body: MeterEventIn, billing: Service, actor: Acting) -> dict[str, Any]:
+    return await billing.meter_event(meter_id, body.event(), actor, body.reason)
 
 
 class HeldOut(BaseModel):

@@ -21,6 +21,7 @@ from shuidian_billing.settings import BillingSettings
 from shuidian_billing.usage_api import router as usage_router
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
+from shuidian_kit.service_auth import require_service_tokens
 
 SERVICE = "billing"
 
@@ -56,6 +57,7 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     serve_docs_offline(app)
+    require_service_tokens(app, settings, SERVICE)
 
     async def on_import_refused(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ImportRefused)

@@ -14,6 +14,7 @@ from shuidian_billing.api import Estate
 from shuidian_billing.payments.api import IdempotencyKey, replayable
 from shuidian_billing.payments.schemas import RefundOut
 from shuidian_billing.payments.settlement import LeaseSettlements
+from shuidian_kit.service_auth import Acting
 from shuidian_shared.messages import Identifier
 from shuidian_shared.money import Money, Quantity
 
@@ -52,7 +53,9 @@ class LeaseSettlementIn(BaseModel):
         },
     )
 
-    operator: Annotated[str, Field(min_length=1, max_length=100)]
+    operator: str | None = Field(
+        default=None, min_length=1, max_length=100, description="ignored: who acts is the caller's credential"
+    )
     reason: Annotated[str, Field(min_length=1, max_length=500)] = "退租结算 · move-out settlement"
     move_out: date | None = Field(
         default=None, description="ends the lease on this local date first, if it is still open"
@@ -158,10 +161,11 @@ async def settle_lease(
     settlements: Settlements,
     idempotency_key: IdempotencyKey,
     response: Response,
+    actor: Acting,
 ) -> dict[str, Any]:
     result = await settlements.settle(
         lease_id,
-        operator=body.operator,
+        operator=actor,
         reason=body.reason,
         key=idempotency_key,
         move_out=body.move_out,

@@ -22,6 +22,7 @@ from sqlalchemy import text
 from shuidian_billing.billing import Billing
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
 from shuidian_billing.premises import REPUBLISH_CHUNK, Premises, local_midnight
+from shuidian_devstack import infra
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -406,7 +407,7 @@ async def test_a_closing_value_is_billed_like_a_reading_and_arrears_stay_owed(
         "source": "closing_value",
         "value": "12.500000",
         "sampled_at": local("2024-05-21").isoformat().replace("+00:00", "Z"),
-        "operator": "经理-王",
+        "operator": infra.TEST_SUBJECT,  # who entered it: the caller's credential, not the body's operator
         "billed_through_register": "12.500000",
     }
     assert (readings[meter]["source"], readings[meter]["value"]) == ("meter", "60.000000")

@@ -23,6 +23,7 @@ from sqlalchemy import text
 from shuidian_billing.app import create_app
 from shuidian_billing.billing import Billing
 from shuidian_billing.settings import BillingSettings
+from shuidian_devstack import infra
 from shuidian_devstack.infra import free_port
 from shuidian_devstack.platform import _serve
 from shuidian_kit.mqtt import BrokerAddress
@@ -118,7 +119,9 @@ async def service(database_url: str, mqtt_url: str) -> AsyncIterator[Service]:
     app = create_app(settings)
     server, task = await _serve(app, port)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, auth=infra.service_auth("billing")
+        ) as http:
             # The base prices of the whole session (set directly: the API refuses new versions in the past
             # once a utility has one, and other modules may have added future ones).
             async with app.state.billing._engine.begin() as conn:
@@ -458,7 +461,8 @@ async def test_subsidy_is_spent_first_and_a_reversal_happens_once_with_audit(ser
     assert twice.status_code == 409
     assert (await service.ok("GET", f"/v1/accounts/{account}"))["paid_balance"] == "-3.13"
     trail = await service.ok("GET", "/v1/corrections", params={"account_id": account})
-    assert [(c["operator"], c["reason"]) for c in trail] == [("财务-王", "重复充值")]
+    # Who reversed is the caller's credential, not the body's `operator`.
+    assert [(c["operator"], c["reason"]) for c in trail] == [(infra.TEST_SUBJECT, "重复充值")]
 
 
 async def test_separate_purses_keep_water_and_electricity_apart(service: Service) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_billing.billing import Billing
 from shuidian_billing.settings import BillingSettings
+from shuidian_devstack import infra
 from shuidian_devstack.infra import free_port
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import BrokerAddress, MqttLink
@@ -80,7 +81,7 @@ async def billing_process(
     }
     process = await asyncio.create_subprocess_exec(sys.executable, "-m", "shuidian_billing", env=env)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", auth=infra.service_auth("billing")) as client:
 
             async def ready() -> bool:
                 if process.returncode is not None:

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from shuidian_billing.app import create_app
 from shuidian_billing.settings import BillingSettings
+from shuidian_devstack.billing_harness import client_of
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +161,7 @@ async def client(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncC
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://billing") as client,
+        client_of(app) as client,
     ):
         yield client
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shuidian_billing.billing import Billing
+from shuidian_devstack import infra
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
 
@@ -62,6 +63,46 @@ def problem(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == code
+
+
+# --- who may call ---------------------------------------------------------------------------------
+
+
+async def test_nothing_is_credited_or_refunded_without_a_service_token_and_staff_come_from_the_token(
+    client: httpx.AsyncClient,
+) -> None:
+    account = await new_account(client)
+    payment = await top_up(client, account, "50.00")
+    for case, headers in infra.refused_credentials("billing").items():
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        topped = await client.post(
+            f"/v1/accounts/{account}/topups", json={"amount": "77.00"}, headers={**headers, **key}, auth=infra.UNSIGNED
+        )
+        problem(topped, 401, "unauthorised")
+        refund = {"amount": "10.00", "operator": "someone-else", "reason": "x"}
+        refunded = await client.post(
+            f"/v1/payments/{payment}/refunds", json=refund, headers={**headers, **key}, auth=infra.UNSIGNED
+        )
+        problem(refunded, 401, "unauthorised")
+        order = await client.post(
+            "/v1/payments/orders",
+            json={"provider": "sandbox", "account_id": account, "amount": "77.00"},
+            headers={**headers, **key},
+            auth=infra.UNSIGNED,
+        )
+        problem(order, 401, "unauthorised")
+        assert await balance(client, account) == Decimal("50.00"), case
+    # The refund and the shift record the token's subject, whatever the body says.
+    refunded = await client.post(
+        f"/v1/payments/{payment}/refunds",
+        json={"amount": "10.00", "operator": "someone-else", "reason": "重复缴费"},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert refunded.status_code == 201, refunded.text
+    assert refunded.json()["operator"] == infra.TEST_SUBJECT
+    counter = f"C{uuid.uuid4().hex[:6]}"
+    opened = await client.post("/v1/cash/shifts", json={"counter_id": counter, "cashier": "someone-else"})
+    assert opened.json()["cashier"] == infra.TEST_SUBJECT
 
 
 # --- cash -----------------------------------------------------------------------------------------

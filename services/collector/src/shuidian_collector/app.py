@@ -26,6 +26,7 @@ from shuidian_collector.settings import CollectorSettings
 from shuidian_collector.store import LocalStore
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
+from shuidian_kit.service_auth import require_service_tokens
 from shuidian_shared import topics
 from shuidian_shared.messages import CommandRequested, ReplayRequest
 
@@ -124,6 +125,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     serve_docs_offline(app)
+    require_service_tokens(app, settings, SERVICE)
     app.include_router(ops_router())
     app.include_router(router)
     return app

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_collector import reports, retention
 from shuidian_collector.app import create_app
 from shuidian_collector.settings import CollectorSettings
+from shuidian_devstack.infra import service_auth
 from shuidian_devstack.pytest_plugin import migrated_engine
 
 pytestmark = pytest.mark.integration
@@ -201,7 +202,9 @@ async def test_service_prunes_and_refuses_windows_before_the_retention(
                 while await stored(engine, tag, t) != KEPT:
                     await asyncio.sleep(0.1)
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://collector") as http:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://collector", auth=service_auth("collector")
+            ) as http:
                 start, end = (t + window[0] * H).isoformat(), (t + window[1] * H).isoformat()
                 for name, (up, seen) in before.items():
                     params = {"gateway_id": f"gw-ret-{tag}-{name}", "start": start, "end": end}

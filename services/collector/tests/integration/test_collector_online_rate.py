@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from shuidian_collector.app import create_app
 from shuidian_collector.settings import CollectorSettings
+from shuidian_devstack.infra import service_auth
 from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.db import create_engine
 from shuidian_simulator import Simulator
@@ -82,7 +83,9 @@ async def collector(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.Asy
     app: FastAPI = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://collector") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://collector", auth=service_auth("collector")
+        ) as client:
             yield client
 
 

@@ -26,6 +26,7 @@ from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
 from shuidian_collector.registry import BusConfig, BusProtocol, GatewayConfig, MeterConfig
 from shuidian_collector.settings import CollectorSettings
 from shuidian_collector.store import LocalStore
+from shuidian_devstack.infra import service_auth
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -262,7 +263,9 @@ async def test_the_service_publishes_poll_stats_on_the_broker(database_url: str,
                 for m in bus.meters
             ]
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://collector") as http:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://collector", auth=service_auth("collector")
+            ) as http:
                 imported = await http.post(
                     "/v1/registry/import", content="\n".join(lines) + "\n", headers={"Content-Type": "text/csv"}
                 )

@@ -25,7 +25,7 @@ from shuidian_collector.app import create_app
 from shuidian_collector.registry import shard_of
 from shuidian_collector.settings import CollectorSettings
 from shuidian_collector.store import REFUSED, LocalStore
-from shuidian_devstack.infra import Broker, free_port
+from shuidian_devstack.infra import Broker, free_port, service_auth
 from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -180,7 +180,7 @@ async def collector(database_url: str, mqtt_url: str, **settings: Any) -> AsyncI
     app = create_app(CollectorSettings(**options))
     server, task = await _serve(app, port)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", auth=service_auth("collector")) as client:
             yield Collector(app, f"http://127.0.0.1:{port}", client)
     finally:
         server.should_exit = True

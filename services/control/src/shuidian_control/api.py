@@ -1,8 +1,9 @@
 """Control's HTTP API: commands (issue, batch with preview, cancel, query, audit trail), shadows, policies
 (estates, buildings, keep-power, no-cut-off holds), deferred trips and scheduled operations.
 
-Who acts comes from the `X-Actor` header (the api-gateway sets it to the authenticated user); every change
-that can cut or keep supply also takes a reason, and both land in the audit trail.
+Who acts is the subject of the request's verified service token (the api-gateway signs it for the
+authenticated user; an `X-Actor` header or a body field is never trusted); every change that can cut or keep
+supply also takes a reason, and both land in the audit trail.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import asdict
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -23,6 +24,7 @@ from shuidian_control.decisions import KeepPowerReason
 from shuidian_control.policies import ALL_ESTATES, EstateSettings
 from shuidian_control.schedules import ScheduleSpec
 from shuidian_control.service import Control
+from shuidian_kit.service_auth import Acting
 from shuidian_shared.messages import CommandKind, CommandOrigin, CommandState, Identifier
 
 router = APIRouter(prefix="/v1", tags=["control"])
@@ -34,12 +36,8 @@ def _control(request: Request) -> Control:
     return control
 
 
-def _actor(x_actor: Annotated[str | None, Header(max_length=128)] = None) -> str:
-    return x_actor or "internal"
-
-
 Service = Annotated[Control, Depends(_control)]
-Actor = Annotated[str, Depends(_actor)]
+Actor = Acting
 Reason = Annotated[str, Field(min_length=1, max_length=500)]
 
 

@@ -13,6 +13,7 @@ from shuidian_control.service import Control
 from shuidian_control.settings import ControlSettings
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
+from shuidian_kit.service_auth import require_service_tokens
 from shuidian_shared import topics
 from shuidian_shared.messages import BalanceEvent, CommandResult, DeviceState, GatewayStatus
 
@@ -50,6 +51,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     serve_docs_offline(app)
+    require_service_tokens(app, settings, SERVICE)
     app.include_router(ops_router())
     app.include_router(router)
     return app

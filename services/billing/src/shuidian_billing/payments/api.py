@@ -32,6 +32,7 @@ from shuidian_billing.payments.schemas import (
 )
 from shuidian_billing.settings import BillingSettings
 from shuidian_kit.service import Runtime
+from shuidian_kit.service_auth import Acting
 from shuidian_shared.messages import Identifier
 from shuidian_shared.money import Money
 
@@ -93,7 +94,7 @@ class ShiftIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     counter_id: Identifier
-    cashier: Staff
+    cashier: Staff | None = Field(default=None, description="ignored: who acts is the caller's credential")
     opening_float: Money = Field(default=Decimal("0.00"), ge=0)
 
 
@@ -107,7 +108,7 @@ class CashPaymentIn(BaseModel):
 class CloseShiftIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    closed_by: Staff
+    closed_by: Staff | None = Field(default=None, description="ignored: who acts is the caller's credential")
     counted_cash: Money = Field(ge=0)
 
 
@@ -122,13 +123,13 @@ class AssignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     account_id: Identifier
-    operator: Staff
+    operator: Staff | None = Field(default=None, description="ignored: who acts is the caller's credential")
 
 
 class DismissIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    operator: Staff
+    operator: Staff | None = Field(default=None, description="ignored: who acts is the caller's credential")
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
@@ -136,14 +137,14 @@ class RefundIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     amount: Money = Field(gt=0)
-    operator: Staff
+    operator: Staff | None = Field(default=None, description="ignored: who acts is the caller's credential")
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
 class SettlementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    operator: Staff
+    operator: Staff | None = Field(default=None, description="ignored: who acts is the caller's credential")
     reason: Annotated[str, Field(min_length=1, max_length=500)] = "退租结算 · move-out settlement"
 
 
@@ -212,8 +213,8 @@ async def callbacks(
 
 
 @router.post("/cash/shifts", status_code=201, response_model=ShiftOut, summary="Open a cashier shift at a counter")
-async def open_shift(body: ShiftIn, channels: Service) -> dict[str, Any]:
-    return await channels.cash.open_shift(body.counter_id, body.cashier, body.opening_float)
+async def open_shift(body: ShiftIn, channels: Service, actor: Acting) -> dict[str, Any]:
+    return await channels.cash.open_shift(body.counter_id, actor, body.opening_float)
 
 
 @router.get("/cash/shifts/{shift_id}", response_model=ShiftOut, summary="A shift with its receipts and totals")
@@ -235,8 +236,8 @@ async def cash_payment(
 
 
 @router.post("/cash/shifts/{shift_id}/close", response_model=ShiftOut, summary="Close a shift with the counted cash")
-async def close_shift(shift_id: uuid.UUID, body: CloseShiftIn, channels: Service) -> dict[str, Any]:
-    return await channels.cash.close_shift(shift_id, body.closed_by, body.counted_cash)
+async def close_shift(shift_id: uuid.UUID, body: CloseShiftIn, channels: Service, actor: Acting) -> dict[str, Any]:
+    return await channels.cash.close_shift(shift_id, actor, body.counted_cash)
 
 
 # --- bank -----------------------------------------------------------------------------------------
@@ -280,15 +281,15 @@ async def reviews(
 @router.post(
     "/payments/reviews/{review_id}/assign", response_model=ReviewOut, summary="Credit a review item to an account"
 )
-async def assign(review_id: int, body: AssignIn, channels: Service) -> dict[str, Any]:
-    return await channels.reviews.assign(review_id, body.account_id, body.operator)
+async def assign(review_id: int, body: AssignIn, channels: Service, actor: Acting) -> dict[str, Any]:
+    return await channels.reviews.assign(review_id, body.account_id, actor)
 
 
 @router.post(
     "/payments/reviews/{review_id}/dismiss", response_model=ReviewOut, summary="Close a review item without crediting"
 )
-async def dismiss(review_id: int, body: DismissIn, channels: Service) -> dict[str, Any]:
-    return await channels.reviews.dismiss(review_id, body.operator, body.reason)
+async def dismiss(review_id: int, body: DismissIn, channels: Service, actor: Acting) -> dict[str, Any]:
+    return await channels.reviews.dismiss(review_id, actor, body.reason)
 
 
 # --- refunds --------------------------------------------------------------------------------------
@@ -301,9 +302,14 @@ async def dismiss(review_id: int, body: DismissIn, channels: Service) -> dict[st
     summary="Refund (part of) a payment (idempotent)",
 )
 async def refund(
-    payment_id: uuid.UUID, body: RefundIn, channels: Service, idempotency_key: IdempotencyKey, response: Response
+    payment_id: uuid.UUID,
+    body: RefundIn,
+    channels: Service,
+    idempotency_key: IdempotencyKey,
+    response: Response,
+    actor: Acting,
 ) -> dict[str, Any]:
-    result = await channels.refunds.refund(payment_id, body.amount, body.operator, body.reason, idempotency_key)
+    result = await channels.refunds.refund(payment_id, body.amount, actor, body.reason, idempotency_key)
     return replayable(result, result["replayed"], response)
 
 
@@ -319,7 +325,12 @@ async def refunds_of(payment_id: uuid.UUID, channels: Service) -> list[dict[str,
     summary="Move-out settlement: refund the remaining credit",
 )
 async def settle(
-    account_id: str, body: SettlementIn, channels: Service, idempotency_key: IdempotencyKey, response: Response
+    account_id: str,
+    body: SettlementIn,
+    channels: Service,
+    idempotency_key: IdempotencyKey,
+    response: Response,
+    actor: Acting,
 ) -> dict[str, Any]:
-    result = await channels.refunds.settle(account_id, body.operator, body.reason, idempotency_key)
+    result = await channels.refunds.settle(account_id, actor, body.reason, idempotency_key)
     return replayable(result, result["replayed"], response)

@@ -698,12 +698,10 @@ async def _dynamic_ids(stack: Stack) -> dict[str, str]:
     async with stack.client("admin") as admin:
 
         async def alarm() -> str | None:
-            found = (await admin.get("/v1/alarms", params={"source_id": ids["A2"], "state": "active"})).json()
-            return next((a["alarm_id"] for a in found["items"] if a["alarm_type"] == "balance_low_2"), None) or next(
-                (a["alarm_id"] for a in found["items"]), None
-            )
+            found = (await admin.get("/v1/alarms", params={"source_id": ids["A2"], "alarm_type": "balance_low"})).json()
+            return next((a["alarm_id"] for a in found["items"] if a["state"] == "active"), None)
 
-        ids["alarm"] = await eventually(alarm, "an active alarm on the household")
+        ids["alarm"] = await eventually(alarm, "the household's low-balance alarm")
     conn = await asyncpg.connect(stack.database_url)
     try:  # a work order as a device fault opens one, on the household's alarm (a fault needs minutes offline)
         work_order = uuid.uuid4()

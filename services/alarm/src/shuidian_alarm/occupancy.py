@@ -53,6 +53,16 @@ async def record(conn: AsyncConnection, occupancy: RoomOccupancy) -> list[str] |
             "t": occupancy.tenant_id if occupancy.leased else None,
         },
     )
+    if occupancy.leased and occupancy.account_id is not None:
+        # Billing announces a new household's balance as soon as the lease creates its account, so an alarm about
+        # the account may be raised before this message arrives: an open one still unplaced is placed now.
+        await conn.execute(
+            text(
+                "UPDATE alarm.alarms SET estate = :e, room = :r, tenant_id = :t, updated_at = now() "
+                "WHERE source_id = :a AND state <> 'cleared' AND estate IS NULL"
+            ),
+            {"e": occupancy.estate_id, "r": occupancy.room_id, "t": occupancy.tenant_id, "a": occupancy.account_id},
+        )
     return sorted({*meters, *(held.meters if held is not None else ())})
 
 

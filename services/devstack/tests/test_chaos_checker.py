@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shuidian_devstack.chaos_checker import MeterFacts, Observed, Payment, TrueRegister, judge
+from shuidian_devstack.chaos_checker import MeterFacts, Observed, Payment, TrueRegister, judge, unbilled_batches
 
 PRICES = {"electricity": Decimal("0.60"), "water": Decimal("4.50")}
 METERS = [MeterFacts("E-A101", "A101", "electricity", Decimal("1000"))]
@@ -46,6 +46,7 @@ def observed(
 def verdict(seen: Observed, payments: list[Payment] = PAID) -> dict[str, Any]:
     return judge(
         seen,
+        published={},
         meters=METERS,
         prices=PRICES,
         payments=payments,
@@ -137,3 +138,37 @@ def test_a_cached_balance_that_is_not_the_sum_of_its_entries_fails() -> None:
         seen.available,
     )
     assert verdict(broken)["failures"] == ["ledger sum differs from the cached balance on 1 ledger account(s)"]
+
+
+def test_published_batches_count_as_billed_only_up_to_the_stream_position_and_outside_unreplayed_gaps() -> None:
+    seen = observed()
+    books = Observed(
+        seen.watermarks,
+        seen.collector_last,
+        [],
+        0,
+        seen.truths,
+        seen.available,
+        streams={("gw-a", "e1"): 6},
+        gaps=[("gw-a", "e1", 2, 2, "replayed"), ("gw-a", "e1", 4, 5, "lost")],
+    )
+    published = {("gw-a", "e1"): dict.fromkeys(range(1, 8), 3), ("gw-b", "e1"): {1: 2}}
+    unbilled = unbilled_batches(books, published)
+    assert unbilled is not None
+    assert [(b["gateway_id"], b["sequence"]) for b in unbilled] == [("gw-a", 4), ("gw-a", 5), ("gw-a", 7), ("gw-b", 1)]
+    result = judge(
+        books,
+        published=published,
+        meters=METERS,
+        prices=PRICES,
+        payments=PAID,
+        frozen_at=45.0,
+        relay_window_s=10.0,
+        hysteresis=Decimal("1.00"),
+    )
+    assert result["failures"] == ["11 reading(s) in 4 published batch(es) never billed"]
+    assert result["lost_readings"] == 11
+
+
+def test_readings_are_not_counted_where_billing_keeps_no_stream_record() -> None:
+    assert unbilled_batches(observed(), {("gw-a", "e1"): {1: 3}}) is None

@@ -12,13 +12,13 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(180)
 def test_short_chaos_run_leaves_every_balance_reading_and_relay_exact() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "shuidian_devstack.chaos", "short"],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=175,
         check=False,
     )
     lines = done.stdout.strip().splitlines()

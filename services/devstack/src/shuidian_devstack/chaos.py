@@ -45,6 +45,7 @@ from shuidian_devstack.chaos_checker import MeterFacts, Payment, judge, observe
 from shuidian_devstack.chaos_stack import ChaosError, CutProxy, Postgres, Processes
 from shuidian_devstack.demo import DemoEstate, room_of
 from shuidian_devstack.seed import TARIFFS, AccountSeed, seed
+from shuidian_shared import topics
 from shuidian_simulator.demo import demo_estate
 
 log = logging.getLogger("shuidian.chaos")
@@ -80,7 +81,7 @@ class Mode:
     rounds: int
 
 
-SHORT = Mode("short", rooms=6, warmup_s=5, fault_s=4, partition_s=10, recover_s=3, settle_s=8, rounds=1)
+SHORT = Mode("short", rooms=6, warmup_s=5, fault_s=3, partition_s=10, recover_s=2, settle_s=8, rounds=1)
 SOAK = Mode("soak", rooms=12, warmup_s=20, fault_s=30, partition_s=120, recover_s=20, settle_s=30, rounds=0)
 
 
@@ -168,6 +169,9 @@ class Chaos:
         self.database_url = ""
         self.urls: dict[str, str] = {}
         self.rooms: list[str] = []
+        # (gateway, epoch) → sequence → readings: every reading batch the collector handed to the broker
+        self.published: dict[tuple[str, str], dict[int, int]] = {}
+        self.unnumbered_batches = 0
 
     # --- the stack -----------------------------------------------------------------------------
 
@@ -176,7 +180,7 @@ class Chaos:
         server_url = self.pg.start()
         self.database_url = await infra.create_database(server_url, "shuidian")
         mqtt_url = self.broker.start()
-        self.proxy = CutProxy(self.broker.port)
+        self.proxy = CutProxy(self.broker.port, tap=self._published)
         await self.proxy.start()
 
         estate = demo_estate(buildings=1, rooms_per_building=self.mode.rooms, seed=2026, acceleration=360)
@@ -228,6 +232,19 @@ class Chaos:
                 await asyncio.sleep(0.5)
         self.procs.children["simulator"].start()
         await self.procs.wait_ready(["simulator"], timeout=timeout)
+
+    def _published(self, topic: str, payload: bytes) -> None:
+        try:
+            batch = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(batch, dict) or "readings" not in batch or topic != topics.readings(batch["gateway_id"]):
+            return
+        if batch.get("sequence") is None:
+            self.unnumbered_batches += 1
+            return
+        stream = self.published.setdefault((batch["gateway_id"], batch["epoch"]), {})
+        stream[int(batch["sequence"])] = len(batch["readings"])
 
     def _settings(self, name: str, acceleration: Decimal) -> dict[str, str]:
         if name == "billing":
@@ -314,6 +331,7 @@ class Chaos:
             plan += [
                 ("kill -9 broker, restart with its persistence file", lambda: self._kill_broker(wipe=False)),
                 ("kill -9 broker, restart without its persistence file", lambda: self._kill_broker(wipe=True)),
+                ("billing is down while the broker loses its state", self._wipe_broker_while_billing_down),
                 (
                     "a cut-off household pays while control is down, then the broker loses its state",
                     lambda: self._restore_while_control_down(payments),
@@ -345,6 +363,15 @@ class Chaos:
             (self.broker.data_dir / "mosquitto.db").unlink(missing_ok=True)
         await asyncio.sleep(self.mode.fault_s)
         self.broker.start()
+
+    async def _wipe_broker_while_billing_down(self) -> None:
+        """Batches the broker acknowledged to the collector and queued for billing's session die with its file:
+        billing must see the gap in the gateway's stream and have them published again."""
+        billing = self.procs.children["billing"]
+        billing.kill()
+        await asyncio.sleep(self.mode.fault_s)
+        await self._kill_broker(wipe=True)
+        billing.start()
 
     async def _restore_while_control_down(self, payments: Payments) -> None:
         """The `restored` event billing sends for a household that paid is queued for control's session while
@@ -483,6 +510,7 @@ async def run(mode: Mode, minutes: float | None, keep: bool) -> dict[str, Any]:
         )
         result = judge(
             seen,
+            published=chaos.published,
             meters=meters,
             prices=PRICES,
             payments=list(payments.accepted.values()),
@@ -505,6 +533,8 @@ async def run(mode: Mode, minutes: float | None, keep: bool) -> dict[str, Any]:
             "skipped": chaos.skipped,
             "drift_fen": result["drift_fen"],
             "lost_readings": result["lost_readings"],
+            "published_readings": result["published_readings"],
+            "unnumbered_batches": chaos.unnumbered_batches,
             "wrongly_cut": len(result["wrongly_cut"]),
             "wrongly_supplied": len(result["wrongly_supplied"]),
             "payments": {

@@ -106,6 +106,9 @@ class Observed:
     held: int
     truths: dict[str, dict[str, Any]]  # meter → /truth/meters/{id}
     available: dict[str, Decimal]  # account → billing's available credit
+    # (gateway, epoch) → the last batch billed; None if billing keeps no record of its reading streams
+    streams: dict[tuple[str, str], int] | None = None
+    gaps: list[tuple[str, str, int, int, str]] = field(default_factory=list)  # gateway, epoch, from, to, state
 
 
 async def observe(
@@ -134,6 +137,19 @@ async def observe(
             )
         ]
         held = int(await conn.fetchval("SELECT count(*) FROM billing.held_readings"))
+        streams: dict[tuple[str, str], int] | None = None
+        gaps: list[tuple[str, str, int, int, str]] = []
+        if await conn.fetchval("SELECT to_regclass('billing.reading_streams') IS NOT NULL"):
+            streams = {
+                (r["gateway_id"], r["epoch"]): r["last_sequence"]
+                for r in await conn.fetch("SELECT gateway_id, epoch, last_sequence FROM billing.reading_streams")
+            }
+            gaps = [
+                (r["gateway_id"], r["epoch"], r["from_sequence"], r["to_sequence"], r["state"])
+                for r in await conn.fetch(
+                    "SELECT gateway_id, epoch, from_sequence, to_sequence, state FROM billing.reading_gaps"
+                )
+            ]
     finally:
         await conn.close()
     async with httpx.AsyncClient(timeout=30.0) as client:
@@ -143,12 +159,28 @@ async def observe(
             response = await client.get(f"{billing_url}/v1/accounts/{account}", auth=billing_auth)
             response.raise_for_status()
             available[account] = Decimal(str(response.json()["available"]))
-    return Observed(watermarks, collector_last, ledger_mismatches, held, truths, available)
+    return Observed(watermarks, collector_last, ledger_mismatches, held, truths, available, streams, gaps)
+
+
+def unbilled_batches(seen: Observed, published: dict[tuple[str, str], dict[int, int]]) -> list[dict[str, Any]] | None:
+    """Batches the collector handed to the broker (seen on the wire) that billing has not billed: above the
+    last batch billed in their stream, or inside a gap billing recorded and never got replayed."""
+    if seen.streams is None:
+        return None
+    unbilled = []
+    for (gateway, epoch), batches in sorted(published.items()):
+        last = seen.streams.get((gateway, epoch), 0)
+        holes = [(a, b) for g, e, a, b, state in seen.gaps if (g, e) == (gateway, epoch) and state != "replayed"]
+        for sequence, readings in sorted(batches.items()):
+            if sequence > last or any(a <= sequence <= b for a, b in holes):
+                unbilled.append({"gateway_id": gateway, "epoch": epoch, "sequence": sequence, "readings": readings})
+    return unbilled
 
 
 def judge(
     seen: Observed,
     *,
+    published: dict[tuple[str, str], dict[int, int]],
     meters: list[MeterFacts],
     prices: dict[str, Decimal],
     payments: list[Payment],
@@ -223,7 +255,11 @@ def judge(
             )
 
     relays = _relays(meters, registers, seen.truths, payments, prices, frozen_at, relay_window_s, hysteresis)
+    unbilled = unbilled_batches(seen, published)
+    unbilled_readings = sum(b["readings"] for b in unbilled or [])
     failures = []
+    if unbilled:
+        failures.append(f"{unbilled_readings} reading(s) in {len(unbilled)} published batch(es) never billed")
     if drift:
         failures.append(f"money drift on {len(drift)} account(s)")
     if seen.ledger_mismatches:
@@ -245,8 +281,13 @@ def judge(
         "drift_fen": str((max_drift * 100).normalize()),
         "drift": drift,
         "ledger_mismatches": seen.ledger_mismatches,
-        "lost_readings": len(lost),
+        "lost_readings": unbilled_readings + len(lost),
         "lost": lost,
+        "published_batches": sum(len(b) for b in published.values()),
+        "published_readings": sum(sum(b.values()) for b in published.values()),
+        # None: billing keeps no record of which batches it billed, so readings cannot be counted
+        "unbilled_batches": unbilled,
+        "stream_gaps": {state: sum(1 for g in seen.gaps if g[4] == state) for state in ("open", "replayed", "lost")},
         "false_readings": false_readings,
         "held_readings": seen.held,
         **relays,

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,11 +70,67 @@ class Postgres:
             self._pg_ctl("-m", "fast", "stop")
 
 
-class CutProxy:
-    """A loopback TCP relay to `target_port`; `cut()` drops every connection and refuses new ones until `heal()`."""
+class PublishTap:
+    """Reads the MQTT packets a client sends (3.1.1 or 5) and hands each PUBLISH's topic and payload on.
 
-    def __init__(self, target_port: int) -> None:
+    The suite's record of what the collector really handed to the broker, independent of any consumer."""
+
+    def __init__(self, on_publish: Callable[[str, bytes], None]) -> None:
+        self._on_publish = on_publish
+        self._buffer = bytearray()
+        self._version = 4
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while (packet := self._next()) is not None:
+            kind, flags, body = packet
+            if kind == 1 and len(body) > 7:  # CONNECT: the protocol level follows the protocol name
+                name_length = int.from_bytes(body[0:2], "big")
+                self._version = body[2 + name_length]
+            elif kind == 3:
+                self._publish(flags, body)
+
+    def _next(self) -> tuple[int, int, bytes] | None:
+        length, multiplier, i = 0, 1, 1
+        while True:
+            if i >= len(self._buffer):
+                return None
+            byte = self._buffer[i]
+            length += (byte & 0x7F) * multiplier
+            multiplier *= 128
+            i += 1
+            if not byte & 0x80:
+                break
+        if len(self._buffer) < i + length:
+            return None
+        header, body = self._buffer[0], bytes(self._buffer[i : i + length])
+        del self._buffer[: i + length]
+        return header >> 4, header & 0x0F, body
+
+    def _publish(self, flags: int, body: bytes) -> None:
+        topic_length = int.from_bytes(body[0:2], "big")
+        topic = body[2 : 2 + topic_length].decode("utf-8", errors="replace")
+        at = 2 + topic_length + (2 if (flags >> 1) & 0x03 else 0)  # packet id at QoS 1 and 2
+        if self._version == 5:  # properties: a variable-length size, then that many bytes
+            size, multiplier = 0, 1
+            while True:
+                byte = body[at]
+                at += 1
+                size += (byte & 0x7F) * multiplier
+                multiplier *= 128
+                if not byte & 0x80:
+                    break
+            at += size
+        self._on_publish(topic, body[at:])
+
+
+class CutProxy:
+    """A loopback TCP relay to `target_port`; `cut()` drops every connection and refuses new ones until `heal()`.
+    With a `tap`, what the client sends is also parsed as MQTT and each PUBLISH handed to it."""
+
+    def __init__(self, target_port: int, tap: Callable[[str, bytes], None] | None = None) -> None:
         self.target_port = target_port
+        self.tap = tap
         self.port = infra.free_port()
         self.cut_off = False
         self._server: asyncio.Server | None = None
@@ -108,14 +165,19 @@ class CutProxy:
             return
         self._writers |= {client_writer, upstream_writer}
 
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def pipe(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tap: PublishTap | None = None
+        ) -> None:
             with contextlib.suppress(OSError, asyncio.IncompleteReadError):
                 while data := await reader.read(65536):
                     writer.write(data)
                     await writer.drain()
+                    if tap is not None:
+                        tap.feed(data)
             writer.transport.abort()
 
-        await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+        tap = PublishTap(self.tap) if self.tap is not None else None
+        await asyncio.gather(pipe(client_reader, upstream_writer, tap), pipe(upstream_reader, client_writer))
         self._writers -= {client_writer, upstream_writer}
 
 

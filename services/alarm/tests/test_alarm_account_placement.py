@@ -64,24 +64,36 @@ def occupancy(room: str, estate: str, account: str, tenant: str) -> RoomOccupanc
     )
 
 
-def exhausted(account: str) -> BalanceEvent:
-    return BalanceEvent(
-        source="billing-test",
-        account_id=account,
-        kind=BalanceEventKind.EXHAUSTED,
-        level=BalanceLevel.EXHAUSTED,
-        balance=Decimal("-0.50"),
-        sequence=1,
-        meters=(),
-    )
+class Announcer:
+    """Billing's balance events for one account. Alarm takes them through a shared subscription, which other alarm
+    instances on the same broker (other test runs) may share: each call announces again with a higher sequence,
+    so a probe that announces reaches this alarm within a round of the group."""
+
+    def __init__(self, mqtt_url: str, account: str) -> None:
+        self.mqtt_url, self.account, self.sequence = mqtt_url, account, 0
+
+    async def exhausted(self) -> None:
+        self.sequence += 1
+        event = BalanceEvent(
+            source="billing-test",
+            account_id=self.account,
+            kind=BalanceEventKind.EXHAUSTED,
+            level=BalanceLevel.EXHAUSTED,
+            balance=Decimal("-0.50"),
+            sequence=self.sequence,
+            meters=(),
+        )
+        await publish(self.mqtt_url, topics.balance(self.account), event)
 
 
-async def placed(api: httpx.AsyncClient, account: str, estate: str) -> dict[str, Any]:
+async def placed(api: httpx.AsyncClient, account: str, estate: str, announce: Announcer | None) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
+        if announce is not None:
+            await announce.exhausted()
         found: list[dict[str, Any]] = (await api.get("/v1/alarms", params={"estate": estate})).json()
         return next((a for a in found if a["source_id"] == account), None)
 
-    alarm: dict[str, Any] = await eventually(probe, f"the alarm of {account} in {estate}")
+    alarm: dict[str, Any] = await eventually(probe, f"the alarm of {account} in {estate}", interval=0.5)
     return alarm
 
 
@@ -92,6 +104,7 @@ async def test_an_account_alarm_is_placed_in_the_estate_of_its_lease(
     tag = uuid.uuid4().hex[:8]
     room, estate, account, tenant = f"R-{tag}", f"E-{tag}", f"A-{tag}", f"T-{tag}"
     lease = occupancy(room, estate, account, tenant)
+    announce = Announcer(mqtt_url, account)
     try:
         if occupancy_first:
             await publish(mqtt_url, topics.room_occupancy(room), lease, retain=True)
@@ -105,17 +118,17 @@ async def test_an_account_alarm_is_placed_in_the_estate_of_its_lease(
                 return True if row is not None else None
 
             await eventually(taken_in, "the occupancy taken in")
-            await publish(mqtt_url, topics.balance(account), exhausted(account))
+            alarm = await placed(api, account, estate, announce)
         else:
-            await publish(mqtt_url, topics.balance(account), exhausted(account))
 
             async def raised() -> bool | None:
+                await announce.exhausted()
                 found: list[dict[str, Any]] = (await api.get("/v1/alarms", params={"source_id": account})).json()
                 return True if found else None
 
-            await eventually(raised, "the unplaced alarm")
+            await eventually(raised, "the unplaced alarm", interval=0.5)
             await publish(mqtt_url, topics.room_occupancy(room), lease, retain=True)
-        alarm = await placed(api, account, estate)
+            alarm = await placed(api, account, estate, None)  # placed by the occupancy alone
     finally:
         await _clear_retained(mqtt_url, topics.room_occupancy(room))
     assert (alarm["estate"], alarm["room"], alarm["tenant_id"]) == (estate, room, tenant)

@@ -3,13 +3,18 @@
 The collector numbers each gateway's batches without gaps (`ReadingBatch.epoch` / `sequence`). A
 batch the broker acknowledged to the collector and then lost (a broker restarted from an old save)
 shows up here as a jump in the numbers. Billing then holds the batches after the jump — without
-acknowledging them — publishes a `ReplayRequest`, and bills the missing ones first when the
-collector sends them again, so consumption is priced in the order it was measured (which decides
-the rate under 尖峰平谷). If they do not come within `gap_wait_seconds`, the gap is recorded as lost
-(the next register still carries the consumption; only its split in time is approximate) and the
-held batches are billed.
+acknowledging them — and, if the gap is still open after `request_after` seconds, records it and
+publishes a `ReplayRequest`; the missing batches are billed first when the collector sends them
+again, so consumption is priced in the order it was measured (which decides the rate under
+尖峰平谷). If they do not come within `wait_seconds`, the gap is recorded as lost (the next register
+still carries the consumption; only its split in time is approximate) and the held batches are billed.
 
-One `Sequencer` per billing lane: a gateway always lands in the same lane, so a stream has one owner.
+Replicas of one shard share its batches through a shared subscription, so a jump is often only
+batches another replica billed: where the stream stands is read again from the database (the
+position each replica writes in its billing transaction) before a gap is declared, and while one
+is open.
+
+One `Sequencer` per billing lane: a gateway always lands in the same lane of a replica.
 """
 
 from __future__ import annotations
@@ -26,24 +31,26 @@ from shuidian_shared.messages import ReadingBatch
 
 log = logging.getLogger(__name__)
 
-GAPS = Counter("billing_reading_gaps_total", "gaps in gateways' batch streams", ["outcome"])
+GAPS = Counter("billing_reading_gaps_total", "gaps in gateways' batch streams, asked for again", ["outcome"])
 
 Item = tuple[ReadingBatch, "asyncio.Future[None]"]
 StreamKey = tuple[str, str]  # gateway id, epoch
+RECHECK_SECONDS = 1.0  # how often a stream with held batches looks at where the database says it stands
 
 
 @dataclass
 class _Stream:
     next: int  # the sequence expected next
     held: dict[int, Item] = field(default_factory=dict)
-    waiting_since: float | None = None  # when the oldest open gap was seen (monotonic)
-    gap: tuple[int, int] | None = None  # the open gap, as asked for again
+    since: float = 0.0  # when the open gap was seen (monotonic)
+    asked: tuple[int, int] | None = None  # the gap asked for again, while it is open
+    checked: float = 0.0
 
 
 class Sequencer:
-    """Admits batches in stream order; `load` reads a stream's last billed sequence (None: never
-    seen), `gap` records a gap and asks for it again, `resolved` records how it ended (the gap as
-    first asked for, then what it turned out to be: all replayed, or the part never seen again)."""
+    """Admits batches in stream order. Ports: `load` reads a stream's last billed sequence (None:
+    never seen), `gap` records a gap and asks for it again, `resolved` records how it ended (the
+    gap as first asked for, then what it turned out to be: replayed, or the part never seen)."""
 
     def __init__(
         self,
@@ -52,9 +59,11 @@ class Sequencer:
         load: Callable[[StreamKey], Awaitable[int | None]],
         gap: Callable[[StreamKey, int, int], Awaitable[None]],
         resolved: Callable[[StreamKey, int, int, int, str], Awaitable[None]],
+        request_after: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._wait = wait_seconds
+        self._request_after = min(request_after, wait_seconds)
         self._load = load
         self._gap = gap
         self._resolved = resolved
@@ -70,12 +79,13 @@ class Sequencer:
         batch = item[0]
         if batch.epoch is None or batch.sequence is None:
             return [item]
-        key = (batch.gateway_id, batch.epoch)
+        key, sequence = (batch.gateway_id, batch.epoch), batch.sequence
         stream = self._streams.get(key)
         if stream is None:
             last = await self._load(key)
-            stream = self._streams[key] = _Stream(next=batch.sequence if last is None else last + 1)
-        sequence = batch.sequence
+            stream = self._streams[key] = _Stream(next=sequence if last is None else last + 1)
+        if sequence > stream.next and not stream.held:
+            await self._recheck(key, stream)  # another replica may have billed the batches between
         if sequence < stream.next:
             return [item]  # again (a redelivery or a replay of one already billed): its readings bill nothing
         if sequence > stream.next:
@@ -83,50 +93,62 @@ class Sequencer:
                 if not item[1].done():
                     item[1].set_result(None)
                 return []
+            if not stream.held:
+                stream.since = self._clock()
             stream.held[sequence] = item
-            if stream.gap is None:
-                stream.waiting_since = self._clock()
-                stream.gap = (stream.next, sequence - 1)
-                GAPS.labels("seen").inc()
-                log.warning("gateway %s (%s): batches %d..%d missing; asked again", *key, *stream.gap)
-                await self._gap(key, *stream.gap)
             return []
-        return await self._advance(key, stream, [item])
+        stream.next += 1
+        return [item, *await self._release(key, stream)]
 
     async def due(self) -> list[Item]:
-        """Held batches whose gap was waited for long enough: the gap is given up, they are billed."""
+        """Batches a stream can bill now that time has passed: the database says the gap was billed
+        by another replica, or the gap was waited for long enough. Asks for gaps that stay open."""
         ready: list[Item] = []
         now = self._clock()
         for key, stream in self._streams.items():
-            if stream.held and stream.waiting_since is not None and now - stream.waiting_since >= self._wait:
-                first = min(stream.held)
-                assert stream.gap is not None
+            if not stream.held:
+                continue
+            if now - stream.checked >= RECHECK_SECONDS:
+                ready += await self._recheck(key, stream)
+                if not stream.held:
+                    continue
+            first = min(stream.held)
+            if stream.asked is None and now - stream.since >= self._request_after:
+                stream.asked = (stream.next, first - 1)
+                GAPS.labels("asked").inc()
+                log.warning("gateway %s (%s): batches %d..%d missing; asked again", *key, stream.next, first - 1)
+                await self._gap(key, stream.next, first - 1)
+            if now - stream.since >= self._wait:
                 GAPS.labels("lost").inc()
                 log.error("gateway %s (%s): batches %d..%d never came back; billing on", *key, stream.next, first - 1)
-                await self._resolved(key, stream.gap[0], stream.next, first - 1, "lost")
+                await self._resolved(
+                    key, stream.asked[0] if stream.asked else stream.next, stream.next, first - 1, "lost"
+                )
+                stream.asked = None
                 stream.next = first
-                stream.gap = None
-                ready += await self._advance(key, stream, [])
+                ready += await self._release(key, stream)
         return ready
 
-    async def _advance(self, key: StreamKey, stream: _Stream, ready: list[Item]) -> list[Item]:
-        if ready:
-            stream.next += 1
+    async def _recheck(self, key: StreamKey, stream: _Stream) -> list[Item]:
+        """Move up to where the database says the stream stands; held batches at or below it pass."""
+        stream.checked = self._clock()
+        last = await self._load(key)
+        if last is None or last + 1 <= stream.next:
+            return []
+        stream.next = last + 1
+        passed = [stream.held.pop(s) for s in sorted(stream.held) if s < stream.next]
+        return passed + await self._release(key, stream)
+
+    async def _release(self, key: StreamKey, stream: _Stream) -> list[Item]:
+        ready: list[Item] = []
         while stream.next in stream.held:
             ready.append(stream.held.pop(stream.next))
             stream.next += 1
-        if stream.gap is not None and stream.next > stream.gap[1]:
+        if stream.asked is not None and stream.next > stream.asked[1]:
             GAPS.labels("replayed").inc()
-            log.info("gateway %s (%s): batches %d..%d came back", *key, *stream.gap)
-            await self._resolved(key, stream.gap[0], *stream.gap, "replayed")
-            stream.gap = None
-            stream.waiting_since = None
-        if not stream.held:
-            stream.waiting_since = None
-        elif stream.gap is None:  # another gap behind the one just closed
-            first = min(stream.held)
-            stream.gap = (stream.next, first - 1)
-            stream.waiting_since = self._clock()
-            GAPS.labels("seen").inc()
-            await self._gap(key, *stream.gap)
+            log.info("gateway %s (%s): batches %d..%d came back", *key, *stream.asked)
+            await self._resolved(key, stream.asked[0], *stream.asked, "replayed")
+            stream.asked = None
+        if stream.held and stream.asked is None:
+            stream.since = self._clock()  # the next gap, if any, is timed from now
         return ready

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -47,6 +49,21 @@ READINGS = [
 ]
 PEAK = Decimal(10) + Decimal(2) * Decimal("1.5") / Decimal("9.5")
 VALLEY = Decimal(2) * Decimal(8) / Decimal("9.5")
+
+
+@pytest.fixture(scope="module")
+def broker_url(mqtt_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of this module's own where mosquitto is installed: billing's shared subscription
+    must not lend these batches to another test's billing, nor receive theirs."""
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        yield mqtt_url
+        return
+    broker = infra.Broker(tmp_path_factory.mktemp("broker"))
+    broker.start()
+    try:
+        yield broker.url
+    finally:
+        broker.stop()
 
 
 @dataclass
@@ -168,9 +185,9 @@ async def _tou_household(app: FastAPI, suffix: str) -> str:
 
 
 async def test_readings_received_during_a_database_outage_are_billed_in_order_after_it(
-    pg_server_url: str, mqtt_url: str
+    pg_server_url: str, broker_url: str
 ) -> None:
-    async with household(pg_server_url, mqtt_url, through_proxy=True) as (home, proxy):
+    async with household(pg_server_url, broker_url, through_proxy=True) as (home, proxy):
         await home.publish(home.batch(0))
         await home.until_billed_through(0)
         await proxy.cut()  # PostgreSQL goes away while a reading is on its way
@@ -184,10 +201,10 @@ async def test_readings_received_during_a_database_outage_are_billed_in_order_af
 
 
 async def test_a_batch_the_broker_lost_is_asked_for_again_and_billed_in_its_place(
-    pg_server_url: str, mqtt_url: str
+    pg_server_url: str, broker_url: str
 ) -> None:
-    async with household(pg_server_url, mqtt_url, through_proxy=False, gap_wait_seconds=60) as (home, _):
-        address = BrokerAddress.parse(mqtt_url)
+    async with household(pg_server_url, broker_url, through_proxy=False, gap_wait_seconds=60) as (home, _):
+        address = BrokerAddress.parse(broker_url)
         async with aiomqtt.Client(address.host, address.port) as collector:  # the collector's side of a replay
             await collector.subscribe(topics.gateway_replay(home.gateway), qos=1)
             await home.publish(home.batch(0, sequence=1))
@@ -212,8 +229,8 @@ async def test_a_batch_the_broker_lost_is_asked_for_again_and_billed_in_its_plac
         assert [tuple(g) for g in gaps] == [(2, 2, "replayed")]
 
 
-async def test_a_gap_that_never_comes_back_is_recorded_and_billing_goes_on(pg_server_url: str, mqtt_url: str) -> None:
-    async with household(pg_server_url, mqtt_url, through_proxy=False, gap_wait_seconds=1) as (home, _):
+async def test_a_gap_that_never_comes_back_is_recorded_and_billing_goes_on(pg_server_url: str, broker_url: str) -> None:
+    async with household(pg_server_url, broker_url, through_proxy=False, gap_wait_seconds=1) as (home, _):
         await home.publish(home.batch(0, sequence=1))
         await home.until_billed_through(0)
         await home.publish(home.batch(2, sequence=3))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
 from pydantic import SecretStr
 
+import shuidian_gateway
 from shuidian_alarm.app import create_app as alarm_app
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_billing.app import create_app as billing_app
@@ -109,3 +111,28 @@ def test_every_contract_is_served_by_its_service_with_its_model(call: Any) -> No
     assert operation is not None, f"{call.service} has no {call.method} {call.path}"
     if call.response is not None:
         assert _model(operation) == call.response.__name__
+
+
+UPSTREAM_CALL = re.compile(r'upstreams\.(?:call|raw)\(\s*"(\w+)",\s*"([A-Z]+)",\s*f?"(/v1/[^"]*)"')
+
+
+def upstream_calls() -> list[tuple[str, str, str, str]]:
+    """(module, service, method, path) of every backend call the gateway's source writes out literally."""
+    package = Path(shuidian_gateway.__file__).parent
+    return [
+        (source.name, match[1], match[2], match[3])
+        for source in sorted(package.glob("*.py"))
+        if source.name != "fakes.py"
+        for match in UPSTREAM_CALL.finditer(source.read_text(encoding="utf-8"))
+    ]
+
+
+def test_every_backend_call_in_the_gateway_names_a_real_route() -> None:
+    calls = upstream_calls()
+    assert len(calls) > 20  # the scan finds the calls (a changed call style would make this check vacuous)
+    missing = [
+        f"{module}: {service} {method} {path}"
+        for module, service, method, path in calls
+        if (method, _shape(path)) not in real_operations()[service]
+    ]
+    assert missing == []

@@ -176,7 +176,7 @@ async def test_trip_reconcile_and_stuck_relay_through_the_collector_and_simulato
             "parameters": {"name": "load_limit_kw", "value": "1.5"},
             "reason": "unsupported check",
         }
-        issued = await p.internal.post(f"{control}/v1/commands", json=body, headers={"X-Actor": "op-test"})
+        issued = await p.internal.post(f"{control}/v1/commands", json=body)
         assert issued.status_code in (200, 201, 202), issued.text
 
         async def unsupported() -> dict[str, Any] | None:
@@ -208,7 +208,7 @@ async def test_trip_reconcile_and_stuck_relay_through_the_collector_and_simulato
             "reason": "rejected check",
             "command_id": rejected_id,
         }
-        issued = await p.internal.post(f"{control}/v1/commands", json=body, headers={"X-Actor": "op-test"})
+        issued = await p.internal.post(f"{control}/v1/commands", json=body)
         assert issued.status_code in (200, 201, 202), issued.text
 
         async def rejected() -> dict[str, Any] | None:
@@ -253,7 +253,6 @@ async def test_keep_power_switches_the_meters_own_mode_and_a_lift_trips_once_aft
             p.internal, p.urls, [BusSeed(bus, f"gw-{bus}", host, port, "dlt645", 9600, meters)], accounts, tariffs=False
         )
         control = p.urls["control"]
-        operator = {"X-Actor": "op-test"}
 
         async def commands(meter_id: str) -> list[dict[str, Any]]:
             response = await p.internal.get(f"{control}/v1/commands", params={"meter_id": meter_id})
@@ -292,7 +291,6 @@ async def test_keep_power_switches_the_meters_own_mode_and_a_lift_trips_once_aft
         response = await p.internal.put(
             f"{control}/v1/keep-power/households/{account}",
             json={"reason": "medical", "note": "oxygen"},
-            headers=operator,
         )
         assert response.status_code == 204, response.text
 
@@ -312,9 +310,7 @@ async def test_keep_power_switches_the_meters_own_mode_and_a_lift_trips_once_aft
         await eventually(lambda: _if(level(), lambda v: v == "exhausted"), "control to take the exhaustion")
         # (Reconcile may send the mode again: a poll taken before the command can be published after its result.)
         assert {r["kind"] for r in await commands(kept)} == {"keep_power_on"}
-        lifted = await p.internal.delete(
-            f"{control}/v1/keep-power/households/{account}", params={"reason": "reviewed"}, headers=operator
-        )
+        lifted = await p.internal.delete(f"{control}/v1/keep-power/households/{account}", params={"reason": "reviewed"})
         assert lifted.status_code == 204, lifted.text
 
         async def trip_confirmed() -> dict[str, Any] | None:
@@ -353,7 +349,7 @@ async def test_keep_power_switches_the_meters_own_mode_and_a_lift_trips_once_aft
         # The meter's own mode also stops a trip sent by mistake: the meter refuses it, control records its answer.
         for kind in ("keep_power_on", "trip"):
             body = {"meter_id": guarded, "kind": kind, "reason": "mode check"}
-            issued = await p.internal.post(f"{control}/v1/commands", json=body, headers=operator)
+            issued = await p.internal.post(f"{control}/v1/commands", json=body)
             assert issued.status_code in (200, 201, 202), issued.text
 
             async def done(kind: str = kind) -> list[dict[str, Any]] | None:

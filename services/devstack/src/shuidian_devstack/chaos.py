@@ -59,8 +59,9 @@ SERVICES = {
 }
 STAFF_KEY = "chaos-staff-key-0123456789abcdef"
 PRICES = {utility: Decimal(price) for utility, price in TARIFFS.items()}
-# Rooms at even positions never top up after their opening credit (they run out and must be cut); the
-# others top up now and then (some run out before their next top-up and must be cut, then restored).
+# Rooms at even positions never top up after their opening credit: they run out and must be cut (one of
+# them pays once, in the scenario that loses its restoration). The others top up now and then: some run
+# out before their next top-up and must be cut, then restored.
 OPENING_CREDITS = (Decimal("0.50"), Decimal("1.00"), Decimal("1.50"), Decimal("2.00"), Decimal("3.00"), Decimal("5.00"))
 TOP_UPS = (Decimal("0.50"), Decimal("1.00"), Decimal("2.00"))
 RESTORE_HYSTERESIS = Decimal("1.00")  # billing's default restore_hysteresis
@@ -547,8 +548,9 @@ async def run(mode: Mode, minutes: float | None, keep: bool) -> dict[str, Any]:
             "failures": failures,
             "details": result,
         }
-    except ChaosError as err:
-        summary |= {"ok": False, "failures": [f"the stack failed: {err}"]}
+    except Exception as err:  # the suite's boundary: whatever broke, report it as one JSON object and clean up
+        log.exception("the chaos run failed")
+        summary |= {"ok": False, "failures": [f"the run failed: {type(err).__name__}: {err}"]}
     finally:
         chaos.stop()
         if chaos.proxy is not None:

@@ -194,14 +194,14 @@ class Child:
     starts: int = 0
 
     def start(self) -> None:
-        out = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, *self.args],
-            env={**os.environ, **self.env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with self.log_path.open("ab") as out:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, *self.args],
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.starts += 1
 
     def kill(self) -> None:

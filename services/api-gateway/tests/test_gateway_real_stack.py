@@ -303,7 +303,7 @@ async def test_tenants_see_their_own_leases_and_keep_their_final_statements(stac
         )
     async with stack.client("tenant1") as tenant1:
         final = await tenant1.get(f"/v1/me/accounts/{ids['A1']}/statements/2026-05")
-        after = await tenant1.get(f"/v1/me/accounts/{ids['A1']}/statements/2026-07")
+        after = await tenant1.get(f"/v1/me/accounts/{ids['A1']}/statements/2026-06")  # moved out on 1 June
         successor = await tenant1.get(f"/v1/me/accounts/{ids['A2']}/statements/2026-07")
     assert room.status_code == 200, room.text
     assert [lease["tenant_id"] for lease in room.json()["leases"]] == [ids["T2"]]
@@ -320,7 +320,8 @@ async def test_a_tenant_sees_the_last_reading_of_their_meter(stack: Stack) -> No
     try:  # billing's register watermark, as a priced reading leaves it
         await conn.execute(
             "INSERT INTO billing.watermarks (meter_id, register, value, sampled_at) "
-            "VALUES ($1, 'energy_active_import_total', 1234.56, now())",
+            "VALUES ($1, 'energy_active_import_total', 1234.56, now()) "
+            "ON CONFLICT (meter_id, register) DO UPDATE SET value = EXCLUDED.value",
             ids["M1"],
         )
     finally:
@@ -415,7 +416,14 @@ CASES: tuple[Case, ...] = (
     ),
     _c("GET", "/v1/leases/{L2}"),
     _c("POST", "/v1/leases/{L1}/move-out", {"move_out": "2026-06-01"}),
-    _c("POST", "/v1/leases/{L1}/settlement", {"reason": "退租", "move_out": "2026-06-01"}, 200, 201, once=True),
+    _c(
+        "POST",
+        "/v1/leases/{L1}/settlement",
+        {"reason": "退租", "move_out": "2026-06-01"},
+        200,
+        201,
+        once=True,
+    ),
     _c("GET", "/v1/leases/{L1}/settlement"),
     # accounts, payments, tariffs
     _c("GET", "/v1/accounts/{A2}"),
@@ -716,6 +724,12 @@ async def _dynamic_ids(stack: Stack) -> dict[str, str]:
         await conn.execute(
             "INSERT INTO collector.device_state (meter_id, online, relay) VALUES ($1, true, 'closed') "
             "ON CONFLICT (meter_id) DO NOTHING",
+            ids["M1"],
+        )
+        # A reading billed after the move-out, so the settlement has its final reading.
+        await conn.execute(
+            "INSERT INTO billing.watermarks (meter_id, register, value, sampled_at) "
+            "VALUES ($1, 'energy_active_import_total', 1234.56, now()) ON CONFLICT (meter_id, register) DO NOTHING",
             ids["M1"],
         )
     finally:

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -42,6 +42,7 @@ from shuidian_gateway.readcache import BalanceReadModel, CachedBalance, ReadCach
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
 from shuidian_kit.service import Runtime
+from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.messages import AwareDatetime
 from shuidian_shared.money import Money
 
@@ -304,13 +305,11 @@ async def statement_owned(
         return
     assert principal.tenant_id is not None
     found = await optional(upstreams.call("billing", "GET", f"/v1/tenants/{principal.tenant_id}/leases"))
-    for lease in found.get("leases", []) if isinstance(found, dict) else []:
-        ended = lease.get("move_out")
-        if (
-            lease.get("account_id") == account_id
-            and ended is not None
-            and str(lease.get("move_in", ""))[:7] <= month <= str(ended)[:7]
-        ):
+    for lease in billing_contract.TenantLeasesOut.model_validate(found).leases if found else []:
+        if lease.account_id != account_id or lease.move_out is None:
+            continue
+        last_day = lease.move_out - timedelta(days=1)  # move-out is the first day no longer leased
+        if f"{lease.move_in:%Y-%m}" <= month <= f"{last_day:%Y-%m}":
             return
     raise ObjectNotFound("no such account / 未找到")
 

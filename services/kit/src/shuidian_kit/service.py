@@ -128,7 +128,10 @@ def ops_router(*, guard: Sequence[Any] = ()) -> APIRouter:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get(
-        "/v1/dead-letters", summary="Messages parked because they could not be processed", dependencies=list(guard)
+        "/v1/dead-letters",
+        summary="Messages parked because they could not be processed",
+        dependencies=list(guard),
+        responses=_problems({422: "the request did not validate"}),
     )
     async def dead_letters(
         request: Request, pending: bool = True, limit: Annotated[int, Query(ge=1, le=1000)] = 100
@@ -141,6 +144,13 @@ def ops_router(*, guard: Sequence[Any] = ()) -> APIRouter:
         summary="Run a parked message through its handler again (after the cause is fixed)",
         status_code=204,
         dependencies=list(guard),
+        responses=_problems(
+            {
+                404: "no such dead letter",
+                409: "replayed already, or its handler failed again",
+                422: "the request did not validate",
+            }
+        ),
     )
     async def replay(request: Request, letter_id: int) -> None:
         runtime = runtime_of(request)
@@ -156,6 +166,14 @@ def ops_router(*, guard: Sequence[Any] = ()) -> APIRouter:
         await runtime.dead_letters.mark_replayed(letter_id)
 
     return router
+
+
+def _problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for problem-details answers (RFC 9457)."""
+    return {
+        status: {"description": text, "content": {"application/problem+json": {"schema": {"type": "object"}}}}
+        for status, text in described.items()
+    }
 
 
 def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> JSONResponse:

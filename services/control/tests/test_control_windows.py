@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shuidian_control.settings import ControlSettings
 from shuidian_control.windows import (
     SHANGHAI,
     Blackout,
@@ -297,3 +298,12 @@ def test_next_allowed_is_the_first_allowed_instant(scenario: tuple[datetime, Pro
     while probe < allowed:
         assert is_protected(probe, windows, CALENDAR) is not None, probe
         probe += GRID
+
+
+def test_an_empty_night_setting_means_no_night_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTROL_NIGHTS_START", "")
+    monkeypatch.setenv("CONTROL_NIGHTS_END", "")
+    configured = ControlSettings(environment="test")
+    assert (configured.nights_start, configured.nights_end) == (None, None)
+    monkeypatch.setenv("CONTROL_NIGHTS_START", "23:30")
+    assert ControlSettings(environment="test").nights_start == time(23, 30)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import time
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shuidian_shared.messages import CommandKind
@@ -23,6 +24,13 @@ class ControlSettings(ServiceSettings):
     protect_weekends: bool = True
     protect_holidays: bool = True
     prepaid_water: bool = False
+
+    @field_validator("nights_start", "nights_end", mode="before")
+    @classmethod
+    def _empty_is_no_night(cls, value: Any) -> Any:
+        """`CONTROL_NIGHTS_START=` (empty) means no night window, as the README says."""
+        return None if value == "" else value
+
     # Retries: a sent attempt without any result for `result_timeout` is re-sent; a failure without an answer
     # from the meter is retried after a back-off doubling from `retry_initial` up to `retry_max`, until the TTL.
     result_timeout_seconds: float = Field(default=30.0, gt=0)

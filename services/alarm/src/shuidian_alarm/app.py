@@ -41,8 +41,8 @@ from shuidian_shared.messages import (
     CommandRequested,
     CommandResult,
     CommandUpdate,
-    DeviceState,
     DeadLetterParked,
+    DeviceState,
     GatewayStatus,
     PollStats,
     ReadingBatch,
@@ -168,8 +168,8 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             # contact alarm already holds changes nothing (newest `changed_at` wins).
             subscribe(topics.ALL_TENANT_CONTACTS, TenantContact, c.notifier.preferences.on_contact)
             subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_RESULTS), CommandResult, evaluator.on_command_result)
-            subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_UPDATES), CommandUpdate, evaluator.on_command_update)
             subscribe(topics.shared(SERVICE, topics.ALL_DEAD_LETTERS), DeadLetterParked, evaluator.on_dead_letter)
+            subscribe(topics.shared(SERVICE, topics.ALL_COMMAND_UPDATES), CommandUpdate, evaluator.on_command_update)
             subscribe(
                 topics.shared(SERVICE, topics.ALL_METER_COMMANDS), CommandRequested, evaluator.on_command_requested
             )

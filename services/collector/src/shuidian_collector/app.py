@@ -93,13 +93,13 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
             fleet = Fleet(registry, settings, drivers(settings), store, states, commands, source)
             # Not shared: every instance hears every command and acts only on the gateways it owns.
             runtime.mqtt.subscribe(topics.ALL_METER_COMMANDS, CommandRequested, commands.on_command)
-            runtime.supervisor.add("fleet", fleet.run)
 
             async def replay(request: ReplayRequest, topic: str) -> None:
                 # Not shared either: only the instance whose store has the stream's epoch holds its batches.
                 await store.replay(request.gateway_id, request.epoch, request.from_sequence, request.to_sequence)
 
             runtime.mqtt.subscribe(topics.ALL_GATEWAY_REPLAYS, ReplayRequest, replay)
+            runtime.supervisor.add("fleet", fleet.run)
             runtime.supervisor.add("store", lambda: store.forward(runtime.mqtt))
             # Edges older than the retention are pruned (one replica at a time), and reports refuse windows
             # starting before it rather than compute them from what is left.

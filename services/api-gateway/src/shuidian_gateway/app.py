@@ -15,7 +15,16 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shuidian_gateway import api, live, routes_identity, routes_me, routes_payments, routes_staff, webhooks
+from shuidian_gateway import (
+    api,
+    live,
+    routes_identity,
+    routes_me,
+    routes_operations,
+    routes_payments,
+    routes_staff,
+    webhooks,
+)
 from shuidian_gateway.asyncapi import document
 from shuidian_gateway.auth import TenantScopes, VerifiedTokens, require
 from shuidian_gateway.conventions import IdempotencyStore, RefuseNul
@@ -219,6 +228,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(live.router)
     app.include_router(webhooks.router)
     app.include_router(routes_staff.build_router())
+    app.include_router(routes_operations.router)
     for payments_router in routes_payments.routers(settings):
         app.include_router(payments_router)
     app.include_router(api.router)

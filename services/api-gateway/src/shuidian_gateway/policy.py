@@ -38,6 +38,9 @@ class Action(StrEnum):
     COMMANDS_TRIP = "commands:trip"  # cut supply off
     ALARMS_READ = "alarms:read"
     ALARMS_WRITE = "alarms:write"  # acknowledge, work orders
+    ALARMS_CONFIGURE = "alarms:configure"  # alarm rules and staff alarm subscriptions
+    BILLING_RUN = "billing:run"  # post a month's fixed fees and 公摊
+    PAYMENTS_RECONCILE = "payments:reconcile"  # bank statement imports and the payment review queue
     REPORTS_READ = "reports:read"
     WEBHOOKS_MANAGE = "webhooks:manage"
     USERS_MANAGE = "users:manage"  # users and API keys
@@ -58,6 +61,8 @@ POLICY: dict[Role, frozenset[Action]] = {
             Action.COMMANDS_CLOSE,
             Action.COMMANDS_TRIP,
             Action.ALARMS_WRITE,
+            Action.ALARMS_CONFIGURE,
+            Action.BILLING_RUN,
         }
     ),
     Role.CASHIER: frozenset(
@@ -84,6 +89,8 @@ POLICY: dict[Role, frozenset[Action]] = {
             Action.TARIFFS_WRITE,
             Action.REPORTS_READ,
             Action.COMMANDS_READ,
+            Action.BILLING_RUN,
+            Action.PAYMENTS_RECONCILE,
         }
     ),
     Role.TENANT: frozenset(),

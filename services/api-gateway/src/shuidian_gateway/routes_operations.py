@@ -1,0 +1,1034 @@
+"""Operations API: the backend routes an operator or integrator needs beyond the everyday staff table —
+meter events, common meters and the monthly 公摊 run, statements for staff, bank imports and their review
+queue, holds, deferrals, keep-power lifting, holiday calendars, alarm rules and subscriptions, and the
+gateway's own audit log.
+
+Each route is written out (typed body, action, estate rule) because most of them do something the staff
+table's mechanism does not: DELETEs that carry a reason, a CSV in GB18030, a document in three formats, an
+audit read from the gateway's own database. Estate-scoped principals reach an object only in their estates
+(404 outside them); what spans every estate (calendars, bank statements, the audit log) needs an all-estates
+principal (403 otherwise). Writes are audited by the gateway's AuditWrites middleware like every other write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import text
+
+from shuidian_gateway.auth import require
+from shuidian_gateway.conventions import (
+    ERRORS,
+    Cursor,
+    Idempotency,
+    IdempotencyKey,
+    IdempotencyStore,
+    Limit,
+    MonthPath,
+    Page,
+    Quantity,
+    Text,
+    decode_cursor,
+    encode_cursor,
+    page_of_all,
+    upstream_key,
+)
+from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
+from shuidian_gateway.policy import Action, Principal
+from shuidian_gateway.routes_staff import estate_meters, estate_of
+from shuidian_gateway.upstream import Upstreams, UpstreamsDep
+
+IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+Id = Annotated[str, Path(min_length=1, max_length=64, pattern=IDENT)]
+Reason = Annotated[str, Query(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$", description="为什么 · why")]
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENT)]
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
+UPSTREAM_CAP = 1000
+MAX_STATEMENT_BYTES = 5 * 1024 * 1024
+
+router = APIRouter(prefix="/v1", responses=ERRORS)
+Upstream = UpstreamsDep
+
+
+def _needs(action: Action) -> Any:
+    return Depends(require(action))
+
+
+def _extra(action: Action) -> dict[str, Any]:
+    return {"x-required-action": action.value}
+
+
+def _doc(text_: str, action: Action) -> str:
+    return f"{text_}\n\nNeeds `{action.value}`.".strip()
+
+
+def _all_estates(principal: Principal) -> None:
+    if not principal.all_estates:
+        raise Forbidden("this spans every estate; it needs an all-estates role / 需全部小区权限")
+
+
+async def _inside(principal: Principal, upstreams: Upstreams, kind: str, object_id: str) -> None:
+    """An object outside the caller's estates does not exist for them (404, like the staff table)."""
+    if principal.all_estates:
+        return
+    if not principal.may_see_estate(await estate_of(upstreams, kind, object_id)):
+        raise ObjectNotFound(f"no such {kind}")
+
+
+def _no_content() -> Response:
+    return Response(status_code=204)
+
+
+def _rows(found: Any) -> list[Any]:
+    return list(found.get("items", [])) if isinstance(found, dict) else list(found or [])
+
+
+# -- metering: meter events, common meters, the month's fixed fees and 公摊 (billing) -------------------------
+class MeterEventIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "replaced",
+                    "at": "2026-11-20T10:00:00+08:00",
+                    "reason": "换表 / meter replaced",
+                    "old_closing_register": "1523.40",
+                    "new_opening_register": "0",
+                }
+            ]
+        },
+    )
+
+    kind: Literal["replaced", "multiplier_changed", "rollover"] = Field(
+        description="replaced: 换表; multiplier_changed: CT 变比变更; rollover: 走字翻转"
+    )
+    at: AwareDatetime
+    reason: Text = Field(min_length=1, max_length=500)
+    old_closing_register: Quantity | None = Field(default=None, description="replaced: the old meter's last reading")
+    new_opening_register: Quantity | None = Field(default=None, description="replaced: the new meter's first reading")
+    new_multiplier: Quantity | None = Field(default=None, description="replaced or multiplier_changed: the CT ratio")
+    new_register_max: Quantity | None = Field(default=None, description="replaced: the new register's maximum")
+    register_at_change: Quantity | None = Field(default=None, description="multiplier_changed: the register then")
+    register_after: Quantity | None = Field(default=None, description="rollover: the register after the wrap")
+
+
+class CommonMeterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"utility": "electricity"}]})
+
+    utility: Literal["electricity", "water"]
+    effective_from: AwareDatetime | None = Field(default=None, description="default: now")
+
+
+async def _once(
+    request: Request,
+    principal: Principal,
+    store: IdempotencyStore,
+    key: str,
+    body: Any,
+    send: Callable[[dict[str, str]], Awaitable[httpx.Response]],
+) -> Any:
+    """A money write under the gateway's Idempotency-Key: a replay returns the first answer. `send` makes the
+    backend call with the headers given (the namespaced key, which the backend de-duplicates on too)."""
+
+    async def forward() -> tuple[int, Any]:
+        raw = await send({"Idempotency-Key": upstream_key(principal, key)})
+        return raw.status_code, raw.json() if raw.content else None
+
+    return await store.run(principal, key, request, body, forward)
+
+
+A_EVENT = Action.CORRECTIONS_CREATE
+
+
+@router.post(
+    "/meters/{meter_id}/events",
+    status_code=201,
+    response_model=dict[str, Any],
+    tags=["metering"],
+    summary="表计事件 · Declare a meter replacement, CT-ratio change or rollover (idempotent)",
+    description=_doc(
+        "Billing prices the meter's consumption across the change. Who declared it is the signed-in caller.",
+        A_EVENT,
+    ),
+    openapi_extra=_extra(A_EVENT),
+)
+async def meter_event(
+    meter_id: Id,
+    body: MeterEventIn,
+    request: Request,
+    principal: Annotated[Principal, _needs(A_EVENT)],
+    upstreams: Upstream,
+    store: Idempotency,
+    idempotency_key: IdempotencyKey,
+) -> Any:
+    await _inside(principal, upstreams, "meter", meter_id)
+    sent = body.model_dump(mode="json", exclude_none=True)
+    return await _once(
+        request,
+        principal,
+        store,
+        idempotency_key,
+        sent,
+        lambda headers: upstreams.raw("billing", "POST", f"/v1/meters/{meter_id}/events", json=sent, headers=headers),
+    )
+
+
+A_PREMISES_WRITE = Action.PREMISES_WRITE
+
+
+@router.put(
+    "/estates/{estate_id}/common-meters/{meter_id}",
+    status_code=204,
+    tags=["metering"],
+    summary="公摊表 · Bind a common meter whose consumption the estate's households share",
+    description=_doc("Effective-dated; the monthly run shares its cost out (公摊).", A_PREMISES_WRITE),
+    openapi_extra=_extra(A_PREMISES_WRITE),
+)
+async def common_meter(
+    estate_id: Id,
+    meter_id: Id,
+    body: CommonMeterIn,
+    principal: Annotated[Principal, _needs(A_PREMISES_WRITE)],
+    upstreams: Upstream,
+) -> Response:
+    await _inside(principal, upstreams, "estate", estate_id)
+    sent = body.model_dump(mode="json", exclude_none=True)
+    await upstreams.call("billing", "PUT", f"/v1/estates/{estate_id}/common-meters/{meter_id}", json=sent)
+    return _no_content()
+
+
+A_RUN = Action.BILLING_RUN
+
+
+@router.post(
+    "/estates/{estate_id}/months/{month}/run",
+    response_model=dict[str, Any],
+    tags=["metering"],
+    summary="月结 · Post a past month's fixed fees and 公摊 for an estate (once)",
+    description=_doc(
+        "Runs once per estate and month; a repeat returns the first run. A month that has not ended is a 409.", A_RUN
+    ),
+    openapi_extra=_extra(A_RUN),
+)
+async def run_month(
+    estate_id: Id,
+    month: MonthPath,
+    principal: Annotated[Principal, _needs(A_RUN)],
+    upstreams: Upstream,
+) -> Any:
+    await _inside(principal, upstreams, "estate", estate_id)
+    return await upstreams.call("billing", "POST", f"/v1/estates/{estate_id}/months/{month}/run")
+
+
+A_PREMISES = Action.PREMISES_READ
+
+
+@router.get(
+    "/estates/{estate_id}/meters",
+    response_model=dict[str, Any],
+    tags=["metering"],
+    summary="小区表计 · Meters bound now to an estate's rooms, accounts or common use",
+    description=_doc("", A_PREMISES),
+    openapi_extra=_extra(A_PREMISES),
+)
+async def estate_meter_list(
+    estate_id: Id, principal: Annotated[Principal, _needs(A_PREMISES)], upstreams: Upstream
+) -> Any:
+    await _inside(principal, upstreams, "estate", estate_id)
+    return await upstreams.call("billing", "GET", f"/v1/estates/{estate_id}/meters")
+
+
+@router.get(
+    "/tenants/{tenant_id}/leases",
+    response_model=dict[str, Any],
+    tags=["premises"],
+    summary="租户租约 · Every lease of a tenant, ended ones too",
+    description=_doc("A tenant may lease in several estates: this needs an all-estates principal.", A_PREMISES),
+    openapi_extra=_extra(A_PREMISES),
+)
+async def tenant_leases(tenant_id: Id, principal: Annotated[Principal, _needs(A_PREMISES)], upstreams: Upstream) -> Any:
+    _all_estates(principal)
+    return await upstreams.call("billing", "GET", f"/v1/tenants/{tenant_id}/leases")
+
+
+A_ACCOUNTS = Action.ACCOUNTS_READ
+
+
+@router.get(
+    "/meters/{meter_id}/usage",
+    response_model=dict[str, Any],
+    tags=["metering"],
+    summary="表计用量 · A meter's usage and cost per local hour, day or month",
+    description=_doc("`start`/`end`: aware ISO 8601 instants.", A_ACCOUNTS),
+    openapi_extra=_extra(A_ACCOUNTS),
+)
+async def meter_usage(
+    meter_id: Id,
+    principal: Annotated[Principal, _needs(A_ACCOUNTS)],
+    upstreams: Upstream,
+    granularity: Literal["hour", "day", "month"] = "day",
+    start: AwareDatetime | None = None,
+    end: AwareDatetime | None = None,
+) -> Any:
+    await _inside(principal, upstreams, "meter", meter_id)
+    params = {"granularity": granularity} | {
+        k: v.isoformat() for k, v in (("start", start), ("end", end)) if v is not None
+    }
+    return await upstreams.call("billing", "GET", f"/v1/meters/{meter_id}/usage", params=params)
+
+
+@router.get(
+    "/meters/{meter_id}/reading",
+    response_model=dict[str, Any],
+    tags=["metering"],
+    summary="最新读数 · The last register values billed for a meter (404 before the first)",
+    description=_doc("", A_ACCOUNTS),
+    openapi_extra=_extra(A_ACCOUNTS),
+)
+async def meter_reading(meter_id: Id, principal: Annotated[Principal, _needs(A_ACCOUNTS)], upstreams: Upstream) -> Any:
+    await _inside(principal, upstreams, "meter", meter_id)
+    return await upstreams.call("billing", "GET", f"/v1/meters/{meter_id}/reading")
+
+
+# -- statements for staff (billing) -----------------------------------------------------------------------
+@router.get(
+    "/accounts/{account_id}/statements/{month}",
+    tags=["accounts"],
+    summary="月结单 · An account's monthly statement as JSON, CSV or PDF",
+    description=_doc("The statement a tenant gets, for staff: `format` json (default), csv or pdf.", A_ACCOUNTS),
+    responses={200: {"content": {"application/json": {}, "text/csv": {}, "application/pdf": {}}}},
+    response_class=Response,
+    openapi_extra=_extra(A_ACCOUNTS),
+)
+async def statement(
+    account_id: Id,
+    month: MonthPath,
+    principal: Annotated[Principal, _needs(A_ACCOUNTS)],
+    upstreams: Upstream,
+    format: Literal["json", "csv", "pdf"] = "json",
+) -> Response:
+    await _inside(principal, upstreams, "account", account_id)
+    raw = await upstreams.raw(
+        "billing", "GET", f"/v1/accounts/{account_id}/statements/{month}", params={"format": format}
+    )
+    headers = {k: v for k, v in raw.headers.items() if k.lower() == "content-disposition"}
+    return Response(raw.content, media_type=raw.headers.get("content-type"), headers=headers)
+
+
+# -- bank statements and the review queue (billing) --------------------------------------------------------
+class AliasIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"account_id": "A101", "kind": "room"}]})
+
+    account_id: Identifier
+    kind: Literal["reference", "room"] = Field(description="reference: 缴费编号; room: 房号 as payers write it")
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"account_id": "A101"}]})
+
+    account_id: Identifier
+
+
+class DismissIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "已退回付款人"}]})
+
+    reason: Text = Field(min_length=1, max_length=500)
+
+
+A_RECONCILE = Action.PAYMENTS_RECONCILE
+
+
+@router.post(
+    "/payments/bank/imports",
+    status_code=201,
+    response_model=dict[str, Any],
+    tags=["payments"],
+    summary="银行流水导入 · Import a bank statement CSV (idempotent)",
+    description=_doc(
+        "Body: `text/csv` in UTF-8 or GB18030 as banks export it. Credit lines are matched to accounts by account "
+        "id or a registered alias and credited; the rest go to the review queue. A line already imported is a "
+        "duplicate, never a second credit. The importer is the signed-in caller.",
+        A_RECONCILE,
+    ),
+    openapi_extra={
+        **_extra(A_RECONCILE),
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "交易日期,交易流水号,付款人,金额,附言\n2026-11-20,T0001,张三,100.00,缴水电费 A101\n",
+                }
+            },
+        },
+    },
+)
+async def bank_import(
+    request: Request,
+    principal: Annotated[Principal, _needs(A_RECONCILE)],
+    upstreams: Upstream,
+    store: Idempotency,
+    idempotency_key: IdempotencyKey,
+    filename: Annotated[str, Query(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f/\\]*$")] = "statement.csv",
+) -> Any:
+    _all_estates(principal)  # a statement credits households of any estate
+    if not request.headers.get("content-type", "").startswith("text/csv"):
+        raise InvalidRequest("send the statement as text/csv / 请以 text/csv 上传")
+    content = await request.body()
+    if not content or len(content) > MAX_STATEMENT_BYTES:
+        raise InvalidRequest(f"a statement is 1 byte to {MAX_STATEMENT_BYTES} bytes / 文件为空或过大")
+    fingerprint = {"filename": filename, "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+
+    async def forward() -> tuple[int, Any]:
+        raw = await upstreams.raw(
+            "billing",
+            "POST",
+            "/v1/payments/bank/imports",
+            content=content,
+            headers={"Content-Type": "text/csv", "Idempotency-Key": upstream_key(principal, idempotency_key)},
+            params={"imported_by": principal.name, "filename": filename},
+        )
+        return raw.status_code, raw.json() if raw.content else None
+
+    return await store.run(principal, idempotency_key, request, fingerprint, forward)
+
+
+@router.put(
+    "/payments/aliases/{alias}",
+    status_code=204,
+    tags=["payments"],
+    summary="缴费别名 · Register a payment reference or room code for bank matching",
+    description=_doc("", A_RECONCILE),
+    openapi_extra=_extra(A_RECONCILE),
+)
+async def put_alias(
+    alias: Id, body: AliasIn, principal: Annotated[Principal, _needs(A_RECONCILE)], upstreams: Upstream
+) -> Response:
+    await _inside(principal, upstreams, "account", body.account_id)
+    await upstreams.call("billing", "PUT", f"/v1/payments/aliases/{alias}", json=body.model_dump(mode="json"))
+    return _no_content()
+
+
+ReviewId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+@router.post(
+    "/payments/reviews/{review_id}/assign",
+    response_model=dict[str, Any],
+    tags=["payments"],
+    summary="认领款项 · Credit a review item to an account (idempotent)",
+    description=_doc("Assigning the same item to the same account again returns it; to another is a 409.", A_RECONCILE),
+    openapi_extra=_extra(A_RECONCILE),
+)
+async def assign_review(
+    review_id: ReviewId,
+    body: AssignIn,
+    request: Request,
+    principal: Annotated[Principal, _needs(A_RECONCILE)],
+    upstreams: Upstream,
+    store: Idempotency,
+    idempotency_key: IdempotencyKey,
+) -> Any:
+    _all_estates(principal)  # an unmatched bank line belongs to no estate yet
+    sent = body.model_dump(mode="json")
+    return await _once(
+        request,
+        principal,
+        store,
+        idempotency_key,
+        sent,
+        lambda headers: upstreams.raw(
+            "billing", "POST", f"/v1/payments/reviews/{review_id}/assign", json=sent, headers=headers
+        ),
+    )
+
+
+@router.post(
+    "/payments/reviews/{review_id}/dismiss",
+    response_model=dict[str, Any],
+    tags=["payments"],
+    summary="关闭待匹配款项 · Close a review item without crediting",
+    description=_doc("", A_RECONCILE),
+    openapi_extra=_extra(A_RECONCILE),
+)
+async def dismiss_review(
+    review_id: ReviewId, body: DismissIn, principal: Annotated[Principal, _needs(A_RECONCILE)], upstreams: Upstream
+) -> Any:
+    _all_estates(principal)
+    return await upstreams.call(
+        "billing", "POST", f"/v1/payments/reviews/{review_id}/dismiss", json=body.model_dump(mode="json")
+    )
+
+
+@router.get(
+    "/payments/callbacks",
+    response_model=Page,
+    tags=["payments"],
+    summary="支付回调 · Provider notifications received, newest first",
+    description=_doc("`outcome`: accepted, replayed, rejected, amount_mismatch or ignored.", A_ACCOUNTS),
+    openapi_extra=_extra(A_ACCOUNTS),
+)
+async def payment_callbacks(
+    principal: Annotated[Principal, _needs(A_ACCOUNTS)],
+    upstreams: Upstream,
+    outcome: Literal["accepted", "replayed", "rejected", "amount_mismatch", "ignored"] | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Any:
+    _all_estates(principal)
+    params: dict[str, Any] = {"limit": UPSTREAM_CAP} | ({"outcome": outcome} if outcome else {})
+    return page_of_all(
+        _rows(await upstreams.call("billing", "GET", "/v1/payments/callbacks", params=params)), limit, cursor, None
+    )
+
+
+@router.get(
+    "/payments/{payment_id}/refunds",
+    response_model=Page,
+    tags=["payments"],
+    summary="退款记录 · Refunds of a payment",
+    description=_doc("", A_ACCOUNTS),
+    openapi_extra=_extra(A_ACCOUNTS),
+)
+async def payment_refunds(
+    payment_id: Id,
+    principal: Annotated[Principal, _needs(A_ACCOUNTS)],
+    upstreams: Upstream,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Any:
+    _all_estates(principal)
+    return page_of_all(
+        _rows(await upstreams.call("billing", "GET", f"/v1/payments/{payment_id}/refunds")), limit, cursor, None
+    )
+
+
+# -- cut-off protection: holds, deferrals, keep-power (control) ---------------------------------------------
+class HoldIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "春节不停电", "until": "2027-02-20T00:00:00+08:00"}]}
+    )
+
+    reason: Text = Field(min_length=1, max_length=500)
+    until: AwareDatetime | None = Field(default=None, description="null: until lifted")
+
+
+class KeepPowerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "other", "note": "高温天气"}]})
+
+    reason: Literal["elderly", "medical", "other"]
+    note: Text = Field(default="", max_length=500)
+
+
+A_COMMANDS = Action.COMMANDS_READ
+A_TRIP = Action.COMMANDS_TRIP
+
+
+@router.get(
+    "/holds",
+    response_model=Page,
+    tags=["commands"],
+    summary="停断开关 · No-cut-off switches in force",
+    description=_doc("`estate_id` `all` is the switch for every estate.", A_COMMANDS),
+    openapi_extra=_extra(A_COMMANDS),
+)
+async def holds(
+    principal: Annotated[Principal, _needs(A_COMMANDS)], upstreams: Upstream, limit: Limit = 50, cursor: Cursor = None
+) -> Any:
+    rows = _rows(await upstreams.call("control", "GET", "/v1/holds"))
+    mine = [r for r in rows if principal.may_see_estate(str(r.get("estate_id"))) or r.get("estate_id") in ("*", "all")]
+    return page_of_all(mine, limit, cursor, None)
+
+
+@router.put(
+    "/holds/{estate_id}",
+    status_code=204,
+    tags=["commands"],
+    summary="设停断开关 · No cut-off in an estate (`all`: everywhere) until lifted or `until`",
+    description=_doc("Trips due meanwhile wait as deferrals and are decided again when the switch ends.", A_TRIP),
+    openapi_extra=_extra(A_TRIP),
+)
+async def set_hold(
+    estate_id: Id, body: HoldIn, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
+) -> Response:
+    await _estate_or_all(principal, upstreams, estate_id)
+    await upstreams.call("control", "PUT", f"/v1/holds/{estate_id}", json=body.model_dump(mode="json"))
+    return _no_content()
+
+
+@router.delete(
+    "/holds/{estate_id}",
+    status_code=204,
+    tags=["commands"],
+    summary="解除停断开关 · Lift a no-cut-off switch; deferred trips are decided again",
+    description=_doc("", A_TRIP),
+    openapi_extra=_extra(A_TRIP),
+)
+async def lift_hold(
+    estate_id: Id, reason: Reason, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
+) -> Response:
+    await _estate_or_all(principal, upstreams, estate_id)
+    await upstreams.call("control", "DELETE", f"/v1/holds/{estate_id}", params={"reason": reason})
+    return _no_content()
+
+
+async def _estate_or_all(principal: Principal, upstreams: Upstreams, estate_id: str) -> None:
+    if estate_id == "all":
+        _all_estates(principal)
+    else:
+        await _inside(principal, upstreams, "estate", estate_id)
+
+
+@router.get(
+    "/deferrals",
+    response_model=Page,
+    tags=["commands"],
+    summary="延迟停电 · Trips waiting for a protected window or a switch to end",
+    description=_doc("", A_COMMANDS),
+    openapi_extra=_extra(A_COMMANDS),
+)
+async def deferrals(
+    principal: Annotated[Principal, _needs(A_COMMANDS)],
+    upstreams: Upstream,
+    meter_id: Annotated[str | None, Query(min_length=1, max_length=64, pattern=IDENT)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Any:
+    if meter_id is not None:
+        await _inside(principal, upstreams, "meter", meter_id)
+    params: dict[str, Any] = {"limit": UPSTREAM_CAP} | ({"meter_id": meter_id} if meter_id else {})
+    rows = _rows(await upstreams.call("control", "GET", "/v1/deferrals", params=params))
+    if not principal.all_estates:
+        meters = await estate_meters(upstreams, principal.estates)
+        rows = [r for r in rows if str(r.get("meter_id")) in meters]
+    return page_of_all(rows, limit, cursor, None)
+
+
+@router.delete(
+    "/keep-power/households/{account_id}",
+    status_code=204,
+    tags=["commands"],
+    summary="解除保电 · Lift a household's keep-power",
+    description=_doc("The household may be cut off again by its balance.", A_TRIP),
+    openapi_extra=_extra(A_TRIP),
+)
+async def lift_household_keep_power(
+    account_id: Id, reason: Reason, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
+) -> Response:
+    await _inside(principal, upstreams, "account", account_id)
+    await upstreams.call("control", "DELETE", f"/v1/keep-power/households/{account_id}", params={"reason": reason})
+    return _no_content()
+
+
+@router.put(
+    "/keep-power/estates/{estate_id}",
+    status_code=204,
+    tags=["commands"],
+    summary="小区保电 · Keep a whole estate's supply on",
+    description=_doc("", A_TRIP),
+    openapi_extra=_extra(A_TRIP),
+)
+async def set_estate_keep_power(
+    estate_id: Id, body: KeepPowerIn, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
+) -> Response:
+    await _inside(principal, upstreams, "estate", estate_id)
+    await upstreams.call("control", "PUT", f"/v1/keep-power/estates/{estate_id}", json=body.model_dump(mode="json"))
+    return _no_content()
+
+
+@router.delete(
+    "/keep-power/estates/{estate_id}",
+    status_code=204,
+    tags=["commands"],
+    summary="解除小区保电 · Lift an estate's keep-power",
+    description=_doc("", A_TRIP),
+    openapi_extra=_extra(A_TRIP),
+)
+async def lift_estate_keep_power(
+    estate_id: Id, reason: Reason, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
+) -> Response:
+    await _inside(principal, upstreams, "estate", estate_id)
+    await upstreams.call("control", "DELETE", f"/v1/keep-power/estates/{estate_id}", params={"reason": reason})
+    return _no_content()
+
+
+@router.get(
+    "/policy-log",
+    response_model=Page,
+    tags=["audit"],
+    summary="策略变更记录 · Who changed which cut-off policy, newest first",
+    description=_doc(
+        "Keep-power, holds, estate policies and calendars; `subject` an estate, account or year.", Action.AUDIT_READ
+    ),
+    openapi_extra=_extra(Action.AUDIT_READ),
+)
+async def policy_log(
+    principal: Annotated[Principal, _needs(Action.AUDIT_READ)],
+    upstreams: Upstream,
+    subject: Annotated[str | None, Query(min_length=1, max_length=64, pattern=IDENT)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Any:
+    _all_estates(principal)
+    params: dict[str, Any] = {"limit": UPSTREAM_CAP} | ({"subject": subject} if subject else {})
+    return page_of_all(
+        _rows(await upstreams.call("control", "GET", "/v1/policy-log", params=params)), limit, cursor, None
+    )
+
+
+# -- holiday calendars (control) ---------------------------------------------------------------------------
+class CalendarYearIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "holidays": ["2027-01-01", "2027-02-06", "2027-02-07"],
+                    "adjusted_workdays": ["2027-02-14"],
+                    "notice": "国务院办公厅关于2027年部分节假日安排的通知",
+                }
+            ]
+        },
+    )
+
+    holidays: list[date] = Field(max_length=366, description="statutory rest days, in-lieu days included")
+    adjusted_workdays: list[date] = Field(default_factory=list, max_length=366, description="调休 workdays")
+    notice: Text = Field(min_length=1, max_length=500, description="the State Council notice the dates come from")
+
+
+Year = Annotated[int, Path(ge=2000, le=2200, description="calendar year")]
+
+
+@router.get(
+    "/calendar",
+    response_model=dict[str, Any],
+    tags=["commands"],
+    summary="节假日日历 · Which years the holiday calendar covers, and a warning when next year is missing",
+    description=_doc("", A_COMMANDS),
+    openapi_extra=_extra(A_COMMANDS),
+)
+async def calendar(principal: Annotated[Principal, _needs(A_COMMANDS)], upstreams: Upstream) -> Any:
+    return await upstreams.call("control", "GET", "/v1/calendar")
+
+
+@router.get(
+    "/calendar/{year}",
+    response_model=dict[str, Any],
+    tags=["commands"],
+    summary="年度节假日安排 · A year's published holiday arrangement",
+    description=_doc("", A_COMMANDS),
+    openapi_extra=_extra(A_COMMANDS),
+)
+async def calendar_year(year: Year, principal: Annotated[Principal, _needs(A_COMMANDS)], upstreams: Upstream) -> Any:
+    return await upstreams.call("control", "GET", f"/v1/calendar/{year}")
+
+
+@router.put(
+    "/calendar/{year}",
+    response_model=dict[str, Any],
+    tags=["commands"],
+    summary="发布节假日安排 · Publish a year's holiday arrangement (State Council notice)",
+    description=_doc("It wins over the built-in library for that year, in every estate.", A_TRIP),
+    openapi_extra=_extra(A_TRIP),
+)
+async def publish_calendar_year(
+    year: Year, body: CalendarYearIn, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
+) -> Any:
+    _all_estates(principal)
+    return await upstreams.call("control", "PUT", f"/v1/calendar/{year}", json=body.model_dump(mode="json"))
+
+
+# -- alarm rules and subscriptions (alarm) -----------------------------------------------------------------
+class RuleIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "scope_level": "estate",
+                    "scope_key": "E1",
+                    "slot": "over_voltage",
+                    "rule": {"kind": "threshold", "measure": "over_voltage", "limit": "245.5", "raise_after": 60},
+                }
+            ]
+        },
+    )
+
+    scope_level: Literal["default", "estate", "building", "model", "meter"]
+    scope_key: Name | None = Field(default=None, description="none for the default scope")
+    slot: Identifier = Field(description="alarm type or rule slot, e.g. over_voltage")
+    enabled: bool = True
+    rule: dict[str, Any] = Field(description='the rule, with its "kind", e.g. {"kind": "threshold", ...}')
+
+
+class SubscriptionIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "audience": "staff",
+                    "role": "maintenance",
+                    "estate": "E1",
+                    "channel": "email",
+                    "address": "ops@example.com",
+                }
+            ]
+        },
+    )
+
+    audience: Literal["staff"] = Field(description="staff subscriptions; tenants set theirs in /v1/me")
+    role: Identifier = Field(description="staff role, e.g. estate_manager, maintenance")
+    estate: Name | None = Field(default=None, description="only this estate (none: every estate)")
+    channel: Literal["webhook", "email", "sms"]
+    address: Annotated[str, Field(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] = Field(
+        description="URL, e-mail or phone"
+    )
+    secret: Annotated[str, Field(min_length=16, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = Field(
+        default=None, description="webhook signing secret"
+    )
+    language: Literal["zh-CN", "en"] = "zh-CN"
+    min_severity: Literal["info", "warning", "major", "critical"] = "warning"
+    alarm_types: list[Identifier] | None = Field(default=None, max_length=50)
+    quiet_start: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None = None
+    quiet_end: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")] | None = None
+
+
+A_ALARMS = Action.ALARMS_READ
+A_CONFIGURE = Action.ALARMS_CONFIGURE
+
+
+@router.get(
+    "/alarm-rules",
+    response_model=Page,
+    tags=["alarms"],
+    summary="告警规则 · Every configured alarm rule",
+    description=_doc("Built-in defaults and every scope's settings.", A_ALARMS),
+    openapi_extra=_extra(A_ALARMS),
+)
+async def rules(
+    principal: Annotated[Principal, _needs(A_ALARMS)], upstreams: Upstream, limit: Limit = 50, cursor: Cursor = None
+) -> Any:
+    rows = _rows(await upstreams.call("alarm", "GET", "/v1/rules"))
+    if not principal.all_estates:  # the defaults, models and their own estates' rules
+        rows = [
+            r for r in rows if r.get("scope_level") != "estate" or principal.may_see_estate(str(r.get("scope_key")))
+        ]
+    return page_of_all(rows, limit, cursor, None)
+
+
+@router.get(
+    "/alarm-rules/effective",
+    response_model=Page,
+    tags=["alarms"],
+    summary="生效规则 · The alarm rules that apply to a meter",
+    description=_doc("", A_ALARMS),
+    openapi_extra=_extra(A_ALARMS),
+)
+async def effective_rules(
+    principal: Annotated[Principal, _needs(A_ALARMS)],
+    upstreams: Upstream,
+    meter_id: Annotated[str, Query(min_length=1, max_length=64, pattern=IDENT)],
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Any:
+    await _inside(principal, upstreams, "meter", meter_id)
+    rows = _rows(await upstreams.call("alarm", "GET", "/v1/rules/effective", params={"meter_id": meter_id}))
+    return page_of_all(rows, limit, cursor, None)
+
+
+@router.put(
+    "/alarm-rules",
+    response_model=dict[str, Any],
+    tags=["alarms"],
+    summary="设告警规则 · Set an alarm rule at a scope (validated)",
+    description=_doc("Rules at every scope but an estate's reach across estates: those need all estates.", A_CONFIGURE),
+    openapi_extra=_extra(A_CONFIGURE),
+)
+async def put_rule(body: RuleIn, principal: Annotated[Principal, _needs(A_CONFIGURE)], upstreams: Upstream) -> Any:
+    await _rule_scope(principal, upstreams, body.scope_level, body.scope_key)
+    return await upstreams.call("alarm", "PUT", "/v1/rules", json=body.model_dump(mode="json", exclude_none=True))
+
+
+@router.delete(
+    "/alarm-rules",
+    status_code=204,
+    tags=["alarms"],
+    summary="删除告警规则 · Remove an alarm rule from a scope",
+    description=_doc("", A_CONFIGURE),
+    openapi_extra=_extra(A_CONFIGURE),
+)
+async def delete_rule(
+    principal: Annotated[Principal, _needs(A_CONFIGURE)],
+    upstreams: Upstream,
+    scope_level: Literal["default", "estate", "building", "model", "meter"],
+    slot: Annotated[str, Query(min_length=1, max_length=64, pattern=IDENT)],
+    scope_key: Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
+) -> Response:
+    await _rule_scope(principal, upstreams, scope_level, scope_key)
+    params = {"scope_level": scope_level, "slot": slot} | ({"scope_key": scope_key} if scope_key else {})
+    await upstreams.call("alarm", "DELETE", "/v1/rules", params=params)
+    return _no_content()
+
+
+async def _rule_scope(principal: Principal, upstreams: Upstreams, level: str, key: str | None) -> None:
+    if principal.all_estates:
+        return
+    if level == "estate" and key is not None and principal.may_see_estate(key):
+        return
+    raise Forbidden("this rule reaches beyond your estates / 规则范围超出您管理的小区")
+
+
+@router.post(
+    "/alarm-subscriptions",
+    status_code=201,
+    response_model=dict[str, Any],
+    tags=["alarms"],
+    summary="订阅告警 · Send a staff role's alarms to an e-mail, phone or webhook",
+    description=_doc(
+        "Webhook URLs are checked by the alarm service (no private or loopback addresses unless allowed).",
+        A_CONFIGURE,
+    ),
+    openapi_extra=_extra(A_CONFIGURE),
+)
+async def subscribe(
+    body: SubscriptionIn, principal: Annotated[Principal, _needs(A_CONFIGURE)], upstreams: Upstream
+) -> Any:
+    if body.estate is None:
+        _all_estates(principal)
+    elif not principal.may_see_estate(body.estate):
+        raise Forbidden("estate is outside your estates / 超出您管理的小区")
+    return await upstreams.call(
+        "alarm", "POST", "/v1/subscriptions", json=body.model_dump(mode="json", exclude_none=True)
+    )
+
+
+@router.get(
+    "/alarm-subscriptions",
+    response_model=Page,
+    tags=["alarms"],
+    summary="告警订阅 · Staff alarm subscriptions",
+    description=_doc("Estate-scoped callers see their estates' subscriptions.", A_ALARMS),
+    openapi_extra=_extra(A_ALARMS),
+)
+async def subscriptions(
+    principal: Annotated[Principal, _needs(A_ALARMS)],
+    upstreams: Upstream,
+    estate: Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Any:
+    if estate is not None and not principal.may_see_estate(estate):
+        raise Forbidden("estate is outside your estates / 超出您管理的小区")
+    rows = await _staff_subscriptions(principal, upstreams, estate)
+    return page_of_all(rows, limit, cursor, None)
+
+
+async def _staff_subscriptions(principal: Principal, upstreams: Upstreams, estate: str | None) -> list[Any]:
+    rows = _rows(
+        await upstreams.call("alarm", "GET", "/v1/subscriptions", params={"estate": estate} if estate else None)
+    )
+    rows = [r for r in rows if r.get("audience") == "staff"]
+    if principal.all_estates:
+        return rows
+    return [r for r in rows if r.get("estate") is not None and principal.may_see_estate(str(r["estate"]))]
+
+
+@router.delete(
+    "/alarm-subscriptions/{subscription_id}",
+    status_code=204,
+    tags=["alarms"],
+    summary="取消订阅 · Remove a staff alarm subscription",
+    description=_doc("", A_CONFIGURE),
+    openapi_extra=_extra(A_CONFIGURE),
+)
+async def unsubscribe(
+    subscription_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$")],
+    principal: Annotated[Principal, _needs(A_CONFIGURE)],
+    upstreams: Upstream,
+) -> Response:
+    visible = {str(r.get("subscription_id")) for r in await _staff_subscriptions(principal, upstreams, None)}
+    if subscription_id.lower() not in visible:
+        raise ObjectNotFound("no such subscription")  # tenants' own subscriptions are theirs to change
+    await upstreams.call("alarm", "DELETE", f"/v1/subscriptions/{subscription_id}")
+    return _no_content()
+
+
+# -- the gateway's audit log -------------------------------------------------------------------------------
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    principal: str
+    role: str | None
+    method: str
+    path: str
+    status: int
+    client_address: str | None
+    idempotency_key: str | None
+    user_agent: str | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+A_AUDIT = Action.AUDIT_READ
+
+
+@router.get(
+    "/audit-log",
+    response_model=AuditPage,
+    tags=["audit"],
+    summary="操作审计 · Every write through the gateway: who, what, when, from where, and how it ended",
+    description=_doc(
+        "Newest first. `principal` as recorded (`user:<id>`, `api_key:<prefix>`), `path` a prefix, "
+        "`since`/`until` aware instants ([since, until)).",
+        A_AUDIT,
+    ),
+    openapi_extra=_extra(A_AUDIT),
+)
+async def audit_log(
+    request: Request,
+    principal: Annotated[Principal, _needs(A_AUDIT)],
+    who: Annotated[
+        str | None, Query(alias="principal", min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
+    ] = None,
+    method: Literal["POST", "PUT", "PATCH", "DELETE"] | None = None,
+    path: Annotated[str | None, Query(min_length=1, max_length=300, pattern=r"^/[^\x00-\x1f\x7f%_]*$")] = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Any:
+    _all_estates(principal)
+    offset = decode_cursor(cursor)
+    clauses: list[str] = ["true"]
+    params: dict[str, Any] = {"limit": limit + 1, "offset": offset}
+    for clause, name, value in (
+        ("principal = :principal", "principal", who),
+        ("method = :method", "method", method),
+        ("starts_with(path, :path)", "path", path),
+        ("at >= :since", "since", since),
+        ("at < :until", "until", until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params[name] = value
+    sql = (
+        "SELECT id, at, principal, role, method, path, status, client_address, idempotency_key, user_agent "
+        f"FROM gateway.audit_log WHERE {' AND '.join(clauses)} ORDER BY at DESC, id DESC LIMIT :limit OFFSET :offset"
+    )
+    async with request.app.state.runtime.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(text(sql), params)]
+    return {
+        "items": rows[:limit],
+        "next_cursor": encode_cursor(offset + limit) if len(rows) > limit else None,
+    }

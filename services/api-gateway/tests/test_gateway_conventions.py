@@ -210,7 +210,7 @@ async def test_csv_commissioning_passes_through(gw: Harness) -> None:
 
 async def test_a_backend_without_the_route_is_a_501_problem(gw: Harness) -> None:
     async with gw.client("finance") as finance:
-        response = await finance.get("/v1/reports/collection-rate")
+        response = await finance.get("/v1/reports/collection-rate", params={"month": "2026-11"})
     assert response.status_code == 501
     assert response.json()["code"] == "not_implemented"
 

@@ -282,6 +282,7 @@ async def test_balance_reads_come_from_the_model_and_follow_newer_events(gw: Har
             "name": "R-A",
             "balance": "35.20",
             "available": "34.87",
+            "available_exact": "34.87",
             "level": "ok",
             "sequence": 3,
         }

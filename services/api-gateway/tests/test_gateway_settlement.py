@@ -102,12 +102,13 @@ async def test_finance_staff_of_one_estate_cannot_settle_another_estates_lease(g
 
 
 async def test_settlement_records_the_signed_in_operator_not_the_body(gw: Harness) -> None:
-    body = {
-        "move_out": "2018-03-01",
-        "operator": FORGED,
-        "closing_readings": [{"meter_id": "M-E1", "value": "0"}],
-    }
+    body = {"move_out": "2018-03-01", "closing_readings": [{"meter_id": "M-E1", "value": "0"}]}
     async with gw.client("finance") as finance:
+        forged = await finance.post(  # no body field names who acts: one that tries is refused
+            "/v1/leases/L-E1/settlement",
+            json={**body, "operator": FORGED},
+            headers={"Idempotency-Key": "settle-e1-0000"},
+        )
         settled = await finance.post(
             "/v1/leases/L-E1/settlement", json=body, headers={"Idempotency-Key": "settle-e1-0001"}
         )
@@ -116,6 +117,7 @@ async def test_settlement_records_the_signed_in_operator_not_the_body(gw: Harnes
         )
     async with gw.client("manager_e1") as manager:
         read = await manager.get("/v1/leases/L-E1/settlement")
+    assert forged.status_code == 422, forged.text
     assert settled.status_code == 201, settled.text
     assert settled.json()["operator"] == f"user:{gw.user_ids['finance']}"
     assert again.json()["settlement_id"] == settled.json()["settlement_id"]
@@ -125,10 +127,16 @@ async def test_settlement_records_the_signed_in_operator_not_the_body(gw: Harnes
 
 async def test_a_cashier_cannot_open_a_shift_in_someone_elses_name(gw: Harness) -> None:
     async with gw.client("cashier") as cashier:
-        shift = await cashier.post(
+        forged = await cashier.post(
             "/v1/cash/shifts",
             json={"counter_id": "C1", "cashier": FORGED, "opening_float": "100.00"},
+            headers={"Idempotency-Key": "shift-open-0000"},
+        )
+        shift = await cashier.post(
+            "/v1/cash/shifts",
+            json={"counter_id": "C1", "opening_float": "100.00"},
             headers={"Idempotency-Key": "shift-open-0001"},
         )
+    assert forged.status_code == 422, forged.text
     assert shift.status_code == 201, shift.text
     assert shift.json()["cashier"] == f"user:{gw.user_ids['cashier']}"

@@ -27,7 +27,7 @@ from shuidian_gateway import (
 )
 from shuidian_gateway.asyncapi import document
 from shuidian_gateway.auth import TenantScopes, VerifiedTokens, require
-from shuidian_gateway.conventions import IdempotencyStore, RefuseNul
+from shuidian_gateway.conventions import ERRORS, IdempotencyStore, RefuseNul, install_allow_header, install_cors
 from shuidian_gateway.identity import Identity
 from shuidian_gateway.policy import Action, Principal
 from shuidian_gateway.readcache import ReadCache
@@ -205,6 +205,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_allow_header(app)
     serve_docs_offline(app)
 
     async def on_upstream(request: Request, exc: Exception) -> JSONResponse:
@@ -216,13 +217,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(UpstreamError, on_upstream)
 
     app.add_middleware(AuditWrites)
-    app.add_middleware(RefuseNul)  # outermost: not even the audit row sees a NUL
+    app.add_middleware(RefuseNul)  # not even the audit row sees a NUL
+    install_cors(app, settings.cors_origins)  # outermost: a browser can read every answer, refusals too
 
     @app.get("/asyncapi.json", tags=["operations"], summary="AsyncAPI document of every MQTT topic")
     async def asyncapi() -> dict[str, Any]:
         return document(VERSION)
 
-    app.include_router(ops_router(guard=[Depends(require(Action.USERS_MANAGE))]))  # dead letters: administrators
+    app.include_router(  # dead letters: administrators; their refusals are problem documents like every route's
+        ops_router(guard=[Depends(require(Action.USERS_MANAGE))]), responses=ERRORS
+    )
     app.include_router(routes_identity.router)
     app.include_router(routes_me.router)
     app.include_router(live.router)

@@ -4,6 +4,7 @@ ETags with If-Match, and stored Idempotency-Key responses for money and command 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import uuid
@@ -11,12 +12,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shuidian_gateway.errors import GatewayError, IdempotencyConflict, PreconditionFailed
@@ -134,6 +138,40 @@ Amount = Annotated[
     WithJsonSchema(_money_schema(AMOUNT_PATTERN, positive=True, maximum=AMOUNT_MAX)),
 ]
 """A payment amount: above 0, at most AMOUNT_MAX, in the canonical string form."""
+
+
+def _strict_decimal(pattern: str, *, positive: bool, description: str, example: str) -> Any:
+    """A decimal a client sends as a canonical string (the money grammar with its own digits and decimals)."""
+    grammar = re.compile(pattern.removeprefix("^").removesuffix("$"))
+
+    def parse(value: Any) -> Decimal:
+        written = str(value) if isinstance(value, Decimal) else value
+        if not isinstance(written, str) or not grammar.fullmatch(written):
+            raise ValueError(
+                f"{description}: ASCII digits as a JSON string, no sign, exponent or spaces / 数值格式错误"
+            )
+        number = Decimal(written)
+        if positive and number <= 0:
+            raise ValueError("must be greater than 0 / 须大于 0")
+        return number
+
+    schema = {"type": "string", "pattern": pattern, "examples": [example], "description": description}
+    return Annotated[Decimal, BeforeValidator(parse), PlainSerializer(str, return_type=str), WithJsonSchema(schema)]
+
+
+PRICE_PATTERN = r"^(0|[1-9][0-9]{0,3})(\.[0-9]{1,6})?$"
+Price = _strict_decimal(
+    PRICE_PATTERN, positive=False, description="CNY per kWh or m³, up to six decimals", example="0.5883"
+)
+"""A tariff unit price: like money, with up to six decimals (at most 9999.999999)."""
+QUANTITY_PATTERN = r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,6})?$"
+Quantity = _strict_decimal(
+    QUANTITY_PATTERN, positive=False, description="kWh or m³, up to six decimals", example="412.37"
+)
+"""A metered quantity (a register value, a tier's width)."""
+AREA_PATTERN = r"^(0\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,7}(\.[0-9]{1,2})?)$"
+Area = _strict_decimal(AREA_PATTERN, positive=True, description="m², above 0, up to two decimals", example="45.50")
+"""A floor area in m²."""
 
 # Statement and report months: YYYY-MM of this century, ASCII digits (\d would admit other scripts).
 MONTH_PATTERN = r"^20[0-9]{2}-(0[1-9]|1[0-2])$"
@@ -396,3 +434,58 @@ async def _idempotency_store(request: Request) -> IdempotencyStore:
 
 
 Idempotency = Annotated[IdempotencyStore, Depends(_idempotency_store)]
+
+
+# -- the edge: 405 answers and browsers on other origins -------------------------------------------------------
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
+    """The methods some route serves at the request's path, asked of the routes themselves (one route per
+    method, so the route that refused the request knows only its own)."""
+    return [
+        method
+        for method in PROBED_METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
+def install_allow_header(app: FastAPI) -> None:
+    """Every 405 lists in `Allow` exactly the methods its path supports; the framework's handler answers it."""
+    answer = app.exception_handlers[StarletteHTTPException]
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            allow = ", ".join(allowed_methods(request.app.router.routes, request.scope))
+            exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}), "Allow": allow})
+        answered = answer(request, exc)
+        return await answered if inspect.isawaitable(answered) else answered
+
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+
+CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "If-Match", "Last-Event-ID"]
+CORS_EXPOSED_HEADERS = ["ETag", "Location", "Retry-After", "Idempotent-Replayed", "WWW-Authenticate"]
+
+
+def cors_origins(configured: str) -> list[str]:
+    return [origin.strip().rstrip("/") for origin in configured.split(",") if origin.strip()]
+
+
+def install_cors(app: FastAPI, configured: str) -> None:
+    """Browsers on the configured origins (GATEWAY_CORS_ORIGINS) may call the API with credentials and read the
+    headers the conventions use; with none configured, no cross-origin access. Outermost, so every answer
+    (refusals included) carries the headers a browser needs to read it."""
+    origins = cors_origins(configured)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials=True,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )

@@ -11,7 +11,7 @@ import json
 import logging
 import uuid
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -29,6 +29,7 @@ from shuidian_gateway.conventions import (
     IdempotencyKey,
     IfMatch,
     Limit,
+    MonthPath,
     ObjectId,
     Page,
     page_of_all,
@@ -44,7 +45,7 @@ from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
 from shuidian_kit.service import Runtime
 from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.messages import AwareDatetime
-from shuidian_shared.money import Money
+from shuidian_shared.money import CENT, Money, Quantity
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/me", tags=["tenant"], responses=ERRORS)
@@ -181,6 +182,7 @@ class BalanceOut(BaseModel):
                     "name": "1-101",
                     "balance": "35.20",
                     "available": "34.87",
+                    "available_exact": "34.8745000000",
                     "level": "ok",
                     "sequence": 12,
                 }
@@ -191,8 +193,26 @@ class BalanceOut(BaseModel):
     account_id: str
     name: str
     balance: Money
-    available: Decimal = Field(description="balance less the current hour's charges not yet posted")
+    available: Money = Field(description="balance less the current hour's charges not yet posted, in fen")
+    available_exact: Quantity = Field(description="`available` at full precision, before it is cut to the fen")
     level: str = Field(description="ok, low_1, low_2 or exhausted")
+    sequence: int
+
+
+def fen(exact: Decimal) -> Decimal:
+    """Money shown to a tenant: whole fen, cut toward zero (the rule every posting follows), never "-0.00"."""
+    shown = exact.quantize(CENT, rounding=ROUND_DOWN)
+    return shown if shown else Decimal("0.00")
+
+
+class BilledAccount(BaseModel):
+    """What the tenant API reads of billing's account."""
+
+    account_id: str
+    name: str
+    balance: Money
+    available: Quantity
+    level: str
     sequence: int
 
 
@@ -200,7 +220,12 @@ def balance_read_model(upstreams: Upstreams, ttl: float) -> BalanceReadModel:
     """The gateway's balance read model, seeded from billing's account read."""
 
     async def fetch(account_id: str) -> CachedBalance:
-        found = BalanceOut.model_validate(await upstreams.call("billing", "GET", f"/v1/accounts/{account_id}"))
+        billed = BilledAccount.model_validate(await upstreams.call("billing", "GET", f"/v1/accounts/{account_id}"))
+        found = BalanceOut(
+            **billed.model_dump(exclude={"available"}),
+            available=fen(billed.available),
+            available_exact=billed.available,
+        )
         return CachedBalance(found.sequence, found.model_dump_json().encode())
 
     return BalanceReadModel(ttl, fetch)
@@ -242,13 +267,29 @@ async def account(account_id: ObjectId, principal: Tenant, scopes: Scopes, balan
 
 
 Granularity = Literal["hour", "day", "month"]
+USAGE_NOTE = (
+    " Each bucket's `cost` is in fen (cut toward zero); `cost_exact` is the unrounded figure the ledger posts from."
+)
+
+
+def usage_in_fen(found: Any) -> Any:
+    """Billing's usage history as a tenant sees money: each bucket's cost in fen, the exact cost beside it."""
+    if not isinstance(found, dict) or not isinstance(found.get("buckets"), list):
+        return found
+    buckets = []
+    for bucket in found["buckets"]:
+        if isinstance(bucket, dict) and isinstance(bucket.get("cost"), str):
+            exact = Decimal(bucket["cost"])
+            bucket = {**bucket, "cost": str(fen(exact)), "cost_exact": bucket["cost"]}
+        buckets.append(bucket)
+    return {**found, "buckets": buckets}
 
 
 @router.get(
     "/accounts/{account_id}/usage",
     response_model=dict[str, Any],
     summary="用量历史（含费用）· Usage history with cost",
-    description="Per local hour, day or month and utility: quantity and cost (billing's usage history).",
+    description="Per local hour, day or month and utility: quantity and cost (billing's usage history)." + USAGE_NOTE,
 )
 async def usage(
     account_id: ObjectId,
@@ -261,19 +302,21 @@ async def usage(
 ) -> Any:
     await owned(principal, scopes, "account", account_id)
     params = {"granularity": granularity, "start": start, "end": end}
-    return await upstreams.call(
+    found = await upstreams.call(
         "billing",
         "GET",
         f"/v1/accounts/{account_id}/usage",
         params={k: v.isoformat() if isinstance(v, datetime) else v for k, v in params.items() if v},
     )
+    return usage_in_fen(found)
 
 
 @router.get(
     "/accounts/{account_id}/usage/today",
     response_model=dict[str, Any],
     summary="今日用量 · Today's usage so far, per hour",
-    description="Billing's hourly usage since local midnight, at most `GATEWAY_USAGE_TODAY_CACHE_SECONDS` (15 s) old.",
+    description="Billing's hourly usage since local midnight, at most `GATEWAY_USAGE_TODAY_CACHE_SECONDS` (15 s) old."
+    + USAGE_NOTE,
 )
 async def usage_today(
     account_id: ObjectId, request: Request, principal: Tenant, scopes: Scopes, upstreams: Upstream
@@ -287,12 +330,11 @@ async def usage_today(
     async def fetch() -> bytes:
         params = {"granularity": "hour", "start": midnight}
         found = await upstreams.call("billing", "GET", f"/v1/accounts/{account_id}/usage", params=params)
-        return json.dumps(found, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(usage_in_fen(found), ensure_ascii=False, separators=(",", ":")).encode()
 
     return Response(await cache.get((account_id, midnight), fetch), media_type=JSON)
 
 
-Month = Annotated[str, Path(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, local time")]
 TxnId = Annotated[uuid.UUID, Path(description="a ledger transaction of the account")]
 
 
@@ -322,7 +364,7 @@ async def statement_owned(
 )
 async def statement(
     account_id: ObjectId,
-    month: Month,
+    month: MonthPath,
     principal: Tenant,
     scopes: Scopes,
     upstreams: Upstream,

@@ -12,25 +12,32 @@ import inspect
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, time
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shuidian_gateway.auth import require
 from shuidian_gateway.conventions import (
     ERRORS,
+    MONTH_PATTERN,
+    NO_NUL,
     Amount,
+    Area,
     Cursor,
     Idempotency,
     IdempotencyKey,
     IdempotencyStore,
     IfMatch,
     Limit,
+    MoneyIn,
+    MonthQuery,
     Page,
+    Price,
+    Quantity,
     Sort,
     Text,
     check_etag,
@@ -43,7 +50,7 @@ from shuidian_gateway.conventions import (
 from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound, PreconditionFailed
 from shuidian_gateway.policy import Action, Principal, Role
 from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
-from shuidian_shared.messages import CommandKind, Identifier
+from shuidian_shared.messages import AwareDatetime, CommandKind, Identifier, Utility
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 Kind = Literal["object", "list", "write", "money", "csv"]
@@ -61,6 +68,326 @@ class TopUpIn(BaseModel):
     amount: Amount
     channel: Literal["cash", "bank", "wechat", "alipay", "sandbox"] = "cash"
     reference: Text | None = Field(default=None, max_length=100, description="receipt or provider transaction id")
+    utility: Utility | None = Field(default=None, description="which balance, when the estate keeps them separate")
+
+
+# -- request bodies of the staff write routes: what each backend accepts, no more -------------------------------
+# Who acts is never a body field: backends record the subject of the gateway's service token, which names
+# the signed-in staff member (older `operator`, `cashier`, `closed_by` and `by` fields are gone).
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=NO_NUL)]
+LocalTime = Annotated[time, Field(description="local wall-clock time, without offset", examples=["22:00:00"])]
+
+
+def _body(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
+
+
+class EstateIn(BaseModel):
+    model_config = _body({"name": "幸福里公租房", "shared_balance": True, "shared_basis": "area"})
+
+    name: Name
+    shared_balance: bool = Field(default=True, description="水电一卡通: water and electricity share one balance")
+    shared_basis: Literal["area", "equal"] = Field(default="area", description="how 公摊 is shared")
+
+
+class BuildingIn(BaseModel):
+    model_config = _body({"estate_id": "E1", "name": "1号楼"})
+
+    estate_id: Identifier
+    name: Name
+
+
+class FloorIn(BaseModel):
+    model_config = _body({"building_id": "B1", "level": 1})
+
+    building_id: Identifier
+    level: int = Field(ge=-5, le=200, description="storey; negative below ground")
+
+
+class RoomIn(BaseModel):
+    model_config = _body({"floor_id": "B1-F1", "code": "1-0101", "area_m2": "45.50", "household_size": 3})
+
+    floor_id: Identifier
+    code: Identifier = Field(description="the room code tenants write on a bank transfer, e.g. 1-0302")
+    area_m2: Area
+    household_size: int = Field(default=1, ge=1, le=30)
+
+
+class RoomMeterIn(BaseModel):
+    model_config = _body({"utility": "electricity", "effective_from": "2026-11-01T00:00:00+08:00"})
+
+    utility: Utility
+    effective_from: AwareDatetime | None = Field(default=None, description="default: now")
+
+
+class TenantIn(BaseModel):
+    model_config = _body({"name": "张三", "phone": "13800000000"})
+
+    name: Name
+    phone: str = Field(default="", max_length=30, pattern=r"^[0-9+() -]*$")
+
+
+class LeaseIn(BaseModel):
+    model_config = _body({"tenant_id": "T-0001", "room_id": "R-1-101", "move_in": "2026-11-01"})
+
+    tenant_id: Identifier
+    room_id: Identifier
+    move_in: date
+    account_id: Identifier | None = Field(default=None, description="default: a new account named after the lease")
+
+
+class MoveOutIn(BaseModel):
+    model_config = _body({"move_out": "2026-12-31"})
+
+    move_out: date = Field(description="the first local day the household no longer leases the room")
+
+
+class ClosingReadingIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    meter_id: Identifier
+    value: Quantity = Field(description="the register read on site at move-out")
+
+
+class SettlementIn(BaseModel):
+    model_config = _body(
+        {"move_out": "2026-12-31"},
+        {"reason": "退租结算 · move-out settlement", "closing_readings": [{"meter_id": "W-0302", "value": "412.37"}]},
+    )
+
+    reason: Reason = "退租结算 · move-out settlement"
+    move_out: date | None = Field(default=None, description="ends the lease on this local date first, if still open")
+    closing_readings: list[ClosingReadingIn] = Field(
+        default_factory=list, max_length=20, description="closing values of meters without a final reading"
+    )
+
+
+class AccountIn(BaseModel):
+    model_config = _body({"name": "1-101", "low_1": "20.00", "low_2": "5.00"})
+
+    name: Name
+    low_1: MoneyIn = Field(default=Decimal("20.00"), description="first low-balance warning level")
+    low_2: MoneyIn = Field(default=Decimal("5.00"), description="second low-balance warning level")
+    grace_credit: MoneyIn = Field(default=Decimal("0.00"), description="overdraft allowed before supply is cut")
+    estate_id: Identifier | None = Field(default=None, description="the estate decides whether balances are shared")
+
+
+class SubsidyIn(BaseModel):
+    model_config = _body({"amount": "30.00", "program": "低保补贴"})
+
+    amount: Amount
+    program: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)] = Field(description="补贴项目")
+    utility: Utility | None = None
+
+
+class ReasonIn(BaseModel):
+    model_config = _body({"reason": "wrong meter reading / 抄表错误"})
+
+    reason: Reason
+
+
+class RefundIn(BaseModel):
+    model_config = _body({"amount": "10.00", "reason": "重复缴费 / paid twice"})
+
+    amount: Amount
+    reason: Reason
+
+
+class ShiftIn(BaseModel):
+    model_config = _body({"counter_id": "C1", "opening_float": "200.00"})
+
+    counter_id: Identifier
+    opening_float: MoneyIn = Decimal("0.00")
+
+
+class CashPaymentIn(BaseModel):
+    model_config = _body({"account_id": "A101", "amount": "50.00"})
+
+    account_id: Identifier
+    amount: Amount
+
+
+class CloseShiftIn(BaseModel):
+    model_config = _body({"counted_cash": "1250.00"})
+
+    counted_cash: MoneyIn
+
+
+class TariffIn(BaseModel):
+    model_config = _body({"unit_price": "0.5883", "effective_from": "2026-12-01T00:00:00+08:00"})
+
+    unit_price: Price
+    effective_from: AwareDatetime
+
+
+class FlatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["flat"]
+    name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "flat"
+    unit_price: Price
+
+
+class TouRateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: Annotated[str, Field(min_length=1, max_length=20, pattern=NO_NUL)]
+    unit_price: Price
+    register_name: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
+
+
+class TouSegmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: LocalTime
+    rate: Annotated[str, Field(min_length=1, max_length=20, pattern=NO_NUL, description="a rate's label")]
+
+
+class TouIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["tou"]
+    name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "tou"
+    rates: list[TouRateIn] = Field(min_length=1, max_length=14)
+    segments: list[TouSegmentIn] = Field(min_length=1, max_length=14)
+
+
+class TierBlockIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: Annotated[str, Field(min_length=1, max_length=20, pattern=NO_NUL)]
+    width: Quantity | None = Field(description="kWh or m³ in the block; null: the last, open-ended block")
+    unit_price: Price
+    extra_width_per_person: Quantity = Decimal(0)
+
+
+class TieredIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["tiered"]
+    name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "tiered"
+    period: Literal["month", "year"] = "month"
+    base_household_size: int | None = Field(default=None, ge=1, le=30)
+    blocks: list[TierBlockIn] = Field(min_length=1, max_length=10)
+
+
+class FixedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["fixed"]
+    name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "service_fee"
+    amount_per_month: MoneyIn
+
+
+class TariffVersionIn(BaseModel):
+    model_config = _body(
+        {
+            "effective_from": "2027-01-01T00:00:00+08:00",
+            "components": [
+                {"kind": "flat", "unit_price": "0.5883"},
+                {"kind": "fixed", "name": "service_fee", "amount_per_month": "5.00"},
+            ],
+        }
+    )
+
+    effective_from: AwareDatetime
+    components: list[Annotated[FlatIn | TouIn | TieredIn | FixedIn, Field(discriminator="kind")]] = Field(
+        min_length=1, max_length=10
+    )
+
+
+class BindingIn(BaseModel):
+    model_config = _body({"account_id": "A101", "utility": "electricity"})
+
+    account_id: Identifier
+    utility: Utility
+    effective_from: AwareDatetime | None = Field(
+        default=None, description="when the meter starts billing this account (default: now, or always for a new meter)"
+    )
+
+
+class GatewayIn(BaseModel):
+    model_config = _body({"name": "1号楼网关"})
+
+    name: str = Field(default="", max_length=200, pattern=NO_NUL)
+    shard: int | None = Field(default=None, ge=0, le=1023, description="pin to a collector shard; default: by hash")
+
+
+class BusIn(BaseModel):
+    model_config = _body({"gateway_id": "GW1", "host": "10.0.0.7", "port": 10001, "protocol": "dlt645", "baud": 2400})
+
+    gateway_id: Identifier
+    host: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["dlt645", "dlt645-1997", "cjt188", "modbus-rtu", "modbus-tcp"]
+    baud: int = Field(default=2400, ge=300, le=115200)
+    timeout_ms: int = Field(default=1000, ge=50, le=30000)
+    retries: int = Field(default=1, ge=0, le=5)
+
+
+class MeterIn(BaseModel):
+    model_config = _body({"bus_id": "GW1-1", "address": "000000000101", "model": "dds1588", "utility": "electricity"})
+
+    bus_id: Identifier
+    address: str = Field(min_length=1, max_length=14, pattern=r"^[0-9A-Fa-f]+$")
+    model: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    utility: Utility
+    poll_interval_s: int = Field(default=60, ge=1, le=86400)
+
+
+class KeepPowerIn(BaseModel):
+    model_config = _body({"reason": "medical", "note": "家中有医疗设备 / medical equipment at home"})
+
+    reason: Literal["elderly", "medical", "other"]
+    note: str = Field(default="", max_length=500, pattern=NO_NUL)
+
+
+class EstatePolicyIn(BaseModel):
+    model_config = _body(
+        {
+            "nights_start": "22:00:00",
+            "nights_end": "07:00:00",
+            "weekends": True,
+            "holidays": True,
+            "restore": "direct_close",
+            "prepaid_water": False,
+        }
+    )
+
+    nights_start: LocalTime | None = Field(default=time(22), description="null with nights_end: no night window")
+    nights_end: LocalTime | None = time(7)
+    weekends: bool = True
+    holidays: bool = Field(default=True, description="statutory holidays; dates the calendar does not know count too")
+    restore: Literal["direct_close", "close_allowed"] = "direct_close"
+    prepaid_water: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EstatePolicyIn:
+        if (self.nights_start is None) != (self.nights_end is None):
+            raise ValueError("nights_start and nights_end are both set or both null / 夜间时段须同时设置")
+        if self.nights_start is not None and self.nights_start == self.nights_end:
+            raise ValueError("the night window needs start != end / 夜间时段起止不能相同")
+        for name in ("nights_start", "nights_end"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is not None:
+                raise ValueError(f"{name} is a local wall-clock time, without offset / 须为本地时间")
+        return self
+
+
+class AcknowledgeIn(BaseModel):
+    """Nothing to send: the acknowledger is the signed-in staff member."""
+
+    model_config = _body({})
+
+
+class WorkOrderPatch(BaseModel):
+    model_config = _body({"status": "in_progress", "assignee": "王师傅", "note": "已到现场 / on site"})
+
+    status: Literal["open", "assigned", "in_progress", "resolved", "closed"] | None = None
+    assignee: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
+    note: Annotated[str, Field(min_length=1, max_length=2000, pattern=NO_NUL)] | None = None
+    closing_cause: Annotated[str, Field(min_length=1, max_length=2000, pattern=NO_NUL)] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,12 +414,14 @@ class Route:
     upstream: str | None = None  # default: same path under /v1
     estate: EstateOf | None = None  # None: spans estates, only for principals that see all of them
     filters: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # filters the backend needs: required in the OpenAPI too
     # A listing whose backend filters, sorts (by these fields) and pages (limit/offset) itself: the
     # gateway forwards the cursor's offset and the sort instead of sorting a capped window.
     sorts: tuple[str, ...] = ()
-    example: dict[str, Any] | None = None
-    body: type[BaseModel] | None = None  # a typed body the gateway validates; otherwise the backend does
-    actor: str | None = None  # a body field naming the staff member acting: the gateway fills it, clients cannot
+    body: type[BaseModel] | None = None  # the typed body of a write: what the backend accepts, with examples
+    example: dict[str, Any] | None = (
+        None  # only for a write still without a typed body (test_gateway_contract flags it)
+    )
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -130,8 +459,8 @@ ROUTES: tuple[Route, ...] = (
         "建立/修改小区 · Create or update an estate",
         "premises",
         "write",
+        body=EstateIn,
         estate=_ESTATE,
-        example={"name": "幸福里公租房"},
     ),
     Route(
         "POST",
@@ -173,8 +502,8 @@ ROUTES: tuple[Route, ...] = (
         "建立/修改楼栋 · Create or update a building",
         "premises",
         "write",
+        body=BuildingIn,
         estate=_E("body", "estate_id"),
-        example={"estate_id": "E1", "name": "1号楼"},
     ),
     Route(
         "GET",
@@ -193,7 +522,7 @@ ROUTES: tuple[Route, ...] = (
         "建立/修改楼层 · Create or update a floor",
         "premises",
         "write",
-        example={"building_id": "B1", "level": 1},
+        body=FloorIn,
     ),
     Route(
         "GET",
@@ -226,7 +555,7 @@ ROUTES: tuple[Route, ...] = (
         "建立/修改房间 · Create or update a room",
         "premises",
         "write",
-        example={"floor_id": "B1-F1", "name": "1-101"},
+        body=RoomIn,
     ),
     Route(
         "GET",
@@ -245,8 +574,8 @@ ROUTES: tuple[Route, ...] = (
         "房间装表 · Bind a meter to a room (effective-dated)",
         "premises",
         "write",
+        body=RoomMeterIn,
         estate=_E("path", "room_id", "room"),
-        example={"utility": "electricity"},
     ),
     Route(
         "GET",
@@ -277,7 +606,7 @@ ROUTES: tuple[Route, ...] = (
         "建立/修改租户 · Create or update a tenant",
         "premises",
         "write",
-        example={"name": "张三", "phone": "13800000000"},
+        body=TenantIn,
     ),
     Route(
         "GET",
@@ -295,8 +624,8 @@ ROUTES: tuple[Route, ...] = (
         "入住 · Move a household in (idempotent)",
         "premises",
         "write",
+        body=LeaseIn,
         estate=_E("body", "room_id", "room"),
-        example={"tenant_id": "T-0001", "room_id": "R-1-101", "move_in": "2026-11-01"},
     ),
     Route("GET", "/leases/{lease_id}", Action.PREMISES_READ, "billing", "租约 · A lease", "premises", estate=_LEASE),
     Route(
@@ -307,8 +636,8 @@ ROUTES: tuple[Route, ...] = (
         "退租 · Move a household out",
         "premises",
         "write",
+        body=MoveOutIn,
         estate=_LEASE,
-        example={"move_out": "2026-12-31"},
     ),
     Route(
         "POST",
@@ -318,9 +647,8 @@ ROUTES: tuple[Route, ...] = (
         "退租结算 · Settle a move-out: final readings, final bill, refund (idempotent)",
         "premises",
         "money",
+        body=SettlementIn,
         estate=_LEASE,
-        actor="operator",
-        example={"reason": "退租", "move_out": "2026-12-31", "closing_readings": []},
     ),
     Route(
         "GET",
@@ -349,8 +677,8 @@ ROUTES: tuple[Route, ...] = (
         "建立/修改账户 · Create or update an account",
         "accounts",
         "write",
+        body=AccountIn,
         estate=_ACCOUNT,
-        example={"name": "1-101", "low_1": "20.00", "low_2": "5.00"},
     ),
     Route(
         "GET",
@@ -391,8 +719,8 @@ ROUTES: tuple[Route, ...] = (
         "补贴 · Credit a subsidy (idempotent)",
         "payments",
         "money",
+        body=SubsidyIn,
         estate=_ACCOUNT,
-        example={"amount": "30.00", "program": "低保补贴"},
     ),
     Route(
         "POST",
@@ -402,8 +730,7 @@ ROUTES: tuple[Route, ...] = (
         "冲正 · Reverse a ledger transaction (idempotent)",
         "payments",
         "money",
-        example={"reason": "wrong meter reading / 抄表错误"},
-        actor="operator",
+        body=ReasonIn,
     ),
     Route(
         "GET",
@@ -453,8 +780,7 @@ ROUTES: tuple[Route, ...] = (
         "退款 · Refund a payment (idempotent)",
         "payments",
         "money",
-        example={"amount": "10.00", "reason": "重复缴费"},
-        actor="operator",
+        body=RefundIn,
     ),
     Route(
         "GET",
@@ -473,8 +799,7 @@ ROUTES: tuple[Route, ...] = (
         "开班 · Open a cash-counter shift (idempotent)",
         "payments",
         "money",
-        example={"counter_id": "C1", "opening_float": "200.00"},
-        actor="cashier",
+        body=ShiftIn,
     ),
     Route(
         "GET", "/cash/shifts/{shift_id}", Action.TOPUPS_CREATE, "billing", "收银班次 · A cash-counter shift", "payments"
@@ -487,7 +812,7 @@ ROUTES: tuple[Route, ...] = (
         "现金收款 · Take a cash payment in a shift (idempotent)",
         "payments",
         "money",
-        example={"account_id": "A101", "amount": "50.00"},
+        body=CashPaymentIn,
     ),
     Route(
         "POST",
@@ -497,7 +822,7 @@ ROUTES: tuple[Route, ...] = (
         "交班 · Close a shift with the counted cash (idempotent)",
         "payments",
         "money",
-        example={"counted_cash": "1250.00"},
+        body=CloseShiftIn,
     ),
     Route(
         "GET",
@@ -515,7 +840,7 @@ ROUTES: tuple[Route, ...] = (
         "设定价格 · Set a flat price from a date on",
         "tariffs",
         "write",
-        example={"unit_price": "0.60", "effective_from": "2026-12-01T00:00:00+08:00"},
+        body=TariffIn,
     ),
     Route(
         "GET",
@@ -534,6 +859,7 @@ ROUTES: tuple[Route, ...] = (
         "新价格版本 · Add an effective-dated tariff version",
         "tariffs",
         "write",
+        body=TariffVersionIn,
     ),
     Route(
         "GET",
@@ -552,8 +878,8 @@ ROUTES: tuple[Route, ...] = (
         "表计绑定 · Bind a meter to an account",
         "meters",
         "write",
+        body=BindingIn,
         estate=_E("body", "account_id", "account"),
-        example={"account_id": "A101", "utility": "electricity"},
     ),
     # devices (collector)
     Route(
@@ -600,7 +926,7 @@ ROUTES: tuple[Route, ...] = (
         "登记网关 · Create or update a gateway",
         "meters",
         "write",
-        example={"name": "1号楼网关"},
+        body=GatewayIn,
     ),
     Route(
         "GET",
@@ -618,7 +944,7 @@ ROUTES: tuple[Route, ...] = (
         "登记总线 · Create or update an RS-485 bus",
         "meters",
         "write",
-        example={"gateway_id": "GW1", "host": "10.0.0.7", "port": 10001, "protocol": "dlt645", "baud": 2400},
+        body=BusIn,
     ),
     Route(
         "GET",
@@ -637,7 +963,7 @@ ROUTES: tuple[Route, ...] = (
         "登记表计 · Create or update a meter",
         "meters",
         "write",
-        example={"bus_id": "GW1-1", "address": "000000000101", "model": "dds1588", "utility": "electricity"},
+        body=MeterIn,
     ),
     Route(
         "POST",
@@ -679,8 +1005,8 @@ ROUTES: tuple[Route, ...] = (
         "撤销命令 · Cancel a pending command",
         "commands",
         "write",
+        body=ReasonIn,
         estate=_E("path", "command_id", "command"),
-        example={"reason": "已缴费"},
     ),
     Route(
         "GET",
@@ -719,8 +1045,8 @@ ROUTES: tuple[Route, ...] = (
         "设保电 · Protect a household from cut-off",
         "commands",
         "write",
+        body=KeepPowerIn,
         estate=_ACCOUNT,
-        example={"reason": "medical", "note": "家中有医疗设备 / medical equipment at home"},
     ),
     Route(
         "GET",
@@ -739,6 +1065,7 @@ ROUTES: tuple[Route, ...] = (
         "设停电策略 · Set an estate's cut-off policy",
         "commands",
         "write",
+        body=EstatePolicyIn,
         estate=_ESTATE,
     ),
     # alarms and work orders (alarm)
@@ -762,8 +1089,8 @@ ROUTES: tuple[Route, ...] = (
         "确认告警 · Acknowledge an alarm",
         "alarms",
         "write",
+        body=AcknowledgeIn,
         estate=_ALARM,
-        example={"by": "li.manager"},
     ),
     Route(
         "GET",
@@ -817,8 +1144,8 @@ ROUTES: tuple[Route, ...] = (
         "更新工单 · Update a work order",
         "alarms",
         "write",
+        body=WorkOrderPatch,
         estate=_WORK_ORDER,
-        example={"by": "li.manager", "status": "in_progress", "assignee": "王师傅"},
     ),
     # reports
     Route(
@@ -869,7 +1196,8 @@ ROUTES: tuple[Route, ...] = (
         "reports",
         estate=_E("query", "estate_id"),
         filters=("estate_id", "month"),
-        description="收缴率 = 实收 ÷ 应收 for a local month (`month`=YYYY-MM), per estate. 应收 (billable): usage, fixed "
+        required=("month",),
+        description="收缴率 = 实收 ÷ 应收 for a local month (`month`=YYYY-MM, required), per estate. 应收 (billable): usage, fixed "
         "fees and 公摊 charged to households, net of their 冲正. 实收 (collected): households' top-ups through every "
         "channel, net of refunds and their 冲正. Subsidies are shown apart; prepaid money can push the rate over 100 %.",
     ),
@@ -982,6 +1310,14 @@ def _params(route: Route) -> list[inspect.Parameter]:
         )
     if route.kind == "list" or route.filters:
         for name in route.filters:
+            if name in route.required:
+                kind: Any = MonthQuery if name == "month" else Annotated[str, Query(alias=name, max_length=64)]
+                params.append(inspect.Parameter(_argument(name), kw, annotation=kind))
+                continue
+            if name == "month":  # a local month: the strict YYYY-MM of every report and statement
+                month = Annotated[str | None, Query(pattern=MONTH_PATTERN, description="YYYY-MM, local time")]
+                params.append(inspect.Parameter(name, kw, default=None, annotation=month))
+                continue
             params.append(
                 inspect.Parameter(
                     _argument(name),
@@ -997,11 +1333,16 @@ def _params(route: Route) -> list[inspect.Parameter]:
             inspect.Parameter("sort", kw, default=None, annotation=Sort),
         ]
     if route.kind in ("write", "money"):
-        examples = {"example": {"value": route.example}} if route.example else None
-        model: Any = route.body or dict[str, Any]
-        params.append(
-            inspect.Parameter("body", kw, annotation=Annotated[model, Body(openapi_examples=examples)])  # type: ignore[arg-type]
-        )
+        model: Any = route.body
+        if model is None:
+            examples = {"example": {"value": route.example}} if route.example else None
+            params.append(
+                inspect.Parameter("body", kw, annotation=Annotated[dict[str, Any], Body(openapi_examples=examples)])  # type: ignore[arg-type]
+            )
+        elif model.model_fields:
+            params.append(inspect.Parameter("body", kw, annotation=model))
+        else:  # nothing to say: the body may be left out
+            params.append(inspect.Parameter("body", kw, default=None, annotation=Annotated[model | None, Body()]))
     if route.kind == "money":
         params.append(inspect.Parameter("idempotency_key", kw, annotation=IdempotencyKey))
     if route.method in ("PUT", "PATCH"):
@@ -1033,8 +1374,6 @@ def _endpoint(route: Route) -> Any:
         body = kwargs.get("body")
         if isinstance(body, BaseModel):
             body = body.model_dump(mode="json", exclude_none=True)
-        if route.actor is not None and isinstance(body, dict):
-            body = {**body, route.actor: principal.name}
         await guard_estate(route, principal, upstreams, path, query, body)
         target = upstream_path.format(**path)
         if route.kind == "list" and route.sorts:
@@ -1105,10 +1444,6 @@ def _endpoint(route: Route) -> Any:
     return endpoint
 
 
-def _actor_note(route: Route) -> str:
-    return f" The gateway sets `{route.actor}` to the signed-in staff member (经办人由网关填写)." if route.actor else ""
-
-
 def _sorts_note(route: Route) -> str:
     return f" Sort by {', '.join(f'`{s}`' for s in route.sorts)} (prefix `-` for descending)." if route.sorts else ""
 
@@ -1144,9 +1479,7 @@ def build_router() -> APIRouter:
             _endpoint(route),
             methods=[route.method],
             summary=route.summary,
-            description=(
-                route.description + _sorts_note(route) + _actor_note(route) + f"\n\nNeeds `{route.action.value}`."
-            ).strip(),
+            description=(route.description + _sorts_note(route) + f"\n\nNeeds `{route.action.value}`.").strip(),
             tags=[route.tag],
             response_model=Page if route.kind == "list" else dict[str, Any] | None,
             status_code=201 if route.kind == "money" else 200,

@@ -48,6 +48,11 @@ class GatewaySettings(ServiceSettings):
         description="comma-separated networks (CIDR) of reverse proxies whose X-Forwarded-For is believed; "
         "empty: the connecting address is the client",
     )
+    cors_origins: str = Field(
+        default="",
+        description="comma-separated origins (scheme://host[:port]) of browser clients served from another origin; "
+        "empty: no cross-origin access",
+    )
     scope_cache_seconds: float = Field(default=5.0, ge=0)
     balance_cache_seconds: float = Field(
         default=2.0, ge=0, le=60, description="oldest balance a tenant read may serve (a newer BalanceEvent refreshes)"

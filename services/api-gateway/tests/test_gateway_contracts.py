@@ -136,3 +136,36 @@ def test_every_backend_call_in_the_gateway_names_a_real_route() -> None:
         if (method, _shape(path)) not in real_operations()[service]
     ]
     assert missing == []
+
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "api.md"
+BACKENDS = ("collector", "billing", "control", "alarm")
+
+
+def documented_internal() -> set[tuple[str, str, str]]:
+    """(service, METHOD, path shape) of every row of docs/api.md's "Internal routes" table. A row names a service
+    (or "every service's" / "every backend's") and backticked `METHOD /path` items; a bare `/path` takes the
+    method before it."""
+    section = DOCS.read_text(encoding="utf-8").split("#### Internal routes", 1)[1].split("\n#", 1)[0]
+    found: set[tuple[str, str, str]] = set()
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith(("| backend route", "|---")):
+            continue
+        cell = line.split("|")[1].strip()
+        services = BACKENDS if cell.startswith("every") else (cell.split()[0],)
+        method = ""
+        for item in re.findall(r"`([^`]+)`", cell):
+            if " " in item:
+                method, item = item.split(" ", 1)
+            found |= {(service, method, _shape(item)) for service in services}
+    return found
+
+
+def test_every_backend_route_is_on_the_gateway_or_documented_as_internal() -> None:
+    called = {(r.service, r.method, _shape("/v1" + (r.upstream or r.path))) for r in ROUTES}
+    called |= {(service, method, _shape(path)) for _, service, method, path in upstream_calls()}
+    internal = documented_internal()
+    assert len(internal) > 10  # the table was found and read
+    served = {(service, method, path) for service, ops in real_operations().items() for method, path in ops}
+    assert sorted(served - called - internal) == []  # neither offered nor explained
+    assert sorted(internal - served) == []  # a documented route the backend no longer has

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from shuidian_devstack.platform import Platform, platform
+from shuidian_devstack.pytest_plugin import eventually
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery staple"
@@ -332,7 +333,13 @@ async def test_the_audit_log_names_who_did_each_write(ops: Ops) -> None:
         _ok(await manager.put(marker, json={"reason": "审计测试"}))
         _ok(await manager.request("DELETE", marker, params={"reason": "审计测试"}))
     async with ops.client("admin") as admin:
-        found = await admin.get("/v1/audit-log", params={"path": marker, "since": since})
+
+        async def both() -> httpx.Response | None:
+            """Each row is written as its answer goes out, so the last write's row may trail its answer."""
+            found = await admin.get("/v1/audit-log", params={"path": marker, "since": since})
+            return found if found.status_code != 200 or len(found.json()["items"]) >= 2 else None
+
+        found = await eventually(both, "both writes in the audit log", interval=0.1)
         by_manager = await admin.get(
             "/v1/audit-log", params={"principal": f"user:{ops.users['manager']}", "method": "DELETE", "limit": 1}
         )
@@ -341,7 +348,7 @@ async def test_the_audit_log_names_who_did_each_write(ops: Ops) -> None:
         refused = await finance.get("/v1/audit-log")
     assert found.status_code == 200, found.text
     rows: list[dict[str, Any]] = found.json()["items"]
-    # Each row is written as its answer goes out, so two quick writes may be recorded in either order.
+    # two writes back to back may be recorded in either order (see above)
     assert sorted((r["method"], r["status"]) for r in rows) == [("DELETE", 204), ("PUT", 204)]
     assert {r["principal"] for r in rows} == {f"user:{ops.users['manager']}"}
     assert {r["role"] for r in rows} == {"estate_manager"}
@@ -350,3 +357,87 @@ async def test_the_audit_log_names_who_did_each_write(ops: Ops) -> None:
     assert policy.status_code == 200, policy.text
     assert {e["actor"] for e in policy.json()["items"]} >= {f"user:{ops.users['manager']}"}
     assert refused.status_code == 403
+
+
+async def test_a_batch_preview_and_schedule_removal_respect_estates(ops: Ops) -> None:
+    ids = ops.ids
+    batch = {"kind": "trip", "reason": "欠费预览"}
+    async with ops.client("admin") as admin:
+        scheduled = await admin.post(
+            "/v1/commands/scheduled",
+            json={"name": "每日校时", "kind": "time_sync", "at_local": "02:00:00", "meters": [ids["M1"]]},
+            headers=_key(),
+        )
+    schedule_id = _ok(scheduled).json()["schedule_id"]
+    async with ops.client("maintenance") as maintenance:
+        mine = await maintenance.post("/v1/commands/batch/preview", json={**batch, "meters": [ids["M1"]]})
+        mixed = await maintenance.post("/v1/commands/batch/preview", json={**batch, "meters": [ids["M1"], ids["M3"]]})
+    async with ops.client("manager") as manager:
+        scoped_delete = await manager.delete(f"/v1/schedules/{schedule_id}")
+    async with ops.client("admin") as admin:
+        deleted = await admin.delete(f"/v1/schedules/{schedule_id}")
+        listed = _ok(await admin.get("/v1/schedules")).json()["items"]
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["preview"] is True
+    assert [m["meter_id"] for m in mine.json()["meters"]] == [ids["M1"]]
+    assert mixed.status_code == 403  # control never hears of the other estate's meter
+    assert scoped_delete.status_code == 403
+    assert deleted.status_code == 204, deleted.text
+    assert schedule_id not in {s["schedule_id"] for s in listed}
+
+
+async def test_the_registry_is_exported_and_a_meter_removed_inside_the_estate(ops: Ops) -> None:
+    ids = ops.ids
+    gateway, bus = f"GW-{ids['E']}", f"GW-{ids['E']}-1"
+    async with ops.client("admin") as admin:
+        _ok(await admin.put(f"/v1/gateways/{gateway}", json={"name": "东区网关"}))
+        _ok(
+            await admin.put(
+                f"/v1/buses/{bus}", json={"gateway_id": gateway, "host": "127.0.0.1", "port": 9, "protocol": "dlt645"}
+            )
+        )
+        for n, meter in (("01", "M1"), ("03", "M3")):
+            body = {"bus_id": bus, "address": f"0000000002{n}", "model": "dds1588", "utility": "electricity"}
+            _ok(await admin.put(f"/v1/meters/{ids[meter]}", json=body))
+        exported = await admin.get("/v1/commissioning")
+    async with ops.client("maintenance") as maintenance:
+        scoped_export = await maintenance.get("/v1/commissioning")
+        theirs = await maintenance.delete(f"/v1/meters/{ids['M3']}")
+        mine = await maintenance.delete(f"/v1/meters/{ids['M1']}")
+        gone = await maintenance.get(f"/v1/meters/{ids['M1']}")
+        whole_bus = await maintenance.delete(f"/v1/buses/{bus}")
+    async with ops.client("cashier") as cashier:
+        cashier_delete = await cashier.delete(f"/v1/meters/{ids['M3']}")
+    async with ops.client("admin") as admin:
+        still = await admin.get(f"/v1/meters/{ids['M3']}")
+        removed_gateway = await admin.delete(f"/v1/gateways/{gateway}")
+        bus_gone = await admin.get(f"/v1/buses/{bus}")
+    assert exported.status_code == 200, exported.text
+    assert exported.headers["content-type"].startswith("text/csv")
+    assert exported.text.lstrip("\ufeff").startswith("gateway_id,")
+    assert ids["M1"] in exported.text
+    assert scoped_export.status_code == 403
+    assert theirs.status_code == 404
+    assert mine.status_code == 204, mine.text
+    assert gone.status_code == 404
+    assert whole_bus.status_code == 403  # a bus may serve several estates
+    assert cashier_delete.status_code == 403
+    assert still.status_code == 200, still.text
+    assert removed_gateway.status_code == 204, removed_gateway.text
+    assert bus_gone.status_code == 404
+
+
+async def test_the_notification_log_is_for_all_estates_principals(ops: Ops) -> None:
+    unknown = str(uuid.uuid4())
+    async with ops.client("admin") as admin:
+        log = await admin.get("/v1/notifications", params={"status": "dead"})
+        retry = await admin.post(f"/v1/notifications/{unknown}/retry")
+    async with ops.client("manager") as manager:
+        scoped_log = await manager.get("/v1/notifications")
+        scoped_retry = await manager.post(f"/v1/notifications/{unknown}/retry")
+    assert log.status_code == 200, log.text
+    assert all(n["status"] == "dead" for n in log.json()["items"])
+    assert retry.status_code == 404  # alarm's own answer: no dead notification with that id
+    assert retry.headers["content-type"].startswith("application/problem+json")
+    assert scoped_log.status_code == 403
+    assert scoped_retry.status_code == 403

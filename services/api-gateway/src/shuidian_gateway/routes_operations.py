@@ -41,7 +41,7 @@ from shuidian_gateway.conventions import (
 )
 from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
 from shuidian_gateway.policy import Action, Principal
-from shuidian_gateway.routes_staff import estate_meters, estate_of
+from shuidian_gateway.routes_staff import BatchIn, estate_meters, estate_of
 from shuidian_gateway.upstream import Upstreams, UpstreamsDep
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -683,6 +683,118 @@ async def policy_log(
     )
 
 
+# -- commands: a batch's preview, removing a schedule (control) ----------------------------------------------
+@router.post(
+    "/commands/batch/preview",
+    response_model=dict[str, Any],
+    tags=["commands"],
+    summary="批量预览 · Which meters a batch would command, and which policy would block",
+    description=_doc("Nothing is sent to a meter. Every meter must be in your estates (403 otherwise).", A_COMMANDS),
+    openapi_extra=_extra(A_COMMANDS),
+)
+async def preview_batch(body: BatchIn, principal: Annotated[Principal, _needs(A_COMMANDS)], upstreams: Upstream) -> Any:
+    if not principal.all_estates:
+        mine = await estate_meters(upstreams, principal.estates)
+        outside = sorted(set(body.meters) - mine)
+        if outside:
+            raise Forbidden(f"meter {outside[0]} is outside your estates / 超出您管理的小区")
+    return await upstreams.call("control", "POST", "/v1/batches/preview", json=body.model_dump(mode="json"))
+
+
+A_CLOSE = Action.COMMANDS_CLOSE
+
+
+@router.delete(
+    "/schedules/{schedule_id}",
+    status_code=204,
+    tags=["commands"],
+    summary="删除定时命令 · Remove a scheduled command",
+    description=_doc("Schedules span estates (as their listing does): this needs an all-estates principal.", A_CLOSE),
+    openapi_extra=_extra(A_CLOSE),
+)
+async def delete_schedule(
+    schedule_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$")],
+    principal: Annotated[Principal, _needs(A_CLOSE)],
+    upstreams: Upstream,
+) -> Response:
+    _all_estates(principal)
+    await upstreams.call("control", "DELETE", f"/v1/schedules/{schedule_id}")
+    return _no_content()
+
+
+# -- the device registry: export and removal (collector) --------------------------------------------------
+A_DEVICES = Action.DEVICES_READ
+A_DEVICES_WRITE = Action.DEVICES_WRITE
+
+
+@router.get(
+    "/commissioning",
+    tags=["meters"],
+    summary="导出设备档案 · The device registry as CSV (the commissioning format)",
+    description=_doc("Every gateway, bus and meter: this needs an all-estates principal.", A_DEVICES),
+    responses={200: {"content": {"text/csv": {}}}},
+    response_class=Response,
+    openapi_extra=_extra(A_DEVICES),
+)
+async def export_registry(principal: Annotated[Principal, _needs(A_DEVICES)], upstreams: Upstream) -> Response:
+    _all_estates(principal)
+    raw = await upstreams.raw("collector", "GET", "/v1/registry/export")
+    headers = {k: v for k, v in raw.headers.items() if k.lower() == "content-disposition"}
+    return Response(raw.content, media_type=raw.headers.get("content-type"), headers=headers)
+
+
+@router.delete(
+    "/meters/{meter_id}",
+    status_code=204,
+    tags=["meters"],
+    summary="删除表计档案 · Remove a meter from the registry (polling stops)",
+    description=_doc(
+        "Its binding and history in billing stay; an unbound meter needs an all-estates principal.", A_DEVICES_WRITE
+    ),
+    openapi_extra=_extra(A_DEVICES_WRITE),
+)
+async def delete_meter(
+    meter_id: Id, principal: Annotated[Principal, _needs(A_DEVICES_WRITE)], upstreams: Upstream
+) -> Response:
+    await _inside(principal, upstreams, "meter", meter_id)
+    await upstreams.call("collector", "DELETE", f"/v1/meters/{meter_id}")
+    return _no_content()
+
+
+@router.delete(
+    "/buses/{bus_id}",
+    status_code=204,
+    tags=["meters"],
+    summary="删除总线 · Remove an RS-485 bus with its meters",
+    description=_doc(
+        "A bus may serve meters of several estates: this needs an all-estates principal.", A_DEVICES_WRITE
+    ),
+    openapi_extra=_extra(A_DEVICES_WRITE),
+)
+async def delete_bus(
+    bus_id: Id, principal: Annotated[Principal, _needs(A_DEVICES_WRITE)], upstreams: Upstream
+) -> Response:
+    _all_estates(principal)
+    await upstreams.call("collector", "DELETE", f"/v1/buses/{bus_id}")
+    return _no_content()
+
+
+@router.delete(
+    "/gateways/{gateway_id}",
+    status_code=204,
+    tags=["meters"],
+    summary="删除网关 · Remove a gateway with its buses and meters",
+    description=_doc("A gateway may serve several estates: this needs an all-estates principal.", A_DEVICES_WRITE),
+    openapi_extra=_extra(A_DEVICES_WRITE),
+)
+async def delete_gateway(
+    gateway_id: Id, principal: Annotated[Principal, _needs(A_DEVICES_WRITE)], upstreams: Upstream
+) -> Response:
+    _all_estates(principal)
+    await upstreams.call("collector", "DELETE", f"/v1/gateways/{gateway_id}")
+    return _no_content()
+
+
 # -- holiday calendars (control) ---------------------------------------------------------------------------
 class CalendarYearIn(BaseModel):
     model_config = ConfigDict(
@@ -959,6 +1071,52 @@ async def unsubscribe(
         raise ObjectNotFound("no such subscription")  # tenants' own subscriptions are theirs to change
     await upstreams.call("alarm", "DELETE", f"/v1/subscriptions/{subscription_id}")
     return _no_content()
+
+
+@router.get(
+    "/notifications",
+    response_model=Page,
+    tags=["alarms"],
+    summary="通知投递记录 · Every alarm notification with its delivery attempts",
+    description=_doc(
+        "`status`: pending, delivered or dead. Addresses of every estate's staff and tenants: this needs an "
+        "all-estates principal.",
+        A_ALARMS,
+    ),
+    openapi_extra=_extra(A_ALARMS),
+)
+async def notifications(
+    principal: Annotated[Principal, _needs(A_ALARMS)],
+    upstreams: Upstream,
+    status: Literal["pending", "delivered", "dead"] | None = None,
+    alarm_id: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F-]{36}$")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Any:
+    _all_estates(principal)
+    params: dict[str, Any] = {"limit": UPSTREAM_CAP} | {
+        k: v for k, v in (("status", status), ("alarm_id", alarm_id)) if v is not None
+    }
+    rows = _rows(await upstreams.call("alarm", "GET", "/v1/notifications", params=params))
+    return page_of_all(rows, limit, cursor, None)
+
+
+@router.post(
+    "/notifications/{notification_id}/retry",
+    status_code=202,
+    response_model=dict[str, Any],
+    tags=["alarms"],
+    summary="重发通知 · Deliver a dead notification again",
+    description=_doc("", A_CONFIGURE),
+    openapi_extra=_extra(A_CONFIGURE),
+)
+async def retry_notification(
+    notification_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$")],
+    principal: Annotated[Principal, _needs(A_CONFIGURE)],
+    upstreams: Upstream,
+) -> Any:
+    _all_estates(principal)
+    return await upstreams.call("alarm", "POST", f"/v1/notifications/{notification_id}/retry")
 
 
 # -- the gateway's audit log -------------------------------------------------------------------------------

@@ -147,3 +147,21 @@ async def test_the_collection_rate_needs_a_month_and_says_so(gw: Harness) -> Non
     parameters = {p["name"]: p for p in document["paths"]["/v1/reports/collection-rate"]["get"]["parameters"]}
     assert parameters["month"]["required"] is True
     assert (without.status_code, wrong.status_code) == (422, 422), without.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/leases/L1/move-out", {"move_out": 0}),  # lax validation read 0 as 1970-01-01
+        ("PUT", "/v1/floors/F1", {"building_id": "B1", "level": "1"}),
+        ("PUT", "/v1/estates/E1/policy", {"weekends": 0}),
+        ("PUT", "/v1/estates/E1/policy", {"nights_start": "22:00:00+08:00", "nights_end": "07:00:00"}),
+        ("PUT", "/v1/tariffs/electricity", {"unit_price": "0.5883", "effective_from": 1798732800}),
+    ],
+)
+async def test_a_body_the_openapi_does_not_admit_is_refused(
+    gw: Harness, method: str, path: str, body: dict[str, object]
+) -> None:
+    async with gw.client("admin") as admin:
+        answer = await admin.request(method, path, json=body)
+    assert answer.status_code == 422, answer.text

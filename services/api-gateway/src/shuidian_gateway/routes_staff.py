@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from shuidian_gateway.auth import require
 from shuidian_gateway.conventions import (
@@ -60,15 +60,33 @@ UPSTREAM_PAGE_CAP = 1000
 CSV_HEADER = r"^\ufeff?[a-z0-9_]+(,[a-z0-9_]+)+\r?\n"  # billing's estate import has `area_m2`
 
 
+def _written(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("dates and times are JSON strings (ISO 8601) / 日期时间须为字符串")
+    return value
+
+
+# Bodies validate strictly (no "1" for 1, no 0 for false); dates and times are the one exception, as they
+# arrive as ISO 8601 strings, which strict validation would refuse — and nothing else is taken for one.
+Day = Annotated[date, Field(strict=False), BeforeValidator(_written)]
+Moment = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_written)]
+WallClock = Annotated[time, Field(strict=False), BeforeValidator(_written)]
+# Enumerations arrive as their string values (strict validation would want the Python enum itself).
+UtilityName = Annotated[Utility, Field(strict=False)]
+CommandKindName = Annotated[CommandKind, Field(strict=False)]
+
+
 class TopUpIn(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"amount": "50.00", "channel": "cash", "reference": "R-0001"}]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"amount": "50.00", "channel": "cash", "reference": "R-0001"}]},
     )
 
     amount: Amount
     channel: Literal["cash", "bank", "wechat", "alipay", "sandbox"] = "cash"
     reference: Text | None = Field(default=None, max_length=100, description="receipt or provider transaction id")
-    utility: Utility | None = Field(default=None, description="which balance, when the estate keeps them separate")
+    utility: UtilityName | None = Field(default=None, description="which balance, when the estate keeps them separate")
 
 
 # -- request bodies of the staff write routes: what each backend accepts, no more -------------------------------
@@ -76,11 +94,20 @@ class TopUpIn(BaseModel):
 # the signed-in staff member (older `operator`, `cashier`, `closed_by` and `by` fields are gone).
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
 Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=NO_NUL)]
-LocalTime = Annotated[time, Field(description="local wall-clock time, without offset", examples=["22:00:00"])]
+# A local wall-clock time as the backends take it: HH:MM or HH:MM:SS, never an offset (JSON Schema's `time`
+# format would carry one, which control refuses).
+LocalTime = Annotated[
+    str,
+    Field(
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$",
+        description="local wall-clock time HH:MM[:SS], without offset",
+        examples=["22:00:00"],
+    ),
+]
 
 
 def _body(*examples: dict[str, Any]) -> ConfigDict:
-    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
+    return ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": list(examples)})
 
 
 class EstateIn(BaseModel):
@@ -117,8 +144,8 @@ class RoomIn(BaseModel):
 class RoomMeterIn(BaseModel):
     model_config = _body({"utility": "electricity", "effective_from": "2026-11-01T00:00:00+08:00"})
 
-    utility: Utility
-    effective_from: AwareDatetime | None = Field(default=None, description="default: now")
+    utility: UtilityName
+    effective_from: Moment | None = Field(default=None, description="default: now")
 
 
 class TenantIn(BaseModel):
@@ -133,18 +160,18 @@ class LeaseIn(BaseModel):
 
     tenant_id: Identifier
     room_id: Identifier
-    move_in: date
+    move_in: Day
     account_id: Identifier | None = Field(default=None, description="default: a new account named after the lease")
 
 
 class MoveOutIn(BaseModel):
     model_config = _body({"move_out": "2026-12-31"})
 
-    move_out: date = Field(description="the first local day the household no longer leases the room")
+    move_out: Day = Field(description="the first local day the household no longer leases the room")
 
 
 class ClosingReadingIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     meter_id: Identifier
     value: Quantity = Field(description="the register read on site at move-out")
@@ -157,7 +184,7 @@ class SettlementIn(BaseModel):
     )
 
     reason: Reason = "退租结算 · move-out settlement"
-    move_out: date | None = Field(default=None, description="ends the lease on this local date first, if still open")
+    move_out: Day | None = Field(default=None, description="ends the lease on this local date first, if still open")
     closing_readings: list[ClosingReadingIn] = Field(
         default_factory=list, max_length=20, description="closing values of meters without a final reading"
     )
@@ -178,7 +205,7 @@ class SubsidyIn(BaseModel):
 
     amount: Amount
     program: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)] = Field(description="补贴项目")
-    utility: Utility | None = None
+    utility: UtilityName | None = None
 
 
 class ReasonIn(BaseModel):
@@ -218,11 +245,11 @@ class TariffIn(BaseModel):
     model_config = _body({"unit_price": "0.5883", "effective_from": "2026-12-01T00:00:00+08:00"})
 
     unit_price: Price
-    effective_from: AwareDatetime
+    effective_from: Moment
 
 
 class FlatIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: Literal["flat"]
     name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "flat"
@@ -230,7 +257,7 @@ class FlatIn(BaseModel):
 
 
 class TouRateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     label: Annotated[str, Field(min_length=1, max_length=20, pattern=NO_NUL)]
     unit_price: Price
@@ -238,14 +265,14 @@ class TouRateIn(BaseModel):
 
 
 class TouSegmentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     start: LocalTime
     rate: Annotated[str, Field(min_length=1, max_length=20, pattern=NO_NUL, description="a rate's label")]
 
 
 class TouIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: Literal["tou"]
     name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "tou"
@@ -254,7 +281,7 @@ class TouIn(BaseModel):
 
 
 class TierBlockIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     label: Annotated[str, Field(min_length=1, max_length=20, pattern=NO_NUL)]
     width: Quantity | None = Field(description="kWh or m³ in the block; null: the last, open-ended block")
@@ -263,7 +290,7 @@ class TierBlockIn(BaseModel):
 
 
 class TieredIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: Literal["tiered"]
     name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "tiered"
@@ -273,7 +300,7 @@ class TieredIn(BaseModel):
 
 
 class FixedIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kind: Literal["fixed"]
     name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "service_fee"
@@ -291,7 +318,7 @@ class TariffVersionIn(BaseModel):
         }
     )
 
-    effective_from: AwareDatetime
+    effective_from: Moment
     components: list[Annotated[FlatIn | TouIn | TieredIn | FixedIn, Field(discriminator="kind")]] = Field(
         min_length=1, max_length=10
     )
@@ -301,8 +328,8 @@ class BindingIn(BaseModel):
     model_config = _body({"account_id": "A101", "utility": "electricity"})
 
     account_id: Identifier
-    utility: Utility
-    effective_from: AwareDatetime | None = Field(
+    utility: UtilityName
+    effective_from: Moment | None = Field(
         default=None, description="when the meter starts billing this account (default: now, or always for a new meter)"
     )
 
@@ -332,7 +359,7 @@ class MeterIn(BaseModel):
     bus_id: Identifier
     address: str = Field(min_length=1, max_length=14, pattern=r"^[0-9A-Fa-f]+$")
     model: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
-    utility: Utility
+    utility: UtilityName
     poll_interval_s: int = Field(default=60, ge=1, le=86400)
 
 
@@ -355,8 +382,8 @@ class EstatePolicyIn(BaseModel):
         }
     )
 
-    nights_start: LocalTime | None = Field(default=time(22), description="null with nights_end: no night window")
-    nights_end: LocalTime | None = time(7)
+    nights_start: LocalTime | None = Field(default="22:00:00", description="null with nights_end: no night window")
+    nights_end: LocalTime | None = "07:00:00"
     weekends: bool = True
     holidays: bool = Field(default=True, description="statutory holidays; dates the calendar does not know count too")
     restore: Literal["direct_close", "close_allowed"] = "direct_close"
@@ -366,12 +393,10 @@ class EstatePolicyIn(BaseModel):
     def _consistent(self) -> EstatePolicyIn:
         if (self.nights_start is None) != (self.nights_end is None):
             raise ValueError("nights_start and nights_end are both set or both null / 夜间时段须同时设置")
-        if self.nights_start is not None and self.nights_start == self.nights_end:
+        if self.nights_start is not None and time.fromisoformat(self.nights_start) == time.fromisoformat(
+            self.nights_end or ""
+        ):
             raise ValueError("the night window needs start != end / 夜间时段起止不能相同")
-        for name in ("nights_start", "nights_end"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is not None:
-                raise ValueError(f"{name} is a local wall-clock time, without offset / 须为本地时间")
         return self
 
 
@@ -1501,11 +1526,12 @@ Parameters = Annotated[dict[str, Text], Field(default_factory=dict, max_length=3
 class CommandIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"meter_id": "E-1-101", "kind": "trip", "reason": "欠费停电 / arrears"}]},
     )
 
     meter_id: Identifier
-    kind: CommandKind
+    kind: CommandKindName
     reason: Text = Field(min_length=1, max_length=500)
     ttl_seconds: int = Field(default=600, ge=10, le=7 * 24 * 3600)
     parameters: Parameters
@@ -1516,11 +1542,12 @@ class CommandIn(BaseModel):
 class BatchIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"meters": ["E-1-101", "E-1-102"], "kind": "time_sync", "reason": "月度校时"}]},
     )
 
     meters: list[Identifier] = Field(min_length=1, max_length=500)
-    kind: CommandKind
+    kind: CommandKindName
     reason: Text = Field(min_length=1, max_length=500)
     ttl_seconds: int = Field(default=600, ge=10, le=7 * 24 * 3600)
     parameters: Parameters
@@ -1531,14 +1558,15 @@ class BatchIn(BaseModel):
 class ScheduleIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [{"name": "每日校时", "kind": "time_sync", "at_local": "02:00:00", "meters": ["E-1-101"]}]
         },
     )
 
     name: Text = Field(min_length=1, max_length=100)
-    kind: CommandKind
-    at_local: time = Field(description="daily, local wall-clock time (Asia/Shanghai unless configured)")
+    kind: CommandKindName
+    at_local: WallClock = Field(description="daily, local wall-clock time (Asia/Shanghai unless configured)")
     meters: list[Identifier] = Field(min_length=1, max_length=500)
     parameters: Parameters
 

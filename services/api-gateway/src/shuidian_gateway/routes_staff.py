@@ -71,6 +71,18 @@ def _written(value: Any) -> Any:
 Day = Annotated[date, Field(strict=False), BeforeValidator(_written)]
 Moment = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_written)]
 WallClock = Annotated[time, Field(strict=False), BeforeValidator(_written)]
+
+
+def _whole(value: Any) -> Any:
+    """A JSON integer: 7 or 7.0 (JSON Schema's integer), never "7" or true."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("a JSON integer / 须为整数")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
 # Enumerations arrive as their string values (strict validation would want the Python enum itself).
 UtilityName = Annotated[Utility, Field(strict=False)]
 CommandKindName = Annotated[CommandKind, Field(strict=False)]
@@ -129,7 +141,7 @@ class FloorIn(BaseModel):
     model_config = _body({"building_id": "B1", "level": 1})
 
     building_id: Identifier
-    level: int = Field(ge=-5, le=200, description="storey; negative below ground")
+    level: Whole = Field(ge=-5, le=200, description="storey; negative below ground")
 
 
 class RoomIn(BaseModel):
@@ -138,7 +150,7 @@ class RoomIn(BaseModel):
     floor_id: Identifier
     code: Identifier = Field(description="the room code tenants write on a bank transfer, e.g. 1-0302")
     area_m2: Area
-    household_size: int = Field(default=1, ge=1, le=30)
+    household_size: Whole = Field(default=1, ge=1, le=30)
 
 
 class RoomMeterIn(BaseModel):
@@ -295,7 +307,7 @@ class TieredIn(BaseModel):
     kind: Literal["tiered"]
     name: Annotated[str, Field(min_length=1, max_length=40, pattern=NO_NUL)] = "tiered"
     period: Literal["month", "year"] = "month"
-    base_household_size: int | None = Field(default=None, ge=1, le=30)
+    base_household_size: Annotated[int, Field(ge=1, le=30), BeforeValidator(_whole)] | None = None
     blocks: list[TierBlockIn] = Field(min_length=1, max_length=10)
 
 
@@ -338,7 +350,9 @@ class GatewayIn(BaseModel):
     model_config = _body({"name": "1号楼网关"})
 
     name: str = Field(default="", max_length=200, pattern=NO_NUL)
-    shard: int | None = Field(default=None, ge=0, le=1023, description="pin to a collector shard; default: by hash")
+    shard: Annotated[int, Field(ge=0, le=1023), BeforeValidator(_whole)] | None = Field(
+        default=None, description="pin to a collector shard; default: by hash"
+    )
 
 
 class BusIn(BaseModel):
@@ -346,11 +360,11 @@ class BusIn(BaseModel):
 
     gateway_id: Identifier
     host: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")
-    port: int = Field(ge=1, le=65535)
+    port: Whole = Field(ge=1, le=65535)
     protocol: Literal["dlt645", "dlt645-1997", "cjt188", "modbus-rtu", "modbus-tcp"]
-    baud: int = Field(default=2400, ge=300, le=115200)
-    timeout_ms: int = Field(default=1000, ge=50, le=30000)
-    retries: int = Field(default=1, ge=0, le=5)
+    baud: Whole = Field(default=2400, ge=300, le=115200)
+    timeout_ms: Whole = Field(default=1000, ge=50, le=30000)
+    retries: Whole = Field(default=1, ge=0, le=5)
 
 
 class MeterIn(BaseModel):
@@ -360,7 +374,7 @@ class MeterIn(BaseModel):
     address: str = Field(min_length=1, max_length=14, pattern=r"^[0-9A-Fa-f]+$")
     model: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     utility: UtilityName
-    poll_interval_s: int = Field(default=60, ge=1, le=86400)
+    poll_interval_s: Whole = Field(default=60, ge=1, le=86400)
 
 
 class KeepPowerIn(BaseModel):
@@ -1533,7 +1547,7 @@ class CommandIn(BaseModel):
     meter_id: Identifier
     kind: CommandKindName
     reason: Text = Field(min_length=1, max_length=500)
-    ttl_seconds: int = Field(default=600, ge=10, le=7 * 24 * 3600)
+    ttl_seconds: Whole = Field(default=600, ge=10, le=7 * 24 * 3600)
     parameters: Parameters
     override_windows: bool = Field(default=False, description="cut off inside a protected window (needs commands:trip)")
     lift_keep_power: bool = Field(default=False, description="clear the household's 保电 flag (needs commands:trip)")
@@ -1549,7 +1563,7 @@ class BatchIn(BaseModel):
     meters: list[Identifier] = Field(min_length=1, max_length=500)
     kind: CommandKindName
     reason: Text = Field(min_length=1, max_length=500)
-    ttl_seconds: int = Field(default=600, ge=10, le=7 * 24 * 3600)
+    ttl_seconds: Whole = Field(default=600, ge=10, le=7 * 24 * 3600)
     parameters: Parameters
     override_windows: bool = False
     lift_keep_power: bool = False

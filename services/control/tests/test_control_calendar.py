@@ -257,7 +257,7 @@ async def test_a_published_year_releases_trips_deferred_for_an_unknown_calendar(
         assert [c.kind for c in await _sent(engine, meter.meter_id)] == [CommandKind.TRIP]
         coverage = control.check_calendar()
         assert (coverage.last_year, coverage.warning) == (year, None)
-        assert coverage.published_years == (year,)
+        assert year in coverage.published_years  # other tests of the session may publish other years
     finally:
         await _forget(engine, year)
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -152,7 +152,7 @@ def ops_router(*, guard: Sequence[Any] = ()) -> APIRouter:
             }
         ),
     )
-    async def replay(request: Request, letter_id: int) -> None:
+    async def replay(request: Request, letter_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> None:
         runtime = runtime_of(request)
         letter = await runtime.dead_letters.get(letter_id)
         if letter is None:

@@ -9,17 +9,17 @@ import os
 import shutil
 import signal
 import uuid
-from decimal import Decimal
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from shuidian_devstack import infra
+from shuidian_devstack.pytest_plugin import balance_event
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.supervisor import Supervisor
 from shuidian_shared import topics
-from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel
+from shuidian_shared.messages import BalanceEvent
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,22 +28,6 @@ pytestmark = [
     ),
 ]
 REPO = Path(__file__).resolve().parents[3]
-
-
-def event(account: str, sequence: int) -> bytes:
-    return (
-        BalanceEvent(
-            source="kit-test",
-            account_id=account,
-            kind=BalanceEventKind.CHANGED,
-            level=BalanceLevel.OK,
-            balance=Decimal("1.00"),
-            sequence=sequence,
-            meters=(),
-        )
-        .model_dump_json()
-        .encode()
-    )
 
 
 async def test_a_persistent_session_survives_a_broker_killed_and_restarted(tmp_path: Path) -> None:
@@ -70,7 +54,7 @@ async def test_a_persistent_session_survives_a_broker_killed_and_restarted(tmp_p
             broker.start()  # same port and data directory; the consumer is still reconnecting
             async with aiomqtt.Client("127.0.0.1", broker.port) as publisher:
                 for sequence in (1, 2, 3):
-                    await publisher.publish(topic, event(account, sequence), qos=1)
+                    await publisher.publish(topic, balance_event(account, sequence).model_dump_json().encode(), qos=1)
             async with asyncio.timeout(20):
                 while received != [1, 2, 3]:
                     await asyncio.sleep(0.05)

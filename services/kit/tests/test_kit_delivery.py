@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from decimal import Decimal
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shuidian_devstack.pytest_plugin import balance_event, eventually
 from shuidian_kit.db import create_engine
 from shuidian_kit.deadletters import DeadLetters
 from shuidian_kit.mqtt import MqttLink
@@ -23,21 +23,9 @@ from shuidian_kit.outbox import Outbox, outbox_ddl
 from shuidian_kit.retry import is_transient
 from shuidian_kit.supervisor import Supervisor
 from shuidian_shared import topics
-from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel, DeadLetterParked
+from shuidian_shared.messages import BalanceEvent, DeadLetterParked
 
 pytestmark = pytest.mark.integration
-
-
-def event(account: str, sequence: int) -> BalanceEvent:
-    return BalanceEvent(
-        source="kit-test",
-        account_id=account,
-        kind=BalanceEventKind.CHANGED,
-        level=BalanceLevel.OK,
-        balance=Decimal("1.00"),
-        sequence=sequence,
-        meters=(),
-    )
 
 
 @contextlib.asynccontextmanager
@@ -68,10 +56,11 @@ async def dead_letters(database_url: str) -> AsyncIterator[tuple[AsyncEngine, De
         await engine.dispose()
 
 
-async def until(condition: object, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.02)
+async def until(condition: Callable[[], bool], what: str = "the messages handled") -> None:
+    async def probe() -> bool:
+        return condition()
+
+    await eventually(probe, what, timeout=15)
 
 
 async def test_a_message_whose_handler_did_not_finish_is_delivered_again(mqtt_url: str) -> None:
@@ -93,7 +82,7 @@ async def test_a_message_whose_handler_did_not_finish_is_delivered_again(mqtt_ur
     first = MqttLink(mqtt_url, service="kit-test", instance=instance, clean_session=False)
     first.subscribe(topic, BalanceEvent, stuck)
     async with running(first):
-        await first.publish(topic, event(account, 1))
+        await first.publish(topic, balance_event(account, 1))
         await asyncio.wait_for(started.wait(), 10)
     second = MqttLink(mqtt_url, service="kit-test", instance=instance, clean_session=False)
     second.subscribe(topic, BalanceEvent, works)
@@ -124,7 +113,7 @@ async def test_transient_failures_are_retried_in_order_until_they_pass(mqtt_url:
     link.subscribe(topic, BalanceEvent, flaky)
     async with running(link):
         for sequence in (1, 2):
-            await link.publish(topic, event(account, sequence))
+            await link.publish(topic, balance_event(account, sequence))
         await until(lambda: handled == [1, 2])
     assert calls == [1, 1, 1, 1, 1, 2]
 
@@ -148,8 +137,8 @@ async def test_poison_messages_are_parked_acknowledged_announced_and_replayable(
     link.subscribe(topic, BalanceEvent, handler)
     async with running(link):
         await link.publish(topic, b"not json")
-        await link.publish(topic, event(account, 2))
-        await link.publish(topic, event(account, 3))
+        await link.publish(topic, balance_event(account, 2))
+        await link.publish(topic, balance_event(account, 3))
         await until(lambda: handled == [3])
         parked = await letters.list(pending_only=True, limit=10)
     assert sorted(letter.reason for letter in parked) == ["handler_failed", "invalid_payload"]
@@ -194,7 +183,7 @@ async def test_a_pipelined_handler_is_acknowledged_when_its_work_completes(
     link.subscribe(topic, BalanceEvent, hand_on)
     async with running(link):
         for sequence in (1, 2, 3):
-            await link.publish(topic, event(account, sequence))
+            await link.publish(topic, balance_event(account, sequence))
         await until(lambda: sorted(pending) == [1, 2, 3])  # none waited for the one before
         pending[2].set_exception(ValueError("cannot be billed"))
         pending[1].set_result(None)

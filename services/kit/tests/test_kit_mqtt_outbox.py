@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from decimal import Decimal
 
 import aiomqtt
 import pytest
@@ -16,27 +15,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_devstack import infra
+from shuidian_devstack.pytest_plugin import balance_event
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox, outbox_ddl
 from shuidian_kit.supervisor import Supervisor
 from shuidian_shared import topics
-from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel
+from shuidian_shared.messages import BalanceEvent
 
 pytestmark = pytest.mark.integration
-
-
-def balance_event(account: str, sequence: int) -> BalanceEvent:
-    return BalanceEvent(
-        source="kit-test",
-        account_id=account,
-        kind=BalanceEventKind.CHANGED,
-        level=BalanceLevel.OK,
-        balance=Decimal("1.00"),
-        sequence=sequence,
-        meters=(),
-    )
 
 
 async def _depth(engine: AsyncEngine, schema: str) -> int:

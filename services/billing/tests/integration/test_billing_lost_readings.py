@@ -115,6 +115,15 @@ class Household:
             )
             return {row.label: (row.q, row.a) for row in rows}
 
+    async def gaps(self) -> list[tuple[int, int, str]]:
+        """The gaps billing recorded in this household's gateway stream: first, last, how it ended."""
+        async with self.db.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT from_sequence, to_sequence, state FROM billing.reading_gaps WHERE gateway_id = :g"),
+                {"g": self.gateway},
+            )
+            return [(r.from_sequence, r.to_sequence, r.state) for r in rows]
+
     async def assert_billed_in_measured_order(self) -> None:
         lines = await self.charged_by_rate()
         assert abs(lines["峰"][0] - PEAK) < Decimal("0.000001")
@@ -219,14 +228,7 @@ async def test_a_batch_the_broker_lost_is_asked_for_again_and_billed_in_its_plac
             await home.publish(home.batch(1, sequence=2))
             await home.until_billed_through(2)
         await home.assert_billed_in_measured_order()
-        async with home.db.connect() as conn:
-            gaps = (
-                await conn.execute(
-                    text("SELECT from_sequence, to_sequence, state FROM billing.reading_gaps WHERE gateway_id = :g"),
-                    {"g": home.gateway},
-                )
-            ).all()
-        assert [tuple(g) for g in gaps] == [(2, 2, "replayed")]
+        assert await home.gaps() == [(2, 2, "replayed")]
 
 
 async def test_a_gap_that_never_comes_back_is_recorded_and_billing_goes_on(pg_server_url: str, broker_url: str) -> None:
@@ -236,12 +238,6 @@ async def test_a_gap_that_never_comes_back_is_recorded_and_billing_goes_on(pg_se
         await home.publish(home.batch(2, sequence=3))
         await home.until_billed_through(2)
         lines = await home.charged_by_rate()
-        async with home.db.connect() as conn:
-            gaps = (
-                await conn.execute(
-                    text("SELECT from_sequence, to_sequence, state FROM billing.reading_gaps WHERE gateway_id = :g"),
-                    {"g": home.gateway},
-                )
-            ).all()
-    assert [tuple(g) for g in gaps] == [(2, 2, "lost")]
+        gaps = await home.gaps()
+    assert gaps == [(2, 2, "lost")]
     assert lines["峰"][0] + lines["谷"][0] == Decimal(12)  # the consumption is all there, split as if #2 never was

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_devstack import infra
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
+from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel
 
 T = TypeVar("T")
 
@@ -95,3 +97,16 @@ async def eventually(
             return result
     except TimeoutError:
         pytest.fail(f"timed out waiting for {what}")
+
+
+def balance_event(account: str, sequence: int) -> BalanceEvent:
+    """A plain balance event (level ok) of `account`: the message the kit's delivery tests send around."""
+    return BalanceEvent(
+        source="kit-test",
+        account_id=account,
+        kind=BalanceEventKind.CHANGED,
+        level=BalanceLevel.OK,
+        balance=Decimal("1.00"),
+        sequence=sequence,
+        meters=(),
+    )

@@ -54,22 +54,23 @@ def _shape(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "{}", path)
 
 
-def _api_routes(routes: list[Any]) -> list[APIRoute]:
-    """Every APIRoute of an app, through the routers it includes."""
-    found: list[APIRoute] = []
+def _api_routes(routes: list[Any], prefix: str = "") -> list[tuple[str, APIRoute]]:
+    """Every APIRoute of an app with its full path, through the routers it includes."""
+    found: list[tuple[str, APIRoute]] = []
     for candidate in routes:
         if isinstance(candidate, APIRoute):
-            found.append(candidate)
+            found.append((prefix + candidate.path, candidate))
         elif hasattr(candidate, "original_router"):
-            found += _api_routes(candidate.original_router.routes)
+            context = getattr(candidate, "include_context", None)
+            found += _api_routes(candidate.original_router.routes, prefix + getattr(context, "prefix", ""))
     return found
 
 
 def backend_body(route: Route) -> Any:
     """The annotation of the body the backend route behind `route` validates."""
     wanted = _shape("/v1" + (route.upstream or route.path))
-    for candidate in _api_routes(backends()[route.service].routes):
-        if route.method in (candidate.methods or set()) and _shape(candidate.path) == wanted:
+    for path, candidate in _api_routes(backends()[route.service].routes):
+        if route.method in (candidate.methods or set()) and _shape(path) == wanted:
             assert candidate.body_field is not None, f"{route.service} {wanted} takes no JSON body"
             return candidate.body_field.field_info.annotation
     raise AssertionError(f"{route.service} serves no {route.method} {wanted}")

@@ -186,6 +186,9 @@ async def test_finance_reconciles_a_bank_statement_through_the_review_queue(ops:
     headers = {"Content-Type": "text/csv", **_key()}
     async with ops.client("finance") as finance:
         before = await _balance(finance, ids["A2"])
+        not_csv = await finance.post(
+            "/v1/payments/bank/imports", content=b'{"amount": "100.00"}', headers={"Content-Type": "text/csv", **_key()}
+        )
         imported = await finance.post("/v1/payments/bank/imports", content=csv, headers=headers)
         replayed = await finance.post("/v1/payments/bank/imports", content=csv, headers=headers)
         queue = _ok(await finance.get("/v1/payments/reviews")).json()["items"]
@@ -207,6 +210,7 @@ async def test_finance_reconciles_a_bank_statement_through_the_review_queue(ops:
         )
     async with ops.client("cashier") as cashier:
         cashier_dismiss = await cashier.post(f"/v1/payments/reviews/{to_dismiss}/dismiss", json={"reason": "x"})
+    assert not_csv.status_code == 400, not_csv.text
     assert imported.status_code == 201, imported.text
     assert (imported.json()["matched"], imported.json()["review"]) == (1, 2), imported.text
     assert replayed.headers.get("idempotent-replayed") == "true"
@@ -247,11 +251,15 @@ async def test_a_meter_replacement_is_billed_once_and_only_finance_declares_it(o
         loose = await finance.post(
             f"/v1/meters/{ids['M1']}/events", json={**event, "old_closing_register": 105}, headers=_key()
         )
+        unix_time = await finance.post(
+            f"/v1/meters/{ids['M1']}/events", json={**event, "at": 1_800_000_000}, headers=_key()
+        )
         declared = await finance.post(f"/v1/meters/{ids['M1']}/events", json=event, headers=key)
         replayed = await finance.post(f"/v1/meters/{ids['M1']}/events", json=event, headers=key)
         reading = await finance.get(f"/v1/meters/{ids['M1']}/reading")
     assert manager_event.status_code == 403
     assert loose.status_code == 422  # register values are canonical strings, as money is
+    assert unix_time.status_code == 422  # instants are ISO 8601 text with an offset
     assert declared.status_code == 201, declared.text
     assert replayed.status_code == 201
     assert replayed.headers.get("idempotent-replayed") == "true"

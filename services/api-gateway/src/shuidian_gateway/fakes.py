@@ -415,9 +415,9 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
 
     if fake.complete:
 
-        @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH"])
+        @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
         async def anything(path: str, request: Request) -> Any:
-            if request.method == "PUT":
+            if request.method in ("PUT", "DELETE"):
                 return Response(status_code=204)
             if request.method == "GET" and "limit" in request.query_params:
                 return []

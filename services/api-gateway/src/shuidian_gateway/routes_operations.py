@@ -13,13 +13,14 @@ principal (403 otherwise). Writes are audited by the gateway's AuditWrites middl
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from sqlalchemy import text
 
 from shuidian_gateway.auth import require
@@ -51,7 +52,29 @@ Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENT)]
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
 UPSTREAM_CAP = 1000
 MAX_STATEMENT_BYTES = 5 * 1024 * 1024
+# A bank statement's first row: two or more column names (quoted or not), no JSON or control characters.
+BANK_CSV_HEADER = r"^\ufeff?[^,{}\[\]\x00-\x1f\x7f]+(,[^,{}\[\]\x00-\x1f\x7f]+)+\r?\n"
 
+_ISO_INSTANT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+_ISO_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _written_as(pattern: re.Pattern[str], what: str) -> Callable[[Any], Any]:
+    """Only the ISO 8601 text form: pydantic would also take a number (a Unix time) or a date for an instant."""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise ValueError(f"{what} in ISO 8601 / 须为 ISO 8601 格式")
+        return value
+
+    return check
+
+
+Instant = Annotated[
+    AwareDatetime,
+    BeforeValidator(_written_as(_ISO_INSTANT, "an instant with its offset, e.g. 2026-11-20T10:00:00+08:00")),
+]
+Day = Annotated[date, BeforeValidator(_written_as(_ISO_DAY, "a date, e.g. 2027-01-01"))]
 router = APIRouter(prefix="/v1", responses=ERRORS)
 Upstream = UpstreamsDep
 
@@ -109,7 +132,7 @@ class MeterEventIn(BaseModel):
     kind: Literal["replaced", "multiplier_changed", "rollover"] = Field(
         description="replaced: 换表; multiplier_changed: CT 变比变更; rollover: 走字翻转"
     )
-    at: AwareDatetime
+    at: Instant
     reason: Text = Field(min_length=1, max_length=500)
     old_closing_register: Quantity | None = Field(default=None, description="replaced: the old meter's last reading")
     new_opening_register: Quantity | None = Field(default=None, description="replaced: the new meter's first reading")
@@ -123,7 +146,7 @@ class CommonMeterIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"utility": "electricity"}]})
 
     utility: Literal["electricity", "water"]
-    effective_from: AwareDatetime | None = Field(default=None, description="default: now")
+    effective_from: Instant | None = Field(default=None, description="default: now")
 
 
 async def _once(
@@ -133,13 +156,15 @@ async def _once(
     key: str,
     body: Any,
     send: Callable[[dict[str, str]], Awaitable[httpx.Response]],
+    status: int,
 ) -> Any:
     """A money write under the gateway's Idempotency-Key: a replay returns the first answer. `send` makes the
-    backend call with the headers given (the namespaced key, which the backend de-duplicates on too)."""
+    backend call with the headers given (the namespaced key, which the backend de-duplicates on too); `status` is
+    the success status the route documents."""
 
     async def forward() -> tuple[int, Any]:
         raw = await send({"Idempotency-Key": upstream_key(principal, key)})
-        return raw.status_code, raw.json() if raw.content else None
+        return status, raw.json() if raw.content else None  # errors raise; success is the status documented
 
     return await store.run(principal, key, request, body, forward)
 
@@ -177,6 +202,7 @@ async def meter_event(
         idempotency_key,
         sent,
         lambda headers: upstreams.raw("billing", "POST", f"/v1/meters/{meter_id}/events", json=sent, headers=headers),
+        201,
     )
 
 
@@ -274,8 +300,8 @@ async def meter_usage(
     principal: Annotated[Principal, _needs(A_ACCOUNTS)],
     upstreams: Upstream,
     granularity: Literal["hour", "day", "month"] = "day",
-    start: AwareDatetime | None = None,
-    end: AwareDatetime | None = None,
+    start: Instant | None = None,
+    end: Instant | None = None,
 ) -> Any:
     await _inside(principal, upstreams, "meter", meter_id)
     params = {"granularity": granularity} | {
@@ -363,7 +389,7 @@ A_RECONCILE = Action.PAYMENTS_RECONCILE
             "required": True,
             "content": {
                 "text/csv": {
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "pattern": BANK_CSV_HEADER},
                     "example": "交易日期,交易流水号,付款人,金额,附言\n2026-11-20,T0001,张三,100.00,缴水电费 A101\n",
                 }
             },
@@ -384,6 +410,8 @@ async def bank_import(
     content = await request.body()
     if not content or len(content) > MAX_STATEMENT_BYTES:
         raise InvalidRequest(f"a statement is 1 byte to {MAX_STATEMENT_BYTES} bytes / 文件为空或过大")
+    if not re.match(BANK_CSV_HEADER, _bank_text(content)):
+        raise InvalidRequest("send a CSV whose first row names its columns / 首行须为列名")
     fingerprint = {"filename": filename, "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
 
     async def forward() -> tuple[int, Any]:
@@ -395,7 +423,7 @@ async def bank_import(
             headers={"Content-Type": "text/csv", "Idempotency-Key": upstream_key(principal, idempotency_key)},
             params={"imported_by": principal.name, "filename": filename},
         )
-        return raw.status_code, raw.json() if raw.content else None
+        return 201, raw.json() if raw.content else None
 
     return await store.run(principal, idempotency_key, request, fingerprint, forward)
 
@@ -414,6 +442,16 @@ async def put_alias(
     await _inside(principal, upstreams, "account", body.account_id)
     await upstreams.call("billing", "PUT", f"/v1/payments/aliases/{alias}", json=body.model_dump(mode="json"))
     return _no_content()
+
+
+def _bank_text(content: bytes) -> str:
+    """The statement as text: UTF-8 or, as many banks export it, GB18030 ("" when it is neither)."""
+    for encoding in ("utf-8-sig", "gb18030"):
+        try:
+            return content.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return ""
 
 
 ReviewId = Annotated[int, Path(ge=1, le=2**62)]
@@ -447,6 +485,7 @@ async def assign_review(
         lambda headers: upstreams.raw(
             "billing", "POST", f"/v1/payments/reviews/{review_id}/assign", json=sent, headers=headers
         ),
+        200,
     )
 
 
@@ -517,7 +556,7 @@ class HoldIn(BaseModel):
     )
 
     reason: Text = Field(min_length=1, max_length=500)
-    until: AwareDatetime | None = Field(default=None, description="null: until lifted")
+    until: Instant | None = Field(default=None, description="null: until lifted")
 
 
 class KeepPowerIn(BaseModel):
@@ -740,7 +779,7 @@ async def export_registry(principal: Annotated[Principal, _needs(A_DEVICES)], up
     _all_estates(principal)
     raw = await upstreams.raw("collector", "GET", "/v1/registry/export")
     headers = {k: v for k, v in raw.headers.items() if k.lower() == "content-disposition"}
-    return Response(raw.content, media_type=raw.headers.get("content-type"), headers=headers)
+    return Response(raw.content, media_type="text/csv; charset=utf-8", headers=headers)
 
 
 @router.delete(
@@ -810,8 +849,8 @@ class CalendarYearIn(BaseModel):
         },
     )
 
-    holidays: list[date] = Field(max_length=366, description="statutory rest days, in-lieu days included")
-    adjusted_workdays: list[date] = Field(default_factory=list, max_length=366, description="调休 workdays")
+    holidays: list[Day] = Field(max_length=366, description="statutory rest days, in-lieu days included")
+    adjusted_workdays: list[Day] = Field(default_factory=list, max_length=366, description="调休 workdays")
     notice: Text = Field(min_length=1, max_length=500, description="the State Council notice the dates come from")
 
 
@@ -844,7 +883,7 @@ async def calendar_year(year: Year, principal: Annotated[Principal, _needs(A_COM
 
 @router.put(
     "/calendar/{year}",
-    response_model=dict[str, Any],
+    response_model=dict[str, Any] | None,
     tags=["commands"],
     summary="发布节假日安排 · Publish a year's holiday arrangement (State Council notice)",
     description=_doc("It wins over the built-in library for that year, in every estate.", A_TRIP),
@@ -876,7 +915,7 @@ class RuleIn(BaseModel):
     scope_level: Literal["default", "estate", "building", "model", "meter"]
     scope_key: Name | None = Field(default=None, description="none for the default scope")
     slot: Identifier = Field(description="alarm type or rule slot, e.g. over_voltage")
-    enabled: bool = True
+    enabled: StrictBool = True
     rule: dict[str, Any] = Field(description='the rule, with its "kind", e.g. {"kind": "threshold", ...}')
 
 
@@ -958,7 +997,7 @@ async def effective_rules(
 
 @router.put(
     "/alarm-rules",
-    response_model=dict[str, Any],
+    response_model=dict[str, Any] | None,
     tags=["alarms"],
     summary="设告警规则 · Set an alarm rule at a scope (validated)",
     description=_doc("Rules at every scope but an estate's reach across estates: those need all estates.", A_CONFIGURE),
@@ -1161,8 +1200,8 @@ async def audit_log(
     ] = None,
     method: Literal["POST", "PUT", "PATCH", "DELETE"] | None = None,
     path: Annotated[str | None, Query(min_length=1, max_length=300, pattern=r"^/[^\x00-\x1f\x7f%_]*$")] = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Any:

@@ -66,11 +66,16 @@ def _batches(run: int, cycles: int) -> list[bytes]:
                 )
             )
             if len(readings) == BATCH:
+                gateways = METERS // BATCH
                 batch = ReadingBatch(
                     source="bench",
-                    gateway_id=f"bench-{len(payloads) % (METERS // BATCH)}",
+                    gateway_id=f"bench-{len(payloads) % gateways}",
                     readings=tuple(readings),
                     occurred_at=PUBLISH_MARK,
+                    # Numbered in each gateway's stream as a collector numbers them (one epoch per run),
+                    # so billing's stream bookkeeping is part of what is measured.
+                    epoch=f"bench-run-{run}",
+                    sequence=len(payloads) // gateways + 1,
                 )
                 payload = batch.model_dump_json().encode()
                 assert PUBLISH_MARK_TEXT in payload

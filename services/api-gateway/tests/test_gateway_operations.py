@@ -5,20 +5,26 @@ records who did each write."""
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from fastapi.routing import APIRoute
 
 from shuidian_devstack.platform import Platform, platform
 from shuidian_devstack.pytest_plugin import eventually
+from shuidian_gateway import routes_operations
+from shuidian_gateway.policy import POLICY, Action, Role
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery staple"
@@ -449,3 +455,38 @@ async def test_the_notification_log_is_for_all_estates_principals(ops: Ops) -> N
     assert retry.headers["content-type"].startswith("application/problem+json")
     assert scoped_log.status_code == 403
     assert scoped_retry.status_code == 403
+
+
+def _real_stack_module() -> Any:
+    """test_gateway_real_stack.py, loaded for its route table (the suite imports test modules by path)."""
+    path = Path(__file__).with_name("test_gateway_real_stack.py")
+    spec = importlib.util.spec_from_file_location("gateway_real_stack_table", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_real_stack_rows_of_these_routes_name_the_roles_their_action_allows() -> None:
+    """The rows for these routes write their roles out: they must agree with the policy table, so a changed
+    grant fails here instead of leaving a role untested."""
+    table = _real_stack_module()
+    staff: dict[str, Role] = table.STAFF
+    checked = 0
+    for route in routes_operations.router.routes:
+        assert isinstance(route, APIRoute)
+        action = Action(route.openapi_extra["x-required-action"])  # type: ignore[index]
+        for method in route.methods or ():
+            cases = [c for c in table.CASES if c.method == method and table._matches(route.path, c.path)]
+            for case in cases:
+                checked += 1
+                granted = {name for name, role in staff.items() if action in POLICY[role]}
+                everywhere = {name for name in granted if name not in table.ESTATE_SCOPED}
+                assert set(case.roles) <= granted, f"{method} {route.path}: a listed role lacks {action.value}"
+                assert everywhere <= set(case.roles), f"{method} {route.path}: an all-estates role is missing"
+                refused = case.refused or "tenant1"
+                assert refused not in case.roles
+                assert refused not in everywhere, f"{method} {route.path}: the refused role may call it"
+    assert checked > 30

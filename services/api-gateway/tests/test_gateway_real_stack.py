@@ -913,3 +913,14 @@ async def test_every_route_works_for_the_roles_it_allows_and_refuses_one_it_does
         if response.status_code not in (403, 404):
             problems.append(f"refused {refused} {case.method} {case.path}: {response.status_code}")
     assert problems == [], "\n".join(problems)
+
+
+async def test_an_estate_switches_its_night_window_off_with_two_nulls(stack: Stack) -> None:
+    estate = f"{stack.ids['E']}-NIGHTS"  # an estate of its own: the others keep their night window
+    async with stack.client("admin") as admin:
+        lone = await admin.put(f"/v1/estates/{estate}/policy", json={"nights_start": None})
+        off = await admin.put(f"/v1/estates/{estate}/policy", json={"nights_start": None, "nights_end": None})
+        read = await admin.get(f"/v1/estates/{estate}/policy")
+    assert lone.status_code == 422, lone.text
+    assert off.status_code == 204, off.text
+    assert (read.json()["nights_start"], read.json()["nights_end"]) == (None, None), read.text

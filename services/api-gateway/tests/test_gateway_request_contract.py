@@ -87,6 +87,8 @@ def _closed(schema: dict[str, Any], document: dict[str, Any]) -> bool:
     """A typed body: an object that admits no other property, or a choice of such (null aside)."""
     while "$ref" in schema:
         schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    if schema.get("type") == "object":  # an object, perhaps with combinations of its own fields (anyOf)
+        return schema.get("additionalProperties") is False
     options = schema.get("oneOf") or schema.get("anyOf")
     if options:  # a union of models, or an optional body (Model | None)
         return all(_closed(option, document) for option in options if option.get("type") != "null")

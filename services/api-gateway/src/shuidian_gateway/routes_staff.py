@@ -385,15 +385,30 @@ class KeepPowerIn(BaseModel):
 
 
 class EstatePolicyIn(BaseModel):
-    model_config = _body(
-        {
-            "nights_start": "22:00:00",
-            "nights_end": "07:00:00",
-            "weekends": True,
-            "holidays": True,
-            "restore": "direct_close",
-            "prepaid_water": False,
-        }
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "nights_start": "22:00:00",
+                    "nights_end": "07:00:00",
+                    "weekends": True,
+                    "holidays": True,
+                    "restore": "direct_close",
+                    "prepaid_water": False,
+                },
+                {"nights_start": None, "nights_end": None, "weekends": True},
+            ],
+            # The night window is two times or two nulls (switched off): one null alone is refused.
+            "anyOf": [
+                {"properties": {"nights_start": {"type": "string"}, "nights_end": {"type": "string"}}},
+                {
+                    "properties": {"nights_start": {"type": "null"}, "nights_end": {"type": "null"}},
+                    "required": ["nights_start", "nights_end"],
+                },
+            ],
+        },
     )
 
     nights_start: LocalTime | None = Field(default="22:00:00", description="null with nights_end: no night window")
@@ -1411,7 +1426,9 @@ def _endpoint(route: Route) -> Any:
         query = {k: v for k, v in query.items() if v is not None}
         body = kwargs.get("body")
         if isinstance(body, BaseModel):
-            body = body.model_dump(mode="json", exclude_none=True)
+            # What the client sent, explicit nulls included (a null night window switches it off); what it
+            # left out the backend defaults, as the gateway's model does.
+            body = body.model_dump(mode="json", exclude_unset=True)
         await guard_estate(route, principal, upstreams, path, query, body)
         target = upstream_path.format(**path)
         if route.kind == "list" and route.sorts:

@@ -260,12 +260,19 @@ async def test_a_meter_replacement_is_billed_once_and_only_finance_declares_it(o
         unix_time = await finance.post(
             f"/v1/meters/{ids['M1']}/events", json={**event, "at": 1_800_000_000}, headers=_key()
         )
+        incomplete = await finance.post(
+            f"/v1/meters/{ids['M1']}/events",
+            json={"kind": "rollover", "at": at, "reason": "走字翻转"},  # no register_after
+            headers=_key(),
+        )
         declared = await finance.post(f"/v1/meters/{ids['M1']}/events", json=event, headers=key)
         replayed = await finance.post(f"/v1/meters/{ids['M1']}/events", json=event, headers=key)
         reading = await finance.get(f"/v1/meters/{ids['M1']}/reading")
     assert manager_event.status_code == 403
     assert loose.status_code == 422  # register values are canonical strings, as money is
     assert unix_time.status_code == 422  # instants are ISO 8601 text with an offset
+    assert incomplete.status_code == 422
+    assert incomplete.json()["code"] == "validation_error"  # the contract says what each kind needs
     assert declared.status_code == 201, declared.text
     assert replayed.status_code == 201
     assert replayed.headers.get("idempotent-replayed") == "true"

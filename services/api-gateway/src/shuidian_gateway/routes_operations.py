@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import httpx
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from sqlalchemy import text
 
@@ -32,7 +33,6 @@ from shuidian_gateway.conventions import (
     IdempotencyStore,
     Limit,
     MonthPath,
-    Page,
     Quantity,
     Text,
     decode_cursor,
@@ -51,6 +51,7 @@ Reason = Annotated[str, Query(min_length=1, max_length=500, pattern=r"^[^\x00-\x
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENT)]
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")]
 UPSTREAM_CAP = 1000
+Row = TypeVar("Row", bound=BaseModel)
 MAX_STATEMENT_BYTES = 5 * 1024 * 1024
 # A bank statement's first row: two or more column names (quoted or not), no JSON or control characters.
 BANK_CSV_HEADER = r"^\ufeff?[^,{}\[\]\x00-\x1f\x7f]+(,[^,{}\[\]\x00-\x1f\x7f]+)+\r?\n"
@@ -76,6 +77,110 @@ Instant = Annotated[
 ]
 Day = Annotated[date, BeforeValidator(_written_as(_ISO_DAY, "a date, e.g. 2027-01-01"))]
 router = APIRouter(prefix="/v1", responses=ERRORS)
+
+
+class Paged(BaseModel, Generic[Row]):
+    items: list[Row]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+# Rows of the listings below, as their backends answer them (billing, control, alarm).
+class CallbackOut(BaseModel):
+    callback_id: int
+    provider: str
+    outcome: str
+    reason: str
+    order_id: str | None
+    provider_txn_id: str | None
+    payment_id: uuid.UUID | None
+    remote: str | None
+    received_at: datetime
+
+
+class RefundOut(BaseModel):
+    refund_id: uuid.UUID
+    payment_id: uuid.UUID
+    account_id: str
+    channel: str
+    amount: str = Field(description="CNY, as a decimal string")
+    txn_id: uuid.UUID
+    operator: str
+    reason: str
+    created_at: datetime
+    replayed: bool
+
+
+class HoldOut(BaseModel):
+    estate_id: str = Field(description='"*": every estate')
+    reason: str
+    until: datetime | None
+    set_by: str
+    set_at: datetime
+
+
+class DeferralOut(BaseModel):
+    meter_id: str
+    account_id: str | None
+    due_at: datetime | None
+    reason: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class PolicyLogOut(BaseModel):
+    id: int
+    subject: str
+    action: str
+    detail: str
+    actor: str
+    at: datetime
+
+
+class RuleOut(BaseModel):
+    scope_level: str
+    scope_key: str
+    slot: str
+    enabled: bool
+    rule: dict[str, Any]
+    builtin: bool
+
+
+class NotificationOut(BaseModel):
+    notification_id: uuid.UUID
+    alarm_id: uuid.UUID
+    subscription_id: uuid.UUID
+    event: str
+    channel: str
+    address: str
+    subject: str
+    body: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    attempt_log: list[dict[str, Any]]
+
+
+class SubscriptionOut(BaseModel):
+    subscription_id: uuid.UUID
+    audience: str
+    role: str | None
+    estate: str | None
+    tenant_id: str | None
+    channel: str
+    address: str
+    language: str
+    min_severity: str
+    alarm_types: list[str] | None
+    quiet_start: str | None
+    quiet_end: str | None
+    created_at: datetime
+    managed_by: str | None = None
+
+
 Upstream = UpstreamsDep
 
 
@@ -113,33 +218,53 @@ def _rows(found: Any) -> list[Any]:
 
 
 # -- metering: meter events, common meters, the month's fixed fees and 公摊 (billing) -------------------------
-class MeterEventIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "kind": "replaced",
-                    "at": "2026-11-20T10:00:00+08:00",
-                    "reason": "换表 / meter replaced",
-                    "old_closing_register": "1523.40",
-                    "new_opening_register": "0",
-                }
-            ]
-        },
+def _event(example: dict[str, Any]) -> ConfigDict:
+    base = {"at": "2026-11-20T10:00:00+08:00"}
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [{**example, **base}]})
+
+
+class MeterReplacedIn(BaseModel):
+    """换表: the old meter's last reading is billed, the new one counts from its first."""
+
+    model_config = _event(
+        {"kind": "replaced", "reason": "换表", "old_closing_register": "1523.4", "new_opening_register": "0"}
     )
 
-    kind: Literal["replaced", "multiplier_changed", "rollover"] = Field(
-        description="replaced: 换表; multiplier_changed: CT 变比变更; rollover: 走字翻转"
-    )
+    kind: Literal["replaced"]
     at: Instant
     reason: Text = Field(min_length=1, max_length=500)
-    old_closing_register: Quantity | None = Field(default=None, description="replaced: the old meter's last reading")
-    new_opening_register: Quantity | None = Field(default=None, description="replaced: the new meter's first reading")
-    new_multiplier: Quantity | None = Field(default=None, description="replaced or multiplier_changed: the CT ratio")
-    new_register_max: Quantity | None = Field(default=None, description="replaced: the new register's maximum")
-    register_at_change: Quantity | None = Field(default=None, description="multiplier_changed: the register then")
-    register_after: Quantity | None = Field(default=None, description="rollover: the register after the wrap")
+    old_closing_register: Quantity = Field(description="the old meter's last reading")
+    new_opening_register: Quantity = Field(description="the new meter's first reading")
+    new_multiplier: Quantity | None = Field(default=None, description="the new CT ratio (default: unchanged)")
+    new_register_max: Quantity | None = Field(default=None, description="the new register's maximum")
+
+
+class MultiplierChangedIn(BaseModel):
+    """CT 变比变更: consumption up to the change is priced at the old ratio."""
+
+    model_config = _event(
+        {"kind": "multiplier_changed", "reason": "更换互感器", "new_multiplier": "40", "register_at_change": "812.5"}
+    )
+
+    kind: Literal["multiplier_changed"]
+    at: Instant
+    reason: Text = Field(min_length=1, max_length=500)
+    new_multiplier: Quantity = Field(description="the CT ratio from now on")
+    register_at_change: Quantity = Field(description="the register at the change")
+
+
+class RolloverIn(BaseModel):
+    """走字翻转: the register wrapped past its maximum."""
+
+    model_config = _event({"kind": "rollover", "reason": "走字翻转", "register_after": "12.3"})
+
+    kind: Literal["rollover"]
+    at: Instant
+    reason: Text = Field(min_length=1, max_length=500)
+    register_after: Quantity = Field(description="the register after the wrap")
+
+
+MeterEventIn = Annotated[MeterReplacedIn | MultiplierChangedIn | RolloverIn, Body(discriminator="kind")]
 
 
 class CommonMeterIn(BaseModel):
@@ -508,7 +633,7 @@ async def dismiss_review(
 
 @router.get(
     "/payments/callbacks",
-    response_model=Page,
+    response_model=Paged[CallbackOut],
     tags=["payments"],
     summary="支付回调 · Provider notifications received, newest first",
     description=_doc("`outcome`: accepted, replayed, rejected, amount_mismatch or ignored.", A_ACCOUNTS),
@@ -530,7 +655,7 @@ async def payment_callbacks(
 
 @router.get(
     "/payments/{payment_id}/refunds",
-    response_model=Page,
+    response_model=Paged[RefundOut],
     tags=["payments"],
     summary="退款记录 · Refunds of a payment",
     description=_doc("", A_ACCOUNTS),
@@ -572,7 +697,7 @@ A_TRIP = Action.COMMANDS_TRIP
 
 @router.get(
     "/holds",
-    response_model=Page,
+    response_model=Paged[HoldOut],
     tags=["commands"],
     summary="停断开关 · No-cut-off switches in force",
     description=_doc("`estate_id` `all` is the switch for every estate.", A_COMMANDS),
@@ -627,7 +752,7 @@ async def _estate_or_all(principal: Principal, upstreams: Upstreams, estate_id: 
 
 @router.get(
     "/deferrals",
-    response_model=Page,
+    response_model=Paged[DeferralOut],
     tags=["commands"],
     summary="延迟停电 · Trips waiting for a protected window or a switch to end",
     description=_doc("", A_COMMANDS),
@@ -700,7 +825,7 @@ async def lift_estate_keep_power(
 
 @router.get(
     "/policy-log",
-    response_model=Page,
+    response_model=Paged[PolicyLogOut],
     tags=["audit"],
     summary="策略变更记录 · Who changed which cut-off policy, newest first",
     description=_doc(
@@ -958,7 +1083,7 @@ A_CONFIGURE = Action.ALARMS_CONFIGURE
 
 @router.get(
     "/alarm-rules",
-    response_model=Page,
+    response_model=Paged[RuleOut],
     tags=["alarms"],
     summary="告警规则 · Every configured alarm rule",
     description=_doc("Built-in defaults and every scope's settings.", A_ALARMS),
@@ -977,7 +1102,7 @@ async def rules(
 
 @router.get(
     "/alarm-rules/effective",
-    response_model=Page,
+    response_model=Paged[RuleOut],
     tags=["alarms"],
     summary="生效规则 · The alarm rules that apply to a meter",
     description=_doc("", A_ALARMS),
@@ -1063,7 +1188,7 @@ async def subscribe(
 
 @router.get(
     "/alarm-subscriptions",
-    response_model=Page,
+    response_model=Paged[SubscriptionOut],
     tags=["alarms"],
     summary="告警订阅 · Staff alarm subscriptions",
     description=_doc("Estate-scoped callers see their estates' subscriptions.", A_ALARMS),
@@ -1114,7 +1239,7 @@ async def unsubscribe(
 
 @router.get(
     "/notifications",
-    response_model=Page,
+    response_model=Paged[NotificationOut],
     tags=["alarms"],
     summary="通知投递记录 · Every alarm notification with its delivery attempts",
     description=_doc(
@@ -1172,17 +1297,12 @@ class AuditEntry(BaseModel):
     user_agent: str | None
 
 
-class AuditPage(BaseModel):
-    items: list[AuditEntry]
-    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
-
-
 A_AUDIT = Action.AUDIT_READ
 
 
 @router.get(
     "/audit-log",
-    response_model=AuditPage,
+    response_model=Paged[AuditEntry],
     tags=["audit"],
     summary="操作审计 · Every write through the gateway: who, what, when, from where, and how it ended",
     description=_doc(

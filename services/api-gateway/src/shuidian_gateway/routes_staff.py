@@ -586,10 +586,11 @@ ROUTES: tuple[Route, ...] = (
         "premises",
         "list",
         estate=_E("query", "estate_id"),
-        filters=("estate_id", "building_id", "floor", "occupied", "code"),
+        filters=("estate_id", "building_id", "floor", "occupied", "level", "code"),
         sorts=("code", "room_id", "floor", "area", "building_id", "tenant_name"),
-        description="With the household leasing each room now. `floor` is the floor's level, `occupied` true or "
-        "false, `code` a fragment of the room code.",
+        description="With the household leasing each room now and its balance level. `floor` is the floor's "
+        "level, `occupied` true or false, `level` a balance level (ok, low_1, low_2, exhausted: households "
+        "listed by balance level), `code` a fragment of the room code.",
     ),
     Route(
         "GET",

@@ -24,7 +24,7 @@ from shuidian_billing.billing import CHANNEL_ACCOUNTS, BillingError
 from shuidian_billing.usage_api import RuntimeDep
 from shuidian_kit.errors import NotFound
 from shuidian_shared.contracts import billing as contracts
-from shuidian_shared.messages import Utility
+from shuidian_shared.messages import BalanceLevel, Utility
 from shuidian_shared.money import Money
 
 router = APIRouter(tags=["listings"])  # included under /v1 by api.py
@@ -217,6 +217,9 @@ class RoomOut(BaseModel):
     tenant_id: str | None
     tenant_name: str | None
     account_id: str | None
+    level: BalanceLevel | None = Field(
+        default=None, description="余额等级 · the household account's balance level (its worst purse); null when vacant"
+    )
 
 
 class RoomPage(BaseModel):
@@ -241,6 +244,9 @@ async def rooms(
     building_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     floor: Annotated[int | None, Query(ge=-5, le=200, description="the floor's level")] = None,
     occupied: Annotated[bool | None, Query(description="only rooms with (true) or without (false) a lease now")] = None,
+    level: Annotated[
+        BalanceLevel | None, Query(description="only households whose account is at this balance level")
+    ] = None,
     code: Fragment = None,
     sort: SortParam = None,
     limit: Limit = 100,
@@ -254,16 +260,18 @@ async def rooms(
                 text(
                     "SELECT r.room_id, r.code, b.estate_id, f.building_id, b.name AS building_name, r.floor_id, "
                     "f.level AS floor, r.area_m2, r.household_size, l.lease_id IS NOT NULL AS occupied, l.lease_id, "
-                    "l.tenant_id, t.name AS tenant_name, l.account_id "
+                    "l.tenant_id, t.name AS tenant_name, l.account_id, a.level "
                     "FROM billing.rooms r JOIN billing.floors f USING (floor_id) JOIN billing.buildings b USING (building_id) "
                     "LEFT JOIN LATERAL (SELECT lease_id, tenant_id, account_id FROM billing.leases "
                     "  WHERE room_id = r.room_id AND starts_at <= now() AND (ends_at IS NULL OR ends_at > now()) "
                     "  ORDER BY starts_at DESC LIMIT 1) l ON true "
                     "LEFT JOIN billing.tenants t ON t.tenant_id = l.tenant_id "
+                    "LEFT JOIN billing.accounts a ON a.account_id = l.account_id "
                     "WHERE (CAST(:e AS text) IS NULL OR b.estate_id = :e) "
                     "AND (CAST(:b AS text) IS NULL OR f.building_id = :b) "
                     "AND (CAST(:f AS int) IS NULL OR f.level = :f) "
                     "AND (CAST(:occ AS boolean) IS NULL OR (l.lease_id IS NOT NULL) = :occ) "
+                    "AND (CAST(:lvl AS text) IS NULL OR a.level = :lvl) "
                     "AND (CAST(:code AS text) IS NULL OR r.code ILIKE :code) "
                     f"{order} LIMIT :n OFFSET :o"
                 ),
@@ -272,6 +280,7 @@ async def rooms(
                     "b": building_id,
                     "f": floor,
                     "occ": occupied,
+                    "lvl": level.value if level is not None else None,
                     "code": like(code),
                     "n": limit + 1,
                     "o": offset,

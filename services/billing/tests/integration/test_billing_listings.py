@@ -139,6 +139,22 @@ async def test_rooms_filter_by_estate_building_floor_and_occupancy(world: World)
     assert areas == sorted((Decimal(v["area"]) for v in world.rooms.values()), reverse=True)
 
 
+async def test_households_list_by_balance_level(world: World) -> None:
+    """Rooms carry their household's balance level, and filter by it; a vacant room has none."""
+    rooms = await world.items("/v1/rooms", limit=100)
+    levels = {r["room_id"]: r["level"] for r in rooms}
+    for room in rooms:
+        if room["account_id"] is None:
+            assert room["level"] is None
+        else:
+            assert room["level"] == (await world.ok("GET", f"/v1/accounts/{room['account_id']}"))["level"]
+    for level in ("ok", "low_1", "low_2", "exhausted"):
+        listed = sorted(r["room_id"] for r in await world.items("/v1/rooms", level=level))
+        assert listed == sorted(r for r, v in levels.items() if v == level), level
+    assert len({v for v in levels.values() if v is not None}) >= 2  # more than one level is exercised
+    assert (await world.client.get("/v1/rooms", params={"level": "broke"})).status_code == 422
+
+
 async def test_room_pages_are_stable_and_complete(world: World) -> None:
     seen: list[str] = []
     offset: int | None = 0

@@ -50,6 +50,8 @@ from shuidian_gateway.conventions import (
 from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound, PreconditionFailed
 from shuidian_gateway.policy import Action, Principal, Role
 from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
+from shuidian_shared.contracts import billing as billing_contract
+from shuidian_shared.contracts import collector as collector_contract
 from shuidian_shared.messages import AwareDatetime, CommandKind, Identifier, Utility
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -473,6 +475,7 @@ class Route:
     # gateway forwards the cursor's offset and the sort instead of sorting a capped window.
     sorts: tuple[str, ...] = ()
     body: type[BaseModel] | None = None  # the typed body of a write: what the backend accepts, with examples
+    response: type[BaseModel] | None = None  # the backend's typed answer (a shared contract), documented as such
     # Only for a write still without a typed body (test_gateway_request_contract.py flags such a route).
     example: dict[str, Any] | None = None
     description: str = ""
@@ -651,6 +654,7 @@ ROUTES: tuple[Route, ...] = (
         "billing",
         "租户 · A tenant",
         "premises",
+        response=billing_contract.TenantRecordOut,
     ),
     Route(
         "PUT",
@@ -923,6 +927,7 @@ ROUTES: tuple[Route, ...] = (
         "表计绑定 · A meter's binding and its estate",
         "meters",
         estate=_METER,
+        response=billing_contract.MeterBindingOut,
     ),
     Route(
         "PUT",
@@ -1008,6 +1013,7 @@ ROUTES: tuple[Route, ...] = (
         "表计档案 · A registered meter",
         "meters",
         estate=_METER,
+        response=collector_contract.MeterRecordOut,
     ),
     Route(
         "PUT",
@@ -1537,7 +1543,7 @@ def build_router() -> APIRouter:
             summary=route.summary,
             description=(route.description + _sorts_note(route) + f"\n\nNeeds `{route.action.value}`.").strip(),
             tags=[route.tag],
-            response_model=Page if route.kind == "list" else dict[str, Any] | None,
+            response_model=Page if route.kind == "list" else route.response or dict[str, Any] | None,
             status_code=201 if route.kind == "money" else 200,
             responses=WRITE_RESPONSES if route.kind in ("write", "money", "csv") else None,
             openapi_extra=_openapi_extra(route),

@@ -213,6 +213,26 @@ async def test_a_device_fault_opens_a_work_order_that_maintenance_works_to_closu
     assert ours["mean_seconds"] >= 0
 
 
+async def test_a_work_order_opened_by_hand_is_listed_and_worked_like_any_other(api: httpx.AsyncClient) -> None:
+    estate, meter = f"estate-{uid()}", f"E-{uid()}"
+    body = {"device_id": meter, "fault_type": "tenant_report", "estate": estate, "description": "显示屏不亮"}
+    opened = await api.post("/v1/work-orders", json={**body, "assignee": "electrician-7"})
+    assert opened.status_code == 201, opened.text
+    order = opened.json()
+    assert (order["alarm_id"], order["status"], order["opened_by"]) == (None, "assigned", TEST_SUBJECT)
+    assert order["description"] == "显示屏不亮"
+    assert [n["author"] for n in order["notes"]] == [TEST_SUBJECT]
+    listed = (await api.get("/v1/work-orders", params={"estate": estate})).json()
+    assert [o["work_order_id"] for o in listed] == [order["work_order_id"]]
+    url = f"/v1/work-orders/{order['work_order_id']}"
+    for status in ("in_progress", "resolved"):
+        assert (await api.patch(url, json={"status": status})).status_code == 200
+    (ours,) = [m for m in (await api.get("/v1/work-orders/mttr")).json() if m["estate"] == estate]
+    assert ours["repairs"] == 1
+    problem(await api.post("/v1/work-orders", json={**body, "opened_by": "someone-else"}), 422)
+    problem(await api.post("/v1/work-orders", json={"device_id": meter, "fault_type": "x"}), 422)
+
+
 async def test_history_pages_carry_a_cursor_and_bad_queries_are_problems(api: httpx.AsyncClient) -> None:
     first = await api.get("/v1/alarms", params={"limit": 1})
     assert first.status_code == 200

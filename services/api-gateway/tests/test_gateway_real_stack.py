@@ -524,6 +524,14 @@ CASES: tuple[Case, ...] = (
     _c("GET", "/v1/work-orders/mttr"),
     _c("GET", "/v1/work-orders/{work_order}"),
     _c("PATCH", "/v1/work-orders/{work_order}", {"note": "已到现场"}),
+    _c(
+        "POST",
+        "/v1/work-orders",
+        {"device_id": "{M1}", "fault_type": "tenant_report", "estate": "{E}", "description": "显示屏不亮"},
+        201,
+        roles=("admin", "manager", "maintenance"),
+        refused="cashier",
+    ),
     # reports
     _c("GET", "/v1/reports/arrears"),
     _c("GET", "/v1/reports/revenue"),

@@ -580,7 +580,7 @@ class WorkOrderNote(BaseModel):
 
 class WorkOrderOut(BaseModel):
     work_order_id: uuid.UUID
-    alarm_id: uuid.UUID
+    alarm_id: uuid.UUID | None = Field(description="the alarm that opened it; null for one opened by hand")
     device_id: str
     fault_type: str
     estate: str | None
@@ -591,7 +591,32 @@ class WorkOrderOut(BaseModel):
     opened_at: datetime
     resolved_at: datetime | None
     closed_at: datetime | None
+    description: str | None = None
+    opened_by: str = "system"
     notes: list[WorkOrderNote] = []
+
+
+class WorkOrderIn(Strict):
+    device_id: Name = Field(description="the meter or gateway to look at")
+    fault_type: Name = Field(description="e.g. inspection, tenant_report, or a device fault's alarm type")
+    estate: Name | None = None
+    building: Name | None = None
+    description: Text
+    assignee: Name | None = Field(default=None, description="assigned at once when given")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "E-0001",
+                    "fault_type": "tenant_report",
+                    "estate": "demo",
+                    "description": "租户报告电表显示屏不亮 · the tenant reports a blank meter display",
+                }
+            ]
+        },
+    )
 
 
 class WorkOrderPatch(Strict):
@@ -631,6 +656,25 @@ async def work_orders(
         since=since,
         until=until,
         limit=limit,
+    )
+
+
+@router.post(
+    "/work-orders",
+    response_model=WorkOrderOut,
+    status_code=201,
+    tags=["maintenance"],
+    summary="人工开单 · Open a work order by hand (an inspection, a tenant's call)",
+)
+async def open_work_order(body: WorkOrderIn, orders: Orders, actor: Acting) -> dict[str, Any]:
+    return await orders.open(
+        device_id=body.device_id,
+        fault_type=body.fault_type,
+        estate=body.estate,
+        building=body.building,
+        description=body.description,
+        assignee=body.assignee,
+        by=actor,
     )
 
 

@@ -95,7 +95,7 @@ class WorkOrders:
             rows = await conn.execute(
                 text(
                     "SELECT w.*, a.severity, a.state AS alarm_state, a.message_zh, a.message_en "
-                    "FROM alarm.work_orders w JOIN alarm.alarms a USING (alarm_id) "
+                    "FROM alarm.work_orders w LEFT JOIN alarm.alarms a USING (alarm_id) "
                     "WHERE (CAST(:e AS text) IS NULL OR w.estate = :e) AND (CAST(:b AS text) IS NULL OR w.building = :b) "
                     "AND (CAST(:d AS text) IS NULL OR w.device_id = :d) AND (CAST(:t AS text) IS NULL OR w.fault_type = :t) "
                     "AND (CAST(:s AS text) IS NULL OR w.status = :s) "
@@ -115,6 +115,43 @@ class WorkOrders:
                 },
             )
             return [r._asdict() for r in rows]
+
+    async def open(
+        self,
+        *,
+        device_id: str,
+        fault_type: str,
+        estate: str | None,
+        building: str | None,
+        description: str,
+        assignee: str | None,
+        by: str,
+    ) -> dict[str, Any]:
+        """A work order opened by hand (an inspection, a tenant's call): no alarm behind it."""
+        work_order_id = uuid.uuid4()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO alarm.work_orders (work_order_id, device_id, fault_type, estate, building, "
+                    "assignee, status, description, opened_by) VALUES (:w, :d, :t, :e, :b, :a, :s, :desc, :by)"
+                ),
+                {
+                    "w": work_order_id,
+                    "d": device_id,
+                    "t": fault_type,
+                    "e": estate,
+                    "b": building,
+                    "a": assignee,
+                    "s": "assigned" if assignee else "open",
+                    "desc": description,
+                    "by": by,
+                },
+            )
+            await conn.execute(
+                text("INSERT INTO alarm.work_order_notes (work_order_id, author, note) VALUES (:w, :a, :n)"),
+                {"w": work_order_id, "a": by, "n": f"人工开单 · opened by hand: {description}"},
+            )
+            return await self.get(work_order_id, conn)
 
     async def get(self, work_order_id: uuid.UUID, conn: AsyncConnection | None = None) -> dict[str, Any]:
         if conn is None:

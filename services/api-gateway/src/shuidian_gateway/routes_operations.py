@@ -1162,6 +1162,60 @@ async def _rule_scope(principal: Principal, upstreams: Upstreams, level: str, ke
     raise Forbidden("this rule reaches beyond your estates / 规则范围超出您管理的小区")
 
 
+# -- work orders opened by hand (alarm) -----------------------------------------------------------------------
+
+_NAME = r"^[^\x00-\x1f\x7f]+$"
+
+
+class WorkOrderIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "E-0001",
+                    "fault_type": "tenant_report",
+                    "estate": "demo",
+                    "description": "租户报告电表显示屏不亮 · the tenant reports a blank meter display",
+                }
+            ]
+        },
+    )
+
+    device_id: str = Field(min_length=1, max_length=100, pattern=IDENT, description="the meter or gateway to look at")
+    fault_type: str = Field(
+        min_length=1, max_length=100, pattern=IDENT, description="e.g. inspection, tenant_report, a fault's type"
+    )
+    estate: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NAME)
+    building: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NAME)
+    description: str = Field(min_length=1, max_length=2000, pattern=r"^[^\x00]*$")
+    assignee: str | None = Field(default=None, min_length=1, max_length=100, pattern=_NAME)
+
+
+@router.post(
+    "/work-orders",
+    status_code=201,
+    response_model=dict[str, Any],
+    tags=["maintenance"],
+    summary="人工开单 · Open a work order by hand (an inspection, a tenant's call)",
+    description=_doc(
+        "Work orders are otherwise opened by device-fault alarms. One without an estate needs an all-estates role.",
+        Action.ALARMS_WRITE,
+    ),
+    openapi_extra=_extra(Action.ALARMS_WRITE),
+)
+async def open_work_order(
+    body: WorkOrderIn, principal: Annotated[Principal, _needs(Action.ALARMS_WRITE)], upstreams: Upstream
+) -> Any:
+    if body.estate is None:
+        _all_estates(principal)
+    elif not principal.may_see_estate(body.estate):
+        raise Forbidden("estate is outside your estates / 超出您管理的小区")
+    return await upstreams.call(
+        "alarm", "POST", "/v1/work-orders", json=body.model_dump(mode="json", exclude_none=True)
+    )
+
+
 @router.post(
     "/alarm-subscriptions",
     status_code=201,

@@ -14,6 +14,8 @@ from sqlalchemy import text
 
 from shuidian_devstack.pytest_plugin import eventually
 from shuidian_gateway import security
+from shuidian_gateway.app import create_app
+from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import JWT_SECRET, PASSWORD, Harness, gateway_harness
 from shuidian_kit.db import create_engine
 
@@ -195,11 +197,26 @@ async def test_deactivating_a_user_revokes_their_refresh_tokens(gw: Harness) -> 
         {"username": "bad name!", "password": PASSWORD, "role": "cashier"},
         {"username": "s3", "password": PASSWORD, "role": "integrator"},
         {"username": "s4", "password": PASSWORD, "role": "cashier", "estates": ["E1/../E2"]},
+        {"username": "t2", "password": PASSWORD, "role": "tenant", "tenant_id": None},
+        {"username": "t3", "password": PASSWORD, "role": "tenant", "tenant_id": "T-A", "estates": ["E1"]},
     ],
 )
 async def test_invalid_users_are_refused(gw: Harness, body: dict[str, object]) -> None:
     async with gw.client("admin") as admin:
         assert (await admin.post("/v1/users", json=body)).status_code == 422
+
+
+def test_the_user_schema_states_what_a_tenant_and_a_staff_user_need() -> None:
+    """One object whose rule is in the schema (if/then/else), not a union told apart by `role` only:
+    there, a body wrong for one branch could be right for the other, and a client generated from the
+    contract could not tell which rules apply."""
+    schema = create_app(GatewaySettings(environment="dev")).openapi()["components"]["schemas"]["UserIn"]
+    assert "oneOf" not in schema
+    assert "anyOf" not in schema
+    assert schema["if"] == {"properties": {"role": {"const": "tenant"}}}
+    assert schema["then"]["required"] == ["tenant_id"]
+    assert schema["then"]["properties"]["tenant_id"] == {"type": "string"}
+    assert schema["else"] == {"properties": {"tenant_id": {"type": "null"}}}
 
 
 async def test_only_administrators_manage_users_and_keys(gw: Harness) -> None:

@@ -143,8 +143,12 @@ class _NewUser(BaseModel):
     display_name: Text = Field(default="", max_length=100)
 
 
-class StaffUserIn(_NewUser):
+class UserIn(_NewUser):
+    """Staff and tenant users in one shape, the rule between `role`, `estates` and `tenant_id` stated
+    in the schema (if/then/else) rather than as a union whose branches only `role` tells apart."""
+
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -153,34 +157,41 @@ class StaffUserIn(_NewUser):
                     "role": "estate_manager",
                     "estates": ["E1"],
                     "display_name": "李经理",
-                }
-            ]
-        }
-    )
-
-    role: StaffRole
-    estates: list[EstateId] = Field(default_factory=list, max_length=100, description='estate ids; ["*"] for all')
-
-
-class TenantUserIn(_NewUser):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
+                },
                 {
                     "username": "13800000000",
                     "password": "correct horse battery",
                     "role": "tenant",
                     "tenant_id": "T-0001",
-                }
-            ]
-        }
+                },
+            ],
+            "if": {"properties": {"role": {"const": "tenant"}}},
+            "then": {
+                "required": ["tenant_id"],
+                "properties": {"tenant_id": {"type": "string"}, "estates": {"maxItems": 0}},
+            },
+            "else": {"properties": {"tenant_id": {"type": "null"}}},
+        },
     )
 
-    role: Literal["tenant"]
-    tenant_id: Identifier = Field(description="billing's tenant id; the user sees what the tenant's leases cover")
+    role: StaffRole | Literal["tenant"]
+    estates: list[EstateId] = Field(
+        default_factory=list, max_length=100, description='staff: estate ids, ["*"] for all; none for a tenant'
+    )
+    tenant_id: Identifier | None = Field(
+        default=None, description="tenant users only (and required for them): billing's tenant id"
+    )
 
-
-UserIn = Annotated[StaffUserIn | TenantUserIn, Field(discriminator="role")]
+    @model_validator(mode="after")
+    def _fits_the_role(self) -> UserIn:
+        if self.role == "tenant":
+            if self.tenant_id is None:
+                raise ValueError("a tenant user needs tenant_id")
+            if self.estates:
+                raise ValueError("a tenant user has no estates")
+        elif self.tenant_id is not None:
+            raise ValueError("only a tenant user has a tenant_id")
+        return self
 
 
 class UserPatch(BaseModel):
@@ -213,14 +224,9 @@ class UserPage(BaseModel):
 
 @router.post("/users", status_code=201, response_model=UserOut, tags=["users"], summary="新建用户 · Create a user")
 async def create_user(body: UserIn, identity: Ids, _: Admin, response: Response) -> dict[str, Any]:
-    if isinstance(body, TenantUserIn):
-        user = await identity.create_user(
-            body.username, body.password, Role.TENANT, [], body.tenant_id, body.display_name
-        )
-    else:
-        user = await identity.create_user(
-            body.username, body.password, Role(body.role), list(body.estates), None, body.display_name
-        )
+    user = await identity.create_user(
+        body.username, body.password, Role(body.role), list(body.estates), body.tenant_id, body.display_name
+    )
     response.headers["ETag"] = version_etag(user["version"])
     return user
 

@@ -22,6 +22,7 @@ from shuidian_alarm.rulebook import RuleBook, parse_rule, scope_of
 from shuidian_alarm.targets import Target
 from shuidian_kit.errors import ServiceError
 from shuidian_kit.service_auth import Acting
+from shuidian_shared.contracts.alarm import NotificationOut
 from shuidian_shared.messages import AlarmSeverity, AwareDatetime, Identifier
 
 
@@ -397,33 +398,6 @@ class SubscriptionOut(BaseModel):
     managed_by: str | None = Field(
         default=None, description="tenant_settings when the tenant's notification settings manage it"
     )
-
-
-class AttemptOut(BaseModel):
-    attempt: int
-    at: datetime
-    ok: bool
-    status_code: int | None
-    detail: str
-
-
-class NotificationOut(BaseModel):
-    notification_id: uuid.UUID
-    alarm_id: uuid.UUID
-    subscription_id: uuid.UUID
-    event: str
-    channel: str
-    address: str
-    subject: str
-    body: str
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    last_status_code: int | None
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
-    attempt_log: list[AttemptOut]
 
 
 @router.post(

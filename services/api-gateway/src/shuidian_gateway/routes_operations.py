@@ -44,6 +44,7 @@ from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
 from shuidian_gateway.policy import Action, Principal
 from shuidian_gateway.routes_staff import BatchIn, estate_meters, estate_of
 from shuidian_gateway.upstream import Upstreams, UpstreamsDep
+from shuidian_shared.contracts.alarm import NotificationOut
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 Id = Annotated[str, Path(min_length=1, max_length=64, pattern=IDENT)]
@@ -143,25 +144,6 @@ class RuleOut(BaseModel):
     enabled: bool
     rule: dict[str, Any]
     builtin: bool
-
-
-class NotificationOut(BaseModel):
-    notification_id: uuid.UUID
-    alarm_id: uuid.UUID
-    subscription_id: uuid.UUID
-    event: str
-    channel: str
-    address: str
-    subject: str
-    body: str
-    status: str
-    attempts: int
-    next_attempt_at: datetime
-    last_status_code: int | None
-    last_error: str | None
-    created_at: datetime
-    delivered_at: datetime | None
-    attempt_log: list[dict[str, Any]]
 
 
 class SubscriptionOut(BaseModel):

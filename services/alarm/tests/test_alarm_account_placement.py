@@ -10,18 +10,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import aiomqtt
 import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from shuidian_alarm.app import create_app
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port, serve_ready
-from shuidian_devstack.pytest_plugin import eventually
-from shuidian_kit.mqtt import BrokerAddress
+from shuidian_devstack.pytest_plugin import eventually, publish
 from shuidian_shared import topics
 from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel, RoomOccupancy
 
@@ -42,12 +40,6 @@ async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClie
     )
     async with serve_ready(create_app(settings), port) as client:
         yield client
-
-
-async def publish(mqtt_url: str, topic: str, message: BaseModel, retain: bool = False) -> None:
-    address = BrokerAddress.parse(mqtt_url)
-    async with aiomqtt.Client(address.host, address.port) as client:
-        await client.publish(topic, message.model_dump_json().encode(), qos=1, retain=retain)
 
 
 def occupancy(room: str, estate: str, account: str, tenant: str) -> RoomOccupancy:
@@ -83,7 +75,7 @@ class Announcer:
             sequence=self.sequence,
             meters=(),
         )
-        await publish(self.mqtt_url, topics.balance(self.account), event)
+        await publish(self.mqtt_url, (topics.balance(self.account), event))
 
 
 async def placed(api: httpx.AsyncClient, account: str, estate: str, announce: Announcer | None) -> dict[str, Any]:
@@ -107,7 +99,7 @@ async def test_an_account_alarm_is_placed_in_the_estate_of_its_lease(
     announce = Announcer(mqtt_url, account)
     try:
         if occupancy_first:
-            await publish(mqtt_url, topics.room_occupancy(room), lease, retain=True)
+            await publish(mqtt_url, (topics.room_occupancy(room), lease), retain=True)
 
             async def taken_in() -> bool | None:
                 conn = await asyncpg.connect(database_url)
@@ -127,14 +119,8 @@ async def test_an_account_alarm_is_placed_in_the_estate_of_its_lease(
                 return True if found else None
 
             await eventually(raised, "the unplaced alarm", interval=0.5)
-            await publish(mqtt_url, topics.room_occupancy(room), lease, retain=True)
+            await publish(mqtt_url, (topics.room_occupancy(room), lease), retain=True)
             alarm = await placed(api, account, estate, None)  # placed by the occupancy alone
     finally:
-        await _clear_retained(mqtt_url, topics.room_occupancy(room))
+        await publish(mqtt_url, (topics.room_occupancy(room), b""), retain=True)  # clear it
     assert (alarm["estate"], alarm["room"], alarm["tenant_id"]) == (estate, room, tenant)
-
-
-async def _clear_retained(mqtt_url: str, topic: str) -> None:
-    address = BrokerAddress.parse(mqtt_url)
-    async with aiomqtt.Client(address.host, address.port) as client:
-        await client.publish(topic, b"", qos=1, retain=True)

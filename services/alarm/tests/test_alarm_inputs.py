@@ -14,7 +14,7 @@ import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,7 +23,7 @@ from shuidian_alarm.detectors import CommErrorState
 from shuidian_alarm.engine import decode_states
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port, serve_ready
-from shuidian_devstack.pytest_plugin import eventually
+from shuidian_devstack.pytest_plugin import eventually, publish
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
@@ -48,14 +48,6 @@ RUN = uuid.uuid4().hex[:6]  # retained topics outlive the test: names unique to 
 
 def uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-async def publish(mqtt_url: str, *messages: tuple[str, BaseModel], retain: bool = False) -> None:
-    """Publish in order over one connection (the broker keeps one publisher's order)."""
-    address = BrokerAddress.parse(mqtt_url)
-    async with aiomqtt.Client(address.host, address.port) as client:
-        for topic, message in messages:
-            await client.publish(topic, message.model_dump_json().encode(), qos=1, retain=retain)
 
 
 def occupancy(room: str, leased: bool, meters: list[str], at: datetime, since: datetime | None = None) -> RoomOccupancy:

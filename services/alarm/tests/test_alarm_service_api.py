@@ -8,17 +8,15 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import aiomqtt
 import httpx
 import pytest
 import pytest_asyncio
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from shuidian_alarm.app import create_app
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import TEST_SUBJECT, UNSIGNED, free_port, refused_credentials, serve_ready
-from shuidian_devstack.pytest_plugin import eventually
-from shuidian_kit.mqtt import BrokerAddress
+from shuidian_devstack.pytest_plugin import eventually, publish
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     BalanceEvent,
@@ -49,12 +47,6 @@ async def api(database_url: str, mqtt_url: str) -> AsyncIterator[httpx.AsyncClie
     )
     async with serve_ready(create_app(settings), port) as client:
         yield client
-
-
-async def publish(mqtt_url: str, topic: str, message: BaseModel) -> None:
-    address = BrokerAddress.parse(mqtt_url)
-    async with aiomqtt.Client(address.host, address.port) as client:
-        await client.publish(topic, message.model_dump_json().encode(), qos=1)
 
 
 def uid() -> str:
@@ -90,7 +82,7 @@ async def test_a_balance_event_over_mqtt_raises_a_low_balance_alarm_placed_in_it
         sequence=1,
         meters=(MeterRef(meter_id=meter, utility=Utility.ELECTRICITY),),
     )
-    await publish(mqtt_url, topics.balance(account), event)
+    await publish(mqtt_url, (topics.balance(account), event))
 
     async def raised() -> list[dict[str, Any]] | None:
         found: list[dict[str, Any]] = (await api.get("/v1/alarms", params={"estate": estate})).json()
@@ -180,7 +172,7 @@ async def test_a_device_fault_opens_a_work_order_that_maintenance_works_to_closu
         origin=CommandOrigin.BILLING,
         detail="meter refused",
     )
-    await publish(mqtt_url, topics.command_update(meter), update)
+    await publish(mqtt_url, (topics.command_update(meter), update))
 
     async def opened() -> list[dict[str, Any]] | None:
         found: list[dict[str, Any]] = (await api.get("/v1/work-orders", params={"estate": estate})).json()

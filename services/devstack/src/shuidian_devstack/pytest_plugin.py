@@ -18,13 +18,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
+import aiomqtt
 import pytest
 import pytest_asyncio
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_devstack import infra
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
+from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared.messages import BalanceEvent, BalanceEventKind, BalanceLevel
 
 T = TypeVar("T")
@@ -110,3 +113,13 @@ def balance_event(account: str, sequence: int) -> BalanceEvent:
         sequence=sequence,
         meters=(),
     )
+
+
+async def publish(mqtt_url: str, *messages: tuple[str, BaseModel | bytes], retain: bool = False) -> None:
+    """Publish at QoS 1, in order over one connection (the broker keeps one publisher's order); bytes go as
+    they are (b"" with `retain` clears a retained message)."""
+    address = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(address.host, address.port) as client:
+        for topic, message in messages:
+            payload = message if isinstance(message, bytes) else message.model_dump_json().encode()
+            await client.publish(topic, payload, qos=1, retain=retain)

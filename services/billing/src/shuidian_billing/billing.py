@@ -1049,13 +1049,25 @@ class Billing:
         await self._outbox.add_many(conn, events)
 
     async def reannounce_loop(self) -> None:
-        """Publish every purse's last balance event again, now and then (see `reannounce`)."""
+        """Publish every purse's last balance event again, now and then (see `reannounce`): one replica
+        a round, the one that takes the advisory lock (the others would only publish the same again)."""
         if not self._settings.level_reannounce_seconds:
             return
         while True:
             await asyncio.sleep(self._settings.level_reannounce_seconds)
             try:
-                await self.reannounce()
+                async with self._engine.connect() as lock:
+                    taken = (
+                        await lock.execute(text("SELECT pg_try_advisory_lock(hashtext('billing-reannounce'))"))
+                    ).scalar_one()
+                    await lock.commit()
+                    if not taken:
+                        continue
+                    try:
+                        await self.reannounce()
+                    finally:
+                        await lock.execute(text("SELECT pg_advisory_unlock(hashtext('billing-reannounce'))"))
+                        await lock.commit()
             except Exception as err:
                 log.warning("re-announcing balance levels failed; next round: %s", err)
 

@@ -3,6 +3,8 @@ ledger is append-only and balanced; balances equal the sum of entries; top-ups a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -242,3 +244,29 @@ async def test_each_purse_announces_its_last_event_again_while_it_matters(engine
     assert after[exhausted] == [*before[exhausted], before[exhausted][-1]]
     assert after[recent] == [*before[recent], before[recent][-1]]
     assert after[quiet] == before[quiet]
+
+
+async def test_one_replica_at_a_time_announces_levels_again(engine: AsyncEngine) -> None:
+    """The round is taken under an advisory lock: while another replica holds it, this one publishes nothing."""
+    outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="billing", instance="t"), "billing")
+    billing = Billing(engine, outbox, BillingSettings(environment="test", level_reannounce_seconds=0.05), "t")
+    account, meter = await new_account(billing, "1.00")
+    batch = (reading(meter, 0, "100"), reading(meter, 60, "105"))
+    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=batch), "")
+    before = len(await balance_events(engine, account))
+    async with engine.connect() as other:
+        await other.execute(text("SELECT pg_advisory_lock(hashtext('billing-reannounce'))"))
+        await other.commit()
+        rounds = asyncio.create_task(billing.reannounce_loop())
+        try:
+            await asyncio.sleep(0.4)
+            assert len(await balance_events(engine, account)) == before
+            await other.execute(text("SELECT pg_advisory_unlock(hashtext('billing-reannounce'))"))
+            await other.commit()
+            async with asyncio.timeout(10):
+                while len(await balance_events(engine, account)) == before:
+                    await asyncio.sleep(0.05)
+        finally:
+            rounds.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rounds

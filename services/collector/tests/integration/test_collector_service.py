@@ -348,9 +348,9 @@ async def test_a_restart_with_a_full_store_publishes_what_it_held(
     refused_before = REFUSED._value.get()
     async with Simulator(sim_estate(tag, meters=2)) as sim:
         # The broker is down from the start: everything goes to the store, which holds 3 batches at most.
-        async with collector(
-            database_url, private_broker.url, data_dir=tmp_path, instance_id=instance, store_max_rows=3
-        ) as c:
+        # No poll statistics window closes during the test: a PollStats message would take one of the 3 places.
+        quiet = {"store_max_rows": 3, "poll_stats_window_seconds": 3600}
+        async with collector(database_url, private_broker.url, data_dir=tmp_path, instance_id=instance, **quiet) as c:
             await commission(c, sim)
             await eventually(lambda: _refused(refused_before), "the full store to refuse new readings")
             held = [p.payload for p in await c.store.peek(100)]
@@ -359,7 +359,7 @@ async def test_a_restart_with_a_full_store_publishes_what_it_held(
         url = private_broker.start()
         async with (
             Listener(url, [topics.readings(f"gw-{tag}-0")]) as listener,
-            collector(database_url, url, data_dir=tmp_path, instance_id=instance, store_max_rows=3) as c2,
+            collector(database_url, url, data_dir=tmp_path, instance_id=instance, **quiet) as c2,
         ):
             await eventually(lambda: _batches(listener, 4), "the stored batches and a fresh one")
             published = [p for t, p in listener.messages][:3]

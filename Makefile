@@ -6,7 +6,7 @@ PACKAGES := shared services/kit services/collector services/billing services/con
             services/api-gateway services/simulator services/devstack services/sdk
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit check lint typecheck fmt bench chaos lock clean up down
+.PHONY: install run test test-unit check lint typecheck imports fmt bench chaos lock clean up down
 
 install: $(STAMP)
 
@@ -26,7 +26,7 @@ test: install ## every test; real PostgreSQL and broker (embedded unless DATABAS
 test-unit: install
 	$(BIN)/python -m pytest -m "not integration and not e2e"
 
-check: lint typecheck
+check: lint typecheck imports
 
 lint: install
 	$(BIN)/ruff check .
@@ -34,6 +34,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy shared/src shared/tests services/*/src services/*/tests tests conftest.py
+
+imports: install ## each service's shape (domain/ is pure; see docs/shape.md), one import-linter contract file per package
+	@set -e; for cfg in $(wildcard shared/.importlinter services/*/.importlinter); do \
+	  echo "lint-imports $$cfg"; $(BIN)/lint-imports --no-cache $$cfg; done
 
 fmt: install
 	$(BIN)/ruff check --fix .

@@ -1,4 +1,4 @@
-"""The kit's exception root, and the base every service's domain errors derive from."""
+"""The kit's one exception root, `KitError`; `ServiceError` (under it) is the base every service's API errors derive from."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class MigrationError(KitError):
     """A schema migration failed."""
 
 
-class ServiceError(Exception):
+class ServiceError(KitError):
     """Base of a service's own error root; the app maps it to a problem-details response in one place."""
 
     status_code = 400

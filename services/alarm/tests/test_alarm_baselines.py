@@ -7,7 +7,15 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_alarm.baselines import Bucket, Calendar, DayType, bucket_key, china_calendar, spike_limit, update_bucket
+from shuidian_alarm.domain.baselines import (
+    Bucket,
+    Calendar,
+    DayType,
+    bucket_key,
+    china_calendar,
+    spike_limit,
+    update_bucket,
+)
 
 # 2024: National Day holidays 1–7 October, with Sunday 29 September and Saturday 12 October worked (调休).
 NATIONAL_DAY = Calendar(

@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from shuidian_alarm import rules
+from shuidian_alarm.domain.decisions import Clear, Decision, Raise
+from shuidian_alarm.domain.events import COMMAND_FAILED, on_command_result
 from shuidian_shared.messages import AlarmSeverity, CommandKind, CommandResult, CommandStatus
 
 METER = "E-0101"
@@ -25,11 +26,11 @@ def result(status: CommandStatus, detail: str = "") -> CommandResult:
 
 def test_a_rejected_command_raises_command_failed_in_both_languages() -> None:
     detail = "值超出范围 · value out of range: alarm_limit_1=-5"
-    (decision,) = rules.on_command_result(result(CommandStatus.REJECTED, detail))
-    assert isinstance(decision, rules.Raise)
+    (decision,) = on_command_result(result(CommandStatus.REJECTED, detail))
+    assert isinstance(decision, Raise)
     assert (decision.source_id, decision.alarm_type, decision.severity) == (
         METER,
-        rules.COMMAND_FAILED,
+        COMMAND_FAILED,
         AlarmSeverity.MAJOR,
     )
     assert decision.message_zh == f"表计命令 parameter_write 被采集服务拒绝，未下发，需人工处理：{detail}"
@@ -41,23 +42,23 @@ def test_a_rejected_command_raises_command_failed_in_both_languages() -> None:
 
 @pytest.mark.parametrize("status", [CommandStatus.FAILED, CommandStatus.EXPIRED])
 def test_failed_and_expired_still_raise(status: CommandStatus) -> None:
-    (decision,) = rules.on_command_result(result(status, "no answer"))
-    assert isinstance(decision, rules.Raise)
-    assert decision.alarm_type == rules.COMMAND_FAILED
+    (decision,) = on_command_result(result(status, "no answer"))
+    assert isinstance(decision, Raise)
+    assert decision.alarm_type == COMMAND_FAILED
     assert decision.message_en == f"Meter command parameter_write {status.value}: no answer"
 
 
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        (CommandStatus.CONFIRMED, [rules.Clear(METER, rules.COMMAND_FAILED)]),
+        (CommandStatus.CONFIRMED, [Clear(METER, COMMAND_FAILED)]),
         # Control fails an unsupported command itself; its CommandUpdate raises (on_command_update).
         (CommandStatus.UNSUPPORTED, []),
         (CommandStatus.ACKNOWLEDGED, []),
     ],
 )
-def test_other_outcomes(status: CommandStatus, expected: list[rules.Decision]) -> None:
-    assert rules.on_command_result(result(status)) == expected
+def test_other_outcomes(status: CommandStatus, expected: list[Decision]) -> None:
+    assert on_command_result(result(status)) == expected
 
 
 def test_every_final_status_is_judged() -> None:

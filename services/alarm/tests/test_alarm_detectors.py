@@ -15,11 +15,60 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shuidian_alarm import detectors as d
-from shuidian_alarm.baselines import Calendar
-from shuidian_alarm.engine import StateStore, decode_states
-from shuidian_alarm.rules import Clear, Decision, Raise
-from shuidian_alarm.usage import SLOT, HourlyState, accumulate
+from shuidian_alarm.adapters.state_store import StateStore
+from shuidian_alarm.domain.baselines import Calendar
+from shuidian_alarm.domain.decisions import Clear, Decision, Raise
+from shuidian_alarm.domain.detectors import connectivity, thresholds
+from shuidian_alarm.domain.detectors.balance import METER_BALANCE, BalanceMismatchRule
+from shuidian_alarm.domain.detectors.comm_errors import COMM_ERRORS, CommErrorRule, CommErrorState
+from shuidian_alarm.domain.detectors.connectivity import (
+    GATEWAY_OFFLINE,
+    METER_OFFLINE,
+    ConnectivityRule,
+    ConnectivityState,
+)
+from shuidian_alarm.domain.detectors.debounce import DebounceState
+from shuidian_alarm.domain.detectors.spike import USAGE_SPIKE, SpikeRule, SpikeState
+from shuidian_alarm.domain.detectors.supply import SUPPLY_MISMATCH, SupplyMismatchRule
+from shuidian_alarm.domain.detectors.thresholds import (
+    CURRENTS,
+    POWER_ACTIVE,
+    VOLTAGES,
+    FlagRule,
+    Measure,
+    ThresholdRule,
+)
+from shuidian_alarm.domain.detectors.vacancy import VacantUsageRule, VacantUsageState
+from shuidian_alarm.domain.detectors.water import WATER_LEAK, WATER_VOLUME, WaterLeakRule, WaterLeakState
+from shuidian_alarm.domain.observations import (
+    GatewayStatus,
+    HourlyConsumption,
+    LeaseStatus,
+    Observation,
+    PollWindow,
+    ServerBalance,
+    SupplyDesired,
+    Tick,
+    server_balances,
+)
+from shuidian_alarm.domain.rules import (
+    Rule,
+    RuleState,
+    ScopedRule,
+    default_rules,
+    evaluate,
+    from_json,
+    needs_ticks,
+    resolve_rules,
+    rule_from_json,
+    rule_to_json,
+    skips,
+    source_of,
+    to_json,
+)
+from shuidian_alarm.domain.scopes import RuleScope, ScopeLevel, ScopeTarget
+from shuidian_alarm.domain.states import decode_states
+from shuidian_alarm.domain.usage import SLOT, HourlyState, accumulate
 from shuidian_shared.messages import (
     CLOCK_OFFSET,
     RESIDUAL_CURRENT,
@@ -43,7 +92,7 @@ HOUR = timedelta(hours=1)
 METER = "m-0001"
 GATEWAY = "gw-01"
 
-Step = tuple[datetime, d.Observation]
+Step = tuple[datetime, Observation]
 Outcome = list[tuple[datetime, Decision]]
 
 
@@ -83,34 +132,34 @@ def device(
     )
 
 
-def time_of(observation: d.Observation) -> datetime:
+def time_of(observation: Observation) -> datetime:
     match observation:
         case Reading():
             return observation.sampled_at
         case DeviceState():
             return observation.occurred_at
-        case d.HourlyConsumption():
+        case HourlyConsumption():
             return observation.hour_start + HOUR
-        case d.GatewayStatus() | d.LeaseStatus() | d.ServerBalance() | d.SupplyDesired():
+        case GatewayStatus() | LeaseStatus() | ServerBalance() | SupplyDesired():
             return observation.at
-        case d.PollWindow():
+        case PollWindow():
             return observation.end
     raise AssertionError("a Tick has no time of its own")
 
 
-def live(observations: Sequence[d.Observation]) -> list[Step]:
+def live(observations: Sequence[Observation]) -> list[Step]:
     """Deliver each observation as it happens."""
     return [(time_of(o), o) for o in observations]
 
 
-def run(rule: d.Rule, steps: Sequence[Step], *, restart: bool = False) -> tuple[d.RuleState | None, Outcome]:
+def run(rule: Rule, steps: Sequence[Step], *, restart: bool = False) -> tuple[RuleState | None, Outcome]:
     """Evaluate steps in order; with `restart`, persist and reload the state before every step."""
-    state: d.RuleState | None = None
+    state: RuleState | None = None
     outcome: Outcome = []
     for now, observation in steps:
         if restart and state is not None:
-            state = d.from_json(d.to_json(state))
-        state, decisions = d.evaluate(rule, state, observation, now)
+            state = from_json(to_json(state))
+        state, decisions = evaluate(rule, state, observation, now)
         outcome += [(now, decision) for decision in decisions]
     return state, outcome
 
@@ -125,22 +174,22 @@ def when(outcome: Outcome) -> list[tuple[str, datetime]]:
 
 # --- thresholds, flags, hysteresis ---------------------------------------------------------------------------
 
-VOLTAGE = d.ThresholdRule(measure=d.Measure.OVER_VOLTAGE, limit=Decimal("235.4"), margin=Decimal("2.2"))
-UNDER = d.ThresholdRule(measure=d.Measure.UNDER_VOLTAGE, limit=Decimal("198"), margin=Decimal("2.2"))
-CURRENT = d.ThresholdRule(measure=d.Measure.OVER_CURRENT, limit=Decimal("60"), margin=Decimal("3"))
-OVERLOAD = d.ThresholdRule(measure=d.Measure.OVERLOAD, limit=Decimal("13.2"), margin=Decimal("0.5"))
-REVERSE = d.ThresholdRule(measure=d.Measure.REVERSE_POWER, limit=Decimal("0.05"), margin=Decimal("0.02"))
-POWER_FACTOR = d.ThresholdRule(
-    measure=d.Measure.LOW_POWER_FACTOR, limit=Decimal("0.5"), margin=Decimal("0.05"), min_load=Decimal("0.2")
+VOLTAGE = ThresholdRule(measure=Measure.OVER_VOLTAGE, limit=Decimal("235.4"), margin=Decimal("2.2"))
+UNDER = ThresholdRule(measure=Measure.UNDER_VOLTAGE, limit=Decimal("198"), margin=Decimal("2.2"))
+CURRENT = ThresholdRule(measure=Measure.OVER_CURRENT, limit=Decimal("60"), margin=Decimal("3"))
+OVERLOAD = ThresholdRule(measure=Measure.OVERLOAD, limit=Decimal("13.2"), margin=Decimal("0.5"))
+REVERSE = ThresholdRule(measure=Measure.REVERSE_POWER, limit=Decimal("0.05"), margin=Decimal("0.02"))
+POWER_FACTOR = ThresholdRule(
+    measure=Measure.LOW_POWER_FACTOR, limit=Decimal("0.5"), margin=Decimal("0.05"), min_load=Decimal("0.2")
 )
 # The default leakage rule itself: its 30 mA limit is inclusive (a household RCD's IΔn; the collector's flag).
-(LEAKAGE,) = (s.rule for s in d.default_rules() if s.rule.slot == "electric_leakage")
-EXCLUSIVE_LEAKAGE = d.ThresholdRule(
-    measure=d.Measure.ELECTRIC_LEAKAGE, limit=Decimal(30), margin=Decimal(5), raise_after=timedelta(0)
+(LEAKAGE,) = (s.rule for s in default_rules() if s.rule.slot == "electric_leakage")
+EXCLUSIVE_LEAKAGE = ThresholdRule(
+    measure=Measure.ELECTRIC_LEAKAGE, limit=Decimal(30), margin=Decimal(5), raise_after=timedelta(0)
 )
 INCLUSIVE_UNDER = replace(UNDER, inclusive=True, raise_after=timedelta(0))
-DRIFT = d.ThresholdRule(measure=d.Measure.CLOCK_DRIFT, limit=Decimal(300), margin=Decimal(30), raise_after=timedelta(0))
-TAMPER = d.FlagRule(flag=ReadingFlag.TAMPER)
+DRIFT = ThresholdRule(measure=Measure.CLOCK_DRIFT, limit=Decimal(300), margin=Decimal(30), raise_after=timedelta(0))
+TAMPER = FlagRule(flag=ReadingFlag.TAMPER)
 
 Sample = tuple[dict[str, str], tuple[ReadingFlag, ...]]
 
@@ -168,7 +217,7 @@ def regs(n: int = 1, *flags: ReadingFlag, **registers: str) -> list[Sample]:
     return [(registers, flags)] * n
 
 
-THRESHOLD_CASES: list[tuple[str, d.Rule, list[Sample], list[tuple[str, int]]]] = [
+THRESHOLD_CASES: list[tuple[str, Rule, list[Sample], list[tuple[str, int]]]] = [
     # (case, rule, one sample a minute, expected (edge, minute))
     ("held five minutes raises once", VOLTAGE, v("240", 10), [("raise", 5)]),
     ("four minutes is not enough", VOLTAGE, v("240", 5) + v("230", 5), []),
@@ -262,7 +311,7 @@ THRESHOLD_CASES: list[tuple[str, d.Rule, list[Sample], list[tuple[str, int]]]] =
 @pytest.mark.parametrize(
     ("rule", "samples", "expected"), [c[1:] for c in THRESHOLD_CASES], ids=[c[0] for c in THRESHOLD_CASES]
 )
-def test_thresholds_and_flags(rule: d.Rule, samples: list[Sample], expected: list[tuple[str, int]]) -> None:
+def test_thresholds_and_flags(rule: Rule, samples: list[Sample], expected: list[tuple[str, int]]) -> None:
     _, outcome = run(rule, per_minute(samples))
     assert when(outcome) == [(edge, T0 + minute * MINUTE) for edge, minute in expected]
     assert all(x.alarm_type == rule.slot and x.source_id == METER for _, x in outcome)
@@ -327,16 +376,14 @@ def kwh(curve: str) -> list[Decimal]:
 
 WORKDAY_KWH = kwh("0.2 0.1 0.1 0.1 0.1 0.2 0.6 0.9 0.5 0.3 0.3 0.4 0.6 0.4 0.3 0.3 0.4 0.7 1.2 1.5 1.4 1.1 0.7 0.4")
 REST_KWH = kwh("0.3 0.2 0.1 0.1 0.1 0.1 0.2 0.4 0.8 0.9 0.8 0.9 1.0 0.8 0.7 0.7 0.8 1.0 1.3 1.4 1.3 1.2 0.9 0.5")
-SPIKE = d.SpikeRule()
+SPIKE = SpikeRule()
 MONDAY = date(2024, 3, 4)
 
 
-def hours(
-    first: date, days: int, usage: Callable[[datetime], Decimal], meter: str = METER
-) -> list[d.HourlyConsumption]:
+def hours(first: date, days: int, usage: Callable[[datetime], Decimal], meter: str = METER) -> list[HourlyConsumption]:
     start = local(first.year, first.month, first.day)
     return [
-        d.HourlyConsumption(meter_id=meter, hour_start=start + i * HOUR, quantity=usage(start + i * HOUR))
+        HourlyConsumption(meter_id=meter, hour_start=start + i * HOUR, quantity=usage(start + i * HOUR))
         for i in range(days * 24)
     ]
 
@@ -358,7 +405,7 @@ def test_spike_after_warm_up_raises_and_clears_after_two_ordinary_hours() -> Non
         return Decimal("6.5") if hour_start == spike_at else base(hour_start)
 
     _, outcome = run(SPIKE, live(hours(MONDAY, 28, usage)))
-    assert edges(outcome) == [("raise", METER, d.USAGE_SPIKE), ("clear", METER, d.USAGE_SPIKE)]
+    assert edges(outcome) == [("raise", METER, USAGE_SPIKE), ("clear", METER, USAGE_SPIKE)]
     assert when(outcome) == [("raise", spike_at + HOUR), ("clear", spike_at + 3 * HOUR)]
     raised = outcome[0][1]
     assert isinstance(raised, Raise)
@@ -390,7 +437,7 @@ def test_spike_does_not_poison_the_baseline() -> None:
     base = ordinary()
     first, second = local(2024, 3, 26, 14), local(2024, 3, 27, 14)
     state, outcome = run(SPIKE, live(hours(MONDAY, 24 + 3, lambda h: Decimal(50) if h in (first, second) else base(h))))
-    assert isinstance(state, d.SpikeState)
+    assert isinstance(state, SpikeState)
     # Both days spiked at 14:00; the second is still seen as a spike because the first entered only up to the limit.
     assert [at for edge, at in when(outcome) if edge == "raise"] == [first + HOUR, second + HOUR]
     assert state.baseline["workday:14"].mean < Decimal(2)
@@ -401,7 +448,7 @@ def test_a_missing_hour_or_a_replayed_hour_changes_nothing_wrongly() -> None:
     spike_at = local(2024, 3, 26, 14)
     usage = hours(MONDAY, 28, lambda h: Decimal(9) if h == spike_at else base(h))
     steps = live(usage)
-    index = next(i for i, (_, o) in enumerate(steps) if isinstance(o, d.HourlyConsumption) and o.hour_start == spike_at)
+    index = next(i for i, (_, o) in enumerate(steps) if isinstance(o, HourlyConsumption) and o.hour_start == spike_at)
     # The hour after the spike goes missing: the clear waits for two consecutive ordinary hours after the gap.
     gapped = steps[: index + 1] + steps[index + 2 :]
     replayed = [*steps[: index + 3], steps[index], *steps[index + 3 :]]
@@ -410,9 +457,9 @@ def test_a_missing_hour_or_a_replayed_hour_changes_nothing_wrongly() -> None:
 
 
 def test_an_hour_not_yet_over_is_ignored() -> None:
-    usage = d.HourlyConsumption(meter_id=METER, hour_start=T0, quantity=Decimal(1))
-    state, _ = d.evaluate(SPIKE, None, usage, T0 + 30 * MINUTE)
-    assert state == d.SpikeState()
+    usage = HourlyConsumption(meter_id=METER, hour_start=T0, quantity=Decimal(1))
+    state, _ = evaluate(SPIKE, None, usage, T0 + 30 * MINUTE)
+    assert state == SpikeState()
 
 
 @settings(max_examples=40, deadline=None)
@@ -425,7 +472,7 @@ def test_an_hour_not_yet_over_is_ignored() -> None:
 def test_ordinary_days_never_spike(workday: list[int], rest: list[int], holidays: set[int], rng: Random) -> None:
     # Any daily curve, workdays and rest days (holidays included) each with their own, ±30 % from day to day.
     calendar = Calendar(holidays=frozenset(MONDAY + timedelta(days=n) for n in holidays))
-    rule = d.SpikeRule(calendar=calendar)
+    rule = SpikeRule(calendar=calendar)
 
     def usage(hour_start: datetime) -> Decimal:
         wall = calendar.local(hour_start)
@@ -438,8 +485,8 @@ def test_ordinary_days_never_spike(workday: list[int], rest: list[int], holidays
 
 # --- water leak ----------------------------------------------------------------------------------------------
 
-LEAK = d.WaterLeakRule()
-NIGHT_ONLY = d.WaterLeakRule(continuous_for=timedelta(days=7))
+LEAK = WaterLeakRule()
+NIGHT_ONLY = WaterLeakRule(continuous_for=timedelta(days=7))
 
 
 def water(
@@ -485,7 +532,7 @@ def test_continuous_small_night_flow_raises_by_the_end_of_the_same_night() -> No
     assert isinstance(night[0][1], Raise)
     assert night[0][1].details["reason"] == "night_flow"
     _, either = run(LEAK, live(readings))
-    assert edges(either) == [("raise", METER, d.WATER_LEAK)]
+    assert edges(either) == [("raise", METER, WATER_LEAK)]
     assert either[0][0] <= local(2024, 3, 5, 5)
 
 
@@ -523,7 +570,7 @@ def test_a_flowing_gap_neither_raises_nor_resets_the_continuous_run() -> None:
 def test_a_dry_gap_resets_and_clears_but_a_flowing_gap_does_not_clear() -> None:
     rule = replace(LEAK, continuous_for=2 * HOUR)
     flow = water(local(2024, 3, 4, 8), local(2024, 3, 4, 11), lambda _: Decimal("0.02"))
-    last = flow[-1].registers[d.WATER_VOLUME]
+    last = flow[-1].registers[WATER_VOLUME]
     # Three silent hours in which the register rose: water ran, so the leak is not over.
     wet = [
         reading(local(2024, 3, 4, 14), utility=Utility.WATER, water_volume_total=f"{last + Decimal('0.06')}"),
@@ -531,7 +578,7 @@ def test_a_dry_gap_resets_and_clears_but_a_flowing_gap_does_not_clear() -> None:
     ]
     # Three silent hours in which the register stood still: no water ran at all, the leak is over.
     dry = [reading(local(2024, 3, 4, 14), utility=Utility.WATER, water_volume_total=f"{last}")]
-    assert edges(run(rule, live(flow + wet))[1]) == [("raise", METER, d.WATER_LEAK)]
+    assert edges(run(rule, live(flow + wet))[1]) == [("raise", METER, WATER_LEAK)]
     assert when(run(rule, live(flow + dry))[1]) == [("raise", local(2024, 3, 4, 10)), ("clear", local(2024, 3, 4, 14))]
 
 
@@ -552,7 +599,7 @@ def test_a_register_going_backwards_is_a_new_meter_not_a_flow() -> None:
     after = water(local(2024, 3, 4, 9, 15), local(2024, 3, 4, 11), lambda _: Decimal(0), volume="0")
     state, outcome = run(replace(LEAK, continuous_for=2 * HOUR), live(before + after))
     assert outcome == []
-    assert isinstance(state, d.WaterLeakState)
+    assert isinstance(state, WaterLeakState)
     assert state.flowing == timedelta(0)
 
 
@@ -574,28 +621,28 @@ def test_water_leak_ignores_late_and_electric_readings() -> None:
 
 # --- gateways and meters offline -----------------------------------------------------------------------------
 
-CONNECTIVITY = d.ConnectivityRule()
+CONNECTIVITY = ConnectivityRule()
 METERS = [f"m-{n:04d}" for n in range(1, 31)]
 
 
 def ticks(start: datetime, end: datetime, every: timedelta = MINUTE) -> Iterator[Step]:
     at = start
     while at <= end:
-        yield at, d.Tick()
+        yield at, Tick()
         at += every
 
 
 def outage(down: datetime, up: datetime, still_offline: Sequence[str] = (), meters_first: bool = False) -> list[Step]:
     """30 meters on one gateway: all online, the gateway goes down, comes back, meters report in."""
-    steps: list[Step] = live([d.GatewayStatus(gateway_id=GATEWAY, online=True, at=T0)])
+    steps: list[Step] = live([GatewayStatus(gateway_id=GATEWAY, online=True, at=T0)])
     steps += live([device(m, True, T0 + i * timedelta(seconds=2)) for i, m in enumerate(METERS)])
     # The collector notices each meter's timeout within a poll cycle; with `meters_first`, before the gateway.
     first = down - 3 * MINUTE if meters_first else down + 20 * timedelta(seconds=1)
     silent = live([device(m, False, first + i * timedelta(seconds=3)) for i, m in enumerate(METERS)])
-    gone = live([d.GatewayStatus(gateway_id=GATEWAY, online=False, at=down)])
+    gone = live([GatewayStatus(gateway_id=GATEWAY, online=False, at=down)])
     steps += silent + gone if meters_first else gone + silent
     steps += list(ticks(down, up - MINUTE))
-    steps += live([d.GatewayStatus(gateway_id=GATEWAY, online=True, at=up)])
+    steps += live([GatewayStatus(gateway_id=GATEWAY, online=True, at=up)])
     back = [m for m in METERS if m not in still_offline]
     steps += live(
         [device(m, True, up + 30 * timedelta(seconds=1) + i * timedelta(seconds=3)) for i, m in enumerate(back)]
@@ -607,7 +654,7 @@ def outage(down: datetime, up: datetime, still_offline: Sequence[str] = (), mete
 def test_gateway_with_30_meters_going_offline_is_one_alarm_and_one_clear() -> None:
     down, up = T0 + HOUR, T0 + 4 * HOUR
     _, outcome = run(CONNECTIVITY, outage(down, up))
-    assert edges(outcome) == [("raise", GATEWAY, d.GATEWAY_OFFLINE), ("clear", GATEWAY, d.GATEWAY_OFFLINE)]
+    assert edges(outcome) == [("raise", GATEWAY, GATEWAY_OFFLINE), ("clear", GATEWAY, GATEWAY_OFFLINE)]
     assert when(outcome) == [("raise", down + 5 * MINUTE), ("clear", up + 3 * MINUTE)]
     raised = outcome[0][1]
     assert isinstance(raised, Raise)
@@ -616,37 +663,37 @@ def test_gateway_with_30_meters_going_offline_is_one_alarm_and_one_clear() -> No
 
 def test_meters_going_silent_before_the_gateway_is_declared_down_still_give_one_alarm() -> None:
     _, outcome = run(CONNECTIVITY, outage(T0 + HOUR, T0 + 4 * HOUR, meters_first=True))
-    assert edges(outcome) == [("raise", GATEWAY, d.GATEWAY_OFFLINE), ("clear", GATEWAY, d.GATEWAY_OFFLINE)]
+    assert edges(outcome) == [("raise", GATEWAY, GATEWAY_OFFLINE), ("clear", GATEWAY, GATEWAY_OFFLINE)]
 
 
 def test_meters_still_offline_after_the_gateway_returns_alarm_once_it_has_settled() -> None:
     up = T0 + 4 * HOUR
     _, outcome = run(CONNECTIVITY, outage(T0 + HOUR, up, still_offline=["m-0007", "m-0021"]))
     assert edges(outcome) == [
-        ("raise", GATEWAY, d.GATEWAY_OFFLINE),
-        ("clear", GATEWAY, d.GATEWAY_OFFLINE),
-        ("raise", "m-0007", d.METER_OFFLINE),
-        ("raise", "m-0021", d.METER_OFFLINE),
+        ("raise", GATEWAY, GATEWAY_OFFLINE),
+        ("clear", GATEWAY, GATEWAY_OFFLINE),
+        ("raise", "m-0007", METER_OFFLINE),
+        ("raise", "m-0021", METER_OFFLINE),
     ]
     assert [at for _, at in when(outcome)][2:] == [up + 10 * MINUTE] * 2
 
 
 def test_a_meter_alarm_open_before_the_outage_stays_open_without_duplicates() -> None:
-    steps = live([d.GatewayStatus(gateway_id=GATEWAY, online=True, at=T0), device("m-0003", True, T0)])
+    steps = live([GatewayStatus(gateway_id=GATEWAY, online=True, at=T0), device("m-0003", True, T0)])
     steps += live([device("m-0003", False, T0 + MINUTE)])
     steps += list(ticks(T0 + MINUTE, T0 + 30 * MINUTE))
-    steps += live([d.GatewayStatus(gateway_id=GATEWAY, online=False, at=T0 + 31 * MINUTE)])
+    steps += live([GatewayStatus(gateway_id=GATEWAY, online=False, at=T0 + 31 * MINUTE)])
     steps += list(ticks(T0 + 31 * MINUTE, T0 + 2 * HOUR))
-    steps += live([d.GatewayStatus(gateway_id=GATEWAY, online=True, at=T0 + 2 * HOUR + MINUTE)])
+    steps += live([GatewayStatus(gateway_id=GATEWAY, online=True, at=T0 + 2 * HOUR + MINUTE)])
     steps += list(ticks(T0 + 2 * HOUR + MINUTE, T0 + 3 * HOUR))
     steps += live([device("m-0003", True, T0 + 3 * HOUR + MINUTE)])
     steps += list(ticks(T0 + 3 * HOUR + MINUTE, T0 + 4 * HOUR))
     _, outcome = run(CONNECTIVITY, steps)
     assert edges(outcome) == [
-        ("raise", "m-0003", d.METER_OFFLINE),
-        ("raise", GATEWAY, d.GATEWAY_OFFLINE),
-        ("clear", GATEWAY, d.GATEWAY_OFFLINE),
-        ("clear", "m-0003", d.METER_OFFLINE),
+        ("raise", "m-0003", METER_OFFLINE),
+        ("raise", GATEWAY, GATEWAY_OFFLINE),
+        ("clear", GATEWAY, GATEWAY_OFFLINE),
+        ("clear", "m-0003", METER_OFFLINE),
     ]
 
 
@@ -662,36 +709,36 @@ def test_a_flapping_gateway(down_for: timedelta, up_for: timedelta, expected: li
     steps: list[Step] = []
     at = T0
     for _ in range(8):
-        steps += live([d.GatewayStatus(gateway_id=GATEWAY, online=False, at=at)])
+        steps += live([GatewayStatus(gateway_id=GATEWAY, online=False, at=at)])
         steps += list(ticks(at, at + down_for - MINUTE))
         at += down_for
-        steps += live([d.GatewayStatus(gateway_id=GATEWAY, online=True, at=at)])
+        steps += live([GatewayStatus(gateway_id=GATEWAY, online=True, at=at)])
         steps += list(ticks(at, at + up_for - MINUTE))
         at += up_for
     assert [edge for edge, _ in when(run(CONNECTIVITY, steps)[1])] == expected
 
 
 def test_stale_device_states_and_other_gateways_are_ignored() -> None:
-    steps = live([d.GatewayStatus(gateway_id=GATEWAY, online=True, at=T0), device("m-0001", False, T0 + MINUTE)])
+    steps = live([GatewayStatus(gateway_id=GATEWAY, online=True, at=T0), device("m-0001", False, T0 + MINUTE)])
     # Reordered delivery: an older "online" after the newer "offline"; a state from another gateway.
     steps += [(T0 + 2 * MINUTE, device("m-0001", True, T0 + 30 * timedelta(seconds=1)))]
     steps += [(T0 + 2 * MINUTE, device("m-0099", False, T0 + MINUTE, gateway="gw-02"))]
     steps += list(ticks(T0 + 2 * MINUTE, T0 + HOUR))
     state, outcome = run(CONNECTIVITY, steps)
     assert when(outcome) == [("raise", T0 + 16 * MINUTE)]
-    assert isinstance(state, d.ConnectivityState)
+    assert isinstance(state, ConnectivityState)
     assert set(state.meters) == {"m-0001"}
 
 
 # --- communication errors ------------------------------------------------------------------------------------
 
-COMM = d.CommErrorRule()
+COMM = CommErrorRule()
 
 
-def polls(start: datetime, pattern: str, meter: str = METER, gateway_down: bool = False) -> list[d.PollWindow]:
+def polls(start: datetime, pattern: str, meter: str = METER, gateway_down: bool = False) -> list[PollWindow]:
     """One poll a minute, counted per five-minute window: '.' answered, 'x' failed."""
     return [
-        d.PollWindow(
+        PollWindow(
             meter_id=meter,
             start=start + i * MINUTE,
             end=start + (i + len(chunk)) * MINUTE,
@@ -704,8 +751,8 @@ def polls(start: datetime, pattern: str, meter: str = METER, gateway_down: bool 
     ]
 
 
-def window(minutes: tuple[int, int], attempts: int, failures: int) -> d.PollWindow:
-    return d.PollWindow(
+def window(minutes: tuple[int, int], attempts: int, failures: int) -> PollWindow:
+    return PollWindow(
         meter_id=METER,
         start=T0 + minutes[0] * MINUTE,
         end=T0 + minutes[1] * MINUTE,
@@ -736,11 +783,11 @@ def test_the_same_window_twice_or_an_overlapping_one_is_not_counted_again() -> N
     base = [window((0, 5), 5, 1), window((5, 10), 5, 2)]
     replayed = [*base, window((5, 10), 5, 2), window((3, 8), 5, 5), window((0, 5), 5, 1)]
     state, outcome = run(COMM, live(replayed))
-    assert isinstance(state, d.CommErrorState)
+    assert isinstance(state, CommErrorState)
     assert [(c.attempts, c.failures) for c in state.counts] == [(5, 1), (5, 2)]
     assert outcome[0][1] == Raise(
         METER,
-        d.COMM_ERRORS,
+        COMM_ERRORS,
         AlarmSeverity.WARNING,
         "通信不稳定：近 60 分钟抄读失败率 30.0%（3/10）",
         "Unreliable communication: 30.0% of polls failed in the last 60 min (3/10)",
@@ -753,11 +800,11 @@ def test_windows_out_of_order_count_once_and_windows_older_than_the_sliding_wind
     now = T0 + 2 * HOUR
     late = [window((15, 20), 5, 0), window((5, 10), 5, 0), window((10, 15), 5, 0), window((0, 5), 5, 5)]
     state, _ = run(COMM, [(now, w) for w in late])
-    assert isinstance(state, d.CommErrorState)
+    assert isinstance(state, CommErrorState)
     assert [c.start for c in state.counts] == [T0 + m * MINUTE for m in (0, 5, 10, 15)]
     # A window that ended an hour before the newest one is outside the sliding window: dropped, not counted.
     state, _ = run(COMM, [(now, window((70, 75), 5, 0)), (now, window((0, 5), 5, 5))])
-    assert isinstance(state, d.CommErrorState)
+    assert isinstance(state, CommErrorState)
     assert [c.start for c in state.counts] == [T0 + 70 * MINUTE]
 
 
@@ -779,11 +826,11 @@ def test_polls_failing_because_the_gateway_is_down_do_not_count() -> None:
 
 # --- relay / valve against the shadow ------------------------------------------------------------------------
 
-SUPPLY = d.SupplyMismatchRule()
+SUPPLY = SupplyMismatchRule()
 
 
-def desired(on: bool, at: datetime) -> d.SupplyDesired:
-    return d.SupplyDesired(meter_id=METER, supply_on=on, at=at)
+def desired(on: bool, at: datetime) -> SupplyDesired:
+    return SupplyDesired(meter_id=METER, supply_on=on, at=at)
 
 
 def test_relay_not_following_the_shadow_alarms_after_the_grace_and_clears_when_it_does() -> None:
@@ -796,7 +843,7 @@ def test_relay_not_following_the_shadow_alarms_after_the_grace_and_clears_when_i
     assert when(outcome) == [("raise", T0 + HOUR + 10 * MINUTE), ("clear", T0 + 2 * HOUR + MINUTE)]
 
 
-def supply_run(observations: list[d.Observation], late: Sequence[Step] = ()) -> Outcome:
+def supply_run(observations: list[Observation], late: Sequence[Step] = ()) -> Outcome:
     steps = sorted(live(observations) + list(ticks(T0, T0 + HOUR)), key=lambda s: s[0])
     return run(SUPPLY, [*steps, *late, *ticks(T0 + HOUR, T0 + 2 * HOUR)])[1]
 
@@ -844,7 +891,7 @@ def supply_run(observations: list[d.Observation], late: Sequence[Step] = ()) -> 
         ),
     ],
 )
-def test_supply_mismatch_cases(observations: list[d.Observation], expected: list[tuple[str, datetime]]) -> None:
+def test_supply_mismatch_cases(observations: list[Observation], expected: list[tuple[str, datetime]]) -> None:
     assert when(supply_run(observations)) == expected
 
 
@@ -855,16 +902,16 @@ def test_an_older_supply_report_arriving_late_changes_nothing() -> None:
 
 # --- business rules ------------------------------------------------------------------------------------------
 
-VACANT = d.VacantUsageRule()
+VACANT = VacantUsageRule()
 
 
-def lease(leased: bool, at: datetime) -> d.LeaseStatus:
-    return d.LeaseStatus(meter_id=METER, leased=leased, at=at)
+def lease(leased: bool, at: datetime) -> LeaseStatus:
+    return LeaseStatus(meter_id=METER, leased=leased, at=at)
 
 
 def test_consumption_without_a_lease_alarms_after_the_move_out_grace_and_a_new_lease_clears() -> None:
     move_out = local(2024, 3, 4, 10)
-    observations: list[d.Observation] = [lease(True, local(2023, 9, 1)), lease(False, move_out)]
+    observations: list[Observation] = [lease(True, local(2023, 9, 1)), lease(False, move_out)]
     observations += hours(MONDAY, 4, lambda h: Decimal("0.4") if h >= move_out + HOUR else Decimal(0))
     steps = sorted(live(observations) + live([lease(True, local(2024, 3, 7, 12, 30))]), key=lambda s: s[0])
     _, outcome = run(VACANT, steps)
@@ -882,8 +929,8 @@ def test_vacant_usage_clears_after_a_quiet_day_and_ignores_hours_of_unknown_stat
     assert when(outcome) == [("raise", used + HOUR), ("clear", used + 25 * HOUR)]
 
 
-def room(room_id: str | None, leased: bool | None, at: datetime, since: datetime | None = None) -> d.LeaseStatus:
-    return d.LeaseStatus(meter_id=METER, room_id=room_id, leased=leased, since=since, at=at)
+def room(room_id: str | None, leased: bool | None, at: datetime, since: datetime | None = None) -> LeaseStatus:
+    return LeaseStatus(meter_id=METER, room_id=room_id, leased=leased, since=since, at=at)
 
 
 def test_a_meter_unbound_from_a_vacant_room_stops_counting_and_a_re_bound_one_follows_its_new_room() -> None:
@@ -901,7 +948,7 @@ def test_a_meter_unbound_from_a_vacant_room_stops_counting_and_a_re_bound_one_fo
     steps += live(hours(date(2024, 3, 6), 1, lambda h: Decimal(4) if h == local(2024, 3, 6, 10) else Decimal(0)))
     state, outcome = run(VACANT, steps)
     assert when(outcome) == [("raise", used + HOUR), ("clear", unbound_at), ("raise", local(2024, 3, 6, 11))]
-    assert isinstance(state, d.VacantUsageState)
+    assert isinstance(state, VacantUsageState)
     assert (state.room_id, state.leased, state.lease_since) == ("B", False, vacant_since)
     last = outcome[-1][1]
     assert isinstance(last, Raise)
@@ -913,11 +960,11 @@ def test_a_bound_meter_must_have_a_lease_status() -> None:
         room("A", None, T0)
 
 
-BALANCE = d.BalanceMismatchRule()
+BALANCE = BalanceMismatchRule()
 
 
-def server(balance: str, at: datetime) -> d.ServerBalance:
-    return d.ServerBalance(meter_id=METER, balance=Decimal(balance), at=at)
+def server(balance: str, at: datetime) -> ServerBalance:
+    return ServerBalance(meter_id=METER, balance=Decimal(balance), at=at)
 
 
 def test_meter_balance_not_following_a_top_up_alarms_after_the_grace() -> None:
@@ -956,15 +1003,15 @@ def test_server_balances_fan_out_to_every_meter_of_the_account() -> None:
         sequence=3,
         meters=(MeterRef(meter_id="m-e", utility=Utility.ELECTRICITY), MeterRef(meter_id="m-w", utility=Utility.WATER)),
     )
-    assert d.server_balances(event) == [
-        d.ServerBalance(meter_id=meter, balance=Decimal("88.00"), at=T0) for meter in ("m-e", "m-w")
+    assert server_balances(event) == [
+        ServerBalance(meter_id=meter, balance=Decimal("88.00"), at=T0) for meter in ("m-e", "m-w")
     ]
 
 
 # --- restarts: persisting the state between any two steps changes nothing ------------------------------------
 
 
-def _scenarios() -> dict[str, tuple[d.Rule, list[Step]]]:
+def _scenarios() -> dict[str, tuple[Rule, list[Step]]]:
     leak = water(local(2024, 3, 4, 18), local(2024, 3, 5, 9), lambda _: Decimal("0.02"))
     base = ordinary()
     spike_at = local(2024, 3, 26, 14)
@@ -994,7 +1041,7 @@ def test_restart_anywhere_gives_the_same_alarms(name: str) -> None:
     assert restarted == outcome
     assert state is not None
     assert restarted_state is not None
-    assert d.to_json(restarted_state) == d.to_json(state)
+    assert to_json(restarted_state) == to_json(state)
 
 
 @pytest.mark.parametrize("name", list(_scenarios()))
@@ -1002,15 +1049,15 @@ def test_state_json_round_trips_with_decimal_strings(name: str) -> None:
     rule, steps = _scenarios()[name]
     state, _ = run(rule, steps)
     assert state is not None
-    assert d.from_json(d.to_json(state)) == state
-    json.loads(d.to_json(state), parse_float=lambda raw: pytest.fail(f"a float in persisted state: {raw}"))
+    assert from_json(to_json(state)) == state
+    json.loads(to_json(state), parse_float=lambda raw: pytest.fail(f"a float in persisted state: {raw}"))
 
 
 def test_a_sources_stored_states_read_back_equal_as_they_change() -> None:
     # The service's row: every slot at once, encoded small and partly reused from the previous write.
     store = StateStore()
-    rules = [(s.rule.slot, s.rule) for s in d.default_rules() if d.source_of(s.rule, reading(T0)) is not None]
-    held: dict[str, d.RuleState] = {
+    rules = [(s.rule.slot, s.rule) for s in default_rules() if source_of(s.rule, reading(T0)) is not None]
+    held: dict[str, RuleState] = {
         name: state for name, (rule, steps) in _scenarios().items() if (state := run(rule, steps)[0])
     }
     hourly: HourlyState | None = None
@@ -1020,15 +1067,15 @@ def test_a_sources_stored_states_read_back_equal_as_they_change() -> None:
         counter = reading(now, balance_money="5.20", energy_active_import_total=f"{100 + i}")
         for slot, rule in rules:
             for fed in (observation, counter):
-                held[slot], _ = d.evaluate(rule, held.get(slot), fed, now)
+                held[slot], _ = evaluate(rule, held.get(slot), fed, now)
         hourly, _ = accumulate(hourly, counter)
         states = {**held, SLOT: hourly}
         raw = store.encode(METER, states)
         assert decode_states(raw) == states
     json.loads(raw, parse_float=lambda raw: pytest.fail(f"a float in persisted state: {raw}"))
-    assert held[d.Measure.OVER_VOLTAGE.value] != d.DebounceState(), "the stretch must have moved the states"
+    assert held[Measure.OVER_VOLTAGE.value] != DebounceState(), "the stretch must have moved the states"
     # Every rule the last reading left settled holds one state object: written once, referenced by the others.
-    settled = [slot for slot, state in states.items() if state is held[d.Measure.UNDER_VOLTAGE.value]]
+    settled = [slot for slot, state in states.items() if state is held[Measure.UNDER_VOLTAGE.value]]
     assert len(settled) >= 5
     assert raw.startswith('{"$refs":1,')
     assert raw.count('"kind":"debounce"') < len(settled)
@@ -1044,19 +1091,19 @@ def test_a_sources_stored_states_read_back_equal_as_they_change() -> None:
 
 
 def test_every_default_rule_round_trips_as_json() -> None:
-    for scoped in d.default_rules():
-        assert d.rule_from_json(d.rule_to_json(scoped.rule)) == scoped.rule
+    for scoped in default_rules():
+        assert rule_from_json(rule_to_json(scoped.rule)) == scoped.rule
 
 
 # --- scopes --------------------------------------------------------------------------------------------------
 
 
-def scoped(level: d.ScopeLevel, key: str, limit: str, enabled: bool = True) -> d.ScopedRule:
-    rule = d.ThresholdRule(measure=d.Measure.OVER_CURRENT, limit=Decimal(limit))
-    return d.ScopedRule(scope=d.RuleScope(level=level, key=key), rule=rule, enabled=enabled)
+def scoped(level: ScopeLevel, key: str, limit: str, enabled: bool = True) -> ScopedRule:
+    rule = ThresholdRule(measure=Measure.OVER_CURRENT, limit=Decimal(limit))
+    return ScopedRule(scope=RuleScope(level=level, key=key), rule=rule, enabled=enabled)
 
 
-LEVEL = d.ScopeLevel
+LEVEL = ScopeLevel
 CONFIGURED = [
     scoped(LEVEL.DEFAULT, "", "60"),
     scoped(LEVEL.ESTATE, "e1", "50"),
@@ -1070,32 +1117,30 @@ CONFIGURED = [
 @pytest.mark.parametrize(
     ("target", "limit"),
     [
-        (d.ScopeTarget(estate_id="e9"), "60"),
-        (d.ScopeTarget(estate_id="e1"), "50"),
-        (d.ScopeTarget(estate_id="e1", building_id="b1"), "45"),
-        (d.ScopeTarget(estate_id="e1", building_id="b1", model="DDSY-80A"), "80"),
-        (d.ScopeTarget(estate_id="e1", building_id="b1", model="DDSY-80A", meter_id="m-special"), "32"),
-        (d.ScopeTarget(estate_id="e1", building_id="b2", meter_id="m-other"), "50"),
-        (d.ScopeTarget(estate_id="e1", building_id="b1", meter_id="m-off"), None),
+        (ScopeTarget(estate_id="e9"), "60"),
+        (ScopeTarget(estate_id="e1"), "50"),
+        (ScopeTarget(estate_id="e1", building_id="b1"), "45"),
+        (ScopeTarget(estate_id="e1", building_id="b1", model="DDSY-80A"), "80"),
+        (ScopeTarget(estate_id="e1", building_id="b1", model="DDSY-80A", meter_id="m-special"), "32"),
+        (ScopeTarget(estate_id="e1", building_id="b2", meter_id="m-other"), "50"),
+        (ScopeTarget(estate_id="e1", building_id="b1", meter_id="m-off"), None),
     ],
 )
-def test_most_specific_scope_wins(target: d.ScopeTarget, limit: str | None) -> None:
+def test_most_specific_scope_wins(target: ScopeTarget, limit: str | None) -> None:
     for order in (CONFIGURED, CONFIGURED[::-1]):
-        found = d.resolve_rules(order, target).get(d.Measure.OVER_CURRENT.value)
-        assert found is None or isinstance(found, d.ThresholdRule)
+        found = resolve_rules(order, target).get(Measure.OVER_CURRENT.value)
+        assert found is None or isinstance(found, ThresholdRule)
         assert (found and found.limit) == (limit and Decimal(limit))
 
 
 def test_resolution_is_per_slot_and_conflicts_are_refused() -> None:
-    everything = d.resolve_rules(d.default_rules(), d.ScopeTarget(estate_id="e1", meter_id="m1"))
-    assert len(everything) == len(d.default_rules())
-    assert {d.CONNECTIVITY, d.WATER_LEAK, "tamper", "over_voltage"} <= set(everything)
+    everything = resolve_rules(default_rules(), ScopeTarget(estate_id="e1", meter_id="m1"))
+    assert len(everything) == len(default_rules())
+    assert {connectivity.CONNECTIVITY, WATER_LEAK, "tamper", "over_voltage"} <= set(everything)
     with pytest.raises(ValueError, match="same scope"):
-        d.resolve_rules(
-            [scoped(LEVEL.ESTATE, "e1", "50"), scoped(LEVEL.ESTATE, "e1", "55")], d.ScopeTarget(estate_id="e1")
-        )
+        resolve_rules([scoped(LEVEL.ESTATE, "e1", "50"), scoped(LEVEL.ESTATE, "e1", "55")], ScopeTarget(estate_id="e1"))
     with pytest.raises(ValueError, match="key"):
-        d.RuleScope(level=LEVEL.BUILDING)
+        RuleScope(level=LEVEL.BUILDING)
 
 
 # --- the evaluation contract ---------------------------------------------------------------------------------
@@ -1103,11 +1148,11 @@ def test_resolution_is_per_slot_and_conflicts_are_refused() -> None:
 
 def test_evaluate_refuses_naive_now_and_foreign_state() -> None:
     with pytest.raises(ValueError, match="aware"):
-        d.evaluate(VOLTAGE, None, d.Tick(), datetime(2024, 3, 4, 9))  # noqa: DTZ001 - the point of the test
+        evaluate(VOLTAGE, None, Tick(), datetime(2024, 3, 4, 9))  # noqa: DTZ001 - the point of the test
     with pytest.raises(TypeError):
-        d.evaluate(VOLTAGE, d.SpikeState(), reading(T0, voltage_a="230"), T0)
+        evaluate(VOLTAGE, SpikeState(), reading(T0, voltage_a="230"), T0)
     with pytest.raises(ValueError, match="aware"):
-        d.LeaseStatus(meter_id=METER, leased=True, at=datetime(2024, 3, 4))  # noqa: DTZ001
+        LeaseStatus(meter_id=METER, leased=True, at=datetime(2024, 3, 4))  # noqa: DTZ001
 
 
 @pytest.mark.parametrize(
@@ -1116,27 +1161,27 @@ def test_evaluate_refuses_naive_now_and_foreign_state() -> None:
         (CONNECTIVITY, device("m-0001", False, T0), GATEWAY),
         (CONNECTIVITY, reading(T0, voltage_a="230"), None),
         (VOLTAGE, reading(T0, voltage_a="230"), METER),
-        (VOLTAGE, d.Tick(), None),
-        (SPIKE, d.HourlyConsumption(meter_id=METER, hour_start=T0, quantity=Decimal(1)), METER),
+        (VOLTAGE, Tick(), None),
+        (SPIKE, HourlyConsumption(meter_id=METER, hour_start=T0, quantity=Decimal(1)), METER),
         (COMM, window((0, 5), 5, 0), METER),
         (SUPPLY, desired(True, T0), METER),
         (VACANT, lease(True, T0), METER),
         (BALANCE, server("1.00", T0), METER),
-        (BALANCE, d.GatewayStatus(gateway_id=GATEWAY, online=True, at=T0), None),
+        (BALANCE, GatewayStatus(gateway_id=GATEWAY, online=True, at=T0), None),
     ],
 )
-def test_source_of(rule: d.Rule, observation: d.Observation, source: str | None) -> None:
-    assert d.source_of(rule, observation) == source
+def test_source_of(rule: Rule, observation: Observation, source: str | None) -> None:
+    assert source_of(rule, observation) == source
 
 
 def test_only_rules_on_retained_states_need_ticks() -> None:
-    assert [r.rule.slot for r in d.default_rules() if d.needs_ticks(r.rule)] == [d.CONNECTIVITY, d.SUPPLY_MISMATCH]
+    assert [r.rule.slot for r in default_rules() if needs_ticks(r.rule)] == [connectivity.CONNECTIVITY, SUPPLY_MISMATCH]
 
 
 def test_equal_rules_still_word_their_alarms_their_own_way() -> None:
     # Evaluation is worked out once per rule object; two rules equal as values must not share their wording.
-    plain = d.ThresholdRule(measure=d.Measure.OVER_CURRENT, limit=Decimal("60"), raise_after=timedelta(0))
-    precise = d.ThresholdRule(measure=d.Measure.OVER_CURRENT, limit=Decimal("60.0"), raise_after=timedelta(0))
+    plain = ThresholdRule(measure=Measure.OVER_CURRENT, limit=Decimal("60"), raise_after=timedelta(0))
+    precise = ThresholdRule(measure=Measure.OVER_CURRENT, limit=Decimal("60.0"), raise_after=timedelta(0))
     assert plain == precise
     shown = []
     for rule in (plain, precise, plain):
@@ -1175,13 +1220,13 @@ PARTIAL = ReadingFlag.PARTIAL
         (SPIKE, set(), set(), False),  # not fed by readings at all: never claimed
     ],
 )
-def test_which_rules_a_reading_skips(rule: d.Rule, registers: set[str], flags: set[ReadingFlag], skipped: bool) -> None:
-    assert d.skips(rule, registers, flags) is skipped
+def test_which_rules_a_reading_skips(rule: Rule, registers: set[str], flags: set[ReadingFlag], skipped: bool) -> None:
+    assert skips(rule, registers, flags) is skipped
 
 
-READING_RULES = [s.rule for s in d.default_rules() if d.source_of(s.rule, reading(T0)) is not None]
+READING_RULES = [s.rule for s in default_rules() if source_of(s.rule, reading(T0)) is not None]
 REGISTER_NAMES = sorted(
-    {*d.VOLTAGES, *d.CURRENTS, d.POWER_ACTIVE, d.POWER_FACTOR, d.WATER_VOLUME, d.METER_BALANCE}
+    {*VOLTAGES, *CURRENTS, POWER_ACTIVE, thresholds.POWER_FACTOR, WATER_VOLUME, METER_BALANCE}
     | {RESIDUAL_CURRENT, CLOCK_OFFSET, "energy_active_import_total"}
 )
 HOSTILE_READINGS = st.lists(
@@ -1205,7 +1250,7 @@ def test_a_skipped_rule_could_not_have_moved(
 ) -> None:
     now = T0 + 100 * MINUTE
     for rule in READING_RULES:
-        state: d.RuleState | None = None
+        state: RuleState | None = None
         for minute, registers, flags, relay in steps:
             observation = Reading.create(
                 METER,
@@ -1215,8 +1260,8 @@ def test_a_skipped_rule_could_not_have_moved(
                 flags=frozenset(flags),
                 relay=relay,
             )
-            new, made = d.evaluate(rule, state, observation, now)
-            if d.skips(rule, observation.registers, observation.flags):
+            new, made = evaluate(rule, state, observation, now)
+            if skips(rule, observation.registers, observation.flags):
                 assert made == []
                 assert new == (state if state is not None else type(new)())
             state = new

@@ -16,11 +16,17 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_alarm import detectors as d
-from shuidian_alarm.alarms import AlarmQuery
-from shuidian_alarm.app import Components, compose
+from shuidian_alarm.adapters.container import Components
+from shuidian_alarm.app import compose
+from shuidian_alarm.domain.alarms import AlarmQuery
+from shuidian_alarm.domain.detectors.balance import BALANCE_MISMATCH
+from shuidian_alarm.domain.detectors.connectivity import GATEWAY_OFFLINE, METER_OFFLINE
+from shuidian_alarm.domain.detectors.spike import USAGE_SPIKE, SpikeRule
+from shuidian_alarm.domain.detectors.thresholds import Measure, ThresholdRule
+from shuidian_alarm.domain.detectors.water import WATER_LEAK
+from shuidian_alarm.domain.scopes import RuleScope, ScopeLevel
+from shuidian_alarm.domain.targets import Target
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_alarm.targets import Target
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
@@ -139,13 +145,13 @@ async def test_a_gateway_with_30_meters_going_offline_yields_exactly_one_alarm(b
         clock.now = t0 + minutes * MINUTE
         await c.evaluator.tick(clock.now)
     sources = {gw, *meters}
-    assert await open_alarms(c, sources) == [(gw, d.GATEWAY_OFFLINE)]
+    assert await open_alarms(c, sources) == [(gw, GATEWAY_OFFLINE)]
     (gateway_alarm,) = await alarms_of(c, source_id=gw)
     assert (gateway_alarm["estate"], gateway_alarm["details"]["meters"]) == (estate, "30")
     orders = await c.work_orders.query(
         estate=estate, building=None, device_id=None, fault_type=None, status=None, since=None, until=None, limit=10
     )
-    assert [(o["device_id"], o["fault_type"]) for o in orders] == [(gw, d.GATEWAY_OFFLINE)]
+    assert [(o["device_id"], o["fault_type"]) for o in orders] == [(gw, GATEWAY_OFFLINE)]
 
     # Power is back; every meter answers again except one that really broke.
     back = t0 + timedelta(hours=4)
@@ -160,7 +166,7 @@ async def test_a_gateway_with_30_meters_going_offline_yields_exactly_one_alarm(b
     for minutes in (1, 3, 9, 11, 30):
         clock.now = back + minutes * MINUTE
         await c.evaluator.tick(clock.now)
-    assert await open_alarms(c, sources) == [(meters[7], d.METER_OFFLINE)]
+    assert await open_alarms(c, sources) == [(meters[7], METER_OFFLINE)]
     assert [a["state"] for a in await alarms_of(c, source_id=gw)] == ["cleared"]
 
 
@@ -202,7 +208,7 @@ async def test_continuous_night_flow_is_detected_the_same_night_and_a_quiet_nigh
         await c.evaluator.on_readings(batch(gw, *readings[i : i + 2]), "")
         if raised_at is None and await open_alarms(c, {leaking}):
             raised_at = clock.now
-    assert await open_alarms(c, {leaking, quiet}) == [(leaking, d.WATER_LEAK)]
+    assert await open_alarms(c, {leaking, quiet}) == [(leaking, WATER_LEAK)]
     assert raised_at is not None
     assert raised_at <= local(2026, 3, 4, 5, 15), "the leak must be reported before the night is over"
 
@@ -212,9 +218,7 @@ async def test_a_usage_spike_against_the_meters_own_baseline_from_readings(build
     clock = Clock(monday)
     c = build(clock)
     meter, gw = f"m-{uid()}", f"gw-{uid()}"
-    await c.rulebook.put(
-        d.RuleScope(level=d.ScopeLevel.METER, key=meter), d.USAGE_SPIKE, True, d.SpikeRule(warmup_samples=2)
-    )
+    await c.rulebook.put(RuleScope(level=ScopeLevel.METER, key=meter), USAGE_SPIKE, True, SpikeRule(warmup_samples=2))
     spike_hour = local(2026, 3, 12, 14)  # Thursday afternoon: 6 kWh where the meter usually uses 0.5
     register, at = Decimal(1000), monday
     raised_at = None
@@ -229,7 +233,7 @@ async def test_a_usage_spike_against_the_meters_own_baseline_from_readings(build
     assert raised_at == spike_hour + timedelta(hours=1)  # as soon as the hour is over
     (alarm,) = await alarms_of(c, source_id=meter)
     assert (alarm["alarm_type"], alarm["details"]["quantity"], alarm["details"]["baseline"]) == (
-        d.USAGE_SPIKE,
+        USAGE_SPIKE,
         "6",
         "0.5",
     )
@@ -293,18 +297,18 @@ async def test_the_most_specific_configured_rule_wins(build: Build) -> None:
             Target(meter_id=elsewhere, estate=f"other-{uid()}"),
         ]
     )
-    over = d.Measure.OVER_VOLTAGE
+    over = Measure.OVER_VOLTAGE
     await c.rulebook.put(
-        d.RuleScope(level=d.ScopeLevel.ESTATE, key=estate),
+        RuleScope(level=ScopeLevel.ESTATE, key=estate),
         over.value,
         True,
-        d.ThresholdRule(measure=over, limit=Decimal(250), margin=Decimal(2)),
+        ThresholdRule(measure=over, limit=Decimal(250), margin=Decimal(2)),
     )
     await c.rulebook.put(
-        d.RuleScope(level=d.ScopeLevel.METER, key=strict),
+        RuleScope(level=ScopeLevel.METER, key=strict),
         over.value,
         True,
-        d.ThresholdRule(measure=over, limit=Decimal(230), margin=Decimal(2), raise_after=timedelta(0)),
+        ThresholdRule(measure=over, limit=Decimal(230), margin=Decimal(2), raise_after=timedelta(0)),
     )
     for minute in range(7):
         clock.now = t0 + minute * MINUTE
@@ -333,9 +337,9 @@ async def test_a_rule_edited_between_readings_applies_to_the_next_one(build: Bui
     meter, gw = f"m-{uid()}", f"gw-{uid()}"
     await c.evaluator.on_readings(batch(gw, volts(meter, t0, "232")), "")
     assert await open_alarms(c, {meter}) == []
-    over = d.Measure.OVER_VOLTAGE
-    strict = d.ThresholdRule(measure=over, limit=Decimal(230), raise_after=timedelta(0))
-    await c.rulebook.put(d.RuleScope(level=d.ScopeLevel.METER, key=meter), over.value, True, strict)
+    over = Measure.OVER_VOLTAGE
+    strict = ThresholdRule(measure=over, limit=Decimal(230), raise_after=timedelta(0))
+    await c.rulebook.put(RuleScope(level=ScopeLevel.METER, key=meter), over.value, True, strict)
     clock.now = t0 + MINUTE
     await c.evaluator.on_readings(batch(gw, volts(meter, clock.now, "232")), "")
     assert await open_alarms(c, {meter}) == [(meter, "over_voltage")]
@@ -377,10 +381,10 @@ async def test_the_meters_own_balance_disagreeing_with_the_server_raises_after_t
         clock.now = t0 + minutes * MINUTE
         reading = Reading.create(meter, Utility.ELECTRICITY, clock.now, registers={"balance_money": Decimal("50.00")})
         await c.evaluator.on_readings(batch(gw, reading), "")
-    assert await open_alarms(c, {meter}) == [(meter, d.BALANCE_MISMATCH)]
+    assert await open_alarms(c, {meter}) == [(meter, BALANCE_MISMATCH)]
     # An older balance event arriving late is ignored; the meter catching up clears it.
     await c.evaluator.on_balance(balance_event(account, meter, changed, BalanceLevel.OK, 0, "50.00", clock.now), "")
-    assert await open_alarms(c, {meter}) == [(meter, d.BALANCE_MISMATCH)]
+    assert await open_alarms(c, {meter}) == [(meter, BALANCE_MISMATCH)]
     clock.now += MINUTE
     reading = Reading.create(meter, Utility.ELECTRICITY, clock.now, registers={"balance_money": Decimal("10.00")})
     await c.evaluator.on_readings(batch(gw, reading), "")

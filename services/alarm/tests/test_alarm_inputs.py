@@ -19,8 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_alarm.app import create_app
-from shuidian_alarm.detectors import CommErrorState
-from shuidian_alarm.engine import decode_states
+from shuidian_alarm.domain.detectors.comm_errors import CommErrorState
+from shuidian_alarm.domain.states import decode_states
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port, serve_ready
 from shuidian_devstack.pytest_plugin import eventually, publish

@@ -10,8 +10,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from shuidian_alarm import rules
-from shuidian_alarm.app import Components, compose
+from shuidian_alarm.adapters.container import Components
+from shuidian_alarm.app import compose
+from shuidian_alarm.domain.decisions import Raise
+from shuidian_alarm.domain.events import BALANCE_EXHAUSTED, BALANCE_LOW, on_balance
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import MqttLink
@@ -49,8 +51,8 @@ async def test_retriggers_update_one_alarm_and_restoration_clears(c: Components)
     await c.evaluator.on_balance(balance(account, BalanceEventKind.LOW_2, BalanceLevel.LOW_2, 4, "3.00"), "")
     await c.evaluator.on_balance(balance(account, BalanceEventKind.EXHAUSTED, BalanceLevel.EXHAUSTED, 5, "0.00"), "")
     open_alarms = await c.alarms.alarms(account, None, "active", 100)
-    assert sorted(a["alarm_type"] for a in open_alarms) == [rules.BALANCE_EXHAUSTED, rules.BALANCE_LOW]
-    low = next(a for a in open_alarms if a["alarm_type"] == rules.BALANCE_LOW)
+    assert sorted(a["alarm_type"] for a in open_alarms) == [BALANCE_EXHAUSTED, BALANCE_LOW]
+    low = next(a for a in open_alarms if a["alarm_type"] == BALANCE_LOW)
     assert (low["occurrences"], low["severity"]) == (4, "major")
 
     await c.evaluator.on_balance(balance(account, BalanceEventKind.RESTORED, BalanceLevel.OK, 6, "50.00"), "")
@@ -59,7 +61,7 @@ async def test_retriggers_update_one_alarm_and_restoration_clears(c: Components)
 
     # A new episode opens a new alarm instead of reviving the cleared one.
     await c.evaluator.on_balance(balance(account, BalanceEventKind.LOW_1, BalanceLevel.LOW_1, 7, "12.00"), "")
-    history = await c.alarms.alarms(account, rules.BALANCE_LOW, None, 100)
+    history = await c.alarms.alarms(account, BALANCE_LOW, None, 100)
     assert [a["state"] for a in history] == ["active", "cleared"]
 
 
@@ -77,19 +79,19 @@ async def test_acknowledged_alarm_stays_the_one_open_alarm(c: Components) -> Non
 @pytest.mark.parametrize(
     ("kind", "level", "expected"),
     [
-        (BalanceEventKind.LOW_1, BalanceLevel.LOW_1, [("raise", rules.BALANCE_LOW)]),
-        (BalanceEventKind.LOW_2, BalanceLevel.LOW_2, [("raise", rules.BALANCE_LOW)]),
-        (BalanceEventKind.EXHAUSTED, BalanceLevel.EXHAUSTED, [("raise", rules.BALANCE_EXHAUSTED)]),
+        (BalanceEventKind.LOW_1, BalanceLevel.LOW_1, [("raise", BALANCE_LOW)]),
+        (BalanceEventKind.LOW_2, BalanceLevel.LOW_2, [("raise", BALANCE_LOW)]),
+        (BalanceEventKind.EXHAUSTED, BalanceLevel.EXHAUSTED, [("raise", BALANCE_EXHAUSTED)]),
         (
             BalanceEventKind.RESTORED,
             BalanceLevel.OK,
-            [("clear", rules.BALANCE_EXHAUSTED), ("clear", rules.BALANCE_LOW)],
+            [("clear", BALANCE_EXHAUSTED), ("clear", BALANCE_LOW)],
         ),
-        (BalanceEventKind.RESTORED, BalanceLevel.LOW_1, [("clear", rules.BALANCE_EXHAUSTED)]),
-        (BalanceEventKind.CHANGED, BalanceLevel.OK, [("clear", rules.BALANCE_LOW)]),
+        (BalanceEventKind.RESTORED, BalanceLevel.LOW_1, [("clear", BALANCE_EXHAUSTED)]),
+        (BalanceEventKind.CHANGED, BalanceLevel.OK, [("clear", BALANCE_LOW)]),
         (BalanceEventKind.CHANGED, BalanceLevel.LOW_1, []),
     ],
 )
 def test_balance_rules(kind: BalanceEventKind, level: BalanceLevel, expected: list[tuple[str, str]]) -> None:
-    decisions = rules.on_balance(balance("a-1", kind, level, 1, "1.00"))
-    assert [("raise" if isinstance(d, rules.Raise) else "clear", d.alarm_type) for d in decisions] == expected
+    decisions = on_balance(balance("a-1", kind, level, 1, "1.00"))
+    assert [("raise" if isinstance(d, Raise) else "clear", d.alarm_type) for d in decisions] == expected

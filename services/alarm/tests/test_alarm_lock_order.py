@@ -18,11 +18,12 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shuidian_alarm import rules
-from shuidian_alarm.alarms import AlarmRecord
-from shuidian_alarm.app import Components, compose
+from shuidian_alarm.adapters.container import Components
+from shuidian_alarm.app import compose
+from shuidian_alarm.domain.alarms import AlarmRecord
+from shuidian_alarm.domain.decisions import Raise
+from shuidian_alarm.domain.targets import Target
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_alarm.targets import Target
 from shuidian_devstack import infra
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import MqttLink
@@ -198,8 +199,8 @@ async def test_alarm_escalation_and_a_retrigger_of_the_same_alarms_in_opposite_o
         # round the stored order is against the key order, so neither side may lock in an order of its own.
         stored = (first, second) if round_ % 2 == 0 else (second, first)
 
-        def raised(meter: str) -> rules.Raise:
-            return rules.Raise(meter, "over_voltage", AlarmSeverity.WARNING, "过电压", "Over-voltage")
+        def raised(meter: str) -> Raise:
+            return Raise(meter, "over_voltage", AlarmSeverity.WARNING, "过电压", "Over-voltage")
 
         for meter in stored:
             await two.alarms.apply([raised(meter)])

@@ -28,21 +28,18 @@ from aiosmtpd.smtp import Envelope, Session
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_alarm import detectors as d
-from shuidian_alarm import rules
-from shuidian_alarm.app import Components, compose
-from shuidian_alarm.notify.channels import (
-    AliyunSms,
-    AliyunSmsConfig,
-    Channels,
-    DeliveryResult,
-    Outgoing,
-    aliyun_signature,
-)
-from shuidian_alarm.notify.notifier import Notifier, quiet_until
-from shuidian_alarm.notify.templates import TYPE_NAMES
+from shuidian_alarm.adapters.container import Components
+from shuidian_alarm.adapters.notify.channels import AliyunSms, AliyunSmsConfig, Channels, aliyun_signature
+from shuidian_alarm.adapters.notify.notifier import Notifier
+from shuidian_alarm.app import compose
+from shuidian_alarm.domain.decisions import Raise
+from shuidian_alarm.domain.detectors.connectivity import CONNECTIVITY, GATEWAY_OFFLINE, METER_OFFLINE
+from shuidian_alarm.domain.events import BALANCE_EXHAUSTED, BALANCE_LOW, COMMAND_FAILED
+from shuidian_alarm.domain.notify.delivery import DeliveryResult, Outgoing, quiet_until
+from shuidian_alarm.domain.notify.templates import TYPE_NAMES
+from shuidian_alarm.domain.rules import default_rules
+from shuidian_alarm.domain.targets import Target
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_alarm.targets import Target
 from shuidian_devstack.infra import free_port, serve_app
 from shuidian_devstack.pytest_plugin import eventually, migrated_engine
 from shuidian_kit.mqtt import BrokerAddress, MqttLink
@@ -154,7 +151,7 @@ def uid() -> str:
 
 
 async def raise_alarm(c: Components, source: str, alarm_type: str, severity: AlarmSeverity) -> None:
-    await c.alarms.apply([rules.Raise(source, alarm_type, severity, f"测试告警 {alarm_type}", f"test {alarm_type}")])
+    await c.alarms.apply([Raise(source, alarm_type, severity, f"测试告警 {alarm_type}", f"test {alarm_type}")])
 
 
 async def settle(c: Components, alarm_source: str) -> list[dict[str, Any]]:
@@ -507,7 +504,7 @@ async def test_a_restart_mid_delivery_loses_no_notification(
 
 
 def test_every_alarm_type_is_named_in_both_languages() -> None:
-    raised = {s.rule.slot for s in d.default_rules()} - {d.CONNECTIVITY}
-    raised |= {d.GATEWAY_OFFLINE, d.METER_OFFLINE, rules.BALANCE_LOW, rules.BALANCE_EXHAUSTED, rules.COMMAND_FAILED}
+    raised = {s.rule.slot for s in default_rules()} - {CONNECTIVITY}
+    raised |= {GATEWAY_OFFLINE, METER_OFFLINE, BALANCE_LOW, BALANCE_EXHAUSTED, COMMAND_FAILED}
     assert sorted(raised - set(TYPE_NAMES)) == []
     assert all(zh and en and zh != en for zh, en in TYPE_NAMES.values())

@@ -23,14 +23,15 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_alarm import rules
-from shuidian_alarm.app import Components, compose
-from shuidian_alarm.notify.preferences import InvalidSettings, TenantSettings, VersionConflict
+from shuidian_alarm.adapters.container import Components
+from shuidian_alarm.app import compose
+from shuidian_alarm.domain.decisions import Raise
+from shuidian_alarm.domain.notify.preferences import TenantSettings
+from shuidian_alarm.domain.targets import Target
+from shuidian_alarm.errors import Conflict, InvalidSettings, VersionConflict
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_alarm.targets import Target
 from shuidian_devstack.infra import free_port, serve_app
 from shuidian_devstack.pytest_plugin import eventually, migrated_engine
-from shuidian_kit.errors import Conflict
 from shuidian_kit.mqtt import BrokerAddress, MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
@@ -133,7 +134,7 @@ async def household(c: Components) -> tuple[str, str, str]:
 
 
 async def raise_alarm(c: Components, source: str, alarm_type: str, severity: AlarmSeverity) -> str:
-    await c.alarms.apply([rules.Raise(source, alarm_type, severity, f"测试告警 {alarm_type}", f"test {alarm_type}")])
+    await c.alarms.apply([Raise(source, alarm_type, severity, f"测试告警 {alarm_type}", f"test {alarm_type}")])
     (alarm,) = await c.alarms.alarms(source, alarm_type, None, 10)
     return str(alarm["alarm_id"])
 

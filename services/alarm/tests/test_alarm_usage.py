@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shuidian_alarm.usage import HourlyState, accumulate
+from shuidian_alarm.domain.usage import HourlyState, accumulate
 from shuidian_shared.messages import Reading, Utility
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)

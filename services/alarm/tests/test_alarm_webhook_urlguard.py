@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from shuidian_alarm.notify.channels import Outgoing, WebhookChannel
+from shuidian_alarm.adapters.notify.channels import WebhookChannel
+from shuidian_alarm.domain.notify.delivery import Outgoing
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port
 from shuidian_kit.urlguard import UrlPolicy

@@ -1,10 +1,10 @@
-"""Composition root of the alarm service."""
+"""Composition root of the alarm service: builds every piece at start (`compose`), subscribes the evaluator to its
+topics, starts the tick and notification loops, and serves the routers."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib.resources import files
 
@@ -12,12 +12,11 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_alarm import maintenance
-from shuidian_alarm.alarms import AlarmService
-from shuidian_alarm.api import router
-from shuidian_alarm.engine import Evaluator
-from shuidian_alarm.maintenance import WorkOrders
-from shuidian_alarm.notify.channels import (
+from shuidian_alarm.adapters import work_orders
+from shuidian_alarm.adapters.alarms import AlarmService
+from shuidian_alarm.adapters.container import Components
+from shuidian_alarm.adapters.evaluator import Evaluator
+from shuidian_alarm.adapters.notify.channels import (
     AliyunSms,
     AliyunSmsConfig,
     Channels,
@@ -27,8 +26,11 @@ from shuidian_alarm.notify.channels import (
     SmtpConfig,
     WebhookChannel,
 )
-from shuidian_alarm.notify.notifier import Notifier, RetryPolicy
-from shuidian_alarm.rulebook import RuleBook
+from shuidian_alarm.adapters.notify.notifier import Notifier
+from shuidian_alarm.adapters.rulebook import RuleBook
+from shuidian_alarm.adapters.work_orders import WorkOrders
+from shuidian_alarm.api import install_error_handler, router
+from shuidian_alarm.domain.notify.delivery import RetryPolicy
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.mqtt import MqttLink
@@ -87,17 +89,6 @@ def build_channels(settings: AlarmSettings, http: httpx.AsyncClient, mqtt: MqttL
     )
 
 
-@dataclass(frozen=True)
-class Components:
-    """Everything the alarm service is made of, wired together."""
-
-    alarms: AlarmService
-    rulebook: RuleBook
-    evaluator: Evaluator
-    notifier: Notifier
-    work_orders: WorkOrders
-
-
 def compose(
     settings: AlarmSettings,
     engine: AsyncEngine,
@@ -125,7 +116,7 @@ def compose(
         engine,
         outbox,
         mqtt.client_id,
-        hooks=(maintenance.on_alarm, notifier.on_alarm),
+        hooks=(work_orders.on_alarm, notifier.on_alarm),
         escalate_after=timedelta(seconds=settings.escalate_after_seconds),
         max_escalations=settings.max_escalations,
     )
@@ -175,12 +166,8 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             )
             runtime.supervisor.add("tick", evaluator.tick_loop)
             runtime.supervisor.add("notifications", c.notifier.run)
-            app.state.runtime = runtime
-            app.state.alarms = c.alarms
-            app.state.rulebook = c.rulebook
-            app.state.evaluator = evaluator
-            app.state.notifier = c.notifier
-            app.state.work_orders = c.work_orders
+            app.state.runtime = runtime  # the kit's operations routes read it
+            app.state.components = c  # the routers read it (api.deps)
             async with runtime.running():
                 yield
 
@@ -191,6 +178,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_error_handler(app)
     serve_docs_offline(app)
     require_service_tokens(app, settings, SERVICE)
 

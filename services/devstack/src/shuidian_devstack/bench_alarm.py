@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
-from shuidian_alarm import targets
+from shuidian_alarm.adapters import targets
 from shuidian_alarm.app import compose
+from shuidian_alarm.domain.targets import Target
 from shuidian_alarm.settings import AlarmSettings
-from shuidian_alarm.targets import Target
 from shuidian_devstack.benchkit import emit
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade

@@ -14,10 +14,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from functools import lru_cache
 from typing import Final, Literal
 
-from shuidian_alarm.detectors import HourlyConsumption
+from shuidian_alarm.domain.observations import HourlyConsumption
+from shuidian_alarm.domain.times import HOUR, seconds
 from shuidian_shared.messages import Reading
 
-HOUR: Final = timedelta(hours=1)
 CUMULATIVE: Final = ("energy_active_import_total", "water_volume_total")
 SLOT: Final = "_hourly"  # its slot among a meter's rule states
 QUANTUM: Final = Decimal("0.000001")  # 1 Wh, 1 mL
@@ -36,10 +36,6 @@ class HourlyState:
 @lru_cache(maxsize=256)  # the readings of a batch share a few sample times
 def _hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def _seconds(span: timedelta) -> Decimal:
-    return Decimal(span.days * 86400 + span.seconds) + Decimal(span.microseconds) / 1_000_000
 
 
 def _tidy(quantity: Decimal) -> Decimal:
@@ -75,11 +71,11 @@ def accumulate(
     # Crossed into a later hour: split the delta at each boundary in proportion to time. Shares are rounded
     # and the last hour takes the remainder, so the hours always add up to the register's rise exactly.
     done: list[HourlyConsumption] = []
-    span = _seconds(at - last)
+    span = seconds(at - last)
     current, quantity, complete, cursor, remaining = state.hour_start, state.quantity, state.complete, last, delta
     while current < hour:
         boundary = current + HOUR
-        share = (delta * _seconds(boundary - cursor) / span).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
+        share = (delta * seconds(boundary - cursor) / span).quantize(QUANTUM, rounding=ROUND_HALF_EVEN)
         remaining -= share
         if complete:
             done.append(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shuidian_alarm.detectors import LeaseStatus
+from shuidian_alarm.domain.observations import LeaseStatus
 from shuidian_shared.messages import RoomOccupancy
 
 # One lock for every occupancy transaction (rare: move-ins, move-outs, bindings, and retained ones at start).

@@ -19,59 +19,33 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, time, timedelta
-from typing import Any, Final
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
+from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_alarm.alarms import AlarmRecord
-from shuidian_alarm.notify.channels import Channels, DeliveryResult, Outgoing
-from shuidian_alarm.notify.preferences import BALANCE_TYPES, SAFETY_TYPES, Preferences, ensure_defaults
-from shuidian_alarm.notify.templates import render
-from shuidian_kit.errors import Conflict, NotFound
+from shuidian_alarm.adapters.alarms import SEVERITY_RANK
+from shuidian_alarm.adapters.notify.channels import Channels
+from shuidian_alarm.adapters.notify.preferences import Preferences, ensure_defaults
+from shuidian_alarm.domain.alarms import AlarmRecord
+from shuidian_alarm.domain.notify.delivery import (
+    TENANT_ALARM_TYPES,
+    DeliveryResult,
+    Outgoing,
+    RetryPolicy,
+    alarm_payload,
+    next_attempt,
+    quiet_until,
+)
+from shuidian_alarm.domain.notify.templates import render
+from shuidian_alarm.errors import Conflict, NotFound
 from shuidian_shared.messages import AlarmSeverity, utcnow
 
 log = logging.getLogger(__name__)
 
 DELIVERIES = Counter("alarm_notification_attempts_total", "notification delivery attempts", ["channel", "outcome"])
-
-# What a tenant hears about: their money, their water and their safety; not device housekeeping.
-TENANT_ALARM_TYPES: Final = BALANCE_TYPES + SAFETY_TYPES
-_SEVERITY_RANK = "array_position(ARRAY['info','warning','major','critical'], {})"
-
-
-def quiet_until(now: datetime, start: time | None, end: time | None, timezone: str) -> datetime | None:
-    """When the quiet period `now` falls in ends (aware), or None outside quiet hours; may span midnight."""
-    if start is None or end is None or start == end:
-        return None
-    zone = ZoneInfo(timezone)
-    local = now.astimezone(zone)
-    clock = local.time().replace(tzinfo=None)
-    if start < end:
-        if not start <= clock < end:
-            return None
-        day = local.date()
-    else:
-        if end <= clock < start:
-            return None
-        day = local.date() + timedelta(days=1) if clock >= start else local.date()
-    return datetime.combine(day, end, tzinfo=zone)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    max_attempts: int = 6
-    base: timedelta = timedelta(seconds=5)
-    cap: timedelta = timedelta(hours=1)
-
-    def delay(self, attempts: int) -> timedelta:
-        """Back-off after `attempts` failed attempts: base × 2^(attempts−1), capped."""
-        delay: timedelta = self.base * (2 ** (attempts - 1))
-        return min(delay, self.cap)
 
 
 class Notifier:
@@ -111,7 +85,7 @@ class Notifier:
                 text(
                     "SELECT subscription_id, audience, tenant_id, channel, address, language, quiet_start, quiet_end "
                     "FROM alarm.subscriptions WHERE (alarm_types IS NULL OR :type = ANY(alarm_types)) "
-                    f"AND {_SEVERITY_RANK.format('min_severity')} <= {_SEVERITY_RANK.format(':sev')} "
+                    f"AND {SEVERITY_RANK.format('min_severity')} <= {SEVERITY_RANK.format(':sev')} "
                     "AND ((audience = 'staff' AND (estate IS NULL OR estate = :estate)) "
                     "  OR (audience = 'tenant' AND tenant_id = :tenant AND :type = ANY(:tenant_types) AND :event = 'raised')) "
                     "ORDER BY subscription_id"
@@ -129,22 +103,7 @@ class Notifier:
         if not subscriptions:
             return
         now = self._clock()
-        payload = {
-            "alarm_id": str(alarm.alarm_id),
-            "alarm_type": alarm.alarm_type,
-            "event": event,
-            "severity": alarm.severity.value,
-            "state": alarm.state.value,
-            "source_id": alarm.source_id,
-            "meter_id": alarm.meter_id,
-            "estate": alarm.estate,
-            "building": alarm.building,
-            "room": alarm.room,
-            "message_zh": alarm.message_zh,
-            "message_en": alarm.message_en,
-            "details": alarm.details,
-            "raised_at": alarm.raised_at.isoformat(),
-        }
+        payload = alarm_payload(alarm, event)
         payload_json = json.dumps(payload, ensure_ascii=False)  # the same for every subscription
         rows: list[dict[str, Any]] = []
         for sub in subscriptions:
@@ -240,12 +199,8 @@ class Notifier:
         updates: list[dict[str, Any]] = []
         for row, result in outcomes:
             attempt = row.attempts + 1
-            if result.ok:
-                status, due, outcome = "delivered", now, "delivered"
-            elif result.retryable and attempt < self._retry.max_attempts:
-                status, due, outcome = "pending", now + self._retry.delay(attempt), "retry"
-            else:
-                status, due, outcome = "dead", now, "dead"
+            status, due, outcome = next_attempt(result, attempt, self._retry, now)
+            if outcome == "dead":
                 log.warning(
                     "notification %s via %s dead after %d attempt(s): %s",
                     row.notification_id,

@@ -7,13 +7,10 @@ outbox, and notifications and work orders are queued in the same transaction as 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,8 +18,11 @@ from prometheus_client import Counter
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_alarm import rules, targets
-from shuidian_kit.errors import NotFound, ServiceError
+from shuidian_alarm.adapters import targets
+from shuidian_alarm.domain.alarms import AlarmQuery, AlarmRecord, decode_cursor, encode_cursor, hook_order
+from shuidian_alarm.domain.decisions import Clear, Decision, Raise
+from shuidian_alarm.domain.targets import Placement
+from shuidian_alarm.errors import InvalidQuery, NotFound
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
 from shuidian_shared.messages import AlarmEvent, AlarmSeverity, AlarmState
@@ -33,96 +33,35 @@ RAISED = Counter("alarm_alarms_raised_total", "alarms newly raised", ["alarm_typ
 CLEARED = Counter("alarm_alarms_cleared_total", "alarms cleared", ["alarm_type"])
 ESCALATED = Counter("alarm_alarms_escalated_total", "alarms escalated for want of acknowledgement", ["alarm_type"])
 
-SEVERITIES = ("info", "warning", "major", "critical")
-_RANK = "array_position(ARRAY['info','warning','major','critical'], {})"
+SEVERITY_RANK = "array_position(ARRAY['info','warning','major','critical'], {})"
 
 
-class InvalidQuery(ServiceError):
-    status_code = 422
-    code = "invalid_query"
-
-
-@dataclass(frozen=True, kw_only=True)
-class AlarmRecord:
-    """An alarm as stored, with where its source sits."""
-
-    alarm_id: uuid.UUID
-    source_id: str
-    alarm_type: str
-    severity: AlarmSeverity
-    state: AlarmState
-    message_zh: str
-    message_en: str
-    details: dict[str, str] = field(default_factory=dict)
-    meter_id: str | None = None
-    gateway_id: str | None = None
-    estate: str | None = None
-    building: str | None = None
-    room: str | None = None
-    tenant_id: str | None = None
-    occurrences: int = 1
-    escalation_level: int = 0
-    raised_at: datetime
-
-    @classmethod
-    def of(cls, row: Row[Any]) -> AlarmRecord:
-        r = row._mapping
-        return cls(
-            alarm_id=r["alarm_id"],
-            source_id=r["source_id"],
-            alarm_type=r["alarm_type"],
-            severity=AlarmSeverity(r["severity"]),
-            state=AlarmState(r["state"]),
-            message_zh=r["message_zh"],
-            message_en=r["message_en"],
-            details=dict(r["details"]),
-            meter_id=r["meter_id"],
-            gateway_id=r["gateway_id"],
-            estate=r["estate"],
-            building=r["building"],
-            room=r["room"],
-            tenant_id=r["tenant_id"],
-            occurrences=r["occurrences"],
-            escalation_level=r["escalation_level"],
-            raised_at=r["raised_at"],
-        )
+def record_of(row: Row[Any]) -> AlarmRecord:
+    """An alarm row as an AlarmRecord."""
+    r = row._mapping
+    return AlarmRecord(
+        alarm_id=r["alarm_id"],
+        source_id=r["source_id"],
+        alarm_type=r["alarm_type"],
+        severity=AlarmSeverity(r["severity"]),
+        state=AlarmState(r["state"]),
+        message_zh=r["message_zh"],
+        message_en=r["message_en"],
+        details=dict(r["details"]),
+        meter_id=r["meter_id"],
+        gateway_id=r["gateway_id"],
+        estate=r["estate"],
+        building=r["building"],
+        room=r["room"],
+        tenant_id=r["tenant_id"],
+        occurrences=r["occurrences"],
+        escalation_level=r["escalation_level"],
+        raised_at=r["raised_at"],
+    )
 
 
 # Called inside the alarm's transaction when an alarm is raised, escalated or cleared.
 AlarmHook = Callable[[AsyncConnection, AlarmRecord, str], Awaitable[None]]
-
-
-@dataclass(frozen=True, kw_only=True)
-class AlarmQuery:
-    estate: str | None = None
-    building: str | None = None
-    source_id: str | None = None
-    meter_id: str | None = None
-    alarm_type: str | None = None
-    alarm_types: tuple[str, ...] | None = None
-    state: str | None = None
-    tenant_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    limit: int = 100
-    cursor: str | None = None
-
-
-def _hook_order(event: tuple[AlarmRecord, str]) -> tuple[bool, str, str, str]:
-    record = event[0]
-    return (record.tenant_id is not None, record.tenant_id or "", record.source_id, record.alarm_type)
-
-
-def _cursor(raised_at: datetime, alarm_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{raised_at.isoformat()}|{alarm_id}".encode()).decode()
-
-
-def _uncursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, alarm_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(at), uuid.UUID(alarm_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
-        raise InvalidQuery("cursor is not one this API handed out") from err
 
 
 class AlarmService:
@@ -146,7 +85,7 @@ class AlarmService:
     def add_hook(self, hook: AlarmHook) -> None:
         self._hooks.append(hook)
 
-    async def apply(self, decisions: Sequence[rules.Decision]) -> None:
+    async def apply(self, decisions: Sequence[Decision]) -> None:
         """Apply decisions in their own transaction."""
         if not decisions:
             return
@@ -154,7 +93,7 @@ class AlarmService:
             await self.apply_in(conn, decisions)
         self._outbox.notify()
 
-    async def apply_in(self, conn: AsyncConnection, decisions: Sequence[rules.Decision]) -> None:
+    async def apply_in(self, conn: AsyncConnection, decisions: Sequence[Decision]) -> None:
         """Apply decisions inside the caller's transaction (the caller notifies the outbox after commit).
 
         Rows are locked in one stable key order, so two transactions touching the same rows wait for each
@@ -162,19 +101,17 @@ class AlarmService:
         (tenant, source, type) order, since they write rows per tenant (a tenant's default subscriptions) and
         per alarm (work orders). The sort is stable: the decisions of one (source, type) keep their order.
         """
-        raised = sorted({d.source_id for d in decisions if isinstance(d, rules.Raise)})
+        raised = sorted({d.source_id for d in decisions if isinstance(d, Raise)})
         where = await targets.placements(conn, raised) if raised else {}
         events: list[tuple[AlarmRecord, str]] = []
         for decision in sorted(decisions, key=lambda d: (d.source_id, d.alarm_type)):
-            if isinstance(decision, rules.Raise):
-                events += await self._raise(conn, decision, where.get(decision.source_id, targets.Placement()))
+            if isinstance(decision, Raise):
+                events += await self._raise(conn, decision, where.get(decision.source_id, Placement()))
             else:
                 events += await self._clear(conn, decision)
         await self._run_hooks(conn, events)
 
-    async def _raise(
-        self, conn: AsyncConnection, d: rules.Raise, at: targets.Placement
-    ) -> list[tuple[AlarmRecord, str]]:
+    async def _raise(self, conn: AsyncConnection, d: Raise, at: Placement) -> list[tuple[AlarmRecord, str]]:
         row = (
             await conn.execute(
                 text(
@@ -184,7 +121,7 @@ class AlarmService:
                     ":room, :tenant) "
                     "ON CONFLICT (source_id, alarm_type) WHERE state <> 'cleared' DO UPDATE SET "
                     "occurrences = alarm.alarms.occurrences + 1, last_seen_at = now(), "
-                    f"severity = CASE WHEN {_RANK.format('EXCLUDED.severity')} > {_RANK.format('alarm.alarms.severity')} "
+                    f"severity = CASE WHEN {SEVERITY_RANK.format('EXCLUDED.severity')} > {SEVERITY_RANK.format('alarm.alarms.severity')} "
                     "THEN EXCLUDED.severity ELSE alarm.alarms.severity END, "
                     "message_zh = EXCLUDED.message_zh, message_en = EXCLUDED.message_en, "
                     "details = EXCLUDED.details, updated_at = now() "
@@ -207,7 +144,7 @@ class AlarmService:
                 },
             )
         ).one()
-        record = AlarmRecord.of(row)
+        record = record_of(row)
         await self._publish(conn, record)
         if not row.inserted:
             return []
@@ -215,7 +152,7 @@ class AlarmService:
         log.info("alarm %s raised for %s", d.alarm_type, d.source_id)
         return [(record, "raised")]
 
-    async def _clear(self, conn: AsyncConnection, d: rules.Clear) -> list[tuple[AlarmRecord, str]]:
+    async def _clear(self, conn: AsyncConnection, d: Clear) -> list[tuple[AlarmRecord, str]]:
         cleared = await conn.execute(
             text(
                 "UPDATE alarm.alarms SET state = 'cleared', cleared_at = now(), updated_at = now() "
@@ -226,7 +163,7 @@ class AlarmService:
         events: list[tuple[AlarmRecord, str]] = []
         for row in cleared.all():
             CLEARED.labels(d.alarm_type).inc()
-            record = AlarmRecord.of(row)
+            record = record_of(row)
             await self._publish(conn, record)
             events.append((record, "cleared"))
         return events
@@ -234,7 +171,7 @@ class AlarmService:
     async def _run_hooks(self, conn: AsyncConnection, events: Sequence[tuple[AlarmRecord, str]]) -> None:
         """Run the hooks for every event in (tenant, source, type) order: the rows they lock (per tenant, then per
         alarm) are then taken in the same order by every transaction. Stable, so one alarm's events keep theirs."""
-        for record, event in sorted(events, key=_hook_order):
+        for record, event in sorted(events, key=hook_order):
             for hook in self._hooks:
                 await hook(conn, record, event)
 
@@ -276,7 +213,7 @@ class AlarmService:
             ).all()
             events: list[tuple[AlarmRecord, str]] = []
             for row in rows:
-                record = AlarmRecord.of(row)
+                record = record_of(row)
                 ESCALATED.labels(record.alarm_type).inc()
                 log.warning("alarm %s on %s escalated to %s", record.alarm_type, record.source_id, record.severity)
                 await self._publish(conn, record)
@@ -290,7 +227,7 @@ class AlarmService:
         """History newest first, filtered; the cursor of the next page when there may be one."""
         if q.state is not None and q.state not in {s.value for s in AlarmState}:
             raise InvalidQuery(f"state must be one of {[s.value for s in AlarmState]}")
-        before = _uncursor(q.cursor) if q.cursor else None
+        before = decode_cursor(q.cursor) if q.cursor else None
         params: dict[str, Any] = {
             "estate": q.estate,
             "building": q.building,
@@ -328,7 +265,7 @@ class AlarmService:
                 params,
             )
             found = [r._asdict() for r in rows]
-        more = _cursor(found[-1]["raised_at"], found[-1]["alarm_id"]) if len(found) == q.limit else None
+        more = encode_cursor(found[-1]["raised_at"], found[-1]["alarm_id"]) if len(found) == q.limit else None
         return found, more
 
     async def alarms(
@@ -359,6 +296,6 @@ class AlarmService:
             if row is None:
                 raise NotFound(f"no alarm {alarm_id}")
             if row.changed:
-                await self._publish(conn, AlarmRecord.of(row))
+                await self._publish(conn, record_of(row))
         self._outbox.notify()
         return row._asdict()

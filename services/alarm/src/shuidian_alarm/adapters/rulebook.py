@@ -1,6 +1,6 @@
 """Rule configuration per estate, building, meter model or meter, persisted and validated.
 
-The built-in defaults (`detectors.default_rules`) apply everywhere unless a stored rule of the
+The built-in defaults (`domain.rules.default_rules`) apply everywhere unless a stored rule of the
 same slot and scope replaces them; per slot the most specific scope wins. Every instance keeps
 the whole book in memory and reloads it when the stored configuration changes.
 """
@@ -12,22 +12,16 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_alarm import detectors
-from shuidian_alarm.detectors import Rule, RuleScope, ScopedRule, ScopeLevel, ScopeTarget
-from shuidian_kit.errors import NotFound, ServiceError
+from shuidian_alarm.domain.rules import Rule, ScopedRule, default_rules, resolve_rules, rule_from_json, rule_to_json
+from shuidian_alarm.domain.scopes import RuleScope, ScopeLevel, ScopeTarget
+from shuidian_alarm.errors import NotFound
 
 log = logging.getLogger(__name__)
-
-
-class InvalidRule(ServiceError):
-    status_code = 422
-    code = "invalid_rule"
 
 
 @dataclass(frozen=True)
@@ -39,40 +33,6 @@ class StoredRule:
     updated_at: datetime | None  # None: a built-in default
 
 
-def parse_rule(slot: str, raw: dict[str, Any]) -> Rule:
-    """A rule from its JSON form, or InvalidRule saying why not."""
-    try:
-        rule = detectors.rule_from_json(json.dumps(raw))
-    except (ValidationError, ValueError, TypeError) as err:
-        raise InvalidRule(f"rule does not validate: {err}") from err
-    if rule.slot != slot:
-        raise InvalidRule(f"a {rule.kind} rule fills slot {rule.slot!r}, not {slot!r}")
-    stored = detectors.rule_to_json(rule)
-    if "\\u0000" in stored:
-        raise InvalidRule("rule text must not contain NUL characters")
-    for zone in _zones(rule):
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError) as err:
-            raise InvalidRule(f"unknown time zone {zone!r}") from err
-    return rule
-
-
-def _zones(rule: Rule) -> list[str]:
-    """Time zones a rule will look up when it runs: checked on the way in, not at 3 a.m."""
-    zones = [getattr(rule, "timezone", None)]
-    calendar = getattr(rule, "calendar", None)
-    zones.append(getattr(calendar, "timezone", None))
-    return [z for z in zones if isinstance(z, str)]
-
-
-def scope_of(level: ScopeLevel, key: str | None) -> RuleScope:
-    try:
-        return RuleScope(level=level, key=key or "")
-    except ValueError as err:
-        raise InvalidRule(str(err)) from err
-
-
 class RuleBook:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -80,7 +40,7 @@ class RuleBook:
         self._marker: tuple[Any, ...] | None = None
         self._resolved: dict[ScopeTarget, dict[str, Rule]] = {}
         self.version = object()  # a new object whenever the book changes, so callers can drop derived caches
-        self._builtin = detectors.default_rules()
+        self._builtin = default_rules()
 
     async def load(self, conn: AsyncConnection | None = None) -> None:
         """Reload the stored rules if they changed since the last load."""
@@ -97,7 +57,7 @@ class RuleBook:
         stored = []
         for row in rows:
             try:
-                rule = detectors.rule_from_json(json.dumps(row.rule))
+                rule = rule_from_json(json.dumps(row.rule))
             except ValidationError:
                 # Validated on the way in; a row that no longer parses (older release) is skipped, loudly.
                 log.error(
@@ -123,7 +83,7 @@ class RuleBook:
         rules = self._resolved.get(target)
         if rules is None:
             scoped = [ScopedRule(scope=e.scope, rule=e.rule, enabled=e.enabled) for e in self.entries()]
-            rules = self._resolved[target] = detectors.resolve_rules(scoped, target)
+            rules = self._resolved[target] = resolve_rules(scoped, target)
         return rules
 
     async def put(self, scope: RuleScope, slot: str, enabled: bool, rule: Rule) -> StoredRule:
@@ -141,7 +101,7 @@ class RuleBook:
                         "k": scope.key,
                         "s": slot,
                         "e": enabled,
-                        "r": detectors.rule_to_json(rule),
+                        "r": rule_to_json(rule),
                     },
                 )
             ).one()

@@ -15,12 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote
 
 import aiosmtplib
 import httpx
 
+from shuidian_alarm.domain.notify.delivery import Channel, DeliveryResult, Outgoing
 from shuidian_kit.errors import MqttUnavailable
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.urlguard import GuardedTransport, UrlPolicy, UrlRefused, check_url
@@ -32,33 +33,6 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Shuidian-Signature"
 TIMESTAMP_HEADER = "X-Shuidian-Timestamp"
 DELIVERY_HEADER = "X-Shuidian-Delivery"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outgoing:
-    """One notification ready to send."""
-
-    notification_id: uuid.UUID
-    channel: str
-    address: str
-    subject: str
-    body: str
-    payload: dict[str, Any]
-    secret: str | None = None
-    tenant_id: str | None = None
-    language: str = "zh-CN"
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    ok: bool
-    retryable: bool = False
-    status_code: int | None = None
-    detail: str = ""
-
-
-class Channel(Protocol):
-    async def send(self, message: Outgoing) -> DeliveryResult: ...
 
 
 def _http_outcome(response: httpx.Response) -> DeliveryResult:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from shuidian_alarm.alarms import AlarmRecord
+from shuidian_alarm.domain.alarms import AlarmRecord
 
 LANGUAGES: Final = ("zh-CN", "en")
 

@@ -1,9 +1,8 @@
-"""Pure rules: what an incoming event means for the alarms of its source."""
+"""Alarms straight from another service's event: balance levels, command outcomes, parked messages (stateless)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from shuidian_alarm.domain.decisions import Clear, Decision, Raise
 from shuidian_shared.messages import (
     AlarmSeverity,
     BalanceEvent,
@@ -15,25 +14,6 @@ from shuidian_shared.messages import (
     CommandUpdate,
     DeadLetterParked,
 )
-
-
-@dataclass(frozen=True)
-class Raise:
-    source_id: str
-    alarm_type: str
-    severity: AlarmSeverity
-    message_zh: str
-    message_en: str
-    details: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Clear:
-    source_id: str
-    alarm_type: str
-
-
-Decision = Raise | Clear
 
 BALANCE_LOW = "balance_low"
 BALANCE_EXHAUSTED = "balance_exhausted"

@@ -1,48 +1,18 @@
-"""Work orders for device faults: a fault alarm opens one; maintenance staff assign, work and close it.
-
-Status: open → assigned → in_progress → resolved → closed (closing needs a cause; any open order may be
-closed directly, e.g. as a duplicate or a false alarm). Mean time to repair runs from opening to resolution.
-"""
+"""Work orders for device faults, stored: the alarm hook that opens one, and the staff's queries and updates
+(the rules of their status live in `domain.maintenance`)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_alarm.alarms import AlarmRecord
-from shuidian_kit.errors import NotFound, ServiceError
-
-# Alarm types that mean a device needs a person on site.
-FAULT_TYPES: Final = frozenset(
-    {
-        "meter_offline",
-        "gateway_offline",
-        "comm_errors",
-        "tamper",
-        "battery_low",
-        "clock_drift",
-        "supply_mismatch",
-        "command_failed",
-        "electric_leakage",
-    }
-)
-STATUSES: Final = ("open", "assigned", "in_progress", "resolved", "closed")
-_NEXT: Final = {
-    "open": {"assigned", "closed"},
-    "assigned": {"assigned", "in_progress", "resolved", "closed"},
-    "in_progress": {"resolved", "closed"},
-    "resolved": {"closed", "in_progress"},  # reopened when the fix did not hold
-    "closed": set(),
-}
-
-
-class InvalidTransition(ServiceError):
-    status_code = 409
-    code = "invalid_transition"
+from shuidian_alarm.domain.alarms import AlarmRecord
+from shuidian_alarm.domain.maintenance import FAULT_TYPES, plan_update
+from shuidian_alarm.errors import NotFound
 
 
 async def on_alarm(conn: AsyncConnection, alarm: AlarmRecord, event: str) -> None:
@@ -187,15 +157,14 @@ class WorkOrders:
             ).first()
             if row is None:
                 raise NotFound(f"no work order {work_order_id}")
-            target = status or ("assigned" if assignee and row.status == "open" else row.status)
-            if target != row.status and target not in _NEXT[row.status]:
-                raise InvalidTransition(f"a work order cannot go from {row.status} to {target}")
-            if row.status == "closed" and (assignee or closing_cause):
-                raise InvalidTransition("a closed work order is not changed any more; add a note instead")
-            if target == "assigned" and not (assignee or row.assignee):
-                raise InvalidTransition("assigning needs an assignee")
-            if target == "closed" and row.status != "closed" and not closing_cause:
-                raise InvalidTransition("closing needs a closing cause")
+            target, entries = plan_update(
+                row.status,
+                row.assignee,
+                status=status,
+                assignee=assignee,
+                note=note,
+                closing_cause=closing_cause,
+            )
             await conn.execute(
                 text(
                     "UPDATE alarm.work_orders SET status = :s, assignee = coalesce(:a, assignee), "
@@ -207,9 +176,6 @@ class WorkOrders:
                 ),
                 {"s": target, "a": assignee, "c": closing_cause, "w": work_order_id},
             )
-            entries = [f"{row.status} → {target}"] if target != row.status else []
-            entries += [f"指派给 · assigned to {assignee}"] if assignee else []
-            entries += [note] if note else []
             for entry in entries:
                 await conn.execute(
                     text("INSERT INTO alarm.work_order_notes (work_order_id, author, note) VALUES (:w, :a, :n)"),

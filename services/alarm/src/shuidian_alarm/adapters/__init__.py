@@ -1,0 +1,1 @@
+"""Everything that touches the outside: SQL repositories, the MQTT evaluation path, notification channels."""

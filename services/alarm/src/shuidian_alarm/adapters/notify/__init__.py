@@ -1,0 +1,1 @@
+"""Notification channels (webhook, e-mail, SMS, MQTT push), the persisted delivery queue and tenants' settings."""

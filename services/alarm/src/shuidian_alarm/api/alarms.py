@@ -1,0 +1,148 @@
+"""Alarms and their history; device faults for maintenance staff."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from shuidian_alarm.api.deps import Alarms
+from shuidian_alarm.api.schemas import NEXT_CURSOR, Cursor, Filter, Instant, Limit, Name, Strict
+from shuidian_alarm.domain.alarms import AlarmQuery
+from shuidian_alarm.domain.maintenance import FAULT_TYPES
+from shuidian_alarm.errors import InvalidQuery
+from shuidian_kit.service_auth import Acting
+
+router = APIRouter()
+
+
+class AlarmOut(BaseModel):
+    alarm_id: uuid.UUID
+    source_id: str
+    alarm_type: str
+    severity: str
+    state: str
+    message_zh: str
+    message_en: str
+    details: dict[str, str]
+    occurrences: int
+    meter_id: str | None
+    gateway_id: str | None
+    estate: str | None
+    building: str | None
+    room: str | None
+    tenant_id: str | None
+    raised_at: datetime
+    last_seen_at: datetime
+    updated_at: datetime
+    escalation_level: int
+    escalated_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    cleared_at: datetime | None
+
+
+class AcknowledgeIn(Strict):
+    by: Name | None = Field(
+        default=None, description="ignored (older clients send it): the acknowledger is the caller's credential"
+    )
+
+
+@router.get(
+    "/alarms",
+    response_model=list[AlarmOut],
+    tags=["alarms"],
+    summary="告警历史 · Alarm history, newest first",
+    description=f"Filters combine with AND. When more may follow, the `{NEXT_CURSOR}` header holds the cursor "
+    "of the next page.",
+)
+async def list_alarms(
+    alarms: Alarms,
+    response: Response,
+    estate: Filter = None,
+    building: Filter = None,
+    meter_id: Filter = None,
+    source_id: Filter = None,
+    alarm_type: Filter = None,
+    state: Literal["active", "acknowledged", "cleared"] | None = None,
+    tenant_id: Filter = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> list[dict[str, Any]]:
+    found, more = await alarms.query(
+        AlarmQuery(
+            estate=estate,
+            building=building,
+            meter_id=meter_id,
+            source_id=source_id,
+            alarm_type=alarm_type,
+            state=state,
+            tenant_id=tenant_id,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+    )
+    if more:
+        response.headers[NEXT_CURSOR] = more
+    return found
+
+
+@router.get("/alarms/{alarm_id}", response_model=AlarmOut, tags=["alarms"], summary="One alarm")
+async def get_alarm(alarm_id: uuid.UUID, alarms: Alarms) -> dict[str, Any]:
+    return await alarms.get(alarm_id)
+
+
+@router.post(
+    "/alarms/{alarm_id}/acknowledge", response_model=AlarmOut, tags=["alarms"], summary="确认告警 · Acknowledge"
+)
+async def acknowledge(
+    alarm_id: uuid.UUID, alarms: Alarms, actor: Acting, body: AcknowledgeIn | None = None
+) -> dict[str, Any]:
+    return await alarms.acknowledge(alarm_id, actor)
+
+
+@router.get(
+    "/faults",
+    response_model=list[AlarmOut],
+    tags=["maintenance"],
+    summary="设备故障 · Device faults for maintenance staff",
+)
+async def faults(
+    alarms: Alarms,
+    response: Response,
+    estate: Filter = None,
+    building: Filter = None,
+    device_id: Filter = None,
+    fault_type: Filter = None,
+    state: Literal["active", "acknowledged", "cleared"] | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> list[dict[str, Any]]:
+    if fault_type is not None and fault_type not in FAULT_TYPES:
+        raise InvalidQuery(f"fault_type must be one of {sorted(FAULT_TYPES)}")
+    found, more = await alarms.query(
+        AlarmQuery(
+            estate=estate,
+            building=building,
+            source_id=device_id,
+            alarm_type=fault_type,
+            alarm_types=tuple(sorted(FAULT_TYPES)),
+            state=state,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+    )
+    if more:
+        response.headers[NEXT_CURSOR] = more
+    return found

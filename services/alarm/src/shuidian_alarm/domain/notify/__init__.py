@@ -1,0 +1,1 @@
+"""Notifications, pure: delivery outcomes and back-off, quiet hours, templates, tenants' settings."""

@@ -1,1 +1,0 @@
-"""Notifications: templates, delivery channels and the persisted delivery queue."""

@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from shuidian_collector.protocols import dlt645
 from shuidian_devstack.platform import Platform, platform
 from shuidian_devstack.pytest_plugin import eventually
 from shuidian_devstack.seed import AccountSeed, BusSeed, MeterSeed, seed
+from shuidian_protocols import dlt645
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate
 

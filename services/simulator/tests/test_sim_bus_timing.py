@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from shuidian_collector.protocols import cjt188, dlt645
+from shuidian_protocols import cjt188, dlt645
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate
 from shuidian_simulator.modbus_device import rtu_frame, silent_interval

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_collector.protocols import cjt188, dlt645
+from shuidian_protocols import cjt188, dlt645
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate, Fault, FaultKind
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from shuidian_collector.protocols import dlt645
+from shuidian_protocols import dlt645
 from shuidian_simulator import Simulator
 from shuidian_simulator.consumption import ConsumptionModel
 from shuidian_simulator.estate import Estate, Fault, FaultKind, Profile

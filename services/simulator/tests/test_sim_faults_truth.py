@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shuidian_collector.protocols import dlt645
+from shuidian_protocols import dlt645
 from shuidian_simulator import Simulator
 from shuidian_simulator.control_api import create_control_app
 from shuidian_simulator.estate import Estate, Fault, FaultKind

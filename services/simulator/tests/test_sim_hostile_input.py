@@ -8,7 +8,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shuidian_collector.protocols import cjt188, dlt645
+from shuidian_protocols import cjt188, dlt645
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate
 from shuidian_simulator.modbus_device import cut_rtu_requests, rtu_frame

@@ -14,7 +14,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer import FramerType
 
-from shuidian_collector.protocols.modbus_profiles import (
+from shuidian_protocols.modbus_profiles import (
     DeviceProfile,
     control_writes,
     decode_block,

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
-from shuidian_collector.protocols import dlt645
-from shuidian_collector.protocols.common import ChecksumError, FrameError
-from shuidian_collector.protocols.modbus_profiles import load_profile
+from shuidian_protocols import dlt645
+from shuidian_protocols.errors import ChecksumError, FrameError
+from shuidian_protocols.modbus_profiles import load_profile
 from shuidian_simulator import Simulator
 from shuidian_simulator.bus import NOISE_REPLY
 from shuidian_simulator.control_api import create_control_app

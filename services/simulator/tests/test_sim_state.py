@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from shuidian_collector.protocols import dlt645
 from shuidian_devstack.infra import free_port
+from shuidian_protocols import dlt645
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate
 

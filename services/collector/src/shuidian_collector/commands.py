@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_collector.drivers import CommandOutcome
 from shuidian_collector.poller import DeviceStates, GatewayPoller, StateRow
-from shuidian_collector.protocols.common import ProtocolError
 from shuidian_collector.store import LocalStore
 from shuidian_collector.transport import BusError, error_kind
 from shuidian_kit.outbox import Outbox
+from shuidian_protocols.errors import ProtocolError
 from shuidian_shared import topics
 from shuidian_shared.messages import CommandRequested, CommandResult, CommandStatus
 

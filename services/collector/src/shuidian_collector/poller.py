@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_collector.drivers import CommandOutcome, CommandRejected, Driver, refused
 from shuidian_collector.pollstats import PollTally, ReadObserver
-from shuidian_collector.protocols.common import ProtocolError
 from shuidian_collector.registry import BusConfig, GatewayConfig, MeterConfig
 from shuidian_collector.schedule import Edge, GatewayHealth, MeterSchedule
 from shuidian_collector.store import LocalStore, Message, StoreFull
 from shuidian_collector.transport import COMMAND_PRIORITY, POLL_PRIORITY, Bus, BusError, BusGate, error_kind
+from shuidian_protocols.errors import ProtocolError
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     CommandRequested,

@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from shuidian_collector.protocols.common import ChecksumError, DeviceError, ProtocolError
 from shuidian_collector.transport import BusGarbled, BusLinkError, BusTimeout
+from shuidian_protocols.errors import ChecksumError, DeviceError, ProtocolError
 from shuidian_shared.messages import PollCounts, PollStats
 
 

@@ -11,8 +11,8 @@ from enum import StrEnum
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_collector.protocols.modbus_profiles import available_profiles
 from shuidian_kit.errors import Conflict, NotFound, ServiceError
+from shuidian_protocols.modbus_profiles import available_profiles
 from shuidian_shared.messages import Utility
 
 

@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from shuidian_collector.protocols.common import DeviceError, ProtocolError
+from shuidian_protocols.errors import DeviceError, ProtocolError
 
 log = logging.getLogger(__name__)
 

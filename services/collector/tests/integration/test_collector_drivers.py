@@ -22,11 +22,11 @@ from shuidian_collector.drivers import ConfirmPolicy
 from shuidian_collector.drivers.cjt188 import Cjt188Driver
 from shuidian_collector.drivers.dlt645 import Dlt645v1997Driver
 from shuidian_collector.drivers.modbus import ModbusDriver
-from shuidian_collector.protocols import cjt188, dlt645
-from shuidian_collector.protocols.common import DeviceError
-from shuidian_collector.protocols.modbus_profiles import DeviceProfile, encode_registers, load_profile
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
 from shuidian_collector.transport import POLL_PRIORITY, Bus, BusTimeout
+from shuidian_protocols import cjt188, dlt645
+from shuidian_protocols.errors import DeviceError
+from shuidian_protocols.modbus_profiles import DeviceProfile, encode_registers, load_profile
 from shuidian_shared.messages import (
     CLOCK_OFFSET,
     CommandKind,

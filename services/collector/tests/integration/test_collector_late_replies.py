@@ -18,9 +18,9 @@ from shuidian_collector.drivers.dlt645 import (
     DI_STATUS_WORD_3,
     Dlt645Driver,
 )
-from shuidian_collector.protocols import cjt188, dlt645
 from shuidian_collector.registry import MeterConfig
 from shuidian_collector.transport import POLL_PRIORITY, Bus, BusLink, BusTimeout
+from shuidian_protocols import cjt188, dlt645
 from shuidian_shared.messages import ReadingFlag, Utility
 
 pytestmark = pytest.mark.integration

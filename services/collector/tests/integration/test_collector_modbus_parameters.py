@@ -19,9 +19,9 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from shuidian_collector.drivers import CommandOutcome, CommandRejected, ConfirmPolicy, refused
 from shuidian_collector.drivers.modbus import ModbusDriver
-from shuidian_collector.protocols.modbus_profiles import DeviceProfile, ProfileError, parse_profile
 from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
 from shuidian_collector.transport import POLL_PRIORITY, Bus
+from shuidian_protocols.modbus_profiles import DeviceProfile, ProfileError, parse_profile
 from shuidian_shared.messages import CommandKind, CommandOrigin, CommandRequested, CommandStatus, Utility
 
 pytestmark = pytest.mark.integration

@@ -19,13 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_collector.app import drivers
 from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
-from shuidian_collector.protocols import dlt645
 from shuidian_collector.registry import BusConfig, BusProtocol, GatewayConfig, MeterConfig
 from shuidian_collector.settings import CollectorSettings
 from shuidian_collector.store import LocalStore
 from shuidian_devstack.infra import free_port
 from shuidian_devstack.pytest_plugin import eventually, migrated_engine
 from shuidian_kit.db import create_engine
+from shuidian_protocols import dlt645
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     CommandKind,

@@ -21,12 +21,12 @@ from shuidian_collector.drivers import ConfirmPolicy, Driver
 from shuidian_collector.drivers.dlt645 import Dlt645Driver
 from shuidian_collector.drivers.modbus import ModbusDriver
 from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
-from shuidian_collector.protocols import dlt645
-from shuidian_collector.protocols.modbus_profiles import DeviceProfile, parse_profile
 from shuidian_collector.registry import BusConfig, BusProtocol, GatewayConfig, MeterConfig
 from shuidian_collector.store import LocalStore
 from shuidian_collector.transport import BusError
 from shuidian_devstack.pytest_plugin import migrated_engine
+from shuidian_protocols import dlt645
+from shuidian_protocols.modbus_profiles import DeviceProfile, parse_profile
 from shuidian_shared.messages import CommandKind, CommandOrigin, CommandRequested, CommandStatus, RelayState, Utility
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from shuidian_collector.protocols.common import ProtocolError
+from shuidian_protocols.errors import ProtocolError
 from shuidian_simulator.estate import BusSpec, Fault, FaultKind
 from shuidian_simulator.meter import SimClock, SimMeter
 

@@ -8,8 +8,8 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
-from shuidian_collector.protocols import cjt188
-from shuidian_collector.protocols.common import ProtocolError
+from shuidian_protocols import cjt188
+from shuidian_protocols.errors import ProtocolError
 from shuidian_simulator.bus import SimBus
 from shuidian_simulator.meter import SimMeter
 

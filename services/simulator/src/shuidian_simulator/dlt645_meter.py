@@ -9,8 +9,9 @@ from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
 
-from shuidian_collector.protocols import dlt645
-from shuidian_collector.protocols.common import ProtocolError, bcd_encode
+from shuidian_protocols import dlt645
+from shuidian_protocols.common import bcd_encode
+from shuidian_protocols.errors import ProtocolError
 from shuidian_simulator.bus import SimBus
 from shuidian_simulator.meter import SimMeter
 

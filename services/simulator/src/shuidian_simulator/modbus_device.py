@@ -17,8 +17,8 @@ from collections.abc import Callable
 from decimal import ROUND_DOWN, Decimal
 from functools import cache, partial
 
-from shuidian_collector.protocols.common import ValueEncodingError
-from shuidian_collector.protocols.modbus_profiles import DeviceProfile, RegisterSpec, encode_register, load_profile
+from shuidian_protocols.errors import ValueEncodingError
+from shuidian_protocols.modbus_profiles import DeviceProfile, RegisterSpec, encode_register, load_profile
 from shuidian_simulator.bus import LineDiscipline, SimBus
 from shuidian_simulator.dlt645_meter import POWER_FACTOR, VOLTAGE
 from shuidian_simulator.meter import SimMeter

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from shuidian_collector.protocols.modbus_profiles import load_profile
+from shuidian_protocols.modbus_profiles import load_profile
 from shuidian_simulator import cjt188_meter, dlt645_meter, modbus_device, state
 from shuidian_simulator.bus import Handler, LineDiscipline, SimBus
 from shuidian_simulator.consumption import ConsumptionModel

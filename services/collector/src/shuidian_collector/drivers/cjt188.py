@@ -21,10 +21,10 @@ from shuidian_collector.drivers import (
     read_back,
     unsupported,
 )
-from shuidian_collector.protocols import cjt188
-from shuidian_collector.protocols.common import DeviceError, ProtocolError
 from shuidian_collector.registry import BusConfig, MeterConfig
 from shuidian_collector.transport import BusLink, Channel
+from shuidian_protocols import cjt188
+from shuidian_protocols.errors import DeviceError, ProtocolError
 from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, ReadingFlag, ValveState
 
 # Volume units a water meter may report, as the factor that turns them into m³.

@@ -28,10 +28,10 @@ from shuidian_collector.drivers import (
     requested_parameter,
     unsupported,
 )
-from shuidian_collector.protocols import dlt645
-from shuidian_collector.protocols.common import DeviceError, ProtocolError, ValueEncodingError
 from shuidian_collector.registry import BusConfig, MeterConfig
 from shuidian_collector.transport import BusError, BusLink, Channel
+from shuidian_protocols import dlt645
+from shuidian_protocols.errors import DeviceError, ProtocolError, ValueEncodingError
 from shuidian_shared.messages import (
     CommandKind,
     CommandRequested,

@@ -29,8 +29,10 @@ from shuidian_collector.drivers import (
     requested_parameter,
     unsupported,
 )
-from shuidian_collector.protocols.common import DeviceError, ProtocolError, ValueEncodingError
-from shuidian_collector.protocols.modbus_profiles import (
+from shuidian_collector.registry import BusConfig, MeterConfig
+from shuidian_collector.transport import BusGarbled, BusLinkError, BusTimeout, Channel
+from shuidian_protocols.errors import DeviceError, ProtocolError, ValueEncodingError
+from shuidian_protocols.modbus_profiles import (
     DeviceProfile,
     decode_block,
     decode_register,
@@ -38,8 +40,6 @@ from shuidian_collector.protocols.modbus_profiles import (
     load_profile,
     plan_reads,
 )
-from shuidian_collector.registry import BusConfig, MeterConfig
-from shuidian_collector.transport import BusGarbled, BusLinkError, BusTimeout, Channel
 from shuidian_shared.messages import (
     RESIDUAL_CURRENT,
     CommandKind,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from shuidian_collector.protocols.cjt188 import (
+from shuidian_protocols.cjt188 import (
     KNOWN_DATA_IDS,
     MAX_DATA_LENGTH,
     WILDCARD_ADDRESS,
@@ -40,7 +40,7 @@ from shuidian_collector.protocols.cjt188 import (
     read_request,
     valve_request,
 )
-from shuidian_collector.protocols.common import ProtocolError
+from shuidian_protocols.errors import ProtocolError
 
 meter_addresses = st.text("0123456789", min_size=14, max_size=14)
 target_addresses = meter_addresses | st.just(WILDCARD_ADDRESS)

@@ -13,7 +13,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from shuidian_collector.protocols.modbus_profiles import (
+from shuidian_protocols.modbus_profiles import (
     DeviceProfile,
     control_writes,
     decode_block,

@@ -7,8 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_collector.protocols.common import ValueEncodingError
-from shuidian_collector.protocols.dlt645 import (
+from shuidian_protocols.dlt645 import (
     CATALOGUE,
     MeterType,
     StatusWord1,
@@ -18,6 +17,7 @@ from shuidian_collector.protocols.dlt645 import (
     decode_value,
     encode_value,
 )
+from shuidian_protocols.errors import ValueEncodingError
 
 
 def hx(text: str) -> bytes:

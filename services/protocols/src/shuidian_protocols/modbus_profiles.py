@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from shuidian_collector.protocols.common import ValueEncodingError
+from shuidian_protocols.errors import ProfileError, ValueEncodingError
 
 __all__ = [
     "CANONICAL_UNITS",
@@ -49,7 +49,7 @@ __all__ = [
 MAX_UNIT_ID = 247  # Modbus unit ids 1..247; 0 is broadcast, 248..255 reserved
 _MAX_READ = 125  # registers per 03/04 request the protocol allows
 _MAX_WRITE = 123  # registers per 10H request the protocol allows
-_PACKAGE = "shuidian_collector.protocols"
+_PACKAGE = "shuidian_protocols"
 _PROFILE_DIR = "profiles"
 
 # Canonical readings and the unit their value is in after scaling: a profile that uses one of these names must
@@ -85,10 +85,6 @@ _STATE_REGISTERS = frozenset({"relay_open", "valve_state", "leakage_alarm"})
 
 # Decimal arithmetic wide enough that scaling a 32-bit register or a float32's 9 digits never rounds.
 _EXACT = Context(prec=60)
-
-
-class ProfileError(ValueError):
-    """A profile is missing, not YAML, or invalid; the message names the file and the offending field."""
 
 
 class RegisterType(StrEnum):

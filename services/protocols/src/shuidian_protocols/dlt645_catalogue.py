@@ -10,13 +10,8 @@ from enum import Enum, IntEnum
 from types import MappingProxyType
 from typing import assert_never
 
-from shuidian_collector.protocols.common import (
-    ValueEncodingError,
-    bcd_decode,
-    bcd_encode,
-    bcd_from_decimal,
-    decimal_from_bcd,
-)
+from shuidian_protocols.common import bcd_decode, bcd_encode, bcd_from_decimal, decimal_from_bcd
+from shuidian_protocols.errors import ValueEncodingError
 
 __all__ = [
     "CATALOGUE",

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from shuidian_collector.protocols.modbus_profiles import (
+from shuidian_protocols.modbus_profiles import (
     CANONICAL_UNITS,
     ProfileError,
     RegisterType,

@@ -7,8 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_collector.protocols.common import ChecksumError, DeviceError, FrameError, ValueEncodingError
-from shuidian_collector.protocols.dlt645 import (
+from shuidian_protocols.dlt645 import (
     BroadcastTime,
     ErrorBits,
     Frame,
@@ -43,6 +42,7 @@ from shuidian_collector.protocols.dlt645 import (
     relay_control_request,
     write_request,
 )
+from shuidian_protocols.errors import ChecksumError, DeviceError, FrameError, ValueEncodingError
 
 METER = "123456789012"
 

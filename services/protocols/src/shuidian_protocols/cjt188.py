@@ -7,12 +7,8 @@ from datetime import datetime
 from decimal import Decimal
 from enum import Enum, IntEnum
 
-from shuidian_collector.protocols.common import (
-    ChecksumError,
-    DeviceError,
+from shuidian_protocols.common import (
     FrameCutter,
-    FrameError,
-    ValueEncodingError,
     address_bytes,
     bcd_decode,
     bcd_encode,
@@ -21,6 +17,7 @@ from shuidian_collector.protocols.common import (
     decimal_from_bcd,
     target_address,
 )
+from shuidian_protocols.errors import ChecksumError, DeviceError, FrameError, ValueEncodingError
 
 __all__ = [
     "KNOWN_DATA_IDS",

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_collector.protocols.cjt188 import (
+from shuidian_protocols.cjt188 import (
     WILDCARD_ADDRESS,
     CurrentData,
     DataId,
@@ -41,7 +41,7 @@ from shuidian_collector.protocols.cjt188 import (
     read_request,
     valve_request,
 )
-from shuidian_collector.protocols.common import ChecksumError, DeviceError, FrameError, ValueEncodingError
+from shuidian_protocols.errors import ChecksumError, DeviceError, FrameError, ValueEncodingError
 
 METER = "00000012345678"
 

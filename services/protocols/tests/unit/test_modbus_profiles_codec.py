@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shuidian_collector.protocols.common import ValueEncodingError
-from shuidian_collector.protocols.modbus_profiles import (
+from shuidian_protocols.errors import ValueEncodingError
+from shuidian_protocols.modbus_profiles import (
     DeviceProfile,
     ReadBlock,
     RegisterSpec,

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shuidian_collector.protocols.common import ProtocolError, ValueEncodingError
-from shuidian_collector.protocols.dlt645 import (
+from shuidian_protocols.dlt645 import (
     CATALOGUE,
     MAX_DATA_LENGTH,
     DataItem,
@@ -33,6 +32,7 @@ from shuidian_collector.protocols.dlt645 import (
     relay_control_request,
     write_request,
 )
+from shuidian_protocols.errors import ProtocolError, ValueEncodingError
 
 meter_addresses = st.text("0123456789", min_size=12, max_size=12)
 any_addresses = st.binary(min_size=6, max_size=6).map(lambda b: b.hex().upper())

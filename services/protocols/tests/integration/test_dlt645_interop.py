@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from dlt645 import MeterServerService
 
-from shuidian_collector.protocols.dlt645 import (
+from shuidian_protocols.dlt645 import (
     ErrorBits,
     Frame,
     Function,

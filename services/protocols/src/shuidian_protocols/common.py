@@ -1,13 +1,4 @@
-"""Building blocks shared by the field codecs: the error tree, checksums and packed BCD.
-
-Exception tree (every codec raises only these)::
-
-    ProtocolError            anything wrong with bytes from or for the field
-    ├── FrameError           a frame that cannot be a valid frame (length, start/end byte, layout)
-    │   └── ChecksumError    a well-formed frame whose checksum does not match
-    ├── ValueEncodingError   a field whose content is not valid (non-BCD nibble, value out of range)
-    └── DeviceError          the device answered with an error reply (carries the decoded reason)
-"""
+"""Building blocks shared by the field codecs: checksums, packed BCD, addresses and the frame cutter."""
 
 from __future__ import annotations
 
@@ -15,25 +6,7 @@ from collections.abc import Callable
 from decimal import Context, Decimal
 from typing import Generic, TypeVar
 
-
-class ProtocolError(Exception):
-    """Root of every codec error."""
-
-
-class FrameError(ProtocolError):
-    """The bytes are not a valid frame."""
-
-
-class ChecksumError(FrameError):
-    """The frame's checksum byte does not match its content."""
-
-
-class ValueEncodingError(ProtocolError):
-    """A value cannot be encoded or decoded (not BCD, out of range, wrong size)."""
-
-
-class DeviceError(ProtocolError):
-    """The device answered with an error reply."""
+from shuidian_protocols.errors import FrameError, ProtocolError, ValueEncodingError
 
 
 def checksum(data: bytes) -> int:

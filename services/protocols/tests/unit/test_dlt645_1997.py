@@ -6,8 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_collector.protocols.common import FrameError, ValueEncodingError
-from shuidian_collector.protocols.dlt645 import (
+from shuidian_protocols.dlt645 import (
     CATALOGUE_1997,
     ErrorBits,
     MeterErrorReply,
@@ -24,6 +23,7 @@ from shuidian_collector.protocols.dlt645 import (
     read_request,
     read_request_1997,
 )
+from shuidian_protocols.errors import FrameError, ValueEncodingError
 
 METER = "123456789012"
 

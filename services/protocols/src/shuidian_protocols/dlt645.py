@@ -6,19 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum, IntFlag
 
-from shuidian_collector.protocols.common import (
-    ChecksumError,
-    DeviceError,
-    FrameCutter,
-    FrameError,
-    ValueEncodingError,
-    address_bytes,
-    bcd_decode,
-    bcd_encode,
-    checksum,
-    target_address,
-)
-from shuidian_collector.protocols.dlt645_catalogue import (
+from shuidian_protocols.common import FrameCutter, address_bytes, bcd_decode, bcd_encode, checksum, target_address
+from shuidian_protocols.dlt645_catalogue import (
     CATALOGUE,
     CATALOGUE_1997,
     DataItem,
@@ -32,6 +21,7 @@ from shuidian_collector.protocols.dlt645_catalogue import (
     encode_value,
     encode_value_1997,
 )
+from shuidian_protocols.errors import ChecksumError, DeviceError, FrameError, ValueEncodingError
 
 __all__ = [
     "BROADCAST_ADDRESS",

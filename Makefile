@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PACKAGES := shared services/kit services/collector services/billing services/control services/alarm \
+PACKAGES := shared services/kit services/protocols services/collector services/billing services/control services/alarm \
             services/api-gateway services/simulator services/devstack services/sdk
 STAMP  := $(VENV)/.installed
 

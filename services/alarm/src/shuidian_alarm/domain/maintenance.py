@@ -24,7 +24,6 @@ FAULT_TYPES: Final = frozenset(
         "electric_leakage",
     }
 )
-STATUSES: Final = ("open", "assigned", "in_progress", "resolved", "closed")
 _NEXT: Final = {
     "open": {"assigned", "closed"},
     "assigned": {"assigned", "in_progress", "resolved", "closed"},

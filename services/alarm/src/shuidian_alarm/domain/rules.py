@@ -236,23 +236,8 @@ def default_rules() -> tuple[ScopedRule, ...]:
 
 
 @cache
-def _states() -> TypeAdapter[RuleState]:
-    return TypeAdapter(Annotated[RuleState, Field(discriminator="kind")])
-
-
-@cache
 def _rules() -> TypeAdapter[Rule]:
     return TypeAdapter(Annotated[Rule, Field(discriminator="kind")])
-
-
-def to_json(state: RuleState) -> str:
-    """A rule state as JSON (decimal strings, ISO 8601 times and durations)."""
-    return _states().dump_json(state).decode()
-
-
-def from_json(raw: str | bytes) -> RuleState:
-    """A rule state back from `to_json`; raises pydantic's ValidationError on anything else."""
-    return _states().validate_json(raw)
 
 
 def rule_to_json(rule: Rule) -> str:

@@ -6,7 +6,7 @@ PACKAGES := shared services/kit services/protocols services/collector services/b
             services/api-gateway services/simulator services/devstack services/sdk
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit check lint typecheck imports fmt bench chaos lock clean up down
+.PHONY: install run test test-unit check lint typecheck imports fmt bench chaos lock clean up down web web-api web-test
 
 install: $(STAMP)
 
@@ -48,6 +48,32 @@ bench: install ## benchmarks: one JSON object per line
 
 chaos: install ## faults against the real stack, then an independent check: one JSON object (CHAOS=soak for the long run)
 	$(BIN)/python -m shuidian_devstack.chaos $(or $(CHAOS),short) $(CHAOS_ARGS)
+
+# The front-end (web/: staff console and tenant portal, docs/web.md). Node and npm build it; without
+# them `make run` goes on without the web UI and says so.
+NPM ?= npm
+WEB_SOURCES := $(shell find web/src web/console.html web/portal.html web/vite.config.ts web/tsconfig.json \
+                 web/package-lock.json -type f 2>/dev/null)
+
+web: web/dist/.built ## build the console and the portal into web/dist (npm ci against the lockfile, vite build)
+
+web/node_modules/.installed: web/package-lock.json
+	cd web && $(NPM) ci --no-audit --no-fund
+	@touch $@
+
+web/dist/.built: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && $(NPM) run build
+	@touch $@
+
+web-api: install web/node_modules/.installed ## regenerate the typed API client from the gateway's OpenAPI (no server needed)
+	GATEWAY_ENVIRONMENT=dev $(BIN)/python -c 'import json, sys; \
+	from shuidian_gateway.app import create_app; from shuidian_gateway.settings import GatewaySettings; \
+	sys.stdout.write(json.dumps(create_app(GatewaySettings()).openapi(), indent=2, ensure_ascii=False) + "\n")' \
+	  > web/openapi.json
+	cd web && $(NPM) run --silent api
+
+web-test: web/node_modules/.installed ## Vitest unit tests and the type check of the front-end
+	cd web && $(NPM) run --silent typecheck && $(NPM) test
 
 lock: ## re-pin requirements.lock from requirements.in
 	$(BIN)/python -m pip install --quiet uv

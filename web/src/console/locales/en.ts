@@ -1,0 +1,25 @@
+export default {
+  title: 'Shuidian · Staff console',
+  signInTitle: 'Staff console sign-in',
+  nav: {
+    overview: 'Overview',
+    rooms: 'Rooms & households',
+    devices: 'Devices',
+    commands: 'Remote commands',
+    alarms: 'Alarms & work orders',
+    billing: 'Billing setup',
+    reports: 'Reports',
+    cash: 'Cash desk',
+  },
+  role: {
+    system_admin: 'System administrator',
+    estate_manager: 'Estate manager',
+    cashier: 'Cashier',
+    maintenance: 'Maintenance',
+    finance: 'Finance',
+    tenant: 'Tenant',
+  },
+  estate: 'Estate',
+  allEstates: 'All estates',
+  notStaff: 'This is not a staff account; please use the tenant portal',
+}

@@ -1,0 +1,25 @@
+export default {
+  title: '水电 · 管理后台',
+  signInTitle: '管理后台登录',
+  nav: {
+    overview: '首页看板',
+    rooms: '房间与住户',
+    devices: '设备',
+    commands: '远程命令',
+    alarms: '告警与工单',
+    billing: '计费设置',
+    reports: '报表',
+    cash: '收银台',
+  },
+  role: {
+    system_admin: '系统管理员',
+    estate_manager: '物业经理',
+    cashier: '收银员',
+    maintenance: '维修人员',
+    finance: '财务',
+    tenant: '租户',
+  },
+  estate: '小区',
+  allEstates: '全部小区',
+  notStaff: '该账号不是物业人员账号，请使用租户端',
+}

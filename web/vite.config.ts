@@ -1,0 +1,43 @@
+/// <reference types="vitest/config" />
+// One build, two pages: console.html (staff, desktop) and portal.html (tenants, phone). They share
+// one assets/ folder, so Vue, the API client and the shared code are downloaded once and cached
+// for good (file names carry a content hash). The gateway serves dist/ (shuidian_gateway.webui).
+import { fileURLToPath, URL } from 'node:url'
+import { existsSync } from 'node:fs'
+import { defineConfig, type Plugin } from 'vite'
+import vue from '@vitejs/plugin-vue'
+
+// A page is built once its entry exists (each app's helper adds its own).
+const pages = ['console', 'portal'].filter((page) => existsSync(`${page}.html`) && existsSync(`src/${page}/main.ts`))
+const gateway = process.env.GATEWAY_URL ?? 'http://127.0.0.1:8000'
+
+/** In `npm run dev`, /console/… and /portal/… answer their page, as the gateway does. */
+function historyFallback(): Plugin {
+  return {
+    name: 'shuidian-history-fallback',
+    configureServer(server) {
+      server.middlewares.use((req, _res, next) => {
+        const page = pages.find((p) => req.url === `/${p}` || req.url?.startsWith(`/${p}/`))
+        if (page && req.headers.accept?.includes('text/html')) req.url = `/${page}.html`
+        next()
+      })
+    },
+  }
+}
+
+export default defineConfig({
+  base: '/',
+  plugins: [vue(), historyFallback()],
+  resolve: { alias: { '@': fileURLToPath(new URL('./src', import.meta.url)) } },
+  build: {
+    outDir: 'dist',
+    emptyOutDir: true,
+    chunkSizeWarningLimit: 1200,
+    rollupOptions: { input: Object.fromEntries(pages.map((p) => [p, `${p}.html`])) },
+  },
+  server: { proxy: { '/v1': gateway } },
+  test: {
+    environment: 'jsdom',
+    include: ['tests-unit/**/*.test.ts'],
+  },
+})

@@ -1,0 +1,124 @@
+"""The pure rules outside the detectors, table by table: work-order transitions, what a delivery attempt leads to,
+history cursors, and the status each error answers with. No database, no broker."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shuidian_alarm import errors
+from shuidian_alarm.domain.alarms import decode_cursor, encode_cursor
+from shuidian_alarm.domain.maintenance import plan_update
+from shuidian_alarm.domain.notify.delivery import DeliveryResult, RetryPolicy, next_attempt
+from shuidian_alarm.errors import AlarmError, InvalidQuery, InvalidTransition
+
+NOW = datetime(2026, 3, 1, 8, tzinfo=UTC)
+
+# (current status, current assignee, requested status, assignee, note, closing cause) → (new status, journal)
+MOVES = [
+    ("open", None, None, "li", None, None, "assigned", ["open → assigned", "指派给 · assigned to li"]),
+    ("open", None, "closed", None, None, "duplicate", "closed", ["open → closed"]),
+    ("assigned", "li", "in_progress", None, "on my way", None, "in_progress", ["assigned → in_progress", "on my way"]),
+    ("assigned", "li", None, "wang", None, None, "assigned", ["指派给 · assigned to wang"]),
+    ("in_progress", "li", "resolved", None, None, None, "resolved", ["in_progress → resolved"]),
+    (
+        "resolved",
+        "li",
+        "in_progress",
+        None,
+        "leaks again",
+        None,
+        "in_progress",
+        ["resolved → in_progress", "leaks again"],
+    ),
+    ("resolved", "li", "closed", None, None, "seal replaced", "closed", ["resolved → closed"]),
+    ("closed", "li", None, None, "checked a month later", None, "closed", ["checked a month later"]),
+]
+
+
+@pytest.mark.parametrize(("current", "held", "status", "assignee", "note", "cause", "target", "journal"), MOVES)
+def test_a_work_order_moves_as_its_status_allows_and_says_so(
+    current: str,
+    held: str | None,
+    status: str | None,
+    assignee: str | None,
+    note: str | None,
+    cause: str | None,
+    target: str,
+    journal: list[str],
+) -> None:
+    moved = plan_update(current, held, status=status, assignee=assignee, note=note, closing_cause=cause)
+    assert moved == (target, journal)
+
+
+# (current status, current assignee, requested status, assignee, closing cause) → what the refusal says
+REFUSED = [
+    ("open", None, "in_progress", None, None, "cannot go from open to in_progress"),
+    ("open", None, "resolved", None, None, "cannot go from open to resolved"),
+    ("in_progress", "li", "open", None, None, "cannot go from in_progress to open"),
+    ("closed", "li", "open", None, None, "cannot go from closed to open"),
+    ("closed", "li", None, "wang", None, "closed work order is not changed"),
+    ("closed", "li", None, None, "late cause", "closed work order is not changed"),
+    ("open", None, "assigned", None, None, "assigning needs an assignee"),
+    ("in_progress", "li", "closed", None, None, "closing needs a closing cause"),
+]
+
+
+@pytest.mark.parametrize(("current", "held", "status", "assignee", "cause", "says"), REFUSED)
+def test_a_work_order_refuses_a_move_its_status_does_not_allow(
+    current: str, held: str | None, status: str | None, assignee: str | None, cause: str | None, says: str
+) -> None:
+    with pytest.raises(InvalidTransition, match=says):
+        plan_update(current, held, status=status, assignee=assignee, note=None, closing_cause=cause)
+
+
+RETRY = RetryPolicy(max_attempts=3, base=timedelta(seconds=5), cap=timedelta(seconds=12))
+OUTCOMES = [
+    (DeliveryResult(True, status_code=200), 1, ("delivered", NOW, "delivered")),
+    (DeliveryResult(True, status_code=200), 3, ("delivered", NOW, "delivered")),
+    (DeliveryResult(False, True, 503), 1, ("pending", NOW + timedelta(seconds=5), "retry")),
+    (DeliveryResult(False, True, 503), 2, ("pending", NOW + timedelta(seconds=10), "retry")),
+    (DeliveryResult(False, True, 503), 3, ("dead", NOW, "dead")),  # the attempt limit
+    (DeliveryResult(False, False, 404), 1, ("dead", NOW, "dead")),  # retrying cannot help
+]
+
+
+@pytest.mark.parametrize(("result", "attempt", "then"), OUTCOMES)
+def test_a_delivery_attempt_leads_to_delivered_retry_or_dead(
+    result: DeliveryResult, attempt: int, then: tuple[str, datetime, str]
+) -> None:
+    assert next_attempt(result, attempt, RETRY, NOW) == then
+
+
+def test_back_off_doubles_up_to_its_cap() -> None:
+    assert [RETRY.delay(n).total_seconds() for n in (1, 2, 3, 4)] == [5, 10, 12, 12]
+
+
+def test_a_history_cursor_reads_back_and_a_forged_one_is_refused() -> None:
+    alarm_id = uuid.uuid4()
+    assert decode_cursor(encode_cursor(NOW, alarm_id)) == (NOW, alarm_id)
+    for forged in ("not-a-cursor", encode_cursor(NOW, alarm_id)[:-8], "MjAyNnxub3QtYS11dWlk"):
+        with pytest.raises(InvalidQuery):
+            decode_cursor(forged)
+
+
+ANSWERS = [
+    (errors.AlarmError, 400, "bad_request"),
+    (errors.NotFound, 404, "not_found"),
+    (errors.Conflict, 409, "conflict"),
+    (errors.InvalidTransition, 409, "invalid_transition"),
+    (errors.VersionConflict, 409, "version_conflict"),
+    (errors.Invalid, 422, "invalid_request"),
+    (errors.InvalidRule, 422, "invalid_rule"),
+    (errors.InvalidQuery, 422, "invalid_query"),
+    (errors.InvalidSettings, 422, "invalid_settings"),
+]
+
+
+@pytest.mark.parametrize(("error", "status", "code"), ANSWERS)
+def test_every_alarm_error_answers_with_its_status_and_code(error: type[AlarmError], status: int, code: str) -> None:
+    raised = error("why")
+    assert isinstance(raised, AlarmError)
+    assert (raised.status_code, raised.code, raised.detail) == (status, code, "why")

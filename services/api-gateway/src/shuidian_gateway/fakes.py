@@ -20,8 +20,11 @@ from fastapi.responses import JSONResponse
 
 from shuidian_kit.service import problem
 from shuidian_shared.contracts import billing as billing_contract
+from shuidian_shared.contracts import collector as collector_contract
+from shuidian_shared.contracts import control as control_contract
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC).isoformat()
+MOVE_IN = date(2026, 1, 1)
 
 
 @dataclass
@@ -128,7 +131,7 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
             lease_id=f"L-{h.room_id}",
             room_id=h.room_id,
             account_id=h.account_id,
-            move_in=date(2026, 1, 1),
+            move_in=MOVE_IN,
             move_out=None,
         )
         return billing_contract.TenantLeasesOut(tenant_id=tenant_id, leases=[lease])
@@ -172,7 +175,69 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
     @app.get("/v1/rooms/{room_id}")
     async def room(room_id: str) -> Any:
         h = fake.household(room_id=room_id)
-        return {"room_id": room_id, "estate_id": h.estate_id, "name": room_id} if h else _missing("room")
+        if h is None:
+            return _missing("room")
+        lease = billing_contract.RoomLeaseOut(
+            lease_id=f"L-{h.room_id}",
+            tenant_id=h.tenant_id,
+            room_id=h.room_id,
+            account_id=h.account_id,
+            move_in=MOVE_IN,
+            move_out=None,
+        )
+        binding = billing_contract.RoomBindingOut(
+            meter_id=h.meter_id, utility="electricity", valid_from=None, valid_to=None
+        )
+        return billing_contract.RoomDetailOut(
+            room_id=room_id,
+            floor_id=f"{h.estate_id}-B1-F1",
+            code=room_id,
+            area_m2=Decimal("45.50"),
+            household_size=2,
+            building_id=f"{h.estate_id}-B1",
+            estate_id=h.estate_id,
+            leases=[lease],
+            meters=[binding],
+        )
+
+    @app.get("/v1/rooms/{room_id}/meters/{meter_id}")
+    async def room_meter(room_id: str, meter_id: str) -> Any:
+        h = fake.household(room_id=room_id, meter_id=meter_id)
+        if h is None:
+            return _missing("room meter")
+        return billing_contract.RoomMeterOut(
+            room_id=room_id,
+            meter_id=meter_id,
+            utility="electricity",
+            estate_id=h.estate_id,
+            valid_from=None,
+            valid_to=None,
+        )
+
+    @app.get("/v1/buildings/{building_id}")
+    async def building(building_id: str) -> Any:
+        estate_id = building_id.split("-B", 1)[0]
+        if fake.household(estate_id=estate_id) is None:
+            return _missing("building")
+        return billing_contract.BuildingRecordOut(building_id=building_id, estate_id=estate_id, name="1号楼")
+
+    @app.get("/v1/floors/{floor_id}")
+    async def floor(floor_id: str) -> Any:
+        estate_id = floor_id.split("-B", 1)[0]
+        if fake.household(estate_id=estate_id) is None:
+            return _missing("floor")
+        return billing_contract.FloorRecordOut(
+            floor_id=floor_id, building_id=floor_id.rsplit("-F", 1)[0], estate_id=estate_id, level=1
+        )
+
+    @app.get("/v1/tariffs/{utility}")
+    async def tariff(utility: str) -> Any:
+        if utility not in ("electricity", "water"):
+            return _missing("tariff")
+        version = billing_contract.TariffVersionOut(
+            tariff_id=1, effective_from=datetime(2026, 1, 1, tzinfo=UTC), unit_price=Decimal("0.5883")
+        )
+        return billing_contract.TariffOut(utility=utility, versions=[version])
 
     @app.get("/v1/meters/{meter_id}/binding")
     async def meter_binding(meter_id: str) -> Any:
@@ -319,6 +384,37 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
     async def put_meter(meter_id: str) -> None:
         return None
 
+    @app.get("/v1/gateways/{gateway_id}")
+    async def gateway(gateway_id: str) -> Any:
+        return collector_contract.GatewayRecordOut(gateway_id=gateway_id, name="东区网关", shard=None)
+
+    @app.get("/v1/buses/{bus_id}")
+    async def bus(bus_id: str) -> Any:
+        return collector_contract.BusRecordOut(
+            bus_id=bus_id,
+            gateway_id="GW1",
+            host="10.0.0.7",
+            port=10001,
+            protocol="dlt645",
+            baud=2400,
+            timeout_ms=1000,
+            retries=2,
+        )
+
+    @app.get("/v1/meters/{meter_id}")
+    async def registered_meter(meter_id: str) -> Any:
+        if fake.household(meter_id=meter_id) is None:
+            return _missing("meter")
+        return collector_contract.MeterRecordOut(
+            meter_id=meter_id,
+            bus_id="GW1-1",
+            address="000000000101",
+            model="dds1588",
+            utility="electricity",
+            poll_interval_s=60,
+            enabled=True,
+        )
+
     @app.post("/v1/registry/import")
     async def commissioning(request: Request) -> Any:
         lines = (await request.body()).decode().strip().splitlines()
@@ -359,6 +455,19 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
             "version": 1,
             "updated_at": NOW,
         }
+
+    @app.get("/v1/keep-power/households/{account_id}")
+    async def keep_power(account_id: str) -> Any:
+        if fake.household(account_id=account_id) is None:
+            return _missing("keep-power")
+        return control_contract.KeepPowerOut(
+            scope="household",
+            subject=account_id,
+            reason="medical",
+            note="",
+            set_by="admin",
+            set_at=datetime.fromisoformat(NOW),
+        )
 
     @app.get("/v1/commands/{command_id}")
     async def get_command(command_id: str) -> Any:

@@ -44,6 +44,7 @@ from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
 from shuidian_gateway.policy import Action, Principal
 from shuidian_gateway.routes_staff import BatchIn, estate_meters, estate_of
 from shuidian_gateway.upstream import Upstreams, UpstreamsDep
+from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.contracts.alarm import NotificationOut
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -365,7 +366,7 @@ A_PREMISES = Action.PREMISES_READ
 
 @router.get(
     "/estates/{estate_id}/meters",
-    response_model=dict[str, Any],
+    response_model=billing_contract.EstateMetersOut,
     tags=["metering"],
     summary="小区表计 · Meters bound now to an estate's rooms, accounts or common use",
     description=_doc("", A_PREMISES),
@@ -380,7 +381,7 @@ async def estate_meter_list(
 
 @router.get(
     "/tenants/{tenant_id}/leases",
-    response_model=dict[str, Any],
+    response_model=billing_contract.TenantLeasesOut,
     tags=["premises"],
     summary="租户租约 · Every lease of a tenant, ended ones too",
     description=_doc("A tenant may lease in several estates: this needs an all-estates principal.", A_PREMISES),
@@ -419,7 +420,7 @@ async def meter_usage(
 
 @router.get(
     "/meters/{meter_id}/reading",
-    response_model=dict[str, Any],
+    response_model=billing_contract.LatestReadingOut,
     tags=["metering"],
     summary="最新读数 · The last register values billed for a meter (404 before the first)",
     description=_doc("", A_ACCOUNTS),

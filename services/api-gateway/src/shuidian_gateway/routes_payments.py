@@ -15,6 +15,7 @@ from shuidian_gateway.conventions import ERRORS, ObjectId
 from shuidian_gateway.routes_me import Scopes, payment
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.upstream import UpstreamsDep
+from shuidian_shared.contracts import billing as billing_contract
 
 Provider = Literal["wechat", "alipay", "sandbox"]
 # What a provider signs or billing needs to read the body: WeChat Pay v3 (and the sandbox) sign with
@@ -22,6 +23,11 @@ Provider = Literal["wechat", "alipay", "sandbox"]
 _FORWARDED = ("content-type",)
 _FORWARDED_PREFIX = "wechatpay-"
 
+# What a provider reads of billing's answer (the rest of billing's NotifyOut is for people).
+_PROVIDER_ANSWER = {
+    "type": "object",
+    "properties": {"code": {"type": "string", "example": "SUCCESS"}, "message": {"type": "string"}},
+}
 callbacks = APIRouter(prefix="/v1/payments", tags=["payments"], responses=ERRORS)
 sandbox = APIRouter(prefix="/v1/me", tags=["tenant"], responses=ERRORS)
 
@@ -32,6 +38,15 @@ sandbox = APIRouter(prefix="/v1/me", tags=["tenant"], responses=ERRORS)
     description="For WeChat Pay, Alipay and the sandbox provider, not for people: the body and signature headers "
     "go to billing unchanged; a forged or altered notification is refused and a replay credits nothing.",
     response_class=Response,
+    responses={
+        200: {
+            "description": "taken: WeChat Pay and the sandbox get JSON, Alipay plain `success`",
+            "content": {
+                "application/json": {"schema": _PROVIDER_ANSWER},
+                "text/plain": {"schema": {"type": "string"}, "example": "success"},
+            },
+        }
+    },
 )
 async def notify(provider: Provider, request: Request, upstreams: UpstreamsDep) -> Response:
     headers = {
@@ -48,7 +63,7 @@ async def notify(provider: Provider, request: Request, upstreams: UpstreamsDep) 
 
 @sandbox.post(
     "/payments/{order_id}/sandbox-pay",
-    response_model=dict[str, Any],
+    response_model=billing_contract.NotifyOut,
     summary="沙箱支付 · Sandbox only: the provider pays one of my open orders (dev and test)",
     description="The sandbox provider signs a success notification for the order and billing verifies it like "
     "any provider's callback. Not offered where the sandbox is off (prod).",

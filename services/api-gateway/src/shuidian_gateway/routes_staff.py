@@ -52,6 +52,7 @@ from shuidian_gateway.policy import Action, Principal, Role
 from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
 from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.contracts import collector as collector_contract
+from shuidian_shared.contracts import control as control_contract
 from shuidian_shared.messages import AwareDatetime, CommandKind, Identifier, Utility
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -549,6 +550,7 @@ ROUTES: tuple[Route, ...] = (
         "楼栋 · A building",
         "premises",
         estate=_E("path", "building_id", "building"),
+        response=billing_contract.BuildingRecordOut,
     ),
     Route(
         "PUT",
@@ -569,6 +571,7 @@ ROUTES: tuple[Route, ...] = (
         "楼层 · A floor",
         "premises",
         estate=_E("path", "floor_id", "floor"),
+        response=billing_contract.FloorRecordOut,
     ),
     Route(
         "PUT",
@@ -603,6 +606,7 @@ ROUTES: tuple[Route, ...] = (
         "房间 · A room with its leases",
         "premises",
         estate=_E("path", "room_id", "room"),
+        response=billing_contract.RoomDetailOut,
     ),
     Route(
         "PUT",
@@ -622,6 +626,7 @@ ROUTES: tuple[Route, ...] = (
         "房间表计 · A meter installed in a room",
         "premises",
         estate=_E("path", "room_id", "room"),
+        response=billing_contract.RoomMeterOut,
     ),
     Route(
         "PUT",
@@ -889,6 +894,7 @@ ROUTES: tuple[Route, ...] = (
         "billing",
         "价格 · A utility's tariff versions",
         "tariffs",
+        response=billing_contract.TariffOut,
     ),
     Route(
         "PUT",
@@ -976,6 +982,7 @@ ROUTES: tuple[Route, ...] = (
         "collector",
         "网关 · A registered gateway",
         "meters",
+        response=collector_contract.GatewayRecordOut,
     ),
     Route(
         "PUT",
@@ -994,6 +1001,7 @@ ROUTES: tuple[Route, ...] = (
         "collector",
         "总线 · A registered RS-485 bus",
         "meters",
+        response=collector_contract.BusRecordOut,
     ),
     Route(
         "PUT",
@@ -1096,6 +1104,7 @@ ROUTES: tuple[Route, ...] = (
         "保电 · A household's keep-power (404: none)",
         "commands",
         estate=_ACCOUNT,
+        response=control_contract.KeepPowerOut,
     ),
     Route(
         "PUT",

@@ -33,6 +33,7 @@ CALLS: tuple[Call, ...] = (
     Call("billing", "GET", "/v1/floors/{floor_id}", billing.FloorRecordOut),
     Call("billing", "GET", "/v1/rooms/{room_id}/meters/{meter_id}", billing.RoomMeterOut),
     Call("billing", "GET", "/v1/tariffs/{utility}", billing.TariffOut),
+    Call("billing", "POST", "/v1/payments/sandbox/orders/{order_id}/pay", billing.NotifyOut),
     Call("collector", "GET", "/v1/gateways/{gateway_id}", collector.GatewayRecordOut),
     Call("collector", "GET", "/v1/buses/{bus_id}", collector.BusRecordOut),
     Call("collector", "GET", "/v1/meters/{meter_id}", collector.MeterRecordOut),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import date, datetime
 from decimal import Decimal
 
 from pydantic import BaseModel, Field
+
+from shuidian_shared.money import Money
 
 
 class MeterBindingOut(BaseModel):
@@ -117,3 +120,27 @@ class RoomDetailOut(BaseModel):
     estate_id: str
     leases: list[RoomLeaseOut]
     meters: list[RoomBindingOut]
+
+
+class PaymentRef(BaseModel):
+    """A payment a provider's notification credited."""
+
+    payment_id: uuid.UUID
+    account_id: str
+    amount: Money
+    channel: str
+    reference: str | None
+    balance_after: Money
+    txn_id: uuid.UUID
+    replayed: bool
+
+
+class NotifyOut(BaseModel):
+    """Billing's answer to a provider notification (and to the sandbox paying an order): WeChat Pay's
+    `{"code": "SUCCESS"}` with what it did."""
+
+    code: str = "SUCCESS"
+    message: str = "成功"
+    outcome: str
+    order_id: str | None
+    payment: PaymentRef | None

@@ -4,15 +4,17 @@ history cursors, and the status each error answers with. No database, no broker.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from shuidian_alarm import errors
 from shuidian_alarm.domain.alarms import decode_cursor, encode_cursor
 from shuidian_alarm.domain.maintenance import plan_update
-from shuidian_alarm.domain.notify.delivery import DeliveryResult, RetryPolicy, next_attempt
+from shuidian_alarm.domain.notify.delivery import DeliveryResult, RetryPolicy, first_due, next_attempt
 from shuidian_alarm.errors import AlarmError, InvalidQuery, InvalidTransition
+from shuidian_shared.messages import AlarmSeverity
 
 NOW = datetime(2026, 3, 1, 8, tzinfo=UTC)
 
@@ -90,6 +92,27 @@ def test_a_delivery_attempt_leads_to_delivered_retry_or_dead(
     result: DeliveryResult, attempt: int, then: tuple[str, datetime, str]
 ) -> None:
     assert next_attempt(result, attempt, RETRY, NOW) == then
+
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+NIGHT = datetime(2026, 3, 1, 23, 30, tzinfo=SHANGHAI)  # inside 22:00-07:00 local
+DAY = datetime(2026, 3, 1, 12, 0, tzinfo=SHANGHAI)
+MORNING = datetime(2026, 3, 2, 7, 0, tzinfo=SHANGHAI)
+QUIET_HOURS = [
+    (AlarmSeverity.WARNING, NIGHT, (time(22), time(7)), MORNING),  # held until the quiet hours end
+    (AlarmSeverity.MAJOR, NIGHT, (time(22), time(7)), MORNING),
+    (AlarmSeverity.CRITICAL, NIGHT, (time(22), time(7)), NIGHT),  # never held
+    (AlarmSeverity.WARNING, DAY, (time(22), time(7)), DAY),  # outside them
+    (AlarmSeverity.WARNING, NIGHT, (None, None), NIGHT),  # no quiet hours
+    (AlarmSeverity.WARNING, NIGHT, (time(22), time(22)), NIGHT),  # an empty window
+]
+
+
+@pytest.mark.parametrize(("severity", "now", "window", "due"), QUIET_HOURS)
+def test_a_notification_waits_out_quiet_hours_unless_critical(
+    severity: AlarmSeverity, now: datetime, window: tuple[time | None, time | None], due: datetime
+) -> None:
+    assert first_due(severity, now, window[0], window[1], "Asia/Shanghai") == due
 
 
 def test_back_off_doubles_up_to_its_cap() -> None:

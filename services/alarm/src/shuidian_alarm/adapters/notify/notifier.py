@@ -36,12 +36,12 @@ from shuidian_alarm.domain.notify.delivery import (
     Outgoing,
     RetryPolicy,
     alarm_payload,
+    first_due,
     next_attempt,
-    quiet_until,
 )
 from shuidian_alarm.domain.notify.templates import render
 from shuidian_alarm.errors import Conflict, NotFound
-from shuidian_shared.messages import AlarmSeverity, utcnow
+from shuidian_shared.messages import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,6 @@ class Notifier:
         rows: list[dict[str, Any]] = []
         for sub in subscriptions:
             subject, body = render(alarm, event, sub.language, self._timezone, alarm.raised_at)
-            held = None
-            if alarm.severity is not AlarmSeverity.CRITICAL:
-                held = quiet_until(now, sub.quiet_start, sub.quiet_end, self._timezone)
             rows.append(
                 {
                     "id": uuid.uuid4(),
@@ -122,7 +119,7 @@ class Notifier:
                     "subject": subject,
                     "body": body,
                     "payload": payload_json,
-                    "due": held or now,
+                    "due": first_due(alarm.severity, now, sub.quiet_start, sub.quiet_end, self._timezone),
                 }
             )
         await conn.execute(

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from shuidian_alarm.domain.alarms import AlarmRecord
 from shuidian_alarm.domain.notify.preferences import BALANCE_TYPES, SAFETY_TYPES
+from shuidian_shared.messages import AlarmSeverity
 
 # What a tenant hears about: their money, their water and their safety; not device housekeeping.
 TENANT_ALARM_TYPES: Final = BALANCE_TYPES + SAFETY_TYPES
@@ -71,6 +72,15 @@ class RetryPolicy:
         """Back-off after `attempts` failed attempts: base × 2^(attempts−1), capped."""
         delay: timedelta = self.base * (2 ** (attempts - 1))
         return min(delay, self.cap)
+
+
+def first_due(
+    severity: AlarmSeverity, now: datetime, quiet_start: time | None, quiet_end: time | None, timezone: str
+) -> datetime:
+    """When a notification may first go: now, or when the subscriber's quiet hours end; critical alarms never wait."""
+    if severity is AlarmSeverity.CRITICAL:
+        return now
+    return quiet_until(now, quiet_start, quiet_end, timezone) or now
 
 
 def next_attempt(result: DeliveryResult, attempt: int, retry: RetryPolicy, now: datetime) -> tuple[str, datetime, str]:

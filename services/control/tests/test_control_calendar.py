@@ -21,23 +21,20 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_control.app import create_app
-from shuidian_control.service import Control
-from shuidian_control.settings import ControlSettings
-from shuidian_control.windows import (
+from shuidian_control.adapters.calendars import StatutoryCalendar
+from shuidian_control.adapters.parts import ControlParts
+from shuidian_control.app import build_control, create_app
+from shuidian_control.domain.calendar import (
     DayStatus,
     HolidayCalendar,
     LayeredCalendar,
-    NoAllowedInstant,
-    ProtectedWindows,
-    ProtectionRule,
-    StatutoryCalendar,
     calendar_coverage,
     calendar_warning,
-    is_protected,
-    next_allowed,
     published_year,
 )
+from shuidian_control.domain.windows import ProtectedWindows, ProtectionRule, is_protected, next_allowed
+from shuidian_control.errors import NoAllowedInstant
+from shuidian_control.settings import ControlSettings
 from shuidian_devstack import infra
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import MqttLink
@@ -217,7 +214,7 @@ async def test_a_published_year_releases_trips_deferred_for_an_unknown_calendar(
     await _forget(engine, year)
     clock = Clock(local(year, 3, 10, 10))  # a Wednesday; the library knows nothing of it
     outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="control", instance="t"), "control")
-    control = Control(
+    control = build_control(
         engine,
         outbox,
         ControlSettings(environment="test", nights_start=None, nights_end=None),
@@ -245,7 +242,7 @@ async def test_a_published_year_releases_trips_deferred_for_an_unknown_calendar(
                 )
             ).scalar_one()
         assert "calendar_unknown" in reason
-        coverage = control.check_calendar()
+        coverage = control.housekeeping.check_calendar()
         assert coverage.last_year is None
         assert coverage.warning is not None
         # The operator publishes the year; the deferral re-evaluates on the next tick and the trip goes out.
@@ -253,9 +250,9 @@ async def test_a_published_year_releases_trips_deferred_for_an_unknown_calendar(
             await control.calendar.publish(conn, year, [date(year, 1, 1)], [], "test notice", "op-1")
             await control.automation.policy_changed(conn)
         await control.calendar.load()
-        await control.tick()
+        await control.housekeeping.tick()
         assert [c.kind for c in await _sent(engine, meter.meter_id)] == [CommandKind.TRIP]
-        coverage = control.check_calendar()
+        coverage = control.housekeeping.check_calendar()
         assert (coverage.last_year, coverage.warning) == (year, None)
         assert year in coverage.published_years  # other tests of the session may publish other years
     finally:
@@ -328,7 +325,7 @@ async def test_the_calendar_api_publishes_validates_audits_and_persists(
             assert view["holidays"] == [f"{YEAR}-01-01", f"{YEAR}-01-02"]
             assert view["adjusted_workdays"] == [f"{YEAR}-01-04"]
             assert (view["published_by"], view["notice"]) == ("op-1", body["notice"])
-            control: Control = app.state.control
+            control: ControlParts = app.state.control
             assert control.calendar.status(date(YEAR, 1, 2)) is DayStatus.HOLIDAY
             assert control.calendar.status(date(YEAR, 1, 4)) is DayStatus.ADJUSTED_WORKDAY
             assert control.calendar.status(date(YEAR, 3, 5)) is DayStatus.REGULAR

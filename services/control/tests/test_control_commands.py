@@ -23,15 +23,17 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_control import policy, shadows
-from shuidian_control.automation import OperatorRequest, Outcome
-from shuidian_control.commands import ControlError
-from shuidian_control.decisions import KeepPowerReason
-from shuidian_control.policies import EstateSettings
-from shuidian_control.schedules import ScheduleSpec
-from shuidian_control.service import Control
+from shuidian_control.adapters import shadows
+from shuidian_control.adapters.calendars import StatutoryCalendar
+from shuidian_control.adapters.parts import ControlParts
+from shuidian_control.app import build_control
+from shuidian_control.domain import lifecycle
+from shuidian_control.domain.calendar import FixedCalendar
+from shuidian_control.domain.operations import OperatorRequest, Outcome
+from shuidian_control.domain.policies import EstateSettings, KeepPowerReason
+from shuidian_control.domain.schedules import ScheduleSpec
+from shuidian_control.errors import ControlError
 from shuidian_control.settings import ControlSettings
-from shuidian_control.windows import FixedCalendar, StatutoryCalendar
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import MqttLink
@@ -90,10 +92,10 @@ class Clock:
         self.now += timedelta(**delta)
 
 
-def make_control(engine: AsyncEngine, clock: Clock | None = None, calendar: Any = None, **options: Any) -> Control:
+def make_control(engine: AsyncEngine, clock: Clock | None = None, calendar: Any = None, **options: Any) -> ControlParts:
     # The outbox only writes rows here; nothing is published (no link is started).
     outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="control", instance="t"), "control")
-    return Control(
+    return build_control(
         engine,
         outbox,
         ControlSettings(environment="test", **options),
@@ -240,10 +242,10 @@ async def _interleaved(database_url: str, truth: list[BalanceEventKind], order: 
                 if move == 1 and answered[ref.meter_id] < len(queued):
                     # Confirmations come in order, for superseded commands too (the collector had already run them).
                     request = queued[answered[ref.meter_id]]
-                    supply = policy.supply_after(request.kind)
+                    supply = lifecycle.supply_after(request.kind)
                     assert supply is not None
                     device[ref.meter_id] = supply
-                    answer = result(request, CommandStatus.CONFIRMED, relay=supply, valve=policy.valve_of(supply))
+                    answer = result(request, CommandStatus.CONFIRMED, relay=supply, valve=lifecycle.valve_of(supply))
                     await control.ledger.on_result(answer, "")
                     answered[ref.meter_id] += 1
                 elif move == 2 and ref.meter_id in device:
@@ -255,7 +257,7 @@ async def _interleaved(database_url: str, truth: list[BalanceEventKind], order: 
                         gateway_id="gw-hypothesis",
                         online=True,
                         relay=None if water_meter else supply,
-                        valve=policy.valve_of(supply) if water_meter else None,
+                        valve=lifecycle.valve_of(supply) if water_meter else None,
                     )
                     await control.automation.on_device_state(reading, "")
         expected = expected_commands(truth, order)
@@ -306,14 +308,14 @@ async def test_trip_in_a_protected_window_is_deferred_then_executed_when_it_ends
     assert deferral.due_at == datetime(2026, 11, 26, 7, 0, tzinfo=SHANGHAI)
     assert "night" in deferral.reason
     clock.now = datetime(2026, 11, 26, 6, 59, tzinfo=SHANGHAI)
-    await control.tick()
+    await control.housekeeping.tick()
     assert await sent(engine, meter.meter_id) == []
     clock.now = datetime(2026, 11, 26, 7, 0, 1, tzinfo=SHANGHAI)
-    await control.tick()
+    await control.housekeeping.tick()
     (trip,) = await sent(engine, meter.meter_id)
     assert trip.kind is CommandKind.TRIP
     assert "deferred trip due" in trip.reason
-    await control.tick()  # due once: the deferral is gone
+    await control.housekeeping.tick()  # due once: the deferral is gone
     assert len(await sent(engine, meter.meter_id)) == 1
 
 
@@ -332,7 +334,7 @@ async def test_deferred_trip_is_dropped_when_the_account_recovers_and_restoratio
     assert [c.kind for c in await sent(engine, meter.meter_id)] == [CommandKind.TRIP, CommandKind.DIRECT_CLOSE]
     await control.automation.on_balance(event(account, (meter,), BalanceEventKind.RESTORED, 4), "")
     clock.now = datetime(2026, 11, 30, 9, 0, tzinfo=SHANGHAI)  # Monday morning
-    await control.tick()
+    await control.housekeeping.tick()
     assert [c.kind for c in await sent(engine, meter.meter_id)] == [CommandKind.TRIP, CommandKind.DIRECT_CLOSE]
 
 
@@ -373,7 +375,7 @@ async def test_dates_the_holiday_calendar_does_not_know_are_protected(engine: As
             await conn.execute(text("SELECT reason FROM control.deferrals WHERE meter_id = :m"), {"m": meter.meter_id})
         ).scalar_one()
     assert "calendar_unknown" in reason
-    assert control.check_calendar().last_year is None
+    assert control.housekeeping.check_calendar().last_year is None
 
 
 async def test_the_operator_hold_defers_trips_and_lifting_it_releases_them(engine: AsyncEngine) -> None:
@@ -384,12 +386,12 @@ async def test_the_operator_hold_defers_trips_and_lifting_it_releases_them(engin
         await control.store.put_building(conn, building, estate, [meter.meter_id], "tester")
         await control.store.set_hold(conn, estate, "寒潮 cold wave", None, "tester")
     await control.automation.on_balance(event(ids("acc"), (meter,), BalanceEventKind.EXHAUSTED, 1), "")
-    await control.tick()
+    await control.housekeeping.tick()
     assert await sent(engine, meter.meter_id) == []
     async with engine.begin() as conn:
         assert await control.store.clear_hold(conn, estate, "weather normal", "tester")
         await control.automation.policy_changed(conn)
-    await control.tick()
+    await control.housekeeping.tick()
     assert [c.kind for c in await sent(engine, meter.meter_id)] == [CommandKind.TRIP]
 
 
@@ -406,7 +408,7 @@ async def test_a_keep_power_household_is_never_tripped(engine: AsyncEngine) -> N
     await control.automation.on_balance(event(account, (meter,), BalanceEventKind.EXHAUSTED, 2), "")
     # Neither a deferral falling due, nor reconcile, nor an operator without lifting it trips the household.
     clock.advance(days=7)
-    await control.tick()
+    await control.housekeeping.tick()
     await control.automation.reconcile([meter.meter_id], trigger="test")
     _, (outcome,) = await control.automation.operate(
         [meter.meter_id], OperatorRequest(CommandKind.TRIP, "inspection", "tester")
@@ -495,7 +497,7 @@ async def test_keep_power_lifted_from_an_exhausted_household_trips_once_after_th
     assert (trip.state, trip.attempt) == ("pending", 0)
     # Neither time, nor reconcile, nor a reading still showing keep-power on releases it.
     clock.advance(seconds=30)
-    await control.tick()
+    await control.housekeeping.tick()
     await control.automation.reconcile_sweep()
     await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, keep_power=True), "")
     assert CommandKind.TRIP not in [c.kind for c in await sent(engine, meter.meter_id)]
@@ -503,7 +505,7 @@ async def test_keep_power_lifted_from_an_exhausted_household_trips_once_after_th
     keep_off = (await sent(engine, meter.meter_id))[-1]
     await control.ledger.on_result(result(keep_off, CommandStatus.CONFIRMED, relay=RelayState.CLOSED), "")
     clock.advance(seconds=5)
-    await control.tick()
+    await control.housekeeping.tick()
     await control.automation.reconcile_sweep()
     kinds = [c.kind for c in await sent(engine, meter.meter_id)]
     assert kinds == [CommandKind.KEEP_POWER_ON, CommandKind.KEEP_POWER_OFF, CommandKind.TRIP]
@@ -523,7 +525,7 @@ async def test_a_held_trip_expires_when_the_meter_never_confirms_keep_power_off(
         await control.store.clear_keep_power(conn, "household", account, "reviewed", "tester")
         await control.automation.keep_power_changed(conn, [meter.meter_id], "tester")
     clock.advance(seconds=61)
-    await control.tick()
+    await control.housekeeping.tick()
     trips = [r for r in await command_rows(engine, meter.meter_id) if r.kind == "trip"]
     assert [(r.state, r.attempt) for r in trips] == [("cancelled", 1), ("expired", 0)]
     assert [c.kind for c in await sent(engine, meter.meter_id)].count(CommandKind.TRIP) == 1  # the first, only
@@ -600,7 +602,7 @@ async def test_an_offline_meter_is_retried_with_back_off_until_the_ttl_then_expi
         latest = requests[-1]
         await control.ledger.on_result(result(latest, CommandStatus.FAILED, detail="bus timeout"), "")
         clock.advance(seconds=9)
-        await control.tick()
+        await control.housekeeping.tick()
         state = (await control.ledger.command(outcome.command_id))["state"]
         if state == "expired":
             break
@@ -623,7 +625,7 @@ async def test_a_sent_attempt_without_any_result_is_re_sent_and_a_late_confirmat
     _, (outcome,) = await control.automation.operate([meter.meter_id], OperatorRequest(CommandKind.TRIP, "t", "tester"))
     assert outcome.command_id is not None
     clock.advance(seconds=11)
-    await control.tick()
+    await control.housekeeping.tick()
     first, second = await sent(engine, meter.meter_id)
     assert (first.attempt, second.attempt) == (1, 2)
     # Attempt 1's failure arrives after attempt 2 went out: stale, changes nothing; attempt 1's success counts.
@@ -644,7 +646,7 @@ async def test_a_stuck_relay_fails_with_the_meters_answer_on_record(engine: Asyn
         result(request, CommandStatus.FAILED, relay=RelayState.CLOSED, answer=answer, detail="relay did not move"), ""
     )
     clock.advance(minutes=5)
-    await control.tick()
+    await control.housekeeping.tick()
     detail = await control.ledger.command(request.command_id)
     assert detail["state"] == "failed"
     assert detail["response_frame"] == answer
@@ -709,7 +711,7 @@ async def test_a_final_refusal_fails_at_once_and_is_never_retried_or_reconciled(
     assert update.detail.startswith(prefix)
     for _ in range(5):  # neither retries, nor the result timeout, nor reconcile send it again
         clock.advance(seconds=30)
-        await control.tick()
+        await control.housekeeping.tick()
         await control.automation.reconcile_sweep()
         await control.automation.on_device_state(
             device_state(meter.meter_id, RelayState.CLOSED, keep_power=False, at=clock()), ""
@@ -729,13 +731,13 @@ async def test_a_rejected_deferred_trip_is_neither_retried_nor_deferred_again(en
     await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, at=clock()), "")
     await control.automation.on_balance(event(account, (meter,), BalanceEventKind.EXHAUSTED, 1), "")
     clock.now = datetime(2026, 11, 26, 7, 0, 1, tzinfo=SHANGHAI)
-    await control.tick()
+    await control.housekeeping.tick()
     (trip,) = await sent(engine, meter.meter_id)
     detail = "采集器拒绝执行，未写入表计: refused by the collector, nothing written: password must be at most 6 digits"
     await control.ledger.on_result(result(trip, CommandStatus.REJECTED, detail=detail), "")
     for _ in range(4):  # the day goes on: retries, due deferrals, reconcile sweeps and readings send nothing
         clock.advance(hours=3)
-        await control.tick()
+        await control.housekeeping.tick()
         await control.automation.reconcile_sweep()
         await control.automation.on_device_state(device_state(meter.meter_id, RelayState.CLOSED, at=clock()), "")
     assert len(await sent(engine, meter.meter_id)) == 1
@@ -768,7 +770,7 @@ async def test_rejected_commands_of_a_batch_and_a_one_off_schedule_are_not_retri
         "tester",
     )
     clock.advance(minutes=1, seconds=1)
-    await control.tick()  # the schedule runs
+    await control.housekeeping.tick()  # the schedule runs
     batch_id, _ = await control.automation.operate(
         [refused.meter_id, tripped.meter_id], OperatorRequest(CommandKind.TRIP, "maintenance", "tester")
     )
@@ -780,7 +782,7 @@ async def test_rejected_commands_of_a_batch_and_a_one_off_schedule_are_not_retri
     await control.ledger.on_result(result(write, CommandStatus.REJECTED, detail="does not fit alarm_money_1"), "")
     for _ in range(5):
         clock.advance(seconds=30)
-        await control.tick()
+        await control.housekeeping.tick()
         await control.automation.reconcile_sweep()
     for meter, state in ((refused, "failed"), (tripped, "confirmed"), (scheduled, "failed")):
         assert len(await sent(engine, meter.meter_id)) == 1, meter
@@ -800,7 +802,7 @@ async def test_cancel_stops_retries_and_keeps_the_meter_where_it_is(engine: Asyn
     assert cancelled["state"] == "cancelled"
     assert cancelled["events"][-1]["actor"] == "operator-7"
     clock.advance(minutes=5)
-    await control.tick()
+    await control.housekeeping.tick()
     await control.automation.reconcile([meter.meter_id], trigger="test")
     assert len(await sent(engine, meter.meter_id)) == 1
 
@@ -871,11 +873,11 @@ async def test_a_restart_mid_command_loses_nothing_and_duplicates_nothing(engine
     del before  # the process dies with the trip sent, unanswered
     after = make_control(engine, clock, result_timeout_seconds=30)
     await after.automation.on_balance(exhausted, "")  # the broker redelivers the unacknowledged event
-    await after.tick()
+    await after.housekeeping.tick()
     (request,) = await sent(engine, meter.meter_id)
     await after.ledger.on_result(result(request, CommandStatus.CONFIRMED, relay=RelayState.OPEN), "")
     clock.advance(minutes=2)
-    await after.tick()
+    await after.housekeeping.tick()
     rows = await command_rows(engine, meter.meter_id)
     assert [(r.kind, r.state, r.attempt) for r in rows] == [("trip", "confirmed", 1)]
     assert len(await sent(engine, meter.meter_id)) == 1
@@ -929,19 +931,19 @@ async def test_a_nightly_schedule_runs_once_per_occurrence_across_restarts(engin
         ),
         "tester",
     )
-    await control.tick()
+    await control.housekeeping.tick()
     assert await sent(engine, meters[0]) == []
     clock.now = datetime(2026, 11, 25, 23, 0, 5, tzinfo=SHANGHAI)
-    await control.tick()
+    await control.housekeeping.tick()
     restarted = make_control(engine, clock)
-    await restarted.tick()
+    await restarted.housekeeping.tick()
     for meter_id in meters:
         (request,) = await sent(engine, meter_id)
         assert request.kind is CommandKind.PARAMETER_WRITE
         assert request.parameters == {"load_limit_kw": "1.5"}
         assert request.origin.value == "schedule"
     clock.advance(days=1)
-    await restarted.tick()
+    await restarted.housekeeping.tick()
     assert len(await sent(engine, meters[0])) == 2
 
 
@@ -997,10 +999,10 @@ async def test_a_schedule_missed_beyond_the_grace_is_skipped_not_run_late(engine
         "tester",
     )
     clock.now = datetime(2026, 11, 25, 6, 30, tzinfo=SHANGHAI)  # control was down from 05:59 to 06:30
-    await control.tick()
+    await control.housekeeping.tick()
     assert await sent(engine, meter_id) == []
     clock.now = datetime(2026, 11, 26, 6, 0, 1, tzinfo=SHANGHAI)
-    await control.tick()
+    await control.housekeeping.tick()
     assert len(await sent(engine, meter_id)) == 1
 
 
@@ -1018,12 +1020,12 @@ async def test_a_one_off_schedule_runs_once_with_its_command_id(engine: AsyncEng
     )
     first = await control.scheduler.create(spec, "tester")
     assert (await control.scheduler.create(spec, "tester"))["schedule_id"] == first["schedule_id"]
-    await control.tick()
+    await control.housekeeping.tick()
     assert await sent(engine, meter_id) == []
     clock.now = datetime(2026, 11, 25, 2, 0, 1, tzinfo=SHANGHAI)
-    await control.tick()
+    await control.housekeeping.tick()
     clock.advance(days=1)
-    await control.tick()
+    await control.housekeeping.tick()
     (request,) = await sent(engine, meter_id)
     assert (request.command_id, request.kind) == (command_id, CommandKind.TIME_SYNC)
     assert (await control.scheduler.get(first["schedule_id"]))["enabled"] is False

@@ -10,20 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shuidian_control.decisions import (
+from shuidian_control.adapters.calendars import StatutoryCalendar
+from shuidian_control.domain.decisions import (
     BalanceChange,
     Decision,
     Defer,
-    EstatePolicy,
+    ForcedSupply,
     ForceRestore,
     ForceTrip,
     Issue,
-    KeepPower,
-    KeepPowerReason,
     LastCommand,
     LastModeCommand,
-    MeterSupply,
-    OperatorRequest,
     Shadow,
     Skip,
     SkipCode,
@@ -37,12 +34,12 @@ from shuidian_control.decisions import (
     reconcile,
     reconcile_keep_power,
 )
-from shuidian_control.windows import (
+from shuidian_control.domain.policies import EstatePolicy, KeepPower, KeepPowerReason, MeterSupply
+from shuidian_control.domain.windows import (
     SHANGHAI,
     Blackout,
     OperatorHold,
     ProtectedWindows,
-    StatutoryCalendar,
     is_protected,
     next_allowed,
 )
@@ -288,7 +285,7 @@ def test_on_keep_power_changed(
     ],
 )
 def test_decide_operator(
-    request_: OperatorRequest, shadow: Shadow, supply: MeterSupply, policy: EstatePolicy, expected: tuple[str, object]
+    request_: ForcedSupply, shadow: Shadow, supply: MeterSupply, policy: EstatePolicy, expected: tuple[str, object]
 ) -> None:
     assert summary(decide_operator(request_, shadow=shadow, supply=supply, policy=policy)) == expected
 

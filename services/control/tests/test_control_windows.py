@@ -10,21 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shuidian_control.settings import ControlSettings
-from shuidian_control.windows import (
+from shuidian_control.adapters.calendars import StatutoryCalendar
+from shuidian_control.domain.calendar import DayStatus, FixedCalendar
+from shuidian_control.domain.windows import (
     SHANGHAI,
     Blackout,
     DailyWindow,
-    DayStatus,
-    FixedCalendar,
-    NoAllowedInstant,
     OperatorHold,
     ProtectedWindows,
     ProtectionRule,
-    StatutoryCalendar,
     is_protected,
     next_allowed,
 )
+from shuidian_control.errors import NoAllowedInstant
+from shuidian_control.settings import ControlSettings
 
 CALENDAR = StatutoryCalendar()
 DEFAULT = ProtectedWindows()

@@ -15,18 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_control import policy, shadows
+from shuidian_control.adapters import shadows
+from shuidian_control.domain import Clock, lifecycle
+from shuidian_control.errors import Conflict, NotFound
 from shuidian_control.settings import ControlSettings
-from shuidian_kit.errors import Conflict, NotFound, ServiceError
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
 from shuidian_shared.messages import (
@@ -72,21 +73,12 @@ _FINAL_REFUSALS: Mapping[CommandStatus, _Refusal] = {
     CommandStatus.REJECTED: _Refusal(REJECTED, "rejected 参数或凭据无效"),
 }
 
-Clock = Callable[[], datetime]
 _TEXT_LIMIT = 500
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def clip(value: str) -> str:
     """Message text fields are bounded; the database keeps the full text."""
     return value if len(value) <= _TEXT_LIMIT else value[: _TEXT_LIMIT - 1] + "…"
-
-
-class ControlError(ServiceError):
-    """Root of control's domain errors."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +112,7 @@ class CommandQuery:
     limit: int = 100
 
 
-_MODE_KINDS = sorted(k.value for k in policy.KEEP_POWER_KINDS)
+_MODE_KINDS = sorted(k.value for k in lifecycle.KEEP_POWER_KINDS)
 _COLUMNS = (
     "command_id, meter_id, kind, state, origin, reason, actor, account_id, created_at, updated_at, expires_at, "
     "detail, request_frame, response_frame, attempt, next_attempt_at, parameters, supply, shadow_version, batch_id"
@@ -131,7 +123,7 @@ class CommandLedger:
     """Owns control.commands and control.command_events; every write goes through here."""
 
     def __init__(
-        self, engine: AsyncEngine, outbox: Outbox, settings: ControlSettings, source: str, clock: Clock = utcnow
+        self, engine: AsyncEngine, outbox: Outbox, settings: ControlSettings, source: str, clock: Clock
     ) -> None:
         self._engine = engine
         self._outbox = outbox
@@ -147,8 +139,8 @@ class CommandLedger:
         """Persist and send a command in the caller's transaction; call `notify()` after commit."""
         now = self.clock()
         command_id = new.command_id or uuid.uuid4()
-        supply = policy.supply_after(new.kind)
-        mode = policy.keep_power_after(new.kind)
+        supply = lifecycle.supply_after(new.kind)
+        mode = lifecycle.keep_power_after(new.kind)
         if supply is not None or mode is not None:
             # An older command still open for this meter's relay/valve (or keep-power mode) is superseded by the
             # newer intent.
@@ -266,7 +258,7 @@ class CommandLedger:
         await conn.execute(
             text(
                 "UPDATE control.commands SET state = :s, detail = :d, updated_at = :now"
-                + (", next_attempt_at = NULL" if state in policy.TERMINAL_STATES else "")
+                + (", next_attempt_at = NULL" if state in lifecycle.TERMINAL_STATES else "")
                 + " WHERE command_id = :c"
             ),
             {"s": state.value, "d": detail, "now": self.clock(), "c": row.command_id},
@@ -286,7 +278,7 @@ class CommandLedger:
             expires_at=row.expires_at,
         )
         await self._outbox.add(conn, topics.command_update(row.meter_id), update)
-        if state in policy.TERMINAL_STATES:
+        if state in lifecycle.TERMINAL_STATES:
             COMMAND_OUTCOMES.labels(state.value).inc()
 
     async def _audit(
@@ -342,9 +334,9 @@ class CommandLedger:
                 request_frame=result.request_frame,
                 response_frame=result.response_frame,
             )
-            reported = policy.supply_of(result.relay, result.valve)
+            reported = lifecycle.supply_of(result.relay, result.valve)
             confirmed = result.status is CommandStatus.CONFIRMED
-            keep_power = policy.keep_power_after(CommandKind(row.kind)) if confirmed else None
+            keep_power = lifecycle.keep_power_after(CommandKind(row.kind)) if confirmed else None
             if reported is not None or keep_power is not None:
                 await shadows.report(
                     conn, row.meter_id, reported, result.occurred_at, online=True, keep_power=keep_power
@@ -363,7 +355,7 @@ class CommandLedger:
 
     async def _apply(self, conn: AsyncConnection, row: Row[Any], result: CommandResult) -> None:
         state = CommandState(row.state)
-        if state in policy.TERMINAL_STATES:
+        if state in lifecycle.TERMINAL_STATES:
             return  # a late result never reopens a finished (or superseded) command
         if result.status is CommandStatus.CONFIRMED:
             # The meter did it, whichever attempt got through.
@@ -382,10 +374,10 @@ class CommandLedger:
         if refusal is not None:
             await self._refuse(conn, row, result, refusal)
             return
-        if not policy.is_retryable(result):
+        if not lifecycle.is_retryable(result):
             await self._transition(conn, row, CommandState.FAILED, result.detail, attempt=result.attempt)
             return
-        retry_at = self.clock() + policy.backoff(row.attempt, *self._retry)
+        retry_at = self.clock() + lifecycle.backoff(row.attempt, *self._retry)
         if retry_at >= row.expires_at:
             await self._transition(
                 conn,
@@ -460,7 +452,7 @@ class CommandLedger:
             row = await self._lock(conn, command_id)
             if row is None:
                 raise NotFound(f"no command {command_id}")
-            if CommandState(row.state) in policy.TERMINAL_STATES:
+            if CommandState(row.state) in lifecycle.TERMINAL_STATES:
                 raise Conflict(f"command {command_id} is already {row.state}")
             await self._drop_intent(conn, row)
             await self._transition(conn, row, CommandState.CANCELLED, f"cancelled: {reason}", actor=actor)
@@ -471,12 +463,12 @@ class CommandLedger:
         """A cancelled or finally refused (unsupported, rejected) command's intent must not come back through
         reconcile: the meter keeps what it reports (supply), and a keep-power mode it cannot take is no longer
         wanted."""
-        if row.supply is None and CommandKind(row.kind) not in policy.KEEP_POWER_KINDS:
+        if row.supply is None and CommandKind(row.kind) not in lifecycle.KEEP_POWER_KINDS:
             return
         shadow = await shadows.lock(conn, row.meter_id)
         if row.supply is not None and shadow.desired is not None and shadow.desired.value == row.supply:
             await shadows.set_desired(conn, row.meter_id, shadow.reported)
-        mode = policy.keep_power_after(CommandKind(row.kind))
+        mode = lifecycle.keep_power_after(CommandKind(row.kind))
         if mode is not None and shadow.desired_keep_power is mode:
             await shadows.set_desired_keep_power(conn, row.meter_id, None)
 

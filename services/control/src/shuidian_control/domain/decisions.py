@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TypeAlias
 
-from shuidian_control.windows import (
-    DEFAULT_HORIZON,
-    SHANGHAI,
-    HolidayCalendar,
-    NoAllowedInstant,
-    ProtectedWindows,
-    is_protected,
-    next_allowed,
-)
+from shuidian_control.domain.calendar import HolidayCalendar
+from shuidian_control.domain.lifecycle import supply_after
+from shuidian_control.domain.policies import EstatePolicy, MeterSupply
+from shuidian_control.domain.windows import is_protected, next_allowed
+from shuidian_control.errors import NoAllowedInstant
 from shuidian_shared.messages import (
     BalanceEvent,
     BalanceEventKind,
@@ -39,35 +35,6 @@ from shuidian_shared.messages import (
 # water meter's OPEN shadow means its valve is shut.
 
 DEFAULT_REISSUE_INTERVAL = timedelta(minutes=5)
-_DEFAULT_WINDOWS = ProtectedWindows()
-_RESTORE_KINDS = frozenset({CommandKind.DIRECT_CLOSE, CommandKind.CLOSE_ALLOWED})
-_SUPPLY_AFTER = {
-    CommandKind.TRIP: RelayState.OPEN,
-    CommandKind.VALVE_CLOSE: RelayState.OPEN,
-    CommandKind.DIRECT_CLOSE: RelayState.CLOSED,
-    CommandKind.CLOSE_ALLOWED: RelayState.CLOSED,
-    CommandKind.VALVE_OPEN: RelayState.CLOSED,
-}
-
-
-class KeepPowerReason(StrEnum):
-    """Why a household or estate is under 保电."""
-
-    ELDERLY = "elderly"
-    MEDICAL = "medical"
-    OTHER = "other"
-
-
-@dataclass(frozen=True)
-class KeepPower:
-    """A 保电 flag: supply stays on whatever the balance until an operator lifts it."""
-
-    reason: KeepPowerReason
-    note: str = ""
-
-    def describe(self) -> str:
-        """Reason and note, for audit text."""
-        return f"{self.reason.value}: {self.note}" if self.note else self.reason.value
 
 
 @dataclass(frozen=True)
@@ -77,30 +44,6 @@ class Shadow:
     desired: RelayState | None
     reported: RelayState | None
     version: int = 0
-
-
-@dataclass(frozen=True)
-class MeterSupply:
-    """The meter a decision is about and its household's 保电 flag."""
-
-    utility: Utility
-    keep_power: KeepPower | None = None
-
-
-@dataclass(frozen=True)
-class EstatePolicy:
-    """An estate's cut-off policy: protected windows, how supply comes back, prepaid water, estate-wide 保电."""
-
-    windows: ProtectedWindows = _DEFAULT_WINDOWS
-    restore: CommandKind = CommandKind.DIRECT_CLOSE
-    prepaid_water: bool = False
-    keep_power: KeepPower | None = None
-    tz: tzinfo = SHANGHAI
-    horizon: timedelta = DEFAULT_HORIZON
-
-    def __post_init__(self) -> None:
-        if self.restore not in _RESTORE_KINDS:
-            raise ValueError(f"restore must be one of {sorted(_RESTORE_KINDS)}, not {self.restore}")
 
 
 @dataclass(frozen=True)
@@ -131,7 +74,7 @@ class ForceRestore:
     reason: str
 
 
-OperatorRequest: TypeAlias = ForceTrip | ForceRestore
+ForcedSupply: TypeAlias = ForceTrip | ForceRestore
 
 
 @dataclass(frozen=True)
@@ -174,7 +117,10 @@ class Issue:
     @property
     def supply(self) -> RelayState:
         """The supply state the command produces: the caller's new `shadow.desired`."""
-        return _SUPPLY_AFTER[self.kind]
+        supply = supply_after(self.kind)
+        if supply is None:
+            raise ValueError(f"{self.kind.value} moves no relay or valve")
+        return supply
 
 
 @dataclass(frozen=True)
@@ -275,7 +221,9 @@ def on_keep_power_changed(
     return _trip("keep-power lifted, balance exhausted", shadow, supply, policy, calendar, now)
 
 
-def decide_operator(request: OperatorRequest, *, shadow: Shadow, supply: MeterSupply, policy: EstatePolicy) -> Decision:
+def decide_operator(
+    request: ForcedSupply, *, shadow: Shadow, supply: MeterSupply, policy: EstatePolicy
+) -> Issue | Skip:
     """An operator's request: ignores protected windows and the balance, never 保电 unless explicitly lifted."""
     if isinstance(request, ForceRestore):
         target = RelayState.CLOSED
@@ -406,7 +354,7 @@ def _trip(
     return Issue(command_for(RelayState.OPEN, supply.utility, policy.restore), reason)
 
 
-def _restore(reason: str, shadow: Shadow, supply: MeterSupply, policy: EstatePolicy) -> Decision:
+def _restore(reason: str, shadow: Shadow, supply: MeterSupply, policy: EstatePolicy) -> Issue | Skip:
     # A valve in an estate that does not prepay water was shut by an operator (a leak, say): billing leaves it be.
     if supply.utility is Utility.WATER and not policy.prepaid_water:
         return Skip(f"{reason}: estate does not prepay water", SkipCode.NOT_PREPAID)

@@ -1,55 +1,38 @@
 """Stored policy: estate policies, building membership, keep-power (保电) flags, operator no-cut-off holds.
 
-Control does not own premises: buildings are registered here as labelled lists of meter ids (with the estate
-they belong to). A meter in no building belongs to the estate `default`; an estate without a stored policy
-uses the default policy from the settings. Every change is written to the policy log with who and why.
+Buildings are registered here as labelled lists of meter ids (with the estate they belong to); how stored rows
+become the policy decided with is `domain.policies`. Every change is written to the policy log with who and why.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_control.decisions import EstatePolicy, KeepPower, KeepPowerReason, MeterSupply
+from shuidian_control.domain.policies import (
+    ALL_ESTATES,
+    DEFAULT_ESTATE,
+    EstatePolicy,
+    EstateSettings,
+    KeepPower,
+    KeepPowerReason,
+    MeterContext,
+    MeterSupply,
+    estate_policy,
+    longest_hold,
+)
+from shuidian_control.domain.windows import OperatorHold
+from shuidian_control.errors import NotFound
 from shuidian_control.settings import ControlSettings
-from shuidian_control.windows import DailyWindow, OperatorHold, ProtectedWindows
-from shuidian_kit.errors import NotFound
 from shuidian_shared.messages import CommandKind, Utility
 
 log = logging.getLogger(__name__)
-
-DEFAULT_ESTATE = "default"
-ALL_ESTATES = "*"
-
-
-@dataclass(frozen=True)
-class EstateSettings:
-    """An estate's stored policy, as the API reads and writes it."""
-
-    nights_start: time | None
-    nights_end: time | None
-    weekends: bool
-    holidays: bool
-    restore: CommandKind
-    prepaid_water: bool
-
-
-@dataclass(frozen=True)
-class MeterContext:
-    """Everything a decision about one meter needs from the policy tables."""
-
-    meter_id: str
-    estate_id: str
-    account_id: str | None
-    supply: MeterSupply
-    policy: EstatePolicy
 
 
 class PolicyStore:
@@ -132,25 +115,10 @@ class PolicyStore:
             )
         }
         return {
-            estate: self._policy(stored.get(estate, stored.get(DEFAULT_ESTATE, self._default)), keep.get(estate),
-                                 _longest(holds.get(estate), holds.get(ALL_ESTATES)))
+            estate: estate_policy(stored.get(estate, stored.get(DEFAULT_ESTATE, self._default)), keep.get(estate),
+                                  longest_hold(holds.get(estate), holds.get(ALL_ESTATES)), self._tz)
             for estate in ids
         }  # fmt: skip
-
-    def _policy(self, settings: EstateSettings, keep: KeepPower | None, hold: OperatorHold | None) -> EstatePolicy:
-        nights = (
-            DailyWindow(settings.nights_start, settings.nights_end)
-            if settings.nights_start is not None and settings.nights_end is not None
-            else None
-        )
-        windows = ProtectedWindows(nights=nights, weekends=settings.weekends, holidays=settings.holidays, hold=hold)
-        return EstatePolicy(
-            windows=windows,
-            restore=settings.restore,
-            prepaid_water=settings.prepaid_water,
-            keep_power=keep,
-            tz=self._tz,
-        )
 
     # --- estate policies -----------------------------------------------------------------------------------------
 
@@ -226,6 +194,11 @@ class PolicyStore:
             meters = await self.building_meters(conn, building_id)
         return {**row._asdict(), "meters": meters}
 
+    async def building_members(self, building_id: str) -> list[str]:
+        """A building's registered meters, in meter order (empty for an unknown building)."""
+        async with self._engine.connect() as conn:
+            return await self.building_meters(conn, building_id)
+
     async def building_meters(self, conn: AsyncConnection, building_id: str) -> list[str]:
         rows = await conn.execute(
             text("SELECT meter_id FROM control.building_meters WHERE building_id = :b ORDER BY meter_id"),
@@ -246,6 +219,15 @@ class PolicyStore:
                 "WHERE b.estate_id = :e"
             )
         return [r.meter_id for r in await conn.execute(text(sql), {"e": estate_id})]
+
+    async def subject_meters(self, conn: AsyncConnection, scope: str, subject: str) -> list[str]:
+        """The meters a 保电 flag covers: a household's (by account) or an estate's."""
+        if scope == "household":
+            rows = await conn.execute(
+                text("SELECT meter_id FROM control.shadows WHERE account_id = :a"), {"a": subject}
+            )
+            return [r.meter_id for r in rows]
+        return await self.estate_meters(conn, subject)
 
     # --- keep-power and holds ------------------------------------------------------------------------------------
 
@@ -323,14 +305,3 @@ class PolicyStore:
                 {"s": subject, "n": limit},
             )
             return [r._asdict() for r in rows]
-
-
-def _longest(*holds: OperatorHold | None) -> OperatorHold | None:
-    """Of an estate's own hold and the all-estates hold, the one that lasts longer (open-ended wins)."""
-    present = [h for h in holds if h is not None]
-    if not present:
-        return None
-    for hold in present:
-        if hold.until is None:
-            return hold
-    return max(present, key=lambda h: h.until or datetime.min.replace(tzinfo=UTC))

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shuidian_control.decisions import Shadow
+from shuidian_control.domain.decisions import Shadow
 from shuidian_shared.messages import RelayState, Utility
 
 _RETURNED = (

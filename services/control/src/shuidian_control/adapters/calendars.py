@@ -3,7 +3,7 @@
 
 The decision core stays pure: it gets a `HolidayCalendar`. `CalendarBook` is that calendar for the service: it holds
 an immutable `LayeredCalendar` and swaps it for a new one when the published years change (a PUT on this replica, or
-a reload that picks up another replica's).
+a reload that picks up another replica's). `StatutoryCalendar` reads the library's data.
 """
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ import logging
 from dataclasses import dataclass
 from datetime import date, datetime
 
+import chinese_calendar  # type: ignore[import-untyped]
 from prometheus_client import Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_control.policies import PolicyStore
-from shuidian_control.windows import (
+from shuidian_control.adapters.policy_store import PolicyStore
+from shuidian_control.domain.calendar import (
+    Coverage,
     DayStatus,
     HolidayCalendar,
     LayeredCalendar,
-    calendar_coverage,
-    calendar_warning,
+    coverage_report,
     published_year,
 )
 
@@ -51,15 +52,18 @@ class PublishedYear:
     published_at: datetime
 
 
-@dataclass(frozen=True)
-class Coverage:
-    """What the calendar covers on a given day, and what the operator must do about it."""
+class StatutoryCalendar:
+    """The maintained chinese-calendar data; a year it does not know yet is UNKNOWN."""
 
-    today: date
-    last_year: int | None
-    published_years: tuple[int, ...]
-    next_year_covered: bool
-    warning: str | None
+    def status(self, day: date) -> DayStatus:
+        """Classify one local date."""
+        try:
+            on_holiday, name = chinese_calendar.get_holiday_detail(day)
+        except NotImplementedError:
+            return DayStatus.UNKNOWN
+        if name is None:
+            return DayStatus.REGULAR
+        return DayStatus.HOLIDAY if on_holiday else DayStatus.ADJUSTED_WORKDAY
 
 
 class CalendarBook:
@@ -141,18 +145,10 @@ class CalendarBook:
 
     def coverage(self, today: date) -> Coverage:
         """What the calendar covers as of `today`; exports the gauges and logs a new warning once."""
-        calendar = self.current
-        last = calendar_coverage(calendar, today)
-        warning = calendar_warning(calendar, today)
-        CALENDAR_LAST_YEAR.set(last or today.year - 1)
-        CALENDAR_WARNING.set(1 if warning else 0)
-        if warning and warning != self._warned:
-            log.warning("%s", warning)
-        self._warned = warning
-        return Coverage(
-            today=today,
-            last_year=last,
-            published_years=tuple(sorted(calendar.published)),
-            next_year_covered=last is not None and last > today.year,
-            warning=warning,
-        )
+        covered = coverage_report(self.current, today)
+        CALENDAR_LAST_YEAR.set(covered.last_year or today.year - 1)
+        CALENDAR_WARNING.set(1 if covered.warning else 0)
+        if covered.warning and covered.warning != self._warned:
+            log.warning("%s", covered.warning)
+        self._warned = covered.warning
+        return covered

@@ -11,54 +11,26 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_control.automation import Automation, OperatorRequest
-from shuidian_control.commands import Clock
-from shuidian_control.policies import PolicyStore
-from shuidian_kit.errors import Conflict, NotFound
+from shuidian_control.adapters.automation import Automation
+from shuidian_control.adapters.policy_store import PolicyStore
+from shuidian_control.domain import Clock
+from shuidian_control.domain.operations import OperatorRequest
+from shuidian_control.domain.schedules import ScheduleSpec, due_occurrence
+from shuidian_control.errors import Conflict, NotFound
 from shuidian_shared.messages import CommandKind, CommandOrigin
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """What to run where and when: daily at `at_local`, or once at `run_at` (exactly one of them)."""
-
-    name: str
-    kind: CommandKind
-    building_id: str | None = None
-    meters: tuple[str, ...] = ()
-    parameters: Mapping[str, str] = field(default_factory=dict)
-    reason: str = ""
-    ttl_seconds: int | None = None
-    at_local: time | None = None
-    run_at: datetime | None = None
-    command_id: uuid.UUID | None = None  # a one-shot's command id, and the idempotency key of its creation
-
-    def __post_init__(self) -> None:
-        if (self.at_local is None) == (self.run_at is None):
-            raise ValueError("a schedule runs daily (at_local) or once (run_at)")
-
-
-def latest_occurrence(now: datetime, at_local: time, tz: ZoneInfo) -> datetime:
-    """The most recent instant at or before `now` when the local clock read `at_local` (aware UTC in, aware out)."""
-    local = now.astimezone(tz)
-    candidate = datetime.combine(local.date(), at_local, tzinfo=tz)
-    if candidate > local:
-        candidate = datetime.combine(local.date() - timedelta(days=1), at_local, tzinfo=tz)
-    return candidate.astimezone(now.tzinfo)
-
-
 class Scheduler:
+    """Stores scheduled operations and runs the due ones (each occurrence once, in the transaction of its commands)."""
+
     def __init__(
         self, engine: AsyncEngine, automation: Automation, store: PolicyStore, grace: timedelta, clock: Clock
     ) -> None:
@@ -152,8 +124,14 @@ class Scheduler:
                 )
             ).all()
             for row in rows:
-                occurrence = row.run_at or latest_occurrence(now, row.at_local, self._store.tz)
-                if row.last_occurrence is not None and row.last_occurrence >= occurrence:
+                occurrence = due_occurrence(
+                    now,
+                    run_at=row.run_at,
+                    at_local=row.at_local,
+                    last_occurrence=row.last_occurrence,
+                    tz=self._store.tz,
+                )
+                if occurrence is None:
                     continue
                 await conn.execute(
                     text(

@@ -1,6 +1,6 @@
 """Policy-driven automation: balance events, deferred trips, keep-power changes, operator requests, reconcile.
 
-The pure core (decisions.py, windows.py) decides; this module loads the state it decides over, applies the
+The pure core (`domain`: decisions, operations, windows) decides; this module loads the state it decides over, applies the
 decision in the same transaction (shadow intent, command, deferral) and keeps the core's contract:
 - the shadow's desired state (and version) changes only when a command for a new intent is issued;
 - per account, balance events at or below the highest sequence seen are ignored;
@@ -15,32 +15,25 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import timedelta
-from enum import StrEnum
 from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_control import decisions, policy, shadows
-from shuidian_control.commands import CommandLedger, ControlError, NewCommand
-from shuidian_control.decisions import (
-    Decision,
-    Defer,
-    ForceRestore,
-    ForceTrip,
-    Issue,
-    LastCommand,
-    LastModeCommand,
-    MeterSupply,
-    Skip,
-)
-from shuidian_control.policies import DEFAULT_ESTATE, MeterContext, PolicyStore
+from shuidian_control.adapters import shadows
+from shuidian_control.adapters.commands import CommandLedger, NewCommand
+from shuidian_control.adapters.policy_store import PolicyStore
+from shuidian_control.domain import decisions, lifecycle
+from shuidian_control.domain.calendar import HolidayCalendar
+from shuidian_control.domain.decisions import Decision, Defer, Issue, LastCommand, LastModeCommand, Skip
+from shuidian_control.domain.operations import MeterOutcome, NotIssued, OperatorRequest, Outcome, decide_request
+from shuidian_control.domain.policies import MeterContext, MeterSupply
+from shuidian_control.domain.windows import is_protected
+from shuidian_control.errors import Conflict
 from shuidian_control.settings import ControlSettings
-from shuidian_control.windows import HolidayCalendar, is_protected
 from shuidian_shared.messages import (
     BalanceEvent,
     BalanceLevel,
@@ -57,56 +50,6 @@ log = logging.getLogger(__name__)
 DECISIONS = Counter("control_decisions_total", "automation decisions", ["trigger", "outcome"])
 STALE_BALANCE_EVENTS = Counter("control_balance_events_stale_total", "balance events older than one already applied")
 DEFERRED = Counter("control_trips_deferred_total", "trips deferred by a protected window", ["rule"])
-
-
-_UTILITY_OF_KIND = {
-    CommandKind.TRIP: Utility.ELECTRICITY,
-    CommandKind.DIRECT_CLOSE: Utility.ELECTRICITY,
-    CommandKind.CLOSE_ALLOWED: Utility.ELECTRICITY,
-    CommandKind.VALVE_CLOSE: Utility.WATER,
-    CommandKind.VALVE_OPEN: Utility.WATER,
-}
-
-
-class Outcome(StrEnum):
-    """What an operator request (or its preview) does to one meter."""
-
-    ISSUE = "issue"
-    BLOCKED = "blocked"  # refused: 保电, or a protected window without an override
-    SKIP = "skip"  # nothing to do (already in that state)
-
-
-@dataclass(frozen=True)
-class OperatorRequest:
-    """An operator's (or a schedule's) command over one or many meters."""
-
-    kind: CommandKind
-    reason: str
-    actor: str
-    origin: CommandOrigin = CommandOrigin.OPERATOR
-    override_windows: bool = False  # cut off inside a protected window, with the reason on record
-    lift_keep_power: bool = False  # clear a household's 保电 flag to trip it, with the reason on record
-    parameters: Mapping[str, str] = field(default_factory=dict)
-    ttl: timedelta | None = None
-    command_id: uuid.UUID | None = None
-
-
-@dataclass(frozen=True)
-class MeterOutcome:
-    meter_id: str
-    outcome: Outcome
-    detail: str
-    kind: CommandKind | None = None
-    command_id: uuid.UUID | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "meter_id": self.meter_id,
-            "outcome": self.outcome.value,
-            "detail": self.detail,
-            "kind": self.kind.value if self.kind else None,
-            "command_id": self.command_id,
-        }
 
 
 class Automation:
@@ -358,10 +301,6 @@ class Automation:
             ),
         )
 
-    async def household_meters(self, conn: AsyncConnection, account_id: str) -> list[str]:
-        rows = await conn.execute(text("SELECT meter_id FROM control.shadows WHERE account_id = :a"), {"a": account_id})
-        return [r.meter_id for r in rows]
-
     # --- operator requests, single or batch ----------------------------------------------------------------------
 
     async def operate(
@@ -383,8 +322,7 @@ class Automation:
     ) -> tuple[uuid.UUID, list[MeterOutcome]]:
         batch_id = uuid.uuid4()
         ids = sorted(set(meter_ids))
-        assumed = _UTILITY_OF_KIND.get(request.kind)
-        rows = await shadows.lock_all(conn, ids, assumed=assumed)
+        rows = await shadows.lock_all(conn, ids, assumed=lifecycle.utility_of(request.kind))
         contexts = await self._store.contexts(conn, ids)
         outcomes = []
         for meter_id in ids:
@@ -409,51 +347,19 @@ class Automation:
             existing = await self._ledger.find(conn, request.command_id)
             if existing is not None:
                 if (existing.meter_id, existing.kind) != (row.meter_id, request.kind.value):
-                    raise ControlError(
-                        "指令编号已被占用 · command id reused for a different command",
-                        code="idempotency_conflict",
-                        status_code=409,
+                    raise Conflict(
+                        "指令编号已被占用 · command id reused for a different command", code="idempotency_conflict"
                     )
                 return MeterOutcome(row.meter_id, Outcome.ISSUE, "already issued (same command id)", request.kind,
                                     request.command_id)  # fmt: skip
-        target = policy.supply_after(request.kind)
-        expected = _UTILITY_OF_KIND.get(request.kind)
-        if expected is not None and row.utility is not expected:
-            return MeterOutcome(
-                row.meter_id,
-                Outcome.BLOCKED,
-                f"{request.kind.value} does not apply to a {row.utility.value} meter",
-                request.kind,
-            )
-        if target is None:
-            # Time sync, parameters, the meter's own keep-power mode: no supply intent, no windows.
-            decision: Decision = Issue(request.kind, f"{request.origin.value} {request.kind.value}: {request.reason}")
-        else:
-            operator_request: decisions.OperatorRequest = (
-                ForceTrip(request.reason, lift_keep_power=request.lift_keep_power)
-                if target is RelayState.OPEN
-                else ForceRestore(request.reason)
-            )
-            decision = decisions.decide_operator(
-                operator_request, shadow=row.shadow, supply=ctx.supply, policy=ctx.policy
-            )
-            if isinstance(decision, Issue) and target is RelayState.OPEN:
-                protection = is_protected(now, ctx.policy.windows, self._calendar, ctx.policy.tz)
-                if protection is not None and not request.override_windows:
-                    return MeterOutcome(
-                        row.meter_id,
-                        Outcome.BLOCKED,
-                        f"protected window ({protection.rule.value}: {protection.detail}); override with a reason",
-                        decision.kind,
-                    )
-                if protection is not None:
-                    decision = Issue(decision.kind, f"{decision.reason} (overrides {protection.rule.value})")
-        if isinstance(decision, Skip):
-            blocked = decision.code is decisions.SkipCode.KEEP_POWER
-            return MeterOutcome(row.meter_id, Outcome.BLOCKED if blocked else Outcome.SKIP, decision.reason)
-        assert isinstance(decision, Issue)
+        decision = decide_request(
+            request, shadow=row.shadow, supply=ctx.supply, policy=ctx.policy, calendar=self._calendar, now=now
+        )
+        if isinstance(decision, NotIssued):
+            return MeterOutcome(row.meter_id, decision.outcome, decision.detail, decision.kind)
         if preview:
             return MeterOutcome(row.meter_id, Outcome.ISSUE, decision.reason, decision.kind)
+        target = lifecycle.supply_after(request.kind)
         new = NewCommand(
             meter_id=row.meter_id,
             kind=decision.kind,
@@ -472,7 +378,7 @@ class Automation:
             # below is held until the meter confirms it.
             estate_keep = decisions.keep_power_in_force(MeterSupply(row.utility), ctx.policy)
             await self._sync_keep_power(conn, row, estate_keep, request.origin, request.actor)
-        mode = policy.keep_power_after(request.kind)
+        mode = lifecycle.keep_power_after(request.kind)
         if mode is not None:
             # The operator's own mode command is the intent until the next 保电 change (reconcile keeps it).
             await shadows.set_desired_keep_power(conn, row.meter_id, mode)
@@ -490,7 +396,7 @@ class Automation:
 
         Idempotent: every replica gets the retained states on connect, and a report no newer than the stored
         one changes nothing."""
-        supply = policy.supply_of(state.relay, state.valve)
+        supply = lifecycle.supply_of(state.relay, state.valve)
         async with self._engine.begin() as conn:
             applied = await shadows.report(
                 conn,
@@ -609,7 +515,7 @@ class Automation:
         water = view["utility"] == Utility.WATER.value
         for side in ("desired", "reported"):
             supply = RelayState(view[f"{side}_supply"]) if view[f"{side}_supply"] else None
-            valve = policy.valve_of(supply) if water else None
+            valve = lifecycle.valve_of(supply) if water else None
             view[f"{side}_relay"] = None if water or supply is None else supply.value
             view[f"{side}_valve"] = valve.value if valve else None
         return view
@@ -626,9 +532,6 @@ class Automation:
             )
             return [r._asdict() for r in rows]
 
-    async def estate_meters(self, conn: AsyncConnection, estate_id: str) -> list[str]:
-        return await self._store.estate_meters(conn, estate_id or DEFAULT_ESTATE)
-
 
 def _last_command(row: Any) -> LastCommand | None:
     if row is None:
@@ -638,17 +541,17 @@ def _last_command(row: Any) -> LastCommand | None:
         version=row.shadow_version or 0,
         issued_at=row.created_at,
         expires_at=row.expires_at,
-        finished=row.state in {s.value for s in policy.TERMINAL_STATES},
+        finished=row.state in {s.value for s in lifecycle.TERMINAL_STATES},
         origin=CommandOrigin(row.origin),
     )
 
 
 def _last_mode_command(row: Any) -> LastModeCommand:
     return LastModeCommand(
-        keep_power=policy.keep_power_after(CommandKind(row.kind)) is True,
+        keep_power=lifecycle.keep_power_after(CommandKind(row.kind)) is True,
         issued_at=row.created_at,
         expires_at=row.expires_at,
-        finished=row.state in {s.value for s in policy.TERMINAL_STATES},
+        finished=row.state in {s.value for s in lifecycle.TERMINAL_STATES},
     )
 
 

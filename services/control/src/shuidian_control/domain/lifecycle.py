@@ -1,12 +1,20 @@
-"""Pure command rules: lifecycle states, supply terms for relays and valves, retry back-off, result triage."""
+"""Command facts: terminal states, what each kind does in supply terms for relays and valves, which utility it
+is for, retry back-off, which failures are retried."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from shuidian_shared.messages import CommandKind, CommandResult, CommandState, CommandStatus, RelayState, ValveState
+from shuidian_shared.messages import (
+    CommandKind,
+    CommandResult,
+    CommandState,
+    CommandStatus,
+    RelayState,
+    Utility,
+    ValveState,
+)
 
-OPEN_STATES = frozenset({CommandState.PENDING, CommandState.SENT, CommandState.ACKNOWLEDGED})
 TERMINAL_STATES = frozenset({CommandState.CONFIRMED, CommandState.FAILED, CommandState.EXPIRED, CommandState.CANCELLED})
 
 # Supply terms for both utilities: CLOSED means supply on, OPEN means cut off (a shut valve is an OPEN supply).
@@ -21,11 +29,23 @@ _KEEP_POWER_AFTER = {CommandKind.KEEP_POWER_ON: True, CommandKind.KEEP_POWER_OFF
 KEEP_POWER_KINDS = frozenset(_KEEP_POWER_AFTER)
 _SUPPLY_OF_VALVE = {ValveState.OPEN: RelayState.CLOSED, ValveState.CLOSED: RelayState.OPEN}
 _VALVE_OF_SUPPLY = {RelayState.CLOSED: ValveState.OPEN, RelayState.OPEN: ValveState.CLOSED}
+_UTILITY_OF_KIND = {
+    CommandKind.TRIP: Utility.ELECTRICITY,
+    CommandKind.DIRECT_CLOSE: Utility.ELECTRICITY,
+    CommandKind.CLOSE_ALLOWED: Utility.ELECTRICITY,
+    CommandKind.VALVE_CLOSE: Utility.WATER,
+    CommandKind.VALVE_OPEN: Utility.WATER,
+}
 
 
 def supply_after(kind: CommandKind) -> RelayState | None:
     """The supply state a confirmed command leaves behind; None for commands that move no relay or valve."""
     return _SUPPLY_AFTER.get(kind)
+
+
+def utility_of(kind: CommandKind) -> Utility | None:
+    """The utility a relay or valve command is for; None for commands any meter may take."""
+    return _UTILITY_OF_KIND.get(kind)
 
 
 def keep_power_after(kind: CommandKind) -> bool | None:

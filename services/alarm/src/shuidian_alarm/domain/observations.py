@@ -106,17 +106,12 @@ class Tick:
     """Time passed: lets conditions on retained states mature without a new observation."""
 
 
-Observation = (
-    Reading
-    | DeviceState
-    | GatewayStatus
-    | PollWindow
-    | HourlyConsumption
-    | LeaseStatus
-    | ServerBalance
-    | SupplyDesired
-    | Tick
-)
+MeterObservation = Reading | DeviceState | PollWindow | HourlyConsumption | LeaseStatus | ServerBalance | SupplyDesired
+"""An observation about one meter (all but a gateway's status and the tick)."""
+Feeds = tuple[type[MeterObservation], ...]
+"""The observation types a rule judges its meter by (`feeds` of each rule class)."""
+
+Observation = MeterObservation | GatewayStatus | Tick
 
 
 def server_balances(event: BalanceEvent) -> list[ServerBalance]:

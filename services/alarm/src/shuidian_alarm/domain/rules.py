@@ -1,8 +1,10 @@
 """Every rule the detectors know, in one place: the unions of rules and their states, `evaluate` (dispatch to
-the rule's family module), what each rule is fed, the platform defaults, scope resolution and the JSON forms.
+the rule's family module), the platform defaults, scope resolution and the JSON forms of rules.
 
-A new rule: its family module in `domain/detectors/` (the rule, its state, its evaluation), then its entry in
-`Rule`, `RuleState`, `evaluate`, `source_of` and `default_rules` below. Nothing outside `domain/` changes.
+A new rule: its family module in `domain/detectors/`, whose rule class says what it raises (`slot`), what it
+judges a meter by (`feeds`) and whether it matures with time alone (`ticks`); then its entry in `Rule`,
+`RuleState`, `evaluate` and `default_rules` below (and `skips` if a reading can leave it untouched). Nothing
+outside `domain/` changes: the evaluator feeds every rule by what it declares.
 """
 
 from __future__ import annotations
@@ -37,11 +39,8 @@ from shuidian_alarm.domain.detectors.water import WATER_VOLUME, WaterLeakRule, W
 from shuidian_alarm.domain.observations import (
     GatewayStatus,
     HourlyConsumption,
-    LeaseStatus,
     Observation,
     PollWindow,
-    ServerBalance,
-    SupplyDesired,
     Tick,
 )
 from shuidian_alarm.domain.scopes import PRECEDENCE, RuleScope, ScopeLevel, ScopeTarget
@@ -121,23 +120,7 @@ def source_of(rule: Rule, observation: Observation) -> str | None:
     """The source whose state `observation` feeds under `rule` (the gateway for connectivity, else the meter)."""
     if isinstance(rule, ConnectivityRule):
         return observation.gateway_id if isinstance(observation, GatewayStatus | DeviceState) else None
-    feeds: tuple[
-        type[Reading | DeviceState | PollWindow | HourlyConsumption | LeaseStatus | ServerBalance | SupplyDesired], ...
-    ]
-    match rule:
-        case ThresholdRule() | FlagRule() | WaterLeakRule():
-            feeds = (Reading,)
-        case SpikeRule():
-            feeds = (HourlyConsumption,)
-        case CommErrorRule():
-            feeds = (PollWindow,)
-        case SupplyMismatchRule():
-            feeds = (SupplyDesired, Reading, DeviceState)
-        case VacantUsageRule():
-            feeds = (LeaseStatus, HourlyConsumption)
-        case BalanceMismatchRule():
-            feeds = (ServerBalance, Reading)
-    if isinstance(observation, GatewayStatus | Tick) or not isinstance(observation, feeds):
+    if isinstance(observation, GatewayStatus | Tick) or not isinstance(observation, rule.feeds):
         return None
     return observation.meter_id
 
@@ -162,7 +145,7 @@ def skips(rule: Rule, registers: Collection[str], flags: Collection[ReadingFlag]
 
 def needs_ticks(rule: Rule) -> bool:
     """Whether the rule's conditions mature with time alone, so the service must feed it `Tick`s."""
-    return isinstance(rule, ConnectivityRule | SupplyMismatchRule)
+    return rule.ticks
 
 
 # --- scopes -------------------------------------------------------------------------------------------------

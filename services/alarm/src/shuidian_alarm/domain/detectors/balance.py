@@ -9,7 +9,7 @@ from typing import ClassVar, Final, Literal
 
 from shuidian_alarm.domain.decisions import Decision, Raise
 from shuidian_alarm.domain.detectors.debounce import DebounceState, Evidence, debounce, edge
-from shuidian_alarm.domain.observations import Observation, ServerBalance
+from shuidian_alarm.domain.observations import Feeds, Observation, ServerBalance
 from shuidian_alarm.domain.times import ZERO, fresh
 from shuidian_shared.messages import AlarmSeverity, Reading
 
@@ -31,6 +31,8 @@ class BalanceMismatchRule:
     clear_after: timedelta = ZERO
     severity: AlarmSeverity = AlarmSeverity.WARNING
     slot: ClassVar[str] = BALANCE_MISMATCH  # the alarm type it raises; a more specific scope overrides it
+    feeds: ClassVar[Feeds] = (ServerBalance, Reading)  # the observations whose meter it judges
+    ticks: ClassVar[bool] = False  # judged only when an observation comes
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ from typing import ClassVar, Final, Literal
 
 from shuidian_alarm.domain.decisions import Decision, Raise
 from shuidian_alarm.domain.detectors.debounce import DebounceState, Evidence, debounce, edge
-from shuidian_alarm.domain.observations import PollWindow
+from shuidian_alarm.domain.observations import Feeds, PollWindow
 from shuidian_alarm.domain.times import FUTURE_TOLERANCE, HOUR, ZERO, iso, minutes
 from shuidian_shared.messages import AlarmSeverity
 
@@ -35,6 +35,8 @@ class CommErrorRule:
     min_attempts: int = 6
     severity: AlarmSeverity = AlarmSeverity.WARNING
     slot: ClassVar[str] = COMM_ERRORS  # the alarm type it raises; a more specific scope overrides it
+    feeds: ClassVar[Feeds] = (PollWindow,)  # the observations whose meter it judges
+    ticks: ClassVar[bool] = False  # judged only when an observation comes
 
     def __post_init__(self) -> None:
         if not self.clear_rate <= self.raise_rate:

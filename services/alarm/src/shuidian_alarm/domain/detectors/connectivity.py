@@ -31,6 +31,7 @@ class ConnectivityRule:
     gateway_severity: AlarmSeverity = AlarmSeverity.MAJOR
     meter_severity: AlarmSeverity = AlarmSeverity.WARNING
     slot: ClassVar[str] = CONNECTIVITY  # what a more specific scope overrides; it raises both offline types
+    ticks: ClassVar[bool] = True  # matures with time alone: the service feeds it `Tick`s
 
 
 @dataclass(frozen=True, kw_only=True)

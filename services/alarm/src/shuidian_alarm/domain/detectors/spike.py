@@ -11,7 +11,7 @@ from typing import ClassVar, Final, Literal
 from shuidian_alarm.domain.baselines import Bucket, Calendar, bucket_key, spike_limit, update_bucket
 from shuidian_alarm.domain.decisions import Decision, Raise
 from shuidian_alarm.domain.detectors.debounce import DebounceState, Evidence, debounce, edge
-from shuidian_alarm.domain.observations import HourlyConsumption
+from shuidian_alarm.domain.observations import Feeds, HourlyConsumption
 from shuidian_alarm.domain.times import HOUR, ZERO, fresh, iso
 from shuidian_shared.messages import AlarmSeverity
 
@@ -33,6 +33,8 @@ class SpikeRule:
     calendar: Calendar = field(default_factory=Calendar)
     severity: AlarmSeverity = AlarmSeverity.WARNING
     slot: ClassVar[str] = USAGE_SPIKE  # the alarm type it raises; a more specific scope overrides it
+    feeds: ClassVar[Feeds] = (HourlyConsumption,)  # the observations whose meter it judges
+    ticks: ClassVar[bool] = False  # judged only when an observation comes
 
 
 @dataclass(frozen=True, kw_only=True)

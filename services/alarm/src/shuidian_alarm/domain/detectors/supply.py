@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import ClassVar, Final, Literal
 
 from shuidian_alarm.domain.decisions import Clear, Decision, Raise
-from shuidian_alarm.domain.observations import Observation, SupplyDesired, Tick
+from shuidian_alarm.domain.observations import Feeds, Observation, SupplyDesired, Tick
 from shuidian_alarm.domain.times import fresh, iso, minutes
 from shuidian_shared.messages import AlarmSeverity, DeviceState, Reading, RelayState, ValveState
 
@@ -22,6 +22,8 @@ class SupplyMismatchRule:
     grace: timedelta = timedelta(minutes=10)
     severity: AlarmSeverity = AlarmSeverity.MAJOR
     slot: ClassVar[str] = SUPPLY_MISMATCH  # the alarm type it raises; a more specific scope overrides it
+    feeds: ClassVar[Feeds] = (SupplyDesired, Reading, DeviceState)  # the observations whose meter it judges
+    ticks: ClassVar[bool] = True  # matures with time alone: the service feeds it `Tick`s
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 
 from shuidian_alarm.domain.decisions import Clear, Decision, Raise
 from shuidian_alarm.domain.detectors.debounce import DebounceState, Evidence, debounce, settled
+from shuidian_alarm.domain.observations import Feeds
 from shuidian_alarm.domain.times import FUTURE_TOLERANCE, HOUR, ZERO, iso
 from shuidian_shared.messages import CLOCK_OFFSET, RESIDUAL_CURRENT, AlarmSeverity, Reading, ReadingFlag
 
@@ -117,6 +118,8 @@ class ThresholdRule:
     # Power factor means nothing near no load: below this active power (kW) it is not judged.
     min_load: Decimal = Decimal(0)
     severity: AlarmSeverity = AlarmSeverity.WARNING
+    feeds: ClassVar[Feeds] = (Reading,)  # the observations whose meter it judges
+    ticks: ClassVar[bool] = False  # judged only when an observation comes
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.min_load < 0:
@@ -138,6 +141,8 @@ class FlagRule:
     clear_after: timedelta = HOUR
     max_gap: timedelta | None = None
     severity: AlarmSeverity = AlarmSeverity.WARNING
+    feeds: ClassVar[Feeds] = (Reading,)  # the observations whose meter it judges
+    ticks: ClassVar[bool] = False  # judged only when an observation comes
 
     @property
     def slot(self) -> str:

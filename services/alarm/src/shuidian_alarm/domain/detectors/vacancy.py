@@ -9,7 +9,7 @@ from typing import ClassVar, Final, Literal
 
 from shuidian_alarm.domain.decisions import Clear, Decision, Raise
 from shuidian_alarm.domain.detectors.debounce import DebounceState, Evidence, debounce, edge
-from shuidian_alarm.domain.observations import HourlyConsumption, LeaseStatus, Observation
+from shuidian_alarm.domain.observations import Feeds, HourlyConsumption, LeaseStatus, Observation
 from shuidian_alarm.domain.times import FUTURE_TOLERANCE, HOUR, ZERO, fresh, iso
 from shuidian_shared.messages import AlarmSeverity
 
@@ -26,6 +26,8 @@ class VacantUsageRule:
     clear_after: timedelta = timedelta(hours=24)  # quiet hours before the alarm clears while still vacant
     severity: AlarmSeverity = AlarmSeverity.WARNING
     slot: ClassVar[str] = VACANT_USAGE  # the alarm type it raises; a more specific scope overrides it
+    feeds: ClassVar[Feeds] = (LeaseStatus, HourlyConsumption)  # the observations whose meter it judges
+    ticks: ClassVar[bool] = False  # judged only when an observation comes
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from shuidian_alarm.domain.baselines import DEFAULT_TIMEZONE
 from shuidian_alarm.domain.decisions import Clear, Decision, Raise
+from shuidian_alarm.domain.observations import Feeds
 from shuidian_alarm.domain.times import HOUR, ZERO, fresh, iso, seconds
 from shuidian_shared.messages import AlarmSeverity, Reading
 
@@ -42,6 +43,8 @@ class WaterLeakRule:
     timezone: str = DEFAULT_TIMEZONE
     severity: AlarmSeverity = AlarmSeverity.MAJOR
     slot: ClassVar[str] = WATER_LEAK  # the alarm type it raises; a more specific scope overrides it
+    feeds: ClassVar[Feeds] = (Reading,)  # the observations whose meter it judges
+    ticks: ClassVar[bool] = False  # judged only when an observation comes
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,8 +11,8 @@ import pytest
 
 from shuidian_alarm import errors
 from shuidian_alarm.domain.alarms import decode_cursor, encode_cursor
-from shuidian_alarm.domain.maintenance import plan_update
 from shuidian_alarm.domain.notify.delivery import DeliveryResult, RetryPolicy, first_due, next_attempt
+from shuidian_alarm.domain.work_orders import plan_update
 from shuidian_alarm.errors import AlarmError, InvalidQuery, InvalidTransition
 from shuidian_shared.messages import AlarmSeverity
 

@@ -1,5 +1,5 @@
 """Work orders for device faults, stored: the alarm hook that opens one, and the staff's queries and updates
-(the rules of their status live in `domain.maintenance`)."""
+(the rules of their status live in `domain.work_orders`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_alarm.domain.alarms import AlarmRecord
-from shuidian_alarm.domain.maintenance import FAULT_TYPES, plan_update
+from shuidian_alarm.domain.work_orders import FAULT_TYPES, plan_update
 from shuidian_alarm.errors import NotFound
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from shuidian_alarm.api.deps import Alarms
 from shuidian_alarm.api.schemas import NEXT_CURSOR, Cursor, Filter, Instant, Limit, Name, Strict
 from shuidian_alarm.domain.alarms import AlarmQuery
-from shuidian_alarm.domain.maintenance import FAULT_TYPES
+from shuidian_alarm.domain.work_orders import FAULT_TYPES
 from shuidian_alarm.errors import InvalidQuery
 from shuidian_kit.service_auth import Acting
 

@@ -17,8 +17,8 @@ import pytest_asyncio
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.app import create_app as billing_app
-from shuidian_billing.billing import Billing
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
 from shuidian_gateway.testing import Harness, free_port, gateway_harness, serve
@@ -55,9 +55,9 @@ async def _seed(app: FastAPI, client: httpx.AsyncClient) -> None:
         for at, value in ((JUNE + timedelta(hours=1), 100), (JUNE + timedelta(days=10), 100 + used)):
             registers = {"energy_active_import_total": Decimal(value)}
             readings.append(Reading.create(f"M-{room}", Utility.ELECTRICITY, at, registers=registers))
-    billing: Billing = app.state.billing
-    await billing.on_readings(ReadingBatch(source="test", gateway_id="g", readings=tuple(readings)), "")
-    await billing.flush(before=datetime(2018, 7, 1, tzinfo=SHANGHAI))
+    billing: Billing = app.state.container.billing
+    await billing.readings.on_readings(ReadingBatch(source="test", gateway_id="g", readings=tuple(readings)), "")
+    await billing.poster.flush(before=datetime(2018, 7, 1, tzinfo=SHANGHAI))
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from shuidian_billing.adapters.payments.sandbox import Sandbox
+from shuidian_billing.adapters.payments.signing import new_private_key
 from shuidian_billing.app import create_app as billing_app
-from shuidian_billing.payments.sandbox import Sandbox
-from shuidian_billing.payments.signing import new_private_key
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
 from shuidian_gateway.policy import Principal, Role

@@ -1,4 +1,4 @@
-"""Composition root of the billing service."""
+"""Composition root of the billing service: builds every piece at start into one `Container`."""
 
 from __future__ import annotations
 
@@ -10,20 +10,60 @@ from importlib.resources import files
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from shuidian_billing.api import router
-from shuidian_billing.billing import Billing
-from shuidian_billing.lifecycle_api import router as lifecycle_router
-from shuidian_billing.payments.api import router as payments_router
-from shuidian_billing.payments.settlement import LeaseSettlements
-from shuidian_billing.periodic import PeriodRuns
-from shuidian_billing.premises import ImportRefused, Premises
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.payments.bank import BankImports
+from shuidian_billing.adapters.payments.cash import CashDesk
+from shuidian_billing.adapters.payments.online import OnlinePayments, Providers
+from shuidian_billing.adapters.payments.refunds import Refunds
+from shuidian_billing.adapters.payments.reviews import ReviewQueue
+from shuidian_billing.adapters.payments.settlement import LeaseSettlements
+from shuidian_billing.adapters.periodic import PeriodRuns
+from shuidian_billing.adapters.premises import ImportRefused, Premises
+from shuidian_billing.api.core import router
+from shuidian_billing.api.deps import Channels, Container
+from shuidian_billing.api.lifecycle import router as lifecycle_router
+from shuidian_billing.api.payments import router as payments_router
+from shuidian_billing.api.usage import router as usage_router
+from shuidian_billing.errors import BillingError
 from shuidian_billing.settings import BillingSettings
-from shuidian_billing.usage_api import router as usage_router
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
 from shuidian_kit.service_auth import require_service_tokens
 
 SERVICE = "billing"
+
+
+def build(runtime: Runtime, settings: BillingSettings) -> Container:
+    """Every piece of the service over the runtime's engine, outbox and MQTT link, wired once."""
+    engine, outbox = runtime.engine, runtime.outbox
+    billing = Billing.build(engine, outbox, settings, runtime.mqtt.client_id)
+    premises = Premises(engine, billing, outbox, runtime.mqtt.client_id)
+    channels = Channels(
+        online=OnlinePayments(engine, billing, Providers.from_settings(settings)),
+        cash=CashDesk(engine, billing),
+        bank=BankImports(engine, billing),
+        reviews=ReviewQueue(engine, billing),
+        refunds=Refunds(engine, billing, outbox),
+    )
+    return Container(
+        runtime=runtime,
+        billing=billing,
+        premises=premises,
+        periods=PeriodRuns(engine, billing),
+        settlements=LeaseSettlements(engine, billing, premises, outbox),
+        channels=channels,
+    )
+
+
+def start(container: Container) -> None:
+    """Subscribe to reading batches (all, or this replica's shard) and hand the loops to the supervisor."""
+    runtime, billing = container.runtime, container.billing
+    billing.readings.subscribe(runtime.mqtt)
+    for lane in range(billing.readings.lanes):
+        runtime.supervisor.add(f"bill-{lane}", functools.partial(billing.readings.bill_loop, lane))
+    runtime.supervisor.add("flush", billing.poster.flush_loop)
+    runtime.supervisor.add("reannounce", billing.levels.reannounce_loop)
+    runtime.supervisor.add("occupancy", container.premises.occupancy_loop)
 
 
 def create_app(settings: BillingSettings | None = None) -> FastAPI:
@@ -33,19 +73,10 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrations = str(files("shuidian_billing") / "migrations")
         async with Runtime.open(settings, service=SERVICE, schema="billing", migrations=migrations) as runtime:
-            billing = Billing(runtime.engine, runtime.outbox, settings, runtime.mqtt.client_id)
-            billing.subscribe(runtime.mqtt)  # all reading batches, or this replica's shard of gateways
-            for lane in range(billing.lanes):
-                runtime.supervisor.add(f"bill-{lane}", functools.partial(billing.bill_loop, lane))
-            runtime.supervisor.add("flush", billing.flush_loop)
-            runtime.supervisor.add("reannounce", billing.reannounce_loop)
-            premises = Premises(runtime.engine, billing, runtime.outbox, runtime.mqtt.client_id)
-            runtime.supervisor.add("occupancy", premises.occupancy_loop)
-            app.state.runtime = runtime
-            app.state.billing = billing
-            app.state.premises = premises
-            app.state.periods = PeriodRuns(runtime.engine, billing)
-            app.state.settlements = LeaseSettlements(runtime.engine, billing, premises, runtime.outbox)
+            container = build(runtime, settings)
+            start(container)
+            app.state.runtime = runtime  # the kit's ops routes (/readyz, /metrics) read it there
+            app.state.container = container
             async with runtime.running():
                 yield
 
@@ -59,11 +90,15 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
     serve_docs_offline(app)
     require_service_tokens(app, settings, SERVICE)
 
-    async def on_import_refused(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ImportRefused)
-        return problem(exc.status_code, "import refused", exc.detail, exc.code, errors=exc.errors)
+    async def on_billing_error(request: Request, exc: Exception) -> JSONResponse:
+        # Billing's one error root, answered as the kit answers its own (problem+json, extra headers).
+        assert isinstance(exc, BillingError)
+        extra = {"errors": exc.errors} if isinstance(exc, ImportRefused) else {}
+        response = problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code, **extra)
+        response.headers.update(exc.headers or {})
+        return response
 
-    app.add_exception_handler(ImportRefused, on_import_refused)
+    app.add_exception_handler(BillingError, on_billing_error)
     app.include_router(ops_router())
     app.include_router(router)
     app.include_router(payments_router)

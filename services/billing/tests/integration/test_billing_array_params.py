@@ -11,8 +11,8 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing import store
-from shuidian_billing.billing import _fetch, _Stamps
+from shuidian_billing.adapters import store
+from shuidian_billing.adapters.sql import Stamps, fetch
 from shuidian_kit.db import create_engine
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ async def test_timestamps_keep_the_instant_whatever_the_offset(engine: AsyncEngi
     async with engine.connect() as conn:
         await conn.execute(text("SET TIME ZONE 'Asia/Shanghai'"))
         got = (
-            await conn.execute(text("SELECT CAST(CAST(:a AS text) AS timestamptz[])"), {"a": _Stamps().array(stamps)})
+            await conn.execute(text("SELECT CAST(CAST(:a AS text) AS timestamptz[])"), {"a": Stamps().array(stamps)})
         ).scalar_one()
     assert got == stamps
 
@@ -91,7 +91,7 @@ async def test_timestamps_keep_the_instant_whatever_the_offset(engine: AsyncEngi
 async def test_a_driver_read_opening_a_transaction_runs_inside_it(engine: AsyncEngine) -> None:
     # SQLAlchemy begins lazily; a FOR UPDATE read sent to the driver first must not run on its own.
     async with engine.begin() as conn:
-        [row] = await _fetch(conn, "SELECT txid_current() AS txid, $1::text[] AS meters", ["E-1", "E-2"])
+        [row] = await fetch(conn, "SELECT txid_current() AS txid, $1::text[] AS meters", ["E-1", "E-2"])
         same = (await conn.execute(text("SELECT txid_current()"))).scalar_one()
     assert row["txid"] == same
     assert row["meters"] == ["E-1", "E-2"]

@@ -23,11 +23,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing.billing import Billing
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.domain.tariff_config import FlatIn
+from shuidian_billing.errors import Conflict
 from shuidian_billing.settings import BillingSettings
-from shuidian_billing.tariff_config import FlatIn
 from shuidian_devstack.pytest_plugin import migrated_engine
-from shuidian_kit.errors import Conflict
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
@@ -48,7 +48,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.engine: AsyncEngine = self.run(migrated_engine(self.database_url, "shuidian_billing", "billing"))
         outbox = Outbox(self.engine, MqttLink("mqtt://127.0.0.1:1", service="billing", instance="m"), "billing")
-        self.billing = Billing(self.engine, outbox, BillingSettings(environment="test"), "billing-machine")
+        self.billing = Billing.build(self.engine, outbox, BillingSettings(environment="test"), "billing-machine")
         self.seen_entries: dict[int, tuple[str, Decimal]] = {}
 
     def run(self, coro: Any) -> Any:
@@ -64,7 +64,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
     )
     def commission(self, increments: list[list[int]]) -> None:
-        self.run(self.billing.put_tariff_version(Utility.ELECTRICITY, EPOCH, (FlatIn(unit_price=PRICE),)))
+        self.run(self.billing.tariffs.put_tariff_version(Utility.ELECTRICITY, EPOCH, (FlatIn(unit_price=PRICE),)))
         tag = uuid.uuid4().hex[:8]
         self.accounts = [f"acc-{tag}-{i}" for i in range(METERS)]
         self.meters = [f"M-{tag}-{i}" for i in range(METERS)]
@@ -84,8 +84,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 )
             self.streams.append(stream)
         for account, meter in zip(self.accounts, self.meters, strict=True):
-            self.run(self.billing.put_account(account, "machine", Decimal("20"), Decimal("5"), Decimal("1")))
-            self.run(self.billing.bind_meter(meter, account, Utility.ELECTRICITY))
+            self.run(self.billing.accounts.put_account(account, "machine", Decimal("20"), Decimal("5"), Decimal("1")))
+            self.run(self.billing.accounts.bind_meter(meter, account, Utility.ELECTRICITY))
         # The auditor's own books: what was delivered, which keys credited what, what was reversed.
         self.first_delivered: list[Reading | None] = [None] * METERS
         self.latest_delivered: list[Reading | None] = [None] * METERS
@@ -96,7 +96,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def deliver(self, meter: int, first: int, count: int) -> None:
         """A batch of consecutive readings, possibly already delivered (duplicates) or older (reordered)."""
         batch = self.streams[meter][first : first + count]
-        self.run(self.billing.on_readings(ReadingBatch(source="m", gateway_id="g", readings=tuple(batch)), ""))
+        self.run(self.billing.readings.on_readings(ReadingBatch(source="m", gateway_id="g", readings=tuple(batch)), ""))
         for reading in batch:
             if self.first_delivered[meter] is None:
                 self.first_delivered[meter] = reading
@@ -112,9 +112,9 @@ class LedgerMachine(RuleBasedStateMachine):
         known = self.credits.get(name)
         if known is not None and (known[0], known[1]) != (account, amount):
             with pytest.raises(Conflict):
-                self.run(self.billing.top_up(self.accounts[account], amount, "wechat", "wx", name))
+                self.run(self.billing.credits.top_up(self.accounts[account], amount, "wechat", "wx", name))
             return
-        result = self.run(self.billing.top_up(self.accounts[account], amount, "wechat", "wx", name))
+        result = self.run(self.billing.credits.top_up(self.accounts[account], amount, "wechat", "wx", name))
         assert result["replayed"] == (known is not None)
         self.credits[name] = (account, amount, result["txn_id"])
 
@@ -127,14 +127,14 @@ class LedgerMachine(RuleBasedStateMachine):
         txn = self.credits[name][2]
         if name in self.reversed:
             with pytest.raises(Conflict):
-                self.run(self.billing.reverse(txn, "auditor", "again"))
+                self.run(self.billing.credits.reverse(txn, "auditor", "again"))
             return
-        self.run(self.billing.reverse(txn, "auditor", "hypothesis correction"))
+        self.run(self.billing.credits.reverse(txn, "auditor", "hypothesis correction"))
         self.reversed.add(name)
 
     @rule(hours=st.integers(0, 6))
     def flush(self, hours: int) -> None:
-        self.run(self.billing.flush(before=EPOCH + timedelta(days=1, hours=hours)))
+        self.run(self.billing.poster.flush(before=EPOCH + timedelta(days=1, hours=hours)))
 
     # --- the auditor ----------------------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if not hasattr(self, "accounts"):
             return
         for i, account in enumerate(self.accounts):
-            view = self.run(self.billing.account(account))
+            view = self.run(self.billing.accounts.account(account))
             exact = self.expected_charge(i)
             # Invariants 3 and 4: the available balance is credits − exact charges, even below zero.
             assert view["available"] == self.expected_credit(i) - exact

@@ -19,9 +19,9 @@ import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from shuidian_billing.billing import Billing
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.premises import REPUBLISH_CHUNK, Premises, local_midnight
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
-from shuidian_billing.premises import REPUBLISH_CHUNK, Premises, local_midnight
 from shuidian_devstack import infra
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_kit.mqtt import BrokerAddress
@@ -37,7 +37,7 @@ async def app(pg_server_url: str, mqtt_url: str) -> AsyncIterator[FastAPI]:
     async with billing_on_own_database(pg_server_url, mqtt_url, "lifecycle") as app:
         # This module's prices since 2020: electricity 1.00/kWh plus a 31.00 monthly service fee
         # (so a fee share is plain to read: 12 of 31 days = 12.00), water 5.00/m³.
-        async with app.state.billing._engine.begin() as conn:
+        async with app.state.container.runtime.engine.begin() as conn:
             await conn.execute(
                 text(
                     "INSERT INTO billing.tariffs (utility, unit_price, components, effective_from) VALUES "
@@ -107,8 +107,8 @@ async def move_in(client: httpx.AsyncClient, room_id: str, day: str) -> tuple[st
 async def read(app: FastAPI, meter: str, at: datetime, value: str, utility: Utility = Utility.ELECTRICITY) -> None:
     register = "energy_active_import_total" if utility is Utility.ELECTRICITY else "water_volume_total"
     reading = Reading.create(meter, utility, at, registers={register: Decimal(value)})
-    billing: Billing = app.state.billing
-    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading,)), "")
+    billing: Billing = app.state.container.billing
+    await billing.readings.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading,)), "")
 
 
 async def retained(mqtt_url: str, room_id: str, until: Callable[[RoomOccupancy], bool]) -> RoomOccupancy:
@@ -211,7 +211,7 @@ async def test_a_fresh_broker_gets_every_room_back_and_dated_changes_are_announc
     _, lease, _ = await move_in(client, room_id, tomorrow.isoformat())
     await asyncio.sleep(0.5)
     assert not (await retained(mqtt_url, room_id, lambda s: True)).leased
-    premises: Premises = app.state.premises
+    premises: Premises = app.state.container.premises
     due = local_midnight(tomorrow)
     assert await premises.publish_transitions(due - timedelta(minutes=1), due) >= 1
     state = await retained(mqtt_url, room_id, lambda s: s.leased)
@@ -330,7 +330,7 @@ async def test_move_out_settlement_bills_the_final_reading_and_fees_then_refunds
     april = await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-04/run")
     assert april["fixed_fees"] == {next_account: "20.66"}
     assert [(x["lease_id"], x["days"], x["amount"]) for x in april["fixed_fee_lines"]] == [(next_lease, 20, "20.66")]
-    async with app.state.billing._engine.connect() as conn:
+    async with app.state.container.runtime.engine.connect() as conn:
         fees = (
             await conn.execute(
                 text(
@@ -419,7 +419,7 @@ async def test_a_closing_value_is_billed_like_a_reading_and_arrears_stay_owed(
     assert (done["arrears"], done["closing_balance"]["paid"]) == ("77.50", "-77.50")
     assert (await ok(client, "GET", f"/v1/accounts/{account}"))["balance"] == "-77.50"  # the receivable
     # The closing value went down the reading path: the water meter's watermark is it, at the move-out instant.
-    async with app.state.billing._engine.connect() as conn:
+    async with app.state.container.runtime.engine.connect() as conn:
         mark = (
             await conn.execute(
                 text("SELECT value, sampled_at FROM billing.watermarks WHERE meter_id = :m"), {"m": water}
@@ -475,7 +475,7 @@ async def topup(client: httpx.AsyncClient, account: str, amount: str) -> None:
 
 
 async def fee_entries(app: FastAPI, account: str) -> list[Decimal]:
-    async with app.state.billing._engine.connect() as conn:
+    async with app.state.container.runtime.engine.connect() as conn:
         return list(
             (
                 await conn.execute(
@@ -530,7 +530,7 @@ async def test_a_month_with_shared_cost_not_run_holds_the_settlement(app: FastAP
     await topup(client, account, "100.00")
     await read(app, common, local("2024-03-01"), "0")
     await read(app, common, local("2024-03-31"), "20")  # 20.00 of 公摊 in March
-    await app.state.billing.flush(before=local("2024-04-01"))
+    await app.state.container.billing.poster.flush(before=local("2024-04-01"))
 
     # Only the run shares March's 公摊 out: refunding first would leave it unpaid. Refused, nothing kept.
     held = problem(await settle(client, lease, uid("key"), move_out="2024-04-02"), 409, "month_run_pending")
@@ -582,7 +582,7 @@ async def test_a_month_run_before_fee_postings_existed_is_not_charged_again(
     await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-07/run")
     await ok(client, "POST", f"/v1/estates/{estate_id}/months/2024-08/run")
     # As the runs before migration 0003 left it: the fees on the ledger, the runs recorded, no fee_postings.
-    async with app.state.billing._engine.begin() as conn:
+    async with app.state.container.runtime.engine.begin() as conn:
         await conn.execute(text("DELETE FROM billing.fee_postings WHERE lease_id = :l"), {"l": lease})
     charged = await fee_entries(app, account)
     assert charged == [Decimal("-31.00"), Decimal("-10.00")]
@@ -595,7 +595,7 @@ async def test_a_month_run_before_fee_postings_existed_is_not_charged_again(
 async def test_a_closing_value_overtaken_by_a_real_reading_is_not_recorded(
     app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shuidian_billing.payments import ledger_port
+    from shuidian_billing.adapters.payments import ledger_port
 
     _, floor = await estate(client)
     room_id = await room(client, floor)
@@ -615,7 +615,7 @@ async def test_a_closing_value_overtaken_by_a_real_reading_is_not_recorded(
     closing = [{"meter_id": meter, "value": "20"}]
     problem(await settle(client, lease, key, closing_readings=closing), 409, "closing_value_superseded")
     monkeypatch.undo()
-    async with app.state.billing._engine.connect() as conn:
+    async with app.state.container.runtime.engine.connect() as conn:
         recorded = (
             await conn.execute(text("SELECT count(*) FROM billing.closing_readings WHERE lease_id = :l"), {"l": lease})
         ).scalar_one()
@@ -652,8 +652,8 @@ async def test_an_account_still_paying_for_a_meter_of_its_own_is_not_settled(cli
 async def test_republishing_every_room_waits_while_the_outbox_is_busy(app: FastAPI, client: httpx.AsyncClient) -> None:
     _, floor = await estate(client)
     await room(client, floor)
-    premises: Premises = app.state.premises
-    engine = app.state.billing._engine
+    premises: Premises = app.state.container.premises
+    engine = app.state.container.runtime.engine
 
     async def queued() -> int:
         async with engine.connect() as conn:
@@ -703,7 +703,7 @@ async def test_two_operators_settling_at_once_record_only_the_value_billed(
     assert sorted(r.status_code for r in responses) == [201, 409], [r.text for r in responses]
     refused = next(r for r in responses if r.status_code == 409).json()
     assert refused["code"] in ("closing_value_superseded", "lease_settled", "final_reading_present")
-    async with app.state.billing._engine.connect() as conn:
+    async with app.state.container.runtime.engine.connect() as conn:
         recorded = (
             await conn.execute(text("SELECT value FROM billing.closing_readings WHERE lease_id = :l"), {"l": lease})
         ).scalar_one()

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from shuidian_billing.billing import Billing
+from shuidian_billing.adapters.billing import Billing
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
 
@@ -250,7 +250,7 @@ async def test_bad_filters_are_refused(world: World, path: str, params: dict[str
 async def test_the_one_statement_account_read_matches_billing(app: FastAPI, world: World) -> None:
     """GET /v1/accounts/{id} reads in one statement what `Billing.account` reads in four: same answer,
     for shared and separate purses, subsidy, posted charges with carried remainders and open accruals."""
-    billing: Billing = app.state.billing
+    billing: Billing = app.state.container.billing
     await world.ok(
         "PUT", "/v1/tariffs/electricity", json={"unit_price": "0.613", "effective_from": "2018-01-01T00:00:00Z"}
     )
@@ -274,13 +274,13 @@ async def test_the_one_statement_account_read_matches_billing(app: FastAPI, worl
         Reading.create("M-S", Utility.ELECTRICITY, start + timedelta(hours=h), registers={REGISTER: Decimal(v)})
         for h, v in ((0, "1000"), (4, "1003.3"), (6, "1004.71"))
     )
-    await billing.on_readings(ReadingBatch(source="test", gateway_id="g", readings=readings), "")
-    await billing.flush(before=start + timedelta(hours=5))  # one hour posted (a remainder carried), one open
+    await billing.readings.on_readings(ReadingBatch(source="test", gateway_id="g", readings=readings), "")
+    await billing.poster.flush(before=start + timedelta(hours=5))  # one hour posted (a remainder carried), one open
     for account in ("ACC-S", "L-R1", "L-R2", "L-R5"):
         served = await world.ok("GET", f"/v1/accounts/{account}")
         # The one-statement read against the purse figures balance levels are evaluated from.
-        async with billing._engine.connect() as conn:
-            purses = await billing.available(conn, [account])
+        async with billing.engine.connect() as conn:
+            purses = await billing.levels.available(conn, [account])
         expected: list[dict[str, Any]] = [{"purse": p, **figures} for (_, p), figures in sorted(purses.items())]
         assert [{k: v if k == "purse" else Decimal(v) for k, v in p.items()} for p in served["purses"]] == expected
         paid = sum((p["paid"] for p in expected), Decimal("0.00"))
@@ -298,7 +298,7 @@ async def test_the_one_statement_account_read_matches_billing(app: FastAPI, worl
 
 async def test_arrears_are_per_purse_where_balances_are_separate(app: FastAPI, world: World) -> None:
     """In an estate with separate water and electricity balances, only the purse below zero is in arrears."""
-    billing: Billing = app.state.billing
+    billing: Billing = app.state.container.billing
     await world.ok(
         "PUT", "/v1/tariffs/electricity", json={"unit_price": "0.613", "effective_from": "2018-01-01T00:00:00Z"}
     )
@@ -316,8 +316,8 @@ async def test_arrears_are_per_purse_where_balances_are_separate(app: FastAPI, w
         Reading.create("M-P", Utility.ELECTRICITY, start + timedelta(hours=h), registers={REGISTER: Decimal(v)})
         for h, v in ((0, "200"), (2, "210"))
     )
-    await billing.on_readings(ReadingBatch(source="test", gateway_id="g", readings=readings), "")
-    await billing.flush(before=start + timedelta(hours=3))
+    await billing.readings.on_readings(ReadingBatch(source="test", gateway_id="g", readings=readings), "")
+    await billing.poster.flush(before=start + timedelta(hours=3))
     account = await world.ok("GET", "/v1/accounts/ACC-P")
     assert account["balance"] == "-1.13"  # 5.00 for water − 10 kWh × 0.613 = 6.13 posted for electricity
     report = await world.ok("GET", "/v1/reports/arrears", params={"estate_id": "E4"})

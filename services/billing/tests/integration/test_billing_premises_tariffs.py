@@ -20,8 +20,8 @@ import pytest_asyncio
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.app import create_app
-from shuidian_billing.billing import Billing
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
 from shuidian_devstack.infra import free_port
@@ -72,11 +72,11 @@ class Service:
         register = "energy_active_import_total" if utility is Utility.ELECTRICITY else "water_volume_total"
         registers = {register: Decimal(value), **{k: Decimal(v) for k, v in extra.items()}}
         reading = Reading.create(meter, utility, at, registers=registers)
-        await self.billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading,)), "")
+        await self.billing.readings.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading,)), "")
 
     async def charged(self, account: str) -> Decimal:
         """Exact charges accrued or posted for the account (before rounding)."""
-        async with self.billing._engine.connect() as conn:
+        async with self.billing.engine.connect() as conn:
             total: Decimal = (
                 await conn.execute(
                     text("SELECT coalesce(sum(amount), 0) FROM billing.charge_lines WHERE account_id = :a"),
@@ -86,7 +86,7 @@ class Service:
         return total
 
     async def lines(self, account: str) -> list[tuple[str, str, Decimal]]:
-        async with self.billing._engine.connect() as conn:
+        async with self.billing.engine.connect() as conn:
             rows = await conn.execute(
                 text(
                     "SELECT component, label, sum(quantity) AS q FROM billing.charge_lines WHERE account_id = :a "
@@ -124,7 +124,7 @@ async def service(database_url: str, mqtt_url: str) -> AsyncIterator[Service]:
         ) as http:
             # The base prices of the whole session (set directly: the API refuses new versions in the past
             # once a utility has one, and other modules may have added future ones).
-            async with app.state.billing._engine.begin() as conn:
+            async with app.state.container.runtime.engine.begin() as conn:
                 await conn.execute(
                     text(
                         "INSERT INTO billing.tariffs (utility, unit_price, effective_from) VALUES "
@@ -132,7 +132,7 @@ async def service(database_url: str, mqtt_url: str) -> AsyncIterator[Service]:
                         "ON CONFLICT DO NOTHING"
                     )
                 )
-            yield Service(http, app.state.billing, mqtt_url)
+            yield Service(http, app.state.container.billing, mqtt_url)
     finally:
         server.should_exit = True
         await task
@@ -426,7 +426,7 @@ async def test_rollover_replacement_and_ct_ratio_are_explicit_events(service: Se
         },
     )
     await service.read(meter, t + timedelta(hours=5), "4.5")  # 0.5 × 40 = 20 kWh
-    async with service.billing._engine.connect() as conn:
+    async with service.billing.engine.connect() as conn:
         quantity = (
             await conn.execute(text("SELECT sum(quantity) FROM billing.accruals WHERE meter_id = :m"), {"m": meter})
         ).scalar_one()
@@ -451,7 +451,7 @@ async def test_subsidy_is_spent_first_and_a_reversal_happens_once_with_audit(ser
     t = datetime(2026, 7, 1, tzinfo=UTC)
     await service.read(meter, t, "100")
     await service.read(meter, t + timedelta(minutes=30), "110")  # 10 kWh × 0.613 = 6.13
-    await service.billing.flush(before=t + timedelta(hours=2))
+    await service.billing.poster.flush(before=t + timedelta(hours=2))
     view = await service.ok("GET", f"/v1/accounts/{account}")
     assert (view["subsidy_balance"], view["paid_balance"]) == ("0.00", "46.87")
     correction = {"operator": "财务-王", "reason": "重复充值"}
@@ -501,7 +501,7 @@ async def test_separate_purses_keep_water_and_electricity_apart(service: Service
 async def test_monthly_run_posts_fixed_fees_and_shares_common_consumption_by_area(service: Service) -> None:
     # An era of its own (June 2018): flat 0.50/kWh plus a 5.00 monthly service fee. Set up directly,
     # since the API never lets a new version start in the past.
-    async with service.billing._engine.begin() as conn:
+    async with service.billing.engine.begin() as conn:
         await conn.execute(
             text(
                 "INSERT INTO billing.tariffs (utility, components, effective_from) VALUES "
@@ -534,7 +534,7 @@ async def test_monthly_run_posts_fixed_fees_and_shares_common_consumption_by_are
     assert again["replayed"] is True
     views = {x: await service.ok("GET", f"/v1/accounts/{x}") for x in (a, b)}
     assert (views[a]["balance"], views[b]["balance"]) == ("-37.26", "-71.25")
-    async with service.billing._engine.connect() as conn:
+    async with service.billing.engine.connect() as conn:
         pool = (
             await conn.execute(
                 text("SELECT balance FROM billing.balances WHERE ledger_account = :p"), {"p": f"shared:{estate}"}
@@ -670,7 +670,7 @@ async def test_two_components_each_charge_the_quantity_which_usage_and_accruals_
     vacant = datetime(2037, 6, 10, 17, tzinfo=UTC)  # the lease ended at 16:00 UTC (local midnight)
     await service.read(meter, vacant - timedelta(minutes=50), "104", Utility.WATER)
     await service.read(meter, vacant + timedelta(minutes=30), "106", Utility.WATER)  # nobody's
-    async with service.billing._engine.connect() as conn:
+    async with service.billing.engine.connect() as conn:
         usage = (
             await conn.execute(
                 text("SELECT hour, quantity, cost FROM billing.usage_hourly WHERE meter_id = :m ORDER BY hour"),

@@ -23,8 +23,8 @@ import pytest_asyncio
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from shuidian_billing import store
-from shuidian_billing.billing import Billing
+from shuidian_billing.adapters import store
+from shuidian_billing.adapters.billing import Billing
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
 
@@ -79,7 +79,7 @@ class World:
     async def booked_earlier(self, at: datetime, kind: str, entries: list[tuple[str, str]]) -> None:
         """A balanced ledger transaction as it would have been booked at `at` (balances move with it)."""
         txn = uuid.uuid4()
-        async with self.app.state.runtime.engine.begin() as conn:
+        async with self.app.state.container.runtime.engine.begin() as conn:
             for account, amount in entries:
                 await conn.execute(
                     text(
@@ -136,9 +136,9 @@ async def world(app: FastAPI) -> AsyncIterator[World]:
                 await w.ok("PUT", f"/v1/rooms/{place}/meters/{meter}", json={"utility": utility.value})
             for at, value in ((JUNE + timedelta(hours=1), first), (JUNE + timedelta(days=19), last)):
                 readings.append(Reading.create(meter, utility, at, registers={REGISTER[utility]: Decimal(value)}))
-        billing: Billing = app.state.billing
-        await billing.on_readings(ReadingBatch(source="test", gateway_id="g", readings=tuple(readings)), "")
-        await billing.flush(before=datetime(2018, 7, 1, tzinfo=SHANGHAI))
+        billing: Billing = app.state.container.billing
+        await billing.readings.on_readings(ReadingBatch(source="test", gateway_id="g", readings=tuple(readings)), "")
+        await billing.poster.flush(before=datetime(2018, 7, 1, tzinfo=SHANGHAI))
         await w.ok("POST", "/v1/estates/EA/months/2018-06/run")  # 公摊 of LIFT-A, by area
         # EA-202 fell into arrears 35 days ago and stays there after a small payment today.
         x = store.household(lease("EA-202"))
@@ -247,7 +247,7 @@ async def test_revenue_by_channel_and_local_day_balances_with_the_ledger(world: 
         assert row["count"] == sum(1 for m in mine if m[2] == "payment")
     assert Decimal(report["total"]["net"]) == sum(m[3] for m in inside) == Decimal("72.00")
     # It balances with the ledger: the channel accounts moved by exactly the net, negated.
-    async with world.app.state.runtime.engine.connect() as conn:
+    async with world.app.state.container.runtime.engine.connect() as conn:
         moved = (
             await conn.execute(
                 text(

@@ -17,10 +17,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing.billing import Billing
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.errors import Conflict
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack.billing_harness import flat_priced_engine
-from shuidian_kit.errors import Conflict
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_shared.messages import BalanceEvent, Reading, ReadingBatch, Utility
@@ -38,15 +38,15 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 def make_billing(engine: AsyncEngine) -> Billing:
     outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="billing", instance="t"), "billing")
-    return Billing(engine, outbox, BillingSettings(environment="test"), "billing-test")
+    return Billing.build(engine, outbox, BillingSettings(environment="test"), "billing-test")
 
 
 async def new_account(billing: Billing, credit: str = "0") -> tuple[str, str]:
     account, meter = f"acc-{uuid.uuid4().hex[:8]}", f"E-{uuid.uuid4().hex[:8]}"
-    await billing.put_account(account, "test", Decimal("20"), Decimal("5"), Decimal("0"))
-    await billing.bind_meter(meter, account, Utility.ELECTRICITY)
+    await billing.accounts.put_account(account, "test", Decimal("20"), Decimal("5"), Decimal("0"))
+    await billing.accounts.bind_meter(meter, account, Utility.ELECTRICITY)
     if Decimal(credit):
-        await billing.top_up(account, Decimal(credit), "cash", None, f"open-{account}")
+        await billing.credits.top_up(account, Decimal(credit), "cash", None, f"open-{account}")
     return account, meter
 
 
@@ -88,18 +88,18 @@ async def test_shuffled_duplicated_stream_bills_like_a_clean_one_to_the_cent(eng
     for _ in range(180):  # three hours of one-minute readings, 0–0.37 kWh each
         registers.append(registers[-1] + Decimal(rng.randint(0, 37)) / 100)
     clean = [reading(clean_meter, i, str(v)) for i, v in enumerate(registers)]
-    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=tuple(clean)), "")
+    await billing.readings.on_readings(ReadingBatch(source="t", gateway_id="g", readings=tuple(clean)), "")
     messy = [reading(messy_meter, i, str(v)) for i, v in enumerate(registers)]
     # The opening reading is the commissioning read; everything after it comes shuffled, with duplicates.
     opening, rest = messy[0], messy[1:]
     rest = rest + rng.sample(messy, 60)
     rng.shuffle(rest)
-    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(opening,)), "")
+    await billing.readings.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(opening,)), "")
     for start in range(0, len(rest), 25):
-        await billing.on_readings(
+        await billing.readings.on_readings(
             ReadingBatch(source="t", gateway_id="g", readings=tuple(rest[start : start + 25])), ""
         )
-    await billing.flush(before=T0 + timedelta(hours=5))
+    await billing.poster.flush(before=T0 + timedelta(hours=5))
     # A reading that arrives after a later one bills nothing itself (STALE); the later one already
     # covered its quantity, so the total over the stream is still last − opening.
     expected_quantity = registers[-1] - registers[0]
@@ -115,8 +115,8 @@ async def test_shuffled_duplicated_stream_bills_like_a_clean_one_to_the_cent(eng
         }
     assert quantities == {clean_meter: expected_quantity, messy_meter: expected_quantity}
     exact = expected_quantity * Decimal("0.613")
-    clean_account_view = await billing.account(clean_account)
-    messy_account_view = await billing.account(messy_account)
+    clean_account_view = await billing.accounts.account(clean_account)
+    messy_account_view = await billing.accounts.account(messy_account)
     assert clean_account_view["available"] == messy_account_view["available"] == Decimal("100.00") - exact
     # Whole fen were posted, the sub-fen remainder is carried, nothing lost or invented.
     posted = Decimal("100.00") - await ledger_sum(engine, clean_account)
@@ -127,10 +127,10 @@ async def test_shuffled_duplicated_stream_bills_like_a_clean_one_to_the_cent(eng
 async def test_balance_equals_sum_of_entries_and_ledger_is_append_only(engine: AsyncEngine) -> None:
     billing = make_billing(engine)
     account, meter = await new_account(billing, "30.00")
-    await billing.on_readings(
+    await billing.readings.on_readings(
         ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, 0, "10"), reading(meter, 30, "25.5"))), ""
     )
-    await billing.flush(before=T0 + timedelta(hours=2))
+    await billing.poster.flush(before=T0 + timedelta(hours=2))
     async with engine.connect() as conn:
         cached = (
             await conn.execute(
@@ -169,12 +169,12 @@ async def test_balance_equals_sum_of_entries_and_ledger_is_append_only(engine: A
 async def test_top_up_is_idempotent_and_a_conflicting_replay_is_refused(engine: AsyncEngine) -> None:
     billing = make_billing(engine)
     account, _ = await new_account(billing)
-    first = await billing.top_up(account, Decimal("50.00"), "wechat", "wx-1", "key-0001")
-    again = await billing.top_up(account, Decimal("50.00"), "wechat", "wx-1", "key-0001")
+    first = await billing.credits.top_up(account, Decimal("50.00"), "wechat", "wx-1", "key-0001")
+    again = await billing.credits.top_up(account, Decimal("50.00"), "wechat", "wx-1", "key-0001")
     assert (first["replayed"], again["replayed"]) == (False, True)
     assert again["payment_id"] == first["payment_id"]
     with pytest.raises(Conflict):
-        await billing.top_up(account, Decimal("60.00"), "wechat", "wx-1", "key-0001")
+        await billing.credits.top_up(account, Decimal("60.00"), "wechat", "wx-1", "key-0001")
     assert await ledger_sum(engine, account) == Decimal("50.00")
 
 
@@ -184,18 +184,18 @@ async def test_exhaustion_and_restoration_emit_one_event_each(engine: AsyncEngin
     register = Decimal("100")
     for i in range(40):  # each step costs 0.613; consumption continues below zero (a fact)
         register += 1
-        await billing.on_readings(
+        await billing.readings.on_readings(
             ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, i, str(register)),)), ""
         )
-    view = await billing.account(account)
+    view = await billing.accounts.account(account)
     assert view["available"] < 0
     assert view["level"] == "exhausted"
-    await billing.top_up(account, Decimal("0.50"), "cash", None, f"small-{account}")  # still under water
-    await billing.top_up(account, Decimal("100.00"), "cash", None, f"big-{account}")
+    await billing.credits.top_up(account, Decimal("0.50"), "cash", None, f"small-{account}")  # still under water
+    await billing.credits.top_up(account, Decimal("100.00"), "cash", None, f"big-{account}")
     kinds = [e.kind.value for e in await balance_events(engine, account)]
     # 0.50 leaves it exhausted (no event); 100.00 restores it, straight to ok.
     assert kinds == ["low_1", "low_2", "exhausted", "restored"]
-    assert (await billing.account(account))["level"] == "ok"
+    assert (await billing.accounts.account(account))["level"] == "ok"
     sequences = [e.sequence for e in await balance_events(engine, account)]
     assert sequences == sorted(sequences)
     assert len(set(sequences)) == len(sequences)
@@ -204,11 +204,13 @@ async def test_exhaustion_and_restoration_emit_one_event_each(engine: AsyncEngin
 async def test_an_improving_level_is_persisted_and_announced(engine: AsyncEngine) -> None:
     billing = make_billing(engine)
     account, meter = await new_account(billing, "21.00")
-    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, 0, "0"),)), "")
-    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, 30, "30"),)), "")
-    assert (await billing.account(account))["level"] == "low_2"  # 21.00 − 18.39
-    await billing.top_up(account, Decimal("50.00"), "cash", None, f"up-{account}")
-    assert (await billing.account(account))["level"] == "ok"
+    await billing.readings.on_readings(ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, 0, "0"),)), "")
+    await billing.readings.on_readings(
+        ReadingBatch(source="t", gateway_id="g", readings=(reading(meter, 30, "30"),)), ""
+    )
+    assert (await billing.accounts.account(account))["level"] == "low_2"  # 21.00 − 18.39
+    await billing.credits.top_up(account, Decimal("50.00"), "cash", None, f"up-{account}")
+    assert (await billing.accounts.account(account))["level"] == "ok"
     events = await balance_events(engine, account)
     assert [(e.kind.value, e.level.value) for e in events] == [("low_2", "low_2"), ("changed", "ok")]
 
@@ -221,9 +223,9 @@ async def test_each_purse_announces_its_last_event_again_while_it_matters(engine
     async def run_low_then_top_up(top_up: str) -> str:
         account, meter = await new_account(billing, "1.00")
         batch = (reading(meter, 0, "100"), reading(meter, 60, "105"))  # 3.065 of consumption
-        await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=batch), "")
+        await billing.readings.on_readings(ReadingBatch(source="t", gateway_id="g", readings=batch), "")
         if Decimal(top_up):
-            await billing.top_up(account, Decimal(top_up), "cash", None, f"t-{account}")
+            await billing.credits.top_up(account, Decimal(top_up), "cash", None, f"t-{account}")
         return account
 
     exhausted, recent, quiet = [await run_low_then_top_up(amount) for amount in ("0", "50.00", "50.00")]
@@ -239,7 +241,7 @@ async def test_each_purse_announces_its_last_event_again_while_it_matters(engine
         "ok",
     ]
 
-    assert await billing.reannounce(page=2) >= 2  # pages of two: the walk must not skip or repeat a purse
+    assert await billing.levels.reannounce(page=2) >= 2  # pages of two: the walk must not skip or repeat a purse
     after = {a: await balance_events(engine, a) for a in (exhausted, recent, quiet)}
     assert after[exhausted] == [*before[exhausted], before[exhausted][-1]]
     assert after[recent] == [*before[recent], before[recent][-1]]
@@ -249,15 +251,15 @@ async def test_each_purse_announces_its_last_event_again_while_it_matters(engine
 async def test_one_replica_at_a_time_announces_levels_again(engine: AsyncEngine) -> None:
     """The round is taken under an advisory lock: while another replica holds it, this one publishes nothing."""
     outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="billing", instance="t"), "billing")
-    billing = Billing(engine, outbox, BillingSettings(environment="test", level_reannounce_seconds=0.05), "t")
+    billing = Billing.build(engine, outbox, BillingSettings(environment="test", level_reannounce_seconds=0.05), "t")
     account, meter = await new_account(billing, "1.00")
     batch = (reading(meter, 0, "100"), reading(meter, 60, "105"))
-    await billing.on_readings(ReadingBatch(source="t", gateway_id="g", readings=batch), "")
+    await billing.readings.on_readings(ReadingBatch(source="t", gateway_id="g", readings=batch), "")
     before = len(await balance_events(engine, account))
     async with engine.connect() as other:
         await other.execute(text("SELECT pg_advisory_lock(hashtext('billing-reannounce'))"))
         await other.commit()
-        rounds = asyncio.create_task(billing.reannounce_loop())
+        rounds = asyncio.create_task(billing.levels.reannounce_loop())
         try:
             await asyncio.sleep(0.4)
             assert len(await balance_events(engine, account)) == before

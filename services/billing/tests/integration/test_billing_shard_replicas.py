@@ -16,7 +16,8 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing.billing import Billing, shard_of
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.readings import shard_of
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack.billing_harness import flat_priced_engine
 from shuidian_kit.mqtt import MqttLink
@@ -39,15 +40,15 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def replica(engine: AsyncEngine, mqtt_url: str, index: int, billed: list[str]) -> AsyncIterator[Billing]:
     settings = BillingSettings(environment="test", shard_index=index, shard_count=2, lanes=2)
     link = MqttLink(mqtt_url, service="billing", instance=f"shard-{index}-{uuid.uuid4().hex[:6]}")
-    billing = Billing(engine, Outbox(engine, link, "billing"), settings, link.client_id)
+    billing = Billing.build(engine, Outbox(engine, link, "billing"), settings, link.client_id)
 
     def on_commit(batches: Sequence[ReadingBatch]) -> None:
         billed.extend(b.gateway_id for b in batches)
 
-    billing.on_commit = on_commit
-    billing.subscribe(link)
+    billing.readings.on_commit = on_commit
+    billing.readings.subscribe(link)
     tasks = [asyncio.create_task(link.run())]
-    tasks += [asyncio.create_task(billing.bill_loop(lane)) for lane in range(billing.lanes)]
+    tasks += [asyncio.create_task(billing.readings.bill_loop(lane)) for lane in range(billing.readings.lanes)]
     try:
         await link.wait_connected(10)
         yield billing
@@ -73,7 +74,7 @@ async def test_two_shards_bill_each_gateway_once_and_exactly(engine: AsyncEngine
     run = uuid.uuid4().hex[:6]
     gateways = [f"GW-{run}-{i}" for i in range(8)]
     assert {shard_of(g, 2) for g in gateways} == {0, 1}
-    setup = Billing(
+    setup = Billing.build(
         engine,
         Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="billing", instance="t"), "billing"),
         BillingSettings(environment="test"),
@@ -82,9 +83,9 @@ async def test_two_shards_bill_each_gateway_once_and_exactly(engine: AsyncEngine
     meters = {g: [f"E-{g}-{m}" for m in range(3)] for g in gateways}
     for g, ms in meters.items():
         account = f"acc-{g}"
-        await setup.put_account(account, "shard test", Decimal("20"), Decimal("5"), Decimal("0"))
+        await setup.accounts.put_account(account, "shard test", Decimal("20"), Decimal("5"), Decimal("0"))
         for meter in ms:
-            await setup.bind_meter(meter, account, Utility.ELECTRICITY)
+            await setup.accounts.bind_meter(meter, account, Utility.ELECTRICITY)
     batches = [
         ReadingBatch(
             source="collector-test",

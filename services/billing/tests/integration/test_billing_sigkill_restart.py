@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing.billing import Billing
+from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
 from shuidian_devstack.infra import free_port
@@ -131,7 +131,7 @@ async def test_sigkill_mid_stream_then_restart_bills_like_an_uninterrupted_run(
     tag = uuid.uuid4().hex[:6]
     killed, clean = f"K{tag}", f"C{tag}"
     outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="billing", instance="k"), "billing")
-    reference = Billing(engine, outbox, BillingSettings(environment="test"), "billing-reference")
+    reference = Billing.build(engine, outbox, BillingSettings(environment="test"), "billing-reference")
     async with engine.begin() as conn:
         await conn.execute(
             text("INSERT INTO billing.tariffs (utility, unit_price, effective_from) VALUES ('electricity', :p, :e)"),
@@ -139,13 +139,15 @@ async def test_sigkill_mid_stream_then_restart_bills_like_an_uninterrupted_run(
         )
     for prefix in (killed, clean):
         for m in range(METERS):
-            await reference.put_account(f"{prefix}-A{m}", "kill test", Decimal("20"), Decimal("5"), Decimal("0"))
-            await reference.bind_meter(f"{prefix}-M{m}", f"{prefix}-A{m}", Utility.ELECTRICITY)
-            await reference.top_up(f"{prefix}-A{m}", Decimal("30.00"), "cash", None, f"{prefix}-open-{m}")
+            await reference.accounts.put_account(
+                f"{prefix}-A{m}", "kill test", Decimal("20"), Decimal("5"), Decimal("0")
+            )
+            await reference.accounts.bind_meter(f"{prefix}-M{m}", f"{prefix}-A{m}", Utility.ELECTRICITY)
+            await reference.credits.top_up(f"{prefix}-A{m}", Decimal("30.00"), "cash", None, f"{prefix}-open-{m}")
 
     # The uninterrupted run, in this process.
     for batch in stream(clean):
-        await reference.on_readings(batch, "")
+        await reference.readings.on_readings(batch, "")
 
     async def progress() -> int:
         async with engine.connect() as conn:
@@ -203,5 +205,5 @@ async def test_sigkill_mid_stream_then_restart_bills_like_an_uninterrupted_run(
         posted = Decimal("30.00") - killed_balances[m]
         assert posted <= exact < posted + Decimal("0.01")
         for prefix in (killed, clean):
-            assert (await reference.account(f"{prefix}-A{m}"))["available"] == Decimal("30.00") - exact
+            assert (await reference.accounts.account(f"{prefix}-A{m}"))["available"] == Decimal("30.00") - exact
     await engine.dispose()

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shuidian_billing.billing import Billing
+from shuidian_billing.adapters.billing import Billing
 from shuidian_devstack import infra
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
@@ -344,7 +344,7 @@ async def consume(app: FastAPI, client: httpx.AsyncClient, account: str, *, kwh:
     assert (
         await client.put(f"/v1/meters/{meter}/binding", json={"account_id": account, "utility": "electricity"})
     ).status_code == 204
-    billing: Billing = app.state.billing
+    billing: Billing = app.state.container.billing
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     readings = tuple(
         Reading.create(
@@ -352,8 +352,8 @@ async def consume(app: FastAPI, client: httpx.AsyncClient, account: str, *, kwh:
         )
         for m, value in ((0, Decimal("1000")), (30, Decimal("1000") + Decimal(kwh)))
     )
-    await billing.on_readings(ReadingBatch(source="test", gateway_id="g", readings=readings), "")
-    await billing.flush(before=start + timedelta(hours=2))
+    await billing.readings.on_readings(ReadingBatch(source="test", gateway_id="g", readings=readings), "")
+    await billing.poster.flush(before=start + timedelta(hours=2))
 
 
 async def test_move_out_settlement_refunds_the_remaining_credit_newest_payment_first(

@@ -13,14 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from shuidian_billing.payments import CallbackRejected
-from shuidian_billing.payments.bank import StatementInvalid, parse_statement
-from shuidian_billing.payments.online import Providers
-from shuidian_billing.payments.providers import parse_form, verify_wechat
-from shuidian_billing.payments.sandbox import Sandbox
-from shuidian_billing.payments.signing import alipay_content, new_private_key, public_pem
+from shuidian_billing.adapters.payments.bank import StatementInvalid, parse_statement
+from shuidian_billing.adapters.payments.online import Providers
+from shuidian_billing.adapters.payments.providers import parse_form, verify_wechat
+from shuidian_billing.adapters.payments.sandbox import Sandbox
+from shuidian_billing.adapters.payments.signing import alipay_content, new_private_key, public_pem
+from shuidian_billing.adapters.statements import Period, section_of
+from shuidian_billing.errors import CallbackRejected
 from shuidian_billing.settings import BillingSettings
-from shuidian_billing.statements import Period, section_of
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 SANDBOX = Sandbox(new_private_key(), b"0123456789abcdef0123456789abcdef")

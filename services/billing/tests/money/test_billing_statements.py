@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shuidian_billing.billing import Billing
+from shuidian_billing.adapters.billing import Billing
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
 
@@ -82,14 +82,14 @@ async def consume(app: FastAPI, client: httpx.AsyncClient, account: str, utility
     meter = f"{utility.value[0].upper()}-{uuid.uuid4().hex[:8]}"
     binding = await client.put(f"/v1/meters/{meter}/binding", json={"account_id": account, "utility": utility.value})
     assert binding.status_code == 204, binding.text
-    billing: Billing = app.state.billing
+    billing: Billing = app.state.container.billing
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
     readings = tuple(
         Reading.create(meter, utility, start + timedelta(hours=h), registers={REGISTER[utility]: value})
         for h, value in ((0, Decimal("1000")), (3, Decimal("1000") + quantity))
     )
-    await billing.on_readings(ReadingBatch(source="test", gateway_id="g", readings=readings), "")
-    await billing.flush(before=start + timedelta(hours=5))
+    await billing.readings.on_readings(ReadingBatch(source="test", gateway_id="g", readings=readings), "")
+    await billing.poster.flush(before=start + timedelta(hours=5))
     return meter
 
 

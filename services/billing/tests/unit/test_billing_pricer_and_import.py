@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shuidian_billing.billing import Owner, _split_by_owner
+from shuidian_billing.adapters.premises import parse_estate_csv
 from shuidian_billing.domain import tariffs
-from shuidian_billing.premises import parse_estate_csv
-from shuidian_billing.tariff_config import FixedIn, FlatIn, Pricer, StoredVersion, to_domain
+from shuidian_billing.domain.meters import Owner, split_by_owner
+from shuidian_billing.domain.tariff_config import FixedIn, FlatIn, Pricer, StoredVersion, to_domain
 from shuidian_shared.messages import Utility
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -74,7 +74,7 @@ def owner(account: str, start: int | None, end: int | None) -> Owner:
 def test_owners_split_an_interval_pro_rata_by_time(
     owners: list[Owner], start: int, end: int, expected: list[tuple[str | None, str]]
 ) -> None:
-    shares = _split_by_owner(owners, T0 + timedelta(days=start), T0 + timedelta(days=end), Decimal(7))
+    shares = split_by_owner(owners, T0 + timedelta(days=start), T0 + timedelta(days=end), Decimal(7))
     assert [(o.account_id if o else None, q) for o, _, _, q in shares] == [(a, Decimal(q)) for a, q in expected]
     assert sum(q for _, _, _, q in shares) == 7
 

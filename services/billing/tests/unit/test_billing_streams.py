@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shuidian_billing.streams import Item, Sequencer, StreamKey
+from shuidian_billing.adapters.streams import Item, Sequencer, StreamKey
 from shuidian_shared.messages import ReadingBatch
 
 

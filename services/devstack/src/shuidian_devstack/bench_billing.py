@@ -287,7 +287,7 @@ async def _replicas(database_url: str, mqtt_url: str, count: int) -> None:
 
 
 async def run(database_url: str, mqtt_url: str) -> None:
-    from shuidian_billing.billing import BATCH_SECONDS, COMMITTED
+    from shuidian_billing.adapters.readings import BATCH_SECONDS, COMMITTED
 
     logging.getLogger("shuidian_billing").setLevel(logging.WARNING)
     # The outbox relays a burst of balance events at once; aiomqtt warns above 10 pending publishes.
@@ -374,7 +374,7 @@ async def run(database_url: str, mqtt_url: str) -> None:
             cpu_share.append((time.process_time() - cpu_before) / elapsed)
             busy_share.append((busy() - busy_before) / elapsed)
         posting_started = time.perf_counter()
-        postings = await app.state.billing.flush(before=datetime.now(UTC))
+        postings = await app.state.container.billing.poster.flush(before=datetime.now(UTC))
         posting_rate = postings / (time.perf_counter() - posting_started)
         ceiling = await _database_ceiling(database_url)
 
@@ -384,10 +384,10 @@ async def run(database_url: str, mqtt_url: str) -> None:
             now = datetime.now(UTC)
             latencies.extend((now - b.occurred_at).total_seconds() for b in batches)
 
-        app.state.billing.on_commit = on_commit
+        app.state.container.billing.readings.on_commit = on_commit
         cycles = LATENCY_RATE * LATENCY_SECONDS // METERS
         await stream(RUNS, _batches(RUNS, cycles), LATENCY_RATE)
-        app.state.billing.on_commit = None
+        app.state.container.billing.readings.on_commit = None
 
         median = statistics.median(rates)
         emit(

@@ -18,12 +18,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing import store
-from shuidian_billing.billing import Billing
-from shuidian_billing.payments.online import OnlinePayments, Providers
+from shuidian_billing.adapters import store
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.payments.online import OnlinePayments, Providers
+from shuidian_billing.adapters.statements import statement
+from shuidian_billing.api.usage import Granularity, usage_history
 from shuidian_billing.settings import BillingSettings
-from shuidian_billing.statements import statement
-from shuidian_billing.usage_api import Granularity, usage_history
 from shuidian_devstack.benchkit import emit
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
@@ -46,7 +46,7 @@ async def run(database_url: str, mqtt_url: str) -> None:
     await upgrade(engine, "billing", str(files("shuidian_billing") / "migrations"))
     settings = BillingSettings(environment="test")
     outbox = Outbox(engine, MqttLink("mqtt://127.0.0.1:1", service="billing", instance="bench"), "billing")
-    billing = Billing(engine, outbox, settings, "bench")
+    billing = Billing.build(engine, outbox, settings, "bench")
     online = OnlinePayments(engine, billing, Providers.from_settings(settings))
     assert online.providers.sandbox is not None
     try:
@@ -64,7 +64,7 @@ async def _callbacks(billing: Billing, online: OnlinePayments) -> None:
     cpu: list[float] = []
     for run_no in range(RUNS):
         account = f"bench-pay-{run_no}-{uuid.uuid4().hex[:6]}"
-        await billing.put_account(account, "bench", Decimal("20"), Decimal("5"), Decimal("0"))
+        await billing.accounts.put_account(account, "bench", Decimal("20"), Decimal("5"), Decimal("0"))
         orders = [
             (await online.create_order("sandbox", account, Decimal("10.00"), uuid.uuid4().hex))["order_id"]
             for _ in range(CALLBACKS)
@@ -139,8 +139,8 @@ async def _usage(engine: AsyncEngine) -> None:
 
 async def _statement(engine: AsyncEngine, billing: Billing) -> None:
     account = f"bench-st-{uuid.uuid4().hex[:6]}"
-    await billing.put_account(account, "bench", Decimal("20"), Decimal("5"), Decimal("0"))
-    await billing.top_up(account, Decimal("500.00"), "cash", None, uuid.uuid4().hex)
+    await billing.accounts.put_account(account, "bench", Decimal("20"), Decimal("5"), Decimal("0"))
+    await billing.credits.top_up(account, Decimal("500.00"), "cash", None, uuid.uuid4().hex)
     purse = store.household(account)
     # A month of hourly consumption postings from two meters, through the ledger's own posting function.
     postings = [

@@ -7,26 +7,17 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from shuidian_billing.api import Estate
-from shuidian_billing.payments.api import IdempotencyKey, replayable
-from shuidian_billing.payments.schemas import RefundOut
-from shuidian_billing.payments.settlement import LeaseSettlements
+from shuidian_billing.api.deps import PremisesDep, SettlementsDep
+from shuidian_billing.api.payment_schemas import RefundOut
+from shuidian_billing.api.payments import IdempotencyKey, replayable
 from shuidian_kit.service_auth import Acting
 from shuidian_shared.messages import Identifier
 from shuidian_shared.money import Money, Quantity
 
 router = APIRouter(prefix="/v1", tags=["lifecycle"])
-
-
-def _settlements(request: Request) -> LeaseSettlements:
-    settlements: LeaseSettlements = request.app.state.settlements
-    return settlements
-
-
-Settlements = Annotated[LeaseSettlements, Depends(_settlements)]
 
 
 class ClosingReadingIn(BaseModel):
@@ -158,7 +149,7 @@ class RepublishOut(BaseModel):
 async def settle_lease(
     lease_id: Identifier,
     body: LeaseSettlementIn,
-    settlements: Settlements,
+    settlements: SettlementsDep,
     idempotency_key: IdempotencyKey,
     response: Response,
     actor: Acting,
@@ -175,7 +166,7 @@ async def settle_lease(
 
 
 @router.get("/leases/{lease_id}/settlement", response_model=LeaseSettlementOut, summary="A lease's settlement")
-async def lease_settlement(lease_id: str, settlements: Settlements) -> dict[str, Any]:
+async def lease_settlement(lease_id: str, settlements: SettlementsDep) -> dict[str, Any]:
     return await settlements.get(lease_id)
 
 
@@ -186,5 +177,5 @@ async def lease_settlement(lease_id: str, settlements: Settlements) -> dict[str,
     description="500 rooms per transaction, each chunk queued only once fewer than 500 events wait in the "
     "outbox, so live events (balance changes) are not held up; returns when every room is queued.",
 )
-async def republish_occupancy(premises: Estate) -> dict[str, int]:
+async def republish_occupancy(premises: PremisesDep) -> dict[str, int]:
     return {"rooms": await premises.republish_occupancy()}

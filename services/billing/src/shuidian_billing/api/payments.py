@@ -4,22 +4,17 @@ and authenticated by their signatures). Money travels as decimal strings."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from shuidian_billing.billing import Billing
-from shuidian_billing.payments.bank import MAX_STATEMENT_BYTES, BankImports, StatementInvalid
-from shuidian_billing.payments.cash import CashDesk
-from shuidian_billing.payments.online import OnlinePayments, Providers
-from shuidian_billing.payments.refunds import Refunds
-from shuidian_billing.payments.reviews import ReviewQueue
-from shuidian_billing.payments.schemas import (
+from shuidian_billing.adapters.payments.bank import MAX_STATEMENT_BYTES, StatementInvalid
+from shuidian_billing.api.deps import ChannelsDep
+from shuidian_billing.api.payment_schemas import (
     CallbackOut,
     ImportOut,
     NotifyOut,
@@ -30,8 +25,6 @@ from shuidian_billing.payments.schemas import (
     SettlementOut,
     ShiftOut,
 )
-from shuidian_billing.settings import BillingSettings
-from shuidian_kit.service import Runtime
 from shuidian_kit.service_auth import Acting
 from shuidian_shared.messages import Identifier
 from shuidian_shared.money import Money
@@ -41,38 +34,6 @@ router = APIRouter(prefix="/v1", tags=["payments"])
 IdempotencyKey = Annotated[str, Header(min_length=8, max_length=100, description="retries with the same key are safe")]
 Provider = Literal["wechat", "alipay", "sandbox"]
 Staff = Annotated[str, Field(min_length=1, max_length=100)]
-
-
-@dataclass(frozen=True, slots=True)
-class Channels:
-    online: OnlinePayments
-    cash: CashDesk
-    bank: BankImports
-    reviews: ReviewQueue
-    refunds: Refunds
-
-
-def _channels(request: Request) -> Channels:
-    # Built on first use from the resources the service's lifespan created (keys are parsed once).
-    channels: Channels | None = getattr(request.app.state, "payment_channels", None)
-    if channels is None:
-        runtime: Runtime = request.app.state.runtime
-        billing: Billing = request.app.state.billing
-        settings = runtime.settings
-        assert isinstance(settings, BillingSettings)
-        engine = runtime.engine
-        channels = Channels(
-            online=OnlinePayments(engine, billing, Providers.from_settings(settings)),
-            cash=CashDesk(engine, billing),
-            bank=BankImports(engine, billing),
-            reviews=ReviewQueue(engine, billing),
-            refunds=Refunds(engine, billing, runtime.outbox),
-        )
-        request.app.state.payment_channels = channels
-    return channels
-
-
-Service = Annotated[Channels, Depends(_channels)]
 
 
 def replayable(result: dict[str, Any], replayed: bool, response: Response) -> dict[str, Any]:
@@ -155,14 +116,14 @@ class SettlementIn(BaseModel):
     "/payments/orders", status_code=201, response_model=OrderOut, summary="Create an online payment order (idempotent)"
 )
 async def create_order(
-    body: OrderIn, channels: Service, idempotency_key: IdempotencyKey, response: Response
+    body: OrderIn, channels: ChannelsDep, idempotency_key: IdempotencyKey, response: Response
 ) -> dict[str, Any]:
     order = await channels.online.create_order(body.provider, body.account_id, body.amount, idempotency_key)
     return replayable(order, order["replayed"], response)
 
 
 @router.get("/payments/orders/{order_id}", response_model=OrderOut, summary="An online payment order and its state")
-async def get_order(order_id: str, channels: Service) -> dict[str, Any]:
+async def get_order(order_id: str, channels: ChannelsDep) -> dict[str, Any]:
     return await channels.online.order(order_id)
 
 
@@ -172,7 +133,7 @@ async def get_order(order_id: str, channels: Service) -> dict[str, Any]:
     responses={200: {"content": {"text/plain": {"example": "success"}}, "description": "Alipay gets plain `success`"}},
     summary="Provider asynchronous notification (WeChat Pay v3, Alipay, sandbox); verified by signature",
 )
-async def notify(provider: Provider, request: Request, channels: Service, response: Response) -> Any:
+async def notify(provider: Provider, request: Request, channels: ChannelsDep, response: Response) -> Any:
     body = await request.body()
     remote = request.client.host if request.client else None
     result = await channels.online.notify(provider, request.headers, body, remote, datetime.now(UTC))
@@ -192,7 +153,7 @@ async def notify(provider: Provider, request: Request, channels: Service, respon
     response_model=NotifyOut,
     summary="Sandbox: the provider pays an order (demo, tests)",
 )
-async def sandbox_pay(order_id: str, channels: Service) -> dict[str, Any]:
+async def sandbox_pay(order_id: str, channels: ChannelsDep) -> dict[str, Any]:
     return await channels.online.sandbox_pay(order_id)
 
 
@@ -202,7 +163,7 @@ async def sandbox_pay(order_id: str, channels: Service) -> dict[str, Any]:
     summary="Provider notifications received, newest first (audit)",
 )
 async def callbacks(
-    channels: Service,
+    channels: ChannelsDep,
     outcome: Literal["accepted", "replayed", "rejected", "amount_mismatch", "ignored"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
@@ -213,12 +174,12 @@ async def callbacks(
 
 
 @router.post("/cash/shifts", status_code=201, response_model=ShiftOut, summary="Open a cashier shift at a counter")
-async def open_shift(body: ShiftIn, channels: Service, actor: Acting) -> dict[str, Any]:
+async def open_shift(body: ShiftIn, channels: ChannelsDep, actor: Acting) -> dict[str, Any]:
     return await channels.cash.open_shift(body.counter_id, actor, body.opening_float)
 
 
 @router.get("/cash/shifts/{shift_id}", response_model=ShiftOut, summary="A shift with its receipts and totals")
-async def get_shift(shift_id: uuid.UUID, channels: Service) -> dict[str, Any]:
+async def get_shift(shift_id: uuid.UUID, channels: ChannelsDep) -> dict[str, Any]:
     return await channels.cash.shift(shift_id)
 
 
@@ -229,14 +190,14 @@ async def get_shift(shift_id: uuid.UUID, channels: Service) -> dict[str, Any]:
     summary="Take a cash payment, issue a receipt (idempotent)",
 )
 async def cash_payment(
-    shift_id: uuid.UUID, body: CashPaymentIn, channels: Service, idempotency_key: IdempotencyKey, response: Response
+    shift_id: uuid.UUID, body: CashPaymentIn, channels: ChannelsDep, idempotency_key: IdempotencyKey, response: Response
 ) -> dict[str, Any]:
     receipt = await channels.cash.take_payment(shift_id, body.account_id, body.amount, idempotency_key)
     return replayable(receipt, receipt["payment"]["replayed"], response)
 
 
 @router.post("/cash/shifts/{shift_id}/close", response_model=ShiftOut, summary="Close a shift with the counted cash")
-async def close_shift(shift_id: uuid.UUID, body: CloseShiftIn, channels: Service, actor: Acting) -> dict[str, Any]:
+async def close_shift(shift_id: uuid.UUID, body: CloseShiftIn, channels: ChannelsDep, actor: Acting) -> dict[str, Any]:
     return await channels.cash.close_shift(shift_id, actor, body.counted_cash)
 
 
@@ -244,7 +205,7 @@ async def close_shift(shift_id: uuid.UUID, body: CloseShiftIn, channels: Service
 
 
 @router.put("/payments/aliases/{alias}", status_code=204, summary="Register a payment reference or room code")
-async def put_alias(alias: Identifier, body: AliasIn, channels: Service) -> Response:
+async def put_alias(alias: Identifier, body: AliasIn, channels: ChannelsDep) -> Response:
     await channels.bank.put_alias(alias, body.account_id, body.kind)
     return Response(status_code=204)
 
@@ -257,7 +218,7 @@ async def put_alias(alias: Identifier, body: AliasIn, channels: Service) -> Resp
 )
 async def import_statement(
     request: Request,
-    channels: Service,
+    channels: ChannelsDep,
     imported_by: Annotated[str, Query(min_length=1, max_length=100)],
     filename: Annotated[str, Query(max_length=200)] = "statement.csv",
 ) -> dict[str, Any]:
@@ -271,7 +232,7 @@ async def import_statement(
 
 @router.get("/payments/reviews", response_model=list[ReviewOut], summary="The payment review queue")
 async def reviews(
-    channels: Service,
+    channels: ChannelsDep,
     status: Literal["open", "assigned", "dismissed"] = "open",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
@@ -281,14 +242,14 @@ async def reviews(
 @router.post(
     "/payments/reviews/{review_id}/assign", response_model=ReviewOut, summary="Credit a review item to an account"
 )
-async def assign(review_id: int, body: AssignIn, channels: Service, actor: Acting) -> dict[str, Any]:
+async def assign(review_id: int, body: AssignIn, channels: ChannelsDep, actor: Acting) -> dict[str, Any]:
     return await channels.reviews.assign(review_id, body.account_id, actor)
 
 
 @router.post(
     "/payments/reviews/{review_id}/dismiss", response_model=ReviewOut, summary="Close a review item without crediting"
 )
-async def dismiss(review_id: int, body: DismissIn, channels: Service, actor: Acting) -> dict[str, Any]:
+async def dismiss(review_id: int, body: DismissIn, channels: ChannelsDep, actor: Acting) -> dict[str, Any]:
     return await channels.reviews.dismiss(review_id, actor, body.reason)
 
 
@@ -304,7 +265,7 @@ async def dismiss(review_id: int, body: DismissIn, channels: Service, actor: Act
 async def refund(
     payment_id: uuid.UUID,
     body: RefundIn,
-    channels: Service,
+    channels: ChannelsDep,
     idempotency_key: IdempotencyKey,
     response: Response,
     actor: Acting,
@@ -314,7 +275,7 @@ async def refund(
 
 
 @router.get("/payments/{payment_id}/refunds", response_model=list[RefundOut], summary="Refunds of a payment")
-async def refunds_of(payment_id: uuid.UUID, channels: Service) -> list[dict[str, Any]]:
+async def refunds_of(payment_id: uuid.UUID, channels: ChannelsDep) -> list[dict[str, Any]]:
     return await channels.refunds.of_payment(payment_id)
 
 
@@ -327,7 +288,7 @@ async def refunds_of(payment_id: uuid.UUID, channels: Service) -> list[dict[str,
 async def settle(
     account_id: str,
     body: SettlementIn,
-    channels: Service,
+    channels: ChannelsDep,
     idempotency_key: IdempotencyKey,
     response: Response,
     actor: Acting,

@@ -32,9 +32,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing.billing import Billing, BillingError
+from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
-from shuidian_kit.errors import Conflict, NotFound
+from shuidian_billing.errors import BillingError, Conflict, NotFound
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
 from shuidian_shared.messages import MeterRef, RoomOccupancy, TenantContact, Utility
@@ -294,7 +294,7 @@ class Premises:
         if (
             await conn.execute(text("SELECT 1 FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
         ).first() is None:
-            await self._billing.put_account(
+            await self._billing.accounts.put_account(
                 account_id,
                 f"{room.code} {tenant.name}",
                 Decimal("20.00"),
@@ -380,7 +380,7 @@ class Premises:
             return
         await self._require(conn, "rooms", "room_id", room_id)
         previous = await self._room_of_meter(conn, meter_id)
-        await self._billing.rebind(conn, meter_id, utility, effective_from, room_id=room_id)
+        await self._billing.accounts.rebind(conn, meter_id, utility, effective_from, room_id=room_id)
         await self.queue_occupancy(conn, {room_id, *previous})
 
     async def bind_common_meter(
@@ -390,7 +390,7 @@ class Premises:
         async with self._engine.begin() as conn:
             await self._require(conn, "estates", "estate_id", estate_id)
             previous = await self._room_of_meter(conn, meter_id)
-            await self._billing.rebind(conn, meter_id, utility, effective_from, estate_id=estate_id)
+            await self._billing.accounts.rebind(conn, meter_id, utility, effective_from, estate_id=estate_id)
             await self.queue_occupancy(conn, previous)
         self._outbox.notify()
 
@@ -599,7 +599,7 @@ class Premises:
                 for meter, utility in ((r.electricity_meter, Utility.ELECTRICITY), (r.water_meter, Utility.WATER)):
                     if meter:
                         counts["meters"] += 1
-                        await self._billing.rebind(conn, meter, utility, None, room_id=room_id)
+                        await self._billing.accounts.rebind(conn, meter, utility, None, room_id=room_id)
                 if r.tenant_id and r.move_in is not None:
                     counts["leases"] += 1
                     await self._write_tenant(conn, r.tenant_id, r.tenant_name, r.phone)

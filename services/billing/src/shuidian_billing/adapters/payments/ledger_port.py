@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shuidian_billing import store
-from shuidian_billing.billing import CHANNEL_ACCOUNTS, Billing
+from shuidian_billing.adapters import store
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.credits import CHANNEL_ACCOUNTS
 from shuidian_shared.messages import ReadingBatch, Utility
 from shuidian_shared.money import split_cents
 
@@ -25,7 +26,7 @@ async def credit(
     billing: Billing, *, account_id: str, amount: Decimal, channel: str, reference: str | None, key: str
 ) -> dict[str, Any]:
     """Credit once per `key` (a replay returns the original payment, a different payment under the key is a 409)."""
-    return await billing.top_up(account_id, amount, channel, reference, key)
+    return await billing.credits.top_up(account_id, amount, channel, reference, key)
 
 
 async def purse_of_payment(conn: AsyncConnection, txn_id: uuid.UUID) -> str:
@@ -48,7 +49,7 @@ async def refundable_credit(billing: Billing, conn: AsyncConnection, account_id:
     Subsidy is never refunded, and consumption accrued but not yet posted is owed: charges draw on
     subsidy first, so refundable = min(paid, paid + subsidy − pending), floored to the fen.
     """
-    figures = await billing.available(conn, [account_id])
+    figures = await billing.levels.available(conn, [account_id])
     result: dict[str, Decimal] = {}
     for (account, name), purse in figures.items():
         ledger_account = store.purse(account, None if name == "all" else Utility(name))
@@ -66,22 +67,22 @@ async def debit_refund(conn: AsyncConnection, *, purse: str, amount: Decimal, ch
 
 async def after_debit(billing: Billing, conn: AsyncConnection, account_id: str) -> None:
     """Emit the balance events a debit causes (low, exhausted), in the same transaction."""
-    await billing.evaluate_levels(conn, {account_id})
+    await billing.levels.evaluate_levels(conn, {account_id})
 
 
 async def bill_readings(billing: Billing, batch: ReadingBatch) -> None:
     """Bill a batch of readings exactly as if it had come from the field (its own transaction)."""
-    await billing.bill([batch])
+    await billing.readings.bill([batch])
 
 
 async def post_ended_hours(billing: Billing, before: datetime) -> None:
     """Post every accrual of an hour that ended before `before` to the ledger."""
-    await billing.flush(before=before)
+    await billing.poster.flush(before=before)
 
 
 async def balance_figures(billing: Billing, conn: AsyncConnection, account_id: str) -> dict[str, Decimal]:
     """The account's paid, subsidy, pending (accrued, unposted) and available credit over all its purses."""
-    figures = await billing.available(conn, [account_id])
+    figures = await billing.levels.available(conn, [account_id])
     return {
         name: sum((purse[name] for purse in figures.values()), ZERO)
         for name in ("paid", "subsidy", "pending", "available")

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing.billing import Billing
-from shuidian_billing.payments import PaymentError, ledger_port
-from shuidian_billing.payments.bank import require_account
-from shuidian_kit.errors import Conflict, NotFound
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.payments import ledger_port
+from shuidian_billing.adapters.payments.bank import require_account
+from shuidian_billing.errors import Conflict, NotFound, PaymentError
 from shuidian_kit.outbox import Outbox
 
 ZERO = Decimal("0.00")
@@ -123,7 +123,7 @@ class Refunds:
             credit = sum(credits.values(), ZERO)
             remaining = sum(left.values(), ZERO)
             refunded = credit - remaining
-            after = await self._billing.available(conn, [account_id])
+            after = await self._billing.levels.available(conn, [account_id])
             summary = {
                 "settlement_id": str(settlement_id),
                 "account_id": account_id,

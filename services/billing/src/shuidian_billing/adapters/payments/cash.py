@@ -11,9 +11,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing.billing import Billing
-from shuidian_billing.payments import PaymentError, ledger_port
-from shuidian_kit.errors import Conflict, NotFound
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.payments import ledger_port
+from shuidian_billing.errors import Conflict, NotFound, PaymentError
 
 
 def receipt_number(counter_id: str, number: int) -> str:

@@ -30,9 +30,8 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing import store
-from shuidian_billing.billing import BillingError
-from shuidian_kit.errors import NotFound
+from shuidian_billing.adapters import store
+from shuidian_billing.errors import BillingError, NotFound
 from shuidian_shared.messages import Utility
 
 ZERO = Decimal("0.00")

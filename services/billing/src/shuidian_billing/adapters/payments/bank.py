@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing.billing import Billing
-from shuidian_billing.payments import PaymentError, ledger_port
-from shuidian_kit.errors import NotFound
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.payments import ledger_port
+from shuidian_billing.errors import NotFound, PaymentError
 from shuidian_shared.money import CENT
 
 MAX_STATEMENT_BYTES = 5_000_000

@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shuidian_billing.payments.providers import WECHAT_SIGNATURE_TYPE, WechatConfig
-from shuidian_billing.payments.signing import (
+from shuidian_billing.adapters.payments.providers import WECHAT_SIGNATURE_TYPE, WechatConfig
+from shuidian_billing.adapters.payments.signing import (
     aes_gcm_encrypt,
     load_private_key,
     new_private_key,

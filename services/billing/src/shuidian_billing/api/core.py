@@ -8,15 +8,16 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi import APIRouter, Body, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from shuidian_billing import listings, reports
-from shuidian_billing.billing import Billing, BillingError
+from shuidian_billing.adapters.periodic import parse_month
+from shuidian_billing.adapters.premises import CSV_COLUMNS
+from shuidian_billing.api import listings, reports
+from shuidian_billing.api.deps import BillingDep, PeriodsDep, PremisesDep
 from shuidian_billing.domain import BillingDomainError, consumption
-from shuidian_billing.periodic import PeriodRuns, parse_month
-from shuidian_billing.premises import CSV_COLUMNS, Premises
-from shuidian_billing.tariff_config import ComponentIn
+from shuidian_billing.domain.tariff_config import ComponentIn
+from shuidian_billing.errors import BillingError
 from shuidian_kit.service_auth import Acting
 from shuidian_shared.contracts import billing as contracts
 from shuidian_shared.messages import AwareDatetime, Identifier, Utility
@@ -25,24 +26,6 @@ from shuidian_shared.money import Money, Quantity
 router = APIRouter(prefix="/v1", tags=["billing"])
 
 
-def _billing(request: Request) -> Billing:
-    billing: Billing = request.app.state.billing
-    return billing
-
-
-def _premises(request: Request) -> Premises:
-    premises: Premises = request.app.state.premises
-    return premises
-
-
-def _periods(request: Request) -> PeriodRuns:
-    periods: PeriodRuns = request.app.state.periods
-    return periods
-
-
-Service = Annotated[Billing, Depends(_billing)]
-Periods = Annotated[PeriodRuns, Depends(_periods)]
-Estate = Annotated[Premises, Depends(_premises)]
 IdempotencyKey = Annotated[str, Header(min_length=8, max_length=100)]
 
 
@@ -129,42 +112,42 @@ class EntryOut(BaseModel):
 
 
 @router.put("/accounts/{account_id}", status_code=204, summary="Create or update an account")
-async def put_account(account_id: Identifier, body: AccountIn, billing: Service) -> None:
-    await billing.put_account(account_id, body.name, body.low_1, body.low_2, body.grace_credit, body.estate_id)
+async def put_account(account_id: Identifier, body: AccountIn, billing: BillingDep) -> None:
+    await billing.accounts.put_account(account_id, body.name, body.low_1, body.low_2, body.grace_credit, body.estate_id)
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut, summary="Balance and level")
-async def get_account(account_id: str, billing: Service) -> dict[str, Any]:
-    return await billing.account(account_id)
+async def get_account(account_id: str, billing: BillingDep) -> dict[str, Any]:
+    return await billing.accounts.account(account_id)
 
 
 @router.put("/meters/{meter_id}/binding", status_code=204, summary="Bind a meter to an account")
-async def bind(meter_id: Identifier, body: BindingIn, billing: Service) -> None:
-    await billing.bind_meter(meter_id, body.account_id, body.utility, body.effective_from)
+async def bind(meter_id: Identifier, body: BindingIn, billing: BillingDep) -> None:
+    await billing.accounts.bind_meter(meter_id, body.account_id, body.utility, body.effective_from)
 
 
 @router.put("/tariffs/{utility}", status_code=204, summary="Set a flat price from a date on")
-async def tariff(utility: Utility, body: TariffIn, billing: Service) -> None:
-    await billing.set_tariff(utility, body.unit_price, body.effective_from)
+async def tariff(utility: Utility, body: TariffIn, billing: BillingDep) -> None:
+    await billing.tariffs.set_tariff(utility, body.unit_price, body.effective_from)
 
 
 @router.post("/accounts/{account_id}/topups", status_code=201, response_model=PaymentOut, summary="Top up (idempotent)")
 async def top_up(
     account_id: str,
     body: TopUpIn,
-    billing: Service,
+    billing: BillingDep,
     idempotency_key: Annotated[str, Header(min_length=8, max_length=100)],
 ) -> dict[str, Any]:
-    return await billing.top_up(
+    return await billing.credits.top_up(
         account_id, body.amount, body.channel, body.reference, idempotency_key, utility=body.utility
     )
 
 
 @router.get("/accounts/{account_id}/ledger", response_model=list[EntryOut], summary="Ledger entries, newest first")
 async def ledger(
-    account_id: str, billing: Service, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    account_id: str, billing: BillingDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[dict[str, Any]]:
-    return await billing.ledger(account_id, limit)
+    return await billing.accounts.ledger(account_id, limit)
 
 
 # --- tariff versions -------------------------------------------------------------------------
@@ -195,13 +178,13 @@ class TariffVersionAdded(BaseModel):
     response_model=TariffVersionAdded,
     summary="Add a tariff version (flat, TOU, tiered, fees)",
 )
-async def add_tariff_version(utility: Utility, body: TariffVersionIn, billing: Service) -> dict[str, Any]:
-    return await billing.put_tariff_version(utility, body.effective_from, body.components)
+async def add_tariff_version(utility: Utility, body: TariffVersionIn, billing: BillingDep) -> dict[str, Any]:
+    return await billing.tariffs.put_tariff_version(utility, body.effective_from, body.components)
 
 
 @router.get("/tariffs/{utility}/versions", response_model=list[TariffVersionOut], summary="Every version, oldest first")
-async def tariff_versions(utility: Utility, billing: Service) -> list[dict[str, Any]]:
-    return await billing.tariff_versions(utility)
+async def tariff_versions(utility: Utility, billing: BillingDep) -> list[dict[str, Any]]:
+    return await billing.tariffs.tariff_versions(utility)
 
 
 # --- subsidies and corrections ---------------------------------------------------------------
@@ -231,9 +214,11 @@ class SubsidyOut(BaseModel):
     summary="Grant subsidy (补贴) credit, used before paid credit (idempotent)",
 )
 async def subsidy(
-    account_id: str, body: SubsidyIn, billing: Service, idempotency_key: IdempotencyKey
+    account_id: str, body: SubsidyIn, billing: BillingDep, idempotency_key: IdempotencyKey
 ) -> dict[str, Any]:
-    return await billing.grant_subsidy(account_id, body.amount, body.program, idempotency_key, utility=body.utility)
+    return await billing.credits.grant_subsidy(
+        account_id, body.amount, body.program, idempotency_key, utility=body.utility
+    )
 
 
 class CorrectionIn(BaseModel):
@@ -259,15 +244,15 @@ class CorrectionOut(BaseModel):
     response_model=CorrectionOut,
     summary="冲正: reverse a ledger transaction (once, with operator and reason)",
 )
-async def reverse(txn_id: uuid.UUID, body: CorrectionIn, billing: Service, actor: Acting) -> dict[str, Any]:
-    return await billing.reverse(txn_id, actor, body.reason)
+async def reverse(txn_id: uuid.UUID, body: CorrectionIn, billing: BillingDep, actor: Acting) -> dict[str, Any]:
+    return await billing.credits.reverse(txn_id, actor, body.reason)
 
 
 @router.get("/corrections", response_model=list[CorrectionOut], summary="The corrections audit trail, newest first")
 async def corrections(
-    billing: Service, account_id: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    billing: BillingDep, account_id: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[dict[str, Any]]:
-    return await billing.corrections(account_id, limit)
+    return await billing.credits.corrections(account_id, limit)
 
 
 # --- meter events and held readings ----------------------------------------------------------
@@ -328,8 +313,8 @@ class MeterEventOut(BaseModel):
     response_model=MeterEventOut,
     summary="Declare a rollover, a meter replacement or a CT-ratio change",
 )
-async def meter_event(meter_id: Identifier, body: MeterEventIn, billing: Service, actor: Acting) -> dict[str, Any]:
-    return await billing.meter_event(meter_id, body.event(), actor, body.reason)
+async def meter_event(meter_id: Identifier, body: MeterEventIn, billing: BillingDep, actor: Acting) -> dict[str, Any]:
+    return await billing.meter_events.meter_event(meter_id, body.event(), actor, body.reason)
 
 
 class HeldOut(BaseModel):
@@ -345,11 +330,11 @@ class HeldOut(BaseModel):
 
 @router.get("/held-readings", response_model=list[HeldOut], summary="Readings held for review (not billed)")
 async def held(
-    billing: Service,
+    billing: BillingDep,
     status: Literal["open", "resolved"] | None = "open",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    return await billing.held_readings(status, limit)
+    return await billing.meter_events.held_readings(status, limit)
 
 
 # --- premises and people ---------------------------------------------------------------------
@@ -436,34 +421,34 @@ class ScopeOut(BaseModel):
 
 
 @router.put("/estates/{estate_id}", status_code=204, summary="Create or update an estate")
-async def put_estate(estate_id: Identifier, body: EstateIn, premises: Estate) -> None:
+async def put_estate(estate_id: Identifier, body: EstateIn, premises: PremisesDep) -> None:
     await premises.put_estate(estate_id, body.name, body.shared_balance, body.shared_basis)
 
 
 @router.put("/buildings/{building_id}", status_code=204, summary="Create or update a building")
-async def put_building(building_id: Identifier, body: BuildingIn, premises: Estate) -> None:
+async def put_building(building_id: Identifier, body: BuildingIn, premises: PremisesDep) -> None:
     await premises.put_building(building_id, body.estate_id, body.name)
 
 
 @router.put("/floors/{floor_id}", status_code=204, summary="Create or update a floor")
-async def put_floor(floor_id: Identifier, body: FloorIn, premises: Estate) -> None:
+async def put_floor(floor_id: Identifier, body: FloorIn, premises: PremisesDep) -> None:
     await premises.put_floor(floor_id, body.building_id, body.level)
 
 
 @router.put("/rooms/{room_id}", status_code=204, summary="Create or update a room")
-async def put_room(room_id: Identifier, body: RoomIn, premises: Estate) -> None:
+async def put_room(room_id: Identifier, body: RoomIn, premises: PremisesDep) -> None:
     await premises.put_room(room_id, body.floor_id, body.code, body.area_m2, body.household_size)
 
 
 @router.get("/rooms/{room_id}", response_model=contracts.RoomDetailOut, summary="A room with its leases and meters")
-async def get_room(room_id: str, premises: Estate) -> dict[str, Any]:
+async def get_room(room_id: str, premises: PremisesDep) -> dict[str, Any]:
     return await premises.room(room_id)
 
 
 @router.put(
     "/rooms/{room_id}/meters/{meter_id}", status_code=204, summary="Install a meter in a room (effective-dated)"
 )
-async def room_meter(room_id: Identifier, meter_id: Identifier, body: RoomMeterIn, premises: Estate) -> None:
+async def room_meter(room_id: Identifier, meter_id: Identifier, body: RoomMeterIn, premises: PremisesDep) -> None:
     await premises.bind_room_meter(room_id, meter_id, body.utility, body.effective_from)
 
 
@@ -472,12 +457,12 @@ async def room_meter(room_id: Identifier, meter_id: Identifier, body: RoomMeterI
     status_code=204,
     summary="A common meter whose consumption is shared (公摊) by the estate",
 )
-async def common_meter(estate_id: Identifier, meter_id: Identifier, body: RoomMeterIn, premises: Estate) -> None:
+async def common_meter(estate_id: Identifier, meter_id: Identifier, body: RoomMeterIn, premises: PremisesDep) -> None:
     await premises.bind_common_meter(estate_id, meter_id, body.utility, body.effective_from)
 
 
 @router.put("/tenants/{tenant_id}", status_code=204, summary="Create or update a tenant")
-async def put_tenant(tenant_id: Identifier, body: TenantIn, premises: Estate) -> None:
+async def put_tenant(tenant_id: Identifier, body: TenantIn, premises: PremisesDep) -> None:
     await premises.put_tenant(tenant_id, body.name, body.phone)
 
 
@@ -486,22 +471,22 @@ async def put_tenant(tenant_id: Identifier, body: TenantIn, premises: Estate) ->
     response_model=ScopeOut,
     summary="Accounts, rooms and meters of the tenant's currently active leases",
 )
-async def tenant_scope(tenant_id: str, premises: Estate) -> dict[str, Any]:
+async def tenant_scope(tenant_id: str, premises: PremisesDep) -> dict[str, Any]:
     return await premises.tenant_scope(tenant_id)
 
 
 @router.put("/leases/{lease_id}", response_model=LeaseOut, summary="Move a household in (idempotent)")
-async def put_lease(lease_id: Identifier, body: LeaseIn, premises: Estate) -> dict[str, Any]:
+async def put_lease(lease_id: Identifier, body: LeaseIn, premises: PremisesDep) -> dict[str, Any]:
     return await premises.start_lease(lease_id, body.tenant_id, body.room_id, body.move_in, body.account_id)
 
 
 @router.get("/leases/{lease_id}", response_model=LeaseWithEstateOut, summary="A lease and the estate of its room")
-async def get_lease(lease_id: str, premises: Estate) -> dict[str, Any]:
+async def get_lease(lease_id: str, premises: PremisesDep) -> dict[str, Any]:
     return await premises.lease(lease_id)
 
 
 @router.post("/leases/{lease_id}/move-out", response_model=LeaseOut, summary="Move a household out")
-async def move_out(lease_id: str, body: MoveOutIn, premises: Estate) -> dict[str, Any]:
+async def move_out(lease_id: str, body: MoveOutIn, premises: PremisesDep) -> dict[str, Any]:
     return await premises.end_lease(lease_id, body.move_out)
 
 
@@ -511,7 +496,7 @@ async def move_out(lease_id: str, body: MoveOutIn, premises: Estate) -> dict[str
     description="Columns: " + ", ".join(CSV_COLUMNS) + ". Every refused line is reported with its number.",
 )
 async def import_estate(
-    estate_id: str, premises: Estate, body: Annotated[str, Body(media_type="text/csv")]
+    estate_id: str, premises: PremisesDep, body: Annotated[str, Body(media_type="text/csv")]
 ) -> dict[str, int]:
     return await premises.import_estate(estate_id, body)
 
@@ -520,7 +505,7 @@ async def import_estate(
     "/estates/{estate_id}/months/{month}/run",
     summary="Post a past month's fixed fees and 公摊 for an estate (once; a repeat returns the first run)",
 )
-async def run_month(estate_id: str, month: str, periods: Periods) -> dict[str, Any]:
+async def run_month(estate_id: str, month: str, periods: PeriodsDep) -> dict[str, Any]:
     year, number = parse_month(month)
     return await periods.run_month(estate_id, year, number)
 

@@ -20,9 +20,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shuidian_billing.billing import CHANNEL_ACCOUNTS, BillingError
-from shuidian_billing.usage_api import RuntimeDep
-from shuidian_kit.errors import NotFound
+from shuidian_billing.adapters.credits import CHANNEL_ACCOUNTS
+from shuidian_billing.api.deps import RuntimeDep
+from shuidian_billing.errors import BillingError, NotFound
 from shuidian_shared.contracts import billing as contracts
 from shuidian_shared.messages import BalanceLevel, Utility
 from shuidian_shared.money import Money

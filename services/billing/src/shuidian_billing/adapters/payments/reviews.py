@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing.billing import Billing
-from shuidian_billing.payments import ledger_port
-from shuidian_kit.errors import Conflict, NotFound
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.payments import ledger_port
+from shuidian_billing.errors import Conflict, NotFound
 
 
 class ReviewQueue:

@@ -18,19 +18,19 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing.billing import Billing
-from shuidian_billing.payments import CallbackRejected, PaymentError, ledger_port
-from shuidian_billing.payments.providers import (
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.payments import ledger_port
+from shuidian_billing.adapters.payments.providers import (
     AlipayConfig,
     Notification,
     WechatConfig,
     verify_alipay,
     verify_wechat,
 )
-from shuidian_billing.payments.sandbox import Sandbox
-from shuidian_billing.payments.signing import SignatureError, load_public_key
+from shuidian_billing.adapters.payments.sandbox import Sandbox
+from shuidian_billing.adapters.payments.signing import SignatureError, load_public_key
+from shuidian_billing.errors import CallbackRejected, Conflict, NotFound, PaymentError
 from shuidian_billing.settings import BillingSettings
-from shuidian_kit.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shuidian_billing.payments import CallbackRejected
-from shuidian_billing.payments.signing import (
+from shuidian_billing.adapters.payments.signing import (
     SignatureError,
     aes_gcm_decrypt,
     alipay_content,
     rsa_sha256_verify,
     wechat_message,
 )
+from shuidian_billing.errors import CallbackRejected
 from shuidian_shared.money import CENT
 
 WECHAT_SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"

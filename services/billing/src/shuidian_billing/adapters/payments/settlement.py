@@ -35,13 +35,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing.billing import REGISTER, Billing
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.payments import ledger_port
+from shuidian_billing.adapters.payments.refunds import Refunds
+from shuidian_billing.adapters.periodic import LeaseTerm, month_start, post_fixed_fees
+from shuidian_billing.adapters.premises import Premises
+from shuidian_billing.domain.meters import REGISTER
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
-from shuidian_billing.payments import PaymentError, ledger_port
-from shuidian_billing.payments.refunds import Refunds
-from shuidian_billing.periodic import LeaseTerm, month_start, post_fixed_fees
-from shuidian_billing.premises import Premises
-from shuidian_kit.errors import Conflict, NotFound
+from shuidian_billing.errors import Conflict, NotFound, PaymentError
 from shuidian_kit.outbox import Outbox
 from shuidian_shared.messages import Reading, ReadingBatch, Utility, reading_id
 from shuidian_shared.money import split_cents
@@ -149,7 +150,6 @@ class LeaseSettlements:
             for month in await months_not_run(conn, lease, estate, earlier=False):
                 await post_fixed_fees(
                     conn,
-                    self._billing,
                     [LeaseTerm(lease.lease_id, lease.account_id, lease.move_in, lease.move_out)],
                     month.year,
                     month.month,

@@ -33,11 +33,13 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing import store
-from shuidian_billing.billing import Billing, BillingError
+from shuidian_billing.adapters import store
+from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.levels import balance_modes, purse_for
+from shuidian_billing.adapters.tariffs import load_pricers
 from shuidian_billing.domain import ledger, tariffs
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME, CalendarPeriod, period_end
-from shuidian_kit.errors import Conflict, NotFound
+from shuidian_billing.errors import BillingError, Conflict, NotFound
 from shuidian_shared.messages import Utility
 from shuidian_shared.money import split_cents
 
@@ -102,17 +104,14 @@ def month_start(year: int, month: int) -> datetime:
     return datetime(year, month, 1, tzinfo=CHINA_STANDARD_TIME).astimezone(UTC)
 
 
-async def post_charges(conn: AsyncConnection, billing: Billing, charges: Sequence[Charge], at: datetime) -> list[Any]:
+async def post_charges(conn: AsyncConnection, charges: Sequence[Charge], at: datetime) -> list[Any]:
     """Debit each charge from the household's purse (subsidy first) in one ledger transaction each.
 
     Returns each charge's transaction id (None for a zero charge, which posts nothing).
     """
     accounts = sorted({c.account_id for c in charges})
-    shared_mode = await billing.balance_modes(conn, accounts)
-    purses = {
-        (c.account_id, c.utility): store.purse(c.account_id, None if shared_mode.get(c.account_id, True) else c.utility)
-        for c in charges
-    }
+    shared_mode = await balance_modes(conn, accounts)
+    purses = {(c.account_id, c.utility): purse_for(c.account_id, c.utility, shared_mode) for c in charges}
     subsidy_left = await store.balances(conn, sorted({store.subsidy(p) for p in purses.values()}))
     postings: list[store.Transaction] = []
     txn_ids: list[Any] = []
@@ -142,7 +141,6 @@ async def post_charges(conn: AsyncConnection, billing: Billing, charges: Sequenc
 
 async def post_fixed_fees(
     conn: AsyncConnection,
-    billing: Billing,
     leases: Sequence[LeaseTerm],
     year: int,
     month: int,
@@ -176,7 +174,7 @@ async def post_fixed_fees(
             {"a": sorted({lease.account_id for lease in leases})},
         )
     }
-    pricers = await billing.pricers(conn)
+    pricers = await load_pricers(conn)
     lines: list[dict[str, Any]] = []
     charges: list[Charge] = []
     for lease in sorted(leases, key=lambda term: term.lease_id):
@@ -208,7 +206,7 @@ async def post_fixed_fees(
                 )
     if not lines:
         return []
-    txn_ids = await post_charges(conn, billing, charges, month_start(year, month))
+    txn_ids = await post_charges(conn, charges, month_start(year, month))
     for posted, txn_id in zip(lines, txn_ids, strict=True):
         posted["txn_id"] = txn_id
     await conn.execute(
@@ -279,7 +277,7 @@ class PeriodRuns:
         if end > datetime.now(UTC):
             raise Conflict("the month has not ended yet", code="month_open")
         # Every common-meter hour of the month must be on the ledger before it is shared out.
-        await self._billing.flush(before=end)
+        await self._billing.poster.flush(before=end)
         async with self._engine.begin() as conn:
             estate = (
                 await conn.execute(
@@ -309,7 +307,6 @@ class PeriodRuns:
             ).all()
             fees = await post_fixed_fees(
                 conn,
-                self._billing,
                 [LeaseTerm(lease.lease_id, lease.account_id, lease.move_in, lease.move_out) for lease in leases],
                 year,
                 month,
@@ -357,7 +354,7 @@ class PeriodRuns:
                         charges.append(
                             Charge(account, utility, "shared_area", amount, f"公摊 {year:04d}-{month:02d}", pool)
                         )
-            await post_charges(conn, self._billing, charges, start)
+            await post_charges(conn, charges, start)
             accounts = sorted({f["account_id"] for f in fees} | {c.account_id for c in charges})
             summary = {
                 "estate_id": estate_id,
@@ -377,8 +374,8 @@ class PeriodRuns:
                 text("INSERT INTO billing.period_runs (estate_id, month, summary) VALUES (:e, :m, CAST(:s AS jsonb))"),
                 {"e": estate_id, "m": date(year, month, 1), "s": json.dumps(summary)},
             )
-            await self._billing.evaluate_levels(conn, set(accounts))
-        self._billing.notify()
+            await self._billing.levels.evaluate_levels(conn, set(accounts))
+        self._billing.outbox.notify()
         return {**summary, "replayed": False}
 
 

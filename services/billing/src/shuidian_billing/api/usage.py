@@ -10,15 +10,16 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing import statements
-from shuidian_kit.errors import NotFound
+from shuidian_billing.adapters import statements
+from shuidian_billing.api.deps import RuntimeDep
+from shuidian_billing.errors import NotFound
 from shuidian_kit.service import Runtime
 from shuidian_shared.contracts import billing as contracts
 from shuidian_shared.messages import AwareDatetime
@@ -60,14 +61,6 @@ Granularity = Literal["hour", "day", "month"]
 # The widest range one request may ask for, per granularity (bounded work for a phone chart).
 MAX_RANGE = {"hour": timedelta(days=31), "day": timedelta(days=400), "month": timedelta(days=3700)}
 DEFAULT_RANGE = {"hour": timedelta(hours=48), "day": timedelta(days=31), "month": timedelta(days=366)}
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
 def _respond(data: Any) -> JSONResponse:

@@ -28,9 +28,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing import statements, store
-from shuidian_billing.billing import CHANNEL_ACCOUNTS
-from shuidian_billing.listings import (
+from shuidian_billing.adapters import statements, store
+from shuidian_billing.adapters.credits import CHANNEL_ACCOUNTS
+from shuidian_billing.api.deps import RuntimeDep
+from shuidian_billing.api.listings import (
     EstateFilter,
     Limit,
     ListingError,
@@ -41,7 +42,6 @@ from shuidian_billing.listings import (
     page,
     require_estate,
 )
-from shuidian_billing.usage_api import RuntimeDep
 from shuidian_shared.messages import Utility
 from shuidian_shared.money import CENT, Money, Quantity
 

@@ -24,6 +24,7 @@ from shuidian_gateway import (
     routes_payments,
     routes_staff,
     webhooks,
+    webui,
 )
 from shuidian_gateway.asyncapi import document
 from shuidian_gateway.auth import TenantScopes, VerifiedTokens, require
@@ -236,4 +237,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for payments_router in routes_payments.routers(settings):
         app.include_router(payments_router)
     app.include_router(api.router)
+    webui.install(app)  # the console and the portal, when web/dist was built
     return app

@@ -12,8 +12,8 @@ import pytest
 
 from shuidian_protocols import cjt188, dlt645
 from shuidian_simulator import Simulator
+from shuidian_simulator.adapters.modbus_device import rtu_frame, silent_interval
 from shuidian_simulator.estate import Estate
-from shuidian_simulator.modbus_device import rtu_frame, silent_interval
 
 MODBUS_READ = bytes([3, 0, 0, 0, 17])
 

@@ -14,7 +14,7 @@ import pytest
 
 from shuidian_protocols import dlt645
 from shuidian_simulator import Simulator
-from shuidian_simulator.consumption import ConsumptionModel
+from shuidian_simulator.domain.consumption import ConsumptionModel
 from shuidian_simulator.estate import Estate, Fault, FaultKind, Profile
 
 A1, A2 = "000000000001", "000000000002"

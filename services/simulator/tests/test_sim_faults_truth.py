@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from shuidian_protocols import dlt645
 from shuidian_simulator import Simulator
-from shuidian_simulator.control_api import create_control_app
+from shuidian_simulator.api.control import create_control_app
 from shuidian_simulator.estate import Estate, Fault, FaultKind
 
 A1, A2, NEW = "000000000001", "000000000002", "000000000099"

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from shuidian_protocols import cjt188, dlt645
 from shuidian_simulator import Simulator
+from shuidian_simulator.adapters.modbus_device import cut_rtu_requests, rtu_frame
 from shuidian_simulator.estate import Estate
-from shuidian_simulator.modbus_device import cut_rtu_requests, rtu_frame
 
 READ = rtu_frame(7, bytes([3, 0, 0, 0, 17]))
 

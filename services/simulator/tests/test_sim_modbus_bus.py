@@ -22,8 +22,8 @@ from shuidian_protocols.modbus_profiles import (
     plan_reads,
 )
 from shuidian_simulator import Simulator
+from shuidian_simulator.adapters.modbus_device import crc16, cut_rtu_requests, rtu_frame
 from shuidian_simulator.estate import Estate, Fault, FaultKind
-from shuidian_simulator.modbus_device import crc16, cut_rtu_requests, rtu_frame
 
 METERS: list[dict[str, Any]] = [
     {"id": "E-1", "address": "1", "model": "acrel-ddsy1352", "initial_register": "1234.56", "actuator_ms": 100},

@@ -14,10 +14,10 @@ from shuidian_protocols import dlt645
 from shuidian_protocols.errors import ChecksumError, FrameError
 from shuidian_protocols.modbus_profiles import load_profile
 from shuidian_simulator import Simulator
-from shuidian_simulator.bus import NOISE_REPLY
-from shuidian_simulator.control_api import create_control_app
+from shuidian_simulator.adapters.bus import NOISE_REPLY
+from shuidian_simulator.adapters.modbus_device import read_registers
+from shuidian_simulator.api.control import create_control_app
 from shuidian_simulator.estate import Estate, Fault, FaultKind
-from shuidian_simulator.modbus_device import read_registers
 
 A1 = "000000000001"
 

@@ -169,7 +169,7 @@ async def test_a_missing_or_unusable_state_file_means_the_seed_values(
     for garbage in ("{not json", json.dumps({"version": 1, "meters": {"E-1": {"exact": "x"}}})):
         state_file.write_text(garbage)
         caplog.clear()
-        with caplog.at_level(logging.ERROR, logger="shuidian_simulator.state"):
+        with caplog.at_level(logging.ERROR, logger="shuidian_simulator.adapters.state"):
             async with Simulator(estate, state_file=state_file) as sim:
                 assert sim.meters["E-1"].register < SEED + 1
                 assert sim.meters["E-2"].register < SEED + 1  # nothing half-restored either

@@ -8,9 +8,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shuidian_simulator.consumption import ConsumptionModel
+from shuidian_simulator.domain.consumption import ConsumptionModel
+from shuidian_simulator.domain.meter import REGISTER_MODULUS, SimClock, SimMeter
 from shuidian_simulator.estate import Fault, FaultKind, MeterSpec, Profile
-from shuidian_simulator.meter import REGISTER_MODULUS, SimClock, SimMeter
 
 FAULTS = st.one_of(
     st.builds(Fault, kind=st.just(FaultKind.SPIKE), factor=st.decimals("1.5", "20", places=1)),

@@ -1,4 +1,5 @@
-"""Composition root of the collector service."""
+"""Composition root of the collector service: builds every piece at start into one `Container`, wires the MQTT
+subscriptions and the routers, and runs the background loops under the kit's supervisor."""
 
 from __future__ import annotations
 
@@ -12,18 +13,23 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from shuidian_collector import retention
-from shuidian_collector.api import router
-from shuidian_collector.commands import Commands, utcnow
-from shuidian_collector.drivers import ClockPolicy, ConfirmPolicy, Driver
-from shuidian_collector.drivers.cjt188 import Cjt188Driver
-from shuidian_collector.drivers.dlt645 import Credentials, Dlt645Driver, Dlt645v1997Driver
-from shuidian_collector.drivers.modbus import ModbusDriver
-from shuidian_collector.fleet import Fleet
-from shuidian_collector.poller import DeviceStates
-from shuidian_collector.registry import BusProtocol, Registry
+from shuidian_collector.adapters import retention
+from shuidian_collector.adapters.command_executor import Commands, utcnow
+from shuidian_collector.adapters.container import Container
+from shuidian_collector.adapters.drivers import Driver
+from shuidian_collector.adapters.drivers.cjt188 import Cjt188Driver
+from shuidian_collector.adapters.drivers.dlt645 import Credentials, Dlt645Driver, Dlt645v1997Driver
+from shuidian_collector.adapters.drivers.modbus import ModbusDriver
+from shuidian_collector.adapters.fleet import Fleet
+from shuidian_collector.adapters.poller import DeviceStates
+from shuidian_collector.adapters.registry import Registry
+from shuidian_collector.adapters.store import LocalStore
+from shuidian_collector.api.problems import install_problems
+from shuidian_collector.api.routes import router
+from shuidian_collector.domain.commands import ConfirmPolicy
+from shuidian_collector.domain.devices import BusProtocol
+from shuidian_collector.domain.readings import ClockPolicy
 from shuidian_collector.settings import CollectorSettings
-from shuidian_collector.store import LocalStore
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_kit.service_auth import require_service_tokens
@@ -106,11 +112,8 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
             runtime.supervisor.add(
                 "online-edges-retention", lambda: retention.run(runtime.engine, settings.online_edges_retention_days)
             )
-            app.state.runtime = runtime
-            app.state.settings = settings
-            app.state.registry = registry
-            app.state.fleet = fleet
-            app.state.store = store
+            app.state.runtime = runtime  # the kit's operations routes (/readyz, dead letters) read it
+            app.state.collector = Container(settings, runtime, registry, store, states, commands, fleet)
             try:
                 async with runtime.running():
                     yield
@@ -124,6 +127,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_problems(app)
     serve_docs_offline(app)
     require_service_tokens(app, settings, SERVICE)
     app.include_router(ops_router())

@@ -12,14 +12,15 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from shuidian_collector.adapters.fleet import Fleet
+from shuidian_collector.adapters.registry import Registry
 from shuidian_collector.app import create_app
-from shuidian_collector.fleet import Fleet
-from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig, Registry
+from shuidian_collector.domain.devices import BusConfig, BusProtocol, MeterConfig
 from shuidian_collector.settings import CollectorSettings
 from shuidian_devstack.pytest_plugin import eventually
 from shuidian_shared.messages import Utility
 from shuidian_simulator import Simulator
-from shuidian_simulator.bus import SimBus
+from shuidian_simulator.adapters.bus import SimBus
 from shuidian_simulator.estate import Estate
 
 pytestmark = pytest.mark.integration
@@ -73,8 +74,8 @@ async def test_a_registry_change_under_load_never_puts_two_exchanges_on_one_bus(
     )
     app: FastAPI = create_app(settings)
     async with Simulator(_estate(tag)) as sim, app.router.lifespan_context(app):
-        registry: Registry = app.state.registry
-        fleet: Fleet = app.state.fleet
+        registry: Registry = app.state.collector.registry
+        fleet: Fleet = app.state.collector.fleet
         line: SimBus = sim.buses[f"bus-{tag}"]
         host, port = sim.bus_endpoint(f"bus-{tag}")
         await registry.put_gateway(f"gw-{tag}", "ownership", None)

@@ -17,12 +17,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.app import drivers
-from shuidian_collector.drivers import CommandOutcome
-from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
-from shuidian_collector.registry import BusConfig, BusProtocol, GatewayConfig, MeterConfig
+from shuidian_collector.domain.commands import CommandOutcome
+from shuidian_collector.domain.devices import BusConfig, BusProtocol, GatewayConfig, MeterConfig
 from shuidian_collector.settings import CollectorSettings
-from shuidian_collector.store import LocalStore
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_protocols import dlt645
 from shuidian_shared.messages import CommandKind, CommandOrigin, CommandRequested, CommandStatus, Reading, Utility

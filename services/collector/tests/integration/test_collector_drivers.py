@@ -18,12 +18,13 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from shuidian_collector.drivers import ConfirmPolicy
-from shuidian_collector.drivers.cjt188 import Cjt188Driver
-from shuidian_collector.drivers.dlt645 import Dlt645v1997Driver
-from shuidian_collector.drivers.modbus import ModbusDriver
-from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
-from shuidian_collector.transport import POLL_PRIORITY, Bus, BusTimeout
+from shuidian_collector.adapters.drivers.cjt188 import Cjt188Driver
+from shuidian_collector.adapters.drivers.dlt645 import Dlt645v1997Driver
+from shuidian_collector.adapters.drivers.modbus import ModbusDriver
+from shuidian_collector.adapters.transport import POLL_PRIORITY, Bus
+from shuidian_collector.domain.commands import ConfirmPolicy
+from shuidian_collector.domain.devices import BusConfig, BusProtocol, MeterConfig
+from shuidian_collector.errors import BusTimeout
 from shuidian_protocols import cjt188, dlt645
 from shuidian_protocols.errors import DeviceError
 from shuidian_protocols.modbus_profiles import DeviceProfile, encode_registers, load_profile

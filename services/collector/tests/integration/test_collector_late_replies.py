@@ -11,15 +11,16 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_collector.drivers.cjt188 import Cjt188Driver
-from shuidian_collector.drivers.dlt645 import (
+from shuidian_collector.adapters.drivers.cjt188 import Cjt188Driver
+from shuidian_collector.adapters.drivers.dlt645 import (
     DI_ENERGY_FORWARD_BLOCK,
     DI_REMAINING_MONEY,
     DI_STATUS_WORD_3,
     Dlt645Driver,
 )
-from shuidian_collector.registry import MeterConfig
-from shuidian_collector.transport import POLL_PRIORITY, Bus, BusLink, BusTimeout
+from shuidian_collector.adapters.transport import POLL_PRIORITY, Bus, BusLink
+from shuidian_collector.domain.devices import MeterConfig
+from shuidian_collector.errors import BusTimeout
 from shuidian_protocols import cjt188, dlt645
 from shuidian_shared.messages import ReadingFlag, Utility
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from shuidian_collector.drivers import ClockPolicy, Driver
-from shuidian_collector.drivers.cjt188 import Cjt188Driver
-from shuidian_collector.drivers.dlt645 import Dlt645Driver
-from shuidian_collector.drivers.modbus import ModbusDriver
-from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
-from shuidian_collector.transport import POLL_PRIORITY, Bus
+from shuidian_collector.adapters.drivers import Driver
+from shuidian_collector.adapters.drivers.cjt188 import Cjt188Driver
+from shuidian_collector.adapters.drivers.dlt645 import Dlt645Driver
+from shuidian_collector.adapters.drivers.modbus import ModbusDriver
+from shuidian_collector.adapters.transport import POLL_PRIORITY, Bus
+from shuidian_collector.domain.devices import BusConfig, BusProtocol, MeterConfig
+from shuidian_collector.domain.readings import ClockPolicy
 from shuidian_shared.messages import CLOCK_OFFSET, RESIDUAL_CURRENT, Reading, ReadingFlag, Utility
 from shuidian_simulator import Simulator
 from shuidian_simulator.estate import Estate, Fault, FaultKind

@@ -17,10 +17,11 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from shuidian_collector.drivers import CommandOutcome, CommandRejected, ConfirmPolicy, refused
-from shuidian_collector.drivers.modbus import ModbusDriver
-from shuidian_collector.registry import BusConfig, BusProtocol, MeterConfig
-from shuidian_collector.transport import POLL_PRIORITY, Bus
+from shuidian_collector.adapters.drivers.modbus import ModbusDriver
+from shuidian_collector.adapters.transport import POLL_PRIORITY, Bus
+from shuidian_collector.domain.commands import CommandOutcome, ConfirmPolicy, refused
+from shuidian_collector.domain.devices import BusConfig, BusProtocol, MeterConfig
+from shuidian_collector.errors import CommandRejected
 from shuidian_protocols.modbus_profiles import DeviceProfile, ProfileError, parse_profile
 from shuidian_shared.messages import CommandKind, CommandOrigin, CommandRequested, CommandStatus, Utility
 

@@ -18,8 +18,9 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_collector import reports, retention
+from shuidian_collector.adapters import reports, retention
 from shuidian_collector.app import create_app
+from shuidian_collector.domain.availability import rate
 from shuidian_collector.settings import CollectorSettings
 from shuidian_devstack.infra import service_auth
 from shuidian_devstack.pytest_plugin import migrated_engine
@@ -210,7 +211,7 @@ async def test_service_prunes_and_refuses_windows_before_the_retention(
                     params = {"gateway_id": f"gw-ret-{tag}-{name}", "start": start, "end": end}
                     body: dict[str, Any] = (await http.get("/v1/reports/device-online-rate", params=params)).json()
                     (gateway,) = body["gateways"]
-                    expected = reports.rate(up, seen)
+                    expected = rate(up, seen)
                     assert gateway["availability"] == (None if expected is None else str(expected)), name
                     assert gateway["observed_seconds"] == round(seen, 3), name
                 assert len(before) == len(HISTORY)

@@ -21,11 +21,11 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.app import create_app, drivers
-from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
-from shuidian_collector.registry import BusConfig, BusProtocol, GatewayConfig, MeterConfig
+from shuidian_collector.domain.devices import BusConfig, BusProtocol, GatewayConfig, MeterConfig
 from shuidian_collector.settings import CollectorSettings
-from shuidian_collector.store import LocalStore
 from shuidian_devstack.infra import service_auth
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_kit.mqtt import BrokerAddress

@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.app import drivers
-from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
-from shuidian_collector.registry import BusConfig, BusProtocol, GatewayConfig, MeterConfig
+from shuidian_collector.domain.devices import BusConfig, BusProtocol, GatewayConfig, MeterConfig
 from shuidian_collector.settings import CollectorSettings
-from shuidian_collector.store import LocalStore
 from shuidian_devstack.infra import free_port
 from shuidian_devstack.pytest_plugin import eventually, migrated_engine
 from shuidian_kit.db import create_engine

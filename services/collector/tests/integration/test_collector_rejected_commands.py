@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_collector.drivers import ConfirmPolicy, Driver
-from shuidian_collector.drivers.dlt645 import Dlt645Driver
-from shuidian_collector.drivers.modbus import ModbusDriver
-from shuidian_collector.poller import DeviceStates, GatewayPoller, PollPolicy
-from shuidian_collector.registry import BusConfig, BusProtocol, GatewayConfig, MeterConfig
-from shuidian_collector.store import LocalStore
-from shuidian_collector.transport import BusError
+from shuidian_collector.adapters.drivers import Driver
+from shuidian_collector.adapters.drivers.dlt645 import Dlt645Driver
+from shuidian_collector.adapters.drivers.modbus import ModbusDriver
+from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.adapters.store import LocalStore
+from shuidian_collector.domain.commands import ConfirmPolicy
+from shuidian_collector.domain.devices import BusConfig, BusProtocol, GatewayConfig, MeterConfig
+from shuidian_collector.errors import BusError
 from shuidian_devstack.pytest_plugin import migrated_engine
 from shuidian_protocols import dlt645
 from shuidian_protocols.modbus_profiles import DeviceProfile, parse_profile

@@ -21,10 +21,10 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from shuidian_collector.adapters.store import REFUSED, LocalStore
 from shuidian_collector.app import create_app
-from shuidian_collector.registry import shard_of
+from shuidian_collector.domain.devices import shard_of
 from shuidian_collector.settings import CollectorSettings
-from shuidian_collector.store import REFUSED, LocalStore
 from shuidian_devstack.infra import Broker, free_port, service_auth
 from shuidian_devstack.pytest_plugin import eventually
 from shuidian_kit.mqtt import BrokerAddress
@@ -159,7 +159,7 @@ class Collector:
 
     @property
     def store(self) -> LocalStore:
-        store: LocalStore = self.app.state.store
+        store: LocalStore = self.app.state.collector.store
         return store
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shuidian_collector import estate_csv
-from shuidian_collector.registry import BusProtocol, meter_problems, owns, shard_of
+from shuidian_collector.domain import estate_csv
+from shuidian_collector.domain.devices import BusProtocol, meter_problems, owns, shard_of
 from shuidian_collector.settings import CollectorSettings
 
 HEADER = ",".join(estate_csv.COLUMNS)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_collector.reports import OnlineEdge, online_seconds, rate
+from shuidian_collector.domain.availability import OnlineEdge, online_seconds, rate
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 H = 3600.0

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from shuidian_collector.schedule import Edge, GatewayHealth, MeterSchedule
-from shuidian_collector.transport import BusGate
+from shuidian_collector.adapters.transport import BusGate
+from shuidian_collector.domain.schedule import Edge, GatewayHealth, MeterSchedule
 
 
 def test_every_meter_is_due_at_start_and_keeps_its_cadence() -> None:

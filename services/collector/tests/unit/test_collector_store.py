@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shuidian_collector.store import REFUSED, LocalStore, Message, StoreFull
+from shuidian_collector.adapters.store import REFUSED, LocalStore, Message
+from shuidian_collector.errors import StoreFull
 from shuidian_shared import topics
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
 

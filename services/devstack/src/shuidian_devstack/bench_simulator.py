@@ -29,8 +29,8 @@ import psutil
 from shuidian_devstack import infra
 from shuidian_devstack.benchkit import emit
 from shuidian_protocols import cjt188, dlt645
+from shuidian_simulator.adapters.modbus_device import rtu_frame, silent_interval
 from shuidian_simulator.estate import BusSpec, Estate, GatewaySpec, MeterSpec, Profile, Protocol
-from shuidian_simulator.modbus_device import rtu_frame, silent_interval
 
 GATEWAYS = 300
 METERS = 10_000

@@ -1,5 +1,5 @@
 """Meter and gateway simulator speaking the real wire protocols over TCP (dev/test only)."""
 
-from shuidian_simulator.simulator import Simulator
+from shuidian_simulator.adapters.simulator import Simulator
 
 __all__ = ["Simulator"]

@@ -7,27 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 from pathlib import Path
 
-import uvicorn
-
-from shuidian_simulator.control_api import create_control_app
-from shuidian_simulator.estate import Estate
-from shuidian_simulator.simulator import Simulator
-
-
-async def run(
-    estate_path: Path, control_host: str, control_port: int, ports_file: Path | None, state_file: Path | None = None
-) -> None:
-    estate = Estate.load(estate_path)
-    async with Simulator(estate, state_file=state_file) as sim:
-        if ports_file is not None:
-            await asyncio.to_thread(ports_file.write_text, json.dumps(sim.endpoints(), indent=2))
-        # uvicorn handles SIGINT/SIGTERM: serve() returns and the buses close with the block.
-        config = uvicorn.Config(create_control_app(sim), host=control_host, port=control_port, log_config=None)
-        await uvicorn.Server(config).serve()
+from shuidian_simulator.app import run
 
 
 def main() -> None:

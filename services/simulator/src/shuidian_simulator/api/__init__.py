@@ -1,0 +1,1 @@
+"""The control API (FastAPI): faults, gateways, truth."""

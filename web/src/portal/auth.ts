@@ -1,0 +1,3 @@
+import { defineAuthStore } from '@/shared/auth'
+
+export const useAuth = defineAuthStore('portal')

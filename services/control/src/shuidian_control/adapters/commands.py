@@ -58,21 +58,11 @@ REJECTED = Counter(
 )
 
 
-@dataclass(frozen=True)
-class _Refusal:
-    """How a final refusal is counted and recorded: its counter and the prefix of the command's detail."""
-
-    counter: Counter
-    label: str
-
-
-# The collector's answers that no retry can change (the same command would be refused again): each fails the
-# command at once through one path, `CommandLedger._refuse`.
-_FINAL_REFUSALS: Mapping[CommandStatus, _Refusal] = {
-    CommandStatus.UNSUPPORTED: _Refusal(UNSUPPORTED, "unsupported 表计不支持"),
-    CommandStatus.REJECTED: _Refusal(REJECTED, "rejected 参数或凭据无效"),
+# Final refusals are counted by status (domain.lifecycle.FINAL_REFUSALS says which they are).
+_REFUSALS_COUNTED: Mapping[CommandStatus, Counter] = {
+    CommandStatus.UNSUPPORTED: UNSUPPORTED,
+    CommandStatus.REJECTED: REJECTED,
 }
-
 _TEXT_LIMIT = 500
 
 
@@ -354,61 +344,29 @@ class CommandLedger:
         self.notify()
 
     async def _apply(self, conn: AsyncConnection, row: Row[Any], result: CommandResult) -> None:
-        state = CommandState(row.state)
-        if state in lifecycle.TERMINAL_STATES:
-            return  # a late result never reopens a finished (or superseded) command
-        if result.status is CommandStatus.CONFIRMED:
-            # The meter did it, whichever attempt got through.
-            await self._transition(conn, row, CommandState.CONFIRMED, result.detail, attempt=result.attempt)
+        """Move the command as the result says (domain.lifecycle.after_result)."""
+        step = lifecycle.after_result(
+            CommandState(row.state),
+            row.attempt,
+            row.expires_at,
+            result,
+            self.clock(),
+            retry_initial=self._retry[0],
+            retry_max=self._retry[1],
+        )
+        if step is None:
             return
-        if result.attempt < row.attempt:
-            return  # an older attempt's news; the newer attempt is still running
-        if result.status is CommandStatus.ACKNOWLEDGED:
-            if state is not CommandState.ACKNOWLEDGED:
-                await self._transition(conn, row, CommandState.ACKNOWLEDGED, result.detail, attempt=result.attempt)
-            return
-        if result.status is CommandStatus.EXPIRED:
-            await self._transition(conn, row, CommandState.EXPIRED, result.detail, attempt=result.attempt)
-            return
-        refusal = _FINAL_REFUSALS.get(result.status)
-        if refusal is not None:
-            await self._refuse(conn, row, result, refusal)
-            return
-        if not lifecycle.is_retryable(result):
-            await self._transition(conn, row, CommandState.FAILED, result.detail, attempt=result.attempt)
-            return
-        retry_at = self.clock() + lifecycle.backoff(row.attempt, *self._retry)
-        if retry_at >= row.expires_at:
-            await self._transition(
-                conn,
-                row,
-                CommandState.EXPIRED,
-                f"no answer after {row.attempt} attempt(s) before the TTL: {result.detail}",
-                attempt=result.attempt,
+        if step.refused is not None:
+            # Without dropping the intent a refused command would fail but stay wanted in the shadow, and reconcile
+            # would issue it again, to be refused again, on every sweep.
+            _REFUSALS_COUNTED[step.refused].labels(row.kind).inc()
+            await self._drop_intent(conn, row)
+        elif step.retry_at is not None:
+            await conn.execute(
+                text("UPDATE control.commands SET next_attempt_at = :t WHERE command_id = :c"),
+                {"t": step.retry_at, "c": row.command_id},
             )
-            return
-        await conn.execute(
-            text("UPDATE control.commands SET next_attempt_at = :t WHERE command_id = :c"),
-            {"t": retry_at, "c": row.command_id},
-        )
-        await self._transition(
-            conn,
-            row,
-            CommandState.PENDING,
-            f"attempt {row.attempt} got no answer ({result.detail}); retry at {retry_at.isoformat()}",
-            attempt=result.attempt,
-        )
-
-    async def _refuse(self, conn: AsyncConnection, row: Row[Any], result: CommandResult, refusal: _Refusal) -> None:
-        """Fail a command the collector refused for good: counted, its intent dropped, no retry scheduled.
-
-        Without this a refusal would fail the command but leave its intent in the shadow, and reconcile would
-        issue the same command again, to be refused again, on every sweep.
-        """
-        refusal.counter.labels(row.kind).inc()
-        await self._drop_intent(conn, row)
-        detail = f"{refusal.label}: {result.detail}"
-        await self._transition(conn, row, CommandState.FAILED, detail, attempt=result.attempt)
+        await self._transition(conn, row, step.state, step.detail, attempt=result.attempt)
 
     # --- time ----------------------------------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@ is for, retry back-off, which failures are retried."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from shuidian_shared.messages import (
     CommandKind,
@@ -15,6 +17,12 @@ from shuidian_shared.messages import (
     ValveState,
 )
 
+# The collector's answers that no retry can change (the same command would be refused again), and the prefix of the
+# failed command's detail: each fails the command at once, and its intent is dropped so reconcile does not resend it.
+FINAL_REFUSALS: Mapping[CommandStatus, str] = {
+    CommandStatus.UNSUPPORTED: "unsupported 表计不支持",
+    CommandStatus.REJECTED: "rejected 参数或凭据无效",
+}
 TERMINAL_STATES = frozenset({CommandState.CONFIRMED, CommandState.FAILED, CommandState.EXPIRED, CommandState.CANCELLED})
 
 # Supply terms for both utilities: CLOSED means supply on, OPEN means cut off (a shut valve is an OPEN supply).
@@ -82,3 +90,51 @@ def is_retryable(result: CommandResult) -> bool:
     on a retry, and the answer frame is the evidence the operator needs.
     """
     return result.status is CommandStatus.FAILED and result.response_frame is None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Where a result moves an open command: the state and its detail; `retry_at` when another attempt follows
+    (the command goes back to pending), `refused` for a final refusal (failed, and its intent is dropped)."""
+
+    state: CommandState
+    detail: str
+    retry_at: datetime | None = None
+    refused: CommandStatus | None = None
+
+
+def after_result(
+    state: CommandState,
+    attempt: int,
+    expires_at: datetime,
+    result: CommandResult,
+    now: datetime,
+    *,
+    retry_initial: timedelta,
+    retry_max: timedelta,
+) -> Transition | None:
+    """What the collector's result for one attempt does to a command in `state` at its `attempt`; None: nothing
+    (a finished command, news of an older attempt, an acknowledgement repeated)."""
+    if state in TERMINAL_STATES:
+        return None  # a late result never reopens a finished (or superseded) command
+    if result.status is CommandStatus.CONFIRMED:
+        return Transition(CommandState.CONFIRMED, result.detail)  # the meter did it, whichever attempt got through
+    if result.attempt < attempt:
+        return None  # an older attempt's news; the newer attempt is still running
+    if result.status is CommandStatus.ACKNOWLEDGED:
+        return None if state is CommandState.ACKNOWLEDGED else Transition(CommandState.ACKNOWLEDGED, result.detail)
+    if result.status is CommandStatus.EXPIRED:
+        return Transition(CommandState.EXPIRED, result.detail)
+    label = FINAL_REFUSALS.get(result.status)
+    if label is not None:
+        return Transition(CommandState.FAILED, f"{label}: {result.detail}", refused=result.status)
+    if not is_retryable(result):
+        return Transition(CommandState.FAILED, result.detail)
+    retry_at = now + backoff(attempt, retry_initial, retry_max)
+    if retry_at >= expires_at:
+        return Transition(CommandState.EXPIRED, f"no answer after {attempt} attempt(s) before the TTL: {result.detail}")
+    return Transition(
+        CommandState.PENDING,
+        f"attempt {attempt} got no answer ({result.detail}); retry at {retry_at.isoformat()}",
+        retry_at=retry_at,
+    )

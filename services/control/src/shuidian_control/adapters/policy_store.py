@@ -6,7 +6,6 @@ become the policy decided with is `domain.policies`. Every change is written to 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -31,8 +30,6 @@ from shuidian_control.domain.windows import OperatorHold
 from shuidian_control.errors import NotFound
 from shuidian_control.settings import ControlSettings
 from shuidian_shared.messages import CommandKind, Utility
-
-log = logging.getLogger(__name__)
 
 
 class PolicyStore:

@@ -14,9 +14,6 @@ from shuidian_control.errors import ControlError, NotFound
 
 router = APIRouter()
 
-
-# --- holiday calendar -----------------------------------------------------------------------------------------------
-
 _EXAMPLE_2027: dict[str, Any] = {
     "holidays": ["2027-01-01", "2027-02-06", "2027-02-07", "2027-02-08"],
     "adjusted_workdays": ["2027-02-13"],

@@ -20,9 +20,6 @@ from shuidian_shared.messages import CommandKind, CommandOrigin, CommandState, I
 router = APIRouter()
 
 
-# --- commands -------------------------------------------------------------------------------------------------------
-
-
 class CommandIn(StrictIn):
     command_id: uuid.UUID | None = Field(
         default=None, description="client-chosen id; a retry with the same id is a no-op"

@@ -17,9 +17,6 @@ from shuidian_shared.messages import CommandKind, Identifier
 router = APIRouter()
 
 
-# --- policies -------------------------------------------------------------------------------------------------------
-
-
 class EstatePolicyIO(StrictIn):
     nights_start: time | None = Field(default=time(22), description="local time; null with nights_end: no night window")
     nights_end: time | None = time(7)

@@ -16,9 +16,6 @@ from shuidian_shared.messages import CommandKind, CommandOrigin, Identifier
 router = APIRouter()
 
 
-# --- schedules ------------------------------------------------------------------------------------------------------
-
-
 class ScheduleIn(StrictIn):
     name: Annotated[str | None, Field(min_length=1, max_length=100)] = None
     kind: CommandKind

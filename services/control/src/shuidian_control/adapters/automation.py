@@ -1,7 +1,7 @@
 """Policy-driven automation: balance events, deferred trips, keep-power changes, operator requests, reconcile.
 
-The pure core (`domain`: decisions, operations, windows) decides; this module loads the state it decides over, applies the
-decision in the same transaction (shadow intent, command, deferral) and keeps the core's contract:
+The pure core (`domain`: decisions, operations, windows) decides; this module loads the state it decides over,
+applies the decision in the same transaction (shadow intent, command, deferral) and keeps the core's contract:
 - the shadow's desired state (and version) changes only when a command for a new intent is issued;
 - per account, balance events at or below the highest sequence seen are ignored;
 - a trip falling in a protected window becomes a persisted deferral, re-evaluated when due (or when policy

@@ -25,7 +25,6 @@ from shuidian_billing.domain.ledger import (
     channel_account,
     charge_posting,
     classify_balance,
-    hour_of,
     household_account,
     refund_posting,
     revenue_account,
@@ -36,6 +35,8 @@ from shuidian_billing.domain.ledger import (
     topup_posting,
     transition_events,
 )
+from shuidian_billing.domain.meters import open_hour
+from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
 from shuidian_shared.messages import BalanceEventKind, BalanceLevel, Utility
 
 D = Decimal
@@ -214,15 +215,19 @@ def test_posting_meta_is_read_only() -> None:
 
 
 @pytest.mark.parametrize(
-    ("at", "hour"),
+    ("at", "posted_through", "hour"),
     [
-        (T0 + timedelta(minutes=15), T0),
-        (T0 + timedelta(hours=1), T0),  # an interval ending on the hour closes that hour
-        (T0 + timedelta(hours=1, microseconds=1), T0 + timedelta(hours=1)),
+        (T0 + timedelta(minutes=15), None, T0),
+        (T0 + timedelta(hours=1), None, T0 + timedelta(hours=1)),  # an instant on the hour opens that hour
+        (T0 + timedelta(hours=1, microseconds=-1), None, T0),
+        (T0 + timedelta(minutes=15), T0, T0 + timedelta(hours=1)),  # a posted hour is closed: the next one
+        (T0 + timedelta(minutes=15), T0 + timedelta(hours=2), T0 + timedelta(hours=3)),
+        (T0 + timedelta(hours=3), T0 + timedelta(hours=2), T0 + timedelta(hours=3)),
+        (datetime(2024, 3, 1, 8, 30, tzinfo=CHINA_STANDARD_TIME), None, T0),  # local instants count in UTC
     ],
 )
-def test_hour_of(at: datetime, hour: datetime) -> None:
-    assert hour_of(at) == hour
+def test_open_hour(at: datetime, posted_through: datetime | None, hour: datetime) -> None:
+    assert open_hour(at, posted_through) == hour
 
 
 def test_accrual_posts_whole_fen_and_carries_the_rest() -> None:
@@ -233,21 +238,25 @@ def test_accrual_posts_whole_fen_and_carries_the_rest() -> None:
         )
     accrual.add(household=HH, meter_id="m1", revenue=REVENUE, at=T0 + timedelta(minutes=75), amount=D("0.0061"))
     first = accrual.flush(T0 + timedelta(hours=1))
+    # 3 × 0.1234 in the first hour; the amount at 01:00 sharp belongs to the second hour.
     assert [(p.txn_id, p.amount_for(REVENUE)) for p in first] == [
-        ("consumption:m1:20240301T00Z:household:42", D("0.49"))
+        ("consumption:m1:20240301T00Z:household:42", D("0.37"))
     ]
-    assert accrual.carry(HH, "m1") == D("0.0036")
+    assert accrual.carry(HH, "m1") == D("0.0002")
+    assert accrual.pending(HH, "m1") == D("0.1295")
     second = accrual.flush(T0 + timedelta(hours=2))
-    assert second == []  # 0.0036 + 0.0061 is still under a fen
+    assert [p.amount_for(REVENUE) for p in second] == [D("0.12")]  # 0.1234 + 0.0061 + 0.0002 carried in
     assert accrual.carry(HH, "m1") == D("0.0097")
     assert accrual.pending(HH, "m1") == 0
+    assert accrual.flush(T0 + timedelta(hours=3)) == []  # 0.0097 is still under a fen
 
 
 def test_accrual_does_not_post_open_hours() -> None:
     accrual = HourlyAccrual()
     accrual.add(household=HH, meter_id="m1", revenue=REVENUE, at=T0 + timedelta(minutes=10), amount=D(5))
-    assert accrual.flush(T0 + timedelta(minutes=59)) == []
+    assert accrual.flush(T0) == []  # the hour that begins at the cut-off is still open
     assert accrual.pending(HH, "m1") == D(5)
+    assert accrual.flushed_through == {}
 
 
 def test_late_amount_goes_to_the_next_open_hour() -> None:

@@ -1,13 +1,12 @@
-"""Posting hourly accruals to the ledger: every hour that ended becomes whole-fen postings, the
-sub-fen remainder carried to the meter's next hour (the domain's `HourlyAccrual` decides)."""
+"""Posting hourly accruals to the ledger: the accruals of every hour that began before the cut-off go
+through the domain's `HourlyAccrual` (whole fen posted, the rest carried to the meter's next hour),
+and its postings, carries and posted hours are written in the same transaction."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,10 +15,9 @@ from shuidian_billing.adapters import store
 from shuidian_billing.adapters.levels import balance_modes, purse_for
 from shuidian_billing.adapters.sql import FLUSH_LOCK
 from shuidian_billing.domain import ledger
-from shuidian_billing.domain.meters import COMMON, hour_start
+from shuidian_billing.domain.meters import common_pool, hour_start, is_common
 from shuidian_billing.settings import BillingSettings
 from shuidian_shared.messages import Utility
-from shuidian_shared.money import split_cents
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ class LedgerPoster:
                 log.exception("posting accruals failed; will retry")
 
     async def flush(self, *, before: datetime) -> int:
-        """Post every accrual of an hour that ended before `before`: one ledger transaction per meter-hour."""
+        """Post every accrual of an hour that began before `before`: one ledger transaction per meter-hour."""
         async with self._engine.begin() as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FLUSH_LOCK})
             rows = (
@@ -54,8 +52,8 @@ class LedgerPoster:
             ).all()
             if not rows:
                 return 0
-            carries: dict[tuple[str, str], list[Any]] = {
-                (row.meter_id, row.account_id): [row.remainder, row.utility, row.posted_through]
+            carried = {
+                (row.meter_id, row.account_id): row
                 for row in await conn.execute(
                     text(
                         "SELECT meter_id, account_id, utility, remainder, posted_through FROM billing.carries "
@@ -64,41 +62,38 @@ class LedgerPoster:
                     {"m": sorted({r.meter_id for r in rows})},
                 )
             }
-            households = sorted({r.account_id for r in rows if not r.account_id.startswith(COMMON)})
-            shared = await balance_modes(conn, households)
-            purses = {
-                (r.account_id, r.utility): purse_for(r.account_id, Utility(r.utility), shared)
-                for r in rows
-                if not r.account_id.startswith(COMMON)
-            }
-            subsidy_left = await store.balances(conn, sorted({store.subsidy(p) for p in purses.values()}))
-            postings: list[store.Transaction] = []
-            for row in sorted(rows, key=lambda r: (r.meter_id, r.account_id, r.hour)):
-                carry = carries.setdefault((row.meter_id, row.account_id), [Decimal(0), row.utility, None])
-                fen, carry[0] = split_cents(carry[0] + row.amount)
-                carry[2] = row.hour if carry[2] is None else max(carry[2], row.hour)
-                if fen == 0:
-                    continue
-                revenue = store.Entry(ledger.revenue_account(Utility(row.utility)), fen, row.meter_id, row.hour)
-                if row.account_id.startswith(COMMON):
-                    pool = "shared:" + row.account_id.removeprefix(COMMON)
-                    entries = [store.Entry(pool, -fen, row.meter_id, row.hour), revenue]
-                else:
-                    purse = purses[(row.account_id, row.utility)]
-                    sub = store.subsidy(purse)
-                    split = ledger.split_charge(fen, subsidy_left[sub])
-                    subsidy_left[sub] -= split.from_subsidy
-                    entries = [
-                        e
-                        for e in (
-                            store.Entry(purse, -split.from_paid, row.meter_id, row.hour),
-                            store.Entry(sub, -split.from_subsidy, row.meter_id, row.hour),
-                        )
-                        if e.amount
-                    ] + [revenue]
-                postings.append(store.Transaction("consumption", entries))
-            await store.post_many(conn, postings)
-            keys = sorted(carries)
+            shared = await balance_modes(conn, sorted({r.account_id for r in rows if not is_common(r.account_id)}))
+            # The ledger account each (meter, owner) is charged on: a household's purse or an estate's pool.
+            charged: dict[tuple[str, str], tuple[str, str]] = {}
+            for row in rows:
+                account = row.account_id
+                payer = common_pool(account) if is_common(account) else purse_for(account, Utility(row.utility), shared)
+                charged[(row.meter_id, account)] = (payer, row.utility)
+            accrual = ledger.HourlyAccrual(
+                {
+                    (payer, meter): carried[(meter, owner)].remainder
+                    for (meter, owner), (payer, _) in charged.items()
+                    if (meter, owner) in carried
+                },
+                {
+                    (payer, meter): carried[(meter, owner)].posted_through
+                    for (meter, owner), (payer, _) in charged.items()
+                    if (meter, owner) in carried and carried[(meter, owner)].posted_through is not None
+                },
+            )
+            for row in rows:
+                payer, utility = charged[(row.meter_id, row.account_id)]
+                revenue = ledger.revenue_account(Utility(utility))
+                accrual.add(household=payer, meter_id=row.meter_id, revenue=revenue, at=row.hour, amount=row.amount)
+            purses = sorted({payer for (_, owner), (payer, _) in charged.items() if not is_common(owner)})
+            subsidy = await store.balances(conn, [ledger.subsidy_account(purse) for purse in purses])
+            postings = accrual.flush(
+                before, subsidy_available={purse: subsidy[ledger.subsidy_account(purse)] for purse in purses}
+            )
+            await store.post_many(conn, [_transaction(posting) for posting in postings])
+            keys = sorted(charged)
+            remainders = accrual.carries
+            posted_through = accrual.flushed_through
             await conn.execute(
                 text(
                     "INSERT INTO billing.carries (meter_id, account_id, utility, remainder, posted_through) "
@@ -108,11 +103,18 @@ class LedgerPoster:
                     "posted_through = EXCLUDED.posted_through"
                 ),
                 {
-                    "m": [k[0] for k in keys],
-                    "a": [k[1] for k in keys],
-                    "u": [carries[k][1] for k in keys],
-                    "r": [carries[k][0] for k in keys],
-                    "p": [carries[k][2] for k in keys],
+                    "m": [meter for meter, _ in keys],
+                    "a": [owner for _, owner in keys],
+                    "u": [charged[key][1] for key in keys],
+                    "r": [remainders[(charged[key][0], key[0])] for key in keys],
+                    "p": [posted_through[(charged[key][0], key[0])] for key in keys],
                 },
             )
         return len(postings)
+
+
+def _transaction(posting: ledger.Posting) -> store.Transaction:
+    """A domain posting as the ledger table stores it: each line tagged with the meter and the hour."""
+    meter_id, hour = posting.meta["meter_id"], posting.occurred_at
+    entries = [store.Entry(line.account, line.amount, meter_id, hour) for line in posting.lines]
+    return store.Transaction(posting.kind.value, entries)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
 
 from shuidian_billing.domain import BillingDomainError
+from shuidian_billing.domain.meters import hour_start, open_hour
 from shuidian_billing.domain.periods import as_utc
 from shuidian_shared.messages import BalanceEventKind, BalanceLevel, Utility
 from shuidian_shared.money import CENT, Money, split_cents
@@ -31,7 +32,6 @@ from shuidian_shared.money import CENT, Money, split_cents
 ZERO = Decimal(0)
 SUBSIDY_FUND = "subsidy:fund"
 FEE_REVENUE = "revenue:fees"
-_HOUR = timedelta(hours=1)
 _EMPTY_META: Mapping[str, str] = MappingProxyType({})
 
 
@@ -42,7 +42,7 @@ class UnbalancedPosting(BillingDomainError):
 class PostingKind(StrEnum):
     """Why money moved."""
 
-    CONSUMPTION_CHARGE = "consumption_charge"
+    CONSUMPTION_CHARGE = "consumption"
     TOPUP = "topup"
     SUBSIDY_CREDIT = "subsidy_credit"
     REFUND = "refund"
@@ -268,13 +268,17 @@ def _require_who_and_why(operator: str, reason: str) -> None:
 
 
 class HourlyAccrual:
-    """Accumulates exact charges per (household account, meter, hour) and posts whole fen.
+    """Accumulates exact charges per (charged account, meter, hour) and posts whole fen: the rule the
+    ledger poster runs on every flush.
 
     A flushed hour posts its exact total plus the carried remainder, rounded toward zero to the
     fen (`split_cents`); the cut-off remainder is carried to that meter's next hour. So for any
     sequence of amounts, posted + carried == exact total, and a meter yields at most one
-    posting per hour (≤ 24 a day) whatever the reading rate. Amounts that arrive for an hour
-    already flushed are accrued to the meter's next open hour, which keeps that bound.
+    posting per hour (≤ 24 a day) whatever the reading rate. An amount belongs to the hour its
+    instant falls in, or to the meter's next open hour once that one was posted (`open_hour`).
+
+    The charged account is a household's purse, or an estate's shared pool for a common meter
+    (a pool has no subsidy). Postings come out ordered by meter, charged account and hour.
     """
 
     def __init__(
@@ -285,27 +289,24 @@ class HourlyAccrual:
         self._revenues: dict[tuple[str, str], str] = {}
         self._carries: dict[tuple[str, str], Decimal] = dict(carries or {})
         self._flushed: dict[tuple[str, str], datetime] = {
-            key: hour_of(at) for key, at in (flushed_through or {}).items()
+            key: hour_start(at) for key, at in (flushed_through or {}).items()
         }
         self._hours: dict[tuple[str, str], dict[datetime, Decimal]] = {}
 
     def add(self, *, household: str, meter_id: str, revenue: str, at: datetime, amount: Decimal) -> None:
-        """Accrue an exact (unrounded) charge for consumption that ended at `at`."""
+        """Accrue an exact (unrounded) charge for consumption at `at` (the end of what was priced)."""
         if amount < 0:
             raise BillingDomainError("an accrued charge cannot be negative")
         key = (household, meter_id)
         known = self._revenues.setdefault(key, revenue)
         if known != revenue:
             raise BillingDomainError(f"meter {meter_id} already accrues to {known}, not {revenue}")
-        hour = hour_of(at)
-        flushed = self._flushed.get(key)
-        if flushed is not None and hour <= flushed:
-            hour = flushed + _HOUR
+        hour = open_hour(at, self._flushed.get(key))
         hours = self._hours.setdefault(key, {})
         hours[hour] = hours.get(hour, ZERO) + amount
 
     def flush(self, before: datetime, *, subsidy_available: Mapping[str, Decimal] | None = None) -> list[Posting]:
-        """Post every accrued hour that ended at or before `before`, in hour order per meter.
+        """Post every accrued hour that began before `before` (pass an hour's start: the ended hours).
 
         `subsidy_available` maps a household account to its subsidy balance; it is drawn down
         across the postings of this flush so it is never spent twice.
@@ -313,15 +314,16 @@ class HourlyAccrual:
         cutoff = as_utc(before)
         subsidy = dict(subsidy_available or {})
         postings: list[Posting] = []
-        for key in sorted(self._hours):
+        for key in sorted(self._hours, key=lambda k: (k[1], k[0])):
             household, meter_id = key
             hours = self._hours[key]
-            for hour in sorted(h for h in hours if h + _HOUR <= cutoff):
+            for hour in sorted(h for h in hours if h < cutoff):
                 exact = hours.pop(hour)
                 carried_in = self._carries.get(key, ZERO)
                 posted, carried_out = split_cents(exact + carried_in)
                 self._carries[key] = carried_out
-                self._flushed[key] = hour
+                flushed = self._flushed.get(key)
+                self._flushed[key] = hour if flushed is None else max(flushed, hour)
                 if not posted:
                     continue
                 available = subsidy.get(household, ZERO)
@@ -335,7 +337,6 @@ class HourlyAccrual:
                         subsidy_available=available,
                         meta={
                             "meter_id": meter_id,
-                            "hour": hour.isoformat(),
                             "exact": str(exact),
                             "carried_in": str(carried_in),
                             "carried_out": str(carried_out),
@@ -364,12 +365,6 @@ class HourlyAccrual:
     def flushed_through(self) -> dict[tuple[str, str], datetime]:
         """Every meter's last posted hour, to persist across restarts."""
         return dict(self._flushed)
-
-
-def hour_of(at: datetime) -> datetime:
-    """The UTC hour an interval ending at `at` belongs to (an end exactly on the hour closes the hour before)."""
-    instant = as_utc(at) - timedelta(microseconds=1)
-    return instant.replace(minute=0, second=0, microsecond=0)
 
 
 _SEVERITY = {BalanceLevel.OK: 0, BalanceLevel.LOW_1: 1, BalanceLevel.LOW_2: 2, BalanceLevel.EXHAUSTED: 3}

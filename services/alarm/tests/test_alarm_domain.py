@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from shuidian_alarm import errors
 from shuidian_alarm.domain.alarms import decode_cursor, encode_cursor
+from shuidian_alarm.domain.detectors.thresholds import Measure, ThresholdRule
 from shuidian_alarm.domain.notify.delivery import DeliveryResult, RetryPolicy, first_due, next_attempt
+from shuidian_alarm.domain.rules import RuleSet, ScopedRule, StoredRule
+from shuidian_alarm.domain.scopes import RuleScope, ScopeLevel, ScopeTarget
 from shuidian_alarm.domain.work_orders import plan_update
 from shuidian_alarm.errors import AlarmError, InvalidQuery, InvalidTransition
 from shuidian_shared.messages import AlarmSeverity
@@ -145,3 +149,30 @@ def test_every_alarm_error_answers_with_its_status_and_code(error: type[AlarmErr
     raised = error("why")
     assert isinstance(raised, AlarmError)
     assert (raised.status_code, raised.code, raised.detail) == (status, code, "why")
+
+
+def test_a_rule_set_puts_stored_rules_over_the_defaults_most_specific_first() -> None:
+    everywhere, meter = RuleScope(level=ScopeLevel.DEFAULT), RuleScope(level=ScopeLevel.METER, key="m-1")
+    default = ThresholdRule(measure=Measure.OVER_VOLTAGE, limit=Decimal("235.4"))
+    estate_wide = ThresholdRule(measure=Measure.OVER_VOLTAGE, limit=Decimal("240"))
+    one_meter = ThresholdRule(measure=Measure.OVER_VOLTAGE, limit=Decimal("250"))
+    current = ThresholdRule(measure=Measure.OVER_CURRENT, limit=Decimal("60"))
+    rule_set = RuleSet(
+        [ScopedRule(scope=everywhere, rule=default), ScopedRule(scope=everywhere, rule=current)],
+        [
+            StoredRule(everywhere, "over_voltage", True, estate_wide, NOW),
+            StoredRule(meter, "over_voltage", True, one_meter, NOW),
+            StoredRule(meter, "over_current", False, current, NOW),
+        ],
+    )
+    # The stored default-scope rule replaces the built-in one: the built-in is no longer listed.
+    assert [(e.slot, e.rule, e.updated_at is None) for e in rule_set.entries()] == [
+        ("over_current", current, True),
+        ("over_voltage", estate_wide, False),
+        ("over_voltage", one_meter, False),
+        ("over_current", current, False),
+    ]
+    assert rule_set.rules_for(ScopeTarget(meter_id="m-2")) == {"over_current": current, "over_voltage": estate_wide}
+    # The meter's own rule wins, and its switched-off slot is gone for it alone.
+    assert rule_set.rules_for(ScopeTarget(meter_id="m-1")) == {"over_voltage": one_meter}
+    assert rule_set.rules_for(ScopeTarget(meter_id="m-1")) is rule_set.rules_for(ScopeTarget(meter_id="m-1"))

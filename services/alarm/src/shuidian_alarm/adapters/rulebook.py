@@ -9,38 +9,32 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_alarm.domain.rules import Rule, ScopedRule, default_rules, resolve_rules, rule_from_json, rule_to_json
+from shuidian_alarm.domain.rules import Rule, RuleSet, StoredRule, default_rules, rule_from_json, rule_to_json
 from shuidian_alarm.domain.scopes import RuleScope, ScopeLevel, ScopeTarget
 from shuidian_alarm.errors import NotFound
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StoredRule:
-    scope: RuleScope
-    slot: str
-    enabled: bool
-    rule: Rule
-    updated_at: datetime | None  # None: a built-in default
-
-
 class RuleBook:
+    """The stored rule configuration, kept in memory as a `RuleSet` that is replaced whenever the table changes."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._stored: list[StoredRule] = []
-        self._marker: tuple[Any, ...] | None = None
-        self._resolved: dict[ScopeTarget, dict[str, Rule]] = {}
-        self.version = object()  # a new object whenever the book changes, so callers can drop derived caches
         self._builtin = default_rules()
+        self._set = RuleSet(self._builtin)
+        self._marker: tuple[Any, ...] | None = None
+
+    @property
+    def version(self) -> object:
+        """A new object whenever the book changes, so callers can drop what they derived from it."""
+        return self._set
 
     async def load(self, conn: AsyncConnection | None = None) -> None:
         """Reload the stored rules if they changed since the last load."""
@@ -66,25 +60,15 @@ class RuleBook:
                 continue
             scope = RuleScope(level=ScopeLevel(row.scope_level), key=row.scope_key)
             stored.append(StoredRule(scope, row.slot, row.enabled, rule, row.updated_at))
-        self._stored, self._marker, self._resolved, self.version = stored, marker, {}, object()
+        self._set, self._marker = RuleSet(self._builtin, stored), marker
 
     def entries(self) -> list[StoredRule]:
         """Built-in defaults not overridden at the default scope, then every stored rule."""
-        overridden = {s.slot for s in self._stored if s.scope.level is ScopeLevel.DEFAULT}
-        builtin = [
-            StoredRule(d.scope, d.rule.slot, d.enabled, d.rule, None)
-            for d in self._builtin
-            if d.rule.slot not in overridden
-        ]
-        return builtin + self._stored
+        return self._set.entries()
 
     def rules_for(self, target: ScopeTarget) -> dict[str, Rule]:
-        """The effective rules of a meter or gateway, by slot (cached per target)."""
-        rules = self._resolved.get(target)
-        if rules is None:
-            scoped = [ScopedRule(scope=e.scope, rule=e.rule, enabled=e.enabled) for e in self.entries()]
-            rules = self._resolved[target] = resolve_rules(scoped, target)
-        return rules
+        """The effective rules of a meter or gateway, by slot."""
+        return self._set.rules_for(target)
 
     async def put(self, scope: RuleScope, slot: str, enabled: bool, rule: Rule) -> StoredRule:
         async with self._engine.begin() as conn:

@@ -10,7 +10,7 @@ outside `domain/` changes: the evaluator feeds every rule by what it declares.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -213,6 +213,47 @@ def default_rules() -> tuple[ScopedRule, ...]:
         BalanceMismatchRule(),
     ]
     return tuple(ScopedRule(scope=everywhere, rule=rule) for rule in rules)
+
+
+@dataclass(frozen=True)
+class StoredRule:
+    """A rule as configured: at a scope, for a slot, on or off; `updated_at` None for a built-in default."""
+
+    scope: RuleScope
+    slot: str
+    enabled: bool
+    rule: Rule
+    updated_at: datetime | None
+
+
+class RuleSet:
+    """The built-in defaults with the stored rules over them, and the effective rules per target (cached).
+
+    Never changed once built: a new configuration is a new RuleSet, so its identity tells derived caches apart.
+    """
+
+    def __init__(self, builtin: Sequence[ScopedRule], stored: Sequence[StoredRule] = ()) -> None:
+        self._builtin = tuple(builtin)
+        self._stored = tuple(stored)
+        self._resolved: dict[ScopeTarget, dict[str, Rule]] = {}
+
+    def entries(self) -> list[StoredRule]:
+        """Built-in defaults not overridden at the default scope, then every stored rule."""
+        overridden = {s.slot for s in self._stored if s.scope.level is ScopeLevel.DEFAULT}
+        builtin = [
+            StoredRule(d.scope, d.rule.slot, d.enabled, d.rule, None)
+            for d in self._builtin
+            if d.rule.slot not in overridden
+        ]
+        return builtin + list(self._stored)
+
+    def rules_for(self, target: ScopeTarget) -> dict[str, Rule]:
+        """The effective rules of a meter or gateway, by slot (cached per target)."""
+        rules = self._resolved.get(target)
+        if rules is None:
+            scoped = [ScopedRule(scope=e.scope, rule=e.rule, enabled=e.enabled) for e in self.entries()]
+            rules = self._resolved[target] = resolve_rules(scoped, target)
+        return rules
 
 
 # --- persistence --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from shuidian_billing.adapters.periodic import days_in_month, leased_days, prorate_fee, shared_area_weights
+from shuidian_billing.domain.fees import days_in_month, leased_days, prorate_fee, shared_area_weights
 from shuidian_billing.domain.tariffs import SharedBasis, allocate_shared_cost
 
 D = Decimal

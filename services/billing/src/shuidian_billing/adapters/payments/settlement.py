@@ -38,8 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.adapters.payments import ledger_port
 from shuidian_billing.adapters.payments.refunds import Refunds
-from shuidian_billing.adapters.periodic import LeaseTerm, month_start, post_fixed_fees
+from shuidian_billing.adapters.periodic import LeaseTerm, post_fixed_fees
 from shuidian_billing.adapters.premises import Premises
+from shuidian_billing.domain.fees import month_start
 from shuidian_billing.domain.meters import REGISTER
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
 from shuidian_billing.errors import Conflict, NotFound, PaymentError

@@ -14,6 +14,7 @@ from shuidian_alarm import errors
 from shuidian_alarm.domain.alarms import decode_cursor, encode_cursor
 from shuidian_alarm.domain.detectors.thresholds import Measure, ThresholdRule
 from shuidian_alarm.domain.notify.delivery import DeliveryResult, RetryPolicy, first_due, next_attempt
+from shuidian_alarm.domain.notify.preferences import TenantSettings, served_with_phone
 from shuidian_alarm.domain.rules import RuleSet, ScopedRule, StoredRule
 from shuidian_alarm.domain.scopes import RuleScope, ScopeLevel, ScopeTarget
 from shuidian_alarm.domain.work_orders import plan_update
@@ -176,3 +177,21 @@ def test_a_rule_set_puts_stored_rules_over_the_defaults_most_specific_first() ->
     # The meter's own rule wins, and its switched-off slot is gone for it alone.
     assert rule_set.rules_for(ScopeTarget(meter_id="m-1")) == {"over_voltage": one_meter}
     assert rule_set.rules_for(ScopeTarget(meter_id="m-1")) is rule_set.rules_for(ScopeTarget(meter_id="m-1"))
+
+
+PHONES = [
+    (("app", "sms"), "13800000000", ("app", "sms")),
+    (("app", "sms"), "+8613800000000", ("app", "sms")),
+    (("app", "sms"), None, ("app",)),  # billing has no phone any more
+    (("sms", "email"), "", ("email",)),
+    (("sms",), "not a phone", ()),
+    (("app", "email"), None, ("app", "email")),  # no SMS chosen: nothing to stop
+]
+
+
+@pytest.mark.parametrize(("chosen", "phone", "served"), PHONES)
+def test_sms_is_served_only_with_a_usable_phone(
+    chosen: tuple[str, ...], phone: str | None, served: tuple[str, ...]
+) -> None:
+    settings = TenantSettings(channels=chosen, quiet_hours="22:00-07:00")
+    assert served_with_phone(settings, phone) == TenantSettings(channels=served, quiet_hours="22:00-07:00")

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_alarm.domain.notify.preferences import MANAGED, PHONE, Saved, TenantSettings, managed_subscriptions
+from shuidian_alarm.domain.notify.preferences import (
+    MANAGED,
+    Saved,
+    TenantSettings,
+    managed_subscriptions,
+    served_with_phone,
+)
 from shuidian_alarm.errors import VersionConflict
 from shuidian_shared import topics
 from shuidian_shared.messages import TenantContact
@@ -165,14 +170,13 @@ class Preferences:
             if taken is None or row is None:
                 return taken is not None  # older than what alarm holds; or recorded for the tenant's first save
             settings = TenantSettings.from_json(row.settings)
-            served = settings
-            if "sms" in settings.channels and not (contact.phone and PHONE.match(contact.phone)):
+            served = served_with_phone(settings, contact.phone)
+            if served != settings:
                 log.warning(
                     "tenant %s chose SMS but billing now has no usable phone (%r): SMS stopped until it has one",
                     tenant_id,
                     contact.phone,
                 )
-                served = replace(settings, channels=tuple(c for c in settings.channels if c != "sms"))
             await conn.execute(
                 text("UPDATE alarm.tenant_settings SET phone = :p WHERE tenant_id = :t"),
                 {"t": tenant_id, "p": contact.phone},

@@ -25,7 +25,7 @@ announces a phone again; nothing is texted to nobody.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import time
 from typing import Any, Final
 
@@ -120,3 +120,11 @@ def managed_subscriptions(
         }
         for name in settings.channels
     ]
+
+
+def served_with_phone(settings: TenantSettings, phone: str | None) -> TenantSettings:
+    """What can be served of `settings` with this phone: without a usable one, every channel but SMS (the tenant's
+    choice itself is kept, and SMS comes back with a phone)."""
+    if "sms" in settings.channels and not (phone and PHONE.match(phone)):
+        return replace(settings, channels=tuple(c for c in settings.channels if c != "sms"))
+    return settings

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from shuidian_protocols import dlt645
 from shuidian_simulator import Simulator
 from shuidian_simulator.api.control import create_control_app
+from shuidian_simulator.errors import AddressRejected
 from shuidian_simulator.estate import Estate, Fault, FaultKind
 
 A1, A2, NEW = "000000000001", "000000000002", "000000000099"
@@ -283,7 +284,7 @@ async def test_replacement_restarts_the_register_at_a_new_address() -> None:
         assert after < Decimal(5)
         event = sim.truth("E-1")["events"][0]
         assert (event["kind"], event["address_before"], event["address"]) == ("replacement", A1, NEW)
-        with pytest.raises(ValueError, match="taken"):
+        with pytest.raises(AddressRejected, match="taken"):
             sim.set_fault("E-2", Fault(kind=FaultKind.REPLACEMENT, address=NEW))
 
 

@@ -389,6 +389,3 @@ class GatewayPoller:
         finally:
             if self._stopped:  # replaced while the command ran (on the shared gate): its link is closed again
                 await bus.link.close()
-
-    def meter(self, meter_id: str) -> MeterConfig:
-        return self._meters[meter_id][1]

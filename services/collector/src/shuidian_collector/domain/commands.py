@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from shuidian_collector.errors import CommandRejected, CommandUnsupported
+from shuidian_protocols import dlt645
 from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, RelayState, ValveState
 
 
@@ -81,3 +82,16 @@ def unsupported(kind: CommandKind, device: str, why: str = "") -> CommandOutcome
     return CommandOutcome(
         CommandStatus.UNSUPPORTED, f"表计不支持此命令 {kind.value}: not supported by {device} meters{because}"
     )
+
+
+def dlt645_confirms(status: dlt645.StatusWord3, kind: CommandKind) -> bool:
+    """Whether DL/T 645 status word 3 read back shows the relay command `kind` carried out."""
+    if kind is CommandKind.KEEP_POWER_ON:
+        return status.keep_power
+    if kind is CommandKind.KEEP_POWER_OFF:
+        return not status.keep_power
+    if kind is CommandKind.TRIP:
+        return status.relay_open
+    if kind is CommandKind.DIRECT_CLOSE:
+        return not status.relay_open
+    return not status.relay_commanded_trip  # close-allowed: the meter may re-close; the tenant closes it

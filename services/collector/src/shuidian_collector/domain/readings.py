@@ -1,4 +1,6 @@
-"""Reading rules without I/O: how often a poll reports a meter's clock offset and when it is flagged as drift."""
+"""Reading rules without I/O: the canonical values every driver publishes (tariff register names, volume in m³,
+relay and valve states, the leakage flag) and how often a poll reports a meter's clock offset, flagged as drift
+beyond the tolerance."""
 
 from __future__ import annotations
 
@@ -7,7 +9,42 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from shuidian_shared.messages import CLOCK_OFFSET, ReadingFlag
+from shuidian_protocols import cjt188
+from shuidian_shared.messages import CLOCK_OFFSET, ReadingFlag, RelayState, ValveState
+
+# Canonical names of tariff registers 1..4 (尖 峰 平 谷), as billing's time-of-use pricing names them.
+TARIFF_REGISTERS = tuple(f"energy_tariff_{n}" for n in range(1, 5))
+
+# Volume units a water meter may report, as the factor that turns them into m³.
+TO_M3 = {cjt188.Unit.M3: Decimal(1), cjt188.Unit.LITRE: Decimal("0.001")}
+
+CJT188_VALVES = {
+    cjt188.ValveState.OPEN: ValveState.OPEN,
+    cjt188.ValveState.CLOSED: ValveState.CLOSED,
+    cjt188.ValveState.ABNORMAL: ValveState.ABNORMAL,
+}
+
+
+def tariff_registers(tariffs: list[Decimal]) -> dict[str, Decimal]:
+    """Tariffs 1..4 under their canonical names; none when a meter has more (they have no canonical name)."""
+    if len(tariffs) > len(TARIFF_REGISTERS):
+        return {}
+    return dict(zip(TARIFF_REGISTERS, tariffs, strict=False))
+
+
+def relay_from_code(value: Decimal) -> RelayState:
+    """A profile's `relay_open` register: 1 open, 0 closed, anything else unknown."""
+    return RelayState.OPEN if value == 1 else RelayState.CLOSED if value == 0 else RelayState.UNKNOWN
+
+
+def valve_from_code(value: Decimal) -> ValveState:
+    """A profile's `valve_state` register: 0 open, 1 closed, anything else abnormal."""
+    return ValveState.OPEN if value == 0 else ValveState.CLOSED if value == 1 else ValveState.ABNORMAL
+
+
+def leaking(alarm: Decimal | None, residual_ma: Decimal | None, threshold_ma: Decimal) -> bool:
+    """The meter's own leakage alarm is set, or the residual current reaches the threshold."""
+    return bool(alarm) or (residual_ma is not None and residual_ma >= threshold_ma)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from shuidian_simulator.adapters import cjt188_meter, dlt645_meter, modbus_devic
 from shuidian_simulator.adapters.bus import Handler, LineDiscipline, SimBus
 from shuidian_simulator.domain.consumption import ConsumptionModel
 from shuidian_simulator.domain.meter import SimClock, SimMeter
+from shuidian_simulator.errors import AddressRejected
 from shuidian_simulator.estate import Estate, Fault, FaultKind, Protocol
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,9 @@ class Simulator:
         else:
             valid = address.isdigit() and len(address) == (14 if bus.spec.protocol is Protocol.CJT188 else 12)
         if not valid:
-            raise ValueError(f"address {address} is not valid on a {bus.spec.protocol} bus")
+            raise AddressRejected(f"address {address} is not valid on a {bus.spec.protocol} bus")
         if any(m.address == address and m.spec.id != meter_id for m in bus.meters.values()):
-            raise ValueError(f"address {address} is taken on bus {bus.spec.id}")
+            raise AddressRejected(f"address {address} is taken on bus {bus.spec.id}")
 
     def truth(self, meter_id: str, since: float | None = None, until: float | None = None) -> dict[str, Any]:
         """Ground truth of a meter: true consumption by interval (real epoch seconds), relay history, events."""

@@ -21,16 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from shuidian_simulator.domain.meter import SimMeter
+from shuidian_simulator.errors import StateError
 from shuidian_simulator.estate import Fault, FaultKind
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
 SAVE_INTERVAL_S = 10.0
-
-
-class StateError(ValueError):
-    """The state file cannot be used: not JSON, another version, or a meter entry that does not parse."""
 
 
 def snapshot(meters: Mapping[str, SimMeter]) -> dict[str, Any]:
@@ -127,7 +124,7 @@ def restore(meters: Mapping[str, SimMeter], data: Any) -> int:
         probe = SimMeter(spec=meter.spec, model=meter.model, clock=meter.clock, faults=dict(meter.faults))
         try:
             _restore_one(probe, entry)
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, StateError) as err:
             raise StateError(f"meter {meter_id}: {err}") from err
         staged[meter_id] = probe
     for meter_id, entry in entries.items():

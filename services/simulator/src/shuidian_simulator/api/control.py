@@ -10,6 +10,7 @@ from shuidian_kit.errors import Conflict, NotFound
 from shuidian_kit.service import install_error_handlers
 from shuidian_simulator.adapters.simulator import Simulator
 from shuidian_simulator.domain.meter import SimMeter
+from shuidian_simulator.errors import AddressRejected
 from shuidian_simulator.estate import Fault, FaultKind
 
 
@@ -77,7 +78,7 @@ def create_control_app(sim: Simulator) -> FastAPI:
             raise Conflict(f"故障类型不一致 · the body's kind {fault.kind} is not {kind}", code="kind_mismatch")
         try:
             sim.set_fault(meter_id, fault or Fault(kind=kind))
-        except ValueError as err:
+        except AddressRejected as err:
             raise Conflict(f"表计地址不可用 · {err}", code="address_rejected") from err
         return meter_view(get_meter(meter_id))
 

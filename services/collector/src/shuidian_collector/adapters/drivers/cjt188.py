@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from shuidian_collector.adapters.drivers import read_back
@@ -20,18 +19,11 @@ from shuidian_collector.domain.commands import (
     unsupported,
 )
 from shuidian_collector.domain.devices import BusConfig, MeterConfig
-from shuidian_collector.domain.readings import CLOCK_DEFAULTS, ClockPolicy, ClockWatch
+from shuidian_collector.domain.readings import CJT188_VALVES, CLOCK_DEFAULTS, TO_M3, ClockPolicy, ClockWatch
 from shuidian_protocols import cjt188
 from shuidian_protocols.errors import DeviceError, ProtocolError
-from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, ReadingFlag, ValveState
+from shuidian_shared.messages import CommandKind, CommandRequested, CommandStatus, Reading, ReadingFlag
 
-# Volume units a water meter may report, as the factor that turns them into m³.
-_TO_M3 = {cjt188.Unit.M3: Decimal(1), cjt188.Unit.LITRE: Decimal("0.001")}
-_VALVES = {
-    cjt188.ValveState.OPEN: ValveState.OPEN,
-    cjt188.ValveState.CLOSED: ValveState.CLOSED,
-    cjt188.ValveState.ABNORMAL: ValveState.ABNORMAL,
-}
 _VALVE_COMMANDS = {CommandKind.VALVE_OPEN: True, CommandKind.VALVE_CLOSE: False}
 
 
@@ -83,7 +75,7 @@ class Cjt188Driver:
 
     async def read(self, channel: Channel, meter: MeterConfig) -> Reading:
         data, sampled_at = await self._current(channel, meter.address)
-        factor = _TO_M3.get(data.unit)
+        factor = TO_M3.get(data.unit)
         if factor is None:
             raise ProtocolError(f"meter {meter.meter_id} reports volume in {data.unit.name}, not a water unit")
         flags = {ReadingFlag.BATTERY_LOW} if data.status.battery_low else set()
@@ -97,7 +89,7 @@ class Cjt188Driver:
             meter.utility,
             sampled_at,
             registers=registers,
-            valve=_VALVES[data.status.valve],
+            valve=CJT188_VALVES[data.status.valve],
             flags=frozenset(flags),
         )
 
@@ -122,11 +114,15 @@ class Cjt188Driver:
         if not ok:
             return CommandOutcome(
                 CommandStatus.FAILED,
-                f"accepted but the valve did not move (valve {_VALVES[valve].value})",
+                f"accepted but the valve did not move (valve {CJT188_VALVES[valve].value})",
                 frame,
-                valve=_VALVES[valve],
+                valve=CJT188_VALVES[valve],
                 response_frame=answer,
             )
         return CommandOutcome(
-            CommandStatus.CONFIRMED, "valve state read back matches", frame, valve=_VALVES[valve], response_frame=answer
+            CommandStatus.CONFIRMED,
+            "valve state read back matches",
+            frame,
+            valve=CJT188_VALVES[valve],
+            response_frame=answer,
         )

@@ -22,11 +22,18 @@ from shuidian_collector.domain.commands import (
     CommandOutcome,
     ConfirmPolicy,
     Patience,
+    dlt645_confirms,
     requested_parameter,
     unsupported,
 )
 from shuidian_collector.domain.devices import BusConfig, MeterConfig
-from shuidian_collector.domain.readings import CLOCK_DEFAULTS, ClockPolicy, ClockWatch
+from shuidian_collector.domain.readings import (
+    CLOCK_DEFAULTS,
+    TARIFF_REGISTERS,
+    ClockPolicy,
+    ClockWatch,
+    tariff_registers,
+)
 from shuidian_collector.errors import BusError, CommandRejected, WriteRefused
 from shuidian_protocols import dlt645
 from shuidian_protocols.errors import DeviceError, ProtocolError, ValueEncodingError
@@ -47,9 +54,6 @@ DI_STATUS_WORD_3 = 0x04000503
 DI_DATE = 0x04000101
 DI_TIME = 0x04000102
 DI_1997_ENERGY_FORWARD_TOTAL = 0x9010
-
-# Canonical names of tariff registers 1..4 (尖 峰 平 谷), as billing's time-of-use pricing names them.
-TARIFF_REGISTERS = tuple(f"energy_tariff_{n}" for n in range(1, 5))
 
 # Parameters a parameter_write may set: canonical name → DI (the catalogue gives the layout and unit).
 WRITABLE: Mapping[str, int] = MappingProxyType(
@@ -169,8 +173,7 @@ class Dlt645Driver:
                     raise ProtocolError(f"unexpected energy block {block!r}")
                 total, *tariffs = block
                 registers = {"energy_active_import_total": total}
-                if len(tariffs) <= len(TARIFF_REGISTERS):  # more tariffs than 尖峰平谷 have no canonical name
-                    registers |= dict(zip(TARIFF_REGISTERS, tariffs, strict=False))
+                registers |= tariff_registers(tariffs)
                 return registers, sampled_at
         total = await self._read_decimal(channel, meter.address, DI_ENERGY_FORWARD_TOTAL)
         sampled_at = datetime.now(UTC)
@@ -266,7 +269,7 @@ class Dlt645Driver:
             return CommandOutcome(CommandStatus.FAILED, _refusal(err), frame, response_frame=answer)
         # The relay takes a moment to move: read the state back a few times before judging.
         status, ok = await read_back(
-            lambda: self._status(channel, meter.address), lambda s: _matches(s, request.kind), self._confirm
+            lambda: self._status(channel, meter.address), lambda s: dlt645_confirms(s, request.kind), self._confirm
         )
         relay = RelayState.OPEN if status.relay_open else RelayState.CLOSED
         if not ok:
@@ -439,15 +442,3 @@ class Dlt645v1997Driver:
 
     async def command(self, channel: Channel, meter: MeterConfig, request: CommandRequested) -> CommandOutcome:
         return unsupported(request.kind, "DL/T 645-1997")
-
-
-def _matches(status: dlt645.StatusWord3, kind: CommandKind) -> bool:
-    if kind is CommandKind.KEEP_POWER_ON:
-        return status.keep_power
-    if kind is CommandKind.KEEP_POWER_OFF:
-        return not status.keep_power
-    if kind is CommandKind.TRIP:
-        return status.relay_open
-    if kind is CommandKind.DIRECT_CLOSE:
-        return not status.relay_open
-    return not status.relay_commanded_trip  # close-allowed: the meter may re-close; the tenant closes it

@@ -29,6 +29,7 @@ from shuidian_collector.domain.commands import (
     unsupported,
 )
 from shuidian_collector.domain.devices import BusConfig, MeterConfig
+from shuidian_collector.domain.readings import leaking, relay_from_code, valve_from_code
 from shuidian_collector.errors import BusGarbled, BusLinkError, BusTimeout, CommandRejected, CommandUnsupported
 from shuidian_protocols.errors import DeviceError, ProtocolError, ValueEncodingError
 from shuidian_protocols.modbus_profiles import (
@@ -46,8 +47,6 @@ from shuidian_shared.messages import (
     CommandStatus,
     Reading,
     ReadingFlag,
-    RelayState,
-    ValveState,
 )
 
 # Command kind → (profile control action, state register to read back, value that confirms it).
@@ -58,7 +57,6 @@ _ACTIONS: dict[CommandKind, tuple[str, str, Callable[[Decimal], bool]]] = {
     CommandKind.VALVE_OPEN: ("valve_open", "valve_state", lambda v: v == 0),
     CommandKind.VALVE_CLOSE: ("valve_close", "valve_state", lambda v: v == 1),
 }
-_STATE_REGISTERS = ("relay_open", "valve_state")
 
 
 class ModbusLink:
@@ -94,14 +92,6 @@ class ModbusLink:
 
     async def close(self) -> None:
         self.client.close()
-
-
-def _relay(value: Decimal) -> RelayState:
-    return RelayState.OPEN if value == 1 else RelayState.CLOSED if value == 0 else RelayState.UNKNOWN
-
-
-def _valve(value: Decimal) -> ValveState:
-    return ValveState.OPEN if value == 0 else ValveState.CLOSED if value == 1 else ValveState.ABNORMAL
 
 
 def _pdu(unit: int, function: int, address: int, values: list[int]) -> bytes:
@@ -198,16 +188,18 @@ class ModbusDriver:
         relay = values.pop("relay_open", None)
         valve = values.pop("valve_state", None)
         alarm = values.pop("leakage_alarm", None)
-        residual = values.get(RESIDUAL_CURRENT)
-        leaking = bool(alarm) or (residual is not None and residual >= self._leakage_threshold_ma)
         return Reading.create(
             meter.meter_id,
             meter.utility,
             sampled_at,
             registers=values,
-            relay=None if relay is None else _relay(relay),
-            valve=None if valve is None else _valve(valve),
-            flags=frozenset({ReadingFlag.LEAKAGE} if leaking else ()),
+            relay=None if relay is None else relay_from_code(relay),
+            valve=None if valve is None else valve_from_code(valve),
+            flags=frozenset(
+                {ReadingFlag.LEAKAGE}
+                if leaking(alarm, values.get(RESIDUAL_CURRENT), self._leakage_threshold_ma)
+                else ()
+            ),
         )
 
     async def command(self, channel: Channel, meter: MeterConfig, request: CommandRequested) -> CommandOutcome:
@@ -261,8 +253,8 @@ class ModbusDriver:
             return (await self._registers(channel, unit, profile, [state_register]))[0][state_register]
 
         value, ok = await read_back(state, confirms, self._confirm)
-        relay = _relay(value) if state_register == "relay_open" else None
-        valve = _valve(value) if state_register == "valve_state" else None
+        relay = relay_from_code(value) if state_register == "relay_open" else None
+        valve = valve_from_code(value) if state_register == "valve_state" else None
         if not ok:
             return CommandOutcome(
                 CommandStatus.FAILED, f"written but {state_register} reads {value}", sent, relay, valve, answers

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
+from shuidian_alarm.adapters.alarms import AlarmService
 from shuidian_alarm.api.deps import Alarms
 from shuidian_alarm.api.schemas import NEXT_CURSOR, Cursor, Filter, Instant, Limit, Name, Strict
 from shuidian_alarm.domain.alarms import AlarmQuery
@@ -17,6 +18,14 @@ from shuidian_alarm.errors import InvalidQuery
 from shuidian_kit.service_auth import Acting
 
 router = APIRouter()
+
+
+async def _page(alarms: AlarmService, response: Response, query: AlarmQuery) -> list[dict[str, Any]]:
+    """One page of history; the next page's cursor in the `X-Next-Cursor` header when more may follow."""
+    found, more = await alarms.query(query)
+    if more:
+        response.headers[NEXT_CURSOR] = more
+    return found
 
 
 class AlarmOut(BaseModel):
@@ -74,7 +83,9 @@ async def list_alarms(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> list[dict[str, Any]]:
-    found, more = await alarms.query(
+    return await _page(
+        alarms,
+        response,
         AlarmQuery(
             estate=estate,
             building=building,
@@ -87,11 +98,8 @@ async def list_alarms(
             until=until,
             limit=limit,
             cursor=cursor,
-        )
+        ),
     )
-    if more:
-        response.headers[NEXT_CURSOR] = more
-    return found
 
 
 @router.get("/alarms/{alarm_id}", response_model=AlarmOut, tags=["alarms"], summary="One alarm")
@@ -129,7 +137,9 @@ async def faults(
 ) -> list[dict[str, Any]]:
     if fault_type is not None and fault_type not in FAULT_TYPES:
         raise InvalidQuery(f"fault_type must be one of {sorted(FAULT_TYPES)}")
-    found, more = await alarms.query(
+    return await _page(
+        alarms,
+        response,
         AlarmQuery(
             estate=estate,
             building=building,
@@ -141,8 +151,5 @@ async def faults(
             until=until,
             limit=limit,
             cursor=cursor,
-        )
+        ),
     )
-    if more:
-        response.headers[NEXT_CURSOR] = more
-    return found

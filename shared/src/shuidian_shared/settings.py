@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -23,7 +24,8 @@ MIN_SERVICE_TOKEN_SECRET_BYTES = 32
 class ServiceSettings(BaseSettings):
     """Settings every service has."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    # hide_input_in_errors: a refused setting's error must not print the environment (secrets) to the log.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True, hide_input_in_errors=True)
 
     environment: Literal["dev", "test", "prod"] = "dev"
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -33,6 +35,11 @@ class ServiceSettings(BaseSettings):
     )
     database_pool_size: int = 10
     mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", validation_alias="MQTT_URL")
+    # TLS to the broker: an mqtts:// URL turns it on (the system's CAs verify the broker unless a CA
+    # file is given); a client certificate and key authenticate the service where the broker asks for one.
+    mqtt_tls_ca_file: Path | None = Field(default=None, validation_alias="MQTT_TLS_CA_FILE")
+    mqtt_tls_cert_file: Path | None = Field(default=None, validation_alias="MQTT_TLS_CERT_FILE")
+    mqtt_tls_key_file: Path | None = Field(default=None, validation_alias="MQTT_TLS_KEY_FILE")
     # The HS256 key of service tokens (shuidian_kit.service_auth): the gateway signs every call to a
     # backend with it and every backend refuses a request without one. The same on every service.
     service_token_secret: SecretStr = Field(
@@ -80,5 +87,19 @@ class ServiceSettings(BaseSettings):
                 if value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS or len(value.get_secret_value()) < 16
             ]
             if weak:
-                raise ValueError(f"placeholder or weak secret(s) outside dev: {', '.join(sorted(weak))}")
+                names = ", ".join(f"{self.env_name(name)} ({name})" for name in sorted(weak))
+                raise ValueError(
+                    f"生产/测试环境拒绝占位或过短的密钥，请设置随机值后重启 · placeholder or weak secret(s) outside "
+                    f"dev, the service will not start until each is a random value (openssl rand -base64 48): {names}"
+                )
+        if (self.mqtt_tls_cert_file is None) != (self.mqtt_tls_key_file is None):
+            raise ValueError("MQTT_TLS_CERT_FILE and MQTT_TLS_KEY_FILE go together")
         return self
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable a field is read from (its alias, or the service's prefix + its name)."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, str):
+            return alias
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()

@@ -21,8 +21,10 @@ import contextlib
 import inspect
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -57,18 +59,38 @@ class BrokerAddress:
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
+        """mqtt://[user:password@]host[:1883], or mqtts://…[:8883] for TLS."""
         parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"MQTT_URL must look like mqtt://host:port, got {url!r}")
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
+            raise ValueError(f"MQTT_URL must look like mqtt://host:port or mqtts://host:port, got {url!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
         return cls(
             host=parts.hostname,
-            port=parts.port or 1883,
+            port=parts.port or (8883 if tls else 1883),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
+            tls=tls,
         )
+
+
+def tls_context(
+    address: BrokerAddress, ca_file: Path | None = None, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.SSLContext | None:
+    """The TLS context of an mqtts:// broker: its certificate checked against `ca_file` (or the system's
+    CAs) and its host name, and the service's client certificate offered when given. None for mqtt://."""
+    if not address.tls:
+        if ca_file or cert_file or key_file:
+            raise ValueError("MQTT TLS files are set but MQTT_URL is not mqtts://")
+        return None
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file is not None:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return context
 
 
 @dataclass(frozen=True)
@@ -101,8 +123,13 @@ class MqttLink:
         backoff_max: float = 5.0,
         max_inflight: int = 100,
         handler_attempts: int = 3,
+        tls_ca_file: Path | None = None,
+        tls_cert_file: Path | None = None,
+        tls_key_file: Path | None = None,
     ) -> None:
         self.address = BrokerAddress.parse(url)
+        # Built here, so a missing or unreadable certificate stops the service at start.
+        self._tls = tls_context(self.address, tls_ca_file, tls_cert_file, tls_key_file)
         self.service = service
         self.instance = instance
         self.client_id = f"{service}-{instance}"[:64]
@@ -151,6 +178,7 @@ class MqttLink:
                 self.address.port,
                 username=self.address.username,
                 password=self.address.password,
+                tls_context=self._tls,
                 identifier=self.client_id,
                 clean_session=self._clean_session,
                 keepalive=30,

@@ -58,6 +58,9 @@ class Runtime:
                 service=service,
                 instance=settings.instance_id,
                 clean_session=settings.mqtt_clean_session,
+                tls_ca_file=settings.mqtt_tls_ca_file,
+                tls_cert_file=settings.mqtt_tls_cert_file,
+                tls_key_file=settings.mqtt_tls_key_file,
             )
             outbox = Outbox(engine, mqtt, schema)
             dead_letters = DeadLetters(engine, schema, service, instance=settings.instance_id, outbox=outbox)

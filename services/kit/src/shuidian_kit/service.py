@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shuidian_kit.db import create_engine, ping
 from shuidian_kit.deadletters import DeadLetters
 from shuidian_kit.errors import Conflict, NotFound, ServiceError
+from shuidian_kit.httpmetrics import HttpMetrics
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
@@ -226,6 +227,7 @@ def serve(app: FastAPI, settings: ServiceSettings, service: str, server_class: t
     from shuidian_kit.logs import configure_logging
 
     configure_logging(service, settings.log_level)
+    app.add_middleware(HttpMetrics, service=service)
     # proxy_headers off: uvicorn would otherwise take X-Forwarded-For from any local peer as the client's
     # address; a service that sits behind a proxy decides whom to believe itself (GATEWAY_TRUSTED_PROXIES).
     config = uvicorn.Config(

@@ -22,7 +22,7 @@ from shuidian_billing.adapters import store
 from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.adapters.payments.online import OnlinePayments, Providers
 from shuidian_billing.adapters.statements import statement
-from shuidian_billing.api.usage import Granularity, usage_history
+from shuidian_billing.adapters.usage import Granularity, usage_history
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack.benchkit import emit
 from shuidian_kit.db import create_engine

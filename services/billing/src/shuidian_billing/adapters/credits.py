@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +18,7 @@ from shuidian_billing.adapters.levels import BalanceLevels
 from shuidian_billing.domain import ledger
 from shuidian_billing.errors import BillingError, Conflict, NotFound
 from shuidian_kit.outbox import Outbox
-from shuidian_shared.messages import Utility
+from shuidian_shared.messages import Utility, utcnow
 
 # The ledger account each payment channel's money comes in through.
 CHANNEL_ACCOUNTS = {channel.value: ledger.channel_account(channel) for channel in ledger.TopupChannel}
@@ -25,10 +27,13 @@ CHANNEL_ACCOUNTS = {channel.value: ledger.channel_account(channel) for channel i
 class Credits:
     """Top-ups, subsidies and reversals, each in one transaction that re-evaluates balance levels."""
 
-    def __init__(self, engine: AsyncEngine, outbox: Outbox, levels: BalanceLevels) -> None:
+    def __init__(
+        self, engine: AsyncEngine, outbox: Outbox, levels: BalanceLevels, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self._engine = engine
         self._outbox = outbox
         self._levels = levels
+        self._clock = clock
 
     async def top_up(
         self,
@@ -60,12 +65,16 @@ class Credits:
                     raise Conflict("idempotency key already used for a different payment", code="idempotency_conflict")
                 return {**_payment_out(existing._asdict()), "replayed": True}
             purse = await self._levels.purse_of(conn, account_id, utility)
-            txn_id = await store.post(
-                conn,
-                "topup",
-                [store.Entry(purse, amount), store.Entry(CHANNEL_ACCOUNTS[channel], -amount)],
-                memo=f"{channel} {reference or ''}".strip(),
+            txn_id = uuid.uuid4()
+            posting = ledger.topup_posting(
+                str(txn_id),
+                household=purse,
+                amount=amount,
+                channel=ledger.TopupChannel(channel),
+                occurred_at=self._clock(),
             )
+            memo = f"{channel} {reference or ''}".strip()
+            await store.post_many(conn, [store.transaction_of(posting, txn_id, memo=memo)])
             balance = (await store.balances(conn, [purse]))[purse]
             payment = {
                 "payment_id": uuid.uuid4(),
@@ -108,13 +117,10 @@ class Credits:
                 if existing.fingerprint != fingerprint:
                     raise Conflict("idempotency key already used for a different subsidy", code="idempotency_conflict")
                 return {**_subsidy_out(existing._asdict()), "replayed": True}
-            account = store.subsidy(await self._levels.purse_of(conn, account_id, utility))
-            txn_id = await store.post(
-                conn,
-                "subsidy_credit",
-                [store.Entry(account, amount), store.Entry(ledger.SUBSIDY_FUND, -amount)],
-                memo=program,
-            )
+            purse = await self._levels.purse_of(conn, account_id, utility)
+            txn_id = uuid.uuid4()
+            posting = ledger.subsidy_posting(str(txn_id), household=purse, amount=amount, occurred_at=self._clock())
+            await store.post_many(conn, [store.transaction_of(posting, txn_id, memo=program)])
             row = {
                 "subsidy_id": uuid.uuid4(),
                 "account_id": account_id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import UTC, datetime
 
 from sqlalchemy import text
@@ -90,7 +91,13 @@ class LedgerPoster:
             postings = accrual.flush(
                 before, subsidy_available={purse: subsidy[ledger.subsidy_account(purse)] for purse in purses}
             )
-            await store.post_many(conn, [_transaction(posting) for posting in postings])
+            await store.post_many(
+                conn,
+                [
+                    store.transaction_of(p, uuid.uuid4(), meter_id=p.meta["meter_id"], period_start=p.occurred_at)
+                    for p in postings
+                ],
+            )
             keys = sorted(charged)
             remainders = accrual.carries
             posted_through = accrual.flushed_through
@@ -111,10 +118,3 @@ class LedgerPoster:
                 },
             )
         return len(postings)
-
-
-def _transaction(posting: ledger.Posting) -> store.Transaction:
-    """A domain posting as the ledger table stores it: each line tagged with the meter and the hour."""
-    meter_id, hour = posting.meta["meter_id"], posting.occurred_at
-    entries = [store.Entry(line.account, line.amount, meter_id, hour) for line in posting.lines]
-    return store.Transaction(posting.kind.value, entries)

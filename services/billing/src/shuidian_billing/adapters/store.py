@@ -15,6 +15,7 @@ from decimal import Decimal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shuidian_billing.domain import ledger
 from shuidian_shared.messages import Utility
 
 
@@ -68,6 +69,19 @@ class Transaction:
     memo: str = ""
     reverses: uuid.UUID | None = None
     txn_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+def transaction_of(
+    posting: ledger.Posting,
+    txn_id: uuid.UUID,
+    *,
+    memo: str = "",
+    meter_id: str | None = None,
+    period_start: datetime | None = None,
+) -> Transaction:
+    """A domain posting as the ledger table stores it (every line tagged with the meter and period, if any)."""
+    entries = [Entry(line.account, line.amount, meter_id, period_start) for line in posting.lines]
+    return Transaction(posting.kind.value, entries, memo, txn_id=txn_id)
 
 
 async def post(

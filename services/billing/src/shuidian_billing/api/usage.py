@@ -4,7 +4,7 @@ monthly statements (JSON, CSV, PDF) and the explanation of any ledger transactio
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -14,12 +14,11 @@ from fastapi import APIRouter, Query
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing.adapters import statements
+from shuidian_billing.adapters import statements, usage
+from shuidian_billing.adapters.usage import Granularity, household_usage, usage_history
 from shuidian_billing.api.deps import RuntimeDep
-from shuidian_billing.errors import NotFound
 from shuidian_kit.service import Runtime
 from shuidian_shared.contracts import billing as contracts
 from shuidian_shared.messages import AwareDatetime
@@ -57,7 +56,6 @@ class AccountUsageOut(BaseModel):
     buckets: list[UsageBucket]
 
 
-Granularity = Literal["hour", "day", "month"]
 # The widest range one request may ask for, per granularity (bounded work for a phone chart).
 MAX_RANGE = {"hour": timedelta(days=31), "day": timedelta(days=400), "month": timedelta(days=3700)}
 DEFAULT_RANGE = {"hour": timedelta(hours=48), "day": timedelta(days=31), "month": timedelta(days=366)}
@@ -65,59 +63,6 @@ DEFAULT_RANGE = {"hour": timedelta(hours=48), "day": timedelta(days=31), "month"
 
 def _respond(data: Any) -> JSONResponse:
     return JSONResponse(jsonable_encoder(data, custom_encoder={Decimal: str}))
-
-
-def _buckets(rows: Iterable[Any], tz: ZoneInfo) -> list[dict[str, Any]]:
-    """One usage bucket per row of (bucket, utility, quantity, cost, hours)."""
-    return [
-        {
-            "start": row.bucket.replace(tzinfo=tz).isoformat(),
-            "utility": row.utility,
-            "quantity": row.quantity,
-            "unit": statements.UNITS.get(row.utility, ""),
-            "cost": row.cost,
-            "hours": row.hours,
-        }
-        for row in rows
-    ]
-
-
-async def usage_history(
-    engine: AsyncEngine, meter_id: str, granularity: Granularity, start: datetime, end: datetime, tz: ZoneInfo
-) -> list[dict[str, Any]]:
-    """Quantity and exact cost per local hour, day or month: one indexed range query on (meter_id, hour)."""
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT date_trunc(:g, hour AT TIME ZONE :tz) AS bucket, min(utility) AS utility, "
-                "sum(quantity) AS quantity, sum(cost) AS cost, count(*) AS hours "
-                "FROM billing.usage_hourly WHERE meter_id = :m AND hour >= :s AND hour < :e GROUP BY 1 ORDER BY 1"
-            ),
-            {"g": granularity, "tz": str(tz), "m": meter_id, "s": start, "e": end},
-        )
-        return _buckets(rows, tz)
-
-
-async def household_usage(
-    engine: AsyncEngine, account_id: str, granularity: Granularity, start: datetime, end: datetime, tz: ZoneInfo
-) -> list[dict[str, Any]]:
-    """A household's usage and exact cost per utility and local bucket, from the charge decomposition:
-    it follows the household across meter replacements and moves (index on (account_id, hour))."""
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            text(
-                # Each usage component prices the whole quantity, so one component's lines give the
-                # quantity, while the cost is the sum over every component.
-                "WITH per_component AS (SELECT c.meter_id, c.hour, t.utility, c.component, sum(c.quantity) AS q, "
-                "  sum(c.amount) AS a FROM billing.charge_lines c JOIN billing.tariffs t USING (tariff_id) "
-                "  WHERE c.account_id = :acc AND c.hour >= :s AND c.hour < :e GROUP BY 1, 2, 3, 4), "
-                "per_hour AS (SELECT meter_id, hour, utility, max(q) AS q, sum(a) AS a FROM per_component GROUP BY 1, 2, 3) "
-                "SELECT date_trunc(:g, hour AT TIME ZONE :tz) AS bucket, utility, sum(q) AS quantity, sum(a) AS cost, "
-                "count(DISTINCT hour) AS hours FROM per_hour GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
-            {"g": granularity, "tz": str(tz), "acc": account_id, "s": start, "e": end},
-        )
-        return _buckets(rows, tz)
 
 
 def _range(
@@ -196,22 +141,7 @@ async def meter_usage(
     summary="最新读数 · The last register values billed for a meter (its watermarks); 404 before the first",
 )
 async def latest_reading(meter_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                text(
-                    "SELECT register, value, sampled_at FROM billing.watermarks WHERE meter_id = :m ORDER BY register"
-                ),
-                {"m": meter_id},
-            )
-        ).all()
-    if not rows:
-        raise NotFound(f"表计 {meter_id} 尚无读数 · no reading billed for meter {meter_id}")
-    return {
-        "meter_id": meter_id,
-        "sampled_at": max(r.sampled_at for r in rows),
-        "registers": {r.register: r.value for r in rows},
-    }
+    return await usage.latest_reading(runtime.engine, meter_id)
 
 
 @router.get(

@@ -1,5 +1,5 @@
 """The only place payments touch the core billing service: credit through the idempotent top-up,
-debit through the documented ledger posting (`store.post`), read refundable credit per purse,
+debit through the domain's refund posting (`ledger.refund_posting`), read refundable credit per purse,
 re-evaluate balance levels after a debit, and — for a move-out settlement — bill closing readings
 down the ordinary reading path and post every ended hour."""
 
@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shuidian_billing.adapters import store
 from shuidian_billing.adapters.billing import Billing
-from shuidian_billing.adapters.credits import CHANNEL_ACCOUNTS
-from shuidian_shared.messages import ReadingBatch, Utility
+from shuidian_billing.domain import ledger
+from shuidian_shared.messages import ReadingBatch, Utility, utcnow
 from shuidian_shared.money import split_cents
 
 ZERO = Decimal("0.00")
@@ -58,11 +58,22 @@ async def refundable_credit(billing: Billing, conn: AsyncConnection, account_id:
     return result
 
 
-async def debit_refund(conn: AsyncConnection, *, purse: str, amount: Decimal, channel: str, memo: str) -> uuid.UUID:
+async def debit_refund(
+    conn: AsyncConnection, *, purse: str, amount: Decimal, channel: str, operator: str, reason: str, memo: str
+) -> uuid.UUID:
     """Post a refund: the purse's credit goes back out through the channel it came in on."""
-    return await store.post(
-        conn, "refund", [store.Entry(purse, -amount), store.Entry(CHANNEL_ACCOUNTS[channel], amount)], memo=memo
+    txn_id = uuid.uuid4()
+    posting = ledger.refund_posting(
+        str(txn_id),
+        household=purse,
+        amount=amount,
+        channel=ledger.TopupChannel(channel),
+        occurred_at=utcnow(),
+        operator=operator,
+        reason=reason,
     )
+    await store.post_many(conn, [store.transaction_of(posting, txn_id, memo=memo)])
+    return txn_id
 
 
 async def after_debit(billing: Billing, conn: AsyncConnection, account_id: str) -> None:

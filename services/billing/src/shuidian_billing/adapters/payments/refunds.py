@@ -172,6 +172,8 @@ class Refunds:
             purse=purse,
             amount=amount,
             channel=payment.channel,
+            operator=operator,
+            reason=reason,
             memo=f"refund of {payment.payment_id} by {operator}: {reason}",
         )
         return (

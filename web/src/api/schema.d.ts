@@ -2847,21 +2847,21 @@ export interface components {
              * @default 20.00
              * @example 50.00
              */
-            low_1: string;
+            low_1?: string;
             /**
              * Low 2
              * @description second low-balance warning level
              * @default 5.00
              * @example 50.00
              */
-            low_2: string;
+            low_2?: string;
             /**
              * Grace Credit
              * @description overdraft allowed before supply is cut
              * @default 0.00
              * @example 50.00
              */
-            grace_credit: string;
+            grace_credit?: string;
             /**
              * Estate Id
              * @description the estate decides whether balances are shared
@@ -3123,7 +3123,7 @@ export interface components {
              * Ttl Seconds
              * @default 600
              */
-            ttl_seconds: number;
+            ttl_seconds?: number;
             /** Parameters */
             parameters?: {
                 [key: string]: string;
@@ -3132,12 +3132,12 @@ export interface components {
              * Override Windows
              * @default false
              */
-            override_windows: boolean;
+            override_windows?: boolean;
             /**
              * Lift Keep Power
              * @default false
              */
-            lift_keep_power: boolean;
+            lift_keep_power?: boolean;
         };
         /**
          * BindingIn
@@ -3218,17 +3218,17 @@ export interface components {
              * Baud
              * @default 2400
              */
-            baud: number;
+            baud?: number;
             /**
              * Timeout Ms
              * @default 1000
              */
-            timeout_ms: number;
+            timeout_ms?: number;
             /**
              * Retries
              * @default 1
              */
-            retries: number;
+            retries?: number;
         };
         /** BusRecordOut */
         BusRecordOut: {
@@ -3378,7 +3378,7 @@ export interface components {
              * Ttl Seconds
              * @default 600
              */
-            ttl_seconds: number;
+            ttl_seconds?: number;
             /** Parameters */
             parameters?: {
                 [key: string]: string;
@@ -3388,13 +3388,13 @@ export interface components {
              * @description cut off inside a protected window (needs commands:trip)
              * @default false
              */
-            override_windows: boolean;
+            override_windows?: boolean;
             /**
              * Lift Keep Power
              * @description clear the household's 保电 flag (needs commands:trip)
              * @default false
              */
-            lift_keep_power: boolean;
+            lift_keep_power?: boolean;
         };
         /**
          * CommandKind
@@ -3466,14 +3466,14 @@ export interface components {
              * @description 水电一卡通: water and electricity share one balance
              * @default true
              */
-            shared_balance: boolean;
+            shared_balance?: boolean;
             /**
              * Shared Basis
              * @description how 公摊 is shared
              * @default area
              * @enum {string}
              */
-            shared_basis: "area" | "equal";
+            shared_basis?: "area" | "equal";
         };
         /** EstateMetersOut */
         EstateMetersOut: {
@@ -3505,34 +3505,34 @@ export interface components {
              * @description null with nights_end: no night window
              * @default 22:00:00
              */
-            nights_start: string | null;
+            nights_start?: string | null;
             /**
              * Nights End
              * @default 07:00:00
              */
-            nights_end: string | null;
+            nights_end?: string | null;
             /**
              * Weekends
              * @default true
              */
-            weekends: boolean;
+            weekends?: boolean;
             /**
              * Holidays
              * @description statutory holidays; dates the calendar does not know count too
              * @default true
              */
-            holidays: boolean;
+            holidays?: boolean;
             /**
              * Restore
              * @default direct_close
              * @enum {string}
              */
-            restore: "direct_close" | "close_allowed";
+            restore?: "direct_close" | "close_allowed";
             /**
              * Prepaid Water
              * @default false
              */
-            prepaid_water: boolean;
+            prepaid_water?: boolean;
         } | {
             nights_start?: string;
             nights_end?: string;
@@ -3551,7 +3551,7 @@ export interface components {
              * Name
              * @default service_fee
              */
-            name: string;
+            name?: string;
             /**
              * Amount Per Month
              * @description CNY as a decimal string, at most 9999999.99
@@ -3570,7 +3570,7 @@ export interface components {
              * Name
              * @default flat
              */
-            name: string;
+            name?: string;
             /**
              * Unit Price
              * @description CNY per kWh or m³, up to six decimals
@@ -3616,7 +3616,7 @@ export interface components {
              * Name
              * @default
              */
-            name: string;
+            name?: string;
             /**
              * Shard
              * @description pin to a collector shard; default: by hash
@@ -3855,7 +3855,7 @@ export interface components {
              * Poll Interval S
              * @default 60
              */
-            poll_interval_s: number;
+            poll_interval_s?: number;
         };
         /** MeterRecordOut */
         MeterRecordOut: {
@@ -4042,17 +4042,17 @@ export interface components {
              * Low Balance
              * @default true
              */
-            low_balance: boolean;
+            low_balance?: boolean;
             /**
              * Alarms
              * @default true
              */
-            alarms: boolean;
+            alarms?: boolean;
             /**
              * Statements
              * @default true
              */
-            statements: boolean;
+            statements?: boolean;
             /** Channels */
             channels?: components["schemas"]["Channel"][];
             /** Quiet Hours */
@@ -4409,7 +4409,7 @@ export interface components {
              * Household Size
              * @default 1
              */
-            household_size: number;
+            household_size?: number;
         };
         /** RoomLeaseOut */
         RoomLeaseOut: {
@@ -4493,7 +4493,7 @@ export interface components {
              * Enabled
              * @default true
              */
-            enabled: boolean;
+            enabled?: boolean;
             /**
              * Rule
              * @description the rule, with its "kind", e.g. {"kind": "threshold", ...}
@@ -4567,7 +4567,7 @@ export interface components {
              * Reason
              * @default 退租结算 · move-out settlement
              */
-            reason: string;
+            reason?: string;
             /**
              * Move Out
              * @description ends the lease on this local date first, if still open
@@ -4595,7 +4595,7 @@ export interface components {
              * @default 0.00
              * @example 50.00
              */
-            opening_float: string;
+            opening_float?: string;
         };
         /**
          * SubscriptionIn
@@ -4644,13 +4644,13 @@ export interface components {
              * @default zh-CN
              * @enum {string}
              */
-            language: "zh-CN" | "en";
+            language?: "zh-CN" | "en";
             /**
              * Min Severity
              * @default warning
              * @enum {string}
              */
-            min_severity: "info" | "warning" | "major" | "critical";
+            min_severity?: "info" | "warning" | "major" | "critical";
             /** Alarm Types */
             alarm_types?: string[] | null;
             /** Quiet Start */
@@ -4798,7 +4798,7 @@ export interface components {
              * Phone
              * @default
              */
-            phone: string;
+            phone?: string;
         };
         /** TenantLeaseOut */
         TenantLeaseOut: {
@@ -4856,7 +4856,7 @@ export interface components {
              * @default 0
              * @example 412.37
              */
-            extra_width_per_person: string;
+            extra_width_per_person?: string;
         };
         /** TieredIn */
         TieredIn: {
@@ -4869,13 +4869,13 @@ export interface components {
              * Name
              * @default tiered
              */
-            name: string;
+            name?: string;
             /**
              * Period
              * @default month
              * @enum {string}
              */
-            period: "month" | "year";
+            period?: "month" | "year";
             /** Base Household Size */
             base_household_size?: number | null;
             /** Blocks */
@@ -4898,7 +4898,7 @@ export interface components {
              * @default bearer
              * @constant
              */
-            token_type: "bearer";
+            token_type?: "bearer";
             /**
              * Expires In
              * @description seconds the access token stays valid
@@ -4921,7 +4921,7 @@ export interface components {
              * Name
              * @default tou
              */
-            name: string;
+            name?: string;
             /** Rates */
             rates: components["schemas"]["TouRateIn"][];
             /** Segments */
@@ -4986,7 +4986,7 @@ export interface components {
              * Display Name
              * @default
              */
-            display_name: string;
+            display_name?: string;
             /** Role */
             role: ("system_admin" | "estate_manager" | "cashier" | "maintenance" | "finance") | "tenant";
             /**
@@ -5225,7 +5225,7 @@ export interface components {
              * @default sandbox
              * @enum {string}
              */
-            provider: "sandbox" | "wechat" | "alipay";
+            provider?: "sandbox" | "wechat" | "alipay";
         };
         /**
          * KeepPowerIn
@@ -5244,7 +5244,7 @@ export interface components {
              * Note
              * @default
              */
-            note: string;
+            note?: string;
         };
         /**
          * KeepPowerIn
@@ -5263,7 +5263,7 @@ export interface components {
              * Note
              * @default
              */
-            note: string;
+            note?: string;
         };
         /**
          * TopUpIn
@@ -5285,7 +5285,7 @@ export interface components {
              * @default cash
              * @enum {string}
              */
-            channel: "cash" | "bank" | "wechat" | "alipay" | "sandbox";
+            channel?: "cash" | "bank" | "wechat" | "alipay" | "sandbox";
             /**
              * Reference
              * @description receipt or provider transaction id

@@ -191,7 +191,7 @@ async def test_statement_as_csv_and_pdf(app: FastAPI, client: httpx.AsyncClient)
     assert pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-")
     assert b"/Type /Page" in pdf.content
-    assert b"STSong-Light" in pdf.content
+    assert b"/FontFile2" in pdf.content  # the Chinese font is embedded (tests/unit/test_statement_pdf.py)
     assert pdf.content.rstrip().endswith(b"%%EOF")
 
 

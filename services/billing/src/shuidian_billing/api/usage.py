@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_billing.adapters import statements, usage
+from shuidian_billing.adapters import statement_pdf, statements, usage
 from shuidian_billing.adapters.usage import Granularity, household_usage, usage_history
 from shuidian_billing.api.deps import RuntimeDep
 from shuidian_kit.service import Runtime
@@ -178,7 +178,7 @@ async def monthly_statement(
         )
     if format == "pdf":
         return Response(
-            statements.to_pdf(doc),
+            await statement_pdf.render_pdf(doc),
             media_type="application/pdf",
             headers={"Content-Disposition": f'inline; filename="{filename}.pdf"'},
         )

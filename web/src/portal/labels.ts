@@ -39,3 +39,8 @@ export function chargeLabel(component: string, label: string, t: Translate): str
   const rate = rateLabel(label, t)
   return DEFAULT_COMPONENTS.has(component) ? rate : `${component} · ${rate}`
 }
+
+/** The unit a tenant's bill uses for a utility: 度 / 吨 (kWh / m³ in English). */
+export function unitOf(utility: string, t: Translate): string {
+  return t(`portal.unit.${utility === 'water' ? 'water' : 'electricity'}`)
+}

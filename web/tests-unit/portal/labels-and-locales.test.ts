@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { messageKeys } from '@/shared/i18n'
-import { chargeLabel, rateLabel } from '@/portal/labels'
+import { chargeLabel, rateLabel, unitOf } from '@/portal/labels'
 import { validAmount } from '@/portal/topup'
 import zh from '@/portal/locales/zh-CN'
 import en from '@/portal/locales/en'
@@ -41,6 +41,12 @@ describe('tariff lines in a tenant’s words', () => {
     ['阶梯水价', '一档', '阶梯水价 · 第1档'],
   ])('%s/%s is %s', (component, label, shown) => {
     expect(chargeLabel(component, label, t)).toBe(shown)
+  })
+})
+
+describe('units on a bill', () => {
+  it('are 度 for electricity and 吨 for water', () => {
+    expect([unitOf('electricity', t), unitOf('water', t)]).toEqual(['度', '吨'])
   })
 })
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_billing.adapters.billing import Billing
-from shuidian_billing.errors import Conflict
+from shuidian_billing.errors import BillingError, Conflict, NotFound
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack.billing_harness import flat_priced_engine
 from shuidian_kit.mqtt import MqttLink
@@ -176,6 +176,26 @@ async def test_top_up_is_idempotent_and_a_conflicting_replay_is_refused(engine: 
     with pytest.raises(Conflict):
         await billing.credits.top_up(account, Decimal("60.00"), "wechat", "wx-1", "key-0001")
     assert await ledger_sum(engine, account) == Decimal("50.00")
+
+
+@pytest.mark.parametrize(
+    ("low_1", "low_2", "grace"),
+    [("5", "5", "0"), ("5", "6", "0"), ("5", "0", "0"), ("5", "-1", "2"), ("5", "1", "-1")],
+)
+async def test_thresholds_the_levels_cannot_use_are_refused_when_saved(
+    engine: AsyncEngine, low_1: str, low_2: str, grace: str
+) -> None:
+    # The rule that classifies balances (level1 > level2 > −grace, warning levels not negative) is the
+    # one an account is checked against when saved: none is saved that would fail its first top-up.
+    billing = make_billing(engine)
+    account = f"acc-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(BillingError) as refused:
+        await billing.accounts.put_account(account, "t", Decimal(low_1), Decimal(low_2), Decimal(grace))
+    assert (refused.value.status_code, refused.value.code) == (422, "invalid_thresholds")
+    with pytest.raises(NotFound):
+        await billing.accounts.account(account)
+    await billing.accounts.put_account(account, "t", Decimal("5"), Decimal("1"), Decimal("0"))
+    assert (await billing.credits.top_up(account, Decimal("3.00"), "cash", None, f"k-{account}"))["amount"] == 3
 
 
 async def test_exhaustion_and_restoration_emit_one_event_each(engine: AsyncEngine) -> None:

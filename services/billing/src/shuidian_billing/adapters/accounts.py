@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_billing.adapters import store
 from shuidian_billing.adapters.sql import decimals
+from shuidian_billing.domain import BillingDomainError, ledger
 from shuidian_billing.errors import BillingError, Conflict, NotFound
 from shuidian_shared.messages import Utility
 
@@ -46,10 +47,17 @@ class Accounts:
         estate_id: str | None = None,
         conn: AsyncConnection | None = None,
     ) -> None:
-        if not low_1 >= low_2 >= 0 or grace < 0:
+        """Create or update an account; its thresholds must be ones the balance levels can use."""
+        try:
+            if low_2 < 0:
+                raise BillingDomainError("low_2 cannot be negative")
+            ledger.BalanceThresholds(level1=low_1, level2=low_2, grace_credit=grace)
+        except BillingDomainError as err:
             raise BillingError(
-                "thresholds must satisfy low_1 ≥ low_2 ≥ 0 and grace ≥ 0", code="invalid_thresholds", status_code=422
-            )
+                f"余额阈值须满足 low_1 > low_2 ≥ 0 且 low_2 > −grace_credit · {err}",
+                code="invalid_thresholds",
+                status_code=422,
+            ) from err
         statement = text(
             "INSERT INTO billing.accounts (account_id, name, low_1, low_2, grace_credit, estate_id) "
             "VALUES (:a, :n, :l1, :l2, :g, :e) ON CONFLICT (account_id) DO UPDATE SET name = EXCLUDED.name, "

@@ -310,7 +310,7 @@ def _table(rows: Sequence[Sequence[str]], widths: Sequence[float], style: Paragr
 
 
 def render(doc: Mapping[str, Any]) -> bytes:
-    """The statement as an A4 PDF with its font embedded (a subset: a statement is some 40 kB)."""
+    """The statement as an A4 PDF with its font embedded (a subset: a one-page statement is some 25 kB)."""
     printed = layout(doc)
     with _render_turn:
         font, missing = font_for(printed.characters())

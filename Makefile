@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PACKAGES := shared services/kit services/protocols services/collector services/billing services/control services/alarm \
-            services/api-gateway services/simulator services/devstack services/sdk
+            services/api-gateway services/simulator services/devstack services/sdk services/insights
 STAMP  := $(VENV)/.installed
 
 .PHONY: install run test test-unit check lint typecheck imports fmt bench chaos lock clean up down web web-api web-test

@@ -15,6 +15,7 @@
 | shuidian/v1/tenants/{tenant_id}/contact | billing | 1, retained | TenantContact |
 | shuidian/v1/alarms/{alarm_type} | alarm | 1 | AlarmEvent |
 | shuidian/v1/tenants/{tenant_id}/notifications | alarm | 1 | TenantNotification |
+| shuidian/v1/insights/line-loss/{group_id} | insights | 1 | LineLossExceeded (contracts.insights) |
 | shuidian/v1/status/{service}/{instance} | every service | 1, retained, last will | ServiceStatus |
 """
 
@@ -92,6 +93,11 @@ def tenant_notifications(tenant_id: str) -> str:
     return f"{ROOT}/tenants/{_segment(tenant_id)}/notifications"
 
 
+def line_loss(group_id: str) -> str:
+    """A line-loss group lost more than its threshold over a complete day (insights → alarm)."""
+    return f"{ROOT}/insights/line-loss/{_segment(group_id)}"
+
+
 def service_status(service: str, instance: str) -> str:
     return f"{ROOT}/status/{_segment(service)}/{_segment(instance)}"
 
@@ -116,6 +122,7 @@ ALL_COMMAND_UPDATES = f"{ROOT}/meters/+/command-update"
 ALL_BALANCES = f"{ROOT}/accounts/+/balance"
 ALL_READINGS_HELD = f"{ROOT}/meters/+/reading-held"
 ALL_ALARMS = f"{ROOT}/alarms/+"
+ALL_LINE_LOSS = f"{ROOT}/insights/line-loss/+"
 ALL_SERVICE_STATUS = f"{ROOT}/status/+/+"
 
 

@@ -1,0 +1,1 @@
+"""Shuidian insights: the reading archive (抄表记录), saving advice, habits, tariff what-if and line loss."""

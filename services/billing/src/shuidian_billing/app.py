@@ -18,13 +18,13 @@ from shuidian_billing.adapters.payments.refunds import Refunds
 from shuidian_billing.adapters.payments.reviews import ReviewQueue
 from shuidian_billing.adapters.payments.settlement import LeaseSettlements
 from shuidian_billing.adapters.periodic import PeriodRuns
-from shuidian_billing.adapters.premises import ImportRefused, Premises
+from shuidian_billing.adapters.premises import Premises
 from shuidian_billing.api.core import router
 from shuidian_billing.api.deps import Channels, Container
 from shuidian_billing.api.lifecycle import router as lifecycle_router
 from shuidian_billing.api.payments import router as payments_router
 from shuidian_billing.api.usage import router as usage_router
-from shuidian_billing.errors import BillingError
+from shuidian_billing.errors import BillingError, ImportRefused
 from shuidian_billing.settings import BillingSettings
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem

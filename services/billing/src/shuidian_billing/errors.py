@@ -17,6 +17,8 @@ It imports nothing, so the pure domain raises the same root as the adapters.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BillingError(Exception):
     """Root of every error billing raises; carries the HTTP answer it maps to."""
@@ -60,3 +62,14 @@ class CallbackRejected(PaymentError):
 
     status_code = 400
     code = "callback_rejected"
+
+
+class ImportRefused(BillingError):
+    """The CSV had errors; nothing was imported."""
+
+    status_code = 422
+    code = "import_refused"
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} line(s) refused; nothing was imported")
+        self.errors = errors

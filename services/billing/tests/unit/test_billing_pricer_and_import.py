@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shuidian_billing.adapters.premises import parse_estate_csv
 from shuidian_billing.domain import tariffs
+from shuidian_billing.domain.estate_csv import parse_estate_csv
 from shuidian_billing.domain.meters import Owner, split_by_owner
 from shuidian_billing.domain.tariff_config import FixedIn, FlatIn, Pricer, StoredVersion, to_domain
 from shuidian_shared.messages import Utility

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Body, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from shuidian_billing.adapters.periodic import parse_month
-from shuidian_billing.adapters.premises import CSV_COLUMNS
 from shuidian_billing.api import listings, reports
 from shuidian_billing.api.deps import BillingDep, PeriodsDep, PremisesDep
 from shuidian_billing.domain import BillingDomainError, consumption
+from shuidian_billing.domain.estate_csv import CSV_COLUMNS
 from shuidian_billing.domain.tariff_config import ComponentIn
 from shuidian_billing.errors import BillingError
 from shuidian_kit.service_auth import Acting

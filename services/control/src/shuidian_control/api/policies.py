@@ -12,6 +12,7 @@ from shuidian_control.adapters.parts import ControlParts
 from shuidian_control.api.common import MAX_BATCH, Actor, Parts, Reason, StrictIn
 from shuidian_control.domain.policies import ALL_ESTATES, EstateSettings, KeepPowerReason
 from shuidian_control.errors import NotFound
+from shuidian_shared.contracts.control import KeepPowerOut
 from shuidian_shared.messages import CommandKind, Identifier
 
 router = APIRouter()
@@ -77,15 +78,6 @@ async def get_building(building_id: Identifier, control: Parts) -> dict[str, Any
 class KeepPowerIn(StrictIn):
     reason: KeepPowerReason
     note: str = Field(default="", max_length=500)
-
-
-class KeepPowerOut(BaseModel):
-    scope: str
-    subject: str
-    reason: str
-    note: str
-    set_by: str
-    set_at: datetime
 
 
 @router.get("/keep-power", response_model=list[KeepPowerOut], summary="保电 flags in force")

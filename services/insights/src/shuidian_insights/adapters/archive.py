@@ -148,24 +148,29 @@ class Archive:
 
     async def profile_day(self, conn: AsyncConnection, day: date) -> int:
         """The day's use per local hour for every meter read that day: the difference between the last
-        samples of consecutive hours of its usage register (a decrease — rollover, replacement — counts 0;
-        the use of hours without a sample lands in the next hour with one)."""
+        samples of consecutive hours of its usage register. An hour is (h, h+1]: the sample taken on the
+        hour closes the hour before it. A decrease (rollover, replacement) counts 0; the use of hours
+        without a sample lands in the next hour with one."""
         start, end = self.local_midnight(day), self.local_midnight(day + timedelta(days=1))
         result = await conn.execute(
             text(
                 """
                 WITH last_of_hour AS (
-                    SELECT DISTINCT ON (meter_id, date_trunc('hour', read_at)) meter_id, read_at, value
-                    FROM insights.readings
-                    WHERE read_at >= :since AND read_at < :end AND register = ANY(:registers)
-                    ORDER BY meter_id, date_trunc('hour', read_at), read_at DESC
+                    SELECT DISTINCT ON (meter_id, hour) meter_id, hour, value
+                    FROM (
+                        SELECT meter_id, read_at, value,
+                               date_trunc('hour', read_at - interval '1 microsecond') AS hour
+                        FROM insights.readings
+                        WHERE read_at > :since AND read_at <= :end AND register = ANY(:registers)
+                    ) samples
+                    ORDER BY meter_id, hour, read_at DESC
                 ), deltas AS (
-                    SELECT meter_id, read_at,
-                           greatest(value - lag(value) OVER (PARTITION BY meter_id ORDER BY read_at), 0) AS q
+                    SELECT meter_id, hour,
+                           greatest(value - lag(value) OVER (PARTITION BY meter_id ORDER BY hour), 0) AS q
                     FROM last_of_hour
                 ), hours AS (
-                    SELECT meter_id, extract(hour FROM read_at AT TIME ZONE :tz)::int AS h, sum(q) AS q
-                    FROM deltas WHERE read_at >= :start AND q IS NOT NULL GROUP BY 1, 2
+                    SELECT meter_id, extract(hour FROM hour AT TIME ZONE :tz)::int AS h, sum(q) AS q
+                    FROM deltas WHERE hour >= :start AND q IS NOT NULL GROUP BY 1, 2
                 )
                 INSERT INTO insights.daily_profiles (meter_id, day, by_hour, hours_known)
                 SELECT m.meter_id, :day, array_agg(coalesce(hours.q, 0) ORDER BY g.h), count(hours.q)

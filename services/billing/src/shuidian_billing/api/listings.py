@@ -1,35 +1,23 @@
-"""Staff listings: estates, buildings, rooms, tenants and payments — filtered, sorted and paged
-(limit/offset, the api-gateway's cursor carries the offset) in one indexed SQL statement each.
-
-Every order ends on the primary key, so pages are stable; filters are conjunctive, so a building
-or account outside the named estate lists nothing; an unknown estate is a 404, an unknown sort
-field or a malformed filter a 422.
-"""
+"""HTTP routes of listings: parse, call `adapters.listings`, answer (the queries live there)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shuidian_billing.adapters.credits import CHANNEL_ACCOUNTS
+from shuidian_billing.adapters import listings as queries
+from shuidian_billing.adapters.listings import MAX_LIMIT, Channel, PaymentState
 from shuidian_billing.api.deps import RuntimeDep
-from shuidian_billing.errors import BillingError, NotFound
 from shuidian_shared.contracts import billing as contracts
 from shuidian_shared.messages import BalanceLevel, Utility
 from shuidian_shared.money import Money
 
-router = APIRouter(tags=["listings"])  # included under /v1 by api.py
-
-MAX_LIMIT = 1000
+router = APIRouter(tags=["listings"])  # included under /v1 by api/core.py
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="rows to skip (the gateway's cursor)")]
 SortParam = Annotated[
@@ -37,65 +25,6 @@ SortParam = Annotated[
 ]
 Fragment = Annotated[str | None, Query(min_length=1, max_length=64, description="case-insensitive fragment")]
 EstateFilter = Annotated[str | None, Query(min_length=1, max_length=64, description="only this estate")]
-Channel = Literal["cash", "bank", "wechat", "alipay", "sandbox"]
-assert set(Channel.__args__) == set(CHANNEL_ACCOUNTS)  # type: ignore[attr-defined]
-
-
-class ListingError(BillingError):
-    status_code = 422
-    code = "invalid_listing_request"
-
-
-def order_by(sort: str | None, columns: Mapping[str, str], default: str, key: str) -> str:
-    """An ORDER BY clause from a whitelisted sort field (422 otherwise), ending on the unique `key`."""
-    field = sort or default
-    column = columns.get(field.lstrip("-"))
-    if column is None:
-        raise ListingError(
-            f"不能按 {field.lstrip('-')} 排序 · cannot sort by {field.lstrip('-')}; one of: {', '.join(sorted(columns))}",
-            code="invalid_sort",
-        )
-    direction = "DESC NULLS LAST" if field.startswith("-") else "ASC NULLS FIRST"
-    return f"ORDER BY {column} {direction}, {key} {'DESC' if field.startswith('-') else 'ASC'}"
-
-
-def like(fragment: str | None) -> str | None:
-    """A LIKE pattern matching `fragment` anywhere, its wildcards taken literally."""
-    if fragment is None:
-        return None
-    escaped = fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def page(rows: list[dict[str, Any]], limit: int, offset: int) -> dict[str, Any]:
-    """The page of `rows` (fetched with one extra row to tell whether another page follows)."""
-    return {"items": rows[:limit], "next_offset": offset + limit if len(rows) > limit else None}
-
-
-async def require_estate(conn: AsyncConnection, estate_id: str | None) -> None:
-    if estate_id is None:
-        return
-    found = await conn.execute(text("SELECT 1 FROM billing.estates WHERE estate_id = :e"), {"e": estate_id})
-    if found.first() is None:
-        raise NotFound(f"没有小区 {estate_id} · no estate {estate_id}")
-
-
-def instant(value: str | None, name: str, tz: ZoneInfo) -> datetime | None:
-    """A query bound: a local date (its local midnight) or an aware ISO 8601 instant."""
-    if value is None:
-        return None
-    try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=tz).astimezone(UTC)
-        parsed = datetime.fromisoformat(value)
-    except ValueError as err:
-        raise ListingError(f"{name}: not a date (YYYY-MM-DD) or an ISO 8601 instant", code="invalid_range") from err
-    if parsed.tzinfo is None:
-        raise ListingError(f"{name}: an instant needs its UTC offset", code="invalid_range")
-    return parsed.astimezone(UTC)
-
-
-# --- estates and buildings ----------------------------------------------------------------------
 
 
 class EstateOut(BaseModel):
@@ -114,23 +43,6 @@ class EstatePage(BaseModel):
     next_offset: int | None
 
 
-ESTATES_SQL = """
-SELECT e.estate_id, e.name, e.shared_balance, e.shared_basis, e.created_at,
-       (SELECT count(*) FROM billing.buildings b WHERE b.estate_id = e.estate_id) AS buildings,
-       coalesce(r.rooms, 0) AS rooms, coalesce(r.occupied, 0) AS occupied_rooms
-FROM billing.estates e
-LEFT JOIN LATERAL (
-    SELECT count(*) AS rooms, count(occ.hit) AS occupied
-    FROM billing.buildings b JOIN billing.floors f USING (building_id) JOIN billing.rooms rm USING (floor_id)
-    LEFT JOIN LATERAL (SELECT 1 AS hit FROM billing.leases l WHERE l.room_id = rm.room_id
-        AND l.starts_at <= now() AND (l.ends_at IS NULL OR l.ends_at > now()) LIMIT 1) occ ON true
-    WHERE b.estate_id = e.estate_id
-) r ON true
-WHERE (CAST(:e AS text) IS NULL OR e.estate_id = :e) AND (CAST(:name AS text) IS NULL OR e.name ILIKE :name)
-"""
-ESTATE_SORTS = {"estate_id": "e.estate_id", "name": "e.name", "created_at": "e.created_at"}
-
-
 @router.get("/estates", response_model=EstatePage, summary="小区列表 · Estates with their building and room counts")
 async def estates(
     runtime: RuntimeDep,
@@ -140,22 +52,12 @@ async def estates(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    order = order_by(sort, ESTATE_SORTS, "estate_id", "e.estate_id")
-    async with runtime.engine.connect() as conn:
-        rows = await conn.execute(
-            text(f"{ESTATES_SQL} {order} LIMIT :n OFFSET :o"),
-            {"e": estate_id, "name": like(name), "n": limit + 1, "o": offset},
-        )
-        return page([r._asdict() for r in rows], limit, offset)
+    return await queries.estates(runtime.engine, estate_id=estate_id, name=name, sort=sort, limit=limit, offset=offset)
 
 
 @router.get("/estates/{estate_id}", response_model=EstateOut, summary="小区 · An estate")
 async def estate(estate_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        row = (await conn.execute(text(ESTATES_SQL), {"e": estate_id, "name": None})).first()
-    if row is None:
-        raise NotFound(f"没有小区 {estate_id} · no estate {estate_id}")
-    return row._asdict()
+    return await queries.estate(runtime.engine, estate_id=estate_id)
 
 
 class BuildingOut(BaseModel):
@@ -171,35 +73,13 @@ class BuildingPage(BaseModel):
     next_offset: int | None
 
 
-BUILDING_SORTS = {"building_id": "b.building_id", "name": "b.name", "rooms": "rooms"}
-
-
 @router.get(
     "/estates/{estate_id}/buildings", response_model=BuildingPage, summary="楼栋 · Buildings of an estate (404 unknown)"
 )
 async def buildings(
     estate_id: str, runtime: RuntimeDep, sort: SortParam = None, limit: Limit = 100, offset: Offset = 0
 ) -> dict[str, Any]:
-    order = order_by(sort, BUILDING_SORTS, "building_id", "b.building_id")
-    async with runtime.engine.connect() as conn:
-        rows = [
-            r._asdict()
-            for r in await conn.execute(
-                text(
-                    "SELECT b.building_id, b.estate_id, b.name, count(DISTINCT f.floor_id) AS floors, "
-                    "count(r.room_id) AS rooms FROM billing.buildings b LEFT JOIN billing.floors f USING (building_id) "
-                    "LEFT JOIN billing.rooms r USING (floor_id) WHERE b.estate_id = :e "
-                    f"GROUP BY b.building_id {order} LIMIT :n OFFSET :o"
-                ),
-                {"e": estate_id, "n": limit + 1, "o": offset},
-            )
-        ]
-        if not rows:
-            await require_estate(conn, estate_id)
-    return page(rows, limit, offset)
-
-
-# --- rooms ----------------------------------------------------------------------------------------
+    return await queries.buildings(runtime.engine, estate_id=estate_id, sort=sort, limit=limit, offset=offset)
 
 
 class RoomOut(BaseModel):
@@ -227,16 +107,6 @@ class RoomPage(BaseModel):
     next_offset: int | None
 
 
-ROOM_SORTS = {
-    "room_id": "r.room_id",
-    "code": "r.code",
-    "floor": "f.level",
-    "area": "r.area_m2",
-    "building_id": "f.building_id",
-    "tenant_name": "t.name",
-}
-
-
 @router.get("/rooms", response_model=RoomPage, summary="房间 · Rooms with their current household")
 async def rooms(
     runtime: RuntimeDep,
@@ -252,47 +122,18 @@ async def rooms(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    order = order_by(sort, ROOM_SORTS, "code", "r.room_id")
-    async with runtime.engine.connect() as conn:
-        rows = [
-            r._asdict()
-            for r in await conn.execute(
-                text(
-                    "SELECT r.room_id, r.code, b.estate_id, f.building_id, b.name AS building_name, r.floor_id, "
-                    "f.level AS floor, r.area_m2, r.household_size, l.lease_id IS NOT NULL AS occupied, l.lease_id, "
-                    "l.tenant_id, t.name AS tenant_name, l.account_id, a.level "
-                    "FROM billing.rooms r JOIN billing.floors f USING (floor_id) JOIN billing.buildings b USING (building_id) "
-                    "LEFT JOIN LATERAL (SELECT lease_id, tenant_id, account_id FROM billing.leases "
-                    "  WHERE room_id = r.room_id AND starts_at <= now() AND (ends_at IS NULL OR ends_at > now()) "
-                    "  ORDER BY starts_at DESC LIMIT 1) l ON true "
-                    "LEFT JOIN billing.tenants t ON t.tenant_id = l.tenant_id "
-                    "LEFT JOIN billing.accounts a ON a.account_id = l.account_id "
-                    "WHERE (CAST(:e AS text) IS NULL OR b.estate_id = :e) "
-                    "AND (CAST(:b AS text) IS NULL OR f.building_id = :b) "
-                    "AND (CAST(:f AS int) IS NULL OR f.level = :f) "
-                    "AND (CAST(:occ AS boolean) IS NULL OR (l.lease_id IS NOT NULL) = :occ) "
-                    "AND (CAST(:lvl AS text) IS NULL OR a.level = :lvl) "
-                    "AND (CAST(:code AS text) IS NULL OR r.code ILIKE :code) "
-                    f"{order} LIMIT :n OFFSET :o"
-                ),
-                {
-                    "e": estate_id,
-                    "b": building_id,
-                    "f": floor,
-                    "occ": occupied,
-                    "lvl": level.value if level is not None else None,
-                    "code": like(code),
-                    "n": limit + 1,
-                    "o": offset,
-                },
-            )
-        ]
-        if not rows:
-            await require_estate(conn, estate_id)
-    return page(rows, limit, offset)
-
-
-# --- tenants --------------------------------------------------------------------------------------
+    return await queries.rooms(
+        runtime.engine,
+        estate_id=estate_id,
+        building_id=building_id,
+        floor=floor,
+        occupied=occupied,
+        level=level,
+        code=code,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
 
 
 class TenantOut(BaseModel):
@@ -308,14 +149,6 @@ class TenantPage(BaseModel):
     next_offset: int | None
 
 
-TENANT_SORTS = {"tenant_id": "t.tenant_id", "name": "t.name", "phone": "t.phone"}
-# Rooms of a lease and their estate; a tenant belongs to an estate through any lease there.
-_LEASED = (
-    "billing.leases l JOIN billing.rooms r USING (room_id) JOIN billing.floors f USING (floor_id) "
-    "JOIN billing.buildings b USING (building_id)"
-)
-
-
 @router.get("/tenants", response_model=TenantPage, summary="租户 · Tenants, by estate, name or phone fragment")
 async def tenants(
     runtime: RuntimeDep,
@@ -326,35 +159,9 @@ async def tenants(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    order = order_by(sort, TENANT_SORTS, "name", "t.tenant_id")
-    async with runtime.engine.connect() as conn:
-        rows = [
-            r._asdict()
-            for r in await conn.execute(
-                text(
-                    "SELECT t.tenant_id, t.name, t.phone, coalesce(cur.rooms, '{}') AS rooms, "
-                    "coalesce(cur.accounts, '{}') AS accounts FROM billing.tenants t "
-                    "LEFT JOIN LATERAL (SELECT array_agg(r.code ORDER BY r.code) AS rooms, "
-                    f"  array_agg(DISTINCT l.account_id) AS accounts FROM {_LEASED} "
-                    "  WHERE l.tenant_id = t.tenant_id AND l.starts_at <= now() AND (l.ends_at IS NULL OR l.ends_at > now()) "
-                    "  AND (CAST(:e AS text) IS NULL OR b.estate_id = :e)) cur ON true "
-                    "WHERE (CAST(:e AS text) IS NULL OR EXISTS "
-                    f"  (SELECT 1 FROM {_LEASED} WHERE l.tenant_id = t.tenant_id AND b.estate_id = :e)) "
-                    "AND (CAST(:name AS text) IS NULL OR t.name ILIKE :name) "
-                    "AND (CAST(:phone AS text) IS NULL OR t.phone LIKE :phone) "
-                    f"{order} LIMIT :n OFFSET :o"
-                ),
-                {"e": estate_id, "name": like(name), "phone": like(phone), "n": limit + 1, "o": offset},
-            )
-        ]
-        if not rows:
-            await require_estate(conn, estate_id)
-    return page(rows, limit, offset)
-
-
-# --- payments -------------------------------------------------------------------------------------
-
-PaymentState = Literal["paid", "partly_refunded", "refunded", "reversed"]
+    return await queries.tenants(
+        runtime.engine, estate_id=estate_id, name=name, phone=phone, sort=sort, limit=limit, offset=offset
+    )
 
 
 class PaymentListed(BaseModel):
@@ -376,9 +183,6 @@ class PaymentPage(BaseModel):
     next_offset: int | None
 
 
-PAYMENT_SORTS = {"created_at": "created_at", "amount": "amount", "account_id": "account_id", "channel": "channel"}
-
-
 @router.get(
     "/payments",
     response_model=PaymentPage,
@@ -396,58 +200,19 @@ async def payments(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    tz = ZoneInfo(runtime.settings.timezone)
-    since, until = instant(start, "start", tz), instant(end, "end", tz)
-    if since is not None and until is not None and not since < until:
-        raise ListingError("start must be before end", code="invalid_range")
-    order = order_by(sort, PAYMENT_SORTS, "-created_at", "payment_id")
-    async with runtime.engine.connect() as conn:
-        rows = [
-            r._asdict()
-            for r in await conn.execute(
-                text(
-                    "SELECT * FROM (SELECT p.payment_id, p.account_id, a.estate_id, p.channel, p.amount, "
-                    "coalesce(rf.refunded, 0.00) AS refunded, "
-                    "CASE WHEN c.txn_id IS NOT NULL THEN 'reversed' WHEN rf.refunded >= p.amount THEN 'refunded' "
-                    "     WHEN rf.refunded > 0 THEN 'partly_refunded' ELSE 'paid' END AS state, "
-                    "p.reference, p.txn_id, p.balance_after, p.created_at "
-                    "FROM billing.payments p JOIN billing.accounts a USING (account_id) "
-                    "LEFT JOIN LATERAL (SELECT sum(amount) AS refunded FROM billing.refunds "
-                    "  WHERE payment_id = p.payment_id) rf ON true "
-                    "LEFT JOIN billing.corrections c ON c.reverses = p.txn_id "
-                    "WHERE (CAST(:e AS text) IS NULL OR a.estate_id = :e) "
-                    "AND (CAST(:a AS text) IS NULL OR p.account_id = :a) "
-                    "AND (CAST(:c AS text) IS NULL OR p.channel = :c) "
-                    "AND (CAST(:s AS timestamptz) IS NULL OR p.created_at >= :s) "
-                    "AND (CAST(:u AS timestamptz) IS NULL OR p.created_at < :u)) listed "
-                    f"WHERE (CAST(:state AS text) IS NULL OR state = :state) {order} LIMIT :n OFFSET :o"
-                ),
-                {
-                    "e": estate_id,
-                    "a": account_id,
-                    "c": channel,
-                    "s": since,
-                    "u": until,
-                    "state": state,
-                    "n": limit + 1,
-                    "o": offset,
-                },
-            )
-        ]
-        if not rows:
-            await require_estate(conn, estate_id)
-    return page(rows, limit, offset)
-
-
-# --- single objects: what the gateway scopes by estate and checks If-Match against ----------------
-
-_BINDING_SQL = (
-    "SELECT mb.meter_id, mb.utility, mb.account_id, mb.room_id, mb.estate_id AS common_estate_id, "
-    "coalesce(mb.estate_id, rb.estate_id, a.estate_id) AS estate_id, mb.valid_from, mb.valid_to "
-    "FROM billing.meter_bindings mb LEFT JOIN billing.accounts a ON a.account_id = mb.account_id "
-    "LEFT JOIN (billing.rooms r JOIN billing.floors f USING (floor_id) JOIN billing.buildings rb USING (building_id)) "
-    "  ON r.room_id = mb.room_id "
-)
+    return await queries.payments(
+        runtime.engine,
+        timezone=runtime.settings.timezone,
+        estate_id=estate_id,
+        account_id=account_id,
+        channel=channel,
+        state=state,
+        start=start,
+        end=end,
+        sort=sort,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @router.get(
@@ -456,13 +221,7 @@ _BINDING_SQL = (
     summary="表计绑定 · A meter's open binding and the estate it is in",
 )
 async def meter_binding(meter_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        row = (
-            await conn.execute(text(_BINDING_SQL + "WHERE mb.meter_id = :m AND mb.valid_to IS NULL"), {"m": meter_id})
-        ).first()
-    if row is None:
-        raise NotFound(f"表计 {meter_id} 未绑定 · meter {meter_id} is not bound")
-    return row._asdict()
+    return await queries.meter_binding(runtime.engine, meter_id=meter_id)
 
 
 @router.get(
@@ -471,16 +230,7 @@ async def meter_binding(meter_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     summary="房间表计 · A meter installed in a room (its open binding there)",
 )
 async def room_meter(room_id: str, meter_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text(_BINDING_SQL + "WHERE mb.meter_id = :m AND mb.room_id = :r AND mb.valid_to IS NULL"),
-                {"m": meter_id, "r": room_id},
-            )
-        ).first()
-    if row is None:
-        raise NotFound(f"房间 {room_id} 没有表计 {meter_id} · meter {meter_id} is not in room {room_id}")
-    return {**row._asdict(), "room_id": room_id}
+    return await queries.room_meter(runtime.engine, room_id=room_id, meter_id=meter_id)
 
 
 @router.get(
@@ -489,75 +239,27 @@ async def room_meter(room_id: str, meter_id: str, runtime: RuntimeDep) -> dict[s
     summary="小区表计 · Meters bound now to an estate's rooms, accounts or common use",
 )
 async def estate_meters(estate_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        await require_estate(conn, estate_id)
-        meters = (
-            await conn.execute(
-                text(
-                    f"SELECT DISTINCT meter_id FROM ({_BINDING_SQL} WHERE mb.valid_to IS NULL) bound "
-                    "WHERE estate_id = :e ORDER BY meter_id"
-                ),
-                {"e": estate_id},
-            )
-        ).scalars()
-        return {"estate_id": estate_id, "meters": list(meters)}
+    return await queries.estate_meters(runtime.engine, estate_id=estate_id)
 
 
 @router.get("/tenants/{tenant_id}", response_model=contracts.TenantRecordOut, summary="租户 · A tenant")
 async def tenant(tenant_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text("SELECT tenant_id, name, phone FROM billing.tenants WHERE tenant_id = :t"), {"t": tenant_id}
-            )
-        ).first()
-    if row is None:
-        raise NotFound(f"没有租户 {tenant_id} · no tenant {tenant_id}")
-    return row._asdict()
+    return await queries.tenant(runtime.engine, tenant_id=tenant_id)
 
 
 @router.get("/buildings/{building_id}", response_model=contracts.BuildingRecordOut, summary="楼栋 · A building")
 async def building(building_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text("SELECT building_id, estate_id, name FROM billing.buildings WHERE building_id = :b"),
-                {"b": building_id},
-            )
-        ).first()
-    if row is None:
-        raise NotFound(f"没有楼栋 {building_id} · no building {building_id}")
-    return row._asdict()
+    return await queries.building(runtime.engine, building_id=building_id)
 
 
 @router.get("/floors/{floor_id}", response_model=contracts.FloorRecordOut, summary="楼层 · A floor")
 async def floor(floor_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT f.floor_id, f.building_id, b.estate_id, f.level FROM billing.floors f "
-                    "JOIN billing.buildings b USING (building_id) WHERE f.floor_id = :f"
-                ),
-                {"f": floor_id},
-            )
-        ).first()
-    if row is None:
-        raise NotFound(f"没有楼层 {floor_id} · no floor {floor_id}")
-    return row._asdict()
+    return await queries.floor(runtime.engine, floor_id=floor_id)
 
 
 @router.get("/tariffs/{utility}", response_model=contracts.TariffOut, summary="价格 · A utility's tariff versions")
 async def tariff(utility: Utility, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        rows = await conn.execute(
-            text(
-                "SELECT tariff_id, effective_from, unit_price FROM billing.tariffs WHERE utility = :u "
-                "ORDER BY effective_from, tariff_id"
-            ),
-            {"u": utility.value},
-        )
-        return {"utility": utility.value, "versions": [r._asdict() for r in rows]}
+    return await queries.tariff(runtime.engine, utility=utility)
 
 
 @router.get(
@@ -566,19 +268,4 @@ async def tariff(utility: Utility, runtime: RuntimeDep) -> dict[str, Any]:
     summary="租户租约 · Every lease of a tenant, ended ones too",
 )
 async def tenant_leases(tenant_id: str, runtime: RuntimeDep) -> dict[str, Any]:
-    async with runtime.engine.connect() as conn:
-        await require_tenant(conn, tenant_id)
-        rows = await conn.execute(
-            text(
-                "SELECT lease_id, room_id, account_id, move_in, move_out FROM billing.leases WHERE tenant_id = :t "
-                "ORDER BY move_in, lease_id"
-            ),
-            {"t": tenant_id},
-        )
-        return {"tenant_id": tenant_id, "leases": [r._asdict() for r in rows]}
-
-
-async def require_tenant(conn: AsyncConnection, tenant_id: str) -> None:
-    found = await conn.execute(text("SELECT 1 FROM billing.tenants WHERE tenant_id = :t"), {"t": tenant_id})
-    if found.first() is None:
-        raise NotFound(f"没有租户 {tenant_id} · no tenant {tenant_id}")
+    return await queries.tenant_leases(runtime.engine, tenant_id=tenant_id)

@@ -65,7 +65,8 @@ class Households:
                 )
 
     async def refresh_rooms(self, limit: int = 500) -> int:
-        """Read area, household size and building from billing for households that lack them."""
+        """Read area, household size and building from billing for households that lack them; billing being
+        away only postpones this (the comparison waits for a room's area), it never stops the nightly job."""
         if self._billing is None:
             return 0
         async with self._engine.connect() as conn:
@@ -77,7 +78,11 @@ class Households:
             ).all()
         done = 0
         for room_id in rooms:
-            response = await self._billing.get(f"/v1/rooms/{room_id}")
+            try:
+                response = await self._billing.get(f"/v1/rooms/{room_id}")
+            except httpx.HTTPError as err:
+                log.warning("room details from billing postponed: %s", err)
+                return done
             if response.status_code != 200:
                 log.warning("room %s: billing answered %s", room_id, response.status_code)
                 continue

@@ -91,10 +91,10 @@ class Jobs:
     async def run_once(self) -> int:
         now = self._clock()
         await self._archive.maintain(now)
-        await self._households.refresh_rooms()
         days = await self.pending_days(now.astimezone(self._tz).date())
         for day in days:
             await self.run_day(day)
+        await self._households.refresh_rooms()
         return len(days)
 
     async def loop(self) -> None:

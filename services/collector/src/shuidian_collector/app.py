@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from shuidian_collector.adapters import retention
 from shuidian_collector.adapters.command_executor import Commands, utcnow
 from shuidian_collector.adapters.container import Container
+from shuidian_collector.adapters.device_states import DeviceStates
 from shuidian_collector.adapters.drivers import Driver
 from shuidian_collector.adapters.drivers.cjt188 import Cjt188Driver
 from shuidian_collector.adapters.drivers.dlt645 import Credentials, Dlt645Driver, Dlt645v1997Driver
 from shuidian_collector.adapters.drivers.modbus import ModbusDriver
 from shuidian_collector.adapters.fleet import Fleet
-from shuidian_collector.adapters.poller import DeviceStates
 from shuidian_collector.adapters.registry import Registry
 from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.api.problems import install_problems

@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.adapters.device_states import DeviceStates
+from shuidian_collector.adapters.poller import GatewayPoller, PollPolicy
 from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.app import drivers
 from shuidian_collector.domain.commands import CommandOutcome

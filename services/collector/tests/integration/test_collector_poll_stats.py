@@ -21,7 +21,8 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.adapters.device_states import DeviceStates
+from shuidian_collector.adapters.poller import GatewayPoller, PollPolicy
 from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.app import create_app, drivers
 from shuidian_collector.domain.devices import BusConfig, BusProtocol, GatewayConfig, MeterConfig

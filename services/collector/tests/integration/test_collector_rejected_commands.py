@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shuidian_collector.adapters.device_states import DeviceStates
 from shuidian_collector.adapters.drivers import Driver
 from shuidian_collector.adapters.drivers.dlt645 import Dlt645Driver
 from shuidian_collector.adapters.drivers.modbus import ModbusDriver
-from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.adapters.poller import GatewayPoller, PollPolicy
 from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.domain.commands import ConfirmPolicy
 from shuidian_collector.domain.devices import BusConfig, BusProtocol, GatewayConfig, MeterConfig

@@ -12,10 +12,12 @@ from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, StateRow
+from shuidian_collector.adapters.device_states import DeviceStates
+from shuidian_collector.adapters.poller import GatewayPoller
 from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.domain.commands import CommandOutcome
 from shuidian_collector.domain.pollstats import error_kind
+from shuidian_collector.domain.states import StateRow
 from shuidian_collector.errors import BusError
 from shuidian_kit.outbox import Outbox
 from shuidian_protocols.errors import ProtocolError

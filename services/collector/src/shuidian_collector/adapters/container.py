@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shuidian_collector.adapters.command_executor import Commands
+from shuidian_collector.adapters.device_states import DeviceStates
 from shuidian_collector.adapters.fleet import Fleet
-from shuidian_collector.adapters.poller import DeviceStates
 from shuidian_collector.adapters.registry import Registry
 from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.settings import CollectorSettings

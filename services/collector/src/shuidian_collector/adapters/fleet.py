@@ -8,8 +8,9 @@ import contextlib
 import logging
 
 from shuidian_collector.adapters.command_executor import Commands
+from shuidian_collector.adapters.device_states import DeviceStates
 from shuidian_collector.adapters.drivers import Driver
-from shuidian_collector.adapters.poller import DeviceStates, GatewayPoller, PollPolicy
+from shuidian_collector.adapters.poller import GatewayPoller, PollPolicy
 from shuidian_collector.adapters.registry import Registry
 from shuidian_collector.adapters.store import LocalStore
 from shuidian_collector.adapters.transport import BusGate

@@ -8,14 +8,12 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shuidian_collector.adapters.device_states import DeviceStates
 from shuidian_collector.adapters.drivers import Driver
 from shuidian_collector.adapters.store import LocalStore, Message
 from shuidian_collector.adapters.transport import COMMAND_PRIORITY, POLL_PRIORITY, Bus, BusGate
@@ -23,17 +21,15 @@ from shuidian_collector.domain.commands import CommandOutcome, refused
 from shuidian_collector.domain.devices import BusConfig, GatewayConfig, MeterConfig
 from shuidian_collector.domain.pollstats import PollTally, ReadObserver, error_kind
 from shuidian_collector.domain.schedule import Edge, GatewayHealth, MeterSchedule
+from shuidian_collector.domain.states import GATEWAY_OFFLINE_REASON, StateRow
 from shuidian_collector.errors import BusError, CommandRejected, StoreFull
 from shuidian_protocols.errors import ProtocolError
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     CommandRequested,
-    DeviceState,
     GatewayStatus,
     Reading,
     ReadingBatch,
-    RelayState,
-    ValveState,
 )
 
 log = logging.getLogger(__name__)
@@ -48,124 +44,6 @@ POLL_LAG = Histogram(
     buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
 GATEWAY_EDGES = Counter("collector_gateway_edges_total", "gateway online/offline edges", ["edge"])
-GATEWAY_OFFLINE_REASON = "gateway_offline"
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    online: bool
-    relay: RelayState | None
-    valve: ValveState | None
-    keep_power: bool | None
-
-
-@dataclass(frozen=True)
-class StateRow:
-    meter_id: str
-    online: bool
-    relay: RelayState | None
-    valve: ValveState | None
-    keep_power: bool | None
-    reading_at: datetime | None
-    reason: str | None
-
-
-class DeviceStates:
-    """Online/offline, relay and valve per meter: each poll cycle's rows are written to PostgreSQL in one
-    statement; a change is logged and published (retained) once per edge, through the local store."""
-
-    def __init__(self, engine: AsyncEngine, source: str, *, write_timeout: float = 5.0) -> None:
-        self._engine = engine
-        self.write_timeout = write_timeout
-        self._db_failing = False
-        self._source = source
-        self._published: dict[str, Snapshot] = {}
-
-    def edges(self, gateway_id: str, rows: Sequence[StateRow], *, publish: bool = True) -> list[Message]:
-        """Fold in one cycle's observations; return the state events to publish (the edges).
-        `publish=False` keeps edges quiet: the gateway event says it all."""
-        events: list[Message] = []
-        for row in rows:
-            previous = self._published.get(row.meter_id)
-            current = Snapshot(
-                row.online,
-                row.relay if row.relay is not None or previous is None else previous.relay,
-                row.valve if row.valve is not None or previous is None else previous.valve,
-                row.keep_power if row.keep_power is not None or previous is None else previous.keep_power,
-            )
-            if current == previous or not publish:
-                continue
-            if previous is None or previous.online != row.online:
-                log.log(
-                    logging.INFO if row.online else logging.WARNING,
-                    "meter %s is %s%s",
-                    row.meter_id,
-                    "online" if row.online else "offline",
-                    f" ({row.reason})" if row.reason else "",
-                )
-            state = DeviceState(
-                source=self._source,
-                meter_id=row.meter_id,
-                gateway_id=gateway_id,
-                online=current.online,
-                relay=current.relay,
-                valve=current.valve,
-                keep_power=current.keep_power,
-                last_reading_at=row.reading_at,
-                reason=row.reason,
-            )
-            events.append(Message(topics.meter_state(row.meter_id), state.model_dump_json().encode(), retain=True))
-            self._published[row.meter_id] = current
-        return events
-
-    async def write(self, gateway_id: str, rows: Sequence[StateRow]) -> None:
-        """Store one cycle's rows in one statement; a database outage is logged, polling carries on."""
-        if not rows:
-            return
-        try:
-            async with asyncio.timeout(self.write_timeout), self._engine.begin() as conn:
-                await conn.execute(
-                    text(
-                        # The online/offline edges go to online_edges in the same statement: the CTE sees the rows
-                        # as they were before the upsert, so an edge is a meter new to device_state or one whose
-                        # `online` changes (a gateway outage included, which publishes no per-meter event).
-                        "WITH u AS (SELECT * FROM unnest(CAST(:m AS text[]), CAST(:o AS boolean[]), "
-                        "CAST(:why AS text[])) AS u(m, o, why)), "
-                        "prev AS (SELECT meter_id, online FROM collector.device_state WHERE meter_id = ANY(:m)), "
-                        "edges AS (INSERT INTO collector.online_edges (meter_id, gateway_id, online, at, reason) "
-                        "SELECT u.m, :g, u.o, now(), u.why FROM u LEFT JOIN prev ON prev.meter_id = u.m "
-                        "WHERE prev.online IS DISTINCT FROM u.o) "
-                        "INSERT INTO collector.device_state "
-                        "(meter_id, gateway_id, online, relay, valve, keep_power, last_reading_at, reason) "
-                        "SELECT m, :g, o, r, v, k, t, why FROM unnest(CAST(:m AS text[]), CAST(:o AS boolean[]), "
-                        "CAST(:r AS text[]), CAST(:v AS text[]), CAST(:k AS boolean[]), CAST(:t AS timestamptz[]), "
-                        "CAST(:why AS text[])) AS u(m, o, r, v, k, t, why) "
-                        "ON CONFLICT (meter_id) DO UPDATE SET gateway_id = EXCLUDED.gateway_id, online = EXCLUDED.online, "
-                        "relay = coalesce(EXCLUDED.relay, collector.device_state.relay), "
-                        "valve = coalesce(EXCLUDED.valve, collector.device_state.valve), "
-                        "keep_power = coalesce(EXCLUDED.keep_power, collector.device_state.keep_power), "
-                        "last_reading_at = coalesce(EXCLUDED.last_reading_at, collector.device_state.last_reading_at), "
-                        "reason = EXCLUDED.reason, updated_at = now()"
-                    ),
-                    {
-                        "g": gateway_id,
-                        "m": [r.meter_id for r in rows],
-                        "o": [r.online for r in rows],
-                        "r": [r.relay.value if r.relay else None for r in rows],
-                        "v": [r.valve.value if r.valve else None for r in rows],
-                        "k": [r.keep_power for r in rows],
-                        "t": [r.reading_at for r in rows],
-                        "why": [r.reason for r in rows],
-                    },
-                )
-        except Exception as err:  # the database may be down: polling and publishing carry on
-            if not self._db_failing:
-                log.warning("device state not stored (database unreachable?), polling carries on: %r", err)
-            self._db_failing = True
-        else:
-            if self._db_failing:
-                log.info("device state is being stored again")
-            self._db_failing = False
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Modbus RTU-over-TCP and Modbus TCP meters, driven by the device profiles in protocols/profiles/*.yaml:
+"""Modbus RTU-over-TCP and Modbus TCP meters, driven by the device profiles in shuidian_protocols/profiles/*.yaml:
 contiguous registers are read in blocks, relay and valve commands are the profile's register writes
 (only those its profile marks confirmed against the vendor manual; others are refused as unsupported, nothing
 written), confirmed by reading the profile's state register back when it has one; parameter writes go to the registers

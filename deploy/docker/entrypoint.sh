@@ -10,6 +10,8 @@ case "$SERVICE" in
     prefix=$(echo "$SERVICE" | tr '[:lower:]' '[:upper:]')
     eval "export ${prefix}_ENVIRONMENT=\"\${${prefix}_ENVIRONMENT:-\$SHUIDIAN_ENVIRONMENT}\""
     eval "export ${prefix}_HTTP_HOST=\"\${${prefix}_HTTP_HOST:-0.0.0.0}\""
+    # The web console and tenant portal, when the image was built with web/dist (only the gateway's has it).
+    if [ -d /opt/shuidian/web ]; then export GATEWAY_WEB_ROOT="${GATEWAY_WEB_ROOT:-/opt/shuidian/web}"; fi
     exec python3 -m "shuidian_$SERVICE" "$@"
     ;;
   simulator)

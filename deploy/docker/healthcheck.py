@@ -16,5 +16,5 @@ try:
     with urllib.request.urlopen(url, timeout=4) as response:
         sys.exit(0 if response.status == 200 else 1)
 except OSError as err:
-    print(f"{url}: {err}", file=sys.stderr)
+    sys.stderr.write(f"{url}: {err}\n")
     sys.exit(1)

@@ -1,6 +1,6 @@
 """Write the simulator's demo estate for a container: every bus on a fixed port, listening on all addresses.
 
-    python3 simulator_estate.py PATH     (SIMULATOR_BUS_BASE_PORT, default 9100: the first bus's port)
+python3 simulator_estate.py PATH     (SIMULATOR_BUS_BASE_PORT, default 9100: the first bus's port)
 """
 
 import os

@@ -25,6 +25,9 @@ if [ -z "$TARBALL" ] || [ ! -s "$TARBALL" ]; then
   # python3-venv brings ensurepip (pip for the build stage); tzdata for Asia/Shanghai; ca-certificates for TLS.
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,tzdata \
     "$SUITE" "$ROOT" "$MIRROR" >&2
+  # Security updates for later `apt-get install`s (the infrastructure images).
+  printf 'deb %s %s main\ndeb %s %s-updates main\ndeb http://deb.debian.org/debian-security %s-security main\n' \
+    "$MIRROR" "$SUITE" "$MIRROR" "$SUITE" "$SUITE" > "$ROOT/etc/apt/sources.list"
   if [ -s "$HOST_CA" ]; then
     cp "$HOST_CA" "$ROOT/etc/ssl/certs/build-ca-bundle.crt"
   else

@@ -23,6 +23,7 @@ Both draw on subsidy credit first, like consumption. A run is recorded and never
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -64,14 +65,15 @@ class Charge:
 
 
 async def post_charges(conn: AsyncConnection, charges: Sequence[Charge], at: datetime) -> list[Any]:
-    """Debit each charge from the household's purse (subsidy first) in one ledger transaction each.
+    """Debit each charge from the household's purse (subsidy first: the domain's `charge_posting`), one
+    ledger transaction each.
 
     Returns each charge's transaction id (None for a zero charge, which posts nothing).
     """
     accounts = sorted({c.account_id for c in charges})
     shared_mode = await balance_modes(conn, accounts)
     purses = {(c.account_id, c.utility): purse_for(c.account_id, c.utility, shared_mode) for c in charges}
-    subsidy_left = await store.balances(conn, sorted({store.subsidy(p) for p in purses.values()}))
+    subsidy_left = await store.balances(conn, sorted({ledger.subsidy_account(p) for p in purses.values()}))
     postings: list[store.Transaction] = []
     txn_ids: list[Any] = []
     for charge in charges:
@@ -79,21 +81,19 @@ async def post_charges(conn: AsyncConnection, charges: Sequence[Charge], at: dat
             txn_ids.append(None)
             continue
         purse = purses[(charge.account_id, charge.utility)]
-        split = ledger.split_charge(charge.amount, subsidy_left[store.subsidy(purse)])
-        subsidy_left[store.subsidy(purse)] -= split.from_subsidy
-        entries = [
-            e
-            for e in (
-                store.Entry(purse, -split.from_paid, None, at),
-                store.Entry(store.subsidy(purse), -split.from_subsidy, None, at),
-            )
-            if e.amount
-        ]
-        txn = store.Transaction(
-            charge.kind, [*entries, store.Entry(charge.counter, charge.amount, None, at)], charge.memo
+        txn_id = uuid.uuid4()
+        posting = ledger.charge_posting(
+            str(txn_id),
+            household=purse,
+            revenue=charge.counter,
+            amount=charge.amount,
+            occurred_at=at,
+            subsidy_available=subsidy_left[ledger.subsidy_account(purse)],
+            kind=ledger.PostingKind(charge.kind),
         )
-        postings.append(txn)
-        txn_ids.append(txn.txn_id)
+        subsidy_left[ledger.subsidy_account(purse)] += posting.amount_for(ledger.subsidy_account(purse))
+        postings.append(store.transaction_of(posting, txn_id, memo=charge.memo, period_start=at))
+        txn_ids.append(txn_id)
     await store.post_many(conn, postings)
     return txn_ids
 

@@ -240,3 +240,23 @@ async def test_supervisor_reports_death_of_a_loop() -> None:
         assert supervisor.alive
         await asyncio.sleep(0.1)
         assert not supervisor.alive
+
+
+async def test_an_older_release_starts_on_a_schema_a_newer_one_migrated(pg_server_url: str) -> None:
+    # A rolling upgrade: the new release migrated, then an old replica restarts. It must run, not crash-loop.
+    from importlib.resources import files
+
+    name = f"kit_ahead_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(await infra.create_database(pg_server_url, name, exist_ok=False))
+    try:
+        location = str(files("shuidian_alarm") / "migrations")
+        await upgrade(engine, "alarm", location)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alarm.alembic_version SET version_num = '9999_of_a_newer_release'"))
+        await upgrade(engine, "alarm", location)
+        async with engine.connect() as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alarm.alembic_version"))).scalars().all()
+        assert versions == ["9999_of_a_newer_release"]
+    finally:
+        await engine.dispose()
+        await infra.drop_database(pg_server_url, name)

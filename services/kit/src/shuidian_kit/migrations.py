@@ -2,19 +2,46 @@
 
 A service keeps its history in `<package>/migrations` with an `env.py` that calls
 `run_env()`; migration scripts write plain SQL into their own schema.
+
+During a rolling upgrade old and new replicas run side by side, so migrations expand and contract
+(docs/deploy.md, Upgrades): a release only adds what its code needs and removes only what the release
+before it stopped using. An older replica that (re)starts on a schema a newer release already migrated
+therefore runs on it as it is, rather than failing on a revision it does not know.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_kit.errors import MigrationError
+
+log = logging.getLogger(__name__)
+
+
+def _applied(connection: Connection, schema: str) -> list[str]:
+    table = f'"{schema}".alembic_version'
+    if connection.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
+        return []
+    return list(connection.execute(text(f"SELECT version_num FROM {table}")).scalars())
+
+
+def _unknown(script: ScriptDirectory, revisions: list[str]) -> list[str]:
+    unknown = []
+    for revision in revisions:
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            unknown.append(revision)
+    return unknown
 
 
 def _upgrade(connection: Connection, schema: str, script_location: str) -> None:
@@ -22,6 +49,14 @@ def _upgrade(connection: Connection, schema: str, script_location: str) -> None:
     config.set_main_option("script_location", script_location)
     config.attributes["connection"] = connection
     config.attributes["schema"] = schema
+    newer = _unknown(ScriptDirectory.from_config(config), _applied(connection, schema))
+    if newer:
+        log.warning(
+            "schema %s is at %s, which a newer release applied: this older release runs on it unmigrated",
+            schema,
+            ", ".join(newer),
+        )
+        return
     command.upgrade(config, "heads")  # parallel branches of one schema may both apply
 
 

@@ -166,13 +166,25 @@ class Credits:
                 await conn.execute(text("SELECT 1 FROM billing.corrections WHERE reverses = :t"), {"t": txn_id})
             ).first() is not None:
                 raise Conflict(f"transaction {txn_id} is already reversed", code="already_reversed")
-            reversal = await store.post(
-                conn,
-                "reversal",
-                [store.Entry(e.ledger_account, -e.amount, e.meter_id, e.period_start) for e in entries],
-                memo=f"冲正 {reason}",
-                reverses=txn_id,
+            original = ledger.Posting(
+                str(txn_id),
+                ledger.PostingKind(entries[0].kind),
+                tuple(ledger.PostingLine(e.ledger_account, e.amount) for e in entries),
+                self._clock(),
             )
+            reversal = uuid.uuid4()
+            negated = ledger.reversal_of(
+                original, operator=operator, reason=reason, occurred_at=self._clock(), txn_id=str(reversal)
+            )
+            # Each line keeps its meter and period (the domain's lines are the original's, in order, negated).
+            lines = [
+                store.Entry(line.account, line.amount, e.meter_id, e.period_start)
+                for e, line in zip(entries, negated.lines, strict=True)
+            ]
+            transaction = store.Transaction(
+                negated.kind.value, lines, memo=f"冲正 {reason}", reverses=txn_id, txn_id=reversal
+            )
+            await store.post_many(conn, [transaction])
             await conn.execute(
                 text("INSERT INTO billing.corrections (txn_id, reverses, operator, reason) VALUES (:t, :r, :o, :why)"),
                 {"t": reversal, "r": txn_id, "o": operator, "why": reason},

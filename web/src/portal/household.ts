@@ -35,6 +35,16 @@ export interface UsageBucket {
   hours?: number
 }
 
+export interface Alarm {
+  alarm_id: string
+  alarm_type: string
+  severity: 'info' | 'warning' | 'major' | 'critical'
+  state: 'active' | 'acknowledged' | 'cleared'
+  message_zh: string
+  message_en: string
+  raised_at: string
+}
+
 export interface UsageHistory {
   granularity: 'hour' | 'day' | 'month'
   timezone: string
@@ -78,6 +88,7 @@ export const useHousehold = defineStore('portal-household', () => {
   const meters = ref<Meter[]>([])
   const today = ref<Record<string, UsageBucket[]>>({})
   const alarmsSeen = ref(0)
+  const activeAlarms = ref<Alarm[]>([])
   const live = ref(false)
   const loaded = ref(false)
 
@@ -110,16 +121,22 @@ export const useHousehold = defineStore('portal-household', () => {
     today.value = Object.fromEntries(found)
   }
 
+  async function loadAlarms(api: Api): Promise<void> {
+    const page = unwrap(await api.GET('/v1/me/alarms', { params: { query: { state: 'active', limit: 5 } } }))
+    activeAlarms.value = page.items as Alarm[]
+  }
+
   async function load(api: Api): Promise<void> {
     const me = unwrap(await api.GET('/v1/me'))
     tenantId.value = me.tenant_id
     await Promise.all([loadAccounts(api), loadMeters(api)])
-    await loadToday(api).catch(() => undefined) // today's usage is a nicety: never blocks the balance
+    // Today's usage and open alarms are read after the balance and never hold it up.
+    await Promise.all([loadToday(api).catch(() => undefined), loadAlarms(api).catch(() => undefined)])
     loaded.value = true
   }
 
   /** Apply one live frame; returns what should be re-read. */
-  function apply(frame: LiveFrame): 'accounts' | 'all' | null {
+  function apply(frame: LiveFrame): 'accounts' | 'alarms' | 'all' | null {
     if (frame.kind === 'ready') return frame.data.resumed === true ? null : 'all'
     if (frame.kind === 'meter_state') {
       const state = frame.data as DeviceState
@@ -136,7 +153,7 @@ export const useHousehold = defineStore('portal-household', () => {
       return 'accounts'
     }
     alarmsSeen.value += 1
-    return null
+    return 'alarms'
   }
 
   function reset(): void {
@@ -144,6 +161,7 @@ export const useHousehold = defineStore('portal-household', () => {
     accounts.value = []
     meters.value = []
     today.value = {}
+    activeAlarms.value = []
     loaded.value = false
   }
 
@@ -153,6 +171,7 @@ export const useHousehold = defineStore('portal-household', () => {
     meters,
     today,
     alarmsSeen,
+    activeAlarms,
     live,
     loaded,
     worstLevel,
@@ -161,6 +180,7 @@ export const useHousehold = defineStore('portal-household', () => {
     loadAccounts,
     loadMeters,
     loadToday,
+    loadAlarms,
     apply,
     reset,
   }

@@ -55,6 +55,10 @@ describe('household store', () => {
         { meter_id: 'W-1', device: { meter_id: 'W-1', online: true, valve: 'closed' }, last_reading: null },
       ],
       '/v1/me/accounts/A101/usage/today': { granularity: 'hour', buckets: [] },
+      '/v1/me/alarms': {
+        items: [{ alarm_id: 'a1', alarm_type: 'leak', severity: 'critical', state: 'active', message_zh: '疑似漏水', message_en: 'Suspected leak', raised_at: '2026-12-07T08:00:00Z' }],
+        next_cursor: null,
+      },
     }
   })
 
@@ -72,6 +76,7 @@ describe('household store', () => {
     expect(household.worstLevel).toBe('exhausted')
     expect(household.cutOff).toBe(true)
     expect(household.today).toEqual({ A101: [] })
+    expect(household.activeAlarms.map((a) => a.message_zh)).toEqual(['疑似漏水'])
   })
 
   it('applies live meter states at once and re-reads balances on a newer balance event', async () => {
@@ -86,10 +91,13 @@ describe('household store', () => {
     expect(household.accounts[0]?.level).toBe('ok')
     expect(household.apply({ kind: 'ready', data: { resumed: false } })).toBe('all')
     expect(household.apply({ kind: 'ready', data: { resumed: true } })).toBeNull()
+    expect(household.apply({ kind: 'alarm', data: { alarm_id: 'a2' } })).toBe('alarms')
+    expect(household.alarmsSeen).toBe(1)
   })
 
-  it('shows the balance even when today is not available', async () => {
+  it('shows the balance even when today and the alarms are not available', async () => {
     delete answers['/v1/me/accounts/A101/usage/today']
+    delete answers['/v1/me/alarms']
     const household = useHousehold()
     await household.load(api())
     expect(household.accounts).toHaveLength(1)

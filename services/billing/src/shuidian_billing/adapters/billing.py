@@ -3,8 +3,9 @@
 Stable entry points for other billing modules that move money:
   * `credits.top_up(account_id, amount, channel, reference, idempotency_key, *, utility=None)` —
     an idempotent credit from a payment channel (returns the payment; a replay returns it again).
-  * `store.post(conn, kind, entries, memo=…, reverses=…)` inside a transaction, followed by
-    `levels.evaluate_levels(conn, {account_id})` — any other balanced posting (refunds …).
+  * a posting built by `domain/ledger.py`, written with `store.post_many(conn, [store.transaction_of(…)])`
+    inside a transaction, followed by `levels.evaluate_levels(conn, {account_id})` — any other
+    balanced posting (refunds …).
   * `levels.purse_of(conn, account_id, utility)` — the ledger account a household's money sits in.
 """
 

@@ -84,15 +84,6 @@ def transaction_of(
     return Transaction(posting.kind.value, entries, memo, txn_id=txn_id)
 
 
-async def post(
-    conn: AsyncConnection, kind: str, entries: list[Entry], *, memo: str = "", reverses: uuid.UUID | None = None
-) -> uuid.UUID:
-    """Append one balanced transaction and move the cached balances with it (same database transaction)."""
-    txn = Transaction(kind, entries, memo, reverses)
-    await post_many(conn, [txn])
-    return txn.txn_id
-
-
 async def post_many(conn: AsyncConnection, transactions: list[Transaction]) -> None:
     """Append balanced transactions in one statement and move the cached balances with them."""
     rows: list[tuple[uuid.UUID, str, Decimal, str, str | None, datetime | None, uuid.UUID | None, str]] = []

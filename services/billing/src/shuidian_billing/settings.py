@@ -32,6 +32,21 @@ class BillingSettings(ServiceSettings):
     alipay_public_key: str = ""  # PEM or the bare base64 key Alipay shows
     callback_max_skew_seconds: int = 300
     alipay_max_age_seconds: int = 90_000  # Alipay retries one notification for about 25 hours
+    # Calling the providers (orders, queries, closes). Keys are PEM text or the path of a mounted
+    # file holding it; a key that does not load fails the start. Base URLs point at emulators in tests.
+    wechat_merchant_private_key: SecretStr = SecretStr("")  # apiclient_key.pem
+    wechat_merchant_serial: str = ""  # serial number of the merchant API certificate
+    wechat_api_base: str = "https://api.mch.weixin.qq.com"
+    wechat_notify_url: str = ""  # public: https://<gateway>/v1/payments/notify/wechat
+    alipay_app_private_key: SecretStr = SecretStr("")
+    alipay_gateway_url: str = "https://openapi.alipay.com/gateway.do"
+    alipay_notify_url: str = ""  # public: https://<gateway>/v1/payments/notify/alipay
+    provider_timeout_seconds: float = Field(default=10.0, gt=0)
+    # An unpaid order expires after this long; the sweeper asks the provider about open orders whose
+    # notification has not come `order_query_after_seconds` after creation, every `order_sweep_seconds`.
+    order_expiry_minutes: int = Field(default=30, ge=1, le=120)
+    order_query_after_seconds: float = Field(default=60.0, ge=0)
+    order_sweep_seconds: float = Field(default=60.0, ge=0)  # 0 turns the sweeper off
     # The sandbox provider signs like WeChat Pay v3 with its own keys; None = on outside prod.
     sandbox_payments: bool | None = None
     sandbox_private_key: SecretStr = SecretStr("")  # PEM; generated per process when empty

@@ -6,7 +6,7 @@ PACKAGES := shared services/kit services/protocols services/collector services/b
             services/api-gateway services/simulator services/devstack services/sdk services/insights
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit check lint typecheck imports fmt bench chaos lock clean up down web web-api web-test
+.PHONY: install run test test-unit check lint typecheck imports fmt bench chaos lock clean up down test-deploy base-image web web-api web-test
 
 install: $(STAMP)
 
@@ -78,12 +78,26 @@ web-test: web/node_modules/.installed ## Vitest unit tests and the type check of
 lock: ## re-pin requirements.lock from requirements.in
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile requirements.in -o requirements.lock --python-version 3.11
+	$(BIN)/uv pip compile requirements-runtime.in -c requirements.lock -o requirements-runtime.lock --python-version 3.11
 
-up: ## containers (needs a Docker engine)
-	docker compose -f deploy/compose.yaml up -d --build
+COMPOSE  ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+PROFILES ?=
+STACK    := $(COMPOSE) --env-file deploy/.env -f deploy/compose.yaml -p shuidian $(addprefix --profile ,$(PROFILES))
 
-down:
-	docker compose -f deploy/compose.yaml down
+up: ## containers (needs a Docker engine): secrets once, images, the stack; PROFILES="simulator observability" adds those
+	deploy/scripts/init-secrets.sh
+	deploy/scripts/build-images.sh
+	$(STACK) up -d
+
+down: ## stop the containers (data volumes stay; docs/deploy.md)
+	$(STACK) down
+
+base-image: ## the base image from Debian packages (debootstrap + docker import), for machines without a registry
+	deploy/scripts/build-base.sh
+
+test-deploy: install ## images, compose stack, broker ACL/TLS, backups, upgrades, alert rules, Kubernetes manifests
+	$(BIN)/python -m pip install --quiet kubernetes-validate==1.37.0
+	deploy/scripts/test-deploy.sh
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .hypothesis

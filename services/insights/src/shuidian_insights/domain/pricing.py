@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Context, Decimal, Inexact, localcontext
+from functools import lru_cache
 
 from shuidian_shared.contracts.insights import (
     FixedComponent,
@@ -42,6 +43,7 @@ class MonthProfile:
         return sum(self.by_hour, ZERO)
 
 
+@lru_cache(maxsize=256)  # tariffs are few; a what-if brings one more
 def rate_by_hour(tou: TouComponent) -> tuple[str, ...]:
     """The rate label in force in each local hour of the day (the last segment runs past midnight)."""
     starts = sorted((segment.start.hour, segment.rate) for segment in tou.segments)
@@ -53,13 +55,6 @@ def rate_by_hour(tou: TouComponent) -> tuple[str, ...]:
                 current = rate
         labels.append(current)
     return tuple(labels)
-
-
-def quantity_by_rate(tou: TouComponent, by_hour: Sequence[Decimal]) -> dict[str, Decimal]:
-    totals: dict[str, Decimal] = {rate.label: ZERO for rate in tou.rates}
-    for label, quantity in zip(rate_by_hour(tou), by_hour, strict=True):
-        totals[label] = totals.get(label, ZERO) + quantity
-    return totals
 
 
 def tier_widths(tiered: TieredComponent, household_size: int) -> tuple[Decimal | None, ...]:
@@ -95,16 +90,13 @@ def price_month(
 def _price_month(
     tariff: TariffSpec, profile: MonthProfile, household_size: int, used_before_in_year: Decimal
 ) -> Decimal:
-    amount = ZERO
+    # Flat and time-of-use prices add up per hour of day: one price per hour prices both exactly.
+    amount = sum((q * p for q, p in zip(profile.by_hour, marginal_prices_by_hour(tariff), strict=True)), ZERO)
     total = profile.total
     for component in tariff.components:
         match component:
-            case FlatComponent():
-                amount += total * component.unit_price
-            case TouComponent():
-                prices = {rate.label: rate.unit_price for rate in component.rates}
-                for label, quantity in quantity_by_rate(component, profile.by_hour).items():
-                    amount += quantity * prices[label]
+            case FlatComponent() | TouComponent():
+                pass  # in the hourly prices above
             case TieredComponent():
                 before = used_before_in_year if component.period == "year" else ZERO
                 parts = tier_split(component, before, total, household_size)
@@ -134,6 +126,7 @@ def to_fen(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, rounding=ROUND_DOWN)
 
 
+@lru_cache(maxsize=256)  # tariffs are few; a what-if brings one more
 def marginal_prices_by_hour(tariff: TariffSpec) -> tuple[Decimal, ...]:
     """Per-unit price in each local hour before tiers (flat plus the hour's time-of-use rate)."""
     prices = [ZERO] * HOURS

@@ -16,7 +16,7 @@ from .conftest import DEPLOY, REPO
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 # Series that come from Prometheus itself or from kube-state-metrics, not from our services.
-EXTERNAL = {"up", "kube_job_status_failed"}
+EXTERNAL = {"up", "kube_pod_container_status_waiting_reason"}
 FUNCTIONS = {"sum", "rate", "increase", "deriv", "max", "min", "histogram_quantile", "by", "and", "or", "on"}
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -33,13 +34,14 @@ from shuidian_kit.service_auth import require_service_tokens
 SERVICE = "billing"
 
 
-def build(runtime: Runtime, settings: BillingSettings) -> Container:
-    """Every piece of the service over the runtime's engine, outbox and MQTT link, wired once."""
+def build(runtime: Runtime, settings: BillingSettings, http: httpx.AsyncClient) -> Container:
+    """Every piece of the service over the runtime's engine, outbox and MQTT link (and one HTTP client for
+    the payment providers), wired once."""
     engine, outbox = runtime.engine, runtime.outbox
     billing = Billing.build(engine, outbox, settings, runtime.mqtt.client_id)
-    premises = Premises(engine, billing, outbox, runtime.mqtt.client_id)
+    premises = Premises(engine, billing.accounts, outbox, runtime.mqtt.client_id)
     channels = Channels(
-        online=OnlinePayments(engine, billing, Providers.from_settings(settings)),
+        online=OnlinePayments(engine, billing, Providers.from_settings(settings), settings, http),
         cash=CashDesk(engine, billing),
         bank=BankImports(engine, billing),
         reviews=ReviewQueue(engine, billing),
@@ -64,6 +66,7 @@ def start(container: Container) -> None:
     runtime.supervisor.add("flush", billing.poster.flush_loop)
     runtime.supervisor.add("reannounce", billing.levels.reannounce_loop)
     runtime.supervisor.add("occupancy", container.premises.occupancy_loop)
+    runtime.supervisor.add("payment-orders", container.channels.online.sweep_loop)
 
 
 def create_app(settings: BillingSettings | None = None) -> FastAPI:
@@ -72,8 +75,11 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrations = str(files("shuidian_billing") / "migrations")
-        async with Runtime.open(settings, service=SERVICE, schema="billing", migrations=migrations) as runtime:
-            container = build(runtime, settings)
+        async with (
+            Runtime.open(settings, service=SERVICE, schema="billing", migrations=migrations) as runtime,
+            httpx.AsyncClient(timeout=settings.provider_timeout_seconds) as http,
+        ):
+            container = build(runtime, settings, http)
             start(container)
             app.state.runtime = runtime  # the kit's ops routes (/readyz, /metrics) read it there
             app.state.container = container

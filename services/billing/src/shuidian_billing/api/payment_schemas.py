@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shuidian_shared.money import Money
 
@@ -26,13 +26,21 @@ class PaymentRef(BaseModel):
 class OrderOut(BaseModel):
     order_id: str
     provider: str
+    method: str = Field(description="native, jsapi or h5 (WeChat Pay); precreate or wap (Alipay)")
     account_id: str
     amount: Money
-    status: str
+    status: str = Field(description="open, paid, closed (by the provider) or expired (closed by us)")
     provider_txn_id: str | None
     payment_id: uuid.UUID | None
     created_at: datetime
     paid_at: datetime | None
+    expires_at: datetime
+    closed_at: datetime | None = None
+    pay: dict[str, Any] | None = Field(
+        description="what the payer's app needs: code_url (Native), h5_url (H5), the signed JSAPI package "
+        "(appId, timeStamp, nonceStr, package, signType, paySign), qr_code (Alipay precreate) or pay_url "
+        "(Alipay wap); null while the provider has not been reached"
+    )
     replayed: bool = False
 
 

@@ -49,6 +49,11 @@ class OrderIn(BaseModel):
     provider: Provider
     account_id: Identifier
     amount: Money = Field(gt=0)
+    method: Literal["native", "jsapi", "h5", "precreate", "wap"] | None = Field(
+        default=None, description="the provider's first method when omitted (WeChat native, Alipay precreate)"
+    )
+    openid: Annotated[str, Field(max_length=128)] = Field(default="", description="JSAPI: the payer's openid")
+    client_ip: Annotated[str, Field(max_length=45)] = Field(default="", description="H5: the payer's IP address")
 
 
 class ShiftIn(BaseModel):
@@ -118,7 +123,15 @@ class SettlementIn(BaseModel):
 async def create_order(
     body: OrderIn, channels: ChannelsDep, idempotency_key: IdempotencyKey, response: Response
 ) -> dict[str, Any]:
-    order = await channels.online.create_order(body.provider, body.account_id, body.amount, idempotency_key)
+    order = await channels.online.create_order(
+        body.provider,
+        body.account_id,
+        body.amount,
+        idempotency_key,
+        method=body.method,
+        openid=body.openid,
+        client_ip=body.client_ip,
+    )
     return replayable(order, order["replayed"], response)
 
 

@@ -1,8 +1,11 @@
-"""Online payments: orders created before the tenant pays, and the provider notifications that
-settle them — verified, logged (accepted or not), credited once per provider transaction id."""
+"""Online payments: orders opened at the provider before the tenant pays, the provider notifications
+that settle them — verified, logged (accepted or not), credited once per provider transaction id —
+and the sweeper that asks the provider about orders whose notification never came and closes the
+abandoned ones. A notification, a query result and a replay all go through `_settle`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -11,8 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import httpx
 from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.engine import Row
@@ -20,6 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.adapters.payments import ledger_port
+from shuidian_billing.adapters.payments.clients import (
+    AlipayClient,
+    AlipayMerchant,
+    OrderRequest,
+    ProviderUnavailable,
+    TradeState,
+    WechatMerchant,
+    WechatPayClient,
+)
 from shuidian_billing.adapters.payments.providers import (
     AlipayConfig,
     Notification,
@@ -28,13 +42,21 @@ from shuidian_billing.adapters.payments.providers import (
     verify_wechat,
 )
 from shuidian_billing.adapters.payments.sandbox import Sandbox
-from shuidian_billing.adapters.payments.signing import SignatureError, load_public_key
+from shuidian_billing.adapters.payments.signing import SignatureError, load_private_key, load_public_key
+from shuidian_billing.domain import payment_orders
 from shuidian_billing.errors import CallbackRejected, Conflict, NotFound, PaymentError
 from shuidian_billing.settings import BillingSettings
 
 log = logging.getLogger(__name__)
 
 CALLBACKS = Counter("billing_payment_callbacks_total", "provider notifications received", ["provider", "outcome"])
+REVIEWS_OPENED = Counter(
+    "billing_payment_reviews_opened_total", "payments held for review (alarm on any increase)", ["provider", "kind"]
+)
+SWEEPS = Counter(
+    "billing_payment_sweeps_total", "open orders the sweeper asked the provider about", ["provider", "action"]
+)
+SWEEP_LOCK = "billing:order-sweeper"
 PROVIDERS = ("wechat", "alipay", "sandbox")
 MAX_NOTIFICATION_BYTES = 64 * 1024  # real notifications are a few kilobytes
 # Headers worth keeping in the callback log (never cookies or authorisation).
@@ -49,9 +71,12 @@ class Providers:
     alipay: AlipayConfig | None
     sandbox: Sandbox | None
     sandbox_config: WechatConfig | None
+    wechat_merchant: WechatMerchant | None = None
+    alipay_merchant: AlipayMerchant | None = None
 
     @classmethod
     def from_settings(cls, settings: BillingSettings) -> Providers:
+        """Every key loaded and checked now, so a bad key fails the start rather than the first payment."""
         skew = timedelta(seconds=settings.callback_max_skew_seconds)
         try:
             wechat = (
@@ -84,7 +109,27 @@ class Providers:
             raise ValueError("BILLING_WECHAT_APIV3_KEY must be the 32-character APIv3 key")
         enabled = settings.sandbox_payments if settings.sandbox_payments is not None else settings.environment != "prod"
         sandbox = Sandbox.from_settings(settings) if enabled else None
-        return cls(wechat, alipay, sandbox, sandbox.config(skew) if sandbox else None)
+        wechat_merchant = alipay_merchant = None
+        try:
+            wechat_key = _secret_text(settings.wechat_merchant_private_key.get_secret_value())
+            if wechat is not None and wechat_key:
+                if not settings.wechat_merchant_serial:
+                    raise ValueError("BILLING_WECHAT_MERCHANT_SERIAL is required with the merchant key")
+                wechat_merchant = WechatMerchant(
+                    wechat,
+                    load_private_key(wechat_key),
+                    settings.wechat_merchant_serial,
+                    settings.wechat_api_base,
+                    settings.wechat_notify_url,
+                )
+            alipay_key = _secret_text(settings.alipay_app_private_key.get_secret_value())
+            if alipay is not None and alipay_key:
+                alipay_merchant = AlipayMerchant(
+                    alipay, load_private_key(alipay_key), settings.alipay_gateway_url, settings.alipay_notify_url
+                )
+        except (SignatureError, ValueError, TypeError, OSError) as err:
+            raise ValueError(f"payment provider settings: merchant key: {err}") from err
+        return cls(wechat, alipay, sandbox, sandbox.config(skew) if sandbox else None, wechat_merchant, alipay_merchant)
 
     def verify(self, provider: str, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
         if provider == "alipay" and self.alipay is not None:
@@ -94,6 +139,14 @@ class Providers:
         if provider == "sandbox" and self.sandbox_config is not None:
             return verify_wechat(self.sandbox_config, headers, body, now)
         raise NotFound(f"payment provider {provider} is not configured", code="provider_not_configured")
+
+
+def _secret_text(value: str) -> str:
+    """A key given inline (PEM) or as the path of a mounted secret file holding it."""
+    value = value.strip()
+    if value and "-----BEGIN" not in value and value.startswith("/"):
+        return Path(value).read_text()
+    return value
 
 
 def _fingerprint(*parts: object) -> str:
@@ -110,6 +163,7 @@ def _order_out(row: Row[Any] | Mapping[str, Any]) -> dict[str, Any]:
     keys = (
         "order_id",
         "provider",
+        "method",
         "account_id",
         "amount",
         "status",
@@ -117,44 +171,114 @@ def _order_out(row: Row[Any] | Mapping[str, Any]) -> dict[str, Any]:
         "payment_id",
         "created_at",
         "paid_at",
+        "expires_at",
+        "closed_at",
+        "pay",
     )
     return {k: data[k] for k in keys}
 
 
 class OnlinePayments:
-    def __init__(self, engine: AsyncEngine, billing: Billing, providers: Providers) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        billing: Billing,
+        providers: Providers,
+        settings: BillingSettings | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self._engine = engine
         self._billing = billing
         self.providers = providers
+        self._settings = settings or BillingSettings()
+        self.clients: dict[str, WechatPayClient | AlipayClient] = {}
+        if http is not None and providers.wechat_merchant is not None:
+            self.clients["wechat"] = WechatPayClient(providers.wechat_merchant, http)
+        if http is not None and providers.alipay_merchant is not None:
+            self.clients["alipay"] = AlipayClient(providers.alipay_merchant, http)
 
-    async def create_order(self, provider: str, account_id: str, amount: Decimal, key: str) -> dict[str, Any]:
-        """An order to pay `amount` into `account_id` through `provider`; idempotent per key."""
+    async def create_order(
+        self,
+        provider: str,
+        account_id: str,
+        amount: Decimal,
+        key: str,
+        *,
+        method: str | None = None,
+        openid: str = "",
+        client_ip: str = "",
+    ) -> dict[str, Any]:
+        """An order to pay `amount` into `account_id` through `provider`, opened at the provider (what the
+        payer's app needs is in `pay`); idempotent per key. If the provider cannot be reached the order
+        stays open without `pay` (502): the same request again opens it."""
         if provider not in PROVIDERS:
             raise NotFound(f"unknown payment provider {provider}")
-        fingerprint = _fingerprint(provider, account_id, amount)
+        method = payment_orders.payment_method(provider, method, openid=openid, client_ip=client_ip)
+        fingerprint = _fingerprint(provider, account_id, amount, method)
+        now = datetime.now(UTC)
         async with self._engine.begin() as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"order:{key}"})
-            existing = (
+            row = (
                 await conn.execute(text("SELECT * FROM billing.payment_orders WHERE idempotency_key = :k"), {"k": key})
             ).first()
-            if existing is not None:
-                if _fingerprint(existing.provider, existing.account_id, existing.amount) != fingerprint:
+            replayed = row is not None
+            if row is not None:
+                if _fingerprint(row.provider, row.account_id, row.amount, row.method) != fingerprint:
                     raise Conflict("idempotency key already used for a different order", code="idempotency_conflict")
-                return {**_order_out(existing), "replayed": True}
-            if (
-                await conn.execute(text("SELECT 1 FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
-            ).first() is None:
-                raise NotFound(f"no account {account_id}")
-            row = (
+            else:
+                if (
+                    await conn.execute(text("SELECT 1 FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
+                ).first() is None:
+                    raise NotFound(f"no account {account_id}")
+                row = (
+                    await conn.execute(
+                        text(
+                            "INSERT INTO billing.payment_orders (order_id, provider, method, account_id, amount, "
+                            "idempotency_key, expires_at, payer) VALUES (:o, :p, :meth, :a, :m, :k, :e, CAST(:payer AS jsonb)) "
+                            "RETURNING *"
+                        ),
+                        {
+                            "o": new_order_id(now),
+                            "p": provider,
+                            "meth": method,
+                            "a": account_id,
+                            "m": amount,
+                            "k": key,
+                            "e": payment_orders.expires_at(now, self._settings.order_expiry_minutes),
+                            "payer": json.dumps({"openid": openid, "client_ip": client_ip}),
+                        },
+                    )
+                ).one()
+        if row.pay is None and row.status == "open":
+            row = await self._open_at_provider(row)
+        return {**_order_out(row), "replayed": replayed}
+
+    async def _open_at_provider(self, order: Row[Any]) -> Row[Any]:
+        """Ask the provider for what the payer needs (prepay id, QR code, pay URL) and keep it on the order."""
+        client = self.clients.get(order.provider)
+        if client is None:
+            if order.provider != "sandbox":
+                return order  # the provider is configured to verify notifications only (docs/payments.md)
+            pay: dict[str, Any] = {"code_url": f"sandbox://pay/{order.order_id}"}
+        else:
+            pay = await client.create(
+                OrderRequest(
+                    order_id=order.order_id,
+                    amount=order.amount,
+                    description="水电费充值 · prepaid utilities top-up",
+                    expires_at=order.expires_at,
+                    method=order.method,
+                    openid=order.payer.get("openid", ""),
+                    client_ip=order.payer.get("client_ip", ""),
+                )
+            )
+        async with self._engine.begin() as conn:
+            return (
                 await conn.execute(
-                    text(
-                        "INSERT INTO billing.payment_orders (order_id, provider, account_id, amount, idempotency_key) "
-                        "VALUES (:o, :p, :a, :m, :k) RETURNING *"
-                    ),
-                    {"o": new_order_id(datetime.now(UTC)), "p": provider, "a": account_id, "m": amount, "k": key},
+                    text("UPDATE billing.payment_orders SET pay = CAST(:p AS jsonb) WHERE order_id = :o RETURNING *"),
+                    {"p": json.dumps(pay), "o": order.order_id},
                 )
             ).one()
-        return {**_order_out(row), "replayed": False}
 
     async def _order_row(self, order_id: str) -> Row[Any] | None:
         async with self._engine.connect() as conn:
@@ -186,6 +310,11 @@ class OnlinePayments:
         except CallbackRejected as err:
             await self._log(entry, "rejected", f"{err.code}: {err.detail}")
             raise
+        return await self._settle(provider, note, entry)
+
+    async def _settle(self, provider: str, note: Notification, entry: dict[str, Any]) -> dict[str, Any]:
+        """Credit a verified payment once (by provider transaction id) and mark its order paid — whether it
+        came as a notification, a replay or the answer to the sweeper's query."""
         entry.update(order_id=note.order_id, provider_txn_id=note.provider_txn_id)
         if not note.paid:
             await self._log(entry, "ignored", f"trade status {note.status}")
@@ -219,15 +348,109 @@ class OnlinePayments:
         outcome = "replayed" if payment["replayed"] else "accepted"
         entry["payment_id"] = payment["payment_id"]
         async with self._engine.begin() as conn:
+            # A payment for an order we already closed or saw expire still counts: the money was taken.
             await conn.execute(
                 text(
                     "UPDATE billing.payment_orders SET status = 'paid', provider_txn_id = :t, payment_id = :p, "
-                    "paid_at = coalesce(paid_at, now()) WHERE order_id = :o AND status = 'open'"
+                    "paid_at = coalesce(paid_at, now()) WHERE order_id = :o AND status <> 'paid'"
                 ),
                 {"t": note.provider_txn_id, "p": payment["payment_id"], "o": note.order_id},
             )
             await self._log(entry, outcome, "", conn=conn)
         return {"outcome": outcome, "order_id": note.order_id, "payment": payment}
+
+    # --- the sweeper ------------------------------------------------------------------------------
+
+    async def sweep_loop(self) -> None:
+        """Every `order_sweep_seconds`, ask the providers about open orders (one replica at a time)."""
+        interval = self._settings.order_sweep_seconds
+        if interval <= 0:
+            await asyncio.Event().wait()  # turned off: idle, so the supervisor keeps one shape
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep(datetime.now(UTC))
+            except Exception:
+                log.exception("payment order sweep failed; will retry")
+
+    async def sweep(self, now: datetime, *, limit: int = 200) -> dict[str, int] | None:
+        """Ask the provider about every open order older than `order_query_after_seconds`: credit the paid
+        ones through `_settle`, mark the ones the provider closed, close the expired ones at the provider.
+        None when another replica holds the sweeper's lock."""
+        async with self._engine.connect() as lock:
+            got = (await lock.execute(text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": SWEEP_LOCK})).scalar()
+            await lock.commit()
+            if not got:
+                return None
+            try:
+                rows = (
+                    await lock.execute(
+                        text(
+                            "SELECT * FROM billing.payment_orders WHERE status = 'open' AND provider = ANY(:p) "
+                            "AND created_at <= :c ORDER BY expires_at LIMIT :n"
+                        ),
+                        {
+                            "p": list(self.clients),
+                            "c": now - timedelta(seconds=self._settings.order_query_after_seconds),
+                            "n": limit,
+                        },
+                    )
+                ).all()
+                await lock.commit()
+                done: dict[str, int] = {}
+                for order in rows:
+                    action = await self._sweep_one(order, now)
+                    done[action] = done.get(action, 0) + 1
+                return done
+            finally:
+                await lock.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": SWEEP_LOCK})
+                await lock.commit()
+
+    async def _sweep_one(self, order: Row[Any], now: datetime) -> str:
+        client = self.clients[order.provider]
+        try:
+            state: TradeState = await client.query(order.order_id)
+            action = payment_orders.sweep_action(paid=state.paid, dead=state.dead, expires=order.expires_at, now=now)
+            if action is payment_orders.SweepAction.CREDIT and state.note is not None:
+                entry = {
+                    "provider": order.provider,
+                    "headers": {},
+                    "body": json.dumps({"query": state.status, "order_id": order.order_id}),
+                    "remote": "query",
+                }
+                await self._settle(order.provider, state.note, entry)
+            elif action is payment_orders.SweepAction.MARK_CLOSED:
+                await self._finish(order.order_id, "closed")
+            elif action is payment_orders.SweepAction.CLOSE:
+                if state.found:
+                    await client.close(order.order_id)
+                await self._finish(order.order_id, "expired")
+            else:
+                await self._checked(order.order_id)
+        except (ProviderUnavailable, PaymentError) as err:
+            # Unreachable provider: ask again next round. Amount mismatch: already in the review queue.
+            log.warning("sweeping %s order %s: %s", order.provider, order.order_id, err.detail)
+            SWEEPS.labels(order.provider, "error").inc()
+            await self._checked(order.order_id)
+            return "error"
+        SWEEPS.labels(order.provider, action.value).inc()
+        return action.value
+
+    async def _finish(self, order_id: str, status: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE billing.payment_orders SET status = :s, closed_at = now(), checked_at = now() "
+                    "WHERE order_id = :o AND status = 'open'"
+                ),
+                {"s": status, "o": order_id},
+            )
+
+    async def _checked(self, order_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE billing.payment_orders SET checked_at = now() WHERE order_id = :o"), {"o": order_id}
+            )
 
     async def sandbox_pay(self, order_id: str) -> dict[str, Any]:
         """Play the sandbox provider: sign a success notification for an open order and deliver it."""
@@ -271,6 +494,7 @@ class OnlinePayments:
                     "a": order.account_id,
                 },
             )
+        REVIEWS_OPENED.labels(note.provider, "amount_mismatch").inc()
         log.warning(
             "%s callback for order %s paid %s, order is %s: held for review",
             note.provider,

@@ -4,8 +4,12 @@ WeChat Pay API v3: the platform signs ``"{timestamp}\\n{nonce}\\n{body}\\n"`` wi
 (PKCS#1 v1.5) and sends it base64 in ``Wechatpay-Signature``; the payment itself travels in
 ``resource``, encrypted with AEAD_AES_256_GCM under the merchant's 32-byte APIv3 key (the
 12-byte nonce and the associated data are sent beside the ciphertext, the 16-byte tag is
-appended to it). Alipay: RSA2 = SHA256withRSA over the parameters except ``sign`` and
-``sign_type``, sorted by name and joined as ``k=v&k=v`` (empty values left out). The `sign_*`
+appended to it). Our own requests to WeChat Pay carry ``Authorization: WECHATPAY2-SHA256-RSA2048``
+with a signature over ``"{METHOD}\\n{path?query}\\n{timestamp}\\n{nonce}\\n{body}\\n"`` by the merchant key;
+the JSAPI front end gets ``paySign`` over ``"{appId}\\n{timeStamp}\\n{nonceStr}\\n{package}\\n"``.
+Alipay: RSA2 = SHA256withRSA over the parameters except ``sign`` and ``sign_type``, sorted by name
+and joined as ``k=v&k=v`` (empty values left out); its API answers sign the raw JSON text of the
+``<method>_response`` member exactly as sent. The `sign_*`
 and `encrypt_*` halves exist for the sandbox provider and the tests.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping
 
 from cryptography import x509
@@ -84,6 +89,36 @@ def wechat_message(timestamp: str, nonce: str, body: bytes) -> bytes:
     return timestamp.encode() + b"\n" + nonce.encode() + b"\n" + body + b"\n"
 
 
+def wechat_request_message(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    """The exact bytes a merchant signs for a WeChat Pay v3 API request (`path` with its query string)."""
+    return f"{method}\n{path}\n{timestamp}\n{nonce}\n".encode() + body + b"\n"
+
+
+def wechat_authorization(mch_id: str, serial: str, nonce: str, timestamp: str, signature: str) -> str:
+    """The `Authorization` header of a WeChat Pay v3 API request."""
+    return (
+        f'WECHATPAY2-SHA256-RSA2048 mchid="{mch_id}",nonce_str="{nonce}",signature="{signature}",'
+        f'timestamp="{timestamp}",serial_no="{serial}"'
+    )
+
+
+def parse_wechat_authorization(header: str) -> dict[str, str]:
+    """The fields of a WeChat Pay v3 `Authorization` header (for the provider's side: emulators, tests)."""
+    scheme, _, rest = header.partition(" ")
+    if scheme != "WECHATPAY2-SHA256-RSA2048":
+        raise SignatureError(f"unknown authorization scheme {scheme!r}")
+    fields: dict[str, str] = {}
+    for part in rest.split(","):
+        name, _, value = part.strip().partition("=")
+        fields[name] = value.strip('"')
+    return fields
+
+
+def jsapi_pay_message(app_id: str, timestamp: str, nonce: str, package: str) -> bytes:
+    """What the merchant signs for the JSAPI front end (`wx.requestPayment` / `WeixinJSBridge`)."""
+    return f"{app_id}\n{timestamp}\n{nonce}\n{package}\n".encode()
+
+
 def aes_gcm_decrypt(key: bytes, nonce: str, associated_data: str, ciphertext_b64: str) -> bytes:
     """AEAD_AES_256_GCM: `ciphertext_b64` is base64(ciphertext ‖ 16-byte tag)."""
     if len(key) != 32:
@@ -104,3 +139,22 @@ def alipay_content(params: Mapping[str, str]) -> bytes:
     """The string Alipay signs: every parameter but sign/sign_type with a value, sorted, as k=v&k=v."""
     items = sorted((k, v) for k, v in params.items() if k not in ("sign", "sign_type") and v != "")
     return "&".join(f"{k}={v}" for k, v in items).encode()
+
+
+def alipay_response_content(raw: str, method: str) -> tuple[bytes, str]:
+    """The signed part of an Alipay API answer — the `<method with _>_response` member's raw JSON text,
+    byte for byte as it was sent — and the signature beside it."""
+    name = '"' + method.replace(".", "_") + '_response"'
+    start = raw.find(name)
+    if start < 0:
+        raise SignatureError(f"answer has no {name} member")
+    colon = raw.index(":", start + len(name))
+    begin = colon + 1
+    while raw[begin] in " \t\r\n":
+        begin += 1
+    try:
+        _, end = json.JSONDecoder().raw_decode(raw, begin)
+        sign = json.loads(raw).get("sign", "")
+    except ValueError as err:
+        raise SignatureError("answer is not JSON") from err
+    return raw[begin:end].encode(), str(sign)

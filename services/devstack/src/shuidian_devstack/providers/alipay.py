@@ -1,0 +1,176 @@
+"""Alipay open API emulator (gateway.do): 当面付 precreate, wap pay page, query and close, RSA2-signed
+answers over the raw JSON text of each `…_response` member, and RSA2-signed payment notifications."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+from zoneinfo import ZoneInfo
+
+import httpx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from fastapi import FastAPI, Request, Response
+
+ZONE = ZoneInfo("Asia/Shanghai")
+TIME = "%Y-%m-%d %H:%M:%S"
+
+
+def content_of(params: dict[str, str]) -> bytes:
+    """What Alipay's RSA2 covers: every parameter but sign and sign_type with a value, sorted, k=v&…"""
+    return "&".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in ("sign", "sign_type") and v).encode()
+
+
+def _sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
+    return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+@dataclass
+class AlipayTrade:
+    out_trade_no: str
+    total_amount: str
+    notify_url: str
+    trade_status: str = "WAIT_BUYER_PAY"
+    trade_no: str = ""
+    scanned: bool = False  # a precreated trade exists at Alipay only once the payer scanned it
+
+
+@dataclass
+class AlipayEmulator:
+    app_id: str
+    app_public_key: rsa.RSAPublicKey  # the merchant application's key, to verify our requests
+    seller_id: str = "2088000000000001"
+    alipay_key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    trades: dict[str, AlipayTrade] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)  # methods of every verified request
+    refused: list[str] = field(default_factory=list)
+
+    def answer(self, method: str, member: dict[str, Any]) -> Response:
+        text = json.dumps(member, ensure_ascii=False, separators=(",", ":"))
+        name = method.replace(".", "_") + "_response"
+        sign = _sign(self.alipay_key, text.encode())
+        return Response(f'{{"{name}":{text},"sign":"{sign}"}}', media_type="application/json;charset=utf-8")
+
+    def verify_request(self, params: dict[str, str]) -> str | None:
+        if params.get("app_id") != self.app_id:
+            return "app_id is not ours"
+        if params.get("sign_type") != "RSA2":
+            return "sign_type must be RSA2"
+        try:
+            self.app_public_key.verify(
+                base64.b64decode(params.get("sign", "")), content_of(params), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except (InvalidSignature, ValueError):
+            return "sign does not verify"
+        return None
+
+    def pay(self, out_trade_no: str, *, total_amount: str | None = None, app_id: str | None = None) -> dict[str, str]:
+        """The payer pays; the signed asynchronous notification form is returned to deliver."""
+        trade = self.trades[out_trade_no]
+        trade.scanned = True
+        trade.trade_status = "TRADE_SUCCESS"
+        trade.trade_no = trade.trade_no or f"2026{secrets.randbelow(10**24):024d}"
+        if total_amount is not None:
+            trade.total_amount = total_amount
+        now = datetime.now(ZONE).strftime(TIME)
+        params = {
+            "notify_time": now,
+            "notify_type": "trade_status_sync",
+            "notify_id": secrets.token_hex(16),
+            "charset": "utf-8",
+            "version": "1.0",
+            "app_id": app_id or self.app_id,
+            "seller_id": self.seller_id,
+            "trade_no": trade.trade_no,
+            "out_trade_no": out_trade_no,
+            "trade_status": trade.trade_status,
+            "total_amount": trade.total_amount,
+            "receipt_amount": trade.total_amount,
+            "gmt_payment": now,
+        }
+        return {**params, "sign_type": "RSA2", "sign": _sign(self.alipay_key, content_of(params))}
+
+    async def deliver(self, out_trade_no: str, **kwargs: Any) -> httpx.Response:
+        form = self.pay(out_trade_no, **kwargs)
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.post(
+                self.trades[out_trade_no].notify_url,
+                content=urlencode(form),
+                headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+            )
+
+    def wap_page(self, params: dict[str, str]) -> tuple[int, str]:
+        """The phone opens the signed wap URL: the trade is created if the URL verifies."""
+        why = self.verify_request(params)
+        if why is not None:
+            self.refused.append(why)
+            return 400, why
+        biz = json.loads(params["biz_content"])
+        self.trades.setdefault(
+            biz["out_trade_no"],
+            AlipayTrade(biz["out_trade_no"], biz["total_amount"], params.get("notify_url", ""), scanned=True),
+        )
+        return 200, "收银台 · cashier"
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="Alipay open API emulator")
+
+        @app.get("/gateway.do")
+        async def page(request: Request) -> Response:
+            status, text = self.wap_page(dict(request.query_params))
+            return Response(text, status_code=status, media_type="text/plain; charset=utf-8")
+
+        @app.post("/gateway.do")
+        async def gateway(request: Request) -> Response:
+            params = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+            method = params.get("method", "")
+            why = self.verify_request(params)
+            if why is not None:
+                self.refused.append(why)
+                return self.answer(
+                    method, {"code": "40002", "msg": "Invalid Arguments", "sub_code": "isv.invalid-signature"}
+                )
+            self.requests.append(method)
+            biz = json.loads(params.get("biz_content", "{}"))
+            trade = self.trades.get(biz.get("out_trade_no", ""))
+            missing = {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST"}
+            if method == "alipay.trade.precreate":
+                out_trade_no = biz["out_trade_no"]
+                self.trades[out_trade_no] = AlipayTrade(out_trade_no, biz["total_amount"], params.get("notify_url", ""))
+                qr = f"https://qr.alipay.com/{secrets.token_urlsafe(9)}"
+                return self.answer(
+                    method, {"code": "10000", "msg": "Success", "out_trade_no": out_trade_no, "qr_code": qr}
+                )
+            if method == "alipay.trade.query":
+                if trade is None or not trade.scanned:
+                    return self.answer(method, missing)
+                member = {
+                    "code": "10000",
+                    "msg": "Success",
+                    "out_trade_no": trade.out_trade_no,
+                    "trade_status": trade.trade_status,
+                    "total_amount": trade.total_amount,
+                }
+                if trade.trade_no:
+                    member["trade_no"] = trade.trade_no
+                return self.answer(method, member)
+            if method == "alipay.trade.close":
+                if trade is None or not trade.scanned:
+                    return self.answer(method, missing)
+                if trade.trade_status == "TRADE_SUCCESS":
+                    return self.answer(
+                        method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_STATUS_ERROR"}
+                    )
+                trade.trade_status = "TRADE_CLOSED"
+                return self.answer(method, {"code": "10000", "msg": "Success", "out_trade_no": trade.out_trade_no})
+            return self.answer(method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.UNKNOWN_METHOD"})
+
+        return app

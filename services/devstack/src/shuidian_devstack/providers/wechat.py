@@ -1,0 +1,251 @@
+"""WeChat Pay API v3 emulator: JSAPI / H5 / Native orders, query and close by out_trade_no, and the
+signed, AES-256-GCM-encrypted `TRANSACTION.SUCCESS` notification of a payment."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from fastapi import FastAPI, Request, Response
+
+SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
+
+
+def _sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
+    return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+@dataclass
+class WechatOrder:
+    out_trade_no: str
+    appid: str
+    mchid: str
+    total: int
+    trade_type: str
+    notify_url: str
+    trade_state: str = "NOTPAY"
+    transaction_id: str = ""
+    success_time: str = ""
+
+
+@dataclass
+class WechatPayEmulator:
+    """The platform: its signing key and serial, and the one merchant it serves."""
+
+    app_id: str
+    mch_id: str
+    merchant_public_key: rsa.RSAPublicKey
+    merchant_serial: str
+    apiv3_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    platform_key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    platform_serial: str = field(default_factory=lambda: secrets.token_hex(20).upper())
+    orders: dict[str, WechatOrder] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every verified request
+    refused: list[str] = field(default_factory=list)  # why unsigned / badly signed requests were refused
+
+    # --- answers -------------------------------------------------------------------------------
+
+    def signed(self, status: int, payload: dict[str, Any] | None) -> Response:
+        """An answer signed like the platform signs: over "timestamp\\nnonce\\nbody\\n"."""
+        body = json.dumps(payload, ensure_ascii=False).encode() if payload is not None else b""
+        timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+        headers = {
+            "Wechatpay-Timestamp": timestamp,
+            "Wechatpay-Nonce": nonce,
+            "Wechatpay-Serial": self.platform_serial,
+            "Wechatpay-Signature-Type": SIGNATURE_TYPE,
+            "Wechatpay-Signature": _sign(self.platform_key, f"{timestamp}\n{nonce}\n".encode() + body + b"\n"),
+            "Request-ID": secrets.token_hex(12),
+        }
+        return Response(body, status_code=status, headers=headers, media_type="application/json" if body else None)
+
+    def error(self, status: int, code: str, message: str) -> Response:
+        return self.signed(status, {"code": code, "message": message})
+
+    def check_request(self, method: str, target: str, headers: Any, body: bytes) -> str | None:
+        """Why a request is not the merchant's (None when its Authorization verifies)."""
+        scheme, _, rest = (headers.get("authorization") or "").partition(" ")
+        if scheme != SIGNATURE_TYPE:
+            return "missing or unknown Authorization scheme"
+        fields = dict(part.strip().split("=", 1) for part in rest.split(",") if "=" in part)
+        fields = {k: v.strip('"') for k, v in fields.items()}
+        if fields.get("mchid") != self.mch_id:
+            return "mchid is not ours"
+        if fields.get("serial_no") != self.merchant_serial:
+            return "unknown merchant certificate serial"
+        if abs(int(fields.get("timestamp", "0")) - time.time()) > 300:
+            return "timestamp outside 5 minutes"
+        message = f"{method}\n{target}\n{fields['timestamp']}\n{fields.get('nonce_str', '')}\n".encode() + body + b"\n"
+        try:
+            self.merchant_public_key.verify(
+                base64.b64decode(fields.get("signature", "")), message, padding.PKCS1v15(), hashes.SHA256()
+            )
+        except (InvalidSignature, ValueError):
+            return "signature does not verify"
+        return None
+
+    # --- the platform's side of a payment ------------------------------------------------------
+
+    def pay(self, out_trade_no: str, *, total: int | None = None) -> tuple[dict[str, str], bytes]:
+        """The payer pays (optionally a different amount, as a hostile or broken world might say): the
+        order turns SUCCESS and the signed notification is returned as (headers, body) to deliver."""
+        order = self.orders[out_trade_no]
+        order.trade_state = "SUCCESS"
+        order.transaction_id = order.transaction_id or f"4200{secrets.randbelow(10**24):024d}"
+        order.success_time = datetime.now(UTC).isoformat(timespec="seconds")
+        if total is not None:
+            order.total = total
+        return self.notification(order)
+
+    def notification(self, order: WechatOrder, *, apiv3_key: str | None = None) -> tuple[dict[str, str], bytes]:
+        resource = self.transaction(order)
+        nonce = secrets.token_hex(6)
+        key = (apiv3_key or self.apiv3_key).encode()
+        ciphertext = AESGCM(key).encrypt(nonce.encode(), json.dumps(resource).encode(), b"transaction")
+        body = json.dumps(
+            {
+                "id": secrets.token_hex(16),
+                "create_time": datetime.now(UTC).isoformat(timespec="seconds"),
+                "resource_type": "encrypt-resource",
+                "event_type": "TRANSACTION.SUCCESS",
+                "summary": "支付成功",
+                "resource": {
+                    "original_type": "transaction",
+                    "algorithm": "AEAD_AES_256_GCM",
+                    "ciphertext": base64.b64encode(ciphertext).decode(),
+                    "associated_data": "transaction",
+                    "nonce": nonce,
+                },
+            },
+            ensure_ascii=False,
+        ).encode()
+        timestamp, header_nonce = str(int(time.time())), secrets.token_hex(16)
+        headers = {
+            "Content-Type": "application/json",
+            "Wechatpay-Timestamp": timestamp,
+            "Wechatpay-Nonce": header_nonce,
+            "Wechatpay-Serial": self.platform_serial,
+            "Wechatpay-Signature-Type": SIGNATURE_TYPE,
+            "Wechatpay-Signature": _sign(self.platform_key, f"{timestamp}\n{header_nonce}\n".encode() + body + b"\n"),
+        }
+        return headers, body
+
+    def transaction(self, order: WechatOrder) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "appid": order.appid,
+            "mchid": order.mchid,
+            "out_trade_no": order.out_trade_no,
+            "trade_type": order.trade_type,
+            "trade_state": order.trade_state,
+            "trade_state_desc": {"SUCCESS": "支付成功", "NOTPAY": "未支付", "CLOSED": "已关闭"}.get(
+                order.trade_state, ""
+            ),
+            "amount": {"total": order.total, "currency": "CNY"},
+        }
+        if order.trade_state == "SUCCESS":
+            data |= {
+                "transaction_id": order.transaction_id,
+                "success_time": order.success_time,
+                "bank_type": "OTHERS",
+                "payer": {"openid": "o-emulated-payer"},
+                "amount": {
+                    "total": order.total,
+                    "payer_total": order.total,
+                    "currency": "CNY",
+                    "payer_currency": "CNY",
+                },
+            }
+        return data
+
+    async def deliver(self, out_trade_no: str, *, total: int | None = None) -> httpx.Response:
+        """Pay and POST the notification to the order's notify_url, as the platform does."""
+        headers, body = self.pay(out_trade_no, total=total)
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.post(self.orders[out_trade_no].notify_url, content=body, headers=headers)
+
+    # --- the API ---------------------------------------------------------------------------------
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="WeChat Pay API v3 emulator")
+
+        async def verified(request: Request) -> tuple[bytes, Response | None]:
+            body = await request.body()
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            why = self.check_request(request.method, target, request.headers, body)
+            if why is not None:
+                self.refused.append(why)
+                return body, self.error(401, "SIGN_ERROR", why)
+            self.requests.append((request.method, request.url.path))
+            return body, None
+
+        @app.post("/v3/pay/transactions/{trade_type}")
+        async def create(trade_type: str, request: Request) -> Response:
+            body, refused = await verified(request)
+            if refused is not None:
+                return refused
+            if trade_type not in ("jsapi", "h5", "native"):
+                return self.error(404, "NOT_FOUND", "unknown trade type")
+            data = json.loads(body)
+            if data.get("mchid") != self.mch_id or data.get("appid") != self.app_id:
+                return self.error(400, "MCH_NOT_EXISTS", "appid/mchid do not match")
+            if trade_type == "jsapi" and not (data.get("payer") or {}).get("openid"):
+                return self.error(400, "PARAM_ERROR", "payer.openid is required")
+            if trade_type == "h5" and not (data.get("scene_info") or {}).get("payer_client_ip"):
+                return self.error(400, "PARAM_ERROR", "scene_info.payer_client_ip is required")
+            out_trade_no = data["out_trade_no"]
+            existing = self.orders.get(out_trade_no)
+            if existing is not None and existing.trade_state != "NOTPAY":
+                return self.error(400, "ORDERPAID" if existing.trade_state == "SUCCESS" else "ORDERCLOSED", "order")
+            self.orders[out_trade_no] = WechatOrder(
+                out_trade_no,
+                data["appid"],
+                data["mchid"],
+                data["amount"]["total"],
+                trade_type.upper(),
+                data["notify_url"],
+            )
+            prepay = f"wx{secrets.token_hex(14)}"
+            if trade_type == "native":
+                return self.signed(200, {"code_url": f"weixin://wxpay/bizpayurl?pr={secrets.token_urlsafe(6)}"})
+            if trade_type == "h5":
+                return self.signed(
+                    200, {"h5_url": f"https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb?prepay_id={prepay}"}
+                )
+            return self.signed(200, {"prepay_id": prepay})
+
+        @app.get("/v3/pay/transactions/out-trade-no/{out_trade_no}")
+        async def query(out_trade_no: str, request: Request) -> Response:
+            _, refused = await verified(request)
+            if refused is not None:
+                return refused
+            order = self.orders.get(out_trade_no)
+            if order is None:
+                return self.error(404, "ORDER_NOT_EXIST", "订单不存在")
+            return self.signed(200, self.transaction(order))
+
+        @app.post("/v3/pay/transactions/out-trade-no/{out_trade_no}/close")
+        async def close(out_trade_no: str, request: Request) -> Response:
+            _, refused = await verified(request)
+            if refused is not None:
+                return refused
+            order = self.orders.get(out_trade_no)
+            if order is None:
+                return self.error(404, "ORDER_NOT_EXIST", "订单不存在")
+            if order.trade_state == "SUCCESS":
+                return self.error(400, "ORDERPAID", "订单已支付")
+            order.trade_state = "CLOSED"
+            return self.signed(204, None)
+
+        return app

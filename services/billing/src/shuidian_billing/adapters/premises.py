@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.accounts import Accounts
 from shuidian_billing.domain.estate_csv import RoomRow, parse_estate_csv
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
 from shuidian_billing.errors import BillingError, Conflict, ImportRefused, NotFound
@@ -53,9 +53,9 @@ def local_midnight(day: date) -> datetime:
 
 
 class Premises:
-    def __init__(self, engine: AsyncEngine, billing: Billing, outbox: Outbox, source: str) -> None:
+    def __init__(self, engine: AsyncEngine, accounts: Accounts, outbox: Outbox, source: str) -> None:
         self._engine = engine
-        self._billing = billing
+        self._accounts = accounts
         self._outbox = outbox
         self._source = source
 
@@ -248,7 +248,7 @@ class Premises:
         if (
             await conn.execute(text("SELECT 1 FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
         ).first() is None:
-            await self._billing.accounts.put_account(
+            await self._accounts.put_account(
                 account_id,
                 f"{room.code} {tenant.name}",
                 Decimal("20.00"),
@@ -334,7 +334,7 @@ class Premises:
             return
         await self._require(conn, "rooms", "room_id", room_id)
         previous = await self._room_of_meter(conn, meter_id)
-        await self._billing.accounts.rebind(conn, meter_id, utility, effective_from, room_id=room_id)
+        await self._accounts.rebind(conn, meter_id, utility, effective_from, room_id=room_id)
         await self.queue_occupancy(conn, {room_id, *previous})
 
     async def bind_common_meter(
@@ -344,7 +344,7 @@ class Premises:
         async with self._engine.begin() as conn:
             await self._require(conn, "estates", "estate_id", estate_id)
             previous = await self._room_of_meter(conn, meter_id)
-            await self._billing.accounts.rebind(conn, meter_id, utility, effective_from, estate_id=estate_id)
+            await self._accounts.rebind(conn, meter_id, utility, effective_from, estate_id=estate_id)
             await self.queue_occupancy(conn, previous)
         self._outbox.notify()
 
@@ -553,7 +553,7 @@ class Premises:
                 for meter, utility in ((r.electricity_meter, Utility.ELECTRICITY), (r.water_meter, Utility.WATER)):
                     if meter:
                         counts["meters"] += 1
-                        await self._billing.accounts.rebind(conn, meter, utility, None, room_id=room_id)
+                        await self._accounts.rebind(conn, meter, utility, None, room_id=room_id)
                 if r.tenant_id and r.move_in is not None:
                     counts["leases"] += 1
                     await self._write_tenant(conn, r.tenant_id, r.tenant_name, r.phone)

@@ -14,10 +14,11 @@
         ├── NotFound             404 no such gateway, bus, meter or state
         ├── AddressTaken         409 an address another meter on the bus already has
         ├── InvalidDevice        422 a meter whose address or model does not suit its bus
-        └── InvalidWindow        400 / 422 a report window that cannot be answered
+        ├── InvalidWindow        400 a report window that is empty or longer than 366 days
+        └── WindowBeforeRetention 422 a report window starting before the online edges kept
 
-Pure (it imports only the codecs' errors): the domain raises these too. The API maps every `RequestError` to problem+json in one place
-(`api.problems`).
+Pure (it imports only the codecs' errors): the domain raises these too. The API maps every `RequestError` to
+problem+json in one place (`api.problems`).
 """
 
 from __future__ import annotations
@@ -77,13 +78,9 @@ class RequestError(CollectorError):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, detail: str, *, code: str | None = None, status_code: int | None = None) -> None:
+    def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
 
 
 class NotFound(RequestError):
@@ -103,3 +100,8 @@ class InvalidDevice(RequestError):
 
 class InvalidWindow(RequestError):
     code = "invalid_window"
+
+
+class WindowBeforeRetention(RequestError):
+    status_code = 422
+    code = "window_before_retention"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from shuidian_collector.errors import InvalidWindow
+from shuidian_collector.errors import WindowBeforeRetention
 
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_WINDOW = timedelta(days=366)
@@ -87,10 +87,8 @@ def refuse_before_retention(start: datetime, now: datetime, retention_days: int)
         return
     # The next whole minute: a start a caller can copy, still inside the retention when it asks again.
     earliest = (cutoff + timedelta(minutes=1)).replace(second=0, microsecond=0).isoformat()
-    raise InvalidWindow(
+    raise WindowBeforeRetention(
         f"时间窗口早于在线记录的保留期（{retention_days} 天），最早可从 {earliest} 开始 · "
         f"the window starts before the online history kept ({retention_days} days, "
         f"COLLECTOR_ONLINE_EDGES_RETENTION_DAYS): start at {earliest} or later",
-        code="window_before_retention",
-        status_code=422,
     )

@@ -29,6 +29,12 @@ async def get(client: httpx.AsyncClient, path: str, **params: str) -> Any:
     return response.json() if response.status_code == 200 else None
 
 
+async def rows(client: httpx.AsyncClient, path: str, **params: str) -> list[Any] | None:
+    """The rows of the first page of a listing (None when it is refused)."""
+    page = await get(client, path, **params)
+    return None if page is None else list(page["items"])
+
+
 def estate(meter_id: str) -> Estate:
     return Estate.model_validate(
         {
@@ -92,7 +98,7 @@ async def test_exhaustion_trips_the_relay_and_a_top_up_restores_it(database_url:
         await eventually(lambda: _available_below(staff, account, Decimal("6.00")), "billing to price the first deltas")
         # 2. below the warning levels alarm raises a low-balance alarm.
         low = await eventually(
-            lambda: get(staff, "/api/v1/alarms", source_id=account, alarm_type="balance_low", state="active"),
+            lambda: rows(staff, "/v1/alarms", source_id=account, alarm_type="balance_low", state="active"),
             "a low-balance alarm",
         )
         assert len(low) == 1
@@ -113,34 +119,33 @@ async def test_exhaustion_trips_the_relay_and_a_top_up_restores_it(database_url:
         assert dlt645.decode_frame(expected).data[8] == 0x1A  # N1 after password (4) and operator (4)
         # 4. the next reading reports the open relay.
         await eventually(lambda: _relay(staff, meter_id, "open"), "the device state to report the relay open")
-        exhausted = await get(
-            staff, "/api/v1/alarms", source_id=account, alarm_type="balance_exhausted", state="active"
-        )
+        exhausted = await rows(staff, "/v1/alarms", source_id=account, alarm_type="balance_exhausted", state="active")
         assert exhausted is not None
         assert len(exhausted) == 1
 
         # 5. a top-up through the gateway (idempotent) restores supply.
         key = f"topup-{uuid.uuid4().hex}"
         paid = await staff.post(
-            f"/api/v1/accounts/{account}/topups",
+            f"/v1/accounts/{account}/topups",
             json={"amount": "50.00", "channel": "cash"},
             headers={"Idempotency-Key": key},
         )
         assert paid.status_code == 201, paid.text
         replay = await staff.post(
-            f"/api/v1/accounts/{account}/topups",
+            f"/v1/accounts/{account}/topups",
             json={"amount": "50.00", "channel": "cash"},
             headers={"Idempotency-Key": key},
         )
-        assert replay.json()["replayed"] is True
+        assert replay.headers["Idempotent-Replayed"] == "true"
         assert replay.json()["payment_id"] == paid.json()["payment_id"]
         await eventually(lambda: _command(staff, meter_id, "direct_close", "confirmed"), "a confirmed close", 60)
         assert not sim.meter(meter_id).relay_open
         await eventually(lambda: _relay(staff, meter_id, "closed"), "the device state to report the relay closed")
         await eventually(lambda: _none_active(staff, account, "balance_exhausted"), "the exhausted alarm to clear")
-        commands = await get(staff, f"/api/v1/meters/{meter_id}/commands")
+        commands = await rows(staff, "/v1/commands", meter_id=meter_id)
+        assert commands is not None
         assert [c["kind"] for c in reversed(commands)] == ["trip", "direct_close"]
-        view = await get(staff, f"/api/v1/accounts/{account}")
+        view = await get(staff, f"/v1/accounts/{account}")
         assert Decimal(view["balance"]) > Decimal("40")
 
 
@@ -174,24 +179,22 @@ async def prepare(p: Platform, account: str, meter_id: str, host: str, port: int
 
 
 async def _available_below(staff: httpx.AsyncClient, account: str, limit: Decimal) -> bool:
-    view = await get(staff, f"/api/v1/accounts/{account}")
+    view = await get(staff, f"/v1/accounts/{account}")
     return view is not None and Decimal(view["available"]) < limit
 
 
 async def _command(staff: httpx.AsyncClient, meter_id: str, kind: str, state: str) -> dict[str, Any] | None:
-    commands = await get(staff, f"/api/v1/meters/{meter_id}/commands") or []
+    commands = await rows(staff, "/v1/commands", meter_id=meter_id) or []
     matching = [c for c in commands if c["kind"] == kind]
     assert len(matching) <= 1, f"more than one {kind}: {matching}"
     return matching[0] if matching and matching[0]["state"] == state else None
 
 
 async def _relay(staff: httpx.AsyncClient, meter_id: str, relay: str) -> bool:
-    view = await get(staff, f"/api/v1/meters/{meter_id}")
-    return view is not None and bool(view["device"]["relay"] == relay)
+    view = await get(staff, f"/v1/meters/{meter_id}/state")
+    return view is not None and bool(view["relay"] == relay)
 
 
 async def _none_active(staff: httpx.AsyncClient, account: str, alarm_type: str) -> bool:
-    active: list[Any] | None = await get(
-        staff, "/api/v1/alarms", source_id=account, alarm_type=alarm_type, state="active"
-    )
+    active: list[Any] | None = await rows(staff, "/v1/alarms", source_id=account, alarm_type=alarm_type, state="active")
     return active == []

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shuidian_gateway import docs
-from shuidian_gateway.asyncapi import CHANNELS, document
+from shuidian_gateway.api.asyncapi import CHANNELS, document
 from shuidian_shared import messages, topics
 
 # Topic helpers that are not channels of their own.

@@ -23,8 +23,8 @@ from shuidian_collector.app import create_app as collector_app
 from shuidian_collector.settings import CollectorSettings
 from shuidian_control.app import create_app as control_app
 from shuidian_control.settings import ControlSettings
-from shuidian_gateway.fakes import FakeBackends, create_fake_backends
-from shuidian_gateway.routes_staff import ESTATE_LOOKUPS, ROUTES
+from shuidian_gateway.adapters.fakes import FakeBackends, create_fake_backends
+from shuidian_gateway.api.routes_staff import ESTATE_LOOKUPS, ROUTES
 from shuidian_shared.contracts import CALLS
 
 Operation = tuple[str, str]  # (METHOD, path with every parameter written {})
@@ -121,7 +121,7 @@ def upstream_calls() -> list[tuple[str, str, str, str]]:
     package = Path(shuidian_gateway.__file__).parent
     return [
         (source.name, match[1], match[2], match[3])
-        for source in sorted(package.glob("*.py"))
+        for source in sorted(package.rglob("*.py"))
         if source.name != "fakes.py"
         for match in UPSTREAM_CALL.finditer(source.read_text(encoding="utf-8"))
     ]

@@ -48,7 +48,7 @@ async def gateway(database_url: str, mqtt_url: str) -> AsyncIterator[str]:
 async def test_staff_routes_need_the_key(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway) as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}):
-            response = await client.get("/api/v1/accounts/A101", headers=headers)
+            response = await client.get("/v1/accounts/A101", headers=headers)
             assert response.status_code == 401
             assert response.headers["content-type"] == "application/problem+json"
             assert response.json()["code"] == "unauthorised"
@@ -69,7 +69,7 @@ async def test_framework_errors_are_problems_and_keep_their_headers(gateway: str
 
 async def test_unreachable_upstream_is_a_503_problem_not_a_crash(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway, headers={"Authorization": f"Bearer {KEY}"}) as client:
-        response = await client.get("/api/v1/accounts/A101")
+        response = await client.get("/v1/accounts/A101")
     assert response.status_code == 503
     assert response.json()["code"] == "upstream_unavailable"
 
@@ -88,7 +88,7 @@ async def test_top_up_input_is_validated_before_anything_moves(
     gateway: str, body: dict[str, object], headers: dict[str, str], status: int
 ) -> None:
     async with httpx.AsyncClient(base_url=gateway, headers={"Authorization": f"Bearer {KEY}"}) as client:
-        response = await client.post("/api/v1/accounts/A101/topups", json=body, headers=headers)
+        response = await client.post("/v1/accounts/A101/topups", json=body, headers=headers)
     assert response.status_code == status
     assert response.json()["code"] == "validation_error"
 
@@ -96,7 +96,7 @@ async def test_top_up_input_is_validated_before_anything_moves(
 async def test_writes_are_audited(gateway: str, database_url: str) -> None:
     async with httpx.AsyncClient(base_url=gateway, headers={"Authorization": f"Bearer {KEY}"}) as client:
         await client.post(
-            "/api/v1/accounts/AUDIT-1/topups", json={"amount": "1.00"}, headers={"Idempotency-Key": "audit-key-1"}
+            "/v1/accounts/AUDIT-1/topups", json={"amount": "1.00"}, headers={"Idempotency-Key": "audit-key-1"}
         )
     engine = create_engine(database_url)
     try:
@@ -110,7 +110,7 @@ async def test_writes_are_audited(gateway: str, database_url: str) -> None:
                                 "SELECT principal, method, status, idempotency_key FROM gateway.audit_log "
                                 "WHERE path = :p"
                             ),
-                            {"p": "/api/v1/accounts/AUDIT-1/topups"},
+                            {"p": "/v1/accounts/AUDIT-1/topups"},
                         )
                     ).all()
                 if rows:

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from shuidian_devstack import infra
-from shuidian_gateway.routes_me import fen, usage_in_fen
+from shuidian_gateway.api.routes_me import fen, usage_in_fen
 from shuidian_gateway.testing import Harness, gateway_harness
 
 pytestmark = pytest.mark.integration

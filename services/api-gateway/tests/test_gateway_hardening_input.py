@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from shuidian_gateway.conventions import (
+from shuidian_gateway.api.conventions import (
     AMOUNT_MAX,
     AMOUNT_PATTERN,
     MONEY_MAX,

@@ -19,9 +19,9 @@ from sqlalchemy import text
 
 from shuidian_devstack import infra
 from shuidian_devstack.pytest_plugin import eventually
+from shuidian_gateway.adapters.identity import Identity
+from shuidian_gateway.adapters.live import Server
 from shuidian_gateway.app import create_app
-from shuidian_gateway.identity import Identity
-from shuidian_gateway.live import Server
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import PASSWORD, STAFF_KEY, free_port
 from shuidian_kit.db import create_engine

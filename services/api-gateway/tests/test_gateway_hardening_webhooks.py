@@ -76,7 +76,7 @@ async def test_a_delivery_to_an_address_that_became_internal_is_refused(gw: Harn
         return {}
 
     port = free_port()
-    runtime: Runtime = gw.app.state.runtime
+    runtime: Runtime = gw.app.state.container.runtime
     async with serve(receiver, port), gw.client("admin") as admin:
         created = await admin.post("/v1/webhooks", json={"url": "https://hooks.invalid/x", "events": ["alarm"]})
         hook_id = created.json()["webhook_id"]
@@ -85,7 +85,7 @@ async def test_a_delivery_to_an_address_that_became_internal_is_refused(gw: Harn
                 text("UPDATE gateway.webhooks SET url = :u WHERE webhook_id = :id"),
                 {"u": f"http://localhost:{port}/hook", "id": uuid.UUID(hook_id)},
             )
-        gw.app.state.webhooks.invalidate()
+        gw.app.state.container.webhooks.invalidate()
         alarm = alarm_event("A-SSRF")
         address = BrokerAddress.parse(mqtt_url)
         async with aiomqtt.Client(address.host, address.port, identifier=f"ssrf-{uuid.uuid4().hex[:8]}") as client:

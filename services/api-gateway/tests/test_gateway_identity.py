@@ -13,8 +13,8 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from shuidian_devstack.pytest_plugin import eventually
-from shuidian_gateway import security
 from shuidian_gateway.app import create_app
+from shuidian_gateway.domain import security
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import JWT_SECRET, PASSWORD, Harness, gateway_harness
 from shuidian_kit.db import create_engine

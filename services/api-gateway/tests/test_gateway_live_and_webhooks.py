@@ -19,8 +19,8 @@ from fastapi import FastAPI, Request
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from shuidian_gateway import security
-from shuidian_gateway.auth import utcnow
+from shuidian_gateway.api.auth import utcnow
+from shuidian_gateway.domain import security
 from shuidian_gateway.testing import (
     JWT_SECRET,
     PASSWORD,
@@ -64,7 +64,7 @@ async def test_live_push_carries_only_the_tenants_own_events(gw: Harness, mqtt_u
     token = gw.tokens["tenant_a"]["access_token"]
     async with connect(_ws_url(gw), additional_headers={"Authorization": f"Bearer {token}"}) as ws:
         async with asyncio.timeout(10):
-            while gw.app.state.live.clients == 0:
+            while gw.app.state.container.live.clients == 0:
                 await asyncio.sleep(0.02)
         # B's events first: if filtering failed, they would arrive before A's.
         await _publish(
@@ -150,7 +150,7 @@ async def _live_ticket(gw: Harness, token: str) -> str:
 
 async def test_gateway_ws_a_ticket_opens_one_websocket(gw: Harness, mqtt_url: str) -> None:
     ticket = await _live_ticket(gw, gw.tokens["tenant_a"]["access_token"])
-    hub = gw.app.state.live
+    hub = gw.app.state.container.live
     before = hub.clients
     async with connect(f"{_ws_url(gw)}?ticket={ticket}") as ws:
         async with asyncio.timeout(10):

@@ -9,8 +9,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from shuidian_gateway.auth import Scope
-from shuidian_gateway.live import Frame, LiveClient, LiveHub
+from shuidian_gateway.adapters.live import Frame, LiveClient, LiveHub
+from shuidian_gateway.domain.policy import Scope
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import balance_event, meter_state
 from shuidian_shared.messages import BalanceEvent, BalanceLevel, DeviceState

@@ -19,9 +19,12 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from shuidian_gateway import live, security
-from shuidian_gateway.auth import Scope, TenantScopes, utcnow
-from shuidian_gateway.live import LiveHub
+from shuidian_gateway.adapters import live
+from shuidian_gateway.adapters.live import LiveHub
+from shuidian_gateway.adapters.scopes import TenantScopes
+from shuidian_gateway.api.auth import utcnow
+from shuidian_gateway.domain import security
+from shuidian_gateway.domain.policy import Scope
 from shuidian_gateway.testing import (
     JWT_SECRET,
     PASSWORD,
@@ -265,7 +268,7 @@ async def test_a_ticket_is_refused_when_its_account_changed_since(gw: Harness, c
             changed = await admin.patch(f"/v1/users/{user_id}", json={"active": False})
         assert changed.status_code == 200, changed.text
     else:  # the API cannot move a user to another tenant; the database can
-        async with gw.app.state.runtime.engine.begin() as conn:
+        async with gw.app.state.container.runtime.engine.begin() as conn:
             await conn.execute(
                 text("UPDATE gateway.users SET tenant_id = 'T-B' WHERE user_id = :u"), {"u": uuid.UUID(user_id)}
             )
@@ -276,7 +279,7 @@ async def test_a_ticket_is_refused_when_its_account_changed_since(gw: Harness, c
 
 
 async def test_a_ticket_id_is_recorded_until_the_ticket_expires(gw: Harness) -> None:
-    engine = gw.app.state.runtime.engine
+    engine = gw.app.state.container.runtime.engine
     ticket = await _ticket(gw, gw.tokens["tenant_a"]["access_token"])
     async with _stream(gw, ticket=ticket) as stream:
         assert (await stream.next()).event == "ready"
@@ -327,7 +330,7 @@ async def test_shutdown_ends_open_streams_cleanly(database_url: str, mqtt_url: s
         stream_cm = _stream(own, headers=_bearer(own, "tenant_a"))
         stream = await stream_cm.__aenter__()
         await stream.next()
-        hub = own.app.state.live
+        hub = own.app.state.container.live
         assert hub.clients == 1
     # The harness has stopped (a server waiting for the open stream would never have got here).
     try:
@@ -378,18 +381,18 @@ async def small(database_url: str, mqtt_url: str) -> AsyncIterator[Harness]:
 
 
 async def test_frames_evicted_while_the_scope_is_read_mean_resumed_false(small: Harness) -> None:
-    hub: LiveHub = small.app.state.live
+    hub: LiveHub = small.app.state.container.live
     async with _stream(small, headers=_bearer(small, "tenant_a")) as first:
         ready = await first.next()
-    real = small.app.state.scopes
-    small.app.state.scopes = EvictingScopes(real, hub, "A-A", RESUME_FRAMES + 1)
+    real = small.app.state.container.scopes
+    small.app.state.container.scopes = EvictingScopes(real, hub, "A-A", RESUME_FRAMES + 1)
     try:
         async with _stream(small, headers={**_bearer(small, "tenant_a"), "Last-Event-ID": ready.id or ""}) as again:
             resumed = await again.next()
             with pytest.raises(TimeoutError):  # no partial replay either
                 await again.next(timeout=0.5)
     finally:
-        small.app.state.scopes = real
+        small.app.state.container.scopes = real
     assert resumed.data["resumed"] is False
     assert _seq(resumed.id) == _seq(ready.id) + RESUME_FRAMES + 1  # a fresh start from now
 

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from shuidian_alarm.app import create_app as alarm_app
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import service_auth
-from shuidian_gateway.routes_me import migrate_saved_settings, migrate_until_done
+from shuidian_gateway.api.routes_me import migrate_saved_settings, migrate_until_done
 from shuidian_gateway.testing import Harness, free_port, gateway_harness, serve
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ async def gw(database_url: str, mqtt_url: str) -> AsyncIterator[Harness]:
 async def forget_old_rows(gw: Harness) -> AsyncIterator[None]:
     """The gateway's database outlives this module: rows written into the old table here must not reach other tests."""
     yield
-    async with gw.app.state.runtime.engine.begin() as conn:
+    async with gw.app.state.container.runtime.engine.begin() as conn:
         await conn.execute(text("DELETE FROM gateway.notification_settings WHERE tenant_id IN ('T-A', 'T-B')"))
         await conn.execute(text("DELETE FROM gateway.notification_settings WHERE tenant_id LIKE 'T-C-%'"))
 
@@ -120,7 +120,7 @@ async def test_sms_needs_a_phone_on_file_and_staff_cannot_use_me(gw: Harness) ->
 
 async def test_settings_saved_in_the_gateway_before_are_pushed_to_alarm_once(gw: Harness) -> None:
     old = {"low_balance": False, "alarms": True, "statements": False, "channels": ["app"], "quiet_hours": None}
-    engine = gw.app.state.runtime.engine
+    engine = gw.app.state.container.runtime.engine
     async with engine.begin() as conn:
         await conn.execute(
             text(
@@ -149,7 +149,7 @@ async def test_the_start_up_push_is_idempotent_and_never_overwrites_alarms_newer
     tenant_c = f"T-C-{gw.suffix}"  # no billing record: no phone on file
     async with httpx.AsyncClient(base_url=gw.settings.alarm_url, auth=service_auth("alarm")) as alarm:
         before_a = (await alarm.get("/v1/tenants/T-A/notification-settings")).json()
-    engine = gw.app.state.runtime.engine
+    engine = gw.app.state.container.runtime.engine
     rows = {
         "T-A": {"channels": ["email"], "quiet_hours": "01:00-02:00"},
         tenant_c: {"low_balance": True, "alarms": False, "channels": ["sms", "wechat"], "quiet_hours": "23:00-06:00"},
@@ -163,7 +163,7 @@ async def test_the_start_up_push_is_idempotent_and_never_overwrites_alarms_newer
                 ),
                 {"t": tenant, "s": json.dumps(settings)},
             )
-    upstreams = gw.app.state.upstreams
+    upstreams = gw.app.state.container.upstreams
     await migrate_until_done(engine, upstreams, retry_seconds=0.01)
     again = await migrate_saved_settings(engine, upstreams)
     async with httpx.AsyncClient(base_url=gw.settings.alarm_url, auth=service_auth("alarm")) as alarm:

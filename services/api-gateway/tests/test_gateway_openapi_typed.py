@@ -94,7 +94,6 @@ UNTYPED_ANSWERS: frozenset[tuple[str, str]] = frozenset(
         ("POST", "/v1/alarm-subscriptions"),
         ("POST", "/v1/notifications/{notification_id}/retry"),
         ("GET", "/v1/dead-letters"),  # the kit's ops router: rows of any service's dead letters
-        ("GET", "/api/v1/meters/{meter_id}"),  # the deprecated first staff API
     }
 )
 

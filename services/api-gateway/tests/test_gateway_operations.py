@@ -23,8 +23,8 @@ from fastapi.routing import APIRoute
 
 from shuidian_devstack.platform import Platform, platform
 from shuidian_devstack.pytest_plugin import eventually
-from shuidian_gateway import routes_operations
-from shuidian_gateway.policy import POLICY, Action, Role
+from shuidian_gateway.api import routes_operations
+from shuidian_gateway.domain.policy import POLICY, Action, Role
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery staple"

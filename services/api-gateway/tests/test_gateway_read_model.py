@@ -19,9 +19,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from shuidian_gateway.auth import VerifiedTokens
-from shuidian_gateway.policy import Principal, Role
-from shuidian_gateway.readcache import BalanceReadModel, CachedBalance, ReadCache
+from shuidian_gateway.adapters.readcache import BalanceReadModel, CachedBalance, ReadCache, VerifiedTokens
+from shuidian_gateway.domain.policy import Principal, Role
 from shuidian_gateway.testing import Harness, gateway_harness
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics

@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from shuidian_devstack.infra import free_port
 from shuidian_devstack.platform import Platform, platform
 from shuidian_devstack.pytest_plugin import eventually
+from shuidian_gateway.api.routes_staff import ROUTES, Route
 from shuidian_gateway.app import create_app as gateway_app
-from shuidian_gateway.policy import POLICY, Role
-from shuidian_gateway.routes_staff import ROUTES, Route
+from shuidian_gateway.domain.policy import POLICY, Role
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import JWT_SECRET, STAFF_KEY
 from shuidian_kit.mqtt import BrokerAddress
@@ -687,12 +687,6 @@ CASES: tuple[Case, ...] = (
     _c("DELETE", "/v1/buses/GX-{E}-1", None, 204, once=True, roles=("admin",), refused="manager"),
     _c("DELETE", "/v1/gateways/GX-{E}", None, 204, once=True, roles=("admin",), refused="manager"),
     _c("GET", "/v1/notifications", roles=("admin",), refused="manager"),
-    # the first staff API (all-estates principals only)
-    _c("GET", "/api/v1/accounts/{A2}", roles=("admin", "cashier", "finance"), refused="manager"),
-    _c("POST", "/api/v1/accounts/{A2}/topups", {"amount": "1.00"}, 201, roles=("admin",), refused="manager"),
-    _c("GET", "/api/v1/meters/{M1}", roles=("admin",), refused="manager"),
-    _c("GET", "/api/v1/meters/{M1}/commands", roles=("admin", "cashier"), refused="manager"),
-    _c("GET", "/api/v1/alarms", roles=("admin",), refused="manager"),
     # tenants (a staff token is refused)
     _c("GET", "/v1/me", roles=TENANT, refused="admin"),
     _c("GET", "/v1/me/rooms", roles=TENANT, refused="admin"),

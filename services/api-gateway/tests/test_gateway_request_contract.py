@@ -22,8 +22,8 @@ from shuidian_collector.app import create_app as collector_app
 from shuidian_collector.settings import CollectorSettings
 from shuidian_control.app import create_app as control_app
 from shuidian_control.settings import ControlSettings
+from shuidian_gateway.api.routes_staff import ROUTES, Route
 from shuidian_gateway.app import create_app as gateway_app
-from shuidian_gateway.routes_staff import ROUTES, Route
 from shuidian_gateway.settings import GatewaySettings
 
 ACTOR_FIELDS = {"operator", "cashier", "closed_by", "by", "set_by", "actor"}

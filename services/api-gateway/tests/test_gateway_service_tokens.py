@@ -25,9 +25,9 @@ from shuidian_billing.adapters.payments.signing import new_private_key
 from shuidian_billing.app import create_app as billing_app
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
-from shuidian_gateway.policy import Principal, Role
+from shuidian_gateway.adapters.upstream import Upstreams, act_as
+from shuidian_gateway.domain.policy import Principal, Role
 from shuidian_gateway.testing import Harness, free_port, gateway_harness, serve
-from shuidian_gateway.upstream import Upstreams, act_as
 from shuidian_kit.service_auth import ActingPrincipal, ServiceTokens, require_service_tokens
 from shuidian_shared.settings import ServiceSettings
 

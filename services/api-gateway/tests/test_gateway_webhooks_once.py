@@ -31,10 +31,10 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_devstack import infra
-from shuidian_gateway import security
+from shuidian_gateway.adapters.webhooks import ATTEMPTS, HOUSEKEEPING_LOCK, QUEUE_SIZE, Webhooks
+from shuidian_gateway.domain import security
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import Harness, alarm_event, balance_event, free_port, gateway_harness, serve
-from shuidian_gateway.webhooks import ATTEMPTS, HOUSEKEEPING_LOCK, QUEUE_SIZE, Webhooks
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import BrokerAddress
@@ -335,8 +335,8 @@ async def test_old_deliveries_are_pruned_in_batches_by_one_replica_at_a_time(
                     ),
                     {"w": webhook_id, "m": uuid.uuid4(), "s": state, "d": days},
                 )
-    hooks = pair[0].app.state.webhooks
-    other = pair[1].app.state.webhooks
+    hooks = pair[0].app.state.container.webhooks
+    other = pair[1].app.state.container.webhooks
     before = {state: _pruned(state) for state in ("delivered", "dead")}
     async with engine.connect() as holder:  # another replica's housekeeping is running
         assert (await holder.execute(text(HOUSEKEEPING_LOCK))).scalar_one()

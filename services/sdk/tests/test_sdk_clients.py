@@ -13,7 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from shuidian_gateway import security
+from shuidian_gateway.domain import security
 from shuidian_gateway.testing import PASSWORD, Harness, gateway_harness
 from shuidian_sdk import (
     AsyncShuidianClient,

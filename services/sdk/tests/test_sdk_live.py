@@ -80,7 +80,7 @@ async def test_a_tenant_iterates_their_own_live_events_and_resumes(gw: Harness, 
 
 
 async def test_the_iterator_reconnects_when_the_gateway_ends_the_stream(gw: Harness, mqtt_url: str) -> None:
-    hub = gw.app.state.live
+    hub = gw.app.state.container.live
     async with AsyncShuidianClient(gw.url) as client:
         await client.login(gw.username("tenant_a"), PASSWORD)
         stream = client.live()

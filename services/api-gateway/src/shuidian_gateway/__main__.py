@@ -1,7 +1,7 @@
 """`python -m shuidian_gateway`: run the API gateway."""
 
+from shuidian_gateway.adapters.live import Server
 from shuidian_gateway.app import create_app
-from shuidian_gateway.live import Server
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_kit.service import serve
 

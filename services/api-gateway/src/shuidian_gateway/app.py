@@ -12,28 +12,31 @@ from typing import Any
 import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shuidian_gateway import (
-    api,
-    live,
+from shuidian_gateway import webui
+from shuidian_gateway.adapters import live
+from shuidian_gateway.adapters.audit import AuditWrites
+from shuidian_gateway.adapters.idempotency import IdempotencyStore
+from shuidian_gateway.adapters.identity import Identity
+from shuidian_gateway.adapters.readcache import ReadCache, VerifiedTokens
+from shuidian_gateway.adapters.scopes import TenantScopes
+from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
+from shuidian_gateway.adapters.webhooks import Webhooks
+from shuidian_gateway.api import (
     routes_identity,
+    routes_live,
     routes_me,
     routes_operations,
     routes_payments,
     routes_staff,
-    webhooks,
-    webui,
+    routes_webhooks,
 )
-from shuidian_gateway.asyncapi import document
-from shuidian_gateway.auth import TenantScopes, VerifiedTokens, require
-from shuidian_gateway.conventions import ERRORS, IdempotencyStore, RefuseNul, install_allow_header, install_cors
-from shuidian_gateway.identity import Identity
-from shuidian_gateway.policy import Action, Principal
-from shuidian_gateway.readcache import ReadCache
+from shuidian_gateway.api.asyncapi import document
+from shuidian_gateway.api.auth import require
+from shuidian_gateway.api.conventions import ERRORS, RefuseNul, install_allow_header, install_cors
+from shuidian_gateway.api.deps import Container
+from shuidian_gateway.domain.policy import Action
 from shuidian_gateway.settings import GatewaySettings
-from shuidian_gateway.upstream import UpstreamError, Upstreams
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
 from shuidian_kit.service_auth import ServiceTokens
@@ -43,8 +46,6 @@ from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, De
 
 log = logging.getLogger(__name__)
 SERVICE = "gateway"
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-AUDITED = ("/api/", "/v1/")
 VERSION = "1.0.0"
 DESCRIPTION = """
 水电预付费平台开放接口 · The public API of the Shuidian prepaid metering platform.
@@ -64,54 +65,6 @@ DESCRIPTION = """
   `If-Match` to update safely (412 if it changed).
 * MQTT topics and payloads: the AsyncAPI document at `/asyncapi.json`.
 """
-
-
-class AuditWrites:
-    """Every write is audited: who, what, when, from where, and how it ended (reads pass straight through)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in WRITE_METHODS or not scope["path"].startswith(AUDITED):
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            await self._record(scope, status)
-
-    async def _record(self, scope: Scope, status: int) -> None:
-        state = scope.get("state", {})
-        principal: Principal | None = state.get("principal")
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        client = scope.get("client")
-        runtime: Runtime = scope["app"].state.runtime
-        async with runtime.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO gateway.audit_log (principal, role, method, path, status, client_address, "
-                    "idempotency_key, user_agent) VALUES (:p, :r, :m, :u, :s, :c, :k, :a)"
-                ),
-                {
-                    "p": principal.name if principal else state.get("principal_name", "anonymous"),
-                    "r": principal.role.value if principal else None,
-                    "m": scope["method"],
-                    "u": scope["path"],
-                    "s": status,
-                    "c": client[0] if client else None,
-                    "k": headers.get("idempotency-key"),
-                    "a": headers.get("user-agent", "")[:300],
-                },
-            )
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -139,7 +92,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 ServiceTokens.from_settings(settings, SERVICE),
             )
             hub = live.LiveHub(settings.live_resume_seconds, settings.live_resume_frames)
-            hooks = webhooks.Webhooks(
+            hooks = Webhooks(
                 runtime.engine,
                 webhook_client,
                 secret_key=settings.webhook_secret_key.get_secret_value(),
@@ -151,18 +104,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 policy=settings.webhook_policy,
             )
             await hooks.seal_plaintext_secrets()
-            app.state.runtime = runtime
-            app.state.settings = settings
-            app.state.upstreams = upstreams
-            app.state.identity = Identity(runtime.engine, settings)
-            app.state.idempotency = IdempotencyStore(runtime.engine)
-            app.state.scopes = TenantScopes(upstreams, settings.scope_cache_seconds)
-            app.state.verified_tokens = VerifiedTokens()
             balances = routes_me.balance_read_model(upstreams, settings.balance_cache_seconds)
-            app.state.balances = balances
-            app.state.usage_today = ReadCache[tuple[str, str], bytes](settings.usage_today_cache_seconds)
-            app.state.live = hub
-            app.state.webhooks = hooks
+            app.state.runtime = runtime  # the kit's operations routes (/readyz, dead letters) read it
+            app.state.container = Container(
+                runtime=runtime,
+                settings=settings,
+                upstreams=upstreams,
+                identity=Identity(runtime.engine, settings),
+                idempotency=IdempotencyStore(runtime.engine),
+                scopes=TenantScopes(upstreams, settings.scope_cache_seconds),
+                verified_tokens=VerifiedTokens(),
+                balances=balances,
+                usage_today=ReadCache[tuple[str, str], bytes](settings.usage_today_cache_seconds),
+                live=hub,
+                webhooks=hooks,
+            )
 
             async def fan_out(message: Any, topic: str) -> asyncio.Future[None]:
                 if isinstance(message, BalanceEvent):
@@ -230,12 +186,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.include_router(routes_identity.router)
     app.include_router(routes_me.router)
-    app.include_router(live.router)
-    app.include_router(webhooks.router)
+    app.include_router(routes_live.router)
+    app.include_router(routes_webhooks.router)
     app.include_router(routes_staff.build_router())
     app.include_router(routes_operations.router)
     for payments_router in routes_payments.routers(settings):
         app.include_router(payments_router)
-    app.include_router(api.router)
     webui.install(app)  # the console and the portal, when web/dist was built
     return app

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from shuidian_gateway.api.asyncapi import document
 from shuidian_gateway.app import create_app
-from shuidian_gateway.asyncapi import document
 from shuidian_gateway.settings import GatewaySettings
 
 

@@ -18,9 +18,9 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
+from shuidian_gateway.adapters.fakes import FakeBackends, create_fake_backends
+from shuidian_gateway.adapters.live import Server
 from shuidian_gateway.app import create_app
-from shuidian_gateway.fakes import FakeBackends, create_fake_backends
-from shuidian_gateway.live import Server
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_shared.messages import (
     AlarmEvent,

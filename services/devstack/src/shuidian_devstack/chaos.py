@@ -106,7 +106,7 @@ class Payments:
         self.sent += 1
         try:
             response = await client.post(
-                f"{self.gateway}/api/v1/accounts/{account}/topups",
+                f"{self.gateway}/v1/accounts/{account}/topups",
                 json={"amount": str(amount), "channel": "cash", "reference": f"chaos {key}"},
                 headers={"Authorization": f"Bearer {STAFF_KEY}", "Idempotency-Key": key},
             )
@@ -117,7 +117,8 @@ class Payments:
         if response.is_success:
             self.pending.pop(key, None)
             self.accepted.setdefault(key, Payment(account, amount, time.time()))
-        elif response.status_code >= 500 or response.status_code in (408, 429):
+        # 409: the gateway is still serving this key's first request (a retry after a timeout): retry later.
+        elif response.status_code >= 500 or response.status_code in (408, 409, 429):
             self.errors += 1
             self.pending[key] = (account, amount)
         else:

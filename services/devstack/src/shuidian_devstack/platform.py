@@ -22,8 +22,8 @@ from shuidian_collector.settings import CollectorSettings
 from shuidian_control.app import create_app as control_app
 from shuidian_control.settings import ControlSettings
 from shuidian_devstack.infra import free_port, service_auth
+from shuidian_gateway.adapters.live import Server as LiveServer
 from shuidian_gateway.app import create_app as gateway_app
-from shuidian_gateway.live import Server as LiveServer
 from shuidian_gateway.settings import GatewaySettings
 
 STAFF_KEY = "e2e-staff-key-0123456789abcdef"

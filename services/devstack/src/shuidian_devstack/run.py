@@ -166,7 +166,7 @@ def banner(urls: dict[str, str], estate_rooms: int) -> str:
         "",
         "Shuidian 水电 is running — 平台已启动",
         f"  API gateway      {gw}/docs   (staff key: {STAFF_KEY})",
-        f"  try:             curl -H 'Authorization: Bearer {STAFF_KEY}' {gw}/api/v1/accounts/A101",
+        f"  try:             curl -H 'Authorization: Bearer {STAFF_KEY}' {gw}/v1/accounts/A101",
         f"  sign in:         tenant A101 · staff manager, cashier, maintenance, finance, admin"
         f" — password {DEMO_PASSWORD}",
         f"                   curl -d grant_type=password -d username=A101 -d password={DEMO_PASSWORD} {gw}/v1/auth/token",

@@ -20,17 +20,16 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from shuidian_gateway.auth import require
-from shuidian_gateway.conventions import (
+from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
+from shuidian_gateway.api.auth import require
+from shuidian_gateway.api.conventions import (
     ERRORS,
     MONTH_PATTERN,
     NO_NUL,
     Amount,
     Area,
     Cursor,
-    Idempotency,
     IdempotencyKey,
-    IdempotencyStore,
     IfMatch,
     Limit,
     MoneyIn,
@@ -47,9 +46,9 @@ from shuidian_gateway.conventions import (
     upstream_key,
     with_etag,
 )
+from shuidian_gateway.api.deps import Idempotency, UpstreamsDep, container_of
+from shuidian_gateway.domain.policy import Action, Principal, Role
 from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound, PreconditionFailed
-from shuidian_gateway.policy import Action, Principal, Role
-from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
 from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.contracts import collector as collector_contract
 from shuidian_shared.contracts import control as control_contract
@@ -1491,7 +1490,7 @@ def _endpoint(route: Route) -> Any:
                 raise PreconditionFailed("nothing to match: it does not exist / 对象不存在") from err
             check_etag(kwargs["if_match"], current)
         if route.kind == "money":
-            store: IdempotencyStore = request.app.state.idempotency
+            store = container_of(request).idempotency
             key: str = kwargs["idempotency_key"]
 
             async def forward() -> tuple[int, Any]:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import importlib.util
 import sys
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from fastapi import Depends, Request
 
 from shuidian_kit.errors import ServiceError
 from shuidian_kit.service_auth import ServiceTokens
 
 if TYPE_CHECKING:
-    from shuidian_gateway.policy import Principal
+    from shuidian_gateway.domain.policy import Principal
 
 # httpcore tries `import sniffio` on every request; a failed import is not cached and costs ~0.3 ms each
 # time. Marking the absent module as absent makes the miss immediate.
@@ -124,11 +123,3 @@ class Upstreams:
                 str(detail), status_code=response.status_code, code=str(code), body=body if is_problem else None
             )
         return response
-
-
-async def upstreams_of(request: Request) -> Upstreams:
-    upstreams: Upstreams = request.app.state.upstreams
-    return upstreams
-
-
-UpstreamsDep = Annotated[Upstreams, Depends(upstreams_of)]

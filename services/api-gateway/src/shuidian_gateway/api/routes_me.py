@@ -20,12 +20,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 
-from shuidian_gateway.auth import Scope, Tenant, TenantScopes, utcnow
-from shuidian_gateway.conventions import (
+from shuidian_gateway.adapters.readcache import BalanceReadModel, CachedBalance
+from shuidian_gateway.adapters.scopes import TenantScopes
+from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
+from shuidian_gateway.api.auth import Tenant, utcnow
+from shuidian_gateway.api.conventions import (
     ERRORS,
     Amount,
     Cursor,
-    Idempotency,
     IdempotencyKey,
     IfMatch,
     Limit,
@@ -37,12 +39,9 @@ from shuidian_gateway.conventions import (
     version_etag,
     version_of,
 )
+from shuidian_gateway.api.deps import Idempotency, UpstreamsDep, container_of
+from shuidian_gateway.domain.policy import Principal, Scope
 from shuidian_gateway.errors import ObjectNotFound, PreconditionFailed
-from shuidian_gateway.policy import Principal
-from shuidian_gateway.readcache import BalanceReadModel, CachedBalance, ReadCache
-from shuidian_gateway.settings import GatewaySettings
-from shuidian_gateway.upstream import UpstreamError, Upstreams, UpstreamsDep
-from shuidian_kit.service import Runtime
 from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.messages import AwareDatetime
 from shuidian_shared.money import CENT, Money, Quantity
@@ -53,7 +52,7 @@ JSON = "application/json"
 
 
 async def _scopes(request: Request) -> TenantScopes:
-    scopes: TenantScopes = request.app.state.scopes
+    scopes = container_of(request).scopes
     return scopes
 
 
@@ -232,7 +231,7 @@ def balance_read_model(upstreams: Upstreams, ttl: float) -> BalanceReadModel:
 
 
 def _balances(request: Request) -> BalanceReadModel:
-    balances: BalanceReadModel = request.app.state.balances
+    balances = container_of(request).balances
     return balances
 
 
@@ -322,8 +321,8 @@ async def usage_today(
     account_id: ObjectId, request: Request, principal: Tenant, scopes: Scopes, upstreams: Upstream
 ) -> Response:
     await owned(principal, scopes, "account", account_id)
-    settings: GatewaySettings = request.app.state.settings
-    cache: ReadCache[tuple[str, str], bytes] = request.app.state.usage_today
+    settings = container_of(request).settings
+    cache = container_of(request).usage_today
     local = utcnow().astimezone(ZoneInfo(settings.timezone))
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0).isoformat()
 
@@ -528,7 +527,7 @@ class NotificationSettings(BaseModel):
 
 
 def _engine(request: Request) -> Any:
-    runtime: Runtime = request.app.state.runtime
+    runtime = container_of(request).runtime
     return runtime.engine
 
 

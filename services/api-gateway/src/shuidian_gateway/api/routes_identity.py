@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal, Self
 from fastapi import APIRouter, Depends, Form, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from shuidian_gateway.auth import Authenticated, client_address, require, utcnow
-from shuidian_gateway.conventions import (
+from shuidian_gateway.adapters.identity import Identity
+from shuidian_gateway.api.auth import Authenticated, client_address, require, utcnow
+from shuidian_gateway.api.conventions import (
     ERRORS,
     NO_NUL,
     Cursor,
@@ -22,17 +23,16 @@ from shuidian_gateway.conventions import (
     version_etag,
     version_of,
 )
+from shuidian_gateway.api.deps import container_of
+from shuidian_gateway.domain.policy import GRANTABLE_SCOPES, Action, Principal, Role
 from shuidian_gateway.errors import InvalidRequest
-from shuidian_gateway.identity import Identity
-from shuidian_gateway.policy import GRANTABLE_SCOPES, Action, Principal, Role
-from shuidian_gateway.settings import GatewaySettings
 from shuidian_shared.messages import Identifier
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
 async def _identity(request: Request) -> Identity:
-    identity: Identity = request.app.state.identity
+    identity = container_of(request).identity
     return identity
 
 
@@ -81,7 +81,7 @@ async def token(
     password: Annotated[str | None, Form(max_length=256, pattern=NO_NUL)] = None,
     refresh_token: Annotated[str | None, Form(max_length=200, pattern=NO_NUL)] = None,
 ) -> TokenOut:
-    settings: GatewaySettings = request.app.state.settings
+    settings = container_of(request).settings
     await identity.count_attempt(client_address(request, settings.trusted_proxy_networks), utcnow())
     if grant_type == "password":
         if not username or not password:

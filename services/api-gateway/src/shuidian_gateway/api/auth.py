@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request, WebSocket
 from fastapi.security import OAuth2PasswordBearer
 
-from shuidian_gateway import security
+from shuidian_gateway.adapters.upstream import act_as
+from shuidian_gateway.api.deps import container_of
+from shuidian_gateway.domain import security
+from shuidian_gateway.domain.policy import Action, Principal, Role
 from shuidian_gateway.errors import Forbidden, Unauthorised
-from shuidian_gateway.identity import Identity
-from shuidian_gateway.policy import Action, Principal, Role
-from shuidian_gateway.readcache import ReadCache
-from shuidian_gateway.settings import GatewaySettings
-from shuidian_gateway.upstream import UpstreamError, Upstreams, act_as
 from shuidian_kit.urlguard import IPNetwork
 
 bearer = OAuth2PasswordBearer(
@@ -41,16 +37,16 @@ def utcnow() -> datetime:
 
 
 async def principal_from_token(request: Request | WebSocket, token: str) -> Principal:
-    settings: GatewaySettings = request.app.state.settings
+    gateway = container_of(request)
+    settings = gateway.settings
     if hmac.compare_digest(token.encode(), settings.staff_api_key.get_secret_value().encode()):
         return BOOTSTRAP
     if security.api_key_prefix(token) is not None:
-        identity: Identity = request.app.state.identity
-        principal = await identity.api_key_principal(token)
+        principal = await gateway.identity.api_key_principal(token)
         if principal is None:
             raise Unauthorised("the API key is unknown or revoked")
         return principal
-    verified: VerifiedTokens = request.app.state.verified_tokens
+    verified = gateway.verified_tokens
     now = utcnow()
     principal = verified.get(token, now)
     if principal is not None:
@@ -65,35 +61,6 @@ async def principal_from_token(request: Request | WebSocket, token: str) -> Prin
     principal = Principal("user", claims.user_id, role, frozenset(claims.estates), claims.tenant_id)
     verified.put(token, principal, claims.expires_at)
     return principal
-
-
-class VerifiedTokens:
-    """Access tokens whose signature and claims were verified, until they expire (bounded, least
-    recently used out first). A token is a signed, immutable statement, so verifying it again would
-    give the same principal; its expiry is still checked on every use."""
-
-    def __init__(self, max_entries: int = 10_000) -> None:
-        self._max = max_entries
-        self._tokens: OrderedDict[str, tuple[datetime, Principal]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._tokens)
-
-    def get(self, token: str, now: datetime) -> Principal | None:
-        hit = self._tokens.get(token)
-        if hit is None:
-            return None
-        if hit[0] <= now:
-            del self._tokens[token]
-            return None
-        self._tokens.move_to_end(token)
-        return hit[1]
-
-    def put(self, token: str, principal: Principal, expires_at: datetime) -> None:
-        self._tokens[token] = (expires_at, principal)
-        self._tokens.move_to_end(token)
-        while len(self._tokens) > self._max:
-            self._tokens.popitem(last=False)
 
 
 async def authenticated(request: Request, token: Annotated[str | None, Depends(bearer)]) -> Principal:
@@ -152,51 +119,3 @@ def _within(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in networks)
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What a tenant may see: the accounts, rooms and meters of their active leases."""
-
-    tenant_id: str
-    accounts: frozenset[str]
-    rooms: frozenset[str]
-    meters: frozenset[str]
-
-    def owns(self, kind: str, object_id: str) -> bool:
-        return object_id in {"account": self.accounts, "room": self.rooms, "meter": self.meters}[kind]
-
-
-def _ids(items: object, key: str) -> frozenset[str]:
-    if not isinstance(items, list):
-        return frozenset()
-    return frozenset(
-        str(i[key]) if isinstance(i, dict) else str(i)
-        for i in items
-        if isinstance(i, (str, dict)) and (not isinstance(i, dict) or key in i)
-    )
-
-
-class TenantScopes:
-    """Tenant scope from billing's `GET /v1/tenants/{tenant_id}/scope`, cached for a few seconds."""
-
-    def __init__(self, upstreams: Upstreams, ttl: float) -> None:
-        self._upstreams = upstreams
-        self._cache: ReadCache[str, Scope] = ReadCache(ttl)
-
-    async def of(self, tenant_id: str) -> Scope:
-        return await self._cache.get(tenant_id, lambda: self._fetch(tenant_id))
-
-    async def _fetch(self, tenant_id: str) -> Scope:
-        try:
-            body = await self._upstreams.call("billing", "GET", f"/v1/tenants/{tenant_id}/scope")
-        except UpstreamError as err:
-            if err.status_code != 404:
-                raise
-            body = {}  # a tenant billing does not know has no leases: they see nothing
-        return Scope(
-            tenant_id,
-            _ids(body.get("accounts"), "account_id"),
-            _ids(body.get("rooms"), "room_id"),
-            _ids(body.get("meters"), "meter_id"),
-        )

@@ -19,8 +19,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
+from shuidian_gateway.domain.policy import Principal
 from shuidian_shared.messages import BalanceEvent
 
 MAX_ENTRIES = 50_000
@@ -109,3 +111,32 @@ class BalanceReadModel:
         hit = self._cache.peek(event.account_id)
         if hit is None or hit.sequence < event.sequence:
             self._cache.invalidate(event.account_id)
+
+
+class VerifiedTokens:
+    """Access tokens whose signature and claims were verified, until they expire (bounded, least
+    recently used out first). A token is a signed, immutable statement, so verifying it again would
+    give the same principal; its expiry is still checked on every use."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max = max_entries
+        self._tokens: OrderedDict[str, tuple[datetime, Principal]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def get(self, token: str, now: datetime) -> Principal | None:
+        hit = self._tokens.get(token)
+        if hit is None:
+            return None
+        if hit[0] <= now:
+            del self._tokens[token]
+            return None
+        self._tokens.move_to_end(token)
+        return hit[1]
+
+    def put(self, token: str, principal: Principal, expires_at: datetime) -> None:
+        self._tokens[token] = (expires_at, principal)
+        self._tokens.move_to_end(token)
+        while len(self._tokens) > self._max:
+            self._tokens.popitem(last=False)

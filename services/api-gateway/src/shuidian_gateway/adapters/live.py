@@ -28,31 +28,23 @@ balance | alarm` with `id:` and the message as `data:`; idle streams get a comme
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import uvicorn
-from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_gateway import security
-from shuidian_gateway.auth import Scope, Tenant, TenantScopes, bearer, principal_from_token, utcnow
-from shuidian_gateway.conventions import ERRORS
-from shuidian_gateway.errors import Forbidden, GatewayError, Unauthorised
-from shuidian_gateway.policy import Principal, Role
-from shuidian_gateway.settings import GatewaySettings
-from shuidian_kit.service import Runtime
+from shuidian_gateway.domain import security
+from shuidian_gateway.domain.policy import Scope
+from shuidian_gateway.errors import Unauthorised
 from shuidian_shared.messages import AlarmEvent, BalanceEvent, DeviceState
 
 log = logging.getLogger(__name__)
@@ -277,96 +269,11 @@ class Server(uvicorn.Server):
     event stream never ends by itself, so a plain uvicorn would wait for it until killed."""
 
     async def shutdown(self, sockets: Any = None) -> None:
-        hub = getattr(getattr(self.config.app, "state", None), "live", None)
+        container = getattr(getattr(self.config.app, "state", None), "container", None)
+        hub = getattr(container, "live", None)
         if isinstance(hub, LiveHub):
             hub.close()
         await super().shutdown(sockets)
-
-
-router = APIRouter()
-
-
-# -- WebSocket ---------------------------------------------------------------------------------------
-@router.websocket("/v1/me/live")
-async def live(websocket: WebSocket) -> None:
-    header = websocket.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else None
-    principal: Principal | None = None
-    code, reason = 4401, "unauthorised"
-    try:
-        principal = await live_principal(websocket, token, websocket.query_params.get("ticket"))
-    except Forbidden:
-        code, reason = 4403, "tenant accounts only"
-    except GatewayError:
-        pass  # no, bad, expired or used credential: 4401
-    # Accept first, so the client reads why it is refused from the close code (4401 / 4403).
-    await websocket.accept()
-    if principal is None or principal.tenant_id is None:
-        await websocket.close(code=code, reason=reason)
-        return
-    scopes: TenantScopes = websocket.app.state.scopes
-    hub: LiveHub = websocket.app.state.live
-    client, _ = hub.connect(await scopes.of(principal.tenant_id))
-    receiver = asyncio.create_task(_drain(websocket))
-    try:
-        while True:
-            getter = asyncio.ensure_future(client.queue.get())
-            done, _ = await asyncio.wait(
-                {getter, receiver}, timeout=SCOPE_REFRESH_SECONDS, return_when=asyncio.FIRST_COMPLETED
-            )
-            if getter not in done:
-                getter.cancel()
-            if receiver in done:
-                break
-            if getter in done:
-                frame = getter.result()
-                if frame is None:
-                    await websocket.close(code=1001, reason="server shutting down")
-                    break
-                await websocket.send_text(f'{{"type":"{frame.kind}","data":{frame.data}}}')
-            else:
-                hub.rescope(client, await scopes.of(principal.tenant_id))  # leases change: follow them
-    except (WebSocketDisconnect, RuntimeError):
-        pass
-    finally:
-        hub.disconnect(client)
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-            await receiver
-
-
-async def _drain(websocket: WebSocket) -> None:
-    """Read (and ignore) what the client sends, so a disconnect is noticed."""
-    with contextlib.suppress(WebSocketDisconnect):
-        while True:
-            await websocket.receive_text()
-
-
-# -- Server-sent events ------------------------------------------------------------------------------
-class LiveTicket(BaseModel):
-    ticket: str = Field(
-        description="credential for `/v1/me/live?ticket=` (event stream or WebSocket): one connection to the live stream"
-    )
-    expires_in: int = Field(description="seconds within which the ticket can be used, once")
-    url: str = Field(
-        description="the stream's path with the ticket, for `new EventSource(url)`; a browser's WebSocket opens "
-        "the same path and query on `wss://`"
-    )
-
-    model_config = {
-        "json_schema_extra": {
-            "examples": [{"ticket": "eyJhbGciOi…", "expires_in": 30, "url": "/v1/me/live?ticket=eyJhbGciOi…"}]
-        }
-    }
-
-
-class LiveReady(BaseModel):
-    """The first event of every stream."""
-
-    tenant_id: str
-    resumed: bool = Field(
-        description="true: the frames missed since Last-Event-ID follow; false: re-read balances and meters"
-    )
 
 
 _REDEEM = text(
@@ -415,139 +322,3 @@ async def forget_used_tickets(engine: AsyncEngine, batch: int = 5000) -> int:
         deleted += count
         if count < batch:
             return deleted
-
-
-async def live_principal(connection: Request | WebSocket, token: str | None, ticket: str | None) -> Principal:
-    """The tenant a live connection (event stream or WebSocket) signs in as: by bearer token, else by
-    live ticket, which this uses up. Unauthorised for no, bad, expired or used credentials and for an
-    account no longer admitted; Forbidden for anyone but a tenant."""
-    if token:
-        principal = await principal_from_token(connection, token)
-    elif ticket:
-        if len(ticket) > TICKET_MAX_LENGTH:
-            raise Unauthorised("invalid live ticket: too long")
-        settings: GatewaySettings = connection.app.state.settings
-        try:
-            claims = security.decode_live_ticket(
-                settings.jwt_secret.get_secret_value(), settings.jwt_issuer, ticket, now=utcnow()
-            )
-        except security.InvalidToken as err:
-            raise Unauthorised(f"invalid live ticket: {err}") from err
-        runtime: Runtime = connection.app.state.runtime
-        await redeem_ticket(runtime.engine, claims)
-        principal = Principal("user", claims.user_id, Role.TENANT, frozenset(), claims.tenant_id)
-    else:
-        raise Unauthorised("sign in first: Authorization: Bearer <access token>, or ?ticket= / 请先登录")
-    if principal.role is not Role.TENANT or principal.tenant_id is None:
-        raise Forbidden("the /v1/me API is for tenant accounts / 仅限租户账号")
-    return principal
-
-
-async def live_tenant(
-    request: Request,
-    token: Annotated[str | None, Depends(bearer)],
-    ticket: Annotated[
-        str | None,
-        Query(
-            max_length=TICKET_MAX_LENGTH,
-            description="a ticket from `POST /v1/me/live/tickets` (for EventSource and browser WebSockets)",
-        ),
-    ] = None,
-) -> Principal:
-    """A tenant, by bearer token or by live ticket (the event stream's dependency)."""
-    principal = await live_principal(request, token, ticket)
-    request.state.principal = principal
-    return principal
-
-
-@router.post(
-    "/v1/me/live/tickets",
-    tags=["tenant"],
-    status_code=201,
-    response_model=LiveTicket,
-    responses=ERRORS,
-    summary="实时推送票据 · A single-use ticket for the live stream (browsers' EventSource and WebSocket cannot "
-    "send headers)",
-)
-async def live_ticket(principal: Tenant, request: Request) -> LiveTicket:
-    settings: GatewaySettings = request.app.state.settings
-    assert principal.tenant_id is not None
-    ticket = security.encode_live_ticket(
-        settings.jwt_secret.get_secret_value(),
-        settings.jwt_issuer,
-        user_id=principal.subject,
-        tenant_id=principal.tenant_id,
-        now=utcnow(),
-        ttl=timedelta(seconds=settings.live_ticket_seconds),
-    )
-    return LiveTicket(ticket=ticket, expires_in=settings.live_ticket_seconds, url=f"/v1/me/live?ticket={ticket}")
-
-
-@router.get(
-    "/v1/me/live",
-    tags=["tenant"],
-    response_class=EventSourceResponse,
-    responses=ERRORS,
-    summary="实时推送（SSE）· Live meter states, balance events and alarms as server-sent events",
-    description="`text/event-stream`. First `event: ready` (`data`: tenant id and whether the stream resumed), "
-    "then `event: meter_state | balance | alarm` with `id: <epoch>-<n>` and the MQTT message as `data`, "
-    "only for the tenant's own accounts and meters. Send `Last-Event-ID` (EventSource does on reconnect) to "
-    "get the events missed since (or `?last_event_id=` with a new ticket), when this replica still holds every "
-    "one of them; otherwise `ready` says "
-    "`resumed: false` and the client re-reads its balances and meters. Idle streams get a `: heartbeat` "
-    "comment. The same path as a WebSocket carries the same frames as JSON and signs in the same way "
-    "(bearer header or `?ticket=`; 4401 / 4403 close codes for refusals).",
-)
-async def live_events(
-    request: Request,
-    principal: Annotated[Principal, Depends(live_tenant)],
-    last_event_id: Annotated[str | None, Header(max_length=100, description="the last event id received")] = None,
-    last_event_id_query: Annotated[
-        str | None,
-        Query(
-            alias="last_event_id",
-            max_length=100,
-            description="the same as the `Last-Event-ID` header, for a new `EventSource` opened with a new ticket "
-            "(it cannot set the header); the header wins",
-        ),
-    ] = None,
-) -> AsyncIterator[ServerSentEvent]:
-    settings: GatewaySettings = request.app.state.settings
-    scopes: TenantScopes = request.app.state.scopes
-    hub: LiveHub = request.app.state.live
-    assert principal.tenant_id is not None
-    tenant_id = principal.tenant_id
-    scope = await scopes.of(tenant_id)
-    # Back to back, no await between: a frame evicted in between would be a gap nobody is told about.
-    after = hub.resume_point(last_event_id or last_event_id_query, scope)
-    client, start = hub.connect(scope, after)
-    try:
-        yield ServerSentEvent(
-            event="ready",
-            id=hub.event_id(start),
-            retry=RECONNECT_MILLISECONDS,
-            data=LiveReady(tenant_id=tenant_id, resumed=after is not None),
-        )
-        heartbeat = settings.live_heartbeat_seconds
-        beat_at = time.monotonic() + heartbeat
-        refresh_at = time.monotonic() + SCOPE_REFRESH_SECONDS
-        while True:
-            try:
-                async with asyncio.timeout(max(min(beat_at, refresh_at) - time.monotonic(), 0.0)):
-                    frame = await client.queue.get()
-            except TimeoutError:
-                now = time.monotonic()
-                if now >= refresh_at:
-                    hub.rescope(client, await scopes.of(tenant_id))  # leases change: follow them
-                    refresh_at = now + SCOPE_REFRESH_SECONDS
-                if now >= beat_at:
-                    yield ServerSentEvent(comment="heartbeat")
-                    beat_at = now + heartbeat
-                continue
-            if frame is None:
-                yield ServerSentEvent(comment="server shutting down; reconnect")
-                return
-            yield ServerSentEvent(event=frame.kind, id=hub.event_id(frame.seq), raw_data=frame.data)
-            beat_at = time.monotonic() + heartbeat
-    finally:
-        hub.disconnect(client)

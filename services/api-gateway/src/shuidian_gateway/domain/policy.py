@@ -132,3 +132,16 @@ class Principal:
         if self.all_estates:
             return True
         return estate_id is not None and estate_id in self.estates
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a tenant may see: the accounts, rooms and meters of their active leases."""
+
+    tenant_id: str
+    accounts: frozenset[str]
+    rooms: frozenset[str]
+    meters: frozenset[str]
+
+    def owns(self, kind: str, object_id: str) -> bool:
+        return object_id in {"account": self.accounts, "room": self.rooms, "meter": self.meters}[kind]

@@ -10,11 +10,11 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 
-from shuidian_gateway.auth import Tenant
-from shuidian_gateway.conventions import ERRORS, ObjectId
-from shuidian_gateway.routes_me import Scopes, payment
+from shuidian_gateway.api.auth import Tenant
+from shuidian_gateway.api.conventions import ERRORS, ObjectId
+from shuidian_gateway.api.deps import UpstreamsDep
+from shuidian_gateway.api.routes_me import Scopes, payment
 from shuidian_gateway.settings import GatewaySettings
-from shuidian_gateway.upstream import UpstreamsDep
 from shuidian_shared.contracts import billing as billing_contract
 
 Provider = Literal["wechat", "alipay", "sandbox"]

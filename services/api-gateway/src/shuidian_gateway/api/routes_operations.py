@@ -24,13 +24,13 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from sqlalchemy import text
 
-from shuidian_gateway.auth import require
-from shuidian_gateway.conventions import (
+from shuidian_gateway.adapters.idempotency import IdempotencyStore
+from shuidian_gateway.adapters.upstream import Upstreams
+from shuidian_gateway.api.auth import require
+from shuidian_gateway.api.conventions import (
     ERRORS,
     Cursor,
-    Idempotency,
     IdempotencyKey,
-    IdempotencyStore,
     Limit,
     MonthPath,
     Quantity,
@@ -40,10 +40,10 @@ from shuidian_gateway.conventions import (
     page_of_all,
     upstream_key,
 )
+from shuidian_gateway.api.deps import Idempotency, UpstreamsDep, container_of
+from shuidian_gateway.api.routes_staff import BatchIn, estate_meters, estate_of
+from shuidian_gateway.domain.policy import Action, Principal
 from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
-from shuidian_gateway.policy import Action, Principal
-from shuidian_gateway.routes_staff import BatchIn, estate_meters, estate_of
-from shuidian_gateway.upstream import Upstreams, UpstreamsDep
 from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.contracts.alarm import NotificationOut
 
@@ -1380,7 +1380,7 @@ async def audit_log(
         "SELECT id, at, principal, role, method, path, status, client_address, idempotency_key, user_agent "
         f"FROM gateway.audit_log WHERE {' AND '.join(clauses)} ORDER BY at DESC, id DESC LIMIT :limit OFFSET :offset"
     )
-    async with request.app.state.runtime.engine.connect() as conn:
+    async with container_of(request).runtime.engine.connect() as conn:
         rows = [dict(r._mapping) for r in await conn.execute(text(sql), params)]
     return {
         "items": rows[:limit],

@@ -13,9 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shuidian_gateway import security
+from shuidian_gateway.domain import security
+from shuidian_gateway.domain.policy import Action, Principal, Role
 from shuidian_gateway.errors import InvalidGrant, ObjectNotFound, PreconditionFailed, TooManyRequests
-from shuidian_gateway.policy import Action, Principal, Role
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_kit.errors import Conflict
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.occupancy import RoomOccupancies
 from shuidian_billing.adapters.payments.bank import BankImports
 from shuidian_billing.adapters.payments.cash import CashDesk
 from shuidian_billing.adapters.payments.online import OnlinePayments, Providers
@@ -39,7 +40,8 @@ def build(runtime: Runtime, settings: BillingSettings, http: httpx.AsyncClient) 
     the payment providers), wired once."""
     engine, outbox = runtime.engine, runtime.outbox
     billing = Billing.build(engine, outbox, settings, runtime.mqtt.client_id)
-    premises = Premises(engine, billing.accounts, outbox, runtime.mqtt.client_id)
+    occupancy = RoomOccupancies(engine, outbox, runtime.mqtt.client_id)
+    premises = Premises(engine, billing.accounts, occupancy, outbox, runtime.mqtt.client_id)
     channels = Channels(
         online=OnlinePayments(engine, billing, Providers.from_settings(settings), settings, http),
         cash=CashDesk(engine, billing),
@@ -51,6 +53,7 @@ def build(runtime: Runtime, settings: BillingSettings, http: httpx.AsyncClient) 
         runtime=runtime,
         billing=billing,
         premises=premises,
+        occupancy=occupancy,
         periods=PeriodRuns(engine, billing),
         settlements=LeaseSettlements(engine, billing, premises, outbox),
         channels=channels,
@@ -65,7 +68,7 @@ def start(container: Container) -> None:
         runtime.supervisor.add(f"bill-{lane}", functools.partial(billing.readings.bill_loop, lane))
     runtime.supervisor.add("flush", billing.poster.flush_loop)
     runtime.supervisor.add("reannounce", billing.levels.reannounce_loop)
-    runtime.supervisor.add("occupancy", container.premises.occupancy_loop)
+    runtime.supervisor.add("occupancy", container.occupancy.loop)
     runtime.supervisor.add("payment-orders", container.channels.online.sweep_loop)
 
 

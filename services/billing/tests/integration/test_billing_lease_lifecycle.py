@@ -20,7 +20,8 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from shuidian_billing.adapters.billing import Billing
-from shuidian_billing.adapters.premises import REPUBLISH_CHUNK, Premises, local_midnight
+from shuidian_billing.adapters.occupancy import REPUBLISH_CHUNK, RoomOccupancies
+from shuidian_billing.adapters.premises import local_midnight
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
 from shuidian_devstack import infra
 from shuidian_devstack.billing_harness import billing_on_own_database, client_of
@@ -211,9 +212,9 @@ async def test_a_fresh_broker_gets_every_room_back_and_dated_changes_are_announc
     _, lease, _ = await move_in(client, room_id, tomorrow.isoformat())
     await asyncio.sleep(0.5)
     assert not (await retained(mqtt_url, room_id, lambda s: True)).leased
-    premises: Premises = app.state.container.premises
+    occupancy: RoomOccupancies = app.state.container.occupancy
     due = local_midnight(tomorrow)
-    assert await premises.publish_transitions(due - timedelta(minutes=1), due) >= 1
+    assert await occupancy.publish_transitions(due - timedelta(minutes=1), due) >= 1
     state = await retained(mqtt_url, room_id, lambda s: s.leased)
     assert (state.lease_id, state.since) == (lease, due)
 
@@ -223,7 +224,7 @@ async def test_a_fresh_broker_gets_every_room_back_and_dated_changes_are_announc
     account = uid("acc")
     await ok(client, "PUT", f"/v1/accounts/{account}", json={"name": "直接绑定"})
     await ok(client, "PUT", f"/v1/meters/{meter}/binding", json={"account_id": account, "utility": "electricity"})
-    assert await premises.publish_transitions(before, datetime.now(UTC)) >= 1
+    assert await occupancy.publish_transitions(before, datetime.now(UTC)) >= 1
     assert (await retained(mqtt_url, room_id, lambda s: not s.meters)).meters == ()
 
 
@@ -652,7 +653,7 @@ async def test_an_account_still_paying_for_a_meter_of_its_own_is_not_settled(cli
 async def test_republishing_every_room_waits_while_the_outbox_is_busy(app: FastAPI, client: httpx.AsyncClient) -> None:
     _, floor = await estate(client)
     await room(client, floor)
-    premises: Premises = app.state.container.premises
+    occupancy: RoomOccupancies = app.state.container.occupancy
     engine = app.state.container.runtime.engine
 
     async def queued() -> int:
@@ -677,7 +678,7 @@ async def test_republishing_every_room_waits_while_the_outbox_is_busy(app: FastA
                 {"n": REPUBLISH_CHUNK},
             )
         before = await queued()  # the drainer is held off: only what the calls above queued
-        republish = asyncio.create_task(premises.republish_occupancy())
+        republish = asyncio.create_task(occupancy.republish())
         await asyncio.sleep(1.0)
         # … so no room is queued behind them yet.
         assert not republish.done()

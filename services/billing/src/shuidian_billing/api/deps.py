@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.adapters.occupancy import RoomOccupancies
 from shuidian_billing.adapters.payments.bank import BankImports
 from shuidian_billing.adapters.payments.cash import CashDesk
 from shuidian_billing.adapters.payments.online import OnlinePayments
@@ -37,6 +38,7 @@ class Container:
     runtime: Runtime
     billing: Billing
     premises: Premises
+    occupancy: RoomOccupancies
     periods: PeriodRuns
     settlements: LeaseSettlements
     channels: Channels
@@ -59,6 +61,10 @@ def _premises(request: Request) -> Premises:
     return container(request).premises
 
 
+def _occupancy(request: Request) -> RoomOccupancies:
+    return container(request).occupancy
+
+
 def _periods(request: Request) -> PeriodRuns:
     return container(request).periods
 
@@ -74,6 +80,7 @@ def _channels(request: Request) -> Channels:
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 BillingDep = Annotated[Billing, Depends(_billing)]
 PremisesDep = Annotated[Premises, Depends(_premises)]
+OccupancyDep = Annotated[RoomOccupancies, Depends(_occupancy)]
 PeriodsDep = Annotated[PeriodRuns, Depends(_periods)]
 SettlementsDep = Annotated[LeaseSettlements, Depends(_settlements)]
 ChannelsDep = Annotated[Channels, Depends(_channels)]

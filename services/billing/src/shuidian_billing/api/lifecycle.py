@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from shuidian_billing.api.deps import PremisesDep, SettlementsDep
+from shuidian_billing.api.deps import OccupancyDep, SettlementsDep
 from shuidian_billing.api.payment_schemas import RefundOut
 from shuidian_billing.api.payments import IdempotencyKey, replayable
 from shuidian_kit.service_auth import Acting
@@ -177,5 +177,5 @@ async def lease_settlement(lease_id: str, settlements: SettlementsDep) -> dict[s
     description="500 rooms per transaction, each chunk queued only once fewer than 500 events wait in the "
     "outbox, so live events (balance changes) are not held up; returns when every room is queued.",
 )
-async def republish_occupancy(premises: PremisesDep) -> dict[str, int]:
-    return {"rooms": await premises.republish_occupancy()}
+async def republish_occupancy(occupancy: OccupancyDep) -> dict[str, int]:
+    return {"rooms": await occupancy.republish()}

@@ -36,7 +36,7 @@ TZ = ZoneInfo("Asia/Shanghai")
 REGISTER = "energy_active_import_total"
 BASE_KW = Decimal("0.3")
 EVENING_EXTRA = Decimal("1.2")  # 18:00–22:00, inside the 峰 rate
-DAYS = 30
+DAYS = 40  # more than a month, so the last whole month always has use
 TOU = [
     {
         "kind": "tou",
@@ -192,6 +192,64 @@ async def test_a_month_of_readings_becomes_the_tenants_report(stack: Stack, mqtt
         peak_daily * 30 * Decimal("0.2") * Decimal("0.5")
     ).quantize(Decimal("0.01"))
     assert "峰" in items["peak_share"]["text_zh"]
+    assert "comparison" not in items  # no similar homes known yet: nothing claimed
+
+
+async def test_the_report_compares_with_similar_homes_of_the_estate(stack: Stack) -> None:
+    report = await ok(stack.insights, "GET", f"/v1/households/{stack.account}/report")
+    engine = create_engine(stack.database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            household = (
+                await conn.execute(
+                    text("SELECT * FROM insights.households WHERE account_id = :a"), {"a": stack.account}
+                )
+            ).one()
+            month = (stack.today.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+            own = await conn.scalar(
+                text("SELECT total FROM insights.monthly_profiles WHERE meter_id = :m AND month = :month"),
+                {"m": stack.meter, "month": month},
+            )
+            # Six homes like this one (area 60 ± 20 %, 2–4 persons) and one far bigger that must not count.
+            for i, (area, size, total) in enumerate(
+                [(55, 3, 100), (60, 2, 110), (65, 4, 120), (70, 3, 130), (50, 3, 140), (60, 3, 150), (200, 3, 999)]
+            ):
+                await conn.execute(
+                    text("INSERT INTO insights.households VALUES (:a, :e, :r, NULL, true, :b, :area, :size, now());"),
+                    {
+                        "a": f"PEER{i}-{stack.account}",
+                        "e": household.estate_id,
+                        "r": f"PR{i}",
+                        "b": household.building_id,
+                        "area": area,
+                        "size": size,
+                    },
+                )
+                await conn.execute(
+                    text("INSERT INTO insights.household_meters VALUES (:m, :a, :r, 'electricity')"),
+                    {"m": f"PM{i}-{stack.meter}", "a": f"PEER{i}-{stack.account}", "r": f"PR{i}"},
+                )
+                await conn.execute(
+                    text("INSERT INTO insights.monthly_profiles VALUES (:m, :month, :hours, 30, :total)"),
+                    {
+                        "m": f"PM{i}-{stack.meter}",
+                        "month": month,
+                        "hours": [Decimal(total)] + [Decimal(0)] * 23,
+                        "total": total,
+                    },
+                )
+    finally:
+        await engine.dispose()
+    assert household.area_m2 == Decimal("60.00")  # billing's room, read by insights
+    assert "comparison" not in {item["code"] for item in report["items"]}
+    report = await ok(stack.insights, "GET", f"/v1/households/{stack.account}/report")
+    item = next(item for item in report["items"] if item["code"] == "comparison")
+    assert item["inputs"]["peers"] == "6"
+    assert item["inputs"]["month"] == month
+    # Median of 100..150 is 125, the 20th percentile 110.
+    assert item["figures"]["similar_median"] == "125.000"
+    assert item["figures"]["efficient_p20"] == "110.000"
+    assert item["figures"]["own"] == str(own.quantize(Decimal("0.001")))
 
 
 async def test_reading_history_by_meter_and_room_as_json_and_csv(stack: Stack) -> None:

@@ -24,15 +24,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_devstack.benchkit import emit
+from shuidian_insights.adapters.analysis import what_if_out
 from shuidian_insights.app import compose
 from shuidian_insights.domain import clusters
-from shuidian_insights.domain.usage import month_key
+from shuidian_insights.domain.usage import month_key, previous_months
 from shuidian_insights.settings import InsightsSettings
 from shuidian_kit.db import create_engine
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
-from shuidian_shared.contracts.insights import TariffSpec, WhatIfIn
+from shuidian_shared.contracts.insights import TariffSpec
 
 TZ = ZoneInfo("Asia/Shanghai")
 TARGET_HOUSEHOLDS = 100_000
@@ -158,18 +159,27 @@ async def run(database_url: str, mqtt_url: str) -> None:
             peers_per_estate=households // 10,
         )
 
-        started = time.perf_counter()
-        result = await c.analysis.what_if(WhatIfIn(utility="electricity", proposed=PROPOSED, months=12), today)
-        seconds = (time.perf_counter() - started) * scale
+        wall, cpu = time.perf_counter(), time.process_time()
+        months = previous_months(today, 12)
+        profiles = await c.analysis.month_profiles("electricity", months, None)
+        read_wall, read_cpu = time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = what_if_out("electricity", months, CURRENT, PROPOSED, profiles, wall)
+        price_wall, price_cpu = time.perf_counter() - wall, time.process_time() - cpu
+        seconds = (read_wall + price_wall) * scale
         emit(
             "insights_what_if_100k_households_12_months",
             seconds,
             "s",
             60,
             seconds < 60,
-            measured_s=round(time.perf_counter() - started, 2),
+            read_s=round(read_wall, 2),
+            read_cpu_s=round(read_cpu, 2),
+            price_s=round(price_wall, 2),
+            price_cpu_s=round(price_cpu, 2),
             households=result["households"],
             revenue_change_pct=str(result["revenue_change_pct"]),
+            note="the months read from the database and priced twice, measured at measured_households and scaled linearly",
             **context,
         )
     finally:
@@ -235,7 +245,7 @@ async def _generate(engine: AsyncEngine, households: int, today: date) -> None:
         await conn.execute(
             text(
                 "INSERT INTO insights.monthly_profiles SELECT meter_id, to_char(day, 'YYYY-MM'), "
-                "array_agg(q ORDER BY h), max(days) FROM (SELECT meter_id, date_trunc('month', day) AS day, h, "
+                "array_agg(q ORDER BY h), max(days), sum(q) FROM (SELECT meter_id, date_trunc('month', day) AS day, h, "
                 "sum(by_hour[h + 1]) AS q, count(*) AS days FROM insights.daily_profiles, generate_series(0, 23) h "
                 "GROUP BY 1, 2, 3) s GROUP BY meter_id, day"
             )

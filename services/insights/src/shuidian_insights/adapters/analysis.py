@@ -68,19 +68,25 @@ class Analysis:
                 out += [(midnight.replace(hour=h), Decimal(q)) for h, q in enumerate(by_hour)]
             return tuple(out)
 
-    async def _peer_totals(self, estate_id: str, utility: str, first: date, last: date) -> list[advice.Peer]:
+    async def _peers(
+        self, household: dict[str, Any], utility: str, month: str
+    ) -> tuple[Decimal | None, list[advice.Peer]]:
+        """The household's use in `month` and that of the estate's households of about its area and size."""
+        area, size = household["area_m2"], household["household_size"] or 1
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 text(
-                    "SELECT h.account_id, h.area_m2, h.household_size, sum(q) AS quantity "
-                    "FROM insights.households h JOIN insights.household_meters m ON m.account_id = h.account_id "
-                    "JOIN insights.daily_profiles p ON p.meter_id = m.meter_id, unnest(p.by_hour) q "
-                    "WHERE h.estate_id = :estate AND m.utility = :utility AND p.day >= :f AND p.day <= :l "
-                    "AND h.area_m2 IS NOT NULL GROUP BY 1, 2, 3"
+                    "SELECT h.account_id, h.area_m2, h.household_size, p.total FROM insights.households h "
+                    "JOIN insights.household_meters m ON m.account_id = h.account_id "
+                    "JOIN insights.monthly_profiles p ON p.meter_id = m.meter_id AND p.month = :month "
+                    "WHERE h.estate_id = :estate AND m.utility = :utility "
+                    "AND h.area_m2 BETWEEN :area * 0.8 AND :area * 1.2 AND h.household_size BETWEEN :size - 1 AND :size + 1"
                 ),
-                {"estate": estate_id, "utility": utility, "f": first, "l": last},
+                {"estate": household["estate_id"], "utility": utility, "month": month, "area": area, "size": size},
             )
-            return [advice.Peer(r.account_id, r.area_m2, r.household_size, r.quantity) for r in rows]
+            peers = [advice.Peer(r.account_id, r.area_m2, r.household_size, r.total) for r in rows]
+        own = next((p.quantity for p in peers if p.account_id == household["account_id"]), None)
+        return own, peers
 
     async def tenant_report(self, account_id: str, today: date) -> dict[str, Any]:
         household = await self._households.get(account_id)
@@ -90,7 +96,9 @@ class Analysis:
         last = today - timedelta(days=1)
         first = today - timedelta(days=WINDOW_DAYS)
         size = household["household_size"] or 1
-        windows, previous, peers, mtd = [], {}, {}, {}
+        last_month = previous_months(today, 1)[0]
+        windows, previous, mtd = [], {}, {}
+        peers: dict[str, tuple[Decimal, list[Decimal]]] = {}
         for utility, meter_id in meters.items():
             hours = await self._hours(meter_id, first - timedelta(days=WINDOW_DAYS), last)
             current = tuple(h for h in hours if h[0].date() >= first)
@@ -104,12 +112,14 @@ class Analysis:
             window = advice.Window(utility, current, tariff, size, WINDOW_DAYS)
             windows.append(window)
             if household["area_m2"] is not None:
-                candidates = await self._peer_totals(household["estate_id"], utility, first, last)
-                peers[utility] = advice.similar(household["area_m2"], size, candidates, account_id)
+                own, candidates = await self._peers(household, utility, last_month)
+                if own is not None:
+                    peers[utility] = (own, advice.similar(household["area_m2"], size, candidates, account_id))
         items = advice.report(
             windows,
             previous_totals=previous,
             peers=peers,
+            peer_month=last_month,
             month_to_date=mtd,
             today=today,
             days_in_month=calendar.monthrange(today.year, today.month)[1],

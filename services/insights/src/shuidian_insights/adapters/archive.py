@@ -198,15 +198,15 @@ class Archive:
         result = await conn.execute(
             text(
                 """
-                INSERT INTO insights.monthly_profiles (meter_id, month, by_hour, days)
-                SELECT meter_id, :month, array_agg(q ORDER BY h), max(days) FROM (
+                INSERT INTO insights.monthly_profiles (meter_id, month, by_hour, days, total)
+                SELECT meter_id, :month, array_agg(q ORDER BY h), max(days), sum(q) FROM (
                     SELECT meter_id, h, sum(by_hour[h + 1]) AS q, count(*) AS days
                     FROM insights.daily_profiles CROSS JOIN generate_series(0, 23) g(h)
                     WHERE day >= :first AND day < :following
                       AND meter_id IN (SELECT meter_id FROM insights.daily_profiles WHERE day = :day)
                     GROUP BY meter_id, h
                 ) per_hour GROUP BY meter_id
-                ON CONFLICT (meter_id, month) DO UPDATE SET by_hour = EXCLUDED.by_hour, days = EXCLUDED.days
+                ON CONFLICT (meter_id, month) DO UPDATE SET by_hour = EXCLUDED.by_hour, days = EXCLUDED.days, total = EXCLUDED.total
                 """
             ),
             {"month": f"{first:%Y-%m}", "first": first, "following": following, "day": day},

@@ -259,8 +259,8 @@ def seasonal_change(window: Window, previous_total: Decimal | None) -> AdviceIte
     )
 
 
-def comparison(utility: str, own: Decimal, peers: Sequence[Decimal]) -> AdviceItem | None:
-    """Against similar homes: their median and their efficient fifth (20th percentile)."""
+def comparison(utility: str, own: Decimal, peers: Sequence[Decimal], month: str = "") -> AdviceItem | None:
+    """Against similar homes over the same month: their median and their efficient fifth (20th percentile)."""
     if len(peers) < MIN_PEERS:
         return None
     ordered = sorted(peers)
@@ -285,6 +285,7 @@ def comparison(utility: str, own: Decimal, peers: Sequence[Decimal]) -> AdviceIt
             "efficient_p20": _q(efficient),
         },
         inputs={
+            "month": month,
             "peers": str(len(peers)),
             "similar": "same estate, area within ±20 %, household size within ±1",
             "efficient": "20th percentile of similar homes",
@@ -315,7 +316,8 @@ def report(
     windows: Sequence[Window],
     *,
     previous_totals: dict[str, Decimal],
-    peers: Mapping[str, Sequence[Decimal]],
+    peers: Mapping[str, tuple[Decimal, Sequence[Decimal]]],
+    peer_month: str,
     month_to_date: dict[str, Decimal],
     today: date,
     days_in_month: int,
@@ -323,7 +325,9 @@ def report(
     """Every finding the data supports, comparison first."""
     items: list[AdviceItem | None] = []
     for window in windows:
-        items.append(comparison(window.utility, window.total, peers.get(window.utility, ())))
+        if window.utility in peers:
+            own, similar_use = peers[window.utility]
+            items.append(comparison(window.utility, own, similar_use, peer_month))
         items.append(base_load(window))
         items.append(peak_share(window))
         items.append(tier_forecast(window, month_to_date.get(window.utility, ZERO), today, days_in_month))

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Context, Decimal, Inexact, localcontext
 from functools import lru_cache
+from operator import mul
 
 from shuidian_shared.contracts.insights import (
     FixedComponent,
     FlatComponent,
-    SharedComponent,
     TariffSpec,
     TieredComponent,
     TouComponent,
@@ -79,46 +79,57 @@ def tier_split(tiered: TieredComponent, used_before: Decimal, quantity: Decimal,
     return parts
 
 
+@dataclass(frozen=True, slots=True)
+class Pricer:
+    """A tariff compiled once for pricing many household-months: flat and time-of-use prices add up to one
+    price per local hour of day; tiers and fixed fees apply to the month as a whole."""
+
+    hourly: tuple[Decimal, ...]
+    tiers: tuple[TieredComponent, ...]
+    fixed: Decimal
+
+    @classmethod
+    def of(cls, tariff: TariffSpec) -> Pricer:
+        tiers = tuple(c for c in tariff.components if isinstance(c, TieredComponent))
+        fixed = sum((c.amount_per_month for c in tariff.components if isinstance(c, FixedComponent)), ZERO)
+        return cls(marginal_prices_by_hour(tariff), tiers, fixed)
+
+    def month(self, profile: MonthProfile, household_size: int, used_before_in_year: Decimal = ZERO) -> Decimal:
+        """The exact amount of one household-month (fixed fees included)."""
+        with localcontext(EXACT):
+            amount = sum(map(mul, profile.by_hour, self.hourly), self.fixed)
+            if self.tiers:
+                total = profile.total
+                for tiered in self.tiers:
+                    before = used_before_in_year if tiered.period == "year" else ZERO
+                    parts = tier_split(tiered, before, total, household_size)
+                    amount += sum(map(mul, parts, (b.unit_price for b in tiered.blocks)), ZERO)
+            return amount
+
+    def months(self, profiles: Sequence[MonthProfile], household_size: int) -> Decimal:
+        """The exact amount of consecutive months (a yearly tier counts from each local January)."""
+        amount = ZERO
+        used_in_year = ZERO
+        year = ""
+        for profile in sorted(profiles, key=lambda p: p.month):
+            if profile.month[:4] != year:
+                year, used_in_year = profile.month[:4], ZERO
+            amount += self.month(profile, household_size, used_in_year)
+            if self.tiers:
+                used_in_year += profile.total
+        return amount
+
+
 def price_month(
     tariff: TariffSpec, profile: MonthProfile, household_size: int, used_before_in_year: Decimal = ZERO
 ) -> Decimal:
     """The exact amount of one household-month under `tariff` (fixed fees included)."""
-    with localcontext(EXACT):
-        return _price_month(tariff, profile, household_size, used_before_in_year)
-
-
-def _price_month(
-    tariff: TariffSpec, profile: MonthProfile, household_size: int, used_before_in_year: Decimal
-) -> Decimal:
-    # Flat and time-of-use prices add up per hour of day: one price per hour prices both exactly.
-    amount = sum((q * p for q, p in zip(profile.by_hour, marginal_prices_by_hour(tariff), strict=True)), ZERO)
-    total = profile.total
-    for component in tariff.components:
-        match component:
-            case FlatComponent() | TouComponent():
-                pass  # in the hourly prices above
-            case TieredComponent():
-                before = used_before_in_year if component.period == "year" else ZERO
-                parts = tier_split(component, before, total, household_size)
-                amount += sum((q * b.unit_price for q, b in zip(parts, component.blocks, strict=True)), ZERO)
-            case FixedComponent():
-                amount += component.amount_per_month
-            case SharedComponent():
-                pass
-    return amount
+    return Pricer.of(tariff).month(profile, household_size, used_before_in_year)
 
 
 def price_months(tariff: TariffSpec, profiles: Sequence[MonthProfile], household_size: int) -> Decimal:
-    """The exact amount of consecutive months (a yearly tier counts from each local January)."""
-    amount = ZERO
-    used_in_year = ZERO
-    year = ""
-    for profile in sorted(profiles, key=lambda p: p.month):
-        if profile.month[:4] != year:
-            year, used_in_year = profile.month[:4], ZERO
-        amount += price_month(tariff, profile, household_size, used_in_year)
-        used_in_year += profile.total
-    return amount
+    """The exact amount of consecutive months under `tariff`."""
+    return Pricer.of(tariff).months(profiles, household_size)
 
 
 def to_fen(amount: Decimal) -> Decimal:

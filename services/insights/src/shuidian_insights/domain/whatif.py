@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from shuidian_insights.domain.pricing import MonthProfile, price_months, to_fen
+from shuidian_insights.domain.pricing import MonthProfile, Pricer, to_fen
 from shuidian_insights.domain.stats import percentile
 from shuidian_shared.contracts.insights import TariffSpec
 
@@ -72,13 +72,15 @@ class WhatIf:
         return [(low + width * i, low + width * (i + 1), counts[i]) for i in range(buckets)]
 
 
-def bill(tariff: TariffSpec, household: Household) -> Decimal:
+def bill(tariff: TariffSpec | Pricer, household: Household) -> Decimal:
     """A household's bill over its months in whole fen (cut toward zero, as billing posts)."""
-    return to_fen(price_months(tariff, household.months, household.household_size))
+    pricer = tariff if isinstance(tariff, Pricer) else Pricer.of(tariff)
+    return to_fen(pricer.months(household.months, household.household_size))
 
 
 def what_if(current: TariffSpec, proposed: TariffSpec, households: Sequence[Household]) -> WhatIf:
-    bills = tuple(HouseholdBill(h.account_id, bill(current, h), bill(proposed, h)) for h in households)
+    before, after = Pricer.of(current), Pricer.of(proposed)
+    bills = tuple(HouseholdBill(h.account_id, bill(before, h), bill(after, h)) for h in households)
     return WhatIf(
         bills,
         current_revenue=sum((b.current for b in bills), ZERO),

@@ -92,6 +92,7 @@ class Stack:
     gateway: str
     backends: dict[str, str]
     simulator: str
+    prometheus: str
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         # Only the env file configures the stack: compose prefers the caller's environment, and the test run
@@ -112,11 +113,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     env_file = root / ".env"
     subprocess.run([str(DEPLOY / "scripts" / "init-secrets.sh"), str(env_file), str(root / "tls")], check=True)
-    ports = {name: free_port() for name in ("gateway", "mqtts", *SERVICES[:4], "simulator")}
+    ports = {name: free_port() for name in ("gateway", "mqtts", "prometheus", *SERVICES[:4], "simulator")}
     with env_file.open("a") as extra:
         extra.write(
             f"SHUIDIAN_VERSION={VERSION}\nSHUIDIAN_GATEWAY_PORT={ports['gateway']}\n"
-            f"SHUIDIAN_MQTTS_PORT={ports['mqtts']}\n"
+            f"SHUIDIAN_MQTTS_PORT={ports['mqtts']}\nSHUIDIAN_PROMETHEUS_PORT={ports['prometheus']}\n"
             # No protected windows (the test runs at night and at weekends too) and a fast-forwarded estate.
             "CONTROL_NIGHTS_START=\nCONTROL_NIGHTS_END=\nCONTROL_PROTECT_WEEKENDS=false\nCONTROL_PROTECT_HOLIDAYS=false\n"
             "SIMULATOR_ACCELERATION=3600\nBILLING_MAX_PLAUSIBLE_KWH_PER_HOUR=216000\n"
@@ -135,7 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES[:4]}
     result = Stack(
         _read_env(env_file), compose, f"http://127.0.0.1:{ports['gateway']}", urls,
-        f"http://127.0.0.1:{ports['simulator']}",
+        f"http://127.0.0.1:{ports['simulator']}", f"http://127.0.0.1:{ports['prometheus']}",
     )  # fmt: skip
     try:
         result.run("up", "-d", "--no-build")
@@ -228,3 +229,23 @@ async def test_a_household_is_read_billed_cut_off_and_restored_through_the_gatew
         assert not await relay_open()
         view = await _json(gateway, f"/v1/accounts/{account}")
         assert Decimal(view["balance"]) > Decimal("40")
+
+
+async def test_prometheus_scrapes_every_service_with_the_shipped_config_and_rules(stack: Stack) -> None:
+    stack.run("--profile", "observability", "up", "-d", "--no-deps", "prometheus")
+
+    async def all_up() -> dict[str, str] | None:
+        async with httpx.AsyncClient(base_url=stack.prometheus, timeout=10) as prometheus:
+            try:
+                targets = (await prometheus.get("/api/v1/targets")).json()["data"]["activeTargets"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return None
+        health = {t["labels"]["service"]: t["health"] for t in targets}
+        return health if len(health) == 5 and set(health.values()) == {"up"} else None
+
+    assert set(await _eventually(all_up, "Prometheus to scrape the five services", timeout=120)) == set(SERVICES)
+    async with httpx.AsyncClient(base_url=stack.prometheus, timeout=10) as prometheus:
+        groups = (await prometheus.get("/api/v1/rules")).json()["data"]["groups"]
+        served = (await prometheus.get("/api/v1/query", params={"query": "sum(shuidian_http_requests_total)"})).json()
+    assert {rule["name"] for group in groups for rule in group["rules"]} >= {"ShuidianBrokerDisconnected"}
+    assert served["data"]["result"], "the services' HTTP metrics are scraped"

@@ -42,12 +42,13 @@ def build(runtime: Runtime, settings: BillingSettings, http: httpx.AsyncClient) 
     billing = Billing.build(engine, outbox, settings, runtime.mqtt.client_id)
     occupancy = RoomOccupancies(engine, outbox, runtime.mqtt.client_id)
     premises = Premises(engine, billing.accounts, occupancy, outbox, runtime.mqtt.client_id)
+    online = OnlinePayments(engine, billing, Providers.from_settings(settings), settings, http)
     channels = Channels(
-        online=OnlinePayments(engine, billing, Providers.from_settings(settings), settings, http),
+        online=online,
         cash=CashDesk(engine, billing),
         bank=BankImports(engine, billing),
         reviews=ReviewQueue(engine, billing),
-        refunds=Refunds(engine, billing, outbox),
+        refunds=Refunds(engine, billing, outbox, online),
     )
     return Container(
         runtime=runtime,

@@ -355,3 +355,81 @@ def test_a_key_is_read_from_a_mounted_secret_file(world: World, tmp_path: Any) -
         world.settings.model_copy(update={"wechat_merchant_private_key": SecretStr(str(path))})
     )
     assert providers.wechat_merchant is not None
+
+
+async def paid_order(world: World, provider: str, amount: str) -> tuple[str, dict[str, Any]]:
+    account = await new_account(world.client)
+    order = await create(world.client, account, amount, provider)
+    if provider == "wechat":
+        headers, body = world.wechat.pay(order["order_id"])
+        assert (await notify_wechat(world, headers, body)).json()["outcome"] == "accepted"
+    else:
+        form = world.alipay.pay(order["order_id"])
+        assert (await world.client.post("/v1/payments/notify/alipay", content=urlencode(form), headers=FORM)).is_success
+    return account, await order_of(world, order["order_id"])
+
+
+async def refund(world: World, payment_id: str, amount: str) -> dict[str, Any]:
+    response = await world.client.post(
+        f"/v1/payments/{payment_id}/refunds",
+        json={"amount": amount, "reason": "退租退款"},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def test_wechat_refund_goes_through_the_provider_and_its_notification_applies_once(world: World) -> None:
+    account, order = await paid_order(world, "wechat", "50.00")
+    done = await refund(world, order["payment_id"], "20.00")
+    assert done["provider_status"] == "processing"
+    at_provider = world.wechat.refunds[uuid.UUID(done["refund_id"]).hex]
+    assert (at_provider.out_trade_no, at_provider.refund, at_provider.total) == (order["order_id"], 2000, 5000)
+    assert await balance(world.client, account) == Decimal("30.00")  # the ledger posting as before
+    headers, body = world.wechat.refund_notification(at_provider.out_refund_no)
+    first = await notify_wechat(world, headers, body)
+    assert (first.status_code, first.json()["outcome"]) == (200, "accepted")
+    assert (await notify_wechat(world, headers, body)).json()["outcome"] == "replayed"
+    refunds = (await world.client.get(f"/v1/payments/{order['payment_id']}/refunds")).json()
+    assert [r["provider_status"] for r in refunds] == ["success"]
+    assert await balance(world.client, account) == Decimal("30.00")
+
+
+async def test_a_wechat_refund_the_provider_gives_up_on_is_held_for_review_not_credited(world: World) -> None:
+    _, order = await paid_order(world, "wechat", "40.00")
+    done = await refund(world, order["payment_id"], "40.00")
+    headers, body = world.wechat.refund_notification(uuid.UUID(done["refund_id"]).hex, status="ABNORMAL")
+    assert (await notify_wechat(world, headers, body)).json()["outcome"] == "accepted"
+    reviews = (await world.client.get("/v1/payments/reviews")).json()
+    item = next(r for r in reviews if r["detail"].get("refund_id") == done["refund_id"])
+    assert (item["kind"], item["amount"]) == ("refund_failed", "40.00")
+    assign = await world.client.post(f"/v1/payments/reviews/{item['review_id']}/assign", json={"account_id": "x"})
+    assert (assign.status_code, assign.json()["code"]) == (409, "review_not_creditable")
+
+
+async def test_alipay_refund_is_paid_back_at_once_or_held_for_review(world: World) -> None:
+    account, order = await paid_order(world, "alipay", "25.00")
+    done = await refund(world, order["payment_id"], "5.00")
+    assert done["provider_status"] == "success"
+    assert world.alipay.refunds[uuid.UUID(done["refund_id"]).hex] == (order["order_id"], "5.00")
+    world.alipay.refuse_refunds = True
+    try:
+        refused = await refund(world, order["payment_id"], "6.00")
+    finally:
+        world.alipay.refuse_refunds = False
+    assert refused["provider_status"] == "failed"
+    assert await balance(world.client, account) == Decimal("14.00")
+    reviews = (await world.client.get("/v1/payments/reviews")).json()
+    assert any(r["kind"] == "refund_failed" and r["detail"].get("refund_id") == refused["refund_id"] for r in reviews)
+
+
+async def test_a_forged_refund_notification_changes_nothing(world: World) -> None:
+    _, order = await paid_order(world, "wechat", "10.00")
+    done = await refund(world, order["payment_id"], "10.00")
+    headers, body = world.wechat.refund_notification(uuid.UUID(done["refund_id"]).hex)
+    headers["Wechatpay-Signature"] = headers["Wechatpay-Signature"][::-1]
+    response = await notify_wechat(world, headers, body)
+    assert (response.status_code, response.json()["code"]) == (400, "callback_bad_signature")
+    refunds = (await world.client.get(f"/v1/payments/{order['payment_id']}/refunds")).json()
+    assert [r["provider_status"] for r in refunds] == ["processing"]

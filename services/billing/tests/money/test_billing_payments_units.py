@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from shuidian_billing.adapters.payments.bank import StatementInvalid, parse_statement
 from shuidian_billing.adapters.payments.online import Providers
-from shuidian_billing.adapters.payments.providers import parse_form, verify_wechat
+from shuidian_billing.adapters.payments.providers import Notification, parse_form, verify_wechat
 from shuidian_billing.adapters.payments.sandbox import Sandbox
 from shuidian_billing.adapters.payments.signing import alipay_content, new_private_key, public_pem
 from shuidian_billing.adapters.statements import Period, section_of
@@ -92,6 +92,7 @@ def test_sandbox_notification_round_trips_through_wechat_verification() -> None:
     now = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
     headers, body = SANDBOX.notification(order_id="SD1", transaction_id="T1", total_fen=1234, now=now)
     note = verify_wechat(SANDBOX.config(timedelta(minutes=5)), headers, body, now + timedelta(seconds=299))
+    assert isinstance(note, Notification)
     assert (note.order_id, note.provider_txn_id, note.amount, note.paid) == ("SD1", "T1", Decimal("12.34"), True)
     with pytest.raises(CallbackRejected, match="outside"):
         verify_wechat(SANDBOX.config(timedelta(minutes=5)), headers, body, now + timedelta(seconds=301))

@@ -142,6 +142,11 @@ class RefundOut(BaseModel):
     operator: str
     reason: str
     created_at: datetime
+    provider_status: str | None = Field(
+        default=None,
+        description="online payments: pending (not yet accepted by the provider), processing, success or failed "
+        "(held for review); null for other channels",
+    )
     replayed: bool
 
 

@@ -50,6 +50,8 @@ class AlipayEmulator:
         default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
     trades: dict[str, AlipayTrade] = field(default_factory=dict)
+    refunds: dict[str, tuple[str, str]] = field(default_factory=dict)  # out_request_no → (out_trade_no, amount)
+    refuse_refunds: bool = False  # answer refunds with a business failure (e.g. the merchant's balance is short)
     requests: list[str] = field(default_factory=list)  # methods of every verified request
     refused: list[str] = field(default_factory=list)
 
@@ -171,6 +173,25 @@ class AlipayEmulator:
                     )
                 trade.trade_status = "TRADE_CLOSED"
                 return self.answer(method, {"code": "10000", "msg": "Success", "out_trade_no": trade.out_trade_no})
+            if method == "alipay.trade.refund":
+                if trade is None or trade.trade_status != "TRADE_SUCCESS":
+                    return self.answer(method, missing)
+                if self.refuse_refunds:
+                    return self.answer(
+                        method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.SELLER_BALANCE_NOT_ENOUGH"}
+                    )
+                request_no = biz["out_request_no"]
+                change = "N" if request_no in self.refunds else "Y"  # a repeat is the same refund
+                self.refunds.setdefault(request_no, (trade.out_trade_no, biz["refund_amount"]))
+                member = {
+                    "code": "10000",
+                    "msg": "Success",
+                    "trade_no": trade.trade_no,
+                    "out_trade_no": trade.out_trade_no,
+                    "fund_change": change,
+                    "refund_fee": biz["refund_amount"],
+                }
+                return self.answer(method, member)
             return self.answer(method, {"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.UNKNOWN_METHOD"})
 
         return app

@@ -39,6 +39,17 @@ class WechatOrder:
 
 
 @dataclass
+class WechatRefund:
+    out_refund_no: str
+    out_trade_no: str
+    refund: int
+    total: int
+    refund_id: str
+    notify_url: str
+    status: str = "PROCESSING"
+
+
+@dataclass
 class WechatPayEmulator:
     """The platform: its signing key and serial, and the one merchant it serves."""
 
@@ -52,6 +63,7 @@ class WechatPayEmulator:
     )
     platform_serial: str = field(default_factory=lambda: secrets.token_hex(20).upper())
     orders: dict[str, WechatOrder] = field(default_factory=dict)
+    refunds: dict[str, WechatRefund] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every verified request
     refused: list[str] = field(default_factory=list)  # why unsigned / badly signed requests were refused
 
@@ -110,22 +122,50 @@ class WechatPayEmulator:
         return self.notification(order)
 
     def notification(self, order: WechatOrder, *, apiv3_key: str | None = None) -> tuple[dict[str, str], bytes]:
-        resource = self.transaction(order)
+        return self.signed_event("TRANSACTION.SUCCESS", "transaction", self.transaction(order), apiv3_key=apiv3_key)
+
+    def refund_notification(self, out_refund_no: str, status: str = "SUCCESS") -> tuple[dict[str, str], bytes]:
+        """The refund settles (or fails): its state changes and the signed `REFUND.*` notification is returned."""
+        refund = self.refunds[out_refund_no]
+        refund.status = status
+        resource = {
+            "mchid": self.mch_id,
+            "out_trade_no": refund.out_trade_no,
+            "transaction_id": self.orders[refund.out_trade_no].transaction_id,
+            "out_refund_no": refund.out_refund_no,
+            "refund_id": refund.refund_id,
+            "refund_status": status,
+            "success_time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "user_received_account": "招商银行信用卡0403",
+            "amount": {
+                "total": refund.total,
+                "refund": refund.refund,
+                "payer_total": refund.total,
+                "payer_refund": refund.refund,
+            },
+        }
+        event = {"SUCCESS": "REFUND.SUCCESS", "ABNORMAL": "REFUND.ABNORMAL"}.get(status, "REFUND.CLOSED")
+        return self.signed_event(event, "refund", resource)
+
+    def signed_event(
+        self, event_type: str, original_type: str, resource: dict[str, Any], *, apiv3_key: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """A notification as the platform POSTs it: resource AES-256-GCM encrypted, headers RSA-signed."""
         nonce = secrets.token_hex(6)
         key = (apiv3_key or self.apiv3_key).encode()
-        ciphertext = AESGCM(key).encrypt(nonce.encode(), json.dumps(resource).encode(), b"transaction")
+        ciphertext = AESGCM(key).encrypt(nonce.encode(), json.dumps(resource).encode(), original_type.encode())
         body = json.dumps(
             {
                 "id": secrets.token_hex(16),
                 "create_time": datetime.now(UTC).isoformat(timespec="seconds"),
                 "resource_type": "encrypt-resource",
-                "event_type": "TRANSACTION.SUCCESS",
-                "summary": "支付成功",
+                "event_type": event_type,
+                "summary": "支付成功" if original_type == "transaction" else "退款状态变更",
                 "resource": {
-                    "original_type": "transaction",
+                    "original_type": original_type,
                     "algorithm": "AEAD_AES_256_GCM",
                     "ciphertext": base64.b64encode(ciphertext).decode(),
-                    "associated_data": "transaction",
+                    "associated_data": original_type,
                     "nonce": nonce,
                 },
             },
@@ -248,4 +288,41 @@ class WechatPayEmulator:
             order.trade_state = "CLOSED"
             return self.signed(204, None)
 
+        @app.post("/v3/refund/domestic/refunds")
+        async def refund(request: Request) -> Response:
+            body, refused = await verified(request)
+            if refused is not None:
+                return refused
+            data = json.loads(body)
+            existing = self.refunds.get(data["out_refund_no"])
+            if existing is not None:  # the same out_refund_no is the same refund
+                return self.signed(200, self.refund_answer(existing))
+            order = self.orders.get(data.get("out_trade_no", ""))
+            if order is None or order.trade_state != "SUCCESS":
+                return self.error(404, "RESOURCE_NOT_EXISTS", "订单不存在或未支付")
+            amount = data["amount"]
+            already = sum(r.refund for r in self.refunds.values() if r.out_trade_no == order.out_trade_no)
+            if amount["total"] != order.total or already + amount["refund"] > order.total:
+                return self.error(400, "INVALID_REQUEST", "退款金额超过订单可退金额")
+            record = WechatRefund(
+                data["out_refund_no"],
+                order.out_trade_no,
+                amount["refund"],
+                amount["total"],
+                f"5030{secrets.randbelow(10**24):024d}",
+                data.get("notify_url", ""),
+            )
+            self.refunds[record.out_refund_no] = record
+            return self.signed(200, self.refund_answer(record))
+
         return app
+
+    def refund_answer(self, refund: WechatRefund) -> dict[str, Any]:
+        return {
+            "refund_id": refund.refund_id,
+            "out_refund_no": refund.out_refund_no,
+            "out_trade_no": refund.out_trade_no,
+            "channel": "ORIGINAL",
+            "status": refund.status,
+            "amount": {"refund": refund.refund, "total": refund.total, "currency": "CNY"},
+        }

@@ -76,6 +76,23 @@ class OrderRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """A refund of (part of) a paid order, numbered by us so a retry is the same refund at the provider."""
+
+    order_id: str
+    out_refund_no: str
+    refund: Decimal
+    total: Decimal  # the order's amount (WeChat wants both)
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundAnswer:
+    status: str  # processing (a notification follows), success or failed
+    provider_refund_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class TradeState:
     """What the provider says about an order when asked (`found` False: it never saw it)."""
 
@@ -112,7 +129,10 @@ class WechatPayClient:
         self.merchant = merchant
         self._http = http
 
-    async def _call(self, method: str, path: str, payload: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    async def _call(
+        self, method: str, path: str, payload: dict[str, Any] | None, *, refusal_ok: bool = False
+    ) -> tuple[int, dict[str, Any]]:
+        """(status, JSON) of one signed call; a 5xx, 401 or 429 — and a 4xx unless `refusal_ok` — raises."""
         m = self.merchant
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() if payload is not None else b""
         timestamp, nonce = str(int(datetime.now(UTC).timestamp())), _nonce()
@@ -129,7 +149,8 @@ class WechatPayClient:
             raise ProviderUnavailable(f"WeChat Pay unreachable: {err!r}") from err
         self._verify(response)
         data = response.json() if response.content else {}
-        if response.status_code >= 400 and response.status_code != 404:
+        refused = refusal_ok and 400 <= response.status_code < 500 and response.status_code not in (401, 429)
+        if response.status_code >= 400 and response.status_code != 404 and not refused:
             raise ProviderUnavailable(f"WeChat Pay refused {path}: {response.status_code} {data.get('code')}")
         return response.status_code, data
 
@@ -211,6 +232,23 @@ class WechatPayClient:
             f"/v3/pay/transactions/out-trade-no/{quote(order_id)}/close",
             {"mchid": self.merchant.config.mch_id},
         )
+
+    async def refund(self, request: RefundRequest) -> RefundAnswer:
+        """POST /v3/refund/domestic/refunds; the outcome usually follows as a `REFUND.*` notification."""
+        payload: dict[str, Any] = {
+            "out_trade_no": request.order_id,
+            "out_refund_no": request.out_refund_no,
+            "reason": request.reason[:80],
+            "amount": {"refund": _fen(request.refund), "total": _fen(request.total), "currency": "CNY"},
+        }
+        if self.merchant.notify_url:
+            payload["notify_url"] = self.merchant.notify_url
+        code, data = await self._call("POST", "/v3/refund/domestic/refunds", payload, refusal_ok=True)
+        if code >= 400:
+            return RefundAnswer("failed", str(data.get("code", code)))
+        status = str(data.get("status", ""))
+        state = {"SUCCESS": "success", "PROCESSING": "processing"}.get(status, "failed")
+        return RefundAnswer(state, str(data.get("refund_id", "")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +342,24 @@ class AlipayClient:
                 status=state,
             )
         return TradeState(found=True, status=state, paid=paid, dead=state in ALIPAY_DEAD_STATES, note=note)
+
+    async def refund(self, request: RefundRequest) -> RefundAnswer:
+        """alipay.trade.refund answers at once; `fund_change` Y means the money moved now, and a repeat
+        with the same out_request_no is the same refund (N, already moved)."""
+        data = await self._call(
+            "alipay.trade.refund",
+            {
+                "out_trade_no": request.order_id,
+                "out_request_no": request.out_refund_no,
+                "refund_amount": str(request.refund.quantize(CENT)),
+                "refund_reason": request.reason[:256],
+            },
+        )
+        if data.get("code") != "10000":
+            if str(data.get("sub_code", "")).startswith("ACQ.SYSTEM_ERROR"):
+                raise ProviderUnavailable("Alipay refund: system error, retry")
+            return RefundAnswer("failed", str(data.get("sub_code") or data.get("code")))
+        return RefundAnswer("success", str(data.get("trade_no", "")))
 
     async def close(self, order_id: str) -> None:
         data = await self._call("alipay.trade.close", {"out_trade_no": order_id})

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import secrets
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from shuidian_billing.adapters.payments.clients import (
     AlipayMerchant,
     OrderRequest,
     ProviderUnavailable,
+    RefundRequest,
     TradeState,
     WechatMerchant,
     WechatPayClient,
@@ -37,6 +39,7 @@ from shuidian_billing.adapters.payments.clients import (
 from shuidian_billing.adapters.payments.providers import (
     AlipayConfig,
     Notification,
+    RefundNotice,
     WechatConfig,
     verify_alipay,
     verify_wechat,
@@ -131,7 +134,9 @@ class Providers:
             raise ValueError(f"payment provider settings: merchant key: {err}") from err
         return cls(wechat, alipay, sandbox, sandbox.config(skew) if sandbox else None, wechat_merchant, alipay_merchant)
 
-    def verify(self, provider: str, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
+    def verify(
+        self, provider: str, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> Notification | RefundNotice:
         if provider == "alipay" and self.alipay is not None:
             return verify_alipay(self.alipay, body, now)
         if provider == "wechat" and self.wechat is not None:
@@ -310,6 +315,8 @@ class OnlinePayments:
         except CallbackRejected as err:
             await self._log(entry, "rejected", f"{err.code}: {err.detail}")
             raise
+        if isinstance(note, RefundNotice):
+            return await self._refund_notified(note, entry)
         return await self._settle(provider, note, entry)
 
     async def _settle(self, provider: str, note: Notification, entry: dict[str, Any]) -> dict[str, Any]:
@@ -396,11 +403,23 @@ class OnlinePayments:
                         },
                     )
                 ).all()
+                pending = (
+                    await lock.execute(
+                        text(
+                            "SELECT refund_id FROM billing.refunds WHERE provider_status = 'pending' "
+                            "AND channel = ANY(:p) ORDER BY created_at LIMIT :n"
+                        ),
+                        {"p": list(self.clients), "n": limit},
+                    )
+                ).scalars()
+                refunds = list(pending)
                 await lock.commit()
                 done: dict[str, int] = {}
                 for order in rows:
                     action = await self._sweep_one(order, now)
                     done[action] = done.get(action, 0) + 1
+                if refunds:
+                    done["refunds_submitted"] = len(await self.submit_refunds(refunds))
                 return done
             finally:
                 await lock.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": SWEEP_LOCK})
@@ -435,6 +454,113 @@ class OnlinePayments:
             return "error"
         SWEEPS.labels(order.provider, action.value).inc()
         return action.value
+
+    # --- refunds through the provider --------------------------------------------------------------
+
+    def refunds_at_provider(self, channel: str) -> bool:
+        """Whether a refund of a payment that came in on `channel` must also go back through the provider."""
+        return channel in self.clients
+
+    async def submit_refunds(self, refund_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+        """Ask the provider to pay back each pending refund (numbered by its refund id, so a retry is the same
+        refund there). Unreachable: stays pending for the sweeper; refused: failed and held for review."""
+        results = []
+        for refund_id in refund_ids:
+            async with self._engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        text(
+                            "SELECT r.*, p.reference AS order_id, o.amount AS order_amount FROM billing.refunds r "
+                            "JOIN billing.payments p USING (payment_id) "
+                            "JOIN billing.payment_orders o ON o.order_id = p.reference "
+                            "WHERE r.refund_id = :r AND r.provider_status = 'pending'"
+                        ),
+                        {"r": refund_id},
+                    )
+                ).first()
+            if row is None or row.channel not in self.clients:
+                continue
+            request = RefundRequest(
+                order_id=row.order_id,
+                out_refund_no=row.refund_id.hex,
+                refund=row.amount,
+                total=row.order_amount,
+                reason=row.reason,
+            )
+            try:
+                answer = await self.clients[row.channel].refund(request)
+            except ProviderUnavailable as err:
+                log.warning("refund %s not accepted by %s yet: %s", row.refund_id, row.channel, err.detail)
+                continue
+            await self._refund_state(
+                row, answer.status, answer.provider_refund_id, f"provider answered {answer.status}"
+            )
+            results.append({"refund_id": row.refund_id, "provider_status": answer.status})
+        return results
+
+    async def _refund_notified(self, note: RefundNotice, entry: dict[str, Any]) -> dict[str, Any]:
+        """A verified `REFUND.*` notification: the refund's final state, applied once."""
+        entry.update(order_id=note.order_id, provider_txn_id=note.provider_refund_id)
+        try:
+            refund_id = uuid.UUID(hex=note.out_refund_no)
+        except ValueError:
+            refund_id = None
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT r.*, p.reference AS order_id FROM billing.refunds r JOIN billing.payments p "
+                        "USING (payment_id) WHERE r.refund_id = :r"
+                    ),
+                    {"r": refund_id},
+                )
+            ).first()
+        if row is None or row.order_id != note.order_id or row.channel != note.provider:
+            await self._log(entry, "rejected", "callback_unknown_order: no such refund for this order")
+            raise CallbackRejected(
+                f"no refund {note.out_refund_no} of order {note.order_id}", code="callback_unknown_order"
+            )
+        if row.amount != note.refund:
+            await self._log(entry, "rejected", f"callback_malformed: refund {note.refund}, ours {row.amount}")
+            raise CallbackRejected("refund amount differs from the refund we asked for", code="callback_malformed")
+        final = row.provider_status in ("success", "failed")
+        if not final:
+            status = "success" if note.status == "SUCCESS" else "failed"
+            await self._refund_state(row, status, note.provider_refund_id, f"refund notification {note.status}")
+        outcome = "replayed" if final else "accepted"
+        await self._log(entry, outcome, f"refund {note.status}")
+        return {"outcome": outcome, "order_id": note.order_id, "payment": None}
+
+    async def _refund_state(self, refund: Row[Any], status: str, provider_refund_id: str, why: str) -> None:
+        async with self._engine.begin() as conn:
+            changed = (
+                await conn.execute(
+                    text(
+                        "UPDATE billing.refunds SET provider_status = :s, provider_refund_id = coalesce(:i, provider_refund_id), "
+                        "provider_updated_at = now() WHERE refund_id = :r AND provider_status IN ('pending', 'processing') "
+                        "RETURNING refund_id"
+                    ),
+                    {"s": status, "i": provider_refund_id or None, "r": refund.refund_id},
+                )
+            ).first()
+            if changed is None or status != "failed":
+                return
+            # The ledger already paid the tenant back; the provider did not: someone must pay them another way.
+            await conn.execute(
+                text(
+                    "INSERT INTO billing.payment_reviews (kind, subject, amount, reason, detail, account_id) "
+                    "VALUES ('refund_failed', :s, :m, :r, CAST(:d AS jsonb), :a) ON CONFLICT (kind, subject) DO NOTHING"
+                ),
+                {
+                    "s": f"{refund.channel}:refund:{refund.refund_id}",
+                    "m": refund.amount,
+                    "r": f"渠道退款失败，请线下退款 · the provider did not refund ({why})",
+                    "d": json.dumps({"refund_id": str(refund.refund_id), "order_id": refund.order_id}),
+                    "a": refund.account_id,
+                },
+            )
+        REVIEWS_OPENED.labels(refund.channel, "refund_failed").inc()
+        log.warning("%s refused refund %s (%s): held for review", refund.channel, refund.refund_id, why)
 
     async def _finish(self, order_id: str, status: str) -> None:
         async with self._engine.begin() as conn:

@@ -50,6 +50,18 @@ class Notification:
 
 
 @dataclass(frozen=True, slots=True)
+class RefundNotice:
+    """A verified provider notification about one refund (WeChat Pay `REFUND.*`)."""
+
+    provider: str
+    order_id: str
+    out_refund_no: str
+    provider_refund_id: str
+    refund: Decimal
+    status: str  # SUCCESS, ABNORMAL or CLOSED
+
+
+@dataclass(frozen=True, slots=True)
 class WechatConfig:
     """What a WeChat-Pay-v3-style provider needs to verify its notifications."""
 
@@ -78,8 +90,10 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     return value
 
 
-def verify_wechat(config: WechatConfig, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
-    """Verify a WeChat Pay v3 (or sandbox) notification and decrypt the payment it carries."""
+def verify_wechat(
+    config: WechatConfig, headers: Mapping[str, str], body: bytes, now: datetime
+) -> Notification | RefundNotice:
+    """Verify a WeChat Pay v3 (or sandbox) notification and decrypt the payment (or refund) it carries."""
     timestamp = _header(headers, "Wechatpay-Timestamp")
     nonce = _header(headers, "Wechatpay-Nonce")
     signature = _header(headers, "Wechatpay-Signature")
@@ -113,6 +127,8 @@ def verify_wechat(config: WechatConfig, headers: Mapping[str, str], body: bytes,
     except SignatureError as err:
         raise CallbackRejected(str(err), code="callback_bad_signature") from err
     payment = _json_object(plaintext)
+    if str(envelope.get("event_type", "")).startswith("REFUND."):
+        return _wechat_refund(config, payment)
     if payment.get("mchid") != config.mch_id or payment.get("appid") != config.app_id:
         raise CallbackRejected("notification is for another merchant (mchid/appid)", code="callback_wrong_merchant")
     amount = payment.get("amount")
@@ -128,6 +144,23 @@ def verify_wechat(config: WechatConfig, headers: Mapping[str, str], body: bytes,
         amount=(Decimal(amount["total"]) / 100).quantize(CENT),
         paid=status in WECHAT_PAID_STATES,
         status=status,
+    )
+
+
+def _wechat_refund(config: WechatConfig, refund: dict[str, Any]) -> RefundNotice:
+    # A refund notification names the merchant only (no appid).
+    if refund.get("mchid") != config.mch_id:
+        raise CallbackRejected("refund notification is for another merchant (mchid)", code="callback_wrong_merchant")
+    amount = refund.get("amount")
+    if not isinstance(amount, dict) or type(amount.get("refund")) is not int or amount["refund"] <= 0:
+        raise CallbackRejected("amount.refund must be a positive integer of fen", code="callback_malformed")
+    return RefundNotice(
+        provider=config.provider,
+        order_id=_text(refund, "out_trade_no"),
+        out_refund_no=_text(refund, "out_refund_no"),
+        provider_refund_id=_text(refund, "refund_id"),
+        refund=(Decimal(amount["refund"]) / 100).quantize(CENT),
+        status=_text(refund, "refund_status"),
     )
 
 

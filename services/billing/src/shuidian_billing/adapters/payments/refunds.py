@@ -1,7 +1,9 @@
 """Refunds and move-out settlement. A refund goes back through the channel of the payment it
 refunds, never exceeds what that payment brought in (less earlier refunds) nor the credit the
 household still has, and happens once per idempotency key. Settlement refunds the whole
-remaining credit, newest payments first."""
+remaining credit, newest payments first. A refund of a WeChat Pay or Alipay payment is posted to the
+ledger first and then sent to the provider (`OnlinePayments.submit_refunds`): `provider_status` tells
+where it stands there."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import hashlib
 import json
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -20,6 +22,9 @@ from shuidian_billing.adapters.payments.bank import require_account
 from shuidian_billing.errors import Conflict, NotFound, PaymentError
 from shuidian_kit.outbox import Outbox
 
+if TYPE_CHECKING:
+    from shuidian_billing.adapters.payments.online import OnlinePayments
+
 ZERO = Decimal("0.00")
 
 
@@ -28,16 +33,30 @@ def _fingerprint(*parts: object) -> str:
 
 
 def _refund_out(row: Any, replayed: bool) -> dict[str, Any]:
-    keys = ("refund_id", "payment_id", "account_id", "channel", "amount", "txn_id", "operator", "reason", "created_at")
+    keys = (
+        "refund_id",
+        "payment_id",
+        "account_id",
+        "channel",
+        "amount",
+        "txn_id",
+        "operator",
+        "reason",
+        "created_at",
+        "provider_status",
+    )
     data = row if isinstance(row, dict) else row._asdict()
     return {**{k: data[k] for k in keys}, "replayed": replayed}
 
 
 class Refunds:
-    def __init__(self, engine: AsyncEngine, billing: Billing, outbox: Outbox) -> None:
+    def __init__(
+        self, engine: AsyncEngine, billing: Billing, outbox: Outbox, online: OnlinePayments | None = None
+    ) -> None:
         self._engine = engine
         self._billing = billing
         self._outbox = outbox
+        self._online = online
 
     async def refund(
         self, payment_id: uuid.UUID, amount: Decimal, operator: str, reason: str, key: str
@@ -76,7 +95,7 @@ class Refunds:
             row = await self._post(conn, payment, purse, amount, operator, reason, f"refund:{key}", fingerprint, None)
             await ledger_port.after_debit(self._billing, conn, payment.account_id)
         self._outbox.notify()
-        return _refund_out(row, False)
+        return _refund_out(await self._to_provider(row), False)
 
     async def settle(self, account_id: str, operator: str, reason: str, key: str) -> dict[str, Any]:
         """Move-out settlement: refund the remaining credit (whole fen) against the newest payments first."""
@@ -146,6 +165,9 @@ class Refunds:
             if refunds:
                 await ledger_port.after_debit(self._billing, conn, account_id)
         self._outbox.notify()
+        for refund in refunds:
+            if refund["provider_status"] == "pending" and self._online is not None:
+                await self._online.submit_refunds([uuid.UUID(refund["refund_id"])])
         return {**summary, "replayed": False}
 
     async def of_payment(self, payment_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -154,6 +176,16 @@ class Refunds:
                 text("SELECT * FROM billing.refunds WHERE payment_id = :p ORDER BY created_at"), {"p": payment_id}
             )
             return [_refund_out(r, False) for r in rows]
+
+    async def _to_provider(self, row: Any) -> Any:
+        """After the ledger committed: send a refund of an online payment to its provider (the row as it is then)."""
+        if row.provider_status != "pending" or self._online is None:
+            return row
+        await self._online.submit_refunds([row.refund_id])
+        async with self._engine.connect() as conn:
+            return (
+                await conn.execute(text("SELECT * FROM billing.refunds WHERE refund_id = :r"), {"r": row.refund_id})
+            ).one()
 
     async def _post(
         self,
@@ -180,7 +212,8 @@ class Refunds:
             await conn.execute(
                 text(
                     "INSERT INTO billing.refunds (refund_id, payment_id, account_id, channel, amount, idempotency_key, "
-                    "fingerprint, txn_id, operator, reason, settlement_id) VALUES (:i, :p, :a, :c, :m, :k, :f, :t, :o, :r, :s) "
+                    "fingerprint, txn_id, operator, reason, settlement_id, provider_status) "
+                    "VALUES (:i, :p, :a, :c, :m, :k, :f, :t, :o, :r, :s, :ps) "
                     "RETURNING *"
                 ),
                 {
@@ -195,6 +228,7 @@ class Refunds:
                     "o": operator,
                     "r": reason,
                     "s": settlement_id,
+                    "ps": "pending" if self._online and self._online.refunds_at_provider(payment.channel) else None,
                 },
             )
         ).one()

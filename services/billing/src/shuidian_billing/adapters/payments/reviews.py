@@ -39,6 +39,11 @@ class ReviewQueue:
     async def assign(self, review_id: int, account_id: str, operator: str) -> dict[str, Any]:
         """Credit the item's money to `account_id`; assigning again to the same account changes nothing."""
         item = await self.item(review_id)
+        if item["kind"] == "refund_failed":
+            raise Conflict(
+                "渠道退款失败：线下退款后请关闭此项 · a failed refund is paid back another way, then dismissed",
+                code="review_not_creditable",
+            )
         if item["status"] == "dismissed" or (item["status"] == "assigned" and item["account_id"] != account_id):
             raise Conflict(f"review item {review_id} is already {item['status']}", code="review_closed")
         if item["kind"] == "bank_unmatched":

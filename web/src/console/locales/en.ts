@@ -155,6 +155,7 @@ export default {
     unitPrice: 'Unit price',
     perUnit: 'CNY/unit',
     perMonth: 'Per month',
+    perMonthShort: 'a month',
     label: 'Label',
     width: 'Block width (kWh or m³)',
     open: 'Open-ended',

@@ -155,6 +155,7 @@ export default {
     unitPrice: '单价',
     perUnit: '元/单位',
     perMonth: '每月金额',
+    perMonthShort: '每月',
     label: '名称',
     width: '档宽（kWh 或 m³）',
     open: '不封顶',

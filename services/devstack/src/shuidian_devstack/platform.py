@@ -25,6 +25,8 @@ from shuidian_devstack.infra import free_port, service_auth
 from shuidian_gateway.adapters.live import Server as LiveServer
 from shuidian_gateway.app import create_app as gateway_app
 from shuidian_gateway.settings import GatewaySettings
+from shuidian_insights.app import create_app as insights_app
+from shuidian_insights.settings import InsightsSettings
 
 STAFF_KEY = "e2e-staff-key-0123456789abcdef"
 
@@ -57,9 +59,9 @@ async def _serve(
 async def platform(
     database_url: str, mqtt_url: str, *, instance: str = "e2e", overrides: dict[str, dict[str, Any]] | None = None
 ) -> AsyncIterator[Platform]:
-    """Start collector, billing, control, alarm and gateway in this event loop; stop them on exit."""
+    """Start collector, billing, control, alarm, insights and gateway in this event loop; stop them on exit."""
     overrides = overrides or {}
-    ports = {name: free_port() for name in ("collector", "billing", "control", "alarm", "gateway")}
+    ports = {name: free_port() for name in ("collector", "billing", "control", "alarm", "insights", "gateway")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     common: dict[str, Any] = {
         "environment": "test",
@@ -77,6 +79,7 @@ async def platform(
         "billing": billing_app(BillingSettings(**opts("billing"))),
         "control": control_app(ControlSettings(**opts("control"))),
         "alarm": alarm_app(AlarmSettings(**opts("alarm"))),
+        "insights": insights_app(InsightsSettings(**opts("insights"), billing_url=urls["billing"])),
         "gateway": gateway_app(
             GatewaySettings(
                 **opts("gateway"),
@@ -85,6 +88,7 @@ async def platform(
                 billing_url=urls["billing"],
                 control_url=urls["control"],
                 alarm_url=urls["alarm"],
+                insights_url=urls["insights"],
             )
         ),
     }

@@ -30,6 +30,7 @@ SERVICES = {
     "billing": ("shuidian_billing", 8002),
     "control": ("shuidian_control", 8003),
     "alarm": ("shuidian_alarm", 8004),
+    "insights": ("shuidian_insights", 8005),
     "gateway": ("shuidian_gateway", 8000),
 }
 SIMULATOR_PORT = 8090

@@ -195,6 +195,44 @@ async def test_a_month_of_readings_becomes_the_tenants_report(stack: Stack, mqtt
     assert "comparison" not in items  # no similar homes known yet: nothing claimed
 
 
+async def test_re_pricing_under_the_current_tariff_reproduces_billings_charges_to_the_fen(stack: Stack) -> None:
+    last_month = stack.today.replace(day=1) - timedelta(days=1)
+    start = datetime.combine(last_month.replace(day=1), datetime.min.time(), TZ)
+    end = datetime.combine(stack.today.replace(day=1), datetime.min.time(), TZ)
+
+    async def billed() -> dict[str, Any] | None:
+        usage = await ok(
+            stack.billing,
+            "GET",
+            f"/v1/accounts/{stack.account}/usage",
+            params={"granularity": "month", "start": start.isoformat(), "end": end.isoformat()},
+        )
+        return usage if usage["buckets"] else None
+
+    usage = await eventually(billed, "billing's charges for last month", timeout=60)
+    charged = sum((Decimal(b["cost"]) for b in usage["buckets"]), Decimal(0))
+    estate = (await ok(stack.insights, "GET", f"/v1/households/{stack.account}/report"))["estate_id"]
+    same = await ok(
+        stack.insights,
+        "POST",
+        "/v1/what-if",
+        json={"utility": "electricity", "months": 1, "estate_id": estate, "proposed": {"components": TOU}},
+    )
+    assert same["households"] == 1
+    assert Decimal(same["current_revenue"]) == charged.quantize(Decimal("0.01"), rounding="ROUND_DOWN") > 0
+    assert Decimal(same["revenue_change"]) == 0
+    flat = {"components": [{"kind": "flat", "unit_price": "0.80"}]}
+    dearer = await ok(
+        stack.insights,
+        "POST",
+        "/v1/what-if",
+        json={"utility": "electricity", "months": 1, "estate_id": estate, "proposed": flat},
+    )
+    assert (dearer["pay_more"], dearer["pay_less"]) == (1, 0)
+    bad = await stack.insights.post("/v1/what-if", json={"utility": "electricity", "proposed": {"components": []}})
+    assert bad.status_code == 422
+
+
 async def test_the_report_compares_with_similar_homes_of_the_estate(stack: Stack) -> None:
     report = await ok(stack.insights, "GET", f"/v1/households/{stack.account}/report")
     engine = create_engine(stack.database_url, pool_size=1)
@@ -250,6 +288,11 @@ async def test_the_report_compares_with_similar_homes_of_the_estate(stack: Stack
     assert item["figures"]["similar_median"] == "125.000"
     assert item["figures"]["efficient_p20"] == "110.000"
     assert item["figures"]["own"] == str(own.quantize(Decimal("0.001")))
+    # The month's habits: the peers share one shape, this household has its own evening peak.
+    habits = await ok(stack.insights, "GET", "/v1/habits", params={"month": month, "estate_id": household.estate_id})
+    assert habits["k"] == 2
+    assert sorted(c["households"] for c in habits["clusters"]) == [1, 7]
+    assert all(c["peak_share"] is not None for c in habits["clusters"])
 
 
 async def test_reading_history_by_meter_and_room_as_json_and_csv(stack: Stack) -> None:

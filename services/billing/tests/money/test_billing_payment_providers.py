@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -30,7 +31,9 @@ from shuidian_billing.app import create_app
 from shuidian_billing.settings import BillingSettings
 from shuidian_devstack import infra
 from shuidian_devstack.billing_harness import client_of
+from shuidian_devstack.providers.alipay import BILL_HEADER as ALIPAY_BILL
 from shuidian_devstack.providers.alipay import AlipayEmulator
+from shuidian_devstack.providers.wechat import BILL_HEADER as WECHAT_BILL
 from shuidian_devstack.providers.wechat import WechatPayEmulator
 
 pytestmark = pytest.mark.integration
@@ -433,3 +436,96 @@ async def test_a_forged_refund_notification_changes_nothing(world: World) -> Non
     assert (response.status_code, response.json()["code"]) == (400, "callback_bad_signature")
     refunds = (await world.client.get(f"/v1/payments/{order['payment_id']}/refunds")).json()
     assert [r["provider_status"] for r in refunds] == ["processing"]
+
+
+def today_in_beijing() -> str:
+    return datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()
+
+
+async def test_reconciliation_finds_a_missing_an_extra_and_a_mismatched_line(world: World) -> None:
+    account, paid = await paid_order(world, "wechat", "50.00")
+    _, mismatched = await paid_order(world, "wechat", "20.00")
+    _, dropped = await paid_order(world, "wechat", "7.00")
+    done = await refund(world, paid["payment_id"], "15.00")
+    headers, body = world.wechat.refund_notification(uuid.UUID(done["refund_id"]).hex)
+    assert (await notify_wechat(world, headers, body)).json()["outcome"] == "accepted"
+    txn, order_no, settled = (WECHAT_BILL.index(name) for name in ("微信订单号", "商户订单号", "应结订单金额"))
+
+    def edit(rows: list[list[str]]) -> list[list[str]]:
+        kept = [row for row in rows if row[txn] != dropped["provider_txn_id"]]  # booked, not settled
+        for row in kept:
+            if row[txn] == mismatched["provider_txn_id"]:
+                row[settled] = "2.00"  # settled 2.00 for a 20.00 payment
+        ghost = next(row for row in rows if row[txn] == paid["provider_txn_id"]).copy()
+        ghost[txn], ghost[order_no] = "4200000000000000000000GHOST", "SDGHOST"  # settled, never booked
+        return [*kept, ghost]
+
+    world.wechat.bill_edit = edit
+    try:
+        response = await world.client.post(f"/v1/payments/reconciliations/wechat/{today_in_beijing()}")
+        assert response.status_code == 200, response.text
+        again = await world.client.post(f"/v1/payments/reconciliations/wechat/{today_in_beijing()}")
+    finally:
+        world.wechat.bill_edit = None
+    report = response.json()
+    mine = {
+        (d["problem"], d["line"], d["key"], d["settled"], d["booked"])
+        for d in report["differences"]
+        if d["order_id"] in (paid["order_id"], mismatched["order_id"], dropped["order_id"], "SDGHOST")
+    }
+    assert mine == {
+        ("missing", "payment", "4200000000000000000000GHOST", "50.00", None),
+        ("amount", "payment", mismatched["provider_txn_id"], "2.00", "20.00"),
+        ("extra", "payment", dropped["provider_txn_id"], None, "7.00"),
+    }
+    assert report["balanced"] is False
+    assert Decimal(report["settled_refunds"]) >= Decimal("15.00")
+    assert again.json()["differences"] == report["differences"]
+    # Each difference is one review item, however often the day is reconciled.
+    reviews = (await world.client.get("/v1/payments/reviews", params={"limit": 1000})).json()
+    ours = [
+        r
+        for r in reviews
+        if r["kind"].startswith("reconciliation_")
+        and r["detail"]["order_id"] in (mismatched["order_id"], dropped["order_id"], "SDGHOST")
+    ]
+    assert sorted(r["kind"] for r in ours) == [
+        "reconciliation_amount",
+        "reconciliation_extra",
+        "reconciliation_missing",
+    ]
+    # Money the provider settled and the ledger never booked is credited from the review, once.
+    ghost = next(r for r in ours if r["kind"] == "reconciliation_missing")
+    assigned = await world.client.post(
+        f"/v1/payments/reviews/{ghost['review_id']}/assign", json={"account_id": account}
+    )
+    assert assigned.status_code == 200, assigned.text
+    assert await balance(world.client, account) == Decimal("85.00")  # 50 − 15 refunded + 50 found
+    extra = next(r for r in ours if r["kind"] == "reconciliation_extra")
+    refused = await world.client.post(f"/v1/payments/reviews/{extra['review_id']}/assign", json={"account_id": account})
+    assert refused.status_code == 409
+    listed = (await world.client.get("/v1/payments/reconciliations", params={"bill_date": today_in_beijing()})).json()
+    assert [r["provider"] for r in listed] == ["wechat"]
+
+
+async def test_alipay_reconciliation_reads_the_zipped_gbk_bill(world: World) -> None:
+    _, paid = await paid_order(world, "alipay", "33.30")
+    done = await refund(world, paid["payment_id"], "3.30")
+    assert done["provider_status"] == "success"
+    report = (await world.client.post(f"/v1/payments/reconciliations/alipay/{today_in_beijing()}")).json()
+    keys = {(d["problem"], d["order_id"]) for d in report["differences"]}
+    assert not [k for k in keys if k[1] == paid["order_id"]], report
+    assert Decimal(report["settled_payments"]) >= Decimal("33.30")
+    assert Decimal(report["settled_refunds"]) >= Decimal("3.30")
+    amount = ALIPAY_BILL.index("订单金额（元）")
+    world.alipay.bill_edit = lambda rows: [
+        [*row[:amount], "30.00", *row[amount + 1 :]] if row[1] == paid["order_id"] and row[2] == "交易" else row
+        for row in rows
+    ]
+    try:
+        changed = (await world.client.post(f"/v1/payments/reconciliations/alipay/{today_in_beijing()}")).json()
+    finally:
+        world.alipay.bill_edit = None
+    assert [
+        (d["problem"], d["settled"], d["booked"]) for d in changed["differences"] if d["order_id"] == paid["order_id"]
+    ] == [("amount", "30.00", "33.30")]

@@ -4,7 +4,7 @@ so every response is validated on its way out."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -42,6 +42,28 @@ class OrderOut(BaseModel):
         "(Alipay wap); null while the provider has not been reached"
     )
     replayed: bool = False
+
+
+class ReconciliationDifference(BaseModel):
+    problem: str = Field(description="missing (settled, not booked), extra (booked, not settled) or amount")
+    line: str = Field(description="payment or refund")
+    key: str = Field(description="provider transaction id (payment) or our refund number (refund)")
+    order_id: str
+    settled: Money | None
+    booked: Money | None
+
+
+class ReconciliationOut(BaseModel):
+    provider: str
+    bill_date: date
+    settled_payments: Money
+    settled_refunds: Money
+    booked_payments: Money
+    booked_refunds: Money
+    lines: int
+    differences: list[ReconciliationDifference]
+    balanced: bool
+    run_at: datetime
 
 
 class NotifyOut(BaseModel):

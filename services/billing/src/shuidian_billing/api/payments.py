@@ -4,7 +4,7 @@ and authenticated by their signatures). Money travels as decimal strings."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -20,6 +20,7 @@ from shuidian_billing.api.payment_schemas import (
     NotifyOut,
     OrderOut,
     ReceiptOut,
+    ReconciliationOut,
     RefundOut,
     ReviewOut,
     SettlementOut,
@@ -168,6 +169,28 @@ async def notify(provider: Provider, request: Request, channels: ChannelsDep, re
 )
 async def sandbox_pay(order_id: str, channels: ChannelsDep) -> dict[str, Any]:
     return await channels.online.sandbox_pay(order_id)
+
+
+@router.post(
+    "/payments/reconciliations/{provider}/{bill_date}",
+    response_model=ReconciliationOut,
+    summary="对账 · Reconcile a provider's bill of one local day with the ledger (runs daily on its own)",
+)
+async def reconcile(provider: Literal["wechat", "alipay"], bill_date: date, channels: ChannelsDep) -> dict[str, Any]:
+    return await channels.online.reconcile(provider, bill_date)
+
+
+@router.get(
+    "/payments/reconciliations",
+    response_model=list[ReconciliationOut],
+    summary="对账报告 · Settled vs booked per channel and day, newest first",
+)
+async def reconciliations(
+    channels: ChannelsDep,
+    bill_date: date | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    return await channels.online.reconciliations(bill_date, limit)
 
 
 @router.get(

@@ -4,8 +4,12 @@ answers over the raw JSON text of each `…_response` member, and RSA2-signed pa
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import secrets
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,6 +24,33 @@ from fastapi import FastAPI, Request, Response
 
 ZONE = ZoneInfo("Asia/Shanghai")
 TIME = "%Y-%m-%d %H:%M:%S"
+BILL_HEADER = [
+    "支付宝交易号",
+    "商户订单号",
+    "业务类型",
+    "商品名称",
+    "创建时间",
+    "完成时间",
+    "门店编号",
+    "门店名称",
+    "操作员",
+    "终端号",
+    "对方账户",
+    "订单金额（元）",
+    "商家实收（元）",
+    "支付宝红包（元）",
+    "集分宝（元）",
+    "支付宝优惠（元）",
+    "商家优惠（元）",
+    "券核销金额（元）",
+    "券名称",
+    "商家红包消费金额（元）",
+    "卡消费金额（元）",
+    "退款批次号/请求号",
+    "服务费（元）",
+    "分润（元）",
+    "备注",
+]
 
 
 def content_of(params: dict[str, str]) -> bytes:
@@ -39,6 +70,7 @@ class AlipayTrade:
     trade_status: str = "WAIT_BUYER_PAY"
     trade_no: str = ""
     scanned: bool = False  # a precreated trade exists at Alipay only once the payer scanned it
+    paid_on: str = ""
 
 
 @dataclass
@@ -51,6 +83,9 @@ class AlipayEmulator:
     )
     trades: dict[str, AlipayTrade] = field(default_factory=dict)
     refunds: dict[str, tuple[str, str]] = field(default_factory=dict)  # out_request_no → (out_trade_no, amount)
+    refunded_on: dict[str, str] = field(default_factory=dict)  # out_request_no → Beijing date
+    bill_edit: Callable[[list[list[str]]], list[list[str]]] | None = None
+    bills: dict[str, bytes] = field(default_factory=dict)
     refuse_refunds: bool = False  # answer refunds with a business failure (e.g. the merchant's balance is short)
     requests: list[str] = field(default_factory=list)  # methods of every verified request
     refused: list[str] = field(default_factory=list)
@@ -80,6 +115,7 @@ class AlipayEmulator:
         trade.scanned = True
         trade.trade_status = "TRADE_SUCCESS"
         trade.trade_no = trade.trade_no or f"2026{secrets.randbelow(10**24):024d}"
+        trade.paid_on = datetime.now(ZONE).date().isoformat()
         if total_amount is not None:
             trade.total_amount = total_amount
         now = datetime.now(ZONE).strftime(TIME)
@@ -109,6 +145,44 @@ class AlipayEmulator:
                 headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
             )
 
+    def bill(self, bill_date: str) -> bytes:
+        """The day's trade bill as Alipay serves it: a zip holding the GBK detail CSV with # comment lines."""
+        rows: list[list[str]] = []
+        for trade in self.trades.values():
+            if trade.paid_on == bill_date:
+                rows.append(self._bill_row(trade, "交易", trade.total_amount, ""))
+        for request_no, (out_trade_no, amount) in self.refunds.items():
+            if self.refunded_on.get(request_no) == bill_date:
+                rows.append(self._bill_row(self.trades[out_trade_no], "退款", f"-{amount}", request_no))
+        if self.bill_edit is not None:
+            rows = self.bill_edit(rows)
+        out = io.StringIO()
+        out.write(f"#支付宝业务明细查询\r\n#账号：[{self.seller_id}]\r\n#起始日期：[{bill_date} 00:00:00]\r\n")
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(BILL_HEADER)
+        writer.writerows(rows)
+        out.write("#-----------------------------------------业务明细列表结束------------------------------------\r\n")
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            stem = f"{self.seller_id}0156_{bill_date.replace('-', '')}"
+            zipped.writestr(f"{stem}_业务明细.csv", out.getvalue().encode("gbk"))
+            zipped.writestr(f"{stem}_业务明细(汇总).csv", "#支付宝业务汇总查询\r\n".encode("gbk"))
+        return archive.getvalue()
+
+    @staticmethod
+    def _bill_row(trade: AlipayTrade, kind: str, amount: str, request_no: str) -> list[str]:
+        values = {
+            "支付宝交易号": trade.trade_no,
+            "商户订单号": trade.out_trade_no,
+            "业务类型": kind,
+            "商品名称": "水电费充值",
+            "订单金额（元）": amount,
+            "商家实收（元）": amount,
+            "退款批次号/请求号": request_no,
+            "服务费（元）": "0.00",
+        }
+        return [values.get(name, "") for name in BILL_HEADER]
+
     def wap_page(self, params: dict[str, str]) -> tuple[int, str]:
         """The phone opens the signed wap URL: the trade is created if the URL verifies."""
         why = self.verify_request(params)
@@ -129,6 +203,13 @@ class AlipayEmulator:
         async def page(request: Request) -> Response:
             status, text = self.wap_page(dict(request.query_params))
             return Response(text, status_code=status, media_type="text/plain; charset=utf-8")
+
+        @app.get("/bill/{token}")
+        async def download(token: str) -> Response:
+            content = self.bills.pop(token, None)
+            if content is None:
+                return Response(status_code=404)
+            return Response(content, media_type="application/zip")
 
         @app.post("/gateway.do")
         async def gateway(request: Request) -> Response:
@@ -173,6 +254,11 @@ class AlipayEmulator:
                     )
                 trade.trade_status = "TRADE_CLOSED"
                 return self.answer(method, {"code": "10000", "msg": "Success", "out_trade_no": trade.out_trade_no})
+            if method == "alipay.data.dataservice.bill.downloadurl.query":
+                token = secrets.token_urlsafe(12)
+                self.bills[token] = self.bill(biz["bill_date"])
+                url = f"{str(request.base_url).rstrip('/')}/bill/{token}"
+                return self.answer(method, {"code": "10000", "msg": "Success", "bill_download_url": url})
             if method == "alipay.trade.refund":
                 if trade is None or trade.trade_status != "TRADE_SUCCESS":
                     return self.answer(method, missing)
@@ -183,6 +269,7 @@ class AlipayEmulator:
                 request_no = biz["out_request_no"]
                 change = "N" if request_no in self.refunds else "Y"  # a repeat is the same refund
                 self.refunds.setdefault(request_no, (trade.out_trade_no, biz["refund_amount"]))
+                self.refunded_on.setdefault(request_no, datetime.now(ZONE).date().isoformat())
                 member = {
                     "code": "10000",
                     "msg": "Success",

@@ -4,12 +4,17 @@ signed, AES-256-GCM-encrypted `TRANSACTION.SUCCESS` notification of a payment.""
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
+import io
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from cryptography.exceptions import InvalidSignature
@@ -19,6 +24,36 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI, Request, Response
 
 SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
+BEIJING = ZoneInfo("Asia/Shanghai")
+BILL_HEADER = [
+    "交易时间",
+    "公众账号ID",
+    "商户号",
+    "特约商户号",
+    "设备号",
+    "微信订单号",
+    "商户订单号",
+    "用户标识",
+    "交易类型",
+    "交易状态",
+    "付款银行",
+    "货币种类",
+    "应结订单金额",
+    "代金券金额",
+    "微信退款单号",
+    "商户退款单号",
+    "退款金额",
+    "充值券退款金额",
+    "退款类型",
+    "退款状态",
+    "商品名称",
+    "商户数据包",
+    "手续费",
+    "费率",
+    "订单金额",
+    "申请退款金额",
+    "费率备注",
+]
 
 
 def _sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
@@ -36,6 +71,7 @@ class WechatOrder:
     trade_state: str = "NOTPAY"
     transaction_id: str = ""
     success_time: str = ""
+    paid_on: str = ""  # local (Beijing) date of the payment: the bill it lands in
 
 
 @dataclass
@@ -47,6 +83,7 @@ class WechatRefund:
     refund_id: str
     notify_url: str
     status: str = "PROCESSING"
+    succeeded_on: str = ""
 
 
 @dataclass
@@ -66,6 +103,9 @@ class WechatPayEmulator:
     refunds: dict[str, WechatRefund] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every verified request
     refused: list[str] = field(default_factory=list)  # why unsigned / badly signed requests were refused
+    # The tests' hand on the daily bill: rows (without backticks) in, rows out — drop, add or alter lines.
+    bill_edit: Callable[[list[list[str]]], list[list[str]]] | None = None
+    bills: dict[str, bytes] = field(default_factory=dict)  # download token → bill file
 
     # --- answers -------------------------------------------------------------------------------
 
@@ -117,6 +157,7 @@ class WechatPayEmulator:
         order.trade_state = "SUCCESS"
         order.transaction_id = order.transaction_id or f"4200{secrets.randbelow(10**24):024d}"
         order.success_time = datetime.now(UTC).isoformat(timespec="seconds")
+        order.paid_on = datetime.now(BEIJING).date().isoformat()
         if total is not None:
             order.total = total
         return self.notification(order)
@@ -128,6 +169,7 @@ class WechatPayEmulator:
         """The refund settles (or fails): its state changes and the signed `REFUND.*` notification is returned."""
         refund = self.refunds[out_refund_no]
         refund.status = status
+        refund.succeeded_on = datetime.now(BEIJING).date().isoformat() if status == "SUCCESS" else ""
         resource = {
             "mchid": self.mch_id,
             "out_trade_no": refund.out_trade_no,
@@ -288,6 +330,33 @@ class WechatPayEmulator:
             order.trade_state = "CLOSED"
             return self.signed(204, None)
 
+        @app.get("/v3/bill/tradebill")
+        async def tradebill(bill_date: str, request: Request) -> Response:
+            _, refused = await verified(request)
+            if refused is not None:
+                return refused
+            content = self.bill(bill_date)
+            token = secrets.token_urlsafe(12)
+            self.bills[token] = content
+            return self.signed(
+                200,
+                {
+                    "hash_type": "SHA1",
+                    "hash_value": hashlib.sha1(content).hexdigest(),
+                    "download_url": f"{str(request.base_url).rstrip('/')}/v3/billdownload/file?token={token}",
+                },
+            )
+
+        @app.get("/v3/billdownload/file")
+        async def download(token: str, request: Request) -> Response:
+            _, refused = await verified(request)
+            if refused is not None:
+                return refused
+            content = self.bills.pop(token, None)
+            if content is None:
+                return self.error(404, "NOT_FOUND", "no such bill")
+            return Response(content, media_type="text/csv; charset=utf-8")
+
         @app.post("/v3/refund/domestic/refunds")
         async def refund(request: Request) -> Response:
             body, refused = await verified(request)
@@ -316,6 +385,80 @@ class WechatPayEmulator:
             return self.signed(200, self.refund_answer(record))
 
         return app
+
+    def bill(self, bill_date: str) -> bytes:
+        """The trade bill (ALL) of one Beijing day, as WeChat Pay serves it: backtick-prefixed CSV and totals."""
+        rows: list[list[str]] = []
+        for order in self.orders.values():
+            if order.paid_on == bill_date:
+                yuan = f"{order.total / 100:.2f}"
+                rows.append(self._bill_row(order, "SUCCESS", yuan, "", "", "0.00", "", yuan))
+        for refund in self.refunds.values():
+            if refund.status == "SUCCESS" and refund.succeeded_on == bill_date:
+                order = self.orders[refund.out_trade_no]
+                yuan = f"{refund.refund / 100:.2f}"
+                rows.append(
+                    self._bill_row(
+                        order, "REFUND", "0.00", refund.refund_id, refund.out_refund_no, yuan, "SUCCESS", "0.00"
+                    )
+                )
+        if self.bill_edit is not None:
+            rows = self.bill_edit(rows)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(BILL_HEADER)
+        writer.writerows([[f"`{value}" for value in row] for row in rows])
+        writer.writerow(
+            [
+                "总交易单数",
+                "应结订单总金额",
+                "退款总金额",
+                "充值券退款总金额",
+                "手续费总金额",
+                "订单总金额",
+                "申请退款总金额",
+            ]
+        )
+        writer.writerow([f"`{len(rows)}", "`0.00", "`0.00", "`0.00", "`0.00", "`0.00", "`0.00"])
+        return out.getvalue().encode("utf-8")
+
+    def _bill_row(
+        self,
+        order: WechatOrder,
+        state: str,
+        settled: str,
+        refund_id: str,
+        out_refund_no: str,
+        refund: str,
+        refund_state: str,
+        total: str,
+    ) -> list[str]:
+        values = {
+            "交易时间": order.success_time.replace("T", " ")[:19],
+            "公众账号ID": order.appid,
+            "商户号": order.mchid,
+            "微信订单号": order.transaction_id,
+            "商户订单号": order.out_trade_no,
+            "用户标识": "o-emulated-payer",
+            "交易类型": order.trade_type,
+            "交易状态": state,
+            "付款银行": "OTHERS",
+            "货币种类": "CNY",
+            "应结订单金额": settled,
+            "代金券金额": "0.00",
+            "微信退款单号": refund_id,
+            "商户退款单号": out_refund_no,
+            "退款金额": refund,
+            "充值券退款金额": "0.00",
+            "退款类型": "ORIGINAL" if refund_id else "",
+            "退款状态": refund_state,
+            "商品名称": "水电费充值",
+            "手续费": "0.00",
+            "费率": "0.60%",
+            "订单金额": total,
+            "申请退款金额": refund,
+        }
+        return [values.get(name, "") for name in BILL_HEADER]
 
     def refund_answer(self, refund: WechatRefund) -> dict[str, Any]:
         return {

@@ -14,13 +14,17 @@ notifications already implements both schemes; the request side adds three small
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import secrets
+import zipfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -44,6 +48,7 @@ from shuidian_billing.adapters.payments.signing import (
     wechat_message,
     wechat_request_message,
 )
+from shuidian_billing.domain.payment_reconciliation import Kind, Line
 from shuidian_billing.errors import PaymentError
 from shuidian_shared.money import CENT
 
@@ -233,6 +238,36 @@ class WechatPayClient:
             {"mchid": self.merchant.config.mch_id},
         )
 
+    async def bill(self, day: date) -> list[Line]:
+        """The day's trade bill (交易账单, ALL): asked for, downloaded, its SHA1 checked, read line by line."""
+        code, data = await self._call(
+            "GET", f"/v3/bill/tradebill?bill_date={day.isoformat()}&bill_type=ALL", None, refusal_ok=True
+        )
+        if code >= 400:
+            if data.get("code") == "NO_STATEMENT_EXIST":
+                return []  # no trade that day
+            raise ProviderUnavailable(f"WeChat Pay bill for {day}: {data.get('code')}")
+        url = _required(data, "download_url")
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        m = self.merchant
+        timestamp, nonce = str(int(datetime.now(UTC).timestamp())), _nonce()
+        signature = rsa_sha256_sign(m.private_key, wechat_request_message("GET", target, timestamp, nonce, b""))
+        try:
+            response = await self._http.get(
+                url,
+                headers={"Authorization": wechat_authorization(m.config.mch_id, m.serial, nonce, timestamp, signature)},
+            )
+        except httpx.HTTPError as err:
+            raise ProviderUnavailable(f"WeChat Pay bill download failed: {err!r}") from err
+        # The file itself is not signed: its hash came in the signed answer above.
+        if (
+            response.status_code != 200
+            or hashlib.sha1(response.content).hexdigest() != str(data.get("hash_value", "")).lower()
+        ):
+            raise ProviderUnavailable(f"WeChat Pay bill for {day} did not download intact")
+        return parse_wechat_bill(response.content)
+
     async def refund(self, request: RefundRequest) -> RefundAnswer:
         """POST /v3/refund/domestic/refunds; the outcome usually follows as a `REFUND.*` notification."""
         payload: dict[str, Any] = {
@@ -361,6 +396,23 @@ class AlipayClient:
             return RefundAnswer("failed", str(data.get("sub_code") or data.get("code")))
         return RefundAnswer("success", str(data.get("trade_no", "")))
 
+    async def bill(self, day: date) -> list[Line]:
+        """The day's trade bill: its download URL asked for (signed), the zip fetched, the detail CSV read."""
+        data = await self._call(
+            "alipay.data.dataservice.bill.downloadurl.query", {"bill_type": "trade", "bill_date": day.isoformat()}
+        )
+        if data.get("code") != "10000":
+            if data.get("sub_code") == "isp.bill_not_exist":
+                return []
+            raise ProviderUnavailable(f"Alipay bill for {day}: {data.get('sub_code') or data.get('code')}")
+        try:
+            response = await self._http.get(_required(data, "bill_download_url"))
+        except httpx.HTTPError as err:
+            raise ProviderUnavailable(f"Alipay bill download failed: {err!r}") from err
+        if response.status_code != 200:
+            raise ProviderUnavailable(f"Alipay bill download answered {response.status_code}")
+        return parse_alipay_bill(response.content)
+
     async def close(self, order_id: str) -> None:
         data = await self._call("alipay.trade.close", {"out_trade_no": order_id})
         # A trade the payer never scanned does not exist at Alipay yet: nothing to close.
@@ -373,3 +425,56 @@ def _required(data: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ProviderUnavailable(f"provider answer has no {name}")
     return value
+
+
+def parse_wechat_bill(raw: bytes) -> list[Line]:
+    """WeChat Pay's trade bill (ALL): a header row, one row per trade or refund with every field prefixed by a
+    backtick, then the totals. SUCCESS rows are payments (应结订单金额), REFUND rows refunds (退款金额)."""
+    text = raw.decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []
+    header = [name.strip() for name in rows[0]]
+    lines = []
+    for row in rows[1:]:
+        if not row or not row[0].startswith("`"):
+            break  # the totals section
+        field = dict(zip(header, (value.strip().lstrip("`") for value in row), strict=False))
+        state = field.get("交易状态", "")
+        if state == "SUCCESS":
+            lines.append(Line(Kind.PAYMENT, field["微信订单号"], field["商户订单号"], _yuan(field["应结订单金额"])))
+        elif state == "REFUND" and field.get("退款状态") == "SUCCESS":
+            lines.append(Line(Kind.REFUND, field["商户退款单号"], field["商户订单号"], _yuan(field["退款金额"])))
+    return lines
+
+
+def parse_alipay_bill(raw: bytes) -> list[Line]:
+    """Alipay's trade bill: a zip holding, among others, the detail CSV (…业务明细.csv, GBK) whose comment
+    lines start with #; 业务类型 交易 rows are payments, 退款 rows refunds (negative amounts)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+        name = next(n for n in archive.namelist() if n.endswith("业务明细.csv"))
+        text = archive.read(name).decode("gb18030")
+    except (zipfile.BadZipFile, StopIteration, UnicodeDecodeError) as err:
+        raise ProviderUnavailable("Alipay bill is not the zip of a detail CSV") from err
+    rows = [row for row in csv.reader(io.StringIO(text)) if row and not row[0].startswith("#")]
+    if not rows:
+        return []
+    header = [name.strip() for name in rows[0]]
+    lines = []
+    for row in rows[1:]:
+        field = dict(zip(header, (value.strip() for value in row), strict=False))
+        kind = field.get("业务类型")
+        if kind == "交易":
+            lines.append(Line(Kind.PAYMENT, field["支付宝交易号"], field["商户订单号"], _yuan(field["订单金额（元）"])))
+        elif kind == "退款":
+            amount = abs(_yuan(field["订单金额（元）"]))
+            lines.append(Line(Kind.REFUND, field["退款批次号/请求号"], field["商户订单号"], amount))
+    return lines
+
+
+def _yuan(text: str) -> Decimal:
+    try:
+        return Decimal(text).quantize(CENT)
+    except InvalidOperation as err:
+        raise ProviderUnavailable(f"bill amount {text!r} is not yuan") from err

@@ -13,10 +13,11 @@ import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from prometheus_client import Counter
@@ -25,7 +26,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_billing.adapters.billing import Billing
-from shuidian_billing.adapters.payments import ledger_port
+from shuidian_billing.adapters.payments import ledger_port, reconciliation
 from shuidian_billing.adapters.payments.clients import (
     AlipayClient,
     AlipayMerchant,
@@ -377,8 +378,31 @@ class OnlinePayments:
             await asyncio.sleep(interval)
             try:
                 await self.sweep(datetime.now(UTC))
+                await self.reconcile_due(datetime.now(UTC))
             except Exception:
-                log.exception("payment order sweep failed; will retry")
+                log.exception("payment order sweep or reconciliation failed; will retry")
+
+    # --- reconciliation (对账) ---------------------------------------------------------------------
+
+    async def reconcile(self, provider: str, day: date) -> dict[str, Any]:
+        """Reconcile `provider`'s bill of the local `day` with the ledger (again, if it ran before)."""
+        client = self.clients.get(provider)
+        if client is None:
+            raise NotFound(f"payment provider {provider} is not configured to call", code="provider_not_configured")
+        return await reconciliation.run(self._engine, client, provider, day, ZoneInfo(self._settings.timezone))
+
+    async def reconciliations(self, day: date | None, limit: int) -> list[dict[str, Any]]:
+        return await reconciliation.reports(self._engine, day, limit)
+
+    async def reconcile_due(self, now: datetime) -> None:
+        """Yesterday's bills, once each, after 10:00 local time (when both providers have published them)."""
+        local = now.astimezone(ZoneInfo(self._settings.timezone))
+        if local.hour < 10:
+            return
+        yesterday = local.date() - timedelta(days=1)
+        for provider in self.clients:
+            if not await reconciliation.done(self._engine, provider, yesterday):
+                await self.reconcile(provider, yesterday)
 
     async def sweep(self, now: datetime, *, limit: int = 200) -> dict[str, int] | None:
         """Ask the provider about every open order older than `order_query_after_seconds`: credit the paid

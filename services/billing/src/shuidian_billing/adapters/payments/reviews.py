@@ -39,9 +39,12 @@ class ReviewQueue:
     async def assign(self, review_id: int, account_id: str, operator: str) -> dict[str, Any]:
         """Credit the item's money to `account_id`; assigning again to the same account changes nothing."""
         item = await self.item(review_id)
-        if item["kind"] == "refund_failed":
+        creditable = item["kind"] in ("bank_unmatched", "callback_amount_mismatch") or (
+            item["kind"] == "reconciliation_missing" and item["detail"].get("line") == "payment"
+        )
+        if not creditable:
             raise Conflict(
-                "渠道退款失败：线下退款后请关闭此项 · a failed refund is paid back another way, then dismissed",
+                "此项不能入账：处理后请关闭 · only money received can be credited; settle this item and dismiss it",
                 code="review_not_creditable",
             )
         if item["status"] == "dismissed" or (item["status"] == "assigned" and item["account_id"] != account_id):

@@ -49,7 +49,8 @@ def _upgrade(connection: Connection, schema: str, script_location: str) -> None:
     config.set_main_option("script_location", script_location)
     config.attributes["connection"] = connection
     config.attributes["schema"] = schema
-    newer = _unknown(ScriptDirectory.from_config(config), _applied(connection, schema))
+    script = ScriptDirectory.from_config(config)
+    newer = _unknown(script, _applied(connection, schema))
     if newer:
         log.warning(
             "schema %s is at %s, which a newer release applied: this older release runs on it unmigrated",
@@ -57,7 +58,13 @@ def _upgrade(connection: Connection, schema: str, script_location: str) -> None:
             ", ".join(newer),
         )
         return
-    command.upgrade(config, "heads")  # parallel branches of one schema may both apply
+    heads = script.get_heads()
+    if len(heads) != 1:
+        # A history that forks is merged by a migration, in the repository, never at start.
+        raise MigrationError(
+            f"schema {schema} has {len(heads)} migration heads ({', '.join(sorted(heads))}); add a merge revision"
+        )
+    command.upgrade(config, "head")
 
 
 async def upgrade(engine: AsyncEngine, schema: str, script_location: str) -> None:

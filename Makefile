@@ -17,10 +17,11 @@ $(STAMP): requirements.lock $(addsuffix /pyproject.toml,$(PACKAGES))
 	$(BIN)/python -m pip install --quiet --no-deps $(addprefix -e ,$(PACKAGES))
 	@touch $@
 
-run: install ## whole platform + simulated estate (embedded PostgreSQL and broker unless DATABASE_URL / MQTT_URL)
+run: install web-if-npm ## whole platform + simulated estate (embedded PostgreSQL and broker unless DATABASE_URL / MQTT_URL)
 	$(BIN)/python -m shuidian_devstack run
 
-test: install ## every test; real PostgreSQL and broker (embedded unless DATABASE_URL / MQTT_URL)
+test: install web-if-npm ## every test (the front-end's Vitest and browser tests too); real PostgreSQL and broker (embedded unless DATABASE_URL / MQTT_URL)
+	@if [ -d web/node_modules ]; then $(MAKE) --no-print-directory web-test; fi
 	$(BIN)/python -m pytest
 
 test-unit: install
@@ -57,6 +58,10 @@ WEB_SOURCES := $(shell find web/src web/console.html web/portal.html web/vite.co
 
 web: web/dist/.built ## build the console and the portal into web/dist (npm ci against the lockfile, vite build)
 
+web-if-npm: ## `make web` where npm is installed; otherwise say that the console and portal are not built
+	@if command -v $(NPM) >/dev/null 2>&1; then $(MAKE) --no-print-directory web; \
+	else echo "npm not found: the console and the portal are not built; the API runs without them (see docs/web.md)"; fi
+
 web/node_modules/.installed: web/package-lock.json
 	cd web && $(NPM) ci --no-audit --no-fund
 	@touch $@
@@ -71,6 +76,9 @@ web-api: install web/node_modules/.installed ## regenerate the typed API client 
 	sys.stdout.write(json.dumps(create_app(GatewaySettings()).openapi(), indent=2, ensure_ascii=False) + "\n")' \
 	  > web/openapi.json
 	cd web && $(NPM) run --silent api
+
+web-api-check: web-api ## CI: the committed client must be the one the gateway's OpenAPI generates (a changed route breaks the build)
+	git diff --exit-code -- web/src/api/schema.d.ts
 
 web-test: web/node_modules/.installed ## Vitest unit tests and the type check of the front-end
 	cd web && $(NPM) run --silent typecheck && $(NPM) test

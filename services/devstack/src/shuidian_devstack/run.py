@@ -22,6 +22,7 @@ import httpx
 from shuidian_devstack import infra
 from shuidian_devstack.demo import DemoEstate
 from shuidian_devstack.seed import DEMO_PASSWORD, seed, seed_users
+from shuidian_gateway.webui import WebSettings
 
 log = logging.getLogger("shuidian.run")
 
@@ -161,11 +162,23 @@ async def start(stack: Stack) -> dict[str, str]:
     return urls
 
 
+def web_lines(gw: str) -> list[str]:
+    """Where the console and the portal are, with whom to sign in; or why they are not there."""
+    if WebSettings().root() is None:
+        return ["  web UI           not built (needs npm): make web, then restart"]
+    return [
+        f"  staff console    {gw}/console/   管理后台 — sign in as manager, cashier, maintenance, finance or admin",
+        f"  tenant portal    {gw}/portal/    租户端 — sign in with a room code, e.g. A101",
+        f"  password         {DEMO_PASSWORD}   (every demo sign-in)",
+    ]
+
+
 def banner(urls: dict[str, str], estate_rooms: int) -> str:
     gw = urls["gateway"]
     lines = [
         "",
         "Shuidian 水电 is running — 平台已启动",
+        *web_lines(gw),
         f"  API gateway      {gw}/docs   (staff key: {STAFF_KEY})",
         f"  try:             curl -H 'Authorization: Bearer {STAFF_KEY}' {gw}/v1/accounts/A101",
         f"  sign in:         tenant A101 · staff manager, cashier, maintenance, finance, admin"

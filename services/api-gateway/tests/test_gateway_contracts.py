@@ -25,6 +25,8 @@ from shuidian_control.app import create_app as control_app
 from shuidian_control.settings import ControlSettings
 from shuidian_gateway.adapters.fakes import FakeBackends, create_fake_backends
 from shuidian_gateway.api.routes_staff import ESTATE_LOOKUPS, ROUTES
+from shuidian_gateway.app import create_app as gateway_app
+from shuidian_gateway.settings import GatewaySettings
 from shuidian_shared.contracts import CALLS
 
 Operation = tuple[str, str]  # (METHOD, path with every parameter written {})
@@ -49,6 +51,16 @@ def real_openapi() -> dict[str, dict[str, Any]]:
         "alarm": alarm_app(AlarmSettings(**common)),
     }
     return {name: app.openapi() for name, app in apps.items()}
+
+
+@cache
+def gateway_openapi() -> dict[str, Any]:
+    settings = GatewaySettings(
+        environment="dev",
+        database_url=SecretStr("postgresql://nobody@127.0.0.1:1/none"),
+        mqtt_url="mqtt://127.0.0.1:1",
+    )
+    return gateway_app(settings).openapi()
 
 
 @cache
@@ -169,3 +181,41 @@ def test_every_backend_route_is_on_the_gateway_or_documented_as_internal() -> No
     served = {(service, method, path) for service, ops in real_operations().items() for method, path in ops}
     assert sorted(served - called - internal) == []  # neither offered nor explained
     assert sorted(internal - served) == []  # a documented route the backend no longer has
+
+
+def _strictness(schema: dict[str, Any], components: dict[str, Any]) -> tuple[str, ...]:
+    """What a path parameter's schema demands beyond a string: a uuid, an integer or one of some values."""
+    if "$ref" in schema:
+        schema = components[schema["$ref"].rsplit("/", 1)[-1]]
+    if schema.get("format") == "uuid":
+        return ("uuid",)
+    if schema.get("type") == "integer":
+        return ("integer",)
+    if "enum" in schema:
+        return ("enum", *sorted(schema["enum"]))
+    return ()
+
+
+def test_every_path_parameter_is_as_strict_as_the_backends() -> None:
+    """A gateway path parameter named like a backend's uuid, integer or enumeration is declared the same, so a
+    request the gateway's OpenAPI calls valid is not a backend's 422 (found by Schemathesis on the real stack)."""
+    strict: dict[str, set[tuple[str, ...]]] = {}
+    for document in real_openapi().values():
+        components = document["components"]["schemas"]
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    demand = _strictness(parameter["schema"], components)
+                    if parameter["in"] == "path" and demand:
+                        strict.setdefault(parameter["name"], set()).add(demand)
+    gateway = gateway_openapi()
+    looser = []
+    for path, operations in gateway["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] != "path" or parameter["name"] not in strict:
+                    continue
+                if _strictness(parameter["schema"], gateway["components"]["schemas"]) not in strict[parameter["name"]]:
+                    looser.append(f"{method.upper()} {path}: {parameter['name']}")
+    assert len(strict) > 5  # the backends' strict parameters were found
+    assert looser == []

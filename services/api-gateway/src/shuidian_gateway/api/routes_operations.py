@@ -645,7 +645,7 @@ async def payment_callbacks(
     openapi_extra=_extra(A_ACCOUNTS),
 )
 async def payment_refunds(
-    payment_id: Id,
+    payment_id: uuid.UUID,
     principal: Annotated[Principal, _needs(A_ACCOUNTS)],
     upstreams: Upstream,
     limit: Limit = 50,
@@ -860,7 +860,7 @@ A_CLOSE = Action.COMMANDS_CLOSE
     openapi_extra=_extra(A_CLOSE),
 )
 async def delete_schedule(
-    schedule_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$")],
+    schedule_id: uuid.UUID,
     principal: Annotated[Principal, _needs(A_CLOSE)],
     upstreams: Upstream,
 ) -> Response:
@@ -1263,12 +1263,12 @@ async def _staff_subscriptions(principal: Principal, upstreams: Upstreams, estat
     openapi_extra=_extra(A_CONFIGURE),
 )
 async def unsubscribe(
-    subscription_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$")],
+    subscription_id: uuid.UUID,
     principal: Annotated[Principal, _needs(A_CONFIGURE)],
     upstreams: Upstream,
 ) -> Response:
     visible = {str(r.get("subscription_id")) for r in await _staff_subscriptions(principal, upstreams, None)}
-    if subscription_id.lower() not in visible:
+    if str(subscription_id) not in visible:
         raise ObjectNotFound("no such subscription")  # tenants' own subscriptions are theirs to change
     await upstreams.call("alarm", "DELETE", f"/v1/subscriptions/{subscription_id}")
     return _no_content()
@@ -1290,13 +1290,13 @@ async def notifications(
     principal: Annotated[Principal, _needs(A_ALARMS)],
     upstreams: Upstream,
     status: Literal["pending", "delivered", "dead"] | None = None,
-    alarm_id: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F-]{36}$")] = None,
+    alarm_id: uuid.UUID | None = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Any:
     _all_estates(principal)
     params: dict[str, Any] = {"limit": UPSTREAM_CAP} | {
-        k: v for k, v in (("status", status), ("alarm_id", alarm_id)) if v is not None
+        k: str(v) for k, v in (("status", status), ("alarm_id", alarm_id)) if v is not None
     }
     rows = _rows(await upstreams.call("alarm", "GET", "/v1/notifications", params=params))
     return page_of_all(rows, limit, cursor, None)
@@ -1312,7 +1312,7 @@ async def notifications(
     openapi_extra=_extra(A_CONFIGURE),
 )
 async def retry_notification(
-    notification_id: Annotated[str, Path(pattern=r"^[0-9a-fA-F-]{36}$")],
+    notification_id: uuid.UUID,
     principal: Annotated[Principal, _needs(A_CONFIGURE)],
     upstreams: Upstream,
 ) -> Any:

@@ -529,3 +529,23 @@ async def test_alipay_reconciliation_reads_the_zipped_gbk_bill(world: World) -> 
     assert [
         (d["problem"], d["settled"], d["booked"]) for d in changed["differences"] if d["order_id"] == paid["order_id"]
     ] == [("amount", "30.00", "33.30")]
+
+
+async def test_the_sandbox_is_wechat_pay_in_process_through_the_same_client(world: World) -> None:
+    account = await new_account(world.client)
+    order = await create(world.client, account, "12.34", "sandbox")
+    assert order["pay"]["code_url"].startswith("weixin://wxpay/bizpayurl")  # opened at the sandbox platform
+    sandbox = world.online.sandbox_emulator
+    assert sandbox is not None
+    assert ("POST", "/v3/pay/transactions/native") in sandbox.requests  # our signed request, verified there
+    paid = await world.client.post(f"/v1/payments/sandbox/orders/{order['order_id']}/pay")
+    assert paid.json()["outcome"] == "accepted", paid.text
+    # A payment made at the sandbox whose notification never came: the sweeper's query credits it.
+    lost = await create(world.client, account, "1.00", "sandbox")
+    sandbox.pay(lost["order_id"])
+    await world.online.sweep(datetime.now(UTC))
+    assert (await order_of(world, lost["order_id"]))["status"] == "paid"
+    assert await balance(world.client, account) == Decimal("13.34")
+    done = await refund(world, paid.json()["payment"]["payment_id"], "2.34")
+    assert done["provider_status"] == "processing"
+    assert uuid.UUID(done["refund_id"]).hex in sandbox.refunds

@@ -176,7 +176,9 @@ async def sandbox_pay(order_id: str, channels: ChannelsDep) -> dict[str, Any]:
     response_model=ReconciliationOut,
     summary="对账 · Reconcile a provider's bill of one local day with the ledger (runs daily on its own)",
 )
-async def reconcile(provider: Literal["wechat", "alipay"], bill_date: date, channels: ChannelsDep) -> dict[str, Any]:
+async def reconcile(
+    provider: Literal["wechat", "alipay", "sandbox"], bill_date: date, channels: ChannelsDep
+) -> dict[str, Any]:
     return await channels.online.reconcile(provider, bill_date)
 
 

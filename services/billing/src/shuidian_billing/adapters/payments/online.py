@@ -45,8 +45,9 @@ from shuidian_billing.adapters.payments.providers import (
     verify_alipay,
     verify_wechat,
 )
-from shuidian_billing.adapters.payments.sandbox import Sandbox
+from shuidian_billing.adapters.payments.sandbox import SANDBOX_API_BASE, SANDBOX_MERCHANT_SERIAL, Sandbox
 from shuidian_billing.adapters.payments.signing import SignatureError, load_private_key, load_public_key
+from shuidian_billing.adapters.payments.wechat_emulator import WechatPayEmulator
 from shuidian_billing.domain import payment_orders
 from shuidian_billing.errors import CallbackRejected, Conflict, NotFound, PaymentError
 from shuidian_billing.settings import BillingSettings
@@ -202,6 +203,15 @@ class OnlinePayments:
             self.clients["wechat"] = WechatPayClient(providers.wechat_merchant, http)
         if http is not None and providers.alipay_merchant is not None:
             self.clients["alipay"] = AlipayClient(providers.alipay_merchant, http)
+        self.sandbox_emulator: WechatPayEmulator | None = None
+        if providers.sandbox is not None and providers.sandbox_config is not None:
+            # The sandbox is WeChat Pay v3 served in-process: the same client, signatures and checks.
+            self.sandbox_emulator = providers.sandbox.emulator()
+            merchant = WechatMerchant(
+                providers.sandbox_config, providers.sandbox.private_key, SANDBOX_MERCHANT_SERIAL, SANDBOX_API_BASE, ""
+            )
+            transport = httpx.ASGITransport(app=self.sandbox_emulator.app())
+            self.clients["sandbox"] = WechatPayClient(merchant, httpx.AsyncClient(transport=transport))
 
     async def create_order(
         self,
@@ -263,21 +273,18 @@ class OnlinePayments:
         """Ask the provider for what the payer needs (prepay id, QR code, pay URL) and keep it on the order."""
         client = self.clients.get(order.provider)
         if client is None:
-            if order.provider != "sandbox":
-                return order  # the provider is configured to verify notifications only (docs/payments.md)
-            pay: dict[str, Any] = {"code_url": f"sandbox://pay/{order.order_id}"}
-        else:
-            pay = await client.create(
-                OrderRequest(
-                    order_id=order.order_id,
-                    amount=order.amount,
-                    description="水电费充值 · prepaid utilities top-up",
-                    expires_at=order.expires_at,
-                    method=order.method,
-                    openid=order.payer.get("openid", ""),
-                    client_ip=order.payer.get("client_ip", ""),
-                )
+            return order  # the provider is configured to verify notifications only (docs/payments.md)
+        pay = await client.create(
+            OrderRequest(
+                order_id=order.order_id,
+                amount=order.amount,
+                description="水电费充值 · prepaid utilities top-up",
+                expires_at=order.expires_at,
+                method=order.method,
+                openid=order.payer.get("openid", ""),
+                client_ip=order.payer.get("client_ip", ""),
             )
+        )
         async with self._engine.begin() as conn:
             return (
                 await conn.execute(
@@ -603,18 +610,22 @@ class OnlinePayments:
             )
 
     async def sandbox_pay(self, order_id: str) -> dict[str, Any]:
-        """Play the sandbox provider: sign a success notification for an open order and deliver it."""
-        sandbox = self.providers.sandbox
-        if sandbox is None:
+        """Play the payer at the sandbox provider: it marks the order paid and signs its notification,
+        which is delivered through the same verification as any provider's."""
+        emulator = self.sandbox_emulator
+        if emulator is None:
             raise NotFound("the sandbox provider is disabled", code="provider_not_configured")
-        order = await self.order(order_id)
-        if order["provider"] != "sandbox":
+        order = await self._order_row(order_id)
+        if order is None:
+            raise NotFound(f"no order {order_id}")
+        if order.provider != "sandbox":
             raise PaymentError(f"order {order_id} is not a sandbox order", code="not_sandbox_order", status_code=422)
-        now = datetime.now(UTC)
-        headers, body = sandbox.notification(
-            order_id=order_id, transaction_id=f"SBX{order_id}", total_fen=int(order["amount"] * 100), now=now
-        )
-        return await self.notify("sandbox", headers, body, "sandbox", now)
+        if order_id not in emulator.orders:  # opened before this process (and its in-memory sandbox) started
+            if order.status != "open":
+                raise Conflict(f"order {order_id} is already {order.status}", code="order_not_open")
+            await self._open_at_provider(order)
+        headers, body = emulator.pay(order_id)
+        return await self.notify("sandbox", headers, body, "sandbox", datetime.now(UTC))
 
     async def callbacks(self, outcome: str | None, limit: int) -> list[dict[str, Any]]:
         async with self._engine.connect() as conn:

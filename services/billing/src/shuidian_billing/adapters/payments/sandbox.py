@@ -1,6 +1,6 @@
-"""The sandbox payment provider: it signs notifications exactly like WeChat Pay API v3 (RSA-SHA256
-headers, AEAD_AES_256_GCM resource) with keys of its own, so the demo and the tests exercise the
-real verification path end to end. Never enabled in prod unless asked for."""
+"""The sandbox payment provider: a WeChat Pay API v3 emulator with keys of its own, run in-process, so
+the demo's orders, queries, refunds, notifications and bills take the same client and verification
+code as the real providers. Never enabled in prod unless asked for."""
 
 from __future__ import annotations
 
@@ -20,11 +20,14 @@ from shuidian_billing.adapters.payments.signing import (
     rsa_sha256_sign,
     wechat_message,
 )
+from shuidian_billing.adapters.payments.wechat_emulator import WechatPayEmulator
 from shuidian_billing.settings import BillingSettings
 
 SANDBOX_APP_ID = "sandbox-app"
 SANDBOX_MCH_ID = "sandbox-mch"
 SANDBOX_SERIAL = "SANDBOX-PLATFORM-1"
+SANDBOX_MERCHANT_SERIAL = "SANDBOX-MERCHANT-1"
+SANDBOX_API_BASE = "http://sandbox.invalid"  # served in-process, never resolved
 
 
 def _token(length: int) -> str:
@@ -54,6 +57,19 @@ class Sandbox:
             platform_key=self.private_key.public_key(),
             platform_serial=SANDBOX_SERIAL,
             max_skew=max_skew,
+        )
+
+    def emulator(self) -> WechatPayEmulator:
+        """The sandbox platform: a WeChat Pay v3 emulator with the sandbox's keys (one key pair plays both
+        the platform and the merchant), which billing calls in-process through the real client."""
+        return WechatPayEmulator(
+            app_id=SANDBOX_APP_ID,
+            mch_id=SANDBOX_MCH_ID,
+            merchant_public_key=self.private_key.public_key(),
+            merchant_serial=SANDBOX_MERCHANT_SERIAL,
+            apiv3_key=self.apiv3_key.decode(),
+            platform_key=self.private_key,
+            platform_serial=SANDBOX_SERIAL,
         )
 
     def notification(

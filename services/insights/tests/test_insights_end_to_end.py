@@ -293,6 +293,11 @@ async def test_the_report_compares_with_similar_homes_of_the_estate(stack: Stack
     assert habits["k"] == 2
     assert sorted(c["households"] for c in habits["clusters"]) == [1, 7]
     assert all(c["peak_share"] is not None for c in habits["clusters"])
+    trends = await ok(stack.insights, "GET", "/v1/trends", params={"estate_id": household.estate_id})
+    assert month in [t["period"] for t in trends]
+    exported = await stack.insights.get("/v1/trends", params={"estate_id": household.estate_id, "format": "csv"})
+    assert exported.text.splitlines()[0] == "period,quantity,mom_pct,yoy_pct"
+    assert len(exported.text.splitlines()) == len(trends) + 1
 
 
 async def test_reading_history_by_meter_and_room_as_json_and_csv(stack: Stack) -> None:

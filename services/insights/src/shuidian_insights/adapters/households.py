@@ -21,6 +21,7 @@ class Households:
     def __init__(self, engine: AsyncEngine, billing: httpx.AsyncClient | None) -> None:
         self._engine = engine
         self._billing = billing
+        self._unknown_rooms: set[str] = set()  # billing answered 404: not asked again by this process
 
     async def on_occupancy(self, room: RoomOccupancy, topic: str = "") -> None:
         """Newest `since` wins; a vacant room keeps its last household's meters for history."""
@@ -72,8 +73,11 @@ class Households:
         async with self._engine.connect() as conn:
             rooms = (
                 await conn.scalars(
-                    text("SELECT DISTINCT room_id FROM insights.households WHERE area_m2 IS NULL LIMIT :n"),
-                    {"n": limit},
+                    text(
+                        "SELECT DISTINCT room_id FROM insights.households WHERE area_m2 IS NULL "
+                        "AND NOT room_id = ANY(:unknown) LIMIT :n"
+                    ),
+                    {"n": limit, "unknown": sorted(self._unknown_rooms)},
                 )
             ).all()
         done = 0
@@ -85,6 +89,8 @@ class Households:
                 return done
             if response.status_code != 200:
                 log.warning("room %s: billing answered %s", room_id, response.status_code)
+                if response.status_code == 404:
+                    self._unknown_rooms.add(room_id)
                 continue
             detail = RoomDetailOut.model_validate_json(response.content)
             await self.set_room(room_id, detail.area_m2, detail.household_size, detail.building_id)

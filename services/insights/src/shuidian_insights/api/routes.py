@@ -71,17 +71,17 @@ async def history(
         first, last = start.astimezone(parts.tz).date(), end.astimezone(parts.tz).date()
         frozen = await parts.archive.frozen(meters, first, last, monthly=kind == "month")
     if format == "csv":
-        return _csv(raw or frozen, kind)
+        return _csv(raw or frozen, RAW_COLUMNS if kind == "raw" else FROZEN_COLUMNS, f"readings-{kind}")
     return {"kind": kind, "start": start, "end": end, "meters": meters, "raw": raw, "frozen": frozen}
 
 
-def _csv(rows: list[dict[str, Any]], kind: str) -> Response:
+RAW_COLUMNS = ["meter_id", "register_name", "read_at", "value", "reading_id"]
+FROZEN_COLUMNS = ["meter_id", "register_name", "kind", "frozen_at", "value", "read_at", "reading_id"]
+TREND_COLUMNS = ["period", "quantity", "mom_pct", "yoy_pct"]
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str], filename: str) -> Response:
     out = io.StringIO()
-    columns = (
-        ["meter_id", "register_name", "read_at", "value", "reading_id"]
-        if kind == "raw"
-        else ["meter_id", "register_name", "kind", "frozen_at", "value", "read_at", "reading_id"]
-    )
     writer = csv.DictWriter(out, columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
@@ -89,7 +89,7 @@ def _csv(rows: list[dict[str, Any]], kind: str) -> Response:
     return Response(
         out.getvalue(),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="readings-{kind}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
     )
 
 
@@ -131,14 +131,23 @@ async def habits(
     return await parts.analysis.habits(utility, month, estate_id)
 
 
-@router.get("/trends", response_model=list[contracts.TrendRow], summary="用能趋势 · Monthly use with MoM and YoY")
+@router.get(
+    "/trends",
+    response_model=list[contracts.TrendRow],
+    summary="用能趋势 · Monthly use with MoM and YoY (JSON or CSV)",
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
 async def trends(
     parts: Parts,
     utility: Literal["electricity", "water"] = "electricity",
     estate_id: Identifier | None = None,
     building_id: Identifier | None = None,
-) -> list[dict[str, Any]]:
-    return await parts.analysis.trends(utility, estate_id, building_id)
+    format: Literal["json", "csv"] = "json",
+) -> Any:
+    rows = await parts.analysis.trends(utility, estate_id, building_id)
+    if format == "csv":
+        return _csv(rows, TREND_COLUMNS, f"trends-{utility}")
+    return rows
 
 
 @router.post("/jobs/nightly/run", summary="Run the nightly job now (days not done yet)")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, SecretStr, TypeAdapter
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
 from shuidian_alarm.app import create_app as alarm_app
 from shuidian_alarm.settings import AlarmSettings
@@ -22,7 +22,7 @@ from shuidian_collector.app import create_app as collector_app
 from shuidian_collector.settings import CollectorSettings
 from shuidian_control.app import create_app as control_app
 from shuidian_control.settings import ControlSettings
-from shuidian_gateway.api.routes_staff import ROUTES, Route
+from shuidian_gateway.api.routes_staff import ROUTES, Route, WorkOrderPatch
 from shuidian_gateway.app import create_app as gateway_app
 from shuidian_gateway.settings import GatewaySettings
 
@@ -150,3 +150,19 @@ def test_a_typed_read_documents_the_contract_the_backend_answers_with(path: str)
     assert route.response is not None
     documented = gateway_openapi()["paths"]["/v1" + path]["get"]["responses"]["200"]["content"]["application/json"]
     assert documented["schema"] == {"$ref": f"#/components/schemas/{route.response.__name__}"}
+
+
+def test_a_work_order_patch_must_change_something() -> None:
+    """Alarm refuses a patch that changes nothing: the gateway's schema says so (one non-null change at least)
+    and refuses it itself (found by Schemathesis against the real backends)."""
+    schema = gateway_openapi()["components"]["schemas"]["WorkOrderPatch"]
+    assert {tuple(alternative["required"]) for alternative in schema["anyOf"]} == {
+        ("status",),
+        ("assignee",),
+        ("note",),
+        ("closing_cause",),
+    }
+    for nothing in ({}, {"status": None}, {"note": None, "assignee": None}):
+        with pytest.raises(ValidationError, match="nothing to change"):
+            WorkOrderPatch.model_validate(nothing)
+    assert WorkOrderPatch.model_validate({"note": "已到现场", "status": None}).note == "已到现场"

@@ -437,13 +437,31 @@ class AcknowledgeIn(BaseModel):
     model_config = _body({})
 
 
+_WORK_ORDER_CHANGES = ("status", "assignee", "note", "closing_cause")
+
+
 class WorkOrderPatch(BaseModel):
-    model_config = _body({"status": "in_progress", "assignee": "王师傅", "note": "已到现场 / on site"})
+    """At least one change (alarm refuses a patch that changes nothing); a null leaves its field as it is."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"status": "in_progress", "assignee": "王师傅", "note": "已到现场 / on site"}],
+            "anyOf": [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in _WORK_ORDER_CHANGES],
+        },
+    )
 
     status: Literal["open", "assigned", "in_progress", "resolved", "closed"] | None = None
     assignee: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
     note: Annotated[str, Field(min_length=1, max_length=2000, pattern=NO_NUL)] | None = None
     closing_cause: Annotated[str, Field(min_length=1, max_length=2000, pattern=NO_NUL)] | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> WorkOrderPatch:
+        if all(getattr(self, f) is None for f in _WORK_ORDER_CHANGES):
+            raise ValueError("nothing to change: send a status, assignee, note or closing cause / 没有要修改的内容")
+        return self
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ the newer schema; and migrations new since then only expand (docs/deploy.md, Upg
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -51,6 +52,7 @@ def previous_release() -> Iterator[Path]:
         yield tree
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
+        shutil.rmtree(tree.parent, ignore_errors=True)
 
 
 async def test_the_previous_releases_schemas_migrate_and_its_replicas_still_start(

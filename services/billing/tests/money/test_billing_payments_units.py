@@ -1,5 +1,6 @@
 """Pure parts of payments and statements, table-driven: bank CSV parsing, Alipay's signed content
-and form decoding, the sandbox's WeChat-v3 round trip, statement periods and sections."""
+and form decoding, the sandbox's WeChat-v3 round trip, platform certificate rotation, statement
+periods and sections."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -18,6 +23,7 @@ from shuidian_billing.adapters.payments.online import Providers
 from shuidian_billing.adapters.payments.providers import Notification, parse_form, verify_wechat
 from shuidian_billing.adapters.payments.sandbox import Sandbox
 from shuidian_billing.adapters.payments.signing import alipay_content, new_private_key, public_pem
+from shuidian_billing.adapters.payments.wechat_emulator import WechatOrder, WechatPayEmulator
 from shuidian_billing.adapters.statements import Period, section_of
 from shuidian_billing.errors import CallbackRejected
 from shuidian_billing.settings import BillingSettings
@@ -157,3 +163,51 @@ def test_the_sandbox_is_off_in_prod_unless_asked_for(environment: str, flag: boo
     secrets = {"sandbox_apiv3_key": SecretStr("0123456789abcdef0123456789abcdef")}
     settings = BillingSettings(environment=environment, sandbox_payments=flag, **secrets)  # type: ignore[arg-type]
     assert (Providers.from_settings(settings).sandbox is not None) is enabled
+
+
+def _certificate(key: rsa.RSAPrivateKey, serial: int) -> str:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(datetime(2026, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(2031, 1, 1, tzinfo=UTC))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.mark.parametrize(
+    ("signer", "serial", "accepted"),
+    [("old", "A1", True), ("new", "B2", True), ("new", "A1", False), ("old", "B2", False), ("new", "C3", False)],
+)
+def test_platform_certificate_rotation_accepts_both_certificates_by_serial(
+    signer: str, serial: str, accepted: bool
+) -> None:
+    old, new = new_private_key(), new_private_key()
+    apiv3 = "0123456789abcdef0123456789abcdef"
+    settings = BillingSettings(
+        environment="test",
+        wechat_app_id="wx1",
+        wechat_mch_id="19001",
+        wechat_apiv3_key=SecretStr(apiv3),
+        wechat_platform_public_key=_certificate(old, 0xA1) + _certificate(new, 0xB2),
+        wechat_platform_serial="B2",
+    )
+    config = Providers.from_settings(settings).wechat
+    assert config is not None
+    platform = WechatPayEmulator(
+        "wx1", "19001", new.public_key(), "M1", apiv3_key=apiv3, platform_key=old if signer == "old" else new
+    )
+    platform.platform_serial = serial
+    platform.orders["SD1"] = WechatOrder("SD1", "wx1", "19001", 100, "NATIVE", "")
+    headers, body = platform.pay("SD1")
+    if accepted:
+        assert verify_wechat(config, headers, body, datetime.now(UTC)).order_id == "SD1"
+    else:
+        with pytest.raises(CallbackRejected) as refused:
+            verify_wechat(config, headers, body, datetime.now(UTC))
+        assert refused.value.code == "callback_bad_signature"

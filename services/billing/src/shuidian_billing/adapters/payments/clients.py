@@ -163,11 +163,12 @@ class WechatPayClient:
         """An answer counts only if the platform signed it (a man in the middle cannot fake a payment)."""
         h = response.headers
         cfg = self.merchant.config
-        if cfg.platform_serial and h.get("Wechatpay-Serial") != cfg.platform_serial:
+        key = cfg.key_for(h.get("Wechatpay-Serial", ""))
+        if key is None:
             raise ProviderUnavailable("WeChat Pay answer signed with an unknown platform serial")
         try:
             message = wechat_message(h.get("Wechatpay-Timestamp", ""), h.get("Wechatpay-Nonce", ""), response.content)
-            rsa_sha256_verify(cfg.platform_key, message, h.get("Wechatpay-Signature", ""))
+            rsa_sha256_verify(key, message, h.get("Wechatpay-Signature", ""))
         except SignatureError as err:
             raise ProviderUnavailable("WeChat Pay answer does not carry a valid platform signature") from err
 

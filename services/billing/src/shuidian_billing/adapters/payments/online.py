@@ -46,7 +46,12 @@ from shuidian_billing.adapters.payments.providers import (
     verify_wechat,
 )
 from shuidian_billing.adapters.payments.sandbox import SANDBOX_API_BASE, SANDBOX_MERCHANT_SERIAL, Sandbox
-from shuidian_billing.adapters.payments.signing import SignatureError, load_private_key, load_public_key
+from shuidian_billing.adapters.payments.signing import (
+    SignatureError,
+    load_platform_keys,
+    load_private_key,
+    load_public_key,
+)
 from shuidian_billing.adapters.payments.wechat_emulator import WechatPayEmulator
 from shuidian_billing.domain import payment_orders
 from shuidian_billing.errors import CallbackRejected, Conflict, NotFound, PaymentError
@@ -84,15 +89,23 @@ class Providers:
         """Every key loaded and checked now, so a bad key fails the start rather than the first payment."""
         skew = timedelta(seconds=settings.callback_max_skew_seconds)
         try:
+            platform_keys, platform_serial = {}, settings.wechat_platform_serial
+            if settings.wechat_app_id:
+                platform_keys = load_platform_keys(settings.wechat_platform_public_key, platform_serial)
+                # The configured serial is the current certificate; without one, the first given.
+                platform_serial = platform_serial or next(iter(platform_keys))
+                if platform_serial not in platform_keys:
+                    raise SignatureError(f"no platform key or certificate has serial {platform_serial}")
             wechat = (
                 WechatConfig(
                     provider="wechat",
                     app_id=settings.wechat_app_id,
                     mch_id=settings.wechat_mch_id,
                     apiv3_key=settings.wechat_apiv3_key.get_secret_value().encode(),
-                    platform_key=load_public_key(settings.wechat_platform_public_key),
-                    platform_serial=settings.wechat_platform_serial,
+                    platform_key=platform_keys[platform_serial],
+                    platform_serial=platform_serial,
                     max_skew=skew,
+                    other_platform_keys={k: v for k, v in platform_keys.items() if k != platform_serial},
                 )
                 if settings.wechat_app_id
                 else None

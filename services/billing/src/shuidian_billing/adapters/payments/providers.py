@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -72,6 +72,14 @@ class WechatConfig:
     platform_key: rsa.RSAPublicKey
     platform_serial: str
     max_skew: timedelta
+    # Platform certificates rotate: during a change-over the provider signs with either; by serial.
+    other_platform_keys: Mapping[str, rsa.RSAPublicKey] = field(default_factory=dict)
+
+    def key_for(self, serial: str) -> rsa.RSAPublicKey | None:
+        """The platform key that signed with `serial` (None: not one we trust)."""
+        if not self.platform_serial or serial == self.platform_serial:
+            return self.platform_key
+        return self.other_platform_keys.get(serial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +109,8 @@ def verify_wechat(
     kind = headers.get("Wechatpay-Signature-Type") or headers.get("wechatpay-signature-type") or WECHAT_SIGNATURE_TYPE
     if kind != WECHAT_SIGNATURE_TYPE:
         raise CallbackRejected(f"unsupported signature type {kind}", code="callback_malformed")
-    if config.platform_serial and serial != config.platform_serial:
+    platform_key = config.key_for(serial)
+    if platform_key is None:
         raise CallbackRejected("signed with an unknown platform certificate serial", code="callback_bad_signature")
     try:
         sent_at = datetime.fromtimestamp(int(timestamp), UTC)
@@ -110,7 +119,7 @@ def verify_wechat(
     if abs(now - sent_at) > config.max_skew:
         raise CallbackRejected(f"timestamp {timestamp} is outside ±{config.max_skew}", code="callback_stale")
     try:
-        rsa_sha256_verify(config.platform_key, wechat_message(timestamp, nonce, body), signature)
+        rsa_sha256_verify(platform_key, wechat_message(timestamp, nonce, body), signature)
     except SignatureError as err:
         raise CallbackRejected(str(err), code="callback_bad_signature") from err
     envelope = _json_object(body)

@@ -49,6 +49,20 @@ def load_public_key(text: str) -> rsa.RSAPublicKey:
     return key
 
 
+def load_platform_keys(text: str, serial: str) -> dict[str, rsa.RSAPublicKey]:
+    """WeChat Pay platform keys by serial, from one or more PEM certificates (each names its own serial, the
+    certificate serial number in upper-case hex) or a PEM public key (whose id is `serial`)."""
+    blocks = [f"-----BEGIN{block}" for block in text.split("-----BEGIN")[1:]] or [text]
+    keys: dict[str, rsa.RSAPublicKey] = {}
+    for block in blocks:
+        key = load_public_key(block)
+        if "BEGIN CERTIFICATE" in block:
+            keys[format(x509.load_pem_x509_certificate(block.strip().encode()).serial_number, "X")] = key
+        else:
+            keys[serial] = key
+    return keys
+
+
 def load_private_key(pem: str) -> rsa.RSAPrivateKey:
     key = serialization.load_pem_private_key(pem.encode(), password=None)
     if not isinstance(key, rsa.RSAPrivateKey):

@@ -309,24 +309,24 @@ class WechatPayEmulator:
                 )
             return self.signed(200, {"prepay_id": prepay})
 
-        @app.get("/v3/pay/transactions/out-trade-no/{out_trade_no}")
-        async def query(out_trade_no: str, request: Request) -> Response:
+        async def known(out_trade_no: str, request: Request) -> WechatOrder | Response:
+            """The order a verified request names, or the answer refusing the request."""
             _, refused = await verified(request)
             if refused is not None:
                 return refused
             order = self.orders.get(out_trade_no)
-            if order is None:
-                return self.error(404, "ORDER_NOT_EXIST", "订单不存在")
-            return self.signed(200, self.transaction(order))
+            return order if order is not None else self.error(404, "ORDER_NOT_EXIST", "订单不存在")
+
+        @app.get("/v3/pay/transactions/out-trade-no/{out_trade_no}")
+        async def query(out_trade_no: str, request: Request) -> Response:
+            order = await known(out_trade_no, request)
+            return order if isinstance(order, Response) else self.signed(200, self.transaction(order))
 
         @app.post("/v3/pay/transactions/out-trade-no/{out_trade_no}/close")
         async def close(out_trade_no: str, request: Request) -> Response:
-            _, refused = await verified(request)
-            if refused is not None:
-                return refused
-            order = self.orders.get(out_trade_no)
-            if order is None:
-                return self.error(404, "ORDER_NOT_EXIST", "订单不存在")
+            order = await known(out_trade_no, request)
+            if isinstance(order, Response):
+                return order
             if order.trade_state == "SUCCESS":
                 return self.error(400, "ORDERPAID", "订单已支付")
             order.trade_state = "CLOSED"

@@ -1,4 +1,4 @@
-"""Monthly statements (月结单) per household account, as JSON, CSV and PDF, and the explanation of
+"""Monthly statements (月结单) per household account, as JSON and CSV (the PDF is `statement_pdf`), and the explanation of
 any ledger transaction line by line.
 
 Money is taken from the ledger by booking time (`created_at`) in the local calendar month, so a
@@ -17,16 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
-from reportlab.lib import colors  # type: ignore[import-untyped]
-from reportlab.lib.pagesizes import A4  # type: ignore[import-untyped]
-from reportlab.lib.styles import ParagraphStyle  # type: ignore[import-untyped]
-from reportlab.lib.units import mm  # type: ignore[import-untyped]
-from reportlab.pdfbase import pdfmetrics  # type: ignore[import-untyped]
-from reportlab.pdfbase.cidfonts import UnicodeCIDFont  # type: ignore[import-untyped]
-from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -301,61 +293,6 @@ def to_csv(doc: dict[str, Any]) -> bytes:
     writer.writerow([csv_cell(c) for c in head])
     writer.writerows([csv_cell(c) for c in row] for row in _rows(doc))
     return ("\ufeff" + out.getvalue()).encode()
-
-
-def to_pdf(doc: dict[str, Any]) -> bytes:
-    """A one-or-more page A4 PDF, zh-CN first, using the built-in STSong-Light CID font (no font file)."""
-    font = "STSong-Light"
-    if font not in pdfmetrics.getRegisteredFontNames():
-        pdfmetrics.registerFont(UnicodeCIDFont(font))
-    title = ParagraphStyle("title", fontName=font, fontSize=16, leading=22)
-    body = ParagraphStyle("body", fontName=font, fontSize=9, leading=13)
-    small = ParagraphStyle("small", fontName=font, fontSize=7.5, leading=10)
-    buffer = io.BytesIO()
-    pdf = SimpleDocTemplate(
-        buffer,
-        pagesize=A4,
-        leftMargin=15 * mm,
-        rightMargin=15 * mm,
-        topMargin=15 * mm,
-        bottomMargin=15 * mm,
-        title=f"Statement {doc['account_id']} {doc['month']}",
-        author="Shuidian",
-    )
-    summary = [
-        ["期初余额 Opening", str(doc["opening_balance"]), "期末余额 Closing", str(doc["closing_balance"])],
-        ["缴费 Payments", str(doc["totals"]["payments"]), "用量费用 Charges", str(doc["totals"]["charges"])],
-        ["补贴 Subsidies", str(doc["totals"]["subsidies"]), "固定费用 Fees", str(doc["totals"]["fees"])],
-        ["冲正 Corrections", str(doc["totals"]["corrections"]), "退款 Refunds", str(doc["totals"]["refunds"])],
-    ]
-    detail = [[Paragraph(escape(cell), small) for cell in row] for row in _rows(doc)]
-    grid = TableStyle(
-        [
-            ("FONTNAME", (0, 0), (-1, -1), font),
-            ("FONTSIZE", (0, 0), (-1, -1), 8),
-            ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
-            ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke),
-            ("VALIGN", (0, 0), (-1, -1), "TOP"),
-        ]
-    )
-    story = [
-        Paragraph(f"水电费月结单 Monthly statement · {doc['month']}", title),
-        Paragraph(escape(f"账户 Account: {doc['account_id']} · {doc['name']}"), body),
-        Paragraph(f"账期 Period: {doc['period_start']} — {doc['period_end']} ({doc['timezone']})", body),
-        Spacer(1, 4 * mm),
-        Table(summary, colWidths=[40 * mm, 45 * mm, 40 * mm, 45 * mm], style=grid),
-        Spacer(1, 4 * mm),
-        Table(detail, colWidths=[34 * mm, 36 * mm, 58 * mm, 22 * mm, 30 * mm], style=grid, repeatRows=1),
-        Spacer(1, 3 * mm),
-        Paragraph("金额按入账时间计入当月；用量与计价明细对应本月入账的各小时用量。括号内为未舍入的精确金额。", small),
-        Paragraph(
-            "Money is counted by booking time; usage and the tariff breakdown are those of the hours booked "
-            "this month. Amounts in brackets are exact, before rounding to the fen.",
-            small,
-        ),
-    ]
-    pdf.build(story)
-    return buffer.getvalue()
 
 
 # --- explanation ----------------------------------------------------------------------------------

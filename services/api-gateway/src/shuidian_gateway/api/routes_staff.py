@@ -1397,6 +1397,17 @@ def _path_parameter(name: str) -> Any:
     return Annotated[str, Path(min_length=1, max_length=64, pattern=IDENT)]
 
 
+def _filter_type(route: Route, name: str) -> Any:
+    """An optional query filter as the backend types it: instants for `since`/`until` (and a usage window), a local
+    date or an instant for the other `start`/`end`, otherwise a non-empty word."""
+    if name in ("since", "until") or (name in ("start", "end") and route.path.endswith("/usage")):
+        return Annotated[AwareDatetime | None, Query(alias=name, description="ISO 8601 instant with its offset")]
+    if name in ("start", "end"):
+        described = Query(alias=name, description="a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset")
+        return Annotated[date | AwareDatetime | None, described]
+    return Annotated[str | None, Query(alias=name, min_length=1, max_length=64)]
+
+
 def _params(route: Route) -> list[inspect.Parameter]:
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [
@@ -1410,21 +1421,16 @@ def _params(route: Route) -> list[inspect.Parameter]:
     if route.kind == "list" or route.filters:
         for name in route.filters:
             if name in route.required:
-                kind: Any = MonthQuery if name == "month" else Annotated[str, Query(alias=name, max_length=64)]
+                kind: Any = (
+                    MonthQuery if name == "month" else Annotated[str, Query(alias=name, min_length=1, max_length=64)]
+                )
                 params.append(inspect.Parameter(_argument(name), kw, annotation=kind))
                 continue
             if name == "month":  # a local month: the strict YYYY-MM of every report and statement
                 month = Annotated[str | None, Query(pattern=MONTH_PATTERN, description="YYYY-MM, local time")]
                 params.append(inspect.Parameter(name, kw, default=None, annotation=month))
                 continue
-            params.append(
-                inspect.Parameter(
-                    _argument(name),
-                    kw,
-                    default=None,
-                    annotation=Annotated[str | None, Query(alias=name, max_length=64)],
-                )
-            )
+            params.append(inspect.Parameter(_argument(name), kw, default=None, annotation=_filter_type(route, name)))
     if route.kind == "list":
         params += [
             inspect.Parameter("limit", kw, default=50, annotation=Limit),
@@ -1469,7 +1475,7 @@ def _endpoint(route: Route) -> Any:
         upstreams: Upstreams = kwargs["upstreams"]
         path = {name: str(kwargs[name]) for name in path_names}
         query = {name: kwargs[_argument(name)] for name in route.filters}
-        query = {k: v for k, v in query.items() if v is not None}
+        query = {k: v.isoformat() if isinstance(v, date) else v for k, v in query.items() if v is not None}
         body = kwargs.get("body")
         if isinstance(body, BaseModel):
             # What the client sent, explicit nulls included (a null night window switches it off); what it
@@ -1752,7 +1758,7 @@ async def schedule_command(
 reports = APIRouter(tags=["reports"], responses=ERRORS)
 RATE = Decimal("0.0001")
 METERS_PER_CALL = 500  # keeps each collector URL well under the limits of HTTP clients and servers
-Instant = Annotated[str | None, Query(max_length=64, description="aware ISO 8601 instant")]
+Instant = Annotated[AwareDatetime | None, Query(description="aware ISO 8601 instant")]
 
 
 def _rates(meters: int, online: int, up: float, seen: float) -> dict[str, Any]:
@@ -1808,7 +1814,8 @@ async def device_online_rate(
     start: Instant = None,
     end: Instant = None,
 ) -> Any:
-    params = {k: v for k, v in {"gateway_id": gateway_id, "start": start, "end": end}.items() if v is not None}
+    window = {"start": start.isoformat() if start else None, "end": end.isoformat() if end else None}
+    params = {k: v for k, v in {"gateway_id": gateway_id, **window}.items() if v is not None}
     path = "/v1/reports/device-online-rate"
     if principal.all_estates:
         return await upstreams.call("collector", "GET", path, params=params)

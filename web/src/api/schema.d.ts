@@ -2697,7 +2697,7 @@ export interface paths {
         put?: never;
         /**
          * 支付回调 · A payment provider's asynchronous notification (verified by billing from its signature)
-         * @description For WeChat Pay, Alipay and the sandbox provider, not for people: the body and signature headers go to billing unchanged; a forged or altered notification is refused and a replay credits nothing.
+         * @description For WeChat Pay, Alipay and the sandbox provider, not for people: the body and signature headers go to billing unchanged; a forged or altered notification is refused and a replay credits nothing. Too many from one address in a second: 429 (the provider retries).
          */
         post: operations["notify_v1_payments_notify__provider__post"];
         delete?: never;
@@ -5107,6 +5107,7 @@ export interface components {
         };
         /**
          * WorkOrderPatch
+         * @description At least one change (alarm refuses a patch that changes nothing); a null leaves its field as it is.
          * @example {
          *       "assignee": "王师傅",
          *       "note": "已到现场 / on site",
@@ -5122,6 +5123,14 @@ export interface components {
             note?: string | null;
             /** Closing Cause */
             closing_cause?: string | null;
+        } | {
+            status: unknown;
+        } | {
+            assignee: unknown;
+        } | {
+            note: unknown;
+        } | {
+            closing_cause: unknown;
         };
         /**
          * TopUpIn
@@ -13734,7 +13743,9 @@ export interface operations {
         parameters: {
             query?: {
                 granularity?: string | null;
+                /** @description ISO 8601 instant with its offset */
                 start?: string | null;
+                /** @description ISO 8601 instant with its offset */
                 end?: string | null;
             };
             header?: never;
@@ -14678,7 +14689,9 @@ export interface operations {
                 account_id?: string | null;
                 channel?: string | null;
                 state?: string | null;
+                /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
                 start?: string | null;
+                /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
                 end?: string | null;
                 /** @description page size */
                 limit?: number;
@@ -15889,7 +15902,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                utility: string;
+                utility: "electricity" | "water";
             };
             cookie?: never;
         };
@@ -16014,7 +16027,7 @@ export interface operations {
                 "if-match"?: string | null;
             };
             path: {
-                utility: string;
+                utility: "electricity" | "water";
             };
             cookie?: never;
         };
@@ -16170,7 +16183,7 @@ export interface operations {
             };
             header?: never;
             path: {
-                utility: string;
+                utility: "electricity" | "water";
             };
             cookie?: never;
         };
@@ -16292,7 +16305,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                utility: string;
+                utility: "electricity" | "water";
             };
             cookie?: never;
         };
@@ -20918,7 +20931,9 @@ export interface operations {
     get_work_orders_mttr_v1_work_orders_mttr_get: {
         parameters: {
             query?: {
+                /** @description ISO 8601 instant with its offset */
                 since?: string | null;
+                /** @description ISO 8601 instant with its offset */
                 until?: string | null;
                 /** @description page size */
                 limit?: number;
@@ -21453,7 +21468,9 @@ export interface operations {
         parameters: {
             query?: {
                 estate_id?: string | null;
+                /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
                 start?: string | null;
+                /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
                 end?: string | null;
             };
             header?: never;
@@ -21579,7 +21596,9 @@ export interface operations {
         parameters: {
             query?: {
                 estate_id?: string | null;
+                /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
                 start?: string | null;
+                /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
                 end?: string | null;
                 utility?: string | null;
             };

@@ -27,6 +27,8 @@ from shuidian_gateway.adapters.fakes import FakeBackends, create_fake_backends
 from shuidian_gateway.api.routes_staff import ESTATE_LOOKUPS, ROUTES
 from shuidian_gateway.app import create_app as gateway_app
 from shuidian_gateway.settings import GatewaySettings
+from shuidian_insights.app import create_app as insights_app
+from shuidian_insights.settings import InsightsSettings
 from shuidian_shared.contracts import CALLS
 
 Operation = tuple[str, str]  # (METHOD, path with every parameter written {})
@@ -49,6 +51,7 @@ def real_openapi() -> dict[str, dict[str, Any]]:
         "billing": billing_app(BillingSettings(**common)),
         "control": control_app(ControlSettings(**common)),
         "alarm": alarm_app(AlarmSettings(**common)),
+        "insights": insights_app(InsightsSettings(**common)),
     }
     return {name: app.openapi() for name, app in apps.items()}
 
@@ -151,7 +154,7 @@ def test_every_backend_call_in_the_gateway_names_a_real_route() -> None:
 
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "api.md"
-BACKENDS = ("collector", "billing", "control", "alarm")
+BACKENDS = ("collector", "billing", "control", "alarm", "insights")
 
 
 def documented_internal() -> set[tuple[str, str, str]]:

@@ -24,6 +24,7 @@ from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
 from shuidian_gateway.adapters.webhooks import Webhooks
 from shuidian_gateway.api import (
     routes_identity,
+    routes_insights,
     routes_live,
     routes_me,
     routes_operations,
@@ -88,6 +89,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     "billing": settings.billing_url,
                     "control": settings.control_url,
                     "alarm": settings.alarm_url,
+                    "insights": settings.insights_url,
                 },
                 ServiceTokens.from_settings(settings, SERVICE),
             )
@@ -190,6 +192,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(routes_webhooks.router)
     app.include_router(routes_staff.build_router())
     app.include_router(routes_operations.router)
+    for insights_router in routes_insights.routers:
+        app.include_router(insights_router)
     for payments_router in routes_payments.routers(settings):
         app.include_router(payments_router)
     webui.install(app)  # the console and the portal, when web/dist was built

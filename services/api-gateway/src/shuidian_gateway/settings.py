@@ -96,6 +96,7 @@ class GatewaySettings(ServiceSettings):
     billing_url: str = "http://127.0.0.1:8002"
     control_url: str = "http://127.0.0.1:8003"
     alarm_url: str = "http://127.0.0.1:8004"
+    insights_url: str = "http://127.0.0.1:8005"
     upstream_timeout_seconds: float = 10.0
     # httpcore scans its whole pool for every request: a small pool of busy keep-alive connections is faster.
     upstream_connections: int = Field(default=16, ge=1)

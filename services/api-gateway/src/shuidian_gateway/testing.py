@@ -122,6 +122,7 @@ async def gateway_harness(
         "billing_url": backends,
         "control_url": backends,
         "alarm_url": backends,
+        "insights_url": backends,
         "upstream_timeout_seconds": 5.0,
         **overrides,
     }

@@ -11,7 +11,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shuidian_shared.messages import Identifier, Message
 from shuidian_shared.money import Quantity
@@ -50,6 +50,17 @@ class TouComponent(_In):
     rates: tuple[TouRate, ...] = Field(min_length=1)
     segments: tuple[TouSegment, ...] = Field(min_length=1, max_length=24)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TouComponent:
+        labels = [rate.label for rate in self.rates]
+        if len(set(labels)) != len(labels):
+            raise ValueError("time-of-use rate labels must be unique")
+        if any(segment.rate not in labels for segment in self.segments):
+            raise ValueError("every segment must name a defined rate")
+        if len({segment.start for segment in self.segments}) != len(self.segments):
+            raise ValueError("segment starts must differ")
+        return self
+
 
 class TierBlock(_In):
     label: str = Field(min_length=1, max_length=20)
@@ -64,6 +75,12 @@ class TieredComponent(_In):
     period: Literal["month", "year"] = "month"
     base_household_size: int | None = Field(default=None, ge=1)
     blocks: tuple[TierBlock, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _open_last(self) -> TieredComponent:
+        if self.blocks[-1].width is not None or any(b.width is None or b.width < 0 for b in self.blocks[:-1]):
+            raise ValueError("every tier but the last needs a width ≥ 0; the last is open (width null)")
+        return self
 
 
 class FixedComponent(_In):

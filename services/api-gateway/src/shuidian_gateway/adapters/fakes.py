@@ -1,4 +1,4 @@
-"""Fake backends (billing, collector, control, alarm in one small app) speaking the documented
+"""Fake backends (billing, collector, control, alarm, insights in one small app) speaking the documented
 contracts, for the gateway's and the SDK's tests: two estates, two tenants, each with an account,
 a room and a meter. Serve it on a real socket and point every `GATEWAY_<SERVICE>_URL` at it.
 
@@ -22,6 +22,7 @@ from shuidian_kit.service import problem
 from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.contracts import collector as collector_contract
 from shuidian_shared.contracts import control as control_contract
+from shuidian_shared.contracts import insights as insights_contract
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC).isoformat()
 MOVE_IN = date(2026, 1, 1)
@@ -521,6 +522,63 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
         saved["channels"] = list(dict.fromkeys(saved["channels"]))
         fake.notification_settings[tenant_id] = {**saved, "version": current["version"] + 1}
         return await notification_settings(tenant_id)
+
+    # -- insights --------------------------------------------------------------------------------
+    @app.get("/v1/households/{account_id}/report")
+    async def household_report(account_id: str) -> Any:
+        h = fake.household(account_id=account_id)
+        if h is None:
+            return _missing("household")
+        return insights_contract.TenantReportOut(
+            account_id=account_id,
+            estate_id=h.estate_id,
+            computed_at=datetime.fromisoformat(NOW),
+            window_start=date(2026, 10, 26),
+            window_end=date(2026, 11, 24),
+            items=[],
+        )
+
+    @app.get("/v1/readings/history")
+    async def reading_history(start: datetime, end: datetime, kind: str = "raw", format: str = "json") -> Any:
+        if format == "csv":
+            return Response("meter_id,register_name,read_at,value,reading_id\n", media_type="text/csv; charset=utf-8")
+        return insights_contract.ReadingHistoryOut(kind=kind, start=start, end=end, meters=[], raw=[], frozen=[])
+
+    @app.post("/v1/what-if")
+    async def what_if(body: insights_contract.WhatIfIn) -> Any:
+        zero = Decimal(0)
+        return insights_contract.WhatIfOut(
+            utility=body.utility,
+            months=[],
+            households=0,
+            current_revenue=zero,
+            proposed_revenue=zero,
+            revenue_change=zero,
+            revenue_change_pct=None,
+            pay_more=0,
+            pay_less=0,
+            unchanged=0,
+            change_percentiles={},
+            histogram=[],
+            biggest_increases=[],
+            seconds=0.0,
+        )
+
+    @app.get("/v1/habits")
+    async def habits(month: str, utility: str = "electricity", estate_id: str | None = None) -> Any:
+        return _missing("household with use that month")
+
+    @app.get("/v1/trends")
+    async def trends() -> Any:
+        return []
+
+    @app.put("/v1/line-loss/groups/{group_id}", status_code=204)
+    async def put_line_loss_group(group_id: str) -> None:
+        return None
+
+    @app.get("/v1/line-loss/groups/{group_id}/days")
+    async def line_loss_days(group_id: str) -> Any:
+        return []
 
     if fake.complete:
 

@@ -293,6 +293,8 @@ async def test_the_report_compares_with_similar_homes_of_the_estate(stack: Stack
     assert habits["k"] == 2
     assert sorted(c["households"] for c in habits["clusters"]) == [1, 7]
     assert all(c["peak_share"] is not None for c in habits["clusters"])
+    shares = [Decimal(habits[k]) for k in ("peak_share", "flat_share", "valley_share")]
+    assert sum(shares) == pytest.approx(Decimal(1), abs=Decimal("0.002"))
     trends = await ok(stack.insights, "GET", "/v1/trends", params={"estate_id": household.estate_id})
     assert month in [t["period"] for t in trends]
     exported = await stack.insights.get("/v1/trends", params={"estate_id": household.estate_id, "format": "csv"})

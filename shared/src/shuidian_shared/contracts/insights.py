@@ -246,8 +246,9 @@ class HabitCluster(BaseModel):
     cluster: int
     households: int
     shape: list[Quantity] = Field(description="share of the day's use per local hour 0..23, sums to 1")
-    peak_share: Quantity | None
-    valley_share: Quantity | None
+    peak_share: Quantity | None = Field(description="at the dearest time-of-use rate (峰/尖); None without one")
+    flat_share: Quantity | None = Field(description="at the rates between the dearest and the cheapest (平)")
+    valley_share: Quantity | None = Field(description="at the cheapest rate (谷)")
 
 
 class HabitsOut(BaseModel):
@@ -258,6 +259,9 @@ class HabitsOut(BaseModel):
     silhouette: Quantity
     criterion: str
     clusters: list[HabitCluster]
+    peak_share: Quantity | None = Field(description="the whole estate's (all households' shapes averaged)")
+    flat_share: Quantity | None
+    valley_share: Quantity | None
 
 
 class TrendRow(BaseModel):

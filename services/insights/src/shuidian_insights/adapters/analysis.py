@@ -364,30 +364,39 @@ def what_if_out(
     }
 
 
+def rate_shares(shape: Sequence[float], tou: Any) -> dict[str, str | None]:
+    """A daily shape's share at the dearest (peak), the cheapest (valley) and the other (flat) rates."""
+    if tou is None:
+        return {"peak_share": None, "flat_share": None, "valley_share": None}
+    labels = rate_by_hour(tou)
+    prices = {rate.label: rate.unit_price for rate in tou.rates}
+    top, bottom = max(prices.values()), min(prices.values())
+    peak = sum(v for h, v in enumerate(shape) if prices[labels[h]] == top)
+    valley = sum(v for h, v in enumerate(shape) if prices[labels[h]] == bottom and top != bottom)
+    flat = sum(shape) - peak - valley
+    return {
+        k: str(Decimal(v).quantize(Decimal("0.001")))
+        for k, v in (("peak_share", peak), ("flat_share", flat), ("valley_share", valley))
+    }
+
+
 def habits_out(
     utility: str, month: str, estate_id: str | None, result: clusters.Clustering, tou: Any
 ) -> dict[str, Any]:
     counts: dict[int, int] = defaultdict(int)
     for label in result.labels:
         counts[label] += 1
-    labels = rate_by_hour(tou) if tou else None
-    prices = {rate.label: rate.unit_price for rate in tou.rates} if tou else {}
-    out_clusters = []
-    for index, centroid in enumerate(result.centroids):
-        peak = valley = None
-        if labels:
-            top, bottom = max(prices.values()), min(prices.values())
-            peak = sum(v for h, v in enumerate(centroid) if prices[labels[h]] == top)
-            valley = sum(v for h, v in enumerate(centroid) if prices[labels[h]] == bottom)
-        out_clusters.append(
-            {
-                "cluster": index,
-                "households": counts[index],
-                "shape": [str(Decimal(v).quantize(Decimal("0.0001"))) for v in centroid],
-                "peak_share": None if peak is None else str(Decimal(peak).quantize(Decimal("0.001"))),
-                "valley_share": None if valley is None else str(Decimal(valley).quantize(Decimal("0.001"))),
-            }
-        )
+    total = len(result.labels)
+    estate_shape = [sum(result.centroids[c][h] * n for c, n in counts.items()) / total for h in range(HOURS)]
+    out_clusters = [
+        {
+            "cluster": index,
+            "households": counts[index],
+            "shape": [str(Decimal(v).quantize(Decimal("0.0001"))) for v in centroid],
+            **rate_shares(centroid, tou),
+        }
+        for index, centroid in enumerate(result.centroids)
+    ]
     return {
         "utility": utility,
         "estate_id": estate_id,
@@ -396,6 +405,7 @@ def habits_out(
         "silhouette": str(Decimal(result.silhouette).quantize(Decimal("0.001"))),
         "criterion": "k in 2..8 with the highest mean silhouette of normalised daily shapes (sampled)",
         "clusters": out_clusters,
+        **rate_shares(estate_shape, tou),
     }
 
 

@@ -549,3 +549,12 @@ async def test_the_sandbox_is_wechat_pay_in_process_through_the_same_client(worl
     done = await refund(world, paid.json()["payment"]["payment_id"], "2.34")
     assert done["provider_status"] == "processing"
     assert uuid.UUID(done["refund_id"]).hex in sandbox.refunds
+
+
+async def test_a_refund_whose_notification_is_lost_is_settled_by_the_sweepers_query(world: World) -> None:
+    _, order = await paid_order(world, "wechat", "18.00")
+    done = await refund(world, order["payment_id"], "8.00")
+    world.wechat.refund_notification(uuid.UUID(done["refund_id"]).hex)  # settled at WeChat; notification lost
+    await world.online.sweep(datetime.now(UTC))
+    refunds = (await world.client.get(f"/v1/payments/{order['payment_id']}/refunds")).json()
+    assert [r["provider_status"] for r in refunds] == ["success"]

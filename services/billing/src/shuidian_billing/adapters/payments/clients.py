@@ -282,9 +282,14 @@ class WechatPayClient:
         code, data = await self._call("POST", "/v3/refund/domestic/refunds", payload, refusal_ok=True)
         if code >= 400:
             return RefundAnswer("failed", str(data.get("code", code)))
-        status = str(data.get("status", ""))
-        state = {"SUCCESS": "success", "PROCESSING": "processing"}.get(status, "failed")
-        return RefundAnswer(state, str(data.get("refund_id", "")))
+        return _wechat_refund_answer(data)
+
+    async def refund_status(self, out_refund_no: str) -> RefundAnswer:
+        """Where a refund stands (for one whose notification has not come)."""
+        code, data = await self._call("GET", f"/v3/refund/domestic/refunds/{quote(out_refund_no)}", None)
+        if code == 404:
+            raise ProviderUnavailable(f"WeChat Pay does not know refund {out_refund_no}")
+        return _wechat_refund_answer(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +424,11 @@ class AlipayClient:
         # A trade the payer never scanned does not exist at Alipay yet: nothing to close.
         if data.get("code") != "10000" and data.get("sub_code") != "ACQ.TRADE_NOT_EXIST":
             raise ProviderUnavailable(f"Alipay refused close: {data.get('sub_code') or data.get('code')}")
+
+
+def _wechat_refund_answer(data: dict[str, Any]) -> RefundAnswer:
+    state = {"SUCCESS": "success", "PROCESSING": "processing"}.get(str(data.get("status", "")), "failed")
+    return RefundAnswer(state, str(data.get("refund_id", "")))
 
 
 def _required(data: dict[str, Any], name: str) -> str:

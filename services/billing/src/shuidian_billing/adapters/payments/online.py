@@ -457,6 +457,20 @@ class OnlinePayments:
                     )
                 ).scalars()
                 refunds = list(pending)
+                processing = (
+                    await lock.execute(
+                        text(
+                            "SELECT r.*, p.reference AS order_id FROM billing.refunds r JOIN billing.payments p "
+                            "USING (payment_id) WHERE r.provider_status = 'processing' AND r.channel = ANY(:p) "
+                            "AND r.provider_updated_at <= :c ORDER BY r.provider_updated_at LIMIT :n"
+                        ),
+                        {
+                            "p": [p for p, c in self.clients.items() if isinstance(c, WechatPayClient)],
+                            "c": now - timedelta(seconds=self._settings.order_query_after_seconds),
+                            "n": limit,
+                        },
+                    )
+                ).all()
                 await lock.commit()
                 done: dict[str, int] = {}
                 for order in rows:
@@ -464,6 +478,9 @@ class OnlinePayments:
                     done[action] = done.get(action, 0) + 1
                 if refunds:
                     done["refunds_submitted"] = len(await self.submit_refunds(refunds))
+                for refund in processing:
+                    done["refunds_queried"] = done.get("refunds_queried", 0) + 1
+                    await self._refund_query(refund)
                 return done
             finally:
                 await lock.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": SWEEP_LOCK})
@@ -541,6 +558,24 @@ class OnlinePayments:
             )
             results.append({"refund_id": row.refund_id, "provider_status": answer.status})
         return results
+
+    async def _refund_query(self, refund: Row[Any]) -> None:
+        """A refund still processing (its notification lost or late): ask WeChat Pay where it stands."""
+        client = self.clients[refund.channel]
+        assert isinstance(client, WechatPayClient)
+        try:
+            answer = await client.refund_status(refund.refund_id.hex)
+        except ProviderUnavailable as err:
+            log.warning("refund %s: %s", refund.refund_id, err.detail)
+            return
+        if answer.status == "processing":
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE billing.refunds SET provider_updated_at = now() WHERE refund_id = :r"),
+                    {"r": refund.refund_id},
+                )
+            return
+        await self._refund_state(refund, answer.status, answer.provider_refund_id, f"refund query {answer.status}")
 
     async def _refund_notified(self, note: RefundNotice, entry: dict[str, Any]) -> dict[str, Any]:
         """A verified `REFUND.*` notification: the refund's final state, applied once."""

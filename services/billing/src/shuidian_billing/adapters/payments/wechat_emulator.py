@@ -386,6 +386,16 @@ class WechatPayEmulator:
             self.refunds[record.out_refund_no] = record
             return self.signed(200, self.refund_answer(record))
 
+        @app.get("/v3/refund/domestic/refunds/{out_refund_no}")
+        async def refund_status(out_refund_no: str, request: Request) -> Response:
+            _, refused = await verified(request)
+            if refused is not None:
+                return refused
+            found = self.refunds.get(out_refund_no)
+            if found is None:
+                return self.error(404, "RESOURCE_NOT_EXISTS", "退款单不存在")
+            return self.signed(200, self.refund_answer(found))
+
         return app
 
     def bill(self, bill_date: str) -> bytes:

@@ -11,13 +11,13 @@ case "$SERVICE" in
     eval "export ${prefix}_ENVIRONMENT=\"\${${prefix}_ENVIRONMENT:-\$SHUIDIAN_ENVIRONMENT}\""
     eval "export ${prefix}_HTTP_HOST=\"\${${prefix}_HTTP_HOST:-0.0.0.0}\""
     # The web console and tenant portal, when the image was built with web/dist (only the gateway's has it).
-    if [ -d /opt/shuidian/web ]; then export GATEWAY_WEB_ROOT="${GATEWAY_WEB_ROOT:-/opt/shuidian/web}"; fi
+    if [ -d /opt/app/web ]; then export GATEWAY_WEB_ROOT="${GATEWAY_WEB_ROOT:-/opt/app/web}"; fi
     exec python3 -m "shuidian_$SERVICE" "$@"
     ;;
   simulator)
     # Dev/test only: the demo estate (generated on first start into the data volume) on fixed ports.
     estate="${SIMULATOR_ESTATE:-/data/estate.json}"
-    [ -s "$estate" ] || python3 /opt/shuidian/bin/simulator_estate.py "$estate"
+    [ -s "$estate" ] || python3 /opt/app/bin/simulator_estate.py "$estate"
     exec python3 -m shuidian_simulator --estate "$estate" --control-host "${SIMULATOR_CONTROL_HOST:-0.0.0.0}" \
       --control-port "${SIMULATOR_CONTROL_PORT:-8090}" --ports-file /data/simulator-ports.json "$@"
     ;;

@@ -106,65 +106,31 @@ async def _history(
 JSON_OR_CSV: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 Start = Annotated[AwareDatetime, Query(description="inclusive")]
 Days = Annotated[int, Query(ge=1, le=400, description="how many days from start")]
-Shape = Annotated[Literal["raw", "day", "month"], Query(description="raw samples, 日冻结 or 月冻结")]
+Shape = Annotated[Literal["raw", "day", "month"], Query(alias="kind", description="raw samples, 日冻结 or 月冻结")]
 Format = Annotated[Literal["json", "csv"], Query()]
 
 
+KINDS = {"meters": "meter", "rooms": "room", "buildings": "building"}
+
+
 @staff_router.get(
-    "/meters/{meter_id}/readings",
-    summary="抄表记录 · A meter's samples or frozen values (JSON or CSV)",
+    "/{kind}/{object_id}/readings",
+    summary="抄表记录 · A meter's, room's or building's samples or frozen values (JSON or CSV)",
     response_model=contracts.ReadingHistoryOut,
     responses=JSON_OR_CSV,
 )
-async def meter_readings(
-    meter_id: ObjectId,
+async def readings(
+    kind: Literal["meters", "rooms", "buildings"],
+    object_id: ObjectId,
     principal: Reports,
     upstreams: UpstreamsDep,
     start: Start,
     days: Days = 1,
-    kind: Shape = "raw",
+    shape: Shape = "raw",
     format: Format = "json",
 ) -> Response:
-    await _visible(principal, upstreams, "meter", meter_id)
-    return await _history(upstreams, "meter", meter_id, start, days, kind, format)
-
-
-@staff_router.get(
-    "/rooms/{room_id}/readings",
-    summary="抄表记录 · A room's meters' samples or frozen values (JSON or CSV)",
-    response_model=contracts.ReadingHistoryOut,
-    responses=JSON_OR_CSV,
-)
-async def room_readings(
-    room_id: ObjectId,
-    principal: Reports,
-    upstreams: UpstreamsDep,
-    start: Start,
-    days: Days = 1,
-    kind: Shape = "raw",
-    format: Format = "json",
-) -> Response:
-    await _visible(principal, upstreams, "room", room_id)
-    return await _history(upstreams, "room", room_id, start, days, kind, format)
-
-
-@staff_router.get(
-    "/buildings/{building_id}/readings",
-    summary="抄表记录 · A building's meters' samples or frozen values (JSON or CSV)",
-    response_model=contracts.ReadingHistoryOut,
-    responses=JSON_OR_CSV,
-)
-async def building_readings(
-    building_id: ObjectId,
-    principal: Reports,
-    upstreams: UpstreamsDep,
-    start: Start,
-    days: Days = 1,
-    kind: Shape = "raw",
-    format: Format = "json",
-) -> Response:
-    await _visible(principal, upstreams, "building", building_id)
-    return await _history(upstreams, "building", building_id, start, days, kind, format)
+    await _visible(principal, upstreams, KINDS[kind], object_id)
+    return await _history(upstreams, KINDS[kind], object_id, start, days, shape, format)
 
 
 class TierIn(BaseModel):

@@ -2686,6 +2686,125 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/me/accounts/{account_id}/insights": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** 节能建议 · How you compare with similar homes and what would save money, every figure explained */
+        get: operations["my_insights_v1_me_accounts__account_id__insights_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/insights/{kind}/{object_id}/readings": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** 抄表记录 · A meter's, room's or building's samples or frozen values (JSON or CSV) */
+        get: operations["readings_v1_insights__kind___object_id__readings_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/insights/what-if": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** 电价测算 · Re-price the last N months */
+        post: operations["what_if_v1_insights_what_if_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/insights/habits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** 用电习惯 · Typical daily shapes */
+        get: operations["habits_v1_insights_habits_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/insights/trends": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** 用能趋势 · Monthly use, MoM and YoY (JSON or CSV) */
+        get: operations["trends_v1_insights_trends_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/insights/line-loss/groups/{group_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /** 线损 · A master meter and its sub-meters */
+        put: operations["put_line_loss_group_v1_insights_line_loss_groups__group_id__put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/insights/line-loss/groups/{group_id}/days": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** 线损 · A group's daily loss with completeness */
+        get: operations["line_loss_days_v1_insights_line_loss_groups__group_id__days_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/payments/notify/{provider}": {
         parameters: {
             query?: never;
@@ -2779,6 +2898,46 @@ export interface components {
          * @enum {string}
          */
         Action: "premises:read" | "premises:write" | "accounts:read" | "accounts:write" | "topups:create" | "corrections:create" | "tariffs:read" | "tariffs:write" | "devices:read" | "devices:write" | "commands:read" | "commands:close" | "commands:trip" | "alarms:read" | "alarms:write" | "alarms:configure" | "billing:run" | "payments:reconcile" | "reports:read" | "webhooks:manage" | "users:manage" | "audit:read";
+        /**
+         * AdviceItem
+         * @description One finding: what it is, its figures, the inputs they came from, and the money where computable.
+         */
+        AdviceItem: {
+            /**
+             * Code
+             * @description base_load, peak_share, tier_forecast, night_flow, seasonal_change, comparison
+             */
+            code: string;
+            /** Utility */
+            utility: string;
+            /** Title Zh */
+            title_zh: string;
+            /** Title En */
+            title_en: string;
+            /** Text Zh */
+            text_zh: string;
+            /** Text En */
+            text_en: string;
+            /**
+             * Figures
+             * @description the numbers the text states, as decimal strings
+             */
+            figures: {
+                [key: string]: string;
+            };
+            /**
+             * Inputs
+             * @description what the figures were computed from
+             */
+            inputs: {
+                [key: string]: string;
+            };
+            /**
+             * Saving Per Month
+             * @description CNY, only where the tariff lets us compute it
+             */
+            saving_per_month?: string | null;
+        };
         /**
          * AliasIn
          * @example {
@@ -3488,6 +3647,36 @@ export interface components {
             level: number;
         };
         /**
+         * FrozenRow
+         * @description A 日冻结 / 月冻结 value: the register at a local day or month start, traced to the sample it came from.
+         */
+        FrozenRow: {
+            /** Meter Id */
+            meter_id: string;
+            /** Register Name */
+            register_name: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "day" | "month";
+            /**
+             * Frozen At
+             * Format: date-time
+             */
+            frozen_at: string;
+            /** Value */
+            value: string;
+            /**
+             * Read At
+             * Format: date-time
+             * @description when the sample it came from was taken
+             */
+            read_at: string;
+            /** Reading Id */
+            reading_id: string;
+        };
+        /**
          * GatewayIn
          * @example {
          *       "name": "1号楼网关"
@@ -3513,6 +3702,59 @@ export interface components {
             name: string;
             /** Shard */
             shard: number | null;
+        };
+        /** HabitCluster */
+        HabitCluster: {
+            /** Cluster */
+            cluster: number;
+            /** Households */
+            households: number;
+            /**
+             * Shape
+             * @description share of the day's use per local hour 0..23, sums to 1
+             */
+            shape: string[];
+            /**
+             * Peak Share
+             * @description at the dearest time-of-use rate (峰/尖); None without one
+             */
+            peak_share: string | null;
+            /**
+             * Flat Share
+             * @description at the rates between the dearest and the cheapest (平)
+             */
+            flat_share: string | null;
+            /**
+             * Valley Share
+             * @description at the cheapest rate (谷)
+             */
+            valley_share: string | null;
+        };
+        /** HabitsOut */
+        HabitsOut: {
+            /** Utility */
+            utility: string;
+            /** Estate Id */
+            estate_id: string | null;
+            /** Month */
+            month: string;
+            /** K */
+            k: number;
+            /** Silhouette */
+            silhouette: string;
+            /** Criterion */
+            criterion: string;
+            /** Clusters */
+            clusters: components["schemas"]["HabitCluster"][];
+            /**
+             * Peak Share
+             * @description the whole estate's (all households' shapes averaged)
+             */
+            peak_share: string | null;
+            /** Flat Share */
+            flat_share: string | null;
+            /** Valley Share */
+            valley_share: string | null;
         };
         /**
          * HoldIn
@@ -3610,6 +3852,66 @@ export interface components {
              * @description default: a new account named after the lease
              */
             account_id?: string | null;
+        };
+        /** LineLossDayOut */
+        LineLossDayOut: {
+            /** Group Id */
+            group_id: string;
+            /**
+             * Day
+             * Format: date
+             */
+            day: string;
+            /** Master Quantity */
+            master_quantity: string | null;
+            /** Sub Quantity */
+            sub_quantity: string;
+            /** Loss Quantity */
+            loss_quantity: string | null;
+            /** Loss Pct */
+            loss_pct: string | null;
+            /** Completeness Pct */
+            completeness_pct: string;
+            /**
+             * Judged
+             * @description complete enough to judge: a loss is only stated when true
+             */
+            judged: boolean;
+            /** Exceeded */
+            exceeded: boolean;
+        };
+        /**
+         * LineLossGroupIn
+         * @example {
+         *       "master_meter_id": "M-B1",
+         *       "sub_meter_ids": [
+         *         "M-101",
+         *         "M-102"
+         *       ],
+         *       "threshold_pct": "8"
+         *     }
+         */
+        LineLossGroupIn: {
+            /** Master Meter Id */
+            master_meter_id: string;
+            /** Sub Meter Ids */
+            sub_meter_ids: string[];
+            /**
+             * Threshold Pct
+             * @description a loss above this per cent raises the alarm
+             * @default 8
+             * @example 8
+             */
+            threshold_pct?: string;
+            /**
+             * Min Completeness Pct
+             * @description per cent of the meters complete to judge
+             * @default 95
+             * @example 8
+             */
+            min_completeness_pct?: string;
+            /** Estate Id */
+            estate_id?: string | null;
         };
         /**
          * LiveMeter
@@ -4157,6 +4459,95 @@ export interface components {
              * @example not_found
              */
             code: string;
+        };
+        /**
+         * ProposedTariffIn
+         * @example {
+         *       "flat_price": "0",
+         *       "hourly_prices": [
+         *         "0.30",
+         *         "0.30",
+         *         "0.30",
+         *         "0.30",
+         *         "0.30",
+         *         "0.30",
+         *         "0.30",
+         *         "0.30",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.68",
+         *         "0.30",
+         *         "0.30"
+         *       ]
+         *     }
+         */
+        ProposedTariffIn: {
+            /**
+             * Flat Price
+             * @description per unit at every hour
+             * @default 0
+             * @example 0.5883
+             */
+            flat_price?: string;
+            /**
+             * Hourly Prices
+             * @description time-of-use: a price per local hour 00–23
+             */
+            hourly_prices?: string[] | null;
+            tiers?: components["schemas"]["TiersIn"] | null;
+            /** Fixed Per Month */
+            fixed_per_month?: string | null;
+        };
+        /** ReadingHistoryOut */
+        ReadingHistoryOut: {
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "raw" | "day" | "month";
+            /**
+             * Start
+             * Format: date-time
+             */
+            start: string;
+            /**
+             * End
+             * Format: date-time
+             */
+            end: string;
+            /** Meters */
+            meters: string[];
+            /** Raw */
+            raw: components["schemas"]["ReadingRow"][];
+            /** Frozen */
+            frozen: components["schemas"]["FrozenRow"][];
+        };
+        /** ReadingRow */
+        ReadingRow: {
+            /** Meter Id */
+            meter_id: string;
+            /** Register Name */
+            register_name: string;
+            /**
+             * Read At
+             * Format: date-time
+             */
+            read_at: string;
+            /** Value */
+            value: string;
+            /** Reading Id */
+            reading_id: string;
         };
         /**
          * ReasonIn
@@ -4752,6 +5143,30 @@ export interface components {
             /** Phone */
             phone: string;
         };
+        /** TenantReportOut */
+        TenantReportOut: {
+            /** Account Id */
+            account_id: string;
+            /** Estate Id */
+            estate_id: string;
+            /**
+             * Computed At
+             * Format: date-time
+             */
+            computed_at: string;
+            /**
+             * Window Start
+             * Format: date
+             */
+            window_start: string;
+            /**
+             * Window End
+             * Format: date
+             */
+            window_end: string;
+            /** Items */
+            items: components["schemas"]["AdviceItem"][];
+        };
         /** TierBlockIn */
         TierBlockIn: {
             /** Label */
@@ -4761,6 +5176,34 @@ export interface components {
              * @description kWh or m³ in the block; null: the last, open-ended block
              */
             width: string | null;
+            /**
+             * Unit Price
+             * @description CNY per kWh or m³, up to six decimals
+             * @example 0.5883
+             */
+            unit_price: string;
+            /**
+             * Extra Width Per Person
+             * @description kWh or m³, up to six decimals
+             * @default 0
+             * @example 412.37
+             */
+            extra_width_per_person?: string;
+        };
+        /**
+         * TierIn
+         * @example {
+         *       "unit_price": "0.56",
+         *       "width": "180"
+         *     }
+         */
+        TierIn: {
+            /**
+             * Width
+             * @description kWh or m³, up to six decimals
+             * @example 412.37
+             */
+            width: string;
             /**
              * Unit Price
              * @description CNY per kWh or m³, up to six decimals
@@ -4797,6 +5240,39 @@ export interface components {
             base_household_size?: number | null;
             /** Blocks */
             blocks: components["schemas"]["TierBlockIn"][];
+        };
+        /**
+         * TiersIn
+         * @example {
+         *       "above_price": "0.86",
+         *       "blocks": [
+         *         {
+         *           "unit_price": "0.56",
+         *           "width": "180"
+         *         }
+         *       ]
+         *     }
+         */
+        TiersIn: {
+            /**
+             * Period
+             * @default month
+             * @enum {string}
+             */
+            period?: "month" | "year";
+            /**
+             * Base Household Size
+             * @default 1
+             */
+            base_household_size?: number;
+            /** Blocks */
+            blocks?: components["schemas"]["TierIn"][];
+            /**
+             * Above Price
+             * @description the price of the open block above the last width
+             * @example 0.5883
+             */
+            above_price: string;
         };
         /**
          * TokenOut
@@ -4870,6 +5346,17 @@ export interface components {
              * @description a rate's label
              */
             rate: string;
+        };
+        /** TrendRow */
+        TrendRow: {
+            /** Period */
+            period: string;
+            /** Quantity */
+            quantity: string;
+            /** Mom Pct */
+            mom_pct: string | null;
+            /** Yoy Pct */
+            yoy_pct: string | null;
         };
         /**
          * UserIn
@@ -5061,6 +5548,86 @@ export interface components {
             events?: ("balance" | "alarm" | "command.result" | "meter.state")[] | null;
             /** Active */
             active?: boolean | null;
+        };
+        /** WhatIfHousehold */
+        WhatIfHousehold: {
+            /** Account Id */
+            account_id: string;
+            /** Current */
+            current: string;
+            /** Proposed */
+            proposed: string;
+            /** Change */
+            change: string;
+        };
+        /**
+         * WhatIfIn
+         * @example {
+         *       "months": 12,
+         *       "proposed": {
+         *         "flat_price": "0.60"
+         *       },
+         *       "utility": "electricity"
+         *     }
+         */
+        WhatIfIn: {
+            /**
+             * Utility
+             * @enum {string}
+             */
+            utility: "electricity" | "water";
+            proposed: components["schemas"]["ProposedTariffIn"];
+            /**
+             * Months
+             * @default 12
+             */
+            months?: number;
+            /** Estate Id */
+            estate_id?: string | null;
+        };
+        /** WhatIfOut */
+        WhatIfOut: {
+            /** Utility */
+            utility: string;
+            /** Months */
+            months: string[];
+            /** Households */
+            households: number;
+            /**
+             * Current Revenue
+             * @description CNY: every household's months re-priced under the tariff in force
+             */
+            current_revenue: string;
+            /** Proposed Revenue */
+            proposed_revenue: string;
+            /** Revenue Change */
+            revenue_change: string;
+            /** Revenue Change Pct */
+            revenue_change_pct: string | null;
+            /** Pay More */
+            pay_more: number;
+            /** Pay Less */
+            pay_less: number;
+            /** Unchanged */
+            unchanged: number;
+            /**
+             * Change Percentiles
+             * @description p5, p25, p50, p75, p95 of per-household change, CNY
+             */
+            change_percentiles: {
+                [key: string]: string;
+            };
+            /**
+             * Histogram
+             * @description per-household change in CNY buckets: lower, upper, count
+             */
+            histogram: {
+                [key: string]: string;
+            }[];
+            /** Biggest Increases */
+            biggest_increases: components["schemas"]["WhatIfHousehold"][];
+            /** Seconds */
+            seconds: number;
         };
         /** WhoAmI */
         WhoAmI: {
@@ -26522,6 +27089,884 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Paged_AuditEntry_"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    my_insights_v1_me_accounts__account_id__insights_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                account_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TenantReportOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    readings_v1_insights__kind___object_id__readings_get: {
+        parameters: {
+            query: {
+                /** @description inclusive */
+                start: string;
+                /** @description how many days from start */
+                days?: number;
+                /** @description raw samples, 日冻结 or 月冻结 */
+                kind?: "raw" | "day" | "month";
+                format?: "json" | "csv";
+            };
+            header?: never;
+            path: {
+                kind: "meters" | "rooms" | "buildings";
+                object_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReadingHistoryOut"];
+                    "text/csv": unknown;
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    what_if_v1_insights_what_if_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WhatIfIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WhatIfOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    habits_v1_insights_habits_get: {
+        parameters: {
+            query: {
+                /** @description YYYY-MM (2000-01 … 2099-12), local time */
+                month: string;
+                utility?: "electricity" | "water";
+                estate_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HabitsOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    trends_v1_insights_trends_get: {
+        parameters: {
+            query?: {
+                utility?: "electricity" | "water";
+                estate_id?: string | null;
+                building_id?: string | null;
+                format?: "json" | "csv";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TrendRow"][];
+                    "text/csv": unknown;
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    put_line_loss_group_v1_insights_line_loss_groups__group_id__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                group_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LineLossGroupIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    line_loss_days_v1_insights_line_loss_groups__group_id__days_get: {
+        parameters: {
+            query: {
+                start: string;
+                end: string;
+            };
+            header?: never;
+            path: {
+                group_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LineLossDayOut"][];
                 };
             };
             /** @description bad request */

@@ -6,7 +6,7 @@
 # set; <PREFIX>_HTTP_HOST defaults to 0.0.0.0 (a container's loopback is its own).
 set -eu
 case "$SERVICE" in
-  collector|billing|control|alarm|gateway)
+  collector|billing|control|alarm|gateway|insights)
     prefix=$(echo "$SERVICE" | tr '[:lower:]' '[:upper:]')
     eval "export ${prefix}_ENVIRONMENT=\"\${${prefix}_ENVIRONMENT:-\$SHUIDIAN_ENVIRONMENT}\""
     eval "export ${prefix}_HTTP_HOST=\"\${${prefix}_HTTP_HOST:-0.0.0.0}\""

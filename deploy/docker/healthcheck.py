@@ -4,7 +4,7 @@ import os
 import sys
 import urllib.request
 
-DEFAULT_PORTS = {"gateway": 8000, "collector": 8001, "billing": 8002, "control": 8003, "alarm": 8004}
+DEFAULT_PORTS = {"gateway": 8000, "collector": 8001, "billing": 8002, "control": 8003, "alarm": 8004, "insights": 8005}
 
 service = os.environ["SERVICE"]
 if service == "simulator":

@@ -43,13 +43,14 @@ def container_of(connection: HTTPConnection) -> Container:
     return container
 
 
-def _upstreams(connection: HTTPConnection) -> Upstreams:
+async def _upstreams(connection: HTTPConnection) -> Upstreams:
     return container_of(connection).upstreams
 
 
-def _idempotency(connection: HTTPConnection) -> IdempotencyStore:
+async def _idempotency(connection: HTTPConnection) -> IdempotencyStore:
     return container_of(connection).idempotency
 
 
+# Dependencies are coroutines: FastAPI runs a plain function in a worker thread, a cost on every request.
 UpstreamsDep = Annotated[Upstreams, Depends(_upstreams)]
 Idempotency = Annotated[IdempotencyStore, Depends(_idempotency)]

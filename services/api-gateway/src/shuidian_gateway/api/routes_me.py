@@ -230,7 +230,7 @@ def balance_read_model(upstreams: Upstreams, ttl: float) -> BalanceReadModel:
     return BalanceReadModel(ttl, fetch)
 
 
-def _balances(request: Request) -> BalanceReadModel:
+async def _balances(request: Request) -> BalanceReadModel:
     balances = container_of(request).balances
     return balances
 

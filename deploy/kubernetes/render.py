@@ -1,4 +1,4 @@
-"""Render the Kubernetes manifests of the five services from values.yaml (and the operator's overrides).
+"""Render the Kubernetes manifests of the six services from values.yaml (and the operator's overrides).
 
     python3 deploy/kubernetes/render.py [-f my-values.yaml ...] [--secret-from-env FILE] > shuidian.yaml
     kubectl apply -f shuidian.yaml
@@ -9,8 +9,8 @@ Debian). What varies between sites lives in values.yaml; everything else is the 
 probes on /healthz and /readyz, requests and limits, a PodDisruptionBudget per service, autoscaling of
 the stateless services, collector shards as a StatefulSet (its pod name is its stable MQTT identity and
 its ordinal its shard), credentials only from a Secret, and NetworkPolicies that let only the gateway be
-reached from outside. Migrations run at each start under a PostgreSQL advisory lock, so replicas starting
-together, old and new, are safe (docs/deploy.md, Upgrades).
+reached from outside and each backend only by its callers. Migrations run at each start under a PostgreSQL
+advisory lock, so replicas starting together, old and new, are safe (docs/deploy.md, Upgrades).
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-STATELESS = ("gateway", "billing", "control", "alarm")
+STATELESS = ("gateway", "billing", "control", "alarm", "insights")
 SERVICES = (*STATELESS, "collector")
 PART_OF = "shuidian"
+# Backends called over HTTP by another backend besides the gateway (which calls every one): its NetworkPolicy
+# admits them too. Insights reads rooms and tariffs from billing.
+OTHER_CALLERS = {"billing": ("insights",)}
 
 Manifest = dict[str, Any]
 
@@ -53,6 +56,10 @@ def secret_env(values: dict[str, Any], name: str, key: str | None = None) -> dic
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": values["secretName"], "key": key or name}}}
 
 
+def url(values: dict[str, Any], service: str) -> str:
+    return f"http://{service}:{values['services'][service]['port']}"
+
+
 def environment(values: dict[str, Any], service: str) -> list[dict[str, Any]]:
     prefix = service.upper()
     env: list[dict[str, Any]] = [
@@ -67,11 +74,14 @@ def environment(values: dict[str, Any], service: str) -> list[dict[str, Any]]:
     if service == "gateway":
         env += [secret_env(values, f"GATEWAY_{key}") for key in ("STAFF_API_KEY", "JWT_SECRET", "WEBHOOK_SECRET_KEY")]
         env += [
-            {"name": f"GATEWAY_{other.upper()}_URL", "value": f"http://{other}:{values['services'][other]['port']}"}
-            for other in ("collector", "billing", "control", "alarm")
+            {"name": f"GATEWAY_{other.upper()}_URL", "value": url(values, other)}
+            for other in SERVICES
+            if other != service
         ]
     if service == "alarm":
         env.append(secret_env(values, "ALARM_WEBHOOK_SECRET"))
+    if service == "insights":
+        env.append({"name": "INSIGHTS_BILLING_URL", "value": url(values, "billing")})
     if service == "collector":
         env += [
             {"name": "COLLECTOR_SHARD_COUNT", "value": str(values["services"]["collector"]["shards"])},
@@ -212,10 +222,9 @@ def autoscaler(values: dict[str, Any], service: str) -> Manifest:
 
 
 def network_policies(values: dict[str, Any]) -> list[Manifest]:
-    """Deny all ingress in the namespace, then: the gateway from outside, each backend from the gateway,
-    /metrics from the monitoring namespace."""
+    """Deny all ingress in the namespace, then: the gateway from outside, each backend from the gateway and
+    OTHER_CALLERS, /metrics from the monitoring namespace."""
     monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": values["monitoringNamespace"]}}}
-    gateway_pods = {"podSelector": {"matchLabels": labels("gateway")}}
     policies: list[Manifest] = [
         {
             "apiVersion": "networking.k8s.io/v1",
@@ -231,7 +240,10 @@ def network_policies(values: dict[str, Any]) -> list[Manifest]:
                 {"ports": [port]} | ({"from": values["gatewayIngressFrom"]} if values["gatewayIngressFrom"] else {})
             ]
         else:
-            sources = [{"from": [gateway_pods, monitoring], "ports": [port]}]
+            callers = ("gateway", *OTHER_CALLERS.get(service, ()))
+            sources = [
+                {"from": [*({"podSelector": {"matchLabels": labels(c)}} for c in callers), monitoring], "ports": [port]}
+            ]
         if service == "gateway":
             sources.append({"from": [monitoring], "ports": [port]})
         policies.append(

@@ -13,7 +13,7 @@ DOCKER="${DOCKER:-docker}"
 REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 NAMES=("$@")
-[ ${#NAMES[@]} -gt 0 ] || NAMES=(postgres mosquitto prometheus collector billing control alarm gateway simulator)
+[ ${#NAMES[@]} -gt 0 ] || NAMES=(postgres mosquitto prometheus collector billing control alarm insights gateway simulator)
 
 if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   DOCKER="$DOCKER" deploy/scripts/build-base.sh "$BASE_IMAGE" "${BASE_TARBALL:-}"

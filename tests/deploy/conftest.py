@@ -27,7 +27,8 @@ if not os.environ.get("SHUIDIAN_TEST_DEPLOY"):
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-SERVICES = ("collector", "billing", "control", "alarm", "gateway")
+BACKENDS = ("collector", "billing", "control", "alarm", "insights")
+SERVICES = (*BACKENDS, "gateway")
 
 
 def free_port() -> int:

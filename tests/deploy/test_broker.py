@@ -66,6 +66,8 @@ async def test_an_anonymous_client_or_a_wrong_password_is_refused(deploy_broker:
         ("billing", "control", "collector", topics.meter_command("E-1")),  # a trip only control orders
         ("control", "collector", "billing", topics.readings("gw-1")),  # readings only the collector takes
         ("integrator", "alarm", "gateway", topics.alarm("leak")),  # integrators read, never publish
+        ("billing", "insights", "alarm", topics.line_loss("bldg-1")),  # line loss only insights reports
+        ("insights", "collector", "billing", topics.readings("gw-1")),  # insights reads readings, never writes
     ],
 )
 async def test_a_publish_outside_the_publishers_acl_never_reaches_a_reader(

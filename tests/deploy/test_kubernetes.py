@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import DEPLOY
+from .conftest import BACKENDS, DEPLOY, SERVICES
 
 RENDER = DEPLOY / "kubernetes" / "render.py"
 # The oldest Kubernetes the manifests support (pod-index label: 1.28+) and the newest the validator knows.
@@ -61,7 +61,7 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]
 def test_every_service_has_probes_limits_a_budget_and_no_root(tmp_path: Path) -> None:
     _, docs = _render(tmp_path)
     workloads = {**_by_kind(docs, "Deployment"), **_by_kind(docs, "StatefulSet")}
-    assert set(workloads) == {"gateway", "billing", "control", "alarm", "collector"}
+    assert set(workloads) == set(SERVICES)
     for name, workload in workloads.items():
         pod = workload["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -82,7 +82,7 @@ def test_every_service_has_probes_limits_a_budget_and_no_root(tmp_path: Path) ->
             if variable["name"] in secret_names:
                 assert "secretKeyRef" in variable["valueFrom"], (name, variable)
     assert set(_by_kind(docs, "PodDisruptionBudget")) == set(workloads)
-    assert set(_by_kind(docs, "HorizontalPodAutoscaler")) == {"gateway", "billing", "control", "alarm"}
+    assert set(_by_kind(docs, "HorizontalPodAutoscaler")) == set(SERVICES) - {"collector"}
 
 
 def test_collector_shards_have_a_stable_identity_and_their_own_volume(tmp_path: Path) -> None:
@@ -99,13 +99,38 @@ def test_only_the_gateway_is_reachable_from_outside(tmp_path: Path) -> None:
     _, docs = _render(tmp_path)
     policies = _by_kind(docs, "NetworkPolicy")
     assert policies["default-deny-ingress"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
-    for backend in ("billing", "control", "alarm", "collector"):
+    for backend in BACKENDS:
         for rule in policies[f"{backend}-ingress"]["spec"]["ingress"]:
             assert rule["from"], backend  # always a named source: the gateway's pods or the monitoring namespace
     assert any("from" not in rule for rule in policies["gateway-ingress"]["spec"]["ingress"])
     services = _by_kind(docs, "Service")
     assert {name for name, s in services.items() if s["spec"].get("type", "ClusterIP") != "ClusterIP"} <= {"gateway"}
     assert [doc["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] for doc in docs if doc["kind"] == "Ingress"] == ["gateway"]  # fmt: skip
+
+
+def _plain_env(workload: dict[str, Any]) -> dict[str, str | None]:
+    return {v["name"]: v.get("value") for v in workload["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def _pods_admitted(policy: dict[str, Any]) -> set[str]:
+    return {
+        source["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        for rule in policy["spec"]["ingress"]
+        for source in rule["from"]
+        if "podSelector" in source
+    }
+
+
+def test_each_backend_admits_only_its_callers(tmp_path: Path) -> None:
+    _, docs = _render(tmp_path)
+    policies = _by_kind(docs, "NetworkPolicy")
+    admitted = {backend: _pods_admitted(policies[f"{backend}-ingress"]) for backend in BACKENDS}
+    # Insights reads rooms and tariffs from billing; nothing but the gateway calls insights.
+    assert admitted == {"collector": {"gateway"}, "billing": {"gateway", "insights"}, "control": {"gateway"},
+                        "alarm": {"gateway"}, "insights": {"gateway"}}  # fmt: skip
+    deployments = _by_kind(docs, "Deployment")
+    assert _plain_env(deployments["insights"])["INSIGHTS_BILLING_URL"] == "http://billing:8002"
+    assert _plain_env(deployments["gateway"])["GATEWAY_INSIGHTS_URL"] == "http://insights:8005"
 
 
 def test_operator_values_override_the_defaults(tmp_path: Path) -> None:

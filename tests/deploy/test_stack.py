@@ -27,7 +27,7 @@ from shuidian_devstack.seed import DEMO_PASSWORD, seed, seed_users
 from shuidian_kit.service_auth import ServiceTokens
 from shuidian_simulator.estate import Estate
 
-from .conftest import DEPLOY, REPO, SERVICES, free_port
+from .conftest import BACKENDS, DEPLOY, REPO, SERVICES, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +113,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     env_file = root / ".env"
     subprocess.run([str(DEPLOY / "scripts" / "init-secrets.sh"), str(env_file), str(root / "tls")], check=True)
-    ports = {name: free_port() for name in ("gateway", "mqtts", "prometheus", *SERVICES[:4], "simulator")}
+    ports = {name: free_port() for name in ("gateway", "mqtts", "prometheus", *BACKENDS, "simulator")}
     with env_file.open("a") as extra:
         extra.write(
             f"SHUIDIAN_VERSION={VERSION}\nSHUIDIAN_GATEWAY_PORT={ports['gateway']}\n"
@@ -133,7 +133,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "-p", project,
         "--profile", "simulator",
     ]  # fmt: skip
-    urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICES[:4]}
+    urls = {name: f"http://127.0.0.1:{ports[name]}" for name in BACKENDS}
     result = Stack(
         _read_env(env_file), compose, f"http://127.0.0.1:{ports['gateway']}", urls,
         f"http://127.0.0.1:{ports['simulator']}", f"http://127.0.0.1:{ports['prometheus']}",
@@ -156,7 +156,7 @@ def _wait_healthy(stack: Stack, timeout: float) -> None:
         ids = stack.run("ps", "-q").stdout.split()
         inspected = json.loads(docker("inspect", *ids).stdout) if ids else []
         states = {c["Name"]: c["State"].get("Health", {}).get("Status", c["State"]["Status"]) for c in inspected}
-        if len(states) == 8 and all(state == "healthy" for state in states.values()):
+        if len(states) == len(SERVICES) + 3 and all(state == "healthy" for state in states.values()):
             return
         if any(c["State"]["Status"] == "exited" for c in inspected):
             break
@@ -241,9 +241,9 @@ async def test_prometheus_scrapes_every_service_with_the_shipped_config_and_rule
             except (httpx.HTTPError, ValueError, KeyError):
                 return None
         health = {t["labels"]["service"]: t["health"] for t in targets}
-        return health if len(health) == 5 and set(health.values()) == {"up"} else None
+        return health if len(health) == len(SERVICES) and set(health.values()) == {"up"} else None
 
-    assert set(await _eventually(all_up, "Prometheus to scrape the five services", timeout=120)) == set(SERVICES)
+    assert set(await _eventually(all_up, "Prometheus to scrape every service", timeout=120)) == set(SERVICES)
     async with httpx.AsyncClient(base_url=stack.prometheus, timeout=10) as prometheus:
         groups = (await prometheus.get("/api/v1/rules")).json()["data"]["groups"]
         served = (await prometheus.get("/api/v1/query", params={"query": "sum(shuidian_http_requests_total)"})).json()

@@ -103,6 +103,8 @@ def test_the_dashboard_covers_what_an_operator_watches() -> None:
         "collector_meter_polls_total",
         "alarm_alarms_raised_total",
         "alarm_notification_attempts_total",
+        "insights_readings_archived_total",
+        "insights_job_last_day_timestamp",
         "shuidian_http_requests_total",
         "shuidian_http_request_seconds_bucket",
     ):

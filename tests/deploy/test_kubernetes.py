@@ -82,7 +82,8 @@ def test_every_service_has_probes_limits_a_budget_and_no_root(tmp_path: Path) ->
             if variable["name"] in secret_names:
                 assert "secretKeyRef" in variable["valueFrom"], (name, variable)
     assert set(_by_kind(docs, "PodDisruptionBudget")) == set(workloads)
-    assert set(_by_kind(docs, "HorizontalPodAutoscaler")) == set(SERVICES) - {"collector"}
+    # Insights runs one replica until its nightly job runs once per estate, not once per replica (values.yaml).
+    assert set(_by_kind(docs, "HorizontalPodAutoscaler")) == {"gateway", "billing", "control", "alarm"}
 
 
 def test_collector_shards_have_a_stable_identity_and_their_own_volume(tmp_path: Path) -> None:
@@ -142,3 +143,12 @@ def test_operator_values_override_the_defaults(tmp_path: Path) -> None:
     assert collector["spec"]["template"]["spec"]["containers"][0]["image"].endswith("/collector:1.4.0")
     assert not [doc for doc in docs if doc["kind"] == "Ingress"]
     assert _by_kind(docs, "Deployment")["gateway"]["spec"]["replicas"] == 2  # untouched defaults stay
+
+
+def test_an_operator_can_scale_insights_once_its_job_allows(tmp_path: Path) -> None:
+    override = tmp_path / "site.yaml"
+    override.write_text("services: {insights: {replicas: 2, autoscaling: {minReplicas: 2, maxReplicas: 4, "
+                        "targetCPUUtilizationPercentage: 70}}}\n")  # fmt: skip
+    _, docs = _render(tmp_path, "-f", str(override))
+    assert _by_kind(docs, "Deployment")["insights"]["spec"]["replicas"] == 2
+    assert _by_kind(docs, "HorizontalPodAutoscaler")["insights"]["spec"]["maxReplicas"] == 4

@@ -1,12 +1,13 @@
 """The inputs that complete the rules, through the real broker into the deployed service: the collector's
-`PollStats` (communication errors), billing's retained `RoomOccupancy` (consumption in a vacant room) and
-readings carrying the leakage flag, residual current and clock offset."""
+`PollStats` (communication errors), billing's retained `RoomOccupancy` (consumption in a vacant room),
+readings carrying the leakage flag, residual current and clock offset, and insights' `LineLossExceeded`."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,7 +20,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_alarm.app import create_app
+from shuidian_alarm.domain.decisions import Raise
 from shuidian_alarm.domain.detectors.comm_errors import CommErrorState
+from shuidian_alarm.domain.events import LINE_LOSS, on_line_loss
+from shuidian_alarm.domain.notify.templates import TYPE_NAMES
 from shuidian_alarm.domain.states import decode_states
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port, serve_ready
@@ -27,9 +31,11 @@ from shuidian_devstack.pytest_plugin import eventually, publish
 from shuidian_kit.db import create_engine
 from shuidian_kit.mqtt import BrokerAddress
 from shuidian_shared import topics
+from shuidian_shared.contracts.insights import LineLossExceeded
 from shuidian_shared.messages import (
     CLOCK_OFFSET,
     RESIDUAL_CURRENT,
+    AlarmSeverity,
     MeterRef,
     PollCounts,
     PollStats,
@@ -343,3 +349,88 @@ async def test_leakage_flag_residual_current_and_clock_offset_raise_and_clear_fr
         return not any([await open_types(api, m) for m in (flagged, residual, drifting, at_rcd_limit)])
 
     await eventually(cleared, "the leakage and clock-drift alarms to clear")
+
+
+# --- line loss from insights' LineLossExceeded -----------------------------------------------------------
+
+
+def exceeded(group: str, master: str, day: date, loss_pct: str = "12.5") -> LineLossExceeded:
+    return LineLossExceeded(
+        source="insights-test",
+        group_id=group,
+        master_meter_id=master,
+        day=day,
+        loss_pct=Decimal(loss_pct),
+        threshold_pct=Decimal("8"),
+        master_quantity=Decimal("1000"),
+        sub_quantity=Decimal("875"),
+        completeness_pct=Decimal("100"),
+    )
+
+
+async def line_loss_alarms(api: httpx.AsyncClient, group: str) -> list[dict[str, Any]]:
+    found = (await api.get("/v1/alarms", params={"source_id": group})).json()
+    return [a for a in found if a["alarm_type"] == LINE_LOSS]
+
+
+def test_an_undescribed_master_meter_still_raises_one_major_alarm_on_the_group() -> None:
+    [decision] = on_line_loss(exceeded("LL-g", "LL-m", date(2026, 12, 1)), None)
+    assert isinstance(decision, Raise)
+    assert (decision.source_id, decision.alarm_type, decision.severity) == ("LL-g", LINE_LOSS, AlarmSeverity.MAJOR)
+    assert decision.placement is not None
+    assert decision.placement.meter_id == "LL-m"
+    assert decision.placement.estate is None
+    assert decision.placement.tenant_id is None
+    assert "线损超标" in decision.message_zh
+    assert "12.5%" in decision.message_en
+    assert TYPE_NAMES[LINE_LOSS] == ("线损超标", "Line loss over threshold")
+
+
+async def test_a_line_loss_event_raises_one_alarm_that_estate_staff_see(api: httpx.AsyncClient, mqtt_url: str) -> None:
+    group, master, estate, building = f"LL-{uid()}", f"E-{uid()}", f"Estate-{uid()}", f"B-{uid()}"
+    put = await api.put(f"/v1/targets/{master}", json={"estate": estate, "building": building})
+    assert put.status_code == 200, put.text
+    first = exceeded(group, master, date(2026, 12, 1))
+    # The same message twice (a redelivery), then the next day over the threshold again.
+    await publish(mqtt_url, (topics.line_loss(group), first), (topics.line_loss(group), first))
+
+    async def two_seen() -> list[dict[str, Any]] | None:
+        found = await line_loss_alarms(api, group)
+        return found if found and found[0]["occurrences"] >= 2 else None
+
+    [alarm] = await eventually(two_seen, "the line-loss alarm")
+    assert alarm["severity"] == "major"
+    assert alarm["state"] == "active"
+    assert (alarm["estate"], alarm["building"], alarm["meter_id"]) == (estate, building, master)
+    assert alarm["room"] is None
+    assert alarm["tenant_id"] is None
+    assert alarm["details"]["day"] == "2026-12-01"
+    assert alarm["details"]["loss_pct"] == "12.5"
+
+    await publish(mqtt_url, (topics.line_loss(group), exceeded(group, master, date(2026, 12, 2), "9.1")))
+
+    async def next_day() -> list[dict[str, Any]] | None:
+        found = await line_loss_alarms(api, group)
+        return found if found and found[0]["details"]["day"] == "2026-12-02" else None
+
+    [alarm] = await eventually(next_day, "the next day on the same alarm")
+    assert alarm["state"] == "active"
+    assert alarm["occurrences"] == 3
+    by_estate = (await api.get("/v1/alarms", params={"estate": estate})).json()
+    assert [(a["source_id"], a["alarm_type"]) for a in by_estate] == [(group, LINE_LOSS)]
+
+
+async def test_a_malformed_line_loss_message_is_parked_not_lost(api: httpx.AsyncClient, mqtt_url: str) -> None:
+    group = f"LL-{uid()}"
+    bad = exceeded(group, f"E-{uid()}", date(2026, 12, 1)).model_dump(mode="json")
+    del bad["loss_pct"]
+    await publish(mqtt_url, (topics.line_loss(group), json.dumps(bad).encode()))
+
+    async def parked() -> list[dict[str, Any]] | None:
+        letters = (await api.get("/v1/dead-letters")).json()
+        return [letter for letter in letters if letter["topic"] == topics.line_loss(group)] or None
+
+    [letter] = await eventually(parked, "the malformed message in the dead-letter table")
+    assert letter["reason"] == "invalid_payload"
+    assert group in letter["payload"]
+    assert await line_loss_alarms(api, group) == []

@@ -38,6 +38,7 @@ from shuidian_kit.outbox import Outbox
 from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_kit.service_auth import require_service_tokens
 from shuidian_shared import topics
+from shuidian_shared.contracts.insights import LineLossExceeded
 from shuidian_shared.messages import (
     BalanceEvent,
     CommandRequested,
@@ -164,6 +165,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             subscribe(
                 topics.shared(SERVICE, topics.ALL_METER_COMMANDS), CommandRequested, evaluator.on_command_requested
             )
+            subscribe(topics.shared(SERVICE, topics.ALL_LINE_LOSS), LineLossExceeded, evaluator.on_line_loss)
             runtime.supervisor.add("tick", evaluator.tick_loop)
             runtime.supervisor.add("notifications", c.notifier.run)
             app.state.runtime = runtime  # the kit's operations routes read it

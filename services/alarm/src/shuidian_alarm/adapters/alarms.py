@@ -101,12 +101,13 @@ class AlarmService:
         (tenant, source, type) order, since they write rows per tenant (a tenant's default subscriptions) and
         per alarm (work orders). The sort is stable: the decisions of one (source, type) keep their order.
         """
-        raised = sorted({d.source_id for d in decisions if isinstance(d, Raise)})
+        raised = sorted({d.source_id for d in decisions if isinstance(d, Raise) and d.placement is None})
         where = await targets.placements(conn, raised) if raised else {}
         events: list[tuple[AlarmRecord, str]] = []
         for decision in sorted(decisions, key=lambda d: (d.source_id, d.alarm_type)):
             if isinstance(decision, Raise):
-                events += await self._raise(conn, decision, where.get(decision.source_id, Placement()))
+                at = decision.placement or where.get(decision.source_id, Placement())
+                events += await self._raise(conn, decision, at)
             else:
                 events += await self._clear(conn, decision)
         await self._run_hooks(conn, events)

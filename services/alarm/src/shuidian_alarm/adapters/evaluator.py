@@ -32,6 +32,7 @@ from shuidian_alarm.domain.rules import needs_ticks
 from shuidian_alarm.domain.scopes import ScopeTarget
 from shuidian_alarm.domain.targets import Target, meter_scope
 from shuidian_kit.outbox import Outbox
+from shuidian_shared.contracts.insights import LineLossExceeded
 from shuidian_shared.messages import (
     BalanceEvent,
     CommandRequested,
@@ -208,6 +209,12 @@ class Evaluator:
 
     async def on_command_update(self, update: CommandUpdate, topic: str) -> None:
         await self._run(self._clock(), _no_feeds, decisions=events.on_command_update(update))
+
+    async def on_line_loss(self, event: LineLossExceeded, topic: str) -> None:
+        """Insights' line-loss verdict on a group: the alarm sits where the group's master meter is described."""
+        async with self._engine.connect() as conn:
+            master = (await self._targets.meters(conn, [event.master_meter_id])).get(event.master_meter_id)
+        await self._run(self._clock(), _no_feeds, decisions=events.on_line_loss(event, master))
 
     async def on_command_requested(self, command: CommandRequested, topic: str) -> None:
         """A relay or valve command sets the supply the shadow wants; the meter must follow within the grace."""

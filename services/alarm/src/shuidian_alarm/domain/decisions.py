@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shuidian_alarm.domain.targets import Placement
 from shuidian_shared.messages import AlarmSeverity
 
 
@@ -15,6 +16,8 @@ class Raise:
     message_zh: str
     message_en: str
     details: dict[str, str] = field(default_factory=dict)
+    # Where the alarm sits when its source is no meter, gateway or account (a line-loss group); None: looked up.
+    placement: Placement | None = None
 
 
 @dataclass(frozen=True)

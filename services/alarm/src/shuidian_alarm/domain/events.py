@@ -1,8 +1,11 @@
-"""Alarms straight from another service's event: balance levels, command outcomes, parked messages (stateless)."""
+"""Alarms straight from another service's event: balance levels, command outcomes, parked messages, line loss
+(stateless)."""
 
 from __future__ import annotations
 
 from shuidian_alarm.domain.decisions import Clear, Decision, Raise
+from shuidian_alarm.domain.targets import Placement, Target
+from shuidian_shared.contracts.insights import LineLossExceeded
 from shuidian_shared.messages import (
     AlarmSeverity,
     BalanceEvent,
@@ -19,6 +22,7 @@ BALANCE_LOW = "balance_low"
 BALANCE_EXHAUSTED = "balance_exhausted"
 COMMAND_FAILED = "command_failed"
 MESSAGE_DEAD_LETTER = "message_dead_letter"
+LINE_LOSS = "line_loss"
 
 
 def on_dead_letter(event: DeadLetterParked) -> list[Decision]:
@@ -126,3 +130,42 @@ def on_command_update(update: CommandUpdate) -> list[Decision]:
     if update.state is CommandState.CONFIRMED:
         return [Clear(update.meter_id, COMMAND_FAILED)]
     return []
+
+
+def on_line_loss(event: LineLossExceeded, master: Target | None) -> list[Decision]:
+    """Insights judged a line-loss group's day over its threshold: one open alarm per group, placed where its
+    master meter is (estate and building, so estate staff see it; no room or tenant: it is nobody's household).
+
+    Insights publishes a group's day only when it is exceeded, never when the loss is back under the threshold,
+    so nothing here clears it: a later day updates the open alarm, and staff resolve it."""
+    day, loss, limit = event.day.isoformat(), f"{event.loss_pct}", f"{event.threshold_pct}"
+    placement = Placement(
+        meter_id=event.master_meter_id,
+        estate=None if master is None else master.estate,
+        building=None if master is None else master.building,
+    )
+    return [
+        Raise(
+            event.group_id,
+            LINE_LOSS,
+            AlarmSeverity.MAJOR,
+            f"线损超标：分组 {event.group_id}（总表 {event.master_meter_id}）{day} 线损率 {loss}%，超过阈值 {limit}%"
+            f"（总表 {event.master_quantity}，分表合计 {event.sub_quantity}，数据完整度 {event.completeness_pct}%），"
+            "请排查窃电、漏接分表或表计故障",
+            f"Line loss over threshold: group {event.group_id} (master meter {event.master_meter_id}) lost {loss}% "
+            f"on {day}, over its {limit}% threshold (master {event.master_quantity}, sub-meters "
+            f"{event.sub_quantity}, {event.completeness_pct}% complete); check for theft, unlisted sub-meters "
+            "or a faulty meter",
+            {
+                "group_id": event.group_id,
+                "master_meter_id": event.master_meter_id,
+                "day": day,
+                "loss_pct": loss,
+                "threshold_pct": limit,
+                "master_quantity": f"{event.master_quantity}",
+                "sub_quantity": f"{event.sub_quantity}",
+                "completeness_pct": f"{event.completeness_pct}",
+            },
+            placement,
+        )
+    ]

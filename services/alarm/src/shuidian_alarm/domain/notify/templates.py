@@ -37,6 +37,7 @@ TYPE_NAMES: Final = {
     "clock_drift": ("表计时钟偏差", "Meter clock drift"),
     "comm_errors": ("通信不稳定", "Unreliable communication"),
     "vacant_usage": ("空置房间有用量", "Consumption in a vacant room"),
+    "line_loss": ("线损超标", "Line loss over threshold"),
 }
 
 _EVENTS: Final = {

@@ -28,6 +28,7 @@ SCHEMAS = {
     "billing": "billing",
     "control": "control",
     "alarm": "alarm",
+    "insights": "insights",
     "api-gateway": "gateway",
 }
 # Statements that break the release before: allowed only on a line that says which release stopped using it.
@@ -62,9 +63,13 @@ async def test_the_previous_releases_schemas_migrate_and_its_replicas_still_star
     engine = create_engine(await infra.create_database(pg_server_url, name, exist_ok=False))
     try:
         for folder, schema in SCHEMAS.items():
-            await upgrade(engine, schema, str(_migrations(previous_release, folder)))  # the running release
+            old = _migrations(previous_release, folder)
+            released = old.is_dir()  # a service new in this release starts from an empty schema
+            if released:
+                await upgrade(engine, schema, str(old))  # the running release
             await upgrade(engine, schema, str(_migrations(REPO, folder)))  # the new one's first replica
-            await upgrade(engine, schema, str(_migrations(previous_release, folder)))  # an old replica restarts
+            if released:
+                await upgrade(engine, schema, str(old))  # an old replica restarts
         async with engine.connect() as conn:
             for folder, schema in SCHEMAS.items():
                 heads = set((await conn.execute(text(f"SELECT version_num FROM {schema}.alembic_version"))).scalars())
@@ -83,6 +88,8 @@ def _heads(location: Path) -> set[str]:
 def test_migrations_since_the_previous_release_only_expand(previous_release: Path) -> None:
     offending = []
     for folder in SCHEMAS:
+        if not _migrations(previous_release, folder).is_dir():
+            continue  # new in this release: no running replica has its schema yet, its history may still change
         old = {p.name for p in (_migrations(previous_release, folder) / "versions").glob("*.py")}
         for script in sorted((_migrations(REPO, folder) / "versions").glob("*.py")):
             if script.name in old:

@@ -361,6 +361,7 @@ STAFF = {
 }
 ESTATE_SCOPED = frozenset({"manager", "maintenance"})
 TENANT = ("tenant2",)
+REPORTS = ("admin", "manager", "finance")  # reports:read
 CSV_ROOMS = (
     "building,floor,room,code,area_m2,household_size,electricity_meter,water_meter,tenant_id,tenant_name,phone,move_in\n"
     "{E}.9,1,R9-{E},C9-{E},40.00,1,,,,,,\n"
@@ -588,6 +589,8 @@ CASES: tuple[Case, ...] = (
         refused="cashier",
     ),
     _c("GET", "/v1/payments/callbacks", roles=("admin", "cashier", "finance"), refused="manager"),
+    _c("GET", "/v1/payments/reconciliations", params={"bill_date": "2026-11-20"}, roles=("admin", "finance")),
+    _c("POST", "/v1/payments/reconciliations/sandbox/2026-11-20", None, 200, roles=("admin", "finance")),
     _c("GET", "/v1/payments/{payment}/refunds", roles=("admin", "cashier", "finance"), refused="manager"),
     _c("GET", "/v1/holds", roles=("admin", "manager", "maintenance", "cashier", "finance")),
     _c("PUT", "/v1/holds/{E}", {"reason": "测试停断开关"}, 204, roles=("admin", "manager"), refused="maintenance"),
@@ -708,6 +711,39 @@ CASES: tuple[Case, ...] = (
     _c("GET", "/v1/me/notification-settings", roles=TENANT, refused="admin"),
     _c("PUT", "/v1/me/notification-settings", {"channels": ["app"]}, roles=TENANT, refused="admin"),
     _c("POST", "/v1/me/live/tickets", None, 200, 201, roles=TENANT, refused="admin"),
+    _c("GET", "/v1/me/accounts/{A2}/insights", roles=TENANT, refused="admin"),
+    # insights: reports for estate staff within their estates; line-loss groups span feeders (all estates)
+    *(
+        _c("GET", f"/v1/insights/{path}/readings", params={"start": "2026-11-01T00:00:00+08:00"}, roles=REPORTS)
+        for path in ("meters/{M1}", "rooms/{R1}", "buildings/{E}.1")
+    ),
+    # The sweep's estate has too little history for these two: insights' own refusal (422 no hourly tariff,
+    # 404 fewer than two households) shows the request passed the gateway and reached it.
+    _c(
+        "POST",
+        "/v1/insights/what-if",
+        {"utility": "electricity", "months": 1, "proposed": {"flat_price": "0.60"}, "estate_id": "{E}"},
+        200,
+        422,
+        roles=REPORTS,
+    ),
+    _c("GET", "/v1/insights/habits", None, 200, 404, params={"month": "2026-11", "estate_id": "{E}"}, roles=REPORTS),
+    _c("GET", "/v1/insights/trends", params={"estate_id": "{E}"}, roles=REPORTS),
+    _c(
+        "PUT",
+        "/v1/insights/line-loss/groups/LL-{E}",
+        {"master_meter_id": "{M1}", "sub_meter_ids": ["X{M1}"], "estate_id": "{E}"},
+        204,
+        roles=("admin", "manager"),
+        refused="finance",
+    ),
+    _c(
+        "GET",
+        "/v1/insights/line-loss/groups/LL-{E}/days",
+        params={"start": "2026-11-01", "end": "2026-11-02"},
+        roles=("admin", "finance"),
+        refused="manager",
+    ),
 )
 # Rows that reach no backend, or not as a plain request, and where they are tested instead.
 EXEMPT: dict[tuple[str, str], str] = {

@@ -22,6 +22,7 @@ B_OBJECTS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/me/accounts/{account_id}"): {"account_id": "A-B"},
     ("GET", "/v1/me/accounts/{account_id}/usage"): {"account_id": "A-B"},
     ("GET", "/v1/me/accounts/{account_id}/usage/today"): {"account_id": "A-B"},
+    ("GET", "/v1/me/accounts/{account_id}/insights"): {"account_id": "A-B"},
     ("GET", "/v1/me/accounts/{account_id}/statements/{month}"): {"account_id": "A-B", "month": "2026-10"},
     ("GET", "/v1/me/accounts/{account_id}/transactions/{txn_id}/explain"): {
         "account_id": "A-B",

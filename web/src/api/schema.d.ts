@@ -2318,6 +2318,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/payments/reconciliations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 对账报告 · Each provider's daily bill against the ledger: settled vs booked, newest first
+         * @description Billing reconciles each provider's bill of the previous local day on its own every morning; each difference (missing, extra, amount) is also a review item (`/v1/payments/reviews`).
+         *
+         *     Needs `payments:reconcile`.
+         */
+        get: operations["payment_reconciliations_v1_payments_reconciliations_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/payments/reconciliations/{provider}/{bill_date}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * 重新对账 · Reconcile one provider's bill of one local day now (idempotent)
+         * @description Downloads the provider's bill again and matches it line by line.
+         *
+         *     Needs `payments:reconcile`.
+         */
+        post: operations["reconcile_payments_v1_payments_reconciliations__provider___bill_date__post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/holds": {
         parameters: {
             query?: never;
@@ -3321,7 +3365,10 @@ export interface components {
              */
             notice: string;
         };
-        /** CallbackOut */
+        /**
+         * CallbackOut
+         * @description A provider notification billing received, with its verdict (the audit of callbacks).
+         */
         CallbackOut: {
             /** Callback Id */
             callback_id: number;
@@ -4558,6 +4605,65 @@ export interface components {
         ReasonIn: {
             /** Reason */
             reason: string;
+        };
+        /**
+         * ReconciliationDifference
+         * @description One line where a provider's daily bill and the ledger disagree.
+         */
+        ReconciliationDifference: {
+            /**
+             * Problem
+             * @description missing (settled, not booked), extra (booked, not settled) or amount
+             */
+            problem: string;
+            /**
+             * Line
+             * @description payment or refund
+             */
+            line: string;
+            /**
+             * Key
+             * @description provider transaction id (payment) or our refund number (refund)
+             */
+            key: string;
+            /** Order Id */
+            order_id: string;
+            /** Settled */
+            settled: string | null;
+            /** Booked */
+            booked: string | null;
+        };
+        /**
+         * ReconciliationOut
+         * @description A provider's bill of one local day matched against the ledger (对账).
+         */
+        ReconciliationOut: {
+            /** Provider */
+            provider: string;
+            /**
+             * Bill Date
+             * Format: date
+             */
+            bill_date: string;
+            /** Settled Payments */
+            settled_payments: string;
+            /** Settled Refunds */
+            settled_refunds: string;
+            /** Booked Payments */
+            booked_payments: string;
+            /** Booked Refunds */
+            booked_refunds: string;
+            /** Lines */
+            lines: number;
+            /** Differences */
+            differences: components["schemas"]["ReconciliationDifference"][];
+            /** Balanced */
+            balanced: boolean;
+            /**
+             * Run At
+             * Format: date-time
+             */
+            run_at: string;
         };
         /**
          * RefundIn
@@ -24344,6 +24450,253 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Paged_CallbackOut_"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    payment_reconciliations_v1_payments_reconciliations_get: {
+        parameters: {
+            query?: {
+                bill_date?: string | null;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReconciliationOut"][];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    reconcile_payments_v1_payments_reconciliations__provider___bill_date__post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider: "wechat" | "alipay" | "sandbox";
+                /** @description the local day of the bill, e.g. 2027-01-01 */
+                bill_date: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReconciliationOut"];
                 };
             };
             /** @description bad request */

@@ -144,3 +144,43 @@ class NotifyOut(BaseModel):
     outcome: str
     order_id: str | None
     payment: PaymentRef | None
+
+
+class CallbackOut(BaseModel):
+    """A provider notification billing received, with its verdict (the audit of callbacks)."""
+
+    callback_id: int
+    provider: str
+    outcome: str
+    reason: str
+    order_id: str | None
+    provider_txn_id: str | None
+    payment_id: uuid.UUID | None
+    remote: str | None
+    received_at: datetime
+
+
+class ReconciliationDifference(BaseModel):
+    """One line where a provider's daily bill and the ledger disagree."""
+
+    problem: str = Field(description="missing (settled, not booked), extra (booked, not settled) or amount")
+    line: str = Field(description="payment or refund")
+    key: str = Field(description="provider transaction id (payment) or our refund number (refund)")
+    order_id: str
+    settled: Money | None
+    booked: Money | None
+
+
+class ReconciliationOut(BaseModel):
+    """A provider's bill of one local day matched against the ledger (对账)."""
+
+    provider: str
+    bill_date: date
+    settled_payments: Money
+    settled_refunds: Money
+    booked_payments: Money
+    booked_refunds: Money
+    lines: int
+    differences: list[ReconciliationDifference]
+    balanced: bool
+    run_at: datetime

@@ -46,6 +46,7 @@ from shuidian_gateway.domain.policy import Action, Principal
 from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
 from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.contracts.alarm import NotificationOut
+from shuidian_shared.contracts.billing import CallbackOut, ReconciliationOut
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 Id = Annotated[str, Path(min_length=1, max_length=64, pattern=IDENT)]
@@ -87,18 +88,6 @@ class Paged(BaseModel, Generic[Row]):
 
 
 # Rows of the listings below, as their backends answer them (billing, control, alarm).
-class CallbackOut(BaseModel):
-    callback_id: int
-    provider: str
-    outcome: str
-    reason: str
-    order_id: str | None
-    provider_txn_id: str | None
-    payment_id: uuid.UUID | None
-    remote: str | None
-    received_at: datetime
-
-
 class RefundOut(BaseModel):
     refund_id: uuid.UUID
     payment_id: uuid.UUID
@@ -634,6 +623,47 @@ async def payment_callbacks(
     return page_of_all(
         _rows(await upstreams.call("billing", "GET", "/v1/payments/callbacks", params=params)), limit, cursor, None
     )
+
+
+@router.get(
+    "/payments/reconciliations",
+    response_model=list[ReconciliationOut],
+    tags=["payments"],
+    summary="对账报告 · Each provider's daily bill against the ledger: settled vs booked, newest first",
+    description=_doc(
+        "Billing reconciles each provider's bill of the previous local day on its own every morning; "
+        "each difference (missing, extra, amount) is also a review item (`/v1/payments/reviews`).",
+        A_RECONCILE,
+    ),
+    openapi_extra=_extra(A_RECONCILE),
+)
+async def payment_reconciliations(
+    principal: Annotated[Principal, _needs(A_RECONCILE)],
+    upstreams: Upstream,
+    bill_date: Day | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    _all_estates(principal)
+    params: dict[str, Any] = {"limit": limit} | ({"bill_date": bill_date.isoformat()} if bill_date else {})
+    return await upstreams.call("billing", "GET", "/v1/payments/reconciliations", params=params)
+
+
+@router.post(
+    "/payments/reconciliations/{provider}/{bill_date}",
+    response_model=ReconciliationOut,
+    tags=["payments"],
+    summary="重新对账 · Reconcile one provider's bill of one local day now (idempotent)",
+    description=_doc("Downloads the provider's bill again and matches it line by line.", A_RECONCILE),
+    openapi_extra=_extra(A_RECONCILE),
+)
+async def reconcile_payments(
+    provider: Literal["wechat", "alipay", "sandbox"],
+    bill_date: Annotated[Day, Path(description="the local day of the bill, e.g. 2027-01-01")],
+    principal: Annotated[Principal, _needs(A_RECONCILE)],
+    upstreams: Upstream,
+) -> Any:
+    _all_estates(principal)
+    return await upstreams.call("billing", "POST", f"/v1/payments/reconciliations/{provider}/{bill_date.isoformat()}")
 
 
 @router.get(

@@ -4,23 +4,15 @@ so every response is validated on its way out."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shuidian_shared.contracts.billing import (
+    PaymentRef,
+)
 from shuidian_shared.money import Money
-
-
-class PaymentRef(BaseModel):
-    payment_id: uuid.UUID
-    account_id: str
-    amount: Money
-    channel: str
-    reference: str | None
-    balance_after: Money
-    txn_id: uuid.UUID
-    replayed: bool
 
 
 class OrderOut(BaseModel):
@@ -42,48 +34,6 @@ class OrderOut(BaseModel):
         "(Alipay wap); null while the provider has not been reached"
     )
     replayed: bool = False
-
-
-class ReconciliationDifference(BaseModel):
-    problem: str = Field(description="missing (settled, not booked), extra (booked, not settled) or amount")
-    line: str = Field(description="payment or refund")
-    key: str = Field(description="provider transaction id (payment) or our refund number (refund)")
-    order_id: str
-    settled: Money | None
-    booked: Money | None
-
-
-class ReconciliationOut(BaseModel):
-    provider: str
-    bill_date: date
-    settled_payments: Money
-    settled_refunds: Money
-    booked_payments: Money
-    booked_refunds: Money
-    lines: int
-    differences: list[ReconciliationDifference]
-    balanced: bool
-    run_at: datetime
-
-
-class NotifyOut(BaseModel):
-    code: str = "SUCCESS"
-    message: str = "成功"
-    outcome: str
-    order_id: str | None
-    payment: PaymentRef | None
-
-
-class CallbackOut(BaseModel):
-    callback_id: int
-    provider: str
-    outcome: str
-    reason: str
-    order_id: str | None
-    provider_txn_id: str | None
-    payment_id: uuid.UUID | None
-    remote: str | None
-    received_at: datetime
 
 
 class ReceiptLine(BaseModel):

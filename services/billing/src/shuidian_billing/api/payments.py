@@ -15,18 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from shuidian_billing.adapters.payments.bank import MAX_STATEMENT_BYTES, StatementInvalid
 from shuidian_billing.api.deps import ChannelsDep
 from shuidian_billing.api.payment_schemas import (
-    CallbackOut,
     ImportOut,
-    NotifyOut,
     OrderOut,
     ReceiptOut,
-    ReconciliationOut,
     RefundOut,
     ReviewOut,
     SettlementOut,
     ShiftOut,
 )
 from shuidian_kit.service_auth import Acting
+from shuidian_shared.contracts.billing import CallbackOut, NotifyOut, ReconciliationOut
 from shuidian_shared.messages import Identifier
 from shuidian_shared.money import Money
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +41,7 @@ class Simulator:
         self.state_file = state_file
         self._save_interval = save_interval
         self._kept = contextlib.AsyncExitStack()
-        self.clock = SimClock(estate.acceleration, estate.sim_start, real=time.time, later=_later)
+        self.clock = SimClock(estate.acceleration, estate.sim_start)
         self.meters: dict[str, SimMeter] = {}
         self.buses: dict[str, SimBus] = {}
         self.bus_gateway: dict[str, str] = {}
@@ -150,8 +147,3 @@ class Simulator:
         for bus_id, bus in self.buses.items():
             if self.bus_gateway[bus_id] == gateway_id:
                 bus.set_online(online)
-
-
-def _later(delay: float, action: Callable[[], None]) -> object:
-    """The event loop's timer: an actuator finishes moving `delay` seconds from now."""
-    return asyncio.get_running_loop().call_later(delay, action)

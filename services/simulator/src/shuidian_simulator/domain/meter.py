@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -20,23 +21,11 @@ BROADCAST_TIME_LIMIT_S = 300
 
 
 class SimClock:
-    """Real time for meter clocks; accelerated simulated time for consumption and fault windows.
+    """Real time for meter clocks; accelerated simulated time for consumption and fault windows."""
 
-    Injected: `real` reads real epoch seconds, `later(delay, action)` runs `action` `delay` real seconds from now (an
-    actuator moving); the adapters pass the system clock and the event loop's timer, tests their own."""
-
-    def __init__(
-        self,
-        acceleration: Decimal,
-        sim_start: datetime | None = None,
-        *,
-        real: Callable[[], float],
-        later: Callable[[float, Callable[[], None]], object],
-    ) -> None:
+    def __init__(self, acceleration: Decimal, sim_start: datetime | None = None) -> None:
         self.acceleration = float(acceleration)
-        self.real = real
-        self.later = later
-        self.real_start = real()
+        self.real_start = time.time()
         self.sim_origin = self.real_start if sim_start is None else sim_start.timestamp()
 
     def sim_now(self, real: float | None = None) -> float:
@@ -45,7 +34,7 @@ class SimClock:
 
     def sim_elapsed(self, real: float | None = None) -> float:
         """Simulated seconds since the simulation started."""
-        real = self.real() if real is None else real
+        real = time.time() if real is None else real
         return (real - self.real_start) * self.acceleration
 
 
@@ -129,7 +118,7 @@ class SimMeter:
 
     def advance(self, real_now: float | None = None) -> None:
         """Integrate consumption up to `real_now`; nothing flows while the relay or valve is shut."""
-        real_now = self.clock.real() if real_now is None else real_now
+        real_now = time.time() if real_now is None else real_now
         if real_now > self.advanced_to_real:
             self._integrate(real_now)
         self._apply_due(real_now)
@@ -266,8 +255,7 @@ class SimMeter:
     def local_clock(self) -> datetime:
         drift = self.fault(FaultKind.CLOCK_DRIFT)
         seconds = (drift.seconds if drift else 0) + self.clock_correction
-        now = datetime.fromtimestamp(self.clock.real(), UTC)
-        return (now + timedelta(seconds=seconds)).astimezone(SHANGHAI).replace(tzinfo=None)
+        return (datetime.now(UTC) + timedelta(seconds=seconds)).astimezone(SHANGHAI).replace(tzinfo=None)
 
     def set_clock(self, at: datetime) -> bool:
         """Broadcast time (naive Beijing time): meters accept a correction of at most 5 minutes."""
@@ -288,7 +276,7 @@ class SimMeter:
         """A trip/close or valve command was accepted: the actuator moves after its delay, unless stuck."""
         self.relay_commanded_trip = open_
         if self.fault(FaultKind.STUCK_RELAY) is None:
-            self.clock.later(self.spec.actuator_seconds, lambda: self.set_relay(open_))
+            asyncio.get_running_loop().call_later(self.spec.actuator_seconds, self.set_relay, open_)
 
     def consumed_between(self, real_from: float, real_to: float) -> Decimal:
         """Ground truth: quantity added in [real_from, real_to] (whole advance intervals only)."""

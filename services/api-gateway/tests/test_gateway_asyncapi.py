@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from shuidian_gateway import docs
 from shuidian_gateway.api.asyncapi import CHANNELS, document
 from shuidian_shared import messages, topics
+from shuidian_shared.contracts import insights
 
 # Topic helpers that are not channels of their own.
 NOT_CHANNELS = {"shared", "segment"}
@@ -66,7 +67,8 @@ def test_every_published_message_model_is_in_the_document() -> None:
     published = {c.model for c in CHANNELS}
     models = {
         m
-        for _, m in inspect.getmembers(messages, inspect.isclass)
+        for module in (messages, insights)  # every shared module that defines messages
+        for _, m in inspect.getmembers(module, inspect.isclass)
         if issubclass(m, messages.Message) and m is not messages.Message
     }
     assert models == published

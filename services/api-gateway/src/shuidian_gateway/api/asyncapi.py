@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shuidian_shared import messages, topics
+from shuidian_shared.contracts.insights import LineLossExceeded
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,15 @@ CHANNELS: tuple[Channel, ...] = (
         True,
         "租户联系方式 · The phone billing keeps for a tenant (retained; published when a tenant is created or their "
         "phone changes). Alarm texts the newest one.",
+    ),
+    Channel(
+        topics.line_loss("{group_id}"),
+        LineLossExceeded,
+        "insights",
+        "alarm",
+        False,
+        "线损超标 · A line-loss group (a master meter and its sub-meters) lost more than its threshold over a "
+        "complete day.",
     ),
     Channel(
         topics.alarm("{alarm_type}"),

@@ -356,6 +356,26 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
     async def payments(account_id: str | None = None, limit: int = 100) -> Any:
         return [p for p in fake.payments if account_id in (None, p["account_id"])][:limit]
 
+    @app.get("/v1/payments/reconciliations")
+    async def reconciliations(bill_date: date | None = None, limit: int = 100) -> Any:
+        return []
+
+    @app.post("/v1/payments/reconciliations/{provider}/{bill_date}")
+    async def reconcile(provider: str, bill_date: date) -> Any:
+        zero = Decimal("0.00")
+        return billing_contract.ReconciliationOut(
+            provider=provider,
+            bill_date=bill_date,
+            settled_payments=zero,
+            settled_refunds=zero,
+            booked_payments=zero,
+            booked_refunds=zero,
+            lines=0,
+            differences=[],
+            balanced=True,
+            run_at=NOW,
+        )
+
     # -- collector -------------------------------------------------------------------------------
     @app.get("/v1/meters/{meter_id}/state")
     async def device_state(meter_id: str) -> Any:

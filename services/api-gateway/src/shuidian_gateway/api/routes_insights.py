@@ -24,7 +24,7 @@ from shuidian_gateway.api.auth import Tenant, require
 from shuidian_gateway.api.conventions import ERRORS, MonthQuery, ObjectId, Price, Quantity
 from shuidian_gateway.api.deps import UpstreamsDep, container_of
 from shuidian_gateway.api.routes_me import owned
-from shuidian_gateway.api.routes_staff import Whole, _body, estate_of
+from shuidian_gateway.api.routes_staff import _body, _whole, estate_of
 from shuidian_gateway.domain.policy import Action, Principal
 from shuidian_gateway.errors import Forbidden, ObjectNotFound
 from shuidian_shared.contracts import insights as contracts
@@ -145,7 +145,7 @@ class TiersIn(BaseModel):
     model_config = _body({"blocks": [{"width": "180", "unit_price": "0.56"}], "above_price": "0.86"})
 
     period: Literal["month", "year"] = "month"
-    base_household_size: Annotated[Whole, Field(ge=1, le=30)] = 1
+    base_household_size: Annotated[int, Field(ge=1, le=30), BeforeValidator(_whole)] = 1
     blocks: list[TierIn] = Field(default_factory=list, max_length=9)
     above_price: Price = Field(description="the price of the open block above the last width")
 
@@ -196,7 +196,7 @@ class WhatIfIn(BaseModel):
 
     utility: Literal["electricity", "water"]
     proposed: ProposedTariffIn
-    months: Annotated[Whole, Field(ge=1, le=36)] = 12
+    months: Annotated[int, Field(ge=1, le=36), BeforeValidator(_whole)] = 12
     estate_id: Identifier | None = None
 
 

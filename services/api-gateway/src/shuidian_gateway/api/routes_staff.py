@@ -1397,14 +1397,25 @@ def _path_parameter(name: str) -> Any:
     return Annotated[str, Path(min_length=1, max_length=64, pattern=IDENT)]
 
 
+_ISO_DAY_OR_INSTANT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}.*)?$")
+
+
+def _iso_text(value: Any) -> Any:
+    """Only ISO 8601 text: pydantic would also read a bare number as a Unix time."""
+    if isinstance(value, str) and _ISO_DAY_OR_INSTANT.match(value):
+        return value
+    raise ValueError("ISO 8601 (YYYY-MM-DD or an instant with its offset) / 须为 ISO 8601 日期或时间")
+
+
 def _filter_type(route: Route, name: str) -> Any:
     """An optional query filter as the backend types it: instants for `since`/`until` (and a usage window), a local
     date or an instant for the other `start`/`end`, otherwise a non-empty word."""
     if name in ("since", "until") or (name in ("start", "end") and route.path.endswith("/usage")):
-        return Annotated[AwareDatetime | None, Query(alias=name, description="ISO 8601 instant with its offset")]
+        instant = Query(alias=name, description="ISO 8601 instant with its offset")
+        return Annotated[AwareDatetime | None, BeforeValidator(_iso_text), instant]
     if name in ("start", "end"):
         described = Query(alias=name, description="a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset")
-        return Annotated[date | AwareDatetime | None, described]
+        return Annotated[date | AwareDatetime | None, BeforeValidator(_iso_text), described]
     return Annotated[str | None, Query(alias=name, min_length=1, max_length=64)]
 
 

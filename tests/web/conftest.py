@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Page, async_playwright
 
 from shuidian_devstack.demo import DemoEstate
 from shuidian_devstack.platform import STAFF_KEY, Platform, platform
+from shuidian_devstack.pytest_plugin import private_database
 from shuidian_devstack.seed import DEMO_PASSWORD, seed, seed_users
 from shuidian_simulator import Simulator
 from shuidian_simulator.demo import demo_estate
@@ -105,9 +106,14 @@ async def demo_stack(
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def web_stack(database_url: str, mqtt_url: str) -> AsyncIterator[WebStack]:
+async def web_stack(pg_server_url: str, mqtt_url: str) -> AsyncIterator[WebStack]:
+    # The demo estate's tariffs and sign-ins in a database of their own: other tests' tariff versions would refuse
+    # the demo's, and their sign-ins count against the same address.
     with tempfile.TemporaryDirectory(prefix="shuidian-web-") as data_dir:
-        async with demo_stack(database_url, mqtt_url, Path(data_dir)) as stack:
+        async with (
+            private_database(pg_server_url, "shuidian_web") as database_url,
+            demo_stack(database_url, mqtt_url, Path(data_dir)) as stack,
+        ):
             yield stack
 
 

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from shuidian_devstack.platform import Platform, platform
-from shuidian_devstack.pytest_plugin import eventually
+from shuidian_devstack.pytest_plugin import eventually, private_database
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery staple"
@@ -41,10 +41,14 @@ async def _ok(response: httpx.Response) -> httpx.Response:
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def stack(database_url: str, mqtt_url: str) -> AsyncIterator[Stack]:
+async def stack(pg_server_url: str, mqtt_url: str) -> AsyncIterator[Stack]:
     sfx = secrets.token_hex(3)
     ids = {n: f"{n}-{sfx}" for n in ("E", "F", "R1", "R3", "T1", "T3", "L1", "L3", "A1", "A3", "M1", "M3")}
-    async with platform(database_url, mqtt_url, instance=f"insights-{sfx}") as p:
+    # A database of its own: the sign-ins of every earlier test count against this address's limit.
+    async with (
+        private_database(pg_server_url, "shuidian_gw_insights") as database_url,
+        platform(database_url, mqtt_url, instance=f"insights-{sfx}") as p,
+    ):
         admin = p.staff
         for e, room, tenant, lease, account, meter in (
             ("E", "R1", "T1", "L1", "A1", "M1"),

@@ -715,7 +715,18 @@ CASES: tuple[Case, ...] = (
     # insights: reports for estate staff within their estates; line-loss groups span feeders (all estates)
     *(
         _c("GET", f"/v1/insights/{path}/readings", params={"start": "2026-11-01T00:00:00+08:00"}, roles=REPORTS)
-        for path in ("meters/{M1}", "rooms/{R1}", "buildings/{E}.1")
+        for path in ("meters/{M1}", "rooms/{R1}")
+    ),
+    # Insights learns a building's meters from billing's occupancy messages: until they arrive its own 404
+    # ("no meters known there") still shows the gateway let the role through to it.
+    _c(
+        "GET",
+        "/v1/insights/buildings/{E}.1/readings",
+        None,
+        200,
+        404,
+        params={"start": "2026-11-01T00:00:00+08:00"},
+        roles=REPORTS,
     ),
     # The sweep's estate has too little history for these two: insights' own refusal (422 no hourly tariff,
     # 404 fewer than two households) shows the request passed the gateway and reached it.

@@ -8,6 +8,7 @@ Each test session gets its own fresh database, dropped at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -54,14 +55,22 @@ def pg_server_url() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def database_url(pg_server_url: str) -> AsyncIterator[str]:
-    name = f"shuidian_test_{uuid.uuid4().hex[:12]}"
+@contextlib.asynccontextmanager
+async def private_database(pg_server_url: str, prefix: str = "shuidian_test") -> AsyncIterator[str]:
+    """A database of its own, dropped afterwards: for a stack whose data must not meet the other tests' (the
+    tariffs every household shares, the gateway's sign-in limits per address)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     url = await infra.create_database(pg_server_url, name, exist_ok=False)
     try:
         yield url
     finally:
         await infra.drop_database(pg_server_url, name)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_url(pg_server_url: str) -> AsyncIterator[str]:
+    async with private_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from datetime import datetime, time
 from typing import Any, Literal, Self
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from shuidian_alarm.api.deps import Notify
 from shuidian_alarm.api.schemas import PRINTABLE, Filter, Limit, LocalTime, Name, Strict
@@ -131,7 +131,7 @@ class NotificationSettingsIn(Strict):
         default=None, max_length=30, pattern=PRINTABLE, description="for sms: the phone of billing's tenant record"
     )
     email: str | None = Field(default=None, max_length=200, pattern=PRINTABLE, description="for email")
-    expected_version: int | None = Field(
+    expected_version: StrictInt | None = Field(
         default=None, ge=0, description="the version you read (0: none saved yet); 409 if it changed since"
     )
 

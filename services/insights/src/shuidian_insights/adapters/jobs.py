@@ -98,7 +98,10 @@ class Jobs:
         return len(days)
 
     async def loop(self) -> None:
+        # The first pass waits one interval: at start the archive may still be taking in readings that were queued
+        # while the service was away, and a day run before its readings arrive is recorded as done.
         while True:
+            await asyncio.sleep(self._interval)
             try:
                 done = await self.run_once()
                 if done:
@@ -106,4 +109,3 @@ class Jobs:
             except Exception:
                 JOB_FAILURES.inc()
                 log.exception("nightly job pass failed; retried in %.0f s", self._interval)
-            await asyncio.sleep(self._interval)

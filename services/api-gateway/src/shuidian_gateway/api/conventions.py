@@ -394,3 +394,19 @@ def install_cors(app: FastAPI, configured: str) -> None:
             expose_headers=CORS_EXPOSED_HEADERS,
             max_age=600,
         )
+
+
+ISO_INSTANT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+ISO_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+ISO_DAY_OR_INSTANT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}.*)?$")
+
+
+def written_as(pattern: re.Pattern[str], what: str) -> Callable[[Any], Any]:
+    """Only the ISO 8601 text form: pydantic would also take a number (a Unix time) or a date for an instant."""
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise ValueError(f"{what} in ISO 8601 / 须为 ISO 8601 格式")
+        return value
+
+    return check

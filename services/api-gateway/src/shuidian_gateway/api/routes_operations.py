@@ -29,6 +29,8 @@ from shuidian_gateway.adapters.upstream import Upstreams
 from shuidian_gateway.api.auth import require
 from shuidian_gateway.api.conventions import (
     ERRORS,
+    ISO_DAY,
+    ISO_INSTANT,
     Cursor,
     IdempotencyKey,
     Limit,
@@ -39,6 +41,7 @@ from shuidian_gateway.api.conventions import (
     encode_cursor,
     page_of_all,
     upstream_key,
+    written_as,
 )
 from shuidian_gateway.api.deps import Idempotency, UpstreamsDep, container_of
 from shuidian_gateway.api.routes_staff import BatchIn, estate_meters, estate_of
@@ -59,26 +62,11 @@ MAX_STATEMENT_BYTES = 5 * 1024 * 1024
 # A bank statement's first row: two or more column names (quoted or not), no JSON or control characters.
 BANK_CSV_HEADER = r"^\ufeff?[^,{}\[\]\x00-\x1f\x7f]+(,[^,{}\[\]\x00-\x1f\x7f]+)+\r?\n"
 
-_ISO_INSTANT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
-_ISO_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-
-
-def _written_as(pattern: re.Pattern[str], what: str) -> Callable[[Any], Any]:
-    """Only the ISO 8601 text form: pydantic would also take a number (a Unix time) or a date for an instant."""
-
-    def check(value: Any) -> Any:
-        if not isinstance(value, str) or not pattern.match(value):
-            raise ValueError(f"{what} in ISO 8601 / 须为 ISO 8601 格式")
-        return value
-
-    return check
-
-
 Instant = Annotated[
     AwareDatetime,
-    BeforeValidator(_written_as(_ISO_INSTANT, "an instant with its offset, e.g. 2026-11-20T10:00:00+08:00")),
+    BeforeValidator(written_as(ISO_INSTANT, "an instant with its offset, e.g. 2026-11-20T10:00:00+08:00")),
 ]
-Day = Annotated[date, BeforeValidator(_written_as(_ISO_DAY, "a date, e.g. 2027-01-01"))]
+Day = Annotated[date, BeforeValidator(written_as(ISO_DAY, "a date, e.g. 2027-01-01"))]
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
 

@@ -24,6 +24,7 @@ from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
 from shuidian_gateway.api.auth import require
 from shuidian_gateway.api.conventions import (
     ERRORS,
+    ISO_DAY_OR_INSTANT,
     MONTH_PATTERN,
     NO_NUL,
     Amount,
@@ -45,6 +46,7 @@ from shuidian_gateway.api.conventions import (
     page_of_all,
     upstream_key,
     with_etag,
+    written_as,
 )
 from shuidian_gateway.api.deps import Idempotency, UpstreamsDep, container_of
 from shuidian_gateway.domain.policy import Action, Principal, Role
@@ -1397,14 +1399,7 @@ def _path_parameter(name: str) -> Any:
     return Annotated[str, Path(min_length=1, max_length=64, pattern=IDENT)]
 
 
-_ISO_DAY_OR_INSTANT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}.*)?$")
-
-
-def _iso_text(value: Any) -> Any:
-    """Only ISO 8601 text: pydantic would also read a bare number as a Unix time."""
-    if isinstance(value, str) and _ISO_DAY_OR_INSTANT.match(value):
-        return value
-    raise ValueError("ISO 8601 (YYYY-MM-DD or an instant with its offset) / 须为 ISO 8601 日期或时间")
+_iso_text = written_as(ISO_DAY_OR_INSTANT, "a date (YYYY-MM-DD) or an instant with its offset")
 
 
 def _filter_type(route: Route, name: str) -> Any:

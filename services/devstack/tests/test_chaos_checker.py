@@ -93,6 +93,18 @@ def test_a_final_reading_billing_never_got_is_lost_and_its_consumption_is_drift(
     assert Decimal(result["drift"][0]["drift"]) == PRICES["electricity"] * Decimal("0.50")
 
 
+def test_a_billed_reading_newer_than_the_collectors_stored_state_is_priced_as_billed() -> None:
+    # The collector published its t=40 reading, then stopped before it stored that cycle's device state.
+    result = verdict(observed(collector_last=30.01))
+    assert result["failures"] == []
+    assert result["drift_fen"] == "0"
+
+
+def test_a_billed_reading_newer_than_the_collectors_state_still_counts_every_fen() -> None:
+    result = verdict(observed(collector_last=30.01, available=EXACT - Decimal("0.01")))
+    assert result["failures"] == ["money drift on 1 account(s)"]
+
+
 def test_a_billed_register_the_meter_never_showed_then_is_a_false_reading() -> None:
     # A stale value (the t=20 register) published with the t=40 sample time.
     stale = Decimal("5.00") - PRICES["electricity"] * (Decimal("1000.50") - OPENING)

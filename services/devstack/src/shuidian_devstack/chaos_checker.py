@@ -8,7 +8,8 @@ itself paid:
   truncated to hundredths as the meter shows it. The collector's first poll is the meter's first
   interval end (nothing else asks the simulator before it), so billing opens at that register.
 * The consumption billing must have priced is the true register at the collector's last reading
-  (`collector.device_state.last_reading_at`) minus that opening register, at the flat price the suite
+  (`collector.device_state.last_reading_at`), or billing's own watermark where that is a register the meter really
+  showed at or after that reading, minus that opening register, at the flat price the suite
   configured; an account's available credit is what the suite paid (each accepted idempotency key
   once) minus that. Drift is billing's `available` minus this, per account.
 * Invariant 2: every ledger account's cached balance equals the sum of its entries (SQL on the tables).
@@ -223,8 +224,11 @@ def judge(
                         "sampled_at": sampled_at,
                     }
                 )
-            elif sampled_at == last_at:
-                expected_last = value  # the very reading the collector took last, and a true one
+            elif sampled_at >= last_at:
+                # A true register at or after the collector's last recorded reading. Later happens: the collector
+                # publishes a cycle's readings before it stores that cycle's device state, so a collector stopped
+                # (or a database down) between the two leaves `last_reading_at` one cycle behind what was billed.
+                expected_last = value
         expected_charge[meter.account_id] += prices[meter.utility] * (expected_last - series.opening)
         expected_meters[meter.account_id].append(
             {

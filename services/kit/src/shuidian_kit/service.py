@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -117,9 +118,12 @@ def ops_router(*, guard: Sequence[Any] = ()) -> APIRouter:
     world, puts there (a backend refuses anything without a service token anyway)."""
     router = APIRouter(tags=["operations"])
 
+    # The image's tag (deploy/Dockerfile sets SHUIDIAN_VERSION): a rolling upgrade checks each replica runs it.
+    version = os.environ.get("SHUIDIAN_VERSION", "dev")
+
     @router.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "version": version}
 
     @router.get("/readyz", summary="Readiness: database reachable, broker connected, background loops alive")
     async def readyz(request: Request) -> JSONResponse:

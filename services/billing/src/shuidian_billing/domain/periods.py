@@ -4,22 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from decimal import ROUND_HALF_EVEN, Context, Decimal
+from decimal import Decimal
 from enum import StrEnum
 
 from shuidian_billing.domain import BillingDomainError
+from shuidian_shared import proration
 
 # China has kept UTC+8 without daylight saving since 1991, so a fixed offset is exact for every
 # date we bill and needs no tz database read; callers elsewhere pass a ZoneInfo instead.
 CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "Asia/Shanghai")
 
-PRORATA_QUANTUM = Decimal("0.000001")
+PRORATA_QUANTUM = proration.PRORATA_QUANTUM
 """Pro-rata parts are cut at this step (1e-6 units); the last part takes the exact rest."""
-
-# Wide enough that products and quotients of realistic quantities, prices and microsecond
-# weights never round before the explicit quantize.
-_WIDE = Context(prec=60)
-_ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 class CalendarPeriod(StrEnum):
@@ -40,7 +36,7 @@ def as_utc(value: datetime) -> datetime:
 
 def microseconds(span: timedelta) -> int:
     """Whole microseconds in `span` (the integer weight used for pro-rata by time)."""
-    return span // _ONE_MICROSECOND
+    return proration.microseconds(span)
 
 
 def period_start(kind: CalendarPeriod, at: datetime, tz: tzinfo = CHINA_STANDARD_TIME) -> datetime:
@@ -74,29 +70,11 @@ def month_starts_between(start: datetime, end: datetime, tz: tzinfo = CHINA_STAN
 def apportion(total: Decimal, weights: Sequence[int | Decimal]) -> tuple[Decimal, ...]:
     """Split `total` pro rata to non-negative `weights` so the parts sum exactly to `total`.
 
-    Cumulative rounding: part i is Q(total·W_i/W) − Q(total·W_{i−1}/W), where W_i is the running
-    weight and Q rounds half-even to PRORATA_QUANTUM; the final cut is `total` itself. Parts are
-    therefore monotone, deterministic, exactly zero for zero weights and never drift.
+    The project's one time-proration rule (`shuidian_shared.proration.apportion`: cumulative
+    rounding half-even to PRORATA_QUANTUM, the last cut is `total` itself), with its refusals as
+    billing's domain error.
     """
-    if not weights:
-        raise BillingDomainError("apportion needs at least one weight")
-    if any(weight < 0 for weight in weights):
-        raise BillingDomainError("apportion weights must be non-negative")
-    whole = Decimal(0)
-    for weight in weights:
-        whole = _WIDE.add(whole, Decimal(weight))
-    if whole == 0:
-        raise BillingDomainError("apportion weights must not all be zero")
-    parts: list[Decimal] = []
-    running = Decimal(0)
-    previous_cut = Decimal(0)
-    for weight in weights:
-        running = _WIDE.add(running, Decimal(weight))
-        if running == whole:
-            cut = total
-        else:
-            share = _WIDE.divide(_WIDE.multiply(total, running), whole)
-            cut = share.quantize(PRORATA_QUANTUM, rounding=ROUND_HALF_EVEN, context=_WIDE)
-        parts.append(_WIDE.subtract(cut, previous_cut))
-        previous_cut = cut
-    return tuple(parts)
+    try:
+        return proration.apportion(total, weights)
+    except ValueError as err:
+        raise BillingDomainError(str(err)) from err

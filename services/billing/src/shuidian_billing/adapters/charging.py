@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shuidian_billing.adapters import store
 from shuidian_billing.adapters.sql import OWNERS_SQL, Stamps, fetch, unnest
 from shuidian_billing.adapters.tariffs import load_pricers
+from shuidian_billing.adapters.usage import USAGE_COLUMNS, hourly_usage
 from shuidian_billing.domain import consumption
 from shuidian_billing.domain.meters import REGISTER, Owner, hour_start, open_hour, split_by_owner
 from shuidian_billing.domain.periods import apportion
@@ -121,8 +122,7 @@ WITH marks AS (
         quantity = billing.accruals.quantity + EXCLUDED.quantity, amount = billing.accruals.amount + EXCLUDED.amount
 )
 INSERT INTO billing.usage_hourly (meter_id, hour, utility, quantity, cost)
-SELECT meter_id, hour, min(utility), sum(quantity), sum(amount) FROM rows
-GROUP BY 1, 2 ORDER BY 1, 2
+SELECT * FROM unnest({unnest(USAGE_COLUMNS)}) AS u(m, h, ut, q, c) ORDER BY m, h
 ON CONFLICT (meter_id, hour) DO UPDATE SET quantity = billing.usage_hourly.quantity + EXCLUDED.quantity,
     cost = billing.usage_hourly.cost + EXCLUDED.cost
 """
@@ -285,12 +285,12 @@ class Charger:
         for owner, share_start, share_end, quantity in shares:
             if owner is None or quantity == 0:
                 # Nobody leased the room then: the usage is recorded, nobody is charged.
-                self._add_usage(work, meter_id, utility, hour_start(share_end), quantity, Decimal(0))
+                self._add_usage(work, meter_id, utility, share_start, share_end, quantity)
                 continue
             version = pricer.version_at(share_start)
             if version is None:
                 log.warning("no %s tariff in force at %s: %s consumed unpriced", utility, share_start, quantity)
-                self._add_usage(work, meter_id, utility, hour_start(share_end), quantity, Decimal(0))
+                self._add_usage(work, meter_id, utility, share_start, share_end, quantity)
                 continue
             account = owner.account_id
             period = version.tier_period
@@ -365,9 +365,11 @@ class Charger:
             )
 
     @staticmethod
-    def _add_usage(work: Work, meter_id: str, utility: Utility, hour: datetime, qty: Decimal, cost: Decimal) -> None:
-        """Usage nobody is charged for (no owner or no tariff then): recorded, not accrued."""
-        work.rows.append((meter_id, hour, None, utility.value) + (None,) * 5 + (cost, qty, None, None, None, None))
+    def _add_usage(work: Work, meter_id: str, utility: Utility, start: datetime, end: datetime, qty: Decimal) -> None:
+        """Usage nobody is charged for (no owner or no tariff then): recorded over its span, not accrued."""
+        work.rows.append(
+            (meter_id, hour_start(end), None, utility.value) + (None,) * 5 + (_ZERO, qty, None, None, start, end)
+        )
 
     @staticmethod
     async def watermarks(
@@ -412,6 +414,8 @@ class Charger:
             (_MARKS, [(w.meter_id, w.register, w.value, w.sampled_at, w.multiplier, w.register_max) for w in marks]),
             (_TIERS, [(*k, work.tiers[k]) for k in tiers]),
             (_ROWS, work.rows),
+            # Usage history spreads each row over the hours of its span (adapters/usage.py).
+            (USAGE_COLUMNS, hourly_usage((r[0], r[3], r[1], r[13], r[14], r[10], r[9]) for r in work.rows)),
         ):
             columns = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
             for (name, kind), column in zip(spec, columns, strict=True):

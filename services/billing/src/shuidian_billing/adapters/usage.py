@@ -1,10 +1,18 @@
-"""Reads of usage history: a meter's or a household's quantity and exact cost per local hour, day or
-month, and a meter's last billed register values."""
+"""Usage history: how the billing transaction books quantity and exact cost per meter and hour, and
+the reads of it — a meter's or a household's usage per local hour, day or month, and a meter's last
+billed register values.
+
+Booking rule (docs/billing.md, "Usage history"): a priced piece's quantity and cost are spread over
+the UTC hours its span covers, pro rata by time (`shuidian_shared.proration`, the rule pricing splits
+a gap with), so a gap's usage lands in the hours it was used in, not in the hour of the reading that
+closed it. The ledger's accruals keep their own hour (the posting hour); only the history is spread.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -12,9 +20,47 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_billing.adapters import statements
+from shuidian_billing.adapters.sql import OWNERS_SQL
 from shuidian_billing.errors import NotFound
+from shuidian_shared.proration import hourly_shares
 
 Granularity = Literal["hour", "day", "month"]
+
+# usage_hourly.cost is numeric(24, 10): a cost is spread in steps of that scale so the stored parts
+# still sum to the cost; quantities (numeric(20, 6)) use the shared 1e-6 step.
+COST_QUANTUM = Decimal("1E-10")
+# The usage rows the billing transaction writes (parameter name and SQL type, in tuple order).
+USAGE_COLUMNS = (("um", "text"), ("uh", "timestamptz"), ("uu", "text"), ("uq", "numeric"), ("uc", "numeric"))
+_HOUR = timedelta(hours=1)
+
+UsagePiece = tuple[str, str, datetime, datetime | None, datetime | None, Decimal, Decimal]
+"""(meter, utility, fallback hour, span start, span end, quantity, cost) of one charge row."""
+
+
+def hourly_usage(pieces: Iterable[UsagePiece]) -> list[tuple[str, datetime, str, Decimal, Decimal]]:
+    """Usage rows (meter, hour, utility, quantity, cost), one per meter and hour, in key order: each
+    piece's quantity and cost spread over the hours of its span by time; a piece without a span stays
+    in its fallback hour."""
+    booked: dict[tuple[str, datetime], list[Any]] = {}
+    for meter, utility, fallback, start, end, quantity, cost in pieces:
+        if start is None or end is None:
+            spread = [(fallback, quantity, cost)]
+        else:
+            hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+            if end <= hour + _HOUR:  # the common case: a reading interval inside one hour
+                spread = [(hour, quantity, cost)]
+            else:
+                quantities = hourly_shares(quantity, start, end)
+                costs = hourly_shares(cost, start, end, COST_QUANTUM)
+                spread = [(h, q, c) for (h, q), (_, c) in zip(quantities, costs, strict=True)]
+        for hour, quantity_part, cost_part in spread:
+            row = booked.get((meter, hour))
+            if row is None:
+                booked[(meter, hour)] = [utility, quantity_part, cost_part]
+            else:
+                row[1] += quantity_part
+                row[2] += cost_part
+    return [(meter, hour, row[0], row[1], row[2]) for (meter, hour), row in sorted(booked.items())]
 
 
 def _buckets(rows: Iterable[Any], tz: ZoneInfo) -> list[dict[str, Any]]:
@@ -48,24 +94,30 @@ async def usage_history(
         return _buckets(rows, tz)
 
 
+# A household's hours: every hour of usage history of a meter while the household paid for it, an
+# hour counting for the owner period that covers its start (owner periods of a meter partition time,
+# so no hour counts for two households).
+_HOUSEHOLD_SQL = f"""
+WITH owned AS ({OWNERS_SQL.format(where="coalesce(b.account_id, l.account_id) = :acc")})
+SELECT date_trunc(:g, u.hour AT TIME ZONE :tz) AS bucket, u.utility, sum(u.quantity) AS quantity,
+       sum(u.cost) AS cost, count(DISTINCT u.hour) AS hours
+FROM owned o
+JOIN billing.usage_hourly u ON u.meter_id = o.meter_id
+     AND u.hour >= greatest(CAST(:s AS timestamptz), o.valid_from)
+     AND u.hour < least(CAST(:e AS timestamptz), o.valid_to)
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+
 async def household_usage(
     engine: AsyncEngine, account_id: str, granularity: Granularity, start: datetime, end: datetime, tz: ZoneInfo
 ) -> list[dict[str, Any]]:
-    """A household's usage and exact cost per utility and local bucket, from the charge decomposition:
-    it follows the household across meter replacements and moves (index on (account_id, hour))."""
+    """A household's usage and exact cost per utility and local bucket: the usage history of the meters
+    it paid for, over the hours it paid for them — it follows the household across meter replacements
+    and moves, and books a gap's usage in the hours it spans."""
     async with engine.connect() as conn:
         rows = await conn.execute(
-            text(
-                # Each usage component prices the whole quantity, so one component's lines give the
-                # quantity, while the cost is the sum over every component.
-                "WITH per_component AS (SELECT c.meter_id, c.hour, t.utility, c.component, sum(c.quantity) AS q, "
-                "  sum(c.amount) AS a FROM billing.charge_lines c JOIN billing.tariffs t USING (tariff_id) "
-                "  WHERE c.account_id = :acc AND c.hour >= :s AND c.hour < :e GROUP BY 1, 2, 3, 4), "
-                "per_hour AS (SELECT meter_id, hour, utility, max(q) AS q, sum(a) AS a FROM per_component GROUP BY 1, 2, 3) "
-                "SELECT date_trunc(:g, hour AT TIME ZONE :tz) AS bucket, utility, sum(q) AS quantity, sum(a) AS cost, "
-                "count(DISTINCT hour) AS hours FROM per_hour GROUP BY 1, 2 ORDER BY 1, 2"
-            ),
-            {"g": granularity, "tz": str(tz), "acc": account_id, "s": start, "e": end},
+            text(_HOUSEHOLD_SQL), {"g": granularity, "tz": str(tz), "acc": account_id, "s": start, "e": end}
         )
         return _buckets(rows, tz)
 

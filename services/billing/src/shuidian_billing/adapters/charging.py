@@ -22,7 +22,14 @@ from shuidian_billing.adapters.usage import USAGE_COLUMNS, hourly_usage
 from shuidian_billing.domain import consumption
 from shuidian_billing.domain.meters import REGISTER, Owner, hour_start, open_hour, split_by_owner
 from shuidian_billing.domain.periods import apportion
-from shuidian_billing.domain.tariff_config import Pricer, tier_key
+from shuidian_billing.domain.tariff_config import (
+    CustomerClass,
+    PlanContext,
+    PlannedOwner,
+    PlanPricer,
+    Pricer,
+    tier_key,
+)
 from shuidian_billing.settings import BillingSettings
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 READINGS = Counter("billing_readings_total", "readings consumed", ["outcome"])
 _ZERO = Decimal(0)
 _UTILITIES = {u.value: u for u in Utility}
+_CLASSES = {c.value: c for c in CustomerClass}
 
 
 @dataclass
@@ -139,22 +147,29 @@ class Charger:
             Utility.ELECTRICITY: settings.max_plausible_kwh_per_hour,
             Utility.WATER: settings.max_plausible_m3_per_hour,
         }
-        # Parsed tariff versions and the stamp of the tariff table they were built from.
-        self._pricers: tuple[str, dict[Utility, Pricer]] | None = None
+        # Parsed tariff plans and versions and the stamp of the tariff table they were built from; each
+        # `PlanPricer` remembers the plan candidates per meter context, so resolution costs no query.
+        self._pricers: tuple[str, dict[Utility, PlanPricer]] | None = None
+        self._contexts: dict[tuple[str | None, str | None, str], PlanContext] = {}
 
-    @staticmethod
-    async def owners(conn: AsyncConnection, meter_ids: list[str]) -> dict[str, list[Owner]]:
-        """Every owner period of each meter, in time order."""
+    async def owners(self, conn: AsyncConnection, meter_ids: list[str]) -> dict[str, list[Owner]]:
+        """Every owner period of each meter, in time order, with what picks its tariff plan."""
         result: dict[str, list[Owner]] = {}
         rows = await fetch(conn, OWNERS_SQL.format(where="b.meter_id = ANY($1::text[])"), meter_ids)
+        contexts = self._contexts
         for row in rows:
+            key = (row["estate_id"], row["building_id"], row["customer_class"])
+            context = contexts.get(key)
+            if context is None:
+                context = contexts[key] = PlanContext(key[0], key[1], _CLASSES[key[2]])
             result.setdefault(row["meter_id"], []).append(
-                Owner(
+                PlannedOwner(
                     row["account_id"],
                     _UTILITIES[row["utility"]],
                     row["valid_from"],
                     row["valid_to"],
                     row["household_size"],
+                    context,
                 )
             )
         for periods in result.values():
@@ -162,13 +177,15 @@ class Charger:
                 periods.sort(key=lambda o: o.valid_from or datetime.min.replace(tzinfo=UTC))
         return result
 
-    async def pricers_at(self, conn: AsyncConnection, stamp: str) -> dict[Utility, Pricer]:
-        """The pricers, rebuilt only when the tariff table's stamp changed since they were built."""
+    async def pricers_at(self, conn: AsyncConnection, stamp: str) -> dict[Utility, PlanPricer]:
+        """The plans' pricers, rebuilt only when the tariff table's stamp changed since they were built."""
         if self._pricers is None or self._pricers[0] != stamp:
             self._pricers = (stamp, await load_pricers(conn))
         return self._pricers[1]
 
-    async def charge(self, conn: AsyncConnection, readings: Sequence[Reading], pricers: dict[Utility, Pricer]) -> Work:
+    async def charge(
+        self, conn: AsyncConnection, readings: Sequence[Reading], pricers: dict[Utility, PlanPricer]
+    ) -> Work:
         """Price the readings against the meters' watermarks and save what they owe (the caller's transaction)."""
         work = Work()
         owners = await self.owners(conn, sorted({r.meter_id for r in readings}))
@@ -216,7 +233,7 @@ class Charger:
             if step.watermark is not None and step.watermark is not previous:
                 marks[key] = changed[key] = step.watermark
             pricer = pricers[utility]
-            segments = self._rate_deltas(reading, pricer, marks, changed, step)
+            segments = self._rate_deltas(reading, _plan_at(pricer, periods, reading.sampled_at), marks, changed, step)
             if step.billed > 0:
                 self.accrue(work, reading.meter_id, utility, periods, step, pricer, segments, posted, previous)
         await self.save(conn, work, list(changed.values()))
@@ -227,12 +244,14 @@ class Charger:
     def _rate_deltas(
         self,
         reading: Reading,
-        pricer: Pricer,
+        pricer: Pricer | None,
         marks: dict[tuple[str, str], consumption.Watermark],
         changed: dict[tuple[str, str], consumption.Watermark],
         step: consumption.Advance,
     ) -> dict[str, Decimal] | None:
         """Per-rate quantities from the meter's own tariff registers (尖峰平谷), when it reports them all."""
+        if pricer is None:
+            return None
         version = pricer.version_at(reading.sampled_at)
         if version is None:
             return None
@@ -275,7 +294,7 @@ class Charger:
         utility: Utility,
         periods: list[Owner],
         step: consumption.Advance,
-        pricer: Pricer,
+        plans: PlanPricer,
         segments: dict[str, Decimal] | None,
         posted: dict[tuple[str, str], datetime | None],
         previous: consumption.Watermark | None,
@@ -287,6 +306,10 @@ class Charger:
                 # Nobody leased the room then: the usage is recorded, nobody is charged.
                 self._add_usage(work, meter_id, utility, share_start, share_end, quantity)
                 continue
+            # The owner period's plan: the most specific one covering its estate, building and class with a
+            # version in force at the share's start (docs/tariffs.md); a meter outside every plan uses the default.
+            choice = plans.choose(owner.context if isinstance(owner, PlannedOwner) else None, share_start)
+            pricer = choice.pricer if choice is not None else plans.default
             version = pricer.version_at(share_start)
             if version is None:
                 log.warning("no %s tariff in force at %s: %s consumed unpriced", utility, share_start, quantity)
@@ -465,3 +488,12 @@ class Charger:
             )
             events.append((topics.reading_held(reading.meter_id), event, False))
         await self._outbox.add_many(conn, events)
+
+
+def _plan_at(plans: PlanPricer, periods: list[Owner], at: datetime) -> Pricer | None:
+    """The pricer of the plan of the owner period covering `at` (for the meter's own rate registers)."""
+    owner = next((o for o in periods if o.covers(at)), None)
+    if owner is None:
+        return None
+    choice = plans.choose(owner.context if isinstance(owner, PlannedOwner) else None, at)
+    return choice.pricer if choice is not None else None

@@ -19,17 +19,26 @@ TARIFF_STAMP = "count(*)::text || ':' || max(tariff_id)::text"
 
 # One query answers "who pays for this meter when": direct account bindings, room bindings
 # intersected with the room's leases, and estate common meters. NULL bounds are open.
+# It also says what picks the tariff plan (docs/tariffs.md): the estate and building of the meter
+# and its customer class — the binding's, else the lease's, else the room's; a common meter is 公共.
 OWNERS_SQL = """
 SELECT b.meter_id, b.utility,
        greatest(b.valid_from, l.starts_at) AS valid_from,
        least(b.valid_to, l.ends_at) AS valid_to,
        coalesce(b.account_id, l.account_id, 'common:' || b.estate_id) AS account_id,
-       coalesce(r.household_size, 1) AS household_size
+       coalesce(r.household_size, 1) AS household_size,
+       coalesce(b.estate_id, bl.estate_id, ac.estate_id) AS estate_id,
+       bl.building_id,
+       coalesce(b.customer_class, l.customer_class, r.customer_class,
+                CASE WHEN b.estate_id IS NOT NULL THEN 'common' END, 'residential') AS customer_class
 FROM billing.meter_bindings b
 LEFT JOIN billing.leases l ON l.room_id = b.room_id
      AND (b.valid_to IS NULL OR l.starts_at < b.valid_to)
      AND (l.ends_at IS NULL OR b.valid_from IS NULL OR l.ends_at > b.valid_from)
 LEFT JOIN billing.rooms r ON r.room_id = b.room_id
+LEFT JOIN billing.floors fl ON fl.floor_id = r.floor_id
+LEFT JOIN billing.buildings bl ON bl.building_id = fl.building_id
+LEFT JOIN billing.accounts ac ON ac.account_id = b.account_id
 WHERE (b.room_id IS NULL OR l.lease_id IS NOT NULL) AND {where}
 """
 

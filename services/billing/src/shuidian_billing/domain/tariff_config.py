@@ -19,12 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from decimal import Context, Decimal, Inexact
+from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from shuidian_billing.domain import tariffs
+from shuidian_billing.domain import BillingDomainError, tariffs
+from shuidian_billing.domain.meters import Owner
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME, CalendarPeriod, period_end, period_start
 from shuidian_shared.messages import Utility
 from shuidian_shared.money import Money, Quantity
@@ -225,3 +227,153 @@ class Pricer:
 def tier_key(period: CalendarPeriod, at: datetime) -> tuple[str, datetime]:
     """The (period kind, UTC start of the local period) tier usage is counted under."""
     return period.value, period_start(period, at, CHINA_STANDARD_TIME)
+
+
+# --- tariff plans: which versions price a meter -----------------------------------------------------
+
+DEFAULT_PLAN = "default"
+
+
+class CustomerClass(StrEnum):
+    """Who consumes: 居民 households, 非居民 shops and offices, 公共 common areas."""
+
+    RESIDENTIAL = "residential"
+    NON_RESIDENTIAL = "non_residential"
+    COMMON = "common"
+
+
+CLASS_NAMES_ZH = {
+    CustomerClass.RESIDENTIAL: "居民",
+    CustomerClass.NON_RESIDENTIAL: "非居民",
+    CustomerClass.COMMON: "公共",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PlanScope:
+    """Where a plan applies: an estate (optionally one building of it) and/or a customer class; None = any."""
+
+    plan_id: str
+    estate_id: str | None = None
+    building_id: str | None = None
+    customer_class: CustomerClass | None = None
+
+    def __post_init__(self) -> None:
+        if self.building_id is not None and self.estate_id is None:
+            raise BillingDomainError("a plan scoped to a building names its estate too")
+
+    @property
+    def rank(self) -> tuple[bool, bool, bool]:
+        """Specificity: estate before building before class (see `candidate_plans`)."""
+        return (self.estate_id is not None, self.building_id is not None, self.customer_class is not None)
+
+    def covers(self, context: PlanContext) -> bool:
+        return (
+            (self.estate_id is None or self.estate_id == context.estate_id)
+            and (self.building_id is None or self.building_id == context.building_id)
+            and (self.customer_class is None or self.customer_class == context.customer_class)
+        )
+
+    def reason(self) -> tuple[str, str]:
+        """Why a meter priced under this plan was: (zh-CN, English)."""
+        zh: list[str] = []
+        en: list[str] = []
+        if self.estate_id is not None:
+            zh.append(f"小区 {self.estate_id}")
+            en.append(f"estate {self.estate_id}")
+        if self.building_id is not None:
+            zh.append(f"楼栋 {self.building_id}")
+            en.append(f"building {self.building_id}")
+        if self.customer_class is not None:
+            zh.append(f"{CLASS_NAMES_ZH[self.customer_class]}用户")
+            en.append(f"class {self.customer_class.value}")
+        if not zh:
+            return (
+                "没有更具体的价格方案覆盖该表，按默认方案计价",
+                "no more specific plan covers this meter, so the default plan applies",
+            )
+        return (
+            "该表属于" + "、".join(zh) + "，这是覆盖它的最具体的价格方案",
+            "the meter is in " + ", ".join(en) + ", and this is the most specific plan covering it",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlanContext:
+    """What decides a meter's plan over an owner period: its estate, building and customer class."""
+
+    estate_id: str | None
+    building_id: str | None
+    customer_class: CustomerClass
+
+
+def candidate_plans(plans: Sequence[PlanScope], context: PlanContext) -> list[PlanScope]:
+    """The plans covering `context`, most specific first.
+
+    Resolution order (the first plan with a version of the utility in force wins):
+      1. estate + building + class   2. estate + building   3. estate + class   4. estate
+      5. class (any estate)          6. the default plan (no scope)
+    """
+    return sorted((p for p in plans if p.covers(context)), key=lambda p: p.rank, reverse=True)
+
+
+def check_plan_components(scope: PlanScope, components: Sequence[ComponentIn]) -> None:
+    """Non-residential users pay no tiers (阶梯电价/水价 apply to households only)."""
+    if scope.customer_class is CustomerClass.NON_RESIDENTIAL and any(isinstance(c, TieredIn) for c in components):
+        raise BillingDomainError("a non-residential (非居民) plan has no tiers: use flat or time-of-use prices")
+
+
+@dataclass(frozen=True)
+class PlannedOwner(Owner):
+    """An owner period with what decides its plan (None: the default plan)."""
+
+    context: PlanContext | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChoice:
+    """The plan (and its pricer) that prices one owner period of a meter."""
+
+    scope: PlanScope
+    pricer: Pricer
+
+
+class PlanPricer:
+    """Every plan's pricer for one utility, and the choice of plan per meter context, remembered per context.
+
+    Built once per change of the tariff table (the charger keeps it by stamp), so resolving a reading's plan
+    is a dictionary look-up and a bisect: no query per reading.
+    """
+
+    def __init__(self, utility: Utility, plans: Sequence[PlanScope], pricers: Mapping[str, Pricer]) -> None:
+        self.utility = utility
+        self.plans = {p.plan_id: p for p in plans}
+        self.pricers = dict(pricers)
+        self._candidates: dict[PlanContext | None, list[PlanChoice]] = {}
+
+    @property
+    def default(self) -> Pricer:
+        return self.pricers.get(DEFAULT_PLAN) or Pricer(self.utility, ())
+
+    @property
+    def versions(self) -> list[StoredVersion]:
+        """The default plan's versions (what `/v1/tariffs/{utility}` shows)."""
+        return self.default.versions
+
+    def choices(self, context: PlanContext | None) -> list[PlanChoice]:
+        found = self._candidates.get(context)
+        if found is None:
+            if context is None:
+                scopes = [self.plans.get(DEFAULT_PLAN, PlanScope(DEFAULT_PLAN))]
+            else:
+                scopes = candidate_plans(list(self.plans.values()), context)
+            found = [PlanChoice(s, self.pricers[s.plan_id]) for s in scopes if s.plan_id in self.pricers]
+            self._candidates[context] = found
+        return found
+
+    def choose(self, context: PlanContext | None, at: datetime) -> PlanChoice | None:
+        """The most specific plan covering `context` with a version in force at `at` (None: none has)."""
+        for choice in self.choices(context):
+            if choice.pricer.version_at(at) is not None:
+                return choice
+        return None

@@ -82,7 +82,7 @@ def test_every_service_has_probes_limits_a_budget_and_no_root(tmp_path: Path) ->
             if variable["name"] in secret_names:
                 assert "secretKeyRef" in variable["valueFrom"], (name, variable)
     assert set(_by_kind(docs, "PodDisruptionBudget")) == set(workloads)
-    # Insights runs one replica until its nightly job runs once per estate, not once per replica (values.yaml).
+    # Insights is not autoscaled by default: its load is the nightly job, not requests (values.yaml).
     assert set(_by_kind(docs, "HorizontalPodAutoscaler")) == {"gateway", "billing", "control", "alarm"}
 
 
@@ -145,10 +145,19 @@ def test_operator_values_override_the_defaults(tmp_path: Path) -> None:
     assert _by_kind(docs, "Deployment")["gateway"]["spec"]["replicas"] == 2  # untouched defaults stay
 
 
-def test_an_operator_can_scale_insights_once_its_job_allows(tmp_path: Path) -> None:
+def test_insights_runs_two_replicas_since_its_nightly_job_takes_a_lock(tmp_path: Path) -> None:
+    _, docs = _render(tmp_path)
+    insights = _by_kind(docs, "Deployment")["insights"]
+    assert insights["spec"]["replicas"] == 2
+    # A rolling upgrade keeps both serving: one new pod at a time, none taken away first.
+    assert insights["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert _by_kind(docs, "PodDisruptionBudget")["insights"]["spec"]["maxUnavailable"] == 1
+
+
+def test_an_operator_can_autoscale_insights(tmp_path: Path) -> None:
     override = tmp_path / "site.yaml"
-    override.write_text("services: {insights: {replicas: 2, autoscaling: {minReplicas: 2, maxReplicas: 4, "
+    override.write_text("services: {insights: {replicas: 3, autoscaling: {minReplicas: 2, maxReplicas: 4, "
                         "targetCPUUtilizationPercentage: 70}}}\n")  # fmt: skip
     _, docs = _render(tmp_path, "-f", str(override))
-    assert _by_kind(docs, "Deployment")["insights"]["spec"]["replicas"] == 2
+    assert _by_kind(docs, "Deployment")["insights"]["spec"]["replicas"] == 3
     assert _by_kind(docs, "HorizontalPodAutoscaler")["insights"]["spec"]["maxReplicas"] == 4

@@ -341,14 +341,16 @@ class TenantContact(Message):
 
 
 class ReadingHeld(Message):
-    """Billing held a reading for review instead of billing it (impossible jump, register went down)."""
+    """Billing held a reading for review instead of billing it (impossible jump, register went down), or
+    did not bill it because nobody pays for its meter (unknown_meter: once per meter and billing process,
+    with BILLING_UNKNOWN_METER_NOTICE on)."""
 
     meter_id: Identifier
     reading_id: uuid.UUID
     register_name: str
     value: Quantity
     sampled_at: AwareDatetime
-    reason: str = Field(description="implausible_jump, register_decreased or out_of_range")
+    reason: str = Field(description="implausible_jump, register_decreased, out_of_range or unknown_meter")
     watermark_value: Quantity | None = Field(default=None, description="last accepted value of the register")
     watermark_sampled_at: AwareDatetime | None = None
 

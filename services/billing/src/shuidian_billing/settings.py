@@ -71,6 +71,9 @@ class BillingSettings(ServiceSettings):
     # A gap in a gateway's batch stream is asked for again and waited for this long, the batches
     # after it held unacknowledged, before it is recorded as lost and they are billed (docs/delivery.md).
     gap_wait_seconds: float = Field(default=30.0, gt=0)
+    # Readings of a meter billing has no owner for are counted and listed (GET /v1/unknown-meters); with
+    # this on, each such meter is also announced once per process as a ReadingHeld (reason unknown_meter).
+    unknown_meter_notice: bool = False
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> BillingSettings:

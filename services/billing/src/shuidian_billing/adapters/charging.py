@@ -56,6 +56,7 @@ class Work:
     tiers_changed: set[tuple[str, str, str, datetime]] = field(default_factory=set)
     held: list[tuple[Reading, str, Decimal, str, consumption.Watermark | None]] = field(default_factory=list)
     accounts: set[str] = field(default_factory=set)
+    unbound: list[Reading] = field(default_factory=list)  # readings of meters nobody pays for, ever (not billed)
 
 
 # The columns each part of `_SAVE_SQL` receives (parameter name and SQL type), in tuple order:
@@ -192,6 +193,7 @@ class Charger:
         meter_ids = sorted(owners)
         if not meter_ids:
             READINGS.labels("unbound").inc(len(readings))
+            work.unbound.extend(readings)
             return work
         marks = await self.watermarks(conn, meter_ids, lock=True)
         posted: dict[tuple[str, str], datetime | None] = {
@@ -211,6 +213,7 @@ class Charger:
             periods = owners.get(reading.meter_id)
             if periods is None:
                 outcomes["unbound"] += 1
+                work.unbound.append(reading)
                 continue
             utility = periods[0].utility
             register = REGISTER[utility]

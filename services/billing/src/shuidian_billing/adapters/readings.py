@@ -6,6 +6,12 @@ gateway; each lane's worker takes every batch queued so far, up to
 `BILLING_MAX_BATCHES_PER_TRANSACTION`, and bills them in one transaction. `subscribe` wires the
 MQTT side: with `BILLING_SHARD_COUNT` > 1 a replica takes only its shard of the gateways, chosen
 on the topic before the payload is decoded (`shard_of`).
+
+Readings of meters billing has no owner for — never bound, or bound only to rooms never leased —
+are not billed (there is nobody to charge and no watermark is opened). They are counted
+(`billing_unknown_meter_readings_total`), listed per meter in memory (`UnknownMeters`,
+`GET /v1/unknown-meters`) and, with `BILLING_UNKNOWN_METER_NOTICE`, announced once per meter and
+process as a `ReadingHeld` with reason `unknown_meter`, queued in the billing transaction.
 """
 
 from __future__ import annotations
@@ -15,8 +21,12 @@ import hashlib
 import logging
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -29,7 +39,7 @@ from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_kit.retry import backoff, is_transient
 from shuidian_shared import topics
-from shuidian_shared.messages import ReadingBatch, ReplayRequest
+from shuidian_shared.messages import Reading, ReadingBatch, ReadingHeld, ReplayRequest
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +47,77 @@ COMMITTED = Counter("billing_readings_committed_total", "readings whose billing 
 BATCH_SECONDS = Histogram("billing_batch_seconds", "time to bill one transaction of reading batches")
 OTHER_SHARD = Counter("billing_reading_batches_other_shard_total", "reading batches left to another billing shard")
 RETRIED = Counter("billing_transactions_retried_total", "billing transactions retried after a transient failure")
+UNKNOWN_METER_READINGS = Counter(
+    "billing_unknown_meter_readings_total", "readings of meters billing has no owner for (not billed)"
+)
+UNKNOWN_METERS = Gauge("billing_unknown_meters", "meters with readings but no owner, seen by this process")
 SUBSCRIPTION_GROUP = "billing"
+UNKNOWN_METER_REASON = "unknown_meter"
+
+
+@dataclass(slots=True)
+class UnknownMeter:
+    """What this process saw of one meter it has no owner for."""
+
+    meter_id: str
+    utility: str
+    gateway_id: str
+    readings: int
+    first_seen: datetime
+    last_seen: datetime
+    last_sampled_at: datetime
+    last_registers: dict[str, Decimal]
+
+
+class UnknownMeters:
+    """Meters whose readings billing received but could not bill for want of an owner, in memory (per
+    process, since its start), the most recently seen `limit` of them."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._meters: dict[str, UnknownMeter] = {}
+        self.since = datetime.now(UTC)
+
+    def unseen(self, readings: Sequence[Reading]) -> list[Reading]:
+        """The first reading of each meter not listed yet (whose notice is still to be sent)."""
+        first: dict[str, Reading] = {}
+        for reading in readings:
+            if reading.meter_id not in self._meters:
+                first.setdefault(reading.meter_id, reading)
+        return list(first.values())
+
+    def record(self, readings: Sequence[Reading], gateway_of: dict[str, str], now: datetime) -> None:
+        """Count readings of unknown meters (after their transaction committed)."""
+        for reading in sorted(readings, key=lambda r: r.sampled_at):
+            known = self._meters.pop(reading.meter_id, None)  # re-inserted: the dict stays in last-seen order
+            if known is None:
+                known = UnknownMeter(reading.meter_id, reading.utility.value, "", 0, now, now, reading.sampled_at, {})
+            known.readings += 1
+            known.last_seen = now
+            known.gateway_id = gateway_of.get(reading.meter_id, known.gateway_id)
+            if reading.sampled_at >= known.last_sampled_at:
+                known.last_sampled_at, known.last_registers = reading.sampled_at, dict(reading.registers)
+            self._meters[reading.meter_id] = known
+        while len(self._meters) > self._limit:
+            del self._meters[next(iter(self._meters))]  # the least recently seen
+        UNKNOWN_METER_READINGS.inc(len(readings))
+        UNKNOWN_METERS.set(len(self._meters))
+
+    @property
+    def listed(self) -> int:
+        return len(self._meters)
+
+    def forget_billed(self, readings: Sequence[Reading], unbound: Sequence[Reading]) -> None:
+        """Drop the meters that have an owner now (their readings were billed in this transaction)."""
+        still = {r.meter_id for r in unbound}
+        for reading in readings:
+            if reading.meter_id not in still:
+                self._meters.pop(reading.meter_id, None)
+        UNKNOWN_METERS.set(len(self._meters))
+
+    def listing(self) -> list[UnknownMeter]:
+        """Most recently seen first."""
+        return list(reversed(self._meters.values()))
 
 
 def shard_of(gateway_id: str, shard_count: int) -> int:
@@ -78,6 +158,7 @@ class ReadingPipeline:
             for _ in self._lanes
         ]
         self.on_commit: Callable[[Sequence[ReadingBatch]], None] | None = None
+        self.unknown = UnknownMeters()
 
     @property
     def lanes(self) -> int:
@@ -231,10 +312,35 @@ class ReadingPipeline:
                 work = await self._charger.charge(conn, readings, await self._charger.pricers_at(conn, stamp))
                 await self._levels.evaluate_levels(conn, work.accounts)
                 await _save_stream_positions(conn, batches)
+                if work.unbound and self._settings.unknown_meter_notice:
+                    await self._announce_unknown(conn, self.unknown.unseen(work.unbound))
         COMMITTED.inc(len(readings))
+        if work.unbound:
+            gateway_of = {r.meter_id: batch.gateway_id for batch in batches for r in batch.readings}
+            self.unknown.record(work.unbound, gateway_of, datetime.now(UTC))
+        if self.unknown.listed:
+            self.unknown.forget_billed(readings, work.unbound)
         if self.on_commit is not None:
             self.on_commit(batches)
         self._outbox.notify()
+
+    async def _announce_unknown(self, conn: AsyncConnection, readings: Sequence[Reading]) -> None:
+        """A `ReadingHeld` (reason unknown_meter) for each meter seen for the first time, in the transaction."""
+        events: list[tuple[str, BaseModel, bool]] = []
+        for reading in readings:
+            register, value = min(reading.registers.items()) if reading.registers else ("", Decimal(0))
+            log.warning("readings of meter %s, which billing has no owner for, are not billed", reading.meter_id)
+            notice = ReadingHeld(
+                source=self._source,
+                meter_id=reading.meter_id,
+                reading_id=reading.reading_id,
+                register_name=register,
+                value=value,
+                sampled_at=reading.sampled_at,
+                reason=UNKNOWN_METER_REASON,
+            )
+            events.append((topics.reading_held(reading.meter_id), notice, False))
+        await self._outbox.add_many(conn, events)
 
 
 async def _save_stream_positions(conn: AsyncConnection, batches: Sequence[ReadingBatch]) -> None:

@@ -3,6 +3,7 @@ top-ups, subsidies, corrections (冲正) and the ledger."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Body, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from shuidian_billing.adapters.periodic import parse_month
-from shuidian_billing.api import listings, reports
+from shuidian_billing.api import listings, reports, tariffs
 from shuidian_billing.api.deps import BillingDep, PeriodsDep, PremisesDep
 from shuidian_billing.domain import BillingDomainError, consumption
 from shuidian_billing.domain.estate_csv import CSV_COLUMNS
@@ -337,6 +338,32 @@ async def held(
     return await billing.meter_events.held_readings(status, limit)
 
 
+class UnknownMeterOut(BaseModel):
+    meter_id: str
+    utility: str
+    gateway_id: str
+    readings: int = Field(description="readings received and not billed since this process started")
+    first_seen: datetime
+    last_seen: datetime = Field(description="when billing last received one of its readings")
+    last_sampled_at: datetime
+    last_registers: dict[str, Quantity]
+
+
+class UnknownMetersOut(BaseModel):
+    since: datetime = Field(description="counted since this billing process started (per replica)")
+    meters: list[UnknownMeterOut]
+
+
+@router.get(
+    "/unknown-meters",
+    response_model=UnknownMetersOut,
+    summary="未知表计 · Meters with readings but nobody to bill (no binding, or only rooms never leased); not billed",
+)
+async def unknown_meters(billing: BillingDep) -> dict[str, Any]:
+    unknown = billing.readings.unknown
+    return {"since": unknown.since, "meters": [dataclasses.asdict(meter) for meter in unknown.listing()]}
+
+
 # --- premises and people ---------------------------------------------------------------------
 
 
@@ -514,3 +541,4 @@ async def run_month(estate_id: str, month: str, periods: PeriodsDep) -> dict[str
 
 router.include_router(listings.router)
 router.include_router(reports.router)
+router.include_router(tariffs.router)  # tariff plans and price corrections

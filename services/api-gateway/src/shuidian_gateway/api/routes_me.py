@@ -23,7 +23,7 @@ from sqlalchemy import text
 from shuidian_gateway.adapters.readcache import BalanceReadModel, CachedBalance
 from shuidian_gateway.adapters.scopes import TenantScopes
 from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
-from shuidian_gateway.api.auth import Tenant, utcnow
+from shuidian_gateway.api.auth import Tenant, client_address, utcnow
 from shuidian_gateway.api.conventions import (
     ERRORS,
     Amount,
@@ -395,21 +395,64 @@ async def explain(account_id: ObjectId, txn_id: TxnId, principal: Tenant, scopes
 
 class TopUpIn(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"amount": "50.00", "provider": "sandbox"}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"amount": "50.00", "provider": "sandbox"},
+                {"amount": "50.00", "provider": "wechat", "method": "jsapi", "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+                {"amount": "50.00", "provider": "alipay", "method": "wap"},
+            ]
+        },
     )
 
     amount: Amount
     provider: Literal["sandbox", "wechat", "alipay"] = "sandbox"
+    method: Literal["native", "jsapi", "h5", "precreate", "wap"] | None = Field(
+        default=None,
+        description="微信 native（扫码）、jsapi（微信内）、h5（手机浏览器）；支付宝 precreate（扫码）、wap（手机网页）. "
+        "WeChat native / jsapi (inside WeChat, needs openid) / h5 (phone browser); Alipay precreate / wap. "
+        "Omitted: the provider's QR-code method.",
+    )
+    openid: str = Field(
+        default="",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="jsapi: the payer's openid under the operator's WeChat app",
+    )
+
+
+class PayParams(BaseModel):
+    """What the payer's app needs to pay, as the provider gave it (only the fields of the order's method)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
+
+    code_url: str | None = Field(default=None, description="WeChat native / sandbox: show as a QR code")
+    qr_code: str | None = Field(default=None, description="Alipay precreate: show as a QR code")
+    h5_url: str | None = Field(default=None, description="WeChat h5: open in the phone's browser")
+    pay_url: str | None = Field(default=None, description="Alipay wap: open in the phone's browser")
+    # The JSAPI names are WeixinJSBridge's own, so the page hands the object over as it is.
+    app_id: str | None = Field(default=None, alias="appId", description="jsapi: for getBrandWCPayRequest")
+    time_stamp: str | None = Field(default=None, alias="timeStamp")
+    nonce_str: str | None = Field(default=None, alias="nonceStr")
+    package: str | None = Field(default=None, description="jsapi: prepay_id=…")
+    sign_type: str | None = Field(default=None, alias="signType")
+    pay_sign: str | None = Field(default=None, alias="paySign")
 
 
 class PaymentOrderOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
     order_id: str
     account_id: str
     amount: Money
     provider: str
-    status: str = Field(description="open until the provider confirms, then paid")
+    method: str = Field(default="native", description="how the payer pays: native, jsapi, h5, precreate or wap")
+    status: str = Field(description="open until the provider confirms, then paid (closed or expired: not paid)")
+    pay: PayParams | None = Field(
+        default=None, description="the provider's pay parameters; null while the provider has not been reached"
+    )
+    created_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    paid_at: AwareDatetime | None = None
+    payment_id: uuid.UUID | None = None
 
 
 @router.post(
@@ -417,8 +460,11 @@ class PaymentOrderOut(BaseModel):
     status_code=201,
     response_model=PaymentOrderOut,
     summary="在线充值 · Start an online top-up (idempotent)",
-    description="Creates a payment order with the provider (the sandbox in dev); the balance rises when the "
-    "provider's signed notification reaches billing. Poll `GET /v1/me/payments/{order_id}`.",
+    description="Creates a payment order with the provider (the sandbox in dev) and returns in `pay` what the "
+    "payer's app needs: a QR code to scan (`code_url`, `qr_code`), a page to open (`h5_url`, `pay_url`) or the "
+    "signed JSAPI package for WeixinJSBridge. The balance rises when the provider's signed notification reaches "
+    "billing. Poll `GET /v1/me/payments/{order_id}`. H5 orders carry the payer's address as this gateway sees it "
+    "(behind GATEWAY_TRUSTED_PROXIES: the nearest untrusted X-Forwarded-For hop).",
 )
 async def top_up(
     account_id: ObjectId,
@@ -431,9 +477,15 @@ async def top_up(
     idempotency_key: IdempotencyKey,
 ) -> Any:
     await owned(principal, scopes, "account", account_id)
+    sent: dict[str, str] = {"account_id": account_id, "amount": str(body.amount), "provider": body.provider}
+    if body.method is not None:
+        sent["method"] = body.method
+    if body.openid:
+        sent["openid"] = body.openid
+    if body.method == "h5":  # WeChat checks the payer's address against the phone that opens h5_url
+        sent["client_ip"] = client_address(request, container_of(request).settings.trusted_proxy_networks)
 
     async def forward() -> tuple[int, Any]:
-        sent = {"account_id": account_id, "amount": str(body.amount), "provider": body.provider}
         raw = await upstreams.raw(
             "billing",
             "POST",
@@ -441,11 +493,32 @@ async def top_up(
             json=sent,
             headers={"Idempotency-Key": upstream_key(principal, idempotency_key)},
         )
-        return 201, raw.json()
+        return 201, PaymentOrderOut.model_validate(raw.json()).model_dump(mode="json", by_alias=True)
 
     return await store.run(
         principal, idempotency_key, request, {"account_id": account_id, **body.model_dump(mode="json")}, forward
     )
+
+
+class PaymentMethodOut(BaseModel):
+    provider: Literal["sandbox", "wechat", "alipay"]
+    methods: list[Literal["native", "jsapi", "h5", "precreate", "wap"]] = Field(
+        description="the QR-code method first; jsapi only inside WeChat, h5 / wap on a phone's browser"
+    )
+
+
+@router.get(
+    "/accounts/{account_id}/payment-methods",
+    response_model=list[PaymentMethodOut],
+    summary="支付方式 · How I can top up this account",
+    description="The providers the operator has configured (the sandbox only in dev and test) and their methods.",
+)
+async def payment_methods(
+    account_id: ObjectId, principal: Tenant, scopes: Scopes, upstreams: Upstream
+) -> list[PaymentMethodOut]:
+    await owned(principal, scopes, "account", account_id)
+    found = await upstreams.call("billing", "GET", "/v1/payments/methods", params={"account_id": account_id})
+    return [PaymentMethodOut.model_validate(m) for m in found if m.get("provider") in ("sandbox", "wechat", "alipay")]
 
 
 @router.get("/payments/{order_id}", response_model=PaymentOrderOut, summary="支付状态 · Status of one of my top-ups")

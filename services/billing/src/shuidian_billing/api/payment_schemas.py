@@ -36,6 +36,11 @@ class OrderOut(BaseModel):
     replayed: bool = False
 
 
+class PaymentMethodOut(BaseModel):
+    provider: str = Field(description="wechat, alipay or sandbox")
+    methods: list[str] = Field(description="in the provider's order: the QR-code method first")
+
+
 class ReceiptLine(BaseModel):
     receipt_no: str
     amount: Money

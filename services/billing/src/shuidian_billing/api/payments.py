@@ -17,6 +17,7 @@ from shuidian_billing.api.deps import ChannelsDep
 from shuidian_billing.api.payment_schemas import (
     ImportOut,
     OrderOut,
+    PaymentMethodOut,
     ReceiptOut,
     RefundOut,
     ReviewOut,
@@ -132,6 +133,15 @@ async def create_order(
         client_ip=body.client_ip,
     )
     return replayable(order, order["replayed"], response)
+
+
+@router.get(
+    "/payments/methods",
+    response_model=list[PaymentMethodOut],
+    summary="支付方式 · Providers an order can be opened at, with their methods",
+)
+async def payment_methods(channels: ChannelsDep) -> list[dict[str, Any]]:
+    return channels.online.methods()
 
 
 @router.get("/payments/orders/{order_id}", response_model=OrderOut, summary="An online payment order and its state")

@@ -226,6 +226,10 @@ class OnlinePayments:
             transport = httpx.ASGITransport(app=self.sandbox_emulator.app())
             self.clients["sandbox"] = WechatPayClient(merchant, httpx.AsyncClient(transport=transport))
 
+    def methods(self) -> list[dict[str, Any]]:
+        """The providers an order can be opened at now (a verify-only provider is not one) and their methods."""
+        return [{"provider": p, "methods": list(payment_orders.METHODS[p])} for p in PROVIDERS if p in self.clients]
+
     async def create_order(
         self,
         provider: str,

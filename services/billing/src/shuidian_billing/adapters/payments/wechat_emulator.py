@@ -74,6 +74,7 @@ class WechatOrder:
     transaction_id: str = ""
     success_time: str = ""
     paid_on: str = ""  # local (Beijing) date of the payment: the bill it lands in
+    payer: dict[str, str] = field(default_factory=dict)  # what the order named of the payer (openid, client ip)
 
 
 @dataclass
@@ -299,6 +300,14 @@ class WechatPayEmulator:
                 data["amount"]["total"],
                 trade_type.upper(),
                 data["notify_url"],
+                payer={
+                    k: v
+                    for k, v in (
+                        ("openid", (data.get("payer") or {}).get("openid")),
+                        ("client_ip", (data.get("scene_info") or {}).get("payer_client_ip")),
+                    )
+                    if v
+                },
             )
             prepay = f"wx{secrets.token_hex(14)}"
             if trade_type == "native":

@@ -764,6 +764,7 @@ EXEMPT: dict[tuple[str, str], str] = {
     },
     ("POST", "/v1/dead-letters/{letter_id}/replay"): "the service's own surface (operations)",
     ("GET", "/v1/me/live"): "a WebSocket / event stream: test_gateway_live_*.py",
+    ("GET", "/v1/live"): "the staff event stream: test_gateway_live_staff.py",
     ("POST", "/v1/payments/notify/{provider}"): "signed provider callbacks: billing's payment tests",
     **dict.fromkeys(
         (

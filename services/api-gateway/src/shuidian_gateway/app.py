@@ -43,7 +43,7 @@ from shuidian_kit.service import Runtime, install_error_handlers, ops_router, pr
 from shuidian_kit.service_auth import ServiceTokens
 from shuidian_kit.urlguard import guarded_client
 from shuidian_shared import topics
-from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, DeviceState
+from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, CommandUpdate, DeviceState
 
 log = logging.getLogger(__name__)
 SERVICE = "gateway"
@@ -94,6 +94,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 ServiceTokens.from_settings(settings, SERVICE),
             )
             hub = live.LiveHub(settings.live_resume_seconds, settings.live_resume_frames)
+            staff_hub = live.StaffHub(live.EstateDirectory(upstreams))
             hooks = Webhooks(
                 runtime.engine,
                 webhook_client,
@@ -120,6 +121,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 usage_today=ReadCache[tuple[str, str], bytes](settings.usage_today_cache_seconds),
                 live=hub,
                 webhooks=hooks,
+                staff_live=staff_hub,
             )
 
             async def fan_out(message: Any, topic: str) -> asyncio.Future[None]:
@@ -127,12 +129,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     balances.on_event(message)
                 if not isinstance(message, CommandResult):
                     await hub.on_message(message, topic)
+                await staff_hub.on_message(message, topic)
                 return await hooks.on_message(message, topic)  # acknowledged once its deliveries are committed
+
+            async def staff_only(message: CommandUpdate, topic: str) -> None:
+                await staff_hub.on_message(message, topic)
 
             runtime.mqtt.subscribe(topics.ALL_METER_STATES, DeviceState, fan_out)
             runtime.mqtt.subscribe(topics.ALL_BALANCES, BalanceEvent, fan_out)
             runtime.mqtt.subscribe(topics.ALL_ALARMS, AlarmEvent, fan_out)
             runtime.mqtt.subscribe(topics.ALL_COMMAND_RESULTS, CommandResult, fan_out)
+            runtime.mqtt.subscribe(topics.ALL_COMMAND_UPDATES, CommandUpdate, staff_only)  # the staff stream's
             runtime.supervisor.add("webhooks", hooks.run)
 
             async def housekeeping() -> None:

@@ -23,6 +23,15 @@ credential closes the socket with 4401, a signed-in non-tenant with 4403.
 Server-sent events: the stream starts with `event: ready` and then carries `event: meter_state |
 balance | alarm` with `id:` and the message as `data:`; idle streams get a comment every
 `GATEWAY_LIVE_HEARTBEAT_SECONDS`; on shutdown the stream ends cleanly and clients reconnect.
+
+Staff have a stream of their own, `/v1/live` (`StaffHub`): meter states, balance events, alarms and
+command updates and results, of the estates the principal may see (every estate for an all-estates
+role), and of the kinds its actions allow. Messages carry no estate, so an estate-scoped stream is
+matched through the meters bound in its estates (billing's listing, refreshed every
+`SCOPE_REFRESH_SECONDS`); an alarm's estate is asked of alarm once per alarm, and a balance event
+that names no meter has its account's estate asked of billing. An object whose estate cannot be
+told is not sent to estate-scoped streams: isolation before completeness (the console re-reads its
+lists on every event and now and then anyway). No resumption: a reconnecting client re-reads.
 """
 
 from __future__ import annotations
@@ -33,19 +42,22 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
 import uvicorn
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shuidian_gateway.adapters.readcache import ReadCache
+from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
 from shuidian_gateway.domain import security
-from shuidian_gateway.domain.policy import Scope
+from shuidian_gateway.domain.policy import Action, Scope
 from shuidian_gateway.errors import Unauthorised
-from shuidian_shared.messages import AlarmEvent, BalanceEvent, DeviceState
+from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, CommandUpdate, DeviceState
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
@@ -264,15 +276,206 @@ class LiveHub:
                     self._forget_if_unwatched(object_id, watch)
 
 
+# -- the staff stream --------------------------------------------------------------------------------
+# Frame kind → the action a principal needs to receive it.
+STAFF_KINDS: Final[dict[str, Action]] = {
+    "meter_state": Action.DEVICES_READ,
+    "balance": Action.ACCOUNTS_READ,
+    "alarm": Action.ALARMS_READ,
+    "command": Action.COMMANDS_READ,  # control's lifecycle: pending → sent → confirmed / failed …
+    "command_result": Action.COMMANDS_READ,  # the collector's answer to one attempt
+}
+ESTATE_LOOKUP_SECONDS = 2.0  # an estate look-up holds up the broker's messages at most this long
+ACCOUNT_ESTATE_SECONDS = 300.0  # an account's estate is cached this long (accounts seldom move)
+
+
+@dataclass(frozen=True)
+class StaffView:
+    """What one staff stream carries: frames of `kinds`, about every estate (`estates` None) or about
+    `estates` only, whose bound meters are `meters`."""
+
+    kinds: frozenset[str]
+    estates: frozenset[str] | None
+    meters: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class StaffFrame:
+    seq: int
+    kind: str
+    data: str
+
+
+@dataclass(eq=False)
+class StaffClient:
+    view: StaffView
+    queue: asyncio.Queue[StaffFrame | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+
+    def offer(self, frame: StaffFrame | None) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()  # drop the oldest: the console re-reads its lists anyway
+        self.queue.put_nowait(frame)
+
+
+def staff_audience(message: BaseModel) -> tuple[str, frozenset[str], tuple[str, str] | None]:
+    """The frame kind of a message, the meters it is about, and — when no meter tells its estate —
+    what to look the estate up by: ("alarm", alarm id) or ("account", account id)."""
+    if isinstance(message, DeviceState):
+        return "meter_state", frozenset({message.meter_id}), None
+    if isinstance(message, CommandUpdate):
+        return "command", frozenset({message.meter_id}), None
+    if isinstance(message, CommandResult):
+        return "command_result", frozenset({message.meter_id}), None
+    if isinstance(message, BalanceEvent):
+        meters = frozenset(m.meter_id for m in message.meters)
+        return "balance", meters, None if meters else ("account", message.account_id)
+    if isinstance(message, AlarmEvent):
+        return "alarm", frozenset(), ("alarm", str(message.alarm_id))
+    raise TypeError(f"not a staff live message: {type(message).__name__}")
+
+
+class EstateDirectory:
+    """Where things are, for estate-scoped staff streams: the meters bound in an estate (billing,
+    cached `ttl` s), an alarm's estate (alarm; it never changes, so it is kept) and an account's
+    (billing, cached). Failures are None: the frame is then not sent to estate-scoped streams."""
+
+    def __init__(self, upstreams: Upstreams, ttl: float = SCOPE_REFRESH_SECONDS) -> None:
+        self._upstreams = upstreams
+        self._meters: ReadCache[str, frozenset[str]] = ReadCache(ttl)
+        self._alarms: ReadCache[str, str] = ReadCache(365 * 86400.0)
+        self._accounts: ReadCache[str, str] = ReadCache(ACCOUNT_ESTATE_SECONDS)
+
+    async def meters_of(self, estates: Iterable[str]) -> frozenset[str]:
+        """The meters bound now in any of `estates`; an estate billing does not know has none."""
+        found: set[str] = set()
+        for estate in sorted(estates):
+            found |= await self._meters.get(estate, partial(self._fetch_meters, estate))
+        return frozenset(found)
+
+    async def _fetch_meters(self, estate: str) -> frozenset[str]:
+        try:
+            body = await self._upstreams.call("billing", "GET", f"/v1/estates/{estate}/meters")
+        except UpstreamError as err:
+            if err.status_code == 404:
+                return frozenset()
+            raise
+        return frozenset(str(m) for m in (body or {}).get("meters", []))
+
+    async def estate_of(self, kind: str, object_id: str) -> str | None:
+        cache, service, path, name = (
+            (self._alarms, "alarm", f"/v1/alarms/{object_id}", "estate")
+            if kind == "alarm"
+            else (self._accounts, "billing", f"/v1/accounts/{object_id}", "estate_id")
+        )
+
+        async def fetch() -> str:
+            found = await self._upstreams.call(service, "GET", path)
+            estate = found.get(name) if isinstance(found, dict) else None
+            return "" if estate is None else str(estate)
+
+        try:
+            async with asyncio.timeout(ESTATE_LOOKUP_SECONDS):
+                return await cache.get(object_id, fetch) or None
+        except (UpstreamError, TimeoutError):
+            log.warning("the estate of %s %s is unknown: not sent to estate-scoped streams", kind, object_id)
+            return None
+
+
+class StaffHub:
+    """The staff streams of one process. All-estates streams get every frame of their kinds; an
+    estate-scoped one gets the frames about meters bound in its estates (an index from meter to
+    streams), and alarms and account-only balance events whose estate the directory names as one of
+    its estates."""
+
+    def __init__(self, directory: EstateDirectory) -> None:
+        self.directory = directory
+        self._everywhere: set[StaffClient] = set()
+        self._scoped: set[StaffClient] = set()
+        self._by_meter: dict[str, set[StaffClient]] = {}
+        self._seq = 0
+        self.epoch = secrets.token_hex(4)
+        self.closed = False
+
+    @property
+    def clients(self) -> int:
+        return len(self._everywhere) + len(self._scoped)
+
+    def event_id(self, seq: int) -> str:
+        return f"{self.epoch}-{seq}"
+
+    def connect(self, view: StaffView) -> StaffClient:
+        client = StaffClient(view)
+        if self.closed:
+            client.offer(None)
+        self._add(client)
+        return client
+
+    def rescope(self, client: StaffClient, view: StaffView) -> None:
+        """Follow the bindings: meters moved into or out of the stream's estates."""
+        if client not in self._everywhere and client not in self._scoped:
+            client.view = view
+            return
+        self._remove(client)
+        client.view = view
+        self._add(client)
+
+    def disconnect(self, client: StaffClient) -> None:
+        self._remove(client)
+
+    async def on_message(self, message: BaseModel, topic: str) -> None:
+        kind, meters, lookup = staff_audience(message)
+        targets = {c for c in self._everywhere if kind in c.view.kinds}
+        for meter in meters:
+            targets.update(c for c in self._by_meter.get(meter, ()) if kind in c.view.kinds)
+        if lookup is not None and any(kind in c.view.kinds for c in self._scoped):
+            estate = await self.directory.estate_of(*lookup)
+            if estate is not None:
+                targets.update(
+                    c for c in list(self._scoped) if kind in c.view.kinds and estate in (c.view.estates or ())
+                )
+        if not targets:
+            return
+        self._seq += 1
+        frame = StaffFrame(self._seq, kind, message.model_dump_json())
+        for client in targets:
+            client.offer(frame)
+
+    def close(self) -> None:
+        self.closed = True
+        for client in [*self._everywhere, *self._scoped]:
+            client.offer(None)
+
+    def _add(self, client: StaffClient) -> None:
+        if client.view.estates is None:
+            self._everywhere.add(client)
+            return
+        self._scoped.add(client)
+        for meter in client.view.meters:
+            self._by_meter.setdefault(meter, set()).add(client)
+
+    def _remove(self, client: StaffClient) -> None:
+        self._everywhere.discard(client)
+        if client in self._scoped:
+            self._scoped.discard(client)
+            for meter in client.view.meters:
+                watchers = self._by_meter.get(meter)
+                if watchers is not None:
+                    watchers.discard(client)
+                    if not watchers:
+                        del self._by_meter[meter]
+
+
 class Server(uvicorn.Server):
-    """uvicorn that ends the app's live streams before it waits for open connections to close: an
-    event stream never ends by itself, so a plain uvicorn would wait for it until killed."""
+    """uvicorn that ends the app's live streams (tenants' and staff's) before it waits for open
+    connections to close: an event stream never ends by itself, so a plain uvicorn would wait for it
+    until killed."""
 
     async def shutdown(self, sockets: Any = None) -> None:
         container = getattr(getattr(self.config.app, "state", None), "container", None)
-        hub = getattr(container, "live", None)
-        if isinstance(hub, LiveHub):
-            hub.close()
+        for name in ("live", "staff_live"):
+            hub = getattr(container, name, None)
+            if isinstance(hub, (LiveHub, StaffHub)):
+                hub.close()
         await super().shutdown(sockets)
 
 

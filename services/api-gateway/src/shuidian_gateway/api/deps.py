@@ -11,7 +11,7 @@ from starlette.requests import HTTPConnection
 
 from shuidian_gateway.adapters.idempotency import IdempotencyStore
 from shuidian_gateway.adapters.identity import Identity
-from shuidian_gateway.adapters.live import LiveHub
+from shuidian_gateway.adapters.live import LiveHub, StaffHub
 from shuidian_gateway.adapters.readcache import BalanceReadModel, ReadCache, VerifiedTokens
 from shuidian_gateway.adapters.scopes import TenantScopes
 from shuidian_gateway.adapters.upstream import Upstreams
@@ -35,6 +35,7 @@ class Container:
     usage_today: ReadCache[tuple[str, str], bytes]  # (account, local day) → billing's answer
     live: LiveHub
     webhooks: Webhooks
+    staff_live: StaffHub
 
 
 def container_of(connection: HTTPConnection) -> Container:

@@ -1,5 +1,5 @@
-"""The live routes: `/v1/me/live` as a WebSocket or server-sent events, and its single-use tickets (see
-shuidian_gateway.adapters.live for the hub behind them)."""
+"""The live routes: `/v1/me/live` as a WebSocket or server-sent events, and its single-use tickets; and
+the staff stream `/v1/live` (server-sent events). See shuidian_gateway.adapters.live for the hubs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -17,10 +17,13 @@ from pydantic import BaseModel, Field
 from shuidian_gateway.adapters.live import (
     RECONNECT_MILLISECONDS,
     SCOPE_REFRESH_SECONDS,
+    STAFF_KINDS,
     TICKET_MAX_LENGTH,
+    StaffHub,
+    StaffView,
     redeem_ticket,
 )
-from shuidian_gateway.api.auth import Tenant, bearer, principal_from_token, utcnow
+from shuidian_gateway.api.auth import Authenticated, Tenant, bearer, principal_from_token, utcnow
 from shuidian_gateway.api.conventions import ERRORS
 from shuidian_gateway.api.deps import container_of
 from shuidian_gateway.domain import security
@@ -235,6 +238,127 @@ async def live_events(
                 now = time.monotonic()
                 if now >= refresh_at:
                     hub.rescope(client, await scopes.of(tenant_id))  # leases change: follow them
+                    refresh_at = now + SCOPE_REFRESH_SECONDS
+                if now >= beat_at:
+                    yield ServerSentEvent(comment="heartbeat")
+                    beat_at = now + heartbeat
+                continue
+            if frame is None:
+                yield ServerSentEvent(comment="server shutting down; reconnect")
+                return
+            yield ServerSentEvent(event=frame.kind, id=hub.event_id(frame.seq), raw_data=frame.data)
+            beat_at = time.monotonic() + heartbeat
+    finally:
+        hub.disconnect(client)
+
+
+# -- the staff stream --------------------------------------------------------------------------------
+StaffKind = Literal["meter_state", "balance", "alarm", "command", "command_result"]
+assert set(get_args(StaffKind)) == set(STAFF_KINDS)
+IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+
+
+class StaffLiveReady(BaseModel):
+    """The first event of every staff stream: what it carries. Re-read lists now (no resumption)."""
+
+    kinds: list[StaffKind] = Field(description="the frame kinds this stream carries")
+    estates: list[str] | None = Field(description="the estates it covers; null: every estate")
+
+
+async def staff_view(
+    request: Request,
+    principal: Authenticated,
+    kind: Annotated[
+        list[StaffKind] | None,
+        Query(
+            description="only these kinds (repeat the parameter); default: every kind the principal's actions "
+            "allow. Asking for a kind the actions do not allow is a 403"
+        ),
+    ] = None,
+    estate: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=IDENT,
+            description="only this estate (one of the principal's); default: every estate the principal sees",
+        ),
+    ] = None,
+) -> StaffView:
+    """What a staff member's stream carries; refused before the stream starts."""
+    if principal.role is Role.TENANT:
+        raise Forbidden("tenant accounts use /v1/me/live / 租户请使用 /v1/me/live")
+    allowed = {k for k, action in STAFF_KINDS.items() if principal.may(action)}
+    wanted = set(kind) if kind else allowed
+    if not wanted or not wanted <= allowed:
+        needs = ", ".join(sorted({STAFF_KINDS[k].value for k in (wanted - allowed) or STAFF_KINDS}))
+        raise Forbidden(f"your role or key does not allow {needs} / 无权订阅这些实时消息")
+    if estate is not None and not principal.may_see_estate(estate):
+        raise Forbidden("estate is outside your estates / 超出您管理的小区")
+    estates = frozenset({estate}) if estate is not None else None if principal.all_estates else principal.estates
+    return await _with_meters(container_of(request).staff_live, StaffView(frozenset(wanted), estates))
+
+
+async def _with_meters(hub: StaffHub, view: StaffView) -> StaffView:
+    if view.estates is None:
+        return view
+    return StaffView(view.kinds, view.estates, await hub.directory.meters_of(view.estates))
+
+
+@router.get(
+    "/v1/live",
+    tags=["staff"],
+    response_class=EventSourceResponse,
+    responses={
+        **ERRORS,
+        200: {"model": StaffLiveReady, "description": "`text/event-stream` (the `ready` event's data)"},
+    },
+    summary="员工实时推送（SSE）· Live alarms, command updates, meter states and balance events for staff",
+    description="`text/event-stream` for staff and integrators: first `event: ready` (`data`: the kinds and estates "
+    "the stream carries), then `event: meter_state | balance | alarm | command | command_result` with `id:` and the "
+    "MQTT message (DeviceState, BalanceEvent, AlarmEvent, CommandUpdate, CommandResult) as `data`. Only objects of "
+    "the estates the principal sees (every estate for an all-estates role; `estate=` narrows it to one) and only "
+    "the kinds its actions allow: meter_state needs devices:read, balance accounts:read, alarm alarms:read, command "
+    "and command_result commands:read. An object whose estate the gateway cannot tell is left out of an "
+    "estate-scoped stream. Sign in with `Authorization: Bearer` (the console reads the stream with fetch). There "
+    "is no resumption: on `ready` (every connect) re-read the lists the stream keeps current. Idle streams get a "
+    "`: heartbeat` comment; a stream ends after the access token's lifetime (and at shutdown): reconnect with a "
+    "fresh token.",
+    openapi_extra={"x-required-actions": sorted({action.value for action in STAFF_KINDS.values()})},
+)
+async def staff_live_events(
+    request: Request, view: Annotated[StaffView, Depends(staff_view)]
+) -> AsyncIterator[ServerSentEvent]:
+    settings = container_of(request).settings
+    hub = container_of(request).staff_live
+    client = hub.connect(view)
+    try:
+        yield ServerSentEvent(
+            event="ready",
+            id=hub.event_id(0),
+            retry=RECONNECT_MILLISECONDS,
+            data=StaffLiveReady(
+                kinds=sorted(view.kinds),
+                estates=None if view.estates is None else sorted(view.estates),
+            ),
+        )
+        now = time.monotonic()
+        heartbeat = settings.live_heartbeat_seconds
+        beat_at, refresh_at = now + heartbeat, now + SCOPE_REFRESH_SECONDS
+        # The principal was checked once: end with the token's lifetime, so a disabled user or revoked key
+        # loses the stream within it (the client reconnects with a fresh token).
+        end_at = now + settings.access_token_seconds
+        while True:
+            try:
+                async with asyncio.timeout(max(min(beat_at, refresh_at, end_at) - time.monotonic(), 0.0)):
+                    frame = await client.queue.get()
+            except TimeoutError:
+                now = time.monotonic()
+                if now >= end_at:
+                    yield ServerSentEvent(comment="reconnect with a fresh token")
+                    return
+                if now >= refresh_at:
+                    hub.rescope(client, await _with_meters(hub, client.view))  # bindings change: follow them
                     refresh_at = now + SCOPE_REFRESH_SECONDS
                 if now >= beat_at:
                     yield ServerSentEvent(comment="heartbeat")

@@ -447,9 +447,29 @@ export interface paths {
         put?: never;
         /**
          * 在线充值 · Start an online top-up (idempotent)
-         * @description Creates a payment order with the provider (the sandbox in dev); the balance rises when the provider's signed notification reaches billing. Poll `GET /v1/me/payments/{order_id}`.
+         * @description Creates a payment order with the provider (the sandbox in dev) and returns in `pay` what the payer's app needs: a QR code to scan (`code_url`, `qr_code`), a page to open (`h5_url`, `pay_url`) or the signed JSAPI package for WeixinJSBridge. The balance rises when the provider's signed notification reaches billing. Poll `GET /v1/me/payments/{order_id}`. H5 orders carry the payer's address as this gateway sees it (behind GATEWAY_TRUSTED_PROXIES: the nearest untrusted X-Forwarded-For hop).
          */
         post: operations["top_up_v1_me_accounts__account_id__topups_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/me/accounts/{account_id}/payment-methods": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 支付方式 · How I can top up this account
+         * @description The providers the operator has configured (the sandbox only in dev and test) and their methods.
+         */
+        get: operations["payment_methods_v1_me_accounts__account_id__payment_methods_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -574,6 +594,26 @@ export interface paths {
          * @description `text/event-stream`. First `event: ready` (`data`: tenant id and whether the stream resumed), then `event: meter_state | balance | alarm` with `id: <epoch>-<n>` and the MQTT message as `data`, only for the tenant's own accounts and meters. Send `Last-Event-ID` (EventSource does on reconnect) to get the events missed since (or `?last_event_id=` with a new ticket), when this replica still holds every one of them; otherwise `ready` says `resumed: false` and the client re-reads its balances and meters. Idle streams get a `: heartbeat` comment. The same path as a WebSocket carries the same frames as JSON and signs in the same way (bearer header or `?ticket=`; 4401 / 4403 close codes for refusals).
          */
         get: operations["live_events_v1_me_live_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/live": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 员工实时推送（SSE）· Live alarms, command updates, meter states and balance events for staff
+         * @description `text/event-stream` for staff and integrators: first `event: ready` (`data`: the kinds and estates the stream carries), then `event: meter_state | balance | alarm | command | command_result` with `id:` and the MQTT message (DeviceState, BalanceEvent, AlarmEvent, CommandUpdate, CommandResult) as `data`. Only objects of the estates the principal sees (every estate for an all-estates role; `estate=` narrows it to one) and only the kinds its actions allow: meter_state needs devices:read, balance accounts:read, alarm alarms:read, command and command_result commands:read. An object whose estate the gateway cannot tell is left out of an estate-scoped stream. Sign in with `Authorization: Bearer` (the console reads the stream with fetch). There is no resumption: on `ready` (every connect) re-read the lists the stream keeps current. Idle streams get a `: heartbeat` comment; a stream ends after the access token's lifetime (and at shutdown): reconnect with a fresh token.
+         */
+        get: operations["staff_live_events_v1_live_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -4411,6 +4451,63 @@ export interface components {
              */
             next_cursor: string | null;
         };
+        /**
+         * PayParams
+         * @description What the payer's app needs to pay, as the provider gave it (only the fields of the order's method).
+         */
+        PayParams: {
+            /**
+             * Code Url
+             * @description WeChat native / sandbox: show as a QR code
+             */
+            code_url?: string | null;
+            /**
+             * Qr Code
+             * @description Alipay precreate: show as a QR code
+             */
+            qr_code?: string | null;
+            /**
+             * H5 Url
+             * @description WeChat h5: open in the phone's browser
+             */
+            h5_url?: string | null;
+            /**
+             * Pay Url
+             * @description Alipay wap: open in the phone's browser
+             */
+            pay_url?: string | null;
+            /**
+             * Appid
+             * @description jsapi: for getBrandWCPayRequest
+             */
+            appId?: string | null;
+            /** Timestamp */
+            timeStamp?: string | null;
+            /** Noncestr */
+            nonceStr?: string | null;
+            /**
+             * Package
+             * @description jsapi: prepay_id=…
+             */
+            package?: string | null;
+            /** Signtype */
+            signType?: string | null;
+            /** Paysign */
+            paySign?: string | null;
+        };
+        /** PaymentMethodOut */
+        PaymentMethodOut: {
+            /**
+             * Provider
+             * @enum {string}
+             */
+            provider: "sandbox" | "wechat" | "alipay";
+            /**
+             * Methods
+             * @description the QR-code method first; jsapi only inside WeChat, h5 / wap on a phone's browser
+             */
+            methods: ("native" | "jsapi" | "h5" | "precreate" | "wap")[];
+        };
         /** PaymentOrderOut */
         PaymentOrderOut: {
             /** Order Id */
@@ -4422,12 +4519,26 @@ export interface components {
             /** Provider */
             provider: string;
             /**
+             * Method
+             * @description how the payer pays: native, jsapi, h5, precreate or wap
+             * @default native
+             */
+            method?: string;
+            /**
              * Status
-             * @description open until the provider confirms, then paid
+             * @description open until the provider confirms, then paid (closed or expired: not paid)
              */
             status: string;
-        } & {
-            [key: string]: unknown;
+            /** @description the provider's pay parameters; null while the provider has not been reached */
+            pay?: components["schemas"]["PayParams"] | null;
+            /** Created At */
+            created_at?: string | null;
+            /** Expires At */
+            expires_at?: string | null;
+            /** Paid At */
+            paid_at?: string | null;
+            /** Payment Id */
+            payment_id?: string | null;
         };
         /**
          * PaymentRef
@@ -5010,6 +5121,22 @@ export interface components {
              * @example 50.00
              */
             opening_float?: string;
+        };
+        /**
+         * StaffLiveReady
+         * @description The first event of every staff stream: what it carries. Re-read lists now (no resumption).
+         */
+        StaffLiveReady: {
+            /**
+             * Kinds
+             * @description the frame kinds this stream carries
+             */
+            kinds: ("meter_state" | "balance" | "alarm" | "command" | "command_result")[];
+            /**
+             * Estates
+             * @description the estates it covers; null: every estate
+             */
+            estates: string[] | null;
         };
         /**
          * SubscriptionIn
@@ -5811,6 +5938,17 @@ export interface components {
          *       "amount": "50.00",
          *       "provider": "sandbox"
          *     }
+         * @example {
+         *       "amount": "50.00",
+         *       "method": "jsapi",
+         *       "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
+         *       "provider": "wechat"
+         *     }
+         * @example {
+         *       "amount": "50.00",
+         *       "method": "wap",
+         *       "provider": "alipay"
+         *     }
          */
         shuidian_gateway__api__routes_me__TopUpIn: {
             /**
@@ -5825,6 +5963,17 @@ export interface components {
              * @enum {string}
              */
             provider?: "sandbox" | "wechat" | "alipay";
+            /**
+             * Method
+             * @description 微信 native（扫码）、jsapi（微信内）、h5（手机浏览器）；支付宝 precreate（扫码）、wap（手机网页）. WeChat native / jsapi (inside WeChat, needs openid) / h5 (phone browser); Alipay precreate / wap. Omitted: the provider's QR-code method.
+             */
+            method?: ("native" | "jsapi" | "h5" | "precreate" | "wap") | null;
+            /**
+             * Openid
+             * @description jsapi: the payer's openid under the operator's WeChat app
+             * @default
+             */
+            openid?: string;
         };
         /**
          * KeepPowerIn
@@ -9255,6 +9404,128 @@ export interface operations {
             };
         };
     };
+    payment_methods_v1_me_accounts__account_id__payment_methods_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                account_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PaymentMethodOut"][];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     payment_v1_me_payments__order_id__get: {
         parameters: {
             query?: never;
@@ -10143,6 +10414,131 @@ export interface operations {
                 };
                 content: {
                     "text/event-stream": unknown;
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "text/event-stream": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    staff_live_events_v1_live_get: {
+        parameters: {
+            query?: {
+                /** @description only these kinds (repeat the parameter); default: every kind the principal's actions allow. Asking for a kind the actions do not allow is a 403 */
+                kind?: ("meter_state" | "balance" | "alarm" | "command" | "command_result")[] | null;
+                /** @description only this estate (one of the principal's); default: every estate the principal sees */
+                estate?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `text/event-stream` (the `ready` event's data) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["StaffLiveReady"];
                 };
             };
             /** @description bad request */

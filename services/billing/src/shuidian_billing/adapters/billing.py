@@ -21,6 +21,7 @@ from shuidian_billing.adapters.credits import Credits
 from shuidian_billing.adapters.ledger_poster import LedgerPoster
 from shuidian_billing.adapters.levels import BalanceLevels
 from shuidian_billing.adapters.meter_events import MeterEvents
+from shuidian_billing.adapters.price_corrections import PriceCorrections
 from shuidian_billing.adapters.readings import ReadingPipeline
 from shuidian_billing.adapters.tariffs import TariffAdmin
 from shuidian_billing.settings import BillingSettings
@@ -40,6 +41,7 @@ class Billing:
     meter_events: MeterEvents
     accounts: Accounts
     tariffs: TariffAdmin
+    price_corrections: PriceCorrections
 
     @classmethod
     def build(cls, engine: AsyncEngine, outbox: Outbox, settings: BillingSettings, source: str) -> Billing:
@@ -56,4 +58,5 @@ class Billing:
             meter_events=MeterEvents(engine, outbox, charger, levels),
             accounts=Accounts(engine),
             tariffs=TariffAdmin(engine),
+            price_corrections=PriceCorrections(engine, outbox, levels),
         )

@@ -406,7 +406,7 @@ async def tariff(engine: AsyncEngine, *, utility: Utility) -> dict[str, Any]:
     async with engine.connect() as conn:
         rows = await conn.execute(
             text(
-                "SELECT tariff_id, effective_from, unit_price FROM billing.tariffs WHERE utility = :u "
+                "SELECT tariff_id, effective_from, unit_price FROM billing.tariffs WHERE utility = :u AND plan_id = 'default' "
                 "ORDER BY effective_from, tariff_id"
             ),
             {"u": utility.value},

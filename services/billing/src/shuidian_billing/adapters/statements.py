@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shuidian_billing.adapters import store
+from shuidian_billing.adapters.tariffs import priced_under
 from shuidian_billing.errors import BillingError, NotFound
 from shuidian_shared.messages import Utility
 
@@ -359,8 +360,13 @@ async def explain(engine: AsyncEngine, txn_id: Any, tz: ZoneInfo) -> dict[str, A
                 {"m": meter_id, "h": hour, "a": account_id},
             )
         ).all()
+        plans = await priced_under(conn, [line.tariff_id for line in lines])
     exact = sum((line.amount for line in lines), Decimal(0))
     result.update(
+        # "priced under plan X version 3 because …", once per tariff version that priced the hour.
+        priced_under=[
+            plans[t] | {"tariff_id": t} for t in dict.fromkeys(line.tariff_id for line in lines) if t in plans
+        ],
         meter_id=meter_id,
         account_id=account_id,
         hour_start=hour.astimezone(tz).isoformat() if hour else None,
@@ -368,6 +374,7 @@ async def explain(engine: AsyncEngine, txn_id: Any, tz: ZoneInfo) -> dict[str, A
         exact=exact,
         tariff_versions={
             line.tariff_id: {
+                "plan": plans.get(line.tariff_id),
                 "effective_from": line.effective_from,
                 "flat_unit_price": line.flat_price,
                 "components": line.components,

@@ -21,6 +21,7 @@ from shuidian_control.app import create_app
 from shuidian_control.settings import ControlSettings
 from shuidian_devstack import infra
 from shuidian_kit.mqtt import BrokerAddress
+from shuidian_kit.service import started
 from shuidian_shared import topics
 from shuidian_shared.messages import (
     BalanceEvent,
@@ -72,7 +73,7 @@ async def running(database_url: str, mqtt_url: str, **options: Any) -> AsyncIter
     )
     app: FastAPI = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.runtime.mqtt.wait_connected(10)
+        await started(app.state.control.runtime).mqtt.wait_connected(10)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://control", auth=infra.service_auth("control", "op-1")

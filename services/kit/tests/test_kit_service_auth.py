@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
 
-from shuidian_kit.service import install_error_handlers, ops_router
+from shuidian_kit.service import install_error_handlers, ops_router, started
 from shuidian_kit.service_auth import Acting, ActingPrincipal, ServiceTokens, require_service_tokens
 from shuidian_shared.settings import DEV_SERVICE_TOKEN_SECRET, ServiceSettings
 
@@ -23,7 +23,7 @@ def backend() -> tuple[FastAPI, list[str]]:
     app = FastAPI()
     install_error_handlers(app)
     require_service_tokens(app, SETTINGS, "billing")
-    app.include_router(ops_router())
+    app.include_router(ops_router(lambda request: started(None)))  # no lifespan here: only /healthz and /metrics
     done: list[str] = []
 
     @app.post("/v1/write")

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from importlib.resources import files
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_alarm.adapters import work_orders
@@ -29,13 +29,13 @@ from shuidian_alarm.adapters.notify.channels import (
 from shuidian_alarm.adapters.notify.notifier import Notifier
 from shuidian_alarm.adapters.rulebook import RuleBook
 from shuidian_alarm.adapters.work_orders import WorkOrders
-from shuidian_alarm.api import install_error_handler, router
+from shuidian_alarm.api import router
 from shuidian_alarm.domain.notify.delivery import RetryPolicy
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
-from shuidian_kit.service import Runtime, install_error_handlers, ops_router
+from shuidian_kit.service import Runtime, install_error_handlers, ops_router, started
 from shuidian_kit.service_auth import require_service_tokens
 from shuidian_shared import topics
 from shuidian_shared.contracts.insights import LineLossExceeded
@@ -98,8 +98,10 @@ def compose(
     http: httpx.AsyncClient,
     *,
     clock: Callable[[], datetime] = utcnow,
+    runtime: Runtime | None = None,
 ) -> Components:
-    """The composition root proper: the app's lifespan, the tests and the benchmark all build the service here."""
+    """The composition root proper: the app's lifespan, the tests and the benchmark all build the service here
+    (the lifespan passes its `runtime`, which the operations routes read)."""
     notifier = Notifier(
         engine,
         build_channels(settings, http, mqtt),
@@ -131,7 +133,12 @@ def compose(
         tick_interval=timedelta(seconds=settings.tick_seconds),
         targets_ttl=timedelta(seconds=settings.targets_cache_seconds),
     )
-    return Components(alarms, book, evaluator, notifier, WorkOrders(engine))
+    return Components(alarms, book, evaluator, notifier, WorkOrders(engine), runtime)
+
+
+def _runtime(request: Request) -> Runtime:
+    components: Components = request.app.state.components
+    return started(components.runtime)
 
 
 def create_app(settings: AlarmSettings | None = None) -> FastAPI:
@@ -144,7 +151,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             Runtime.open(settings, service=SERVICE, schema="alarm", migrations=migrations) as runtime,
             httpx.AsyncClient(timeout=settings.notify_timeout_seconds) as http,
         ):
-            c = compose(settings, runtime.engine, runtime.outbox, runtime.mqtt, http)
+            c = compose(settings, runtime.engine, runtime.outbox, runtime.mqtt, http, runtime=runtime)
             await c.rulebook.load()
             evaluator = c.evaluator
             subscribe = runtime.mqtt.subscribe
@@ -168,8 +175,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             subscribe(topics.shared(SERVICE, topics.ALL_LINE_LOSS), LineLossExceeded, evaluator.on_line_loss)
             runtime.supervisor.add("tick", evaluator.tick_loop)
             runtime.supervisor.add("notifications", c.notifier.run)
-            app.state.runtime = runtime  # the kit's operations routes read it
-            app.state.components = c  # the routers read it (api.deps)
+            app.state.components = c  # the app's one state: the routers (api.deps) and the kit's operations routes
             async with runtime.running():
                 yield
 
@@ -179,11 +185,10 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
         version="0.2.0",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
-    install_error_handler(app)
+    install_error_handlers(app)  # AlarmError is a ShuidianError: the kit answers it
     serve_docs_offline(app)
     require_service_tokens(app, settings, SERVICE)
 
-    app.include_router(ops_router())
+    app.include_router(ops_router(_runtime))
     app.include_router(router)
     return app

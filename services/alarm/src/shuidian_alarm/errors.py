@@ -1,6 +1,6 @@
 """The alarm package's one exception root, `AlarmError`, and the errors under it.
 
-    AlarmError               (400 bad_request)
+    AlarmError               (400 bad_request; a ShuidianError, shuidian_shared.errors)
     ├── NotFound             (404) no such alarm, rule, subscription, notification or work order
     ├── Conflict             (409) the change is not allowed in the object's current state
     │   ├── InvalidTransition      a work order cannot move that way
@@ -10,21 +10,19 @@
         ├── InvalidQuery           a filter or cursor this API did not hand out
         └── InvalidSettings        tenant settings that cannot be served (SMS without a phone …)
 
-Pure: the domain raises these too. `api.errors` maps the root to problem+json in one place.
+Pure: the domain raises these too. The kit maps every `ShuidianError` to problem+json in one place.
 """
 
 from __future__ import annotations
 
+from shuidian_shared.errors import ShuidianError
 
-class AlarmError(Exception):
+
+class AlarmError(ShuidianError):
     """Root of every error the alarm service raises on purpose; `status_code` and `code` say how to answer."""
 
     status_code = 400
     code = "bad_request"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 class NotFound(AlarmError):

@@ -35,7 +35,7 @@ from shuidian_gateway.api import (
 from shuidian_gateway.api.asyncapi import document
 from shuidian_gateway.api.auth import require
 from shuidian_gateway.api.conventions import ERRORS, RefuseNul, install_allow_header, install_cors
-from shuidian_gateway.api.deps import Container
+from shuidian_gateway.api.deps import Container, container_of
 from shuidian_gateway.domain.policy import Action
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_kit.docs import serve_docs_offline
@@ -108,7 +108,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             )
             await hooks.seal_plaintext_secrets()
             balances = routes_me.balance_read_model(upstreams, settings.balance_cache_seconds)
-            app.state.runtime = runtime  # the kit's operations routes (/readyz, dead letters) read it
+            # The app's one state: the routers and the kit's operations routes (/readyz, dead letters) read it.
             app.state.container = Container(
                 runtime=runtime,
                 settings=settings,
@@ -191,7 +191,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return document(VERSION)
 
     app.include_router(  # dead letters: administrators; their refusals are problem documents like every route's
-        ops_router(guard=[Depends(require(Action.USERS_MANAGE))]), responses=ERRORS
+        ops_router(lambda request: container_of(request).runtime, guard=[Depends(require(Action.USERS_MANAGE))]),
+        responses=ERRORS,
     )
     app.include_router(routes_identity.router)
     app.include_router(routes_me.router)

@@ -8,8 +8,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.adapters.occupancy import RoomOccupancies
@@ -21,15 +20,15 @@ from shuidian_billing.adapters.payments.reviews import ReviewQueue
 from shuidian_billing.adapters.payments.settlement import LeaseSettlements
 from shuidian_billing.adapters.periodic import PeriodRuns
 from shuidian_billing.adapters.premises import Premises
+from shuidian_billing.api import deps
 from shuidian_billing.api.core import router
 from shuidian_billing.api.deps import Channels, Container
 from shuidian_billing.api.lifecycle import router as lifecycle_router
 from shuidian_billing.api.payments import router as payments_router
 from shuidian_billing.api.usage import router as usage_router
-from shuidian_billing.errors import BillingError, ImportRefused
 from shuidian_billing.settings import BillingSettings
 from shuidian_kit.docs import serve_docs_offline
-from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
+from shuidian_kit.service import Runtime, install_error_handlers, ops_router
 from shuidian_kit.service_auth import require_service_tokens
 
 SERVICE = "billing"
@@ -85,8 +84,7 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
         ):
             container = build(runtime, settings, http)
             start(container)
-            app.state.runtime = runtime  # the kit's ops routes (/readyz, /metrics) read it there
-            app.state.container = container
+            app.state.container = container  # the app's one state: the routers and the kit's ops routes read it
             async with runtime.running():
                 yield
 
@@ -96,20 +94,10 @@ def create_app(settings: BillingSettings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(app)  # BillingError is a ShuidianError: the kit answers it (headers, an import's errors)
     serve_docs_offline(app)
     require_service_tokens(app, settings, SERVICE)
-
-    async def on_billing_error(request: Request, exc: Exception) -> JSONResponse:
-        # Billing's one error root, answered as the kit answers its own (problem+json, extra headers).
-        assert isinstance(exc, BillingError)
-        extra = {"errors": exc.errors} if isinstance(exc, ImportRefused) else {}
-        response = problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code, **extra)
-        response.headers.update(exc.headers or {})
-        return response
-
-    app.add_exception_handler(BillingError, on_billing_error)
-    app.include_router(ops_router())
+    app.include_router(ops_router(lambda request: deps.container(request).runtime))
     app.include_router(router)
     app.include_router(payments_router)
     app.include_router(usage_router)

@@ -1,4 +1,5 @@
-"""Billing's one exception root, mapped to problem+json in one place (`app.py`).
+"""Billing's one exception root (a `ShuidianError`, shuidian_shared.errors), mapped to problem+json in one place
+(the kit's handler).
 
     BillingError                      status_code, code and detail of the answer
      ├── NotFound                     404
@@ -12,28 +13,21 @@
      ├── StatementError, ListingError a statement's or a listing's request that cannot be answered
      └── …
 
-It imports nothing, so the pure domain raises the same root as the adapters.
+It imports only the shared contracts, so the pure domain raises the same root as the adapters.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from shuidian_shared.errors import ShuidianError
 
-class BillingError(Exception):
+
+class BillingError(ShuidianError):
     """Root of every error billing raises; carries the HTTP answer it maps to."""
 
     status_code = 400
     code = "bad_request"
-    headers: dict[str, str] | None = None
-
-    def __init__(self, detail: str, *, code: str | None = None, status_code: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
 
 
 class NotFound(BillingError):
@@ -73,3 +67,7 @@ class ImportRefused(BillingError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(f"{len(errors)} line(s) refused; nothing was imported")
         self.errors = errors
+
+    def problem_body(self) -> dict[str, Any]:
+        """The refused lines go with the answer."""
+        return {**super().problem_body(), "errors": self.errors}

@@ -11,7 +11,7 @@ from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from shuidian_collector.adapters import retention
 from shuidian_collector.adapters.command_executor import Commands, utcnow
@@ -24,7 +24,6 @@ from shuidian_collector.adapters.drivers.modbus import ModbusDriver
 from shuidian_collector.adapters.fleet import Fleet
 from shuidian_collector.adapters.registry import Registry
 from shuidian_collector.adapters.store import LocalStore
-from shuidian_collector.api.problems import install_problems
 from shuidian_collector.api.routes import router
 from shuidian_collector.domain.commands import ConfirmPolicy
 from shuidian_collector.domain.devices import BusProtocol
@@ -82,6 +81,11 @@ async def _store(settings: CollectorSettings) -> AsyncIterator[LocalStore]:
             yield store
 
 
+def _runtime(request: Request) -> Runtime:
+    container: Container = request.app.state.collector
+    return container.runtime
+
+
 def create_app(settings: CollectorSettings | None = None) -> FastAPI:
     settings = settings or CollectorSettings()
 
@@ -112,7 +116,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
             runtime.supervisor.add(
                 "online-edges-retention", lambda: retention.run(runtime.engine, settings.online_edges_retention_days)
             )
-            app.state.runtime = runtime  # the kit's operations routes (/readyz, dead letters) read it
+            # The app's one state: the routers and the kit's operations routes (/readyz, dead letters) read it.
             app.state.collector = Container(settings, runtime, registry, store, states, commands, fleet)
             try:
                 async with runtime.running():
@@ -126,10 +130,9 @@ def create_app(settings: CollectorSettings | None = None) -> FastAPI:
         version="0.2.0",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
-    install_problems(app)
+    install_error_handlers(app)  # CollectorError is a ShuidianError: the kit answers its RequestErrors
     serve_docs_offline(app)
     require_service_tokens(app, settings, SERVICE)
-    app.include_router(ops_router())
+    app.include_router(ops_router(_runtime))
     app.include_router(router)
     return app

@@ -1,7 +1,7 @@
 """The collector's one exception root, `CollectorError`; the codecs raise their own root, `ProtocolError`
 (shuidian_protocols), which passes through the transport unchanged::
 
-    CollectorError
+    CollectorError               (a ShuidianError, shuidian_shared.errors: internal unless said otherwise)
     ├── BusError                 an exchange on a bus failed
     │   ├── BusTimeout           no (acceptable) reply within the timeout
     │   ├── BusGarbled           bytes came back but no valid frame (bad checksum, line noise)
@@ -17,16 +17,17 @@
         ├── InvalidWindow        400 a report window that is empty or longer than 366 days
         └── WindowBeforeRetention 422 a report window starting before the online edges kept
 
-Pure (it imports only the codecs' errors): the domain raises these too. The API maps every `RequestError` to
-problem+json in one place (`api.problems`).
+Pure (it imports only the codecs' errors and the shared base): the domain raises these too. The kit maps every
+`RequestError` to problem+json in one place; the others are internal errors if one ever reaches a request.
 """
 
 from __future__ import annotations
 
 from shuidian_protocols.errors import ProtocolError
+from shuidian_shared.errors import ShuidianError
 
 
-class CollectorError(Exception):
+class CollectorError(ShuidianError):
     """Root of the collector's own errors."""
 
 
@@ -65,7 +66,7 @@ class WriteRefused(CollectorError):
 
     def __init__(self, frame: bytes, answer: bytes, detail: str) -> None:
         super().__init__(detail)
-        self.frame, self.answer, self.detail = frame, answer, detail
+        self.frame, self.answer = frame, answer
 
 
 class StoreFull(CollectorError):
@@ -77,10 +78,6 @@ class RequestError(CollectorError):
 
     status_code = 400
     code = "bad_request"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 class NotFound(RequestError):

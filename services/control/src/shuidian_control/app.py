@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_control.adapters.automation import Automation
@@ -22,11 +21,10 @@ from shuidian_control.adapters.schedules import Scheduler
 from shuidian_control.api import router
 from shuidian_control.domain import Clock
 from shuidian_control.domain.calendar import HolidayCalendar
-from shuidian_control.errors import ControlError
 from shuidian_control.settings import ControlSettings
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.outbox import Outbox
-from shuidian_kit.service import Runtime, install_error_handlers, ops_router, problem
+from shuidian_kit.service import Runtime, install_error_handlers, ops_router, started
 from shuidian_kit.service_auth import require_service_tokens
 from shuidian_shared import topics
 from shuidian_shared.messages import BalanceEvent, CommandResult, DeviceState, GatewayStatus
@@ -46,9 +44,10 @@ def build_control(
     *,
     clock: Clock = utcnow,
     calendar: HolidayCalendar | None = None,
+    runtime: Runtime | None = None,
 ) -> ControlParts:
     """Every part of control, wired; `calendar` is the base under the operator's published years (the library's
-    data unless a test passes a fixed one)."""
+    data unless a test passes a fixed one); `runtime` is the app's (a test that drives the parts has none)."""
     book = CalendarBook(engine, calendar or StatutoryCalendar())
     ledger = CommandLedger(engine, outbox, settings, source, clock)
     store = PolicyStore(engine, settings)
@@ -62,13 +61,13 @@ def build_control(
         scheduler=scheduler,
         admin=PolicyAdmin(engine, store, automation, book),
         housekeeping=Housekeeping(settings, ledger, automation, scheduler, store, book),
+        runtime=runtime,
     )
 
 
-async def _control_error(request: Request, exc: Exception) -> JSONResponse:
-    """Control's errors as problem details, the one format of every service."""
-    assert isinstance(exc, ControlError)
-    return problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
+def _runtime(request: Request) -> Runtime:
+    parts: ControlParts = request.app.state.control
+    return started(parts.runtime)
 
 
 def create_app(settings: ControlSettings | None = None) -> FastAPI:
@@ -78,7 +77,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrations = str(files("shuidian_control") / "migrations")
         async with Runtime.open(settings, service=SERVICE, schema="control", migrations=migrations) as runtime:
-            control = build_control(runtime.engine, runtime.outbox, settings, runtime.mqtt.client_id)
+            control = build_control(runtime.engine, runtime.outbox, settings, runtime.mqtt.client_id, runtime=runtime)
             await control.calendar.load()  # published years before the first decision
             mqtt = runtime.mqtt
             mqtt.subscribe(topics.shared(SERVICE, topics.ALL_BALANCES), BalanceEvent, control.automation.on_balance)
@@ -89,8 +88,7 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
             mqtt.subscribe(topics.ALL_METER_STATES, DeviceState, control.automation.on_device_state)
             mqtt.subscribe(topics.ALL_GATEWAY_STATUS, GatewayStatus, control.automation.on_gateway_status)
             runtime.supervisor.add("housekeeping", control.housekeeping.run)
-            app.state.runtime = runtime  # the kit's ops routes (/readyz, dead letters) read it
-            app.state.control = control
+            app.state.control = control  # the app's one state: the routers and the kit's ops routes read it
             async with runtime.running():
                 yield
 
@@ -100,10 +98,9 @@ def create_app(settings: ControlSettings | None = None) -> FastAPI:
         version="0.2.0",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
-    app.add_exception_handler(ControlError, _control_error)
+    install_error_handlers(app)  # ControlError is a ShuidianError: the kit answers it
     serve_docs_offline(app)
     require_service_tokens(app, settings, SERVICE)
-    app.include_router(ops_router())
+    app.include_router(ops_router(_runtime))
     app.include_router(router)
     return app

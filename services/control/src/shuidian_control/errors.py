@@ -1,31 +1,27 @@
-"""Control's one exception root; `app.py` maps every one to a problem-details response in one place.
+"""Control's one exception root (a `ShuidianError`, shuidian_shared.errors); the kit maps every one to a
+problem-details response in one place.
 
 ControlError              400  a request control cannot act on (`code` says which: invalid_cursor, batch_too_large …)
 ├── NotFound              404  no such command, schedule, building, shadow, keep-power flag or hold
 ├── Conflict              409  the state forbids it (a finished command, an idempotency key reused)
 └── NoAllowedInstant      409  no instant within the search horizon allows a trip (the domain's; `resume_at`)
 
-The root imports nothing, so the pure domain can raise it; `status_code` and `code` are how the API answers it.
+The root imports only the shared contracts, so the pure domain can raise it; `status_code` and `code` are how the
+API answers it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from shuidian_shared.errors import ShuidianError
 
-class ControlError(Exception):
+
+class ControlError(ShuidianError):
     """Root of control's errors: `detail` is the text a caller reads, `code` the machine-readable reason."""
 
     status_code = 400
     code = "bad_request"
-
-    def __init__(self, detail: str, *, code: str | None = None, status_code: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
 
 
 class NotFound(ControlError):

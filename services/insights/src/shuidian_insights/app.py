@@ -11,7 +11,7 @@ from importlib.resources import files
 from zoneinfo import ZoneInfo
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_insights.adapters.analysis import Analysis
@@ -20,11 +20,11 @@ from shuidian_insights.adapters.container import Components
 from shuidian_insights.adapters.households import Households
 from shuidian_insights.adapters.jobs import Jobs
 from shuidian_insights.adapters.tariffs import Tariffs
-from shuidian_insights.api import install_error_handler, router
+from shuidian_insights.api import router
 from shuidian_insights.settings import InsightsSettings
 from shuidian_kit.docs import serve_docs_offline
 from shuidian_kit.outbox import Outbox
-from shuidian_kit.service import Runtime, install_error_handlers, ops_router
+from shuidian_kit.service import Runtime, install_error_handlers, ops_router, started
 from shuidian_kit.service_auth import ServiceTokens, require_service_tokens
 from shuidian_shared import topics
 from shuidian_shared.messages import ReadingBatch, RoomOccupancy
@@ -33,9 +33,16 @@ SERVICE = "insights"
 
 
 def compose(
-    settings: InsightsSettings, engine: AsyncEngine, outbox: Outbox, source: str, billing: httpx.AsyncClient | None
+    settings: InsightsSettings,
+    engine: AsyncEngine,
+    outbox: Outbox,
+    source: str,
+    billing: httpx.AsyncClient | None,
+    *,
+    runtime: Runtime | None = None,
 ) -> Components:
-    """The composition root proper: the app's lifespan, the tests and the benchmark build the service here."""
+    """The composition root proper: the app's lifespan, the tests and the benchmark build the service here (the
+    lifespan passes its `runtime`, which the operations routes read)."""
     tz = ZoneInfo(settings.timezone)
     archive = Archive(engine, retention_months=settings.raw_retention_months, tz=tz)
     households = Households(engine, billing)
@@ -50,7 +57,12 @@ def compose(
         backfill_days=settings.backfill_days,
         interval_seconds=settings.job_interval_seconds,
     )
-    return Components(archive, households, tariffs, analysis, jobs, tz)
+    return Components(archive, households, tariffs, analysis, jobs, tz, runtime)
+
+
+def _runtime(request: Request) -> Runtime:
+    components: Components = request.app.state.components
+    return started(components.runtime)
 
 
 def create_app(settings: InsightsSettings | None = None) -> FastAPI:
@@ -66,15 +78,14 @@ def create_app(settings: InsightsSettings | None = None) -> FastAPI:
                 base_url=settings.billing_url, timeout=10.0, auth=tokens.auth("billing", f"service:{SERVICE}")
             ) as billing,
         ):
-            c = compose(settings, runtime.engine, runtime.outbox, runtime.mqtt.client_id, billing)
+            c = compose(settings, runtime.engine, runtime.outbox, runtime.mqtt.client_id, billing, runtime=runtime)
             await c.archive.maintain(datetime.now(UTC))
             subscribe = runtime.mqtt.subscribe
             subscribe(topics.shared(SERVICE, topics.ALL_READINGS), ReadingBatch, c.archive.record)
             # Not shared: occupancy is retained, and a broker sends retained messages to plain subscriptions only.
             subscribe(topics.ALL_ROOM_OCCUPANCY, RoomOccupancy, c.households.on_occupancy)
             runtime.supervisor.add("nightly", c.jobs.loop)
-            app.state.runtime = runtime
-            app.state.components = c
+            app.state.components = c  # the app's one state: the routers and the kit's operations routes read it
             async with runtime.running():
                 yield
 
@@ -84,10 +95,9 @@ def create_app(settings: InsightsSettings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
-    install_error_handler(app)
+    install_error_handlers(app)  # InsightsError is a ShuidianError: the kit answers it
     serve_docs_offline(app)
     require_service_tokens(app, settings, SERVICE)
-    app.include_router(ops_router())
+    app.include_router(ops_router(_runtime))
     app.include_router(router)
     return app

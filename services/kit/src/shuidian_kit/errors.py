@@ -1,9 +1,21 @@
-"""The kit's one exception root, `KitError`; `ServiceError` (under it) is the base every service's API errors derive from."""
+"""The kit's one exception root, `KitError` (a `ShuidianError`); `ServiceError` (under it) is the base of a
+service's own API errors when that service's errors need not be pure (the gateway's)::
+
+    ShuidianError (shuidian_shared.errors)
+    └── KitError                 500 internal: not meant as an answer
+        ├── MqttUnavailable      the broker could not be reached in time to publish
+        ├── MigrationError       a schema migration failed
+        └── ServiceError         400 bad_request: an answer (`status_code`, `code`, `detail`, `headers`)
+            ├── NotFound         404 not_found
+            └── Conflict         409 conflict
+"""
 
 from __future__ import annotations
 
+from shuidian_shared.errors import ShuidianError
 
-class KitError(Exception):
+
+class KitError(ShuidianError):
     """Root of the runtime kit's errors."""
 
 
@@ -16,19 +28,10 @@ class MigrationError(KitError):
 
 
 class ServiceError(KitError):
-    """Base of a service's own error root; the app maps it to a problem-details response in one place."""
+    """An error a service answers a request with; the kit maps every `ShuidianError` to problem details in one place."""
 
     status_code = 400
     code = "bad_request"
-    headers: dict[str, str] | None = None  # extra response headers, e.g. WWW-Authenticate or Retry-After
-
-    def __init__(self, detail: str, *, code: str | None = None, status_code: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if code is not None:
-            self.code = code
-        if status_code is not None:
-            self.status_code = status_code
 
 
 class NotFound(ServiceError):

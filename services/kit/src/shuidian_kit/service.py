@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -20,12 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shuidian_kit.db import create_engine, ping
 from shuidian_kit.deadletters import DeadLetters
-from shuidian_kit.errors import Conflict, NotFound, ServiceError
+from shuidian_kit.errors import Conflict, NotFound
 from shuidian_kit.httpmetrics import HttpMetrics
 from shuidian_kit.migrations import upgrade
 from shuidian_kit.mqtt import MqttLink
 from shuidian_kit.outbox import Outbox
 from shuidian_kit.supervisor import Supervisor
+from shuidian_shared.errors import ShuidianError, error_body
 from shuidian_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -107,15 +108,23 @@ def tune_gc(young_threshold: int) -> None:
     gc.set_threshold(young_threshold, 20, 100)
 
 
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+RuntimeOf = Callable[[Request], Runtime]
+
+
+def started(runtime: Runtime | None) -> Runtime:
+    """The runtime a container holds once the app's lifespan built it (a container a test builds has none)."""
+    if runtime is None:
+        raise RuntimeError("this container was not built by the app's lifespan: it has no runtime")
     return runtime
 
 
-def ops_router(*, guard: Sequence[Any] = ()) -> APIRouter:
+def ops_router(runtime_of: RuntimeOf, *, guard: Sequence[Any] = ()) -> APIRouter:
     """`/healthz` (process is alive), `/readyz` (database, broker and loops are up), `/metrics`, and the
     dead letters (`/v1/dead-letters`) behind `guard` — dependencies the gateway, which faces the
-    world, puts there (a backend refuses anything without a service token anyway)."""
+    world, puts there (a backend refuses anything without a service token anyway).
+
+    `runtime_of` reads the runtime from the service's typed container, the one thing its lifespan keeps on the
+    app (`app.state`), so the runtime has one place."""
     router = APIRouter(tags=["operations"])
 
     # The image's tag (deploy/Dockerfile sets SHUIDIAN_VERSION): a rolling upgrade checks each replica runs it.
@@ -185,20 +194,28 @@ def _problems(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
 
 
 def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem-details response, the one error format of every service."""
-    body = {"type": f"https://shuidian.dev/problems/{code}", "title": title, "status": status, "detail": detail}
-    body.update(code=code, **extra)
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+    """An RFC 9457 problem-details response (`ErrorBody`), the one error format of every service."""
+    body = error_body(status, code, detail, **extra)
+    body["title"] = title
+    return problem_response(body)
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    """A problem-details body as a response, with an error's extra headers (Retry-After, WWW-Authenticate)."""
+    response = JSONResponse(body, status_code=body["status"], media_type="application/problem+json")
+    response.headers.update(headers or {})
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map errors to problem-details responses in one place."""
+    """Map errors to problem-details responses in one place: every `ShuidianError` (each package's root derives
+    from it) answered as it says, validation and framework errors, and anything unexpected."""
 
-    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
-        response = problem(exc.status_code, exc.code.replace("_", " "), exc.detail, exc.code)
-        response.headers.update(exc.headers or {})
-        return response
+    async def on_shuidian_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ShuidianError)
+        if not exc.answered:  # an error that does not say how to answer is an internal one
+            return await on_unexpected(request, exc)
+        return problem_response(exc.problem_body(), exc.headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -217,7 +234,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "internal error", "an unexpected error occurred", "internal_error")
 
-    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(ShuidianError, on_shuidian_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

@@ -1,6 +1,6 @@
 """The simulator's one exception root (the codecs raise their own, `ProtocolError`)::
 
-    SimulatorError
+    SimulatorError        (a ShuidianError, shuidian_shared.errors)
     ├── StateError        the kept meter state cannot be restored (not JSON of this version, an entry that does not parse)
     └── AddressRejected   a replacement meter's address does not suit the bus or is taken (control API: 409)
 
@@ -9,8 +9,10 @@ The estate's own checks are pydantic validation errors (`Estate.load`).
 
 from __future__ import annotations
 
+from shuidian_shared.errors import ShuidianError
 
-class SimulatorError(Exception):
+
+class SimulatorError(ShuidianError):
     """Root of the simulator's own errors."""
 
 

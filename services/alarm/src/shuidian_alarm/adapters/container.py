@@ -10,6 +10,7 @@ from shuidian_alarm.adapters.evaluator import Evaluator
 from shuidian_alarm.adapters.notify.notifier import Notifier
 from shuidian_alarm.adapters.rulebook import RuleBook
 from shuidian_alarm.adapters.work_orders import WorkOrders
+from shuidian_kit.service import Runtime
 
 
 @dataclass(frozen=True)
@@ -21,3 +22,4 @@ class Components:
     evaluator: Evaluator
     notifier: Notifier
     work_orders: WorkOrders
+    runtime: Runtime | None = None  # the app's engine, broker link and loops (None where a test composes the parts)

@@ -1,1 +1,1 @@
-"""The HTTP API: routers (`routes`), their bodies (`schemas`) and the mapping of errors to problems."""
+"""The HTTP API: routers (`routes`) and their bodies (`schemas`); the kit maps errors to problems."""

@@ -11,6 +11,7 @@ from shuidian_control.adapters.housekeeping import Housekeeping
 from shuidian_control.adapters.policy_admin import PolicyAdmin
 from shuidian_control.adapters.policy_store import PolicyStore
 from shuidian_control.adapters.schedules import Scheduler
+from shuidian_kit.service import Runtime
 
 
 @dataclass(frozen=True)
@@ -24,3 +25,4 @@ class ControlParts:
     scheduler: Scheduler
     admin: PolicyAdmin
     housekeeping: Housekeeping
+    runtime: Runtime | None = None  # the app's engine, broker link and loops (None in a test that drives the parts)

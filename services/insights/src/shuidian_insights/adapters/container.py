@@ -10,6 +10,7 @@ from shuidian_insights.adapters.archive import Archive
 from shuidian_insights.adapters.households import Households
 from shuidian_insights.adapters.jobs import Jobs
 from shuidian_insights.adapters.tariffs import Tariffs
+from shuidian_kit.service import Runtime
 
 
 @dataclass(frozen=True)
@@ -20,3 +21,4 @@ class Components:
     analysis: Analysis
     jobs: Jobs
     tz: ZoneInfo
+    runtime: Runtime | None = None  # the app's engine, broker link and loops (None where a test composes the parts)

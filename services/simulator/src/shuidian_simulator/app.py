@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import uvicorn
 
-from shuidian_simulator.adapters.simulator import Simulator
+from shuidian_simulator.adapters.simulator import Simulator, event_loop_later
 from shuidian_simulator.api.control import create_control_app
 from shuidian_simulator.estate import Estate
 
@@ -17,7 +18,8 @@ async def run(
     estate_path: Path, control_host: str, control_port: int, ports_file: Path | None, state_file: Path | None = None
 ) -> None:
     estate = Estate.load(estate_path)
-    async with Simulator(estate, state_file=state_file) as sim:
+    # The wall clock and the event loop's timer drive the meters (the domain reads neither itself).
+    async with Simulator(estate, state_file=state_file, real=time.time, later=event_loop_later) as sim:
         if ports_file is not None:
             await asyncio.to_thread(ports_file.write_text, json.dumps(sim.endpoints(), indent=2))
         # uvicorn handles SIGINT/SIGTERM: serve() returns and the buses close with the block.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -13,7 +16,7 @@ from shuidian_protocols.modbus_profiles import load_profile
 from shuidian_simulator.adapters import cjt188_meter, dlt645_meter, modbus_device, state
 from shuidian_simulator.adapters.bus import Handler, LineDiscipline, SimBus
 from shuidian_simulator.domain.consumption import ConsumptionModel
-from shuidian_simulator.domain.meter import SimClock, SimMeter
+from shuidian_simulator.domain.meter import Later, RealClock, SimClock, SimMeter
 from shuidian_simulator.errors import AddressRejected
 from shuidian_simulator.estate import Estate, Fault, FaultKind, Protocol
 
@@ -35,13 +38,20 @@ class Simulator:
     and when the block ends, so a restart does not turn the registers back to the estate's seed values."""
 
     def __init__(
-        self, estate: Estate, *, state_file: Path | None = None, save_interval: float = state.SAVE_INTERVAL_S
+        self,
+        estate: Estate,
+        *,
+        state_file: Path | None = None,
+        save_interval: float = state.SAVE_INTERVAL_S,
+        real: RealClock = time.time,
+        later: Later | None = None,
     ) -> None:
         self.estate = estate
         self.state_file = state_file
         self._save_interval = save_interval
         self._kept = contextlib.AsyncExitStack()
-        self.clock = SimClock(estate.acceleration, estate.sim_start)
+        # The meters' clock: the wall clock and the event loop's timer unless the caller passes its own.
+        self.clock = SimClock(estate.acceleration, estate.sim_start, real=real, later=later or event_loop_later)
         self.meters: dict[str, SimMeter] = {}
         self.buses: dict[str, SimBus] = {}
         self.bus_gateway: dict[str, str] = {}
@@ -147,3 +157,8 @@ class Simulator:
         for bus_id, bus in self.buses.items():
             if self.bus_gateway[bus_id] == gateway_id:
                 bus.set_online(online)
+
+
+def event_loop_later(delay: float, action: Callable[[], None]) -> object:
+    """The running event loop's timer: an actuator finishes moving `delay` seconds from now."""
+    return asyncio.get_running_loop().call_later(delay, action)

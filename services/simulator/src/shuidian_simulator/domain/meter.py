@@ -1,9 +1,11 @@
-"""One simulated meter: registers advanced lazily from its consumption model, relay or valve, faults, truth."""
+"""One simulated meter: registers advanced lazily from its consumption model, relay or valve, faults, truth.
+
+Pure: the meter never reads the system clock nor touches an event loop. Real time and the actuator timer come in
+through its `SimClock` (the adapters pass the wall clock and the event loop's timer, tests a clock they move)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -19,13 +21,23 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 HISTORY_LIMIT = 5_000
 BROADCAST_TIME_LIMIT_S = 300
 
+RealClock = Callable[[], float]  # real epoch seconds now
+Later = Callable[[float, Callable[[], None]], object]  # run an action that many real seconds from now
+
 
 class SimClock:
-    """Real time for meter clocks; accelerated simulated time for consumption and fault windows."""
+    """Real time for meter clocks; accelerated simulated time for consumption and fault windows.
 
-    def __init__(self, acceleration: Decimal, sim_start: datetime | None = None) -> None:
+    `real` reads real epoch seconds and `later(delay, action)` runs `action` `delay` real seconds from now (an
+    actuator moving): the adapters pass the system clock and the event loop's timer, tests a clock they move."""
+
+    def __init__(
+        self, acceleration: Decimal, sim_start: datetime | None = None, *, real: RealClock, later: Later
+    ) -> None:
         self.acceleration = float(acceleration)
-        self.real_start = time.time()
+        self.real = real
+        self.later = later
+        self.real_start = real()
         self.sim_origin = self.real_start if sim_start is None else sim_start.timestamp()
 
     def sim_now(self, real: float | None = None) -> float:
@@ -34,7 +46,7 @@ class SimClock:
 
     def sim_elapsed(self, real: float | None = None) -> float:
         """Simulated seconds since the simulation started."""
-        real = time.time() if real is None else real
+        real = self.real() if real is None else real
         return (real - self.real_start) * self.acceleration
 
 
@@ -118,7 +130,7 @@ class SimMeter:
 
     def advance(self, real_now: float | None = None) -> None:
         """Integrate consumption up to `real_now`; nothing flows while the relay or valve is shut."""
-        real_now = time.time() if real_now is None else real_now
+        real_now = self.clock.real() if real_now is None else real_now
         if real_now > self.advanced_to_real:
             self._integrate(real_now)
         self._apply_due(real_now)
@@ -255,7 +267,8 @@ class SimMeter:
     def local_clock(self) -> datetime:
         drift = self.fault(FaultKind.CLOCK_DRIFT)
         seconds = (drift.seconds if drift else 0) + self.clock_correction
-        return (datetime.now(UTC) + timedelta(seconds=seconds)).astimezone(SHANGHAI).replace(tzinfo=None)
+        now = datetime.fromtimestamp(self.clock.real(), UTC)
+        return (now + timedelta(seconds=seconds)).astimezone(SHANGHAI).replace(tzinfo=None)
 
     def set_clock(self, at: datetime) -> bool:
         """Broadcast time (naive Beijing time): meters accept a correction of at most 5 minutes."""
@@ -276,7 +289,7 @@ class SimMeter:
         """A trip/close or valve command was accepted: the actuator moves after its delay, unless stuck."""
         self.relay_commanded_trip = open_
         if self.fault(FaultKind.STUCK_RELAY) is None:
-            asyncio.get_running_loop().call_later(self.spec.actuator_seconds, self.set_relay, open_)
+            self.clock.later(self.spec.actuator_seconds, lambda: self.set_relay(open_))
 
     def consumed_between(self, real_from: float, real_to: float) -> Decimal:
         """Ground truth: quantity added in [real_from, real_to] (whole advance intervals only)."""

@@ -31,6 +31,7 @@ class Action(StrEnum):
     CORRECTIONS_CREATE = "corrections:create"
     TARIFFS_READ = "tariffs:read"
     TARIFFS_WRITE = "tariffs:write"
+    PLANS_WRITE = "plans:write"  # tariff plans and customer classes (estate managers: their estates' plans)
     DEVICES_READ = "devices:read"  # meters, gateways, device state
     DEVICES_WRITE = "devices:write"  # registry and CSV commissioning
     COMMANDS_READ = "commands:read"
@@ -63,6 +64,7 @@ POLICY: dict[Role, frozenset[Action]] = {
             Action.ALARMS_WRITE,
             Action.ALARMS_CONFIGURE,
             Action.BILLING_RUN,
+            Action.PLANS_WRITE,
         }
     ),
     Role.CASHIER: frozenset(
@@ -87,6 +89,7 @@ POLICY: dict[Role, frozenset[Action]] = {
             Action.CORRECTIONS_CREATE,
             Action.TARIFFS_READ,
             Action.TARIFFS_WRITE,
+            Action.PLANS_WRITE,
             Action.REPORTS_READ,
             Action.COMMANDS_READ,
             Action.BILLING_RUN,

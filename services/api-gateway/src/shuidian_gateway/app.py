@@ -156,9 +156,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                     await asyncio.sleep(settings.housekeeping_seconds)
 
             runtime.supervisor.add("housekeeping", housekeeping)
-            # Settings saved in the gateway before alarm owned them: pushed once, then the loop ends.
+            # Settings saved in the gateway before alarm owned them: pushed to alarm once, recorded as a data step
+            # (gateway.data_steps); a start that finds the record does nothing more.
             runtime.supervisor.add(
-                "settings-migration", lambda: routes_me.migrate_until_done(runtime.engine, upstreams)
+                "settings-migration", lambda: routes_me.push_saved_settings_once(runtime.engine, upstreams)
             )
             async with runtime.running():
                 yield

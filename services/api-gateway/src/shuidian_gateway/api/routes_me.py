@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 
+from shuidian_gateway.adapters.data_steps import DataStep, is_done, record_done
 from shuidian_gateway.adapters.readcache import BalanceReadModel, CachedBalance
 from shuidian_gateway.adapters.scopes import TenantScopes
 from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
@@ -679,8 +680,8 @@ async def migrate_saved_settings(engine: Any, upstreams: Upstreams, tenant_id: s
     return pushed
 
 
-async def migrate_until_done(engine: Any, upstreams: Upstreams, retry_seconds: float = 30.0) -> None:
-    """`migrate_saved_settings` for every tenant as a start-up loop: retried while alarm or billing is away, then done."""
+async def migrate_until_done(engine: Any, upstreams: Upstreams, retry_seconds: float = 30.0) -> int:
+    """`migrate_saved_settings` for every tenant, retried while alarm or billing is away; how many were pushed."""
     while True:
         try:
             pushed = await migrate_saved_settings(engine, upstreams)
@@ -691,7 +692,22 @@ async def migrate_until_done(engine: Any, upstreams: Upstreams, retry_seconds: f
             await asyncio.sleep(retry_seconds)
             continue
         log.info("notification settings saved in the gateway before: %d pushed to alarm", pushed)
+        return pushed
+
+
+# A one-time data migration, not start-up work: the table it reads is no longer written (alarm owns the settings),
+# so once every saved row has been offered to alarm the step is recorded and later starts skip it. A new version
+# of the step (a changed rule) runs once more.
+SETTINGS_TO_ALARM = DataStep("notification-settings-to-alarm", 1)
+
+
+async def push_saved_settings_once(engine: Any, upstreams: Upstreams, retry_seconds: float = 30.0) -> None:
+    """The start-up step: `migrate_until_done`, then recorded in `gateway.data_steps`; nothing but one lookup once
+    it is recorded. Two replicas starting together may both run it: a push never overwrites."""
+    if await is_done(engine, SETTINGS_TO_ALARM):
         return
+    pushed = await migrate_until_done(engine, upstreams, retry_seconds)
+    await record_done(engine, SETTINGS_TO_ALARM, f"{pushed} pushed")
 
 
 @router.get(

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shuidian_billing.adapters import store
 from shuidian_billing.adapters.sql import OWNERS_SQL, Stamps, fetch, unnest
 from shuidian_billing.adapters.tariffs import load_pricers
-from shuidian_billing.adapters.usage import USAGE_COLUMNS, hourly_usage
+from shuidian_billing.adapters.usage import HOUR_SQL, USAGE_COLUMNS, spread_over_hours
 from shuidian_billing.domain import consumption
 from shuidian_billing.domain.meters import REGISTER, Owner, hour_start, open_hour, split_by_owner
 from shuidian_billing.domain.periods import apportion
@@ -131,7 +131,14 @@ WITH marks AS (
         quantity = billing.accruals.quantity + EXCLUDED.quantity, amount = billing.accruals.amount + EXCLUDED.amount
 )
 INSERT INTO billing.usage_hourly (meter_id, hour, utility, quantity, cost)
-SELECT * FROM unnest({unnest(USAGE_COLUMNS)}) AS u(m, h, ut, q, c) ORDER BY m, h
+SELECT m, h, min(ut), sum(q), sum(c) FROM (
+    -- A piece inside one hour is booked in the hour it starts in; longer ones come spread (adapters/usage.py).
+    SELECT meter_id, coalesce({HOUR_SQL.format("first_sample")}, hour), utility, quantity, amount FROM rows
+    WHERE first_sample IS NULL OR last_sample <= {HOUR_SQL.format("first_sample")} + interval '1 hour'
+    UNION ALL
+    SELECT * FROM unnest({unnest(USAGE_COLUMNS)})
+) AS u(m, h, ut, q, c)
+GROUP BY 1, 2 ORDER BY 1, 2
 ON CONFLICT (meter_id, hour) DO UPDATE SET quantity = billing.usage_hourly.quantity + EXCLUDED.quantity,
     cost = billing.usage_hourly.cost + EXCLUDED.cost
 """
@@ -440,8 +447,8 @@ class Charger:
             (_MARKS, [(w.meter_id, w.register, w.value, w.sampled_at, w.multiplier, w.register_max) for w in marks]),
             (_TIERS, [(*k, work.tiers[k]) for k in tiers]),
             (_ROWS, work.rows),
-            # Usage history spreads each row over the hours of its span (adapters/usage.py).
-            (USAGE_COLUMNS, hourly_usage((r[0], r[3], r[1], r[13], r[14], r[10], r[9]) for r in work.rows)),
+            # Usage history: the rows whose span runs past an hour, spread over its hours (adapters/usage.py).
+            (USAGE_COLUMNS, spread_over_hours((r[0], r[3], r[13], r[14], r[10], r[9]) for r in work.rows)),
         ):
             columns = list(zip(*rows, strict=True)) if rows else [()] * len(spec)
             for (name, kind), column in zip(spec, columns, strict=True):

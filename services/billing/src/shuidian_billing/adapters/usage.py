@@ -29,38 +29,43 @@ Granularity = Literal["hour", "day", "month"]
 # usage_hourly.cost is numeric(24, 10): a cost is spread in steps of that scale so the stored parts
 # still sum to the cost; quantities (numeric(20, 6)) use the shared 1e-6 step.
 COST_QUANTUM = Decimal("1E-10")
-# The usage rows the billing transaction writes (parameter name and SQL type, in tuple order).
+# The spread usage rows the billing transaction writes (parameter name and SQL type, in tuple order).
 USAGE_COLUMNS = (("um", "text"), ("uh", "timestamptz"), ("uu", "text"), ("uq", "numeric"), ("uc", "numeric"))
+# The UTC hour of an instant in SQL, whatever the session's time zone (what `_hour_of` is in Python).
+HOUR_SQL = "date_bin('1 hour', {0}, TIMESTAMPTZ '2000-01-01 00:00+00')"
 _HOUR = timedelta(hours=1)
 
-UsagePiece = tuple[str, str, datetime, datetime | None, datetime | None, Decimal, Decimal]
-"""(meter, utility, fallback hour, span start, span end, quantity, cost) of one charge row."""
+UsagePiece = tuple[str, str, datetime | None, datetime | None, Decimal, Decimal]
+"""(meter, utility, span start, span end, quantity, cost) of one charge row."""
 
 
-def hourly_usage(pieces: Iterable[UsagePiece]) -> list[tuple[str, datetime, str, Decimal, Decimal]]:
-    """Usage rows (meter, hour, utility, quantity, cost), one per meter and hour, in key order: each
-    piece's quantity and cost spread over the hours of its span by time; a piece without a span stays
-    in its fallback hour."""
-    booked: dict[tuple[str, datetime], list[Any]] = {}
-    for meter, utility, fallback, start, end, quantity, cost in pieces:
+def spread_over_hours(pieces: Iterable[UsagePiece]) -> list[tuple[str, datetime, str, Decimal, Decimal]]:
+    """Usage rows (meter, hour, utility, quantity, cost) of the pieces whose span runs past the end of the
+    UTC hour it starts in, spread over the hours it spans by time. Every other piece — inside one hour,
+    ending on the hour, or without a span — is booked by SQL in the hour its span starts in (or its own
+    hour column), which is cheaper: that is nearly every piece at a normal reading rate."""
+    spread: list[tuple[str, datetime, str, Decimal, Decimal]] = []
+    for meter, utility, start, end, quantity, cost in pieces:
         if start is None or end is None:
-            spread = [(fallback, quantity, cost)]
-        else:
-            hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-            if end <= hour + _HOUR:  # the common case: a reading interval inside one hour
-                spread = [(hour, quantity, cost)]
-            else:
-                quantities = hourly_shares(quantity, start, end)
-                costs = hourly_shares(cost, start, end, COST_QUANTUM)
-                spread = [(h, q, c) for (h, q), (_, c) in zip(quantities, costs, strict=True)]
-        for hour, quantity_part, cost_part in spread:
-            row = booked.get((meter, hour))
-            if row is None:
-                booked[(meter, hour)] = [utility, quantity_part, cost_part]
-            else:
-                row[1] += quantity_part
-                row[2] += cost_part
-    return [(meter, hour, row[0], row[1], row[2]) for (meter, hour), row in sorted(booked.items())]
+            continue
+        span = end - start
+        if span < _HOUR and (start.hour == end.hour or not (end.minute or end.second or end.microsecond)):
+            continue  # the common case, decided without building a datetime
+        if end <= _hour_of(start) + _HOUR:
+            continue
+        quantities = hourly_shares(quantity, start, end)
+        costs = hourly_shares(cost, start, end, COST_QUANTUM)
+        spread.extend(
+            (meter, hour, utility, part, cost_part)
+            for (hour, part), (_, cost_part) in zip(quantities, costs, strict=True)
+        )
+    return spread
+
+
+def _hour_of(at: datetime) -> datetime:
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return at.replace(minute=0, second=0, microsecond=0)
 
 
 def _buckets(rows: Iterable[Any], tz: ZoneInfo) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from shuidian_alarm.domain.detectors.comm_errors import CommErrorState
 from shuidian_alarm.domain.events import LINE_LOSS, on_line_loss
 from shuidian_alarm.domain.notify.templates import TYPE_NAMES
 from shuidian_alarm.domain.states import decode_states
+from shuidian_alarm.domain.targets import Target
 from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import free_port, serve_ready
 from shuidian_devstack.pytest_plugin import eventually, publish
@@ -354,7 +355,9 @@ async def test_leakage_flag_residual_current_and_clock_offset_raise_and_clear_fr
 # --- line loss from insights' LineLossExceeded -----------------------------------------------------------
 
 
-def exceeded(group: str, master: str, day: date, loss_pct: str = "12.5") -> LineLossExceeded:
+def exceeded(
+    group: str, master: str, day: date, loss_pct: str = "12.5", estate_id: str | None = None
+) -> LineLossExceeded:
     return LineLossExceeded(
         source="insights-test",
         group_id=group,
@@ -365,6 +368,7 @@ def exceeded(group: str, master: str, day: date, loss_pct: str = "12.5") -> Line
         master_quantity=Decimal("1000"),
         sub_quantity=Decimal("875"),
         completeness_pct=Decimal("100"),
+        estate_id=estate_id,
     )
 
 
@@ -384,6 +388,22 @@ def test_an_undescribed_master_meter_still_raises_one_major_alarm_on_the_group()
     assert "线损超标" in decision.message_zh
     assert "12.5%" in decision.message_en
     assert TYPE_NAMES[LINE_LOSS] == ("线损超标", "Line loss over threshold")
+
+
+def test_the_groups_estate_places_the_alarm_even_where_the_master_is_described_elsewhere() -> None:
+    master = Target(meter_id="LL-m", estate="Estate-of-meter", building="B-1")
+    [decision] = on_line_loss(exceeded("LL-g", "LL-m", date(2026, 12, 1), estate_id="Estate-of-group"), master)
+    assert isinstance(decision, Raise)
+    assert decision.placement is not None
+    assert (decision.placement.estate, decision.placement.building) == ("Estate-of-group", "B-1")
+    [undescribed] = on_line_loss(exceeded("LL-g", "LL-m", date(2026, 12, 1), estate_id="Estate-of-group"), None)
+    assert isinstance(undescribed, Raise)
+    assert undescribed.placement is not None
+    assert undescribed.placement.estate == "Estate-of-group"
+    [fallback] = on_line_loss(exceeded("LL-g", "LL-m", date(2026, 12, 1)), master)
+    assert isinstance(fallback, Raise)
+    assert fallback.placement is not None
+    assert fallback.placement.estate == "Estate-of-meter"
 
 
 async def test_a_line_loss_event_raises_one_alarm_that_estate_staff_see(api: httpx.AsyncClient, mqtt_url: str) -> None:

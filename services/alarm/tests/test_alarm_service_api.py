@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,7 @@ from shuidian_alarm.settings import AlarmSettings
 from shuidian_devstack.infra import TEST_SUBJECT, UNSIGNED, free_port, refused_credentials, serve_ready
 from shuidian_devstack.pytest_plugin import eventually, publish
 from shuidian_shared import topics
+from shuidian_shared.contracts.insights import LineLossExceeded
 from shuidian_shared.messages import (
     BalanceEvent,
     BalanceEventKind,
@@ -235,3 +237,74 @@ async def test_history_pages_carry_a_cursor_and_bad_queries_are_problems(api: ht
     problem(await api.get("/v1/alarms", params={"cursor": "not-a-cursor"}), 422)
     problem(await api.get("/v1/alarms", params={"state": "open"}), 422)
     problem(await api.get("/v1/alarms", params={"since": "2026-01-01T00:00:00"}), 422)  # naive time
+
+
+async def test_staff_resolve_an_alarm_by_hand_with_a_reason_and_its_recurrence_opens_a_new_one(
+    api: httpx.AsyncClient, mqtt_url: str
+) -> None:
+    group, master = f"LL-{uid()}", f"E-{uid()}"
+
+    def over(day: int) -> LineLossExceeded:
+        return LineLossExceeded(
+            source="insights-test",
+            group_id=group,
+            master_meter_id=master,
+            day=date(2026, 12, day),
+            loss_pct=Decimal("12.5"),
+            threshold_pct=Decimal("8"),
+            master_quantity=Decimal("1000"),
+            sub_quantity=Decimal("875"),
+            completeness_pct=Decimal("100"),
+            estate_id="Estate-LL",
+        )
+
+    async def open_alarms() -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = (await api.get("/v1/alarms", params={"source_id": group})).json()
+        return [a for a in found if a["state"] != "cleared"] or None
+
+    await publish(mqtt_url, (topics.line_loss(group), over(1)))
+    (alarm,) = await eventually(open_alarms, "the line-loss alarm")
+    url = f"/v1/alarms/{alarm['alarm_id']}/resolve"
+    version = alarm["version"]
+
+    for case, headers in refused_credentials("alarm").items():
+        problem(await api.post(url, json={"reason": "x"}, headers=headers, auth=UNSIGNED), 401)
+        assert (await api.get(f"/v1/alarms/{alarm['alarm_id']}")).json()["state"] == "active", case
+    problem(await api.post(url, json={}), 422)  # a reason is required
+    problem(await api.post(url, json={"reason": ""}), 422)
+    problem(await api.post(url, json={"reason": "x", "expected_version": True}), 422)
+    stale = await api.post(url, json={"reason": "查过了", "expected_version": version + 1})
+    assert problem(stale, 409)["code"] == "version_conflict"
+    stale_ack = await api.post(f"/v1/alarms/{alarm['alarm_id']}/acknowledge", json={"expected_version": version + 7})
+    assert problem(stale_ack, 409)["code"] == "version_conflict"
+    assert (await api.get(f"/v1/alarms/{alarm['alarm_id']}")).json()["version"] == version  # nothing changed
+
+    acked = await api.post(f"/v1/alarms/{alarm['alarm_id']}/acknowledge", json={"expected_version": version})
+    assert acked.status_code == 200, acked.text
+    assert (acked.json()["state"], acked.json()["version"]) == ("acknowledged", version + 1)
+    reason = "总表接线松动，已紧固 · master meter wiring loose, fixed"
+    resolved = await api.post(url, json={"reason": reason, "expected_version": version + 1})
+    assert resolved.status_code == 200, resolved.text
+    body = resolved.json()
+    assert (body["state"], body["resolved_by"], body["resolution"]) == ("cleared", TEST_SUBJECT, reason)
+    assert body["resolved_at"] is not None
+    assert body["cleared_at"] is not None
+    assert body["version"] == version + 2
+    again = await api.post(url, json={"reason": reason})
+    assert problem(again, 409)["code"] == "invalid_transition"
+
+    log = (await api.get(f"/v1/alarms/{alarm['alarm_id']}/actions")).json()
+    assert [(a["action"], a["actor"], a["reason"], a["version"]) for a in log] == [
+        ("acknowledge", TEST_SUBJECT, None, version + 1),
+        ("resolve", TEST_SUBJECT, reason, version + 2),
+    ]
+    problem(await api.get(f"/v1/alarms/{uuid.uuid4()}/actions"), 404)
+    problem(await api.post(f"/v1/alarms/{uuid.uuid4()}/resolve", json={"reason": "x"}), 404)
+
+    # The group loses too much again the next day: a new alarm, the resolved one stays as it was.
+    await publish(mqtt_url, (topics.line_loss(group), over(2)))
+    (recurred,) = await eventually(open_alarms, "the recurrence as a new alarm")
+    assert recurred["alarm_id"] != alarm["alarm_id"]
+    assert (recurred["state"], recurred["occurrences"], recurred["estate"]) == ("active", 1, "Estate-LL")
+    kept = (await api.get(f"/v1/alarms/{alarm['alarm_id']}")).json()
+    assert (kept["state"], kept["resolution"], kept["version"]) == ("cleared", reason, version + 2)

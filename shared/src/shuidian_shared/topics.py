@@ -16,6 +16,7 @@
 | shuidian/v1/alarms/{alarm_type} | alarm | 1 | AlarmEvent |
 | shuidian/v1/tenants/{tenant_id}/notifications | alarm | 1 | TenantNotification |
 | shuidian/v1/insights/line-loss/{group_id} | insights | 1 | LineLossExceeded (contracts.insights) |
+| shuidian/v1/accounts/{account_id}/monthly-report | insights | 1 | MonthlyReportReady (contracts.insights) |
 | shuidian/v1/status/{service}/{instance} | every service | 1, retained, last will | ServiceStatus |
 """
 
@@ -98,6 +99,11 @@ def line_loss(group_id: str) -> str:
     return f"{ROOT}/insights/line-loss/{_segment(group_id)}"
 
 
+def monthly_report(account_id: str) -> str:
+    """A household's monthly report is ready (insights → the tenant's app, through the gateway)."""
+    return f"{ROOT}/accounts/{_segment(account_id)}/monthly-report"
+
+
 def service_status(service: str, instance: str) -> str:
     return f"{ROOT}/status/{_segment(service)}/{_segment(instance)}"
 
@@ -123,6 +129,7 @@ ALL_BALANCES = f"{ROOT}/accounts/+/balance"
 ALL_READINGS_HELD = f"{ROOT}/meters/+/reading-held"
 ALL_ALARMS = f"{ROOT}/alarms/+"
 ALL_LINE_LOSS = f"{ROOT}/insights/line-loss/+"
+ALL_MONTHLY_REPORTS = f"{ROOT}/accounts/+/monthly-report"
 ALL_SERVICE_STATUS = f"{ROOT}/status/+/+"
 
 

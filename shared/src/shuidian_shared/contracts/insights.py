@@ -237,6 +237,38 @@ class LineLossExceeded(Message):
     master_quantity: Quantity
     sub_quantity: Quantity
     completeness_pct: Quantity
+    estate_id: Identifier | None = Field(
+        default=None,
+        description="the estate the group was configured in; None for a group configured without one "
+        "(alarm then places it where its master meter is)",
+    )
+
+
+class MonthUsage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    utility: Literal["electricity", "water"]
+    quantity: Quantity = Field(description="the month's use (kWh or m³)")
+    previous_quantity: Quantity | None = Field(description="the month before's use; None when not known")
+    change_pct: Quantity | None = Field(description="against the month before; None when not comparable")
+
+
+class MonthlyReportReady(Message):
+    """A household's monthly report is ready (published by insights on the 1st, Asia/Shanghai, once per household
+    and month): the month's use in a line per utility, and where the tenant reads the full report with its
+    saving advice. Keyed by account, like balance events, so the tenant's live stream can carry it."""
+
+    account_id: Identifier
+    tenant_id: Identifier | None
+    estate_id: Identifier
+    room_id: Identifier
+    month: str = Field(pattern=r"^\d{4}-\d{2}$", description="the local month reported, YYYY-MM")
+    usage: tuple[MonthUsage, ...]
+    title_zh: str
+    body_zh: str
+    title_en: str
+    body_en: str
+    report_path: str = Field(description="the tenant's route at the gateway that serves the full report")
 
 
 # --- habits ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from shuidian_alarm.adapters import targets
 from shuidian_alarm.domain.alarms import AlarmQuery, AlarmRecord, decode_cursor, encode_cursor, hook_order
 from shuidian_alarm.domain.decisions import Clear, Decision, Raise
 from shuidian_alarm.domain.targets import Placement
-from shuidian_alarm.errors import InvalidQuery, NotFound
+from shuidian_alarm.errors import InvalidQuery, InvalidTransition, NotFound, VersionConflict
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
 from shuidian_shared.messages import AlarmEvent, AlarmSeverity, AlarmState
@@ -282,21 +282,81 @@ class AlarmService:
             raise NotFound(f"no alarm {alarm_id}")
         return row._asdict()
 
-    async def acknowledge(self, alarm_id: uuid.UUID, by: str) -> dict[str, Any]:
+    async def _lock(self, conn: AsyncConnection, alarm_id: uuid.UUID, expected_version: int | None) -> Row[Any]:
+        """The alarm's row, locked for a staff action; refused when the client's `expected_version` is stale."""
+        row = (
+            await conn.execute(text("SELECT * FROM alarm.alarms WHERE alarm_id = :a FOR UPDATE"), {"a": alarm_id})
+        ).first()
+        if row is None:
+            raise NotFound(f"no alarm {alarm_id}")
+        if expected_version is not None and expected_version != row.version:
+            raise VersionConflict(
+                f"alarm {alarm_id} is at version {row.version}, not {expected_version}: it changed since it was read"
+            )
+        return row
+
+    async def _audit(self, conn: AsyncConnection, row: Row[Any], action: str, actor: str, reason: str | None) -> None:
+        await conn.execute(
+            text(
+                "INSERT INTO alarm.alarm_actions (alarm_id, action, actor, reason, version) VALUES (:a, :x, :b, :r, :v)"
+            ),
+            {"a": row.alarm_id, "x": action, "b": actor, "r": reason, "v": row.version},
+        )
+
+    async def acknowledge(self, alarm_id: uuid.UUID, by: str, expected_version: int | None = None) -> dict[str, Any]:
+        """Acknowledge an active alarm (a no-op on one already acknowledged or cleared, so a retry is safe)."""
         async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "UPDATE alarm.alarms SET state = CASE WHEN state = 'active' THEN 'acknowledged' ELSE state END, "
-                        "acknowledged_at = coalesce(acknowledged_at, now()), acknowledged_by = coalesce(acknowledged_by, :b), "
-                        "updated_at = now() WHERE alarm_id = :a RETURNING *, (acknowledged_by = :b AND state = 'acknowledged') AS changed"
-                    ),
-                    {"a": alarm_id, "b": by},
-                )
-            ).first()
-            if row is None:
-                raise NotFound(f"no alarm {alarm_id}")
-            if row.changed:
+            row = await self._lock(conn, alarm_id, expected_version)
+            if row.state == AlarmState.ACTIVE.value:
+                row = (
+                    await conn.execute(
+                        text(
+                            "UPDATE alarm.alarms SET state = 'acknowledged', acknowledged_at = now(), "
+                            "acknowledged_by = :b, updated_at = now() WHERE alarm_id = :a RETURNING *"
+                        ),
+                        {"a": alarm_id, "b": by},
+                    )
+                ).one()
+                await self._audit(conn, row, "acknowledge", by, None)
                 await self._publish(conn, record_of(row))
         self._outbox.notify()
         return row._asdict()
+
+    async def resolve(
+        self, alarm_id: uuid.UUID, by: str, reason: str, expected_version: int | None = None
+    ) -> dict[str, Any]:
+        """Staff resolve an open alarm by hand (处理完毕): it is cleared with who and why, audited; the next
+        occurrence of the same (source, type) opens a new alarm. Resolving a cleared alarm is refused."""
+        async with self._engine.begin() as conn:
+            row = await self._lock(conn, alarm_id, expected_version)
+            if row.state == AlarmState.CLEARED.value:
+                raise InvalidTransition(f"alarm {alarm_id} is already cleared; a recurrence opens a new alarm")
+            row = (
+                await conn.execute(
+                    text(
+                        "UPDATE alarm.alarms SET state = 'cleared', cleared_at = now(), resolved_at = now(), "
+                        "resolved_by = :b, resolution = :r, updated_at = now() WHERE alarm_id = :a RETURNING *"
+                    ),
+                    {"a": alarm_id, "b": by, "r": reason},
+                )
+            ).one()
+            await self._audit(conn, row, "resolve", by, reason)
+            record = record_of(row)
+            CLEARED.labels(record.alarm_type).inc()
+            await self._publish(conn, record)
+            await self._run_hooks(conn, [(record, "resolved")])
+        self._outbox.notify()
+        log.info("alarm %s resolved by hand by %s", alarm_id, by)
+        return row._asdict()
+
+    async def actions(self, alarm_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The staff actions on an alarm, oldest first (the audit trail)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT action, actor, reason, version, at FROM alarm.alarm_actions WHERE alarm_id = :a "
+                    "ORDER BY action_id"
+                ),
+                {"a": alarm_id},
+            )
+            return [dict(r._mapping) for r in rows]

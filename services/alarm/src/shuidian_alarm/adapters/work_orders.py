@@ -16,7 +16,7 @@ from shuidian_alarm.errors import NotFound
 
 
 async def on_alarm(conn: AsyncConnection, alarm: AlarmRecord, event: str) -> None:
-    """The alarm hook: a newly raised fault opens a work order; a cleared one leaves a note on it."""
+    """The alarm hook: a newly raised fault opens a work order; a cleared or hand-resolved one leaves a note on it."""
     if alarm.alarm_type not in FAULT_TYPES:
         return
     if event == "raised":
@@ -39,6 +39,16 @@ async def on_alarm(conn: AsyncConnection, alarm: AlarmRecord, event: str) -> Non
             text(
                 "INSERT INTO alarm.work_order_notes (work_order_id, author, note) "
                 "SELECT work_order_id, 'system', '告警已自动解除 · the alarm cleared by itself' "
+                "FROM alarm.work_orders WHERE alarm_id = :a AND status NOT IN ('resolved', 'closed')"
+            ),
+            {"a": alarm.alarm_id},
+        )
+    elif event == "resolved":
+        await conn.execute(
+            text(
+                "INSERT INTO alarm.work_order_notes (work_order_id, author, note) "
+                "SELECT work_order_id, 'system', '告警已由工作人员手动处理（原因见告警的操作记录）"
+                " · the alarm was resolved by hand (the reason is in its action log)' "
                 "FROM alarm.work_orders WHERE alarm_id = :a AND status NOT IN ('resolved', 'closed')"
             ),
             {"a": alarm.alarm_id},

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from shuidian_alarm.adapters.alarms import AlarmService
 from shuidian_alarm.api.deps import Alarms
-from shuidian_alarm.api.schemas import NEXT_CURSOR, Cursor, Filter, Instant, Limit, Name, Strict
+from shuidian_alarm.api.schemas import NEXT_CURSOR, PROBLEMS, Cursor, Filter, Instant, Limit, Name, Strict, Text
 from shuidian_alarm.domain.alarms import AlarmQuery
 from shuidian_alarm.domain.work_orders import FAULT_TYPES
 from shuidian_alarm.errors import InvalidQuery
@@ -52,12 +52,40 @@ class AlarmOut(BaseModel):
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     cleared_at: datetime | None
+    version: int = Field(description="bumped by every change; send it back as `expected_version` to act on it")
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution: str | None
+
+
+Version = Annotated[
+    StrictInt | None,
+    Field(
+        ge=1,
+        description="the alarm's `version` the caller read: 409 (`version_conflict`) when it changed since; "
+        "omit to act on whatever the alarm now is",
+    ),
+]
 
 
 class AcknowledgeIn(Strict):
     by: Name | None = Field(
         default=None, description="ignored (older clients send it): the acknowledger is the caller's credential"
     )
+    expected_version: Version = None
+
+
+class ResolveIn(Strict):
+    reason: Text = Field(description="why the alarm is resolved by hand (kept in its action log)")
+    expected_version: Version = None
+
+
+class AlarmActionOut(BaseModel):
+    action: str
+    actor: str
+    reason: str | None
+    version: int = Field(description="the alarm's version this action produced")
+    at: datetime
 
 
 @router.get(
@@ -113,7 +141,32 @@ async def get_alarm(alarm_id: uuid.UUID, alarms: Alarms) -> dict[str, Any]:
 async def acknowledge(
     alarm_id: uuid.UUID, alarms: Alarms, actor: Acting, body: AcknowledgeIn | None = None
 ) -> dict[str, Any]:
-    return await alarms.acknowledge(alarm_id, actor)
+    return await alarms.acknowledge(alarm_id, actor, None if body is None else body.expected_version)
+
+
+@router.post(
+    "/alarms/{alarm_id}/resolve",
+    response_model=AlarmOut,
+    tags=["alarms"],
+    summary="手动处理告警 · Resolve an alarm by hand",
+    description="Clears an open alarm with the caller (from the credential) and the reason, kept in the alarm's "
+    "action log. 409 `invalid_transition` on an alarm already cleared, `version_conflict` when `expected_version` "
+    "is stale. The next occurrence of the same source and type opens a new alarm.",
+    responses={k: PROBLEMS[k] for k in (404, 409, 422)},
+)
+async def resolve(alarm_id: uuid.UUID, body: ResolveIn, alarms: Alarms, actor: Acting) -> dict[str, Any]:
+    return await alarms.resolve(alarm_id, actor, body.reason, body.expected_version)
+
+
+@router.get(
+    "/alarms/{alarm_id}/actions",
+    response_model=list[AlarmActionOut],
+    tags=["alarms"],
+    summary="告警操作记录 · Who acknowledged or resolved an alarm, and why",
+)
+async def actions(alarm_id: uuid.UUID, alarms: Alarms) -> list[dict[str, Any]]:
+    await alarms.get(alarm_id)  # 404 for an alarm that does not exist, not an empty log
+    return await alarms.actions(alarm_id)
 
 
 @router.get(

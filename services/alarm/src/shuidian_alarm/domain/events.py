@@ -134,14 +134,17 @@ def on_command_update(update: CommandUpdate) -> list[Decision]:
 
 def on_line_loss(event: LineLossExceeded, master: Target | None) -> list[Decision]:
     """Insights judged a line-loss group's day over its threshold: one open alarm per group, placed where its
-    master meter is (estate and building, so estate staff see it; no room or tenant: it is nobody's household).
+    master meter is (the group's estate when insights names one, else the master's; its building, so estate
+    staff see it; no room or tenant: it is nobody's household).
 
     Insights publishes a group's day only when it is exceeded, never when the loss is back under the threshold,
     so nothing here clears it: a later day updates the open alarm, and staff resolve it."""
     day, loss, limit = event.day.isoformat(), f"{event.loss_pct}", f"{event.threshold_pct}"
+    # The group's own estate wins: it is what staff configured the group in, and a master meter alarm
+    # has not been told about (no target yet) must still land in an estate its staff see.
     placement = Placement(
         meter_id=event.master_meter_id,
-        estate=None if master is None else master.estate,
+        estate=event.estate_id or (None if master is None else master.estate),
         building=None if master is None else master.building,
     )
     return [

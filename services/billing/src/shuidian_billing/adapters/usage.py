@@ -99,11 +99,18 @@ async def usage_history(
         return _buckets(rows, tz)
 
 
+# The meters a household ever paid for, found through the account's and its leases' indexes (a tenant's
+# chart must not scan every binding), then their owner periods that are the household's.
+_HOUSEHOLD_METERS = """b.meter_id IN (
+    SELECT meter_id FROM billing.meter_bindings WHERE account_id = :acc
+    UNION SELECT mb.meter_id FROM billing.leases le JOIN billing.meter_bindings mb ON mb.room_id = le.room_id
+    WHERE le.account_id = :acc
+) AND coalesce(b.account_id, l.account_id) = :acc"""
 # A household's hours: every hour of usage history of a meter while the household paid for it, an
 # hour counting for the owner period that covers its start (owner periods of a meter partition time,
 # so no hour counts for two households).
 _HOUSEHOLD_SQL = f"""
-WITH owned AS ({OWNERS_SQL.format(where="coalesce(b.account_id, l.account_id) = :acc")})
+WITH owned AS ({OWNERS_SQL.format(where=_HOUSEHOLD_METERS)})
 SELECT date_trunc(:g, u.hour AT TIME ZONE :tz) AS bucket, u.utility, sum(u.quantity) AS quantity,
        sum(u.cost) AS cost, count(DISTINCT u.hour) AS hours
 FROM owned o

@@ -30,6 +30,7 @@ from shuidian_gateway.api import (
     routes_operations,
     routes_payments,
     routes_staff,
+    routes_tariff_plans,
     routes_webhooks,
 )
 from shuidian_gateway.api.asyncapi import document
@@ -201,6 +202,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(routes_webhooks.router)
     app.include_router(routes_staff.build_router())
     app.include_router(routes_operations.router)
+    app.include_router(routes_tariff_plans.router)
     for insights_router in routes_insights.routers:
         app.include_router(insights_router)
     for payments_router in routes_payments.routers(settings):

@@ -683,7 +683,12 @@ async def test_two_components_each_charge_the_quantity_which_usage_and_accruals_
                 {"m": meter},
             )
         ).all()
-    assert [tuple(r) for r in usage] == [(leased, Decimal(3), Decimal("11.85")), (vacant, Decimal(2), Decimal(0))]
+    # Nobody's 2 m³ over 16:10 → 17:30 are recorded in the hours they were used: 50 min and 30 min of 80.
+    assert [tuple(r) for r in usage] == [
+        (leased, Decimal(3), Decimal("11.85")),
+        (vacant - timedelta(hours=1), Decimal("1.25"), Decimal(0)),
+        (vacant, Decimal("0.75"), Decimal(0)),
+    ]
     assert [tuple(r) for r in accruals] == [(account, leased, Decimal(3), Decimal("11.85"))]
     assert sorted(await service.lines(account)) == [
         ("水费", "水费", Decimal(3)),

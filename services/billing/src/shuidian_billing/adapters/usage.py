@@ -115,6 +115,7 @@ SELECT date_trunc(:g, u.hour AT TIME ZONE :tz) AS bucket, u.utility, sum(u.quant
        sum(u.cost) AS cost, count(DISTINCT u.hour) AS hours
 FROM owned o
 JOIN billing.usage_hourly u ON u.meter_id = o.meter_id
+     AND u.hour >= CAST(:s AS timestamptz) AND u.hour < CAST(:e AS timestamptz)  -- the index range
      AND u.hour >= greatest(CAST(:s AS timestamptz), o.valid_from)
      AND u.hour < least(CAST(:e AS timestamptz), o.valid_to)
 GROUP BY 1, 2 ORDER BY 1, 2

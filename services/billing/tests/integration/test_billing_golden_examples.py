@@ -34,13 +34,20 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+import pytest_asyncio
 import yaml
 from fastapi import FastAPI
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from shuidian_billing.adapters.billing import Billing
+from shuidian_billing.app import create_app
 from shuidian_billing.domain.estate_csv import CSV_COLUMNS
-from shuidian_devstack.billing_harness import billing_on_own_database, client_of
+from shuidian_billing.settings import BillingSettings
+from shuidian_devstack import infra
+from shuidian_devstack.billing_harness import client_of
+from shuidian_devstack.pytest_plugin import migrated_engine
+from shuidian_kit.db import create_engine
 from shuidian_shared.messages import Reading, ReadingBatch, Utility
 
 pytestmark = pytest.mark.integration
@@ -81,11 +88,45 @@ def example(request: pytest.FixtureRequest) -> Example:
     return request.param
 
 
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def template(pg_server_url: str) -> AsyncIterator[str]:
+    """A database with billing's schema migrated once, copied for each example (a copy takes a moment, a
+    migration from empty seconds)."""
+    name = f"shuidian_golden_{uuid.uuid4().hex[:12]}"
+    url = await infra.create_database(pg_server_url, name, exist_ok=False)
+    try:
+        engine = await migrated_engine(url, "shuidian_billing", "billing")
+        await engine.dispose()  # a template must have no connections while it is copied
+        yield name
+    finally:
+        await infra.drop_database(pg_server_url, name)
+
+
 @pytest.fixture
-async def app(pg_server_url: str, mqtt_url: str) -> AsyncIterator[FastAPI]:
+async def app(pg_server_url: str, mqtt_url: str, template: str) -> AsyncIterator[FastAPI]:
     # Tariff versions are global and may not be replaced once in force: each example gets its own database.
-    async with billing_on_own_database(pg_server_url, mqtt_url, "golden") as app:
-        yield app
+    name = f"{template}_{uuid.uuid4().hex[:6]}"
+    server = create_engine(pg_server_url, pool_size=1)
+    try:
+        async with server.connect() as conn:
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(
+                text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            )
+    finally:
+        await server.dispose()
+    try:
+        settings = BillingSettings(
+            environment="test",
+            database_url=SecretStr(infra.with_database(pg_server_url, name)),
+            mqtt_url=mqtt_url,
+            mqtt_clean_session=True,
+            instance_id=f"golden-{uuid.uuid4().hex[:6]}",
+        )
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            yield app
+    finally:
+        await infra.drop_database(pg_server_url, name)
 
 
 async def ok(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:

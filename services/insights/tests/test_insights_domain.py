@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shuidian_insights.domain import advice, clusters, line_loss
+from shuidian_insights.domain import advice, clusters, line_loss, monthly
 from shuidian_insights.domain.stats import percentile
 from shuidian_shared.contracts.insights import TariffSpec
 
@@ -213,3 +213,50 @@ def test_line_loss_is_judged_only_on_complete_data(
 ) -> None:
     verdict = line_loss.judge(master, subs, threshold_pct=Decimal(8), min_completeness_pct=Decimal(100))
     assert (verdict.judged, verdict.loss_pct, verdict.exceeded) == (judged, loss_pct, exceeded)
+
+
+# --- the monthly report notice ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("today", "window", "due"),
+    [
+        (date(2026, 12, 1), 3, "2026-11"),
+        (date(2026, 12, 3), 3, "2026-11"),
+        (date(2026, 12, 4), 3, None),
+        (date(2027, 1, 1), 3, "2026-12"),
+        (date(2026, 3, 1), 1, "2026-02"),
+    ],
+)
+def test_the_month_before_is_due_in_the_first_days(today: date, window: int, due: str | None) -> None:
+    assert monthly.due_month(today, window) == due
+
+
+@pytest.mark.parametrize(
+    ("usage", "zh", "en"),
+    [
+        (
+            [monthly.Usage("electricity", Decimal("120"), Decimal("100"))],
+            "用电 120.0 度，比上月多 20.0%",
+            "Electricity 120.0 kWh, 20.0% more than the month before",
+        ),
+        (
+            [monthly.Usage("water", Decimal("4.5"), Decimal("6"))],
+            "用水 4.5 立方米，比上月少 25.0%",
+            "Water 4.5 m³, 25.0% less than the month before",
+        ),
+        ([monthly.Usage("electricity", Decimal("7"), Decimal("7"))], "与上月持平", "the same as the month before"),
+        ([monthly.Usage("electricity", Decimal("7"), None)], "用电 7.0 度。", "Electricity 7.0 kWh."),
+        ([monthly.Usage("electricity", Decimal("7"), Decimal(0))], "用电 7.0 度。", "Electricity 7.0 kWh."),
+    ],
+)
+def test_the_notice_says_the_months_use_against_the_month_before(usage: list[monthly.Usage], zh: str, en: str) -> None:
+    title_zh, body_zh, title_en, body_en = monthly.notice("2026-11", usage)
+    assert (title_zh, title_en) == ("2026年11月用能报告", "Your November 2026 usage report")
+    assert zh in body_zh
+    assert en in body_en
+
+
+def test_january_compares_with_the_december_before() -> None:
+    assert monthly.previous_month("2027-01") == "2026-12"
+    assert monthly.previous_month("2026-11") == "2026-10"

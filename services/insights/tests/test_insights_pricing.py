@@ -14,7 +14,7 @@ from shuidian_billing.domain import tariffs as billing_tariffs
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME
 from shuidian_billing.domain.tariff_config import COMPONENTS, to_domain
 from shuidian_insights.domain.pricing import MonthProfile, price_month, price_months, rate_by_hour, to_fen
-from shuidian_insights.domain.whatif import Household, bill, what_if
+from shuidian_insights.domain.whatif import Household, HouseholdBill, PriceClasses, bill, what_if
 from shuidian_shared.contracts.insights import TariffSpec
 from shuidian_shared.messages import Utility
 from shuidian_shared.money import split_cents
@@ -158,3 +158,47 @@ def test_time_of_use_segments_wrap_past_midnight() -> None:
     assert labels[:8] == ("谷",) * 8
     assert labels[8:22] == ("峰",) * 14
     assert labels[22:] == ("谷",) * 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    current=tariff_components(),
+    proposed=tariff_components(),
+    months=st.lists(st.lists(quantities, min_size=24, max_size=24), min_size=1, max_size=14),
+    size=st.integers(1, 6),
+)
+def test_pricing_per_price_class_gives_the_bills_of_pricing_per_hour(
+    current: list[dict[str, Any]], proposed: list[dict[str, Any]], months: list[list[Decimal]], size: int
+) -> None:
+    """The what-if reads each month's use summed per class of hours the two tariffs price alike: every bill
+    equals the bill of the 24 hours, exactly, across years (a yearly tier restarts in January)."""
+    before, after = (
+        TariffSpec.model_validate({"components": current}),
+        TariffSpec.model_validate({"components": proposed}),
+    )
+    labels = [f"{2025 + i // 12}-{i % 12 + 1:02d}" for i in range(len(months))]
+    household = Household("A", size, tuple(MonthProfile(m, tuple(h)) for m, h in zip(labels, months, strict=True)))
+    classes = PriceClasses.of(before, after)
+    assert sorted(h for hours in classes.hours for h in hours) == list(range(24))
+    assert len(classes.before.hourly) == len(classes.hours) <= 24
+    reduced = Household("A", size, tuple(classes.reduce(m) for m in household.months))
+    assert classes.bill(reduced) == HouseholdBill("A", bill(before, household), bill(after, household))
+
+
+def test_flat_against_two_rates_is_two_classes() -> None:
+    flat = TariffSpec.model_validate({"components": [{"kind": "flat", "unit_price": "0.56"}]})
+    tou = TariffSpec.model_validate(
+        {
+            "components": [
+                {
+                    "kind": "tou",
+                    "rates": [{"label": "峰", "unit_price": "0.68"}, {"label": "谷", "unit_price": "0.32"}],
+                    "segments": [{"start": "08:00", "rate": "峰"}, {"start": "22:00", "rate": "谷"}],
+                }
+            ]
+        }
+    )
+    classes = PriceClasses.of(flat, tou)
+    assert classes.hours == ((0, 1, 2, 3, 4, 5, 6, 7, 22, 23), tuple(range(8, 22)))
+    assert classes.after.hourly == (Decimal("0.32"), Decimal("0.68"))
+    assert classes.before.hourly == (Decimal("0.56"), Decimal("0.56"))

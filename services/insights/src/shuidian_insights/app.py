@@ -19,6 +19,7 @@ from shuidian_insights.adapters.archive import Archive
 from shuidian_insights.adapters.container import Components
 from shuidian_insights.adapters.households import Households
 from shuidian_insights.adapters.jobs import Jobs
+from shuidian_insights.adapters.pushes import MonthlyPush
 from shuidian_insights.adapters.tariffs import Tariffs
 from shuidian_insights.api import router
 from shuidian_insights.settings import InsightsSettings
@@ -44,7 +45,16 @@ def compose(
     """The composition root proper: the app's lifespan, the tests and the benchmark build the service here (the
     lifespan passes its `runtime`, which the operations routes read)."""
     tz = ZoneInfo(settings.timezone)
-    archive = Archive(engine, retention_months=settings.raw_retention_months, tz=tz)
+    archive = Archive(
+        engine,
+        retention_months=settings.raw_retention_months,
+        tz=tz,
+        derived_retention={
+            "frozen": settings.frozen_retention_months,
+            "daily_profiles": settings.profile_retention_months,
+            "monthly_profiles": settings.monthly_profile_retention_months,
+        },
+    )
     households = Households(engine, billing)
     tariffs = Tariffs(billing, ttl_seconds=settings.tariff_cache_seconds)
     analysis = Analysis(engine, archive, households, tariffs, outbox, source, tz)
@@ -53,9 +63,11 @@ def compose(
         archive,
         households,
         analysis,
+        MonthlyPush(engine, outbox, source),
         tz=tz,
         backfill_days=settings.backfill_days,
         interval_seconds=settings.job_interval_seconds,
+        push_window_days=settings.monthly_push_days,
     )
     return Components(archive, households, tariffs, analysis, jobs, tz, runtime)
 

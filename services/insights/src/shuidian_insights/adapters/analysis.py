@@ -22,14 +22,15 @@ from shuidian_insights.adapters.tariffs import Tariffs
 from shuidian_insights.domain import advice, clusters, line_loss
 from shuidian_insights.domain.pricing import HOURS, MonthProfile, first_tou, rate_by_hour
 from shuidian_insights.domain.usage import month_key, previous_months
-from shuidian_insights.domain.whatif import Household, what_if
+from shuidian_insights.domain.whatif import Household, HouseholdBill, PriceClasses, WhatIf, summarise
 from shuidian_insights.errors import Invalid, NotFound
 from shuidian_kit.outbox import Outbox
 from shuidian_shared import topics
-from shuidian_shared.contracts.insights import LineLossExceeded, LineLossGroupIn, TariffSpec, WhatIfIn
+from shuidian_shared.contracts.insights import LineLossExceeded, LineLossGroupIn, WhatIfIn
 
 ZERO = Decimal(0)
 WINDOW_DAYS = 30
+STREAM_ROWS = 2_000  # households per fetch of the what-if's cursor
 
 
 class Analysis:
@@ -152,14 +153,43 @@ class Analysis:
                 by_account.setdefault(account, (size, []))[1].append(MonthProfile(month, tuple(by_hour)))
         return [Household(a, size, tuple(ms)) for a, (size, ms) in by_account.items()]
 
+    async def class_bills(
+        self, utility: str, months: Sequence[str], estate_id: str | None, classes: PriceClasses
+    ) -> list[HouseholdBill]:
+        """Every household's bills before and after over `months`.
+
+        PostgreSQL sums each month's hours per price class (2–4 numbers instead of 24) and hands one row per
+        household with its months as arrays; the rows stream through a server-side cursor and are priced while
+        the next ones are read, so neither side waits for the whole set."""
+        sums = ", ".join("(" + " + ".join(f"p.by_hour[{h + 1}]" for h in hours) + ")" for hours in classes.hours)
+        bills: list[HouseholdBill] = []
+        async with self._engine.connect() as conn:
+            result = await conn.stream(
+                text(
+                    "SELECT h.account_id, coalesce(h.household_size, 1) AS size, array_agg(p.month ORDER BY p.month), "
+                    f"array_agg(ARRAY[{sums}] ORDER BY p.month) "
+                    "FROM insights.households h JOIN insights.household_meters m ON m.account_id = h.account_id "
+                    "JOIN insights.monthly_profiles p ON p.meter_id = m.meter_id "
+                    "WHERE m.utility = :utility AND p.month = ANY(:months) "
+                    "AND (CAST(:estate AS text) IS NULL OR h.estate_id = :estate) GROUP BY 1, 2"
+                ),
+                {"utility": utility, "months": list(months), "estate": estate_id},
+            )
+            async for rows in result.partitions(STREAM_ROWS):
+                for account, size, labels, by_class in rows:
+                    profiles = tuple(MonthProfile(m, tuple(q)) for m, q in zip(labels, by_class, strict=True))
+                    bills.append(classes.bill(Household(account, size, profiles)))
+        return bills
+
     async def what_if(self, request: WhatIfIn, today: date) -> dict[str, Any]:
         started = time.perf_counter()
         current = await self._tariffs.current(request.utility)
         if current is None:
             raise Invalid(f"no {request.utility} tariff in force that the what-if can price per whole hour")
         months = previous_months(today, request.months)
-        households = await self.month_profiles(request.utility, months, request.estate_id)
-        return what_if_out(request.utility, months, current, request.proposed, households, started)
+        classes = PriceClasses.of(current, request.proposed)
+        bills = await self.class_bills(request.utility, months, request.estate_id, classes)
+        return what_if_out(request.utility, months, summarise(bills), started)
 
     # --- line loss ------------------------------------------------------------------------------
 
@@ -241,6 +271,7 @@ class Analysis:
                         master_quantity=verdict.master_quantity,
                         sub_quantity=verdict.sub_quantity,
                         completeness_pct=verdict.completeness_pct,
+                        estate_id=group.estate_id,
                     )
                     await self._outbox.add(conn, topics.line_loss(group.group_id), event)
             return len(groups)
@@ -330,15 +361,7 @@ def trend_rows(totals: dict[str, Decimal]) -> list[dict[str, Any]]:
     return out
 
 
-def what_if_out(
-    utility: str,
-    months: Sequence[str],
-    current: TariffSpec,
-    proposed: TariffSpec,
-    households: Sequence[Household],
-    started: float,
-) -> dict[str, Any]:
-    result = what_if(current, proposed, households)
+def what_if_out(utility: str, months: Sequence[str], result: WhatIf, started: float) -> dict[str, Any]:
     biggest = sorted(result.bills, key=lambda b: b.change, reverse=True)[:10]
     return {
         "utility": utility,

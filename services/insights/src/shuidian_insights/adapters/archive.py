@@ -1,5 +1,6 @@
 """The reading archive (抄表记录): every register value read, in monthly range partitions of
-`insights.readings`; the daily frozen values and per-hour profiles derived from it; and retention.
+`insights.readings`; the daily frozen values and per-hour profiles derived from it (partitioned too: by
+local month, monthly profiles by year); and the retention of each.
 
 Ingest is one set-based insert per batch (`unnest`), `ON CONFLICT DO NOTHING` on (meter, register,
 read_at), so a replayed or duplicated batch changes nothing. A batch's months get their partition on
@@ -19,7 +20,7 @@ from prometheus_client import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shuidian_insights.domain.usage import USAGE_REGISTERS, month_start, months_between
+from shuidian_insights.domain.usage import USAGE_REGISTERS, month_start, months_between, next_month
 from shuidian_shared.messages import ReadingBatch
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,42 @@ TOO_OLD = Counter("insights_readings_too_old_total", "register values older than
 PARTITIONS = Counter("insights_partitions_total", "reading partitions created or dropped", ["action"])
 
 
+ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+
+
 def partition_name(month: date) -> str:
     return f"readings_{month:%Y%m}"
 
 
+# Derived tables and the span of one partition: frozen values and daily profiles by local month of `day`,
+# monthly profiles by year of `month` (YYYY-MM text: a year's range is 'YYYY-01' to 'YYYY+1-01').
+DERIVED = {"frozen": "month", "daily_profiles": "month", "monthly_profiles": "year"}
+
+
+def derived_partition(table: str, day: date) -> tuple[str, str, str]:
+    """(partition name, lower bound, upper bound) of the partition of `table` that holds `day`."""
+    if DERIVED[table] == "year":
+        return f"{table}_{day:%Y}", f"{day.year}-01", f"{day.year + 1}-01"
+    first = month_start(day)
+    return f"{table}_{first:%Y%m}", first.isoformat(), month_start(first + timedelta(days=32)).isoformat()
+
+
 class Archive:
-    def __init__(self, engine: AsyncEngine, *, retention_months: int, tz: ZoneInfo) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        retention_months: int,
+        tz: ZoneInfo,
+        derived_retention: dict[str, int] | None = None,
+    ) -> None:
         self._engine = engine
         self._retention_months = retention_months
         self._tz = tz
         self._partitions: set[date] = set()
+        self._derived: set[str] = set()  # derived partitions known to exist
+        # months kept per derived table (a yearly table keeps whole years covering them)
+        self._derived_retention = derived_retention or {"frozen": 60, "daily_profiles": 25, "monthly_profiles": 120}
 
     # --- partitions -----------------------------------------------------------------------------
 
@@ -58,6 +85,51 @@ class Archive:
             if created:
                 PARTITIONS.labels("created").inc()
             self._partitions.add(month)
+
+    async def ensure_derived(self, days: Sequence[date]) -> None:
+        """The partitions of the frozen values and profiles that hold `days` (local dates), each created in a
+        short transaction of its own: creating a partition locks its parent, and the day's work must not hold
+        that lock while it runs."""
+        wanted = {derived_partition(table, day) for table in DERIVED for day in days}
+        for name, lower, upper in sorted(wanted):
+            if name in self._derived:
+                continue
+            table = name.rsplit("_", 1)[0]
+            async with self._engine.begin() as conn:
+                await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('insights-partitions'))"))
+                if await conn.scalar(text("SELECT to_regclass(:name) IS NULL"), {"name": f"insights.{name}"}):
+                    await conn.execute(
+                        text(
+                            f"CREATE TABLE insights.{name} PARTITION OF insights.{table} "
+                            f"FOR VALUES FROM ('{lower}') TO ('{upper}')"
+                        )
+                    )
+                    PARTITIONS.labels("created").inc()
+            self._derived.add(name)
+
+    async def drop_old_derived(self, today: date) -> list[str]:
+        """Drop the derived partitions wholly older than each table's retention (months back from `today`)."""
+        dropped = []
+        async with self._engine.begin() as conn:
+            for table, months in self._derived_retention.items():
+                first = month_start(today)
+                for _ in range(months - 1):
+                    first = month_start(first - timedelta(days=1))
+                cutoff = derived_partition(table, first)[0]
+                rows = await conn.scalars(
+                    text(
+                        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                        "WHERE i.inhparent = CAST(:parent AS regclass)"
+                    ),
+                    {"parent": f"insights.{table}"},
+                )
+                for name in rows.all():
+                    if name < cutoff:
+                        await conn.execute(text(f"DROP TABLE insights.{name}"))
+                        PARTITIONS.labels("dropped").inc()
+                        self._derived.discard(name)
+                        dropped.append(name)
+        return dropped
 
     def oldest_kept(self, now: datetime) -> date:
         """The first month whose raw samples are kept (UTC months: partitions are cut in UTC)."""
@@ -88,7 +160,9 @@ class Archive:
                     PARTITIONS.labels("dropped").inc()
                     dropped.append(name)
         self._partitions = {m for m in self._partitions if partition_name(m) >= cutoff}
-        return dropped
+        today = now.astimezone(self._tz).date()
+        await self.ensure_derived([today, next_month(today), next_month(next_month(today))])
+        return dropped + await self.drop_old_derived(today)
 
     # --- ingest ---------------------------------------------------------------------------------
 
@@ -215,17 +289,33 @@ class Archive:
 
     # --- queries --------------------------------------------------------------------------------
 
-    async def raw(self, meters: Sequence[str], start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT meter_id, register AS register_name, read_at, value, reading_id::text FROM insights.readings "
-                    "WHERE meter_id = ANY(:meters) AND read_at >= :start AND read_at < :end "
-                    "ORDER BY meter_id, register, read_at LIMIT :limit"
-                ),
-                {"meters": list(meters), "start": start, "end": end, "limit": limit},
+    async def raw_text(
+        self, meters: Sequence[str], start: datetime, end: datetime, limit: int, *, csv: bool = False
+    ) -> str:
+        """The raw samples as the response's own text — a JSON array of rows, or CSV lines without the header —
+        built by PostgreSQL: a meter's year is 8,760 rows per register, and decoding them into Python objects
+        only to encode them again cost ten times the query. The rows come through the primary key's index
+        (one index range per monthly partition), in (meter, register, read_at) order."""
+        instant = "to_char(read_at AT TIME ZONE 'UTC', :instant)"  # a bind: text() would read ':MI' as one
+        if csv:
+            row = f"concat_ws(',', meter_id, register, {instant}, value::text, reading_id::text)"
+            aggregate = f"coalesce(string_agg({row}, E'\\n' ORDER BY meter_id, register, read_at), '')"
+        else:
+            row = (
+                "json_build_object('meter_id', meter_id, 'register_name', register, "
+                f"'read_at', {instant}, 'value', value::text, 'reading_id', reading_id::text)"
             )
-            return [dict(row._mapping) for row in rows]
+            aggregate = f"coalesce(json_agg({row} ORDER BY meter_id, register, read_at), '[]')::text"
+        async with self._engine.connect() as conn:
+            body = await conn.scalar(
+                text(
+                    f"SELECT {aggregate} FROM (SELECT meter_id, register, read_at, value, reading_id "
+                    "FROM insights.readings WHERE meter_id = ANY(:meters) AND read_at >= :start AND read_at < :end "
+                    "ORDER BY meter_id, register, read_at LIMIT :limit) rows"
+                ),
+                {"meters": list(meters), "start": start, "end": end, "limit": limit, "instant": ISO_UTC},
+            )
+        return str(body)
 
     async def frozen(self, meters: Sequence[str], first: date, last: date, monthly: bool) -> list[dict[str, Any]]:
         days = months_between(first, last) if monthly else None

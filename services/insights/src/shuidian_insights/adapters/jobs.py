@@ -1,7 +1,8 @@
 """The nightly job: for each local day not yet done (up to yesterday), freeze the registers, build the
 day's hourly profiles, roll its month up and judge line loss — one transaction per step set, the day
 recorded in `job_runs` once all committed, so a restart resumes at the first day not done and a rerun
-writes the same rows. Partition upkeep and room details run on every pass."""
+writes the same rows. Partition upkeep and room details run on every pass, and in a month's first days
+the month before's report notices go out (adapters/pushes.py). One replica at a time runs a pass."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shuidian_insights.adapters.analysis import Analysis
 from shuidian_insights.adapters.archive import Archive
 from shuidian_insights.adapters.households import Households
+from shuidian_insights.adapters.pushes import MonthlyPush
+from shuidian_insights.domain import monthly
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,9 @@ JOB_DAYS = Counter("insights_job_days_total", "local days the nightly job comple
 JOB_FAILURES = Counter("insights_job_failures_total", "nightly job passes that failed (retried next pass)")
 JOB_SECONDS = Histogram("insights_job_day_seconds", "seconds per local day of the nightly job")
 JOB_LAST_DAY = Gauge("insights_job_last_day_timestamp", "local midnight of the newest completed day (Unix time)")
+SKIPPED = Counter("insights_job_skipped_total", "nightly passes left to another replica holding the job's lock")
 NIGHTLY = "nightly"
+JOB_LOCK = "insights-nightly-job"
 
 
 class Jobs:
@@ -36,16 +41,20 @@ class Jobs:
         archive: Archive,
         households: Households,
         analysis: Analysis,
+        pushes: MonthlyPush,
         *,
         tz: ZoneInfo,
         backfill_days: int,
         interval_seconds: float,
+        push_window_days: int = 3,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._engine = engine
         self._archive = archive
         self._households = households
         self._analysis = analysis
+        self._pushes = pushes
+        self._push_window_days = push_window_days
         self._tz = tz
         self._backfill_days = backfill_days
         self._interval = interval_seconds
@@ -68,6 +77,7 @@ class Jobs:
     async def run_day(self, day: date) -> float:
         """Everything the nightly run derives for one local day; idempotent."""
         started = time.perf_counter()
+        await self._archive.ensure_derived([day, day + timedelta(days=1)])
         async with self._engine.begin() as conn:
             await self._archive.freeze_day(conn, day)
             await self._archive.freeze_day(conn, day + timedelta(days=1))
@@ -88,14 +98,31 @@ class Jobs:
         JOB_LAST_DAY.set(datetime.combine(day, datetime.min.time(), self._tz).timestamp())
         return seconds
 
-    async def run_once(self) -> int:
-        now = self._clock()
-        await self._archive.maintain(now)
-        days = await self.pending_days(now.astimezone(self._tz).date())
-        for day in days:
-            await self.run_day(day)
-        await self._households.refresh_rooms()
-        return len(days)
+    async def run_once(self) -> int | None:
+        """One pass: the days not done yet. None when another replica holds the job's lock (it runs the pass).
+
+        A session-level advisory lock, held on its own connection for the whole pass: two replicas started
+        together never derive the same day twice or race on partitions; a replica that dies releases it with
+        its connection."""
+        async with self._engine.connect() as lock:
+            if not await lock.scalar(text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": JOB_LOCK}):
+                SKIPPED.inc()
+                return None
+            try:
+                now = self._clock()
+                await self._archive.maintain(now)
+                days = await self.pending_days(now.astimezone(self._tz).date())
+                for day in days:
+                    await self.run_day(day)
+                await self._households.refresh_rooms()
+                # Every day up to yesterday is done here, so on the 1st the month just ended is complete.
+                month = monthly.due_month(now.astimezone(self._tz).date(), self._push_window_days)
+                if month is not None:
+                    await self._pushes.push(month)
+                return len(days)
+            finally:
+                await lock.scalar(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": JOB_LOCK})
+                await lock.commit()
 
     async def loop(self) -> None:
         # The first pass waits one interval: at start the archive may still be taking in readings that were queued
@@ -104,7 +131,9 @@ class Jobs:
             await asyncio.sleep(self._interval)
             try:
                 done = await self.run_once()
-                if done:
+                if done is None:
+                    log.debug("nightly job: another replica holds the lock; this pass skipped")
+                elif done:
                     log.info("nightly job: %d day(s) done", done)
             except Exception:
                 JOB_FAILURES.inc()

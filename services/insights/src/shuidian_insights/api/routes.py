@@ -63,16 +63,20 @@ async def history(
     if kind == "raw" and end - start > timedelta(days=MAX_RAW_DAYS):
         raise Invalid(f"at most {MAX_RAW_DAYS} days of raw samples per request")
     meters = await _meters(parts, meter_id, room_id, building_id)
-    raw: list[dict[str, Any]] = []
-    frozen: list[dict[str, Any]] = []
     if kind == "raw":
-        raw = await parts.archive.raw(meters, start, end, limit)
-    else:
-        first, last = start.astimezone(parts.tz).date(), end.astimezone(parts.tz).date()
-        frozen = await parts.archive.frozen(meters, first, last, monthly=kind == "month")
+        # PostgreSQL writes the rows' text (see Archive.raw_text); only the envelope is written here.
+        body = await parts.archive.raw_text(meters, start, end, limit, csv=format == "csv")
+        if format == "csv":
+            lines = body.replace("\n", "\r\n") + "\r\n" if body else ""
+            return _csv_response(",".join(RAW_COLUMNS) + "\r\n" + lines, "readings-raw")
+        envelope = contracts.ReadingHistoryOut(kind=kind, start=start, end=end, meters=meters, raw=[], frozen=[])
+        head = envelope.model_dump_json(exclude={"raw", "frozen"})
+        return Response(f'{head[:-1]},"raw":{body},"frozen":[]}}', media_type="application/json")
+    first, last = start.astimezone(parts.tz).date(), end.astimezone(parts.tz).date()
+    frozen = await parts.archive.frozen(meters, first, last, monthly=kind == "month")
     if format == "csv":
-        return _csv(raw or frozen, RAW_COLUMNS if kind == "raw" else FROZEN_COLUMNS, f"readings-{kind}")
-    return {"kind": kind, "start": start, "end": end, "meters": meters, "raw": raw, "frozen": frozen}
+        return _csv(frozen, FROZEN_COLUMNS, f"readings-{kind}")
+    return {"kind": kind, "start": start, "end": end, "meters": meters, "raw": [], "frozen": frozen}
 
 
 RAW_COLUMNS = ["meter_id", "register_name", "read_at", "value", "reading_id"]
@@ -86,8 +90,12 @@ def _csv(rows: list[dict[str, Any]], columns: list[str], filename: str) -> Respo
     writer.writeheader()
     for row in rows:
         writer.writerow({k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()})
+    return _csv_response(out.getvalue(), filename)
+
+
+def _csv_response(body: str, filename: str) -> Response:
     return Response(
-        out.getvalue(),
+        body,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
     )
@@ -150,6 +158,12 @@ async def trends(
     return rows
 
 
-@router.post("/jobs/nightly/run", summary="Run the nightly job now (days not done yet)")
-async def run_nightly(parts: Parts) -> dict[str, int]:
-    return {"days": await parts.jobs.run_once()}
+@router.post(
+    "/jobs/nightly/run",
+    summary="Run the nightly job now (days not done yet)",
+    description="`days` is how many days this pass did; `ran` is false when another replica was running the "
+    "job (it holds the job's lock) and this call did nothing.",
+)
+async def run_nightly(parts: Parts) -> dict[str, int | bool]:
+    done = await parts.jobs.run_once()
+    return {"days": done or 0, "ran": done is not None}

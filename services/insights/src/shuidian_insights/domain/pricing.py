@@ -107,17 +107,44 @@ class Pricer:
             return amount
 
     def months(self, profiles: Sequence[MonthProfile], household_size: int) -> Decimal:
-        """The exact amount of consecutive months (a yearly tier counts from each local January)."""
+        """The exact amount of consecutive months (a yearly tier counts from each local January).
+
+        The same sums as `month` for each month (exact arithmetic: the order of additions cannot change
+        them), with the tier bounds of this household size worked out once: the what-if calls this for every
+        household under two tariffs, so it is the pricing's hot loop."""
+        bands = [(tiered.period == "year", tier_bands(tiered, household_size)) for tiered in self.tiers]
         amount = ZERO
         used_in_year = ZERO
         year = ""
-        for profile in sorted(profiles, key=lambda p: p.month):
-            if profile.month[:4] != year:
-                year, used_in_year = profile.month[:4], ZERO
-            amount += self.month(profile, household_size, used_in_year)
-            if self.tiers:
-                used_in_year += profile.total
+        with localcontext(EXACT):
+            for profile in sorted(profiles, key=lambda p: p.month):
+                if profile.month[:4] != year:
+                    year, used_in_year = profile.month[:4], ZERO
+                amount += sum(map(mul, profile.by_hour, self.hourly), self.fixed)
+                if bands:
+                    total = sum(profile.by_hour, ZERO)
+                    for yearly, blocks in bands:
+                        before = used_in_year if yearly else ZERO
+                        after = before + total
+                        for lower, upper, price in blocks:
+                            start = before if before > lower else lower
+                            end = after if upper is None or after < upper else upper
+                            if end > start:
+                                amount += (end - start) * price
+                    used_in_year += total
         return amount
+
+
+def tier_bands(tiered: TieredComponent, household_size: int) -> tuple[tuple[Decimal, Decimal | None, Decimal], ...]:
+    """Each block's (lower, upper, unit price) for a household of `household_size` (upper None: open)."""
+    bands = []
+    lower = ZERO
+    for width, block in zip(tier_widths(tiered, household_size), tiered.blocks, strict=True):
+        upper = None if width is None else lower + width
+        bands.append((lower, upper, block.unit_price))
+        if upper is not None:
+            lower = upper
+    return tuple(bands)
 
 
 def price_month(

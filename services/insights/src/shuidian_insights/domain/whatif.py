@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -80,9 +80,49 @@ def bill(tariff: TariffSpec | Pricer, household: Household) -> Decimal:
 
 def what_if(current: TariffSpec, proposed: TariffSpec, households: Sequence[Household]) -> WhatIf:
     before, after = Pricer.of(current), Pricer.of(proposed)
-    bills = tuple(HouseholdBill(h.account_id, bill(before, h), bill(after, h)) for h in households)
+    return summarise(HouseholdBill(h.account_id, bill(before, h), bill(after, h)) for h in households)
+
+
+def summarise(bills: Iterable[HouseholdBill]) -> WhatIf:
+    """The what-if over every household's bills before and after."""
+    kept = tuple(bills)
     return WhatIf(
-        bills,
-        current_revenue=sum((b.current for b in bills), ZERO),
-        proposed_revenue=sum((b.proposed for b in bills), ZERO),
+        kept,
+        current_revenue=sum((b.current for b in kept), ZERO),
+        proposed_revenue=sum((b.proposed for b in kept), ZERO),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PriceClasses:
+    """The hours of the day grouped by the pair of prices two tariffs charge in them.
+
+    Flat and time-of-use prices are linear in each hour's use, so a household-month is priced exactly from its
+    use per class instead of per hour: flat against a two-rate time-of-use is 2 numbers, not 24. The reader sums
+    each class's hours (in SQL) and the pricers below price those sums; tiers and fixed fees see the same month
+    totals as before, so every bill is the same to the fen (the exact amounts are equal, not just close)."""
+
+    hours: tuple[tuple[int, ...], ...]  # the hours of day (0..23) of each class
+    before: Pricer
+    after: Pricer
+
+    @classmethod
+    def of(cls, current: TariffSpec, proposed: TariffSpec) -> PriceClasses:
+        full_before, full_after = Pricer.of(current), Pricer.of(proposed)
+        classes: dict[tuple[Decimal, Decimal], list[int]] = {}
+        for hour, pair in enumerate(zip(full_before.hourly, full_after.hourly, strict=True)):
+            classes.setdefault(pair, []).append(hour)
+        pairs = list(classes)
+        return cls(
+            tuple(tuple(hours) for hours in classes.values()),
+            Pricer(tuple(b for b, _ in pairs), full_before.tiers, full_before.fixed),
+            Pricer(tuple(a for _, a in pairs), full_after.tiers, full_after.fixed),
+        )
+
+    def reduce(self, profile: MonthProfile) -> MonthProfile:
+        """A month per hour of day as a month per class (what the SQL reader returns directly)."""
+        return MonthProfile(profile.month, tuple(sum((profile.by_hour[h] for h in hs), ZERO) for hs in self.hours))
+
+    def bill(self, household: Household) -> HouseholdBill:
+        """The household's bills before and after, its months given per class."""
+        return HouseholdBill(household.account_id, bill(self.before, household), bill(self.after, household))

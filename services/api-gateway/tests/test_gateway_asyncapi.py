@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from shuidian_gateway import docs
 from shuidian_gateway.api.asyncapi import CHANNELS, document
 from shuidian_shared import messages, topics
-from shuidian_shared.contracts import insights
+from shuidian_shared.contracts import insights, payments
 
 # Topic helpers that are not channels of their own.
 NOT_CHANNELS = {"shared", "segment"}
@@ -67,7 +67,7 @@ def test_every_published_message_model_is_in_the_document() -> None:
     published = {c.model for c in CHANNELS}
     models = {
         m
-        for module in (messages, insights)  # every shared module that defines messages
+        for module in (messages, insights, payments)  # every shared module that defines messages
         for _, m in inspect.getmembers(module, inspect.isclass)
         if issubclass(m, messages.Message) and m is not messages.Message
     }

@@ -16,6 +16,7 @@
 | shuidian/v1/alarms/{alarm_type} | alarm | 1 | AlarmEvent |
 | shuidian/v1/tenants/{tenant_id}/notifications | alarm | 1 | TenantNotification |
 | shuidian/v1/insights/line-loss/{group_id} | insights | 1 | LineLossExceeded (contracts.insights) |
+| shuidian/v1/payments/problems/{provider} | billing | 1 | PaymentProblem (contracts.payments) |
 | shuidian/v1/accounts/{account_id}/monthly-report | insights | 1 | MonthlyReportReady (contracts.insights) |
 | shuidian/v1/status/{service}/{instance} | every service | 1, retained, last will | ServiceStatus |
 """
@@ -104,6 +105,11 @@ def monthly_report(account_id: str) -> str:
     return f"{ROOT}/accounts/{_segment(account_id)}/monthly-report"
 
 
+def payment_problems(provider: str) -> str:
+    """A payment held for review: mismatch, wrong merchant, forged notifications, reconciliation (billing → alarm)."""
+    return f"{ROOT}/payments/problems/{_segment(provider)}"
+
+
 def service_status(service: str, instance: str) -> str:
     return f"{ROOT}/status/{_segment(service)}/{_segment(instance)}"
 
@@ -129,6 +135,7 @@ ALL_BALANCES = f"{ROOT}/accounts/+/balance"
 ALL_READINGS_HELD = f"{ROOT}/meters/+/reading-held"
 ALL_ALARMS = f"{ROOT}/alarms/+"
 ALL_LINE_LOSS = f"{ROOT}/insights/line-loss/+"
+ALL_PAYMENT_PROBLEMS = f"{ROOT}/payments/problems/+"
 ALL_MONTHLY_REPORTS = f"{ROOT}/accounts/+/monthly-report"
 ALL_SERVICE_STATUS = f"{ROOT}/status/+/+"
 

@@ -39,6 +39,7 @@ from shuidian_kit.service import Runtime, install_error_handlers, ops_router, st
 from shuidian_kit.service_auth import require_service_tokens
 from shuidian_shared import topics
 from shuidian_shared.contracts.insights import LineLossExceeded
+from shuidian_shared.contracts.payments import PaymentProblem
 from shuidian_shared.messages import (
     BalanceEvent,
     CommandRequested,
@@ -173,6 +174,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
                 topics.shared(SERVICE, topics.ALL_METER_COMMANDS), CommandRequested, evaluator.on_command_requested
             )
             subscribe(topics.shared(SERVICE, topics.ALL_LINE_LOSS), LineLossExceeded, evaluator.on_line_loss)
+            subscribe(topics.shared(SERVICE, topics.ALL_PAYMENT_PROBLEMS), PaymentProblem, evaluator.on_payment_problem)
             runtime.supervisor.add("tick", evaluator.tick_loop)
             runtime.supervisor.add("notifications", c.notifier.run)
             app.state.components = c  # the app's one state: the routers (api.deps) and the kit's operations routes

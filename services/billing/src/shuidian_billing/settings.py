@@ -51,6 +51,10 @@ class BillingSettings(ServiceSettings):
     sandbox_payments: bool | None = None
     sandbox_private_key: SecretStr = SecretStr("")  # PEM; generated per process when empty
     sandbox_apiv3_key: SecretStr = SecretStr("")  # 32 characters; generated when empty
+    # This many notifications of one provider refused (bad signature, stale, malformed, unknown order) within
+    # the window open one `callback_forged` review item — and so a payment_problem alarm — per window.
+    forged_burst_threshold: int = Field(default=20, ge=1)
+    forged_burst_window_seconds: int = Field(default=300, ge=10)
     # The reading worker bills every batch waiting, up to this many, in one transaction; the MQTT
     # handler waits while `queue_batches` are queued (back-pressure instead of unbounded memory).
     max_batches_per_transaction: int = 40

@@ -21,7 +21,7 @@ from shuidian_alarm.adapters import occupancy, targets
 from shuidian_alarm.adapters.alarms import AlarmService
 from shuidian_alarm.adapters.rulebook import RuleBook
 from shuidian_alarm.adapters.state_store import Saved, StateStore
-from shuidian_alarm.domain import events
+from shuidian_alarm.domain import events, payment_events
 from shuidian_alarm.domain.decisions import Decision
 from shuidian_alarm.domain.detectors.connectivity import CONNECTIVITY
 from shuidian_alarm.domain.detectors.supply import SUPPLY_MISMATCH
@@ -33,6 +33,7 @@ from shuidian_alarm.domain.scopes import ScopeTarget
 from shuidian_alarm.domain.targets import Target, meter_scope
 from shuidian_kit.outbox import Outbox
 from shuidian_shared.contracts.insights import LineLossExceeded
+from shuidian_shared.contracts.payments import PaymentProblem
 from shuidian_shared.messages import (
     BalanceEvent,
     CommandRequested,
@@ -215,6 +216,9 @@ class Evaluator:
         async with self._engine.connect() as conn:
             master = (await self._targets.meters(conn, [event.master_meter_id])).get(event.master_meter_id)
         await self._run(self._clock(), _no_feeds, decisions=events.on_line_loss(event, master))
+
+    async def on_payment_problem(self, event: PaymentProblem, topic: str) -> None:
+        await self._run(self._clock(), _no_feeds, decisions=payment_events.on_payment_problem(event))
 
     async def on_command_requested(self, command: CommandRequested, topic: str) -> None:
         """A relay or valve command sets the supply the shadow wants; the meter must follow within the grace."""

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from shuidian_shared import messages, topics
 from shuidian_shared.contracts.insights import LineLossExceeded
+from shuidian_shared.contracts.payments import PaymentProblem
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,15 @@ CHANNELS: tuple[Channel, ...] = (
         False,
         "线损超标 · A line-loss group (a master meter and its sub-meters) lost more than its threshold over a "
         "complete day.",
+    ),
+    Channel(
+        topics.payment_problems("{provider}"),
+        PaymentProblem,
+        "billing",
+        "alarm",
+        False,
+        "支付异常 · A payment held for review: an amount or merchant mismatch, a burst of forged notifications, a "
+        "reconciliation difference or a refund the provider refused. Alarm raises payment_problem.",
     ),
     Channel(
         topics.alarm("{alarm_type}"),

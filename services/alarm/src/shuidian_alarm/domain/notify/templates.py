@@ -38,6 +38,7 @@ TYPE_NAMES: Final = {
     "comm_errors": ("通信不稳定", "Unreliable communication"),
     "vacant_usage": ("空置房间有用量", "Consumption in a vacant room"),
     "line_loss": ("线损超标", "Line loss over threshold"),
+    "payment_problem": ("支付异常", "Payment problem"),
 }
 
 _EVENTS: Final = {

@@ -37,6 +37,7 @@ from shuidian_billing.adapters.payments.clients import (
     WechatMerchant,
     WechatPayClient,
 )
+from shuidian_billing.adapters.payments.problems import Problems
 from shuidian_billing.adapters.payments.providers import (
     AlipayConfig,
     Notification,
@@ -56,13 +57,11 @@ from shuidian_billing.adapters.payments.wechat_emulator import WechatPayEmulator
 from shuidian_billing.domain import payment_orders
 from shuidian_billing.errors import CallbackRejected, Conflict, NotFound, PaymentError
 from shuidian_billing.settings import BillingSettings
+from shuidian_shared.contracts.payments import PaymentProblemKind
 
 log = logging.getLogger(__name__)
 
 CALLBACKS = Counter("billing_payment_callbacks_total", "provider notifications received", ["provider", "outcome"])
-REVIEWS_OPENED = Counter(
-    "billing_payment_reviews_opened_total", "payments held for review (alarm on any increase)", ["provider", "kind"]
-)
 SWEEPS = Counter(
     "billing_payment_sweeps_total", "open orders the sweeper asked the provider about", ["provider", "action"]
 )
@@ -211,6 +210,7 @@ class OnlinePayments:
         self._billing = billing
         self.providers = providers
         self._settings = settings or BillingSettings()
+        self.problems = Problems(billing.outbox, f"billing-{self._settings.instance_id}")
         self.clients: dict[str, WechatPayClient | AlipayClient] = {}
         if http is not None and providers.wechat_merchant is not None:
             self.clients["wechat"] = WechatPayClient(providers.wechat_merchant, http)
@@ -339,10 +339,41 @@ class OnlinePayments:
             note = self.providers.verify(provider, headers, body, now)
         except CallbackRejected as err:
             await self._log(entry, "rejected", f"{err.code}: {err.detail}")
+            await self._burst(provider, now)
             raise
         if isinstance(note, RefundNotice):
             return await self._refund_notified(note, entry)
         return await self._settle(provider, note, entry)
+
+    async def _burst(self, provider: str, now: datetime) -> None:
+        """Many refused notifications from one provider in a window: someone is forging them (or our keys are
+        wrong) — one `callback_forged` review item, and so one alarm, per window."""
+        window = self._settings.forged_burst_window_seconds
+        start = datetime.fromtimestamp(int(now.timestamp()) // window * window, UTC)
+        async with self._engine.begin() as conn:
+            refused = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM billing.callback_log WHERE provider = :p AND outcome = 'rejected' "
+                        "AND received_at >= :s"
+                    ),
+                    {"p": provider, "s": start},
+                )
+            ).scalar_one()
+            if refused < self._settings.forged_burst_threshold:
+                return
+            await self.problems.open(
+                conn,
+                review_kind="callback_forged",
+                problem=PaymentProblemKind.FORGED_NOTIFICATIONS,
+                provider=provider,
+                subject=f"{provider}:forged:{start.isoformat(timespec='seconds')}",
+                amount=None,
+                reason=f"{refused} 条支付通知验签未通过（{window} 秒内）· {refused} notifications refused within "
+                f"{window} s: forged, or our provider keys are wrong (see GET /v1/payments/callbacks?outcome=rejected)",
+                detail={"refused": refused, "window_start": start.isoformat(), "window_seconds": window},
+            )
+        self.problems.published()
 
     async def _settle(self, provider: str, note: Notification, entry: dict[str, Any]) -> dict[str, Any]:
         """Credit a verified payment once (by provider transaction id) and mark its order paid — whether it
@@ -413,7 +444,9 @@ class OnlinePayments:
         client = self.clients.get(provider)
         if client is None:
             raise NotFound(f"payment provider {provider} is not configured to call", code="provider_not_configured")
-        return await reconciliation.run(self._engine, client, provider, day, ZoneInfo(self._settings.timezone))
+        return await reconciliation.run(
+            self._engine, client, provider, day, ZoneInfo(self._settings.timezone), self.problems
+        )
 
     async def reconciliations(self, day: date | None, limit: int) -> list[dict[str, Any]]:
         return await reconciliation.reports(self._engine, day, limit)
@@ -629,20 +662,18 @@ class OnlinePayments:
             if changed is None or status != "failed":
                 return
             # The ledger already paid the tenant back; the provider did not: someone must pay them another way.
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.payment_reviews (kind, subject, amount, reason, detail, account_id) "
-                    "VALUES ('refund_failed', :s, :m, :r, CAST(:d AS jsonb), :a) ON CONFLICT (kind, subject) DO NOTHING"
-                ),
-                {
-                    "s": f"{refund.channel}:refund:{refund.refund_id}",
-                    "m": refund.amount,
-                    "r": f"渠道退款失败，请线下退款 · the provider did not refund ({why})",
-                    "d": json.dumps({"refund_id": str(refund.refund_id), "order_id": refund.order_id}),
-                    "a": refund.account_id,
-                },
+            await self.problems.open(
+                conn,
+                review_kind="refund_failed",
+                problem=PaymentProblemKind.REFUND_FAILED,
+                provider=refund.channel,
+                subject=f"{refund.channel}:refund:{refund.refund_id}",
+                amount=refund.amount,
+                reason=f"渠道退款失败，请线下退款 · the provider did not refund ({why})",
+                detail={"refund_id": str(refund.refund_id), "order_id": refund.order_id},
+                account_id=refund.account_id,
             )
-        REVIEWS_OPENED.labels(refund.channel, "refund_failed").inc()
+        self.problems.published()
         log.warning("%s refused refund %s (%s): held for review", refund.channel, refund.refund_id, why)
 
     async def _finish(self, order_id: str, status: str) -> None:
@@ -694,20 +725,18 @@ class OnlinePayments:
     async def _mismatch(self, entry: dict[str, Any], note: Notification, order: Row[Any]) -> None:
         async with self._engine.begin() as conn:
             await self._log(entry, "amount_mismatch", f"paid {note.amount}, order {order.amount}", conn=conn)
-            await conn.execute(
-                text(
-                    "INSERT INTO billing.payment_reviews (kind, subject, amount, reason, detail, account_id) "
-                    "VALUES ('callback_amount_mismatch', :s, :m, :r, CAST(:d AS jsonb), :a) ON CONFLICT (kind, subject) DO NOTHING"
-                ),
-                {
-                    "s": f"{note.provider}:{note.provider_txn_id}",
-                    "m": note.amount,
-                    "r": f"支付金额 {note.amount} 与订单金额 {order.amount} 不符 · paid amount differs from the order",
-                    "d": json.dumps({"order_id": order.order_id, "order_amount": str(order.amount)}),
-                    "a": order.account_id,
-                },
+            await self.problems.open(
+                conn,
+                review_kind="callback_amount_mismatch",
+                problem=PaymentProblemKind.AMOUNT_MISMATCH,
+                provider=note.provider,
+                subject=f"{note.provider}:{note.provider_txn_id}",
+                amount=note.amount,
+                reason=f"支付金额 {note.amount} 与订单金额 {order.amount} 不符 · paid amount differs from the order",
+                detail={"order_id": order.order_id, "order_amount": str(order.amount)},
+                account_id=order.account_id,
             )
-        REVIEWS_OPENED.labels(note.provider, "amount_mismatch").inc()
+        self.problems.published()
         log.warning(
             "%s callback for order %s paid %s, order is %s: held for review",
             note.provider,

@@ -15,7 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shuidian_billing.adapters.payments.clients import AlipayClient, WechatPayClient
+from shuidian_billing.adapters.payments.problems import Problems
 from shuidian_billing.domain.payment_reconciliation import Difference, Kind, Line, Report, reconcile
+from shuidian_shared.contracts.payments import PaymentProblemKind
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +62,30 @@ async def booked(engine: AsyncEngine, provider: str, day: date, zone: ZoneInfo) 
 
 
 async def run(
-    engine: AsyncEngine, client: WechatPayClient | AlipayClient, provider: str, day: date, zone: ZoneInfo
+    engine: AsyncEngine,
+    client: WechatPayClient | AlipayClient,
+    provider: str,
+    day: date,
+    zone: ZoneInfo,
+    problems: Problems | None = None,
 ) -> dict[str, Any]:
     """Download the day's bill, match it, keep the report, open a review item per difference."""
     settled = await client.bill(day)
     report = reconcile(settled, await booked(engine, provider, day, zone))
     async with engine.begin() as conn:
+        problems = problems or Problems(None, "billing")
         for diff in report.differences:
-            opened = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO billing.payment_reviews (kind, subject, amount, reason, detail) "
-                        "VALUES (:k, :s, :m, :r, CAST(:d AS jsonb)) ON CONFLICT (kind, subject) DO NOTHING "
-                        "RETURNING review_id"
-                    ),
-                    _review(provider, day, diff),
-                )
-            ).first()
+            review = _review(provider, day, diff)
+            opened = await problems.open(
+                conn,
+                review_kind=review["k"],
+                problem=PaymentProblemKind.RECONCILIATION,
+                provider=provider,
+                subject=review["s"],
+                amount=review["m"],
+                reason=review["r"],
+                detail=review["d"],
+            )
             if opened is not None:
                 DIFFERENCES.labels(provider, diff.problem).inc()
         row = (
@@ -91,6 +100,7 @@ async def run(
                 _report_params(provider, day, report),
             )
         ).one()
+    problems.published()
     if report.differences:
         log.warning("%s bill of %s: %d difference(s) held for review", provider, day, len(report.differences))
     return _out(row._asdict())
@@ -135,7 +145,7 @@ def _review(provider: str, day: date, diff: Difference) -> dict[str, Any]:
         "s": subject,
         "m": amount,
         "r": f"对账 {day}: {_REASONS[diff.problem]}",
-        "d": json.dumps(detail),
+        "d": detail,
     }
 
 

@@ -40,10 +40,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE alarm.alarm_actions")
+    # Downgrade only: it removes what this revision added, which no earlier release ever used.
+    op.execute("DROP TABLE alarm.alarm_actions")  # contract: only 0009 and later use it
     op.execute("DROP TRIGGER alarms_version ON alarm.alarms")
     op.execute("DROP FUNCTION alarm.bump_alarm_version()")
     op.execute(
-        "ALTER TABLE alarm.alarms DROP COLUMN version, DROP COLUMN resolved_at, DROP COLUMN resolved_by, "
-        "DROP COLUMN resolution"
+        "ALTER TABLE alarm.alarms DROP COLUMN version, DROP COLUMN resolved_at, "  # contract: only 0009 and later use them
+        "DROP COLUMN resolved_by, DROP COLUMN resolution"  # contract: only 0009 and later use them
     )

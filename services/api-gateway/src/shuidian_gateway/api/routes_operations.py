@@ -13,14 +13,17 @@ principal (403 otherwise). Writes are audited by the gateway's AuditWrites middl
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 import httpx
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from sqlalchemy import text
 
@@ -47,9 +50,11 @@ from shuidian_gateway.api.deps import Idempotency, UpstreamsDep, container_of
 from shuidian_gateway.api.routes_staff import BatchIn, estate_meters, estate_of
 from shuidian_gateway.domain.policy import Action, Principal
 from shuidian_gateway.errors import Forbidden, InvalidRequest, ObjectNotFound
+from shuidian_shared.contracts import alarm as alarm_contract
 from shuidian_shared.contracts import billing as billing_contract
-from shuidian_shared.contracts.alarm import NotificationOut
-from shuidian_shared.contracts.billing import CallbackOut, ReconciliationOut
+from shuidian_shared.contracts import control as control_contract
+from shuidian_shared.contracts.alarm import NotificationOut, RuleOut, SubscriptionOut
+from shuidian_shared.contracts.billing import CallbackOut, ReconciliationOut, RefundOut
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 Id = Annotated[str, Path(min_length=1, max_length=64, pattern=IDENT)]
@@ -76,17 +81,6 @@ class Paged(BaseModel, Generic[Row]):
 
 
 # Rows of the listings below, as their backends answer them (billing, control, alarm).
-class RefundOut(BaseModel):
-    refund_id: uuid.UUID
-    payment_id: uuid.UUID
-    account_id: str
-    channel: str
-    amount: str = Field(description="CNY, as a decimal string")
-    txn_id: uuid.UUID
-    operator: str
-    reason: str
-    created_at: datetime
-    replayed: bool
 
 
 class HoldOut(BaseModel):
@@ -113,32 +107,6 @@ class PolicyLogOut(BaseModel):
     detail: str
     actor: str
     at: datetime
-
-
-class RuleOut(BaseModel):
-    scope_level: str
-    scope_key: str
-    slot: str
-    enabled: bool
-    rule: dict[str, Any]
-    builtin: bool
-
-
-class SubscriptionOut(BaseModel):
-    subscription_id: uuid.UUID
-    audience: str
-    role: str | None
-    estate: str | None
-    tenant_id: str | None
-    channel: str
-    address: str
-    language: str
-    min_severity: str
-    alarm_types: list[str] | None
-    quiet_start: str | None
-    quiet_end: str | None
-    created_at: datetime
-    managed_by: str | None = None
 
 
 Upstream = UpstreamsDep
@@ -257,116 +225,13 @@ async def _once(
 A_EVENT = Action.CORRECTIONS_CREATE
 
 
-@router.post(
-    "/meters/{meter_id}/events",
-    status_code=201,
-    response_model=dict[str, Any],
-    tags=["metering"],
-    summary="表计事件 · Declare a meter replacement, CT-ratio change or rollover (idempotent)",
-    description=_doc(
-        "Billing prices the meter's consumption across the change. Who declared it is the signed-in caller.",
-        A_EVENT,
-    ),
-    openapi_extra=_extra(A_EVENT),
-)
-async def meter_event(
-    meter_id: Id,
-    body: MeterEventIn,
-    request: Request,
-    principal: Annotated[Principal, _needs(A_EVENT)],
-    upstreams: Upstream,
-    store: Idempotency,
-    idempotency_key: IdempotencyKey,
-) -> Any:
-    await _inside(principal, upstreams, "meter", meter_id)
-    sent = body.model_dump(mode="json", exclude_none=True)
-    return await _once(
-        request,
-        principal,
-        store,
-        idempotency_key,
-        sent,
-        lambda headers: upstreams.raw("billing", "POST", f"/v1/meters/{meter_id}/events", json=sent, headers=headers),
-        201,
-    )
-
-
 A_PREMISES_WRITE = Action.PREMISES_WRITE
-
-
-@router.put(
-    "/estates/{estate_id}/common-meters/{meter_id}",
-    status_code=204,
-    tags=["metering"],
-    summary="公摊表 · Bind a common meter whose consumption the estate's households share",
-    description=_doc("Effective-dated; the monthly run shares its cost out (公摊).", A_PREMISES_WRITE),
-    openapi_extra=_extra(A_PREMISES_WRITE),
-)
-async def common_meter(
-    estate_id: Id,
-    meter_id: Id,
-    body: CommonMeterIn,
-    principal: Annotated[Principal, _needs(A_PREMISES_WRITE)],
-    upstreams: Upstream,
-) -> Response:
-    await _inside(principal, upstreams, "estate", estate_id)
-    sent = body.model_dump(mode="json", exclude_none=True)
-    await upstreams.call("billing", "PUT", f"/v1/estates/{estate_id}/common-meters/{meter_id}", json=sent)
-    return _no_content()
 
 
 A_RUN = Action.BILLING_RUN
 
 
-@router.post(
-    "/estates/{estate_id}/months/{month}/run",
-    response_model=dict[str, Any],
-    tags=["metering"],
-    summary="月结 · Post a past month's fixed fees and 公摊 for an estate (once)",
-    description=_doc(
-        "Runs once per estate and month; a repeat returns the first run. A month that has not ended is a 409.", A_RUN
-    ),
-    openapi_extra=_extra(A_RUN),
-)
-async def run_month(
-    estate_id: Id,
-    month: MonthPath,
-    principal: Annotated[Principal, _needs(A_RUN)],
-    upstreams: Upstream,
-) -> Any:
-    await _inside(principal, upstreams, "estate", estate_id)
-    return await upstreams.call("billing", "POST", f"/v1/estates/{estate_id}/months/{month}/run")
-
-
 A_PREMISES = Action.PREMISES_READ
-
-
-@router.get(
-    "/estates/{estate_id}/meters",
-    response_model=billing_contract.EstateMetersOut,
-    tags=["metering"],
-    summary="小区表计 · Meters bound now to an estate's rooms, accounts or common use",
-    description=_doc("", A_PREMISES),
-    openapi_extra=_extra(A_PREMISES),
-)
-async def estate_meter_list(
-    estate_id: Id, principal: Annotated[Principal, _needs(A_PREMISES)], upstreams: Upstream
-) -> Any:
-    await _inside(principal, upstreams, "estate", estate_id)
-    return await upstreams.call("billing", "GET", f"/v1/estates/{estate_id}/meters")
-
-
-@router.get(
-    "/tenants/{tenant_id}/leases",
-    response_model=billing_contract.TenantLeasesOut,
-    tags=["premises"],
-    summary="租户租约 · Every lease of a tenant, ended ones too",
-    description=_doc("A tenant may lease in several estates: this needs an all-estates principal.", A_PREMISES),
-    openapi_extra=_extra(A_PREMISES),
-)
-async def tenant_leases(tenant_id: Id, principal: Annotated[Principal, _needs(A_PREMISES)], upstreams: Upstream) -> Any:
-    _all_estates(principal)
-    return await upstreams.call("billing", "GET", f"/v1/tenants/{tenant_id}/leases")
 
 
 A_ACCOUNTS = Action.ACCOUNTS_READ
@@ -374,7 +239,7 @@ A_ACCOUNTS = Action.ACCOUNTS_READ
 
 @router.get(
     "/meters/{meter_id}/usage",
-    response_model=dict[str, Any],
+    response_model=billing_contract.MeterUsageOut,
     tags=["metering"],
     summary="表计用量 · A meter's usage and cost per local hour, day or month",
     description=_doc("`start`/`end`: aware ISO 8601 instants.", A_ACCOUNTS),
@@ -395,27 +260,14 @@ async def meter_usage(
     return await upstreams.call("billing", "GET", f"/v1/meters/{meter_id}/usage", params=params)
 
 
-@router.get(
-    "/meters/{meter_id}/reading",
-    response_model=billing_contract.LatestReadingOut,
-    tags=["metering"],
-    summary="最新读数 · The last register values billed for a meter (404 before the first)",
-    description=_doc("", A_ACCOUNTS),
-    openapi_extra=_extra(A_ACCOUNTS),
-)
-async def meter_reading(meter_id: Id, principal: Annotated[Principal, _needs(A_ACCOUNTS)], upstreams: Upstream) -> Any:
-    await _inside(principal, upstreams, "meter", meter_id)
-    return await upstreams.call("billing", "GET", f"/v1/meters/{meter_id}/reading")
-
-
 # -- statements for staff (billing) -----------------------------------------------------------------------
 @router.get(
     "/accounts/{account_id}/statements/{month}",
     tags=["accounts"],
     summary="月结单 · An account's monthly statement as JSON, CSV or PDF",
     description=_doc("The statement a tenant gets, for staff: `format` json (default), csv or pdf.", A_ACCOUNTS),
-    responses={200: {"content": {"application/json": {}, "text/csv": {}, "application/pdf": {}}}},
-    response_class=Response,
+    response_model=billing_contract.StatementOut,
+    responses={200: {"content": {"text/csv": {}, "application/pdf": {}}, "description": "the statement"}},
     openapi_extra=_extra(A_ACCOUNTS),
 )
 async def statement(
@@ -459,7 +311,7 @@ A_RECONCILE = Action.PAYMENTS_RECONCILE
 @router.post(
     "/payments/bank/imports",
     status_code=201,
-    response_model=dict[str, Any],
+    response_model=billing_contract.ImportOut,
     tags=["payments"],
     summary="银行流水导入 · Import a bank statement CSV (idempotent)",
     description=_doc(
@@ -513,22 +365,6 @@ async def bank_import(
     return await store.run(principal, idempotency_key, request, fingerprint, forward)
 
 
-@router.put(
-    "/payments/aliases/{alias}",
-    status_code=204,
-    tags=["payments"],
-    summary="缴费别名 · Register a payment reference or room code for bank matching",
-    description=_doc("", A_RECONCILE),
-    openapi_extra=_extra(A_RECONCILE),
-)
-async def put_alias(
-    alias: Id, body: AliasIn, principal: Annotated[Principal, _needs(A_RECONCILE)], upstreams: Upstream
-) -> Response:
-    await _inside(principal, upstreams, "account", body.account_id)
-    await upstreams.call("billing", "PUT", f"/v1/payments/aliases/{alias}", json=body.model_dump(mode="json"))
-    return _no_content()
-
-
 def _bank_text(content: bytes) -> str:
     """The statement as text: UTF-8 or, as many banks export it, GB18030 ("" when it is neither)."""
     for encoding in ("utf-8-sig", "gb18030"):
@@ -540,55 +376,6 @@ def _bank_text(content: bytes) -> str:
 
 
 ReviewId = Annotated[int, Path(ge=1, le=2**62)]
-
-
-@router.post(
-    "/payments/reviews/{review_id}/assign",
-    response_model=dict[str, Any],
-    tags=["payments"],
-    summary="认领款项 · Credit a review item to an account (idempotent)",
-    description=_doc("Assigning the same item to the same account again returns it; to another is a 409.", A_RECONCILE),
-    openapi_extra=_extra(A_RECONCILE),
-)
-async def assign_review(
-    review_id: ReviewId,
-    body: AssignIn,
-    request: Request,
-    principal: Annotated[Principal, _needs(A_RECONCILE)],
-    upstreams: Upstream,
-    store: Idempotency,
-    idempotency_key: IdempotencyKey,
-) -> Any:
-    _all_estates(principal)  # an unmatched bank line belongs to no estate yet
-    sent = body.model_dump(mode="json")
-    return await _once(
-        request,
-        principal,
-        store,
-        idempotency_key,
-        sent,
-        lambda headers: upstreams.raw(
-            "billing", "POST", f"/v1/payments/reviews/{review_id}/assign", json=sent, headers=headers
-        ),
-        200,
-    )
-
-
-@router.post(
-    "/payments/reviews/{review_id}/dismiss",
-    response_model=dict[str, Any],
-    tags=["payments"],
-    summary="关闭待匹配款项 · Close a review item without crediting",
-    description=_doc("", A_RECONCILE),
-    openapi_extra=_extra(A_RECONCILE),
-)
-async def dismiss_review(
-    review_id: ReviewId, body: DismissIn, principal: Annotated[Principal, _needs(A_RECONCILE)], upstreams: Upstream
-) -> Any:
-    _all_estates(principal)
-    return await upstreams.call(
-        "billing", "POST", f"/v1/payments/reviews/{review_id}/dismiss", json=body.model_dump(mode="json")
-    )
 
 
 @router.get(
@@ -636,45 +423,6 @@ async def payment_reconciliations(
     return await upstreams.call("billing", "GET", "/v1/payments/reconciliations", params=params)
 
 
-@router.post(
-    "/payments/reconciliations/{provider}/{bill_date}",
-    response_model=ReconciliationOut,
-    tags=["payments"],
-    summary="重新对账 · Reconcile one provider's bill of one local day now (idempotent)",
-    description=_doc("Downloads the provider's bill again and matches it line by line.", A_RECONCILE),
-    openapi_extra=_extra(A_RECONCILE),
-)
-async def reconcile_payments(
-    provider: Literal["wechat", "alipay", "sandbox"],
-    bill_date: Annotated[Day, Path(description="the local day of the bill, e.g. 2027-01-01")],
-    principal: Annotated[Principal, _needs(A_RECONCILE)],
-    upstreams: Upstream,
-) -> Any:
-    _all_estates(principal)
-    return await upstreams.call("billing", "POST", f"/v1/payments/reconciliations/{provider}/{bill_date.isoformat()}")
-
-
-@router.get(
-    "/payments/{payment_id}/refunds",
-    response_model=Paged[RefundOut],
-    tags=["payments"],
-    summary="退款记录 · Refunds of a payment",
-    description=_doc("", A_ACCOUNTS),
-    openapi_extra=_extra(A_ACCOUNTS),
-)
-async def payment_refunds(
-    payment_id: uuid.UUID,
-    principal: Annotated[Principal, _needs(A_ACCOUNTS)],
-    upstreams: Upstream,
-    limit: Limit = 50,
-    cursor: Cursor = None,
-) -> Any:
-    _all_estates(principal)
-    return page_of_all(
-        _rows(await upstreams.call("billing", "GET", f"/v1/payments/{payment_id}/refunds")), limit, cursor, None
-    )
-
-
 # -- cut-off protection: holds, deferrals, keep-power (control) ---------------------------------------------
 class HoldIn(BaseModel):
     model_config = ConfigDict(
@@ -712,38 +460,6 @@ async def holds(
     return page_of_all(mine, limit, cursor, None)
 
 
-@router.put(
-    "/holds/{estate_id}",
-    status_code=204,
-    tags=["commands"],
-    summary="设停断开关 · No cut-off in an estate (`all`: everywhere) until lifted or `until`",
-    description=_doc("Trips due meanwhile wait as deferrals and are decided again when the switch ends.", A_TRIP),
-    openapi_extra=_extra(A_TRIP),
-)
-async def set_hold(
-    estate_id: Id, body: HoldIn, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
-) -> Response:
-    await _estate_or_all(principal, upstreams, estate_id)
-    await upstreams.call("control", "PUT", f"/v1/holds/{estate_id}", json=body.model_dump(mode="json"))
-    return _no_content()
-
-
-@router.delete(
-    "/holds/{estate_id}",
-    status_code=204,
-    tags=["commands"],
-    summary="解除停断开关 · Lift a no-cut-off switch; deferred trips are decided again",
-    description=_doc("", A_TRIP),
-    openapi_extra=_extra(A_TRIP),
-)
-async def lift_hold(
-    estate_id: Id, reason: Reason, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
-) -> Response:
-    await _estate_or_all(principal, upstreams, estate_id)
-    await upstreams.call("control", "DELETE", f"/v1/holds/{estate_id}", params={"reason": reason})
-    return _no_content()
-
-
 async def _estate_or_all(principal: Principal, upstreams: Upstreams, estate_id: str) -> None:
     if estate_id == "all":
         _all_estates(principal)
@@ -776,54 +492,6 @@ async def deferrals(
     return page_of_all(rows, limit, cursor, None)
 
 
-@router.delete(
-    "/keep-power/households/{account_id}",
-    status_code=204,
-    tags=["commands"],
-    summary="解除保电 · Lift a household's keep-power",
-    description=_doc("The household may be cut off again by its balance.", A_TRIP),
-    openapi_extra=_extra(A_TRIP),
-)
-async def lift_household_keep_power(
-    account_id: Id, reason: Reason, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
-) -> Response:
-    await _inside(principal, upstreams, "account", account_id)
-    await upstreams.call("control", "DELETE", f"/v1/keep-power/households/{account_id}", params={"reason": reason})
-    return _no_content()
-
-
-@router.put(
-    "/keep-power/estates/{estate_id}",
-    status_code=204,
-    tags=["commands"],
-    summary="小区保电 · Keep a whole estate's supply on",
-    description=_doc("", A_TRIP),
-    openapi_extra=_extra(A_TRIP),
-)
-async def set_estate_keep_power(
-    estate_id: Id, body: KeepPowerIn, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
-) -> Response:
-    await _inside(principal, upstreams, "estate", estate_id)
-    await upstreams.call("control", "PUT", f"/v1/keep-power/estates/{estate_id}", json=body.model_dump(mode="json"))
-    return _no_content()
-
-
-@router.delete(
-    "/keep-power/estates/{estate_id}",
-    status_code=204,
-    tags=["commands"],
-    summary="解除小区保电 · Lift an estate's keep-power",
-    description=_doc("", A_TRIP),
-    openapi_extra=_extra(A_TRIP),
-)
-async def lift_estate_keep_power(
-    estate_id: Id, reason: Reason, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
-) -> Response:
-    await _inside(principal, upstreams, "estate", estate_id)
-    await upstreams.call("control", "DELETE", f"/v1/keep-power/estates/{estate_id}", params={"reason": reason})
-    return _no_content()
-
-
 @router.get(
     "/policy-log",
     response_model=Paged[PolicyLogOut],
@@ -851,7 +519,7 @@ async def policy_log(
 # -- commands: a batch's preview, removing a schedule (control) ----------------------------------------------
 @router.post(
     "/commands/batch/preview",
-    response_model=dict[str, Any],
+    response_model=control_contract.BatchOut,
     tags=["commands"],
     summary="批量预览 · Which meters a batch would command, and which policy would block",
     description=_doc("Nothing is sent to a meter. Every meter must be in your estates (403 otherwise).", A_COMMANDS),
@@ -867,24 +535,6 @@ async def preview_batch(body: BatchIn, principal: Annotated[Principal, _needs(A_
 
 
 A_CLOSE = Action.COMMANDS_CLOSE
-
-
-@router.delete(
-    "/schedules/{schedule_id}",
-    status_code=204,
-    tags=["commands"],
-    summary="删除定时命令 · Remove a scheduled command",
-    description=_doc("Schedules span estates (as their listing does): this needs an all-estates principal.", A_CLOSE),
-    openapi_extra=_extra(A_CLOSE),
-)
-async def delete_schedule(
-    schedule_id: uuid.UUID,
-    principal: Annotated[Principal, _needs(A_CLOSE)],
-    upstreams: Upstream,
-) -> Response:
-    _all_estates(principal)
-    await upstreams.call("control", "DELETE", f"/v1/schedules/{schedule_id}")
-    return _no_content()
 
 
 # -- the device registry: export and removal (collector) --------------------------------------------------
@@ -908,58 +558,6 @@ async def export_registry(principal: Annotated[Principal, _needs(A_DEVICES)], up
     return Response(raw.content, media_type="text/csv; charset=utf-8", headers=headers)
 
 
-@router.delete(
-    "/meters/{meter_id}",
-    status_code=204,
-    tags=["meters"],
-    summary="删除表计档案 · Remove a meter from the registry (polling stops)",
-    description=_doc(
-        "Its binding and history in billing stay; an unbound meter needs an all-estates principal.", A_DEVICES_WRITE
-    ),
-    openapi_extra=_extra(A_DEVICES_WRITE),
-)
-async def delete_meter(
-    meter_id: Id, principal: Annotated[Principal, _needs(A_DEVICES_WRITE)], upstreams: Upstream
-) -> Response:
-    await _inside(principal, upstreams, "meter", meter_id)
-    await upstreams.call("collector", "DELETE", f"/v1/meters/{meter_id}")
-    return _no_content()
-
-
-@router.delete(
-    "/buses/{bus_id}",
-    status_code=204,
-    tags=["meters"],
-    summary="删除总线 · Remove an RS-485 bus with its meters",
-    description=_doc(
-        "A bus may serve meters of several estates: this needs an all-estates principal.", A_DEVICES_WRITE
-    ),
-    openapi_extra=_extra(A_DEVICES_WRITE),
-)
-async def delete_bus(
-    bus_id: Id, principal: Annotated[Principal, _needs(A_DEVICES_WRITE)], upstreams: Upstream
-) -> Response:
-    _all_estates(principal)
-    await upstreams.call("collector", "DELETE", f"/v1/buses/{bus_id}")
-    return _no_content()
-
-
-@router.delete(
-    "/gateways/{gateway_id}",
-    status_code=204,
-    tags=["meters"],
-    summary="删除网关 · Remove a gateway with its buses and meters",
-    description=_doc("A gateway may serve several estates: this needs an all-estates principal.", A_DEVICES_WRITE),
-    openapi_extra=_extra(A_DEVICES_WRITE),
-)
-async def delete_gateway(
-    gateway_id: Id, principal: Annotated[Principal, _needs(A_DEVICES_WRITE)], upstreams: Upstream
-) -> Response:
-    _all_estates(principal)
-    await upstreams.call("collector", "DELETE", f"/v1/gateways/{gateway_id}")
-    return _no_content()
-
-
 # -- holiday calendars (control) ---------------------------------------------------------------------------
 class CalendarYearIn(BaseModel):
     model_config = ConfigDict(
@@ -981,45 +579,6 @@ class CalendarYearIn(BaseModel):
 
 
 Year = Annotated[int, Path(ge=2000, le=2200, description="calendar year")]
-
-
-@router.get(
-    "/calendar",
-    response_model=dict[str, Any],
-    tags=["commands"],
-    summary="节假日日历 · Which years the holiday calendar covers, and a warning when next year is missing",
-    description=_doc("", A_COMMANDS),
-    openapi_extra=_extra(A_COMMANDS),
-)
-async def calendar(principal: Annotated[Principal, _needs(A_COMMANDS)], upstreams: Upstream) -> Any:
-    return await upstreams.call("control", "GET", "/v1/calendar")
-
-
-@router.get(
-    "/calendar/{year}",
-    response_model=dict[str, Any],
-    tags=["commands"],
-    summary="年度节假日安排 · A year's published holiday arrangement",
-    description=_doc("", A_COMMANDS),
-    openapi_extra=_extra(A_COMMANDS),
-)
-async def calendar_year(year: Year, principal: Annotated[Principal, _needs(A_COMMANDS)], upstreams: Upstream) -> Any:
-    return await upstreams.call("control", "GET", f"/v1/calendar/{year}")
-
-
-@router.put(
-    "/calendar/{year}",
-    response_model=dict[str, Any] | None,
-    tags=["commands"],
-    summary="发布节假日安排 · Publish a year's holiday arrangement (State Council notice)",
-    description=_doc("It wins over the built-in library for that year, in every estate.", A_TRIP),
-    openapi_extra=_extra(A_TRIP),
-)
-async def publish_calendar_year(
-    year: Year, body: CalendarYearIn, principal: Annotated[Principal, _needs(A_TRIP)], upstreams: Upstream
-) -> Any:
-    _all_estates(principal)
-    return await upstreams.call("control", "PUT", f"/v1/calendar/{year}", json=body.model_dump(mode="json"))
 
 
 # -- alarm rules and subscriptions (alarm) -----------------------------------------------------------------
@@ -1123,7 +682,7 @@ async def effective_rules(
 
 @router.put(
     "/alarm-rules",
-    response_model=dict[str, Any] | None,
+    response_model=RuleOut,
     tags=["alarms"],
     summary="设告警规则 · Set an alarm rule at a scope (validated)",
     description=_doc("Rules at every scope but an estate's reach across estates: those need all estates.", A_CONFIGURE),
@@ -1196,7 +755,7 @@ class WorkOrderIn(BaseModel):
 @router.post(
     "/work-orders",
     status_code=201,
-    response_model=dict[str, Any],
+    response_model=alarm_contract.WorkOrderOut,
     tags=["maintenance"],
     summary="人工开单 · Open a work order by hand (an inspection, a tenant's call)",
     description=_doc(
@@ -1220,7 +779,7 @@ async def open_work_order(
 @router.post(
     "/alarm-subscriptions",
     status_code=201,
-    response_model=dict[str, Any],
+    response_model=SubscriptionOut,
     tags=["alarms"],
     summary="订阅告警 · Send a staff role's alarms to an e-mail, phone or webhook",
     description=_doc(
@@ -1320,24 +879,6 @@ async def notifications(
     return page_of_all(rows, limit, cursor, None)
 
 
-@router.post(
-    "/notifications/{notification_id}/retry",
-    status_code=202,
-    response_model=dict[str, Any],
-    tags=["alarms"],
-    summary="重发通知 · Deliver a dead notification again",
-    description=_doc("", A_CONFIGURE),
-    openapi_extra=_extra(A_CONFIGURE),
-)
-async def retry_notification(
-    notification_id: uuid.UUID,
-    principal: Annotated[Principal, _needs(A_CONFIGURE)],
-    upstreams: Upstream,
-) -> Any:
-    _all_estates(principal)
-    return await upstreams.call("alarm", "POST", f"/v1/notifications/{notification_id}/retry")
-
-
 # -- the gateway's audit log -------------------------------------------------------------------------------
 class AuditEntry(BaseModel):
     id: int
@@ -1404,3 +945,431 @@ async def audit_log(
         "items": rows[:limit],
         "next_cursor": encode_cursor(offset + limit) if len(rows) > limit else None,
     }
+
+
+# -- the plain pass-throughs: one table, one mechanism --------------------------------------------------------
+@dataclass(frozen=True)
+class Inside:
+    """The caller reaches the object only inside their estates (404 outside them): its kind, and the path parameter
+    (or body field) naming it."""
+
+    kind: str
+    name: str
+
+
+ALL_ESTATES: Final = "all_estates"  # spans estates: an all-estates principal (403 otherwise)
+ESTATE_OR_ALL: Final = "estate_or_all"  # `estate_id` one of the caller's estates, or `all` for an all-estates principal
+Guard = Inside | Literal["all_estates", "estate_or_all"] | None
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A route that checks who may call it, forwards to one backend route and answers what the backend answered:
+    a typed answer (`response`), a page of its rows (`rows`), or nothing (204). `name` is the endpoint's name, so
+    its OpenAPI operationId."""
+
+    name: str
+    method: str
+    path: str
+    action: Action
+    service: str
+    tag: str
+    summary: str
+    description: str = ""
+    guard: Guard = None
+    body: Any = None  # the typed body, forwarded as JSON
+    exclude_none: bool = False  # leave unset optional fields out of the forwarded body (the backend defaults them)
+    reason: bool = False  # a `reason` query parameter, forwarded (the DELETEs that record why)
+    idempotent: bool = False  # under an Idempotency-Key: a replay returns the first answer
+    response: Any = None
+    rows: type[BaseModel] | None = None
+    status: int = 200
+
+
+# Path parameters typed beyond an identifier, by name.
+PATH_TYPES: dict[str, Any] = {
+    "month": MonthPath,
+    "review_id": ReviewId,
+    "year": Year,
+    "provider": Literal["wechat", "alipay", "sandbox"],
+    "bill_date": Annotated[Day, Path(description="the local day of the bill, e.g. 2027-01-01")],
+    "payment_id": uuid.UUID,
+    "schedule_id": uuid.UUID,
+    "notification_id": uuid.UUID,
+}
+FORWARDS: tuple[Forward, ...] = (
+    # metering (billing)
+    Forward(
+        "meter_event",
+        "POST",
+        "/meters/{meter_id}/events",
+        Action.CORRECTIONS_CREATE,
+        "billing",
+        "metering",
+        "表计事件 · Declare a meter replacement, CT-ratio change or rollover (idempotent)",
+        "Billing prices the meter's consumption across the change. Who declared it is the signed-in caller.",
+        guard=Inside("meter", "meter_id"),
+        body=MeterEventIn,
+        exclude_none=True,
+        idempotent=True,
+        response=billing_contract.MeterEventOut,
+        status=201,
+    ),
+    Forward(
+        "common_meter",
+        "PUT",
+        "/estates/{estate_id}/common-meters/{meter_id}",
+        Action.PREMISES_WRITE,
+        "billing",
+        "metering",
+        "公摊表 · Bind a common meter whose consumption the estate's households share",
+        "Effective-dated; the monthly run shares its cost out (公摊).",
+        guard=Inside("estate", "estate_id"),
+        body=CommonMeterIn,
+        exclude_none=True,
+    ),
+    Forward(
+        "run_month",
+        "POST",
+        "/estates/{estate_id}/months/{month}/run",
+        Action.BILLING_RUN,
+        "billing",
+        "metering",
+        "月结 · Post a past month's fixed fees and 公摊 for an estate (once)",
+        "Runs once per estate and month; a repeat returns the first run. A month that has not ended is a 409.",
+        guard=Inside("estate", "estate_id"),
+        response=billing_contract.MonthRunOut,
+    ),
+    Forward(
+        "estate_meter_list",
+        "GET",
+        "/estates/{estate_id}/meters",
+        A_PREMISES,
+        "billing",
+        "metering",
+        "小区表计 · Meters bound now to an estate's rooms, accounts or common use",
+        guard=Inside("estate", "estate_id"),
+        response=billing_contract.EstateMetersOut,
+    ),
+    Forward(
+        "tenant_leases",
+        "GET",
+        "/tenants/{tenant_id}/leases",
+        A_PREMISES,
+        "billing",
+        "premises",
+        "租户租约 · Every lease of a tenant, ended ones too",
+        "A tenant may lease in several estates: this needs an all-estates principal.",
+        guard=ALL_ESTATES,
+        response=billing_contract.TenantLeasesOut,
+    ),
+    Forward(
+        "meter_reading",
+        "GET",
+        "/meters/{meter_id}/reading",
+        A_ACCOUNTS,
+        "billing",
+        "metering",
+        "最新读数 · The last register values billed for a meter (404 before the first)",
+        guard=Inside("meter", "meter_id"),
+        response=billing_contract.LatestReadingOut,
+    ),
+    # payments (billing)
+    Forward(
+        "put_alias",
+        "PUT",
+        "/payments/aliases/{alias}",
+        A_RECONCILE,
+        "billing",
+        "payments",
+        "缴费别名 · Register a payment reference or room code for bank matching",
+        guard=Inside("account", "account_id"),
+        body=AliasIn,
+    ),
+    Forward(
+        "assign_review",
+        "POST",
+        "/payments/reviews/{review_id}/assign",
+        A_RECONCILE,
+        "billing",
+        "payments",
+        "认领款项 · Credit a review item to an account (idempotent)",
+        "Assigning the same item to the same account again returns it; to another is a 409.",
+        guard=ALL_ESTATES,  # an unmatched bank line belongs to no estate yet
+        body=AssignIn,
+        idempotent=True,
+        response=billing_contract.ReviewOut,
+    ),
+    Forward(
+        "dismiss_review",
+        "POST",
+        "/payments/reviews/{review_id}/dismiss",
+        A_RECONCILE,
+        "billing",
+        "payments",
+        "关闭待匹配款项 · Close a review item without crediting",
+        guard=ALL_ESTATES,
+        body=DismissIn,
+        response=billing_contract.ReviewOut,
+    ),
+    Forward(
+        "reconcile_payments",
+        "POST",
+        "/payments/reconciliations/{provider}/{bill_date}",
+        A_RECONCILE,
+        "billing",
+        "payments",
+        "重新对账 · Reconcile one provider's bill of one local day now (idempotent)",
+        "Downloads the provider's bill again and matches it line by line.",
+        guard=ALL_ESTATES,
+        response=ReconciliationOut,
+    ),
+    Forward(
+        "payment_refunds",
+        "GET",
+        "/payments/{payment_id}/refunds",
+        A_ACCOUNTS,
+        "billing",
+        "payments",
+        "退款记录 · Refunds of a payment",
+        guard=ALL_ESTATES,
+        rows=RefundOut,
+    ),
+    # cut-off protection (control)
+    Forward(
+        "set_hold",
+        "PUT",
+        "/holds/{estate_id}",
+        A_TRIP,
+        "control",
+        "commands",
+        "设停断开关 · No cut-off in an estate (`all`: everywhere) until lifted or `until`",
+        "Trips due meanwhile wait as deferrals and are decided again when the switch ends.",
+        guard=ESTATE_OR_ALL,
+        body=HoldIn,
+    ),
+    Forward(
+        "lift_hold",
+        "DELETE",
+        "/holds/{estate_id}",
+        A_TRIP,
+        "control",
+        "commands",
+        "解除停断开关 · Lift a no-cut-off switch; deferred trips are decided again",
+        guard=ESTATE_OR_ALL,
+        reason=True,
+    ),
+    Forward(
+        "lift_household_keep_power",
+        "DELETE",
+        "/keep-power/households/{account_id}",
+        A_TRIP,
+        "control",
+        "commands",
+        "解除保电 · Lift a household's keep-power",
+        "The household may be cut off again by its balance.",
+        guard=Inside("account", "account_id"),
+        reason=True,
+    ),
+    Forward(
+        "set_estate_keep_power",
+        "PUT",
+        "/keep-power/estates/{estate_id}",
+        A_TRIP,
+        "control",
+        "commands",
+        "小区保电 · Keep a whole estate's supply on",
+        guard=Inside("estate", "estate_id"),
+        body=KeepPowerIn,
+    ),
+    Forward(
+        "lift_estate_keep_power",
+        "DELETE",
+        "/keep-power/estates/{estate_id}",
+        A_TRIP,
+        "control",
+        "commands",
+        "解除小区保电 · Lift an estate's keep-power",
+        guard=Inside("estate", "estate_id"),
+        reason=True,
+    ),
+    Forward(
+        "delete_schedule",
+        "DELETE",
+        "/schedules/{schedule_id}",
+        A_CLOSE,
+        "control",
+        "commands",
+        "删除定时命令 · Remove a scheduled command",
+        "Schedules span estates (as their listing does): this needs an all-estates principal.",
+        guard=ALL_ESTATES,
+    ),
+    # the device registry (collector)
+    Forward(
+        "delete_meter",
+        "DELETE",
+        "/meters/{meter_id}",
+        A_DEVICES_WRITE,
+        "collector",
+        "meters",
+        "删除表计档案 · Remove a meter from the registry (polling stops)",
+        "Its binding and history in billing stay; an unbound meter needs an all-estates principal.",
+        guard=Inside("meter", "meter_id"),
+    ),
+    Forward(
+        "delete_bus",
+        "DELETE",
+        "/buses/{bus_id}",
+        A_DEVICES_WRITE,
+        "collector",
+        "meters",
+        "删除总线 · Remove an RS-485 bus with its meters",
+        "A bus may serve meters of several estates: this needs an all-estates principal.",
+        guard=ALL_ESTATES,
+    ),
+    Forward(
+        "delete_gateway",
+        "DELETE",
+        "/gateways/{gateway_id}",
+        A_DEVICES_WRITE,
+        "collector",
+        "meters",
+        "删除网关 · Remove a gateway with its buses and meters",
+        "A gateway may serve several estates: this needs an all-estates principal.",
+        guard=ALL_ESTATES,
+    ),
+    # holiday calendars (control)
+    Forward(
+        "calendar",
+        "GET",
+        "/calendar",
+        A_COMMANDS,
+        "control",
+        "commands",
+        "节假日日历 · Which years the holiday calendar covers, and a warning when next year is missing",
+        response=control_contract.CalendarCoverageOut,
+    ),
+    Forward(
+        "calendar_year",
+        "GET",
+        "/calendar/{year}",
+        A_COMMANDS,
+        "control",
+        "commands",
+        "年度节假日安排 · A year's published holiday arrangement",
+        response=control_contract.CalendarYearOut,
+    ),
+    Forward(
+        "publish_calendar_year",
+        "PUT",
+        "/calendar/{year}",
+        A_TRIP,
+        "control",
+        "commands",
+        "发布节假日安排 · Publish a year's holiday arrangement (State Council notice)",
+        "It wins over the built-in library for that year, in every estate.",
+        guard=ALL_ESTATES,
+        body=CalendarYearIn,
+        response=control_contract.CalendarYearOut,
+    ),
+    # notifications (alarm)
+    Forward(
+        "retry_notification",
+        "POST",
+        "/notifications/{notification_id}/retry",
+        A_CONFIGURE,
+        "alarm",
+        "alarms",
+        "重发通知 · Deliver a dead notification again",
+        guard=ALL_ESTATES,
+        response=dict[str, str],
+        status=202,
+    ),
+)
+
+
+async def _guard(forward: Forward, principal: Principal, upstreams: Upstreams, path: dict[str, str], body: Any) -> None:
+    if forward.guard == ALL_ESTATES:
+        _all_estates(principal)
+    elif forward.guard == ESTATE_OR_ALL:
+        await _estate_or_all(principal, upstreams, path["estate_id"])
+    elif isinstance(forward.guard, Inside):
+        named = path.get(forward.guard.name) or (body or {}).get(forward.guard.name)
+        await _inside(principal, upstreams, forward.guard.kind, str(named))
+
+
+def _forward_params(forward: Forward) -> list[inspect.Parameter]:
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter(name, kw, annotation=PATH_TYPES.get(name, Id))
+        for name in re.findall(r"\{(\w+)\}", forward.path)
+    ]
+    if forward.body is not None:
+        params.append(inspect.Parameter("body", kw, annotation=forward.body))
+    params += [
+        inspect.Parameter("request", kw, annotation=Request),
+        inspect.Parameter("principal", kw, annotation=Annotated[Principal, _needs(forward.action)]),
+        inspect.Parameter("upstreams", kw, annotation=Upstream),
+    ]
+    if forward.idempotent:
+        params.append(inspect.Parameter("store", kw, annotation=Idempotency))
+        params.append(inspect.Parameter("idempotency_key", kw, annotation=IdempotencyKey))
+    if forward.reason:
+        params.append(inspect.Parameter("reason", kw, annotation=Reason))
+    if forward.rows is not None:
+        params.append(inspect.Parameter("limit", kw, default=50, annotation=Limit))
+        params.append(inspect.Parameter("cursor", kw, default=None, annotation=Cursor))
+    return params
+
+
+def _forward_endpoint(forward: Forward) -> Any:
+    names = re.findall(r"\{(\w+)\}", forward.path)
+
+    async def endpoint(**kwargs: Any) -> Any:
+        principal: Principal = kwargs["principal"]
+        upstreams: Upstreams = kwargs["upstreams"]
+        path = {name: str(kwargs[name]) for name in names}  # a date's str() is its ISO form
+        model = kwargs.get("body")
+        body = None if model is None else model.model_dump(mode="json", exclude_none=forward.exclude_none)
+        await _guard(forward, principal, upstreams, path, body)
+        target = "/v1" + forward.path.format(**path)
+        params = {"reason": kwargs["reason"]} if forward.reason else None
+        if forward.idempotent:
+            return await _once(
+                kwargs["request"],
+                principal,
+                kwargs["store"],
+                kwargs["idempotency_key"],
+                body,
+                lambda headers: upstreams.raw(forward.service, forward.method, target, json=body, headers=headers),
+                forward.status,
+            )
+        found = await upstreams.call(forward.service, forward.method, target, json=body, params=params)
+        if forward.rows is not None:
+            return page_of_all(_rows(found), kwargs["limit"], kwargs["cursor"], None)
+        if forward.response is None:
+            return _no_content()
+        return JSONResponse(found, status_code=forward.status)  # the backend's answer as it wrote it
+
+    endpoint.__signature__ = inspect.Signature(_forward_params(forward))  # type: ignore[attr-defined]
+    endpoint.__name__ = forward.name
+    return endpoint
+
+
+def _add_forwards() -> None:
+    for forward in FORWARDS:
+        answers = forward.response is not None or forward.rows is not None
+        router.add_api_route(
+            forward.path,
+            _forward_endpoint(forward),
+            methods=[forward.method],
+            status_code=forward.status if answers else 204,
+            response_model=forward.response if forward.rows is None else Paged.__class_getitem__(forward.rows),
+            tags=[forward.tag],
+            summary=forward.summary,
+            description=_doc(forward.description, forward.action),
+            openapi_extra=_extra(forward.action),
+        )
+
+
+_add_forwards()

@@ -4,6 +4,9 @@
 // for good (file names carry a content hash). The gateway serves dist/ (shuidian_gateway.webui).
 import { fileURLToPath, URL } from 'node:url'
 import { existsSync } from 'node:fs'
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { brotliCompressSync, constants, gzipSync } from 'node:zlib'
 import { defineConfig, type Plugin } from 'vite'
 import vue from '@vitejs/plugin-vue'
 
@@ -25,9 +28,37 @@ function historyFallback(): Plugin {
   }
 }
 
+/**
+ * After the build, `<file>.br` and `<file>.gz` beside every asset worth compressing, at the best
+ * levels (done once here rather than per request): the gateway sends the one a browser accepts
+ * (shuidian_gateway.webui). A variant that would not be smaller is not written.
+ */
+function precompress(): Plugin {
+  return {
+    name: 'shuidian-precompress',
+    apply: 'build',
+    async writeBundle(options, bundle) {
+      const outDir = options.dir ?? 'dist'
+      const names = Object.keys(bundle).filter((name) => /\.(js|css|svg|json)$/.test(name))
+      await Promise.all(
+        names.map(async (name) => {
+          const file = join(outDir, name)
+          const data = await readFile(file)
+          if (data.length < 1024) return
+          const variants: [string, Buffer][] = [
+            ['.gz', gzipSync(data, { level: 9 })],
+            ['.br', brotliCompressSync(data, { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_SIZE_HINT]: data.length } })],
+          ]
+          await Promise.all(variants.filter(([, packed]) => packed.length < data.length).map(([suffix, packed]) => writeFile(file + suffix, packed)))
+        }),
+      )
+    },
+  }
+}
+
 export default defineConfig({
   base: '/',
-  plugins: [vue(), historyFallback()],
+  plugins: [vue(), historyFallback(), precompress()],
   resolve: { alias: { '@': fileURLToPath(new URL('./src', import.meta.url)) } },
   build: {
     outDir: 'dist',

@@ -6,12 +6,22 @@ the build: files under /assets/ carry a content hash in their name, so they are 
 year; the two HTML pages are `no-cache` (revalidated every time, so a deploy shows at once). Every
 answer carries a Content-Security-Policy that allows only this origin (no inline script; inline
 styles, which Element Plus and Vant set on elements, are allowed) and the usual security headers.
+
+Compression is done once, at build time: the build writes `<file>.br` and `<file>.gz` beside each
+asset worth compressing (web/vite.config.ts), and a client that accepts one gets it as it is, with
+`Content-Encoding` and `Vary: Accept-Encoding` — no CPU spent per request, and Brotli at its best
+level, which would be too slow to do on the fly.
+
+Where the build is: `GATEWAY_WEB_ROOT`, else the nearest `web/dist` holding a page above this
+module (a source checkout, installed editable) or below the working directory; the container image
+copies the build to /opt/app/web and its entry point names it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import mimetypes
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -47,29 +57,83 @@ SECURITY_HEADERS: Final = {
 }
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
 NO_CACHE: Final = "no-cache"
-# The repository's build (services/api-gateway/src/shuidian_gateway/webui.py → repo/web/dist).
-REPO_BUILD: Final = Path(__file__).resolve().parents[4] / "web" / "dist"
+# Precompressed variants the build writes beside a file, best first: (suffix, Content-Encoding).
+ENCODINGS: Final = ((".br", "br"), (".gz", "gzip"))
+
+
+def _builds_above(start: Path) -> Iterator[Path]:
+    for folder in (start, *start.parents):
+        yield folder / "web" / "dist"
+
+
+def default_root(module: Path = Path(__file__), cwd: Path | None = None) -> Path | None:
+    """The nearest built front-end: `web/dist` (with a page in it) in a folder above this module — a
+    source checkout — or above the working directory; None when neither has been built."""
+    for build in (*_builds_above(module.resolve().parent), *_builds_above((cwd or Path.cwd()).resolve())):
+        if any((build / f"{app}.html").is_file() for app in APPS):
+            return build
+    return None
 
 
 class WebSettings(BaseSettings):
-    """`GATEWAY_WEB_ROOT`: the built front-end; unset, the repository's web/dist when it was built."""
+    """`GATEWAY_WEB_ROOT`: the built front-end; unset, the nearest web/dist that was built (`default_root`)."""
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
     web_root: Path | None = None
 
     def root(self) -> Path | None:
-        return self.web_root if self.web_root is not None else (REPO_BUILD if REPO_BUILD.is_dir() else None)
+        return self.web_root if self.web_root is not None else default_root()
+
+
+def accepted(header: str) -> set[str]:
+    """The content codings an Accept-Encoding header accepts (q > 0); `*` stands for any."""
+    codings: set[str] = set()
+    for item in header.split(","):
+        name, _, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if name and quality > 0:
+            codings.add(name.strip().lower())
+    return codings
+
+
+def _variant(request: Request, path: Path) -> tuple[Path, str | None, bool]:
+    """The file to send for `path` — a precompressed variant when the client accepts one — its
+    Content-Encoding, and whether variants exist (then the answer depends on Accept-Encoding)."""
+    variants = [(path.with_name(path.name + suffix), coding) for suffix, coding in ENCODINGS]
+    variants = [(file, coding) for file, coding in variants if file.is_file()]
+    if not variants:
+        return path, None, False
+    codings = accepted(request.headers.get("accept-encoding", ""))
+    for file, coding in variants:
+        if coding in codings or "*" in codings:
+            return file, coding, True
+    return path, None, True
 
 
 def _file(request: Request, path: Path, cache: str) -> Response:
-    """The file, or a 304 when the browser's copy (If-None-Match) is current: how no-cache pages stay cheap."""
-    stat = path.stat()
-    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    """The file (precompressed when the client accepts it), or a 304 when the browser's copy
+    (If-None-Match) is current: how no-cache pages stay cheap."""
+    sent, coding, varies = _variant(request, path)
+    stat = sent.stat()
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}{"-" + coding if coding else ""}"'
     headers = {**SECURITY_HEADERS, "Cache-Control": cache, "ETag": etag}
+    if varies:
+        headers["Vary"] = "Accept-Encoding"
     if etag in (tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")):
         return Response(status_code=304, headers=headers)
-    return FileResponse(path, headers=headers, stat_result=stat)
+    if coding:
+        headers["Content-Encoding"] = coding
+    # The type of what was compressed, not of the .br / .gz file (Starlette adds the charset to text/*).
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(sent, headers=headers, stat_result=stat, media_type=media_type)
 
 
 def _page(page: Path) -> Callable[[Request, str], Awaitable[Response]]:

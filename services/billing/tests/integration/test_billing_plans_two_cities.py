@@ -131,7 +131,10 @@ PLANS: list[tuple[str, dict[str, Any], str, list[dict[str, Any]]]] = [
         "hz-shop-power",
         {"name": "杭州 非居民电价", "estate_id": "HZ", "customer_class": "non_residential"},
         "electricity",
-        [{"kind": "flat", "unit_price": "0.92"}],
+        [
+            {"kind": "flat", "unit_price": "0.92"},
+            {"kind": "fixed", "name": "capacity_fee", "amount_per_month": "30.00"},
+        ],
     ),
 ]
 # room: estate, household size, class, electricity steps, water steps (registers from 0 every 3 hours)
@@ -356,3 +359,16 @@ async def test_a_retroactive_price_decision_is_previewed_then_posted_once(
     )
     assert memo.startswith("调价追溯")
     assert "杭发改价格" in memo
+
+
+async def test_the_monthly_run_charges_each_household_the_fixed_fees_of_its_own_plan(
+    service: Service, city: dict[str, str]
+) -> None:
+    shop_before = await household_balance(service, city["hz-shop"])
+    home_before = await household_balance(service, city["hz-101"])
+    run = await service.ok("POST", "/v1/estates/HZ/months/2026-11/run")
+    fees = {(line["account_id"], line["component"]): Decimal(line["amount"]) for line in run["fixed_fee_lines"]}
+    # Only the shop's plan has a fee; the homes' plan and the default plan have none.
+    assert fees == {(city["hz-shop"], "capacity_fee"): Decimal("30.00")}
+    assert await household_balance(service, city["hz-shop"]) == shop_before - Decimal("30.00")
+    assert await household_balance(service, city["hz-101"]) == home_before

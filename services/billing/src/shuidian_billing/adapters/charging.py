@@ -169,7 +169,7 @@ class Charger:
             key = (row["estate_id"], row["building_id"], row["customer_class"])
             context = contexts.get(key)
             if context is None:
-                context = contexts[key] = PlanContext(key[0], key[1], _CLASSES[key[2]])
+                context = contexts[key] = PlanContext(key[0], key[1], _CLASSES[key[2]].value)
             result.setdefault(row["meter_id"], []).append(
                 PlannedOwner(
                     row["account_id"],
@@ -243,7 +243,11 @@ class Charger:
             if step.watermark is not None and step.watermark is not previous:
                 marks[key] = changed[key] = step.watermark
             pricer = pricers[utility]
-            segments = self._rate_deltas(reading, _plan_at(pricer, periods, reading.sampled_at), marks, changed, step)
+            segments = (
+                self._rate_deltas(reading, _plan_at(pricer, periods, reading.sampled_at), marks, changed, step)
+                if pricer.rate_registers
+                else None
+            )
             if step.billed > 0:
                 self.accrue(work, reading.meter_id, utility, periods, step, pricer, segments, posted, previous)
         await self.save(conn, work, list(changed.values()))

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shuidian_billing.adapters import store
 from shuidian_billing.adapters.billing import Billing
 from shuidian_billing.adapters.levels import balance_modes, purse_for
-from shuidian_billing.adapters.tariffs import load_pricers
+from shuidian_billing.adapters.tariffs import lease_contexts, load_pricers
 from shuidian_billing.domain import ledger, tariffs
 from shuidian_billing.domain.fees import days_in_month, leased_days, month_start, prorate_fee, shared_area_weights
 from shuidian_billing.domain.periods import CHINA_STANDARD_TIME, CalendarPeriod, period_end
@@ -134,6 +134,7 @@ async def post_fixed_fees(
         )
     }
     pricers = await load_pricers(conn)
+    contexts = await lease_contexts(conn, [lease.lease_id for lease in leases])  # each lease's plan (docs/tariffs.md)
     lines: list[dict[str, Any]] = []
     charges: list[Charge] = []
     for lease in sorted(leases, key=lambda term: term.lease_id):
@@ -141,7 +142,7 @@ async def post_fixed_fees(
         if days == 0:
             continue
         for utility, pricer in pricers.items():
-            versions = [v.domain for v in pricer.versions]
+            versions = [v.domain for v in pricer.fee_versions(contexts.get(lease.lease_id), month_start(year, month))]
             for line in tariffs.fixed_charge_lines(versions, utility, year, month):
                 if (lease.lease_id, utility.value, line.component) in done:
                     continue

@@ -23,6 +23,7 @@ from shuidian_billing.domain.tariff_config import (
     DEFAULT_PLAN,
     CustomerClass,
     FlatIn,
+    PlanContext,
     PlanPricer,
     PlanScope,
     Pricer,
@@ -65,6 +66,20 @@ async def load_pricers(conn: AsyncConnection) -> dict[Utility, PlanPricer]:
     return {
         u: PlanPricer(u, plans, {plan: Pricer(u, v) for (vu, plan), v in versions.items() if vu is u}) for u in Utility
     }
+
+
+async def lease_contexts(conn: AsyncConnection, lease_ids: Sequence[str]) -> dict[str, PlanContext]:
+    """What picks each lease's plan for its fixed fees: its room's estate and building, and its class
+    (the lease's, else the room's)."""
+    rows = await conn.execute(
+        text(
+            "SELECT l.lease_id, b.estate_id, b.building_id, coalesce(l.customer_class, r.customer_class) AS cls "
+            "FROM billing.leases l JOIN billing.rooms r USING (room_id) JOIN billing.floors f USING (floor_id) "
+            "JOIN billing.buildings b USING (building_id) WHERE l.lease_id = ANY(:l)"
+        ),
+        {"l": list(lease_ids)},
+    )
+    return {row.lease_id: PlanContext(row.estate_id, row.building_id, CustomerClass(row.cls).value) for row in rows}
 
 
 class TariffAdmin:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, time
 from decimal import Context, Decimal, Inexact
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -298,13 +298,15 @@ class PlanScope:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class PlanContext:
-    """What decides a meter's plan over an owner period: its estate, building and customer class."""
+class PlanContext(NamedTuple):
+    """What decides a meter's plan over an owner period: its estate, building and customer class.
+
+    A tuple of plain strings (the class by its value): it keys the plan cache on every billed reading,
+    and an enum member's hash runs Python code."""
 
     estate_id: str | None
     building_id: str | None
-    customer_class: CustomerClass
+    customer_class: str
 
 
 def candidate_plans(plans: Sequence[PlanScope], context: PlanContext) -> list[PlanScope]:
@@ -350,6 +352,8 @@ class PlanPricer:
         self.plans = {p.plan_id: p for p in plans}
         self.pricers = dict(pricers)
         self._candidates: dict[PlanContext | None, list[PlanChoice]] = {}
+        # Whether any version of any plan splits by the meter's own rate registers (else the charger skips that step).
+        self.rate_registers = any(v.rate_registers for p in self.pricers.values() for v in p.versions)
 
     @property
     def default(self) -> Pricer:
@@ -377,3 +381,8 @@ class PlanPricer:
             if choice.pricer.version_at(at) is not None:
                 return choice
         return None
+
+    def fee_versions(self, context: PlanContext | None, month_start: datetime) -> list[StoredVersion]:
+        """The versions whose fixed fees a household pays for a month: its plan's at the month's first instant."""
+        choice = self.choose(context, month_start)
+        return choice.pricer.versions if choice is not None else self.versions

@@ -21,6 +21,12 @@ export default {
     tenant: 'Tenant',
     integrator: 'Integrator',
   },
+  live: {
+    on: 'Live',
+    off: 'Polling',
+    onHint: 'The page follows the live stream',
+    offHint: 'The live stream is unavailable; refreshing every 3 seconds',
+  },
   estate: 'Estate',
   notStaff: 'This is not a staff account; please use the tenant portal',
   overview: {

@@ -21,6 +21,12 @@ export default {
     tenant: '租户',
     integrator: '第三方系统',
   },
+  live: {
+    on: '实时',
+    off: '轮询',
+    onHint: '页面随实时推送自动更新',
+    offHint: '实时推送暂不可用，每 3 秒刷新一次',
+  },
   estate: '小区',
   notStaff: '该账号不是物业人员账号，请使用租户端',
   overview: {

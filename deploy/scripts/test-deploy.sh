@@ -50,4 +50,10 @@ export SHUIDIAN_VERSION="${SHUIDIAN_VERSION:-test}" SHUIDIAN_TEST_DEPLOY=1
 started=$(date +%s)
 BASE_TARBALL="$WORK/base.tar" deploy/scripts/build-images.sh
 echo "test-deploy: images built in $(( $(date +%s) - started )) s" >&2
-"$PYTHON" -m pytest tests/deploy -q
+tested=$(date +%s)
+status=0
+SHUIDIAN_DEPLOY_REPORT="$WORK/figures.jsonl" "$PYTHON" -m pytest tests/deploy -q || status=$?
+# What the tests measured (the rolling upgrade's outage per service, the backup's size, …): docs/deploy.md.
+[ -s "$WORK/figures.jsonl" ] && sed 's/^/test-deploy: measured /' "$WORK/figures.jsonl" >&2
+echo "test-deploy: tests in $(( $(date +%s) - tested )) s, $(( $(date +%s) - started )) s with the images" >&2
+exit "$status"

@@ -15,12 +15,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from shuidian_devstack.demo import DemoEstate
+
+    from .stack import Stack
 
 if not os.environ.get("SHUIDIAN_TEST_DEPLOY"):
     collect_ignore_glob = ["test_*.py"]
@@ -172,3 +179,53 @@ def deploy_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         process.terminate()
         process.wait(10)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The compose stack (tests/deploy/stack.py), up and healthy, shared by every test that needs it."""
+    from .stack import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class Estate:
+    """The simulator's demo estate, commissioned through the services (buses, meters, rooms, accounts, users)."""
+
+    demo: DemoEstate
+    backend_auth: httpx.Auth
+    accounts: list[str]
+
+
+@pytest.fixture(scope="session")
+async def estate(stack: Stack) -> Estate:
+    from shuidian_devstack.demo import DemoEstate
+    from shuidian_devstack.seed import DEMO_PASSWORD, seed
+    from shuidian_kit.service_auth import ServiceTokens
+    from shuidian_simulator.estate import Estate as SimulatedEstate
+
+    text = stack.run("exec", "-T", "simulator", "cat", "/data/estate.json").stdout
+    demo = DemoEstate(Path("estate.json"), SimulatedEstate.model_validate_json(text))
+    endpoints = {b.id: {"host": "simulator", "port": b.port} for g in demo.estate.gateways for b in g.buses}
+    tokens = ServiceTokens(stack.env["SERVICE_TOKEN_SECRET"], "deploy-test")
+    auth = tokens.auth({url: name for name, url in stack.backends.items()}, "service:deploy-test")
+    async with httpx.AsyncClient(timeout=20, auth=auth) as internal:
+        premises = demo.premises()
+        urls = {**stack.backends, "gateway": stack.gateway}
+        await seed(internal, urls, demo.buses(endpoints), demo.accounts(), premises=premises)
+        # One staff user, the administrator the tests sign in as (a tenant user per room, as the demo has, costs
+        # a password hash each: minutes on a busy 2-core host, and no test here signs in as a tenant).
+        created = await internal.post(
+            f"{stack.gateway}/v1/users",
+            json={
+                "username": "admin",
+                "role": "system_admin",
+                "estates": [premises.estate_id],
+                "password": DEMO_PASSWORD,
+            },
+            headers={"Authorization": f"Bearer {stack.env['GATEWAY_STAFF_API_KEY']}"},
+        )
+        assert created.status_code == 201, created.text
+    return Estate(demo, auth, [account.account_id for account in demo.accounts()])

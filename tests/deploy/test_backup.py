@@ -1,105 +1,101 @@
-"""Backups restore: billing's database, dumped with pg_dump while billing runs, restored into a fresh
-PostgreSQL server (a cluster of its own, initdb + pg_ctl), serves every account's balance unchanged to a
-billing started on it (docs/deploy.md, Backup and restore)."""
+"""Backups restore (docs/deploy.md, Backup and restore): the running stack's database, dumped with the pg_dump of
+its own PostgreSQL image (`docker compose exec postgres pg_dump`, so the client always matches the server,
+whatever the host has), restored with that image's pg_restore into a fresh server of the same image, holds every
+balance as it was when the dump was taken, each equal to its ledger; and this release's migration job finds
+every schema at its revision there."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
-import tempfile
+import time
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
+import asyncpg
 import pytest
-from pydantic import SecretStr
 
-from shuidian_billing.app import create_app
-from shuidian_billing.settings import BillingSettings
-from shuidian_devstack.billing_harness import billing_on_own_database, client_of
+from .conftest import Estate
+from .stack import VERSION, Stack, docker, report
 
-from .conftest import free_port, wait_for_port
+pytestmark = pytest.mark.e2e
 
-pytestmark = pytest.mark.integration
-
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _as_postgres(*command: str) -> list[str]:
-    """initdb and postgres refuse to run as root: run them as the postgres user then."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+# Per ledger account: the cached balance and the sum of its entries (they must be equal), and how many entries.
+FIGURES = (
+    "SELECT coalesce(b.ledger_account, e.ledger_account) AS ledger_account, coalesce(b.balance, 0) AS balance,"
+    " coalesce(e.total, 0) AS ledger, coalesce(e.entries, 0) AS entries FROM billing.balances b FULL JOIN ("
+    "  SELECT ledger_account, sum(amount) AS total, count(*) AS entries FROM billing.ledger_entries"
+    "  GROUP BY ledger_account) e ON e.ledger_account = b.ledger_account ORDER BY 1"
+)
 
 
-@pytest.fixture
-def fresh_server() -> Iterator[str]:
-    """A PostgreSQL cluster of its own on a free port; its server URL (trust authentication on loopback)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.fail(f"no PostgreSQL server binaries in {PG_BIN} (set PG_BIN)")
-    # Outside pytest's private temporary directory, which the postgres user cannot enter.
-    root = Path(tempfile.mkdtemp(prefix="shuidian-restore-"))
-    root.chmod(0o755)
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    data, port = root / "data", free_port()
-    subprocess.run(_as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"),
-                   check=True, capture_output=True)  # fmt: skip
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}"
-    subprocess.run(_as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                                "-w", "start"), check=True, capture_output=True)  # fmt: skip
-    try:
-        wait_for_port(port)
-        yield f"postgresql://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(_as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"),
-                       check=False, capture_output=True)  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
+def _figures(rows: list[asyncpg.Record]) -> dict[str, tuple[Decimal, Decimal, int]]:
+    return {r["ledger_account"]: (Decimal(r["balance"]), Decimal(r["ledger"]), int(r["entries"])) for r in rows}
 
 
-async def _run(*command: str) -> None:
-    await asyncio.to_thread(subprocess.run, command, check=True)
+def _parse(psql: str) -> dict[str, tuple[Decimal, Decimal, int]]:
+    rows = [line.split("|") for line in psql.splitlines() if line]
+    return {account: (Decimal(balance), Decimal(ledger), int(entries)) for account, balance, ledger, entries in rows}
 
 
-async def test_a_dump_restored_into_a_fresh_server_has_every_balance(
-    pg_server_url: str, mqtt_url: str, fresh_server: str, tmp_path: Path
+@pytest.mark.timeout(1200)
+async def test_a_dump_of_the_running_stack_restored_into_a_fresh_server_has_every_balance(
+    stack: Stack, estate: Estate
 ) -> None:
-    accounts = {f"backup-{uuid.uuid4().hex[:6]}-{i}": [Decimal(10 * i + 3), Decimal("0.07") * i] for i in range(1, 6)}
-    async with billing_on_own_database(pg_server_url, mqtt_url, "backup") as app:
-        source_url = app.state.runtime.settings.database_url.get_secret_value().replace("+asyncpg", "")
-        async with client_of(app) as billing:
-            for account, amounts in accounts.items():
-                assert (await billing.put(f"/v1/accounts/{account}", json={"name": account})).status_code in (
-                    200,
-                    201,
-                    204,
-                )
-                for n, amount in enumerate(amounts):
-                    if amount:
-                        paid = await billing.post(
-                            f"/v1/accounts/{account}/topups",
-                            json={"amount": str(amount), "channel": "cash", "reference": f"backup test {n}"},
-                            headers={"Idempotency-Key": f"{account}-{n}"},
-                        )
-                        assert paid.status_code == 201, paid.text
-            before = {a: (await billing.get(f"/v1/accounts/{a}")).json() for a in accounts}
-        # The documented backup: a consistent snapshot of the running database (custom format).
-        dump = tmp_path / "shuidian.dump"
-        await _run(str(PG_BIN / "pg_dump"), "--format=custom", f"--file={dump}", source_url)
+    # The figures and the dump are one snapshot, taken while billing goes on pricing readings: the dump runs
+    # in the snapshot a transaction exported (pg_dump --snapshot), in which the figures are read too.
+    conn = await stack.sql()
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            before = _figures(await conn.fetch(FIGURES))
+            dumped = await asyncio.to_thread(
+                subprocess.run,
+                [*stack.compose, "exec", "-T", "postgres", "pg_dump", "-U", "postgres", "--format=custom",
+                 f"--snapshot={snapshot}", "shuidian"],
+                capture_output=True, check=False, timeout=300, env=stack.docker_env(),
+            )  # fmt: skip
+        server_version = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    assert dumped.returncode == 0, dumped.stderr.decode()
+    dump = dumped.stdout
+    assert dump.startswith(b"PGDMP"), "not a custom-format dump"
+    households = {a: f for a, f in before.items() if a.startswith("household:")}
+    assert len(households) >= 20, "the estate's accounts are in the figures"
+    assert any(balance for balance, _, _ in households.values())
+    assert all(balance == ledger for balance, ledger, _ in before.values()), "balances equal their ledger"
 
-    restored = "shuidian_restored"
-    await _run(str(PG_BIN / "createdb"), f"--maintenance-db={fresh_server}/postgres", restored)
-    target = f"{fresh_server}/{restored}"
-    await _run(str(PG_BIN / "pg_restore"), "--no-owner", "--exit-on-error", f"--dbname={target}", str(dump))
+    # A fresh server: the same PostgreSQL image, a new data volume, on the stack's network (as a replacement
+    # host would be); the image creates the role `shuidian` and its empty database on first start.
+    network = next(iter(stack.container("postgres")["NetworkSettings"]["Networks"]))
+    name = f"{stack.project}-restored-{uuid.uuid4().hex[:4]}"
+    docker("run", "-d", "--name", name, "--network", network, "--network-alias", "restored-db",
+           "-e", f"POSTGRES_PASSWORD={stack.env['POSTGRES_PASSWORD']}",
+           "-e", f"SHUIDIAN_DB_PASSWORD={stack.env['SHUIDIAN_DB_PASSWORD']}", f"shuidian/postgres:{VERSION}")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240  # initdb of a new cluster: slow on a busy host
+        while docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip() != "healthy":
+            assert time.monotonic() < deadline, docker("logs", name, check=False).stderr
+            await asyncio.sleep(1)
+        # The same PostgreSQL as the stack's (`postgres (PostgreSQL) 15.20 (Debian …)` against `15.20 (Debian …)`).
+        assert f"(PostgreSQL) {server_version.split()[0]} " in docker("exec", name, "postgres", "--version").stdout
 
-    settings = BillingSettings(
-        environment="test", database_url=SecretStr(target), mqtt_url=mqtt_url, mqtt_clean_session=True,
-        instance_id=f"restored-{uuid.uuid4().hex[:6]}",
-    )  # fmt: skip
-    app = create_app(settings)
-    async with app.router.lifespan_context(app), client_of(app) as billing:
-        after = {a: (await billing.get(f"/v1/accounts/{a}")).json() for a in accounts}
-    assert after == before
-    for account, amounts in accounts.items():
-        assert Decimal(after[account]["balance"]) == sum(amounts)
+        restored = docker("exec", "-i", name, "pg_restore", "-U", "postgres", "--no-owner", "--role=shuidian",
+                          "--exit-on-error", "-d", "shuidian", stdin=dump, timeout=300)  # fmt: skip
+        assert restored.returncode == 0
+        after = _parse(docker("exec", name, "psql", "-U", "postgres", "-d", "shuidian", "-At", "-c", FIGURES).stdout)
+        assert after == before
+        report("backup", {"dump_bytes": len(dump), "ledger_accounts": len(after), "server": server_version,
+                          "entries": sum(entries for _, _, entries in after.values())})  # fmt: skip
+
+        # This release's migration job, pointed at the restored database: every schema is at its revision.
+        url = f"postgresql://shuidian:{stack.env['SHUIDIAN_DB_PASSWORD']}@restored-db:5432/shuidian"
+        for service in ("billing", "collector"):
+            job = stack.run("run", "--rm", "--no-deps", "-T", "-e", f"DATABASE_URL={url}", service, "migrate")
+            assert "migrate: schema" in job.stdout, job.stdout + job.stderr
+        owner = docker("exec", name, "psql", "-U", "postgres", "-d", "shuidian", "-At", "-c",
+                       "SELECT tableowner FROM pg_tables WHERE schemaname = 'billing' AND tablename = 'payments'").stdout  # fmt: skip
+        assert owner.strip() == "shuidian"  # the services' role owns what was restored (--role)
+    finally:
+        docker("rm", "-f", "--volumes", name, check=False)

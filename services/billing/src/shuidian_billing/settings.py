@@ -41,6 +41,10 @@ class BillingSettings(ServiceSettings):
     alipay_app_private_key: SecretStr = SecretStr("")
     alipay_gateway_url: str = "https://openapi.alipay.com/gateway.do"
     alipay_notify_url: str = ""  # public: https://<gateway>/v1/payments/notify/alipay
+    # Per-estate merchants (docs/payments.md): a JSON object, or the path of a mounted file holding one, of
+    # merchant name → {"estates": [...], "wechat_app_id": …, "alipay_app_id": …, …} (the settings above without
+    # the prefix; secrets inline, `env:VARIABLE` or a mounted file's path). Unlisted estates pay the default.
+    merchants: str = ""
     provider_timeout_seconds: float = Field(default=10.0, gt=0)
     # An unpaid order expires after this long; the sweeper asks the provider about open orders whose
     # notification has not come `order_query_after_seconds` after creation, every `order_sweep_seconds`.

@@ -140,8 +140,10 @@ async def create_order(
     response_model=list[PaymentMethodOut],
     summary="支付方式 · Providers an order can be opened at, with their methods",
 )
-async def payment_methods(channels: ChannelsDep) -> list[dict[str, Any]]:
-    return channels.online.methods()
+async def payment_methods(
+    channels: ChannelsDep, account_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None
+) -> list[dict[str, Any]]:
+    return await channels.online.methods(account_id)
 
 
 @router.get("/payments/orders/{order_id}", response_model=OrderOut, summary="An online payment order and its state")

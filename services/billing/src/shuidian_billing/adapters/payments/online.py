@@ -9,18 +9,21 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import secrets
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
 import httpx
 from prometheus_client import Counter
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -82,10 +85,53 @@ class Providers:
     sandbox_config: WechatConfig | None
     wechat_merchant: WechatMerchant | None = None
     alipay_merchant: AlipayMerchant | None = None
+    # Per-estate merchants (BILLING_MERCHANTS): each named one with its own providers; estates → its name.
+    # Estates not listed pay the default merchant (the flat settings above).
+    merchants: Mapping[str, Providers] = field(default_factory=dict)
+    estates: Mapping[str, str] = field(default_factory=dict)
+
+    def config_of(self, provider: str) -> WechatConfig | AlipayConfig | None:
+        return {"wechat": self.wechat, "alipay": self.alipay}.get(provider)
+
+    def merchant(self, name: str) -> Providers:
+        return self if name == DEFAULT_MERCHANT else self.merchants[name]
+
+    def merchant_of(self, estate_id: str | None) -> str:
+        return self.estates.get(estate_id or "", DEFAULT_MERCHANT)
 
     @classmethod
     def from_settings(cls, settings: BillingSettings) -> Providers:
         """Every key loaded and checked now, so a bad key fails the start rather than the first payment."""
+        base = cls._one(settings)
+        merchants: dict[str, Providers] = {}
+        estates: dict[str, str] = {}
+        for name, spec in _merchant_specs(settings.merchants).items():
+            fields = {k: v for k, v in spec.items() if k != "estates"}
+            unknown = set(fields) - _MERCHANT_FIELDS - _MERCHANT_ENDPOINTS
+            if unknown:
+                raise ValueError(f"BILLING_MERCHANTS[{name}]: unknown settings {sorted(unknown)}")
+            update: dict[str, Any] = {k: _merchant_value(name, k, v) for k, v in fields.items()}
+            update.update({k: SecretStr(str(v)) for k, v in update.items() if k in _SECRET_FIELDS})
+            # A merchant names its own accounts only; endpoints and limits are the default's.
+            cleared = {k: ("" if k not in _SECRET_FIELDS else SecretStr("")) for k in _MERCHANT_FIELDS}
+            merchants[name] = cls._one(settings.model_copy(update={**cleared, **update, "sandbox_payments": False}))
+            for estate in spec.get("estates", []):
+                if estate in estates:
+                    raise ValueError(f"BILLING_MERCHANTS: estate {estate} is served by {estates[estate]} and {name}")
+                estates[str(estate)] = name
+        return cls(
+            base.wechat,
+            base.alipay,
+            base.sandbox,
+            base.sandbox_config,
+            base.wechat_merchant,
+            base.alipay_merchant,
+            merchants,
+            estates,
+        )
+
+    @classmethod
+    def _one(cls, settings: BillingSettings) -> Providers:
         skew = timedelta(seconds=settings.callback_max_skew_seconds)
         try:
             platform_keys, platform_serial = {}, settings.wechat_platform_serial
@@ -151,6 +197,36 @@ class Providers:
     def verify(
         self, provider: str, headers: Mapping[str, str], body: bytes, now: datetime
     ) -> Notification | RefundNotice:
+        return self.verify_merchant(provider, headers, body, now)[0]
+
+    def verify_merchant(
+        self, provider: str, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> tuple[Notification | RefundNotice, str]:
+        """The verified notification and the merchant whose keys verified it (the default first; WeChat by the
+        platform serial it names, Alipay by its app_id)."""
+        candidates = [(DEFAULT_MERCHANT, self), *self.merchants.items()]
+        if provider == "alipay":
+            app_id = _form_app_id(body)
+            candidates = [c for c in candidates if c[1].alipay is not None and c[1].alipay.app_id == app_id] or [
+                (DEFAULT_MERCHANT, self)
+            ]
+        elif provider == "wechat":
+            serial = headers.get("Wechatpay-Serial") or headers.get("wechatpay-serial") or ""
+            candidates = [
+                c for c in candidates if c[1].wechat is not None and c[1].wechat.key_for(serial) is not None
+            ] or [(DEFAULT_MERCHANT, self)]
+        first: CallbackRejected | None = None
+        for name, merchant in candidates:
+            try:
+                return merchant._verify_own(provider, headers, body, now), name
+            except CallbackRejected as err:
+                first = first or err
+        assert first is not None
+        raise first
+
+    def _verify_own(
+        self, provider: str, headers: Mapping[str, str], body: bytes, now: datetime
+    ) -> Notification | RefundNotice:
         if provider == "alipay" and self.alipay is not None:
             return verify_alipay(self.alipay, body, now)
         if provider == "wechat" and self.wechat is not None:
@@ -158,6 +234,71 @@ class Providers:
         if provider == "sandbox" and self.sandbox_config is not None:
             return verify_wechat(self.sandbox_config, headers, body, now)
         raise NotFound(f"payment provider {provider} is not configured", code="provider_not_configured")
+
+
+DEFAULT_MERCHANT = "default"
+# What a merchant of BILLING_MERCHANTS may set: the flat settings that name a merchant's accounts and keys.
+_MERCHANT_FIELDS = frozenset(
+    {
+        "wechat_app_id",
+        "wechat_mch_id",
+        "wechat_apiv3_key",
+        "wechat_platform_public_key",
+        "wechat_platform_serial",
+        "wechat_merchant_private_key",
+        "wechat_merchant_serial",
+        "alipay_app_id",
+        "alipay_seller_id",
+        "alipay_public_key",
+        "alipay_app_private_key",
+    }
+)
+# Endpoints are the default's unless a merchant names its own (a provider's sandbox, an emulator).
+_MERCHANT_ENDPOINTS = frozenset({"wechat_api_base", "alipay_gateway_url"})
+_SECRET_FIELDS = frozenset({"wechat_apiv3_key", "wechat_merchant_private_key", "alipay_app_private_key"})
+
+
+def _merchant_specs(text: str) -> dict[str, dict[str, Any]]:
+    """BILLING_MERCHANTS: a JSON object (or the path of a mounted file holding it) of merchant name →
+    {"estates": [...], <flat payment settings without the BILLING_ prefix>}."""
+    text = _secret_text(text) if text.strip().startswith("/") else text
+    if not text.strip():
+        return {}
+    try:
+        specs = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"BILLING_MERCHANTS is not JSON: {err}") from err
+    if not isinstance(specs, dict) or not all(isinstance(v, dict) for v in specs.values()):
+        raise ValueError("BILLING_MERCHANTS must map merchant names to objects")
+    for name, spec in specs.items():
+        if name == DEFAULT_MERCHANT or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 32:
+            raise ValueError(f"BILLING_MERCHANTS: {name!r} is not a merchant name (letters, digits, - _; not default)")
+        if not isinstance(spec.get("estates", []), list):
+            raise ValueError(f"BILLING_MERCHANTS[{name}].estates must be a list of estate ids")
+    return specs
+
+
+def _merchant_value(name: str, key: str, value: object) -> str:
+    """A merchant's setting as given, from the environment (`env:NAME`) or from a mounted file (an absolute path)."""
+    text = str(value).strip()
+    if text.startswith("env:"):
+        found = os.environ.get(text[4:])
+        if not found:
+            raise ValueError(f"BILLING_MERCHANTS[{name}].{key}: environment variable {text[4:]} is not set")
+        return found
+    if text.startswith("/") and "-----BEGIN" not in text:
+        try:
+            return Path(text).read_text().strip()
+        except OSError as err:
+            raise ValueError(f"BILLING_MERCHANTS[{name}].{key}: {err}") from err
+    return text
+
+
+def _form_app_id(body: bytes) -> str:
+    try:
+        return dict(parse_qsl(body.decode("ascii", "replace"))).get("app_id", "")
+    except ValueError:
+        return ""
 
 
 def _secret_text(value: str) -> str:
@@ -225,10 +366,41 @@ class OnlinePayments:
             )
             transport = httpx.ASGITransport(app=self.sandbox_emulator.app())
             self.clients["sandbox"] = WechatPayClient(merchant, httpx.AsyncClient(transport=transport))
+        # Each per-estate merchant's own clients; the default merchant's are `clients`.
+        self.merchant_clients: dict[str, dict[str, WechatPayClient | AlipayClient]] = {DEFAULT_MERCHANT: self.clients}
+        for name, other in providers.merchants.items():
+            own: dict[str, WechatPayClient | AlipayClient] = {}
+            if http is not None and other.wechat_merchant is not None:
+                own["wechat"] = WechatPayClient(other.wechat_merchant, http)
+            if http is not None and other.alipay_merchant is not None:
+                own["alipay"] = AlipayClient(other.alipay_merchant, http)
+            self.merchant_clients[name] = own
+        self._providers_called = sorted({p for own in self.merchant_clients.values() for p in own})
 
-    def methods(self) -> list[dict[str, Any]]:
-        """The providers an order can be opened at now (a verify-only provider is not one) and their methods."""
-        return [{"provider": p, "methods": list(payment_orders.METHODS[p])} for p in PROVIDERS if p in self.clients]
+    def client(self, provider: str, merchant: str) -> WechatPayClient | AlipayClient | None:
+        """The client of `provider` under `merchant` (the sandbox is everyone's)."""
+        if provider == "sandbox":
+            return self.clients.get("sandbox")
+        return self.merchant_clients.get(merchant, {}).get(provider)
+
+    async def merchant_of_account(self, account_id: str) -> str:
+        async with self._engine.connect() as conn:
+            estate = (
+                await conn.execute(
+                    text("SELECT estate_id FROM billing.accounts WHERE account_id = :a"), {"a": account_id}
+                )
+            ).scalar()
+        return self.providers.merchant_of(estate)
+
+    async def methods(self, account_id: str | None = None) -> list[dict[str, Any]]:
+        """The providers an order can be opened at now (a verify-only provider is not one) and their methods: the
+        ones of the merchant serving the account's estate when an account is named."""
+        merchant = await self.merchant_of_account(account_id) if account_id else DEFAULT_MERCHANT
+        return [
+            {"provider": p, "methods": list(payment_orders.METHODS[p])}
+            for p in PROVIDERS
+            if self.client(p, merchant) is not None
+        ]
 
     async def create_order(
         self,
@@ -259,16 +431,25 @@ class OnlinePayments:
                 if _fingerprint(row.provider, row.account_id, row.amount, row.method) != fingerprint:
                     raise Conflict("idempotency key already used for a different order", code="idempotency_conflict")
             else:
-                if (
-                    await conn.execute(text("SELECT 1 FROM billing.accounts WHERE account_id = :a"), {"a": account_id})
-                ).first() is None:
+                account = (
+                    await conn.execute(
+                        text("SELECT estate_id FROM billing.accounts WHERE account_id = :a"), {"a": account_id}
+                    )
+                ).first()
+                if account is None:
                     raise NotFound(f"no account {account_id}")
+                # The merchant of the payer's estate opens, is asked about, closes and refunds this order.
+                merchant = self.providers.merchant_of(account.estate_id)
+                if provider != "sandbox" and self.providers.merchant(merchant).config_of(provider) is None:
+                    raise NotFound(
+                        f"{provider} is not configured for this estate's merchant", code="provider_not_configured"
+                    )
                 row = (
                     await conn.execute(
                         text(
                             "INSERT INTO billing.payment_orders (order_id, provider, method, account_id, amount, "
-                            "idempotency_key, expires_at, payer) VALUES (:o, :p, :meth, :a, :m, :k, :e, CAST(:payer AS jsonb)) "
-                            "RETURNING *"
+                            "idempotency_key, expires_at, payer, merchant) "
+                            "VALUES (:o, :p, :meth, :a, :m, :k, :e, CAST(:payer AS jsonb), :merchant) RETURNING *"
                         ),
                         {
                             "o": new_order_id(now),
@@ -279,6 +460,7 @@ class OnlinePayments:
                             "k": key,
                             "e": payment_orders.expires_at(now, self._settings.order_expiry_minutes),
                             "payer": json.dumps({"openid": openid, "client_ip": client_ip}),
+                            "merchant": merchant,
                         },
                     )
                 ).one()
@@ -288,7 +470,7 @@ class OnlinePayments:
 
     async def _open_at_provider(self, order: Row[Any]) -> Row[Any]:
         """Ask the provider for what the payer needs (prepay id, QR code, pay URL) and keep it on the order."""
-        client = self.clients.get(order.provider)
+        client = self.client(order.provider, order.merchant)
         if client is None:
             return order  # the provider is configured to verify notifications only (docs/payments.md)
         pay = await client.create(
@@ -336,14 +518,14 @@ class OnlinePayments:
         try:
             if len(body) > MAX_NOTIFICATION_BYTES:
                 raise CallbackRejected(f"body larger than {MAX_NOTIFICATION_BYTES} bytes", code="callback_malformed")
-            note = self.providers.verify(provider, headers, body, now)
+            note, merchant = self.providers.verify_merchant(provider, headers, body, now)
         except CallbackRejected as err:
             await self._log(entry, "rejected", f"{err.code}: {err.detail}")
             await self._burst(provider, now)
             raise
         if isinstance(note, RefundNotice):
             return await self._refund_notified(note, entry)
-        return await self._settle(provider, note, entry)
+        return await self._settle(provider, note, entry, merchant)
 
     async def _burst(self, provider: str, now: datetime) -> None:
         """Many refused notifications from one provider in a window: someone is forging them (or our keys are
@@ -375,7 +557,9 @@ class OnlinePayments:
             )
         self.problems.published()
 
-    async def _settle(self, provider: str, note: Notification, entry: dict[str, Any]) -> dict[str, Any]:
+    async def _settle(
+        self, provider: str, note: Notification, entry: dict[str, Any], merchant: str | None = None
+    ) -> dict[str, Any]:
         """Credit a verified payment once (by provider transaction id) and mark its order paid — whether it
         came as a notification, a replay or the answer to the sweeper's query."""
         entry.update(order_id=note.order_id, provider_txn_id=note.provider_txn_id)
@@ -386,6 +570,12 @@ class OnlinePayments:
         if order is None or order.provider != provider:
             await self._log(entry, "rejected", "callback_unknown_order: no such order for this provider")
             raise CallbackRejected(f"no {provider} order {note.order_id}", code="callback_unknown_order")
+        if merchant is not None and provider != "sandbox" and merchant != order.merchant:
+            await self._wrong_merchant(entry, note, order, merchant)
+            raise CallbackRejected(
+                f"merchant {merchant} does not serve the estate of order {note.order_id} ({order.merchant} does)",
+                code="callback_wrong_merchant",
+            )
         if note.amount != order.amount:
             await self._mismatch(entry, note, order)
             raise PaymentError(
@@ -478,7 +668,7 @@ class OnlinePayments:
                             "AND created_at <= :c ORDER BY expires_at LIMIT :n"
                         ),
                         {
-                            "p": list(self.clients),
+                            "p": self._providers_called,
                             "c": now - timedelta(seconds=self._settings.order_query_after_seconds),
                             "n": limit,
                         },
@@ -490,19 +680,28 @@ class OnlinePayments:
                             "SELECT refund_id FROM billing.refunds WHERE provider_status = 'pending' "
                             "AND channel = ANY(:p) ORDER BY created_at LIMIT :n"
                         ),
-                        {"p": list(self.clients), "n": limit},
+                        {"p": self._providers_called, "n": limit},
                     )
                 ).scalars()
                 refunds = list(pending)
                 processing = (
                     await lock.execute(
                         text(
-                            "SELECT r.*, p.reference AS order_id FROM billing.refunds r JOIN billing.payments p "
-                            "USING (payment_id) WHERE r.provider_status = 'processing' AND r.channel = ANY(:p) "
+                            "SELECT r.*, p.reference AS order_id, o.merchant FROM billing.refunds r "
+                            "JOIN billing.payments p USING (payment_id) "
+                            "JOIN billing.payment_orders o ON o.order_id = p.reference "
+                            "WHERE r.provider_status = 'processing' AND r.channel = ANY(:p) "
                             "AND r.provider_updated_at <= :c ORDER BY r.provider_updated_at LIMIT :n"
                         ),
                         {
-                            "p": [p for p, c in self.clients.items() if isinstance(c, WechatPayClient)],
+                            "p": sorted(
+                                {
+                                    p
+                                    for own in self.merchant_clients.values()
+                                    for p, c in own.items()
+                                    if isinstance(c, WechatPayClient)
+                                }
+                            ),
                             "c": now - timedelta(seconds=self._settings.order_query_after_seconds),
                             "n": limit,
                         },
@@ -524,7 +723,8 @@ class OnlinePayments:
                 await lock.commit()
 
     async def _sweep_one(self, order: Row[Any], now: datetime) -> str:
-        client = self.clients[order.provider]
+        client = self.client(order.provider, order.merchant)
+        assert client is not None  # the sweeper takes only orders of providers it calls
         try:
             state: TradeState = await client.query(order.order_id)
             action = payment_orders.sweep_action(paid=state.paid, dead=state.dead, expires=order.expires_at, now=now)
@@ -557,7 +757,7 @@ class OnlinePayments:
 
     def refunds_at_provider(self, channel: str) -> bool:
         """Whether a refund of a payment that came in on `channel` must also go back through the provider."""
-        return channel in self.clients
+        return channel in self._providers_called
 
     async def submit_refunds(self, refund_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
         """Ask the provider to pay back each pending refund (numbered by its refund id, so a retry is the same
@@ -568,7 +768,8 @@ class OnlinePayments:
                 row = (
                     await conn.execute(
                         text(
-                            "SELECT r.*, p.reference AS order_id, o.amount AS order_amount FROM billing.refunds r "
+                            "SELECT r.*, p.reference AS order_id, o.amount AS order_amount, o.merchant "
+                            "FROM billing.refunds r "
                             "JOIN billing.payments p USING (payment_id) "
                             "JOIN billing.payment_orders o ON o.order_id = p.reference "
                             "WHERE r.refund_id = :r AND r.provider_status = 'pending'"
@@ -576,7 +777,8 @@ class OnlinePayments:
                         {"r": refund_id},
                     )
                 ).first()
-            if row is None or row.channel not in self.clients:
+            client = None if row is None else self.client(row.channel, row.merchant)
+            if row is None or client is None:
                 continue
             request = RefundRequest(
                 order_id=row.order_id,
@@ -586,7 +788,7 @@ class OnlinePayments:
                 reason=row.reason,
             )
             try:
-                answer = await self.clients[row.channel].refund(request)
+                answer = await client.refund(request)
             except ProviderUnavailable as err:
                 log.warning("refund %s not accepted by %s yet: %s", row.refund_id, row.channel, err.detail)
                 continue
@@ -598,8 +800,9 @@ class OnlinePayments:
 
     async def _refund_query(self, refund: Row[Any]) -> None:
         """A refund still processing (its notification lost or late): ask WeChat Pay where it stands."""
-        client = self.clients[refund.channel]
-        assert isinstance(client, WechatPayClient)
+        client = self.client(refund.channel, refund.merchant)
+        if not isinstance(client, WechatPayClient):
+            return
         try:
             answer = await client.refund_status(refund.refund_id.hex)
         except ProviderUnavailable as err:
@@ -721,6 +924,27 @@ class OnlinePayments:
                 {"o": outcome, "n": limit},
             )
             return [r._asdict() for r in rows]
+
+    async def _wrong_merchant(self, entry: dict[str, Any], note: Notification, order: Row[Any], merchant: str) -> None:
+        """A notification verified with merchant X's keys for an order of an estate merchant Y serves: refused
+        (it would credit money X received to an account X does not serve), held for review and alarmed."""
+        async with self._engine.begin() as conn:
+            await self._log(
+                entry, "rejected", f"callback_wrong_merchant: {merchant}, order's {order.merchant}", conn=conn
+            )
+            await self.problems.open(
+                conn,
+                review_kind="callback_wrong_merchant",
+                problem=PaymentProblemKind.WRONG_MERCHANT,
+                provider=note.provider,
+                subject=f"{note.provider}:{note.provider_txn_id}",
+                amount=note.amount,
+                reason=f"商户 {merchant} 的支付通知对应由商户 {order.merchant} 收款的小区订单，已拒绝 · "
+                f"merchant {merchant} notified a payment for an order of merchant {order.merchant}'s estate",
+                detail={"order_id": order.order_id, "merchant": merchant, "order_merchant": order.merchant},
+                account_id=order.account_id,
+            )
+        self.problems.published()
 
     async def _mismatch(self, entry: dict[str, Any], note: Notification, order: Row[Any]) -> None:
         async with self._engine.begin() as conn:

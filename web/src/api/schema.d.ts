@@ -2080,114 +2080,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/meters/{meter_id}/events": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * 表计事件 · Declare a meter replacement, CT-ratio change or rollover (idempotent)
-         * @description Billing prices the meter's consumption across the change. Who declared it is the signed-in caller.
-         *
-         *     Needs `corrections:create`.
-         */
-        post: operations["meter_event_v1_meters__meter_id__events_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/estates/{estate_id}/common-meters/{meter_id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        /**
-         * 公摊表 · Bind a common meter whose consumption the estate's households share
-         * @description Effective-dated; the monthly run shares its cost out (公摊).
-         *
-         *     Needs `premises:write`.
-         */
-        put: operations["common_meter_v1_estates__estate_id__common_meters__meter_id__put"];
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/estates/{estate_id}/months/{month}/run": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * 月结 · Post a past month's fixed fees and 公摊 for an estate (once)
-         * @description Runs once per estate and month; a repeat returns the first run. A month that has not ended is a 409.
-         *
-         *     Needs `billing:run`.
-         */
-        post: operations["run_month_v1_estates__estate_id__months__month__run_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/estates/{estate_id}/meters": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * 小区表计 · Meters bound now to an estate's rooms, accounts or common use
-         * @description Needs `premises:read`.
-         */
-        get: operations["estate_meter_list_v1_estates__estate_id__meters_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/tenants/{tenant_id}/leases": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * 租户租约 · Every lease of a tenant, ended ones too
-         * @description A tenant may lease in several estates: this needs an all-estates principal.
-         *
-         *     Needs `premises:read`.
-         */
-        get: operations["tenant_leases_v1_tenants__tenant_id__leases_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/v1/meters/{meter_id}/usage": {
         parameters: {
             query?: never;
@@ -2202,26 +2094,6 @@ export interface paths {
          *     Needs `accounts:read`.
          */
         get: operations["meter_usage_v1_meters__meter_id__usage_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/meters/{meter_id}/reading": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * 最新读数 · The last register values billed for a meter (404 before the first)
-         * @description Needs `accounts:read`.
-         */
-        get: operations["meter_reading_v1_meters__meter_id__reading_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2274,68 +2146,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/payments/aliases/{alias}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        /**
-         * 缴费别名 · Register a payment reference or room code for bank matching
-         * @description Needs `payments:reconcile`.
-         */
-        put: operations["put_alias_v1_payments_aliases__alias__put"];
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/payments/reviews/{review_id}/assign": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * 认领款项 · Credit a review item to an account (idempotent)
-         * @description Assigning the same item to the same account again returns it; to another is a 409.
-         *
-         *     Needs `payments:reconcile`.
-         */
-        post: operations["assign_review_v1_payments_reviews__review_id__assign_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/payments/reviews/{review_id}/dismiss": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * 关闭待匹配款项 · Close a review item without crediting
-         * @description Needs `payments:reconcile`.
-         */
-        post: operations["dismiss_review_v1_payments_reviews__review_id__dismiss_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/v1/payments/callbacks": {
         parameters: {
             query?: never;
@@ -2380,28 +2190,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/payments/reconciliations/{provider}/{bill_date}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * 重新对账 · Reconcile one provider's bill of one local day now (idempotent)
-         * @description Downloads the provider's bill again and matches it line by line.
-         *
-         *     Needs `payments:reconcile`.
-         */
-        post: operations["reconcile_payments_v1_payments_reconciliations__provider___bill_date__post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/v1/holds": {
         parameters: {
             query?: never;
@@ -2424,32 +2212,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/holds/{estate_id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        /**
-         * 设停断开关 · No cut-off in an estate (`all`: everywhere) until lifted or `until`
-         * @description Trips due meanwhile wait as deferrals and are decided again when the switch ends.
-         *
-         *     Needs `commands:trip`.
-         */
-        put: operations["set_hold_v1_holds__estate_id__put"];
-        post?: never;
-        /**
-         * 解除停断开关 · Lift a no-cut-off switch; deferred trips are decided again
-         * @description Needs `commands:trip`.
-         */
-        delete: operations["lift_hold_v1_holds__estate_id__delete"];
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/v1/deferrals": {
         parameters: {
             query?: never;
@@ -2465,30 +2227,6 @@ export interface paths {
         put?: never;
         post?: never;
         delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/keep-power/estates/{estate_id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        /**
-         * 小区保电 · Keep a whole estate's supply on
-         * @description Needs `commands:trip`.
-         */
-        put: operations["set_estate_keep_power_v1_keep_power_estates__estate_id__put"];
-        post?: never;
-        /**
-         * 解除小区保电 · Lift an estate's keep-power
-         * @description Needs `commands:trip`.
-         */
-        delete: operations["lift_estate_keep_power_v1_keep_power_estates__estate_id__delete"];
         options?: never;
         head?: never;
         patch?: never;
@@ -2532,74 +2270,6 @@ export interface paths {
          *     Needs `commands:read`.
          */
         post: operations["preview_batch_v1_commands_batch_preview_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/schedules/{schedule_id}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        post?: never;
-        /**
-         * 删除定时命令 · Remove a scheduled command
-         * @description Schedules span estates (as their listing does): this needs an all-estates principal.
-         *
-         *     Needs `commands:close`.
-         */
-        delete: operations["delete_schedule_v1_schedules__schedule_id__delete"];
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/calendar": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * 节假日日历 · Which years the holiday calendar covers, and a warning when next year is missing
-         * @description Needs `commands:read`.
-         */
-        get: operations["calendar_v1_calendar_get"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/v1/calendar/{year}": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /**
-         * 年度节假日安排 · A year's published holiday arrangement
-         * @description Needs `commands:read`.
-         */
-        get: operations["calendar_year_v1_calendar__year__get"];
-        /**
-         * 发布节假日安排 · Publish a year's holiday arrangement (State Council notice)
-         * @description It wins over the built-in library for that year, in every estate.
-         *
-         *     Needs `commands:trip`.
-         */
-        put: operations["publish_calendar_year_v1_calendar__year__put"];
-        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -2728,26 +2398,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/notifications/{notification_id}/retry": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * 重发通知 · Deliver a dead notification again
-         * @description Needs `alarms:configure`.
-         */
-        post: operations["retry_notification_v1_notifications__notification_id__retry_post"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/v1/audit-log": {
         parameters: {
             query?: never;
@@ -2764,6 +2414,356 @@ export interface paths {
         get: operations["audit_log_v1_audit_log_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/meters/{meter_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * 表计事件 · Declare a meter replacement, CT-ratio change or rollover (idempotent)
+         * @description Billing prices the meter's consumption across the change. Who declared it is the signed-in caller.
+         *
+         *     Needs `corrections:create`.
+         */
+        post: operations["meter_event_v1_meters__meter_id__events_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/estates/{estate_id}/common-meters/{meter_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * 公摊表 · Bind a common meter whose consumption the estate's households share
+         * @description Effective-dated; the monthly run shares its cost out (公摊).
+         *
+         *     Needs `premises:write`.
+         */
+        put: operations["common_meter_v1_estates__estate_id__common_meters__meter_id__put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/estates/{estate_id}/months/{month}/run": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * 月结 · Post a past month's fixed fees and 公摊 for an estate (once)
+         * @description Runs once per estate and month; a repeat returns the first run. A month that has not ended is a 409.
+         *
+         *     Needs `billing:run`.
+         */
+        post: operations["run_month_v1_estates__estate_id__months__month__run_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/estates/{estate_id}/meters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 小区表计 · Meters bound now to an estate's rooms, accounts or common use
+         * @description Needs `premises:read`.
+         */
+        get: operations["estate_meter_list_v1_estates__estate_id__meters_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tenants/{tenant_id}/leases": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 租户租约 · Every lease of a tenant, ended ones too
+         * @description A tenant may lease in several estates: this needs an all-estates principal.
+         *
+         *     Needs `premises:read`.
+         */
+        get: operations["tenant_leases_v1_tenants__tenant_id__leases_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/meters/{meter_id}/reading": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 最新读数 · The last register values billed for a meter (404 before the first)
+         * @description Needs `accounts:read`.
+         */
+        get: operations["meter_reading_v1_meters__meter_id__reading_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/payments/aliases/{alias}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * 缴费别名 · Register a payment reference or room code for bank matching
+         * @description Needs `payments:reconcile`.
+         */
+        put: operations["put_alias_v1_payments_aliases__alias__put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/payments/reviews/{review_id}/assign": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * 认领款项 · Credit a review item to an account (idempotent)
+         * @description Assigning the same item to the same account again returns it; to another is a 409.
+         *
+         *     Needs `payments:reconcile`.
+         */
+        post: operations["assign_review_v1_payments_reviews__review_id__assign_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/payments/reviews/{review_id}/dismiss": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * 关闭待匹配款项 · Close a review item without crediting
+         * @description Needs `payments:reconcile`.
+         */
+        post: operations["dismiss_review_v1_payments_reviews__review_id__dismiss_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/payments/reconciliations/{provider}/{bill_date}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * 重新对账 · Reconcile one provider's bill of one local day now (idempotent)
+         * @description Downloads the provider's bill again and matches it line by line.
+         *
+         *     Needs `payments:reconcile`.
+         */
+        post: operations["reconcile_payments_v1_payments_reconciliations__provider___bill_date__post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/holds/{estate_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * 设停断开关 · No cut-off in an estate (`all`: everywhere) until lifted or `until`
+         * @description Trips due meanwhile wait as deferrals and are decided again when the switch ends.
+         *
+         *     Needs `commands:trip`.
+         */
+        put: operations["set_hold_v1_holds__estate_id__put"];
+        post?: never;
+        /**
+         * 解除停断开关 · Lift a no-cut-off switch; deferred trips are decided again
+         * @description Needs `commands:trip`.
+         */
+        delete: operations["lift_hold_v1_holds__estate_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/keep-power/estates/{estate_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * 小区保电 · Keep a whole estate's supply on
+         * @description Needs `commands:trip`.
+         */
+        put: operations["set_estate_keep_power_v1_keep_power_estates__estate_id__put"];
+        post?: never;
+        /**
+         * 解除小区保电 · Lift an estate's keep-power
+         * @description Needs `commands:trip`.
+         */
+        delete: operations["lift_estate_keep_power_v1_keep_power_estates__estate_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/schedules/{schedule_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * 删除定时命令 · Remove a scheduled command
+         * @description Schedules span estates (as their listing does): this needs an all-estates principal.
+         *
+         *     Needs `commands:close`.
+         */
+        delete: operations["delete_schedule_v1_schedules__schedule_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/calendar": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 节假日日历 · Which years the holiday calendar covers, and a warning when next year is missing
+         * @description Needs `commands:read`.
+         */
+        get: operations["calendar_v1_calendar_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/calendar/{year}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 年度节假日安排 · A year's published holiday arrangement
+         * @description Needs `commands:read`.
+         */
+        get: operations["calendar_year_v1_calendar__year__get"];
+        /**
+         * 发布节假日安排 · Publish a year's holiday arrangement (State Council notice)
+         * @description It wins over the built-in library for that year, in every estate.
+         *
+         *     Needs `commands:trip`.
+         */
+        put: operations["publish_calendar_year_v1_calendar__year__put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/notifications/{notification_id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * 重发通知 · Deliver a dead notification again
+         * @description Needs `alarms:configure`.
+         */
+        post: operations["retry_notification_v1_notifications__notification_id__retry_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3188,6 +3188,55 @@ export interface components {
             estate_id?: string | null;
         };
         /**
+         * AccountOut
+         * @description A household account: its balances, level and purses.
+         */
+        AccountOut: {
+            /** Account Id */
+            account_id: string;
+            /** Name */
+            name: string;
+            /** Estate Id */
+            estate_id: string | null;
+            /**
+             * Balance
+             * @description paid + subsidy credit posted to the ledger
+             */
+            balance: string;
+            /** Paid Balance */
+            paid_balance: string;
+            /** Subsidy Balance */
+            subsidy_balance: string;
+            /** Available */
+            available: string;
+            /** Level */
+            level: string;
+            /** Sequence */
+            sequence: number;
+            /** Grace Credit */
+            grace_credit: string;
+            /** Purses */
+            purses: components["schemas"]["PurseOut"][];
+        };
+        /**
+         * AccountUsageOut
+         * @description An account's usage history per local hour, day or month and utility.
+         */
+        AccountUsageOut: {
+            /** Account Id */
+            account_id: string;
+            /** Granularity */
+            granularity: string;
+            /** Timezone */
+            timezone: string;
+            /** Start */
+            start: string;
+            /** End */
+            end: string;
+            /** Buckets */
+            buckets: components["schemas"]["UsageBucket"][];
+        };
+        /**
          * AcknowledgeIn
          * @description Nothing to send: the acknowledger is the signed-in staff member.
          * @example {}
@@ -3237,6 +3286,80 @@ export interface components {
              * @description CNY, only where the tariff lets us compute it
              */
             saving_per_month?: string | null;
+        };
+        /** AlarmOut */
+        AlarmOut: {
+            /**
+             * Alarm Id
+             * Format: uuid
+             */
+            alarm_id: string;
+            /** Source Id */
+            source_id: string;
+            /** Alarm Type */
+            alarm_type: string;
+            /** Severity */
+            severity: string;
+            /** State */
+            state: string;
+            /** Message Zh */
+            message_zh: string;
+            /** Message En */
+            message_en: string;
+            /** Details */
+            details: {
+                [key: string]: string;
+            };
+            /** Occurrences */
+            occurrences: number;
+            /** Meter Id */
+            meter_id: string | null;
+            /** Gateway Id */
+            gateway_id: string | null;
+            /** Estate */
+            estate: string | null;
+            /** Building */
+            building: string | null;
+            /** Room */
+            room: string | null;
+            /** Tenant Id */
+            tenant_id: string | null;
+            /**
+             * Raised At
+             * Format: date-time
+             */
+            raised_at: string;
+            /**
+             * Last Seen At
+             * Format: date-time
+             */
+            last_seen_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /** Escalation Level */
+            escalation_level: number;
+            /** Escalated At */
+            escalated_at: string | null;
+            /** Acknowledged At */
+            acknowledged_at: string | null;
+            /** Acknowledged By */
+            acknowledged_by: string | null;
+            /** Cleared At */
+            cleared_at: string | null;
+            /**
+             * Version
+             * @description bumped by every change; send it back as `expected_version` to act on it
+             */
+            version: number;
+            /** Resolved At */
+            resolved_at: string | null;
+            /** Resolved By */
+            resolved_by: string | null;
+            /** Resolution */
+            resolution: string | null;
         };
         /**
          * AliasIn
@@ -3481,6 +3604,22 @@ export interface components {
             lift_keep_power?: boolean;
         };
         /**
+         * BatchOut
+         * @description A batch (or its preview): what control decided for each meter.
+         */
+        BatchOut: {
+            /** Batch Id */
+            batch_id: string | null;
+            /** Preview */
+            preview: boolean;
+            /** Counts */
+            counts: {
+                [key: string]: number;
+            };
+            /** Meters */
+            meters: components["schemas"]["MeterOutcomeOut"][];
+        };
+        /**
          * BindingIn
          * @example {
          *       "account_id": "A101",
@@ -3590,6 +3729,32 @@ export interface components {
             /** Retries */
             retries: number;
         };
+        /** CalendarCoverageOut */
+        CalendarCoverageOut: {
+            /**
+             * Today
+             * Format: date
+             * @description local date the coverage is reported for
+             */
+            today: string;
+            /**
+             * Last Year
+             * @description last year covered from this one on (None: not even this year)
+             */
+            last_year: number | null;
+            /**
+             * Published Years
+             * @description years published by the operator (they win over the library)
+             */
+            published_years: number[];
+            /** Next Year Covered */
+            next_year_covered: boolean;
+            /**
+             * Warning
+             * @description set while this year, or from 1 December the next, is not covered
+             */
+            warning: string | null;
+        };
         /**
          * CalendarYearIn
          * @example {
@@ -3620,6 +3785,24 @@ export interface components {
              * @description the State Council notice the dates come from
              */
             notice: string;
+        };
+        /** CalendarYearOut */
+        CalendarYearOut: {
+            /** Year */
+            year: number;
+            /** Holidays */
+            holidays: string[];
+            /** Adjusted Workdays */
+            adjusted_workdays: string[];
+            /** Notice */
+            notice: string;
+            /** Published By */
+            published_by: string;
+            /**
+             * Published At
+             * Format: date-time
+             */
+            published_at: string;
         };
         /**
          * CallbackOut
@@ -3696,6 +3879,60 @@ export interface components {
              */
             value: string;
         };
+        /** CollectionOut */
+        CollectionOut: {
+            /** Month */
+            month: string;
+            /** Timezone */
+            timezone: string;
+            /** Start */
+            start: string;
+            /** End */
+            end: string;
+            /** Estates */
+            estates: components["schemas"]["CollectionRow"][];
+            total: components["schemas"]["CollectionRow"];
+            /** Summary Zh */
+            summary_zh: string;
+            /** Summary En */
+            summary_en: string;
+        };
+        /** CollectionRow */
+        CollectionRow: {
+            /** Estate Id */
+            estate_id: string | null;
+            /** Estate Name */
+            estate_name: string | null;
+            /**
+             * Billable
+             * @description 应收: usage, fixed fees and 公摊 charged to households, net of their 冲正
+             */
+            billable: string;
+            /**
+             * Collected
+             * @description 实收: households' top-ups net of refunds and their 冲正
+             */
+            collected: string;
+            /**
+             * Subsidies
+             * @description 补贴 credited (not counted as collected)
+             */
+            subsidies: string;
+            /**
+             * Collection Rate
+             * @description collected ÷ billable to 4 places; null when nothing billable
+             */
+            collection_rate: string | null;
+            /**
+             * Collection Rate Percent
+             * @example 97.31%
+             */
+            collection_rate_percent: string | null;
+            /** Households Billed */
+            households_billed: number;
+            /** Households Paid */
+            households_paid: number;
+        };
         /** CommandAccepted */
         CommandAccepted: {
             /**
@@ -3703,6 +3940,29 @@ export interface components {
              * Format: uuid
              */
             command_id: string;
+        };
+        /** CommandEventOut */
+        CommandEventOut: {
+            /** State */
+            state: string;
+            /** Detail */
+            detail: string;
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /** Attempt */
+            attempt?: number | null;
+            /**
+             * Actor
+             * @default system
+             */
+            actor?: string;
+            /** Request Frame */
+            request_frame?: string | null;
+            /** Response Frame */
+            response_frame?: string | null;
         };
         /**
          * CommandIn
@@ -3746,6 +4006,69 @@ export interface components {
          */
         CommandKind: "trip" | "close_allowed" | "direct_close" | "keep_power_on" | "keep_power_off" | "valve_open" | "valve_close" | "time_sync" | "parameter_write";
         /**
+         * CommandOut
+         * @description A device command with its history.
+         */
+        CommandOut: {
+            /**
+             * Command Id
+             * Format: uuid
+             */
+            command_id: string;
+            /** Meter Id */
+            meter_id: string;
+            /** Kind */
+            kind: string;
+            /** State */
+            state: string;
+            /** Origin */
+            origin: string;
+            /** Reason */
+            reason: string;
+            /** Actor */
+            actor: string;
+            /** Account Id */
+            account_id: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Detail */
+            detail: string;
+            /** Request Frame */
+            request_frame: string | null;
+            /** Response Frame */
+            response_frame: string | null;
+            /** Attempt */
+            attempt: number;
+            /** Next Attempt At */
+            next_attempt_at: string | null;
+            /** Parameters */
+            parameters: {
+                [key: string]: string;
+            };
+            /** Shadow Version */
+            shadow_version: number | null;
+            /** Batch Id */
+            batch_id: string | null;
+            /**
+             * Events
+             * @default []
+             */
+            events?: components["schemas"]["CommandEventOut"][];
+        };
+        /**
          * CommonMeterIn
          * @example {
          *       "utility": "electricity"
@@ -3762,6 +4085,79 @@ export interface components {
              * @description default: now
              */
             effective_from?: string | null;
+        };
+        /** ConsumptionReportOut */
+        ConsumptionReportOut: {
+            /** Estate Id */
+            estate_id: string | null;
+            utility: components["schemas"]["Utility"] | null;
+            /** Timezone */
+            timezone: string;
+            /** Start */
+            start: string;
+            /** End */
+            end: string;
+            /** Rows */
+            rows: components["schemas"]["ConsumptionRow"][];
+            /**
+             * Totals
+             * @description one row per utility over every building
+             */
+            totals: components["schemas"]["ConsumptionRow"][];
+            /** Shared Area */
+            shared_area: components["schemas"]["SharedAreaRow"][];
+            /** Summary Zh */
+            summary_zh: string;
+            /** Summary En */
+            summary_en: string;
+        };
+        /** ConsumptionRow */
+        ConsumptionRow: {
+            /** Estate Id */
+            estate_id: string | null;
+            /**
+             * Kind
+             * @description building (rooms' meters), common (公摊 meters of the estate) or unassigned
+             */
+            kind: string;
+            /** Building Id */
+            building_id: string | null;
+            /** Building Name */
+            building_name: string | null;
+            utility: components["schemas"]["Utility"];
+            /** Unit */
+            unit: string;
+            /** Meters */
+            meters: number;
+            /** Quantity */
+            quantity: string;
+            /**
+             * Cost
+             * @description exact, before rounding to the fen
+             */
+            cost: string;
+        };
+        /**
+         * CorrectionOut
+         * @description A 冲正: the transaction that reverses another.
+         */
+        CorrectionOut: {
+            /**
+             * Txn Id
+             * Format: uuid
+             */
+            txn_id: string;
+            /**
+             * Reverses
+             * Format: uuid
+             */
+            reverses: string;
+            /** Operator */
+            operator: string;
+            /** Reason */
+            reason: string;
+            /** Created At */
+            created_at?: string | null;
         };
         /**
          * CustomerClassIn
@@ -3813,6 +4209,57 @@ export interface components {
             updated_at: string;
         };
         /**
+         * DeviceOnlineRateOut
+         * @description Meters online now, overall and per gateway, and availability over [start, end).
+         */
+        DeviceOnlineRateOut: {
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /**
+             * Start
+             * Format: date-time
+             */
+            start: string;
+            /**
+             * End
+             * Format: date-time
+             */
+            end: string;
+            total: components["schemas"]["OnlineRateOut"];
+            /** Gateways */
+            gateways: components["schemas"]["GatewayOnlineRateOut"][];
+        };
+        /**
+         * DeviceStateOut
+         * @description What the collector last knew of a meter: online, relay or valve, keep-power.
+         */
+        DeviceStateOut: {
+            /** Meter Id */
+            meter_id: string;
+            /** Gateway Id */
+            gateway_id?: string | null;
+            /** Online */
+            online: boolean;
+            /** Reason */
+            reason?: string | null;
+            /** Relay */
+            relay: string | null;
+            /** Valve */
+            valve: string | null;
+            /** Keep Power */
+            keep_power: boolean | null;
+            /** Last Reading At */
+            last_reading_at: string | null;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+        };
+        /**
          * DismissIn
          * @example {
          *       "reason": "已退回付款人"
@@ -3856,6 +4303,40 @@ export interface components {
              * @description meters bound now to the estate's rooms, accounts or common use
              */
             meters: string[];
+        };
+        /**
+         * EstateOut
+         * @description An estate with its counts.
+         */
+        EstateOut: {
+            /** Estate Id */
+            estate_id: string;
+            /** Name */
+            name: string;
+            /**
+             * Shared Balance
+             * @description 水电一卡通: water and electricity share one balance
+             */
+            shared_balance: boolean;
+            /**
+             * Shared Basis
+             * @description how 公摊 is shared: area or equal
+             */
+            shared_basis: string;
+            /** Buildings */
+            buildings: number;
+            /** Rooms */
+            rooms: number;
+            /**
+             * Occupied Rooms
+             * @description rooms with a lease active now
+             */
+            occupied_rooms: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
         };
         /**
          * EstatePolicyIn
@@ -3911,6 +4392,290 @@ export interface components {
         } | {
             nights_start: null;
             nights_end: null;
+        };
+        /**
+         * EstatePolicyOut
+         * @description An estate's supply policy: protected windows (nights, weekends, holidays), how supply is restored.
+         */
+        EstatePolicyOut: {
+            /**
+             * Nights Start
+             * @description local time; null with nights_end: no night window
+             * @default 22:00:00
+             */
+            nights_start?: string | null;
+            /**
+             * Nights End
+             * @default 07:00:00
+             */
+            nights_end?: string | null;
+            /**
+             * Weekends
+             * @default true
+             */
+            weekends?: boolean;
+            /**
+             * Holidays
+             * @description statutory holidays; dates the calendar does not know count too
+             * @default true
+             */
+            holidays?: boolean;
+            /**
+             * Restore
+             * @description direct_close or close_allowed
+             * @default direct_close
+             */
+            restore?: string;
+            /**
+             * Prepaid Water
+             * @default false
+             */
+            prepaid_water?: boolean;
+        };
+        /** ExplainedEntry */
+        ExplainedEntry: {
+            /** Ledger Account */
+            ledger_account: string;
+            /** Amount */
+            amount: string;
+            /** Meter Id */
+            meter_id: string | null;
+        };
+        /** ExplainedLine */
+        ExplainedLine: {
+            /** Tariff Id */
+            tariff_id: number;
+            /** Utility */
+            utility: string;
+            /**
+             * Tariff Effective From
+             * Format: date-time
+             */
+            tariff_effective_from: string;
+            /** Component */
+            component: string;
+            /** Segment Or Tier */
+            segment_or_tier: string;
+            /** Unit Price */
+            unit_price: string;
+            /** Quantity */
+            quantity: string;
+            /** Unit */
+            unit: string;
+            /** Amount Exact */
+            amount_exact: string;
+            readings: components["schemas"]["ExplainedReadings"];
+        };
+        /** ExplainedPayment */
+        ExplainedPayment: {
+            /**
+             * Payment Id
+             * Format: uuid
+             */
+            payment_id: string;
+            /** Channel */
+            channel: string;
+            /** Reference */
+            reference: string | null;
+            /** Amount */
+            amount: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /** ExplainedReadings */
+        ExplainedReadings: {
+            /** Register From */
+            register_from: string;
+            /** Register To */
+            register_to: string;
+            /** First Sample */
+            first_sample: string;
+            /** Last Sample */
+            last_sample: string;
+        };
+        /** ExplainedRefund */
+        ExplainedRefund: {
+            /**
+             * Refund Id
+             * Format: uuid
+             */
+            refund_id: string;
+            /**
+             * Payment Id
+             * Format: uuid
+             */
+            payment_id: string;
+            /** Channel */
+            channel: string;
+            /** Amount */
+            amount: string;
+            /** Operator */
+            operator: string;
+            /** Reason */
+            reason: string;
+        };
+        /**
+         * ExplanationOut
+         * @description Why a ledger transaction moved what it moved. For an hour's consumption charge: the readings, the tariff
+         *     version, component, segment or tier, quantity and price, and the rounding; otherwise the payment or refund.
+         */
+        ExplanationOut: {
+            /**
+             * Txn Id
+             * Format: uuid
+             */
+            txn_id: string;
+            /** Kind */
+            kind: string;
+            /** Booked At */
+            booked_at: string;
+            /** Memo */
+            memo: string;
+            /** Reverses */
+            reverses: string | null;
+            /** Entries */
+            entries: components["schemas"]["ExplainedEntry"][];
+            /** @description not a consumption charge: the payment */
+            payment?: components["schemas"]["ExplainedPayment"] | null;
+            /** @description not a consumption charge: the refund */
+            refund?: components["schemas"]["ExplainedRefund"] | null;
+            /**
+             * Meter Id
+             * @description a consumption charge: the meter
+             */
+            meter_id?: string | null;
+            /** Account Id */
+            account_id?: string | null;
+            /** Hour Start */
+            hour_start?: string | null;
+            /**
+             * Posted
+             * @description CNY posted, in whole fen
+             */
+            posted?: string | null;
+            /**
+             * Exact
+             * @description the exact cost of the hour
+             */
+            exact?: string | null;
+            /**
+             * Tariff Versions
+             * @description by tariff_id
+             */
+            tariff_versions?: {
+                [key: string]: components["schemas"]["TariffVersionUsed"];
+            } | null;
+            /** Rounding Note Zh */
+            rounding_note_zh?: string | null;
+            /** Rounding Note */
+            rounding_note?: string | null;
+            /** Lines */
+            lines?: components["schemas"]["ExplainedLine"][] | null;
+        };
+        /** FeeOut */
+        FeeOut: {
+            /** Month */
+            month: string;
+            /** Utility */
+            utility: string;
+            /** Component */
+            component: string;
+            /** Days */
+            days: number;
+            /** Days In Month */
+            days_in_month: number;
+            /** Amount */
+            amount: string;
+            /**
+             * Posted By
+             * @enum {string}
+             */
+            posted_by: "monthly_run" | "settlement";
+        };
+        /** FinalBillOut */
+        FinalBillOut: {
+            /**
+             * Period Start
+             * Format: date-time
+             */
+            period_start: string;
+            /**
+             * Period End
+             * Format: date-time
+             */
+            period_end: string;
+            /**
+             * Consumption
+             * @description usage charged to the household in the final period, exact
+             */
+            consumption: components["schemas"]["SettlementConsumptionOut"][];
+            /**
+             * Fixed Fees
+             * @description the final month's fixed fees, pro-rated to the days leased
+             */
+            fixed_fees: components["schemas"]["FeeOut"][];
+        };
+        /** FinalReadingOut */
+        FinalReadingOut: {
+            /** Meter Id */
+            meter_id: string;
+            /** Utility */
+            utility: string;
+            /**
+             * Source
+             * @enum {string}
+             */
+            source: "meter" | "closing_value";
+            /**
+             * Value
+             * @description the register at or after the move-out instant
+             */
+            value: string | null;
+            /** Sampled At */
+            sampled_at: string | null;
+            /**
+             * Operator
+             * @description who entered a closing value
+             */
+            operator: string | null;
+            /**
+             * Billed Through Register
+             * @description the register the household was billed up to
+             */
+            billed_through_register: string | null;
+        };
+        /** FixedFeeLine */
+        FixedFeeLine: {
+            /** Lease Id */
+            lease_id: string;
+            /** Account Id */
+            account_id: string;
+            /** Utility */
+            utility: string;
+            /** Component */
+            component: string;
+            /** Month */
+            month: string;
+            /**
+             * Days
+             * @description days of the month the lease covered
+             */
+            days: number;
+            /** Days In Month */
+            days_in_month: number;
+            /**
+             * Exact
+             * @description the pro-rated fee before rounding to the fen
+             */
+            exact: string;
+            /**
+             * Amount
+             * @description CNY posted
+             */
+            amount: string;
         };
         /** FixedIn */
         FixedIn: {
@@ -4025,6 +4790,41 @@ export interface components {
              */
             shard?: number | null;
         };
+        /** GatewayOnlineRateOut */
+        GatewayOnlineRateOut: {
+            /**
+             * Meters
+             * @description registered meters
+             */
+            meters: number;
+            /**
+             * Online
+             * @description meters online now
+             */
+            online: number;
+            /**
+             * Online Rate
+             * @description online ÷ meters now (null without meters)
+             */
+            online_rate: string | null;
+            /**
+             * Availability
+             * @description share of the observed time the meters were online in the window (null: nothing observed)
+             */
+            availability: string | null;
+            /**
+             * Observed Seconds
+             * @description meter-seconds of the window with a known state
+             */
+            observed_seconds: number;
+            /**
+             * Online Seconds
+             * @description meter-seconds of the window online (availability's numerator)
+             */
+            online_seconds: number;
+            /** Gateway Id */
+            gateway_id: string;
+        };
         /** GatewayRecordOut */
         GatewayRecordOut: {
             /** Gateway Id */
@@ -4033,6 +4833,23 @@ export interface components {
             name: string;
             /** Shard */
             shard: number | null;
+        };
+        /**
+         * GatewayStatusOut
+         * @description Whether anything behind a gateway answers (from the collector instance that polls it).
+         */
+        GatewayStatusOut: {
+            /** Gateway Id */
+            gateway_id: string;
+            /** Online */
+            online: boolean;
+            /**
+             * Meters
+             * @description meters on the gateway's buses
+             */
+            meters: number;
+            /** Buses */
+            buses: string[];
         };
         /** HabitCluster */
         HabitCluster: {
@@ -4157,6 +4974,49 @@ export interface components {
              */
             txn_id: string | null;
         };
+        /** ImportLine */
+        ImportLine: {
+            /** Line No */
+            line_no: number;
+            /** Status */
+            status: string;
+            /** Line Key */
+            line_key: string;
+            /** Amount */
+            amount?: string | null;
+            /** Account Id */
+            account_id?: string | null;
+            /** Payment Id */
+            payment_id?: string | null;
+            /**
+             * Reason
+             * @default
+             */
+            reason?: string;
+        };
+        /**
+         * ImportOut
+         * @description A bank statement's import: each credit matched to an account, held for review or a duplicate.
+         */
+        ImportOut: {
+            /**
+             * Import Id
+             * Format: uuid
+             */
+            import_id: string;
+            /** Lines */
+            lines: number;
+            /** Skipped Debits */
+            skipped_debits: number;
+            /** Matched */
+            matched: number;
+            /** Review */
+            review: number;
+            /** Duplicate */
+            duplicate: number;
+            /** Results */
+            results: components["schemas"]["ImportLine"][];
+        };
         /**
          * KeepPowerOut
          * @description A 保电 flag in force.
@@ -4218,6 +5078,94 @@ export interface components {
              * @description default: a new account named after the lease
              */
             account_id?: string | null;
+        };
+        /** LeaseOut */
+        LeaseOut: {
+            /** Lease Id */
+            lease_id: string;
+            /** Tenant Id */
+            tenant_id: string;
+            /** Room Id */
+            room_id: string;
+            /** Account Id */
+            account_id: string;
+            /**
+             * Move In
+             * Format: date
+             */
+            move_in: string;
+            /** Move Out */
+            move_out: string | null;
+        };
+        /**
+         * LeaseSettlementOut
+         * @description A lease's move-out settlement (退租结算): final readings, final bill, refund and closing balance.
+         */
+        LeaseSettlementOut: {
+            /**
+             * Settlement Id
+             * Format: uuid
+             */
+            settlement_id: string;
+            /** Lease Id */
+            lease_id: string;
+            /** Account Id */
+            account_id: string;
+            /** Room Id */
+            room_id: string;
+            /** Tenant Id */
+            tenant_id: string;
+            /**
+             * Move In
+             * Format: date
+             */
+            move_in: string;
+            /**
+             * Move Out
+             * Format: date
+             */
+            move_out: string;
+            /**
+             * Moved Out At
+             * Format: date-time
+             */
+            moved_out_at: string;
+            /** Final Readings */
+            final_readings: components["schemas"]["FinalReadingOut"][];
+            final_bill: components["schemas"]["FinalBillOut"];
+            refund: components["schemas"]["RefundSummaryOut"];
+            closing_balance: components["schemas"]["SettlementBalanceOut"];
+            /**
+             * Arrears
+             * @description what the household still owes: left on the ledger as a receivable
+             */
+            arrears: string;
+            /** Operator */
+            operator: string;
+            /** Reason */
+            reason: string;
+            /** Replayed */
+            replayed: boolean;
+        };
+        /** LeaseWithEstateOut */
+        LeaseWithEstateOut: {
+            /** Lease Id */
+            lease_id: string;
+            /** Tenant Id */
+            tenant_id: string;
+            /** Room Id */
+            room_id: string;
+            /** Account Id */
+            account_id: string;
+            /**
+             * Move In
+             * Format: date
+             */
+            move_in: string;
+            /** Move Out */
+            move_out: string | null;
+            /** Estate Id */
+            estate_id: string;
         };
         /** LineLossDayOut */
         LineLossDayOut: {
@@ -4385,6 +5333,20 @@ export interface components {
             valid_to: string | null;
         };
         /**
+         * MeterEventOut
+         * @description What a meter event (replaced, multiplier changed, rollover) billed.
+         */
+        MeterEventOut: {
+            /** Meter Id */
+            meter_id: string;
+            /** Kind */
+            kind: string;
+            /** Billed */
+            billed: string;
+            /** Register Value */
+            register_value: string;
+        };
+        /**
          * MeterIn
          * @example {
          *       "address": "000000000101",
@@ -4406,6 +5368,19 @@ export interface components {
              * @default 60
              */
             poll_interval_s?: number;
+        };
+        /** MeterOutcomeOut */
+        MeterOutcomeOut: {
+            /** Meter Id */
+            meter_id: string;
+            /** Outcome */
+            outcome: string;
+            /** Detail */
+            detail: string;
+            /** Kind */
+            kind: string | null;
+            /** Command Id */
+            command_id: string | null;
         };
         /** MeterRecordOut */
         MeterRecordOut: {
@@ -4470,6 +5445,67 @@ export interface components {
              * @description the new register's maximum
              */
             new_register_max?: string | null;
+        };
+        /**
+         * MeterUsageOut
+         * @description A meter's usage history with its totals.
+         */
+        MeterUsageOut: {
+            /** Meter Id */
+            meter_id: string;
+            /** Granularity */
+            granularity: string;
+            /** Timezone */
+            timezone: string;
+            /** Start */
+            start: string;
+            /** End */
+            end: string;
+            /** Buckets */
+            buckets: components["schemas"]["UsageBucket"][];
+            /** Total Quantity */
+            total_quantity: string;
+            /** Total Cost */
+            total_cost: string;
+        };
+        /**
+         * MonthRunOut
+         * @description What a month's run posted for an estate: fixed fees and 公摊 per account (a repeat returns the first run).
+         */
+        MonthRunOut: {
+            /** Estate Id */
+            estate_id: string;
+            /** Month */
+            month: string;
+            /**
+             * Fixed Fees
+             * @description CNY of fixed fees per account
+             */
+            fixed_fees: {
+                [key: string]: string;
+            };
+            /** Fixed Fee Lines */
+            fixed_fee_lines: components["schemas"]["FixedFeeLine"][];
+            /**
+             * Shared Area
+             * @description 公摊 CNY per utility, then per account
+             */
+            shared_area: {
+                [key: string]: {
+                    [key: string]: string;
+                };
+            };
+            /**
+             * Shared Area Waived
+             * @description 公摊 left on the estate for households settled at move-out, per utility and account
+             */
+            shared_area_waived: {
+                [key: string]: {
+                    [key: string]: string;
+                };
+            };
+            /** Replayed */
+            replayed: boolean;
         };
         /**
          * MoveOutIn
@@ -4629,6 +5665,93 @@ export interface components {
             /** Order Id */
             order_id: string | null;
             payment: components["schemas"]["PaymentRef"] | null;
+        };
+        /** OnlineRateOut */
+        OnlineRateOut: {
+            /**
+             * Meters
+             * @description registered meters
+             */
+            meters: number;
+            /**
+             * Online
+             * @description meters online now
+             */
+            online: number;
+            /**
+             * Online Rate
+             * @description online ÷ meters now (null without meters)
+             */
+            online_rate: string | null;
+            /**
+             * Availability
+             * @description share of the observed time the meters were online in the window (null: nothing observed)
+             */
+            availability: string | null;
+            /**
+             * Observed Seconds
+             * @description meter-seconds of the window with a known state
+             */
+            observed_seconds: number;
+            /**
+             * Online Seconds
+             * @description meter-seconds of the window online (availability's numerator)
+             */
+            online_seconds: number;
+        };
+        /**
+         * OrderOut
+         * @description An online payment order.
+         */
+        OrderOut: {
+            /** Order Id */
+            order_id: string;
+            /** Provider */
+            provider: string;
+            /**
+             * Method
+             * @description native, jsapi or h5 (WeChat Pay); precreate or wap (Alipay)
+             */
+            method: string;
+            /** Account Id */
+            account_id: string;
+            /** Amount */
+            amount: string;
+            /**
+             * Status
+             * @description open, paid, closed (by the provider) or expired (closed by us)
+             */
+            status: string;
+            /** Provider Txn Id */
+            provider_txn_id: string | null;
+            /** Payment Id */
+            payment_id: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Paid At */
+            paid_at: string | null;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Closed At */
+            closed_at?: string | null;
+            /**
+             * Pay
+             * @description what the payer's app needs (code_url, h5_url, the signed JSAPI package, qr_code or pay_url); null while the provider has not been reached
+             */
+            pay: {
+                [key: string]: unknown;
+            } | null;
+            /**
+             * Replayed
+             * @default false
+             */
+            replayed?: boolean;
         };
         /** Page */
         Page: {
@@ -4818,6 +5941,34 @@ export interface components {
             paid_at?: string | null;
             /** Payment Id */
             payment_id?: string | null;
+        };
+        /**
+         * PaymentOut
+         * @description A payment booked to an account (a top-up).
+         */
+        PaymentOut: {
+            /**
+             * Payment Id
+             * Format: uuid
+             */
+            payment_id: string;
+            /** Account Id */
+            account_id: string;
+            /** Amount */
+            amount: string;
+            /** Channel */
+            channel: string;
+            /** Reference */
+            reference: string | null;
+            /** Balance After */
+            balance_after: string;
+            /**
+             * Txn Id
+             * Format: uuid
+             */
+            txn_id: string;
+            /** Replayed */
+            replayed: boolean;
         };
         /**
          * PaymentRef
@@ -5116,6 +6267,25 @@ export interface components {
             /** Fixed Per Month */
             fixed_per_month?: string | null;
         };
+        /** PurseOut */
+        PurseOut: {
+            /**
+             * Purse
+             * @description 'all' (水电一卡通) or the utility of a separate balance
+             */
+            purse: string;
+            /** Paid */
+            paid: string;
+            /** Subsidy */
+            subsidy: string;
+            /**
+             * Pending
+             * @description charges accrued or carried, not yet posted
+             */
+            pending: string;
+            /** Available */
+            available: string;
+        };
         /** ReadingHistoryOut */
         ReadingHistoryOut: {
             /**
@@ -5165,6 +6335,46 @@ export interface components {
         ReasonIn: {
             /** Reason */
             reason: string;
+        };
+        /** ReceiptLine */
+        ReceiptLine: {
+            /** Receipt No */
+            receipt_no: string;
+            /** Amount */
+            amount: string;
+            /** Account Id */
+            account_id: string;
+            /**
+             * Payment Id
+             * Format: uuid
+             */
+            payment_id: string;
+            /**
+             * Issued At
+             * Format: date-time
+             */
+            issued_at: string;
+        };
+        /**
+         * ReceiptOut
+         * @description A cash payment's receipt.
+         */
+        ReceiptOut: {
+            /** Receipt No */
+            receipt_no: string;
+            /** Counter Id */
+            counter_id: string;
+            /**
+             * Shift Id
+             * Format: uuid
+             */
+            shift_id: string;
+            /**
+             * Issued At
+             * Format: date-time
+             */
+            issued_at: string;
+            payment: components["schemas"]["PaymentRef"];
         };
         /**
          * ReconciliationDifference
@@ -5258,10 +6468,7 @@ export interface components {
             account_id: string;
             /** Channel */
             channel: string;
-            /**
-             * Amount
-             * @description CNY, as a decimal string
-             */
+            /** Amount */
             amount: string;
             /**
              * Txn Id
@@ -5277,8 +6484,187 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Provider Status
+             * @description online payments: pending (not yet accepted by the provider), processing, success or failed (held for review); null for other channels
+             */
+            provider_status?: string | null;
             /** Replayed */
             replayed: boolean;
+        };
+        /** RefundSummaryOut */
+        RefundSummaryOut: {
+            /**
+             * Settlement Id
+             * Format: uuid
+             */
+            settlement_id: string;
+            /** Refundable Before */
+            refundable_before: string;
+            /** Refunded */
+            refunded: string;
+            /** Not Refunded */
+            not_refunded: string;
+            /** Paid Balance After */
+            paid_balance_after: string;
+            /**
+             * Subsidy Kept
+             * @description subsidy (补贴) credit is never refunded
+             */
+            subsidy_kept: string;
+            /** Refunds */
+            refunds: components["schemas"]["RefundOut"][];
+        };
+        /** RevenueChannel */
+        RevenueChannel: {
+            /**
+             * Payments
+             * @description top-ups received (缴费)
+             */
+            payments: string;
+            /**
+             * Refunds
+             * @description refunds paid out (退款)
+             */
+            refunds: string;
+            /**
+             * Corrections
+             * @description 冲正 of payments or refunds (signed: money in is positive)
+             */
+            corrections: string;
+            /**
+             * Net
+             * @description payments − refunds + corrections: the channel account's ledger movement, negated
+             */
+            net: string;
+            /**
+             * Count
+             * @description number of top-ups
+             */
+            count: number;
+            /** Channel */
+            channel: string;
+            /** Channel Zh */
+            channel_zh: string;
+        };
+        /** RevenueDay */
+        RevenueDay: {
+            /**
+             * Payments
+             * @description top-ups received (缴费)
+             */
+            payments: string;
+            /**
+             * Refunds
+             * @description refunds paid out (退款)
+             */
+            refunds: string;
+            /**
+             * Corrections
+             * @description 冲正 of payments or refunds (signed: money in is positive)
+             */
+            corrections: string;
+            /**
+             * Net
+             * @description payments − refunds + corrections: the channel account's ledger movement, negated
+             */
+            net: string;
+            /**
+             * Count
+             * @description number of top-ups
+             */
+            count: number;
+            /**
+             * Day
+             * @description local date
+             */
+            day: string;
+            /** Channel */
+            channel: string;
+        };
+        /** RevenueFigures */
+        RevenueFigures: {
+            /**
+             * Payments
+             * @description top-ups received (缴费)
+             */
+            payments: string;
+            /**
+             * Refunds
+             * @description refunds paid out (退款)
+             */
+            refunds: string;
+            /**
+             * Corrections
+             * @description 冲正 of payments or refunds (signed: money in is positive)
+             */
+            corrections: string;
+            /**
+             * Net
+             * @description payments − refunds + corrections: the channel account's ledger movement, negated
+             */
+            net: string;
+            /**
+             * Count
+             * @description number of top-ups
+             */
+            count: number;
+        };
+        /** RevenueOut */
+        RevenueOut: {
+            /** Estate Id */
+            estate_id: string | null;
+            /** Timezone */
+            timezone: string;
+            /** Start */
+            start: string;
+            /** End */
+            end: string;
+            /** Days */
+            days: components["schemas"]["RevenueDay"][];
+            /** Channels */
+            channels: components["schemas"]["RevenueChannel"][];
+            total: components["schemas"]["RevenueFigures"];
+            /** Summary Zh */
+            summary_zh: string;
+            /** Summary En */
+            summary_en: string;
+        };
+        /**
+         * ReviewOut
+         * @description A payment held for review (an unmatched bank credit, a failed refund), and how it was resolved.
+         */
+        ReviewOut: {
+            /** Review Id */
+            review_id: number;
+            /** Kind */
+            kind: string;
+            /** Subject */
+            subject: string;
+            /** Amount */
+            amount: string;
+            /** Reason */
+            reason: string;
+            /** Detail */
+            detail: {
+                [key: string]: unknown;
+            };
+            /** Status */
+            status: string;
+            /** Account Id */
+            account_id: string | null;
+            /** Payment Id */
+            payment_id: string | null;
+            /** Resolved By */
+            resolved_by: string | null;
+            /** Resolved At */
+            resolved_at: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            payment?: components["schemas"]["PaymentRef"] | null;
         };
         /** RevokeIn */
         RevokeIn: {
@@ -5476,7 +6862,10 @@ export interface components {
                 [key: string]: unknown;
             };
         };
-        /** RuleOut */
+        /**
+         * RuleOut
+         * @description A rule in force at a scope (estate, building, meter …) and slot.
+         */
         RuleOut: {
             /** Scope Level */
             scope_level: string;
@@ -5486,7 +6875,10 @@ export interface components {
             slot: string;
             /** Enabled */
             enabled: boolean;
-            /** Rule */
+            /**
+             * Rule
+             * @description the rule's parameters, as its kind takes them
+             */
             rule: {
                 [key: string]: unknown;
             };
@@ -5521,6 +6913,83 @@ export interface components {
                 [key: string]: string;
             };
         };
+        /** ScheduleOut */
+        ScheduleOut: {
+            /**
+             * Schedule Id
+             * Format: uuid
+             */
+            schedule_id: string;
+            /** Name */
+            name: string;
+            /** Kind */
+            kind: string;
+            /** At Local */
+            at_local: string | null;
+            /** Run At */
+            run_at: string | null;
+            /** Building Id */
+            building_id: string | null;
+            /** Meters */
+            meters: string[];
+            /** Parameters */
+            parameters: {
+                [key: string]: string;
+            };
+            /** Reason */
+            reason: string;
+            /** Ttl Seconds */
+            ttl_seconds: number | null;
+            /** Command Id */
+            command_id: string | null;
+            /** Enabled */
+            enabled: boolean;
+            /** Last Occurrence */
+            last_occurrence: string | null;
+            /** Created By */
+            created_by: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /**
+         * ScopeOut
+         * @description What a tenant's active leases cover.
+         */
+        ScopeOut: {
+            /** Tenant Id */
+            tenant_id: string;
+            /** Accounts */
+            accounts: string[];
+            /** Rooms */
+            rooms: string[];
+            /** Meters */
+            meters: string[];
+        };
+        /** SettlementBalanceOut */
+        SettlementBalanceOut: {
+            /** Paid */
+            paid: string;
+            /** Subsidy */
+            subsidy: string;
+            /** Pending */
+            pending: string;
+            /** Available */
+            available: string;
+        };
+        /** SettlementConsumptionOut */
+        SettlementConsumptionOut: {
+            /** Utility */
+            utility: string;
+            /** Component */
+            component: string;
+            /** Quantity */
+            quantity: string;
+            /** Amount Exact */
+            amount_exact: string;
+        };
         /**
          * SettlementIn
          * @example {
@@ -5554,6 +7023,67 @@ export interface components {
             closing_readings?: components["schemas"]["ClosingReadingIn"][];
         };
         /**
+         * ShadowOut
+         * @description A meter's desired and reported supply state.
+         */
+        ShadowOut: {
+            /** Meter Id */
+            meter_id: string;
+            /** Utility */
+            utility: string;
+            /** Desired Supply */
+            desired_supply: string | null;
+            /** Reported Supply */
+            reported_supply: string | null;
+            /** Desired Relay */
+            desired_relay: string | null;
+            /** Reported Relay */
+            reported_relay: string | null;
+            /** Desired Valve */
+            desired_valve: string | null;
+            /** Reported Valve */
+            reported_valve: string | null;
+            /**
+             * Desired Keep Power
+             * @description the meter's own keep-power mode, as intended
+             */
+            desired_keep_power?: boolean | null;
+            /**
+             * Reported Keep Power
+             * @description the meter's keep-power mode, as reported
+             */
+            reported_keep_power?: boolean | null;
+            /** Version */
+            version: number;
+            /** Online */
+            online: boolean | null;
+            /** Gateway Id */
+            gateway_id: string | null;
+            /** Account Id */
+            account_id: string | null;
+            /** Reported At */
+            reported_at: string | null;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+        };
+        /** SharedAreaRow */
+        SharedAreaRow: {
+            /** Estate Id */
+            estate_id: string;
+            /** Building Id */
+            building_id: string | null;
+            /** Building Name */
+            building_name: string | null;
+            /**
+             * Amount
+             * @description 公摊 posted to the building's households for months starting in the window
+             */
+            amount: string;
+        };
+        /**
          * ShiftIn
          * @example {
          *       "counter_id": "C1",
@@ -5572,6 +7102,44 @@ export interface components {
             opening_float?: string;
         };
         /**
+         * ShiftOut
+         * @description A cashier's shift at a counter: its float, takings and (once closed) the counted cash.
+         */
+        ShiftOut: {
+            /**
+             * Shift Id
+             * Format: uuid
+             */
+            shift_id: string;
+            /** Counter Id */
+            counter_id: string;
+            /** Cashier */
+            cashier: string;
+            /**
+             * Opened At
+             * Format: date-time
+             */
+            opened_at: string;
+            /** Closed At */
+            closed_at: string | null;
+            /** Closed By */
+            closed_by: string | null;
+            /** Opening Float */
+            opening_float: string;
+            /** Receipt Count */
+            receipt_count: number;
+            /** Takings */
+            takings: string;
+            /** Expected Cash */
+            expected_cash: string;
+            /** Counted Cash */
+            counted_cash: string | null;
+            /** Difference */
+            difference: string | null;
+            /** Receipts */
+            receipts: components["schemas"]["ReceiptLine"][];
+        };
+        /**
          * StaffLiveReady
          * @description The first event of every staff stream: what it carries. Re-read lists now (no resumption).
          */
@@ -5586,6 +7154,129 @@ export interface components {
              * @description the estates it covers; null: every estate
              */
             estates: string[] | null;
+        };
+        /** StatementLine */
+        StatementLine: {
+            /** Entry Id */
+            entry_id: number;
+            /**
+             * Txn Id
+             * Format: uuid
+             */
+            txn_id: string;
+            /**
+             * At
+             * @description local time with its UTC offset
+             */
+            at: string;
+            /** Amount */
+            amount: string;
+            /** Purse */
+            purse: string;
+            /** Channel */
+            channel: string | null;
+            /** Reference */
+            reference: string | null;
+            /** Payment Id */
+            payment_id: string | null;
+            /** Memo */
+            memo: string;
+        };
+        /**
+         * StatementLines
+         * @description The month's ledger lines by section (hourly charges are summarised in `usage`, not listed).
+         */
+        StatementLines: {
+            /** Payments */
+            payments: components["schemas"]["StatementLine"][];
+            /** Subsidies */
+            subsidies: components["schemas"]["StatementLine"][];
+            /** Charges */
+            charges: components["schemas"]["StatementLine"][];
+            /** Fees */
+            fees: components["schemas"]["StatementLine"][];
+            /** Refunds */
+            refunds: components["schemas"]["StatementLine"][];
+            /** Corrections */
+            corrections: components["schemas"]["StatementLine"][];
+            /** Other */
+            other: components["schemas"]["StatementLine"][];
+        };
+        /**
+         * StatementOut
+         * @description A household account's month: opening + movements = closing, to the fen.
+         */
+        StatementOut: {
+            /** Account Id */
+            account_id: string;
+            /** Name */
+            name: string;
+            /** Month */
+            month: string;
+            /** Timezone */
+            timezone: string;
+            /** Period Start */
+            period_start: string;
+            /** Period End */
+            period_end: string;
+            /** Opening Balance */
+            opening_balance: string;
+            /** Closing Balance */
+            closing_balance: string;
+            /** Purses */
+            purses: components["schemas"]["StatementPurse"][];
+            totals: components["schemas"]["StatementTotals"];
+            /** Charges By Utility */
+            charges_by_utility: {
+                [key: string]: string;
+            };
+            /** Usage */
+            usage: components["schemas"]["StatementUsage"][];
+            /** Tariff Breakdown */
+            tariff_breakdown: components["schemas"]["TariffBreakdownLine"][];
+            lines: components["schemas"]["StatementLines"];
+            /** Reconciles */
+            reconciles: boolean;
+        };
+        /** StatementPurse */
+        StatementPurse: {
+            /**
+             * Purse
+             * @description the ledger account of the purse
+             */
+            purse: string;
+            /** Opening */
+            opening: string;
+            /** Closing */
+            closing: string;
+        };
+        /** StatementTotals */
+        StatementTotals: {
+            /** Payments */
+            payments: string;
+            /** Subsidies */
+            subsidies: string;
+            /** Charges */
+            charges: string;
+            /** Fees */
+            fees: string;
+            /** Refunds */
+            refunds: string;
+            /** Corrections */
+            corrections: string;
+            /** Other */
+            other: string;
+        };
+        /** StatementUsage */
+        StatementUsage: {
+            /** Utility */
+            utility: string;
+            /** Quantity */
+            quantity: string;
+            /** Unit */
+            unit: string;
+            /** Charged */
+            charged: string;
         };
         /**
          * SubscriptionIn
@@ -5682,7 +7373,10 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
-            /** Managed By */
+            /**
+             * Managed By
+             * @description tenant_settings when the tenant's notification settings manage it
+             */
             managed_by?: string | null;
         };
         /**
@@ -5705,6 +7399,54 @@ export interface components {
              */
             program: string;
             utility?: components["schemas"]["Utility"] | null;
+        };
+        /** SubsidyOut */
+        SubsidyOut: {
+            /**
+             * Subsidy Id
+             * Format: uuid
+             */
+            subsidy_id: string;
+            /** Account Id */
+            account_id: string;
+            /** Amount */
+            amount: string;
+            /** Program */
+            program: string;
+            /**
+             * Txn Id
+             * Format: uuid
+             */
+            txn_id: string;
+            /** Replayed */
+            replayed: boolean;
+        };
+        /** TariffBreakdownLine */
+        TariffBreakdownLine: {
+            /** Utility */
+            utility: string;
+            /** Tariff Id */
+            tariff_id: number;
+            /**
+             * Tariff Effective From
+             * Format: date-time
+             */
+            tariff_effective_from: string;
+            /** Component */
+            component: string;
+            /**
+             * Label
+             * @description the time-of-use segment or tier
+             */
+            label: string;
+            /** Unit Price */
+            unit_price: string;
+            /** Quantity */
+            quantity: string;
+            /** Unit */
+            unit: string;
+            /** Amount Exact */
+            amount_exact: string;
         };
         /**
          * TariffIn
@@ -5790,6 +7532,17 @@ export interface components {
              */
             next_cursor: string | null;
         };
+        /** TariffVersionAdded */
+        TariffVersionAdded: {
+            /** Tariff Id */
+            tariff_id: number;
+            /**
+             * Effective From
+             * Format: date-time
+             * @description when it takes effect: never before now once a utility has a tariff
+             */
+            effective_from: string;
+        };
         /**
          * TariffVersionIn
          * @example {
@@ -5830,6 +7583,23 @@ export interface components {
              * @description a flat price; None when the version has components
              */
             unit_price: string | null;
+        };
+        /** TariffVersionUsed */
+        TariffVersionUsed: {
+            /**
+             * Effective From
+             * Format: date-time
+             */
+            effective_from: string;
+            /** Flat Unit Price */
+            flat_unit_price: string | null;
+            /**
+             * Components
+             * @description the version's components (docs/billing.md)
+             */
+            components: {
+                [key: string]: unknown;
+            }[] | null;
         };
         /**
          * TenantIn
@@ -6096,6 +7866,30 @@ export interface components {
             mom_pct: string | null;
             /** Yoy Pct */
             yoy_pct: string | null;
+        };
+        /** UsageBucket */
+        UsageBucket: {
+            /**
+             * Start
+             * @description local start of the hour, day or month, with its UTC offset
+             */
+            start: string;
+            /** Utility */
+            utility: string;
+            /** Quantity */
+            quantity: string;
+            /** Unit */
+            unit: string;
+            /**
+             * Cost
+             * @description exact, before rounding to the fen
+             */
+            cost: string;
+            /**
+             * Hours
+             * @description hours with usage in the bucket
+             */
+            hours: number;
         };
         /**
          * UserIn
@@ -6410,6 +8204,66 @@ export interface components {
             description: string;
             /** Assignee */
             assignee?: string | null;
+        };
+        /** WorkOrderNote */
+        WorkOrderNote: {
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
+            /** Author */
+            author: string;
+            /** Note */
+            note: string;
+        };
+        /** WorkOrderOut */
+        WorkOrderOut: {
+            /**
+             * Work Order Id
+             * Format: uuid
+             */
+            work_order_id: string;
+            /**
+             * Alarm Id
+             * @description the alarm that opened it; null for one opened by hand
+             */
+            alarm_id: string | null;
+            /** Device Id */
+            device_id: string;
+            /** Fault Type */
+            fault_type: string;
+            /** Estate */
+            estate: string | null;
+            /** Building */
+            building: string | null;
+            /** Assignee */
+            assignee: string | null;
+            /** Status */
+            status: string;
+            /** Closing Cause */
+            closing_cause: string | null;
+            /**
+             * Opened At
+             * Format: date-time
+             */
+            opened_at: string;
+            /** Resolved At */
+            resolved_at: string | null;
+            /** Closed At */
+            closed_at: string | null;
+            /** Description */
+            description?: string | null;
+            /**
+             * Opened By
+             * @default system
+             */
+            opened_by?: string;
+            /**
+             * Notes
+             * @default []
+             */
+            notes?: components["schemas"]["WorkOrderNote"][];
         };
         /**
          * WorkOrderPatch
@@ -11915,9 +13769,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["EstateOut"];
                 };
             };
             /** @description bad request */
@@ -12041,31 +13893,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -12200,30 +14027,9 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                        [key: string]: number;
+                    };
                 };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -12597,31 +14403,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -12871,31 +14652,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -13009,9 +14765,9 @@ export interface operations {
             query?: {
                 estate_id?: string | null;
                 building_id?: string | null;
-                floor?: string | null;
-                occupied?: string | null;
-                level?: string | null;
+                floor?: number | null;
+                occupied?: boolean | null;
+                level?: ("ok" | "low_1" | "low_2" | "exhausted") | null;
                 code?: string | null;
                 /** @description page size */
                 limit?: number;
@@ -13278,31 +15034,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -13554,31 +15285,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -13958,31 +15664,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -14108,9 +15789,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["ScopeOut"];
                 };
             };
             /** @description bad request */
@@ -14232,9 +15911,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["LeaseWithEstateOut"];
                 };
             };
             /** @description bad request */
@@ -14363,31 +16040,8 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["LeaseOut"];
                 };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -14512,31 +16166,8 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["LeaseOut"];
                 };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -14657,9 +16288,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["LeaseSettlementOut"];
                 };
             };
             /** @description bad request */
@@ -14782,30 +16411,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description created */
+            /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["LeaseSettlementOut"];
                 };
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -14926,9 +16539,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["AccountOut"];
                 };
             };
             /** @description bad request */
@@ -15052,31 +16663,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -15317,7 +16903,7 @@ export interface operations {
     get_accounts_account_id_usage_v1_accounts__account_id__usage_get: {
         parameters: {
             query?: {
-                granularity?: string | null;
+                granularity?: ("hour" | "day" | "month") | null;
                 /** @description ISO 8601 instant with its offset */
                 start?: string | null;
                 /** @description ISO 8601 instant with its offset */
@@ -15337,9 +16923,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["AccountUsageOut"];
                 };
             };
             /** @description bad request */
@@ -15462,30 +17046,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description created */
+            /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["PaymentOut"];
                 };
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -15607,30 +17175,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description created */
+            /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["SubsidyOut"];
                 };
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -15752,30 +17304,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description created */
+            /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["CorrectionOut"];
                 };
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -15896,9 +17432,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["ExplanationOut"];
                 };
             };
             /** @description bad request */
@@ -16262,8 +17796,8 @@ export interface operations {
             query?: {
                 estate_id?: string | null;
                 account_id?: string | null;
-                channel?: string | null;
-                state?: string | null;
+                channel?: ("cash" | "bank" | "wechat" | "alipay" | "sandbox") | null;
+                state?: ("paid" | "partly_refunded" | "refunded" | "reversed") | null;
                 /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
                 start?: string | null;
                 /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
@@ -16409,9 +17943,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["OrderOut"];
                 };
             };
             /** @description bad request */
@@ -16661,30 +18193,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description created */
+            /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["RefundOut"];
                 };
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -16931,30 +18447,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description created */
+            /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["ShiftOut"];
                 };
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -17075,9 +18575,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["ShiftOut"];
                 };
             };
             /** @description bad request */
@@ -17200,30 +18698,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description created */
+            /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["ReceiptOut"];
                 };
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -17345,30 +18827,14 @@ export interface operations {
             };
         };
         responses: {
-            /** @description created */
+            /** @description Successful Response */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["ShiftOut"];
                 };
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -17613,31 +19079,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -17891,36 +19332,13 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
+                content: {
+                    "application/json": components["schemas"]["TariffVersionAdded"];
                 };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -18165,31 +19583,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -18302,7 +19695,7 @@ export interface operations {
         parameters: {
             query?: {
                 gateway_id?: string | null;
-                online?: string | null;
+                online?: boolean | null;
                 /** @description page size */
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
@@ -18444,9 +19837,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["DeviceStateOut"];
                 };
             };
             /** @description bad request */
@@ -18568,9 +19959,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["GatewayStatusOut"];
                 };
             };
             /** @description bad request */
@@ -18816,31 +20205,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -19210,31 +20574,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -19604,31 +20943,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -20001,30 +21315,9 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                        [key: string]: number;
+                    };
                 };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -20132,9 +21425,9 @@ export interface operations {
         parameters: {
             query?: {
                 meter_id?: string | null;
-                state?: string | null;
-                kind?: string | null;
-                origin?: string | null;
+                state?: ("pending" | "sent" | "acknowledged" | "confirmed" | "failed" | "expired" | "cancelled") | null;
+                kind?: components["schemas"]["CommandKind"] | null;
+                origin?: ("billing" | "operator" | "schedule" | "integrator" | "reconcile") | null;
                 /** @description page size */
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
@@ -20403,9 +21696,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["CommandOut"];
                 };
             };
             /** @description bad request */
@@ -20531,31 +21822,8 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["CommandOut"];
                 };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -20676,9 +21944,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["ShadowOut"];
                 };
             };
             /** @description bad request */
@@ -21178,31 +22444,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -21451,9 +22692,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["EstatePolicyOut"];
                 };
             };
             /** @description bad request */
@@ -21577,31 +22816,6 @@ export interface operations {
         };
         responses: {
             /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
-                };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
             204: {
                 headers: {
                     [name: string]: unknown;
@@ -21718,7 +22932,7 @@ export interface operations {
                 meter_id?: string | null;
                 source_id?: string | null;
                 alarm_type?: string | null;
-                state?: string | null;
+                state?: ("active" | "acknowledged" | "cleared") | null;
                 /** @description page size */
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
@@ -21860,9 +23074,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["AlarmOut"];
                 };
             };
             /** @description bad request */
@@ -21988,31 +23200,8 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["AlarmOut"];
                 };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -22250,7 +23439,7 @@ export interface operations {
             query?: {
                 estate?: string | null;
                 building?: string | null;
-                status?: string | null;
+                status?: ("open" | "assigned" | "in_progress" | "resolved" | "closed") | null;
                 device_id?: string | null;
                 fault_type?: string | null;
                 /** @description page size */
@@ -22396,9 +23585,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["WorkOrderOut"];
                 };
             };
             /** @description bad request */
@@ -22651,9 +23838,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["WorkOrderOut"];
                 };
             };
             /** @description bad request */
@@ -22782,31 +23967,8 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["WorkOrderOut"];
                 };
-            };
-            /** @description created */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description accepted */
-            202: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description done, nothing to return */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -22914,7 +24076,7 @@ export interface operations {
         parameters: {
             query?: {
                 estate_id?: string | null;
-                min_days?: string | null;
+                min_days?: number | null;
                 /** @description page size */
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
@@ -23060,9 +24222,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["RevenueOut"];
                 };
             };
             /** @description bad request */
@@ -23175,7 +24335,7 @@ export interface operations {
                 start?: string | null;
                 /** @description a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset */
                 end?: string | null;
-                utility?: string | null;
+                utility?: components["schemas"]["Utility"] | null;
             };
             header?: never;
             path?: never;
@@ -23189,9 +24349,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["ConsumptionReportOut"];
                 };
             };
             /** @description bad request */
@@ -23315,9 +24473,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["CollectionOut"];
                 };
             };
             /** @description bad request */
@@ -23444,9 +24600,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["BatchOut"];
                 };
             };
             /** @description bad request */
@@ -23573,9 +24727,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["ScheduleOut"];
                 };
             };
             /** @description bad request */
@@ -23701,635 +24853,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    meter_event_v1_meters__meter_id__events_post: {
-        parameters: {
-            query?: never;
-            header: {
-                /** @description client-chosen unique key; a replay returns the original response, a different request with the same key is a 409 */
-                "idempotency-key": string;
-            };
-            path: {
-                meter_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["MeterReplacedIn"] | components["schemas"]["MultiplierChangedIn"] | components["schemas"]["RolloverIn"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            201: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    common_meter_v1_estates__estate_id__common_meters__meter_id__put: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                estate_id: string;
-                meter_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["CommonMeterIn"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    run_month_v1_estates__estate_id__months__month__run_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                estate_id: string;
-                /** @description YYYY-MM (2000-01 … 2099-12), local time */
-                month: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    estate_meter_list_v1_estates__estate_id__meters_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                estate_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["EstateMetersOut"];
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    tenant_leases_v1_tenants__tenant_id__leases_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                tenant_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["TenantLeasesOut"];
+                    "application/json": components["schemas"]["DeviceOnlineRateOut"];
                 };
             };
             /** @description bad request */
@@ -24455,131 +24979,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    meter_reading_v1_meters__meter_id__reading_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                meter_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["LatestReadingOut"];
+                    "application/json": components["schemas"]["MeterUsageOut"];
                 };
             };
             /** @description bad request */
@@ -24699,13 +25099,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description the statement */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["StatementOut"];
                     "text/csv": unknown;
                     "application/pdf": unknown;
                 };
@@ -24840,392 +25240,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    put_alias_v1_payments_aliases__alias__put: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                alias: string;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["AliasIn"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    assign_review_v1_payments_reviews__review_id__assign_post: {
-        parameters: {
-            query?: never;
-            header: {
-                /** @description client-chosen unique key; a replay returns the original response, a different request with the same key is a 409 */
-                "idempotency-key": string;
-            };
-            path: {
-                review_id: number;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["AssignIn"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    dismiss_review_v1_payments_reviews__review_id__dismiss_post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                review_id: number;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["DismissIn"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["ImportOut"];
                 };
             };
             /** @description bad request */
@@ -25579,130 +25594,6 @@ export interface operations {
             };
         };
     };
-    reconcile_payments_v1_payments_reconciliations__provider___bill_date__post: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                provider: "wechat" | "alipay" | "sandbox";
-                /** @description the local day of the bill, e.g. 2027-01-01 */
-                bill_date: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ReconciliationOut"];
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
     holds_v1_holds_get: {
         parameters: {
             query?: {
@@ -25725,253 +25616,6 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Paged_HoldOut_"];
                 };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    set_hold_v1_holds__estate_id__put: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                estate_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["HoldIn"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    lift_hold_v1_holds__estate_id__delete: {
-        parameters: {
-            query: {
-                /** @description 为什么 · why */
-                reason: string;
-            };
-            header?: never;
-            path: {
-                estate_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -26098,253 +25742,6 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Paged_DeferralOut_"];
                 };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    set_estate_keep_power_v1_keep_power_estates__estate_id__put: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                estate_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["shuidian_gateway__api__routes_operations__KeepPowerIn"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    lift_estate_keep_power_v1_keep_power_estates__estate_id__delete: {
-        parameters: {
-            query: {
-                /** @description 为什么 · why */
-                reason: string;
-            };
-            header?: never;
-            path: {
-                estate_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
             };
             /** @description bad request */
             400: {
@@ -26593,505 +25990,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    delete_schedule_v1_schedules__schedule_id__delete: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                schedule_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    calendar_v1_calendar_get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    calendar_year_v1_calendar__year__get: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                /** @description calendar year */
-                year: number;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
-                };
-            };
-            /** @description bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description missing, invalid or expired credentials */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the role or API key scope does not allow this */
-            403: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description no such object, or not yours */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description If-Match does not match the current ETag */
-            412: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the request did not validate */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description the backend does not offer this yet */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend failed */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-            /** @description a backend is unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
-                };
-            };
-        };
-    };
-    publish_calendar_year_v1_calendar__year__put: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                /** @description calendar year */
-                year: number;
-            };
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["CalendarYearIn"];
-            };
-        };
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["BatchOut"];
                 };
             };
             /** @description bad request */
@@ -27340,9 +26239,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    } | null;
+                    "application/json": components["schemas"]["RuleOut"];
                 };
             };
             /** @description bad request */
@@ -27840,9 +26737,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["SubscriptionOut"];
                 };
             };
             /** @description bad request */
@@ -28194,26 +27089,32 @@ export interface operations {
             };
         };
     };
-    retry_notification_v1_notifications__notification_id__retry_post: {
+    audit_log_v1_audit_log_get: {
         parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                notification_id: string;
+            query?: {
+                principal?: string | null;
+                method?: ("POST" | "PUT" | "PATCH" | "DELETE") | null;
+                path?: string | null;
+                since?: string | null;
+                until?: string | null;
+                /** @description page size */
+                limit?: number;
+                /** @description `next_cursor` of the previous page */
+                cursor?: string | null;
             };
+            header?: never;
+            path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
             /** @description Successful Response */
-            202: {
+            200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["Paged_AuditEntry_"];
                 };
             };
             /** @description bad request */
@@ -28318,19 +27219,1870 @@ export interface operations {
             };
         };
     };
-    audit_log_v1_audit_log_get: {
+    meter_event_v1_meters__meter_id__events_post: {
         parameters: {
-            query?: {
-                principal?: string | null;
-                method?: ("POST" | "PUT" | "PATCH" | "DELETE") | null;
-                path?: string | null;
-                since?: string | null;
-                until?: string | null;
-                /** @description page size */
-                limit?: number;
-                /** @description `next_cursor` of the previous page */
-                cursor?: string | null;
+            query?: never;
+            header: {
+                /** @description client-chosen unique key; a replay returns the original response, a different request with the same key is a 409 */
+                "idempotency-key": string;
             };
+            path: {
+                meter_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MeterReplacedIn"] | components["schemas"]["MultiplierChangedIn"] | components["schemas"]["RolloverIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MeterEventOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    common_meter_v1_estates__estate_id__common_meters__meter_id__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                estate_id: string;
+                meter_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CommonMeterIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    run_month_v1_estates__estate_id__months__month__run_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                estate_id: string;
+                /** @description YYYY-MM (2000-01 … 2099-12), local time */
+                month: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MonthRunOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    estate_meter_list_v1_estates__estate_id__meters_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                estate_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EstateMetersOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    tenant_leases_v1_tenants__tenant_id__leases_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                tenant_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TenantLeasesOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    meter_reading_v1_meters__meter_id__reading_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                meter_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LatestReadingOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    put_alias_v1_payments_aliases__alias__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                alias: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AliasIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    assign_review_v1_payments_reviews__review_id__assign_post: {
+        parameters: {
+            query?: never;
+            header: {
+                /** @description client-chosen unique key; a replay returns the original response, a different request with the same key is a 409 */
+                "idempotency-key": string;
+            };
+            path: {
+                review_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AssignIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    dismiss_review_v1_payments_reviews__review_id__dismiss_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                review_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DismissIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    reconcile_payments_v1_payments_reconciliations__provider___bill_date__post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                provider: "wechat" | "alipay" | "sandbox";
+                /** @description the local day of the bill, e.g. 2027-01-01 */
+                bill_date: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReconciliationOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    set_hold_v1_holds__estate_id__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                estate_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["HoldIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    lift_hold_v1_holds__estate_id__delete: {
+        parameters: {
+            query: {
+                /** @description 为什么 · why */
+                reason: string;
+            };
+            header?: never;
+            path: {
+                estate_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    set_estate_keep_power_v1_keep_power_estates__estate_id__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                estate_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["shuidian_gateway__api__routes_operations__KeepPowerIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    lift_estate_keep_power_v1_keep_power_estates__estate_id__delete: {
+        parameters: {
+            query: {
+                /** @description 为什么 · why */
+                reason: string;
+            };
+            header?: never;
+            path: {
+                estate_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    delete_schedule_v1_schedules__schedule_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                schedule_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    calendar_v1_calendar_get: {
+        parameters: {
+            query?: never;
             header?: never;
             path?: never;
             cookie?: never;
@@ -28343,7 +29095,381 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Paged_AuditEntry_"];
+                    "application/json": components["schemas"]["CalendarCoverageOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    calendar_year_v1_calendar__year__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description calendar year */
+                year: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarYearOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    publish_calendar_year_v1_calendar__year__put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description calendar year */
+                year: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CalendarYearIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarYearOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    retry_notification_v1_notifications__notification_id__retry_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                notification_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: string;
+                    };
                 };
             };
             /** @description bad request */

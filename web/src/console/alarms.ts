@@ -7,12 +7,15 @@ import { unwrap } from '@/api/client'
 import { useApi } from './api'
 import type { Alarm, Page } from './types'
 
+/** The states the alarm listing filters on (the gateway's OpenAPI enumerates them). */
+export type AlarmState = 'active' | 'acknowledged' | 'cleared'
+
 export function useAlarmFeed(estate: () => string, onNew: (alarm: Alarm) => void) {
   const api = useApi()
   const alarms = ref<Alarm[]>([])
   let seen: Set<string> | null = null
 
-  async function poll(state = 'active'): Promise<void> {
+  async function poll(state: AlarmState | '' = 'active'): Promise<void> {
     const page = unwrap(
       await api.GET('/v1/alarms', { params: { query: { estate: estate(), state: state || undefined, limit: 100, sort: '-raised_at' } } }),
     ) as unknown as Page<Alarm>

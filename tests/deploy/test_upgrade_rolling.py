@@ -106,7 +106,7 @@ class Load:
         reference = f"upgrade-{self.run}-{n}"
         self.sent[reference] = (account, amount)
         key = f"deploy-upgrade-{self.run}-{n}"
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             try:
                 response = await client.post(
@@ -126,18 +126,21 @@ class Load:
             await asyncio.sleep(0.5)  # the cashier presses "retry": the same key, never a second payment
         raise AssertionError(f"top-up {reference} was never accepted")
 
-    async def cash_desk(self) -> None:
-        async with httpx.AsyncClient(base_url=self.gateway, timeout=15, headers=self._auth()) as client:
-            tasks: list[asyncio.Task[None]] = []
-            n = 0
+    async def cash_desk(self, cashiers: int = 3) -> None:
+        """A few cashiers, each paying in one top-up after the other: the load stays bounded however slow the
+        gateway gets while services are replaced."""
+        counter = iter(range(1_000_000))
+
+        async def cashier(client: httpx.AsyncClient) -> None:
             while not self.stop.is_set():
-                tasks.append(asyncio.create_task(self.topup(client, n)))
-                n += 1
-                await asyncio.sleep(0.4)
-            await asyncio.gather(*tasks)
+                await self.topup(client, next(counter))
+                await asyncio.sleep(0.3)
+
+        async with httpx.AsyncClient(base_url=self.gateway, timeout=60, headers=self._auth()) as client:
+            await asyncio.gather(*(cashier(client) for _ in range(cashiers)))
 
     async def staff(self) -> None:
-        async with httpx.AsyncClient(base_url=self.gateway, timeout=15, headers=self._auth()) as client:
+        async with httpx.AsyncClient(base_url=self.gateway, timeout=60, headers=self._auth()) as client:
             while not self.stop.is_set():
                 for service, path in PROBES.items():
                     try:
@@ -187,7 +190,7 @@ def _windows(log: str) -> dict[str, tuple[float, float]]:
     return windows
 
 
-@pytest.mark.timeout(1200)  # the stack may come up for this test first: minutes on a busy host
+@pytest.mark.timeout(1500)  # the stack may come up for this test first: minutes on a busy host
 async def test_a_rolling_upgrade_under_load_loses_no_reading_and_no_topup(
     stack: Stack, estate: Estate, tmp_path: Path
 ) -> None:
@@ -203,7 +206,7 @@ async def test_a_rolling_upgrade_under_load_loses_no_reading_and_no_topup(
     started = time.time()
     compose = " ".join(stack.compose)
     upgrade = await asyncio.to_thread(
-        subprocess.run, [str(DEPLOY / "scripts" / "upgrade.sh"), NEW], capture_output=True, text=True, timeout=600,
+        subprocess.run, [str(DEPLOY / "scripts" / "upgrade.sh"), NEW], capture_output=True, text=True, timeout=900,
         env={**stack.docker_env(), "COMPOSE": compose, "UPGRADE_HEALTH_TIMEOUT": "300"},
     )  # fmt: skip
     upgraded = time.time()
@@ -305,5 +308,5 @@ async def test_a_rolling_upgrade_under_load_loses_no_reading_and_no_topup(
     report("rolling upgrade", figures)
     assert unexcused == [], unexcused
     # The load really ran through the upgrade.
-    assert len(load.sent) > 50
-    assert len(load.answers) > 200
+    assert len(load.sent) > 20
+    assert len(load.answers) > 100

@@ -247,7 +247,7 @@ async def test_a_rolling_upgrade_under_load_loses_no_reading_and_no_topup(
         paid = [(r["reference"], r["account_id"], r["amount"]) for r in rows]
         assert len(paid) == len({reference for reference, _, _ in paid}), "a top-up was posted twice"
         assert {reference: (account, amount) for reference, account, amount in paid} == load.sent
-        assert all(r["net"] == 0 and r["credited"] == -r["amount"] for r in rows), [dict(r) for r in rows]
+        assert all(r["net"] == 0 and r["credited"] == r["amount"] for r in rows), [dict(r) for r in rows]
         mismatched = await conn.fetch(
             "SELECT coalesce(b.ledger_account, e.ledger_account) AS ledger_account FROM billing.balances b"
             " FULL JOIN (SELECT ledger_account, sum(amount) AS total FROM billing.ledger_entries"

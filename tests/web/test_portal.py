@@ -36,6 +36,7 @@ async def test_a_tenant_out_of_credit_pays_in_the_portal_and_sees_supply_restore
     await phone.get_by_role("button", name="¥100").click()
     await phone.screenshot(path=artifacts / "portal-top-up.png")
     await phone.locator("[data-test=pay]").click()
+    await phone.locator("[data-test=sandbox-pay]").click()  # the demo's payer scans the QR code and pays
     await expect(phone.locator("[data-test=order-status]")).to_contain_text("支付成功", timeout=60_000)
     # "Supply restored" becomes the current step when every meter is back on, told by the live push.
     restored = phone.locator("[data-test=restored].van-step--process, [data-test=restored].van-step--finish")

@@ -49,6 +49,17 @@ export default {
     restoring: 'Restoring supply…',
     noPayUrl: 'Complete this payment in WeChat or Alipay',
     back: 'Back to home',
+    wechat: 'WeChat Pay',
+    alipay: 'Alipay',
+    scan: {
+      wechat: 'Scan with WeChat to pay',
+      alipay: 'Scan with Alipay to pay',
+      sandbox: 'Sandbox QR code (demo): press the button below to play the payer',
+    },
+    qrAlt: 'Payment QR code',
+    openPay: 'Open the payment page',
+    wechatSheet: 'Pay in WeChat',
+    cancelled: 'Payment cancelled; you can start it again',
   },
   usage: {
     title: 'Usage',

@@ -49,6 +49,17 @@ export default {
     restoring: '正在恢复供应…',
     noPayUrl: '该支付方式需在微信或支付宝中完成',
     back: '返回首页',
+    wechat: '微信支付',
+    alipay: '支付宝',
+    scan: {
+      wechat: '请用微信扫一扫付款',
+      alipay: '请用支付宝扫一扫付款',
+      sandbox: '沙箱二维码（演示）：点击下方按钮模拟扫码付款',
+    },
+    qrAlt: '付款二维码',
+    openPay: '前往支付页面',
+    wechatSheet: '在微信中付款',
+    cancelled: '已取消付款，可重新发起',
   },
   usage: {
     title: '用量',

@@ -19,8 +19,9 @@ PAID = [Payment("A101", Decimal("5.00"), 1.0)]
 EXACT = Decimal("5.00") - PRICES["electricity"] * (LAST - OPENING)  # 4.10
 
 
-def truth(relay: list[tuple[float, bool]] | None = None) -> dict[str, Any]:
+def truth(relay: list[tuple[float, bool]] | None = None, first_advanced_at: float | None = 10.0) -> dict[str, Any]:
     return {
+        "first_advanced_at": first_advanced_at,
         "intervals": [{"from": a, "to": b, "quantity": q, "registered": q} for a, b, q in INTERVALS],
         "relay_history": [{"at": at, "open": is_open} for at, is_open in relay or []],
     }
@@ -69,6 +70,16 @@ def test_true_register_is_the_initial_register_plus_every_interval_truncated_to_
     # interval ends shortly before it (and the one shown at it).
     assert series.near(31.0, 2.0) == {Decimal("1001.00")}
     assert series.near(31.0, 12.0) == {Decimal("1000.50"), Decimal("1001.00")}
+
+
+def test_a_first_poll_before_anything_flowed_opens_at_the_initial_register() -> None:
+    # The collector first polled at t=5, when nothing had been registered: no interval ends there, so the
+    # register billing opened at is the initial one, not the first interval's (1000.00 either way here) ...
+    assert TrueRegister.from_truth(Decimal("1000"), truth(first_advanced_at=5.0)).opening == Decimal("1000.00")
+    # ... and with an initial register one step below a hundredth, the difference is one register step.
+    series = TrueRegister.from_truth(Decimal("999.998"), truth(first_advanced_at=5.0))
+    assert series.opening == Decimal("999.99")
+    assert TrueRegister.from_truth(Decimal("999.998"), truth()).opening == Decimal("1000.00")
 
 
 def test_exact_books_pass() -> None:

@@ -80,3 +80,18 @@ def test_truth_registers_tariffs_and_money_agree(operations: list[tuple[str, obj
         opened = [at for at, is_open in meter.relay_history if is_open and at <= interval.real_from]
         closed = [at for at, is_open in meter.relay_history if not is_open and at <= interval.real_from]
         assert not opened or (closed and max(closed) >= max(opened)), "consumption while the relay was open"
+
+
+def test_truth_says_when_the_meter_was_first_asked_even_if_nothing_had_flowed() -> None:
+    # Valve shut from the start: the first read registers nothing, so no truth interval ends there.
+    spec = MeterSpec(id="W", address="00000000000001", utility="water", initial_register=Decimal("115.005"))
+    clock = SimClock(Decimal(60), real=lambda: START, later=_no_actuator)
+    meter = SimMeter.create(spec, ConsumptionModel(1, "W", "water", Profile.RESIDENTIAL), clock)
+    meter.relay_open = True
+    assert meter.truth_view()["first_advanced_at"] is None  # nobody has asked yet
+    meter.advance(START + 10)
+    meter.relay_open = False
+    meter.advance(START + 7200)
+    truth = meter.truth_view()
+    assert truth["first_advanced_at"] == START + 10
+    assert [i["from"] for i in truth["intervals"]] == [START + 10]  # the first read left no interval behind

@@ -5,8 +5,10 @@ itself paid:
 
 * A meter's true register at real instant t is its initial register plus every interval the simulator
   integrated up to t (`/truth/meters/{id}`: each interval ends where the meter was asked for a value),
-  truncated to hundredths as the meter shows it. The collector's first poll is the meter's first
-  interval end (nothing else asks the simulator before it), so billing opens at that register.
+  truncated to hundredths as the meter shows it. The collector's first poll is the first time anything
+  asks the simulator for the meter (`first_advanced_at` in its truth; nothing else asks before it), so
+  billing opens at the register shown then. Truth records only intervals in which something was
+  registered: a first poll before anything flowed shows the initial register, not the first interval's.
 * The consumption billing must have priced is the true register at the collector's last reading
   (`collector.device_state.last_reading_at`), or billing's own watermark where that is a register the meter really
   showed at or after that reading, minus that opening register, at the flat price the suite
@@ -59,10 +61,12 @@ class TrueRegister:
     initial: Decimal
     times: list[float] = field(default_factory=list)
     values: list[Decimal] = field(default_factory=list)
+    first_read_at: float | None = None  # when the meter was first asked (the collector's first poll)
 
     @classmethod
     def from_truth(cls, initial: Decimal, truth: dict[str, Any]) -> TrueRegister:
-        series = cls(initial)
+        first = truth.get("first_advanced_at")
+        series = cls(initial, first_read_at=None if first is None else float(first))
         total = Decimal(0)
         for interval in sorted(truth["intervals"], key=lambda i: float(i["to"])):
             total += Decimal(interval["registered"])
@@ -72,6 +76,10 @@ class TrueRegister:
 
     @property
     def opening(self) -> Decimal:
+        """The register the collector's first poll saw. Truth records only intervals in which something was
+        registered, so a first poll before anything flowed ends no interval: it saw the initial register."""
+        if self.first_read_at is not None:
+            return self.at(self.first_read_at)
         return self.values[0] if self.values else shown(self.initial)
 
     def at(self, t: float) -> Decimal:

@@ -94,6 +94,9 @@ class SimMeter:
     faults: dict[FaultKind, Fault] = field(default_factory=dict)
     applied: dict[FaultKind, Fault] = field(default_factory=dict)  # one-shot faults already carried out
     advanced_to_real: float = 0.0
+    # The real instant the meter was first asked for a value. Truth keeps only intervals in which something was
+    # registered, so a first reading taken before anything flowed leaves no interval behind: this says when it was.
+    first_advanced_at: float | None = None
     requests: int = 0
     truth: list[TruthInterval] = field(default_factory=list)
     relay_history: list[tuple[float, bool]] = field(default_factory=list)
@@ -136,6 +139,8 @@ class SimMeter:
         self._apply_due(real_now)
 
     def _integrate(self, real_now: float) -> None:
+        if self.first_advanced_at is None:
+            self.first_advanced_at = real_now
         added = Decimal(0)
         if self.supply_on:
             spike = self.fault(FaultKind.SPIKE, real_now)
@@ -308,6 +313,7 @@ class SimMeter:
             "consumed": str(self.exact),
             "consumed_in_window": str(sum((t.quantity for t in intervals), Decimal(0))),
             "register": str(self.register),
+            "first_advanced_at": self.first_advanced_at,
             "intervals": [
                 {"from": t.real_from, "to": t.real_to, "quantity": str(t.quantity), "registered": str(t.registered)}
                 for t in intervals

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import text
 
@@ -43,6 +44,7 @@ from shuidian_gateway.api.conventions import (
 from shuidian_gateway.api.deps import Idempotency, UpstreamsDep, container_of
 from shuidian_gateway.domain.policy import Principal, Scope
 from shuidian_gateway.errors import ObjectNotFound, PreconditionFailed
+from shuidian_shared.contracts import alarm as alarm_contract
 from shuidian_shared.contracts import billing as billing_contract
 from shuidian_shared.messages import AwareDatetime
 from shuidian_shared.money import CENT, Money, Quantity
@@ -119,10 +121,17 @@ async def rooms(
     return page_of_all([_own_leases(principal, f, r) for r, f in zip(ids, found, strict=True)], limit, cursor, None)
 
 
-@router.get("/rooms/{room_id}", response_model=dict[str, Any], summary="房间 · One of my rooms (with my leases of it)")
+@router.get(
+    "/rooms/{room_id}",
+    response_model=billing_contract.RoomDetailOut,
+    summary="房间 · One of my rooms (with my leases of it)",
+)
 async def room(room_id: ObjectId, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
     await owned(principal, scopes, "room", room_id)
-    return _own_leases(principal, await optional(upstreams.call("billing", "GET", f"/v1/rooms/{room_id}")), room_id)
+    found = await optional(upstreams.call("billing", "GET", f"/v1/rooms/{room_id}"))
+    if not isinstance(found, dict):
+        raise ObjectNotFound("no such room / 未找到")
+    return JSONResponse(_own_leases(principal, found, room_id))
 
 
 class LiveMeter(BaseModel):
@@ -272,6 +281,17 @@ USAGE_NOTE = (
 )
 
 
+class TenantUsageBucket(billing_contract.UsageBucket):
+    cost: Quantity = Field(description="in fen, cut toward zero (what the ledger posts)")
+    cost_exact: Quantity = Field(description="exact, before rounding to the fen")
+
+
+class TenantUsageOut(billing_contract.AccountUsageOut):
+    """An account's usage history as its tenant sees money."""
+
+    buckets: list[TenantUsageBucket]  # type: ignore[assignment]
+
+
 def usage_in_fen(found: Any) -> Any:
     """Billing's usage history as a tenant sees money: each bucket's cost in fen, the exact cost beside it."""
     if not isinstance(found, dict) or not isinstance(found.get("buckets"), list):
@@ -287,7 +307,7 @@ def usage_in_fen(found: Any) -> Any:
 
 @router.get(
     "/accounts/{account_id}/usage",
-    response_model=dict[str, Any],
+    response_model=TenantUsageOut,
     summary="用量历史（含费用）· Usage history with cost",
     description="Per local hour, day or month and utility: quantity and cost (billing's usage history)." + USAGE_NOTE,
 )
@@ -308,12 +328,12 @@ async def usage(
         f"/v1/accounts/{account_id}/usage",
         params={k: v.isoformat() if isinstance(v, datetime) else v for k, v in params.items() if v},
     )
-    return usage_in_fen(found)
+    return JSONResponse(usage_in_fen(found))
 
 
 @router.get(
     "/accounts/{account_id}/usage/today",
-    response_model=dict[str, Any],
+    response_model=TenantUsageOut,
     summary="今日用量 · Today's usage so far, per hour",
     description="Billing's hourly usage since local midnight, at most `GATEWAY_USAGE_TODAY_CACHE_SECONDS` (15 s) old."
     + USAGE_NOTE,
@@ -359,7 +379,7 @@ async def statement_owned(
 @router.get(
     "/accounts/{account_id}/statements/{month}",
     summary="月结单 · A monthly statement as JSON, CSV or PDF",
-    response_model=dict[str, Any],
+    response_model=billing_contract.StatementOut,
     responses={200: {"content": {"application/pdf": {}, "text/csv": {}}, "description": "the statement"}},
 )
 async def statement(
@@ -381,7 +401,7 @@ async def statement(
 
 @router.get(
     "/accounts/{account_id}/transactions/{txn_id}/explain",
-    response_model=dict[str, Any],
+    response_model=billing_contract.ExplanationOut,
     summary="费用明细解释 · Line-by-line explanation of a charge",
     description="Readings, tariff version, segment or tier, quantity, price and rounding of one ledger transaction.",
 )
@@ -391,7 +411,7 @@ async def explain(account_id: ObjectId, txn_id: TxnId, principal: Tenant, scopes
     entries = found.get("entries", []) if isinstance(found, dict) else []
     if not any(e.get("ledger_account") == f"household:{account_id}" for e in entries if isinstance(e, dict)):
         raise ObjectNotFound("no such transaction / 未找到")
-    return found
+    return JSONResponse(found)
 
 
 class TopUpIn(BaseModel):
@@ -574,13 +594,15 @@ class Channel(StrEnum):
     EMAIL = "email"
 
 
-@router.get("/alarms/{alarm_id}", response_model=dict[str, Any], summary="告警 · One alarm about my account or meters")
+@router.get(
+    "/alarms/{alarm_id}", response_model=alarm_contract.AlarmOut, summary="告警 · One alarm about my account or meters"
+)
 async def alarm(alarm_id: uuid.UUID, principal: Tenant, scopes: Scopes, upstreams: Upstream) -> Any:
     found = await optional(upstreams.call("alarm", "GET", f"/v1/alarms/{alarm_id}"))
     scope = await scope_of(principal, scopes)
     if not isinstance(found, dict) or str(found.get("source_id")) not in scope.accounts | scope.meters:
         raise ObjectNotFound("no such alarm / 未找到")
-    return found
+    return JSONResponse(found)
 
 
 class NotificationSettings(BaseModel):

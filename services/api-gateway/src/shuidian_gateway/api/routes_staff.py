@@ -58,6 +58,7 @@ from shuidian_shared.contracts import control as control_contract
 from shuidian_shared.messages import AwareDatetime, CommandKind, Identifier, Utility
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+WORD = r"^[^\x00-\x1f\x7f]*$"  # a free-text filter: no control characters (alarm refuses them in its filters)
 Kind = Literal["object", "list", "write", "money", "csv"]
 # Commands that cut supply (or lift its protection) need commands:trip; the rest commands:close.
 CUT_OFF_KINDS = frozenset({"trip", "valve_close", "keep_power_off"})
@@ -1503,7 +1504,7 @@ def _filter_type(route: Route, name: str) -> Any:
     if name in ("start", "end"):
         described = Query(alias=name, description="a local date (YYYY-MM-DD) or an ISO 8601 instant with its offset")
         return Annotated[date | AwareDatetime | None, BeforeValidator(_iso_text), described]
-    return Annotated[str | None, Query(alias=name, min_length=1, max_length=64)]
+    return Annotated[str | None, Query(alias=name, min_length=1, max_length=64, pattern=WORD)]
 
 
 def _params(route: Route) -> list[inspect.Parameter]:
@@ -1519,7 +1520,9 @@ def _params(route: Route) -> list[inspect.Parameter]:
         for name in route.filters:
             if name in route.required:
                 kind: Any = (
-                    MonthQuery if name == "month" else Annotated[str, Query(alias=name, min_length=1, max_length=64)]
+                    MonthQuery
+                    if name == "month"
+                    else Annotated[str, Query(alias=name, min_length=1, max_length=64, pattern=WORD)]
                 )
                 params.append(inspect.Parameter(_argument(name), kw, annotation=kind))
                 continue

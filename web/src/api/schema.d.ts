@@ -7676,6 +7676,53 @@ export interface components {
             /** Items */
             items: components["schemas"]["AdviceItem"][];
         };
+        /** TenantUsageBucket */
+        TenantUsageBucket: {
+            /**
+             * Start
+             * @description local start of the hour, day or month, with its UTC offset
+             */
+            start: string;
+            /** Utility */
+            utility: string;
+            /** Quantity */
+            quantity: string;
+            /** Unit */
+            unit: string;
+            /**
+             * Cost
+             * @description in fen, cut toward zero (what the ledger posts)
+             */
+            cost: string;
+            /**
+             * Hours
+             * @description hours with usage in the bucket
+             */
+            hours: number;
+            /**
+             * Cost Exact
+             * @description exact, before rounding to the fen
+             */
+            cost_exact: string;
+        };
+        /**
+         * TenantUsageOut
+         * @description An account's usage history as its tenant sees money.
+         */
+        TenantUsageOut: {
+            /** Account Id */
+            account_id: string;
+            /** Granularity */
+            granularity: string;
+            /** Timezone */
+            timezone: string;
+            /** Start */
+            start: string;
+            /** End */
+            end: string;
+            /** Buckets */
+            buckets: components["schemas"]["TenantUsageBucket"][];
+        };
         /** TierBlockIn */
         TierBlockIn: {
             /** Label */
@@ -10534,9 +10581,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["RoomDetailOut"];
                 };
             };
             /** @description bad request */
@@ -11148,9 +11193,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["TenantUsageOut"];
                 };
             };
             /** @description bad request */
@@ -11272,9 +11315,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["TenantUsageOut"];
                 };
             };
             /** @description bad request */
@@ -11400,9 +11441,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["StatementOut"];
                     "application/pdf": unknown;
                     "text/csv": unknown;
                 };
@@ -11528,9 +11567,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["ExplanationOut"];
                 };
             };
             /** @description bad request */
@@ -12276,9 +12313,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["AlarmOut"];
                 };
             };
             /** @description bad request */

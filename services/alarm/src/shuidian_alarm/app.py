@@ -50,6 +50,7 @@ from shuidian_shared.messages import (
     GatewayStatus,
     PollStats,
     ReadingBatch,
+    ReadingHeld,
     RoomOccupancy,
     TenantContact,
     utcnow,
@@ -175,6 +176,7 @@ def create_app(settings: AlarmSettings | None = None) -> FastAPI:
             )
             subscribe(topics.shared(SERVICE, topics.ALL_LINE_LOSS), LineLossExceeded, evaluator.on_line_loss)
             subscribe(topics.shared(SERVICE, topics.ALL_PAYMENT_PROBLEMS), PaymentProblem, evaluator.on_payment_problem)
+            subscribe(topics.shared(SERVICE, topics.ALL_READINGS_HELD), ReadingHeld, evaluator.on_reading_held)
             runtime.supervisor.add("tick", evaluator.tick_loop)
             runtime.supervisor.add("notifications", c.notifier.run)
             app.state.components = c  # the app's one state: the routers (api.deps) and the kit's operations routes

@@ -21,7 +21,7 @@ from shuidian_alarm.adapters import occupancy, targets
 from shuidian_alarm.adapters.alarms import AlarmService
 from shuidian_alarm.adapters.rulebook import RuleBook
 from shuidian_alarm.adapters.state_store import Saved, StateStore
-from shuidian_alarm.domain import events, payment_events
+from shuidian_alarm.domain import events, held_readings, payment_events
 from shuidian_alarm.domain.decisions import Decision
 from shuidian_alarm.domain.detectors.connectivity import CONNECTIVITY
 from shuidian_alarm.domain.detectors.supply import SUPPLY_MISMATCH
@@ -44,6 +44,7 @@ from shuidian_shared.messages import (
     GatewayStatus,
     PollStats,
     ReadingBatch,
+    ReadingHeld,
     RoomOccupancy,
     utcnow,
 )
@@ -216,6 +217,9 @@ class Evaluator:
         async with self._engine.connect() as conn:
             master = (await self._targets.meters(conn, [event.master_meter_id])).get(event.master_meter_id)
         await self._run(self._clock(), _no_feeds, decisions=events.on_line_loss(event, master))
+
+    async def on_reading_held(self, event: ReadingHeld, topic: str) -> None:
+        await self._run(self._clock(), _no_feeds, decisions=held_readings.on_reading_held(event))
 
     async def on_payment_problem(self, event: PaymentProblem, topic: str) -> None:
         await self._run(self._clock(), _no_feeds, decisions=payment_events.on_payment_problem(event))

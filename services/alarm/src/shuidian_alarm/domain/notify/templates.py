@@ -39,6 +39,8 @@ TYPE_NAMES: Final = {
     "vacant_usage": ("空置房间有用量", "Consumption in a vacant room"),
     "line_loss": ("线损超标", "Line loss over threshold"),
     "payment_problem": ("支付异常", "Payment problem"),
+    "reading_held": ("读数待审", "Reading held for review"),
+    "unknown_meter": ("未登记表计", "Unknown meter"),
 }
 
 _EVENTS: Final = {

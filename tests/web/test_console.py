@@ -4,12 +4,14 @@ browser, in Chinese, and every main page is photographed (web/test-artifacts/con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Page, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from shuidian_devstack.pytest_plugin import eventually
 
@@ -19,7 +21,11 @@ pytestmark = pytest.mark.e2e
 
 
 async def shoot(page: Page, artifacts: Path, name: str) -> None:
-    await page.wait_for_load_state("networkidle")
+    # The alarms, commands and devices pages keep the staff stream open, so the network is never idle
+    # there: wait for the page's reads to settle, at most a few seconds.
+    await page.wait_for_load_state("load")
+    with contextlib.suppress(PlaywrightTimeoutError):
+        await page.wait_for_load_state("networkidle", timeout=3000)
     await page.screenshot(path=str(artifacts / f"console-{name}.png"), full_page=True)
 
 

@@ -13,6 +13,7 @@ from shuidian_gateway.adapters.live import Frame, LiveClient, LiveHub
 from shuidian_gateway.domain.policy import Scope
 from shuidian_gateway.settings import GatewaySettings
 from shuidian_gateway.testing import balance_event, meter_state
+from shuidian_shared.contracts.insights import MonthlyReportReady
 from shuidian_shared.messages import BalanceEvent, BalanceLevel, DeviceState
 
 
@@ -171,3 +172,30 @@ def test_a_ticket_lifetime_beyond_two_minutes_is_refused(seconds: int) -> None:
     with pytest.raises(ValidationError, match="live_ticket_seconds"):
         GatewaySettings(environment="dev", live_ticket_seconds=seconds)
     assert GatewaySettings(environment="dev").live_ticket_seconds == 30
+
+
+async def test_a_monthly_report_reaches_only_its_households_tenant() -> None:
+    hub = LiveHub(60.0, 100, Clock())
+    client, _ = hub.connect(A)
+
+    def report(account: str) -> MonthlyReportReady:
+        return MonthlyReportReady(
+            source="insights-test",
+            account_id=account,
+            tenant_id=None,
+            estate_id="E-1",
+            room_id="R-1",
+            month="2026-11",
+            usage=(),
+            title_zh="11月用能报告",
+            body_zh="本月用电 120 度",
+            title_en="November report",
+            body_en="120 kWh this month",
+            report_path=f"/v1/me/accounts/{account}/insights",
+        )
+
+    await hub.on_message(report("A-B"), "topic")
+    await hub.on_message(report("A-A"), "topic")
+    [frame] = _drain(client)
+    assert frame.kind == "monthly_report"
+    assert json.loads(frame.data)["account_id"] == "A-A"

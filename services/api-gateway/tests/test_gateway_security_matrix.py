@@ -30,6 +30,7 @@ B_OBJECTS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("GET", "/v1/me/alarms/{alarm_id}"): {"alarm_id": "22222222-2222-4222-8222-222222222222"},
     ("POST", "/v1/me/accounts/{account_id}/topups"): {"account_id": "A-B"},
+    ("GET", "/v1/me/accounts/{account_id}/payment-methods"): {"account_id": "A-B"},
     ("GET", "/v1/me/payments/{order_id}"): {"order_id": "O-B"},
     ("POST", "/v1/me/payments/{order_id}/sandbox-pay"): {"order_id": "O-B"},
 }

@@ -44,6 +44,7 @@ from shuidian_kit.service import Runtime, install_error_handlers, ops_router, pr
 from shuidian_kit.service_auth import ServiceTokens
 from shuidian_kit.urlguard import guarded_client
 from shuidian_shared import topics
+from shuidian_shared.contracts.insights import MonthlyReportReady
 from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, CommandUpdate, DeviceState
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             async def staff_only(message: CommandUpdate, topic: str) -> None:
                 await staff_hub.on_message(message, topic)
 
+            async def tenants_only(message: MonthlyReportReady, topic: str) -> None:
+                await hub.on_message(message, topic)
+
             runtime.mqtt.subscribe(topics.ALL_METER_STATES, DeviceState, fan_out)
             runtime.mqtt.subscribe(topics.ALL_BALANCES, BalanceEvent, fan_out)
             runtime.mqtt.subscribe(topics.ALL_ALARMS, AlarmEvent, fan_out)
             runtime.mqtt.subscribe(topics.ALL_COMMAND_RESULTS, CommandResult, fan_out)
             runtime.mqtt.subscribe(topics.ALL_COMMAND_UPDATES, CommandUpdate, staff_only)  # the staff stream's
+            runtime.mqtt.subscribe(topics.ALL_MONTHLY_REPORTS, MonthlyReportReady, tenants_only)  # the tenant stream's
             runtime.supervisor.add("webhooks", hooks.run)
 
             async def housekeeping() -> None:

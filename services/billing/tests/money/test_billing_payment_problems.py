@@ -104,7 +104,11 @@ async def test_an_amount_mismatch_is_held_for_review_and_announced_once(world: W
     assert again.status_code == 409
     reviews = (await world.client.get("/v1/payments/reviews")).json()
     [item] = [r for r in reviews if r["subject"] == f"sandbox:{txn}"]
-    assert (item["kind"], Decimal(item["amount"]), item["account_id"]) == ("callback_amount_mismatch", Decimal(49), account)
+    assert (item["kind"], Decimal(item["amount"]), item["account_id"]) == (
+        "callback_amount_mismatch",
+        Decimal(49),
+        account,
+    )
 
     async def announced() -> list[PaymentProblem] | None:
         return [p for p in world.heard if p.subject == f"sandbox:{txn}"] or None

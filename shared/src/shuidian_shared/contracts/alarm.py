@@ -123,3 +123,13 @@ class SubscriptionOut(BaseModel):
     managed_by: str | None = Field(
         default=None, description="tenant_settings when the tenant's notification settings manage it"
     )
+
+
+class AlarmActionOut(BaseModel):
+    """One staff action on an alarm (acknowledge, resolve), from its action log."""
+
+    action: str
+    actor: str
+    reason: str | None
+    version: int = Field(description="the alarm's version this action produced")
+    at: datetime

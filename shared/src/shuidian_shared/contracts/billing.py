@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shuidian_shared.contracts.tariff_plans import PlanUsed
 from shuidian_shared.messages import Utility
 from shuidian_shared.money import Money, Quantity
 
@@ -454,6 +455,9 @@ class ExplainedRefund(BaseModel):
 
 
 class TariffVersionUsed(BaseModel):
+    plan: PlanUsed | None = Field(
+        default=None, description="the tariff plan this version belongs to, and why it applied"
+    )
     effective_from: datetime
     flat_unit_price: Quantity | None
     components: list[dict[str, Any]] | None = Field(description="the version's components (docs/billing.md)")
@@ -496,6 +500,10 @@ class ExplanationOut(BaseModel):
     hour_start: str | None = None
     posted: Money | None = Field(default=None, description="CNY posted, in whole fen")
     exact: Quantity | None = Field(default=None, description="the exact cost of the hour")
+    priced_under: list[PlanUsed] | None = Field(
+        default=None,
+        description="每个计价版本所属的价格方案及原因 · the plan and reason of each tariff version that priced it",
+    )
     tariff_versions: dict[str, TariffVersionUsed] | None = Field(default=None, description="by tariff_id")
     rounding_note_zh: str | None = None
     rounding_note: str | None = None
@@ -778,3 +786,21 @@ class LeaseSettlementOut(BaseModel):
     operator: str
     reason: str
     replayed: bool
+
+
+class UnknownMeterOut(BaseModel):
+    meter_id: str
+    utility: str
+    gateway_id: str
+    readings: int = Field(description="readings received and not billed since this process started")
+    first_seen: datetime
+    last_seen: datetime = Field(description="when billing last received one of its readings")
+    last_sampled_at: datetime
+    last_registers: dict[str, Quantity]
+
+
+class UnknownMetersOut(BaseModel):
+    """Meters whose readings reach billing with nobody to bill (per billing replica, since it started)."""
+
+    since: datetime = Field(description="counted since this billing process started (per replica)")
+    meters: list[UnknownMeterOut]

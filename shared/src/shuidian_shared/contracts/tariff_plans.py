@@ -64,7 +64,9 @@ class HouseholdCorrectionOut(BaseModel):
     new_amount: Decimal = Field(description="exact amount under the correcting version")
     difference: Decimal = Field(description="new − old, exact; positive: the household was charged too little")
     posted: Decimal = Field(description="the adjustment in whole fen, rounded toward zero (charged if positive)")
-    txn_id: uuid.UUID | None = Field(description="the adjustment's ledger transaction; null in a preview or under a fen")
+    txn_id: uuid.UUID | None = Field(
+        description="the adjustment's ledger transaction; null in a preview or under a fen"
+    )
 
 
 class PriceCorrectionOut(BaseModel):

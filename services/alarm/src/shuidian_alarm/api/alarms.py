@@ -16,6 +16,7 @@ from shuidian_alarm.domain.alarms import AlarmQuery
 from shuidian_alarm.domain.work_orders import FAULT_TYPES
 from shuidian_alarm.errors import InvalidQuery
 from shuidian_kit.service_auth import Acting
+from shuidian_shared.contracts.alarm import AlarmActionOut
 
 router = APIRouter()
 
@@ -78,14 +79,6 @@ class AcknowledgeIn(Strict):
 class ResolveIn(Strict):
     reason: Text = Field(description="why the alarm is resolved by hand (kept in its action log)")
     expected_version: Version = None
-
-
-class AlarmActionOut(BaseModel):
-    action: str
-    actor: str
-    reason: str | None
-    version: int = Field(description="the alarm's version this action produced")
-    at: datetime
 
 
 @router.get(

@@ -340,6 +340,10 @@ def create_fake_backends(state: FakeBackends | None = None) -> FastAPI:
         fake.orders[order["order_id"]] = order
         return order
 
+    @app.get("/v1/payments/methods")
+    async def payment_methods(account_id: str | None = None) -> Any:
+        return [{"provider": "sandbox", "methods": ["native", "h5"]}]
+
     @app.get("/v1/payments/orders/{order_id}")
     async def order(order_id: str) -> Any:
         return fake.orders.get(order_id) or _missing("order")

@@ -57,6 +57,7 @@ from shuidian_gateway.adapters.upstream import UpstreamError, Upstreams
 from shuidian_gateway.domain import security
 from shuidian_gateway.domain.policy import Action, Scope
 from shuidian_gateway.errors import Unauthorised
+from shuidian_shared.contracts.insights import MonthlyReportReady
 from shuidian_shared.messages import AlarmEvent, BalanceEvent, CommandResult, CommandUpdate, DeviceState
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ def audience(message: BaseModel) -> tuple[str, set[str]]:
         return "balance", {message.account_id}
     if isinstance(message, AlarmEvent):
         return "alarm", {message.source_id}
+    if isinstance(message, MonthlyReportReady):
+        return "monthly_report", {message.account_id}
     raise TypeError(f"not a live message: {type(message).__name__}")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shuidian_shared import messages, topics
-from shuidian_shared.contracts.insights import LineLossExceeded
+from shuidian_shared.contracts.insights import LineLossExceeded, MonthlyReportReady
 from shuidian_shared.contracts.payments import PaymentProblem
 
 
@@ -139,6 +139,15 @@ CHANNELS: tuple[Channel, ...] = (
         False,
         "线损超标 · A line-loss group (a master meter and its sub-meters) lost more than its threshold over a "
         "complete day.",
+    ),
+    Channel(
+        topics.monthly_report("{account_id}"),
+        MonthlyReportReady,
+        "insights",
+        "gateway (the tenant's live stream: event monthly_report)",
+        False,
+        "月度用能报告 · A household's monthly report is ready (once per household and month, on the 1st, "
+        "Asia/Shanghai): the month's use per utility and the route of the full report.",
     ),
     Channel(
         topics.payment_problems("{provider}"),

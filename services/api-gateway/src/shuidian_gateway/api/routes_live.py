@@ -187,10 +187,10 @@ async def live_ticket(principal: Tenant, request: Request) -> LiveTicket:
     tags=["tenant"],
     response_class=EventSourceResponse,
     responses=ERRORS,
-    summary="实时推送（SSE）· Live meter states, balance events and alarms as server-sent events",
+    summary="实时推送（SSE）· Live meter states, balance events, alarms and monthly reports as server-sent events",
     description="`text/event-stream`. First `event: ready` (`data`: tenant id and whether the stream resumed), "
-    "then `event: meter_state | balance | alarm` with `id: <epoch>-<n>` and the MQTT message as `data`, "
-    "only for the tenant's own accounts and meters. Send `Last-Event-ID` (EventSource does on reconnect) to "
+    "then `event: meter_state | balance | alarm | monthly_report` with `id: <epoch>-<n>` and the MQTT message as "
+    "`data`, only for the tenant's own accounts and meters. Send `Last-Event-ID` (EventSource does on reconnect) to "
     "get the events missed since (or `?last_event_id=` with a new ticket), when this replica still holds every "
     "one of them; otherwise `ready` says "
     "`resumed: false` and the client re-reads its balances and meters. Idle streams get a `: heartbeat` "

@@ -435,10 +435,32 @@ class EstatePolicyIn(BaseModel):
         return self
 
 
-class AcknowledgeIn(BaseModel):
-    """Nothing to send: the acknowledger is the signed-in staff member."""
+AlarmVersion = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        strict=True,
+        description="the alarm's `version` you read: 409 (`version_conflict`) when it changed since; omit to act on "
+        "whatever the alarm now is",
+    ),
+]
 
-    model_config = _body({})
+
+class AcknowledgeIn(BaseModel):
+    """The acknowledger is the signed-in staff member; `expected_version` guards against acting on a stale view."""
+
+    model_config = _body({"expected_version": 3})
+
+    expected_version: AlarmVersion = None
+
+
+class AlarmResolveIn(BaseModel):
+    """Why the alarm is resolved by hand; the resolver is the signed-in staff member."""
+
+    model_config = _body({"reason": "总表接线松动，已紧固 · master meter wiring loose, fixed", "expected_version": 3})
+
+    reason: Annotated[str, Field(min_length=1, max_length=2000, pattern=NO_NUL)]
+    expected_version: AlarmVersion = None
 
 
 _WORK_ORDER_CHANGES = ("status", "assignee", "note", "closing_cause")
@@ -867,6 +889,15 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/unknown-meters",
+        Action.ACCOUNTS_READ,
+        "billing",
+        "未登记表计 · Meters with readings but nobody to bill (not billed); per billing replica since it started",
+        "accounts",
+        response=billing_contract.UnknownMetersOut,
+    ),
+    Route(
+        "GET",
         "/payments",
         Action.ACCOUNTS_READ,
         "billing",
@@ -1242,6 +1273,30 @@ ROUTES: tuple[Route, ...] = (
         body=AcknowledgeIn,
         estate=_ALARM,
         response=alarm_contract.AlarmOut,
+    ),
+    Route(
+        "POST",
+        "/alarms/{alarm_id}/resolve",
+        Action.ALARMS_WRITE,
+        "alarm",
+        "手动处理告警 · Resolve an alarm by hand",
+        "alarms",
+        "write",
+        body=AlarmResolveIn,
+        estate=_ALARM,
+        response=alarm_contract.AlarmOut,
+        description="Closes the alarm with who and why (kept in its action log). If the problem comes back, a new "
+        "alarm opens. 409 `invalid_transition` when it is already closed.",
+    ),
+    Route(
+        "GET",
+        "/alarms/{alarm_id}/actions",
+        Action.ALARMS_READ,
+        "alarm",
+        "告警操作记录 · An alarm's action log",
+        "alarms",
+        estate=_ALARM,
+        response=list[alarm_contract.AlarmActionOut],
     ),
     Route(
         "GET",

@@ -374,7 +374,7 @@ async def explain(engine: AsyncEngine, txn_id: Any, tz: ZoneInfo) -> dict[str, A
         exact=exact,
         tariff_versions={
             line.tariff_id: {
-                "plan": plans.get(line.tariff_id),
+                "plan": plans[line.tariff_id] | {"tariff_id": line.tariff_id} if line.tariff_id in plans else None,
                 "effective_from": line.effective_from,
                 "flat_unit_price": line.flat_price,
                 "components": line.components,

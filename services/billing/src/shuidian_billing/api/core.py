@@ -21,6 +21,7 @@ from shuidian_billing.domain.tariff_config import ComponentIn
 from shuidian_billing.errors import BillingError
 from shuidian_kit.service_auth import Acting
 from shuidian_shared.contracts import billing as contracts
+from shuidian_shared.contracts.billing import UnknownMetersOut
 from shuidian_shared.messages import AwareDatetime, Identifier, Utility
 from shuidian_shared.money import Money, Quantity
 
@@ -336,22 +337,6 @@ async def held(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     return await billing.meter_events.held_readings(status, limit)
-
-
-class UnknownMeterOut(BaseModel):
-    meter_id: str
-    utility: str
-    gateway_id: str
-    readings: int = Field(description="readings received and not billed since this process started")
-    first_seen: datetime
-    last_seen: datetime = Field(description="when billing last received one of its readings")
-    last_sampled_at: datetime
-    last_registers: dict[str, Quantity]
-
-
-class UnknownMetersOut(BaseModel):
-    since: datetime = Field(description="counted since this billing process started (per replica)")
-    meters: list[UnknownMeterOut]
 
 
 @router.get(

@@ -590,8 +590,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * 实时推送（SSE）· Live meter states, balance events and alarms as server-sent events
-         * @description `text/event-stream`. First `event: ready` (`data`: tenant id and whether the stream resumed), then `event: meter_state | balance | alarm` with `id: <epoch>-<n>` and the MQTT message as `data`, only for the tenant's own accounts and meters. Send `Last-Event-ID` (EventSource does on reconnect) to get the events missed since (or `?last_event_id=` with a new ticket), when this replica still holds every one of them; otherwise `ready` says `resumed: false` and the client re-reads its balances and meters. Idle streams get a `: heartbeat` comment. The same path as a WebSocket carries the same frames as JSON and signs in the same way (bearer header or `?ticket=`; 4401 / 4403 close codes for refusals).
+         * 实时推送（SSE）· Live meter states, balance events, alarms and monthly reports as server-sent events
+         * @description `text/event-stream`. First `event: ready` (`data`: tenant id and whether the stream resumed), then `event: meter_state | balance | alarm | monthly_report` with `id: <epoch>-<n>` and the MQTT message as `data`, only for the tenant's own accounts and meters. Send `Last-Event-ID` (EventSource does on reconnect) to get the events missed since (or `?last_event_id=` with a new ticket), when this replica still holds every one of them; otherwise `ready` says `resumed: false` and the client re-reads its balances and meters. Idle streams get a `: heartbeat` comment. The same path as a WebSocket carries the same frames as JSON and signs in the same way (bearer header or `?ticket=`; 4401 / 4403 close codes for refusals).
          */
         get: operations["live_events_v1_me_live_get"];
         put?: never;
@@ -1177,6 +1177,26 @@ export interface paths {
          * @description Needs `accounts:read`.
          */
         get: operations["get_held_readings_v1_held_readings_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/unknown-meters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 未登记表计 · Meters with readings but nobody to bill (not billed); per billing replica since it started
+         * @description Needs `accounts:read`.
+         */
+        get: operations["get_unknown_meters_v1_unknown_meters_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1833,6 +1853,48 @@ export interface paths {
          * @description Needs `alarms:write`.
          */
         post: operations["post_alarms_alarm_id_acknowledge_v1_alarms__alarm_id__acknowledge_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/alarms/{alarm_id}/resolve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * 手动处理告警 · Resolve an alarm by hand
+         * @description Closes the alarm with who and why (kept in its action log). If the problem comes back, a new alarm opens. 409 `invalid_transition` when it is already closed.
+         *
+         *     Needs `alarms:write`.
+         */
+        post: operations["post_alarms_alarm_id_resolve_v1_alarms__alarm_id__resolve_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/alarms/{alarm_id}/actions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * 告警操作记录 · An alarm's action log
+         * @description Needs `alarms:read`.
+         */
+        get: operations["get_alarms_alarm_id_actions_v1_alarms__alarm_id__actions_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -3238,10 +3300,18 @@ export interface components {
         };
         /**
          * AcknowledgeIn
-         * @description Nothing to send: the acknowledger is the signed-in staff member.
-         * @example {}
+         * @description The acknowledger is the signed-in staff member; `expected_version` guards against acting on a stale view.
+         * @example {
+         *       "expected_version": 3
+         *     }
          */
-        AcknowledgeIn: Record<string, never>;
+        AcknowledgeIn: {
+            /**
+             * Expected Version
+             * @description the alarm's `version` you read: 409 (`version_conflict`) when it changed since; omit to act on whatever the alarm now is
+             */
+            expected_version?: number | null;
+        };
         /**
          * Action
          * @enum {string}
@@ -3286,6 +3356,28 @@ export interface components {
              * @description CNY, only where the tariff lets us compute it
              */
             saving_per_month?: string | null;
+        };
+        /**
+         * AlarmActionOut
+         * @description One staff action on an alarm (acknowledge, resolve), from its action log.
+         */
+        AlarmActionOut: {
+            /** Action */
+            action: string;
+            /** Actor */
+            actor: string;
+            /** Reason */
+            reason: string | null;
+            /**
+             * Version
+             * @description the alarm's version this action produced
+             */
+            version: number;
+            /**
+             * At
+             * Format: date-time
+             */
+            at: string;
         };
         /** AlarmOut */
         AlarmOut: {
@@ -3360,6 +3452,23 @@ export interface components {
             resolved_by: string | null;
             /** Resolution */
             resolution: string | null;
+        };
+        /**
+         * AlarmResolveIn
+         * @description Why the alarm is resolved by hand; the resolver is the signed-in staff member.
+         * @example {
+         *       "expected_version": 3,
+         *       "reason": "总表接线松动，已紧固 · master meter wiring loose, fixed"
+         *     }
+         */
+        AlarmResolveIn: {
+            /** Reason */
+            reason: string;
+            /**
+             * Expected Version
+             * @description the alarm's `version` you read: 409 (`version_conflict`) when it changed since; omit to act on whatever the alarm now is
+             */
+            expected_version?: number | null;
         };
         /**
          * AliasIn
@@ -4561,6 +4670,11 @@ export interface components {
              * @description the exact cost of the hour
              */
             exact?: string | null;
+            /**
+             * Priced Under
+             * @description 每个计价版本所属的价格方案及原因 · the plan and reason of each tariff version that priced it
+             */
+            priced_under?: components["schemas"]["PlanUsed"][] | null;
             /**
              * Tariff Versions
              * @description by tariff_id
@@ -6024,6 +6138,33 @@ export interface components {
              * @description 居民 residential / 非居民 non_residential (no tiers) / 公共 common; null: all
              */
             customer_class?: ("residential" | "non_residential" | "common") | null;
+        };
+        /**
+         * PlanUsed
+         * @description Which plan priced a charge and why: an item of a charge explanation's `priced_under`.
+         */
+        PlanUsed: {
+            /** Tariff Id */
+            tariff_id: number;
+            /** Plan Id */
+            plan_id: string;
+            /** Plan Name */
+            plan_name: string;
+            /**
+             * Version
+             * @description the version's number within its plan and utility
+             */
+            version: number;
+            /**
+             * Explanation Zh
+             * @description 例：按价格方案「…」第 3 版计价：该表属于…
+             */
+            explanation_zh: string;
+            /**
+             * Explanation
+             * @description e.g. "priced under plan X version 3 because the meter is in …"
+             */
+            explanation: string;
         };
         /** PlanVersionAdded */
         PlanVersionAdded: {
@@ -7586,6 +7727,8 @@ export interface components {
         };
         /** TariffVersionUsed */
         TariffVersionUsed: {
+            /** @description the tariff plan this version belongs to, and why it applied */
+            plan?: components["schemas"]["PlanUsed"] | null;
             /**
              * Effective From
              * Format: date-time
@@ -7913,6 +8056,54 @@ export interface components {
             mom_pct: string | null;
             /** Yoy Pct */
             yoy_pct: string | null;
+        };
+        /** UnknownMeterOut */
+        UnknownMeterOut: {
+            /** Meter Id */
+            meter_id: string;
+            /** Utility */
+            utility: string;
+            /** Gateway Id */
+            gateway_id: string;
+            /**
+             * Readings
+             * @description readings received and not billed since this process started
+             */
+            readings: number;
+            /**
+             * First Seen
+             * Format: date-time
+             */
+            first_seen: string;
+            /**
+             * Last Seen
+             * Format: date-time
+             * @description when billing last received one of its readings
+             */
+            last_seen: string;
+            /**
+             * Last Sampled At
+             * Format: date-time
+             */
+            last_sampled_at: string;
+            /** Last Registers */
+            last_registers: {
+                [key: string]: string;
+            };
+        };
+        /**
+         * UnknownMetersOut
+         * @description Meters whose readings reach billing with nobody to bill (per billing replica, since it started).
+         */
+        UnknownMetersOut: {
+            /**
+             * Since
+             * Format: date-time
+             * @description counted since this billing process started (per replica)
+             */
+            since: string;
+            /** Meters */
+            meters: components["schemas"]["UnknownMeterOut"][];
         };
         /** UsageBucket */
         UsageBucket: {
@@ -17826,6 +18017,126 @@ export interface operations {
             };
         };
     };
+    get_unknown_meters_v1_unknown_meters_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UnknownMetersOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
     get_payments_v1_payments_get: {
         parameters: {
             query?: {
@@ -23223,9 +23534,9 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: {
+        requestBody: {
             content: {
-                "application/json": components["schemas"]["AcknowledgeIn"] | null;
+                "application/json": components["schemas"]["AcknowledgeIn"];
             };
         };
         responses: {
@@ -23236,6 +23547,254 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AlarmOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    post_alarms_alarm_id_resolve_v1_alarms__alarm_id__resolve_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                alarm_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AlarmResolveIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AlarmOut"];
+                };
+            };
+            /** @description bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description missing, invalid or expired credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the role or API key scope does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description no such object, or not yours */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description conflict (e.g. an Idempotency-Key reused with another request) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description If-Match does not match the current ETag */
+            412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the request did not validate */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description the backend does not offer this yet */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend failed */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description a backend is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": unknown;
+                    "application/json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_alarms_alarm_id_actions_v1_alarms__alarm_id__actions_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                alarm_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AlarmActionOut"][];
                 };
             };
             /** @description bad request */

@@ -25,4 +25,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE gateway.data_steps")
+    op.execute("DROP TABLE gateway.data_steps")  # contract: only 0006 and later use it

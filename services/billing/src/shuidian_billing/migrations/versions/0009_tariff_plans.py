@@ -79,13 +79,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE billing.price_correction_lines")
-    op.execute("DROP TABLE billing.price_corrections")
-    op.execute("ALTER TABLE billing.meter_bindings DROP COLUMN customer_class")
-    op.execute("ALTER TABLE billing.leases DROP COLUMN customer_class")
-    op.execute("ALTER TABLE billing.rooms DROP COLUMN customer_class")
+    op.execute("DROP TABLE billing.price_correction_lines")  # contract: only 0009 and later use it
+    op.execute("DROP TABLE billing.price_corrections")  # contract: only 0009 and later use it
+    op.execute("ALTER TABLE billing.meter_bindings DROP COLUMN customer_class")  # contract: only 0009 and later use it
+    op.execute("ALTER TABLE billing.leases DROP COLUMN customer_class")  # contract: only 0009 and later use it
+    op.execute("ALTER TABLE billing.rooms DROP COLUMN customer_class")  # contract: only 0009 and later use it
     op.execute("ALTER TABLE billing.tariffs DROP CONSTRAINT one_version_per_instant")
     op.execute("DELETE FROM billing.tariffs WHERE plan_id <> 'default'")
-    op.execute("ALTER TABLE billing.tariffs ADD CONSTRAINT tariffs_utility_effective_from_key UNIQUE (utility, effective_from)")
-    op.execute("ALTER TABLE billing.tariffs DROP COLUMN plan_id")
-    op.execute("DROP TABLE billing.tariff_plans")
+    op.execute(
+        "ALTER TABLE billing.tariffs ADD CONSTRAINT tariffs_utility_effective_from_key UNIQUE (utility, effective_from)"
+    )
+    op.execute("ALTER TABLE billing.tariffs DROP COLUMN plan_id")  # contract: only 0009 and later use it
+    op.execute("DROP TABLE billing.tariff_plans")  # contract: only 0009 and later use it

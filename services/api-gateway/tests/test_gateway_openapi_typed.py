@@ -16,13 +16,7 @@ from shuidian_gateway.settings import GatewaySettings
 
 # Successes still answered as the backend's untyped JSON: their backend routes have no shared contract model yet
 # (shuidian_shared.contracts). Typing one means a contract model served by the backend and the gateway's fakes.
-UNTYPED_ANSWERS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("GET", "/asyncapi.json"),
-        ("GET", "/readyz"),
-        ("GET", "/v1/dead-letters"),  # the kit's ops router: rows of any service's dead letters
-    }
-)
+UNTYPED_ANSWERS: frozenset[tuple[str, str]] = frozenset()
 
 
 @cache

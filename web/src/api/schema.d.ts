@@ -3594,6 +3594,34 @@ export interface components {
             account_id: string;
         };
         /**
+         * AsyncApiDocument
+         * @description The AsyncAPI 2.6 document of every MQTT topic (served as built; its schemas are the shared message models).
+         */
+        AsyncApiDocument: {
+            /** Asyncapi */
+            asyncapi: string;
+            /** Info */
+            info: {
+                [key: string]: unknown;
+            };
+            /**
+             * Channels
+             * @description one per topic, by address template
+             */
+            channels: {
+                [key: string]: unknown;
+            };
+            /**
+             * Components
+             * @description messages and their payload schemas
+             */
+            components: {
+                [key: string]: unknown;
+            };
+        } & {
+            [key: string]: unknown;
+        };
+        /**
          * AttemptOut
          * @description One try to deliver a notification.
          */
@@ -4295,6 +4323,31 @@ export interface components {
              * @description null: falls back to the lease's or room's class
              */
             customer_class: ("residential" | "non_residential" | "common") | null;
+        };
+        /** DeadLetterOut */
+        DeadLetterOut: {
+            /** Id */
+            id: number;
+            /** Topic */
+            topic: string;
+            /**
+             * Payload
+             * @description the message as received (UTF-8; undecodable bytes replaced)
+             */
+            payload: string;
+            /** Reason */
+            reason: string;
+            /** Error */
+            error: string;
+            /** Attempts */
+            attempts: number;
+            /**
+             * Parked At
+             * Format: date-time
+             */
+            parked_at: string;
+            /** Replayed At */
+            replayed_at: string | null;
         };
         /** DeferralOut */
         DeferralOut: {
@@ -6466,6 +6519,21 @@ export interface components {
             value: string;
             /** Reading Id */
             reading_id: string;
+        };
+        /** ReadyOut */
+        ReadyOut: {
+            /**
+             * Ready
+             * @description every check passed (200); otherwise 503 with the same body
+             */
+            ready: boolean;
+            /**
+             * Checks
+             * @description database, broker and each background loop by name
+             */
+            checks: {
+                [key: string]: boolean;
+            };
         };
         /**
          * ReasonIn
@@ -8664,9 +8732,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["AsyncApiDocument"];
                 };
             };
         };
@@ -8808,7 +8874,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
+                    "application/json": components["schemas"]["ReadyOut"];
                 };
             };
             /** @description bad request */
@@ -8901,14 +8967,13 @@ export interface operations {
                     "application/json": components["schemas"]["Problem"];
                 };
             };
-            /** @description a backend is unavailable */
+            /** @description not ready */
             503: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": unknown;
-                    "application/json": components["schemas"]["Problem"];
+                    "application/json": components["schemas"]["ReadyOut"];
                 };
             };
         };
@@ -9049,9 +9114,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    }[];
+                    "application/json": components["schemas"]["DeadLetterOut"][];
                 };
             };
             /** @description bad request */

@@ -33,7 +33,7 @@ from shuidian_gateway.api import (
     routes_tariff_plans,
     routes_webhooks,
 )
-from shuidian_gateway.api.asyncapi import document
+from shuidian_gateway.api.asyncapi import AsyncApiDocument, document
 from shuidian_gateway.api.auth import require
 from shuidian_gateway.api.conventions import ERRORS, RefuseNul, install_allow_header, install_cors
 from shuidian_gateway.api.deps import Container, container_of
@@ -193,7 +193,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(RefuseNul)  # not even the audit row sees a NUL
     install_cors(app, settings.cors_origins)  # outermost: a browser can read every answer, refusals too
 
-    @app.get("/asyncapi.json", tags=["operations"], summary="AsyncAPI document of every MQTT topic")
+    @app.get(
+        "/asyncapi.json",
+        tags=["operations"],
+        summary="AsyncAPI document of every MQTT topic",
+        response_model=None,
+        responses={200: {"model": AsyncApiDocument}},
+    )
     async def asyncapi() -> dict[str, Any]:
         return document(VERSION)
 

@@ -9,12 +9,14 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -118,6 +120,22 @@ def started(runtime: Runtime | None) -> Runtime:
     return runtime
 
 
+class ReadyOut(BaseModel):
+    ready: bool = Field(description="every check passed (200); otherwise 503 with the same body")
+    checks: dict[str, bool] = Field(description="database, broker and each background loop by name")
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    topic: str
+    payload: str = Field(description="the message as received (UTF-8; undecodable bytes replaced)")
+    reason: str
+    error: str
+    attempts: int
+    parked_at: datetime
+    replayed_at: datetime | None
+
+
 def ops_router(runtime_of: RuntimeOf, *, guard: Sequence[Any] = ()) -> APIRouter:
     """`/healthz` (process is alive), `/readyz` (database, broker and loops are up), `/metrics`, and the
     dead letters (`/v1/dead-letters`) behind `guard` — dependencies the gateway, which faces the
@@ -134,7 +152,12 @@ def ops_router(runtime_of: RuntimeOf, *, guard: Sequence[Any] = ()) -> APIRouter
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": version}
 
-    @router.get("/readyz", summary="Readiness: database reachable, broker connected, background loops alive")
+    @router.get(
+        "/readyz",
+        summary="Readiness: database reachable, broker connected, background loops alive",
+        response_model=None,
+        responses={200: {"model": ReadyOut}, 503: {"model": ReadyOut, "description": "not ready"}},
+    )
     async def readyz(request: Request) -> JSONResponse:
         checks = await runtime_of(request).readiness()
         ready = all(checks.values())
@@ -147,6 +170,7 @@ def ops_router(runtime_of: RuntimeOf, *, guard: Sequence[Any] = ()) -> APIRouter
     @router.get(
         "/v1/dead-letters",
         summary="Messages parked because they could not be processed",
+        response_model=list[DeadLetterOut],
         dependencies=list(guard),
         responses=_problems({422: "the request did not validate"}),
     )

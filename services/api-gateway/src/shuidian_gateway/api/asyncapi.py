@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from shuidian_shared import messages, topics
 from shuidian_shared.contracts.insights import LineLossExceeded, MonthlyReportReady
@@ -231,3 +231,14 @@ def document(version: str = "1.0.0") -> dict[str, Any]:
         "channels": channels,
         "components": {"schemas": schemas, "messages": messages_},
     }
+
+
+class AsyncApiDocument(BaseModel):
+    """The AsyncAPI 2.6 document of every MQTT topic (served as built; its schemas are the shared message models)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    asyncapi: str
+    info: dict[str, Any]
+    channels: dict[str, Any] = Field(description="one per topic, by address template")
+    components: dict[str, Any] = Field(description="messages and their payload schemas")

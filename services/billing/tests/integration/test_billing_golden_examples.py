@@ -6,8 +6,10 @@ page states. The page cannot drift from the code: change either and this fails.
 
 The block format (docs/billing.md, "Worked examples" explains it for readers):
     tariffs:   versions of the utility in force from a local time, components as in
-               POST /v1/tariffs/{utility}/versions
-    household: {via: account} or {via: room, size: N}
+               POST /v1/tariffs/{utility}/versions (the default plan)
+    plans:     other tariff plans: {id, estate: household | elsewhere (absent: every estate),
+               class (absent: every class), versions: [{from, components}]}
+    household: {via: account} or {via: room, size: N, class: residential | non_residential | common}
     utility:   electricity (default) or water
     steps:     in delivery order, local times (Asia/Shanghai):
                read YYYY-MM-DD HH:MM[:SS] VALUE [REGISTER=VALUE …]   a batch of one reading
@@ -135,13 +137,20 @@ async def ok(client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -
     return response.json() if response.content else None
 
 
-async def household(client: httpx.AsyncClient, spec: dict[str, Any], utility: Utility, meter: str) -> str:
-    """The account that pays for `meter`: bound straight to it, or a room's lease (CSV import)."""
+@dataclass(frozen=True)
+class Household:
+    account: str
+    estate: str | None  # a leased room's estate; None for a meter bound straight to an account
+
+
+async def household(client: httpx.AsyncClient, spec: dict[str, Any], utility: Utility, meter: str) -> Household:
+    """The account that pays for `meter`: bound straight to it, or a room's lease (CSV import), the room of the
+    customer class the spec names (residential unless it says otherwise)."""
     if spec.get("via", "account") == "account":
         account = f"acc-{uuid.uuid4().hex[:8]}"
         await ok(client, "PUT", f"/v1/accounts/{account}", json={"name": "甲"})
         await ok(client, "PUT", f"/v1/meters/{meter}/binding", json={"account_id": account, "utility": utility.value})
-        return account
+        return Household(account, None)
     estate = f"est-{uuid.uuid4().hex[:6]}"
     await ok(client, "PUT", f"/v1/estates/{estate}", json={"name": "示例小区"})
     electricity, water = (meter, "") if utility is Utility.ELECTRICITY else ("", meter)
@@ -150,8 +159,26 @@ async def household(client: httpx.AsyncClient, spec: dict[str, Any], utility: Ut
     await ok(client, "POST", f"/v1/estates/{estate}/import", content=csv.encode(), headers={"content-type": "text/csv"})
     scope = await ok(client, "GET", f"/v1/tenants/t-{estate}/scope")
     (account,) = scope["accounts"]
+    (room,) = scope["rooms"]
     assert isinstance(account, str)
-    return account
+    if "class" in spec:
+        await ok(client, "PUT", f"/v1/rooms/{room}/customer-class", json={"customer_class": spec["class"]})
+    return Household(account, estate)
+
+
+async def plans(client: httpx.AsyncClient, specs: list[dict[str, Any]], utility: Utility, home: Household) -> None:
+    """Tariff plans beside the default one: `estate` is `household` (the household's estate), `elsewhere` (another
+    estate) or absent (every estate); `class` a customer class or absent (every class)."""
+    elsewhere = f"est-{uuid.uuid4().hex[:6]}"
+    if any(plan.get("estate") == "elsewhere" for plan in specs):
+        await ok(client, "PUT", f"/v1/estates/{elsewhere}", json={"name": "别的小区"})
+    for plan in specs:
+        estate = {"household": home.estate, "elsewhere": elsewhere, None: None}[plan.get("estate")]
+        body = {"name": plan["id"], "estate_id": estate, "customer_class": plan.get("class")}
+        await ok(client, "PUT", f"/v1/tariff-plans/{plan['id']}", json=body)
+        for version in plan["versions"]:
+            body = {"effective_from": local(version["from"]).isoformat(), "components": version["components"]}
+            await ok(client, "POST", f"/v1/tariff-plans/{plan['id']}/versions/{utility.value}", json=body)
 
 
 async def run(app: FastAPI, client: httpx.AsyncClient, example: Example) -> str:
@@ -161,7 +188,8 @@ async def run(app: FastAPI, client: httpx.AsyncClient, example: Example) -> str:
         body = {"effective_from": local(version["from"]).isoformat(), "components": version["components"]}
         await ok(client, "POST", f"/v1/tariffs/{utility.value}/versions", json=body)
     meter = f"M-{uuid.uuid4().hex[:8]}"
-    account = await household(client, spec.get("household", {}), utility, meter)
+    home = await household(client, spec.get("household", {}), utility, meter)
+    await plans(client, spec.get("plans", []), utility, home)
     billing: Billing = app.state.container.billing
     for step in spec["steps"]:
         kind, day, clock, *rest = str(step).split()
@@ -186,7 +214,7 @@ async def run(app: FastAPI, client: httpx.AsyncClient, example: Example) -> str:
         else:
             pytest.fail(f"unknown step {step!r} in {example.title}")
     await billing.poster.flush(before=EVERYTHING_POSTED)
-    return meter + " " + account
+    return meter + " " + home.account
 
 
 async def test_the_worked_example_holds(app: FastAPI, example: Example) -> None:

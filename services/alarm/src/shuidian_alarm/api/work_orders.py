@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -13,32 +12,9 @@ from shuidian_alarm.api.deps import Orders
 from shuidian_alarm.api.schemas import Filter, Instant, Limit, Name, Strict, Text
 from shuidian_alarm.errors import Invalid
 from shuidian_kit.service_auth import Acting
+from shuidian_shared.contracts.alarm import WorkOrderOut
 
 router = APIRouter()
-
-
-class WorkOrderNote(BaseModel):
-    at: datetime
-    author: str
-    note: str
-
-
-class WorkOrderOut(BaseModel):
-    work_order_id: uuid.UUID
-    alarm_id: uuid.UUID | None = Field(description="the alarm that opened it; null for one opened by hand")
-    device_id: str
-    fault_type: str
-    estate: str | None
-    building: str | None
-    assignee: str | None
-    status: str
-    closing_cause: str | None
-    opened_at: datetime
-    resolved_at: datetime | None
-    closed_at: datetime | None
-    description: str | None = None
-    opened_by: str = "system"
-    notes: list[WorkOrderNote] = []
 
 
 class WorkOrderIn(Strict):
